@@ -1,1 +1,18 @@
+//! The heart of stratus: resource types, configuration and pure decisions.
+//!
+//! Nothing in this crate performs I/O or awaits: every decision the control
+//! plane makes is a function of its inputs (desired state, what was observed,
+//! the time), so it can be tested exhaustively without a hypervisor.
 
+pub mod agent_api;
+pub mod clock;
+pub mod conditions;
+pub mod config;
+pub mod ids;
+pub mod lifecycle;
+pub mod resources;
+pub mod scheduling;
+pub mod validate;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use config::Config;

@@ -1,0 +1,113 @@
+//! The node agent's HTTP contract, shared by the agent and the controller's
+//! agent client so the two can never disagree on a field.
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::PowerState;
+
+/// Everything the agent needs to make one domain look as desired (`PUT
+/// /v1/domains/{name}`). Applying the same spec twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSpec {
+    pub hostname: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    /// Volume in the agent's storage pool the disk is an overlay of.
+    pub image_volume: String,
+    pub mac_address: String,
+    pub power: PowerState,
+    /// Whether the agent may create the system disk when it is missing. The
+    /// controller clears it once a disk existed, so a vanished disk is
+    /// reported instead of being silently replaced by an empty one.
+    pub create_disk: bool,
+}
+
+/// Power state of a domain as libvirt reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DomainState {
+    Running,
+    Stopped,
+    Paused,
+    Crashed,
+    /// Shutting down, suspended to memory, or a state libvirt added later.
+    Transitioning,
+}
+
+/// What the agent sees of one server's domain and disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainObservation {
+    pub name: String,
+    /// `None` when no domain of that name is defined.
+    pub state: Option<DomainState>,
+    pub disk_present: bool,
+}
+
+impl DomainObservation {
+    pub fn absent(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            state: None,
+            disk_present: false,
+        }
+    }
+}
+
+/// A storage pool on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PoolInfo {
+    pub name: String,
+    pub capacity_bytes: u64,
+    pub allocation_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Node capacity and contents (`GET /v1/node`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeReport {
+    pub zone: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub pool: PoolInfo,
+    /// Volumes of the storage pool that are not server disks (the images).
+    pub images: Vec<String>,
+    /// Names of the domains stratus manages on this node.
+    pub domains: Vec<String>,
+}
+
+/// Error body of every non-2xx agent answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentErrorBody {
+    pub error: AgentErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentErrorDetail {
+    pub code: AgentErrorCode,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentErrorCode {
+    Unauthorized,
+    BadRequest,
+    /// The disk of an already provisioned server is gone.
+    DiskMissing,
+    /// The image volume is not in the pool.
+    ImageMissing,
+    /// The pool has no room for the disk.
+    NoSpace,
+    /// libvirt refused or failed.
+    Hypervisor,
+}
+
+/// Prefix of every domain and disk volume the agent manages.
+pub const MANAGED_PREFIX: &str = "stratus-";
+
+/// Disk volume name of a domain.
+pub fn disk_volume_name(domain: &str) -> String {
+    format!("{domain}-disk.qcow2")
+}

@@ -1,0 +1,214 @@
+//! The provider's configuration: plans and images (and, as features arrive,
+//! policy). Loaded from YAML; built-in defaults apply when no file is given;
+//! an unknown key is an error that names it.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::resources::ServerResources;
+use crate::validate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration is not valid YAML for stratus: {0}")]
+    Parse(#[from] serde_yaml::Error),
+    #[error("configuration field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+/// A server size customers can order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Plan {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+impl Plan {
+    pub fn resources(&self) -> ServerResources {
+        ServerResources {
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            disk_gib: self.disk_gib,
+        }
+    }
+}
+
+/// An operating-system image; each hypervisor keeps `volume` in its image pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Image {
+    pub name: String,
+    /// Volume name of the image in the hypervisor's storage pool.
+    pub volume: String,
+    #[serde(default)]
+    pub description: String,
+    /// Virtual size of the image in GiB (used when a test hypervisor creates it).
+    #[serde(default = "default_image_size_gib")]
+    pub size_gib: u64,
+}
+
+fn default_image_size_gib() -> u64 {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_plans")]
+    pub plans: Vec<Plan>,
+    #[serde(default = "default_images")]
+    pub images: Vec<Image>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            plans: default_plans(),
+            images: default_images(),
+        }
+    }
+}
+
+fn default_plans() -> Vec<Plan> {
+    let plan = |name: &str, vcpus, memory_mib, disk_gib| Plan {
+        name: name.to_owned(),
+        vcpus,
+        memory_mib,
+        disk_gib,
+    };
+    vec![
+        plan("small", 1, 1024, 25),
+        plan("medium", 2, 4096, 80),
+        plan("large", 4, 8192, 160),
+        plan("xlarge", 8, 16384, 320),
+    ]
+}
+
+fn default_images() -> Vec<Image> {
+    let image = |name: &str, volume: &str, description: &str| Image {
+        name: name.to_owned(),
+        volume: volume.to_owned(),
+        description: description.to_owned(),
+        size_gib: default_image_size_gib(),
+    };
+    vec![
+        image("debian-12", "debian-12.qcow2", "Debian 12 (bookworm)"),
+        image("ubuntu-24.04", "ubuntu-24.04.qcow2", "Ubuntu 24.04 LTS"),
+        image("alma-9", "alma-9.qcow2", "AlmaLinux 9"),
+    ]
+}
+
+impl Config {
+    pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = serde_yaml::from_str(text)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn plan(&self, name: &str) -> Option<&Plan> {
+        self.plans.iter().find(|p| p.name == name)
+    }
+
+    pub fn image(&self, name: &str) -> Option<&Image> {
+        self.images.iter().find(|i| i.name == name)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: &str| ConfigError::Invalid {
+            field,
+            message: message.to_owned(),
+        };
+        if self.plans.is_empty() {
+            return Err(invalid("plans".into(), "at least one plan is required"));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, plan) in self.plans.iter().enumerate() {
+            if !validate::is_slug(&plan.name) {
+                return Err(invalid(
+                    format!("plans[{i}].name"),
+                    "must be lower-case letters, digits, '-' or '.' (1-63)",
+                ));
+            }
+            if !seen.insert(&plan.name) {
+                return Err(invalid(format!("plans[{i}].name"), "duplicate plan name"));
+            }
+            if plan.vcpus == 0 || plan.memory_mib == 0 || plan.disk_gib == 0 {
+                return Err(invalid(
+                    format!("plans[{i}]"),
+                    "vcpus, memoryMib and diskGib must be positive",
+                ));
+            }
+        }
+        let mut seen = BTreeSet::new();
+        for (i, image) in self.images.iter().enumerate() {
+            if !validate::is_slug(&image.name) {
+                return Err(invalid(
+                    format!("images[{i}].name"),
+                    "must be lower-case letters, digits, '-' or '.' (1-63)",
+                ));
+            }
+            if !seen.insert(&image.name) {
+                return Err(invalid(format!("images[{i}].name"), "duplicate image name"));
+            }
+            if image.volume.is_empty() || image.volume.contains('/') {
+                return Err(invalid(
+                    format!("images[{i}].volume"),
+                    "must be a volume name in the image pool",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+        assert_eq!(Config::from_yaml("{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn parses_plans_and_images() {
+        let config = Config::from_yaml(
+            "plans:\n  - {name: tiny, vcpus: 1, memoryMib: 512, diskGib: 10}\nimages:\n  - {name: debian-12, volume: deb.qcow2}\n",
+        )
+        .unwrap();
+        assert_eq!(config.plan("tiny").unwrap().memory_mib, 512);
+        assert_eq!(config.image("debian-12").unwrap().volume, "deb.qcow2");
+        assert!(config.plan("small").is_none());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_yaml("plnas: []\n").unwrap_err().to_string();
+        assert!(err.contains("plnas"), "{err}");
+        let err = Config::from_yaml(
+            "plans:\n  - {name: a, vcpus: 1, memoryMib: 1, diskGib: 1, gpu: 1}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("gpu"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_are_rejected() {
+        let err = Config::from_yaml("plans:\n  - {name: a, vcpus: 0, memoryMib: 1, diskGib: 1}\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("plans[0]"), "{err}");
+        let err = Config::from_yaml(
+            "plans:\n  - {name: a, vcpus: 1, memoryMib: 1, diskGib: 1}\n  - {name: a, vcpus: 1, memoryMib: 1, diskGib: 1}\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("duplicate"), "{err}");
+        let err = Config::from_yaml("images:\n  - {name: 'Bad Name', volume: x}\n").unwrap_err();
+        assert!(err.to_string().contains("images[0].name"), "{err}");
+    }
+}

@@ -1,0 +1,706 @@
+//! The server lifecycle: given what is desired and what the agent observed,
+//! decide what to do and what status to record. Pure: the controller acts.
+
+use jiff::Timestamp;
+
+use crate::agent_api::{DomainObservation, DomainState};
+use crate::conditions::{self, AGENT_REACHABLE, PROVISIONED, READY, SCHEDULED};
+use crate::resources::{PowerState, ServerPhase, VirtualServerSpec, VirtualServerStatus};
+
+/// The server as stored: desired state, last status and object metadata that matters.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerFacts<'a> {
+    pub spec: &'a VirtualServerSpec,
+    pub status: &'a VirtualServerStatus,
+    pub generation: Option<i64>,
+    pub has_finalizer: bool,
+    pub deleting: bool,
+}
+
+/// What the controller learned from the hypervisor before deciding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observation {
+    /// No hypervisor is recorded in the status, so there is nothing to ask.
+    NotPlaced,
+    /// The agent did not answer or failed; the message says why.
+    AgentUnavailable(String),
+    /// The agent answered.
+    Domain(DomainObservation),
+}
+
+/// One step the controller must carry out, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Put the teardown finalizer on the object before anything exists outside it.
+    AddFinalizer,
+    /// Choose a hypervisor and record it in the status before acting there.
+    Schedule,
+    /// Make the domain match the spec; `create_disk` is false once a disk existed.
+    EnsureDomain { create_disk: bool },
+    /// Reboot the running domain once.
+    Reboot,
+    /// Destroy and undefine the domain and wipe its disk.
+    Destroy,
+    /// Let the object go: nothing of it is left on any hypervisor.
+    RemoveFinalizer,
+}
+
+/// The decision: actions to take, then the status to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub actions: Vec<Action>,
+    pub status: VirtualServerStatus,
+}
+
+pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> Decision {
+    let now = now.to_string();
+    let mut status = server.status.clone();
+    status.observed_generation = server.generation;
+    let mut actions = Vec::new();
+
+    if server.deleting {
+        status.phase = ServerPhase::Terminating;
+        status.reason = None;
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "Terminating",
+            "server is being deleted",
+            &now,
+        );
+        match observed {
+            Observation::NotPlaced => {
+                if server.has_finalizer {
+                    actions.push(Action::RemoveFinalizer);
+                }
+            }
+            Observation::AgentUnavailable(message) => {
+                agent_unreachable(&mut status, message, &now);
+            }
+            Observation::Domain(domain) => {
+                agent_reachable(&mut status, &now);
+                if domain.state.is_some() || domain.disk_present {
+                    actions.push(Action::Destroy);
+                } else if server.has_finalizer {
+                    actions.push(Action::RemoveFinalizer);
+                }
+            }
+        }
+        return Decision { actions, status };
+    }
+
+    if !server.has_finalizer {
+        actions.push(Action::AddFinalizer);
+        return Decision { actions, status };
+    }
+
+    let domain = match observed {
+        Observation::NotPlaced => {
+            status.phase = ServerPhase::Pending;
+            conditions::set(
+                &mut status.conditions,
+                SCHEDULED,
+                false,
+                "Scheduling",
+                "choosing a hypervisor",
+                &now,
+            );
+            conditions::set(
+                &mut status.conditions,
+                READY,
+                false,
+                "Pending",
+                "waiting for a hypervisor",
+                &now,
+            );
+            actions.push(Action::Schedule);
+            return Decision { actions, status };
+        }
+        Observation::AgentUnavailable(message) => {
+            if !status.provisioned {
+                status.phase = ServerPhase::Provisioning;
+            }
+            agent_unreachable(&mut status, message, &now);
+            return Decision { actions, status };
+        }
+        Observation::Domain(domain) => domain,
+    };
+    agent_reachable(&mut status, &now);
+
+    if status.provisioned && !domain.disk_present {
+        status.phase = ServerPhase::Error;
+        let hypervisor = status.hypervisor.as_deref().unwrap_or("its hypervisor");
+        status.reason = Some(format!(
+            "the system disk of this server is missing on {hypervisor}; it was not recreated, an operator must restore it"
+        ));
+        conditions::set(
+            &mut status.conditions,
+            READY,
+            false,
+            "DiskMissing",
+            status.reason.clone().unwrap_or_default(),
+            &now,
+        );
+        return Decision { actions, status };
+    }
+    if domain.disk_present && !status.provisioned {
+        status.provisioned = true;
+        conditions::set(
+            &mut status.conditions,
+            PROVISIONED,
+            true,
+            "DiskCreated",
+            "system disk created",
+            &now,
+        );
+    }
+
+    let desired = server.spec.power;
+    let converged = match (desired, domain.state) {
+        (_, None) => false,
+        (PowerState::Running, Some(state)) => state == DomainState::Running,
+        (PowerState::Stopped, Some(state)) => state == DomainState::Stopped,
+    };
+    if !converged {
+        actions.push(Action::EnsureDomain {
+            create_disk: !status.provisioned,
+        });
+    }
+
+    if server.spec.reboot_requests > status.reboots_done {
+        if converged && desired == PowerState::Running {
+            actions.push(Action::Reboot);
+        }
+        // A reboot asked of a server that is not running has nothing left to do.
+        status.reboots_done = server.spec.reboot_requests;
+    }
+
+    status.reason = None;
+    status.phase = match domain.state {
+        _ if !status.provisioned => ServerPhase::Provisioning,
+        None => ServerPhase::Provisioning,
+        Some(DomainState::Running) => ServerPhase::Running,
+        Some(DomainState::Stopped | DomainState::Paused) => ServerPhase::Stopped,
+        Some(DomainState::Crashed) => {
+            status.reason = Some("the server crashed".to_owned());
+            ServerPhase::Error
+        }
+        // Shutting down or suspended to memory: not running, and the next
+        // observation will say where it landed.
+        Some(DomainState::Transitioning) => match status.phase {
+            ServerPhase::Pending => ServerPhase::Provisioning,
+            ServerPhase::Running => ServerPhase::Stopped,
+            phase => phase,
+        },
+    };
+    let ready = status.phase == ServerPhase::Running;
+    let ready_reason = match status.phase {
+        ServerPhase::Running => "Running",
+        ServerPhase::Stopped => "Stopped",
+        ServerPhase::Error => "Crashed",
+        _ => "Provisioning",
+    };
+    conditions::set(&mut status.conditions, READY, ready, ready_reason, "", &now);
+    Decision { actions, status }
+}
+
+fn agent_reachable(status: &mut VirtualServerStatus, now: &str) {
+    conditions::set(
+        &mut status.conditions,
+        AGENT_REACHABLE,
+        true,
+        "Answered",
+        "",
+        now,
+    );
+}
+
+fn agent_unreachable(status: &mut VirtualServerStatus, message: &str, now: &str) {
+    conditions::set(
+        &mut status.conditions,
+        AGENT_REACHABLE,
+        false,
+        "AgentUnavailable",
+        message,
+        now,
+    );
+}
+
+/// Records the hypervisor chosen by the scheduler (or why there is none).
+pub fn record_placement(
+    status: &mut VirtualServerStatus,
+    placement: Result<&str, String>,
+    mac: &str,
+    now: Timestamp,
+) {
+    let now = now.to_string();
+    match placement {
+        Ok(hypervisor) => {
+            status.hypervisor = Some(hypervisor.to_owned());
+            status.mac_address = Some(mac.to_owned());
+            status.phase = ServerPhase::Provisioning;
+            status.reason = None;
+            conditions::set(
+                &mut status.conditions,
+                SCHEDULED,
+                true,
+                "Placed",
+                format!("placed on {hypervisor}"),
+                &now,
+            );
+        }
+        Err(why) => {
+            status.phase = ServerPhase::Pending;
+            conditions::set(
+                &mut status.conditions,
+                SCHEDULED,
+                false,
+                "Unschedulable",
+                why.clone(),
+                &now,
+            );
+            status.reason = Some(why);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::ServerResources;
+
+    const ALL_PHASES: [ServerPhase; 7] = [
+        ServerPhase::Pending,
+        ServerPhase::Provisioning,
+        ServerPhase::Running,
+        ServerPhase::Stopped,
+        ServerPhase::Suspended,
+        ServerPhase::Terminating,
+        ServerPhase::Error,
+    ];
+    const ALL_STATES: [Option<DomainState>; 6] = [
+        None,
+        Some(DomainState::Running),
+        Some(DomainState::Stopped),
+        Some(DomainState::Paused),
+        Some(DomainState::Crashed),
+        Some(DomainState::Transitioning),
+    ];
+
+    fn spec(power: PowerState, reboot_requests: u32) -> VirtualServerSpec {
+        VirtualServerSpec {
+            hostname: "web1".into(),
+            plan: "small".into(),
+            image: "debian-12".into(),
+            zone: None,
+            resources: ServerResources {
+                vcpus: 1,
+                memory_mib: 1024,
+                disk_gib: 25,
+            },
+            power,
+            reboot_requests,
+        }
+    }
+
+    fn placed(phase: ServerPhase, provisioned: bool) -> VirtualServerStatus {
+        VirtualServerStatus {
+            phase,
+            hypervisor: Some("hv1".into()),
+            provisioned,
+            ..Default::default()
+        }
+    }
+
+    fn observed(state: Option<DomainState>, disk_present: bool) -> Observation {
+        Observation::Domain(DomainObservation {
+            name: "stratus-vs-1".into(),
+            state,
+            disk_present,
+        })
+    }
+
+    fn now() -> Timestamp {
+        "2026-11-21T10:00:00Z".parse().unwrap()
+    }
+
+    fn decide(
+        spec: &VirtualServerSpec,
+        status: &VirtualServerStatus,
+        finalizer: bool,
+        deleting: bool,
+        obs: &Observation,
+    ) -> Decision {
+        plan(
+            ServerFacts {
+                spec,
+                status,
+                generation: Some(3),
+                has_finalizer: finalizer,
+                deleting,
+            },
+            obs,
+            now(),
+        )
+    }
+
+    /// Every phase × every observation × power × provisioned × deleting, with
+    /// the invariants that must hold in all of them.
+    #[test]
+    fn invariants_hold_for_every_phase_and_observation() {
+        let mut observations = vec![
+            Observation::NotPlaced,
+            Observation::AgentUnavailable("timeout".into()),
+        ];
+        for state in ALL_STATES {
+            for disk in [false, true] {
+                observations.push(observed(state, disk));
+            }
+        }
+        let mut cases = 0;
+        for phase in ALL_PHASES {
+            for obs in &observations {
+                for power in [PowerState::Running, PowerState::Stopped] {
+                    for provisioned in [false, true] {
+                        for deleting in [false, true] {
+                            for finalizer in [false, true] {
+                                cases += 1;
+                                let spec = spec(power, 0);
+                                let mut status = placed(phase, provisioned);
+                                if *obs == Observation::NotPlaced {
+                                    status.hypervisor = None;
+                                }
+                                let d = decide(&spec, &status, finalizer, deleting, obs);
+                                let ctx = format!(
+                                    "{phase:?} {obs:?} {power:?} prov={provisioned} del={deleting} fin={finalizer}: {d:?}"
+                                );
+                                assert_eq!(d.status.observed_generation, Some(3), "{ctx}");
+                                if deleting {
+                                    assert_eq!(d.status.phase, ServerPhase::Terminating, "{ctx}");
+                                    assert!(
+                                        d.actions.iter().all(|a| matches!(
+                                            a,
+                                            Action::Destroy | Action::RemoveFinalizer
+                                        )),
+                                        "{ctx}"
+                                    );
+                                    let leftovers = matches!(obs, Observation::Domain(o) if o.state.is_some() || o.disk_present);
+                                    assert_eq!(
+                                        d.actions.contains(&Action::Destroy),
+                                        leftovers,
+                                        "{ctx}"
+                                    );
+                                    let gone = matches!(obs, Observation::NotPlaced)
+                                        || matches!(obs, Observation::Domain(o) if o.state.is_none() && !o.disk_present);
+                                    assert_eq!(
+                                        d.actions.contains(&Action::RemoveFinalizer),
+                                        gone && finalizer,
+                                        "{ctx}"
+                                    );
+                                    continue;
+                                }
+                                if !finalizer {
+                                    assert_eq!(d.actions, vec![Action::AddFinalizer], "{ctx}");
+                                    continue;
+                                }
+                                assert!(!d.actions.contains(&Action::Destroy), "{ctx}");
+                                assert!(!d.actions.contains(&Action::RemoveFinalizer), "{ctx}");
+                                match obs {
+                                    Observation::NotPlaced => {
+                                        assert_eq!(d.actions, vec![Action::Schedule], "{ctx}");
+                                        assert_eq!(d.status.phase, ServerPhase::Pending, "{ctx}");
+                                    }
+                                    Observation::AgentUnavailable(_) => {
+                                        assert!(d.actions.is_empty(), "{ctx}");
+                                        assert!(
+                                            !conditions::is_true(
+                                                &d.status.conditions,
+                                                AGENT_REACHABLE
+                                            ),
+                                            "{ctx}"
+                                        );
+                                        if !provisioned {
+                                            assert_eq!(
+                                                d.status.phase,
+                                                ServerPhase::Provisioning,
+                                                "{ctx}"
+                                            );
+                                        } else {
+                                            assert_eq!(d.status.phase, phase, "{ctx}");
+                                        }
+                                    }
+                                    Observation::Domain(o) => {
+                                        assert!(
+                                            conditions::is_true(
+                                                &d.status.conditions,
+                                                AGENT_REACHABLE
+                                            ),
+                                            "{ctx}"
+                                        );
+                                        // Never create a disk for a server whose disk existed.
+                                        if provisioned {
+                                            assert!(
+                                                !d.actions.contains(&Action::EnsureDomain {
+                                                    create_disk: true
+                                                }),
+                                                "{ctx}"
+                                            );
+                                        }
+                                        if provisioned && !o.disk_present {
+                                            assert_eq!(d.status.phase, ServerPhase::Error, "{ctx}");
+                                            assert!(
+                                                d.status
+                                                    .reason
+                                                    .as_deref()
+                                                    .unwrap_or("")
+                                                    .contains("disk"),
+                                                "{ctx}"
+                                            );
+                                            assert!(d.actions.is_empty(), "{ctx}");
+                                            continue;
+                                        }
+                                        assert!(d.status.provisioned || !o.disk_present, "{ctx}");
+                                        let wanted = match power {
+                                            PowerState::Running => DomainState::Running,
+                                            PowerState::Stopped => DomainState::Stopped,
+                                        };
+                                        let ensure = d
+                                            .actions
+                                            .iter()
+                                            .any(|a| matches!(a, Action::EnsureDomain { .. }));
+                                        assert_eq!(ensure, o.state != Some(wanted), "{ctx}");
+                                        assert_eq!(
+                                            d.status.phase == ServerPhase::Running,
+                                            o.disk_present && o.state == Some(DomainState::Running),
+                                            "{ctx}"
+                                        );
+                                        assert_eq!(
+                                            conditions::is_true(&d.status.conditions, READY),
+                                            d.status.phase == ServerPhase::Running,
+                                            "{ctx}"
+                                        );
+                                        if d.status.phase == ServerPhase::Error {
+                                            assert!(d.status.reason.is_some(), "{ctx}");
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 7 * 14 * 2 * 2 * 2 * 2);
+    }
+
+    #[test]
+    fn new_server_gets_finalizer_then_schedule_then_disk() {
+        let spec = spec(PowerState::Running, 0);
+        let fresh = VirtualServerStatus::default();
+        assert_eq!(
+            decide(&spec, &fresh, false, false, &Observation::NotPlaced).actions,
+            vec![Action::AddFinalizer]
+        );
+        assert_eq!(
+            decide(&spec, &fresh, true, false, &Observation::NotPlaced).actions,
+            vec![Action::Schedule]
+        );
+        let d = decide(
+            &spec,
+            &placed(ServerPhase::Provisioning, false),
+            true,
+            false,
+            &observed(None, false),
+        );
+        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: true }]);
+        assert_eq!(d.status.phase, ServerPhase::Provisioning);
+        let d = decide(
+            &spec,
+            &d.status,
+            true,
+            false,
+            &observed(Some(DomainState::Running), true),
+        );
+        assert!(d.actions.is_empty());
+        assert_eq!(d.status.phase, ServerPhase::Running);
+        assert!(d.status.provisioned);
+        assert!(conditions::is_true(&d.status.conditions, PROVISIONED));
+    }
+
+    #[test]
+    fn crash_after_disk_creation_is_adopted_not_duplicated() {
+        // The agent created the disk and domain, then the controller died
+        // before recording it: the next pass adopts what exists.
+        let spec = spec(PowerState::Running, 0);
+        let d = decide(
+            &spec,
+            &placed(ServerPhase::Provisioning, false),
+            true,
+            false,
+            &observed(Some(DomainState::Running), true),
+        );
+        assert!(d.actions.is_empty());
+        assert!(d.status.provisioned);
+        assert_eq!(d.status.phase, ServerPhase::Running);
+    }
+
+    #[test]
+    fn vanished_domain_definition_is_redefined_without_new_disk() {
+        let spec = spec(PowerState::Running, 0);
+        let d = decide(
+            &spec,
+            &placed(ServerPhase::Running, true),
+            true,
+            false,
+            &observed(None, true),
+        );
+        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: false }]);
+    }
+
+    #[test]
+    fn vanished_disk_is_an_error_with_reason() {
+        let spec = spec(PowerState::Running, 0);
+        let d = decide(
+            &spec,
+            &placed(ServerPhase::Running, true),
+            true,
+            false,
+            &observed(Some(DomainState::Running), false),
+        );
+        assert_eq!(d.status.phase, ServerPhase::Error);
+        assert!(d.status.reason.unwrap().contains("missing on hv1"));
+        assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn stop_and_start_follow_the_spec() {
+        let d = decide(
+            &spec(PowerState::Stopped, 0),
+            &placed(ServerPhase::Running, true),
+            true,
+            false,
+            &observed(Some(DomainState::Running), true),
+        );
+        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: false }]);
+        let d = decide(
+            &spec(PowerState::Stopped, 0),
+            &placed(ServerPhase::Running, true),
+            true,
+            false,
+            &observed(Some(DomainState::Stopped), true),
+        );
+        assert!(d.actions.is_empty());
+        assert_eq!(d.status.phase, ServerPhase::Stopped);
+        let d = decide(
+            &spec(PowerState::Running, 0),
+            &placed(ServerPhase::Stopped, true),
+            true,
+            false,
+            &observed(Some(DomainState::Stopped), true),
+        );
+        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: false }]);
+    }
+
+    #[test]
+    fn each_reboot_request_reboots_once() {
+        let spec = spec(PowerState::Running, 2);
+        let mut status = placed(ServerPhase::Running, true);
+        status.reboots_done = 1;
+        let d = decide(
+            &spec,
+            &status,
+            true,
+            false,
+            &observed(Some(DomainState::Running), true),
+        );
+        assert_eq!(d.actions, vec![Action::Reboot]);
+        assert_eq!(d.status.reboots_done, 2);
+        let d = decide(
+            &spec,
+            &d.status,
+            true,
+            false,
+            &observed(Some(DomainState::Running), true),
+        );
+        assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn reboot_of_a_stopped_server_is_moot() {
+        let spec = spec(PowerState::Stopped, 1);
+        let d = decide(
+            &spec,
+            &placed(ServerPhase::Stopped, true),
+            true,
+            false,
+            &observed(Some(DomainState::Stopped), true),
+        );
+        assert!(d.actions.is_empty());
+        assert_eq!(d.status.reboots_done, 1);
+    }
+
+    #[test]
+    fn unreachable_agent_keeps_provisioning_with_a_condition() {
+        let spec = spec(PowerState::Running, 0);
+        let d = decide(
+            &spec,
+            &placed(ServerPhase::Provisioning, false),
+            true,
+            false,
+            &Observation::AgentUnavailable("connection refused".into()),
+        );
+        assert_eq!(d.status.phase, ServerPhase::Provisioning);
+        let cond = d
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == AGENT_REACHABLE)
+            .unwrap();
+        assert_eq!(cond.status, "False");
+        assert_eq!(cond.message, "connection refused");
+    }
+
+    #[test]
+    fn deletion_destroys_then_releases() {
+        let spec = spec(PowerState::Running, 0);
+        let status = placed(ServerPhase::Running, true);
+        let d = decide(
+            &spec,
+            &status,
+            true,
+            true,
+            &observed(Some(DomainState::Running), true),
+        );
+        assert_eq!(d.actions, vec![Action::Destroy]);
+        let d = decide(&spec, &status, true, true, &observed(None, false));
+        assert_eq!(d.actions, vec![Action::RemoveFinalizer]);
+        let d = decide(
+            &spec,
+            &status,
+            true,
+            true,
+            &Observation::AgentUnavailable("down".into()),
+        );
+        assert!(d.actions.is_empty());
+    }
+
+    #[test]
+    fn placement_is_recorded_with_reason_when_impossible() {
+        let mut status = VirtualServerStatus::default();
+        record_placement(
+            &mut status,
+            Err("no room".into()),
+            "52:54:00:00:00:01",
+            now(),
+        );
+        assert_eq!(status.phase, ServerPhase::Pending);
+        assert_eq!(status.reason.as_deref(), Some("no room"));
+        assert!(status.hypervisor.is_none());
+        record_placement(&mut status, Ok("hv1"), "52:54:00:00:00:01", now());
+        assert_eq!(status.hypervisor.as_deref(), Some("hv1"));
+        assert_eq!(status.phase, ServerPhase::Provisioning);
+        assert!(status.reason.is_none());
+        assert!(conditions::is_true(&status.conditions, SCHEDULED));
+    }
+}
