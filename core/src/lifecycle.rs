@@ -191,7 +191,10 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         Some(DomainState::Transitioning) => match status.phase {
             ServerPhase::Pending => ServerPhase::Provisioning,
             ServerPhase::Running => ServerPhase::Stopped,
-            phase => phase,
+            phase => {
+                status.reason.clone_from(&server.status.reason);
+                phase
+            }
         },
     };
     let ready = status.phase == ServerPhase::Running;
@@ -309,6 +312,7 @@ mod tests {
             phase,
             hypervisor: Some("hv1".into()),
             provisioned,
+            reason: (phase == ServerPhase::Error).then(|| "the server crashed".to_owned()),
             ..Default::default()
         }
     }
