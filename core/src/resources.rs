@@ -46,6 +46,7 @@ pub struct ServerResources {
     status = "VirtualServerStatus",
     shortname = "vs",
     category = "stratus",
+    derive = "PartialEq",
     doc = "A customer's virtual private server, placed on a hypervisor by the stratus controller.",
     printcolumn(
         name = "Status",
@@ -161,6 +162,7 @@ pub struct VirtualServerStatus {
     status = "HypervisorStatus",
     shortname = "hv",
     category = "stratus",
+    derive = "PartialEq",
     doc = "A hypervisor running the stratus node agent.",
     printcolumn(
         name = "Zone",
@@ -238,6 +240,7 @@ pub struct HypervisorStatus {
     status = "AccountStatus",
     shortname = "acct",
     category = "stratus",
+    derive = "PartialEq",
     doc = "A customer account of the provider.",
     printcolumn(
         name = "Name",

@@ -1,0 +1,48 @@
+/// Everything that can go wrong in the store crate.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{kind} {name} not found")]
+    NotFound { kind: String, name: String },
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: String, name: String },
+    #[error("{kind} {name} was modified concurrently (resourceVersion {expected} is stale)")]
+    Conflict {
+        kind: String,
+        name: String,
+        expected: String,
+    },
+    #[error("invalid object: {0}")]
+    Invalid(String),
+    #[error("watch revision {0} is older than the compacted history; relist")]
+    Gone(u64),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("stored document is malformed: {0}")]
+    Serialization(#[from] serde_json::Error),
+    #[error("credential {0}: cannot be decrypted with this master key")]
+    Decrypt(String),
+    #[error("master key: {0}")]
+    MasterKey(String),
+}
+
+impl StoreError {
+    /// Short label for metrics.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::NotFound { .. } => "not_found",
+            Self::AlreadyExists { .. } => "already_exists",
+            Self::Conflict { .. } => "conflict",
+            Self::Invalid(_) => "invalid",
+            Self::Gone(_) => "gone",
+            Self::Database(_) => "database",
+            Self::Migration(_) => "migration",
+            Self::Serialization(_) => "serialization",
+            Self::Decrypt(_) => "decrypt",
+            Self::MasterKey(_) => "master_key",
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

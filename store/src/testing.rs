@@ -1,0 +1,57 @@
+//! Scratch databases for tests: a SQLite file in a temporary directory and a
+//! fresh schema on the PostgreSQL server named by `STRATUS_TEST_POSTGRES_URL`.
+//! Every store test runs on both; a missing PostgreSQL URL fails the test
+//! rather than skipping it.
+
+use crate::db::Database;
+
+pub const POSTGRES_URL_VAR: &str = "STRATUS_TEST_POSTGRES_URL";
+
+pub struct ScratchDatabase {
+    pub db: Database,
+    pub label: &'static str,
+    _dir: Option<tempfile::TempDir>,
+}
+
+pub async fn sqlite() -> ScratchDatabase {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let url = format!("sqlite://{}", dir.path().join("stratus.db").display());
+    let db = Database::connect(&url)
+        .await
+        .expect("open scratch SQLite database");
+    ScratchDatabase {
+        db,
+        label: "sqlite",
+        _dir: Some(dir),
+    }
+}
+
+pub async fn postgres() -> ScratchDatabase {
+    let base = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+        panic!("{POSTGRES_URL_VAR} is not set: store tests must run on PostgreSQL too (e.g. postgres://postgres@127.0.0.1:5432/test)")
+    });
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let admin = Database::connect_raw(&base)
+        .await
+        .expect("connect to PostgreSQL test server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(admin.pool())
+        .await
+        .expect("create scratch schema");
+    admin.close().await;
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}options=-csearch_path%3D{schema}");
+    let db = Database::connect(&url)
+        .await
+        .expect("open scratch PostgreSQL schema");
+    ScratchDatabase {
+        db,
+        label: "postgres",
+        _dir: None,
+    }
+}
+
+/// One scratch database per supported backend.
+pub async fn both() -> Vec<ScratchDatabase> {
+    vec![sqlite().await, postgres().await]
+}

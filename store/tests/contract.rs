@@ -1,0 +1,601 @@
+//! The resource store contract, run on every backend (SQLite and PostgreSQL).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::core::ObjectMeta;
+use stratus_core::resources::{
+    Account, AccountSpec, PowerState, ServerResources, VirtualServer, VirtualServerSpec,
+    VirtualServerStatus,
+};
+use stratus_store::ledger::{AuditEntry, IdempotencyClaim, Ledger, TokenRecord, TokenScope};
+use stratus_store::objects::Deletion;
+use stratus_store::testing::{self, ScratchDatabase};
+use stratus_store::vault::Vault;
+use stratus_store::{ObjectStore, Resources, SqlObjectStore, StoreError, WatchEvent};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn server(namespace: &str, name: &str) -> VirtualServer {
+    VirtualServer {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        spec: VirtualServerSpec {
+            hostname: "web1".into(),
+            plan: "small".into(),
+            image: "debian-12".into(),
+            zone: None,
+            resources: ServerResources {
+                vcpus: 1,
+                memory_mib: 1024,
+                disk_gib: 25,
+            },
+            power: PowerState::Running,
+            reboot_requests: 0,
+        },
+        status: None,
+    }
+}
+
+fn account(name: &str) -> Account {
+    Account {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: AccountSpec {
+            display_name: "ACME".into(),
+            email: "ops@acme.example".into(),
+        },
+        status: None,
+    }
+}
+
+fn stores(
+    scratch: &ScratchDatabase,
+) -> (SqlObjectStore, Resources<VirtualServer>, Resources<Account>) {
+    let store =
+        SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(50));
+    let shared: Arc<dyn ObjectStore> = Arc::new(store.clone());
+    (
+        store,
+        Resources::new(shared.clone()),
+        Resources::new(shared),
+    )
+}
+
+fn rv(object: &VirtualServer) -> u64 {
+    object
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn create_assigns_metadata_and_rejects_duplicates() {
+    for scratch in testing::both().await {
+        let (_, servers, _) = stores(&scratch);
+        let created = servers.create(&server("acc-1", "vs-1")).await.unwrap();
+        let meta = &created.metadata;
+        assert!(meta.uid.is_some(), "{}", scratch.label);
+        assert_eq!(meta.generation, Some(1), "{}", scratch.label);
+        assert!(meta.creation_timestamp.is_some(), "{}", scratch.label);
+        assert_eq!(
+            servers.get(Some("acc-1"), "vs-1").await.unwrap(),
+            Some(created.clone())
+        );
+        let err = servers.create(&server("acc-1", "vs-1")).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::AlreadyExists { .. }),
+            "{}: {err}",
+            scratch.label
+        );
+        // Same name in another namespace is another object.
+        servers.create(&server("acc-2", "vs-1")).await.unwrap();
+        assert_eq!(servers.list(Some("acc-1")).await.unwrap().items.len(), 1);
+        assert_eq!(servers.list(None).await.unwrap().items.len(), 2);
+        assert!(servers.get(Some("acc-3"), "vs-1").await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn scope_is_enforced() {
+    for scratch in testing::both().await {
+        let (_, servers, accounts) = stores(&scratch);
+        let mut no_namespace = server("x", "vs-1");
+        no_namespace.metadata.namespace = None;
+        assert!(
+            matches!(
+                servers.create(&no_namespace).await,
+                Err(StoreError::Invalid(_))
+            ),
+            "{}",
+            scratch.label
+        );
+        let mut namespaced_account = account("acc-1");
+        namespaced_account.metadata.namespace = Some("x".into());
+        assert!(matches!(
+            accounts.create(&namespaced_account).await,
+            Err(StoreError::Invalid(_))
+        ));
+        accounts.create(&account("acc-1")).await.unwrap();
+        assert!(accounts.get(None, "acc-1").await.unwrap().is_some());
+    }
+}
+
+#[tokio::test]
+async fn replace_checks_resource_version_and_moves_generation_only_on_spec_change() {
+    for scratch in testing::both().await {
+        let (_, servers, _) = stores(&scratch);
+        let created = servers.create(&server("acc-1", "vs-1")).await.unwrap();
+        servers
+            .patch_status(
+                Some("acc-1"),
+                "vs-1",
+                &VirtualServerStatus {
+                    provisioned: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        // `created` now carries a stale resourceVersion.
+        let mut stale = created.clone();
+        stale.spec.power = PowerState::Stopped;
+        let err = servers.replace(&stale).await.unwrap_err();
+        assert!(
+            matches!(err, StoreError::Conflict { .. }),
+            "{}: {err}",
+            scratch.label
+        );
+
+        let mut current = servers.get(Some("acc-1"), "vs-1").await.unwrap().unwrap();
+        current.metadata.labels = Some([("tier".to_owned(), "gold".to_owned())].into());
+        let relabelled = servers.replace(&current).await.unwrap();
+        assert_eq!(relabelled.metadata.generation, Some(1), "{}", scratch.label);
+        assert!(rv(&relabelled) > rv(&current));
+
+        let mut changed = relabelled.clone();
+        changed.spec.power = PowerState::Stopped;
+        changed.status = None; // replace never touches status
+        let updated = servers.replace(&changed).await.unwrap();
+        assert_eq!(updated.metadata.generation, Some(2), "{}", scratch.label);
+        assert!(updated.status.unwrap().provisioned, "{}", scratch.label);
+        assert_eq!(updated.metadata.uid, created.metadata.uid);
+    }
+}
+
+#[tokio::test]
+async fn status_patch_is_idempotent() {
+    for scratch in testing::both().await {
+        let (_, servers, _) = stores(&scratch);
+        servers.create(&server("acc-1", "vs-1")).await.unwrap();
+        let status = VirtualServerStatus {
+            hypervisor: Some("hv1".into()),
+            ..Default::default()
+        };
+        let first = servers
+            .patch_status(Some("acc-1"), "vs-1", &status)
+            .await
+            .unwrap();
+        let second = servers
+            .patch_status(Some("acc-1"), "vs-1", &status)
+            .await
+            .unwrap();
+        assert_eq!(
+            rv(&first),
+            rv(&second),
+            "{}: unchanged status must not bump the revision",
+            scratch.label
+        );
+        assert_eq!(first.metadata.generation, Some(1));
+        let err = servers
+            .patch_status(Some("acc-1"), "vs-404", &status)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::NotFound { .. }));
+    }
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_removed() {
+    for scratch in testing::both().await {
+        let (_, servers, _) = stores(&scratch);
+        servers.create(&server("acc-1", "plain")).await.unwrap();
+        assert!(matches!(
+            servers.delete(Some("acc-1"), "plain").await.unwrap(),
+            Deletion::Deleted
+        ));
+        assert!(servers.get(Some("acc-1"), "plain").await.unwrap().is_none());
+        assert!(matches!(
+            servers.delete(Some("acc-1"), "plain").await,
+            Err(StoreError::NotFound { .. })
+        ));
+
+        servers.create(&server("acc-1", "held")).await.unwrap();
+        servers
+            .add_finalizer(Some("acc-1"), "held", "stratus.dev/teardown")
+            .await
+            .unwrap();
+        servers
+            .add_finalizer(Some("acc-1"), "held", "stratus.dev/teardown")
+            .await
+            .unwrap();
+        let Deletion::Pending(pending) = servers.delete(Some("acc-1"), "held").await.unwrap()
+        else {
+            panic!(
+                "{}: deletion with a finalizer must be pending",
+                scratch.label
+            );
+        };
+        assert!(pending.metadata.deletion_timestamp.is_some());
+        assert_eq!(
+            pending.metadata.finalizers.as_deref(),
+            Some(&["stratus.dev/teardown".to_owned()][..])
+        );
+        // A second delete changes nothing.
+        let Deletion::Pending(again) = servers.delete(Some("acc-1"), "held").await.unwrap() else {
+            panic!()
+        };
+        assert_eq!(rv(&again), rv(&pending));
+        assert!(servers.get(Some("acc-1"), "held").await.unwrap().is_some());
+        servers
+            .remove_finalizer(Some("acc-1"), "held", "stratus.dev/teardown")
+            .await
+            .unwrap();
+        assert!(
+            servers.get(Some("acc-1"), "held").await.unwrap().is_none(),
+            "{}",
+            scratch.label
+        );
+        // The name can be used again, as a new object.
+        let reborn = servers.create(&server("acc-1", "held")).await.unwrap();
+        assert_ne!(reborn.metadata.uid, pending.metadata.uid);
+        assert!(reborn.metadata.deletion_timestamp.is_none());
+    }
+}
+
+fn describe(event: WatchEvent<VirtualServer>) -> String {
+    match event {
+        WatchEvent::Added(o) => format!("added {}", o.metadata.name.unwrap()),
+        WatchEvent::Modified(o) => format!(
+            "modified {} provisioned={}",
+            o.metadata.name.unwrap(),
+            o.status.unwrap().provisioned
+        ),
+        WatchEvent::Deleted(o) => format!("deleted {}", o.metadata.name.unwrap()),
+        WatchEvent::Bookmark(rv) => format!("bookmark {rv}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_streams_each_change_as_it_happens() {
+    for scratch in testing::both().await {
+        let (_, servers, accounts) = stores(&scratch);
+        servers.create(&server("acc-1", "before")).await.unwrap();
+        let start = servers.list(None).await.unwrap().resource_version;
+        let mut watch = Box::pin(servers.watch(start));
+        let mut next = async || {
+            describe(
+                tokio::time::timeout(TIMEOUT, watch.next())
+                    .await
+                    .expect("watch event")
+                    .unwrap()
+                    .unwrap(),
+            )
+        };
+
+        servers.create(&server("acc-1", "vs-1")).await.unwrap();
+        accounts.create(&account("acc-1")).await.unwrap(); // other kinds are not in this watch
+        assert_eq!(next().await, "added vs-1", "{}", scratch.label);
+        servers
+            .patch_status(
+                Some("acc-1"),
+                "vs-1",
+                &VirtualServerStatus {
+                    provisioned: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            next().await,
+            "modified vs-1 provisioned=true",
+            "{}",
+            scratch.label
+        );
+        servers.delete(Some("acc-1"), "vs-1").await.unwrap();
+        assert_eq!(next().await, "deleted vs-1", "{}", scratch.label);
+    }
+}
+
+/// A watcher that reads late sees each changed object once, in its latest
+/// state, in revision order (like a kube watcher that fell behind and relisted).
+#[tokio::test]
+async fn late_watch_sees_latest_state_of_each_object_in_order() {
+    for scratch in testing::both().await {
+        let (_, servers, _) = stores(&scratch);
+        let start = servers.list(None).await.unwrap().resource_version;
+        servers.create(&server("acc-1", "vs-1")).await.unwrap();
+        servers.create(&server("acc-1", "vs-2")).await.unwrap();
+        servers
+            .patch_status(
+                Some("acc-1"),
+                "vs-1",
+                &VirtualServerStatus {
+                    provisioned: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        servers.delete(Some("acc-1"), "vs-2").await.unwrap();
+        let mut watch = Box::pin(servers.watch(start));
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            seen.push(describe(
+                tokio::time::timeout(TIMEOUT, watch.next())
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .unwrap(),
+            ));
+        }
+        assert_eq!(seen, ["added vs-1", "deleted vs-2"], "{}", scratch.label);
+    }
+}
+
+#[tokio::test]
+async fn compacted_history_forces_a_relist() {
+    for scratch in testing::both().await {
+        let (store, servers, _) = stores(&scratch);
+        servers.create(&server("acc-1", "vs-1")).await.unwrap();
+        servers.delete(Some("acc-1"), "vs-1").await.unwrap();
+        let current = store.current_revision().await.unwrap();
+        assert_eq!(
+            store.compact(current).await.unwrap(),
+            1,
+            "{}",
+            scratch.label
+        );
+        let mut watch = Box::pin(servers.watch(0));
+        let event = tokio::time::timeout(TIMEOUT, watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(event, Err(StoreError::Gone(0))),
+            "{}",
+            scratch.label
+        );
+
+        // The list+watch helper recovers by listing again.
+        servers.create(&server("acc-1", "vs-2")).await.unwrap();
+        let mut watcher = Box::pin(servers.watcher(Duration::from_millis(10)));
+        let first = tokio::time::timeout(TIMEOUT, watcher.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(first, WatchEvent::Added(ref o) if o.metadata.name.as_deref() == Some("vs-2"))
+        );
+        servers.create(&server("acc-1", "vs-3")).await.unwrap();
+        let next = tokio::time::timeout(TIMEOUT, watcher.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            matches!(next, WatchEvent::Added(ref o) if o.metadata.name.as_deref() == Some("vs-3")),
+            "{}",
+            scratch.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_writers_never_lose_an_update() {
+    for scratch in testing::both().await {
+        let (_, servers, _) = stores(&scratch);
+        servers.create(&server("acc-1", "counter")).await.unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..16 {
+            let servers = servers.clone();
+            tasks.push(tokio::spawn(async move {
+                servers
+                    .create(&server("acc-1", &format!("vs-{i}")))
+                    .await
+                    .unwrap();
+                servers
+                    .update(Some("acc-1"), "counter", |s| {
+                        s.spec.reboot_requests += 1;
+                        true
+                    })
+                    .await
+                    .unwrap();
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let counter = servers
+            .get(Some("acc-1"), "counter")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(counter.spec.reboot_requests, 16, "{}", scratch.label);
+        let list = servers.list(Some("acc-1")).await.unwrap();
+        assert_eq!(list.items.len(), 17);
+        let mut versions: Vec<u64> = list.items.iter().map(rv).collect();
+        versions.sort_unstable();
+        versions.dedup();
+        assert_eq!(
+            versions.len(),
+            17,
+            "{}: every write gets its own revision",
+            scratch.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_stored_hashed_and_revocable() {
+    for scratch in testing::both().await {
+        let ledger = Ledger::new(scratch.db.clone());
+        let record = TokenRecord {
+            id: "tok-1".into(),
+            account_id: Some("acc-1".into()),
+            name: "ci".into(),
+            scope: TokenScope::Customer,
+            created_at: 1000,
+            revoked_at: None,
+        };
+        ledger.insert_token(&record, "hash-1").await.unwrap();
+        assert_eq!(
+            ledger.token_by_hash("hash-1").await.unwrap(),
+            Some(record.clone())
+        );
+        assert_eq!(ledger.token_by_hash("hash-2").await.unwrap(), None);
+        assert!(!ledger.has_active_admin_token().await.unwrap());
+        let revoked = ledger.revoke_token("tok-1", 2000).await.unwrap().unwrap();
+        assert_eq!(revoked.revoked_at, Some(2000), "{}", scratch.label);
+        let again = ledger.revoke_token("tok-1", 3000).await.unwrap().unwrap();
+        assert_eq!(
+            again.revoked_at,
+            Some(2000),
+            "{}: first revocation time is kept",
+            scratch.label
+        );
+        assert_eq!(ledger.tokens_of_account("acc-1").await.unwrap().len(), 1);
+        assert!(ledger.revoke_token("tok-404", 1).await.unwrap().is_none());
+    }
+}
+
+#[tokio::test]
+async fn idempotency_key_binds_once_under_concurrency() {
+    for scratch in testing::both().await {
+        let ledger = Ledger::new(scratch.db.clone());
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let ledger = ledger.clone();
+            tasks.push(tokio::spawn(async move {
+                ledger
+                    .claim_idempotency_key("acc-1", "k1", "h1", &format!("vs-{i}"), 1)
+                    .await
+                    .unwrap()
+            }));
+        }
+        let mut claimed = 0;
+        let mut bound = std::collections::BTreeSet::new();
+        for task in tasks {
+            match task.await.unwrap() {
+                IdempotencyClaim::Claimed => claimed += 1,
+                IdempotencyClaim::Existing { resource_name, .. } => {
+                    bound.insert(resource_name);
+                }
+            }
+        }
+        assert_eq!(claimed, 1, "{}", scratch.label);
+        assert!(bound.len() <= 1, "{}: {bound:?}", scratch.label);
+        // Another account may use the same key.
+        let other = ledger
+            .claim_idempotency_key("acc-2", "k1", "h9", "vs-x", 1)
+            .await
+            .unwrap();
+        assert_eq!(other, IdempotencyClaim::Claimed);
+    }
+}
+
+#[tokio::test]
+async fn audit_log_appends_and_filters_by_subject() {
+    for scratch in testing::both().await {
+        let ledger = Ledger::new(scratch.db.clone());
+        for (subject, action) in [
+            ("server/acc-1/vs-1", "create"),
+            ("server/acc-1/vs-1", "stop"),
+            ("server/acc-10/vs-2", "create"),
+        ] {
+            ledger
+                .audit(&AuditEntry {
+                    at: 1,
+                    actor: "token:tok-1".into(),
+                    action: action.into(),
+                    subject: subject.into(),
+                    detail: "{}".into(),
+                })
+                .await
+                .unwrap();
+        }
+        let trail = ledger.audit_trail("server/acc-1/").await.unwrap();
+        assert_eq!(
+            trail.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
+            ["create", "stop"],
+            "{}",
+            scratch.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn vault_encrypts_and_binds_to_key_and_name() {
+    for scratch in testing::both().await {
+        let vault = Vault::new(scratch.db.clone(), &[7u8; 32]).unwrap();
+        vault
+            .put("hypervisor/hv1", "s3cret-agent-token", 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            vault.get("hypervisor/hv1").await.unwrap().as_deref(),
+            Some("s3cret-agent-token")
+        );
+        let stored: String =
+            sqlx::query_scalar("SELECT ciphertext FROM credentials WHERE name = 'hypervisor/hv1'")
+                .fetch_one(scratch.db.pool())
+                .await
+                .unwrap();
+        assert!(!stored.contains("s3cret"), "{}", scratch.label);
+        let other_key = Vault::new(scratch.db.clone(), &[8u8; 32]).unwrap();
+        assert!(matches!(
+            other_key.get("hypervisor/hv1").await,
+            Err(StoreError::Decrypt(_))
+        ));
+        // A ciphertext moved onto another name does not decrypt.
+        sqlx::query("INSERT INTO credentials (name, nonce, ciphertext, created_at) SELECT 'hypervisor/hv2', nonce, ciphertext, 1 FROM credentials WHERE name = 'hypervisor/hv1'")
+            .execute(scratch.db.pool())
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                vault.get("hypervisor/hv2").await,
+                Err(StoreError::Decrypt(_))
+            ),
+            "{}",
+            scratch.label
+        );
+        vault.delete("hypervisor/hv1").await.unwrap();
+        assert_eq!(vault.get("hypervisor/hv1").await.unwrap(), None);
+    }
+}
+
+#[test]
+fn master_key_file_is_created_private_and_reused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("master.key");
+    let key = Vault::load_or_create_key(&path).unwrap();
+    assert_eq!(key.len(), 32);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(Vault::load_or_create_key(&path).unwrap(), key);
+    std::fs::write(&path, "short").unwrap();
+    assert!(Vault::load_or_create_key(&path).is_err());
+}
