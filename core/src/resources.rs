@@ -3,6 +3,10 @@
 //! One Rust type per kind, used by the API, the controller, both store
 //! backends and, through `kube`'s derive, as Kubernetes CRDs.
 
+// kube-derive repeats `type_ = ...` once per printer column, which clippy reads as
+// a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
