@@ -1,0 +1,553 @@
+//! The libvirt side of the agent: blocking calls on one long-lived
+//! connection (the test driver's state lives only while a connection is open).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stratus_core::agent_api::{
+    DomainObservation, DomainSpec, DomainState, MANAGED_PREFIX, NodeReport, PoolInfo,
+    disk_volume_name,
+};
+use stratus_core::resources::PowerState;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::error::ErrorNumber;
+use virt::storage_pool::StoragePool;
+use virt::storage_vol::StorageVol;
+
+use crate::error::AgentError;
+use crate::replay::{Definitions, DomainRecord, VolumeRecord};
+use crate::xml;
+
+const GIB: u64 = 1024 * 1024 * 1024;
+const VIR_DOMAIN_XML_INACTIVE: u32 = 2;
+
+/// Capacity to advertise instead of what libvirt reports, e.g. to size a
+/// simulated hypervisor or to advertise overcommitted vCPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CapacityOverride {
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u64>,
+    pub disk_gib: Option<u64>,
+}
+
+impl FromStr for CapacityOverride {
+    type Err = String;
+
+    /// `vcpus=64,memory_mib=262144,disk_gib=16384` (any subset).
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut out = Self::default();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("expected key=value, got {part:?}"))?;
+            let number = |v: &str| {
+                v.parse::<u64>()
+                    .map_err(|_| format!("{key}: {v:?} is not a number"))
+            };
+            match key {
+                "vcpus" => {
+                    out.vcpus = Some(
+                        u32::try_from(number(value)?).map_err(|_| "vcpus: too large".to_owned())?,
+                    )
+                }
+                "memory_mib" => out.memory_mib = Some(number(value)?),
+                "disk_gib" => out.disk_gib = Some(number(value)?),
+                other => {
+                    return Err(format!(
+                        "unknown capacity key {other:?} (vcpus, memory_mib, disk_gib)"
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DriverConfig {
+    pub uri: String,
+    pub zone: String,
+    /// Storage pool holding the images and the server disks.
+    pub pool: String,
+    /// libvirt network the servers' NICs attach to.
+    pub network: String,
+    /// Domain type in the XML (`kvm`, `qemu`, `test`).
+    pub domain_type: String,
+    /// How long a guest gets to shut down on ACPI before it is powered off.
+    pub shutdown_timeout: Duration,
+    pub capacity: CapacityOverride,
+    /// Where to keep definitions for a hypervisor that forgets them (test driver).
+    pub state_dir: Option<PathBuf>,
+}
+
+impl DriverConfig {
+    /// Sensible defaults for a URI: the test driver has `default-pool` and
+    /// `test` domains; real hypervisors use `default` and KVM.
+    pub fn for_uri(uri: &str, zone: &str) -> Self {
+        let test = uri.starts_with("test:");
+        Self {
+            uri: uri.to_owned(),
+            zone: zone.to_owned(),
+            pool: if test { "default-pool" } else { "default" }.to_owned(),
+            network: "default".to_owned(),
+            domain_type: if test { "test" } else { "kvm" }.to_owned(),
+            shutdown_timeout: Duration::from_secs(if test { 5 } else { 120 }),
+            capacity: CapacityOverride::default(),
+            state_dir: None,
+        }
+    }
+}
+
+pub struct Driver {
+    conn: Connect,
+    config: DriverConfig,
+    definitions: Option<Definitions>,
+    /// One lock per domain name: calls for one domain run one at a time,
+    /// different domains in parallel.
+    locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+}
+
+fn is_missing(error: &virt::error::Error, number: ErrorNumber) -> bool {
+    matches!(error.code(), virt::error::ErrorNumberEnum::Known(n) if n == number)
+}
+
+fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
+    use virt::domain::DomainState as S;
+    match state {
+        virt::enumutil::Enum::Known(S::Running | S::Blocked) => DomainState::Running,
+        virt::enumutil::Enum::Known(S::Paused) => DomainState::Paused,
+        virt::enumutil::Enum::Known(S::Shutoff) => DomainState::Stopped,
+        virt::enumutil::Enum::Known(S::Crashed) => DomainState::Crashed,
+        _ => DomainState::Transitioning,
+    }
+}
+
+/// Only names the control plane gives (`stratus-…`) are touched, so the agent
+/// can never act on a domain someone else defined on the host.
+pub fn check_managed_name(name: &str) -> Result<(), AgentError> {
+    let ok = name.starts_with(MANAGED_PREFIX)
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(AgentError::BadRequest(format!(
+            "domain name {name:?} must start with {MANAGED_PREFIX:?} and use lower-case letters, digits and '-'"
+        )))
+    }
+}
+
+fn persist_error(path: &Option<PathBuf>) -> impl FnOnce(std::io::Error) -> AgentError + '_ {
+    move |source| AgentError::Persist {
+        path: path
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        source,
+    }
+}
+
+impl Driver {
+    /// Opens the connection, checks the storage pool and replays recorded definitions.
+    pub fn open(config: DriverConfig) -> Result<Self, AgentError> {
+        // libvirt otherwise prints every (expected) lookup miss to stderr.
+        virt::error::clear_error_callback();
+        let conn = Connect::open(Some(&config.uri))?;
+        let definitions = config
+            .state_dir
+            .as_deref()
+            .map(Definitions::open)
+            .transpose()
+            .map_err(persist_error(&config.state_dir))?;
+        let driver = Self {
+            conn,
+            config,
+            definitions,
+            locks: Mutex::new(HashMap::new()),
+        };
+        let pool = driver.pool()?;
+        if !pool.is_active()? {
+            pool.create(0)?;
+        }
+        driver.replay()?;
+        Ok(driver)
+    }
+
+    pub fn config(&self) -> &DriverConfig {
+        &self.config
+    }
+
+    fn pool(&self) -> Result<StoragePool, AgentError> {
+        Ok(self.conn.lookup_storage_pool_by_name(&self.config.pool)?)
+    }
+
+    fn lock(&self, name: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    fn lookup_domain(&self, name: &str) -> Result<Option<Domain>, AgentError> {
+        match self.conn.lookup_domain_by_name(name) {
+            Ok(domain) => Ok(Some(domain)),
+            Err(e) if is_missing(&e, ErrorNumber::NoDomain) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn lookup_volume(pool: &StoragePool, name: &str) -> Result<Option<StorageVol>, AgentError> {
+        match pool.lookup_storage_vol_by_name(name) {
+            Ok(volume) => Ok(Some(volume)),
+            Err(e) if is_missing(&e, ErrorNumber::NoStorageVolume) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn replay(&self) -> Result<(), AgentError> {
+        let Some(defs) = &self.definitions else {
+            return Ok(());
+        };
+        let persist = persist_error(&self.config.state_dir);
+        let pool = self.pool()?;
+        let mut volumes = defs.volumes().map_err(persist)?;
+        // Images first: disks are overlays on them.
+        volumes.sort_by_key(|(name, _)| name.starts_with(MANAGED_PREFIX));
+        let (mut restored_volumes, mut restored_domains) = (0, 0);
+        for (name, record) in volumes {
+            if Self::lookup_volume(&pool, &name)?.is_none() {
+                StorageVol::create_xml(&pool, &record.xml, 0)?;
+                restored_volumes += 1;
+            }
+        }
+        for (name, record) in defs
+            .domains()
+            .map_err(persist_error(&self.config.state_dir))?
+        {
+            let domain = match self.lookup_domain(&name)? {
+                Some(domain) => domain,
+                None => {
+                    restored_domains += 1;
+                    self.conn.define_domain_xml(&record.xml)?
+                }
+            };
+            if record.running && !domain.is_active()? {
+                domain.create()?;
+            }
+        }
+        tracing::info!(
+            restored_volumes,
+            restored_domains,
+            "replayed recorded hypervisor definitions"
+        );
+        Ok(())
+    }
+
+    fn record_domain(&self, name: &str, domain: &Domain) -> Result<(), AgentError> {
+        if let Some(defs) = &self.definitions {
+            let record = DomainRecord {
+                xml: domain.xml_desc(VIR_DOMAIN_XML_INACTIVE)?,
+                running: domain.is_active()?,
+            };
+            defs.save_domain(name, &record)
+                .map_err(persist_error(&self.config.state_dir))?;
+        }
+        Ok(())
+    }
+
+    fn record_volume(&self, name: &str, volume: &StorageVol) -> Result<(), AgentError> {
+        if let Some(defs) = &self.definitions {
+            let record = VolumeRecord {
+                xml: volume.xml_desc(0)?,
+            };
+            defs.save_volume(name, &record)
+                .map_err(persist_error(&self.config.state_dir))?;
+        }
+        Ok(())
+    }
+
+    fn forget(&self, domain: Option<&str>, volume: Option<&str>) -> Result<(), AgentError> {
+        if let Some(defs) = &self.definitions {
+            let persist = persist_error(&self.config.state_dir);
+            let result = domain
+                .map(|d| defs.remove_domain(d))
+                .transpose()
+                .and_then(|_| volume.map(|v| defs.remove_volume(v)).transpose());
+            result.map_err(persist)?;
+        }
+        Ok(())
+    }
+
+    pub fn observe(&self, name: &str) -> Result<DomainObservation, AgentError> {
+        check_managed_name(name)?;
+        let state = self
+            .lookup_domain(name)?
+            .map(|d| d.state().map(|(s, _)| map_state(s)))
+            .transpose()?;
+        let disk_present = Self::lookup_volume(&self.pool()?, &disk_volume_name(name))?.is_some();
+        Ok(DomainObservation {
+            name: name.to_owned(),
+            state,
+            disk_present,
+        })
+    }
+
+    /// Makes domain `name` match `spec`; calling it again changes nothing.
+    pub fn ensure(&self, name: &str, spec: &DomainSpec) -> Result<DomainObservation, AgentError> {
+        check_managed_name(name)?;
+        if spec.vcpus == 0 || spec.memory_mib == 0 || spec.disk_gib == 0 {
+            return Err(AgentError::BadRequest(
+                "vcpus, memory_mib and disk_gib must be positive".into(),
+            ));
+        }
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = self.pool()?;
+        let disk_name = disk_volume_name(name);
+        if Self::lookup_volume(&pool, &disk_name)?.is_none() {
+            if !spec.create_disk {
+                return Err(AgentError::DiskMissing {
+                    domain: name.to_owned(),
+                    volume: disk_name,
+                });
+            }
+            let image = Self::lookup_volume(&pool, &spec.image_volume)?
+                .ok_or_else(|| AgentError::ImageMissing(spec.image_volume.clone()))?;
+            let xml = xml::overlay_volume(&disk_name, spec.disk_gib, &image.path()?);
+            let disk = StorageVol::create_xml(&pool, &xml, 0).map_err(|e| {
+                if e.message().contains("space") {
+                    AgentError::NoSpace {
+                        pool: self.config.pool.clone(),
+                        needed_gib: spec.disk_gib,
+                    }
+                } else {
+                    AgentError::Libvirt(e)
+                }
+            })?;
+            self.record_volume(&disk_name, &disk)?;
+            tracing::info!(domain = name, volume = %disk_name, image = %spec.image_volume, "created disk overlay");
+        }
+        let domain = match self.lookup_domain(name)? {
+            Some(domain) => domain,
+            None => {
+                let placement = xml::Placement {
+                    domain_type: &self.config.domain_type,
+                    pool: &self.config.pool,
+                    disk_volume: &disk_name,
+                    network: &self.config.network,
+                };
+                let domain = self
+                    .conn
+                    .define_domain_xml(&xml::domain(name, spec, &placement))?;
+                tracing::info!(domain = name, "defined domain");
+                domain
+            }
+        };
+        self.converge_power(name, &domain, spec.power)?;
+        self.record_domain(name, &domain)?;
+        self.observe(name)
+    }
+
+    fn converge_power(
+        &self,
+        name: &str,
+        domain: &Domain,
+        power: PowerState,
+    ) -> Result<(), AgentError> {
+        let state = map_state(domain.state()?.0);
+        match (power, state) {
+            (PowerState::Running, DomainState::Running)
+            | (PowerState::Stopped, DomainState::Stopped) => {}
+            (PowerState::Running, DomainState::Paused) => domain.resume()?,
+            (PowerState::Running, DomainState::Stopped | DomainState::Crashed) => {
+                if domain.is_active()? {
+                    domain.destroy()?;
+                }
+                domain.create()?;
+                tracing::info!(domain = name, "started domain");
+            }
+            (PowerState::Running, DomainState::Transitioning) => {
+                self.wait_until_settled(domain)?;
+                if !domain.is_active()? {
+                    domain.create()?;
+                }
+            }
+            (PowerState::Stopped, DomainState::Paused | DomainState::Crashed) => {
+                if domain.is_active()? {
+                    domain.destroy()?;
+                }
+            }
+            (PowerState::Stopped, DomainState::Running | DomainState::Transitioning) => {
+                self.shut_down(name, domain)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// ACPI shutdown, then power off once the guest had its chance.
+    fn shut_down(&self, name: &str, domain: &Domain) -> Result<(), AgentError> {
+        if let Err(e) = domain.shutdown() {
+            if domain.is_active()? {
+                tracing::warn!(domain = name, error = %e, "ACPI shutdown refused; powering off");
+            }
+        }
+        self.wait_until_settled(domain)?;
+        if domain.is_active()? {
+            tracing::warn!(domain = name, timeout = ?self.config.shutdown_timeout, "guest did not shut down in time; powering off");
+            domain.destroy()?;
+        }
+        tracing::info!(domain = name, "stopped domain");
+        Ok(())
+    }
+
+    fn wait_until_settled(&self, domain: &Domain) -> Result<(), AgentError> {
+        let deadline = Instant::now() + self.config.shutdown_timeout;
+        while Instant::now() < deadline {
+            match map_state(domain.state()?.0) {
+                DomainState::Running | DomainState::Transitioning if domain.is_active()? => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                _ => break,
+            }
+        }
+        Ok(())
+    }
+
+    pub fn reboot(&self, name: &str) -> Result<DomainObservation, AgentError> {
+        check_managed_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let domain = self
+            .lookup_domain(name)?
+            .ok_or_else(|| AgentError::BadRequest(format!("domain {name} is not defined")))?;
+        if !domain.is_active()? {
+            return Err(AgentError::BadRequest(format!(
+                "domain {name} is not running"
+            )));
+        }
+        domain.reboot(0)?;
+        tracing::info!(domain = name, "rebooted domain");
+        self.observe(name)
+    }
+
+    /// Powers off and undefines the domain, then wipes and deletes its disk.
+    /// Whatever is already gone is skipped, so it can be repeated.
+    pub fn destroy(&self, name: &str) -> Result<DomainObservation, AgentError> {
+        check_managed_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(domain) = self.lookup_domain(name)? {
+            if domain.is_active()? {
+                domain.destroy()?;
+            }
+            domain.undefine()?;
+            tracing::info!(domain = name, "destroyed and undefined domain");
+        }
+        self.forget(Some(name), None)?;
+        let disk_name = disk_volume_name(name);
+        if let Some(disk) = Self::lookup_volume(&self.pool()?, &disk_name)? {
+            match disk.wipe(0) {
+                Ok(()) => {}
+                Err(e) if is_missing(&e, ErrorNumber::NoSupport) => {
+                    tracing::warn!(volume = %disk_name, "storage driver cannot wipe; deleting only");
+                }
+                Err(e) => return Err(e.into()),
+            }
+            disk.delete(0)?;
+            tracing::info!(volume = %disk_name, "wiped and deleted disk");
+        }
+        self.forget(None, Some(&disk_name))?;
+        self.observe(name)
+    }
+
+    /// Creates an empty image volume if absent (seeding simulated hypervisors).
+    pub fn seed_image(&self, volume: &str, size_gib: u64) -> Result<bool, AgentError> {
+        let pool = self.pool()?;
+        if Self::lookup_volume(&pool, volume)?.is_some() {
+            return Ok(false);
+        }
+        match StorageVol::create_xml(&pool, &xml::image_volume(volume, size_gib), 0) {
+            Ok(created) => {
+                self.record_volume(volume, &created)?;
+                Ok(true)
+            }
+            // Another caller seeded it between the lookup and the create.
+            Err(_) if Self::lookup_volume(&pool, volume)?.is_some() => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub fn node_report(&self) -> Result<NodeReport, AgentError> {
+        let info = self.conn.node_info()?;
+        let pool = self.pool()?;
+        let pool_info = pool.info()?;
+        let mut images = Vec::new();
+        for volume in pool.list_volumes()? {
+            if !volume.starts_with(MANAGED_PREFIX) {
+                images.push(volume);
+            }
+        }
+        images.sort();
+        let mut domains = Vec::new();
+        for domain in self.conn.list_all_domains(0)? {
+            let name = domain.name()?;
+            if name.starts_with(MANAGED_PREFIX) {
+                domains.push(name);
+            }
+        }
+        domains.sort();
+        let capacity = self.config.capacity;
+        let pool_capacity = capacity
+            .disk_gib
+            .map_or(pool_info.capacity, |gib| gib * GIB);
+        Ok(NodeReport {
+            zone: self.config.zone.clone(),
+            vcpus: capacity.vcpus.unwrap_or(info.cpus),
+            memory_mib: capacity.memory_mib.unwrap_or(info.memory / 1024),
+            pool: PoolInfo {
+                name: self.config.pool.clone(),
+                capacity_bytes: pool_capacity,
+                allocation_bytes: pool_info.allocation,
+                available_bytes: pool_capacity.saturating_sub(pool_info.allocation),
+            },
+            images,
+            domains,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capacity_override_parses_subsets_and_rejects_typos() {
+        let parsed: CapacityOverride = "vcpus=64, memory_mib=262144".parse().unwrap();
+        assert_eq!(parsed.vcpus, Some(64));
+        assert_eq!(parsed.memory_mib, Some(262144));
+        assert_eq!(parsed.disk_gib, None);
+        assert!(
+            "cpus=4"
+                .parse::<CapacityOverride>()
+                .unwrap_err()
+                .contains("cpus")
+        );
+        assert!("vcpus=four".parse::<CapacityOverride>().is_err());
+        assert_eq!(
+            "".parse::<CapacityOverride>().unwrap(),
+            CapacityOverride::default()
+        );
+    }
+
+    #[test]
+    fn only_managed_names_are_accepted() {
+        assert!(check_managed_name("stratus-vs-00000000000000aa").is_ok());
+        for bad in ["test", "stratus-../x", "stratus-A", "other-vs-1", ""] {
+            assert!(check_managed_name(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The agent's HTTP API. Every call but `/healthz` and `/metrics` needs the
+//! agent's bearer token.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use ring::digest::{SHA256, digest};
+use stratus_core::agent_api::{AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec};
+
+use crate::driver::Driver;
+use crate::error::AgentError;
+use crate::metrics::AgentMetrics;
+
+#[derive(Clone)]
+pub struct AgentState {
+    driver: Arc<Driver>,
+    token_digest: Arc<[u8]>,
+    metrics: Arc<AgentMetrics>,
+}
+
+impl AgentState {
+    pub fn new(driver: Arc<Driver>, token: &str) -> Self {
+        Self {
+            driver,
+            token_digest: digest(&SHA256, token.as_bytes()).as_ref().into(),
+            metrics: Arc::new(AgentMetrics::default()),
+        }
+    }
+
+    pub fn driver(&self) -> &Arc<Driver> {
+        &self.driver
+    }
+}
+
+pub fn router(state: AgentState) -> Router {
+    let authenticated = Router::new()
+        .route("/v1/node", get(node))
+        .route(
+            "/v1/domains/{name}",
+            get(observe).put(ensure).delete(destroy),
+        )
+        .route("/v1/domains/{name}/reboot", post(reboot))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .merge(authenticated)
+        .with_state(state)
+}
+
+fn error_response(status: StatusCode, code: AgentErrorCode, message: String) -> Response {
+    let body = AgentErrorBody {
+        error: AgentErrorDetail { code, message },
+    };
+    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let status = match self.code() {
+            AgentErrorCode::BadRequest => StatusCode::BAD_REQUEST,
+            AgentErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
+            AgentErrorCode::DiskMissing => StatusCode::CONFLICT,
+            AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,
+            AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            AgentErrorCode::Hypervisor => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "agent call failed");
+        }
+        error_response(status, self.code(), self.to_string())
+    }
+}
+
+/// Compares digests so the comparison time says nothing about the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(
+    State(state): State<AgentState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|token| digest(&SHA256, token.trim().as_bytes()));
+    match presented {
+        Some(d) if constant_time_eq(d.as_ref(), &state.token_digest) => next.run(request).await,
+        _ => error_response(
+            StatusCode::UNAUTHORIZED,
+            AgentErrorCode::Unauthorized,
+            "a valid agent bearer token is required".into(),
+        ),
+    }
+}
+
+/// Runs a blocking libvirt call off the async threads and counts it.
+async fn run<T: Send + 'static>(
+    state: &AgentState,
+    operation: &'static str,
+    call: impl FnOnce(&Driver) -> Result<T, AgentError> + Send + 'static,
+) -> Result<T, AgentError> {
+    let driver = state.driver.clone();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || call(&driver))
+        .await
+        .map_err(|e| AgentError::Worker(e.to_string()))
+        .and_then(|r| r);
+    let outcome = result.as_ref().err().map_or("ok", AgentError::metric_label);
+    state.metrics.record(operation, outcome, started.elapsed());
+    result
+}
+
+#[tracing::instrument(skip(state))]
+async fn node(State(state): State<AgentState>) -> Result<Response, AgentError> {
+    Ok(Json(run(&state, "node", |d| d.node_report()).await?).into_response())
+}
+
+#[tracing::instrument(skip(state))]
+async fn observe(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+) -> Result<Response, AgentError> {
+    Ok(Json(run(&state, "observe", move |d| d.observe(&name)).await?).into_response())
+}
+
+#[tracing::instrument(skip(state, body))]
+async fn ensure(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+    body: Result<Json<DomainSpec>, JsonRejection>,
+) -> Result<Response, AgentError> {
+    let Json(spec) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    Ok(Json(run(&state, "ensure", move |d| d.ensure(&name, &spec)).await?).into_response())
+}
+
+#[tracing::instrument(skip(state))]
+async fn destroy(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+) -> Result<Response, AgentError> {
+    Ok(Json(run(&state, "destroy", move |d| d.destroy(&name)).await?).into_response())
+}
+
+#[tracing::instrument(skip(state))]
+async fn reboot(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+) -> Result<Response, AgentError> {
+    Ok(Json(run(&state, "reboot", move |d| d.reboot(&name)).await?).into_response())
+}
+
+async fn metrics(State(state): State<AgentState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}

@@ -1,0 +1,208 @@
+//! The agent against libvirt's test driver: the real library, a simulated hypervisor.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use stratus_agent::{AgentError, CapacityOverride, Driver, DriverConfig};
+use stratus_core::agent_api::{DomainSpec, DomainState};
+use stratus_core::resources::PowerState;
+
+/// A driver on the process-wide `test:///default` hypervisor; tests use
+/// their own domain and image names so they can run side by side.
+fn default_driver() -> Driver {
+    Driver::open(DriverConfig::for_uri("test:///default", "test-zone"))
+        .expect("open test:///default")
+}
+
+/// A private simulated hypervisor described by a node file: its state is not
+/// shared with any other connection.
+fn private_node(dir: &Path) -> String {
+    let path = dir.join("node.xml");
+    std::fs::write(
+        &path,
+        "<node>\n\
+         <cpu><mhz>2400</mhz><model>stratus-sim</model><active>8</active><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>2</threads></cpu>\n\
+         <memory>16777216</memory>\n\
+         <pool type='dir'><name>default-pool</name><target><path>/stratus-sim-pool</path></target></pool>\n\
+         </node>\n",
+    )
+    .unwrap();
+    format!("test://{}", path.display())
+}
+
+fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
+    DomainSpec {
+        hostname: "web1".into(),
+        vcpus: 2,
+        memory_mib: 2048,
+        disk_gib: 25,
+        image_volume: image.into(),
+        mac_address: "52:54:00:12:34:56".into(),
+        power,
+        create_disk,
+    }
+}
+
+#[test]
+fn ensure_is_idempotent_and_follows_power_state() {
+    let driver = default_driver();
+    let name = "stratus-itest-ensure";
+    let image = "itest-ensure.qcow2";
+    driver.seed_image(image, 2).unwrap();
+
+    let first = driver
+        .ensure(name, &spec(image, PowerState::Running, true))
+        .unwrap();
+    assert_eq!(first.state, Some(DomainState::Running));
+    assert!(first.disk_present);
+    let again = driver
+        .ensure(name, &spec(image, PowerState::Running, true))
+        .unwrap();
+    assert_eq!(again, first);
+    let report = driver.node_report().unwrap();
+    assert_eq!(
+        report.domains.iter().filter(|d| d.as_str() == name).count(),
+        1
+    );
+    assert!(report.images.iter().any(|i| i == image));
+    assert!(
+        !report.domains.iter().any(|d| d == "test"),
+        "the driver's own domain is not ours"
+    );
+
+    let stopped = driver
+        .ensure(name, &spec(image, PowerState::Stopped, false))
+        .unwrap();
+    assert_eq!(stopped.state, Some(DomainState::Stopped));
+    let started = driver
+        .ensure(name, &spec(image, PowerState::Running, false))
+        .unwrap();
+    assert_eq!(started.state, Some(DomainState::Running));
+    assert_eq!(
+        driver.reboot(name).unwrap().state,
+        Some(DomainState::Running)
+    );
+
+    let gone = driver.destroy(name).unwrap();
+    assert_eq!(gone.state, None);
+    assert!(!gone.disk_present);
+    assert_eq!(
+        driver.destroy(name).unwrap(),
+        gone,
+        "destroying twice is harmless"
+    );
+    assert!(matches!(
+        driver.reboot(name),
+        Err(AgentError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn a_missing_disk_is_never_silently_recreated() {
+    let driver = default_driver();
+    let name = "stratus-itest-nodisk";
+    let image = "itest-nodisk.qcow2";
+    driver.seed_image(image, 2).unwrap();
+    let err = driver
+        .ensure(name, &spec(image, PowerState::Running, false))
+        .unwrap_err();
+    assert!(matches!(err, AgentError::DiskMissing { .. }), "{err}");
+    assert_eq!(
+        driver.observe(name).unwrap().state,
+        None,
+        "nothing was defined"
+    );
+}
+
+#[test]
+fn a_missing_image_is_reported() {
+    let driver = default_driver();
+    let err = driver
+        .ensure(
+            "stratus-itest-noimage",
+            &spec("no-such-image.qcow2", PowerState::Running, true),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, AgentError::ImageMissing(ref i) if i == "no-such-image.qcow2"),
+        "{err}"
+    );
+}
+
+#[test]
+fn foreign_domains_are_out_of_reach() {
+    let driver = default_driver();
+    assert!(matches!(
+        driver.observe("test"),
+        Err(AgentError::BadRequest(_))
+    ));
+    assert!(matches!(
+        driver.destroy("test"),
+        Err(AgentError::BadRequest(_))
+    ));
+}
+
+#[test]
+fn node_report_reads_libvirt_and_applies_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = DriverConfig::for_uri(&private_node(dir.path()), "par1");
+    let plain = Driver::open(config.clone()).unwrap().node_report().unwrap();
+    assert_eq!(plain.vcpus, 8);
+    assert_eq!(plain.memory_mib, 16384);
+    assert_eq!(plain.zone, "par1");
+    config.capacity = "vcpus=64,disk_gib=1000"
+        .parse::<CapacityOverride>()
+        .unwrap();
+    let overridden = Driver::open(config).unwrap().node_report().unwrap();
+    assert_eq!(overridden.vcpus, 64);
+    assert_eq!(overridden.memory_mib, 16384);
+    assert_eq!(overridden.pool.capacity_bytes, 1000 * 1024 * 1024 * 1024);
+}
+
+#[test]
+fn recorded_definitions_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = DriverConfig::for_uri(&private_node(dir.path()), "z");
+    config.state_dir = Some(dir.path().join("state"));
+    let image = "debian-12.qcow2";
+    {
+        let driver = Driver::open(config.clone()).unwrap();
+        driver.seed_image(image, 2).unwrap();
+        driver
+            .ensure("stratus-vs-a", &spec(image, PowerState::Running, true))
+            .unwrap();
+        driver
+            .ensure("stratus-vs-b", &spec(image, PowerState::Stopped, true))
+            .unwrap();
+        driver
+            .ensure("stratus-vs-c", &spec(image, PowerState::Running, true))
+            .unwrap();
+        driver.destroy("stratus-vs-c").unwrap();
+    }
+    // A fresh connection to the node file starts empty...
+    let mut forgetful = config.clone();
+    forgetful.state_dir = None;
+    assert!(
+        Driver::open(forgetful)
+            .unwrap()
+            .node_report()
+            .unwrap()
+            .domains
+            .is_empty()
+    );
+    // ...and the recorded definitions bring it back as it was.
+    let driver = Arc::new(Driver::open(config).unwrap());
+    let report = driver.node_report().unwrap();
+    assert_eq!(report.domains, ["stratus-vs-a", "stratus-vs-b"]);
+    assert_eq!(report.images, [image]);
+    assert_eq!(
+        driver.observe("stratus-vs-a").unwrap().state,
+        Some(DomainState::Running)
+    );
+    assert_eq!(
+        driver.observe("stratus-vs-b").unwrap().state,
+        Some(DomainState::Stopped)
+    );
+    assert!(driver.observe("stratus-vs-b").unwrap().disk_present);
+    assert!(!driver.observe("stratus-vs-c").unwrap().disk_present);
+}
