@@ -390,10 +390,10 @@ impl Driver {
 
     /// ACPI shutdown, then power off once the guest had its chance.
     fn shut_down(&self, name: &str, domain: &Domain) -> Result<(), AgentError> {
-        if let Err(e) = domain.shutdown() {
-            if domain.is_active()? {
-                tracing::warn!(domain = name, error = %e, "ACPI shutdown refused; powering off");
-            }
+        if let Err(e) = domain.shutdown()
+            && domain.is_active()?
+        {
+            tracing::warn!(domain = name, error = %e, "ACPI shutdown refused; powering off");
         }
         self.wait_until_settled(domain)?;
         if domain.is_active()? {
