@@ -61,21 +61,31 @@ typed_id!(
 impl ServerId {
     /// The libvirt domain name of this server on its hypervisor.
     pub fn domain_name(&self) -> String {
-        format!("stratus-{}", self.0)
+        domain_name_for(&self.0)
     }
 
-    /// A stable, locally administered MAC address derived from the id, so
-    /// that re-creating a domain definition never changes the guest's NIC.
+    /// A stable MAC address for this server (see [`mac_address_for`]).
     pub fn mac_address(&self) -> String {
-        // FNV-1a: tiny, stable across releases (unlike std's hasher).
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.0.bytes() {
-            hash ^= u64::from(byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        let b = hash.to_be_bytes();
-        format!("52:54:00:{:02x}:{:02x}:{:02x}", b[5], b[6], b[7])
+        mac_address_for(&self.0)
     }
+}
+
+/// The libvirt domain name of the server resource called `name`.
+pub fn domain_name_for(name: &str) -> String {
+    format!("{}{name}", crate::agent_api::MANAGED_PREFIX)
+}
+
+/// A stable, locally administered MAC address derived from a server's name,
+/// so that re-creating a domain definition never changes the guest's NIC.
+pub fn mac_address_for(name: &str) -> String {
+    // FNV-1a: tiny and stable across releases (unlike std's hasher).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    let b = hash.to_be_bytes();
+    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[5], b[6], b[7])
 }
 
 #[cfg(test)]

@@ -1,0 +1,206 @@
+//! How the controller talks to node agents. A trait, so unit tests can use
+//! the simulated agent; production uses [`HttpAgentClient`].
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stratus_core::agent_api::{
+    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport,
+};
+
+/// Where an agent listens and the token it expects.
+#[derive(Clone)]
+pub struct AgentEndpoint {
+    pub hypervisor: String,
+    pub url: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for AgentEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentEndpoint")
+            .field("hypervisor", &self.hypervisor)
+            .field("url", &self.url)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentCallError {
+    /// No answer, a timeout or a server-side failure: worth retrying.
+    #[error("agent unreachable: {0}")]
+    Unreachable(String),
+    /// The agent understood and refused.
+    #[error("agent refused ({code:?}): {message}")]
+    Rejected {
+        code: AgentErrorCode,
+        message: String,
+    },
+}
+
+impl AgentCallError {
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Unreachable(_) => "agent_unreachable",
+            Self::Rejected { .. } => "agent_rejected",
+        }
+    }
+}
+
+#[async_trait]
+pub trait AgentClient: Send + Sync + 'static {
+    async fn node(&self, agent: &AgentEndpoint) -> Result<NodeReport, AgentCallError>;
+    async fn observe(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError>;
+    async fn ensure(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+        spec: &DomainSpec,
+    ) -> Result<DomainObservation, AgentCallError>;
+    async fn reboot(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError>;
+    async fn destroy(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError>;
+}
+
+/// The agent client over HTTP.
+#[derive(Clone)]
+pub struct HttpAgentClient {
+    http: reqwest::Client,
+    /// Ensure may wait for a guest to shut down, so it gets longer.
+    slow_timeout: Duration,
+}
+
+impl HttpAgentClient {
+    pub fn new() -> Result<Self, AgentCallError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(15))
+            .pool_max_idle_per_host(32)
+            .build()
+            .map_err(|e| AgentCallError::Unreachable(format!("cannot build HTTP client: {e}")))?;
+        Ok(Self {
+            http,
+            slow_timeout: Duration::from_secs(300),
+        })
+    }
+
+    fn url(agent: &AgentEndpoint, path: &str) -> String {
+        format!("{}{path}", agent.url.trim_end_matches('/'))
+    }
+
+    async fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
+        agent: &AgentEndpoint,
+    ) -> Result<T, AgentCallError> {
+        let response = request
+            .bearer_auth(&agent.token)
+            .send()
+            .await
+            .map_err(|e| AgentCallError::Unreachable(describe(&e)))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<T>()
+                .await
+                .map_err(|e| AgentCallError::Unreachable(format!("malformed answer: {e}")));
+        }
+        let body = response.json::<AgentErrorBody>().await.ok();
+        match body {
+            Some(body)
+                if status.is_client_error() || body.error.code != AgentErrorCode::Hypervisor =>
+            {
+                Err(AgentCallError::Rejected {
+                    code: body.error.code,
+                    message: body.error.message,
+                })
+            }
+            Some(body) => Err(AgentCallError::Unreachable(format!(
+                "HTTP {status}: {}",
+                body.error.message
+            ))),
+            None => Err(AgentCallError::Unreachable(format!("HTTP {status}"))),
+        }
+    }
+}
+
+fn describe(error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        "timed out".to_owned()
+    } else if error.is_connect() {
+        "connection refused or unreachable".to_owned()
+    } else {
+        error.to_string()
+    }
+}
+
+#[async_trait]
+impl AgentClient for HttpAgentClient {
+    async fn node(&self, agent: &AgentEndpoint) -> Result<NodeReport, AgentCallError> {
+        self.send(self.http.get(Self::url(agent, "/v1/node")), agent)
+            .await
+    }
+
+    async fn observe(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError> {
+        self.send(
+            self.http
+                .get(Self::url(agent, &format!("/v1/domains/{domain}"))),
+            agent,
+        )
+        .await
+    }
+
+    async fn ensure(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+        spec: &DomainSpec,
+    ) -> Result<DomainObservation, AgentCallError> {
+        let request = self
+            .http
+            .put(Self::url(agent, &format!("/v1/domains/{domain}")))
+            .timeout(self.slow_timeout)
+            .json(spec);
+        self.send(request, agent).await
+    }
+
+    async fn reboot(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError> {
+        let request = self
+            .http
+            .post(Self::url(agent, &format!("/v1/domains/{domain}/reboot")))
+            .timeout(self.slow_timeout);
+        self.send(request, agent).await
+    }
+
+    async fn destroy(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError> {
+        let request = self
+            .http
+            .delete(Self::url(agent, &format!("/v1/domains/{domain}")))
+            .timeout(self.slow_timeout);
+        self.send(request, agent).await
+    }
+}

@@ -1,0 +1,418 @@
+//! The server reconciler: observe the hypervisor, decide with the pure
+//! lifecycle plan, act through the agent, record the status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use serde_json::json;
+use stratus_core::agent_api::DomainSpec;
+use stratus_core::ids::{domain_name_for, mac_address_for};
+use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
+use stratus_core::resources::{Hypervisor, SERVER_FINALIZER, VirtualServer, VirtualServerStatus};
+use stratus_core::scheduling::{self, Candidate, Load};
+use stratus_core::{Clock, Config};
+use stratus_store::Resources;
+use stratus_store::ledger::{AuditEntry, Ledger};
+use tracing::Instrument;
+
+use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
+use crate::credentials::Credentials;
+use crate::error::ControllerError;
+use crate::metrics::ControllerMetrics;
+
+/// Observe→plan→act rounds in one reconcile before yielding to other keys.
+const MAX_PASSES: usize = 8;
+/// How soon an unschedulable server is tried again.
+pub const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(10);
+
+/// What the runtime should do with the key next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Converged (or gone); the periodic resync will look again.
+    Done,
+    RetryAfter(Duration),
+}
+
+pub struct ServerReconciler {
+    pub servers: Resources<VirtualServer>,
+    pub hypervisors: Resources<Hypervisor>,
+    pub agents: Arc<dyn AgentClient>,
+    pub credentials: Arc<dyn Credentials>,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub ledger: Option<Ledger>,
+    pub metrics: ControllerMetrics,
+    /// Placement decisions are taken one at a time so two servers never
+    /// count the same free capacity.
+    scheduling: tokio::sync::Mutex<()>,
+}
+
+impl ServerReconciler {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        servers: Resources<VirtualServer>,
+        hypervisors: Resources<Hypervisor>,
+        agents: Arc<dyn AgentClient>,
+        credentials: Arc<dyn Credentials>,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        ledger: Option<Ledger>,
+        metrics: ControllerMetrics,
+    ) -> Self {
+        Self {
+            servers,
+            hypervisors,
+            agents,
+            credentials,
+            config,
+            clock,
+            ledger,
+            metrics,
+            scheduling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn reconcile(&self, namespace: &str, name: &str) -> Result<Outcome, ControllerError> {
+        let span = tracing::info_span!("reconcile", kind = "VirtualServer", namespace, name);
+        let started = Instant::now();
+        let result = self
+            .reconcile_passes(namespace, name)
+            .instrument(span.clone())
+            .await;
+        let label = result.as_ref().err().map(ControllerError::metric_label);
+        self.metrics.reconciled(started.elapsed(), label);
+        if let Err(error) = &result {
+            span.in_scope(|| tracing::warn!(%error, "reconcile failed; will retry"));
+        }
+        result
+    }
+
+    async fn reconcile_passes(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Outcome, ControllerError> {
+        let domain = domain_name_for(name);
+        for _ in 0..MAX_PASSES {
+            let Some(server) = self.servers.get(Some(namespace), name).await? else {
+                return Ok(Outcome::Done);
+            };
+            let current = server.status.clone().unwrap_or_default();
+            let endpoint = match &current.hypervisor {
+                None => None,
+                Some(hypervisor) => Some(self.endpoint(hypervisor).await),
+            };
+            let observation = match &endpoint {
+                None => Observation::NotPlaced,
+                Some(Err(why)) => Observation::AgentUnavailable(why.clone()),
+                Some(Ok(agent)) => match self.agents.observe(agent, &domain).await {
+                    Ok(observed) => Observation::Domain(observed),
+                    Err(e) => Observation::AgentUnavailable(e.to_string()),
+                },
+            };
+            let facts = ServerFacts {
+                spec: &server.spec,
+                status: &current,
+                generation: server.metadata.generation,
+                has_finalizer: server.finalizers().iter().any(|f| f == SERVER_FINALIZER),
+                deleting: server.metadata.deletion_timestamp.is_some(),
+            };
+            let decision = lifecycle::plan(facts, &observation, self.clock.now());
+            let mut next = decision.status;
+            let agent = endpoint.and_then(Result::ok);
+
+            let Some(action) = decision.actions.first().copied() else {
+                self.write_status(&server, &current, &next).await?;
+                return match observation {
+                    Observation::AgentUnavailable(why) => Err(ControllerError::Agent {
+                        hypervisor: current.hypervisor.clone().unwrap_or_default(),
+                        source: AgentCallError::Unreachable(why),
+                    }),
+                    _ => Ok(Outcome::Done),
+                };
+            };
+            tracing::debug!(?action, "acting");
+            match action {
+                Action::AddFinalizer => {
+                    self.servers
+                        .add_finalizer(Some(namespace), name, SERVER_FINALIZER)
+                        .await?;
+                }
+                Action::Schedule => {
+                    if let Some(retry) = self.schedule(&server, &current, next).await? {
+                        return Ok(Outcome::RetryAfter(retry));
+                    }
+                }
+                Action::RemoveFinalizer => {
+                    self.write_status(&server, &current, &next).await?;
+                    self.servers
+                        .remove_finalizer(Some(namespace), name, SERVER_FINALIZER)
+                        .await?;
+                    self.audit(
+                        &server,
+                        "deleted",
+                        json!({ "hypervisor": current.hypervisor }),
+                    )
+                    .await;
+                    tracing::info!("server torn down and released");
+                    return Ok(Outcome::Done);
+                }
+                Action::EnsureDomain { create_disk } => {
+                    let agent = agent.ok_or_else(|| {
+                        ControllerError::Malformed(
+                            name.into(),
+                            "no agent for a placed server".into(),
+                        )
+                    })?;
+                    let spec = self.domain_spec(&server, &current, create_disk)?;
+                    let result = self.agents.ensure(&agent, &domain, &spec).await;
+                    self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
+                        .await?;
+                }
+                Action::Reboot => {
+                    let agent = agent.ok_or_else(|| {
+                        ControllerError::Malformed(
+                            name.into(),
+                            "no agent for a placed server".into(),
+                        )
+                    })?;
+                    let result = self.agents.reboot(&agent, &domain).await;
+                    self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
+                        .await?;
+                    // The reboot is done: record it before looking again.
+                    self.write_status(&server, &current, &next).await?;
+                }
+                Action::Destroy => {
+                    let agent = agent.ok_or_else(|| {
+                        ControllerError::Malformed(
+                            name.into(),
+                            "no agent for a placed server".into(),
+                        )
+                    })?;
+                    let result = self.agents.destroy(&agent, &domain).await;
+                    self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
+                        .await?;
+                    self.audit(
+                        &server,
+                        "destroyed",
+                        json!({ "hypervisor": agent.hypervisor, "domain": domain }),
+                    )
+                    .await;
+                }
+            }
+        }
+        // Still moving: let other keys run and come back soon.
+        Ok(Outcome::RetryAfter(Duration::from_millis(200)))
+    }
+
+    /// On an agent failure, records why in the status and fails the reconcile
+    /// (the runtime retries with backoff).
+    async fn after_agent_call(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        next: &mut VirtualServerStatus,
+        agent: &AgentEndpoint,
+        result: Result<(), AgentCallError>,
+    ) -> Result<(), ControllerError> {
+        let Err(error) = result else {
+            return Ok(());
+        };
+        let now = self.clock.now().to_string();
+        let (reachable, reason) = match &error {
+            AgentCallError::Unreachable(_) => (false, "AgentUnavailable"),
+            AgentCallError::Rejected { .. } => (true, "AgentRefused"),
+        };
+        stratus_core::conditions::set(
+            &mut next.conditions,
+            stratus_core::conditions::AGENT_REACHABLE,
+            reachable,
+            reason,
+            error.to_string(),
+            &now,
+        );
+        self.write_status(server, current, next).await?;
+        Err(ControllerError::Agent {
+            hypervisor: agent.hypervisor.clone(),
+            source: error,
+        })
+    }
+
+    async fn endpoint(&self, hypervisor: &str) -> Result<AgentEndpoint, String> {
+        let found = self
+            .hypervisors
+            .get(None, hypervisor)
+            .await
+            .map_err(|e| format!("cannot read hypervisor {hypervisor}: {e}"))?
+            .ok_or_else(|| format!("hypervisor {hypervisor} is not registered"))?;
+        let token = self
+            .credentials
+            .secret(&found.spec.credential)
+            .await?
+            .ok_or_else(|| {
+                format!(
+                    "credential {} of hypervisor {hypervisor} is missing",
+                    found.spec.credential
+                )
+            })?;
+        Ok(AgentEndpoint {
+            hypervisor: hypervisor.to_owned(),
+            url: found.spec.url.clone(),
+            token,
+        })
+    }
+
+    fn domain_spec(
+        &self,
+        server: &VirtualServer,
+        status: &VirtualServerStatus,
+        create_disk: bool,
+    ) -> Result<DomainSpec, ControllerError> {
+        let name = server.name_any();
+        let image = self.config.image(&server.spec.image).ok_or_else(|| {
+            ControllerError::Malformed(
+                name.clone(),
+                format!("image {} is not in the configuration", server.spec.image),
+            )
+        })?;
+        Ok(DomainSpec {
+            hostname: server.spec.hostname.clone(),
+            vcpus: server.spec.resources.vcpus,
+            memory_mib: server.spec.resources.memory_mib,
+            disk_gib: server.spec.resources.disk_gib,
+            image_volume: image.volume.clone(),
+            mac_address: status
+                .mac_address
+                .clone()
+                .unwrap_or_else(|| mac_address_for(&name)),
+            power: server.spec.power,
+            create_disk,
+        })
+    }
+
+    /// Chooses a hypervisor and records it (or why there is none) before
+    /// anything is created. Returns a retry delay when nothing fits.
+    async fn schedule(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        mut next: VirtualServerStatus,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let _one_at_a_time = self.scheduling.lock().await;
+        let name = server.name_any();
+        let placement = match self.config.image(&server.spec.image) {
+            None => Err(format!("image {} is no longer offered", server.spec.image)),
+            Some(image) => {
+                let hypervisors = self.hypervisors.list(None).await?.items;
+                let mut load: HashMap<String, Load> = HashMap::new();
+                for other in self.servers.list(None).await?.items {
+                    let same = other.name_any() == name && other.namespace() == server.namespace();
+                    if let (false, Some(hv)) = (
+                        same,
+                        other.status.as_ref().and_then(|s| s.hypervisor.clone()),
+                    ) {
+                        load.entry(hv).or_default().add(&other.spec.resources);
+                    }
+                }
+                let candidates: Vec<Candidate<'_>> = hypervisors
+                    .iter()
+                    .map(|hv| {
+                        let status = hv.status.as_ref();
+                        Candidate {
+                            name: hv.metadata.name.as_deref().unwrap_or_default(),
+                            zone: &hv.spec.zone,
+                            reachable: status.is_some_and(|s| s.reachable),
+                            cordoned: hv.spec.cordoned,
+                            capacity: status.and_then(|s| s.capacity.as_ref()),
+                            placed: load
+                                .get(hv.metadata.name.as_deref().unwrap_or_default())
+                                .copied()
+                                .unwrap_or_default(),
+                        }
+                    })
+                    .collect();
+                scheduling::choose(
+                    &server.spec.resources,
+                    &image.volume,
+                    server.spec.zone.as_deref(),
+                    &candidates,
+                )
+                .map(str::to_owned)
+                .map_err(|e| e.to_string())
+            }
+        };
+        let placed = placement.is_ok();
+        lifecycle::record_placement(
+            &mut next,
+            placement.as_deref().map_err(Clone::clone),
+            &mac_address_for(&name),
+            self.clock.now(),
+        );
+        self.write_status(server, current, &next).await?;
+        if placed {
+            Ok(None)
+        } else {
+            tracing::info!(
+                reason = next.reason.as_deref().unwrap_or_default(),
+                "server cannot be placed yet"
+            );
+            Ok(Some(UNSCHEDULABLE_RETRY))
+        }
+    }
+
+    async fn write_status(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        next: &VirtualServerStatus,
+    ) -> Result<(), ControllerError> {
+        if server.status.as_ref() == Some(next) {
+            return Ok(());
+        }
+        self.servers
+            .patch_status(server.namespace().as_deref(), &server.name_any(), next)
+            .await?;
+        if current.phase != next.phase {
+            let phase = next.phase.api_name();
+            self.metrics.entered(phase);
+            tracing::info!(
+                from = current.phase.api_name(),
+                to = phase,
+                reason = next.reason.as_deref().unwrap_or_default(),
+                "phase changed"
+            );
+            let detail = json!({
+                "from": current.phase.api_name(),
+                "to": phase,
+                "reason": next.reason,
+                "hypervisor": next.hypervisor,
+            });
+            self.audit(server, "phase", detail).await;
+        }
+        Ok(())
+    }
+
+    async fn audit(&self, server: &VirtualServer, action: &str, detail: serde_json::Value) {
+        let Some(ledger) = &self.ledger else {
+            return;
+        };
+        let entry = AuditEntry {
+            at: self.clock.now().as_millisecond(),
+            actor: "controller".into(),
+            action: action.into(),
+            subject: format!(
+                "server/{}/{}",
+                server.namespace().unwrap_or_default(),
+                server.name_any()
+            ),
+            detail: detail.to_string(),
+        };
+        // The audit trail must not be silently incomplete, but a failed audit
+        // write must not stop the reconcile either: it is logged loudly.
+        if let Err(error) = ledger.audit(&entry).await {
+            tracing::error!(%error, action, "audit write failed");
+        }
+    }
+}

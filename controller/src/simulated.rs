@@ -1,0 +1,278 @@
+//! A simulated agent for the controller's tests: in-memory hypervisors with
+//! the agent's semantics, and faults injected on demand (unreachable nodes,
+//! failing calls, vanished disks). End-to-end tests use real agents.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use stratus_core::agent_api::{
+    AgentErrorCode, DomainObservation, DomainSpec, DomainState, NodeReport, PoolInfo,
+};
+use stratus_core::resources::PowerState;
+
+use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
+
+#[derive(Debug, Clone)]
+struct SimDomain {
+    state: Option<DomainState>,
+    disk: bool,
+    spec: Option<DomainSpec>,
+}
+
+#[derive(Debug)]
+struct SimNode {
+    report: NodeReport,
+    reachable: bool,
+    domains: BTreeMap<String, SimDomain>,
+}
+
+#[derive(Default)]
+struct SimState {
+    nodes: HashMap<String, SimNode>,
+    /// (hypervisor, operation) → number of calls still to fail.
+    failures: HashMap<(String, &'static str), usize>,
+    calls: Vec<String>,
+}
+
+#[derive(Default)]
+pub struct SimulatedAgent {
+    state: Mutex<SimState>,
+}
+
+impl SimulatedAgent {
+    fn with<T>(&self, f: impl FnOnce(&mut SimState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Adds a hypervisor with the given capacity and images.
+    pub fn add_node(
+        &self,
+        hypervisor: &str,
+        zone: &str,
+        vcpus: u32,
+        memory_mib: u64,
+        disk_gib: u64,
+        images: &[&str],
+    ) {
+        let report = NodeReport {
+            zone: zone.to_owned(),
+            vcpus,
+            memory_mib,
+            pool: PoolInfo {
+                name: "default".into(),
+                capacity_bytes: disk_gib << 30,
+                allocation_bytes: 0,
+                available_bytes: disk_gib << 30,
+            },
+            images: images.iter().map(|s| (*s).to_owned()).collect(),
+            domains: Vec::new(),
+        };
+        self.with(|s| {
+            s.nodes.insert(
+                hypervisor.to_owned(),
+                SimNode {
+                    report,
+                    reachable: true,
+                    domains: BTreeMap::new(),
+                },
+            )
+        });
+    }
+
+    pub fn set_reachable(&self, hypervisor: &str, reachable: bool) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.reachable = reachable;
+            }
+        });
+    }
+
+    /// The next `times` calls of `operation` (`ensure`, `observe`, …) on `hypervisor` fail.
+    pub fn fail_next(&self, hypervisor: &str, operation: &'static str, times: usize) {
+        self.with(|s| s.failures.insert((hypervisor.to_owned(), operation), times));
+    }
+
+    /// The disk of `domain` disappears (operator error, storage failure).
+    pub fn lose_disk(&self, hypervisor: &str, domain: &str) {
+        self.with(|s| {
+            if let Some(d) = s
+                .nodes
+                .get_mut(hypervisor)
+                .and_then(|n| n.domains.get_mut(domain))
+            {
+                d.disk = false;
+            }
+        });
+    }
+
+    /// The domain stops by itself (guest shut down, host rebooted).
+    pub fn power_off(&self, hypervisor: &str, domain: &str) {
+        self.with(|s| {
+            if let Some(d) = s
+                .nodes
+                .get_mut(hypervisor)
+                .and_then(|n| n.domains.get_mut(domain))
+            {
+                d.state = Some(DomainState::Stopped);
+            }
+        });
+    }
+
+    pub fn domains(&self, hypervisor: &str) -> Vec<(String, Option<DomainState>, bool)> {
+        self.with(|s| {
+            s.nodes
+                .get(hypervisor)
+                .map(|n| {
+                    n.domains
+                        .iter()
+                        .filter(|(_, d)| d.state.is_some() || d.disk)
+                        .map(|(name, d)| (name.clone(), d.state, d.disk))
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+    }
+
+    pub fn spec_of(&self, hypervisor: &str, domain: &str) -> Option<DomainSpec> {
+        self.with(|s| s.nodes.get(hypervisor)?.domains.get(domain)?.spec.clone())
+    }
+
+    /// Calls made, as `operation hypervisor domain`.
+    pub fn calls(&self) -> Vec<String> {
+        self.with(|s| s.calls.clone())
+    }
+
+    fn call<T>(
+        &self,
+        agent: &AgentEndpoint,
+        operation: &'static str,
+        domain: &str,
+        f: impl FnOnce(&mut SimNode) -> Result<T, AgentCallError>,
+    ) -> Result<T, AgentCallError> {
+        self.with(|s| {
+            s.calls.push(
+                format!("{operation} {} {domain}", agent.hypervisor)
+                    .trim_end()
+                    .to_owned(),
+            );
+            if let Some(left) = s.failures.get_mut(&(agent.hypervisor.clone(), operation))
+                && *left > 0
+            {
+                *left -= 1;
+                return Err(AgentCallError::Unreachable("injected failure".into()));
+            }
+            let node = s
+                .nodes
+                .get_mut(&agent.hypervisor)
+                .ok_or_else(|| AgentCallError::Unreachable("no such host".into()))?;
+            if !node.reachable {
+                return Err(AgentCallError::Unreachable("connection refused".into()));
+            }
+            f(node)
+        })
+    }
+}
+
+fn observation(name: &str, domain: Option<&SimDomain>) -> DomainObservation {
+    match domain {
+        Some(d) => DomainObservation {
+            name: name.to_owned(),
+            state: d.state,
+            disk_present: d.disk,
+        },
+        None => DomainObservation::absent(name),
+    }
+}
+
+#[async_trait]
+impl AgentClient for SimulatedAgent {
+    async fn node(&self, agent: &AgentEndpoint) -> Result<NodeReport, AgentCallError> {
+        self.call(agent, "node", "", |node| {
+            let mut report = node.report.clone();
+            report.domains = node
+                .domains
+                .iter()
+                .filter(|(_, d)| d.state.is_some())
+                .map(|(n, _)| n.clone())
+                .collect();
+            Ok(report)
+        })
+    }
+
+    async fn observe(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError> {
+        self.call(agent, "observe", domain, |node| {
+            Ok(observation(domain, node.domains.get(domain)))
+        })
+    }
+
+    async fn ensure(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+        spec: &DomainSpec,
+    ) -> Result<DomainObservation, AgentCallError> {
+        self.call(agent, "ensure", domain, |node| {
+            let has_image = node.report.images.contains(&spec.image_volume);
+            let entry = node.domains.entry(domain.to_owned()).or_insert(SimDomain {
+                state: None,
+                disk: false,
+                spec: None,
+            });
+            if !entry.disk {
+                if !spec.create_disk {
+                    return Err(AgentCallError::Rejected {
+                        code: AgentErrorCode::DiskMissing,
+                        message: "disk missing".into(),
+                    });
+                }
+                if !has_image {
+                    return Err(AgentCallError::Rejected {
+                        code: AgentErrorCode::ImageMissing,
+                        message: format!("image {} missing", spec.image_volume),
+                    });
+                }
+                entry.disk = true;
+            }
+            entry.spec = Some(spec.clone());
+            entry.state = Some(match spec.power {
+                PowerState::Running => DomainState::Running,
+                PowerState::Stopped => DomainState::Stopped,
+            });
+            Ok(observation(domain, Some(entry)))
+        })
+    }
+
+    async fn reboot(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError> {
+        self.call(agent, "reboot", domain, |node| {
+            match node.domains.get(domain) {
+                Some(d) if d.state == Some(DomainState::Running) => {
+                    Ok(observation(domain, Some(d)))
+                }
+                _ => Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::BadRequest,
+                    message: "not running".into(),
+                }),
+            }
+        })
+    }
+
+    async fn destroy(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<DomainObservation, AgentCallError> {
+        self.call(agent, "destroy", domain, |node| {
+            node.domains.remove(domain);
+            Ok(DomainObservation::absent(domain))
+        })
+    }
+}

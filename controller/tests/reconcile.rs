@@ -1,0 +1,450 @@
+//! The server reconciler against the simulated agent, with injected faults.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::core::ObjectMeta;
+use stratus_controller::credentials::StaticCredentials;
+use stratus_controller::hypervisors::HypervisorProber;
+use stratus_controller::metrics::ControllerMetrics;
+use stratus_controller::servers::{Outcome, ServerReconciler};
+use stratus_controller::simulated::SimulatedAgent;
+use stratus_controller::{Controller, ControllerConfig, ControllerError};
+use stratus_core::agent_api::DomainState;
+use stratus_core::conditions::{self, AGENT_REACHABLE};
+use stratus_core::resources::{
+    Hypervisor, HypervisorSpec, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
+    VirtualServerStatus,
+};
+use stratus_core::{Config, ManualClock};
+use stratus_store::ledger::Ledger;
+use stratus_store::testing::{self, ScratchDatabase};
+use stratus_store::{ObjectStore, Resources, SqlObjectStore};
+
+const NS: &str = "acc-0000000000000001";
+
+struct Harness {
+    _scratch: ScratchDatabase,
+    servers: Resources<VirtualServer>,
+    hypervisors: Resources<Hypervisor>,
+    sim: Arc<SimulatedAgent>,
+    reconciler: Arc<ServerReconciler>,
+    prober: Arc<HypervisorProber>,
+    ledger: Ledger,
+}
+
+async fn harness_on(scratch: ScratchDatabase) -> Harness {
+    let store: Arc<dyn ObjectStore> = Arc::new(
+        SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(20)),
+    );
+    let servers = Resources::<VirtualServer>::new(store.clone());
+    let hypervisors = Resources::<Hypervisor>::new(store);
+    let sim = Arc::new(SimulatedAgent::default());
+    let credentials = Arc::new(StaticCredentials(HashMap::from([(
+        "hv-token".to_owned(),
+        "t".to_owned(),
+    )])));
+    let clock = Arc::new(ManualClock::new("2026-11-21T10:00:00Z".parse().unwrap()));
+    let ledger = Ledger::new(scratch.db.clone());
+    let reconciler = Arc::new(ServerReconciler::new(
+        servers.clone(),
+        hypervisors.clone(),
+        sim.clone(),
+        credentials.clone(),
+        Arc::new(Config::default()),
+        clock.clone(),
+        Some(ledger.clone()),
+        ControllerMetrics::default(),
+    ));
+    let prober = Arc::new(HypervisorProber {
+        hypervisors: hypervisors.clone(),
+        agents: sim.clone(),
+        credentials,
+        clock,
+    });
+    Harness {
+        _scratch: scratch,
+        servers,
+        hypervisors,
+        sim,
+        reconciler,
+        prober,
+        ledger,
+    }
+}
+
+async fn harness() -> Harness {
+    harness_on(testing::sqlite().await).await
+}
+
+impl Harness {
+    async fn add_hypervisor(&self, name: &str, zone: &str, vcpus: u32, memory_mib: u64) {
+        self.sim
+            .add_node(name, zone, vcpus, memory_mib, 1000, &["debian-12.qcow2"]);
+        self.hypervisors
+            .create(&Hypervisor {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    ..Default::default()
+                },
+                spec: HypervisorSpec {
+                    url: format!("http://{name}.invalid"),
+                    zone: zone.into(),
+                    credential: "hv-token".into(),
+                    cordoned: false,
+                },
+                status: None,
+            })
+            .await
+            .unwrap();
+        self.prober.probe_all().await.unwrap();
+    }
+
+    async fn order(&self, name: &str, zone: Option<&str>) {
+        let plan = Config::default().plan("small").unwrap().clone();
+        self.servers
+            .create(&VirtualServer {
+                metadata: ObjectMeta {
+                    name: Some(name.into()),
+                    namespace: Some(NS.into()),
+                    ..Default::default()
+                },
+                spec: VirtualServerSpec {
+                    hostname: "web1".into(),
+                    plan: plan.name.clone(),
+                    image: "debian-12".into(),
+                    zone: zone.map(str::to_owned),
+                    resources: plan.resources(),
+                    power: PowerState::Running,
+                    reboot_requests: 0,
+                },
+                status: None,
+            })
+            .await
+            .unwrap();
+    }
+
+    async fn reconcile(&self, name: &str) -> Result<Outcome, ControllerError> {
+        self.reconciler.reconcile(NS, name).await
+    }
+
+    async fn status(&self, name: &str) -> VirtualServerStatus {
+        self.servers
+            .get(Some(NS), name)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .unwrap_or_default()
+    }
+
+    async fn edit(&self, name: &str, f: impl Fn(&mut VirtualServerSpec)) {
+        self.servers
+            .update(Some(NS), name, |s| {
+                f(&mut s.spec);
+                true
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_order_runs_on_both_databases() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.add_hypervisor("hv1", "default", 8, 16384).await;
+        h.order("vs-1", None).await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let status = h.status("vs-1").await;
+        assert_eq!(status.phase, ServerPhase::Running, "{label}: {status:?}");
+        assert_eq!(status.hypervisor.as_deref(), Some("hv1"));
+        assert!(status.provisioned);
+        assert!(conditions::is_true(&status.conditions, conditions::READY));
+        assert_eq!(
+            h.sim.domains("hv1"),
+            [("stratus-vs-1".to_owned(), Some(DomainState::Running), true)]
+        );
+        let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+        assert_eq!(
+            server.metadata.finalizers.as_deref(),
+            Some(&["stratus.dev/teardown".to_owned()][..])
+        );
+        assert_eq!(status.observed_generation, server.metadata.generation);
+        // The audit log tells the story.
+        let trail = h
+            .ledger
+            .audit_trail(&format!("server/{NS}/vs-1"))
+            .await
+            .unwrap();
+        let phases: Vec<String> = trail
+            .iter()
+            .map(|e| {
+                serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["to"].to_string()
+            })
+            .collect();
+        assert_eq!(phases, ["\"provisioning\"", "\"running\""], "{label}");
+        // The domain got what the plan says.
+        let spec = h.sim.spec_of("hv1", "stratus-vs-1").unwrap();
+        assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gib), (1, 1024, 25));
+        assert_eq!(spec.image_volume, "debian-12.qcow2");
+        assert_eq!(Some(spec.mac_address), status.mac_address);
+    }
+}
+
+#[tokio::test]
+async fn reconciling_again_changes_nothing() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    let before = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    let calls = h.sim.calls().len();
+    for _ in 0..3 {
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    }
+    let after = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert_eq!(
+        before.metadata.resource_version, after.metadata.resource_version,
+        "no write when nothing changed"
+    );
+    let new_calls = &h.sim.calls()[calls..];
+    assert!(
+        new_calls.iter().all(|c| c.starts_with("observe")),
+        "{new_calls:?}"
+    );
+    assert_eq!(h.sim.domains("hv1").len(), 1);
+}
+
+#[tokio::test]
+async fn a_crash_between_agent_and_status_is_adopted_not_duplicated() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    // The agent fails after the placement was recorded, as if the controller died there.
+    h.sim.fail_next("hv1", "ensure", 1);
+    assert!(h.reconcile("vs-1").await.is_err());
+    let status = h.status("vs-1").await;
+    assert_eq!(status.phase, ServerPhase::Provisioning);
+    assert_eq!(
+        status.hypervisor.as_deref(),
+        Some("hv1"),
+        "the choice is recorded before acting"
+    );
+    assert!(!conditions::is_true(&status.conditions, AGENT_REACHABLE));
+    // The retry converges to one running domain.
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Running);
+    assert_eq!(h.sim.domains("hv1").len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_leaves_the_server_provisioning_with_a_reason() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    // Reachable when probed, gone when the server is provisioned.
+    h.sim.set_reachable("hv1", false);
+    let err = h.reconcile("vs-1").await.unwrap_err();
+    assert_eq!(err.metric_label(), "agent_unreachable");
+    let status = h.status("vs-1").await;
+    assert_eq!(status.phase, ServerPhase::Provisioning);
+    let condition = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == AGENT_REACHABLE)
+        .unwrap();
+    assert_eq!(condition.status, "False");
+    assert!(
+        condition.message.contains("connection refused"),
+        "{condition:?}"
+    );
+    h.sim.set_reachable("hv1", true);
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Running);
+}
+
+#[tokio::test]
+async fn a_vanished_disk_is_reported_and_not_recreated() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.sim.lose_disk("hv1", "stratus-vs-1");
+    let calls_before = h.sim.calls().len();
+    h.reconcile("vs-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    let status = h.status("vs-1").await;
+    assert_eq!(status.phase, ServerPhase::Error);
+    assert!(
+        status.reason.as_deref().unwrap().contains("disk"),
+        "{status:?}"
+    );
+    let new_calls = &h.sim.calls()[calls_before..];
+    assert!(
+        new_calls.iter().all(|c| c.starts_with("observe")),
+        "nothing was created again: {new_calls:?}"
+    );
+    assert!(h.sim.domains("hv1").iter().all(|(_, _, disk)| !disk));
+}
+
+#[tokio::test]
+async fn power_changes_follow_the_spec() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.edit("vs-1", |s| s.power = PowerState::Stopped).await;
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Stopped);
+    assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Stopped));
+    h.edit("vs-1", |s| s.power = PowerState::Running).await;
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Running);
+    h.edit("vs-1", |s| s.reboot_requests += 1).await;
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(
+        h.sim
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("reboot"))
+            .count(),
+        1
+    );
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(
+        h.sim
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("reboot"))
+            .count(),
+        1,
+        "one reboot per request"
+    );
+    assert_eq!(h.status("vs-1").await.reboots_done, 1);
+    // A guest that powers itself off is started again: the customer asked for running.
+    h.sim.power_off("hv1", "stratus-vs-1");
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Running));
+}
+
+#[tokio::test]
+async fn deletion_destroys_then_releases_the_object() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    h.sim.set_reachable("hv1", false);
+    assert!(
+        h.reconcile("vs-1").await.is_err(),
+        "agent down: the finalizer stays"
+    );
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Terminating);
+    h.sim.set_reachable("hv1", true);
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    assert!(h.servers.get(Some(NS), "vs-1").await.unwrap().is_none());
+    assert!(h.sim.domains("hv1").is_empty());
+    assert_eq!(
+        h.reconcile("vs-1").await.unwrap(),
+        Outcome::Done,
+        "reconciling a gone server is harmless"
+    );
+}
+
+#[tokio::test]
+async fn scheduling_respects_zone_and_capacity() {
+    let h = harness().await;
+    h.add_hypervisor("par-a", "par1", 2, 2048).await;
+    h.add_hypervisor("ams-a", "ams1", 8, 16384).await;
+    h.order("vs-1", Some("par1")).await;
+    h.order("vs-2", Some("par1")).await;
+    h.order("vs-3", Some("par1")).await;
+    h.order("vs-4", Some("lon1")).await;
+    for name in ["vs-1", "vs-2"] {
+        h.reconcile(name).await.unwrap();
+        assert_eq!(h.status(name).await.hypervisor.as_deref(), Some("par-a"));
+    }
+    assert_eq!(
+        h.reconcile("vs-3").await.unwrap(),
+        Outcome::RetryAfter(Duration::from_secs(10))
+    );
+    let full = h.status("vs-3").await;
+    assert_eq!(full.phase, ServerPhase::Pending);
+    assert!(
+        full.reason
+            .as_deref()
+            .unwrap()
+            .contains("no hypervisor in zone par1 has room"),
+        "{full:?}"
+    );
+    h.reconcile("vs-4").await.unwrap();
+    assert!(h.status("vs-4").await.reason.unwrap().contains("lon1"));
+    // Room appears when a server goes away.
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    h.reconcile("vs-3").await.unwrap();
+    assert_eq!(h.status("vs-3").await.phase, ServerPhase::Running);
+}
+
+#[tokio::test]
+async fn concurrent_orders_never_overbook_a_hypervisor() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 4, 4096).await;
+    h.add_hypervisor("hv2", "default", 4, 4096).await;
+    let names: Vec<String> = (0..10).map(|i| format!("vs-{i}")).collect();
+    for name in &names {
+        h.order(name, None).await;
+    }
+    let runs = names.iter().map(|n| h.reconcile(n));
+    futures::future::join_all(runs).await;
+    let mut per_host: HashMap<String, usize> = HashMap::new();
+    for name in &names {
+        if let Some(hv) = h.status(name).await.hypervisor {
+            *per_host.entry(hv).or_default() += 1;
+        }
+    }
+    assert_eq!(per_host.get("hv1"), Some(&4), "{per_host:?}");
+    assert_eq!(per_host.get("hv2"), Some(&4), "{per_host:?}");
+}
+
+#[tokio::test]
+async fn the_controller_runtime_drives_orders_from_watch_events() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let controller = Controller {
+        servers: h.reconciler.clone(),
+        prober: h.prober.clone(),
+        config: ControllerConfig {
+            workers: 2,
+            ..Default::default()
+        },
+    };
+    let running = tokio::spawn(controller.run(stopped));
+    h.order("vs-1", None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.status("vs-1").await.phase != ServerPhase::Running {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not reach running: {:?}",
+            h.status("vs-1").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    while h.servers.get(Some(NS), "vs-1").await.unwrap().is_some() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server was not torn down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+}
