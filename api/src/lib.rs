@@ -1,1 +1,16 @@
+//! The stratus REST API (v1): customers order and manage servers, operators
+//! manage accounts, tokens and hypervisors. Handlers only validate, translate
+//! to resources and record; the controller does the work.
 
+pub mod auth;
+pub mod body;
+pub mod error;
+pub mod metrics;
+pub mod pagination;
+pub mod routes;
+pub mod state;
+pub mod views;
+
+pub use error::ApiError;
+pub use routes::{app, openapi};
+pub use state::ApiState;

@@ -1,0 +1,106 @@
+//! Bearer tokens: random secrets shown once, stored as SHA-256 hashes, looked
+//! up on every request (so a revoked token stops working at once).
+
+use axum::extract::FromRequestParts;
+use axum::http::header;
+use axum::http::request::Parts;
+use ring::digest::{SHA256, digest};
+use stratus_core::ids::{AccountId, TokenId};
+use stratus_store::ledger::{TokenRecord, TokenScope};
+
+use crate::error::ApiError;
+use crate::state::ApiState;
+
+const TOKEN_PREFIX: &str = "stx_";
+
+/// Who is calling.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    Admin { token_id: String },
+    Customer { token_id: String, account_id: String },
+}
+
+impl Principal {
+    /// How the caller appears in the audit log.
+    pub fn actor(&self) -> String {
+        match self {
+            Self::Admin { token_id } | Self::Customer { token_id, .. } => format!("token:{token_id}"),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Admin { .. } => Ok(()),
+            Self::Customer { .. } => Err(ApiError::forbidden("this operation needs an operator (admin) token")),
+        }
+    }
+
+    /// The account a customer acts for; operators must use the admin endpoints.
+    pub fn account(&self) -> Result<&str, ApiError> {
+        match self {
+            Self::Customer { account_id, .. } => Ok(account_id),
+            Self::Admin { .. } => Err(ApiError::forbidden(
+                "this operation is done with a token of the customer's account (POST /v1/accounts/{id}/tokens)",
+            )),
+        }
+    }
+}
+
+pub fn hash_token(token: &str) -> String {
+    digest(&SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates a token; the secret is returned once and never stored.
+pub async fn issue_token(
+    state: &ApiState,
+    account_id: Option<&AccountId>,
+    name: &str,
+    scope: TokenScope,
+) -> Result<(TokenRecord, String), ApiError> {
+    let secret: String = state.random_bytes::<32>()?.iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("{TOKEN_PREFIX}{secret}");
+    let record = TokenRecord {
+        id: TokenId::from_random(state.random_u64()?).to_string(),
+        account_id: account_id.map(ToString::to_string),
+        name: name.to_owned(),
+        scope,
+        created_at: state.now_millis(),
+        revoked_at: None,
+    };
+    state.ledger.insert_token(&record, &hash_token(&token)).await?;
+    Ok((record, token))
+}
+
+impl FromRequestParts<ApiState> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| ApiError::unauthorized("Authorization header must be `Bearer <token>`"))?;
+        let record = state
+            .ledger
+            .token_by_hash(&hash_token(token))
+            .await?
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+        if record.revoked_at.is_some() {
+            return Err(ApiError::unauthorized("this token has been revoked"));
+        }
+        Ok(match (record.scope, record.account_id) {
+            (TokenScope::Admin, _) => Principal::Admin { token_id: record.id },
+            (TokenScope::Customer, Some(account_id)) => Principal::Customer {
+                token_id: record.id,
+                account_id,
+            },
+            (TokenScope::Customer, None) => return Err(ApiError::unauthorized("token is not bound to an account")),
+        })
+    }
+}

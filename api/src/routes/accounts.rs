@@ -1,0 +1,148 @@
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use kube::core::ObjectMeta;
+use serde_json::json;
+use stratus_core::ids::AccountId;
+use stratus_core::resources::{Account, AccountSpec};
+use stratus_core::validate;
+use stratus_store::ledger::TokenScope;
+
+use crate::auth::{Principal, issue_token};
+use crate::body::JsonBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::pagination::{Page, PageQuery, paginate};
+use crate::state::ApiState;
+use crate::views::{AccountView, CreateAccount, CreateToken, IssuedToken, TokenView};
+
+/// Opens a customer account (operators).
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccount,
+    responses((status = 201, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_account(
+    principal: Principal,
+    State(state): State<ApiState>,
+    JsonBody(request): JsonBody<CreateAccount>,
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
+    principal.require_admin()?;
+    if !validate::is_display_name(&request.name) {
+        return Err(ApiError::invalid("name", "name must be 1-200 characters without control characters"));
+    }
+    if !validate::is_email(&request.email) {
+        return Err(ApiError::invalid("email", format!("{:?} is not a valid e-mail address", request.email)));
+    }
+    let id = AccountId::from_random(state.random_u64()?);
+    let account = Account {
+        metadata: ObjectMeta {
+            name: Some(id.to_string()),
+            ..Default::default()
+        },
+        spec: AccountSpec {
+            display_name: request.name.trim().to_owned(),
+            email: request.email.clone(),
+        },
+        status: None,
+    };
+    let created = state.accounts.create(&account).await?;
+    state
+        .audit(&principal.actor(), "account.create", &format!("account/{id}"), json!({ "email": request.email }))
+        .await;
+    tracing::info!(account = %id, "account opened");
+    Ok((StatusCode::CREATED, Json(AccountView::from(&created))))
+}
+
+/// Lists accounts (operators).
+#[utoipa::path(get, path = "/v1/accounts", tag = "accounts", params(PageQuery),
+    responses((status = 200, body = Page<AccountView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_accounts(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<AccountView>>, ApiError> {
+    principal.require_admin()?;
+    let accounts = state.accounts.list(None).await?.items;
+    let views = accounts.iter().map(AccountView::from).collect();
+    Ok(Json(paginate(views, &query, |a: &AccountView| a.id.clone())?))
+}
+
+/// Shows an account (operators, or a token of that account).
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path)),
+    responses((status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_account(principal: Principal, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<AccountView>, ApiError> {
+    if let Principal::Customer { account_id, .. } = &principal
+        && *account_id != id
+    {
+        return Err(ApiError::not_found("account", &id));
+    }
+    let account = state.accounts.get(None, &id).await?.ok_or_else(|| ApiError::not_found("account", &id))?;
+    Ok(Json(AccountView::from(&account)))
+}
+
+/// Issues an API token for an account (operators). The token is shown once.
+#[utoipa::path(post, path = "/v1/accounts/{id}/tokens", tag = "accounts", params(("id" = String, Path)), request_body = CreateToken,
+    responses((status = 201, body = IssuedToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_token(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<CreateToken>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    principal.require_admin()?;
+    let account_id = AccountId::parse(&id).ok_or_else(|| ApiError::not_found("account", &id))?;
+    if state.accounts.get(None, &id).await?.is_none() {
+        return Err(ApiError::not_found("account", &id));
+    }
+    let name = request.name.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid("name", "name must be 1-100 characters without control characters"));
+    }
+    let (record, token) = issue_token(&state, Some(&account_id), name, TokenScope::Customer).await?;
+    state
+        .audit(&principal.actor(), "token.issue", &format!("account/{id}"), json!({ "token_id": record.id, "name": name }))
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(IssuedToken {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            account_id: record.account_id.clone(),
+            token,
+            created_at: TokenView::from(&record).created_at,
+        }),
+    ))
+}
+
+/// Lists an account's tokens, without their secrets (operators).
+#[utoipa::path(get, path = "/v1/accounts/{id}/tokens", tag = "accounts", params(("id" = String, Path), PageQuery),
+    responses((status = 200, body = Page<TokenView>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_tokens(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<TokenView>>, ApiError> {
+    principal.require_admin()?;
+    if state.accounts.get(None, &id).await?.is_none() {
+        return Err(ApiError::not_found("account", &id));
+    }
+    let tokens = state.ledger.tokens_of_account(&id).await?;
+    let views = tokens.iter().map(TokenView::from).collect();
+    Ok(Json(paginate(views, &query, |t: &TokenView| t.id.clone())?))
+}
+
+/// Revokes a token at once (operators, or any token of the same account).
+#[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "accounts", params(("id" = String, Path)),
+    responses((status = 204, description = "revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn revoke_token(principal: Principal, State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let record = state.ledger.token(&id).await?.ok_or_else(|| ApiError::not_found("token", &id))?;
+    if let Principal::Customer { account_id, .. } = &principal
+        && record.account_id.as_deref() != Some(account_id.as_str())
+    {
+        return Err(ApiError::not_found("token", &id));
+    }
+    state.ledger.revoke_token(&id, state.now_millis()).await?;
+    let subject = record.account_id.map_or_else(|| "admin".to_owned(), |a| format!("account/{a}"));
+    state.audit(&principal.actor(), "token.revoke", &subject, json!({ "token_id": id })).await;
+    Ok(StatusCode::NO_CONTENT)
+}

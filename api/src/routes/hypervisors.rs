@@ -1,0 +1,147 @@
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use kube::ResourceExt;
+use kube::core::ObjectMeta;
+use serde_json::json;
+use stratus_core::resources::{Hypervisor, HypervisorSpec};
+use stratus_core::validate;
+
+use crate::auth::Principal;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::pagination::{Page, PageQuery, paginate};
+use crate::state::ApiState;
+use crate::views::{HypervisorView, RegisterHypervisor, ResourcesView};
+
+/// Minimum length of an agent token, so a guessable one is refused.
+const MIN_AGENT_TOKEN_LEN: usize = 16;
+
+pub fn credential_name(hypervisor: &str) -> String {
+    format!("hypervisor/{hypervisor}")
+}
+
+/// Placed load per hypervisor: (resources, number of servers).
+async fn placed_load(state: &ApiState) -> Result<HashMap<String, (ResourcesView, usize)>, ApiError> {
+    let mut load: HashMap<String, (ResourcesView, usize)> = HashMap::new();
+    for server in state.servers.list(None).await?.items {
+        if let Some(hv) = server.status.and_then(|s| s.hypervisor) {
+            let entry = load.entry(hv).or_insert((
+                ResourcesView {
+                    vcpus: 0,
+                    memory_mib: 0,
+                    disk_gib: 0,
+                },
+                0,
+            ));
+            entry.0.vcpus += u64::from(server.spec.resources.vcpus);
+            entry.0.memory_mib += server.spec.resources.memory_mib;
+            entry.0.disk_gib += server.spec.resources.disk_gib;
+            entry.1 += 1;
+        }
+    }
+    Ok(load)
+}
+
+fn view(hypervisor: &Hypervisor, load: &mut HashMap<String, (ResourcesView, usize)>) -> HypervisorView {
+    let (placed, servers) = load.remove(&hypervisor.name_any()).unwrap_or((
+        ResourcesView {
+            vcpus: 0,
+            memory_mib: 0,
+            disk_gib: 0,
+        },
+        0,
+    ));
+    HypervisorView::new(hypervisor, placed, servers)
+}
+
+/// Registers a hypervisor running the agent (operators). Its token is stored
+/// encrypted and never returned or logged.
+#[utoipa::path(post, path = "/v1/admin/hypervisors", tag = "hypervisors", request_body = RegisterHypervisor,
+    responses((status = 201, body = HypervisorView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn register_hypervisor(
+    principal: Principal,
+    State(state): State<ApiState>,
+    JsonBody(request): JsonBody<RegisterHypervisor>,
+) -> Result<(StatusCode, Json<HypervisorView>), ApiError> {
+    principal.require_admin()?;
+    if !validate::is_slug(&request.name) {
+        return Err(ApiError::invalid("name", "name must be lower-case letters, digits, '-', '.' or '_' (1-63)"));
+    }
+    if !validate::is_slug(&request.zone) {
+        return Err(ApiError::invalid("zone", "zone must be lower-case letters, digits, '-', '.' or '_' (1-63)"));
+    }
+    let url_ok = (request.url.starts_with("http://") || request.url.starts_with("https://"))
+        && request.url.len() <= 2048
+        && !request.url.chars().any(|c| c.is_whitespace() || c.is_control());
+    if !url_ok {
+        return Err(ApiError::invalid("url", "url must be an http:// or https:// URL of the agent"));
+    }
+    if request.token.len() < MIN_AGENT_TOKEN_LEN || request.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::invalid(
+            "token",
+            format!("token must be at least {MIN_AGENT_TOKEN_LEN} characters without spaces"),
+        ));
+    }
+    if state.hypervisors.get(None, &request.name).await?.is_some() {
+        return Err(ApiError::conflict(format!("hypervisor {} is already registered", request.name)));
+    }
+    let credential = credential_name(&request.name);
+    state.vault.put(&credential, &request.token, state.now_millis()).await?;
+    let hypervisor = Hypervisor {
+        metadata: ObjectMeta {
+            name: Some(request.name.clone()),
+            ..Default::default()
+        },
+        spec: HypervisorSpec {
+            url: request.url.clone(),
+            zone: request.zone.clone(),
+            credential,
+            cordoned: false,
+        },
+        status: None,
+    };
+    let created = state.hypervisors.create(&hypervisor).await?;
+    state
+        .audit(
+            &principal.actor(),
+            "hypervisor.register",
+            &format!("hypervisor/{}", request.name),
+            json!({ "url": request.url, "zone": request.zone }),
+        )
+        .await;
+    tracing::info!(hypervisor = %request.name, zone = %request.zone, "hypervisor registered");
+    Ok((StatusCode::CREATED, Json(view(&created, &mut HashMap::new()))))
+}
+
+/// Lists hypervisors with capacity, placed load, last contact (operators).
+#[utoipa::path(get, path = "/v1/admin/hypervisors", tag = "hypervisors", params(PageQuery),
+    responses((status = 200, body = Page<HypervisorView>), (status = 403, body = ErrorBody)))]
+pub async fn list_hypervisors(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<HypervisorView>>, ApiError> {
+    principal.require_admin()?;
+    let mut load = placed_load(&state).await?;
+    let hypervisors = state.hypervisors.list(None).await?.items;
+    let views = hypervisors.iter().map(|h| view(h, &mut load)).collect();
+    Ok(Json(paginate(views, &query, |h: &HypervisorView| h.name.clone())?))
+}
+
+/// Shows one hypervisor (operators).
+#[utoipa::path(get, path = "/v1/admin/hypervisors/{name}", tag = "hypervisors", params(("name" = String, Path)),
+    responses((status = 200, body = HypervisorView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_hypervisor(principal: Principal, State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<HypervisorView>, ApiError> {
+    principal.require_admin()?;
+    let hypervisor = state
+        .hypervisors
+        .get(None, &name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("hypervisor", &name))?;
+    let mut load = placed_load(&state).await?;
+    Ok(Json(view(&hypervisor, &mut load)))
+}

@@ -1,0 +1,83 @@
+//! The router: every handler is registered with its OpenAPI description, so
+//! `/openapi.json` is generated from the handlers themselves.
+
+mod accounts;
+mod catalog;
+mod hypervisors;
+mod servers;
+mod system;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use utoipa::OpenApi as _;
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::body::MAX_BODY_BYTES;
+use crate::error::ApiError;
+use crate::metrics;
+use crate::state::ApiState;
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "stratus API", description = "Order and manage virtual servers; operate accounts and hypervisors."),
+    security(("bearer" = [])),
+    tags(
+        (name = "accounts", description = "Customer accounts and their API tokens (operators)"),
+        (name = "catalog", description = "Plans and images"),
+        (name = "servers", description = "Virtual servers of the caller's account"),
+        (name = "hypervisors", description = "Hypervisors (operators)"),
+        (name = "system", description = "Health, metrics, this document"),
+    )
+)]
+struct ApiDoc;
+
+fn openapi_router() -> OpenApiRouter<ApiState> {
+    let mut doc = ApiDoc::openapi();
+    if let Some(components) = doc.components.as_mut() {
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    } else {
+        let mut components = utoipa::openapi::Components::new();
+        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        doc.components = Some(components);
+    }
+    OpenApiRouter::with_openapi(doc)
+        .routes(routes!(accounts::create_account, accounts::list_accounts))
+        .routes(routes!(accounts::get_account))
+        .routes(routes!(accounts::create_token, accounts::list_tokens))
+        .routes(routes!(accounts::revoke_token))
+        .routes(routes!(catalog::list_plans))
+        .routes(routes!(catalog::list_images))
+        .routes(routes!(servers::order_server, servers::list_servers))
+        .routes(routes!(servers::get_server, servers::delete_server))
+        .routes(routes!(servers::server_action))
+        .routes(routes!(hypervisors::register_hypervisor, hypervisors::list_hypervisors))
+        .routes(routes!(hypervisors::get_hypervisor))
+        .routes(routes!(system::healthz))
+        .routes(routes!(system::metrics))
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> OpenApi {
+    openapi_router().into_openapi()
+}
+
+pub fn app(state: ApiState) -> Router {
+    let (router, doc) = openapi_router().split_for_parts();
+    let doc = std::sync::Arc::new(doc);
+    router
+        .route(
+            "/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(|| async { ApiError::not_found("route", "requested") })
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,87 @@
+use std::sync::Arc;
+
+use prometheus_client::registry::Registry;
+use ring::rand::{SecureRandom, SystemRandom};
+use stratus_core::resources::{Account, Hypervisor, VirtualServer};
+use stratus_core::{Clock, Config};
+use stratus_store::ledger::Ledger;
+use stratus_store::vault::Vault;
+use stratus_store::{ObjectStore, Resources};
+
+use crate::error::ApiError;
+use crate::metrics::ApiMetrics;
+
+/// Everything a handler may use.
+#[derive(Clone)]
+pub struct ApiState {
+    pub servers: Resources<VirtualServer>,
+    pub accounts: Resources<Account>,
+    pub hypervisors: Resources<Hypervisor>,
+    pub ledger: Ledger,
+    pub vault: Arc<Vault>,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: ApiMetrics,
+    /// The process's whole registry, served at `/metrics`.
+    pub registry: Arc<Registry>,
+    rng: SystemRandom,
+}
+
+impl ApiState {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        ledger: Ledger,
+        vault: Arc<Vault>,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        metrics: ApiMetrics,
+        registry: Arc<Registry>,
+    ) -> Self {
+        Self {
+            servers: Resources::new(store.clone()),
+            accounts: Resources::new(store.clone()),
+            hypervisors: Resources::new(store),
+            ledger,
+            vault,
+            config,
+            clock,
+            metrics,
+            registry,
+            rng: SystemRandom::new(),
+        }
+    }
+
+    pub fn random_bytes<const N: usize>(&self) -> Result<[u8; N], ApiError> {
+        let mut bytes = [0u8; N];
+        self.rng
+            .fill(&mut bytes)
+            .map_err(|_| ApiError::internal("no randomness available"))?;
+        Ok(bytes)
+    }
+
+    pub fn random_u64(&self) -> Result<u64, ApiError> {
+        Ok(u64::from_be_bytes(self.random_bytes::<8>()?))
+    }
+
+    pub fn now_millis(&self) -> i64 {
+        self.clock.now().as_millisecond()
+    }
+}
+
+impl ApiState {
+    /// Appends to the audit log; a failure is logged loudly (the change it
+    /// records already happened and is not undone).
+    pub async fn audit(&self, actor: &str, action: &str, subject: &str, detail: serde_json::Value) {
+        let entry = stratus_store::ledger::AuditEntry {
+            at: self.now_millis(),
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            subject: subject.to_owned(),
+            detail: detail.to_string(),
+        };
+        if let Err(error) = self.ledger.audit(&entry).await {
+            tracing::error!(%error, action, subject, "audit write failed");
+        }
+    }
+}

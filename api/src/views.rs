@@ -1,0 +1,262 @@
+//! What the API accepts and answers, separate from the resources so the
+//! public contract does not move when the stored shape does.
+
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use stratus_core::config::{Image, Plan};
+use stratus_core::resources::{Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer};
+use stratus_store::ledger::TokenRecord;
+use utoipa::ToSchema;
+
+fn millis_to_rfc3339(millis: i64) -> String {
+    jiff::Timestamp::from_millisecond(millis).map(|t| t.to_string()).unwrap_or_default()
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccount {
+    /// Customer or company name.
+    pub name: String,
+    /// Contact e-mail address.
+    pub email: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountView {
+    pub id: String,
+    pub name: String,
+    pub email: String,
+    /// `active`, `suspended` or `closed`.
+    pub state: String,
+    pub created_at: Option<String>,
+}
+
+impl From<&Account> for AccountView {
+    fn from(account: &Account) -> Self {
+        let state = match account.status.as_ref().map(|s| s.state).unwrap_or_default() {
+            AccountState::Active => "active",
+            AccountState::Suspended => "suspended",
+            AccountState::Closed => "closed",
+        };
+        Self {
+            id: account.name_any(),
+            name: account.spec.display_name.clone(),
+            email: account.spec.email.clone(),
+            state: state.to_owned(),
+            created_at: account.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    /// What the token is for, e.g. `ci` or `alice-laptop`.
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenView {
+    pub id: String,
+    pub name: String,
+    pub account_id: Option<String>,
+    pub created_at: String,
+    pub revoked_at: Option<String>,
+}
+
+impl From<&TokenRecord> for TokenView {
+    fn from(record: &TokenRecord) -> Self {
+        Self {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            account_id: record.account_id.clone(),
+            created_at: millis_to_rfc3339(record.created_at),
+            revoked_at: record.revoked_at.map(millis_to_rfc3339),
+        }
+    }
+}
+
+/// A new token: the secret is in this answer and nowhere else.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IssuedToken {
+    pub id: String,
+    pub name: String,
+    pub account_id: Option<String>,
+    /// The bearer token. Shown once; only its hash is stored.
+    pub token: String,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlanView {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+impl From<&Plan> for PlanView {
+    fn from(plan: &Plan) -> Self {
+        Self {
+            name: plan.name.clone(),
+            vcpus: plan.vcpus,
+            memory_mib: plan.memory_mib,
+            disk_gib: plan.disk_gib,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImageView {
+    pub name: String,
+    pub description: String,
+}
+
+impl From<&Image> for ImageView {
+    fn from(image: &Image) -> Self {
+        Self {
+            name: image.name.clone(),
+            description: image.description.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderServer {
+    /// Hostname of the server (RFC 1123).
+    pub name: String,
+    /// Plan name, see `GET /v1/plans`.
+    pub plan: String,
+    /// Image name, see `GET /v1/images`.
+    pub image: String,
+    /// Zone (datacenter); any zone when absent.
+    #[serde(default)]
+    pub zone: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ServerView {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub plan: String,
+    pub image: String,
+    pub zone: Option<String>,
+    /// `pending`, `provisioning`, `running`, `stopped`, `suspended`, `terminating` or `error`.
+    pub status: String,
+    /// Why the server is in this status (always set for `error`).
+    pub status_reason: Option<String>,
+    /// Power state the customer asked for: `running` or `stopped`.
+    pub desired_power: String,
+    pub hypervisor: Option<String>,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+    pub mac_address: Option<String>,
+    pub created_at: Option<String>,
+}
+
+impl From<&VirtualServer> for ServerView {
+    fn from(server: &VirtualServer) -> Self {
+        let status = server.status.clone().unwrap_or_default();
+        let phase = if server.metadata.deletion_timestamp.is_some() {
+            ServerPhase::Terminating
+        } else {
+            status.phase
+        };
+        Self {
+            id: server.name_any(),
+            account_id: server.namespace().unwrap_or_default(),
+            name: server.spec.hostname.clone(),
+            plan: server.spec.plan.clone(),
+            image: server.spec.image.clone(),
+            zone: server.spec.zone.clone(),
+            status: phase.api_name().to_owned(),
+            status_reason: status.reason,
+            desired_power: match server.spec.power {
+                PowerState::Running => "running",
+                PowerState::Stopped => "stopped",
+            }
+            .to_owned(),
+            hypervisor: status.hypervisor,
+            vcpus: server.spec.resources.vcpus,
+            memory_mib: server.spec.resources.memory_mib,
+            disk_gib: server.spec.resources.disk_gib,
+            mac_address: status.mac_address,
+            created_at: server.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerAction {
+    /// `stop`, `start` or `reboot`.
+    #[serde(rename = "type")]
+    pub kind: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterHypervisor {
+    /// Name of the hypervisor (lower-case, 1-63).
+    pub name: String,
+    /// Base URL of its agent, e.g. `http://10.0.0.5:9090`.
+    pub url: String,
+    /// Zone (datacenter) it is in.
+    pub zone: String,
+    /// The agent's bearer token; stored encrypted, never shown again.
+    pub token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ResourcesView {
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HypervisorView {
+    pub name: String,
+    pub url: String,
+    pub zone: String,
+    pub cordoned: bool,
+    /// Whether the agent answered the last probe.
+    pub reachable: bool,
+    pub last_contact: Option<String>,
+    /// Why the last probe failed, when it did.
+    pub message: Option<String>,
+    /// What the agent reports; null until it first answered.
+    pub capacity: Option<ResourcesView>,
+    pub images: Vec<String>,
+    /// Resources of the servers placed here.
+    pub placed: ResourcesView,
+    pub servers: usize,
+    pub created_at: Option<String>,
+}
+
+impl HypervisorView {
+    pub fn new(hypervisor: &Hypervisor, placed: ResourcesView, servers: usize) -> Self {
+        let status = hypervisor.status.clone().unwrap_or_default();
+        Self {
+            name: hypervisor.name_any(),
+            url: hypervisor.spec.url.clone(),
+            zone: hypervisor.spec.zone.clone(),
+            cordoned: hypervisor.spec.cordoned,
+            reachable: status.reachable,
+            last_contact: status.last_contact,
+            message: status.message,
+            capacity: status.capacity.as_ref().map(|c| ResourcesView {
+                vcpus: u64::from(c.vcpus),
+                memory_mib: c.memory_mib,
+                disk_gib: c.disk_gib,
+            }),
+            images: status.capacity.map(|c| c.images).unwrap_or_default(),
+            placed,
+            servers,
+            created_at: hypervisor.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+        }
+    }
+}
