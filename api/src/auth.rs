@@ -16,22 +16,31 @@ const TOKEN_PREFIX: &str = "stx_";
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
-    Admin { token_id: String },
-    Customer { token_id: String, account_id: String },
+    Admin {
+        token_id: String,
+    },
+    Customer {
+        token_id: String,
+        account_id: String,
+    },
 }
 
 impl Principal {
     /// How the caller appears in the audit log.
     pub fn actor(&self) -> String {
         match self {
-            Self::Admin { token_id } | Self::Customer { token_id, .. } => format!("token:{token_id}"),
+            Self::Admin { token_id } | Self::Customer { token_id, .. } => {
+                format!("token:{token_id}")
+            }
         }
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Self::Admin { .. } => Ok(()),
-            Self::Customer { .. } => Err(ApiError::forbidden("this operation needs an operator (admin) token")),
+            Self::Customer { .. } => Err(ApiError::forbidden(
+                "this operation needs an operator (admin) token",
+            )),
         }
     }
 
@@ -47,7 +56,11 @@ impl Principal {
 }
 
 pub fn hash_token(token: &str) -> String {
-    digest(&SHA256, token.as_bytes()).as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    digest(&SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Creates a token; the secret is returned once and never stored.
@@ -57,7 +70,11 @@ pub async fn issue_token(
     name: &str,
     scope: TokenScope,
 ) -> Result<(TokenRecord, String), ApiError> {
-    let secret: String = state.random_bytes::<32>()?.iter().map(|b| format!("{b:02x}")).collect();
+    let secret: String = state
+        .random_bytes::<32>()?
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let token = format!("{TOKEN_PREFIX}{secret}");
     let record = TokenRecord {
         id: TokenId::from_random(state.random_u64()?).to_string(),
@@ -67,7 +84,10 @@ pub async fn issue_token(
         created_at: state.now_millis(),
         revoked_at: None,
     };
-    state.ledger.insert_token(&record, &hash_token(&token)).await?;
+    state
+        .ledger
+        .insert_token(&record, &hash_token(&token))
+        .await?;
     Ok((record, token))
 }
 
@@ -75,17 +95,18 @@ impl FromRequestParts<ApiState> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("missing Authorization: Bearer <token> header"))?;
+        let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::unauthorized("missing Authorization: Bearer <token> header")
+        })?;
         let token = header
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or_else(|| ApiError::unauthorized("Authorization header must be `Bearer <token>`"))?;
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization header must be `Bearer <token>`")
+            })?;
         let record = state
             .ledger
             .token_by_hash(&hash_token(token))
@@ -95,12 +116,16 @@ impl FromRequestParts<ApiState> for Principal {
             return Err(ApiError::unauthorized("this token has been revoked"));
         }
         Ok(match (record.scope, record.account_id) {
-            (TokenScope::Admin, _) => Principal::Admin { token_id: record.id },
+            (TokenScope::Admin, _) => Principal::Admin {
+                token_id: record.id,
+            },
             (TokenScope::Customer, Some(account_id)) => Principal::Customer {
                 token_id: record.id,
                 account_id,
             },
-            (TokenScope::Customer, None) => return Err(ApiError::unauthorized("token is not bound to an account")),
+            (TokenScope::Customer, None) => {
+                return Err(ApiError::unauthorized("token is not bound to an account"));
+            }
         })
     }
 }

@@ -51,12 +51,18 @@ impl ApiError {
 
     /// The request body or query is malformed; `field` names what.
     pub fn bad_request(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", message).with_details(json!({ "field": field }))
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+            .with_details(json!({ "field": field }))
     }
 
     /// Well-formed but not acceptable; `field` names what.
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message).with_details(json!({ "field": field }))
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            message,
+        )
+        .with_details(json!({ "field": field }))
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -68,7 +74,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", format!("{what} {id} not found"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {id} not found"),
+        )
     }
 
     pub fn conflict(message: impl Into<String>) -> Self {
@@ -91,7 +101,9 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyExists { .. } => Self::conflict(error.to_string()),
             _ => {
                 tracing::error!(%error, "store failure");
-                Self::internal("the control plane could not complete the request; it was not applied")
+                Self::internal(
+                    "the control plane could not complete the request; it was not applied",
+                )
             }
         }
     }

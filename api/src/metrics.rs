@@ -37,10 +37,20 @@ impl ApiMetrics {
         let registry = registry.sub_registry_with_prefix("stratus_api");
         let metrics = Self {
             requests: Family::default(),
-            latency: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 3.0, 10))),
+            latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0005, 3.0, 10))
+            }),
         };
-        registry.register("requests", "HTTP requests by route and status", metrics.requests.clone());
-        registry.register("request_seconds", "HTTP request latency by route", metrics.latency.clone());
+        registry.register(
+            "requests",
+            "HTTP requests by route and status",
+            metrics.requests.clone(),
+        );
+        registry.register(
+            "request_seconds",
+            "HTTP request latency by route",
+            metrics.latency.clone(),
+        );
         metrics
     }
 }
@@ -57,7 +67,19 @@ pub async fn track(State(state): State<ApiState>, request: Request, next: Next) 
     let response = next.run(request).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.record("status", status);
-    state.metrics.requests.get_or_create(&RequestLabels { method, route: route.clone(), status }).inc();
-    state.metrics.latency.get_or_create(&RouteLabels { route }).observe(started.elapsed().as_secs_f64());
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method,
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&RouteLabels { route })
+        .observe(started.elapsed().as_secs_f64());
     response
 }

@@ -26,7 +26,10 @@ impl PageQuery {
             None => Ok(DEFAULT_LIMIT),
             Some(raw) => match raw.parse::<usize>() {
                 Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
-                _ => Err(ApiError::bad_request("limit", format!("limit must be an integer from 1 to {MAX_LIMIT}"))),
+                _ => Err(ApiError::bad_request(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                )),
             },
         }
     }
@@ -40,7 +43,11 @@ pub struct Page<T> {
 }
 
 /// Pages through items sorted by `key`, strictly after the cursor.
-pub fn paginate<T>(mut items: Vec<T>, query: &PageQuery, key: impl Fn(&T) -> String) -> Result<Page<T>, ApiError> {
+pub fn paginate<T>(
+    mut items: Vec<T>,
+    query: &PageQuery,
+    key: impl Fn(&T) -> String,
+) -> Result<Page<T>, ApiError> {
     let limit = query.limit()?;
     items.sort_by_key(&key);
     if let Some(cursor) = &query.cursor {

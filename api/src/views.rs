@@ -4,12 +4,16 @@
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use stratus_core::config::{Image, Plan};
-use stratus_core::resources::{Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer};
+use stratus_core::resources::{
+    Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer,
+};
 use stratus_store::ledger::TokenRecord;
 use utoipa::ToSchema;
 
 fn millis_to_rfc3339(millis: i64) -> String {
-    jiff::Timestamp::from_millisecond(millis).map(|t| t.to_string()).unwrap_or_default()
+    jiff::Timestamp::from_millisecond(millis)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -43,7 +47,11 @@ impl From<&Account> for AccountView {
             name: account.spec.display_name.clone(),
             email: account.spec.email.clone(),
             state: state.to_owned(),
-            created_at: account.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+            created_at: account
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string()),
         }
     }
 }
@@ -184,7 +192,11 @@ impl From<&VirtualServer> for ServerView {
             memory_mib: server.spec.resources.memory_mib,
             disk_gib: server.spec.resources.disk_gib,
             mac_address: status.mac_address,
-            created_at: server.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+            created_at: server
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string()),
         }
     }
 }
@@ -256,7 +268,11 @@ impl HypervisorView {
             images: status.capacity.map(|c| c.images).unwrap_or_default(),
             placed,
             servers,
-            created_at: hypervisor.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
+            created_at: hypervisor
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string()),
         }
     }
 }

@@ -26,10 +26,16 @@ pub async fn create_account(
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     principal.require_admin()?;
     if !validate::is_display_name(&request.name) {
-        return Err(ApiError::invalid("name", "name must be 1-200 characters without control characters"));
+        return Err(ApiError::invalid(
+            "name",
+            "name must be 1-200 characters without control characters",
+        ));
     }
     if !validate::is_email(&request.email) {
-        return Err(ApiError::invalid("email", format!("{:?} is not a valid e-mail address", request.email)));
+        return Err(ApiError::invalid(
+            "email",
+            format!("{:?} is not a valid e-mail address", request.email),
+        ));
     }
     let id = AccountId::from_random(state.random_u64()?);
     let account = Account {
@@ -45,7 +51,12 @@ pub async fn create_account(
     };
     let created = state.accounts.create(&account).await?;
     state
-        .audit(&principal.actor(), "account.create", &format!("account/{id}"), json!({ "email": request.email }))
+        .audit(
+            &principal.actor(),
+            "account.create",
+            &format!("account/{id}"),
+            json!({ "email": request.email }),
+        )
         .await;
     tracing::info!(account = %id, "account opened");
     Ok((StatusCode::CREATED, Json(AccountView::from(&created))))
@@ -62,19 +73,29 @@ pub async fn list_accounts(
     principal.require_admin()?;
     let accounts = state.accounts.list(None).await?.items;
     let views = accounts.iter().map(AccountView::from).collect();
-    Ok(Json(paginate(views, &query, |a: &AccountView| a.id.clone())?))
+    Ok(Json(paginate(views, &query, |a: &AccountView| {
+        a.id.clone()
+    })?))
 }
 
 /// Shows an account (operators, or a token of that account).
 #[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts", params(("id" = String, Path)),
     responses((status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_account(principal: Principal, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<AccountView>, ApiError> {
+pub async fn get_account(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountView>, ApiError> {
     if let Principal::Customer { account_id, .. } = &principal
         && *account_id != id
     {
         return Err(ApiError::not_found("account", &id));
     }
-    let account = state.accounts.get(None, &id).await?.ok_or_else(|| ApiError::not_found("account", &id))?;
+    let account = state
+        .accounts
+        .get(None, &id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account", &id))?;
     Ok(Json(AccountView::from(&account)))
 }
 
@@ -95,11 +116,20 @@ pub async fn create_token(
     }
     let name = request.name.trim();
     if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid("name", "name must be 1-100 characters without control characters"));
+        return Err(ApiError::invalid(
+            "name",
+            "name must be 1-100 characters without control characters",
+        ));
     }
-    let (record, token) = issue_token(&state, Some(&account_id), name, TokenScope::Customer).await?;
+    let (record, token) =
+        issue_token(&state, Some(&account_id), name, TokenScope::Customer).await?;
     state
-        .audit(&principal.actor(), "token.issue", &format!("account/{id}"), json!({ "token_id": record.id, "name": name }))
+        .audit(
+            &principal.actor(),
+            "token.issue",
+            &format!("account/{id}"),
+            json!({ "token_id": record.id, "name": name }),
+        )
         .await;
     Ok((
         StatusCode::CREATED,
@@ -134,15 +164,32 @@ pub async fn list_tokens(
 /// Revokes a token at once (operators, or any token of the same account).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "accounts", params(("id" = String, Path)),
     responses((status = 204, description = "revoked"), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn revoke_token(principal: Principal, State(state): State<ApiState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let record = state.ledger.token(&id).await?.ok_or_else(|| ApiError::not_found("token", &id))?;
+pub async fn revoke_token(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let record = state
+        .ledger
+        .token(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("token", &id))?;
     if let Principal::Customer { account_id, .. } = &principal
         && record.account_id.as_deref() != Some(account_id.as_str())
     {
         return Err(ApiError::not_found("token", &id));
     }
     state.ledger.revoke_token(&id, state.now_millis()).await?;
-    let subject = record.account_id.map_or_else(|| "admin".to_owned(), |a| format!("account/{a}"));
-    state.audit(&principal.actor(), "token.revoke", &subject, json!({ "token_id": id })).await;
+    let subject = record
+        .account_id
+        .map_or_else(|| "admin".to_owned(), |a| format!("account/{a}"));
+    state
+        .audit(
+            &principal.actor(),
+            "token.revoke",
+            &subject,
+            json!({ "token_id": id }),
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }

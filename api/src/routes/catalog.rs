@@ -10,7 +10,10 @@ use crate::views::{ImageView, PlanView};
 /// Plans customers can order.
 #[utoipa::path(get, path = "/v1/plans", tag = "catalog",
     responses((status = 200, body = Page<PlanView>), (status = 401, body = ErrorBody)))]
-pub async fn list_plans(_: Principal, State(state): State<ApiState>) -> Result<Json<Page<PlanView>>, ApiError> {
+pub async fn list_plans(
+    _: Principal,
+    State(state): State<ApiState>,
+) -> Result<Json<Page<PlanView>>, ApiError> {
     Ok(Json(Page {
         items: state.config.plans.iter().map(PlanView::from).collect(),
         next_cursor: None,
@@ -20,7 +23,10 @@ pub async fn list_plans(_: Principal, State(state): State<ApiState>) -> Result<J
 /// Images servers can be created from.
 #[utoipa::path(get, path = "/v1/images", tag = "catalog",
     responses((status = 200, body = Page<ImageView>), (status = 401, body = ErrorBody)))]
-pub async fn list_images(_: Principal, State(state): State<ApiState>) -> Result<Json<Page<ImageView>>, ApiError> {
+pub async fn list_images(
+    _: Principal,
+    State(state): State<ApiState>,
+) -> Result<Json<Page<ImageView>>, ApiError> {
     Ok(Json(Page {
         items: state.config.images.iter().map(ImageView::from).collect(),
         next_cursor: None,

@@ -24,7 +24,9 @@ pub fn credential_name(hypervisor: &str) -> String {
 }
 
 /// Placed load per hypervisor: (resources, number of servers).
-async fn placed_load(state: &ApiState) -> Result<HashMap<String, (ResourcesView, usize)>, ApiError> {
+async fn placed_load(
+    state: &ApiState,
+) -> Result<HashMap<String, (ResourcesView, usize)>, ApiError> {
     let mut load: HashMap<String, (ResourcesView, usize)> = HashMap::new();
     for server in state.servers.list(None).await?.items {
         if let Some(hv) = server.status.and_then(|s| s.hypervisor) {
@@ -45,7 +47,10 @@ async fn placed_load(state: &ApiState) -> Result<HashMap<String, (ResourcesView,
     Ok(load)
 }
 
-fn view(hypervisor: &Hypervisor, load: &mut HashMap<String, (ResourcesView, usize)>) -> HypervisorView {
+fn view(
+    hypervisor: &Hypervisor,
+    load: &mut HashMap<String, (ResourcesView, usize)>,
+) -> HypervisorView {
     let (placed, servers) = load.remove(&hypervisor.name_any()).unwrap_or((
         ResourcesView {
             vcpus: 0,
@@ -69,28 +74,51 @@ pub async fn register_hypervisor(
 ) -> Result<(StatusCode, Json<HypervisorView>), ApiError> {
     principal.require_admin()?;
     if !validate::is_slug(&request.name) {
-        return Err(ApiError::invalid("name", "name must be lower-case letters, digits, '-', '.' or '_' (1-63)"));
+        return Err(ApiError::invalid(
+            "name",
+            "name must be lower-case letters, digits, '-', '.' or '_' (1-63)",
+        ));
     }
     if !validate::is_slug(&request.zone) {
-        return Err(ApiError::invalid("zone", "zone must be lower-case letters, digits, '-', '.' or '_' (1-63)"));
+        return Err(ApiError::invalid(
+            "zone",
+            "zone must be lower-case letters, digits, '-', '.' or '_' (1-63)",
+        ));
     }
     let url_ok = (request.url.starts_with("http://") || request.url.starts_with("https://"))
         && request.url.len() <= 2048
-        && !request.url.chars().any(|c| c.is_whitespace() || c.is_control());
+        && !request
+            .url
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
     if !url_ok {
-        return Err(ApiError::invalid("url", "url must be an http:// or https:// URL of the agent"));
+        return Err(ApiError::invalid(
+            "url",
+            "url must be an http:// or https:// URL of the agent",
+        ));
     }
-    if request.token.len() < MIN_AGENT_TOKEN_LEN || request.token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if request.token.len() < MIN_AGENT_TOKEN_LEN
+        || request
+            .token
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(ApiError::invalid(
             "token",
             format!("token must be at least {MIN_AGENT_TOKEN_LEN} characters without spaces"),
         ));
     }
     if state.hypervisors.get(None, &request.name).await?.is_some() {
-        return Err(ApiError::conflict(format!("hypervisor {} is already registered", request.name)));
+        return Err(ApiError::conflict(format!(
+            "hypervisor {} is already registered",
+            request.name
+        )));
     }
     let credential = credential_name(&request.name);
-    state.vault.put(&credential, &request.token, state.now_millis()).await?;
+    state
+        .vault
+        .put(&credential, &request.token, state.now_millis())
+        .await?;
     let hypervisor = Hypervisor {
         metadata: ObjectMeta {
             name: Some(request.name.clone()),
@@ -114,7 +142,10 @@ pub async fn register_hypervisor(
         )
         .await;
     tracing::info!(hypervisor = %request.name, zone = %request.zone, "hypervisor registered");
-    Ok((StatusCode::CREATED, Json(view(&created, &mut HashMap::new()))))
+    Ok((
+        StatusCode::CREATED,
+        Json(view(&created, &mut HashMap::new())),
+    ))
 }
 
 /// Lists hypervisors with capacity, placed load, last contact (operators).
@@ -129,13 +160,19 @@ pub async fn list_hypervisors(
     let mut load = placed_load(&state).await?;
     let hypervisors = state.hypervisors.list(None).await?.items;
     let views = hypervisors.iter().map(|h| view(h, &mut load)).collect();
-    Ok(Json(paginate(views, &query, |h: &HypervisorView| h.name.clone())?))
+    Ok(Json(paginate(views, &query, |h: &HypervisorView| {
+        h.name.clone()
+    })?))
 }
 
 /// Shows one hypervisor (operators).
 #[utoipa::path(get, path = "/v1/admin/hypervisors/{name}", tag = "hypervisors", params(("name" = String, Path)),
     responses((status = 200, body = HypervisorView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_hypervisor(principal: Principal, State(state): State<ApiState>, Path(name): Path<String>) -> Result<Json<HypervisorView>, ApiError> {
+pub async fn get_hypervisor(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<HypervisorView>, ApiError> {
     principal.require_admin()?;
     let hypervisor = state
         .hypervisors

@@ -38,10 +38,16 @@ struct ApiDoc;
 fn openapi_router() -> OpenApiRouter<ApiState> {
     let mut doc = ApiDoc::openapi();
     if let Some(components) = doc.components.as_mut() {
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
     } else {
         let mut components = utoipa::openapi::Components::new();
-        components.add_security_scheme("bearer", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
         doc.components = Some(components);
     }
     OpenApiRouter::with_openapi(doc)
@@ -54,7 +60,10 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(servers::order_server, servers::list_servers))
         .routes(routes!(servers::get_server, servers::delete_server))
         .routes(routes!(servers::server_action))
-        .routes(routes!(hypervisors::register_hypervisor, hypervisors::list_hypervisors))
+        .routes(routes!(
+            hypervisors::register_hypervisor,
+            hypervisors::list_hypervisors
+        ))
         .routes(routes!(hypervisors::get_hypervisor))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
@@ -77,7 +86,10 @@ pub fn app(state: ApiState) -> Router {
             }),
         )
         .fallback(|| async { ApiError::not_found("route", "requested") })
-        .layer(middleware::from_fn_with_state(state.clone(), metrics::track))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            metrics::track,
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }

@@ -6,7 +6,9 @@ use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
 use stratus_core::ids::ServerId;
-use stratus_core::resources::{AccountState, PowerState, ServerPhase, VirtualServer, VirtualServerSpec};
+use stratus_core::resources::{
+    AccountState, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
+};
 use stratus_core::validate;
 use stratus_store::StoreError;
 use stratus_store::ledger::IdempotencyClaim;
@@ -21,7 +23,11 @@ use crate::views::{OrderServer, ServerAction, ServerView};
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 fn subject(server: &VirtualServer) -> String {
-    format!("server/{}/{}", server.namespace().unwrap_or_default(), server.name_any())
+    format!(
+        "server/{}/{}",
+        server.namespace().unwrap_or_default(),
+        server.name_any()
+    )
 }
 
 fn accepted(server: &VirtualServer) -> Response {
@@ -34,10 +40,20 @@ fn accepted(server: &VirtualServer) -> Response {
 
 /// The server `id` as the caller may see it: customers only their own
 /// account's (others are "not found", so ids do not leak), operators any.
-async fn find_server(state: &ApiState, principal: &Principal, id: &str) -> Result<VirtualServer, ApiError> {
+async fn find_server(
+    state: &ApiState,
+    principal: &Principal,
+    id: &str,
+) -> Result<VirtualServer, ApiError> {
     let found = match principal {
         Principal::Customer { account_id, .. } => state.servers.get(Some(account_id), id).await?,
-        Principal::Admin { .. } => state.servers.list(None).await?.items.into_iter().find(|s| s.name_any() == id),
+        Principal::Admin { .. } => state
+            .servers
+            .list(None)
+            .await?
+            .items
+            .into_iter()
+            .find(|s| s.name_any() == id),
     };
     found.ok_or_else(|| ApiError::not_found("server", id))
 }
@@ -48,7 +64,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     };
     let key = raw.to_str().unwrap_or_default();
     if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request("Idempotency-Key", "Idempotency-Key must be 1-255 visible ASCII characters"));
+        return Err(ApiError::bad_request(
+            "Idempotency-Key",
+            "Idempotency-Key must be 1-255 visible ASCII characters",
+        ));
     }
     Ok(Some(key.to_owned()))
 }
@@ -74,23 +93,40 @@ pub async fn order_server(
         .await?
         .ok_or_else(|| ApiError::forbidden("the account of this token no longer exists"))?;
     if account.status.as_ref().map(|s| s.state).unwrap_or_default() != AccountState::Active {
-        return Err(ApiError::conflict("the account is not active: new orders are refused"));
+        return Err(ApiError::conflict(
+            "the account is not active: new orders are refused",
+        ));
     }
     if !validate::is_hostname(&order.name) {
         return Err(ApiError::invalid(
             "name",
-            format!("{:?} is not a valid hostname (letters, digits and '-', dot-separated labels of 1-63)", order.name),
+            format!(
+                "{:?} is not a valid hostname (letters, digits and '-', dot-separated labels of 1-63)",
+                order.name
+            ),
         ));
     }
-    let plan = state
-        .config
-        .plan(&order.plan)
-        .ok_or_else(|| ApiError::invalid("plan", format!("unknown plan {:?}; see GET /v1/plans", order.plan)))?;
+    let plan = state.config.plan(&order.plan).ok_or_else(|| {
+        ApiError::invalid(
+            "plan",
+            format!("unknown plan {:?}; see GET /v1/plans", order.plan),
+        )
+    })?;
     if state.config.image(&order.image).is_none() {
-        return Err(ApiError::invalid("image", format!("unknown image {:?}; see GET /v1/images", order.image)));
+        return Err(ApiError::invalid(
+            "image",
+            format!("unknown image {:?}; see GET /v1/images", order.image),
+        ));
     }
     if let Some(zone) = &order.zone {
-        let zones: Vec<String> = state.hypervisors.list(None).await?.items.into_iter().map(|h| h.spec.zone).collect();
+        let zones: Vec<String> = state
+            .hypervisors
+            .list(None)
+            .await?
+            .items
+            .into_iter()
+            .map(|h| h.spec.zone)
+            .collect();
         if !zones.contains(zone) {
             return Err(ApiError::invalid("zone", format!("unknown zone {zone:?}")));
         }
@@ -98,7 +134,9 @@ pub async fn order_server(
 
     let mut id = ServerId::from_random(state.random_u64()?).to_string();
     if let Some(key) = &key {
-        let request_hash = hash_token(&serde_json::to_string(&order).map_err(|e| ApiError::internal(e.to_string()))?);
+        let request_hash = hash_token(
+            &serde_json::to_string(&order).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
         match state
             .ledger
             .claim_idempotency_key(&account_id, key, &request_hash, &id, state.now_millis())
@@ -115,10 +153,14 @@ pub async fn order_server(
                         "this Idempotency-Key was already used with a different request body",
                     ));
                 }
-                if let Some(existing) = state.servers.get(Some(&account_id), &resource_name).await? {
+                if let Some(existing) = state.servers.get(Some(&account_id), &resource_name).await?
+                {
                     return Ok(accepted(&existing));
                 }
-                let trail = state.ledger.audit_trail(&format!("server/{account_id}/{resource_name}")).await?;
+                let trail = state
+                    .ledger
+                    .audit_trail(&format!("server/{account_id}/{resource_name}"))
+                    .await?;
                 if trail.iter().any(|e| e.action == "server.order") {
                     return Err(ApiError::conflict(format!(
                         "the server {resource_name} ordered with this Idempotency-Key has since been deleted"
@@ -147,16 +189,17 @@ pub async fn order_server(
         },
         status: None,
     };
-    let created = match state.servers.create(&server).await {
-        Ok(created) => created,
-        // A concurrent retry with the same key created it first.
-        Err(StoreError::AlreadyExists { .. }) => state
-            .servers
-            .get(Some(&account_id), &id)
-            .await?
-            .ok_or_else(|| ApiError::conflict("the server was deleted while being ordered"))?,
-        Err(other) => return Err(other.into()),
-    };
+    let created =
+        match state.servers.create(&server).await {
+            Ok(created) => created,
+            // A concurrent retry with the same key created it first.
+            Err(StoreError::AlreadyExists { .. }) => state
+                .servers
+                .get(Some(&account_id), &id)
+                .await?
+                .ok_or_else(|| ApiError::conflict("the server was deleted while being ordered"))?,
+            Err(other) => return Err(other.into()),
+        };
     state
         .audit(
             &principal.actor(),
@@ -180,7 +223,10 @@ pub async fn list_servers(
     let namespace = match &principal {
         Principal::Customer { account_id, .. } => {
             if query.account.as_ref().is_some_and(|a| a != account_id) {
-                return Err(ApiError::bad_request("account", "a customer token lists its own account only"));
+                return Err(ApiError::bad_request(
+                    "account",
+                    "a customer token lists its own account only",
+                ));
             }
             Some(account_id.clone())
         }
@@ -189,33 +235,54 @@ pub async fn list_servers(
     query.limit()?;
     let servers = state.servers.list(namespace.as_deref()).await?.items;
     let views = servers.iter().map(ServerView::from).collect();
-    Ok(Json(paginate(views, &query, |s: &ServerView| s.id.clone())?))
+    Ok(Json(paginate(views, &query, |s: &ServerView| {
+        s.id.clone()
+    })?))
 }
 
 /// Shows one server.
 #[utoipa::path(get, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path)),
     responses((status = 200, body = ServerView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn get_server(principal: Principal, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Json<ServerView>, ApiError> {
-    Ok(Json(ServerView::from(&find_server(&state, &principal, &id).await?)))
+pub async fn get_server(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<ServerView>, ApiError> {
+    Ok(Json(ServerView::from(
+        &find_server(&state, &principal, &id).await?,
+    )))
 }
 
 /// Deletes a server: its domain is destroyed and its disk wiped, then it
 /// disappears (404).
 #[utoipa::path(delete, path = "/v1/servers/{id}", tag = "servers", params(("id" = String, Path)),
     responses((status = 202, body = ServerView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
-pub async fn delete_server(principal: Principal, State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn delete_server(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let server = find_server(&state, &principal, &id).await?;
     let namespace = server.namespace();
     let deletion = state.servers.delete(namespace.as_deref(), &id).await;
     let mut view = match deletion {
         Ok(stratus_store::objects::Deletion::Pending(pending)) => pending,
-        Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => server.clone(),
+        Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => {
+            server.clone()
+        }
         Err(other) => return Err(other.into()),
     };
     if view.metadata.deletion_timestamp.is_none() {
         view.status.get_or_insert_with(Default::default).phase = ServerPhase::Terminating;
     }
-    state.audit(&principal.actor(), "server.delete", &subject(&server), json!({})).await;
+    state
+        .audit(
+            &principal.actor(),
+            "server.delete",
+            &subject(&server),
+            json!({}),
+        )
+        .await;
     Ok((StatusCode::ACCEPTED, Json(ServerView::from(&view))).into_response())
 }
 
@@ -230,14 +297,22 @@ pub async fn server_action(
     JsonBody(action): JsonBody<ServerAction>,
 ) -> Result<Response, ApiError> {
     if !matches!(action.kind.as_str(), "stop" | "start" | "reboot") {
-        return Err(ApiError::invalid("type", format!("unknown action {:?}: use stop, start or reboot", action.kind)));
+        return Err(ApiError::invalid(
+            "type",
+            format!(
+                "unknown action {:?}: use stop, start or reboot",
+                action.kind
+            ),
+        ));
     }
     let server = find_server(&state, &principal, &id).await?;
     if server.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the server is being deleted"));
     }
     if action.kind == "reboot" && server.spec.power == PowerState::Stopped {
-        return Err(ApiError::conflict("the server is stopped: start it instead of rebooting"));
+        return Err(ApiError::conflict(
+            "the server is stopped: start it instead of rebooting",
+        ));
     }
     let namespace = server.namespace();
     let updated = state
@@ -260,7 +335,12 @@ pub async fn server_action(
         .await?
         .ok_or_else(|| ApiError::not_found("server", &id))?;
     state
-        .audit(&principal.actor(), &format!("server.{}", action.kind), &subject(&updated), json!({}))
+        .audit(
+            &principal.actor(),
+            &format!("server.{}", action.kind),
+            &subject(&updated),
+            json!({}),
+        )
         .await;
     Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
 }

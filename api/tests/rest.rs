@@ -1,0 +1,878 @@
+//! The REST API as customers and operators use it, including every refusal
+//! (status, body naming the field, and nothing changed).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use stratus_api::auth::issue_token;
+use stratus_api::metrics::ApiMetrics;
+use stratus_api::{ApiState, app};
+use stratus_core::{Config, SystemClock};
+use stratus_store::ledger::{Ledger, TokenScope};
+use stratus_store::testing::{self, ScratchDatabase};
+use stratus_store::vault::Vault;
+use stratus_store::{ObjectStore, SqlObjectStore};
+use tower::ServiceExt;
+
+struct Api {
+    _scratch: ScratchDatabase,
+    state: ApiState,
+    router: axum::Router,
+    admin: String,
+}
+
+struct Reply {
+    status: StatusCode,
+    body: Value,
+    headers: axum::http::HeaderMap,
+}
+
+async fn api_on(scratch: ScratchDatabase) -> Api {
+    let store: Arc<dyn ObjectStore> = Arc::new(SqlObjectStore::new(scratch.db.clone()));
+    let mut registry = Registry::default();
+    let metrics = ApiMetrics::register(&mut registry);
+    let state = ApiState::new(
+        store,
+        Ledger::new(scratch.db.clone()),
+        Arc::new(Vault::new(scratch.db.clone(), &[3u8; 32]).unwrap()),
+        Arc::new(Config::default()),
+        Arc::new(SystemClock),
+        metrics,
+        Arc::new(registry),
+    );
+    let (_, admin) = issue_token(&state, None, "bootstrap", TokenScope::Admin)
+        .await
+        .unwrap();
+    let router = app(state.clone());
+    Api {
+        _scratch: scratch,
+        state,
+        router,
+        admin,
+    }
+}
+
+async fn api() -> Api {
+    api_on(testing::sqlite().await).await
+}
+
+impl Api {
+    async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Reply {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = match body {
+            Some(body) => request
+                .header("content-type", "application/json")
+                .body(Body::from(body)),
+            None => request.body(Body::empty()),
+        }
+        .unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        Reply {
+            status,
+            body,
+            headers,
+        }
+    }
+
+    async fn call(&self, method: Method, path: &str, token: &str, body: Option<Value>) -> Reply {
+        self.raw(method, path, Some(token), &[], body.map(|b| b.to_string()))
+            .await
+    }
+
+    /// Opens an account and returns (account id, customer token).
+    async fn customer(&self, name: &str) -> (String, String) {
+        let account = self
+            .call(
+                Method::POST,
+                "/v1/accounts",
+                &self.admin,
+                Some(json!({"name": name, "email": "ops@example.com"})),
+            )
+            .await;
+        assert_eq!(account.status, StatusCode::CREATED, "{}", account.body);
+        let id = account.body["id"].as_str().unwrap().to_owned();
+        let token = self
+            .call(
+                Method::POST,
+                &format!("/v1/accounts/{id}/tokens"),
+                &self.admin,
+                Some(json!({"name": "cli"})),
+            )
+            .await;
+        assert_eq!(token.status, StatusCode::CREATED, "{}", token.body);
+        (id, token.body["token"].as_str().unwrap().to_owned())
+    }
+
+    async fn server_count(&self) -> usize {
+        self.state.servers.list(None).await.unwrap().items.len()
+    }
+
+    async fn register_zone(&self, zone: &str) {
+        let reply = self
+            .call(
+                Method::POST,
+                "/v1/admin/hypervisors",
+                &self.admin,
+                Some(json!({"name": format!("hv-{zone}"), "url": "http://127.0.0.1:1", "zone": zone, "token": "0123456789abcdef0123"})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
+    }
+}
+
+fn assert_error(reply: &Reply, status: StatusCode, code: &str, field: Option<&str>) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.body["error"]["code"], code, "{}", reply.body);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{}",
+        reply.body
+    );
+    if let Some(field) = field {
+        assert_eq!(
+            reply.body["error"]["details"]["field"], field,
+            "{}",
+            reply.body
+        );
+    }
+}
+
+fn order(name: &str) -> Value {
+    json!({"name": name, "plan": "small", "image": "debian-12"})
+}
+
+#[tokio::test]
+async fn authentication_is_required_and_revocation_is_immediate() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let missing = api.raw(Method::GET, "/v1/servers", None, &[], None).await;
+    assert_error(&missing, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    let wrong = api
+        .call(Method::GET, "/v1/servers", "stx_not-a-token", None)
+        .await;
+    assert_error(&wrong, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    let basic = api
+        .raw(
+            Method::GET,
+            "/v1/servers",
+            None,
+            &[("authorization", "Basic YTpi")],
+            None,
+        )
+        .await;
+    assert_error(&basic, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    assert_eq!(
+        api.call(Method::GET, "/v1/servers", &token, None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    let tokens = api
+        .state
+        .ledger
+        .token_by_hash(&stratus_api::auth::hash_token(&token))
+        .await
+        .unwrap()
+        .unwrap();
+    let revoke = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{}", tokens.id),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(revoke.status, StatusCode::NO_CONTENT);
+    let after = api.call(Method::GET, "/v1/servers", &token, None).await;
+    assert_error(&after, StatusCode::UNAUTHORIZED, "unauthorized", None);
+    assert!(
+        after.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("revoked")
+    );
+
+    assert_eq!(
+        api.raw(Method::GET, "/healthz", None, &[], None)
+            .await
+            .status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn tokens_are_shown_once_and_stored_hashed() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    assert!(token.starts_with("stx_") && token.len() > 60);
+    let list = api
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{account}/tokens"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(list.status, StatusCode::OK);
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert!(
+        !list.body.to_string().contains(&token[4..]),
+        "list must not show the secret"
+    );
+    let stored: Vec<String> = sqlx::query_scalar("SELECT token_hash FROM api_tokens")
+        .fetch_all(api._scratch.db.pool())
+        .await
+        .unwrap();
+    assert!(stored.iter().all(|h| !h.contains(&token[4..])));
+    // A customer cannot issue tokens nor open accounts.
+    let denied = api
+        .call(
+            Method::POST,
+            &format!("/v1/accounts/{account}/tokens"),
+            &token,
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_error(&denied, StatusCode::FORBIDDEN, "forbidden", None);
+    let denied = api
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            &token,
+            Some(json!({"name": "x", "email": "a@b.co"})),
+        )
+        .await;
+    assert_error(&denied, StatusCode::FORBIDDEN, "forbidden", None);
+    let unknown = api
+        .call(
+            Method::POST,
+            "/v1/accounts/acc-0000000000000000/tokens",
+            &api.admin,
+            Some(json!({"name": "x"})),
+        )
+        .await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "not_found", None);
+}
+
+#[tokio::test]
+async fn account_creation_validates_every_field() {
+    let api = api().await;
+    let cases = [
+        (
+            json!({"name": "ACME", "email": "not-an-email"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "email",
+        ),
+        (
+            json!({"name": "   ", "email": "ops@acme.example"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "name",
+        ),
+        (
+            json!({"name": "ACME"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "email",
+        ),
+        (
+            json!({"name": "ACME", "email": "ops@acme.example", "vip": true}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "vip",
+        ),
+        (
+            json!({"name": 5, "email": "ops@acme.example"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "name",
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let reply = api
+            .call(Method::POST, "/v1/accounts", &api.admin, Some(body))
+            .await;
+        assert_error(&reply, status, code, Some(field));
+    }
+    let garbage = api
+        .raw(
+            Method::POST,
+            "/v1/accounts",
+            Some(&api.admin),
+            &[],
+            Some("{not json".into()),
+        )
+        .await;
+    assert_error(&garbage, StatusCode::BAD_REQUEST, "bad_request", None);
+    assert!(
+        api.state
+            .accounts
+            .list(None)
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing was created"
+    );
+    let ok = api
+        .call(
+            Method::POST,
+            "/v1/accounts",
+            &api.admin,
+            Some(json!({"name": "ACME", "email": "ops@acme.example"})),
+        )
+        .await;
+    assert_eq!(ok.status, StatusCode::CREATED);
+    assert!(ok.body["id"].as_str().unwrap().starts_with("acc-"));
+    assert_eq!(ok.body["state"], "active");
+}
+
+#[tokio::test]
+async fn catalog_lists_plans_and_images() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let plans = api.call(Method::GET, "/v1/plans", &token, None).await;
+    assert_eq!(plans.status, StatusCode::OK);
+    let small = plans.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "small")
+        .unwrap();
+    assert_eq!(
+        small,
+        &json!({"name": "small", "vcpus": 1, "memory_mib": 1024, "disk_gib": 25})
+    );
+    let images = api.call(Method::GET, "/v1/images", &token, None).await;
+    assert!(
+        images.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["name"] == "debian-12")
+    );
+}
+
+#[tokio::test]
+async fn an_order_is_accepted_and_visible_to_its_account_only() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other) = api.customer("Globex").await;
+        let reply = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            reply.body
+        );
+        let id = reply.body["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("vs-"));
+        assert_eq!(
+            reply.headers["location"],
+            format!("/v1/servers/{id}").as_str()
+        );
+        assert_eq!(reply.body["status"], "pending");
+        assert_eq!(reply.body["name"], "web1");
+        assert_eq!(reply.body["account_id"], account.as_str());
+        assert_eq!(
+            (
+                reply.body["vcpus"].clone(),
+                reply.body["memory_mib"].clone()
+            ),
+            (json!(1), json!(1024))
+        );
+
+        let mine = api.call(Method::GET, "/v1/servers", &token, None).await;
+        assert_eq!(mine.body["items"].as_array().unwrap().len(), 1, "{label}");
+        assert_eq!(mine.body["next_cursor"], Value::Null);
+        let theirs = api.call(Method::GET, "/v1/servers", &other, None).await;
+        assert!(
+            theirs.body["items"].as_array().unwrap().is_empty(),
+            "{label}"
+        );
+        for (method, path, body) in [
+            (Method::GET, format!("/v1/servers/{id}"), None),
+            (Method::DELETE, format!("/v1/servers/{id}"), None),
+            (
+                Method::POST,
+                format!("/v1/servers/{id}/actions"),
+                Some(json!({"type": "stop"})),
+            ),
+        ] {
+            let reply = api.call(method, &path, &other, body).await;
+            assert_error(&reply, StatusCode::NOT_FOUND, "not_found", None);
+        }
+        let still = api
+            .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+            .await;
+        assert_eq!(
+            still.body["desired_power"], "running",
+            "{label}: another account changed nothing"
+        );
+        // Operators see everything.
+        let all = api
+            .call(
+                Method::GET,
+                &format!("/v1/servers?account={account}"),
+                &api.admin,
+                None,
+            )
+            .await;
+        assert_eq!(all.body["items"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn bad_orders_are_refused_and_create_nothing() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    api.register_zone("par1").await;
+    let cases = [
+        (
+            json!({"name": "web1", "plan": "huge", "image": "debian-12"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "plan",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "windows"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "image",
+        ),
+        (
+            json!({"name": "-bad_host-", "plan": "small", "image": "debian-12"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "name",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12", "zone": "mars"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "zone",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12", "gpu": 1}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "gpu",
+        ),
+        (
+            json!({"name": "web1", "image": "debian-12"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "plan",
+        ),
+        (
+            json!({"name": ["web1"], "plan": "small", "image": "debian-12"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "name",
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let reply = api
+            .call(Method::POST, "/v1/servers", &token, Some(body.clone()))
+            .await;
+        assert_error(&reply, status, code, Some(field));
+    }
+    let huge = format!(
+        "{{\"name\": \"{}\", \"plan\": \"small\", \"image\": \"debian-12\"}}",
+        "a".repeat(100_000)
+    );
+    let reply = api
+        .raw(Method::POST, "/v1/servers", Some(&token), &[], Some(huge))
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    let empty = api
+        .raw(
+            Method::POST,
+            "/v1/servers",
+            Some(&token),
+            &[],
+            Some(String::new()),
+        )
+        .await;
+    assert_error(&empty, StatusCode::BAD_REQUEST, "bad_request", Some("body"));
+    let admin_order = api
+        .call(Method::POST, "/v1/servers", &api.admin, Some(order("web1")))
+        .await;
+    assert_error(&admin_order, StatusCode::FORBIDDEN, "forbidden", None);
+    assert_eq!(
+        api.server_count().await,
+        0,
+        "no refused order created anything"
+    );
+    let zoned = api
+        .call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(json!({"name": "web1", "plan": "small", "image": "debian-12", "zone": "par1"})),
+        )
+        .await;
+    assert_eq!(zoned.status, StatusCode::ACCEPTED, "{}", zoned.body);
+    assert_eq!(zoned.body["zone"], "par1");
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_server_and_refuses_another_body() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let key = [("idempotency-key", "order-42")];
+    let first = api
+        .raw(
+            Method::POST,
+            "/v1/servers",
+            Some(&token),
+            &key,
+            Some(order("web1").to_string()),
+        )
+        .await;
+    let again = api
+        .raw(
+            Method::POST,
+            "/v1/servers",
+            Some(&token),
+            &key,
+            Some(order("web1").to_string()),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(first.body["id"], again.body["id"]);
+    let other = api
+        .raw(
+            Method::POST,
+            "/v1/servers",
+            Some(&token),
+            &key,
+            Some(order("web2").to_string()),
+        )
+        .await;
+    assert_error(
+        &other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("Idempotency-Key"),
+    );
+    assert_eq!(api.server_count().await, 1);
+
+    // Concurrent retries with one key still make one server.
+    let key = [("idempotency-key", "burst")];
+    let replies = futures_join(&api, &token, &key).await;
+    let ids: std::collections::BTreeSet<String> = replies
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(api.server_count().await, 2);
+
+    // After deletion the key does not resurrect the server.
+    let id = first.body["id"].as_str().unwrap();
+    api.call(Method::DELETE, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    let replay = api
+        .raw(
+            Method::POST,
+            "/v1/servers",
+            Some(&token),
+            &[("idempotency-key", "order-42")],
+            Some(order("web1").to_string()),
+        )
+        .await;
+    assert_error(&replay, StatusCode::CONFLICT, "conflict", None);
+    let bad_key = api
+        .raw(
+            Method::POST,
+            "/v1/servers",
+            Some(&token),
+            &[("idempotency-key", "has space")],
+            Some(order("web1").to_string()),
+        )
+        .await;
+    assert_error(
+        &bad_key,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("Idempotency-Key"),
+    );
+}
+
+/// Sends six identical keyed orders at once, so they race on the database.
+async fn futures_join(api: &Api, token: &str, key: &[(&str, &str)]) -> Vec<Reply> {
+    let calls = (0..6).map(|_| {
+        api.raw(
+            Method::POST,
+            "/v1/servers",
+            Some(token),
+            key,
+            Some(order("burst").to_string()),
+        )
+    });
+    let replies = futures::future::join_all(calls).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    replies
+}
+
+#[tokio::test]
+async fn actions_change_the_desired_state() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let id = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/servers/{id}/actions");
+    let stop = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "stop"})))
+        .await;
+    assert_eq!(stop.status, StatusCode::ACCEPTED);
+    assert_eq!(stop.body["desired_power"], "stopped");
+    let reboot = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "reboot"})))
+        .await;
+    assert_error(&reboot, StatusCode::CONFLICT, "conflict", None);
+    let start = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "start"})))
+        .await;
+    assert_eq!(start.body["desired_power"], "running");
+    let reboot = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "reboot"})))
+        .await;
+    assert_eq!(reboot.status, StatusCode::ACCEPTED);
+    let server = api.state.servers.list(None).await.unwrap().items.remove(0);
+    assert_eq!(server.spec.reboot_requests, 1);
+    let unknown = api
+        .call(
+            Method::POST,
+            &path,
+            &token,
+            Some(json!({"type": "hibernate"})),
+        )
+        .await;
+    assert_error(
+        &unknown,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("type"),
+    );
+    let extra = api
+        .call(
+            Method::POST,
+            &path,
+            &token,
+            Some(json!({"type": "stop", "force": true})),
+        )
+        .await;
+    assert_error(
+        &extra,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("force"),
+    );
+
+    let deleted = api
+        .call(Method::DELETE, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::ACCEPTED);
+    assert_eq!(deleted.body["status"], "terminating");
+    // No controller ran, so no finalizer held it: it is gone already.
+    let gone = api
+        .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_error(&gone, StatusCode::NOT_FOUND, "not_found", None);
+}
+
+#[tokio::test]
+async fn servers_are_listed_page_by_page() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    for i in 0..5 {
+        api.call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(order(&format!("web{i}"))),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/servers?limit=2".to_owned();
+    loop {
+        let page = api.call(Method::GET, &path, &token, None).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/servers?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    let bad = api
+        .call(Method::GET, "/v1/servers?limit=0", &token, None)
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", Some("limit"));
+}
+
+#[tokio::test]
+async fn hypervisor_registration_keeps_the_token_secret() {
+    let api = api().await;
+    let (_, customer) = api.customer("ACME").await;
+    let body = json!({"name": "hv1", "url": "http://127.0.0.1:9090", "zone": "par1", "token": "agent-token-0123456789"});
+    let denied = api
+        .call(
+            Method::POST,
+            "/v1/admin/hypervisors",
+            &customer,
+            Some(body.clone()),
+        )
+        .await;
+    assert_error(&denied, StatusCode::FORBIDDEN, "forbidden", None);
+    let created = api
+        .call(
+            Method::POST,
+            "/v1/admin/hypervisors",
+            &api.admin,
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert!(
+        !created.body.to_string().contains("agent-token"),
+        "{}",
+        created.body
+    );
+    assert_eq!(created.body["reachable"], false);
+    assert_eq!(
+        api.state
+            .vault
+            .get("hypervisor/hv1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("agent-token-0123456789"),
+        "stored encrypted, readable by the control plane"
+    );
+    let again = api
+        .call(
+            Method::POST,
+            "/v1/admin/hypervisors",
+            &api.admin,
+            Some(body),
+        )
+        .await;
+    assert_error(&again, StatusCode::CONFLICT, "conflict", None);
+    for (field, value) in [
+        ("url", json!("ftp://x")),
+        ("zone", json!("Par 1")),
+        ("token", json!("short")),
+        ("name", json!("HV!")),
+    ] {
+        let mut bad = json!({"name": "hv2", "url": "http://127.0.0.1:9091", "zone": "par1", "token": "agent-token-0123456789"});
+        bad[field] = value;
+        let reply = api
+            .call(Method::POST, "/v1/admin/hypervisors", &api.admin, Some(bad))
+            .await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some(field),
+        );
+    }
+    let list = api
+        .call(Method::GET, "/v1/admin/hypervisors", &api.admin, None)
+        .await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        list.body["items"][0]["placed"],
+        json!({"vcpus": 0, "memory_mib": 0, "disk_gib": 0})
+    );
+    let one = api
+        .call(Method::GET, "/v1/admin/hypervisors/hv1", &api.admin, None)
+        .await;
+    assert_eq!(one.body["zone"], "par1");
+    let audit = api
+        .state
+        .ledger
+        .audit_trail("hypervisor/hv1")
+        .await
+        .unwrap();
+    assert!(audit.iter().all(|e| !e.detail.contains("agent-token")));
+}
+
+#[tokio::test]
+async fn openapi_and_metrics_are_served() {
+    let api = api().await;
+    let doc = api.raw(Method::GET, "/openapi.json", None, &[], None).await;
+    assert_eq!(doc.status, StatusCode::OK);
+    for path in [
+        "/v1/servers",
+        "/v1/servers/{id}",
+        "/v1/servers/{id}/actions",
+        "/v1/accounts",
+        "/v1/admin/hypervisors",
+        "/v1/tokens/{id}",
+    ] {
+        assert!(
+            doc.body["paths"][path].is_object(),
+            "{path} missing from OpenAPI"
+        );
+    }
+    assert!(doc.body["components"]["schemas"]["OrderServer"].is_object());
+    api.raw(Method::GET, "/v1/plans", None, &[], None).await;
+    let metrics = api.raw(Method::GET, "/metrics", None, &[], None).await;
+    let text = metrics.body.as_str().unwrap();
+    assert!(
+        text.contains(
+            "stratus_api_requests_total{method=\"GET\",route=\"/v1/plans\",status=\"401\"}"
+        ),
+        "{text}"
+    );
+    let unknown = api.raw(Method::GET, "/v2/nothing", None, &[], None).await;
+    assert_error(&unknown, StatusCode::NOT_FOUND, "not_found", None);
+}
