@@ -141,6 +141,15 @@ impl Vault {
     }
 }
 
+/// `bytes` random bytes, hex-encoded (for tokens and keys).
+pub fn random_hex(bytes: usize) -> Result<String> {
+    let mut buffer = vec![0u8; bytes];
+    SystemRandom::new()
+        .fill(&mut buffer)
+        .map_err(|_| StoreError::MasterKey("no randomness available".into()))?;
+    Ok(hex(&buffer))
+}
+
 /// Writes a file only its owner can read.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::os::unix::fs::OpenOptionsExt;

@@ -3,7 +3,7 @@
 
 mod accounts;
 mod catalog;
-mod hypervisors;
+pub mod hypervisors;
 mod servers;
 mod system;
 

@@ -1,0 +1,413 @@
+//! The subcommands.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use kube::CustomResourceExt;
+use kube::core::ObjectMeta;
+use prometheus_client::registry::Registry;
+use stratus_agent::{CapacityOverride, Driver, DriverConfig};
+use stratus_api::auth::issue_token;
+use stratus_api::metrics::ApiMetrics;
+use stratus_controller::ControllerConfig;
+use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, VirtualServer};
+use stratus_store::ledger::TokenScope;
+use stratus_store::vault::write_private_file;
+
+use crate::wiring::{self, Core};
+
+/// Size of the simulated hypervisor `stratus up` runs on libvirt's test driver.
+const SIMULATED_CAPACITY: &str = "vcpus=512,memory_mib=1048576,disk_gib=65536";
+const LOCAL_HYPERVISOR: &str = "local";
+const LOCAL_ZONE: &str = "default";
+
+#[derive(Args)]
+pub struct UpArgs {
+    /// Where state lives: SQLite database, keys, tokens, hypervisor definitions.
+    #[arg(long, default_value = ".stratus")]
+    data_dir: PathBuf,
+    /// Address of the REST API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// libvirt URI of the local hypervisor.
+    #[arg(long, default_value = "test:///default")]
+    libvirt_uri: String,
+    /// YAML configuration (plans, images); built-in defaults when absent.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Database URL; defaults to SQLite in the data directory.
+    #[arg(long, env = "STRATUS_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Address of the in-process agent (loopback only; port 0 picks one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    agent_listen: SocketAddr,
+    /// Capacity the local hypervisor advertises (`vcpus=…,memory_mib=…,disk_gib=…`);
+    /// on the test driver it defaults to a large simulated host.
+    #[arg(long)]
+    capacity: Option<CapacityOverride>,
+    /// Reconciles run at once.
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+}
+
+#[derive(Args)]
+pub struct ApiArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    #[arg(long, env = "STRATUS_DATABASE_URL")]
+    database_url: String,
+    /// File holding the master key that encrypts stored credentials (created if absent).
+    #[arg(long, env = "STRATUS_MASTER_KEY_FILE")]
+    master_key_file: PathBuf,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Writes a new admin token to this file (mode 0600) if no admin token exists yet.
+    #[arg(long)]
+    bootstrap_admin_token: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ControllerArgs {
+    #[arg(long, env = "STRATUS_DATABASE_URL")]
+    database_url: String,
+    #[arg(long, env = "STRATUS_MASTER_KEY_FILE")]
+    master_key_file: PathBuf,
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    workers: usize,
+    /// Address of the controller's /metrics and /healthz.
+    #[arg(long, default_value = "127.0.0.1:9091")]
+    metrics_listen: SocketAddr,
+}
+
+#[derive(Args)]
+pub struct AgentArgs {
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+    /// File holding the bearer token the control plane must present.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Zone (datacenter) of this hypervisor.
+    #[arg(long)]
+    zone: String,
+    #[arg(long, default_value = "qemu:///system")]
+    libvirt_uri: String,
+    /// Storage pool for images and disks (default: `default`, `default-pool` on the test driver).
+    #[arg(long)]
+    pool: Option<String>,
+    /// libvirt network for the servers' NICs.
+    #[arg(long, default_value = "default")]
+    network: String,
+    /// Domain type (`kvm`, `qemu`; `test` on the test driver).
+    #[arg(long)]
+    domain_type: Option<String>,
+    /// Capacity to advertise instead of what libvirt reports.
+    #[arg(long)]
+    capacity: Option<CapacityOverride>,
+    /// Keep and replay definitions here (for the test driver, which forgets them).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Image volumes to create when missing (test driver only), e.g. `debian-12.qcow2`.
+    #[arg(long)]
+    seed_image: Vec<String>,
+}
+
+pub fn crds_yaml() -> anyhow::Result<String> {
+    let mut out = String::new();
+    for crd in [VirtualServer::crd(), Hypervisor::crd(), Account::crd()] {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(&crd)?);
+    }
+    Ok(out)
+}
+
+fn read_secret_file(path: &Path) -> anyhow::Result<String> {
+    let token =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let token = token.trim().to_owned();
+    if token.len() < 16 {
+        bail!(
+            "{} must hold a token of at least 16 characters",
+            path.display()
+        );
+    }
+    Ok(token)
+}
+
+/// A random secret in `path` (mode 0600), created on first use.
+fn load_or_create_secret(path: &Path) -> anyhow::Result<String> {
+    if path.exists() {
+        return read_secret_file(path);
+    }
+    let token = stratus_store::vault::random_hex(32)?;
+    write_private_file(path, token.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(token)
+}
+
+fn driver_config(
+    uri: &str,
+    zone: &str,
+    pool: Option<String>,
+    domain_type: Option<String>,
+    network: String,
+) -> DriverConfig {
+    let mut config = DriverConfig::for_uri(uri, zone);
+    if let Some(pool) = pool {
+        config.pool = pool;
+    }
+    if let Some(domain_type) = domain_type {
+        config.domain_type = domain_type;
+    }
+    config.network = network;
+    config
+}
+
+async fn open_driver(config: DriverConfig) -> anyhow::Result<Arc<Driver>> {
+    let uri = config.uri.clone();
+    let driver = tokio::task::spawn_blocking(move || Driver::open(config))
+        .await?
+        .with_context(|| format!("cannot open libvirt at {uri}"))?;
+    Ok(Arc::new(driver))
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let config = wiring::load_config(args.config.as_deref())?;
+    let database_url = args
+        .database_url
+        .clone()
+        .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("stratus.db").display()));
+    let core = Core::open(&database_url, &data_dir.join("master.key"), config).await?;
+    let shutdown = wiring::shutdown_signal();
+
+    // The local hypervisor: the test driver forgets everything when the
+    // process ends, so its definitions are kept under the data directory.
+    let test_driver = args.libvirt_uri.starts_with("test:");
+    let mut driver_config = DriverConfig::for_uri(&args.libvirt_uri, LOCAL_ZONE);
+    if test_driver {
+        driver_config.state_dir = Some(data_dir.join("hypervisor"));
+        driver_config.capacity = SIMULATED_CAPACITY.parse().map_err(anyhow::Error::msg)?;
+    }
+    if let Some(capacity) = args.capacity {
+        driver_config.capacity = capacity;
+    }
+    let driver = open_driver(driver_config).await?;
+    if test_driver {
+        for image in &core.config.images {
+            let (driver, volume, size) = (driver.clone(), image.volume.clone(), image.size_gib);
+            tokio::task::spawn_blocking(move || driver.seed_image(&volume, size)).await??;
+        }
+    }
+    let agent_token = load_or_create_secret(&data_dir.join("agent.token"))?;
+    let agent_listener = wiring::bind(args.agent_listen, "agent").await?;
+    let agent_url = format!("http://{}", agent_listener.local_addr()?);
+    register_local_hypervisor(&core, &agent_url, &agent_token).await?;
+    let admin_token_path = data_dir.join("admin.token");
+    let new_admin_token = bootstrap_admin(&core, &admin_token_path).await?;
+
+    let mut registry = Registry::default();
+    let api_metrics = ApiMetrics::register(&mut registry);
+    let controller = core.controller(
+        &mut registry,
+        ControllerConfig {
+            workers: args.workers,
+            probe_interval: Duration::from_secs(5),
+            ..Default::default()
+        },
+    )?;
+    let registry = Arc::new(registry);
+    let api = stratus_api::app(core.api_state(api_metrics, registry));
+    let api_listener = wiring::bind(args.listen, "REST API").await?;
+    let api_address = api_listener.local_addr()?;
+    core.spawn_compaction();
+
+    let agent_task = tokio::spawn(wiring::serve(
+        agent_listener,
+        wiring::agent_router(driver, &agent_token),
+        shutdown.clone(),
+    ));
+    let controller_task = tokio::spawn(controller.run(shutdown.clone()));
+    let api_task = tokio::spawn(wiring::serve(api_listener, api, shutdown.clone()));
+
+    print_welcome(&api_address, &admin_token_path, new_admin_token, &data_dir);
+    tracing::info!(api = %api_address, agent = %agent_url, data_dir = %data_dir.display(), "stratus is up");
+
+    api_task.await??;
+    agent_task.await??;
+    controller_task.await?;
+    core.db.close().await;
+    Ok(())
+}
+
+async fn register_local_hypervisor(core: &Core, url: &str, token: &str) -> anyhow::Result<()> {
+    let credential = stratus_api::credential_name(LOCAL_HYPERVISOR);
+    core.vault
+        .put(&credential, token, core.clock.now().as_millisecond())
+        .await?;
+    let hypervisors = stratus_store::Resources::<Hypervisor>::new(core.objects());
+    let spec = HypervisorSpec {
+        url: url.to_owned(),
+        zone: LOCAL_ZONE.to_owned(),
+        credential,
+        cordoned: false,
+    };
+    // The in-process agent listens on a new port at every start.
+    let updated = hypervisors
+        .update(None, LOCAL_HYPERVISOR, |hv| {
+            if hv.spec == spec {
+                return false;
+            }
+            hv.spec = spec.clone();
+            true
+        })
+        .await?;
+    if updated.is_none() {
+        hypervisors
+            .create(&Hypervisor {
+                metadata: ObjectMeta {
+                    name: Some(LOCAL_HYPERVISOR.to_owned()),
+                    ..Default::default()
+                },
+                spec,
+                status: None,
+            })
+            .await?;
+    }
+    Ok(())
+}
+
+/// Issues the first admin token into `path` (mode 0600) when none exists.
+async fn bootstrap_admin(core: &Core, path: &Path) -> anyhow::Result<bool> {
+    if core.ledger.has_active_admin_token().await? {
+        return Ok(false);
+    }
+    let mut registry = Registry::default();
+    let state = core.api_state(ApiMetrics::register(&mut registry), Arc::new(registry));
+    let (record, token) = issue_token(&state, None, "bootstrap", TokenScope::Admin)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    write_private_file(path, format!("{token}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    state
+        .audit(
+            "stratus up",
+            "token.issue",
+            "admin",
+            serde_json::json!({ "token_id": record.id }),
+        )
+        .await;
+    Ok(true)
+}
+
+fn print_welcome(api: &SocketAddr, admin_token_path: &Path, new_token: bool, data_dir: &Path) {
+    let token_note = if new_token {
+        "written now"
+    } else {
+        "from an earlier start"
+    };
+    println!(
+        r#"
+stratus is up: REST API on http://{api}  (data in {data})
+The admin token is in {token} ({token_note}, mode 0600).
+
+Quickstart (bash):
+  API=http://{api}
+  ADMIN=$(cat {token})
+  ACCOUNT=$(curl -s -X POST $API/v1/accounts -H "Authorization: Bearer $ADMIN" \
+      -H 'Content-Type: application/json' -d '{{"name":"ACME","email":"ops@acme.example"}}' | jq -r .id)
+  TOKEN=$(curl -s -X POST $API/v1/accounts/$ACCOUNT/tokens -H "Authorization: Bearer $ADMIN" \
+      -H 'Content-Type: application/json' -d '{{"name":"cli"}}' | jq -r .token)
+  curl -s -X POST $API/v1/servers -H "Authorization: Bearer $TOKEN" \
+      -H 'Content-Type: application/json' -d '{{"name":"web1","plan":"small","image":"debian-12"}}'
+  curl -s $API/v1/servers -H "Authorization: Bearer $TOKEN"
+"#,
+        data = data_dir.display(),
+        token = admin_token_path.display(),
+    );
+}
+
+pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
+    let config = wiring::load_config(args.config.as_deref())?;
+    let core = Core::open(&args.database_url, &args.master_key_file, config).await?;
+    if let Some(path) = &args.bootstrap_admin_token {
+        bootstrap_admin(&core, path).await?;
+    }
+    let shutdown = wiring::shutdown_signal();
+    let mut registry = Registry::default();
+    let metrics = ApiMetrics::register(&mut registry);
+    let app = stratus_api::app(core.api_state(metrics, Arc::new(registry)));
+    let listener = wiring::bind(args.listen, "REST API").await?;
+    tracing::info!(listen = %args.listen, "stratus API serving");
+    wiring::serve(listener, app, shutdown).await
+}
+
+pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let config = wiring::load_config(args.config.as_deref())?;
+    let core = Core::open(&args.database_url, &args.master_key_file, config).await?;
+    let shutdown = wiring::shutdown_signal();
+    let mut registry = Registry::default();
+    let controller = core.controller(
+        &mut registry,
+        ControllerConfig {
+            workers: args.workers,
+            ..Default::default()
+        },
+    )?;
+    let registry = Arc::new(registry);
+    let metrics_router = axum::Router::new()
+        .route("/healthz", axum::routing::get(|| async { "ok" }))
+        .route(
+            "/metrics",
+            axum::routing::get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut out = String::new();
+                    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+                    out
+                }
+            }),
+        );
+    let listener = wiring::bind(args.metrics_listen, "controller metrics").await?;
+    core.spawn_compaction();
+    let metrics_task = tokio::spawn(wiring::serve(listener, metrics_router, shutdown.clone()));
+    tracing::info!("stratus controller running");
+    controller.run(shutdown).await;
+    metrics_task.await??;
+    Ok(())
+}
+
+pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let token = read_secret_file(&args.token_file)?;
+    let mut config = driver_config(
+        &args.libvirt_uri,
+        &args.zone,
+        args.pool,
+        args.domain_type,
+        args.network,
+    );
+    config.state_dir = args.state_dir;
+    if let Some(capacity) = args.capacity {
+        config.capacity = capacity;
+    }
+    let test_driver = args.libvirt_uri.starts_with("test:");
+    if !args.seed_image.is_empty() && !test_driver {
+        bail!("--seed-image creates empty images and is only for libvirt's test driver");
+    }
+    let driver = open_driver(config).await?;
+    for image in args.seed_image {
+        let driver = driver.clone();
+        tokio::task::spawn_blocking(move || driver.seed_image(&image, 2)).await??;
+    }
+    let shutdown = wiring::shutdown_signal();
+    let listener = wiring::bind(args.listen, "agent").await?;
+    tracing::info!(listen = %args.listen, zone = %args.zone, uri = %args.libvirt_uri, "stratus agent serving");
+    wiring::serve(listener, wiring::agent_router(driver, &token), shutdown).await
+}

@@ -1,0 +1,217 @@
+//! Building the parts from flags: database, store, vault, API, controller, agent.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use prometheus_client::registry::Registry;
+use stratus_agent::{AgentState, Driver};
+use stratus_api::ApiState;
+use stratus_api::metrics::ApiMetrics;
+use stratus_controller::hypervisors::HypervisorProber;
+use stratus_controller::metrics::ControllerMetrics;
+use stratus_controller::servers::ServerReconciler;
+use stratus_controller::{Controller, ControllerConfig, HttpAgentClient};
+use stratus_core::{Clock, Config, SystemClock};
+use stratus_store::ledger::Ledger;
+use stratus_store::vault::Vault;
+use stratus_store::{Database, ObjectStore, Resources, SqlObjectStore};
+use tokio::sync::watch;
+
+pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
+    match path {
+        None => Ok(Config::default()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read configuration {}", path.display()))?;
+            Config::from_yaml(&text).with_context(|| format!("configuration {}", path.display()))
+        }
+    }
+}
+
+/// The shared pieces every role needs.
+pub struct Core {
+    pub db: Database,
+    pub store: SqlObjectStore,
+    pub ledger: Ledger,
+    pub vault: Arc<Vault>,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Core {
+    pub async fn open(
+        database_url: &str,
+        master_key_file: &Path,
+        config: Config,
+    ) -> anyhow::Result<Self> {
+        let db = Database::connect(database_url)
+            .await
+            .with_context(|| format!("cannot open database {}", redact_url(database_url)))?;
+        let key = Vault::load_or_create_key(master_key_file)?;
+        Ok(Self {
+            store: SqlObjectStore::new(db.clone()),
+            ledger: Ledger::new(db.clone()),
+            vault: Arc::new(Vault::new(db.clone(), &key)?),
+            config: Arc::new(config),
+            clock: Arc::new(SystemClock),
+            db,
+        })
+    }
+
+    pub fn objects(&self) -> Arc<dyn ObjectStore> {
+        Arc::new(self.store.clone())
+    }
+
+    pub fn api_state(&self, metrics: ApiMetrics, registry: Arc<Registry>) -> ApiState {
+        ApiState::new(
+            self.objects(),
+            self.ledger.clone(),
+            self.vault.clone(),
+            self.config.clone(),
+            self.clock.clone(),
+            metrics,
+            registry,
+        )
+    }
+
+    pub fn controller(
+        &self,
+        registry: &mut Registry,
+        config: ControllerConfig,
+    ) -> anyhow::Result<Controller> {
+        let agents = Arc::new(HttpAgentClient::new()?);
+        let store = self.objects();
+        let metrics = ControllerMetrics::register(registry);
+        let servers = Arc::new(ServerReconciler::new(
+            Resources::new(store.clone()),
+            Resources::new(store.clone()),
+            agents.clone(),
+            self.vault.clone(),
+            self.config.clone(),
+            self.clock.clone(),
+            Some(self.ledger.clone()),
+            metrics,
+        ));
+        let prober = Arc::new(HypervisorProber {
+            hypervisors: Resources::new(store),
+            agents,
+            credentials: self.vault.clone(),
+            clock: self.clock.clone(),
+        });
+        Ok(Controller {
+            servers,
+            prober,
+            config,
+        })
+    }
+
+    /// Forgets deletion records older than a generous window, so the
+    /// database does not grow without bound; late watchers relist.
+    pub fn spawn_compaction(&self) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(300));
+            loop {
+                tick.tick().await;
+                match store.current_revision().await {
+                    Ok(current) if current > 10_000 => {
+                        if let Err(error) = store.compact(current - 10_000).await {
+                            tracing::warn!(%error, "compaction failed");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "compaction failed"),
+                }
+            }
+        });
+    }
+}
+
+/// Hides the password of a database URL in messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        })
+        .await?;
+    Ok(())
+}
+
+pub async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for the {what}"))
+}
+
+pub fn agent_router(driver: Arc<Driver>, token: &str) -> axum::Router {
+    stratus_agent::router(AgentState::new(driver, token))
+}
+
+/// Turns SIGINT/SIGTERM into the shutdown signal.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (sender, receiver) = watch::channel(false);
+    tokio::spawn(async move {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut signal) => {
+                    signal.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate => {}
+        }
+        tracing::info!("shutting down");
+        let _ = sender.send(true);
+    });
+    receiver
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_passwords_are_hidden() {
+        assert_eq!(
+            redact_url("postgres://stratus:s3cret@db:5432/stratus"),
+            "postgres://stratus:***@db:5432/stratus"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/stratus.db"),
+            "sqlite:///var/lib/stratus.db"
+        );
+    }
+
+    #[test]
+    fn configuration_errors_name_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stratus.yaml");
+        std::fs::write(&path, "plans: []\nbogus: 1\n").unwrap();
+        let err = format!("{:#}", load_config(Some(&path)).unwrap_err());
+        assert!(
+            err.contains("stratus.yaml") && err.contains("bogus"),
+            "{err}"
+        );
+    }
+}
