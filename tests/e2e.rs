@@ -1,1 +1,271 @@
+//! End to end: `stratus up` started as a user starts it, driven over HTTP,
+//! restarted, and joined by a standalone agent as a second hypervisor.
 
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use support::{Process, Stratus, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stratus");
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn a_customer_orders_runs_stops_starts_and_deletes_a_server_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
+    let token_path = data.join("admin.token");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "admin token must be private");
+    }
+    let admin = stratus.client(&stratus.admin_token());
+    let (account, customer) = admin.open_account("ACME").await;
+
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "web1", "plan": "small", "image": "debian-12"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", WAIT).await;
+    assert_eq!(running["hypervisor"], "local");
+
+    let (status, _) = customer
+        .post(
+            &format!("/v1/servers/{id}/actions"),
+            json!({"type": "stop"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    customer.wait_status(&id, "stopped", WAIT).await;
+    let (status, _) = customer
+        .post(
+            &format!("/v1/servers/{id}/actions"),
+            json!({"type": "start"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    customer.wait_status(&id, "running", WAIT).await;
+    let (status, _) = customer
+        .post(
+            &format!("/v1/servers/{id}/actions"),
+            json!({"type": "reboot"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+
+    let (status, deleting) = customer.delete(&format!("/v1/servers/{id}")).await;
+    assert_eq!(status, 202, "{deleting}");
+    customer.wait_gone(&id, WAIT).await;
+    let disk = data
+        .join("hypervisor/volumes")
+        .join(format!("stratus-{id}-disk.qcow2.json"));
+    assert!(
+        !disk.exists(),
+        "the disk of a deleted server is gone from the hypervisor"
+    );
+
+    // A server that must survive the restart, in the stopped state.
+    let (_, keep) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "db1", "plan": "medium", "image": "ubuntu-24.04"}),
+        )
+        .await;
+    let keep = keep["id"].as_str().unwrap().to_owned();
+    customer.wait_status(&keep, "running", WAIT).await;
+    let (_, kept_running) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "web2", "plan": "small", "image": "debian-12"}),
+        )
+        .await;
+    let kept_running = kept_running["id"].as_str().unwrap().to_owned();
+    customer.wait_status(&kept_running, "running", WAIT).await;
+    customer
+        .post(
+            &format!("/v1/servers/{keep}/actions"),
+            json!({"type": "stop"}),
+        )
+        .await;
+    customer.wait_status(&keep, "stopped", WAIT).await;
+
+    stratus.process.terminate();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (status, accounts) = admin.get("/v1/accounts").await;
+    assert_eq!(status, 200);
+    assert!(
+        accounts["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["id"] == account.as_str())
+    );
+    // The customer's token still works; the servers came back as they were.
+    let (status, list) = customer.get("/v1/servers").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["items"].as_array().unwrap().len(), 2, "{list}");
+    customer.wait_status(&keep, "stopped", WAIT).await;
+    customer.wait_status(&kept_running, "running", WAIT).await;
+    customer
+        .post(
+            &format!("/v1/servers/{keep}/actions"),
+            json!({"type": "start"}),
+        )
+        .await;
+    customer.wait_status(&keep, "running", WAIT).await;
+
+    // A crash (SIGKILL) loses nothing either.
+    stratus.process.crash();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
+    customer.wait_status(&keep, "running", WAIT).await;
+    let (status, hypervisors) = stratus
+        .client(&stratus.admin_token())
+        .get("/v1/admin/hypervisors")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(hypervisors["items"][0]["servers"], 2, "{hypervisors}");
+    stratus.process.terminate();
+}
+
+#[tokio::test]
+async fn a_vanished_disk_puts_the_server_in_error_instead_of_recreating_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let (_, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "web1", "plan": "small", "image": "debian-12"}),
+        )
+        .await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    customer.wait_status(&id, "running", WAIT).await;
+    stratus.process.terminate();
+    // The hypervisor loses the disk while stratus is down.
+    std::fs::remove_file(
+        data.join("hypervisor/volumes")
+            .join(format!("stratus-{id}-disk.qcow2.json")),
+    )
+    .unwrap();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
+    let failed = customer.wait_status(&id, "error", WAIT).await;
+    assert!(
+        failed["status_reason"].as_str().unwrap().contains("disk"),
+        "{failed}"
+    );
+    assert!(
+        !data
+            .join("hypervisor/volumes")
+            .join(format!("stratus-{id}-disk.qcow2.json"))
+            .exists()
+    );
+    // It can still be deleted.
+    customer.delete(&format!("/v1/servers/{id}")).await;
+    customer.wait_gone(&id, WAIT).await;
+    stratus.process.terminate();
+}
+
+#[tokio::test]
+async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let stratus = Stratus::up(Path::new(BIN), &dir.path().join("data"), port, &[]).await;
+    let admin = stratus.client(&stratus.admin_token());
+
+    let agent_port = free_port();
+    let token_file = dir.path().join("agent.token");
+    std::fs::write(&token_file, "second-agent-token-0123456789").unwrap();
+    let args: Vec<String> = [
+        "agent",
+        "--listen",
+        &format!("127.0.0.1:{agent_port}"),
+        "--token-file",
+        &token_file.display().to_string(),
+        "--zone",
+        "zone-b",
+        "--libvirt-uri",
+        "test:///default",
+        "--seed-image",
+        "debian-12.qcow2",
+        "--capacity",
+        "vcpus=32,memory_mib=65536,disk_gib=2000",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let agent = Process::spawn(Path::new(BIN), &args, dir.path().join("agent.log"));
+    support::wait_healthy(&format!("http://127.0.0.1:{agent_port}"), &agent).await;
+
+    let wrong = admin
+        .post(
+            "/v1/admin/hypervisors",
+            json!({"name": "hv-b", "url": format!("http://127.0.0.1:{agent_port}"), "zone": "zone-b", "token": "not-the-agent-token-000"}),
+        )
+        .await;
+    assert_eq!(wrong.0, 201, "registration stores what the operator gives");
+    // With the wrong token the agent refuses, and the hypervisor shows unreachable.
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, hv) = admin.get("/v1/admin/hypervisors/hv-b").await;
+        if hv["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unauthorized") || m.contains("Unauthorized"))
+        {
+            assert_eq!(hv["reachable"], false);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "probe never reported the refused token: {hv}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _) = admin
+        .post(
+            "/v1/admin/hypervisors",
+            json!({"name": "hv-b2", "url": format!("http://127.0.0.1:{agent_port}"), "zone": "zone-b", "token": "second-agent-token-0123456789"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+
+    let (_, customer) = admin.open_account("ACME").await;
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "web1", "plan": "small", "image": "debian-12", "zone": "zone-b"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", WAIT).await;
+    assert_eq!(running["hypervisor"], "hv-b2", "{running}");
+    let (_, hv) = admin.get("/v1/admin/hypervisors/hv-b2").await;
+    assert_eq!(hv["reachable"], true);
+    assert_eq!(hv["capacity"]["vcpus"], 32);
+    assert_eq!(hv["servers"], 1);
+
+    // The agent goes away: the server cannot be deleted until it is back.
+    agent.terminate();
+    customer.delete(&format!("/v1/servers/{id}")).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, server) = customer.get(&format!("/v1/servers/{id}")).await;
+    assert_eq!(
+        status, 200,
+        "finalizer holds the server while its agent is down"
+    );
+    assert_eq!(server["status"], "terminating");
+    stratus.process.terminate();
+}

@@ -1,0 +1,237 @@
+//! Starting stratus the way a user does (a subprocess on a free loopback
+//! port and a scratch data directory) and talking to it over HTTP.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// A free port on 127.0.0.1 (the listener is closed before the port is used).
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+    listener.local_addr().expect("local address").port()
+}
+
+/// A `stratus` process that is killed when dropped.
+pub struct Process {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    pub fn spawn(binary: &Path, args: &[String], log: PathBuf) -> Self {
+        let out = std::fs::File::create(&log).expect("create log file");
+        let err = out.try_clone().expect("clone log file");
+        let child = Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", "info,sqlx=warn")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+        Self { child, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Stops the process as an operator would (SIGTERM), waiting for it to exit.
+    pub fn terminate(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("process did not stop on SIGTERM:\n{}", self.log_text());
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `stratus up` on a free port with its data in `data_dir`.
+pub struct Stratus {
+    pub process: Process,
+    pub base: String,
+    pub data_dir: PathBuf,
+}
+
+impl Stratus {
+    pub async fn up(binary: &Path, data_dir: &Path, port: u16, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "up".to_owned(),
+            "--data-dir".to_owned(),
+            data_dir.display().to_string(),
+            "--listen".to_owned(),
+            format!("127.0.0.1:{port}"),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        std::fs::create_dir_all(data_dir).expect("create data dir");
+        let log = data_dir.with_extension(format!("{port}.log"));
+        let process = Process::spawn(binary, &args, log);
+        let base = format!("http://127.0.0.1:{port}");
+        wait_healthy(&base, &process).await;
+        Self {
+            process,
+            base,
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin.token written by stratus up")
+            .trim()
+            .to_owned()
+    }
+
+    pub fn client(&self, token: &str) -> Client {
+        Client::new(&self.base, token)
+    }
+}
+
+pub async fn wait_healthy(base: &str, process: &Process) {
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(response) = http.get(format!("{base}/healthz")).send().await
+            && response.status().is_success()
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{base} did not become healthy:\n{}",
+            process.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Client {
+    pub fn new(base: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Opens an account with the admin client; returns (account id, customer client).
+    pub async fn open_account(&self, name: &str) -> (String, Client) {
+        let (status, account) = self
+            .post(
+                "/v1/accounts",
+                json!({"name": name, "email": "ops@example.com"}),
+            )
+            .await;
+        assert_eq!(status, 201, "{account}");
+        let id = account["id"].as_str().expect("account id").to_owned();
+        let (status, token) = self
+            .post(&format!("/v1/accounts/{id}/tokens"), json!({"name": "e2e"}))
+            .await;
+        assert_eq!(status, 201, "{token}");
+        (
+            id,
+            Client::new(&self.base, token["token"].as_str().expect("token")),
+        )
+    }
+
+    /// Polls a server until its status is `want`; returns it.
+    pub async fn wait_status(&self, id: &str, want: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, server) = self.get(&format!("/v1/servers/{id}")).await;
+            if status == 200 && server["status"] == want {
+                return server;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {id} did not become {want}: HTTP {status} {server}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Polls until the server is gone (404).
+    pub async fn wait_gone(&self, id: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, server) = self.get(&format!("/v1/servers/{id}")).await;
+            if status == 404 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {id} was not deleted: HTTP {status} {server}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
