@@ -1,1 +1,121 @@
-fn main() {}
+//! Order-to-running benchmark: N customers each order M servers at once
+//! through the REST API of an all-in-one `stratus up`; prints latency
+//! percentiles and throughput.
+//!
+//! `cargo run --release -p stratus --bin stratus-bench -- --customers 10 --servers 20`
+
+mod support;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use serde_json::json;
+use support::{Client, Stratus, free_port};
+
+#[derive(Parser)]
+#[command(about = "Measures order-to-running latency of stratus up")]
+struct Args {
+    /// Customers ordering at the same time.
+    #[arg(long, default_value_t = 10)]
+    customers: usize,
+    /// Servers each customer orders.
+    #[arg(long, default_value_t = 20)]
+    servers: usize,
+    /// The stratus binary (default: next to this one).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Orders `count` servers at once and waits for each to run; returns the latencies.
+async fn customer_run(client: Client, customer: usize, count: usize, timeout: Duration) -> Vec<Duration> {
+    let orders = (0..count).map(|i| {
+        let client = client.clone();
+        async move {
+            let sent = Instant::now();
+            let (status, body) = client
+                .post("/v1/servers", json!({"name": format!("c{customer}-s{i}"), "plan": "small", "image": "debian-12"}))
+                .await;
+            assert_eq!(status, 202, "order refused: {body}");
+            (body["id"].as_str().unwrap_or_default().to_owned(), sent)
+        }
+    });
+    let mut pending: HashMap<String, Instant> = futures::future::join_all(orders).await.into_iter().collect();
+    let deadline = Instant::now() + timeout;
+    let mut latencies = Vec::with_capacity(count);
+    while !pending.is_empty() {
+        let (status, list) = client.get("/v1/servers?limit=500").await;
+        assert_eq!(status, 200, "{list}");
+        let now = Instant::now();
+        for server in list["items"].as_array().into_iter().flatten() {
+            let id = server["id"].as_str().unwrap_or_default();
+            if server["status"] == "running"
+                && let Some(sent) = pending.remove(id)
+            {
+                latencies.push(now - sent);
+            }
+            assert_ne!(server["status"], "error", "server failed: {server}");
+        }
+        assert!(Instant::now() < deadline, "{} servers still not running", pending.len());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    latencies
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let binary = match args.binary {
+        Some(binary) => binary,
+        None => std::env::current_exe()?.with_file_name("stratus"),
+    };
+    anyhow::ensure!(binary.exists(), "{} not found: build it first (cargo build --release -p stratus)", binary.display());
+    let data_dir = std::env::temp_dir().join(format!("stratus-bench-{}", std::process::id()));
+    let stratus = Stratus::up(&binary, &data_dir, free_port(), &[]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let mut customers = Vec::new();
+    for i in 0..args.customers {
+        customers.push(admin.open_account(&format!("Bench customer {i}")).await.1);
+    }
+
+    let total = args.customers * args.servers;
+    println!("ordering {total} servers: {} customers × {} servers, all at once", args.customers, args.servers);
+    let started = Instant::now();
+    let runs = customers
+        .into_iter()
+        .enumerate()
+        .map(|(i, client)| tokio::spawn(customer_run(client, i, args.servers, Duration::from_secs(args.timeout))));
+    let mut latencies = Vec::with_capacity(total);
+    for run in futures::future::join_all(runs).await {
+        latencies.extend(run?);
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    println!("servers running: {}/{total}", latencies.len());
+    println!(
+        "order-to-running latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(&latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 99.0).as_secs_f64() * 1e3,
+        percentile(&latencies, 100.0).as_secs_f64() * 1e3,
+    );
+    println!(
+        "throughput: {:.1} servers/s ({total} in {:.2} s)",
+        total as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    stratus.process.terminate();
+    std::fs::remove_dir_all(&data_dir).ok();
+    Ok(())
+}
