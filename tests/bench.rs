@@ -40,7 +40,12 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// Orders `count` servers at once and waits for each to run; returns the latencies.
-async fn customer_run(client: Client, customer: usize, count: usize, timeout: Duration) -> Vec<Duration> {
+async fn customer_run(
+    client: Client,
+    customer: usize,
+    count: usize,
+    timeout: Duration,
+) -> Vec<Duration> {
     let orders = (0..count).map(|i| {
         let client = client.clone();
         async move {
@@ -52,7 +57,10 @@ async fn customer_run(client: Client, customer: usize, count: usize, timeout: Du
             (body["id"].as_str().unwrap_or_default().to_owned(), sent)
         }
     });
-    let mut pending: HashMap<String, Instant> = futures::future::join_all(orders).await.into_iter().collect();
+    let mut pending: HashMap<String, Instant> = futures::future::join_all(orders)
+        .await
+        .into_iter()
+        .collect();
     let deadline = Instant::now() + timeout;
     let mut latencies = Vec::with_capacity(count);
     while !pending.is_empty() {
@@ -68,7 +76,11 @@ async fn customer_run(client: Client, customer: usize, count: usize, timeout: Du
             }
             assert_ne!(server["status"], "error", "server failed: {server}");
         }
-        assert!(Instant::now() < deadline, "{} servers still not running", pending.len());
+        assert!(
+            Instant::now() < deadline,
+            "{} servers still not running",
+            pending.len()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     latencies
@@ -81,7 +93,11 @@ async fn main() -> anyhow::Result<()> {
         Some(binary) => binary,
         None => std::env::current_exe()?.with_file_name("stratus"),
     };
-    anyhow::ensure!(binary.exists(), "{} not found: build it first (cargo build --release -p stratus)", binary.display());
+    anyhow::ensure!(
+        binary.exists(),
+        "{} not found: build it first (cargo build --release -p stratus)",
+        binary.display()
+    );
     let data_dir = std::env::temp_dir().join(format!("stratus-bench-{}", std::process::id()));
     let stratus = Stratus::up(&binary, &data_dir, free_port(), &[]).await;
     let admin = stratus.client(&stratus.admin_token());
@@ -91,12 +107,19 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let total = args.customers * args.servers;
-    println!("ordering {total} servers: {} customers × {} servers, all at once", args.customers, args.servers);
+    println!(
+        "ordering {total} servers: {} customers × {} servers, all at once",
+        args.customers, args.servers
+    );
     let started = Instant::now();
-    let runs = customers
-        .into_iter()
-        .enumerate()
-        .map(|(i, client)| tokio::spawn(customer_run(client, i, args.servers, Duration::from_secs(args.timeout))));
+    let runs = customers.into_iter().enumerate().map(|(i, client)| {
+        tokio::spawn(customer_run(
+            client,
+            i,
+            args.servers,
+            Duration::from_secs(args.timeout),
+        ))
+    });
     let mut latencies = Vec::with_capacity(total);
     for run in futures::future::join_all(runs).await {
         latencies.extend(run?);
