@@ -204,6 +204,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid_and_matches_the_defaults() {
+        let example =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/stratus.example.yaml");
+        assert_eq!(load_config(Some(&example)).unwrap(), Config::default());
+    }
+
+    #[test]
     fn configuration_errors_name_the_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("stratus.yaml");
