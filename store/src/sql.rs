@@ -204,6 +204,25 @@ async fn fetch_row(tx: &mut Transaction<'static, Any>, key: &Key<'_>) -> Result<
     .transpose()
 }
 
+/// The live object at `key`, or NotFound (tombstones are not live).
+async fn fetch_live(tx: &mut Transaction<'static, Any>, key: &Key<'_>) -> Result<Value> {
+    match fetch_row(tx, key).await? {
+        Some(StoredRow {
+            body,
+            deleted: false,
+        }) => Ok(body),
+        _ => Err(not_found(key)),
+    }
+}
+
+fn set_resource_version(object: &mut Value, revision: i64) -> Result<()> {
+    metadata_mut(object)?.insert(
+        "resourceVersion".into(),
+        Value::String(revision.to_string()),
+    );
+    Ok(())
+}
+
 async fn write_row(
     tx: &mut Transaction<'static, Any>,
     key: &Key<'_>,
@@ -318,13 +337,7 @@ impl ObjectStore for SqlObjectStore {
             })?
             .to_owned();
         let (mut tx, revision) = self.begin_write().await?;
-        let Some(StoredRow {
-            body: current,
-            deleted: false,
-        }) = fetch_row(&mut tx, &key).await?
-        else {
-            return Err(not_found(&key));
-        };
+        let current = fetch_live(&mut tx, &key).await?;
         if meta_str(&current, "resourceVersion") != Some(expected.as_str()) {
             return Err(StoreError::Conflict {
                 kind: kind.kind.clone(),
@@ -366,22 +379,13 @@ impl ObjectStore for SqlObjectStore {
     ) -> Result<Value> {
         let key = key(kind, namespace, name)?;
         let (mut tx, revision) = self.begin_write().await?;
-        let Some(StoredRow {
-            body: mut object,
-            deleted: false,
-        }) = fetch_row(&mut tx, &key).await?
-        else {
-            return Err(not_found(&key));
-        };
+        let mut object = fetch_live(&mut tx, &key).await?;
         if object.get("status") == Some(&status) {
             // Nothing changed: keep the revision, wake nobody.
             return Ok(object);
         }
         object["status"] = status;
-        metadata_mut(&mut object)?.insert(
-            "resourceVersion".into(),
-            Value::String(revision.to_string()),
-        );
+        set_resource_version(&mut object, revision)?;
         write_row(&mut tx, &key, &object, revision, false).await?;
         self.commit(tx, revision).await?;
         Ok(object)
@@ -395,13 +399,7 @@ impl ObjectStore for SqlObjectStore {
     ) -> Result<Deletion<Value>> {
         let key = key(kind, namespace, name)?;
         let (mut tx, revision) = self.begin_write().await?;
-        let Some(StoredRow {
-            body: mut object,
-            deleted: false,
-        }) = fetch_row(&mut tx, &key).await?
-        else {
-            return Err(not_found(&key));
-        };
+        let mut object = fetch_live(&mut tx, &key).await?;
         if has_finalizers(&object) {
             if meta_str(&object, "deletionTimestamp").is_some() {
                 return Ok(Deletion::Pending(object));
@@ -416,10 +414,7 @@ impl ObjectStore for SqlObjectStore {
             self.commit(tx, revision).await?;
             return Ok(Deletion::Pending(object));
         }
-        metadata_mut(&mut object)?.insert(
-            "resourceVersion".into(),
-            Value::String(revision.to_string()),
-        );
+        set_resource_version(&mut object, revision)?;
         write_row(&mut tx, &key, &object, revision, true).await?;
         self.commit(tx, revision).await?;
         Ok(Deletion::Deleted)
