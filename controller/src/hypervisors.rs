@@ -23,19 +23,24 @@ pub struct HypervisorProber {
 }
 
 impl HypervisorProber {
-    pub async fn probe_all(&self) -> Result<(), ControllerError> {
+    /// Probes every hypervisor; returns how many became reachable (new
+    /// room for servers waiting to be placed).
+    pub async fn probe_all(&self) -> Result<usize, ControllerError> {
         let hypervisors = self.hypervisors.list(None).await?.items;
         let probes = hypervisors.iter().map(|hv| self.probe(hv));
+        let mut became_reachable = 0;
         for result in futures::future::join_all(probes).await {
-            result?;
+            became_reachable += usize::from(result?);
         }
-        Ok(())
+        Ok(became_reachable)
     }
 
     #[tracing::instrument(skip_all, fields(hypervisor = %hypervisor.name_any()))]
-    pub async fn probe(&self, hypervisor: &Hypervisor) -> Result<(), ControllerError> {
+    /// Probes one hypervisor; returns whether it became reachable.
+    pub async fn probe(&self, hypervisor: &Hypervisor) -> Result<bool, ControllerError> {
         let name = hypervisor.name_any();
         let mut status: HypervisorStatus = hypervisor.status.clone().unwrap_or_default();
+        let was_reachable = status.reachable;
         let now = self.clock.now().to_string();
         let answer = match self.credentials.secret(&hypervisor.spec.credential).await {
             Ok(Some(token)) => {
@@ -94,6 +99,6 @@ impl HypervisorProber {
         if hypervisor.status.as_ref() != Some(&status) {
             self.hypervisors.patch_status(None, &name, &status).await?;
         }
-        Ok(())
+        Ok(status.reachable && !was_reachable)
     }
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::ResourceExt;
-use stratus_store::WatchEvent;
+use stratus_core::resources::VirtualServer;
+use stratus_store::{Resources, WatchEvent};
 use tokio::sync::watch;
 
 use crate::hypervisors::HypervisorProber;
@@ -56,14 +57,45 @@ impl Controller {
         if let Err(error) = self.prober.probe_all().await {
             tracing::warn!(%error, "initial hypervisor probe failed");
         }
-        let prober = self.prober.clone();
+        let (prober, probe_queue, servers) = (
+            self.prober.clone(),
+            queue.clone(),
+            self.servers.servers.clone(),
+        );
         let probe_interval = self.config.probe_interval;
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(probe_interval);
             loop {
                 tick.tick().await;
-                if let Err(error) = prober.probe_all().await {
-                    tracing::warn!(%error, "hypervisor probe failed");
+                match prober.probe_all().await {
+                    Ok(0) => {}
+                    Ok(_) => requeue_unplaced(&servers, &probe_queue).await,
+                    Err(error) => tracing::warn!(%error, "hypervisor probe failed"),
+                }
+            }
+        });
+        // A hypervisor registered or changed is probed at once rather than at
+        // the next tick (status writes do not move the generation, so the
+        // prober's own writes do not trigger probes).
+        let (prober, probe_queue, servers) = (
+            self.prober.clone(),
+            queue.clone(),
+            self.servers.servers.clone(),
+        );
+        tasks.spawn(async move {
+            let mut probed: HashMap<String, Option<i64>> = HashMap::new();
+            let mut events = Box::pin(prober.hypervisors.watcher(Duration::from_secs(1)));
+            while let Some(event) = events.next().await {
+                let (WatchEvent::Added(hv) | WatchEvent::Modified(hv)) = event else {
+                    continue;
+                };
+                if probed.insert(hv.name_any(), hv.metadata.generation) == Some(hv.metadata.generation) {
+                    continue;
+                }
+                match prober.probe(&hv).await {
+                    Ok(true) => requeue_unplaced(&servers, &probe_queue).await,
+                    Ok(false) => {}
+                    Err(error) => tracing::warn!(%error, hypervisor = %hv.name_any(), "hypervisor probe failed"),
                 }
             }
         });
@@ -140,5 +172,23 @@ impl Controller {
         queue.close();
         tasks.abort_all();
         tracing::info!("controller stopped");
+    }
+}
+
+/// Servers waiting for a hypervisor get another chance at once when capacity appears.
+async fn requeue_unplaced(servers: &Resources<VirtualServer>, queue: &WorkQueue<Key>) {
+    match servers.list(None).await {
+        Ok(list) => {
+            for server in list.items {
+                if server
+                    .status
+                    .as_ref()
+                    .is_none_or(|s| s.hypervisor.is_none())
+                {
+                    queue.add((server.namespace().unwrap_or_default(), server.name_any()));
+                }
+            }
+        }
+        Err(error) => tracing::warn!(%error, "listing servers to place failed"),
     }
 }

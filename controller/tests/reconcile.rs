@@ -448,3 +448,71 @@ async fn the_controller_runtime_drives_orders_from_watch_events() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_new_hypervisor_is_probed_and_used_at_once() {
+    let h = harness().await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let controller = Controller {
+        servers: h.reconciler.clone(),
+        prober: h.prober.clone(),
+        config: ControllerConfig {
+            workers: 2,
+            probe_interval: Duration::from_secs(3600),
+            ..Default::default()
+        },
+    };
+    let running = tokio::spawn(controller.run(stopped));
+    h.order("vs-1", None).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while h.status("vs-1").await.reason.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no placement attempt"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Pending);
+    assert!(
+        h.status("vs-1")
+            .await
+            .reason
+            .unwrap()
+            .contains("no reachable hypervisor in any zone")
+    );
+
+    // Registered without probing: the controller's watch must probe it, and
+    // the waiting server must not wait for its 10 s retry.
+    h.sim
+        .add_node("hv1", "default", 8, 16384, 1000, &["debian-12.qcow2"]);
+    h.hypervisors
+        .create(&Hypervisor {
+            metadata: ObjectMeta {
+                name: Some("hv1".into()),
+                ..Default::default()
+            },
+            spec: HypervisorSpec {
+                url: "http://hv1.invalid".into(),
+                zone: "default".into(),
+                credential: "hv-token".into(),
+                cordoned: false,
+            },
+            status: None,
+        })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while h.status("vs-1").await.phase != ServerPhase::Running {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server not placed promptly: {:?}",
+            h.status("vs-1").await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+}

@@ -34,15 +34,18 @@ impl Load {
 /// Why no hypervisor could take a server; the message is shown to the customer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Unschedulable {
-    #[error("no reachable hypervisor in zone {zone}")]
-    NoHypervisor { zone: String },
-    #[error("no reachable hypervisor in zone {zone} has image {image}")]
-    NoImage { zone: String, image: String },
+    #[error("no reachable hypervisor {place}")]
+    NoHypervisor {
+        /// `in zone par1` or `in any zone`.
+        place: String,
+    },
+    #[error("no reachable hypervisor {place} has image {image}")]
+    NoImage { place: String, image: String },
     #[error(
-        "no hypervisor in zone {zone} has room for {vcpus} vCPU, {memory_mib} MiB memory and {disk_gib} GiB disk"
+        "no hypervisor {place} has room for {vcpus} vCPU, {memory_mib} MiB memory and {disk_gib} GiB disk"
     )]
     NoCapacity {
-        zone: String,
+        place: String,
         vcpus: u32,
         memory_mib: u64,
         disk_gib: u64,
@@ -58,14 +61,14 @@ pub fn choose<'a>(
     zone: Option<&str>,
     candidates: &[Candidate<'a>],
 ) -> Result<&'a str, Unschedulable> {
-    let zone_label = zone.unwrap_or("any").to_owned();
+    let place = zone.map_or_else(|| "in any zone".to_owned(), |z| format!("in zone {z}"));
     let usable: Vec<(&Candidate<'a>, &HypervisorCapacity)> = candidates
         .iter()
         .filter(|c| zone.is_none_or(|z| c.zone == z) && c.reachable && !c.cordoned)
         .filter_map(|c| c.capacity.map(|cap| (c, cap)))
         .collect();
     if usable.is_empty() {
-        return Err(Unschedulable::NoHypervisor { zone: zone_label });
+        return Err(Unschedulable::NoHypervisor { place });
     }
     let with_image: Vec<_> = usable
         .into_iter()
@@ -73,7 +76,7 @@ pub fn choose<'a>(
         .collect();
     if with_image.is_empty() {
         return Err(Unschedulable::NoImage {
-            zone: zone_label,
+            place,
             image: image_volume.to_owned(),
         });
     }
@@ -90,7 +93,7 @@ pub fn choose<'a>(
         .min_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)))
         .map(|(name, _)| name)
         .ok_or(Unschedulable::NoCapacity {
-            zone: zone_label,
+            place,
             vcpus: request.vcpus,
             memory_mib: request.memory_mib,
             disk_gib: request.disk_gib,
@@ -173,7 +176,7 @@ mod tests {
                 std::slice::from_ref(&other_zone)
             ),
             Err(Unschedulable::NoHypervisor {
-                zone: "par1".into()
+                place: "in zone par1".into()
             })
         );
         other_zone.zone = "par1";
