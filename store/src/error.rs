@@ -13,8 +13,8 @@ pub enum StoreError {
     },
     #[error("invalid object: {0}")]
     Invalid(String),
-    #[error("watch revision {0} is older than the compacted history; relist")]
-    Gone(u64),
+    #[error("watch from resourceVersion {0} is older than the kept history; relist")]
+    Gone(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]

@@ -62,14 +62,15 @@ pub enum WatchEvent<T> {
     Modified(T),
     Deleted(T),
     /// Nothing changed up to this revision.
-    Bookmark(u64),
+    Bookmark(String),
 }
 
 /// A list answer with the revision it is consistent at.
 #[derive(Debug, Clone)]
 pub struct ObjectList<T> {
     pub items: Vec<T>,
-    pub resource_version: u64,
+    /// Opaque (as in Kubernetes): pass it back to `watch`, never compare it.
+    pub resource_version: String,
 }
 
 /// What a delete call did.
@@ -115,7 +116,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     fn watch(
         &self,
         kind: &KindInfo,
-        resource_version: u64,
+        resource_version: &str,
     ) -> BoxStream<'static, Result<WatchEvent<Value>>>;
 }
 
@@ -314,7 +315,7 @@ where
 
     pub fn watch(
         &self,
-        resource_version: u64,
+        resource_version: &str,
     ) -> impl Stream<Item = Result<WatchEvent<K>>> + Send + 'static {
         self.store.watch(&self.kind, resource_version).map(|event| {
             Ok(match event? {
@@ -334,12 +335,14 @@ where
         retry_delay: Duration,
     ) -> impl Stream<Item = WatchEvent<K>> + Send + 'static {
         let api = self.clone();
-        async_stream_like(api, retry_delay)
+        list_then_watch(api, retry_delay)
     }
 }
 
-/// Drives list+watch as a stream without an extra macro crate.
-fn async_stream_like<K>(
+/// Drives list+watch as a stream: resumes from the last seen version when a
+/// watch ends (API servers close them after a while) or fails, relists when
+/// that version is too old.
+fn list_then_watch<K>(
     api: Resources<K>,
     retry_delay: Duration,
 ) -> impl Stream<Item = WatchEvent<K>> + Send + 'static
@@ -349,40 +352,52 @@ where
 {
     enum State<K> {
         List,
-        Watch(u64, BoxStream<'static, Result<WatchEvent<K>>>),
+        Resume(String),
+        Watch(String, BoxStream<'static, Result<WatchEvent<K>>>),
     }
-    futures::stream::unfold((api, State::<K>::List), move |(api, state)| async move {
-        let mut state = state;
+    futures::stream::unfold((api, State::<K>::List), move |(api, mut state)| async move {
         loop {
-            match state {
+            state = match state {
                 State::List => match api.list(None).await {
                     Ok(list) => {
-                        let rv = list.resource_version;
-                        let stream = api.watch(rv).boxed();
-                        let events: Vec<WatchEvent<K>> = list.items.into_iter().map(WatchEvent::Added).collect();
-                        return Some((events, (api, State::Watch(rv, stream))));
+                        let stream = api.watch(&list.resource_version).boxed();
+                        let events: Vec<WatchEvent<K>> =
+                            list.items.into_iter().map(WatchEvent::Added).collect();
+                        return Some((events, (api, State::Watch(list.resource_version, stream))));
                     }
                     Err(error) => {
                         tracing::warn!(kind = %api.kind.kind, %error, "list failed; retrying");
                         tokio::time::sleep(retry_delay).await;
+                        State::List
                     }
                 },
-                State::Watch(rv, mut stream) => match stream.next().await {
+                State::Resume(version) => {
+                    let stream = api.watch(&version).boxed();
+                    State::Watch(version, stream)
+                }
+                State::Watch(version, mut stream) => match stream.next().await {
                     Some(Ok(event)) => {
-                        let rv = match &event {
-                            WatchEvent::Bookmark(rv) => *rv,
-                            _ => rv,
+                        let seen = match &event {
+                            WatchEvent::Bookmark(version) => Some(version.clone()),
+                            WatchEvent::Added(o) | WatchEvent::Modified(o) | WatchEvent::Deleted(o) => {
+                                o.meta().resource_version.clone()
+                            }
                         };
-                        return Some((vec![event], (api, State::Watch(rv, stream))));
+                        let version = seen.unwrap_or(version);
+                        return Some((vec![event], (api, State::Watch(version, stream))));
+                    }
+                    Some(Err(StoreError::Gone(_))) => {
+                        tracing::info!(kind = %api.kind.kind, "watch history expired; relisting");
+                        State::List
                     }
                     Some(Err(error)) => {
-                        tracing::info!(kind = %api.kind.kind, %error, "watch interrupted; relisting");
+                        tracing::info!(kind = %api.kind.kind, %error, "watch interrupted; resuming");
                         tokio::time::sleep(retry_delay).await;
-                        state = State::List;
+                        State::Resume(version)
                     }
-                    None => state = State::List,
+                    None => State::Resume(version),
                 },
-            }
+            };
         }
     })
     .flat_map(futures::stream::iter)

@@ -282,7 +282,7 @@ impl ObjectStore for SqlObjectStore {
                 .iter()
                 .map(|b| serde_json::from_str(b))
                 .collect::<Result<_, _>>()?,
-            resource_version,
+            resource_version: resource_version.to_string(),
         })
     }
 
@@ -423,8 +423,14 @@ impl ObjectStore for SqlObjectStore {
     fn watch(
         &self,
         kind: &KindInfo,
-        resource_version: u64,
+        resource_version: &str,
     ) -> BoxStream<'static, Result<WatchEvent<Value>>> {
+        let Ok(since) = resource_version.parse::<u64>() else {
+            let error = StoreError::Invalid(format!(
+                "resourceVersion {resource_version:?} is not one this store issued"
+            ));
+            return stream::once(async move { Err(error) }).boxed();
+        };
         struct State {
             store: SqlObjectStore,
             kind: String,
@@ -436,7 +442,7 @@ impl ObjectStore for SqlObjectStore {
         let state = State {
             store: self.clone(),
             kind: kind.kind.clone(),
-            since: resource_version,
+            since,
             pending: VecDeque::new(),
             wake: self.revision.subscribe(),
             failed: false,
@@ -482,7 +488,7 @@ async fn poll_changes(
         .fetch_one(store.db.pool())
         .await?;
     if (since as i64) < compacted {
-        return Err(StoreError::Gone(since));
+        return Err(StoreError::Gone(since.to_string()));
     }
     let rows = sqlx::query(
         "SELECT body, deleted, created_revision, resource_version FROM objects \

@@ -281,7 +281,7 @@ async fn watch_streams_each_change_as_it_happens() {
         let (_, servers, accounts) = stores(&scratch);
         servers.create(&server("acc-1", "before")).await.unwrap();
         let start = servers.list(None).await.unwrap().resource_version;
-        let mut watch = Box::pin(servers.watch(start));
+        let mut watch = Box::pin(servers.watch(&start));
         let mut next = async || {
             describe(
                 tokio::time::timeout(TIMEOUT, watch.next())
@@ -338,7 +338,7 @@ async fn late_watch_sees_latest_state_of_each_object_in_order() {
             .await
             .unwrap();
         servers.delete(Some("acc-1"), "vs-2").await.unwrap();
-        let mut watch = Box::pin(servers.watch(start));
+        let mut watch = Box::pin(servers.watch(&start));
         let mut seen = Vec::new();
         for _ in 0..2 {
             seen.push(describe(
@@ -366,13 +366,13 @@ async fn compacted_history_forces_a_relist() {
             "{}",
             scratch.label
         );
-        let mut watch = Box::pin(servers.watch(0));
+        let mut watch = Box::pin(servers.watch("0"));
         let event = tokio::time::timeout(TIMEOUT, watch.next())
             .await
             .unwrap()
             .unwrap();
         assert!(
-            matches!(event, Err(StoreError::Gone(0))),
+            matches!(event, Err(StoreError::Gone(ref v)) if v == "0"),
             "{}",
             scratch.label
         );
