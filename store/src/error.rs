@@ -25,6 +25,8 @@ pub enum StoreError {
     Decrypt(String),
     #[error("master key: {0}")]
     MasterKey(String),
+    #[error("Kubernetes API: {0}")]
+    Kubernetes(String),
 }
 
 impl StoreError {
@@ -41,6 +43,7 @@ impl StoreError {
             Self::Serialization(_) => "serialization",
             Self::Decrypt(_) => "decrypt",
             Self::MasterKey(_) => "master_key",
+            Self::Kubernetes(_) => "kubernetes",
         }
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod db;
 pub mod error;
+pub mod kubernetes;
 pub mod ledger;
 pub mod objects;
 pub mod sql;
@@ -19,5 +20,6 @@ pub mod vault;
 
 pub use db::{Backend, Database};
 pub use error::StoreError;
+pub use kubernetes::KubeObjectStore;
 pub use objects::{KindInfo, ObjectStore, Resources, WatchEvent};
 pub use sql::SqlObjectStore;
