@@ -5,6 +5,7 @@ pub mod agent_client;
 pub mod credentials;
 pub mod error;
 pub mod hypervisors;
+pub mod leader;
 pub mod metrics;
 pub mod queue;
 pub mod runtime;
