@@ -5,7 +5,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use stratus_core::resources::{Account, Hypervisor, VirtualServer};
 use stratus_core::{Clock, Config};
 use stratus_store::ledger::Ledger;
-use stratus_store::vault::Vault;
+use stratus_store::secrets::Secrets;
 use stratus_store::{ObjectStore, Resources};
 
 use crate::error::ApiError;
@@ -18,7 +18,8 @@ pub struct ApiState {
     pub accounts: Resources<Account>,
     pub hypervisors: Resources<Hypervisor>,
     pub ledger: Ledger,
-    pub vault: Arc<Vault>,
+    /// Where agent tokens are kept (encrypted vault, or Kubernetes Secrets).
+    pub secrets: Arc<dyn Secrets>,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
     pub metrics: ApiMetrics,
@@ -32,7 +33,7 @@ impl ApiState {
     pub fn new(
         store: Arc<dyn ObjectStore>,
         ledger: Ledger,
-        vault: Arc<Vault>,
+        secrets: Arc<dyn Secrets>,
         config: Arc<Config>,
         clock: Arc<dyn Clock>,
         metrics: ApiMetrics,
@@ -43,7 +44,7 @@ impl ApiState {
             accounts: Resources::new(store.clone()),
             hypervisors: Resources::new(store),
             ledger,
-            vault,
+            secrets,
             config,
             clock,
             metrics,

@@ -789,7 +789,7 @@ async fn hypervisor_registration_keeps_the_token_secret() {
     assert_eq!(created.body["reachable"], false);
     assert_eq!(
         api.state
-            .vault
+            .secrets
             .get("hypervisor/hv1")
             .await
             .unwrap()

@@ -14,11 +14,12 @@ use stratus_agent::{CapacityOverride, Driver, DriverConfig};
 use stratus_api::auth::issue_token;
 use stratus_api::metrics::ApiMetrics;
 use stratus_controller::ControllerConfig;
+use stratus_controller::leader::LeaderElector;
 use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, VirtualServer};
 use stratus_store::ledger::TokenScope;
 use stratus_store::vault::write_private_file;
 
-use crate::wiring::{self, Core};
+use crate::wiring::{self, BackendKind, Core};
 
 /// Size of the simulated hypervisor `stratus up` runs on libvirt's test driver.
 const SIMULATED_CAPACITY: &str = "vcpus=512,memory_mib=1048576,disk_gib=65536";
@@ -58,31 +59,76 @@ pub struct UpArgs {
 pub struct ApiArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    #[arg(long, env = "STRATUS_DATABASE_URL")]
-    database_url: String,
-    /// File holding the master key that encrypts stored credentials (created if absent).
-    #[arg(long, env = "STRATUS_MASTER_KEY_FILE")]
-    master_key_file: PathBuf,
-    #[arg(long)]
-    config: Option<PathBuf>,
+    #[command(flatten)]
+    shared: SharedArgs,
     /// Writes a new admin token to this file (mode 0600) if no admin token exists yet.
     #[arg(long)]
     bootstrap_admin_token: Option<PathBuf>,
 }
 
+/// What the API and the controller both need.
 #[derive(Args)]
-pub struct ControllerArgs {
+pub struct SharedArgs {
+    /// The ledger database (tokens, idempotency keys, audit), and the
+    /// resources too with the embedded backend.
     #[arg(long, env = "STRATUS_DATABASE_URL")]
     database_url: String,
+    /// Where the resources live.
+    #[arg(long, value_enum, default_value = "embedded", env = "STRATUS_BACKEND")]
+    backend: BackendKind,
+    /// File holding the master key that encrypts stored agent tokens
+    /// (embedded backend; created if absent).
     #[arg(long, env = "STRATUS_MASTER_KEY_FILE")]
-    master_key_file: PathBuf,
+    master_key_file: Option<PathBuf>,
+    /// The control plane's namespace (agent token Secrets, leader Lease) with
+    /// the Kubernetes backend.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "stratus-system")]
+    namespace: String,
+    /// YAML configuration (plans, images).
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+impl SharedArgs {
+    async fn open(&self, field_manager: &str) -> anyhow::Result<Core> {
+        let config = wiring::load_config(self.config.as_deref())?;
+        let master_key_file = match (self.backend, &self.master_key_file) {
+            (BackendKind::Embedded, None) => bail!(
+                "--master-key-file (or STRATUS_MASTER_KEY_FILE) is required with the embedded backend"
+            ),
+            (_, Some(path)) => path.clone(),
+            (BackendKind::Kubernetes, None) => PathBuf::new(),
+        };
+        Core::open(
+            &self.database_url,
+            &master_key_file,
+            config,
+            self.backend,
+            &self.namespace,
+            field_manager,
+        )
+        .await
+    }
+}
+
+#[derive(Args)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    shared: SharedArgs,
     #[arg(long, default_value_t = 16)]
     workers: usize,
     /// Address of the controller's /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9091")]
     metrics_listen: SocketAddr,
+    /// Name of the Lease that elects the one active replica (Kubernetes backend).
+    #[arg(long, default_value = "stratus-controller")]
+    lease_name: String,
+    /// This replica's name in the Lease (default: the pod name, else the host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long a leader that stops renewing keeps the Lease.
+    #[arg(long, default_value_t = 15)]
+    lease_seconds: u64,
 }
 
 #[derive(Args)]
@@ -185,7 +231,15 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("stratus.db").display()));
-    let core = Core::open(&database_url, &data_dir.join("master.key"), config).await?;
+    let core = Core::open(
+        &database_url,
+        &data_dir.join("master.key"),
+        config,
+        BackendKind::Embedded,
+        "",
+        "stratus",
+    )
+    .await?;
     let shutdown = wiring::shutdown_signal();
 
     // The local hypervisor: the test driver forgets everything when the
@@ -249,9 +303,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 async fn register_local_hypervisor(core: &Core, url: &str, token: &str) -> anyhow::Result<()> {
     let credential = stratus_api::credential_name(LOCAL_HYPERVISOR);
-    core.vault
-        .put(&credential, token, core.clock.now().as_millisecond())
-        .await?;
+    core.secrets.put(&credential, token).await?;
     let hypervisors = stratus_store::Resources::<Hypervisor>::new(core.objects());
     let spec = HypervisorSpec {
         url: url.to_owned(),
@@ -335,8 +387,7 @@ Quickstart (bash):
 }
 
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
-    let config = wiring::load_config(args.config.as_deref())?;
-    let core = Core::open(&args.database_url, &args.master_key_file, config).await?;
+    let core = args.shared.open("stratus-api").await?;
     if let Some(path) = &args.bootstrap_admin_token {
         bootstrap_admin(&core, path).await?;
     }
@@ -345,13 +396,12 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let metrics = ApiMetrics::register(&mut registry);
     let app = stratus_api::app(core.api_state(metrics, Arc::new(registry)));
     let listener = wiring::bind(args.listen, "REST API").await?;
-    tracing::info!(listen = %args.listen, "stratus API serving");
+    tracing::info!(listen = %args.listen, backend = ?args.shared.backend, "stratus API serving");
     wiring::serve(listener, app, shutdown).await
 }
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
-    let config = wiring::load_config(args.config.as_deref())?;
-    let core = Core::open(&args.database_url, &args.master_key_file, config).await?;
+    let core = args.shared.open("stratus-controller").await?;
     let shutdown = wiring::shutdown_signal();
     let mut registry = Registry::default();
     let controller = core.controller(
@@ -378,10 +428,50 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let listener = wiring::bind(args.metrics_listen, "controller metrics").await?;
     core.spawn_compaction();
     let metrics_task = tokio::spawn(wiring::serve(listener, metrics_router, shutdown.clone()));
-    tracing::info!("stratus controller running");
-    controller.run(shutdown).await;
-    metrics_task.await??;
-    Ok(())
+
+    let Some(client) = core.kube.clone() else {
+        tracing::info!("stratus controller running (embedded backend)");
+        controller.run(shutdown).await;
+        return metrics_task.await?;
+    };
+    // Kubernetes: only the Lease holder reconciles; a replica that loses the
+    // Lease exits so it can never act beside the new leader.
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "stratus".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let elector = LeaderElector {
+        leases: kube::Api::namespaced(client, &args.shared.namespace),
+        name: args.lease_name.clone(),
+        identity: identity.clone(),
+        lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
+        clock: core.clock.clone(),
+    };
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    tokio::spawn(elector.run(leading_tx, shutdown.clone()));
+    tracing::info!(%identity, lease = %args.lease_name, namespace = %args.shared.namespace, "waiting to lead");
+    let mut stop = shutdown.clone();
+    tokio::select! {
+        _ = leading.wait_for(|lead| *lead) => {}
+        _ = stop.wait_for(|stop| *stop) => return metrics_task.await?,
+    }
+    tracing::info!(%identity, "leading: stratus controller running (Kubernetes backend)");
+    let (stop_controller, controller_stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(controller.run(controller_stopped));
+    let mut stop = shutdown.clone();
+    let lost = tokio::select! {
+        _ = leading.wait_for(|lead| !*lead) => true,
+        _ = stop.wait_for(|stop| *stop) => false,
+    };
+    let _ = stop_controller.send(true);
+    running.await?;
+    if lost {
+        bail!(
+            "lost the leader lease {}; exiting so that only the new leader acts",
+            args.lease_name
+        );
+    }
+    metrics_task.await?
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {

@@ -1,4 +1,4 @@
-//! Building the parts from flags: database, store, vault, API, controller, agent.
+//! Building the parts from flags: database, resource store, secrets, API, controller, agent.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -16,8 +16,9 @@ use stratus_controller::servers::ServerReconciler;
 use stratus_controller::{Controller, ControllerConfig, HttpAgentClient};
 use stratus_core::{Clock, Config, SystemClock};
 use stratus_store::ledger::Ledger;
+use stratus_store::secrets::{KubeSecrets, Secrets};
 use stratus_store::vault::Vault;
-use stratus_store::{Database, ObjectStore, Resources, SqlObjectStore};
+use stratus_store::{Database, KubeObjectStore, ObjectStore, Resources, SqlObjectStore};
 use tokio::sync::watch;
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
@@ -31,30 +32,73 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     }
 }
 
+/// Where the resources live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// In the SQL database, with Kubernetes semantics (the default).
+    Embedded,
+    /// As CustomResources in a Kubernetes API server (in-cluster or `KUBECONFIG`).
+    Kubernetes,
+}
+
 /// The shared pieces every role needs.
 pub struct Core {
     pub db: Database,
-    pub store: SqlObjectStore,
+    /// The embedded store, when resources live in the database.
+    pub embedded: Option<SqlObjectStore>,
+    pub objects: Arc<dyn ObjectStore>,
+    pub kube: Option<kube::Client>,
     pub ledger: Ledger,
-    pub vault: Arc<Vault>,
+    pub secrets: Arc<dyn Secrets>,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
 }
 
 impl Core {
+    /// Opens the database (ledger, and resources in embedded mode) and, in
+    /// Kubernetes mode, the API server connection. `namespace` is the
+    /// control plane's own namespace (Secrets, Lease) in Kubernetes mode.
     pub async fn open(
         database_url: &str,
         master_key_file: &Path,
         config: Config,
+        backend: BackendKind,
+        namespace: &str,
+        field_manager: &str,
     ) -> anyhow::Result<Self> {
         let db = Database::connect(database_url)
             .await
             .with_context(|| format!("cannot open database {}", redact_url(database_url)))?;
-        let key = Vault::load_or_create_key(master_key_file)?;
+        let (embedded, objects, kube, secrets): (_, Arc<dyn ObjectStore>, _, Arc<dyn Secrets>) =
+            match backend {
+                BackendKind::Embedded => {
+                    let key = Vault::load_or_create_key(master_key_file)?;
+                    let store = SqlObjectStore::new(db.clone());
+                    (
+                        Some(store.clone()),
+                        Arc::new(store),
+                        None,
+                        Arc::new(Vault::new(db.clone(), &key)?),
+                    )
+                }
+                BackendKind::Kubernetes => {
+                    let client = kube::Client::try_default().await.context(
+                        "cannot reach the Kubernetes API (in-cluster configuration or KUBECONFIG)",
+                    )?;
+                    (
+                        None,
+                        Arc::new(KubeObjectStore::new(client.clone(), field_manager)),
+                        Some(client.clone()),
+                        Arc::new(KubeSecrets::new(client, namespace)),
+                    )
+                }
+            };
         Ok(Self {
-            store: SqlObjectStore::new(db.clone()),
+            embedded,
+            objects,
+            kube,
             ledger: Ledger::new(db.clone()),
-            vault: Arc::new(Vault::new(db.clone(), &key)?),
+            secrets,
             config: Arc::new(config),
             clock: Arc::new(SystemClock),
             db,
@@ -62,14 +106,14 @@ impl Core {
     }
 
     pub fn objects(&self) -> Arc<dyn ObjectStore> {
-        Arc::new(self.store.clone())
+        self.objects.clone()
     }
 
     pub fn api_state(&self, metrics: ApiMetrics, registry: Arc<Registry>) -> ApiState {
         ApiState::new(
             self.objects(),
             self.ledger.clone(),
-            self.vault.clone(),
+            self.secrets.clone(),
             self.config.clone(),
             self.clock.clone(),
             metrics,
@@ -89,7 +133,7 @@ impl Core {
             Resources::new(store.clone()),
             Resources::new(store.clone()),
             agents.clone(),
-            self.vault.clone(),
+            self.secrets.clone(),
             self.config.clone(),
             self.clock.clone(),
             Some(self.ledger.clone()),
@@ -98,7 +142,7 @@ impl Core {
         let prober = Arc::new(HypervisorProber {
             hypervisors: Resources::new(store),
             agents,
-            credentials: self.vault.clone(),
+            credentials: self.secrets.clone(),
             clock: self.clock.clone(),
         });
         Ok(Controller {
@@ -111,7 +155,9 @@ impl Core {
     /// Forgets deletion records older than a generous window, so the
     /// database does not grow without bound; late watchers relist.
     pub fn spawn_compaction(&self) {
-        let store = self.store.clone();
+        let Some(store) = self.embedded.clone() else {
+            return;
+        };
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(300));
             loop {

@@ -8,9 +8,9 @@ use stratus_core::Clock;
 use stratus_core::conditions;
 use stratus_core::resources::{Hypervisor, HypervisorCapacity, HypervisorStatus};
 use stratus_store::Resources;
+use stratus_store::secrets::Secrets;
 
 use crate::agent_client::{AgentClient, AgentEndpoint};
-use crate::credentials::Credentials;
 use crate::error::ControllerError;
 
 const GIB: u64 = 1 << 30;
@@ -18,7 +18,7 @@ const GIB: u64 = 1 << 30;
 pub struct HypervisorProber {
     pub hypervisors: Resources<Hypervisor>,
     pub agents: Arc<dyn AgentClient>,
-    pub credentials: Arc<dyn Credentials>,
+    pub credentials: Arc<dyn Secrets>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -42,7 +42,7 @@ impl HypervisorProber {
         let mut status: HypervisorStatus = hypervisor.status.clone().unwrap_or_default();
         let was_reachable = status.reachable;
         let now = self.clock.now().to_string();
-        let answer = match self.credentials.secret(&hypervisor.spec.credential).await {
+        let answer = match self.credentials.get(&hypervisor.spec.credential).await {
             Ok(Some(token)) => {
                 let endpoint = AgentEndpoint {
                     hypervisor: name.clone(),
@@ -55,7 +55,10 @@ impl HypervisorProber {
                 "credential {} is missing",
                 hypervisor.spec.credential
             )),
-            Err(e) => Err(e),
+            Err(e) => Err(format!(
+                "cannot read credential {}: {e}",
+                hypervisor.spec.credential
+            )),
         };
         match answer {
             Ok(report) => {

@@ -2,7 +2,6 @@
 //! resources, the agent client they act through, and the hypervisor prober.
 
 pub mod agent_client;
-pub mod credentials;
 pub mod error;
 pub mod hypervisors;
 pub mod leader;

@@ -15,10 +15,10 @@ use stratus_core::scheduling::{self, Candidate, Load};
 use stratus_core::{Clock, Config};
 use stratus_store::Resources;
 use stratus_store::ledger::{AuditEntry, Ledger};
+use stratus_store::secrets::Secrets;
 use tracing::Instrument;
 
 use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
-use crate::credentials::Credentials;
 use crate::error::ControllerError;
 use crate::metrics::ControllerMetrics;
 
@@ -39,7 +39,7 @@ pub struct ServerReconciler {
     pub servers: Resources<VirtualServer>,
     pub hypervisors: Resources<Hypervisor>,
     pub agents: Arc<dyn AgentClient>,
-    pub credentials: Arc<dyn Credentials>,
+    pub credentials: Arc<dyn Secrets>,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
     pub ledger: Option<Ledger>,
@@ -55,7 +55,7 @@ impl ServerReconciler {
         servers: Resources<VirtualServer>,
         hypervisors: Resources<Hypervisor>,
         agents: Arc<dyn AgentClient>,
-        credentials: Arc<dyn Credentials>,
+        credentials: Arc<dyn Secrets>,
         config: Arc<Config>,
         clock: Arc<dyn Clock>,
         ledger: Option<Ledger>,
@@ -249,8 +249,9 @@ impl ServerReconciler {
             .ok_or_else(|| format!("hypervisor {hypervisor} is not registered"))?;
         let token = self
             .credentials
-            .secret(&found.spec.credential)
-            .await?
+            .get(&found.spec.credential)
+            .await
+            .map_err(|e| format!("cannot read credential {}: {e}", found.spec.credential))?
             .ok_or_else(|| {
                 format!(
                     "credential {} of hypervisor {hypervisor} is missing",

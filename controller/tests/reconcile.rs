@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kube::core::ObjectMeta;
-use stratus_controller::credentials::StaticCredentials;
 use stratus_controller::hypervisors::HypervisorProber;
 use stratus_controller::metrics::ControllerMetrics;
 use stratus_controller::servers::{Outcome, ServerReconciler};
@@ -20,6 +19,7 @@ use stratus_core::resources::{
 use stratus_core::{Config, ManualClock};
 use stratus_store::ledger::Ledger;
 use stratus_store::testing::{self, ScratchDatabase};
+use stratus_store::vault::Vault;
 use stratus_store::{ObjectStore, Resources, SqlObjectStore};
 
 const NS: &str = "acc-0000000000000001";
@@ -41,10 +41,8 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
     let servers = Resources::<VirtualServer>::new(store.clone());
     let hypervisors = Resources::<Hypervisor>::new(store);
     let sim = Arc::new(SimulatedAgent::default());
-    let credentials = Arc::new(StaticCredentials(HashMap::from([(
-        "hv-token".to_owned(),
-        "t".to_owned(),
-    )])));
+    let credentials = Arc::new(Vault::new(scratch.db.clone(), &[9u8; 32]).unwrap());
+    credentials.put("hv-token", "t", 0).await.unwrap();
     let clock = Arc::new(ManualClock::new("2026-11-21T10:00:00Z".parse().unwrap()));
     let ledger = Ledger::new(scratch.db.clone());
     let reconciler = Arc::new(ServerReconciler::new(

@@ -6,7 +6,9 @@
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryFutureExt};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
+use kube::api::ObjectMeta;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams,
     WatchParams,
@@ -213,6 +215,31 @@ impl ObjectStore for KubeObjectStore {
             }
             _ => Deletion::Deleted,
         })
+    }
+
+    async fn ensure_namespace(&self, name: &str) -> Result<()> {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.to_owned()),
+                labels: Some(
+                    [(
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        "stratus".to_owned(),
+                    )]
+                    .into(),
+                ),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        match namespaces.create(&PostParams::default(), &namespace).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(error) => Err(StoreError::Kubernetes(format!(
+                "creating namespace {name}: {error}"
+            ))),
+        }
     }
 
     fn watch(

@@ -112,6 +112,12 @@ pub trait ObjectStore: Send + Sync + 'static {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<Deletion<Value>>;
+    /// Makes sure namespace `name` exists (each account's resources live in
+    /// their own). The embedded store needs nothing for that.
+    async fn ensure_namespace(&self, _name: &str) -> Result<()> {
+        Ok(())
+    }
+
     /// Changes of a kind strictly after `resource_version`.
     fn watch(
         &self,
@@ -184,6 +190,10 @@ where
             kind: KindInfo::of::<K>(),
             _kind: PhantomData,
         }
+    }
+
+    pub async fn ensure_namespace(&self, name: &str) -> Result<()> {
+        self.store.ensure_namespace(name).await
     }
 
     pub fn kind(&self) -> &KindInfo {

@@ -49,6 +49,8 @@ pub async fn create_account(
         },
         status: None,
     };
+    // The account's resources live in a namespace of its own.
+    state.accounts.ensure_namespace(id.as_str()).await?;
     let created = state.accounts.create(&account).await?;
     state
         .audit(

@@ -115,10 +115,7 @@ pub async fn register_hypervisor(
         )));
     }
     let credential = credential_name(&request.name);
-    state
-        .vault
-        .put(&credential, &request.token, state.now_millis())
-        .await?;
+    state.secrets.put(&credential, &request.token).await?;
     let hypervisor = Hypervisor {
         metadata: ObjectMeta {
             name: Some(request.name.clone()),
