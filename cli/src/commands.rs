@@ -15,7 +15,7 @@ use stratus_api::auth::issue_token;
 use stratus_api::metrics::ApiMetrics;
 use stratus_controller::ControllerConfig;
 use stratus_controller::leader::LeaderElector;
-use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, VirtualServer};
+use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, IpPool, VirtualServer};
 use stratus_store::ledger::TokenScope;
 use stratus_store::vault::write_private_file;
 
@@ -165,7 +165,7 @@ pub struct AgentArgs {
 
 pub fn crds_yaml() -> anyhow::Result<String> {
     let mut out = String::new();
-    for crd in [VirtualServer::crd(), Hypervisor::crd(), Account::crd()] {
+    for crd in [VirtualServer::crd(), Hypervisor::crd(), Account::crd(), IpPool::crd()] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }

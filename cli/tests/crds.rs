@@ -23,7 +23,7 @@ fn checked_in_crds_match_the_generated_ones() {
         "{} is out of date: regenerate it with `cargo run -p stratus -- crds > charts/stratus/crds/stratus.dev.yaml`",
         path.display()
     );
-    for kind in ["VirtualServer", "Hypervisor", "Account"] {
+    for kind in ["VirtualServer", "Hypervisor", "Account", "IpPool"] {
         assert!(
             generated.contains(&format!("kind: {kind}\n")),
             "{kind} missing"
@@ -31,7 +31,7 @@ fn checked_in_crds_match_the_generated_ones() {
     }
     assert_eq!(
         generated.matches("subresources:\n      status: {}").count(),
-        3,
+        4,
         "status is a subresource of every kind"
     );
 }
