@@ -6,7 +6,9 @@ use axum::http::header;
 use axum::http::request::Parts;
 use ring::digest::{SHA256, digest};
 use stratus_core::ids::{AccountId, TokenId};
-use stratus_store::ledger::{TokenRecord, TokenScope};
+use stratus_store::StoreError;
+use stratus_store::ledger::{Ledger, TokenRecord, TokenScope};
+use stratus_store::vault::random_hex;
 
 use crate::error::ApiError;
 use crate::state::ApiState;
@@ -70,24 +72,29 @@ pub async fn issue_token(
     name: &str,
     scope: TokenScope,
 ) -> Result<(TokenRecord, String), ApiError> {
-    let secret: String = state
-        .random_bytes::<32>()?
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let token = format!("{TOKEN_PREFIX}{secret}");
+    Ok(issue_token_in(&state.ledger, state.now_millis(), account_id, name, scope).await?)
+}
+
+/// [`issue_token`] with only the ledger (for command-line bootstrap).
+pub async fn issue_token_in(
+    ledger: &Ledger,
+    now_millis: i64,
+    account_id: Option<&AccountId>,
+    name: &str,
+    scope: TokenScope,
+) -> Result<(TokenRecord, String), StoreError> {
+    let token = format!("{TOKEN_PREFIX}{}", random_hex(32)?);
+    let id_bits = u64::from_str_radix(&random_hex(8)?, 16)
+        .map_err(|_| StoreError::Invalid("random id".into()))?;
     let record = TokenRecord {
-        id: TokenId::from_random(state.random_u64()?).to_string(),
+        id: TokenId::from_random(id_bits).to_string(),
         account_id: account_id.map(ToString::to_string),
         name: name.to_owned(),
         scope,
-        created_at: state.now_millis(),
+        created_at: now_millis,
         revoked_at: None,
     };
-    state
-        .ledger
-        .insert_token(&record, &hash_token(&token))
-        .await?;
+    ledger.insert_token(&record, &hash_token(&token)).await?;
     Ok((record, token))
 }
 

@@ -11,12 +11,13 @@ use kube::CustomResourceExt;
 use kube::core::ObjectMeta;
 use prometheus_client::registry::Registry;
 use stratus_agent::{CapacityOverride, Driver, DriverConfig};
-use stratus_api::auth::issue_token;
+use stratus_api::auth::issue_token_in;
 use stratus_api::metrics::ApiMetrics;
 use stratus_controller::ControllerConfig;
 use stratus_controller::leader::LeaderElector;
 use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, IpPool, VirtualServer};
-use stratus_store::ledger::TokenScope;
+use stratus_store::Database;
+use stratus_store::ledger::{AuditEntry, Ledger, TokenScope};
 use stratus_store::vault::write_private_file;
 
 use crate::wiring::{self, BackendKind, Core};
@@ -165,7 +166,12 @@ pub struct AgentArgs {
 
 pub fn crds_yaml() -> anyhow::Result<String> {
     let mut out = String::new();
-    for crd in [VirtualServer::crd(), Hypervisor::crd(), Account::crd(), IpPool::crd()] {
+    for crd in [
+        VirtualServer::crd(),
+        Hypervisor::crd(),
+        Account::crd(),
+        IpPool::crd(),
+    ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);
     }
@@ -341,22 +347,52 @@ async fn bootstrap_admin(core: &Core, path: &Path) -> anyhow::Result<bool> {
     if core.ledger.has_active_admin_token().await? {
         return Ok(false);
     }
-    let mut registry = Registry::default();
-    let state = core.api_state(ApiMetrics::register(&mut registry), Arc::new(registry));
-    let (record, token) = issue_token(&state, None, "bootstrap", TokenScope::Admin)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    let token = new_admin_token(&core.ledger, "bootstrap", "stratus up").await?;
     write_private_file(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
-    state
-        .audit(
-            "stratus up",
-            "token.issue",
-            "admin",
-            serde_json::json!({ "token_id": record.id }),
-        )
-        .await;
     Ok(true)
+}
+
+/// Issues an admin token, records it in the audit log, returns the secret.
+async fn new_admin_token(ledger: &Ledger, name: &str, actor: &str) -> anyhow::Result<String> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    let (record, token) = issue_token_in(ledger, now, None, name, TokenScope::Admin).await?;
+    let entry = AuditEntry {
+        at: now,
+        actor: actor.to_owned(),
+        action: "token.issue".to_owned(),
+        subject: "admin".to_owned(),
+        detail: serde_json::json!({ "token_id": record.id, "name": name }).to_string(),
+    };
+    ledger.audit(&entry).await?;
+    Ok(token)
+}
+
+#[derive(Args)]
+pub struct AdminTokenArgs {
+    /// The ledger database.
+    #[arg(long, env = "STRATUS_DATABASE_URL")]
+    database_url: String,
+    /// What the token is for (shown in token lists and the audit log).
+    #[arg(long, default_value = "operator")]
+    name: String,
+}
+
+/// Prints a new operator token (e.g. `kubectl exec deploy/…-api -- stratus admin-token`).
+pub async fn admin_token(args: AdminTokenArgs) -> anyhow::Result<()> {
+    let db = Database::connect(&args.database_url)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot open database {}",
+                wiring::redact_url(&args.database_url)
+            )
+        })?;
+    let token =
+        new_admin_token(&Ledger::new(db.clone()), &args.name, "stratus admin-token").await?;
+    println!("{token}");
+    db.close().await;
+    Ok(())
 }
 
 fn print_welcome(api: &SocketAddr, admin_token_path: &Path, new_token: bool, data_dir: &Path) {

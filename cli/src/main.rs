@@ -25,6 +25,8 @@ enum Command {
     Controller(commands::ControllerArgs),
     /// The node agent of one hypervisor.
     Agent(commands::AgentArgs),
+    /// Issues a new operator (admin) token and prints it.
+    AdminToken(commands::AdminTokenArgs),
     /// Prints the CustomResourceDefinitions (YAML) of every kind.
     Crds,
     /// Checks a configuration file and prints it with defaults filled in.
@@ -64,6 +66,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Api(args) => commands::api(args).await,
                     Command::Controller(args) => commands::controller(args).await,
                     Command::Agent(args) => commands::agent(args).await,
+                    Command::AdminToken(args) => commands::admin_token(args).await,
                     Command::Crds | Command::CheckConfig { .. } => Ok(()),
                 }
             })

@@ -301,11 +301,35 @@ pub struct AccountStatus {
     category = "stratus",
     derive = "PartialEq",
     doc = "A block of public IPv4 addresses and an IPv6 prefix that servers of a zone are numbered from.",
-    printcolumn(name = "Zone", type_ = "string", json_path = ".spec.zone", description = "Zone served"),
-    printcolumn(name = "IPv4", type_ = "string", json_path = ".spec.ipv4.cidr", description = "IPv4 block"),
-    printcolumn(name = "IPv6", type_ = "string", json_path = ".spec.ipv6.prefix", description = "IPv6 prefix"),
-    printcolumn(name = "Free", type_ = "integer", json_path = ".status.ipv4Available", description = "IPv4 addresses free"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Zone",
+        type_ = "string",
+        json_path = ".spec.zone",
+        description = "Zone served"
+    ),
+    printcolumn(
+        name = "IPv4",
+        type_ = "string",
+        json_path = ".spec.ipv4.cidr",
+        description = "IPv4 block"
+    ),
+    printcolumn(
+        name = "IPv6",
+        type_ = "string",
+        json_path = ".spec.ipv6.prefix",
+        description = "IPv6 prefix"
+    ),
+    printcolumn(
+        name = "Free",
+        type_ = "integer",
+        json_path = ".status.ipv4Available",
+        description = "IPv4 addresses free"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IpPoolSpec {
