@@ -282,6 +282,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             probe_interval: Duration::from_secs(5),
             ..Default::default()
         },
+        "stratus-up",
     )?;
     let registry = Arc::new(registry);
     let api = stratus_api::app(core.api_state(api_metrics, registry));
@@ -439,6 +440,10 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let core = args.shared.open("stratus-controller").await?;
     let shutdown = wiring::shutdown_signal();
+    let identity = args.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "stratus".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
     let mut registry = Registry::default();
     let controller = core.controller(
         &mut registry,
@@ -446,6 +451,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             workers: args.workers,
             ..Default::default()
         },
+        &identity,
     )?;
     let registry = Arc::new(registry);
     let metrics_router = axum::Router::new()
@@ -472,10 +478,6 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     };
     // Kubernetes: only the Lease holder reconciles; a replica that loses the
     // Lease exits so it can never act beside the new leader.
-    let identity = args.identity.clone().unwrap_or_else(|| {
-        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "stratus".into());
-        format!("{}-{}", host.trim(), std::process::id())
-    });
     let elector = LeaderElector {
         leases: kube::Api::namespaced(client, &args.shared.namespace),
         name: args.lease_name.clone(),

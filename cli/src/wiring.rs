@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 use stratus_agent::{AgentState, Driver};
 use stratus_api::ApiState;
 use stratus_api::metrics::ApiMetrics;
+use stratus_controller::events::KubeEvents;
 use stratus_controller::hypervisors::HypervisorProber;
 use stratus_controller::metrics::ControllerMetrics;
 use stratus_controller::servers::ServerReconciler;
@@ -125,11 +126,12 @@ impl Core {
         &self,
         registry: &mut Registry,
         config: ControllerConfig,
+        instance: &str,
     ) -> anyhow::Result<Controller> {
         let agents = Arc::new(HttpAgentClient::new()?);
         let store = self.objects();
         let metrics = ControllerMetrics::register(registry);
-        let servers = Arc::new(ServerReconciler::new(
+        let mut reconciler = ServerReconciler::new(
             Resources::new(store.clone()),
             Resources::new(store.clone()),
             agents.clone(),
@@ -138,7 +140,12 @@ impl Core {
             self.clock.clone(),
             Some(self.ledger.clone()),
             metrics,
-        ));
+        );
+        if let Some(client) = &self.kube {
+            reconciler =
+                reconciler.with_events(Arc::new(KubeEvents::new(client.clone(), instance)));
+        }
+        let servers = Arc::new(reconciler);
         let prober = Arc::new(HypervisorProber {
             hypervisors: Resources::new(store),
             agents,

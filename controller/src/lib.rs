@@ -3,6 +3,7 @@
 
 pub mod agent_client;
 pub mod error;
+pub mod events;
 pub mod hypervisors;
 pub mod leader;
 pub mod metrics;

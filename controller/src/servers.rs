@@ -10,7 +10,9 @@ use serde_json::json;
 use stratus_core::agent_api::DomainSpec;
 use stratus_core::ids::{domain_name_for, mac_address_for};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
-use stratus_core::resources::{Hypervisor, SERVER_FINALIZER, VirtualServer, VirtualServerStatus};
+use stratus_core::resources::{
+    Hypervisor, SERVER_FINALIZER, ServerPhase, VirtualServer, VirtualServerStatus,
+};
 use stratus_core::scheduling::{self, Candidate, Load};
 use stratus_core::{Clock, Config};
 use stratus_store::Resources;
@@ -20,6 +22,7 @@ use tracing::Instrument;
 
 use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
 use crate::error::ControllerError;
+use crate::events::{EventType, Events, NoEvents};
 use crate::metrics::ControllerMetrics;
 
 /// Observe→plan→act rounds in one reconcile before yielding to other keys.
@@ -44,6 +47,7 @@ pub struct ServerReconciler {
     pub clock: Arc<dyn Clock>,
     pub ledger: Option<Ledger>,
     pub metrics: ControllerMetrics,
+    pub events: Arc<dyn Events>,
     /// Placement decisions are taken one at a time so two servers never
     /// count the same free capacity.
     scheduling: tokio::sync::Mutex<()>,
@@ -70,8 +74,15 @@ impl ServerReconciler {
             clock,
             ledger,
             metrics,
+            events: Arc::new(NoEvents),
             scheduling: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// Publishes events (Kubernetes) besides the audit log.
+    pub fn with_events(mut self, events: Arc<dyn Events>) -> Self {
+        self.events = events;
+        self
     }
 
     pub async fn reconcile(&self, namespace: &str, name: &str) -> Result<Outcome, ControllerError> {
@@ -194,6 +205,17 @@ impl ServerReconciler {
                     let result = self.agents.destroy(&agent, &domain).await;
                     self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
                         .await?;
+                    self.events
+                        .publish(
+                            &server,
+                            EventType::Normal,
+                            "Destroyed",
+                            &format!(
+                                "domain and disk destroyed on hypervisor {}",
+                                agent.hypervisor
+                            ),
+                        )
+                        .await;
                     self.audit(
                         &server,
                         "destroyed",
@@ -391,6 +413,21 @@ impl ServerReconciler {
                 "hypervisor": next.hypervisor,
             });
             self.audit(server, "phase", detail).await;
+            let (event_type, note) = match (&next.reason, next.phase) {
+                (Some(reason), _) => (EventType::Warning, reason.clone()),
+                (None, ServerPhase::Provisioning) => (
+                    EventType::Normal,
+                    format!(
+                        "placed on hypervisor {}",
+                        next.hypervisor.as_deref().unwrap_or("?")
+                    ),
+                ),
+                (None, _) => (EventType::Normal, format!("server is {phase}")),
+            };
+            let reason = format!("{:?}", next.phase);
+            self.events
+                .publish(server, event_type, &reason, &note)
+                .await;
         }
         Ok(())
     }
