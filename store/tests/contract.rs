@@ -13,7 +13,9 @@ use stratus_store::ledger::{AuditEntry, IdempotencyClaim, Ledger, TokenRecord, T
 use stratus_store::objects::Deletion;
 use stratus_store::testing::{self, ScratchDatabase};
 use stratus_store::vault::Vault;
-use stratus_store::{ObjectStore, Resources, SqlObjectStore, StoreError, WatchEvent};
+use stratus_store::{
+    KubeObjectStore, ObjectStore, Resources, SqlObjectStore, StoreError, WatchEvent,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,6 +57,50 @@ fn account(name: &str) -> Account {
     }
 }
 
+mod support;
+
+/// A resource store to run the contract on: the embedded store on SQLite and
+/// PostgreSQL, and the Kubernetes backend (kube-rs) talking to the
+/// Kubernetes API as served from an embedded store.
+struct Backend {
+    label: &'static str,
+    store: Arc<dyn ObjectStore>,
+    _scratch: ScratchDatabase,
+}
+
+impl Backend {
+    fn resources(&self) -> (Resources<VirtualServer>, Resources<Account>) {
+        (
+            Resources::new(self.store.clone()),
+            Resources::new(self.store.clone()),
+        )
+    }
+}
+
+async fn backends() -> Vec<Backend> {
+    let mut backends = Vec::new();
+    for scratch in testing::both().await {
+        let store =
+            SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(50));
+        backends.push(Backend {
+            label: scratch.label,
+            store: Arc::new(store),
+            _scratch: scratch,
+        });
+    }
+    let scratch = testing::sqlite().await;
+    let served: Arc<dyn ObjectStore> = Arc::new(
+        SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(50)),
+    );
+    let client = kube::Client::new(support::apiserver::router(served), "default");
+    backends.push(Backend {
+        label: "kubernetes",
+        store: Arc::new(KubeObjectStore::new(client, "stratus-test")),
+        _scratch: scratch,
+    });
+    backends
+}
+
 fn stores(
     scratch: &ScratchDatabase,
 ) -> (SqlObjectStore, Resources<VirtualServer>, Resources<Account>) {
@@ -80,13 +126,13 @@ fn rv(object: &VirtualServer) -> u64 {
 
 #[tokio::test]
 async fn create_assigns_metadata_and_rejects_duplicates() {
-    for scratch in testing::both().await {
-        let (_, servers, _) = stores(&scratch);
+    for backend in backends().await {
+        let (servers, _) = backend.resources();
         let created = servers.create(&server("acc-1", "vs-1")).await.unwrap();
         let meta = &created.metadata;
-        assert!(meta.uid.is_some(), "{}", scratch.label);
-        assert_eq!(meta.generation, Some(1), "{}", scratch.label);
-        assert!(meta.creation_timestamp.is_some(), "{}", scratch.label);
+        assert!(meta.uid.is_some(), "{}", backend.label);
+        assert_eq!(meta.generation, Some(1), "{}", backend.label);
+        assert!(meta.creation_timestamp.is_some(), "{}", backend.label);
         assert_eq!(
             servers.get(Some("acc-1"), "vs-1").await.unwrap(),
             Some(created.clone())
@@ -95,7 +141,7 @@ async fn create_assigns_metadata_and_rejects_duplicates() {
         assert!(
             matches!(err, StoreError::AlreadyExists { .. }),
             "{}: {err}",
-            scratch.label
+            backend.label
         );
         // Same name in another namespace is another object.
         servers.create(&server("acc-2", "vs-1")).await.unwrap();
@@ -107,8 +153,8 @@ async fn create_assigns_metadata_and_rejects_duplicates() {
 
 #[tokio::test]
 async fn scope_is_enforced() {
-    for scratch in testing::both().await {
-        let (_, servers, accounts) = stores(&scratch);
+    for backend in backends().await {
+        let (servers, accounts) = backend.resources();
         let mut no_namespace = server("x", "vs-1");
         no_namespace.metadata.namespace = None;
         assert!(
@@ -117,7 +163,7 @@ async fn scope_is_enforced() {
                 Err(StoreError::Invalid(_))
             ),
             "{}",
-            scratch.label
+            backend.label
         );
         let mut namespaced_account = account("acc-1");
         namespaced_account.metadata.namespace = Some("x".into());
@@ -132,8 +178,8 @@ async fn scope_is_enforced() {
 
 #[tokio::test]
 async fn replace_checks_resource_version_and_moves_generation_only_on_spec_change() {
-    for scratch in testing::both().await {
-        let (_, servers, _) = stores(&scratch);
+    for backend in backends().await {
+        let (servers, _) = backend.resources();
         let created = servers.create(&server("acc-1", "vs-1")).await.unwrap();
         servers
             .patch_status(
@@ -153,29 +199,29 @@ async fn replace_checks_resource_version_and_moves_generation_only_on_spec_chang
         assert!(
             matches!(err, StoreError::Conflict { .. }),
             "{}: {err}",
-            scratch.label
+            backend.label
         );
 
         let mut current = servers.get(Some("acc-1"), "vs-1").await.unwrap().unwrap();
         current.metadata.labels = Some([("tier".to_owned(), "gold".to_owned())].into());
         let relabelled = servers.replace(&current).await.unwrap();
-        assert_eq!(relabelled.metadata.generation, Some(1), "{}", scratch.label);
+        assert_eq!(relabelled.metadata.generation, Some(1), "{}", backend.label);
         assert!(rv(&relabelled) > rv(&current));
 
         let mut changed = relabelled.clone();
         changed.spec.power = PowerState::Stopped;
         changed.status = None; // replace never touches status
         let updated = servers.replace(&changed).await.unwrap();
-        assert_eq!(updated.metadata.generation, Some(2), "{}", scratch.label);
-        assert!(updated.status.unwrap().provisioned, "{}", scratch.label);
+        assert_eq!(updated.metadata.generation, Some(2), "{}", backend.label);
+        assert!(updated.status.unwrap().provisioned, "{}", backend.label);
         assert_eq!(updated.metadata.uid, created.metadata.uid);
     }
 }
 
 #[tokio::test]
 async fn status_patch_is_idempotent() {
-    for scratch in testing::both().await {
-        let (_, servers, _) = stores(&scratch);
+    for backend in backends().await {
+        let (servers, _) = backend.resources();
         servers.create(&server("acc-1", "vs-1")).await.unwrap();
         let status = VirtualServerStatus {
             hypervisor: Some("hv1".into()),
@@ -193,7 +239,7 @@ async fn status_patch_is_idempotent() {
             rv(&first),
             rv(&second),
             "{}: unchanged status must not bump the revision",
-            scratch.label
+            backend.label
         );
         assert_eq!(first.metadata.generation, Some(1));
         let err = servers
@@ -206,8 +252,8 @@ async fn status_patch_is_idempotent() {
 
 #[tokio::test]
 async fn finalizers_hold_deletion_until_removed() {
-    for scratch in testing::both().await {
-        let (_, servers, _) = stores(&scratch);
+    for backend in backends().await {
+        let (servers, _) = backend.resources();
         servers.create(&server("acc-1", "plain")).await.unwrap();
         assert!(matches!(
             servers.delete(Some("acc-1"), "plain").await.unwrap(),
@@ -232,7 +278,7 @@ async fn finalizers_hold_deletion_until_removed() {
         else {
             panic!(
                 "{}: deletion with a finalizer must be pending",
-                scratch.label
+                backend.label
             );
         };
         assert!(pending.metadata.deletion_timestamp.is_some());
@@ -253,7 +299,7 @@ async fn finalizers_hold_deletion_until_removed() {
         assert!(
             servers.get(Some("acc-1"), "held").await.unwrap().is_none(),
             "{}",
-            scratch.label
+            backend.label
         );
         // The name can be used again, as a new object.
         let reborn = servers.create(&server("acc-1", "held")).await.unwrap();
@@ -277,8 +323,8 @@ fn describe(event: WatchEvent<VirtualServer>) -> String {
 
 #[tokio::test]
 async fn watch_streams_each_change_as_it_happens() {
-    for scratch in testing::both().await {
-        let (_, servers, accounts) = stores(&scratch);
+    for backend in backends().await {
+        let (servers, accounts) = backend.resources();
         servers.create(&server("acc-1", "before")).await.unwrap();
         let start = servers.list(None).await.unwrap().resource_version;
         let mut watch = Box::pin(servers.watch(&start));
@@ -294,7 +340,7 @@ async fn watch_streams_each_change_as_it_happens() {
 
         servers.create(&server("acc-1", "vs-1")).await.unwrap();
         accounts.create(&account("acc-1")).await.unwrap(); // other kinds are not in this watch
-        assert_eq!(next().await, "added vs-1", "{}", scratch.label);
+        assert_eq!(next().await, "added vs-1", "{}", backend.label);
         servers
             .patch_status(
                 Some("acc-1"),
@@ -310,15 +356,16 @@ async fn watch_streams_each_change_as_it_happens() {
             next().await,
             "modified vs-1 provisioned=true",
             "{}",
-            scratch.label
+            backend.label
         );
         servers.delete(Some("acc-1"), "vs-1").await.unwrap();
-        assert_eq!(next().await, "deleted vs-1", "{}", scratch.label);
+        assert_eq!(next().await, "deleted vs-1", "{}", backend.label);
     }
 }
 
-/// A watcher that reads late sees each changed object once, in its latest
-/// state, in revision order (like a kube watcher that fell behind and relisted).
+/// Embedded store: a watcher that reads late sees each changed object once,
+/// in its latest state, in revision order (like a kube watcher that fell
+/// behind and relisted). An API server keeps a window of every event instead.
 #[tokio::test]
 async fn late_watch_sees_latest_state_of_each_object_in_order() {
     for scratch in testing::both().await {
@@ -402,8 +449,8 @@ async fn compacted_history_forces_a_relist() {
 
 #[tokio::test]
 async fn concurrent_writers_never_lose_an_update() {
-    for scratch in testing::both().await {
-        let (_, servers, _) = stores(&scratch);
+    for backend in backends().await {
+        let (servers, _) = backend.resources();
         servers.create(&server("acc-1", "counter")).await.unwrap();
         let mut tasks = Vec::new();
         for i in 0..16 {
@@ -430,7 +477,7 @@ async fn concurrent_writers_never_lose_an_update() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(counter.spec.reboot_requests, 16, "{}", scratch.label);
+        assert_eq!(counter.spec.reboot_requests, 16, "{}", backend.label);
         let list = servers.list(Some("acc-1")).await.unwrap();
         assert_eq!(list.items.len(), 17);
         let mut versions: Vec<u64> = list.items.iter().map(rv).collect();
@@ -440,7 +487,7 @@ async fn concurrent_writers_never_lose_an_update() {
             versions.len(),
             17,
             "{}: every write gets its own revision",
-            scratch.label
+            backend.label
         );
     }
 }
