@@ -129,16 +129,19 @@ fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
 /// Only names the control plane gives (`stratus-…`) are touched, so the agent
 /// can never act on a domain someone else defined on the host.
 pub fn check_managed_name(name: &str) -> Result<(), AgentError> {
+    // Kubernetes object names may contain dots; never two in a row, so no `..`.
     let ok = name.starts_with(MANAGED_PREFIX)
-        && name.len() <= 100
+        && name.len() <= 200
+        && !name.contains("..")
+        && !name.ends_with('.')
         && name
             .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
     if ok {
         Ok(())
     } else {
         Err(AgentError::BadRequest(format!(
-            "domain name {name:?} must start with {MANAGED_PREFIX:?} and use lower-case letters, digits and '-'"
+            "domain name {name:?} must start with {MANAGED_PREFIX:?} and use lower-case letters, digits, '-' and '.'"
         )))
     }
 }
@@ -546,7 +549,17 @@ mod tests {
     #[test]
     fn only_managed_names_are_accepted() {
         assert!(check_managed_name("stratus-vs-00000000000000aa").is_ok());
-        for bad in ["test", "stratus-../x", "stratus-A", "other-vs-1", ""] {
+        assert!(check_managed_name("stratus-web1.acme").is_ok());
+        for bad in [
+            "test",
+            "stratus-../x",
+            "stratus-a..b",
+            "stratus-a.",
+            "stratus-A",
+            "other-vs-1",
+            "",
+            "stratus-a/b",
+        ] {
             assert!(check_managed_name(bad).is_err(), "{bad}");
         }
     }

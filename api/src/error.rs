@@ -99,6 +99,11 @@ impl From<StoreError> for ApiError {
         match &error {
             StoreError::Conflict { .. } => Self::conflict(format!("{error}; retry the request")),
             StoreError::AlreadyExists { .. } => Self::conflict(error.to_string()),
+            // The Kubernetes API server refused the object (its schema).
+            StoreError::Invalid(message) => Self::invalid("body", message.clone()),
+            StoreError::NotFound { .. } => {
+                Self::conflict(format!("{error}; it was removed meanwhile"))
+            }
             _ => {
                 tracing::error!(%error, "store failure");
                 Self::internal(

@@ -19,6 +19,10 @@ pub const VERSION: &str = "v1alpha1";
 /// hypervisor, so the object outlives its domain and disk.
 pub const SERVER_FINALIZER: &str = "stratus.dev/teardown";
 
+/// RFC 1123 hostname, the same rule as `validate::is_hostname` (the API
+/// server checks it for objects written with kubectl).
+pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";
+
 /// Whether the customer wants the server powered on.
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
 pub enum PowerState {
@@ -33,10 +37,13 @@ pub enum PowerState {
 #[serde(rename_all = "camelCase")]
 pub struct ServerResources {
     /// Virtual CPUs.
+    #[schemars(range(min = 1))]
     pub vcpus: u32,
     /// Memory in MiB.
+    #[schemars(range(min = 1))]
     pub memory_mib: u64,
     /// Size of the system disk in GiB.
+    #[schemars(range(min = 1))]
     pub disk_gib: u64,
 }
 
@@ -79,10 +86,13 @@ pub struct ServerResources {
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServerSpec {
     /// Hostname of the server (RFC 1123 label or name), chosen by the customer.
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOSTNAME_PATTERN))]
     pub hostname: String,
     /// Plan the server was ordered with.
+    #[schemars(length(min = 1, max = 63))]
     pub plan: String,
     /// Image the system disk was created from.
+    #[schemars(length(min = 1, max = 63))]
     pub image: String,
     /// Zone (datacenter) the server must run in; any zone when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

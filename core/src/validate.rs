@@ -75,6 +75,35 @@ mod tests {
         }
     }
 
+    /// The CRD's pattern (checked by the API server for kubectl users) and
+    /// this function (checked by the REST API) agree.
+    #[test]
+    fn hostname_pattern_matches_the_validator() {
+        let pattern = regex::Regex::new(crate::resources::HOSTNAME_PATTERN).unwrap();
+        let samples = [
+            "web1",
+            "web-1.example.com",
+            "a",
+            "A1",
+            "-web",
+            "web-",
+            "we_b",
+            "web..com",
+            "web 1",
+            "wéb",
+            ".web",
+            "web.",
+        ];
+        let long_label = "a".repeat(64);
+        for sample in samples
+            .iter()
+            .copied()
+            .chain([long_label.as_str(), &"a".repeat(63)])
+        {
+            assert_eq!(pattern.is_match(sample), is_hostname(sample), "{sample}");
+        }
+    }
+
     #[test]
     fn slugs() {
         assert!(is_slug("debian-12"));
