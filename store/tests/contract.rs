@@ -57,8 +57,6 @@ fn account(name: &str) -> Account {
     }
 }
 
-mod support;
-
 /// A resource store to run the contract on: the embedded store on SQLite and
 /// PostgreSQL, and the Kubernetes backend (kube-rs) talking to the
 /// Kubernetes API as served from an embedded store.
@@ -92,7 +90,7 @@ async fn backends() -> Vec<Backend> {
     let served: Arc<dyn ObjectStore> = Arc::new(
         SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(50)),
     );
-    let client = kube::Client::new(support::apiserver::router(served), "default");
+    let client = kube::Client::new(testing::apiserver::router(served), "default");
     backends.push(Backend {
         label: "kubernetes",
         store: Arc::new(KubeObjectStore::new(client, "stratus-test")),

@@ -55,3 +55,5 @@ pub async fn postgres() -> ScratchDatabase {
 pub async fn both() -> Vec<ScratchDatabase> {
     vec![sqlite().await, postgres().await]
 }
+
+pub mod apiserver;
