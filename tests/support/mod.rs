@@ -24,16 +24,22 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(binary: &Path, args: &[String], log: PathBuf) -> Self {
+        let mut command = Command::new(binary);
+        command.args(args);
+        Self::spawn_command(command, log)
+    }
+
+    /// Starts `command` (with its own arguments and environment), logging to `log`.
+    pub fn spawn_command(mut command: Command, log: PathBuf) -> Self {
         let out = std::fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
-        let child = Command::new(binary)
-            .args(args)
+        let child = command
             .env("RUST_LOG", "info,sqlx=warn")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", binary.display()));
+            .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", command.get_program()));
         Self { child, log }
     }
 

@@ -1,0 +1,359 @@
+//! Kubernetes mode end to end: the API and two controller replicas started
+//! as a user starts them (`--backend kubernetes`, a kubeconfig), a real agent
+//! on libvirt's test driver, and a test API server. Objects applied as
+//! kubectl applies them are provisioned like REST orders, both views agree,
+//! one replica leads and the other takes over when it dies.
+
+mod support;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::core::ObjectMeta;
+use serde_json::json;
+use stratus_core::resources::{
+    Account, AccountSpec, Hypervisor, HypervisorSpec, PowerState, ServerPhase, ServerResources,
+    VirtualServer, VirtualServerSpec,
+};
+use stratus_store::{Database, ObjectStore, SqlObjectStore};
+use support::{Client, Process, free_port, wait_healthy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stratus");
+const WAIT: Duration = Duration::from_secs(30);
+const ACCOUNT: &str = "acc-00000000000000a1";
+
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
+    let dir = tempfile::tempdir().unwrap();
+
+    // The API server.
+    let db = Database::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("apiserver.db").display()
+    ))
+    .await
+    .unwrap();
+    let served: Arc<dyn ObjectStore> =
+        Arc::new(SqlObjectStore::new(db).with_poll_interval(Duration::from_millis(20)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        axum::serve(listener, stratus_store::testing::apiserver::router(served)).await
+    });
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server_url}\n\
+             contexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\n\
+             current-context: test\nusers:\n- name: test\n  user: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let kubectl = kube::Client::try_from(kube::Config::new(server_url.parse().unwrap())).unwrap();
+
+    // A hypervisor running the agent.
+    let agent_port = free_port();
+    let token_file = dir.path().join("agent.token");
+    std::fs::write(&token_file, "kubernetes-mode-agent-token-01").unwrap();
+    let agent = Process::spawn(
+        Path::new(BIN),
+        &args(&[
+            "agent",
+            "--listen",
+            &format!("127.0.0.1:{agent_port}"),
+            "--token-file",
+            &token_file.display().to_string(),
+            "--zone",
+            "par1",
+            "--libvirt-uri",
+            "test:///default",
+            "--seed-image",
+            "debian-12.qcow2",
+            "--capacity",
+            "vcpus=32,memory_mib=65536,disk_gib=2000",
+        ]),
+        dir.path().join("agent.log"),
+    );
+    wait_healthy(&format!("http://127.0.0.1:{agent_port}"), &agent).await;
+
+    // What an operator applies with kubectl (the chart's examples).
+    let secrets: Api<Secret> = Api::namespaced(kubectl.clone(), "stratus-system");
+    let secret: Secret = serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "stratus-hypervisor-par1-hv1"},
+        "data": {"token": "a3ViZXJuZXRlcy1tb2RlLWFnZW50LXRva2VuLTAx"}
+    }))
+    .unwrap();
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let hypervisors: Api<Hypervisor> = Api::all(kubectl.clone());
+    let hypervisor = Hypervisor {
+        metadata: ObjectMeta {
+            name: Some("par1-hv1".into()),
+            ..Default::default()
+        },
+        spec: HypervisorSpec {
+            url: format!("http://127.0.0.1:{agent_port}"),
+            zone: "par1".into(),
+            credential: "hypervisor/par1-hv1".into(),
+            cordoned: false,
+        },
+        status: None,
+    };
+    hypervisors
+        .create(&PostParams::default(), &hypervisor)
+        .await
+        .unwrap();
+    let accounts: Api<Account> = Api::all(kubectl.clone());
+    let account = Account {
+        metadata: ObjectMeta {
+            name: Some(ACCOUNT.into()),
+            ..Default::default()
+        },
+        spec: AccountSpec {
+            display_name: "ACME".into(),
+            email: "ops@acme.example".into(),
+        },
+        status: None,
+    };
+    accounts
+        .create(&PostParams::default(), &account)
+        .await
+        .unwrap();
+    let servers: Api<VirtualServer> = Api::namespaced(kubectl.clone(), ACCOUNT);
+    let applied = VirtualServer {
+        metadata: ObjectMeta {
+            name: Some("vs-00000000000000b1".into()),
+            namespace: Some(ACCOUNT.into()),
+            ..Default::default()
+        },
+        spec: VirtualServerSpec {
+            hostname: "web1".into(),
+            plan: "small".into(),
+            image: "debian-12".into(),
+            zone: Some("par1".into()),
+            resources: ServerResources {
+                vcpus: 1,
+                memory_mib: 1024,
+                disk_gib: 25,
+            },
+            power: PowerState::Running,
+            reboot_requests: 0,
+        },
+        status: None,
+    };
+    servers
+        .create(&PostParams::default(), &applied)
+        .await
+        .unwrap();
+
+    // Two controller replicas.
+    let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
+    let controller = |name: &str| {
+        let mut child = std::process::Command::new(BIN);
+        child
+            .args(args(&[
+                "controller",
+                "--backend",
+                "kubernetes",
+                "--database-url",
+                &ledger,
+                "--lease-seconds",
+                "3",
+                "--identity",
+                name,
+                "--metrics-listen",
+                &format!("127.0.0.1:{}", free_port()),
+            ]))
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", "stratus-system");
+        Process::spawn_command(child, dir.path().join(format!("{name}.log")))
+    };
+    let mut replicas = vec![
+        ("ctrl-a", controller("ctrl-a")),
+        ("ctrl-b", controller("ctrl-b")),
+    ];
+
+    let running = until("the kubectl-applied server to run", || async {
+        let server = servers.get("vs-00000000000000b1").await.ok()?;
+        (server.status.as_ref()?.phase == ServerPhase::Running).then_some(server)
+    })
+    .await;
+    assert_eq!(
+        running.status.as_ref().unwrap().hypervisor.as_deref(),
+        Some("par1-hv1")
+    );
+    assert!(
+        running
+            .metadata
+            .finalizers
+            .unwrap()
+            .contains(&"stratus.dev/teardown".to_owned())
+    );
+
+    let leases: Api<Lease> = Api::namespaced(kubectl.clone(), "stratus-system");
+    let leader = until("a leader", || async {
+        leases
+            .get("stratus-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity
+    })
+    .await;
+    let follower = if leader == "ctrl-a" {
+        "ctrl-b"
+    } else {
+        "ctrl-a"
+    };
+    let events: Api<Event> = Api::namespaced(kubectl.clone(), ACCOUNT);
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(reasons.contains(&"Running".to_owned()), "{reasons:?}");
+    let reporting: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|e| e.reporting_instance)
+        .collect();
+    assert!(
+        reporting.iter().all(|r| *r == leader),
+        "only the leader acts: {reporting:?} (leader {leader})"
+    );
+
+    // The REST API on the same objects.
+    let api_port = free_port();
+    let mut api_command = std::process::Command::new(BIN);
+    api_command
+        .args(args(&[
+            "api",
+            "--backend",
+            "kubernetes",
+            "--database-url",
+            &ledger,
+            "--listen",
+            &format!("127.0.0.1:{api_port}"),
+        ]))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("POD_NAMESPACE", "stratus-system");
+    let api = Process::spawn_command(api_command, dir.path().join("api.log"));
+    let base = format!("http://127.0.0.1:{api_port}");
+    wait_healthy(&base, &api).await;
+    let output = std::process::Command::new(BIN)
+        .args(args(&["admin-token", "--database-url", &ledger]))
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let admin = Client::new(&base, String::from_utf8(output.stdout).unwrap().trim());
+    let (status, all) = admin.get(&format!("/v1/servers?account={ACCOUNT}")).await;
+    assert_eq!(status, 200, "{all}");
+    assert_eq!(all["items"][0]["id"], "vs-00000000000000b1");
+    assert_eq!(all["items"][0]["status"], "running", "both views agree");
+
+    let (new_account, customer) = admin.open_account("Globex").await;
+    let namespaces: Api<Namespace> = Api::all(kubectl.clone());
+    assert!(
+        namespaces.get(&new_account).await.is_ok(),
+        "an account gets its namespace"
+    );
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "web2", "plan": "small", "image": "debian-12"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    customer.wait_status(&id, "running", WAIT).await;
+    let ordered: Api<VirtualServer> = Api::namespaced(kubectl.clone(), &new_account);
+    assert_eq!(
+        ordered.get(&id).await.unwrap().spec.hostname,
+        "web2",
+        "a REST order is a VirtualServer"
+    );
+
+    // Registering a hypervisor through REST stores its token as a Secret.
+    let (status, _) = admin
+        .post("/v1/admin/hypervisors", json!({"name": "par1-hv2", "url": "http://127.0.0.1:1", "zone": "par1", "token": "second-token-0123456789"}))
+        .await;
+    assert_eq!(status, 201);
+    let stored = secrets.get("stratus-hypervisor-par1-hv2").await.unwrap();
+    assert_eq!(stored.data.unwrap()["token"].0, b"second-token-0123456789");
+
+    // The leader dies: the other replica takes the lease and carries on.
+    let position = replicas
+        .iter()
+        .position(|(name, _)| *name == leader)
+        .unwrap();
+    replicas.remove(position).1.crash();
+    until("the other replica to lead", || async {
+        let holder = leases
+            .get("stratus-controller")
+            .await
+            .ok()?
+            .spec?
+            .holder_identity?;
+        (holder == follower).then_some(())
+    })
+    .await;
+    servers
+        .delete("vs-00000000000000b1", &DeleteParams::default())
+        .await
+        .unwrap();
+    until(
+        "the deleted server to be torn down and released",
+        || async {
+            servers
+                .get_opt("vs-00000000000000b1")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+
+    api.terminate();
+    for (_, replica) in replicas {
+        replica.terminate();
+    }
+    agent.terminate();
+}
