@@ -13,13 +13,9 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::core::ObjectMeta;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::json;
-use stratus_core::resources::{
-    Account, AccountSpec, Hypervisor, HypervisorSpec, PowerState, ServerPhase, ServerResources,
-    VirtualServer, VirtualServerSpec,
-};
+use stratus_core::resources::{ServerPhase, VirtualServer};
 use stratus_store::{Database, ObjectStore, SqlObjectStore};
 use support::{Client, Process, free_port, wait_healthy};
 
@@ -39,6 +35,42 @@ async fn until<T, F: std::future::Future<Output = Option<T>>>(
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Creates `object` as `kubectl apply` would the first time.
+async fn kubectl_apply(client: &kube::Client, object: serde_json::Value, namespace: Option<&str>) {
+    let group_version = object["apiVersion"].as_str().unwrap().to_owned();
+    let kind = object["kind"].as_str().unwrap().to_owned();
+    let plural = match kind.as_str() {
+        "VirtualServer" => "virtualservers",
+        "Hypervisor" => "hypervisors",
+        "Account" => "accounts",
+        "IpPool" => "ippools",
+        "Secret" => "secrets",
+        "Namespace" => "namespaces",
+        other => panic!("no plural known for {other}"),
+    };
+    let (group, version) = group_version
+        .split_once('/')
+        .unwrap_or(("", group_version.as_str()));
+    let resource = ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: group_version.clone(),
+        kind: kind.clone(),
+        plural: plural.into(),
+    };
+    let namespace = namespace
+        .map(str::to_owned)
+        .or_else(|| object["metadata"]["namespace"].as_str().map(str::to_owned));
+    let api: Api<DynamicObject> = match &namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    };
+    let object: DynamicObject = serde_json::from_value(object).unwrap();
+    api.create(&PostParams::default(), &object)
+        .await
+        .unwrap_or_else(|e| panic!("apply {kind}: {e}"));
 }
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -100,78 +132,37 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
     );
     wait_healthy(&format!("http://127.0.0.1:{agent_port}"), &agent).await;
 
-    // What an operator applies with kubectl (the chart's examples).
-    let secrets: Api<Secret> = Api::namespaced(kubectl.clone(), "stratus-system");
-    let secret: Secret = serde_json::from_value(json!({
-        "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "stratus-hypervisor-par1-hv1"},
-        "data": {"token": "a3ViZXJuZXRlcy1tb2RlLWFnZW50LXRva2VuLTAx"}
-    }))
-    .unwrap();
-    secrets
-        .create(&PostParams::default(), &secret)
-        .await
-        .unwrap();
-    let hypervisors: Api<Hypervisor> = Api::all(kubectl.clone());
-    let hypervisor = Hypervisor {
-        metadata: ObjectMeta {
-            name: Some("par1-hv1".into()),
-            ..Default::default()
-        },
-        spec: HypervisorSpec {
-            url: format!("http://127.0.0.1:{agent_port}"),
-            zone: "par1".into(),
-            credential: "hypervisor/par1-hv1".into(),
-            cordoned: false,
-        },
-        status: None,
-    };
-    hypervisors
-        .create(&PostParams::default(), &hypervisor)
-        .await
-        .unwrap();
-    let accounts: Api<Account> = Api::all(kubectl.clone());
-    let account = Account {
-        metadata: ObjectMeta {
-            name: Some(ACCOUNT.into()),
-            ..Default::default()
-        },
-        spec: AccountSpec {
-            display_name: "ACME".into(),
-            email: "ops@acme.example".into(),
-        },
-        status: None,
-    };
-    accounts
-        .create(&PostParams::default(), &account)
-        .await
-        .unwrap();
+    // What an operator applies with kubectl: the chart's example manifests,
+    // with the agent's real address and token (the examples name a private
+    // address this test must not reach).
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../charts/stratus/examples");
+    for (file, namespace) in [
+        ("ippool.yaml", None),
+        ("hypervisor-token.yaml", Some("stratus-system")),
+        ("hypervisor.yaml", None),
+        ("account.yaml", None),
+        ("virtualserver.yaml", None),
+    ] {
+        let text = std::fs::read_to_string(examples.join(file)).unwrap();
+        for document in text.split("\n---").filter(|d| {
+            d.lines()
+                .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        }) {
+            let mut object: serde_json::Value = serde_yaml::from_str(document).unwrap();
+            match object["kind"].as_str() {
+                Some("Hypervisor") => {
+                    object["spec"]["url"] = json!(format!("http://127.0.0.1:{agent_port}"))
+                }
+                Some("Secret") => {
+                    object["stringData"]["token"] = json!("kubernetes-mode-agent-token-01")
+                }
+                _ => {}
+            }
+            kubectl_apply(&kubectl, object, namespace).await;
+        }
+    }
     let servers: Api<VirtualServer> = Api::namespaced(kubectl.clone(), ACCOUNT);
-    let applied = VirtualServer {
-        metadata: ObjectMeta {
-            name: Some("vs-00000000000000b1".into()),
-            namespace: Some(ACCOUNT.into()),
-            ..Default::default()
-        },
-        spec: VirtualServerSpec {
-            hostname: "web1".into(),
-            plan: "small".into(),
-            image: "debian-12".into(),
-            zone: Some("par1".into()),
-            resources: ServerResources {
-                vcpus: 1,
-                memory_mib: 1024,
-                disk_gib: 25,
-            },
-            power: PowerState::Running,
-            reboot_requests: 0,
-        },
-        status: None,
-    };
-    servers
-        .create(&PostParams::default(), &applied)
-        .await
-        .unwrap();
+    let secrets: Api<Secret> = Api::namespaced(kubectl.clone(), "stratus-system");
 
     // Two controller replicas.
     let ledger = format!("sqlite://{}", dir.path().join("ledger.db").display());
