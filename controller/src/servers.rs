@@ -133,6 +133,12 @@ impl ServerReconciler {
             let decision = lifecycle::plan(facts, &observation, self.clock.now());
             let mut next = decision.status;
             let agent = endpoint.and_then(Result::ok);
+            // The plan only asks for agent actions once it observed the agent.
+            let placed = |agent: Option<AgentEndpoint>| {
+                agent.ok_or_else(|| {
+                    ControllerError::Malformed(name.into(), "no agent for a placed server".into())
+                })
+            };
 
             let Some(action) = decision.actions.first().copied() else {
                 self.write_status(&server, &current, &next).await?;
@@ -171,24 +177,14 @@ impl ServerReconciler {
                     return Ok(Outcome::Done);
                 }
                 Action::EnsureDomain { create_disk } => {
-                    let agent = agent.ok_or_else(|| {
-                        ControllerError::Malformed(
-                            name.into(),
-                            "no agent for a placed server".into(),
-                        )
-                    })?;
+                    let agent = placed(agent)?;
                     let spec = self.domain_spec(&server, &current, create_disk)?;
                     let result = self.agents.ensure(&agent, &domain, &spec).await;
                     self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
                         .await?;
                 }
                 Action::Reboot => {
-                    let agent = agent.ok_or_else(|| {
-                        ControllerError::Malformed(
-                            name.into(),
-                            "no agent for a placed server".into(),
-                        )
-                    })?;
+                    let agent = placed(agent)?;
                     let result = self.agents.reboot(&agent, &domain).await;
                     self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
                         .await?;
@@ -196,12 +192,7 @@ impl ServerReconciler {
                     self.write_status(&server, &current, &next).await?;
                 }
                 Action::Destroy => {
-                    let agent = agent.ok_or_else(|| {
-                        ControllerError::Malformed(
-                            name.into(),
-                            "no agent for a placed server".into(),
-                        )
-                    })?;
+                    let agent = placed(agent)?;
                     let result = self.agents.destroy(&agent, &domain).await;
                     self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
                         .await?;
