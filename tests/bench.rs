@@ -26,6 +26,9 @@ struct Args {
     /// The stratus binary (default: next to this one).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Database of the all-in-one process (default: SQLite in its data directory).
+    #[arg(long)]
+    database_url: Option<String>,
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -99,7 +102,11 @@ async fn main() -> anyhow::Result<()> {
         binary.display()
     );
     let data_dir = std::env::temp_dir().join(format!("stratus-bench-{}", std::process::id()));
-    let stratus = Stratus::up(&binary, &data_dir, free_port(), &[]).await;
+    let extra: Vec<&str> = match &args.database_url {
+        Some(url) => vec!["--database-url", url.as_str()],
+        None => Vec::new(),
+    };
+    let stratus = Stratus::up(&binary, &data_dir, free_port(), &extra).await;
     let admin = stratus.client(&stratus.admin_token());
     let mut customers = Vec::new();
     for i in 0..args.customers {
@@ -108,8 +115,14 @@ async fn main() -> anyhow::Result<()> {
 
     let total = args.customers * args.servers;
     println!(
-        "ordering {total} servers: {} customers × {} servers, all at once",
-        args.customers, args.servers
+        "ordering {total} servers on {}: {} customers × {} servers, all at once",
+        if args.database_url.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
+        args.customers,
+        args.servers
     );
     let started = Instant::now();
     let runs = customers.into_iter().enumerate().map(|(i, client)| {
