@@ -11,7 +11,7 @@ use stratus_core::agent_api::DomainSpec;
 use stratus_core::ids::{domain_name_for, mac_address_for};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
 use stratus_core::resources::{
-    Hypervisor, SERVER_FINALIZER, ServerPhase, VirtualServer, VirtualServerStatus,
+    Hypervisor, SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer, VirtualServerStatus,
 };
 use stratus_core::scheduling::{self, Candidate, Load};
 use stratus_core::{Clock, Config};
@@ -29,6 +29,52 @@ use crate::metrics::ControllerMetrics;
 const MAX_PASSES: usize = 8;
 /// How soon an unschedulable server is tried again.
 pub const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(10);
+
+/// How long the placed-load snapshot is trusted before it is listed again.
+/// Placements and releases made here update it at once; anything else (an
+/// object removed by hand) waits for the next listing.
+const PLACEMENTS_REFRESH: Duration = Duration::from_secs(5);
+
+/// What is placed where: listing every server for every placement is the
+/// cost that dominates a burst of orders.
+#[derive(Default)]
+struct Placements {
+    listed_at: Option<Instant>,
+    /// (namespace, name) → (hypervisor, reserved resources).
+    servers: HashMap<(String, String), (String, ServerResources)>,
+}
+
+impl Placements {
+    fn is_fresh(&self) -> bool {
+        self.listed_at
+            .is_some_and(|at| at.elapsed() < PLACEMENTS_REFRESH)
+    }
+
+    fn relist(&mut self, servers: Vec<VirtualServer>) {
+        self.servers = servers
+            .into_iter()
+            .filter_map(|s| {
+                let hypervisor = s.status.as_ref()?.hypervisor.clone()?;
+                Some((
+                    (s.namespace().unwrap_or_default(), s.name_any()),
+                    (hypervisor, s.spec.resources),
+                ))
+            })
+            .collect();
+        self.listed_at = Some(Instant::now());
+    }
+
+    /// Load per hypervisor, leaving out `except`.
+    fn load(&self, except: &(String, String)) -> HashMap<&str, Load> {
+        let mut load: HashMap<&str, Load> = HashMap::new();
+        for (key, (hypervisor, resources)) in &self.servers {
+            if key != except {
+                load.entry(hypervisor.as_str()).or_default().add(resources);
+            }
+        }
+        load
+    }
+}
 
 /// What the runtime should do with the key next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +95,8 @@ pub struct ServerReconciler {
     pub metrics: ControllerMetrics,
     pub events: Arc<dyn Events>,
     /// Placement decisions are taken one at a time so two servers never
-    /// count the same free capacity.
-    scheduling: tokio::sync::Mutex<()>,
+    /// count the same free capacity; the lock also guards what is placed.
+    scheduling: tokio::sync::Mutex<Placements>,
 }
 
 impl ServerReconciler {
@@ -75,7 +121,7 @@ impl ServerReconciler {
             ledger,
             metrics,
             events: Arc::new(NoEvents),
-            scheduling: tokio::sync::Mutex::new(()),
+            scheduling: tokio::sync::Mutex::new(Placements::default()),
         }
     }
 
@@ -167,6 +213,12 @@ impl ServerReconciler {
                     self.servers
                         .remove_finalizer(Some(namespace), name, SERVER_FINALIZER)
                         .await?;
+                    // Its room is free for the next placement at once.
+                    self.scheduling
+                        .lock()
+                        .await
+                        .servers
+                        .remove(&(namespace.to_owned(), name.to_owned()));
                     self.audit(
                         &server,
                         "deleted",
@@ -314,22 +366,17 @@ impl ServerReconciler {
         current: &VirtualServerStatus,
         mut next: VirtualServerStatus,
     ) -> Result<Option<Duration>, ControllerError> {
-        let _one_at_a_time = self.scheduling.lock().await;
+        let mut placements = self.scheduling.lock().await;
         let name = server.name_any();
+        let key = (server.namespace().unwrap_or_default(), name.clone());
         let placement = match self.config.image(&server.spec.image) {
             None => Err(format!("image {} is no longer offered", server.spec.image)),
             Some(image) => {
                 let hypervisors = self.hypervisors.list(None).await?.items;
-                let mut load: HashMap<String, Load> = HashMap::new();
-                for other in self.servers.list(None).await?.items {
-                    let same = other.name_any() == name && other.namespace() == server.namespace();
-                    if let (false, Some(hv)) = (
-                        same,
-                        other.status.as_ref().and_then(|s| s.hypervisor.clone()),
-                    ) {
-                        load.entry(hv).or_default().add(&other.spec.resources);
-                    }
+                if !placements.is_fresh() {
+                    placements.relist(self.servers.list(None).await?.items);
                 }
+                let load = placements.load(&key);
                 let candidates: Vec<Candidate<'_>> = hypervisors
                     .iter()
                     .map(|hv| {
@@ -365,6 +412,11 @@ impl ServerReconciler {
             self.clock.now(),
         );
         self.write_status(server, current, &next).await?;
+        if let Some(hypervisor) = &next.hypervisor {
+            placements
+                .servers
+                .insert(key, (hypervisor.clone(), server.spec.resources));
+        }
         if placed {
             Ok(None)
         } else {
