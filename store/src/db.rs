@@ -66,7 +66,16 @@ impl Database {
             Backend::Postgres => options.max_connections(16).connect(url).await?,
         };
         match backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.run(&pool).await?,
+            Backend::Sqlite => {
+                // sqlx takes no lock on SQLite: two processes opening a new
+                // database at once would both create the tables. A file lock
+                // next to the database serializes them.
+                let _migrating = match sqlite_path(url) {
+                    Some(path) => Some(lock_file(format!("{path}.migrate.lock")).await?),
+                    None => None,
+                };
+                SQLITE_MIGRATIONS.run(&pool).await?
+            }
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&pool).await?,
         }
         Ok(Self { pool, backend })
@@ -97,5 +106,49 @@ impl Database {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The file of a `sqlite://PATH[?options]` URL (none for in-memory databases).
+fn sqlite_path(url: &str) -> Option<String> {
+    let path = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = path.split('?').next().unwrap_or_default();
+    (!path.is_empty() && !path.contains(":memory:")).then(|| path.to_owned())
+}
+
+/// Holds an exclusive lock on `path` until dropped.
+async fn lock_file(path: String) -> Result<std::fs::File> {
+    let locked = tokio::task::spawn_blocking(move || {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)?;
+        file.lock()?;
+        Ok::<_, std::io::Error>(file)
+    })
+    .await
+    .map_err(|e| StoreError::Invalid(format!("migration lock: {e}")))?;
+    locked.map_err(|e| StoreError::Invalid(format!("cannot lock the database for migration: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite:///var/lib/s.db?mode=rwc").as_deref(),
+            Some("/var/lib/s.db")
+        );
+        assert_eq!(
+            sqlite_path("sqlite:relative.db").as_deref(),
+            Some("relative.db")
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://x"), None);
     }
 }

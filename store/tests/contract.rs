@@ -644,3 +644,19 @@ fn master_key_file_is_created_private_and_reused() {
     std::fs::write(&path, "short").unwrap();
     assert!(Vault::load_or_create_key(&path).is_err());
 }
+
+/// Several processes (API, controllers) may open a new SQLite database at
+/// the same moment; migrations must run once.
+#[tokio::test]
+async fn concurrent_first_opens_of_a_sqlite_database_migrate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("fresh.db").display());
+    let opens = (0..6).map(|_| {
+        let url = url.clone();
+        // Each open is its own pool, as in separate processes.
+        tokio::spawn(async move { stratus_store::Database::connect(&url).await.map(|_| ()) })
+    });
+    for result in futures::future::join_all(opens).await {
+        result.unwrap().unwrap();
+    }
+}
