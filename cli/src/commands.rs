@@ -16,9 +16,9 @@ use stratus_api::metrics::ApiMetrics;
 use stratus_controller::ControllerConfig;
 use stratus_controller::leader::LeaderElector;
 use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, IpPool, VirtualServer};
-use stratus_store::Database;
 use stratus_store::ledger::{AuditEntry, Ledger, TokenScope};
 use stratus_store::vault::write_private_file;
+use stratus_store::{Database, Resources};
 
 use crate::wiring::{self, BackendKind, Core};
 
@@ -121,7 +121,7 @@ pub struct ControllerArgs {
     /// Address of the controller's /metrics and /healthz.
     #[arg(long, default_value = "127.0.0.1:9091")]
     metrics_listen: SocketAddr,
-    /// Name of the Lease that elects the one active replica (Kubernetes backend).
+    /// Name of the Lease that elects the one active replica.
     #[arg(long, default_value = "stratus-controller")]
     lease_name: String,
     /// This replica's name in the Lease (default: the pod name, else the host name).
@@ -471,15 +471,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     core.spawn_compaction();
     let metrics_task = tokio::spawn(wiring::serve(listener, metrics_router, shutdown.clone()));
 
-    let Some(client) = core.kube.clone() else {
-        tracing::info!("stratus controller running (embedded backend)");
-        controller.run(shutdown).await;
-        return metrics_task.await?;
-    };
-    // Kubernetes: only the Lease holder reconciles; a replica that loses the
+    // Only the Lease holder reconciles (the Lease lives in the resource
+    // store, so this holds for both backends); a replica that loses the
     // Lease exits so it can never act beside the new leader.
     let elector = LeaderElector {
-        leases: kube::Api::namespaced(client, &args.shared.namespace),
+        leases: Resources::new(core.objects()),
+        namespace: args.shared.namespace.clone(),
         name: args.lease_name.clone(),
         identity: identity.clone(),
         lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
@@ -493,7 +490,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         _ = leading.wait_for(|lead| *lead) => {}
         _ = stop.wait_for(|stop| *stop) => return metrics_task.await?,
     }
-    tracing::info!(%identity, "leading: stratus controller running (Kubernetes backend)");
+    tracing::info!(%identity, backend = ?args.shared.backend, "leading: stratus controller running");
     let (stop_controller, controller_stopped) = tokio::sync::watch::channel(false);
     let running = tokio::spawn(controller.run(controller_stopped));
     let mut stop = shutdown.clone();

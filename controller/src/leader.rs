@@ -1,7 +1,8 @@
 //! Leader election with a `coordination.k8s.io/v1` Lease, so two controller
 //! replicas never reconcile at once. The decision is `core::leadership`;
-//! this module reads and writes the Lease, relying on resourceVersion so
-//! two candidates can never both win the same round.
+//! this module reads and writes the Lease through the resource store (an API
+//! server's Lease in Kubernetes mode, the same object in the embedded store),
+//! relying on resourceVersion so two candidates can never both win a round.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,30 +10,36 @@ use std::time::Duration;
 use jiff::SignedDuration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use kube::Api;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::ObjectMeta;
 use stratus_core::Clock;
 use stratus_core::leadership::{self, LeaseDecision, LeaseState};
+use stratus_store::{Resources, StoreError};
 use tokio::sync::watch;
 
 pub struct LeaderElector {
-    pub leases: Api<Lease>,
+    pub leases: Resources<Lease>,
+    /// Namespace of the Lease (the control plane's).
+    pub namespace: String,
     pub name: String,
     pub identity: String,
     pub lease_duration: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
-fn is_conflict(error: &kube::Error) -> bool {
-    matches!(error, kube::Error::Api(status) if status.code == 409)
+/// Another candidate wrote first.
+fn lost_race(error: &StoreError) -> bool {
+    matches!(
+        error,
+        StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }
+    )
 }
 
 impl LeaderElector {
     /// One round: acquires, renews or takes over the lease if it may.
     /// Returns whether we lead afterwards.
-    pub async fn try_lead(&self) -> Result<bool, kube::Error> {
+    pub async fn try_lead(&self) -> Result<bool, StoreError> {
         let now = self.clock.now();
-        let current = self.leases.get_opt(&self.name).await?;
+        let current = self.leases.get(Some(&self.namespace), &self.name).await?;
         let state = current.as_ref().map(|lease| {
             let spec = lease.spec.clone().unwrap_or_default();
             LeaseState {
@@ -55,6 +62,7 @@ impl LeaderElector {
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(self.name.clone()),
+                        namespace: Some(self.namespace.clone()),
                         ..Default::default()
                     },
                     spec: Some(LeaseSpec {
@@ -66,10 +74,7 @@ impl LeaderElector {
                         ..Default::default()
                     }),
                 };
-                self.leases
-                    .create(&PostParams::default(), &lease)
-                    .await
-                    .map(drop)
+                self.leases.create(&lease).await.map(drop)
             }
             (decision, Some(mut lease)) => {
                 let spec = lease.spec.get_or_insert_with(Default::default);
@@ -85,16 +90,13 @@ impl LeaderElector {
                 spec.renew_time = stamp;
                 spec.lease_duration_seconds = Some(self.duration_seconds());
                 // Carries the resourceVersion read above: a concurrent writer makes this fail.
-                self.leases
-                    .replace(&self.name, &PostParams::default(), &lease)
-                    .await
-                    .map(drop)
+                self.leases.replace(&lease).await.map(drop)
             }
             (_, None) => return Ok(false),
         };
         match result {
             Ok(()) => Ok(true),
-            Err(error) if is_conflict(&error) => Ok(false),
+            Err(error) if lost_race(&error) => Ok(false),
             Err(error) => Err(error),
         }
     }

@@ -9,6 +9,7 @@ use kube::client::Body;
 use serde_json::{Value, json};
 use stratus_controller::leader::LeaderElector;
 use stratus_core::ManualClock;
+use stratus_store::{KubeObjectStore, ObjectStore, Resources};
 
 const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/stratus/leases/stratus-controller";
 const LEASES: &str = "/apis/coordination.k8s.io/v1/namespaces/stratus/leases";
@@ -49,8 +50,10 @@ async fn expect(
 fn elector(identity: &str) -> (LeaderElector, Handle) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = kube::Client::new(service, "default");
+    let store: Arc<dyn ObjectStore> = Arc::new(KubeObjectStore::new(client, "stratus-test"));
     let elector = LeaderElector {
-        leases: kube::Api::namespaced(client, "stratus"),
+        leases: Resources::new(store),
+        namespace: "stratus".into(),
         name: "stratus-controller".into(),
         identity: identity.into(),
         lease_duration: Duration::from_secs(15),
@@ -187,4 +190,46 @@ async fn renewal_keeps_leadership_and_a_lost_race_gives_it_up() {
         expect(&mut api, Method::PUT, &format!("{LEASE}?"), 409, conflict).await;
     });
     assert!(!led.unwrap(), "another replica took it first");
+}
+
+/// The same election on the embedded store: two controllers sharing one
+/// database (e.g. on PostgreSQL) never lead at once.
+#[tokio::test]
+async fn on_the_embedded_store_one_leads_and_the_other_takes_over_when_it_stops() {
+    let scratch = stratus_store::testing::sqlite().await;
+    let store: Arc<dyn ObjectStore> =
+        Arc::new(stratus_store::SqlObjectStore::new(scratch.db.clone()));
+    let clock = Arc::new(ManualClock::new(NOW.parse().unwrap()));
+    let candidate = |identity: &str| LeaderElector {
+        leases: Resources::new(store.clone()),
+        namespace: "stratus-system".into(),
+        name: "stratus-controller".into(),
+        identity: identity.into(),
+        lease_duration: Duration::from_secs(15),
+        clock: clock.clone(),
+    };
+    let (a, b) = (candidate("pod-a"), candidate("pod-b"));
+    let (first, second) = tokio::join!(a.try_lead(), b.try_lead());
+    assert!(first.unwrap() ^ second.unwrap(), "exactly one leads");
+    let (leader, follower) = if a.try_lead().await.unwrap() {
+        (a, b)
+    } else {
+        (b, a)
+    };
+    clock.advance(jiff::SignedDuration::from_secs(10));
+    assert!(leader.try_lead().await.unwrap(), "renewing keeps it");
+    assert!(!follower.try_lead().await.unwrap());
+    // The leader stops renewing; after the lease duration the follower takes over.
+    clock.advance(jiff::SignedDuration::from_secs(16));
+    assert!(follower.try_lead().await.unwrap());
+    assert!(
+        !leader.try_lead().await.unwrap(),
+        "the old leader sees it lost"
+    );
+    let lease = Resources::<k8s_openapi::api::coordination::v1::Lease>::new(store)
+        .get(Some("stratus-system"), "stratus-controller")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lease.spec.unwrap().lease_transitions, Some(1));
 }
