@@ -229,6 +229,16 @@ pub struct ResourcesView {
     pub disk_gib: u64,
 }
 
+impl From<stratus_core::scheduling::Load> for ResourcesView {
+    fn from(load: stratus_core::scheduling::Load) -> Self {
+        Self {
+            vcpus: load.vcpus,
+            memory_mib: load.memory_mib,
+            disk_gib: load.disk_gib,
+        }
+    }
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct HypervisorView {
     pub name: String,

@@ -53,10 +53,6 @@ impl Controller {
         let failures: Arc<Mutex<HashMap<Key, u32>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
 
-        // Hypervisors first, so the first orders find capacity.
-        if let Err(error) = self.prober.probe_all().await {
-            tracing::warn!(%error, "initial hypervisor probe failed");
-        }
         let (prober, probe_queue, servers) = (
             self.prober.clone(),
             queue.clone(),
@@ -65,6 +61,9 @@ impl Controller {
         let probe_interval = self.config.probe_interval;
         tasks.spawn(async move {
             let mut tick = tokio::time::interval(probe_interval);
+            // The watch below probes every hypervisor as it starts; the
+            // periodic round begins one interval later.
+            tick.tick().await;
             loop {
                 tick.tick().await;
                 match prober.probe_all().await {

@@ -7,6 +7,7 @@ use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
 use stratus_core::resources::{Hypervisor, HypervisorSpec};
+use stratus_core::scheduling::Load;
 use stratus_core::validate;
 
 use crate::auth::Principal;
@@ -14,7 +15,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery, paginate};
 use crate::state::ApiState;
-use crate::views::{HypervisorView, RegisterHypervisor, ResourcesView};
+use crate::views::{HypervisorView, RegisterHypervisor};
 
 /// Minimum length of an agent token, so a guessable one is refused.
 const MIN_AGENT_TOKEN_LEN: usize = 16;
@@ -24,42 +25,21 @@ pub fn credential_name(hypervisor: &str) -> String {
 }
 
 /// Placed load per hypervisor: (resources, number of servers).
-async fn placed_load(
-    state: &ApiState,
-) -> Result<HashMap<String, (ResourcesView, usize)>, ApiError> {
-    let mut load: HashMap<String, (ResourcesView, usize)> = HashMap::new();
+async fn placed_load(state: &ApiState) -> Result<HashMap<String, (Load, usize)>, ApiError> {
+    let mut load: HashMap<String, (Load, usize)> = HashMap::new();
     for server in state.servers.list(None).await?.items {
         if let Some(hv) = server.status.and_then(|s| s.hypervisor) {
-            let entry = load.entry(hv).or_insert((
-                ResourcesView {
-                    vcpus: 0,
-                    memory_mib: 0,
-                    disk_gib: 0,
-                },
-                0,
-            ));
-            entry.0.vcpus += u64::from(server.spec.resources.vcpus);
-            entry.0.memory_mib += server.spec.resources.memory_mib;
-            entry.0.disk_gib += server.spec.resources.disk_gib;
+            let entry = load.entry(hv).or_default();
+            entry.0.add(&server.spec.resources);
             entry.1 += 1;
         }
     }
     Ok(load)
 }
 
-fn view(
-    hypervisor: &Hypervisor,
-    load: &mut HashMap<String, (ResourcesView, usize)>,
-) -> HypervisorView {
-    let (placed, servers) = load.remove(&hypervisor.name_any()).unwrap_or((
-        ResourcesView {
-            vcpus: 0,
-            memory_mib: 0,
-            disk_gib: 0,
-        },
-        0,
-    ));
-    HypervisorView::new(hypervisor, placed, servers)
+fn view(hypervisor: &Hypervisor, load: &mut HashMap<String, (Load, usize)>) -> HypervisorView {
+    let (placed, servers) = load.remove(&hypervisor.name_any()).unwrap_or_default();
+    HypervisorView::new(hypervisor, placed.into(), servers)
 }
 
 /// Registers a hypervisor running the agent (operators). Its token is stored
