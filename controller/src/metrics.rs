@@ -1,15 +1,22 @@
-//! Prometheus metrics of the controller.
+//! Prometheus metrics of the controller, labelled by the kind reconciled.
 
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ErrorLabels {
+    pub kind: String,
     pub error: &'static str,
 }
 
@@ -18,11 +25,16 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+fn reconcile_buckets() -> Histogram {
+    Histogram::new(exponential_buckets(0.0005, 3.0, 12))
+}
+
 #[derive(Clone)]
 pub struct ControllerMetrics {
-    reconciles: Counter,
+    reconciles: Family<KindLabels, Counter>,
     failures: Family<ErrorLabels, Counter>,
-    duration: Histogram,
+    duration: Family<KindLabels, Histogram, fn() -> Histogram>,
+    queue_depth: Family<KindLabels, Gauge>,
     transitions: Family<PhaseLabels, Counter>,
 }
 
@@ -31,25 +43,31 @@ impl ControllerMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let registry = registry.sub_registry_with_prefix("stratus_controller");
         let metrics = Self {
-            reconciles: Counter::default(),
+            reconciles: Family::default(),
             failures: Family::default(),
-            duration: Histogram::new(exponential_buckets(0.0005, 3.0, 12)),
+            duration: Family::new_with_constructor(reconcile_buckets),
+            queue_depth: Family::default(),
             transitions: Family::default(),
         };
         registry.register(
             "reconciles",
-            "Server reconciles run",
+            "Reconciles run, by kind",
             metrics.reconciles.clone(),
         );
         registry.register(
             "reconcile_failures",
-            "Server reconciles that failed, by error",
+            "Reconciles that failed, by kind and error",
             metrics.failures.clone(),
         );
         registry.register(
             "reconcile_seconds",
-            "Duration of server reconciles",
+            "Duration of reconciles, by kind",
             metrics.duration.clone(),
+        );
+        registry.register(
+            "queue_depth",
+            "Keys ready and waiting for a worker, by kind",
+            metrics.queue_depth.clone(),
         );
         registry.register(
             "phase_transitions",
@@ -59,12 +77,26 @@ impl ControllerMetrics {
         metrics
     }
 
-    pub fn reconciled(&self, elapsed: Duration, error: Option<&'static str>) {
-        self.reconciles.inc();
-        self.duration.observe(elapsed.as_secs_f64());
+    pub fn reconciled(&self, kind: &str, elapsed: Duration, error: Option<&'static str>) {
+        let labels = KindLabels { kind: kind.to_owned() };
+        self.reconciles.get_or_create(&labels).inc();
+        self.duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
         if let Some(error) = error {
-            self.failures.get_or_create(&ErrorLabels { error }).inc();
+            self.failures
+                .get_or_create(&ErrorLabels {
+                    kind: labels.kind,
+                    error,
+                })
+                .inc();
         }
+    }
+
+    pub fn queue_depth(&self, kind: &str, depth: usize) {
+        self.queue_depth
+            .get_or_create(&KindLabels { kind: kind.to_owned() })
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 
     pub fn entered(&self, phase: &'static str) {

@@ -1,4 +1,8 @@
 //! Time is injected so that "15 days later" is a test step, not a wait.
+//!
+//! This module is the only place that reads the wall clock: every timestamp
+//! stratus writes (objects, secrets, events, audit, leases, deadlines) comes
+//! from a [`Clock`] handed in, so a [`ManualClock`] moves all of them.
 
 use std::sync::Mutex;
 
@@ -6,6 +10,11 @@ use jiff::{SignedDuration, Timestamp};
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
+}
+
+/// A fixed instant tests start their [`ManualClock`]s at.
+pub fn test_time() -> Timestamp {
+    Timestamp::constant(1_763_719_200, 0) // 2025-11-21T10:00:00Z
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -28,6 +37,18 @@ impl ManualClock {
         Self {
             now: Mutex::new(start),
         }
+    }
+
+    /// A clock standing at [`test_time`].
+    pub fn at_test_time() -> Self {
+        Self::new(test_time())
+    }
+
+    pub fn set(&self, to: Timestamp) {
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = to;
     }
 
     pub fn advance(&self, by: SignedDuration) {

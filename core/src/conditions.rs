@@ -1,13 +1,122 @@
-//! Status conditions, computed rather than hand-edited: the transition time
-//! moves only when the value flips.
+//! Status conditions and the names that explain decisions: condition types,
+//! condition reasons and event reasons live here, and only here, so a reason
+//! is never a string literal spread across crates.
+//!
+//! Conditions are computed rather than hand-edited: the transition time
+//! moves only when the status flips.
 
+use std::fmt;
+
+use jiff::Timestamp;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-pub const SCHEDULED: &str = "Scheduled";
-pub const PROVISIONED: &str = "Provisioned";
-pub const AGENT_REACHABLE: &str = "AgentReachable";
-pub const READY: &str = "Ready";
+/// Defines a fieldless enum whose variants are also their CamelCase names.
+macro_rules! named_enum {
+    ($(#[$doc:meta])* $name:ident { $($(#[$vdoc:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vdoc])* $variant),+
+        }
+
+        impl $name {
+            pub const ALL: &'static [Self] = &[$(Self::$variant),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => stringify!($variant)),+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+/// `True`, `False` or `Unknown`, as in every Kubernetes condition.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+pub enum ConditionStatus {
+    True,
+    False,
+    Unknown,
+}
+
+impl From<bool> for ConditionStatus {
+    fn from(value: bool) -> Self {
+        if value { Self::True } else { Self::False }
+    }
+}
+
+/// What a condition is about.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, JsonSchema)]
+pub enum ConditionType {
+    /// A hypervisor was chosen for the server.
+    Scheduled,
+    /// The server's system disk exists.
+    Provisioned,
+    /// The agent of the server's hypervisor answered.
+    AgentReachable,
+    /// The resource does what it is for (a server runs; a hypervisor answers).
+    Ready,
+}
+
+named_enum!(
+    /// Machine-readable CamelCase reason of a condition.
+    Reason {
+        Scheduling,
+        Placed,
+        Unschedulable,
+        Pending,
+        Provisioning,
+        DiskCreated,
+        DiskMissing,
+        Running,
+        Stopped,
+        Crashed,
+        Terminating,
+        Answered,
+        AgentAnswered,
+        AgentUnavailable,
+        AgentRefused,
+    }
+);
+
+named_enum!(
+    /// Why a Kubernetes Event was published.
+    EventReason {
+        /// The server entered a phase (one reason per phase).
+        Pending,
+        Provisioning,
+        Running,
+        Stopped,
+        Suspended,
+        Terminating,
+        Error,
+        /// The domain and disk were destroyed on the hypervisor.
+        Destroyed,
+    }
+);
+
+impl EventReason {
+    /// The event for a server entering `phase`.
+    pub fn entered(phase: crate::resources::ServerPhase) -> Self {
+        use crate::resources::ServerPhase as P;
+        match phase {
+            P::Pending => Self::Pending,
+            P::Provisioning => Self::Provisioning,
+            P::Running => Self::Running,
+            P::Stopped => Self::Stopped,
+            P::Suspended => Self::Suspended,
+            P::Terminating => Self::Terminating,
+            P::Error => Self::Error,
+        }
+    }
+}
 
 /// One observation about a resource, in the Kubernetes condition shape.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
@@ -15,10 +124,11 @@ pub const READY: &str = "Ready";
 pub struct Condition {
     /// Condition type, e.g. `Ready`.
     #[serde(rename = "type")]
-    pub type_: String,
+    pub type_: ConditionType,
     /// `True`, `False` or `Unknown`.
-    pub status: String,
-    /// Machine-readable CamelCase reason.
+    pub status: ConditionStatus,
+    /// Machine-readable CamelCase reason (free text on the wire, so a newer
+    /// controller's reasons never break an older reader).
     pub reason: String,
     /// Human-readable explanation.
     #[serde(default)]
@@ -31,13 +141,14 @@ pub struct Condition {
 /// the status did not change. Returns whether anything changed.
 pub fn set(
     conditions: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
+    type_: ConditionType,
+    status: impl Into<ConditionStatus>,
+    reason: Reason,
     message: impl Into<String>,
-    now: &str,
+    now: Timestamp,
 ) -> bool {
-    let status = if status { "True" } else { "False" };
+    let status = status.into();
+    let reason = reason.as_str();
     let message = message.into();
     match conditions.iter_mut().find(|c| c.type_ == type_) {
         Some(existing) => {
@@ -46,54 +157,79 @@ pub fn set(
                 return false;
             }
             if existing.status != status {
-                existing.last_transition_time = now.to_owned();
+                existing.last_transition_time = now.to_string();
             }
-            existing.status = status.to_owned();
+            existing.status = status;
             existing.reason = reason.to_owned();
             existing.message = message;
             true
         }
         None => {
             conditions.push(Condition {
-                type_: type_.to_owned(),
-                status: status.to_owned(),
+                type_,
+                status,
                 reason: reason.to_owned(),
                 message,
-                last_transition_time: now.to_owned(),
+                last_transition_time: now.to_string(),
             });
             true
         }
     }
 }
 
-pub fn is_true(conditions: &[Condition], type_: &str) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == type_ && c.status == "True")
+pub fn get(conditions: &[Condition], type_: ConditionType) -> Option<&Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
+    get(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::test_time;
 
     #[test]
     fn transition_time_moves_only_on_flip() {
+        let t = |minutes: i64| test_time() + jiff::SignedDuration::from_mins(minutes);
+        let ready = ConditionType::Ready;
         let mut conditions = Vec::new();
-        assert!(set(&mut conditions, READY, false, "Provisioning", "", "t1"));
-        assert!(!set(
-            &mut conditions,
-            READY,
-            false,
-            "Provisioning",
-            "",
-            "t2"
-        ));
-        assert_eq!(conditions[0].last_transition_time, "t1");
-        assert!(set(&mut conditions, READY, false, "Stopped", "", "t3"));
-        assert_eq!(conditions[0].last_transition_time, "t1");
-        assert!(set(&mut conditions, READY, true, "Running", "", "t4"));
-        assert_eq!(conditions[0].last_transition_time, "t4");
-        assert!(is_true(&conditions, READY));
+        assert!(set(&mut conditions, ready, false, Reason::Provisioning, "", t(1)));
+        assert!(!set(&mut conditions, ready, false, Reason::Provisioning, "", t(2)));
+        assert_eq!(conditions[0].last_transition_time, t(1).to_string());
+        assert!(set(&mut conditions, ready, false, Reason::Stopped, "", t(3)));
+        assert_eq!(conditions[0].last_transition_time, t(1).to_string());
+        assert!(set(&mut conditions, ready, true, Reason::Running, "", t(4)));
+        assert_eq!(conditions[0].last_transition_time, t(4).to_string());
+        assert!(is_true(&conditions, ready));
         assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].reason, "Running");
+    }
+
+    #[test]
+    fn conditions_keep_their_wire_shape() {
+        let mut conditions = Vec::new();
+        set(
+            &mut conditions,
+            ConditionType::AgentReachable,
+            ConditionStatus::Unknown,
+            Reason::Pending,
+            "not asked yet",
+            test_time(),
+        );
+        let json = serde_json::to_value(&conditions[0]).unwrap();
+        assert_eq!(json["type"], "AgentReachable");
+        assert_eq!(json["status"], "Unknown");
+        assert_eq!(json["reason"], "Pending");
+        let back: Condition = serde_json::from_value(json).unwrap();
+        assert_eq!(back, conditions[0]);
+    }
+
+    #[test]
+    fn reasons_are_their_names() {
+        assert_eq!(Reason::AgentUnavailable.as_str(), "AgentUnavailable");
+        assert_eq!(EventReason::Destroyed.to_string(), "Destroyed");
+        assert!(Reason::ALL.len() > 10);
     }
 }

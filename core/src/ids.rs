@@ -3,7 +3,10 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+
+use crate::resources::Hypervisor;
 
 macro_rules! typed_id {
     ($(#[$doc:meta])* $name:ident, $prefix:literal) => {
@@ -58,6 +61,45 @@ typed_id!(
     "tok"
 );
 
+/// The name of a hypervisor, which is also its resource name. Operators
+/// choose it, so it is a slug rather than a random id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct HypervisorName(String);
+
+impl HypervisorName {
+    /// Accepts a name received from outside if it is a slug (`validate::is_slug`).
+    pub fn parse(raw: &str) -> Option<Self> {
+        crate::validate::is_slug(raw).then(|| Self(raw.to_owned()))
+    }
+
+    /// The name of a stored hypervisor object.
+    pub fn of(hypervisor: &Hypervisor) -> Self {
+        Self(hypervisor.metadata.name.clone().unwrap_or_default())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Name of the credential holding this hypervisor's agent token.
+    pub fn credential_name(&self) -> String {
+        format!("hypervisor/{}", self.0)
+    }
+}
+
+impl fmt::Display for HypervisorName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl PartialEq<str> for HypervisorName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
 impl ServerId {
     /// The libvirt domain name of this server on its hypervisor.
     pub fn domain_name(&self) -> String {
@@ -109,5 +151,13 @@ mod tests {
         assert!(id.mac_address().starts_with("52:54:00:"));
         assert_ne!(id.mac_address(), ServerId::from_random(43).mac_address());
         assert_eq!(id.domain_name(), "stratus-vs-000000000000002a");
+    }
+
+    #[test]
+    fn hypervisor_names_are_slugs_and_name_their_credential() {
+        let name = HypervisorName::parse("par1-hv1").unwrap();
+        assert_eq!(name.credential_name(), "hypervisor/par1-hv1");
+        assert_eq!(HypervisorName::parse("Par1"), None);
+        assert_eq!(HypervisorName::parse("a/b"), None);
     }
 }

@@ -13,7 +13,9 @@ pub mod leadership;
 pub mod lifecycle;
 pub mod resources;
 pub mod scheduling;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod validate;
 
-pub use clock::{Clock, ManualClock, SystemClock};
+pub use clock::{Clock, ManualClock, SystemClock, test_time};
 pub use config::Config;

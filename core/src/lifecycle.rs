@@ -4,7 +4,8 @@
 use jiff::Timestamp;
 
 use crate::agent_api::{DomainObservation, DomainState};
-use crate::conditions::{self, AGENT_REACHABLE, PROVISIONED, READY, SCHEDULED};
+use crate::conditions::{self, ConditionType, Reason};
+use crate::ids::HypervisorName;
 use crate::resources::{PowerState, ServerPhase, VirtualServerSpec, VirtualServerStatus};
 
 /// The server as stored: desired state, last status and object metadata that matters.
@@ -28,7 +29,8 @@ pub enum Observation {
     Domain(DomainObservation),
 }
 
-/// One step the controller must carry out, in order.
+/// The one step the controller carries out next; it observes again before
+/// the step after.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// Put the teardown finalizer on the object before anything exists outside it.
@@ -45,54 +47,54 @@ pub enum Action {
     RemoveFinalizer,
 }
 
-/// The decision: actions to take, then the status to record.
+/// The decision: the status to record and, unless the server has converged
+/// (or must wait), the one action to take next.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
-    pub actions: Vec<Action>,
+    pub next: Option<Action>,
     pub status: VirtualServerStatus,
 }
 
 pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> Decision {
-    let now = now.to_string();
     let mut status = server.status.clone();
     status.observed_generation = server.generation;
-    let mut actions = Vec::new();
+    let mut next = None;
 
     if server.deleting {
         status.phase = ServerPhase::Terminating;
         status.reason = None;
         conditions::set(
             &mut status.conditions,
-            READY,
+            ConditionType::Ready,
             false,
-            "Terminating",
+            Reason::Terminating,
             "server is being deleted",
-            &now,
+            now,
         );
         match observed {
             Observation::NotPlaced => {
                 if server.has_finalizer {
-                    actions.push(Action::RemoveFinalizer);
+                    next = Some(Action::RemoveFinalizer);
                 }
             }
             Observation::AgentUnavailable(message) => {
-                agent_unreachable(&mut status, message, &now);
+                agent_unreachable(&mut status, message, now);
             }
             Observation::Domain(domain) => {
-                agent_reachable(&mut status, &now);
+                agent_reachable(&mut status, now);
                 if domain.state.is_some() || domain.disk_present {
-                    actions.push(Action::Destroy);
+                    next = Some(Action::Destroy);
                 } else if server.has_finalizer {
-                    actions.push(Action::RemoveFinalizer);
+                    next = Some(Action::RemoveFinalizer);
                 }
             }
         }
-        return Decision { actions, status };
+        return Decision { next, status };
     }
 
     if !server.has_finalizer {
-        actions.push(Action::AddFinalizer);
-        return Decision { actions, status };
+        next = Some(Action::AddFinalizer);
+        return Decision { next, status };
     }
 
     let domain = match observed {
@@ -100,59 +102,62 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
             status.phase = ServerPhase::Pending;
             conditions::set(
                 &mut status.conditions,
-                SCHEDULED,
+                ConditionType::Scheduled,
                 false,
-                "Scheduling",
+                Reason::Scheduling,
                 "choosing a hypervisor",
-                &now,
+                now,
             );
             conditions::set(
                 &mut status.conditions,
-                READY,
+                ConditionType::Ready,
                 false,
-                "Pending",
+                Reason::Pending,
                 "waiting for a hypervisor",
-                &now,
+                now,
             );
-            actions.push(Action::Schedule);
-            return Decision { actions, status };
+            next = Some(Action::Schedule);
+            return Decision { next, status };
         }
         Observation::AgentUnavailable(message) => {
             if !status.provisioned {
                 status.phase = ServerPhase::Provisioning;
             }
-            agent_unreachable(&mut status, message, &now);
-            return Decision { actions, status };
+            agent_unreachable(&mut status, message, now);
+            return Decision { next, status };
         }
         Observation::Domain(domain) => domain,
     };
-    agent_reachable(&mut status, &now);
+    agent_reachable(&mut status, now);
 
     if status.provisioned && !domain.disk_present {
         status.phase = ServerPhase::Error;
-        let hypervisor = status.hypervisor.as_deref().unwrap_or("its hypervisor");
+        let hypervisor = status
+            .hypervisor
+            .as_ref()
+            .map_or("its hypervisor", HypervisorName::as_str);
         status.reason = Some(format!(
             "the system disk of this server is missing on {hypervisor}; it was not recreated, an operator must restore it"
         ));
         conditions::set(
             &mut status.conditions,
-            READY,
+            ConditionType::Ready,
             false,
-            "DiskMissing",
+            Reason::DiskMissing,
             status.reason.clone().unwrap_or_default(),
-            &now,
+            now,
         );
-        return Decision { actions, status };
+        return Decision { next, status };
     }
     if domain.disk_present && !status.provisioned {
         status.provisioned = true;
         conditions::set(
             &mut status.conditions,
-            PROVISIONED,
+            ConditionType::Provisioned,
             true,
-            "DiskCreated",
+            Reason::DiskCreated,
             "system disk created",
-            &now,
+            now,
         );
     }
 
@@ -163,14 +168,14 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         (PowerState::Stopped, Some(state)) => state == DomainState::Stopped,
     };
     if !converged {
-        actions.push(Action::EnsureDomain {
+        next = Some(Action::EnsureDomain {
             create_disk: !status.provisioned,
         });
     }
 
     if server.spec.reboot_requests > status.reboots_done {
         if converged && desired == PowerState::Running {
-            actions.push(Action::Reboot);
+            next = Some(Action::Reboot);
         }
         // A reboot asked of a server that is not running has nothing left to do.
         status.reboots_done = server.spec.reboot_requests;
@@ -199,32 +204,32 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     };
     let ready = status.phase == ServerPhase::Running;
     let ready_reason = match status.phase {
-        ServerPhase::Running => "Running",
-        ServerPhase::Stopped => "Stopped",
-        ServerPhase::Error => "Crashed",
-        _ => "Provisioning",
+        ServerPhase::Running => Reason::Running,
+        ServerPhase::Stopped => Reason::Stopped,
+        ServerPhase::Error => Reason::Crashed,
+        _ => Reason::Provisioning,
     };
-    conditions::set(&mut status.conditions, READY, ready, ready_reason, "", &now);
-    Decision { actions, status }
+    conditions::set(&mut status.conditions, ConditionType::Ready, ready, ready_reason, "", now);
+    Decision { next, status }
 }
 
-fn agent_reachable(status: &mut VirtualServerStatus, now: &str) {
+fn agent_reachable(status: &mut VirtualServerStatus, now: Timestamp) {
     conditions::set(
         &mut status.conditions,
-        AGENT_REACHABLE,
+        ConditionType::AgentReachable,
         true,
-        "Answered",
+        Reason::Answered,
         "",
         now,
     );
 }
 
-fn agent_unreachable(status: &mut VirtualServerStatus, message: &str, now: &str) {
+fn agent_unreachable(status: &mut VirtualServerStatus, message: &str, now: Timestamp) {
     conditions::set(
         &mut status.conditions,
-        AGENT_REACHABLE,
+        ConditionType::AgentReachable,
         false,
-        "AgentUnavailable",
+        Reason::AgentUnavailable,
         message,
         now,
     );
@@ -233,35 +238,34 @@ fn agent_unreachable(status: &mut VirtualServerStatus, message: &str, now: &str)
 /// Records the hypervisor chosen by the scheduler (or why there is none).
 pub fn record_placement(
     status: &mut VirtualServerStatus,
-    placement: Result<&str, String>,
+    placement: Result<&HypervisorName, String>,
     mac: &str,
     now: Timestamp,
 ) {
-    let now = now.to_string();
     match placement {
         Ok(hypervisor) => {
-            status.hypervisor = Some(hypervisor.to_owned());
+            status.hypervisor = Some(hypervisor.clone());
             status.mac_address = Some(mac.to_owned());
             status.phase = ServerPhase::Provisioning;
             status.reason = None;
             conditions::set(
                 &mut status.conditions,
-                SCHEDULED,
+                ConditionType::Scheduled,
                 true,
-                "Placed",
+                Reason::Placed,
                 format!("placed on {hypervisor}"),
-                &now,
+                now,
             );
         }
         Err(why) => {
             status.phase = ServerPhase::Pending;
             conditions::set(
                 &mut status.conditions,
-                SCHEDULED,
+                ConditionType::Scheduled,
                 false,
-                "Unschedulable",
+                Reason::Unschedulable,
                 why.clone(),
-                &now,
+                now,
             );
             status.reason = Some(why);
         }
@@ -310,7 +314,7 @@ mod tests {
     fn placed(phase: ServerPhase, provisioned: bool) -> VirtualServerStatus {
         VirtualServerStatus {
             phase,
-            hypervisor: Some("hv1".into()),
+            hypervisor: HypervisorName::parse("hv1"),
             provisioned,
             reason: (phase == ServerPhase::Error).then(|| "the server crashed".to_owned()),
             ..Default::default()
@@ -383,7 +387,7 @@ mod tests {
                                 if deleting {
                                     assert_eq!(d.status.phase, ServerPhase::Terminating, "{ctx}");
                                     assert!(
-                                        d.actions.iter().all(|a| matches!(
+                                        d.next.iter().all(|a| matches!(
                                             a,
                                             Action::Destroy | Action::RemoveFinalizer
                                         )),
@@ -391,36 +395,36 @@ mod tests {
                                     );
                                     let leftovers = matches!(obs, Observation::Domain(o) if o.state.is_some() || o.disk_present);
                                     assert_eq!(
-                                        d.actions.contains(&Action::Destroy),
+                                        d.next == Some(Action::Destroy),
                                         leftovers,
                                         "{ctx}"
                                     );
                                     let gone = matches!(obs, Observation::NotPlaced)
                                         || matches!(obs, Observation::Domain(o) if o.state.is_none() && !o.disk_present);
                                     assert_eq!(
-                                        d.actions.contains(&Action::RemoveFinalizer),
+                                        d.next == Some(Action::RemoveFinalizer),
                                         gone && finalizer,
                                         "{ctx}"
                                     );
                                     continue;
                                 }
                                 if !finalizer {
-                                    assert_eq!(d.actions, vec![Action::AddFinalizer], "{ctx}");
+                                    assert_eq!(d.next, Some(Action::AddFinalizer), "{ctx}");
                                     continue;
                                 }
-                                assert!(!d.actions.contains(&Action::Destroy), "{ctx}");
-                                assert!(!d.actions.contains(&Action::RemoveFinalizer), "{ctx}");
+                                assert_ne!(d.next, Some(Action::Destroy), "{ctx}");
+                                assert_ne!(d.next, Some(Action::RemoveFinalizer), "{ctx}");
                                 match obs {
                                     Observation::NotPlaced => {
-                                        assert_eq!(d.actions, vec![Action::Schedule], "{ctx}");
+                                        assert_eq!(d.next, Some(Action::Schedule), "{ctx}");
                                         assert_eq!(d.status.phase, ServerPhase::Pending, "{ctx}");
                                     }
                                     Observation::AgentUnavailable(_) => {
-                                        assert!(d.actions.is_empty(), "{ctx}");
+                                        assert!(d.next.is_none(), "{ctx}");
                                         assert!(
                                             !conditions::is_true(
                                                 &d.status.conditions,
-                                                AGENT_REACHABLE
+                                                ConditionType::AgentReachable
                                             ),
                                             "{ctx}"
                                         );
@@ -438,14 +442,14 @@ mod tests {
                                         assert!(
                                             conditions::is_true(
                                                 &d.status.conditions,
-                                                AGENT_REACHABLE
+                                                ConditionType::AgentReachable
                                             ),
                                             "{ctx}"
                                         );
                                         // Never create a disk for a server whose disk existed.
                                         if provisioned {
                                             assert!(
-                                                !d.actions.contains(&Action::EnsureDomain {
+                                                d.next != Some(Action::EnsureDomain {
                                                     create_disk: true
                                                 }),
                                                 "{ctx}"
@@ -461,7 +465,7 @@ mod tests {
                                                     .contains("disk"),
                                                 "{ctx}"
                                             );
-                                            assert!(d.actions.is_empty(), "{ctx}");
+                                            assert!(d.next.is_none(), "{ctx}");
                                             continue;
                                         }
                                         assert!(d.status.provisioned || !o.disk_present, "{ctx}");
@@ -470,7 +474,7 @@ mod tests {
                                             PowerState::Stopped => DomainState::Stopped,
                                         };
                                         let ensure = d
-                                            .actions
+                                            .next
                                             .iter()
                                             .any(|a| matches!(a, Action::EnsureDomain { .. }));
                                         assert_eq!(ensure, o.state != Some(wanted), "{ctx}");
@@ -480,7 +484,7 @@ mod tests {
                                             "{ctx}"
                                         );
                                         assert_eq!(
-                                            conditions::is_true(&d.status.conditions, READY),
+                                            conditions::is_true(&d.status.conditions, ConditionType::Ready),
                                             d.status.phase == ServerPhase::Running,
                                             "{ctx}"
                                         );
@@ -503,12 +507,10 @@ mod tests {
         let spec = spec(PowerState::Running, 0);
         let fresh = VirtualServerStatus::default();
         assert_eq!(
-            decide(&spec, &fresh, false, false, &Observation::NotPlaced).actions,
-            vec![Action::AddFinalizer]
+            decide(&spec, &fresh, false, false, &Observation::NotPlaced).next, Some(Action::AddFinalizer)
         );
         assert_eq!(
-            decide(&spec, &fresh, true, false, &Observation::NotPlaced).actions,
-            vec![Action::Schedule]
+            decide(&spec, &fresh, true, false, &Observation::NotPlaced).next, Some(Action::Schedule)
         );
         let d = decide(
             &spec,
@@ -517,7 +519,7 @@ mod tests {
             false,
             &observed(None, false),
         );
-        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: true }]);
+        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: true }));
         assert_eq!(d.status.phase, ServerPhase::Provisioning);
         let d = decide(
             &spec,
@@ -526,10 +528,10 @@ mod tests {
             false,
             &observed(Some(DomainState::Running), true),
         );
-        assert!(d.actions.is_empty());
+        assert!(d.next.is_none());
         assert_eq!(d.status.phase, ServerPhase::Running);
         assert!(d.status.provisioned);
-        assert!(conditions::is_true(&d.status.conditions, PROVISIONED));
+        assert!(conditions::is_true(&d.status.conditions, ConditionType::Provisioned));
     }
 
     #[test]
@@ -544,7 +546,7 @@ mod tests {
             false,
             &observed(Some(DomainState::Running), true),
         );
-        assert!(d.actions.is_empty());
+        assert!(d.next.is_none());
         assert!(d.status.provisioned);
         assert_eq!(d.status.phase, ServerPhase::Running);
     }
@@ -559,7 +561,7 @@ mod tests {
             false,
             &observed(None, true),
         );
-        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: false }]);
+        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: false }));
     }
 
     #[test]
@@ -574,7 +576,7 @@ mod tests {
         );
         assert_eq!(d.status.phase, ServerPhase::Error);
         assert!(d.status.reason.unwrap().contains("missing on hv1"));
-        assert!(d.actions.is_empty());
+        assert!(d.next.is_none());
     }
 
     #[test]
@@ -586,7 +588,7 @@ mod tests {
             false,
             &observed(Some(DomainState::Running), true),
         );
-        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: false }]);
+        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: false }));
         let d = decide(
             &spec(PowerState::Stopped, 0),
             &placed(ServerPhase::Running, true),
@@ -594,7 +596,7 @@ mod tests {
             false,
             &observed(Some(DomainState::Stopped), true),
         );
-        assert!(d.actions.is_empty());
+        assert!(d.next.is_none());
         assert_eq!(d.status.phase, ServerPhase::Stopped);
         let d = decide(
             &spec(PowerState::Running, 0),
@@ -603,7 +605,7 @@ mod tests {
             false,
             &observed(Some(DomainState::Stopped), true),
         );
-        assert_eq!(d.actions, vec![Action::EnsureDomain { create_disk: false }]);
+        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: false }));
     }
 
     #[test]
@@ -618,7 +620,7 @@ mod tests {
             false,
             &observed(Some(DomainState::Running), true),
         );
-        assert_eq!(d.actions, vec![Action::Reboot]);
+        assert_eq!(d.next, Some(Action::Reboot));
         assert_eq!(d.status.reboots_done, 2);
         let d = decide(
             &spec,
@@ -627,7 +629,7 @@ mod tests {
             false,
             &observed(Some(DomainState::Running), true),
         );
-        assert!(d.actions.is_empty());
+        assert!(d.next.is_none());
     }
 
     #[test]
@@ -640,7 +642,7 @@ mod tests {
             false,
             &observed(Some(DomainState::Stopped), true),
         );
-        assert!(d.actions.is_empty());
+        assert!(d.next.is_none());
         assert_eq!(d.status.reboots_done, 1);
     }
 
@@ -659,9 +661,9 @@ mod tests {
             .status
             .conditions
             .iter()
-            .find(|c| c.type_ == AGENT_REACHABLE)
+            .find(|c| c.type_ == ConditionType::AgentReachable)
             .unwrap();
-        assert_eq!(cond.status, "False");
+        assert_eq!(cond.status, conditions::ConditionStatus::False);
         assert_eq!(cond.message, "connection refused");
     }
 
@@ -676,9 +678,9 @@ mod tests {
             true,
             &observed(Some(DomainState::Running), true),
         );
-        assert_eq!(d.actions, vec![Action::Destroy]);
+        assert_eq!(d.next, Some(Action::Destroy));
         let d = decide(&spec, &status, true, true, &observed(None, false));
-        assert_eq!(d.actions, vec![Action::RemoveFinalizer]);
+        assert_eq!(d.next, Some(Action::RemoveFinalizer));
         let d = decide(
             &spec,
             &status,
@@ -686,7 +688,7 @@ mod tests {
             true,
             &Observation::AgentUnavailable("down".into()),
         );
-        assert!(d.actions.is_empty());
+        assert!(d.next.is_none());
     }
 
     #[test]
@@ -701,10 +703,11 @@ mod tests {
         assert_eq!(status.phase, ServerPhase::Pending);
         assert_eq!(status.reason.as_deref(), Some("no room"));
         assert!(status.hypervisor.is_none());
-        record_placement(&mut status, Ok("hv1"), "52:54:00:00:00:01", now());
-        assert_eq!(status.hypervisor.as_deref(), Some("hv1"));
+        let hv1 = HypervisorName::parse("hv1").unwrap();
+        record_placement(&mut status, Ok(&hv1), "52:54:00:00:00:01", now());
+        assert_eq!(status.hypervisor, Some(hv1));
         assert_eq!(status.phase, ServerPhase::Provisioning);
         assert!(status.reason.is_none());
-        assert!(conditions::is_true(&status.conditions, SCHEDULED));
+        assert!(conditions::is_true(&status.conditions, ConditionType::Scheduled));
     }
 }

@@ -1,7 +1,10 @@
 //! Choosing a hypervisor for a server: pure arithmetic over what the agents
 //! reported and what is already placed.
 
-use crate::resources::{HypervisorCapacity, ServerResources};
+use std::collections::HashMap;
+
+use crate::ids::HypervisorName;
+use crate::resources::{Hypervisor, HypervisorCapacity, ServerResources, VirtualServer};
 
 /// One hypervisor as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -13,6 +16,82 @@ pub struct Candidate<'a> {
     pub capacity: Option<&'a HypervisorCapacity>,
     /// Sum of the resources of the servers already placed there.
     pub placed: Load,
+}
+
+impl<'a> Candidate<'a> {
+    /// A registered hypervisor, as its last probe described it.
+    pub fn of(hypervisor: &'a Hypervisor, placed: Load) -> Self {
+        let status = hypervisor.status.as_ref();
+        Self {
+            name: hypervisor.metadata.name.as_deref().unwrap_or_default(),
+            zone: &hypervisor.spec.zone,
+            reachable: status.is_some_and(|s| s.reachable),
+            cordoned: hypervisor.spec.cordoned,
+            capacity: status.and_then(|s| s.capacity.as_ref()),
+            placed,
+        }
+    }
+}
+
+/// What is placed on one hypervisor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Placed {
+    pub load: Load,
+    pub servers: usize,
+}
+
+/// Sums what is placed on each hypervisor from (hypervisor, resources)
+/// pairs: the one place placed load is counted, for the scheduler and for
+/// what operators are shown.
+pub fn placed_load<'a>(
+    placements: impl IntoIterator<Item = (&'a HypervisorName, &'a ServerResources)>,
+) -> HashMap<HypervisorName, Placed> {
+    let mut placed: HashMap<HypervisorName, Placed> = HashMap::new();
+    for (hypervisor, resources) in placements {
+        let entry = placed.entry(hypervisor.clone()).or_default();
+        entry.load.add(resources);
+        entry.servers += 1;
+    }
+    placed
+}
+
+/// The placements recorded on servers.
+pub fn placements_of(
+    servers: &[VirtualServer],
+) -> impl Iterator<Item = (&HypervisorName, &ServerResources)> {
+    servers.iter().filter_map(|server| {
+        let hypervisor = server.status.as_ref()?.hypervisor.as_ref()?;
+        Some((hypervisor, &server.spec.resources))
+    })
+}
+
+/// Chooses among registered hypervisors (see [`choose`]).
+pub fn choose_hypervisor(
+    request: &ServerResources,
+    image_volume: &str,
+    zone: Option<&str>,
+    hypervisors: &[Hypervisor],
+    placed: &HashMap<HypervisorName, Placed>,
+) -> Result<HypervisorName, Unschedulable> {
+    let candidates: Vec<Candidate<'_>> = hypervisors
+        .iter()
+        .map(|hypervisor| {
+            let load = placed
+                .get(&HypervisorName::of(hypervisor))
+                .map(|p| p.load)
+                .unwrap_or_default();
+            Candidate::of(hypervisor, load)
+        })
+        .collect();
+    let chosen = choose(request, image_volume, zone, &candidates)?;
+    // `choose` answers with one of the candidates' names.
+    hypervisors
+        .iter()
+        .map(HypervisorName::of)
+        .find(|name| name == chosen)
+        .ok_or_else(|| Unschedulable::NoHypervisor {
+            place: chosen.to_owned(),
+        })
 }
 
 /// Resources consumed on a hypervisor.

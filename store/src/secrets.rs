@@ -19,7 +19,7 @@ pub trait Secrets: Send + Sync + 'static {
 #[async_trait]
 impl Secrets for Vault {
     async fn put(&self, name: &str, value: &str) -> Result<()> {
-        Vault::put(self, name, value, jiff::Timestamp::now().as_millisecond()).await
+        Vault::put(self, name, value, self.now_millis()).await
     }
 
     async fn get(&self, name: &str) -> Result<Option<String>> {

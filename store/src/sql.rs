@@ -2,13 +2,14 @@
 //! PostgreSQL, with Kubernetes semantics (see [`crate::objects`]).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
-use jiff::Timestamp;
 use serde_json::{Map, Value};
 use sqlx::{Any, Row, Transaction};
+use stratus_core::Clock;
 use tokio::sync::watch;
 
 use crate::db::Database;
@@ -25,15 +26,26 @@ pub struct SqlObjectStore {
     db: Database,
     revision: watch::Sender<u64>,
     poll_interval: Duration,
+    /// Stamps creation and deletion times, as the API server does.
+    clock: Arc<dyn Clock>,
 }
 
 impl SqlObjectStore {
-    pub fn new(db: Database) -> Self {
+    pub fn new(db: Database, clock: Arc<dyn Clock>) -> Self {
         Self {
             db,
             revision: watch::Sender::new(0),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            clock,
         }
+    }
+
+    fn now_string(&self) -> String {
+        // The Kubernetes wire format: seconds precision, UTC.
+        self.clock
+            .now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string()
     }
 
     pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {
@@ -157,11 +169,6 @@ fn has_finalizers(object: &Value) -> bool {
         .and_then(|m| m.get("finalizers"))
         .and_then(Value::as_array)
         .is_some_and(|f| !f.is_empty())
-}
-
-fn now_string() -> String {
-    // The Kubernetes wire format: seconds precision, UTC.
-    Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn not_found(key: &Key<'_>) -> StoreError {
@@ -306,7 +313,7 @@ impl ObjectStore for SqlObjectStore {
             Value::String(revision.to_string()),
         );
         meta.insert("generation".into(), Value::from(1));
-        meta.insert("creationTimestamp".into(), Value::String(now_string()));
+        meta.insert("creationTimestamp".into(), Value::String(self.now_string()));
         meta.remove("deletionTimestamp");
         let body = serde_json::to_string(&object)?;
         sqlx::query(
@@ -405,7 +412,7 @@ impl ObjectStore for SqlObjectStore {
                 return Ok(Deletion::Pending(object));
             }
             let meta = metadata_mut(&mut object)?;
-            meta.insert("deletionTimestamp".into(), Value::String(now_string()));
+            meta.insert("deletionTimestamp".into(), Value::String(self.now_string()));
             meta.insert(
                 "resourceVersion".into(),
                 Value::String(revision.to_string()),

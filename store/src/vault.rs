@@ -4,9 +4,11 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
+use stratus_core::Clock;
 
 use crate::db::Database;
 use crate::error::{Result, StoreError};
@@ -17,6 +19,8 @@ pub struct Vault {
     db: Database,
     key: LessSafeKey,
     rng: SystemRandom,
+    /// Stamps when a secret was written.
+    clock: Arc<dyn Clock>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -40,14 +44,19 @@ fn unhex(text: &str) -> Option<Vec<u8>> {
 }
 
 impl Vault {
-    pub fn new(db: Database, master_key: &[u8]) -> Result<Self> {
+    pub fn new(db: Database, master_key: &[u8], clock: Arc<dyn Clock>) -> Result<Self> {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, master_key)
             .map_err(|_| StoreError::MasterKey(format!("must be {KEY_LEN} bytes")))?;
         Ok(Self {
             db,
             key: LessSafeKey::new(unbound),
             rng: SystemRandom::new(),
+            clock,
         })
+    }
+
+    pub(crate) fn now_millis(&self) -> i64 {
+        self.clock.now().as_millisecond()
     }
 
     /// Reads the master key from `path` (hex), creating it with mode 0600 on first use.

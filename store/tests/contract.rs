@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::core::ObjectMeta;
-use stratus_core::resources::{
-    Account, AccountSpec, PowerState, ServerResources, VirtualServer, VirtualServerSpec,
-    VirtualServerStatus,
+use stratus_core::ids::{AccountId, TokenId};
+use stratus_core::resources::{Account, PowerState, VirtualServer, VirtualServerStatus};
+use stratus_core::testing as fixtures;
+use stratus_store::ledger::{
+    Actor, AuditAction, AuditEntry, AuditSubject, IdempotencyClaim, Ledger, TokenRecord,
+    TokenScope,
 };
-use stratus_store::ledger::{AuditEntry, IdempotencyClaim, Ledger, TokenRecord, TokenScope};
 use stratus_store::objects::Deletion;
 use stratus_store::testing::{self, ScratchDatabase};
 use stratus_store::vault::Vault;
@@ -20,41 +21,11 @@ use stratus_store::{
 const TIMEOUT: Duration = Duration::from_secs(10);
 
 fn server(namespace: &str, name: &str) -> VirtualServer {
-    VirtualServer {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        },
-        spec: VirtualServerSpec {
-            hostname: "web1".into(),
-            plan: "small".into(),
-            image: "debian-12".into(),
-            zone: None,
-            resources: ServerResources {
-                vcpus: 1,
-                memory_mib: 1024,
-                disk_gib: 25,
-            },
-            power: PowerState::Running,
-            reboot_requests: 0,
-        },
-        status: None,
-    }
+    fixtures::server(name).in_account(namespace).build()
 }
 
 fn account(name: &str) -> Account {
-    Account {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..Default::default()
-        },
-        spec: AccountSpec {
-            display_name: "ACME".into(),
-            email: "ops@acme.example".into(),
-        },
-        status: None,
-    }
+    fixtures::account(name).build()
 }
 
 /// A resource store to run the contract on: the embedded store on SQLite and
@@ -79,7 +50,7 @@ async fn backends() -> Vec<Backend> {
     let mut backends = Vec::new();
     for scratch in testing::both().await {
         let store =
-            SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(50));
+            SqlObjectStore::new(scratch.db.clone(), testing::clock()).with_poll_interval(Duration::from_millis(50));
         backends.push(Backend {
             label: scratch.label,
             store: Arc::new(store),
@@ -88,7 +59,7 @@ async fn backends() -> Vec<Backend> {
     }
     let scratch = testing::sqlite().await;
     let served: Arc<dyn ObjectStore> = Arc::new(
-        SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(50)),
+        SqlObjectStore::new(scratch.db.clone(), testing::clock()).with_poll_interval(Duration::from_millis(50)),
     );
     let client = kube::Client::new(testing::apiserver::router(served), "default");
     backends.push(Backend {
@@ -103,7 +74,7 @@ fn stores(
     scratch: &ScratchDatabase,
 ) -> (SqlObjectStore, Resources<VirtualServer>, Resources<Account>) {
     let store =
-        SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(50));
+        SqlObjectStore::new(scratch.db.clone(), testing::clock()).with_poll_interval(Duration::from_millis(50));
     let shared: Arc<dyn ObjectStore> = Arc::new(store.clone());
     (
         store,
@@ -494,32 +465,34 @@ async fn concurrent_writers_never_lose_an_update() {
 async fn tokens_are_stored_hashed_and_revocable() {
     for scratch in testing::both().await {
         let ledger = Ledger::new(scratch.db.clone());
+        let tokens = ledger.tokens();
+        let (id, account) = (TokenId::from_random(1), AccountId::from_random(1));
         let record = TokenRecord {
-            id: "tok-1".into(),
-            account_id: Some("acc-1".into()),
+            id: id.clone(),
+            account_id: Some(account.clone()),
             name: "ci".into(),
             scope: TokenScope::Customer,
             created_at: 1000,
             revoked_at: None,
         };
-        ledger.insert_token(&record, "hash-1").await.unwrap();
+        tokens.insert(&record, "hash-1").await.unwrap();
         assert_eq!(
-            ledger.token_by_hash("hash-1").await.unwrap(),
+            tokens.by_hash("hash-1").await.unwrap(),
             Some(record.clone())
         );
-        assert_eq!(ledger.token_by_hash("hash-2").await.unwrap(), None);
-        assert!(!ledger.has_active_admin_token().await.unwrap());
-        let revoked = ledger.revoke_token("tok-1", 2000).await.unwrap().unwrap();
+        assert_eq!(tokens.by_hash("hash-2").await.unwrap(), None);
+        assert!(!tokens.has_active_admin().await.unwrap());
+        let revoked = tokens.revoke(&id, 2000).await.unwrap().unwrap();
         assert_eq!(revoked.revoked_at, Some(2000), "{}", scratch.label);
-        let again = ledger.revoke_token("tok-1", 3000).await.unwrap().unwrap();
+        let again = tokens.revoke(&id, 3000).await.unwrap().unwrap();
         assert_eq!(
             again.revoked_at,
             Some(2000),
             "{}: first revocation time is kept",
             scratch.label
         );
-        assert_eq!(ledger.tokens_of_account("acc-1").await.unwrap().len(), 1);
-        assert!(ledger.revoke_token("tok-404", 1).await.unwrap().is_none());
+        assert_eq!(tokens.of_account(&account).await.unwrap().len(), 1);
+        assert!(tokens.revoke(&TokenId::from_random(404), 1).await.unwrap().is_none());
     }
 }
 
@@ -532,7 +505,8 @@ async fn idempotency_key_binds_once_under_concurrency() {
             let ledger = ledger.clone();
             tasks.push(tokio::spawn(async move {
                 ledger
-                    .claim_idempotency_key("acc-1", "k1", "h1", &format!("vs-{i}"), 1)
+                    .idempotency()
+                    .claim(&AccountId::from_random(1), "k1", "h1", &format!("vs-{i}"), 1)
                     .await
                     .unwrap()
             }));
@@ -551,7 +525,8 @@ async fn idempotency_key_binds_once_under_concurrency() {
         assert!(bound.len() <= 1, "{}: {bound:?}", scratch.label);
         // Another account may use the same key.
         let other = ledger
-            .claim_idempotency_key("acc-2", "k1", "h9", "vs-x", 1)
+            .idempotency()
+            .claim(&AccountId::from_random(2), "k1", "h9", "vs-x", 1)
             .await
             .unwrap();
         assert_eq!(other, IdempotencyClaim::Claimed);
@@ -559,39 +534,82 @@ async fn idempotency_key_binds_once_under_concurrency() {
 }
 
 #[tokio::test]
-async fn audit_log_appends_and_filters_by_subject() {
+async fn an_idempotency_key_remembers_that_its_resource_was_created() {
     for scratch in testing::both().await {
-        let ledger = Ledger::new(scratch.db.clone());
-        for (subject, action) in [
-            ("server/acc-1/vs-1", "create"),
-            ("server/acc-1/vs-1", "stop"),
-            ("server/acc-10/vs-2", "create"),
-        ] {
-            ledger
-                .audit(&AuditEntry {
-                    at: 1,
-                    actor: "token:tok-1".into(),
-                    action: action.into(),
-                    subject: subject.into(),
-                    detail: "{}".into(),
-                })
-                .await
-                .unwrap();
-        }
-        let trail = ledger.audit_trail("server/acc-1/").await.unwrap();
+        let keys = Ledger::new(scratch.db.clone());
+        let keys = keys.idempotency();
+        let account = AccountId::from_random(1);
         assert_eq!(
-            trail.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
-            ["create", "stop"],
-            "{}",
+            keys.claim(&account, "k1", "h1", "vs-1", 1).await.unwrap(),
+            IdempotencyClaim::Claimed
+        );
+        let before = keys.claim(&account, "k1", "h1", "vs-2", 2).await.unwrap();
+        assert_eq!(
+            before,
+            IdempotencyClaim::Existing {
+                request_hash: "h1".into(),
+                resource_name: "vs-1".into(),
+                fulfilled: false,
+            },
+            "{}: the first attempt has not created it yet",
+            scratch.label
+        );
+        keys.fulfil(&account, "k1", 3).await.unwrap();
+        keys.fulfil(&account, "k1", 4).await.unwrap();
+        let after = keys.claim(&account, "k1", "h1", "vs-3", 5).await.unwrap();
+        assert!(
+            matches!(after, IdempotencyClaim::Existing { fulfilled: true, ref resource_name, .. } if resource_name == "vs-1"),
+            "{}: {after:?}",
             scratch.label
         );
     }
 }
 
 #[tokio::test]
+async fn audit_log_appends_and_filters_by_subject() {
+    for scratch in testing::both().await {
+        let ledger = Ledger::new(scratch.db.clone());
+        let (one, ten) = (AccountId::from_random(1), AccountId::from_random(0x10));
+        let server = |account: &AccountId, name: &str| AuditSubject::Server {
+            account: account.to_string(),
+            name: name.into(),
+        };
+        for (subject, action) in [
+            (server(&one, "vs-1"), AuditAction::ServerOrder),
+            (server(&one, "vs-1"), AuditAction::ServerStop),
+            (server(&ten, "vs-2"), AuditAction::ServerOrder),
+            (AuditSubject::account(&one), AuditAction::AccountCreate),
+        ] {
+            ledger
+                .audit()
+                .append(&AuditEntry {
+                    at: 1,
+                    actor: Actor::Token(TokenId::from_random(1)),
+                    action,
+                    subject,
+                    detail: serde_json::json!({"plan": "small"}),
+                })
+                .await
+                .unwrap();
+        }
+        let trail = ledger.audit().trail(&server(&one, "vs-1")).await.unwrap();
+        assert_eq!(
+            trail.iter().map(|e| e.action).collect::<Vec<_>>(),
+            [AuditAction::ServerOrder, AuditAction::ServerStop],
+            "{}",
+            scratch.label
+        );
+        assert_eq!(trail[0].actor, Actor::Token(TokenId::from_random(1)));
+        assert_eq!(trail[0].detail["plan"], "small");
+        let account = ledger.audit().account_trail(&one).await.unwrap();
+        assert_eq!(account.len(), 3, "{}: {account:?}", scratch.label);
+    }
+}
+
+#[tokio::test]
 async fn vault_encrypts_and_binds_to_key_and_name() {
     for scratch in testing::both().await {
-        let vault = Vault::new(scratch.db.clone(), &[7u8; 32]).unwrap();
+        let vault = Vault::new(scratch.db.clone(), &[7u8; 32], testing::clock()).unwrap();
         vault
             .put("hypervisor/hv1", "s3cret-agent-token", 1)
             .await
@@ -606,7 +624,7 @@ async fn vault_encrypts_and_binds_to_key_and_name() {
                 .await
                 .unwrap();
         assert!(!stored.contains("s3cret"), "{}", scratch.label);
-        let other_key = Vault::new(scratch.db.clone(), &[8u8; 32]).unwrap();
+        let other_key = Vault::new(scratch.db.clone(), &[8u8; 32], testing::clock()).unwrap();
         assert!(matches!(
             other_key.get("hypervisor/hv1").await,
             Err(StoreError::Decrypt(_))
@@ -658,5 +676,37 @@ async fn concurrent_first_opens_of_a_sqlite_database_migrate_once() {
     });
     for result in futures::future::join_all(opens).await {
         result.unwrap().unwrap();
+    }
+}
+
+/// Creation and deletion times come from the injected clock, so a test clock
+/// moves them too.
+#[tokio::test]
+async fn object_timestamps_come_from_the_injected_clock() {
+    for scratch in testing::both().await {
+        let clock = testing::clock();
+        let store: Arc<dyn ObjectStore> =
+            Arc::new(SqlObjectStore::new(scratch.db.clone(), clock.clone()));
+        let servers = Resources::<VirtualServer>::new(store);
+        let created = servers
+            .create(&fixtures::server("vs-1").finalized().build())
+            .await
+            .unwrap();
+        let created_at = created.metadata.creation_timestamp.unwrap().0;
+        assert_eq!(created_at, stratus_core::test_time(), "{}", scratch.label);
+        clock.advance(jiff::SignedDuration::from_hours(24 * 15));
+        let Deletion::Pending(deleting) = servers
+            .delete(Some(fixtures::ACCOUNT), "vs-1")
+            .await
+            .unwrap()
+        else {
+            panic!("{}: a finalized object waits", scratch.label);
+        };
+        assert_eq!(
+            deleting.metadata.deletion_timestamp.unwrap().0,
+            stratus_core::test_time() + jiff::SignedDuration::from_hours(24 * 15),
+            "{}",
+            scratch.label
+        );
     }
 }

@@ -3,6 +3,10 @@
 //! Every store test runs on both; a missing PostgreSQL URL fails the test
 //! rather than skipping it.
 
+use std::sync::Arc;
+
+use stratus_core::ManualClock;
+
 use crate::db::Database;
 
 pub const POSTGRES_URL_VAR: &str = "STRATUS_TEST_POSTGRES_URL";
@@ -49,6 +53,11 @@ pub async fn postgres() -> ScratchDatabase {
         label: "postgres",
         _dir: None,
     }
+}
+
+/// A clock standing at `stratus_core::test_time()`, for stores under test.
+pub fn clock() -> Arc<ManualClock> {
+    Arc::new(ManualClock::at_test_time())
 }
 
 /// One scratch database per supported backend.

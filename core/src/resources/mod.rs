@@ -1,0 +1,23 @@
+//! The resource kinds (API group `stratus.dev`, version `v1alpha1`), one
+//! module per kind.
+//!
+//! One Rust type per kind, used by the API, the controller, both store
+//! backends and, through `kube`'s derive, as Kubernetes CRDs. A new kind is a
+//! new module here, re-exported below, and a line in `stratus crds`.
+
+mod account;
+mod hypervisor;
+mod ip_pool;
+mod server;
+
+pub use account::*;
+pub use hypervisor::*;
+pub use ip_pool::*;
+pub use server::*;
+
+pub const GROUP: &str = "stratus.dev";
+pub const VERSION: &str = "v1alpha1";
+
+/// RFC 1123 hostname, the same rule as `validate::is_hostname` (the API
+/// server checks it for objects written with kubectl).
+pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";

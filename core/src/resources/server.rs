@@ -1,0 +1,162 @@
+//! `VirtualServer`: a customer's VPS, what the customer asked for and what
+//! the controller made of it.
+
+// kube-derive repeats `type_ = ...` once per printer column, which clippy reads as
+// a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::HOSTNAME_PATTERN;
+use crate::conditions::Condition;
+use crate::ids::HypervisorName;
+
+/// Finalizer the controller puts on every server it may have placed on a
+/// hypervisor, so the object outlives its domain and disk.
+pub const SERVER_FINALIZER: &str = "stratus.dev/teardown";
+
+/// Whether the customer wants the server powered on.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum PowerState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// Resources reserved for one server, resolved from its plan at order time so
+/// that a later change of the plan catalogue never resizes a running server.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerResources {
+    /// Virtual CPUs.
+    #[schemars(range(min = 1))]
+    pub vcpus: u32,
+    /// Memory in MiB.
+    #[schemars(range(min = 1))]
+    pub memory_mib: u64,
+    /// Size of the system disk in GiB.
+    #[schemars(range(min = 1))]
+    pub disk_gib: u64,
+}
+
+/// A customer's virtual private server.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "stratus.dev",
+    version = "v1alpha1",
+    kind = "VirtualServer",
+    namespaced,
+    status = "VirtualServerStatus",
+    shortname = "vs",
+    category = "stratus",
+    derive = "PartialEq",
+    doc = "A customer's virtual private server, placed on a hypervisor by the stratus controller.",
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Plan",
+        type_ = "string",
+        json_path = ".spec.plan",
+        description = "Plan ordered"
+    ),
+    printcolumn(
+        name = "Hypervisor",
+        type_ = "string",
+        json_path = ".status.hypervisor",
+        description = "Hypervisor the server is placed on"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServerSpec {
+    /// Hostname of the server (RFC 1123 label or name), chosen by the customer.
+    #[schemars(length(min = 1, max = 253), regex(pattern = HOSTNAME_PATTERN))]
+    pub hostname: String,
+    /// Plan the server was ordered with.
+    #[schemars(length(min = 1, max = 63))]
+    pub plan: String,
+    /// Image the system disk was created from.
+    #[schemars(length(min = 1, max = 63))]
+    pub image: String,
+    /// Zone (datacenter) the server must run in; any zone when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Resources reserved for the server, copied from the plan.
+    pub resources: ServerResources,
+    /// Power state the customer asked for.
+    #[serde(default)]
+    pub power: PowerState,
+    /// Number of reboots the customer has asked for since the server exists;
+    /// the controller performs one reboot per increment.
+    #[serde(default)]
+    pub reboot_requests: u32,
+}
+
+/// Lifecycle phase of a server as the customer sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum ServerPhase {
+    #[default]
+    Pending,
+    Provisioning,
+    Running,
+    Stopped,
+    Suspended,
+    Terminating,
+    Error,
+}
+
+impl ServerPhase {
+    /// The lower-case name the REST API uses.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Provisioning => "provisioning",
+            Self::Running => "running",
+            Self::Stopped => "stopped",
+            Self::Suspended => "suspended",
+            Self::Terminating => "terminating",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// What the controller knows and did about a server.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServerStatus {
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: ServerPhase,
+    /// Human-readable explanation of the phase (always set in `Error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Hypervisor chosen for the server; recorded before anything is created there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hypervisor: Option<HypervisorName>,
+    /// MAC address of the server's network interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
+    /// True once the system disk exists; a provisioned server's disk is never
+    /// silently created again.
+    #[serde(default)]
+    pub provisioned: bool,
+    /// Reboot requests already carried out.
+    #[serde(default)]
+    pub reboots_done: u32,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Detailed conditions (Scheduled, Provisioned, AgentReachable, Ready).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}

@@ -1,0 +1,246 @@
+//! The append-only audit log: who or what did what to which object, when,
+//! and the evidence. There is no update and no delete.
+
+use std::fmt;
+
+use kube::Resource;
+use sqlx::Row;
+use stratus_core::ids::{AccountId, TokenId};
+
+use super::malformed;
+use crate::db::Database;
+use crate::error::Result;
+
+/// Who or what acted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// A caller of the REST API, by the id of its token.
+    Token(TokenId),
+    /// The controller, by policy or to converge.
+    Controller,
+    /// An operator at a command line (`stratus up`, `stratus admin-token`).
+    Command(String),
+}
+
+impl fmt::Display for Actor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Token(id) => write!(f, "token:{id}"),
+            Self::Controller => f.write_str("controller"),
+            Self::Command(command) => f.write_str(command),
+        }
+    }
+}
+
+impl Actor {
+    fn parse(raw: &str) -> Result<Self> {
+        Ok(match raw.strip_prefix("token:") {
+            Some(id) => Self::Token(TokenId::parse(id).ok_or_else(|| malformed("actor", raw))?),
+            None if raw == "controller" => Self::Controller,
+            None => Self::Command(raw.to_owned()),
+        })
+    }
+}
+
+/// Defines the audit actions and their stored names in one table.
+macro_rules! audit_actions {
+    ($($(#[$doc:meta])* $variant:ident => $stored:literal),+ $(,)?) => {
+        /// What was done.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum AuditAction {
+            $($(#[$doc])* $variant),+
+        }
+
+        impl AuditAction {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $stored),+
+                }
+            }
+
+            pub fn parse(raw: &str) -> Option<Self> {
+                match raw {
+                    $($stored => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+audit_actions! {
+    AccountCreate => "account.create",
+    TokenIssue => "token.issue",
+    TokenRevoke => "token.revoke",
+    HypervisorRegister => "hypervisor.register",
+    ServerOrder => "server.order",
+    ServerStop => "server.stop",
+    ServerStart => "server.start",
+    ServerReboot => "server.reboot",
+    ServerDelete => "server.delete",
+    /// The controller moved a server to another phase.
+    ServerPhase => "phase",
+    /// The controller destroyed a server's domain and wiped its disk.
+    ServerDestroyed => "destroyed",
+    /// The controller released a deleted server's object.
+    ServerReleased => "deleted",
+}
+
+impl fmt::Display for AuditAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What an action was done to. The stored form (`server/acc-…/vs-…`) is
+/// what trails are searched by, so it is built here and nowhere else.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum AuditSubject {
+    /// The operators' own things (operator tokens).
+    Operators,
+    Account(String),
+    Hypervisor(String),
+    Server { account: String, name: String },
+}
+
+impl AuditSubject {
+    pub fn account(id: &AccountId) -> Self {
+        Self::Account(id.to_string())
+    }
+
+    /// A server object, by its namespace (the account) and name.
+    pub fn server<K: Resource>(server: &K) -> Self {
+        let meta = server.meta();
+        Self::Server {
+            account: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Self> {
+        let mut parts = raw.splitn(3, '/');
+        Ok(match (parts.next(), parts.next(), parts.next()) {
+            (Some("admin"), None, None) => Self::Operators,
+            (Some("account"), Some(id), None) => Self::Account(id.to_owned()),
+            (Some("hypervisor"), Some(name), None) => Self::Hypervisor(name.to_owned()),
+            (Some("server"), Some(account), Some(name)) => Self::Server {
+                account: account.to_owned(),
+                name: name.to_owned(),
+            },
+            _ => return Err(malformed("audit subject", raw)),
+        })
+    }
+}
+
+impl fmt::Display for AuditSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Operators => f.write_str("admin"),
+            Self::Account(id) => write!(f, "account/{id}"),
+            Self::Hypervisor(name) => write!(f, "hypervisor/{name}"),
+            Self::Server { account, name } => write!(f, "server/{account}/{name}"),
+        }
+    }
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEntry {
+    /// Unix milliseconds.
+    pub at: i64,
+    pub actor: Actor,
+    pub action: AuditAction,
+    pub subject: AuditSubject,
+    /// Cause and evidence.
+    pub detail: serde_json::Value,
+}
+
+pub struct AuditLog<'a> {
+    pub(super) db: &'a Database,
+}
+
+impl AuditLog<'_> {
+    /// Appends an entry.
+    pub async fn append(&self, entry: &AuditEntry) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, subject, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(entry.at)
+        .bind(entry.actor.to_string())
+        .bind(entry.action.as_str())
+        .bind(entry.subject.to_string())
+        .bind(entry.detail.to_string())
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The entries about `subject`, oldest first.
+    pub async fn trail(&self, subject: &AuditSubject) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, subject, detail FROM audit_log WHERE subject = $1 ORDER BY id",
+        )
+        .bind(subject.to_string())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// The entries about `account` and everything in it, oldest first.
+    pub async fn account_trail(&self, account: &AccountId) -> Result<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT at, actor, action, subject, detail FROM audit_log \
+             WHERE subject = $1 OR subject LIKE $2 ORDER BY id",
+        )
+        .bind(AuditSubject::account(account).to_string())
+        // Account ids are `acc-` and hex digits: nothing to escape in the pattern.
+        .bind(format!("server/{account}/%"))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+}
+
+fn from_row(row: &sqlx::any::AnyRow) -> Result<AuditEntry> {
+    let actor: String = row.try_get("actor")?;
+    let action: String = row.try_get("action")?;
+    let subject: String = row.try_get("subject")?;
+    let detail: String = row.try_get("detail")?;
+    Ok(AuditEntry {
+        at: row.try_get("at")?,
+        actor: Actor::parse(&actor)?,
+        action: AuditAction::parse(&action).ok_or_else(|| malformed("audit action", &action))?,
+        subject: AuditSubject::parse(&subject)?,
+        detail: serde_json::from_str(&detail)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stored_forms_round_trip() {
+        for subject in [
+            AuditSubject::Operators,
+            AuditSubject::Account("acc-0000000000000001".into()),
+            AuditSubject::Hypervisor("hv1".into()),
+            AuditSubject::Server {
+                account: "acc-0000000000000001".into(),
+                name: "vs-0000000000000002".into(),
+            },
+        ] {
+            assert_eq!(AuditSubject::parse(&subject.to_string()).unwrap(), subject);
+        }
+        for actor in [
+            Actor::Token(TokenId::from_random(7)),
+            Actor::Controller,
+            Actor::Command("stratus up".into()),
+        ] {
+            assert_eq!(Actor::parse(&actor.to_string()).unwrap(), actor);
+        }
+        assert_eq!(AuditAction::parse("server.order"), Some(AuditAction::ServerOrder));
+        assert_eq!(AuditAction::ServerReleased.as_str(), "deleted");
+        assert_eq!(AuditAction::parse("server.explode"), None);
+    }
+}

@@ -1,0 +1,44 @@
+//! Facts that are not desired state, one repository per table family:
+//! [`tokens`] (API tokens, hashes only), [`idempotency`] (keys of retried
+//! requests), [`audit`] (the append-only audit log). The coming ledgers (IP
+//! holdings, billing events, deadlines, notifications) are new modules here.
+
+pub mod audit;
+pub mod idempotency;
+pub mod tokens;
+
+pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
+pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
+pub use tokens::{TokenRecord, TokenScope, Tokens};
+
+use crate::db::Database;
+use crate::error::StoreError;
+
+/// The ledger database, handing out its repositories.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    db: Database,
+}
+
+impl Ledger {
+    pub fn new(db: Database) -> Self {
+        Self { db }
+    }
+
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens { db: &self.db }
+    }
+
+    pub fn idempotency(&self) -> IdempotencyKeys<'_> {
+        IdempotencyKeys { db: &self.db }
+    }
+
+    pub fn audit(&self) -> AuditLog<'_> {
+        AuditLog { db: &self.db }
+    }
+}
+
+/// A stored value that does not parse: the ledger was written by something else.
+fn malformed(what: &str, raw: &str) -> StoreError {
+    StoreError::Invalid(format!("malformed {what} {raw:?} in the ledger"))
+}
