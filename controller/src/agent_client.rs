@@ -3,15 +3,21 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport,
 };
+use stratus_core::ids::HypervisorName;
+use stratus_core::resources::Hypervisor;
+use stratus_store::Resources;
+use stratus_store::secrets::Secrets;
 
 /// Where an agent listens and the token it expects.
 #[derive(Clone)]
 pub struct AgentEndpoint {
-    pub hypervisor: String,
+    pub hypervisor: HypervisorName,
     pub url: String,
     pub token: String,
 }
@@ -72,6 +78,44 @@ pub trait AgentClient: Send + Sync + 'static {
         agent: &AgentEndpoint,
         domain: &str,
     ) -> Result<DomainObservation, AgentCallError>;
+}
+
+/// Finds the agent of a hypervisor: its URL from the Hypervisor object and
+/// its token from the credential store. The one place that resolves both.
+#[derive(Clone)]
+pub struct AgentDirectory {
+    pub hypervisors: Resources<Hypervisor>,
+    pub credentials: Arc<dyn Secrets>,
+}
+
+impl AgentDirectory {
+    /// The agent of the hypervisor called `name`; the error says why there is none.
+    pub async fn by_name(&self, name: &HypervisorName) -> Result<AgentEndpoint, String> {
+        let hypervisor = self
+            .hypervisors
+            .get(None, name.as_str())
+            .await
+            .map_err(|e| format!("cannot read hypervisor {name}: {e}"))?
+            .ok_or_else(|| format!("hypervisor {name} is not registered"))?;
+        self.endpoint(&hypervisor).await
+    }
+
+    /// The agent of `hypervisor`; the error says why there is none.
+    pub async fn endpoint(&self, hypervisor: &Hypervisor) -> Result<AgentEndpoint, String> {
+        let name = HypervisorName::of(hypervisor);
+        let credential = &hypervisor.spec.credential;
+        let token = self
+            .credentials
+            .get(credential)
+            .await
+            .map_err(|e| format!("cannot read credential {credential}: {e}"))?
+            .ok_or_else(|| format!("credential {credential} of hypervisor {name} is missing"))?;
+        Ok(AgentEndpoint {
+            hypervisor: name,
+            url: hypervisor.spec.url.clone(),
+            token,
+        })
+    }
 }
 
 /// The agent client over HTTP.

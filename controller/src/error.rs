@@ -1,3 +1,5 @@
+use stratus_core::ids::HypervisorName;
+
 use crate::agent_client::AgentCallError;
 
 /// Why a reconcile did not finish; every variant is retried with backoff.
@@ -7,7 +9,7 @@ pub enum ControllerError {
     Store(#[from] stratus_store::StoreError),
     #[error("agent of hypervisor {hypervisor}: {source}")]
     Agent {
-        hypervisor: String,
+        hypervisor: HypervisorName,
         #[source]
         source: AgentCallError,
     },

@@ -1,30 +1,74 @@
-//! The hypervisor prober: asks every agent for its capacity and records in
-//! the Hypervisor's status whether it answered.
+//! The hypervisor prober: asks each agent for its capacity and records in
+//! the Hypervisor's status whether it answered. A reconciler like any other:
+//! a new or edited hypervisor is probed at once, then every probe interval.
 
-use std::sync::Arc;
+use std::time::Duration;
 
-use kube::ResourceExt;
-use stratus_core::Clock;
-use stratus_core::conditions;
-use stratus_core::resources::{Hypervisor, HypervisorCapacity, HypervisorStatus};
+use async_trait::async_trait;
+use stratus_core::conditions::{self, ConditionType, Reason};
+use stratus_core::resources::{Hypervisor, HypervisorCapacity, HypervisorStatus, VirtualServer};
 use stratus_store::Resources;
-use stratus_store::secrets::Secrets;
 
-use crate::agent_client::{AgentClient, AgentEndpoint};
+use crate::context::Context;
 use crate::error::ControllerError;
+use crate::runtime::{ObjectKey, Outcome, Reconcile, Requeue, Trigger};
 
 const GIB: u64 = 1 << 30;
 
 pub struct HypervisorProber {
-    pub hypervisors: Resources<Hypervisor>,
-    pub agents: Arc<dyn AgentClient>,
-    pub credentials: Arc<dyn Secrets>,
-    pub clock: Arc<dyn Clock>,
+    ctx: Context,
+    hypervisors: Resources<Hypervisor>,
+    interval: Duration,
+    /// Servers waiting for room get another chance when a hypervisor becomes usable.
+    waiting_servers: Option<Requeue<VirtualServer>>,
+}
+
+#[async_trait]
+impl Reconcile for HypervisorProber {
+    type Kind = Hypervisor;
+
+    fn resources(&self) -> &Resources<Hypervisor> {
+        &self.hypervisors
+    }
+
+    /// The prober's own status writes must not trigger probes.
+    fn trigger(&self) -> Trigger {
+        Trigger::GenerationChanged
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
+        let Some(hypervisor) = self.hypervisors.get(None, &key.name).await? else {
+            return Ok(Outcome::Done);
+        };
+        if self.probe(&hypervisor).await?
+            && let Some(waiting) = &self.waiting_servers
+        {
+            let queued = waiting
+                .matching(|server| server.status.as_ref().is_none_or(|s| s.hypervisor.is_none()))
+                .await?;
+            tracing::debug!(queued, "servers waiting for room queued again");
+        }
+        Ok(Outcome::RequeueAfter(self.interval))
+    }
 }
 
 impl HypervisorProber {
-    /// Probes every hypervisor; returns how many became reachable (new
-    /// room for servers waiting to be placed).
+    pub fn new(ctx: Context, hypervisors: Resources<Hypervisor>, interval: Duration) -> Self {
+        Self {
+            ctx,
+            hypervisors,
+            interval,
+            waiting_servers: None,
+        }
+    }
+
+    /// Queues unplaced servers again whenever a hypervisor becomes reachable.
+    pub fn requeueing(mut self, waiting_servers: Requeue<VirtualServer>) -> Self {
+        self.waiting_servers = Some(waiting_servers);
+        self
+    }
+
+    /// Probes every hypervisor; returns how many became reachable.
     pub async fn probe_all(&self) -> Result<usize, ControllerError> {
         let hypervisors = self.hypervisors.list(None).await?.items;
         let probes = hypervisors.iter().map(|hv| self.probe(hv));
@@ -35,30 +79,19 @@ impl HypervisorProber {
         Ok(became_reachable)
     }
 
-    #[tracing::instrument(skip_all, fields(hypervisor = %hypervisor.name_any()))]
     /// Probes one hypervisor; returns whether it became reachable.
     pub async fn probe(&self, hypervisor: &Hypervisor) -> Result<bool, ControllerError> {
-        let name = hypervisor.name_any();
         let mut status: HypervisorStatus = hypervisor.status.clone().unwrap_or_default();
         let was_reachable = status.reachable;
-        let now = self.clock.now().to_string();
-        let answer = match self.credentials.get(&hypervisor.spec.credential).await {
-            Ok(Some(token)) => {
-                let endpoint = AgentEndpoint {
-                    hypervisor: name.clone(),
-                    url: hypervisor.spec.url.clone(),
-                    token,
-                };
-                self.agents.node(&endpoint).await.map_err(|e| e.to_string())
-            }
-            Ok(None) => Err(format!(
-                "credential {} is missing",
-                hypervisor.spec.credential
-            )),
-            Err(e) => Err(format!(
-                "cannot read credential {}: {e}",
-                hypervisor.spec.credential
-            )),
+        let now = self.ctx.clock.now();
+        let answer = match self.ctx.directory.endpoint(hypervisor).await {
+            Ok(endpoint) => self
+                .ctx
+                .agents
+                .node(&endpoint)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(why) => Err(why),
         };
         match answer {
             Ok(report) => {
@@ -66,7 +99,7 @@ impl HypervisorProber {
                     tracing::warn!(agent_zone = %report.zone, registered_zone = %hypervisor.spec.zone, "agent reports another zone than registered");
                 }
                 status.reachable = true;
-                status.last_contact = Some(now.clone());
+                status.last_contact = Some(now.to_string());
                 status.message = None;
                 status.capacity = Some(HypervisorCapacity {
                     vcpus: report.vcpus,
@@ -76,11 +109,11 @@ impl HypervisorProber {
                 });
                 conditions::set(
                     &mut status.conditions,
-                    conditions::READY,
+                    ConditionType::Ready,
                     true,
-                    "AgentAnswered",
+                    Reason::AgentAnswered,
                     "",
-                    &now,
+                    now,
                 );
             }
             Err(why) => {
@@ -90,17 +123,19 @@ impl HypervisorProber {
                 status.reachable = false;
                 conditions::set(
                     &mut status.conditions,
-                    conditions::READY,
+                    ConditionType::Ready,
                     false,
-                    "AgentUnavailable",
+                    Reason::AgentUnavailable,
                     why.clone(),
-                    &now,
+                    now,
                 );
                 status.message = Some(why);
             }
         }
         if hypervisor.status.as_ref() != Some(&status) {
-            self.hypervisors.patch_status(None, &name, &status).await?;
+            self.hypervisors
+                .patch_status(None, hypervisor.metadata.name.as_deref().unwrap_or_default(), &status)
+                .await?;
         }
         Ok(status.reachable && !was_reachable)
     }

@@ -1,17 +1,72 @@
 //! The stratus controller: reconcilers that make hypervisors match the
-//! resources, the agent client they act through, and the hypervisor prober.
+//! resources, the generic runtime they run on, the agent client they act
+//! through, and leader election.
+//!
+//! A new reconciler: a struct holding a [`Context`] and the
+//! [`stratus_store::Resources`] of its kind, an `impl runtime::Reconcile`,
+//! and one `runtime.add(...)` line in [`controller`].
 
 pub mod agent_client;
+pub mod context;
 pub mod error;
 pub mod events;
 pub mod hypervisors;
 pub mod leader;
 pub mod metrics;
-pub mod queue;
 pub mod runtime;
 pub mod servers;
 pub mod simulated;
 
-pub use agent_client::{AgentCallError, AgentClient, AgentEndpoint, HttpAgentClient};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use agent_client::{AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, HttpAgentClient};
+pub use context::Context;
 pub use error::ControllerError;
-pub use runtime::{Controller, ControllerConfig};
+pub use runtime::{Runtime, RuntimeConfig};
+use stratus_core::Config;
+use stratus_store::{ObjectStore, Resources};
+
+use crate::hypervisors::HypervisorProber;
+use crate::servers::ServerReconciler;
+
+/// How the controller runs.
+#[derive(Debug, Clone)]
+pub struct ControllerConfig {
+    pub runtime: RuntimeConfig,
+    /// How often every hypervisor's agent is asked for its capacity.
+    pub probe_interval: Duration,
+}
+
+impl Default for ControllerConfig {
+    fn default() -> Self {
+        Self {
+            runtime: RuntimeConfig::default(),
+            probe_interval: Duration::from_secs(15),
+        }
+    }
+}
+
+/// Every reconciler of stratus on one runtime.
+pub fn controller(
+    ctx: Context,
+    store: Arc<dyn ObjectStore>,
+    config: Arc<Config>,
+    settings: ControllerConfig,
+) -> Runtime {
+    let mut runtime = Runtime::new(
+        settings.runtime,
+        ctx.clock.clone(),
+        ctx.metrics.clone(),
+    );
+    let waiting_servers = runtime.add(Arc::new(ServerReconciler::new(
+        ctx.clone(),
+        Resources::new(store.clone()),
+        config,
+    )));
+    runtime.add(Arc::new(
+        HypervisorProber::new(ctx, Resources::new(store), settings.probe_interval)
+            .requeueing(waiting_servers),
+    ));
+    runtime
+}

@@ -5,28 +5,31 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use kube::ResourceExt;
 use serde_json::json;
+use stratus_core::Config;
 use stratus_core::agent_api::DomainSpec;
-use stratus_core::ids::{domain_name_for, mac_address_for};
+use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
+use stratus_core::ids::{HypervisorName, domain_name_for, mac_address_for};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
 use stratus_core::resources::{
-    Hypervisor, SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer, VirtualServerStatus,
+    SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer, VirtualServerStatus,
 };
-use stratus_core::scheduling::{self, Candidate, Load};
-use stratus_core::{Clock, Config};
+use stratus_core::scheduling::{self, Placed};
 use stratus_store::Resources;
-use stratus_store::ledger::{AuditEntry, Ledger};
-use stratus_store::secrets::Secrets;
-use tracing::Instrument;
+use stratus_store::ledger::{AuditAction, AuditSubject};
 
-use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
+use crate::agent_client::{AgentCallError, AgentEndpoint};
+use crate::context::Context;
 use crate::error::ControllerError;
-use crate::events::{EventType, Events, NoEvents};
-use crate::metrics::ControllerMetrics;
+use crate::events::EventType;
+use crate::runtime::{ObjectKey, Outcome, Reconcile};
 
 /// Observe→plan→act rounds in one reconcile before yielding to other keys.
 const MAX_PASSES: usize = 8;
+/// How soon a server still moving after [`MAX_PASSES`] is looked at again.
+const STILL_MOVING: Duration = Duration::from_millis(200);
 /// How soon an unschedulable server is tried again.
 pub const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(10);
 
@@ -40,8 +43,7 @@ const PLACEMENTS_REFRESH: Duration = Duration::from_secs(5);
 #[derive(Default)]
 struct Placements {
     listed_at: Option<Instant>,
-    /// (namespace, name) → (hypervisor, reserved resources).
-    servers: HashMap<(String, String), (String, ServerResources)>,
+    servers: HashMap<ObjectKey, (HypervisorName, ServerResources)>,
 }
 
 impl Placements {
@@ -55,221 +57,208 @@ impl Placements {
             .into_iter()
             .filter_map(|s| {
                 let hypervisor = s.status.as_ref()?.hypervisor.clone()?;
-                Some((
-                    (s.namespace().unwrap_or_default(), s.name_any()),
-                    (hypervisor, s.spec.resources),
-                ))
+                Some((ObjectKey::of(&s), (hypervisor, s.spec.resources)))
             })
             .collect();
         self.listed_at = Some(Instant::now());
     }
 
-    /// Load per hypervisor, leaving out `except`.
-    fn load(&self, except: &(String, String)) -> HashMap<&str, Load> {
-        let mut load: HashMap<&str, Load> = HashMap::new();
-        for (key, (hypervisor, resources)) in &self.servers {
-            if key != except {
-                load.entry(hypervisor.as_str()).or_default().add(resources);
-            }
-        }
-        load
+    /// What is placed on each hypervisor, leaving out `except`.
+    fn load(&self, except: &ObjectKey) -> HashMap<HypervisorName, Placed> {
+        scheduling::placed_load(
+            self.servers
+                .iter()
+                .filter(|(key, _)| *key != except)
+                .map(|(_, (hypervisor, resources))| (hypervisor, resources)),
+        )
     }
 }
 
-/// What the runtime should do with the key next.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Converged (or gone); the periodic resync will look again.
-    Done,
-    RetryAfter(Duration),
+/// How one observe→plan→act pass ended.
+enum Pass {
+    /// Acted: observe again.
+    Again,
+    Finished(Outcome),
 }
 
 pub struct ServerReconciler {
-    pub servers: Resources<VirtualServer>,
-    pub hypervisors: Resources<Hypervisor>,
-    pub agents: Arc<dyn AgentClient>,
-    pub credentials: Arc<dyn Secrets>,
-    pub config: Arc<Config>,
-    pub clock: Arc<dyn Clock>,
-    pub ledger: Option<Ledger>,
-    pub metrics: ControllerMetrics,
-    pub events: Arc<dyn Events>,
+    ctx: Context,
+    servers: Resources<VirtualServer>,
+    config: Arc<Config>,
     /// Placement decisions are taken one at a time so two servers never
     /// count the same free capacity; the lock also guards what is placed.
     scheduling: tokio::sync::Mutex<Placements>,
 }
 
+#[async_trait]
+impl Reconcile for ServerReconciler {
+    type Kind = VirtualServer;
+
+    fn resources(&self) -> &Resources<VirtualServer> {
+        &self.servers
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
+        for _ in 0..MAX_PASSES {
+            let Some(server) = self.servers.get(key.namespace.as_deref(), &key.name).await? else {
+                return Ok(Outcome::Done);
+            };
+            if let Pass::Finished(outcome) = self.pass(&server).await? {
+                return Ok(outcome);
+            }
+        }
+        // Still moving: let other keys run and come back soon.
+        Ok(Outcome::RequeueAfter(STILL_MOVING))
+    }
+}
+
 impl ServerReconciler {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        servers: Resources<VirtualServer>,
-        hypervisors: Resources<Hypervisor>,
-        agents: Arc<dyn AgentClient>,
-        credentials: Arc<dyn Secrets>,
-        config: Arc<Config>,
-        clock: Arc<dyn Clock>,
-        ledger: Option<Ledger>,
-        metrics: ControllerMetrics,
-    ) -> Self {
+    pub fn new(ctx: Context, servers: Resources<VirtualServer>, config: Arc<Config>) -> Self {
         Self {
+            ctx,
             servers,
-            hypervisors,
-            agents,
-            credentials,
             config,
-            clock,
-            ledger,
-            metrics,
-            events: Arc::new(NoEvents),
             scheduling: tokio::sync::Mutex::new(Placements::default()),
         }
     }
 
-    /// Publishes events (Kubernetes) besides the audit log.
-    pub fn with_events(mut self, events: Arc<dyn Events>) -> Self {
-        self.events = events;
-        self
-    }
+    /// Observes, plans, and takes the one next action.
+    async fn pass(&self, server: &VirtualServer) -> Result<Pass, ControllerError> {
+        let name = server.name_any();
+        let domain = domain_name_for(&name);
+        let current = server.status.clone().unwrap_or_default();
+        let (agent, observation) = self.observe(&current, &domain).await;
+        let facts = ServerFacts {
+            spec: &server.spec,
+            status: &current,
+            generation: server.metadata.generation,
+            has_finalizer: server.finalizers().iter().any(|f| f == SERVER_FINALIZER),
+            deleting: server.metadata.deletion_timestamp.is_some(),
+        };
+        let decision = lifecycle::plan(facts, &observation, self.ctx.clock.now());
+        let mut next = decision.status;
+        // The plan only asks for agent actions once it observed the agent.
+        let placed = |agent: Option<AgentEndpoint>| {
+            agent.ok_or_else(|| {
+                ControllerError::Malformed(name.clone(), "no agent for a placed server".into())
+            })
+        };
 
-    pub async fn reconcile(&self, namespace: &str, name: &str) -> Result<Outcome, ControllerError> {
-        let span = tracing::info_span!("reconcile", kind = "VirtualServer", namespace, name);
-        let started = Instant::now();
-        let result = self
-            .reconcile_passes(namespace, name)
-            .instrument(span.clone())
-            .await;
-        let label = result.as_ref().err().map(ControllerError::metric_label);
-        self.metrics.reconciled(started.elapsed(), label);
-        if let Err(error) = &result {
-            span.in_scope(|| tracing::warn!(%error, "reconcile failed; will retry"));
-        }
-        result
-    }
-
-    async fn reconcile_passes(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Outcome, ControllerError> {
-        let domain = domain_name_for(name);
-        for _ in 0..MAX_PASSES {
-            let Some(server) = self.servers.get(Some(namespace), name).await? else {
-                return Ok(Outcome::Done);
-            };
-            let current = server.status.clone().unwrap_or_default();
-            let endpoint = match &current.hypervisor {
-                None => None,
-                Some(hypervisor) => Some(self.endpoint(hypervisor).await),
-            };
-            let observation = match &endpoint {
-                None => Observation::NotPlaced,
-                Some(Err(why)) => Observation::AgentUnavailable(why.clone()),
-                Some(Ok(agent)) => match self.agents.observe(agent, &domain).await {
-                    Ok(observed) => Observation::Domain(observed),
-                    Err(e) => Observation::AgentUnavailable(e.to_string()),
-                },
-            };
-            let facts = ServerFacts {
-                spec: &server.spec,
-                status: &current,
-                generation: server.metadata.generation,
-                has_finalizer: server.finalizers().iter().any(|f| f == SERVER_FINALIZER),
-                deleting: server.metadata.deletion_timestamp.is_some(),
-            };
-            let decision = lifecycle::plan(facts, &observation, self.clock.now());
-            let mut next = decision.status;
-            let agent = endpoint.and_then(Result::ok);
-            // The plan only asks for agent actions once it observed the agent.
-            let placed = |agent: Option<AgentEndpoint>| {
-                agent.ok_or_else(|| {
-                    ControllerError::Malformed(name.into(), "no agent for a placed server".into())
-                })
-            };
-
-            let Some(action) = decision.actions.first().copied() else {
-                self.write_status(&server, &current, &next).await?;
-                return match observation {
-                    Observation::AgentUnavailable(why) => Err(ControllerError::Agent {
-                        hypervisor: current.hypervisor.clone().unwrap_or_default(),
+        let Some(action) = decision.next else {
+            self.record_status(server, &current, &next).await?;
+            return match (observation, current.hypervisor) {
+                (Observation::AgentUnavailable(why), Some(hypervisor)) => {
+                    Err(ControllerError::Agent {
+                        hypervisor,
                         source: AgentCallError::Unreachable(why),
-                    }),
-                    _ => Ok(Outcome::Done),
-                };
+                    })
+                }
+                _ => Ok(Pass::Finished(Outcome::Done)),
             };
-            tracing::debug!(?action, "acting");
-            match action {
-                Action::AddFinalizer => {
-                    self.servers
-                        .add_finalizer(Some(namespace), name, SERVER_FINALIZER)
-                        .await?;
+        };
+        tracing::debug!(?action, "acting");
+        match action {
+            Action::AddFinalizer => {
+                self.servers
+                    .add_finalizer(server.namespace().as_deref(), &name, SERVER_FINALIZER)
+                    .await?;
+            }
+            Action::Schedule => {
+                if let Some(retry) = self.schedule(server, &current, next).await? {
+                    return Ok(Pass::Finished(Outcome::RequeueAfter(retry)));
                 }
-                Action::Schedule => {
-                    if let Some(retry) = self.schedule(&server, &current, next).await? {
-                        return Ok(Outcome::RetryAfter(retry));
-                    }
-                }
-                Action::RemoveFinalizer => {
-                    self.write_status(&server, &current, &next).await?;
-                    self.servers
-                        .remove_finalizer(Some(namespace), name, SERVER_FINALIZER)
-                        .await?;
-                    // Its room is free for the next placement at once.
-                    self.scheduling
-                        .lock()
-                        .await
-                        .servers
-                        .remove(&(namespace.to_owned(), name.to_owned()));
-                    self.audit(
-                        &server,
-                        "deleted",
-                        json!({ "hypervisor": current.hypervisor }),
-                    )
+            }
+            Action::RemoveFinalizer => {
+                self.release(server, &current, &next).await?;
+                return Ok(Pass::Finished(Outcome::Done));
+            }
+            Action::EnsureDomain { create_disk } => {
+                let agent = placed(agent)?;
+                let spec = self.domain_spec(server, &current, create_disk)?;
+                let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
+                self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
+                    .await?;
+            }
+            Action::Reboot => {
+                let agent = placed(agent)?;
+                let result = self.ctx.agents.reboot(&agent, &domain).await;
+                self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
+                    .await?;
+                // The reboot is done: record it before looking again.
+                self.record_status(server, &current, &next).await?;
+            }
+            Action::Destroy => {
+                let agent = placed(agent)?;
+                let result = self.ctx.agents.destroy(&agent, &domain).await;
+                self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
+                    .await?;
+                let note = format!("domain and disk destroyed on hypervisor {}", agent.hypervisor);
+                self.ctx
+                    .publish(server, EventType::Normal, EventReason::Destroyed, &note)
                     .await;
-                    tracing::info!("server torn down and released");
-                    return Ok(Outcome::Done);
-                }
-                Action::EnsureDomain { create_disk } => {
-                    let agent = placed(agent)?;
-                    let spec = self.domain_spec(&server, &current, create_disk)?;
-                    let result = self.agents.ensure(&agent, &domain, &spec).await;
-                    self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
-                        .await?;
-                }
-                Action::Reboot => {
-                    let agent = placed(agent)?;
-                    let result = self.agents.reboot(&agent, &domain).await;
-                    self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
-                        .await?;
-                    // The reboot is done: record it before looking again.
-                    self.write_status(&server, &current, &next).await?;
-                }
-                Action::Destroy => {
-                    let agent = placed(agent)?;
-                    let result = self.agents.destroy(&agent, &domain).await;
-                    self.after_agent_call(&server, &current, &mut next, &agent, result.map(drop))
-                        .await?;
-                    self.events
-                        .publish(
-                            &server,
-                            EventType::Normal,
-                            "Destroyed",
-                            &format!(
-                                "domain and disk destroyed on hypervisor {}",
-                                agent.hypervisor
-                            ),
-                        )
-                        .await;
-                    self.audit(
-                        &server,
-                        "destroyed",
+                self.ctx
+                    .audit(
+                        AuditAction::ServerDestroyed,
+                        AuditSubject::server(server),
                         json!({ "hypervisor": agent.hypervisor, "domain": domain }),
                     )
                     .await;
-                }
             }
         }
-        // Still moving: let other keys run and come back soon.
-        Ok(Outcome::RetryAfter(Duration::from_millis(200)))
+        Ok(Pass::Again)
+    }
+
+    /// Asks the agent of the server's hypervisor about its domain.
+    async fn observe(
+        &self,
+        current: &VirtualServerStatus,
+        domain: &str,
+    ) -> (Option<AgentEndpoint>, Observation) {
+        let Some(hypervisor) = &current.hypervisor else {
+            return (None, Observation::NotPlaced);
+        };
+        let agent = match self.ctx.directory.by_name(hypervisor).await {
+            Ok(agent) => agent,
+            Err(why) => return (None, Observation::AgentUnavailable(why)),
+        };
+        let observation = match self.ctx.agents.observe(&agent, domain).await {
+            Ok(observed) => Observation::Domain(observed),
+            Err(e) => Observation::AgentUnavailable(e.to_string()),
+        };
+        (Some(agent), observation)
+    }
+
+    /// Nothing of the server is left on any hypervisor: record it and let
+    /// the object go.
+    async fn release(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        next: &VirtualServerStatus,
+    ) -> Result<(), ControllerError> {
+        self.record_status(server, current, next).await?;
+        self.servers
+            .remove_finalizer(
+                server.namespace().as_deref(),
+                &server.name_any(),
+                SERVER_FINALIZER,
+            )
+            .await?;
+        // Its room is free for the next placement at once.
+        self.scheduling
+            .lock()
+            .await
+            .servers
+            .remove(&ObjectKey::of(server));
+        self.ctx
+            .audit(
+                AuditAction::ServerReleased,
+                AuditSubject::server(server),
+                json!({ "hypervisor": current.hypervisor }),
+            )
+            .await;
+        tracing::info!("server torn down and released");
+        Ok(())
     }
 
     /// On an agent failure, records why in the status and fails the reconcile
@@ -285,48 +274,22 @@ impl ServerReconciler {
         let Err(error) = result else {
             return Ok(());
         };
-        let now = self.clock.now().to_string();
         let (reachable, reason) = match &error {
-            AgentCallError::Unreachable(_) => (false, "AgentUnavailable"),
-            AgentCallError::Rejected { .. } => (true, "AgentRefused"),
+            AgentCallError::Unreachable(_) => (false, Reason::AgentUnavailable),
+            AgentCallError::Rejected { .. } => (true, Reason::AgentRefused),
         };
-        stratus_core::conditions::set(
+        conditions::set(
             &mut next.conditions,
-            stratus_core::conditions::AGENT_REACHABLE,
+            ConditionType::AgentReachable,
             reachable,
             reason,
             error.to_string(),
-            &now,
+            self.ctx.clock.now(),
         );
-        self.write_status(server, current, next).await?;
+        self.record_status(server, current, next).await?;
         Err(ControllerError::Agent {
             hypervisor: agent.hypervisor.clone(),
             source: error,
-        })
-    }
-
-    async fn endpoint(&self, hypervisor: &str) -> Result<AgentEndpoint, String> {
-        let found = self
-            .hypervisors
-            .get(None, hypervisor)
-            .await
-            .map_err(|e| format!("cannot read hypervisor {hypervisor}: {e}"))?
-            .ok_or_else(|| format!("hypervisor {hypervisor} is not registered"))?;
-        let token = self
-            .credentials
-            .get(&found.spec.credential)
-            .await
-            .map_err(|e| format!("cannot read credential {}: {e}", found.spec.credential))?
-            .ok_or_else(|| {
-                format!(
-                    "credential {} of hypervisor {hypervisor} is missing",
-                    found.spec.credential
-                )
-            })?;
-        Ok(AgentEndpoint {
-            hypervisor: hypervisor.to_owned(),
-            url: found.spec.url.clone(),
-            token,
         })
     }
 
@@ -367,57 +330,37 @@ impl ServerReconciler {
         mut next: VirtualServerStatus,
     ) -> Result<Option<Duration>, ControllerError> {
         let mut placements = self.scheduling.lock().await;
-        let name = server.name_any();
-        let key = (server.namespace().unwrap_or_default(), name.clone());
+        let key = ObjectKey::of(server);
         let placement = match self.config.image(&server.spec.image) {
             None => Err(format!("image {} is no longer offered", server.spec.image)),
             Some(image) => {
-                let hypervisors = self.hypervisors.list(None).await?.items;
+                let hypervisors = self.ctx.directory.hypervisors.list(None).await?.items;
                 if !placements.is_fresh() {
                     placements.relist(self.servers.list(None).await?.items);
                 }
-                let load = placements.load(&key);
-                let candidates: Vec<Candidate<'_>> = hypervisors
-                    .iter()
-                    .map(|hv| {
-                        let status = hv.status.as_ref();
-                        Candidate {
-                            name: hv.metadata.name.as_deref().unwrap_or_default(),
-                            zone: &hv.spec.zone,
-                            reachable: status.is_some_and(|s| s.reachable),
-                            cordoned: hv.spec.cordoned,
-                            capacity: status.and_then(|s| s.capacity.as_ref()),
-                            placed: load
-                                .get(hv.metadata.name.as_deref().unwrap_or_default())
-                                .copied()
-                                .unwrap_or_default(),
-                        }
-                    })
-                    .collect();
-                scheduling::choose(
+                scheduling::choose_hypervisor(
                     &server.spec.resources,
                     &image.volume,
                     server.spec.zone.as_deref(),
-                    &candidates,
+                    &hypervisors,
+                    &placements.load(&key),
                 )
-                .map(str::to_owned)
                 .map_err(|e| e.to_string())
             }
         };
-        let placed = placement.is_ok();
         lifecycle::record_placement(
             &mut next,
-            placement.as_deref().map_err(Clone::clone),
-            &mac_address_for(&name),
-            self.clock.now(),
+            placement.as_ref().map_err(Clone::clone),
+            &mac_address_for(&server.name_any()),
+            self.ctx.clock.now(),
         );
-        self.write_status(server, current, &next).await?;
+        self.record_status(server, current, &next).await?;
         if let Some(hypervisor) = &next.hypervisor {
             placements
                 .servers
                 .insert(key, (hypervisor.clone(), server.spec.resources));
         }
-        if placed {
+        if placement.is_ok() {
             Ok(None)
         } else {
             tracing::info!(
@@ -428,7 +371,8 @@ impl ServerReconciler {
         }
     }
 
-    async fn write_status(
+    /// Writes the status when it changed, and reports a phase change.
+    async fn record_status(
         &self,
         server: &VirtualServer,
         current: &VirtualServerStatus,
@@ -441,59 +385,45 @@ impl ServerReconciler {
             .patch_status(server.namespace().as_deref(), &server.name_any(), next)
             .await?;
         if current.phase != next.phase {
-            let phase = next.phase.api_name();
-            self.metrics.entered(phase);
-            tracing::info!(
-                from = current.phase.api_name(),
-                to = phase,
-                reason = next.reason.as_deref().unwrap_or_default(),
-                "phase changed"
-            );
-            let detail = json!({
-                "from": current.phase.api_name(),
-                "to": phase,
-                "reason": next.reason,
-                "hypervisor": next.hypervisor,
-            });
-            self.audit(server, "phase", detail).await;
-            let (event_type, note) = match (&next.reason, next.phase) {
-                (Some(reason), _) => (EventType::Warning, reason.clone()),
-                (None, ServerPhase::Provisioning) => (
-                    EventType::Normal,
-                    format!(
-                        "placed on hypervisor {}",
-                        next.hypervisor.as_deref().unwrap_or("?")
-                    ),
-                ),
-                (None, _) => (EventType::Normal, format!("server is {phase}")),
-            };
-            let reason = format!("{:?}", next.phase);
-            self.events
-                .publish(server, event_type, &reason, &note)
-                .await;
+            self.report_transition(server, current, next).await;
         }
         Ok(())
     }
 
-    async fn audit(&self, server: &VirtualServer, action: &str, detail: serde_json::Value) {
-        let Some(ledger) = &self.ledger else {
-            return;
-        };
-        let entry = AuditEntry {
-            at: self.clock.now().as_millisecond(),
-            actor: "controller".into(),
-            action: action.into(),
-            subject: format!(
-                "server/{}/{}",
-                server.namespace().unwrap_or_default(),
-                server.name_any()
+    /// Metrics, log, audit row and event for a server entering a phase.
+    async fn report_transition(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        next: &VirtualServerStatus,
+    ) {
+        let phase = next.phase.api_name();
+        self.ctx.metrics.entered(phase);
+        tracing::info!(
+            from = current.phase.api_name(),
+            to = phase,
+            reason = next.reason.as_deref().unwrap_or_default(),
+            "phase changed"
+        );
+        let detail = json!({
+            "from": current.phase.api_name(),
+            "to": phase,
+            "reason": next.reason,
+            "hypervisor": next.hypervisor,
+        });
+        self.ctx
+            .audit(AuditAction::ServerPhase, AuditSubject::server(server), detail)
+            .await;
+        let (event_type, note) = match (&next.reason, next.phase, &next.hypervisor) {
+            (Some(reason), _, _) => (EventType::Warning, reason.clone()),
+            (None, ServerPhase::Provisioning, Some(hypervisor)) => (
+                EventType::Normal,
+                format!("placed on hypervisor {hypervisor}"),
             ),
-            detail: detail.to_string(),
+            (None, _, _) => (EventType::Normal, format!("server is {phase}")),
         };
-        // The audit trail must not be silently incomplete, but a failed audit
-        // write must not stop the reconcile either: it is logged loudly.
-        if let Err(error) = ledger.audit(&entry).await {
-            tracing::error!(%error, action, "audit write failed");
-        }
+        self.ctx
+            .publish(server, event_type, EventReason::entered(next.phase), &note)
+            .await;
     }
 }

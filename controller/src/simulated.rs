@@ -156,7 +156,7 @@ impl SimulatedAgent {
                     .trim_end()
                     .to_owned(),
             );
-            if let Some(left) = s.failures.get_mut(&(agent.hypervisor.clone(), operation))
+            if let Some(left) = s.failures.get_mut(&(agent.hypervisor.to_string(), operation))
                 && *left > 0
             {
                 *left -= 1;
@@ -164,7 +164,7 @@ impl SimulatedAgent {
             }
             let node = s
                 .nodes
-                .get_mut(&agent.hypervisor)
+                .get_mut(agent.hypervisor.as_str())
                 .ok_or_else(|| AgentCallError::Unreachable("no such host".into()))?;
             if !node.reachable {
                 return Err(AgentCallError::Unreachable("connection refused".into()));

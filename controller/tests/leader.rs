@@ -197,9 +197,11 @@ async fn renewal_keeps_leadership_and_a_lost_race_gives_it_up() {
 #[tokio::test]
 async fn on_the_embedded_store_one_leads_and_the_other_takes_over_when_it_stops() {
     let scratch = stratus_store::testing::sqlite().await;
-    let store: Arc<dyn ObjectStore> =
-        Arc::new(stratus_store::SqlObjectStore::new(scratch.db.clone()));
     let clock = Arc::new(ManualClock::new(NOW.parse().unwrap()));
+    let store: Arc<dyn ObjectStore> = Arc::new(stratus_store::SqlObjectStore::new(
+        scratch.db.clone(),
+        clock.clone(),
+    ));
     let candidate = |identity: &str| LeaderElector {
         leases: Resources::new(store.clone()),
         namespace: "stratus-system".into(),

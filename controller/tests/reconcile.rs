@@ -4,20 +4,20 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::core::ObjectMeta;
 use stratus_controller::hypervisors::HypervisorProber;
-use stratus_controller::metrics::ControllerMetrics;
-use stratus_controller::servers::{Outcome, ServerReconciler};
+use stratus_controller::runtime::{ObjectKey, Outcome, Reconcile, RuntimeConfig};
+use stratus_controller::servers::ServerReconciler;
 use stratus_controller::simulated::SimulatedAgent;
-use stratus_controller::{Controller, ControllerConfig, ControllerError};
+use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerError};
 use stratus_core::agent_api::DomainState;
-use stratus_core::conditions::{self, AGENT_REACHABLE};
+use stratus_core::conditions::{self, ConditionStatus, ConditionType};
+use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{
-    Hypervisor, HypervisorSpec, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
-    VirtualServerStatus,
+    Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec, VirtualServerStatus,
 };
+use stratus_core::testing as fixtures;
 use stratus_core::{Config, ManualClock};
-use stratus_store::ledger::Ledger;
+use stratus_store::ledger::{AuditAction, AuditSubject, Ledger};
 use stratus_store::testing::{self, ScratchDatabase};
 use stratus_store::vault::Vault;
 use stratus_store::{ObjectStore, Resources, SqlObjectStore};
@@ -26,46 +26,50 @@ const NS: &str = "acc-0000000000000001";
 
 struct Harness {
     _scratch: ScratchDatabase,
+    store: Arc<dyn ObjectStore>,
     servers: Resources<VirtualServer>,
     hypervisors: Resources<Hypervisor>,
     sim: Arc<SimulatedAgent>,
+    ctx: Context,
     reconciler: Arc<ServerReconciler>,
     prober: Arc<HypervisorProber>,
     ledger: Ledger,
 }
 
 async fn harness_on(scratch: ScratchDatabase) -> Harness {
+    let clock = Arc::new(ManualClock::at_test_time());
     let store: Arc<dyn ObjectStore> = Arc::new(
-        SqlObjectStore::new(scratch.db.clone()).with_poll_interval(Duration::from_millis(20)),
+        SqlObjectStore::new(scratch.db.clone(), clock.clone())
+            .with_poll_interval(Duration::from_millis(20)),
     );
     let servers = Resources::<VirtualServer>::new(store.clone());
-    let hypervisors = Resources::<Hypervisor>::new(store);
+    let hypervisors = Resources::<Hypervisor>::new(store.clone());
     let sim = Arc::new(SimulatedAgent::default());
-    let credentials = Arc::new(Vault::new(scratch.db.clone(), &[9u8; 32]).unwrap());
+    let credentials = Arc::new(Vault::new(scratch.db.clone(), &[9u8; 32], clock.clone()).unwrap());
     credentials.put("hv-token", "t", 0).await.unwrap();
-    let clock = Arc::new(ManualClock::new("2026-11-21T10:00:00Z".parse().unwrap()));
     let ledger = Ledger::new(scratch.db.clone());
-    let reconciler = Arc::new(ServerReconciler::new(
-        servers.clone(),
-        hypervisors.clone(),
-        sim.clone(),
-        credentials.clone(),
-        Arc::new(Config::default()),
-        clock.clone(),
-        Some(ledger.clone()),
-        ControllerMetrics::default(),
-    ));
-    let prober = Arc::new(HypervisorProber {
+    let directory = AgentDirectory {
         hypervisors: hypervisors.clone(),
-        agents: sim.clone(),
         credentials,
-        clock,
-    });
+    };
+    let ctx = Context::new(clock, sim.clone(), directory).with_ledger(ledger.clone());
+    let reconciler = Arc::new(ServerReconciler::new(
+        ctx.clone(),
+        servers.clone(),
+        Arc::new(Config::default()),
+    ));
+    let prober = Arc::new(HypervisorProber::new(
+        ctx.clone(),
+        hypervisors.clone(),
+        Duration::from_secs(15),
+    ));
     Harness {
         _scratch: scratch,
+        store,
         servers,
         hypervisors,
         sim,
+        ctx,
         reconciler,
         prober,
         ledger,
@@ -81,50 +85,43 @@ impl Harness {
         self.sim
             .add_node(name, zone, vcpus, memory_mib, 1000, &["debian-12.qcow2"]);
         self.hypervisors
-            .create(&Hypervisor {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    ..Default::default()
-                },
-                spec: HypervisorSpec {
-                    url: format!("http://{name}.invalid"),
-                    zone: zone.into(),
-                    credential: "hv-token".into(),
-                    cordoned: false,
-                },
-                status: None,
-            })
+            .create(&fixtures::hypervisor(name).zone(zone).credential("hv-token").build())
             .await
             .unwrap();
         self.prober.probe_all().await.unwrap();
     }
 
     async fn order(&self, name: &str, zone: Option<&str>) {
-        let plan = Config::default().plan("small").unwrap().clone();
-        self.servers
-            .create(&VirtualServer {
-                metadata: ObjectMeta {
-                    name: Some(name.into()),
-                    namespace: Some(NS.into()),
-                    ..Default::default()
-                },
-                spec: VirtualServerSpec {
-                    hostname: "web1".into(),
-                    plan: plan.name.clone(),
-                    image: "debian-12".into(),
-                    zone: zone.map(str::to_owned),
-                    resources: plan.resources(),
-                    power: PowerState::Running,
-                    reboot_requests: 0,
-                },
-                status: None,
-            })
-            .await
-            .unwrap();
+        let mut server = fixtures::server(name).in_account(NS);
+        if let Some(zone) = zone {
+            server = server.zone(zone);
+        }
+        self.servers.create(&server.build()).await.unwrap();
+    }
+
+    /// The whole controller on its runtime, as `stratus up` runs it.
+    fn run_controller(&self, probe_interval: Duration) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let settings = ControllerConfig {
+            runtime: RuntimeConfig {
+                workers: 2,
+                ..Default::default()
+            },
+            probe_interval,
+        };
+        let runtime = stratus_controller::controller(
+            self.ctx.clone(),
+            self.store.clone(),
+            Arc::new(Config::default()),
+            settings,
+        );
+        (stop, tokio::spawn(runtime.run(stopped)))
     }
 
     async fn reconcile(&self, name: &str) -> Result<Outcome, ControllerError> {
-        self.reconciler.reconcile(NS, name).await
+        self.reconciler
+            .reconcile(&ObjectKey::new(Some(NS), name))
+            .await
     }
 
     async fn status(&self, name: &str) -> VirtualServerStatus {
@@ -158,9 +155,9 @@ async fn an_order_runs_on_both_databases() {
         assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
         let status = h.status("vs-1").await;
         assert_eq!(status.phase, ServerPhase::Running, "{label}: {status:?}");
-        assert_eq!(status.hypervisor.as_deref(), Some("hv1"));
+        assert_eq!(status.hypervisor.as_ref().map(HypervisorName::as_str), Some("hv1"));
         assert!(status.provisioned);
-        assert!(conditions::is_true(&status.conditions, conditions::READY));
+        assert!(conditions::is_true(&status.conditions, ConditionType::Ready));
         assert_eq!(
             h.sim.domains("hv1"),
             [("stratus-vs-1".to_owned(), Some(DomainState::Running), true)]
@@ -172,16 +169,15 @@ async fn an_order_runs_on_both_databases() {
         );
         assert_eq!(status.observed_generation, server.metadata.generation);
         // The audit log tells the story.
-        let trail = h
-            .ledger
-            .audit_trail(&format!("server/{NS}/vs-1"))
-            .await
-            .unwrap();
+        let server_subject = AuditSubject::Server {
+            account: NS.into(),
+            name: "vs-1".into(),
+        };
+        let trail = h.ledger.audit().trail(&server_subject).await.unwrap();
         let phases: Vec<String> = trail
             .iter()
-            .map(|e| {
-                serde_json::from_str::<serde_json::Value>(&e.detail).unwrap()["to"].to_string()
-            })
+            .filter(|e| e.action == AuditAction::ServerPhase)
+            .map(|e| e.detail["to"].to_string())
             .collect();
         assert_eq!(phases, ["\"provisioning\"", "\"running\""], "{label}");
         // The domain got what the plan says.
@@ -227,11 +223,11 @@ async fn a_crash_between_agent_and_status_is_adopted_not_duplicated() {
     let status = h.status("vs-1").await;
     assert_eq!(status.phase, ServerPhase::Provisioning);
     assert_eq!(
-        status.hypervisor.as_deref(),
+        status.hypervisor.as_ref().map(HypervisorName::as_str),
         Some("hv1"),
         "the choice is recorded before acting"
     );
-    assert!(!conditions::is_true(&status.conditions, AGENT_REACHABLE));
+    assert!(!conditions::is_true(&status.conditions, ConditionType::AgentReachable));
     // The retry converges to one running domain.
     assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
     assert_eq!(h.status("vs-1").await.phase, ServerPhase::Running);
@@ -252,9 +248,9 @@ async fn an_unreachable_agent_leaves_the_server_provisioning_with_a_reason() {
     let condition = status
         .conditions
         .iter()
-        .find(|c| c.type_ == AGENT_REACHABLE)
+        .find(|c| c.type_ == ConditionType::AgentReachable)
         .unwrap();
-    assert_eq!(condition.status, "False");
+    assert_eq!(condition.status, ConditionStatus::False);
     assert!(
         condition.message.contains("connection refused"),
         "{condition:?}"
@@ -363,11 +359,11 @@ async fn scheduling_respects_zone_and_capacity() {
     h.order("vs-4", Some("lon1")).await;
     for name in ["vs-1", "vs-2"] {
         h.reconcile(name).await.unwrap();
-        assert_eq!(h.status(name).await.hypervisor.as_deref(), Some("par-a"));
+        assert_eq!(h.status(name).await.hypervisor.as_ref().map(HypervisorName::as_str), Some("par-a"));
     }
     assert_eq!(
         h.reconcile("vs-3").await.unwrap(),
-        Outcome::RetryAfter(Duration::from_secs(10))
+        Outcome::RequeueAfter(Duration::from_secs(10))
     );
     let full = h.status("vs-3").await;
     assert_eq!(full.phase, ServerPhase::Pending);
@@ -401,7 +397,7 @@ async fn concurrent_orders_never_overbook_a_hypervisor() {
     let mut per_host: HashMap<String, usize> = HashMap::new();
     for name in &names {
         if let Some(hv) = h.status(name).await.hypervisor {
-            *per_host.entry(hv).or_default() += 1;
+            *per_host.entry(hv.to_string()).or_default() += 1;
         }
     }
     assert_eq!(per_host.get("hv1"), Some(&4), "{per_host:?}");
@@ -412,16 +408,7 @@ async fn concurrent_orders_never_overbook_a_hypervisor() {
 async fn the_controller_runtime_drives_orders_from_watch_events() {
     let h = harness().await;
     h.add_hypervisor("hv1", "default", 8, 16384).await;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let controller = Controller {
-        servers: h.reconciler.clone(),
-        prober: h.prober.clone(),
-        config: ControllerConfig {
-            workers: 2,
-            ..Default::default()
-        },
-    };
-    let running = tokio::spawn(controller.run(stopped));
+    let (stop, running) = h.run_controller(Duration::from_secs(15));
     h.order("vs-1", None).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.status("vs-1").await.phase != ServerPhase::Running {
@@ -450,17 +437,7 @@ async fn the_controller_runtime_drives_orders_from_watch_events() {
 #[tokio::test]
 async fn a_new_hypervisor_is_probed_and_used_at_once() {
     let h = harness().await;
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let controller = Controller {
-        servers: h.reconciler.clone(),
-        prober: h.prober.clone(),
-        config: ControllerConfig {
-            workers: 2,
-            probe_interval: Duration::from_secs(3600),
-            ..Default::default()
-        },
-    };
-    let running = tokio::spawn(controller.run(stopped));
+    let (stop, running) = h.run_controller(Duration::from_secs(3600));
     h.order("vs-1", None).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while h.status("vs-1").await.reason.is_none() {
@@ -484,19 +461,7 @@ async fn a_new_hypervisor_is_probed_and_used_at_once() {
     h.sim
         .add_node("hv1", "default", 8, 16384, 1000, &["debian-12.qcow2"]);
     h.hypervisors
-        .create(&Hypervisor {
-            metadata: ObjectMeta {
-                name: Some("hv1".into()),
-                ..Default::default()
-            },
-            spec: HypervisorSpec {
-                url: "http://hv1.invalid".into(),
-                zone: "default".into(),
-                credential: "hv-token".into(),
-                cordoned: false,
-            },
-            status: None,
-        })
+        .create(&fixtures::hypervisor("hv1").credential("hv-token").build())
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
