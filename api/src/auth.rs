@@ -7,7 +7,7 @@ use axum::http::request::Parts;
 use ring::digest::{SHA256, digest};
 use stratus_core::ids::{AccountId, TokenId};
 use stratus_store::StoreError;
-use stratus_store::ledger::{Ledger, TokenRecord, TokenScope};
+use stratus_store::ledger::{Actor, Ledger, TokenRecord, TokenScope};
 use stratus_store::vault::random_hex;
 
 use crate::error::ApiError;
@@ -19,20 +19,20 @@ const TOKEN_PREFIX: &str = "stx_";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Principal {
     Admin {
-        token_id: String,
+        token_id: TokenId,
     },
     Customer {
-        token_id: String,
-        account_id: String,
+        token_id: TokenId,
+        account_id: AccountId,
     },
 }
 
 impl Principal {
     /// How the caller appears in the audit log.
-    pub fn actor(&self) -> String {
+    pub fn actor(&self) -> Actor {
         match self {
             Self::Admin { token_id } | Self::Customer { token_id, .. } => {
-                format!("token:{token_id}")
+                Actor::Token(token_id.clone())
             }
         }
     }
@@ -47,7 +47,7 @@ impl Principal {
     }
 
     /// The account a customer acts for; operators must use the admin endpoints.
-    pub fn account(&self) -> Result<&str, ApiError> {
+    pub fn account(&self) -> Result<&AccountId, ApiError> {
         match self {
             Self::Customer { account_id, .. } => Ok(account_id),
             Self::Admin { .. } => Err(ApiError::forbidden(
@@ -87,14 +87,14 @@ pub async fn issue_token_in(
     let id_bits = u64::from_str_radix(&random_hex(8)?, 16)
         .map_err(|_| StoreError::Invalid("random id".into()))?;
     let record = TokenRecord {
-        id: TokenId::from_random(id_bits).to_string(),
-        account_id: account_id.map(ToString::to_string),
+        id: TokenId::from_random(id_bits),
+        account_id: account_id.cloned(),
         name: name.to_owned(),
         scope,
         created_at: now_millis,
         revoked_at: None,
     };
-    ledger.insert_token(&record, &hash_token(&token)).await?;
+    ledger.tokens().insert(&record, &hash_token(&token)).await?;
     Ok((record, token))
 }
 
@@ -116,7 +116,8 @@ impl FromRequestParts<ApiState> for Principal {
             })?;
         let record = state
             .ledger
-            .token_by_hash(&hash_token(token))
+            .tokens()
+            .by_hash(&hash_token(token))
             .await?
             .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
         if record.revoked_at.is_some() {

@@ -42,6 +42,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 } else {
                     path
                 });
+                // Well-formed, but not one of the values the field takes.
+                if inner.starts_with("unknown variant") {
+                    return ApiError::invalid(&field, format!("invalid value: {inner}"));
+                }
                 ApiError::bad_request(&field, format!("invalid request body: {inner}"))
             })
     }

@@ -12,5 +12,5 @@ pub mod state;
 pub mod views;
 
 pub use error::ApiError;
-pub use routes::{app, hypervisors::credential_name, openapi};
-pub use state::ApiState;
+pub use routes::{app, openapi};
+pub use state::{ApiDeps, ApiState};

@@ -4,7 +4,7 @@ use prometheus_client::registry::Registry;
 use ring::rand::{SecureRandom, SystemRandom};
 use stratus_core::resources::{Account, Hypervisor, VirtualServer};
 use stratus_core::{Clock, Config};
-use stratus_store::ledger::Ledger;
+use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger};
 use stratus_store::secrets::Secrets;
 use stratus_store::{ObjectStore, Resources};
 
@@ -28,17 +28,29 @@ pub struct ApiState {
     rng: SystemRandom,
 }
 
+/// What the API is built from.
+pub struct ApiDeps {
+    /// Where the resources live (embedded or Kubernetes).
+    pub store: Arc<dyn ObjectStore>,
+    pub ledger: Ledger,
+    pub secrets: Arc<dyn Secrets>,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    /// The process's registry; the API registers its metrics in it and serves it.
+    pub registry: Registry,
+}
+
 impl ApiState {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: Arc<dyn ObjectStore>,
-        ledger: Ledger,
-        secrets: Arc<dyn Secrets>,
-        config: Arc<Config>,
-        clock: Arc<dyn Clock>,
-        metrics: ApiMetrics,
-        registry: Arc<Registry>,
-    ) -> Self {
+    pub fn new(deps: ApiDeps) -> Self {
+        let ApiDeps {
+            store,
+            ledger,
+            secrets,
+            config,
+            clock,
+            mut registry,
+        } = deps;
+        let metrics = ApiMetrics::register(&mut registry);
         Self {
             servers: Resources::new(store.clone()),
             accounts: Resources::new(store.clone()),
@@ -48,7 +60,7 @@ impl ApiState {
             config,
             clock,
             metrics,
-            registry,
+            registry: Arc::new(registry),
             rng: SystemRandom::new(),
         }
     }
@@ -73,16 +85,22 @@ impl ApiState {
 impl ApiState {
     /// Appends to the audit log; a failure is logged loudly (the change it
     /// records already happened and is not undone).
-    pub async fn audit(&self, actor: &str, action: &str, subject: &str, detail: serde_json::Value) {
-        let entry = stratus_store::ledger::AuditEntry {
+    pub async fn audit(
+        &self,
+        actor: Actor,
+        action: AuditAction,
+        subject: AuditSubject,
+        detail: serde_json::Value,
+    ) {
+        let entry = AuditEntry {
             at: self.now_millis(),
-            actor: actor.to_owned(),
-            action: action.to_owned(),
-            subject: subject.to_owned(),
-            detail: detail.to_string(),
+            actor,
+            action,
+            subject,
+            detail,
         };
-        if let Err(error) = self.ledger.audit(&entry).await {
-            tracing::error!(%error, action, subject, "audit write failed");
+        if let Err(error) = self.ledger.audit().append(&entry).await {
+            tracing::error!(%error, action = %entry.action, subject = %entry.subject, "audit write failed");
         }
     }
 }

@@ -7,6 +7,7 @@ use stratus_core::config::{Image, Plan};
 use stratus_core::resources::{
     Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer,
 };
+use stratus_core::scheduling::{Load, Placed};
 use stratus_store::ledger::TokenRecord;
 use utoipa::ToSchema;
 
@@ -75,9 +76,9 @@ pub struct TokenView {
 impl From<&TokenRecord> for TokenView {
     fn from(record: &TokenRecord) -> Self {
         Self {
-            id: record.id.clone(),
+            id: record.id.to_string(),
             name: record.name.clone(),
-            account_id: record.account_id.clone(),
+            account_id: record.account_id.as_ref().map(ToString::to_string),
             created_at: millis_to_rfc3339(record.created_at),
             revoked_at: record.revoked_at.map(millis_to_rfc3339),
         }
@@ -187,7 +188,7 @@ impl From<&VirtualServer> for ServerView {
                 PowerState::Stopped => "stopped",
             }
             .to_owned(),
-            hypervisor: status.hypervisor,
+            hypervisor: status.hypervisor.map(|h| h.to_string()),
             vcpus: server.spec.resources.vcpus,
             memory_mib: server.spec.resources.memory_mib,
             disk_gib: server.spec.resources.disk_gib,
@@ -204,9 +205,17 @@ impl From<&VirtualServer> for ServerView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerAction {
-    /// `stop`, `start` or `reboot`.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ServerActionKind,
+}
+
+/// What a customer can do to a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ServerActionKind {
+    Stop,
+    Start,
+    Reboot,
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -229,8 +238,8 @@ pub struct ResourcesView {
     pub disk_gib: u64,
 }
 
-impl From<stratus_core::scheduling::Load> for ResourcesView {
-    fn from(load: stratus_core::scheduling::Load) -> Self {
+impl From<Load> for ResourcesView {
+    fn from(load: Load) -> Self {
         Self {
             vcpus: load.vcpus,
             memory_mib: load.memory_mib,
@@ -260,7 +269,7 @@ pub struct HypervisorView {
 }
 
 impl HypervisorView {
-    pub fn new(hypervisor: &Hypervisor, placed: ResourcesView, servers: usize) -> Self {
+    pub fn new(hypervisor: &Hypervisor, placed: Placed) -> Self {
         let status = hypervisor.status.clone().unwrap_or_default();
         Self {
             name: hypervisor.name_any(),
@@ -276,8 +285,8 @@ impl HypervisorView {
                 disk_gib: c.disk_gib,
             }),
             images: status.capacity.map(|c| c.images).unwrap_or_default(),
-            placed,
-            servers,
+            placed: placed.load.into(),
+            servers: placed.servers,
             created_at: hypervisor
                 .metadata
                 .creation_timestamp

@@ -6,7 +6,8 @@ use serde_json::json;
 use stratus_core::ids::AccountId;
 use stratus_core::resources::{Account, AccountSpec};
 use stratus_core::validate;
-use stratus_store::ledger::TokenScope;
+use stratus_core::ids::TokenId;
+use stratus_store::ledger::{AuditAction, AuditSubject, TokenScope};
 
 use crate::auth::{Principal, issue_token};
 use crate::body::JsonBody;
@@ -54,9 +55,9 @@ pub async fn create_account(
     let created = state.accounts.create(&account).await?;
     state
         .audit(
-            &principal.actor(),
-            "account.create",
-            &format!("account/{id}"),
+            principal.actor(),
+            AuditAction::AccountCreate,
+            AuditSubject::account(&id),
             json!({ "email": request.email }),
         )
         .await;
@@ -89,7 +90,7 @@ pub async fn get_account(
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
     if let Principal::Customer { account_id, .. } = &principal
-        && *account_id != id
+        && account_id.as_str() != id
     {
         return Err(ApiError::not_found("account", &id));
     }
@@ -127,18 +128,18 @@ pub async fn create_token(
         issue_token(&state, Some(&account_id), name, TokenScope::Customer).await?;
     state
         .audit(
-            &principal.actor(),
-            "token.issue",
-            &format!("account/{id}"),
+            principal.actor(),
+            AuditAction::TokenIssue,
+            AuditSubject::account(&account_id),
             json!({ "token_id": record.id, "name": name }),
         )
         .await;
     Ok((
         StatusCode::CREATED,
         Json(IssuedToken {
-            id: record.id.clone(),
+            id: record.id.to_string(),
             name: record.name.clone(),
-            account_id: record.account_id.clone(),
+            account_id: record.account_id.as_ref().map(ToString::to_string),
             token,
             created_at: TokenView::from(&record).created_at,
         }),
@@ -155,10 +156,11 @@ pub async fn list_tokens(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<TokenView>>, ApiError> {
     principal.require_admin()?;
+    let account_id = AccountId::parse(&id).ok_or_else(|| ApiError::not_found("account", &id))?;
     if state.accounts.get(None, &id).await?.is_none() {
         return Err(ApiError::not_found("account", &id));
     }
-    let tokens = state.ledger.tokens_of_account(&id).await?;
+    let tokens = state.ledger.tokens().of_account(&account_id).await?;
     let views = tokens.iter().map(TokenView::from).collect();
     Ok(Json(paginate(views, &query, |t: &TokenView| t.id.clone())?))
 }
@@ -171,26 +173,33 @@ pub async fn revoke_token(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let token_id = TokenId::parse(&id).ok_or_else(|| ApiError::not_found("token", &id))?;
     let record = state
         .ledger
-        .token(&id)
+        .tokens()
+        .get(&token_id)
         .await?
         .ok_or_else(|| ApiError::not_found("token", &id))?;
     if let Principal::Customer { account_id, .. } = &principal
-        && record.account_id.as_deref() != Some(account_id.as_str())
+        && record.account_id.as_ref() != Some(account_id)
     {
         return Err(ApiError::not_found("token", &id));
     }
-    state.ledger.revoke_token(&id, state.now_millis()).await?;
+    state
+        .ledger
+        .tokens()
+        .revoke(&token_id, state.now_millis())
+        .await?;
     let subject = record
         .account_id
-        .map_or_else(|| "admin".to_owned(), |a| format!("account/{a}"));
+        .as_ref()
+        .map_or(AuditSubject::Operators, AuditSubject::account);
     state
         .audit(
-            &principal.actor(),
-            "token.revoke",
-            &subject,
-            json!({ "token_id": id }),
+            principal.actor(),
+            AuditAction::TokenRevoke,
+            subject,
+            json!({ "token_id": token_id }),
         )
         .await;
     Ok(StatusCode::NO_CONTENT)

@@ -3,11 +3,12 @@ use std::collections::HashMap;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
+use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Hypervisor, HypervisorSpec};
-use stratus_core::scheduling::Load;
+use stratus_core::scheduling::{self, Placed};
+use stratus_store::ledger::{AuditAction, AuditSubject};
 use stratus_core::validate;
 
 use crate::auth::Principal;
@@ -20,26 +21,18 @@ use crate::views::{HypervisorView, RegisterHypervisor};
 /// Minimum length of an agent token, so a guessable one is refused.
 const MIN_AGENT_TOKEN_LEN: usize = 16;
 
-pub fn credential_name(hypervisor: &str) -> String {
-    format!("hypervisor/{hypervisor}")
+/// What is placed on each hypervisor.
+async fn placed_load(state: &ApiState) -> Result<HashMap<HypervisorName, Placed>, ApiError> {
+    let servers = state.servers.list(None).await?.items;
+    Ok(scheduling::placed_load(scheduling::placements_of(&servers)))
 }
 
-/// Placed load per hypervisor: (resources, number of servers).
-async fn placed_load(state: &ApiState) -> Result<HashMap<String, (Load, usize)>, ApiError> {
-    let mut load: HashMap<String, (Load, usize)> = HashMap::new();
-    for server in state.servers.list(None).await?.items {
-        if let Some(hv) = server.status.and_then(|s| s.hypervisor) {
-            let entry = load.entry(hv).or_default();
-            entry.0.add(&server.spec.resources);
-            entry.1 += 1;
-        }
-    }
-    Ok(load)
-}
-
-fn view(hypervisor: &Hypervisor, load: &mut HashMap<String, (Load, usize)>) -> HypervisorView {
-    let (placed, servers) = load.remove(&hypervisor.name_any()).unwrap_or_default();
-    HypervisorView::new(hypervisor, placed.into(), servers)
+fn view(hypervisor: &Hypervisor, load: &HashMap<HypervisorName, Placed>) -> HypervisorView {
+    let placed = load
+        .get(&HypervisorName::of(hypervisor))
+        .copied()
+        .unwrap_or_default();
+    HypervisorView::new(hypervisor, placed)
 }
 
 /// Registers a hypervisor running the agent (operators). Its token is stored
@@ -53,12 +46,12 @@ pub async fn register_hypervisor(
     JsonBody(request): JsonBody<RegisterHypervisor>,
 ) -> Result<(StatusCode, Json<HypervisorView>), ApiError> {
     principal.require_admin()?;
-    if !validate::is_slug(&request.name) {
-        return Err(ApiError::invalid(
+    let name = HypervisorName::parse(&request.name).ok_or_else(|| {
+        ApiError::invalid(
             "name",
             "name must be lower-case letters, digits, '-', '.' or '_' (1-63)",
-        ));
-    }
+        )
+    })?;
     if !validate::is_slug(&request.zone) {
         return Err(ApiError::invalid(
             "zone",
@@ -94,7 +87,7 @@ pub async fn register_hypervisor(
             request.name
         )));
     }
-    let credential = credential_name(&request.name);
+    let credential = name.credential_name();
     state.secrets.put(&credential, &request.token).await?;
     let hypervisor = Hypervisor {
         metadata: ObjectMeta {
@@ -112,16 +105,16 @@ pub async fn register_hypervisor(
     let created = state.hypervisors.create(&hypervisor).await?;
     state
         .audit(
-            &principal.actor(),
-            "hypervisor.register",
-            &format!("hypervisor/{}", request.name),
+            principal.actor(),
+            AuditAction::HypervisorRegister,
+            AuditSubject::Hypervisor(name.to_string()),
             json!({ "url": request.url, "zone": request.zone }),
         )
         .await;
     tracing::info!(hypervisor = %request.name, zone = %request.zone, "hypervisor registered");
     Ok((
         StatusCode::CREATED,
-        Json(view(&created, &mut HashMap::new())),
+        Json(view(&created, &HashMap::new())),
     ))
 }
 
@@ -134,9 +127,9 @@ pub async fn list_hypervisors(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<HypervisorView>>, ApiError> {
     principal.require_admin()?;
-    let mut load = placed_load(&state).await?;
+    let load = placed_load(&state).await?;
     let hypervisors = state.hypervisors.list(None).await?.items;
-    let views = hypervisors.iter().map(|h| view(h, &mut load)).collect();
+    let views = hypervisors.iter().map(|h| view(h, &load)).collect();
     Ok(Json(paginate(views, &query, |h: &HypervisorView| {
         h.name.clone()
     })?))
@@ -156,6 +149,6 @@ pub async fn get_hypervisor(
         .get(None, &name)
         .await?
         .ok_or_else(|| ApiError::not_found("hypervisor", &name))?;
-    let mut load = placed_load(&state).await?;
-    Ok(Json(view(&hypervisor, &mut load)))
+    let load = placed_load(&state).await?;
+    Ok(Json(view(&hypervisor, &load)))
 }

@@ -5,30 +5,22 @@ use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
-use stratus_core::ids::ServerId;
+use stratus_core::ids::{AccountId, ServerId};
 use stratus_core::resources::{
     AccountState, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
 };
 use stratus_core::validate;
 use stratus_store::StoreError;
-use stratus_store::ledger::IdempotencyClaim;
+use stratus_store::ledger::{AuditAction, AuditSubject, IdempotencyClaim};
 
 use crate::auth::{Principal, hash_token};
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery, paginate};
 use crate::state::ApiState;
-use crate::views::{OrderServer, ServerAction, ServerView};
+use crate::views::{OrderServer, ServerAction, ServerActionKind, ServerView};
 
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
-
-fn subject(server: &VirtualServer) -> String {
-    format!(
-        "server/{}/{}",
-        server.namespace().unwrap_or_default(),
-        server.name_any()
-    )
-}
 
 fn accepted(server: &VirtualServer) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(ServerView::from(server))).into_response();
@@ -46,7 +38,9 @@ async fn find_server(
     id: &str,
 ) -> Result<VirtualServer, ApiError> {
     let found = match principal {
-        Principal::Customer { account_id, .. } => state.servers.get(Some(account_id), id).await?,
+        Principal::Customer { account_id, .. } => {
+            state.servers.get(Some(account_id.as_str()), id).await?
+        }
         Principal::Admin { .. } => state
             .servers
             .list(None)
@@ -72,24 +66,16 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// Orders a server. With an `Idempotency-Key`, repeating the same request
-/// returns the same server; the same key with another body is refused.
-#[utoipa::path(post, path = "/v1/servers", tag = "servers", request_body = OrderServer,
-    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: same key and body, same server")),
-    responses((status = 202, body = ServerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 422, body = ErrorBody)))]
-pub async fn order_server(
-    principal: Principal,
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-    JsonBody(order): JsonBody<OrderServer>,
-) -> Result<Response, ApiError> {
-    let account_id = principal.account()?.to_owned();
-    let key = idempotency_key(&headers)?;
+/// Checks an order against the account's standing and the catalogue;
+/// answers the spec of the server to create.
+async fn validate_order(
+    state: &ApiState,
+    account_id: &AccountId,
+    order: &OrderServer,
+) -> Result<VirtualServerSpec, ApiError> {
     let account = state
         .accounts
-        .get(None, &account_id)
+        .get(None, account_id.as_str())
         .await?
         .ok_or_else(|| ApiError::forbidden("the account of this token no longer exists"))?;
     if account.status.as_ref().map(|s| s.state).unwrap_or_default() != AccountState::Active {
@@ -119,92 +105,132 @@ pub async fn order_server(
         ));
     }
     if let Some(zone) = &order.zone {
-        let zones: Vec<String> = state
-            .hypervisors
-            .list(None)
-            .await?
-            .items
-            .into_iter()
-            .map(|h| h.spec.zone)
-            .collect();
-        if !zones.contains(zone) {
+        let hypervisors = state.hypervisors.list(None).await?.items;
+        if !hypervisors.iter().any(|h| &h.spec.zone == zone) {
             return Err(ApiError::invalid("zone", format!("unknown zone {zone:?}")));
         }
     }
+    Ok(VirtualServerSpec {
+        hostname: order.name.clone(),
+        plan: plan.name.clone(),
+        image: order.image.clone(),
+        zone: order.zone.clone(),
+        resources: plan.resources(),
+        power: PowerState::Running,
+        reboot_requests: 0,
+    })
+}
 
-    let mut id = ServerId::from_random(state.random_u64()?).to_string();
-    if let Some(key) = &key {
-        let request_hash = hash_token(
-            &serde_json::to_string(&order).map_err(|e| ApiError::internal(e.to_string()))?,
-        );
-        match state
-            .ledger
-            .claim_idempotency_key(&account_id, key, &request_hash, &id, state.now_millis())
-            .await?
-        {
-            IdempotencyClaim::Claimed => {}
-            IdempotencyClaim::Existing {
-                request_hash: earlier,
-                resource_name,
-            } => {
-                if earlier != request_hash {
-                    return Err(ApiError::invalid(
-                        "Idempotency-Key",
-                        "this Idempotency-Key was already used with a different request body",
-                    ));
-                }
-                if let Some(existing) = state.servers.get(Some(&account_id), &resource_name).await?
-                {
-                    return Ok(accepted(&existing));
-                }
-                let trail = state
-                    .ledger
-                    .audit_trail(&format!("server/{account_id}/{resource_name}"))
-                    .await?;
-                if trail.iter().any(|e| e.action == "server.order") {
-                    return Err(ApiError::conflict(format!(
-                        "the server {resource_name} ordered with this Idempotency-Key has since been deleted"
-                    )));
-                }
-                // The first attempt stopped between claiming the key and creating the server.
-                id = resource_name;
-            }
-        }
+/// What an order's idempotency key says to do.
+enum Retry {
+    /// Create the server under this id.
+    Create(ServerId),
+    /// The first attempt created it: answer with it.
+    Existing(VirtualServer),
+}
+
+/// Binds the order's idempotency key (if any) to the id the server gets.
+async fn claim_idempotency_key(
+    state: &ApiState,
+    account_id: &AccountId,
+    key: Option<&str>,
+    order: &OrderServer,
+) -> Result<Retry, ApiError> {
+    let id = ServerId::from_random(state.random_u64()?);
+    let Some(key) = key else {
+        return Ok(Retry::Create(id));
+    };
+    let request_hash = hash_token(
+        &serde_json::to_string(order).map_err(|e| ApiError::internal(e.to_string()))?,
+    );
+    let claim = state
+        .ledger
+        .idempotency()
+        .claim(account_id, key, &request_hash, id.as_str(), state.now_millis())
+        .await?;
+    let IdempotencyClaim::Existing {
+        request_hash: earlier,
+        resource_name,
+        fulfilled,
+    } = claim
+    else {
+        return Ok(Retry::Create(id));
+    };
+    if earlier != request_hash {
+        return Err(ApiError::invalid(
+            "Idempotency-Key",
+            "this Idempotency-Key was already used with a different request body",
+        ));
     }
+    if let Some(existing) = state
+        .servers
+        .get(Some(account_id.as_str()), &resource_name)
+        .await?
+    {
+        return Ok(Retry::Existing(existing));
+    }
+    if fulfilled {
+        return Err(ApiError::conflict(format!(
+            "the server {resource_name} ordered with this Idempotency-Key has since been deleted"
+        )));
+    }
+    // The first attempt stopped between claiming the key and creating the server.
+    let id = ServerId::parse(&resource_name)
+        .ok_or_else(|| ApiError::internal("malformed server id bound to an idempotency key"))?;
+    Ok(Retry::Create(id))
+}
 
+/// Orders a server. With an `Idempotency-Key`, repeating the same request
+/// returns the same server; the same key with another body is refused.
+#[utoipa::path(post, path = "/v1/servers", tag = "servers", request_body = OrderServer,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: same key and body, same server")),
+    responses((status = 202, body = ServerView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn order_server(
+    principal: Principal,
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(order): JsonBody<OrderServer>,
+) -> Result<Response, ApiError> {
+    let account_id = principal.account()?.clone();
+    let key = idempotency_key(&headers)?;
+    let spec = validate_order(&state, &account_id, &order).await?;
+    let id = match claim_idempotency_key(&state, &account_id, key.as_deref(), &order).await? {
+        Retry::Existing(server) => return Ok(accepted(&server)),
+        Retry::Create(id) => id,
+    };
     let server = VirtualServer {
         metadata: ObjectMeta {
-            name: Some(id.clone()),
-            namespace: Some(account_id.clone()),
+            name: Some(id.to_string()),
+            namespace: Some(account_id.to_string()),
             ..Default::default()
         },
-        spec: VirtualServerSpec {
-            hostname: order.name.clone(),
-            plan: plan.name.clone(),
-            image: order.image.clone(),
-            zone: order.zone.clone(),
-            resources: plan.resources(),
-            power: PowerState::Running,
-            reboot_requests: 0,
-        },
+        spec,
         status: None,
     };
-    let created =
-        match state.servers.create(&server).await {
-            Ok(created) => created,
-            // A concurrent retry with the same key created it first.
-            Err(StoreError::AlreadyExists { .. }) => state
-                .servers
-                .get(Some(&account_id), &id)
-                .await?
-                .ok_or_else(|| ApiError::conflict("the server was deleted while being ordered"))?,
-            Err(other) => return Err(other.into()),
-        };
+    let created = match state.servers.create(&server).await {
+        Ok(created) => created,
+        // A concurrent retry with the same key created it first.
+        Err(StoreError::AlreadyExists { .. }) => state
+            .servers
+            .get(Some(account_id.as_str()), id.as_str())
+            .await?
+            .ok_or_else(|| ApiError::conflict("the server was deleted while being ordered"))?,
+        Err(other) => return Err(other.into()),
+    };
+    if let Some(key) = &key {
+        state
+            .ledger
+            .idempotency()
+            .fulfil(&account_id, key, state.now_millis())
+            .await?;
+    }
     state
         .audit(
-            &principal.actor(),
-            "server.order",
-            &subject(&created),
+            principal.actor(),
+            AuditAction::ServerOrder,
+            AuditSubject::server(&created),
             json!({ "plan": order.plan, "image": order.image, "zone": order.zone, "idempotency_key": key }),
         )
         .await;
@@ -222,13 +248,17 @@ pub async fn list_servers(
 ) -> Result<Json<Page<ServerView>>, ApiError> {
     let namespace = match &principal {
         Principal::Customer { account_id, .. } => {
-            if query.account.as_ref().is_some_and(|a| a != account_id) {
+            if query
+                .account
+                .as_ref()
+                .is_some_and(|a| a != account_id.as_str())
+            {
                 return Err(ApiError::bad_request(
                     "account",
                     "a customer token lists its own account only",
                 ));
             }
-            Some(account_id.clone())
+            Some(account_id.to_string())
         }
         Principal::Admin { .. } => query.account.clone(),
     };
@@ -277,9 +307,9 @@ pub async fn delete_server(
     }
     state
         .audit(
-            &principal.actor(),
-            "server.delete",
-            &subject(&server),
+            principal.actor(),
+            AuditAction::ServerDelete,
+            AuditSubject::server(&server),
             json!({}),
         )
         .await;
@@ -296,20 +326,11 @@ pub async fn server_action(
     Path(id): Path<String>,
     JsonBody(action): JsonBody<ServerAction>,
 ) -> Result<Response, ApiError> {
-    if !matches!(action.kind.as_str(), "stop" | "start" | "reboot") {
-        return Err(ApiError::invalid(
-            "type",
-            format!(
-                "unknown action {:?}: use stop, start or reboot",
-                action.kind
-            ),
-        ));
-    }
     let server = find_server(&state, &principal, &id).await?;
     if server.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the server is being deleted"));
     }
-    if action.kind == "reboot" && server.spec.power == PowerState::Stopped {
+    if action.kind == ServerActionKind::Reboot && server.spec.power == PowerState::Stopped {
         return Err(ApiError::conflict(
             "the server is stopped: start it instead of rebooting",
         ));
@@ -317,28 +338,32 @@ pub async fn server_action(
     let namespace = server.namespace();
     let updated = state
         .servers
-        .update(namespace.as_deref(), &id, |s| match action.kind.as_str() {
-            "stop" if s.spec.power != PowerState::Stopped => {
+        .update(namespace.as_deref(), &id, |s| match action.kind {
+            ServerActionKind::Stop if s.spec.power != PowerState::Stopped => {
                 s.spec.power = PowerState::Stopped;
                 true
             }
-            "start" if s.spec.power != PowerState::Running => {
+            ServerActionKind::Start if s.spec.power != PowerState::Running => {
                 s.spec.power = PowerState::Running;
                 true
             }
-            "reboot" => {
+            ServerActionKind::Reboot => {
                 s.spec.reboot_requests = s.spec.reboot_requests.saturating_add(1);
                 true
             }
-            _ => false,
+            ServerActionKind::Stop | ServerActionKind::Start => false,
         })
         .await?
         .ok_or_else(|| ApiError::not_found("server", &id))?;
     state
         .audit(
-            &principal.actor(),
-            &format!("server.{}", action.kind),
-            &subject(&updated),
+            principal.actor(),
+            match action.kind {
+                ServerActionKind::Stop => AuditAction::ServerStop,
+                ServerActionKind::Start => AuditAction::ServerStart,
+                ServerActionKind::Reboot => AuditAction::ServerReboot,
+            },
+            AuditSubject::server(&updated),
             json!({}),
         )
         .await;
