@@ -89,7 +89,11 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
     .await
     .unwrap();
     let served: Arc<dyn ObjectStore> =
-        Arc::new(SqlObjectStore::new(db).with_poll_interval(Duration::from_millis(20)));
+        // The test API server stamps times as a real one does: from its own clock.
+        Arc::new(
+            SqlObjectStore::new(db, Arc::new(stratus_core::SystemClock))
+                .with_poll_interval(Duration::from_millis(20)),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let server_url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move {
@@ -197,7 +201,13 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
     })
     .await;
     assert_eq!(
-        running.status.as_ref().unwrap().hypervisor.as_deref(),
+        running
+            .status
+            .as_ref()
+            .unwrap()
+            .hypervisor
+            .as_ref()
+            .map(|h| h.as_str()),
         Some("par1-hv1")
     );
     assert!(

@@ -898,7 +898,11 @@ async fn hypervisor_registration_keeps_the_token_secret() {
         .await
         .unwrap();
     assert_eq!(audit.len(), 1, "{audit:?}");
-    assert!(audit.iter().all(|e| !e.detail.to_string().contains("agent-token")));
+    assert!(
+        audit
+            .iter()
+            .all(|e| !e.detail.to_string().contains("agent-token"))
+    );
 }
 
 #[tokio::test]

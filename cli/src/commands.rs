@@ -12,11 +12,12 @@ use kube::core::ObjectMeta;
 use prometheus_client::registry::Registry;
 use stratus_agent::{CapacityOverride, Driver, DriverConfig};
 use stratus_api::auth::issue_token_in;
-use stratus_api::metrics::ApiMetrics;
-use stratus_controller::ControllerConfig;
 use stratus_controller::leader::LeaderElector;
+use stratus_controller::{ControllerConfig, RuntimeConfig};
+use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, IpPool, VirtualServer};
-use stratus_store::ledger::{AuditEntry, Ledger, TokenScope};
+use stratus_core::{Clock, SystemClock};
+use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger, TokenScope};
 use stratus_store::vault::write_private_file;
 use stratus_store::{Database, Resources};
 
@@ -274,18 +275,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let new_admin_token = bootstrap_admin(&core, &admin_token_path).await?;
 
     let mut registry = Registry::default();
-    let api_metrics = ApiMetrics::register(&mut registry);
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
-            workers: args.workers,
+            runtime: RuntimeConfig {
+                workers: args.workers,
+                ..Default::default()
+            },
             probe_interval: Duration::from_secs(5),
-            ..Default::default()
         },
         "stratus-up",
     )?;
-    let registry = Arc::new(registry);
-    let api = stratus_api::app(core.api_state(api_metrics, registry));
+    let api = stratus_api::app(core.api_state(registry));
     let api_listener = wiring::bind(args.listen, "REST API").await?;
     let api_address = api_listener.local_addr()?;
     core.spawn_compaction();
@@ -309,7 +310,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn register_local_hypervisor(core: &Core, url: &str, token: &str) -> anyhow::Result<()> {
-    let credential = stratus_api::credential_name(LOCAL_HYPERVISOR);
+    let name =
+        HypervisorName::parse(LOCAL_HYPERVISOR).context("the local hypervisor's name is a slug")?;
+    let credential = name.credential_name();
     core.secrets.put(&credential, token).await?;
     let hypervisors = stratus_store::Resources::<Hypervisor>::new(core.objects());
     let spec = HypervisorSpec {
@@ -345,27 +348,33 @@ async fn register_local_hypervisor(core: &Core, url: &str, token: &str) -> anyho
 
 /// Issues the first admin token into `path` (mode 0600) when none exists.
 async fn bootstrap_admin(core: &Core, path: &Path) -> anyhow::Result<bool> {
-    if core.ledger.has_active_admin_token().await? {
+    if core.ledger.tokens().has_active_admin().await? {
         return Ok(false);
     }
-    let token = new_admin_token(&core.ledger, "bootstrap", "stratus up").await?;
+    let token =
+        new_admin_token(&core.ledger, core.clock.as_ref(), "bootstrap", "stratus up").await?;
     write_private_file(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(true)
 }
 
 /// Issues an admin token, records it in the audit log, returns the secret.
-async fn new_admin_token(ledger: &Ledger, name: &str, actor: &str) -> anyhow::Result<String> {
-    let now = jiff::Timestamp::now().as_millisecond();
+async fn new_admin_token(
+    ledger: &Ledger,
+    clock: &dyn Clock,
+    name: &str,
+    actor: &str,
+) -> anyhow::Result<String> {
+    let now = clock.now().as_millisecond();
     let (record, token) = issue_token_in(ledger, now, None, name, TokenScope::Admin).await?;
     let entry = AuditEntry {
         at: now,
-        actor: actor.to_owned(),
-        action: "token.issue".to_owned(),
-        subject: "admin".to_owned(),
-        detail: serde_json::json!({ "token_id": record.id, "name": name }).to_string(),
+        actor: Actor::Command(actor.to_owned()),
+        action: AuditAction::TokenIssue,
+        subject: AuditSubject::Operators,
+        detail: serde_json::json!({ "token_id": record.id, "name": name }),
     };
-    ledger.audit(&entry).await?;
+    ledger.audit().append(&entry).await?;
     Ok(token)
 }
 
@@ -389,8 +398,13 @@ pub async fn admin_token(args: AdminTokenArgs) -> anyhow::Result<()> {
                 wiring::redact_url(&args.database_url)
             )
         })?;
-    let token =
-        new_admin_token(&Ledger::new(db.clone()), &args.name, "stratus admin-token").await?;
+    let token = new_admin_token(
+        &Ledger::new(db.clone()),
+        &SystemClock,
+        &args.name,
+        "stratus admin-token",
+    )
+    .await?;
     println!("{token}");
     db.close().await;
     Ok(())
@@ -429,9 +443,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
         bootstrap_admin(&core, path).await?;
     }
     let shutdown = wiring::shutdown_signal();
-    let mut registry = Registry::default();
-    let metrics = ApiMetrics::register(&mut registry);
-    let app = stratus_api::app(core.api_state(metrics, Arc::new(registry)));
+    let app = stratus_api::app(core.api_state(Registry::default()));
     let listener = wiring::bind(args.listen, "REST API").await?;
     tracing::info!(listen = %args.listen, backend = ?args.shared.backend, "stratus API serving");
     wiring::serve(listener, app, shutdown).await
@@ -448,7 +460,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
-            workers: args.workers,
+            runtime: RuntimeConfig {
+                workers: args.workers,
+                ..Default::default()
+            },
             ..Default::default()
         },
         &identity,

@@ -8,13 +8,12 @@ use std::time::Duration;
 use anyhow::Context;
 use prometheus_client::registry::Registry;
 use stratus_agent::{AgentState, Driver};
-use stratus_api::ApiState;
-use stratus_api::metrics::ApiMetrics;
+use stratus_api::{ApiDeps, ApiState};
 use stratus_controller::events::KubeEvents;
-use stratus_controller::hypervisors::HypervisorProber;
 use stratus_controller::metrics::ControllerMetrics;
-use stratus_controller::servers::ServerReconciler;
-use stratus_controller::{Controller, ControllerConfig, HttpAgentClient};
+use stratus_controller::{
+    AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient, Runtime,
+};
 use stratus_core::{Clock, Config, SystemClock};
 use stratus_store::ledger::Ledger;
 use stratus_store::secrets::{KubeSecrets, Secrets};
@@ -67,6 +66,7 @@ impl Core {
         namespace: &str,
         field_manager: &str,
     ) -> anyhow::Result<Self> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let db = Database::connect(database_url)
             .await
             .with_context(|| format!("cannot open database {}", redact_url(database_url)))?;
@@ -74,12 +74,12 @@ impl Core {
             match backend {
                 BackendKind::Embedded => {
                     let key = Vault::load_or_create_key(master_key_file)?;
-                    let store = SqlObjectStore::new(db.clone());
+                    let store = SqlObjectStore::new(db.clone(), clock.clone());
                     (
                         Some(store.clone()),
                         Arc::new(store),
                         None,
-                        Arc::new(Vault::new(db.clone(), &key)?),
+                        Arc::new(Vault::new(db.clone(), &key, clock.clone())?),
                     )
                 }
                 BackendKind::Kubernetes => {
@@ -101,7 +101,7 @@ impl Core {
             ledger: Ledger::new(db.clone()),
             secrets,
             config: Arc::new(config),
-            clock: Arc::new(SystemClock),
+            clock,
             db,
         })
     }
@@ -110,53 +110,49 @@ impl Core {
         self.objects.clone()
     }
 
-    pub fn api_state(&self, metrics: ApiMetrics, registry: Arc<Registry>) -> ApiState {
-        ApiState::new(
-            self.objects(),
-            self.ledger.clone(),
-            self.secrets.clone(),
-            self.config.clone(),
-            self.clock.clone(),
-            metrics,
+    /// The REST API's state; its metrics join `registry`, which it serves.
+    pub fn api_state(&self, registry: Registry) -> ApiState {
+        ApiState::new(ApiDeps {
+            store: self.objects(),
+            ledger: self.ledger.clone(),
+            secrets: self.secrets.clone(),
+            config: self.config.clone(),
+            clock: self.clock.clone(),
             registry,
-        )
+        })
     }
 
+    /// Every reconciler, on one runtime; `instance` names this replica in events.
     pub fn controller(
         &self,
         registry: &mut Registry,
-        config: ControllerConfig,
+        settings: ControllerConfig,
         instance: &str,
-    ) -> anyhow::Result<Controller> {
-        let agents = Arc::new(HttpAgentClient::new()?);
-        let store = self.objects();
-        let metrics = ControllerMetrics::register(registry);
-        let mut reconciler = ServerReconciler::new(
-            Resources::new(store.clone()),
-            Resources::new(store.clone()),
-            agents.clone(),
-            self.secrets.clone(),
-            self.config.clone(),
-            self.clock.clone(),
-            Some(self.ledger.clone()),
-            metrics,
-        );
-        if let Some(client) = &self.kube {
-            reconciler =
-                reconciler.with_events(Arc::new(KubeEvents::new(client.clone(), instance)));
-        }
-        let servers = Arc::new(reconciler);
-        let prober = Arc::new(HypervisorProber {
-            hypervisors: Resources::new(store),
-            agents,
+    ) -> anyhow::Result<Runtime> {
+        let directory = AgentDirectory {
+            hypervisors: Resources::new(self.objects()),
             credentials: self.secrets.clone(),
-            clock: self.clock.clone(),
-        });
-        Ok(Controller {
-            servers,
-            prober,
-            config,
-        })
+        };
+        let mut ctx = ControllerContext::new(
+            self.clock.clone(),
+            Arc::new(HttpAgentClient::new()?),
+            directory,
+        )
+        .with_ledger(self.ledger.clone())
+        .with_metrics(ControllerMetrics::register(registry));
+        if let Some(client) = &self.kube {
+            ctx = ctx.with_events(Arc::new(KubeEvents::new(
+                client.clone(),
+                instance,
+                self.clock.clone(),
+            )));
+        }
+        Ok(stratus_controller::controller(
+            ctx,
+            self.objects(),
+            self.config.clone(),
+            settings,
+        ))
     }
 
     /// Forgets deletion records older than a generous window, so the

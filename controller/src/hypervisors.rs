@@ -44,7 +44,12 @@ impl Reconcile for HypervisorProber {
             && let Some(waiting) = &self.waiting_servers
         {
             let queued = waiting
-                .matching(|server| server.status.as_ref().is_none_or(|s| s.hypervisor.is_none()))
+                .matching(|server| {
+                    server
+                        .status
+                        .as_ref()
+                        .is_none_or(|s| s.hypervisor.is_none())
+                })
                 .await?;
             tracing::debug!(queued, "servers waiting for room queued again");
         }
@@ -134,7 +139,11 @@ impl HypervisorProber {
         }
         if hypervisor.status.as_ref() != Some(&status) {
             self.hypervisors
-                .patch_status(None, hypervisor.metadata.name.as_deref().unwrap_or_default(), &status)
+                .patch_status(
+                    None,
+                    hypervisor.metadata.name.as_deref().unwrap_or_default(),
+                    &status,
+                )
                 .await?;
         }
         Ok(status.reachable && !was_reachable)

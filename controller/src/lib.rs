@@ -20,7 +20,9 @@ pub mod simulated;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use agent_client::{AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, HttpAgentClient};
+pub use agent_client::{
+    AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, HttpAgentClient,
+};
 pub use context::Context;
 pub use error::ControllerError;
 pub use runtime::{Runtime, RuntimeConfig};
@@ -54,11 +56,7 @@ pub fn controller(
     config: Arc<Config>,
     settings: ControllerConfig,
 ) -> Runtime {
-    let mut runtime = Runtime::new(
-        settings.runtime,
-        ctx.clock.clone(),
-        ctx.metrics.clone(),
-    );
+    let mut runtime = Runtime::new(settings.runtime, ctx.clock.clone(), ctx.metrics.clone());
     let waiting_servers = runtime.add(Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),

@@ -78,7 +78,9 @@ impl ControllerMetrics {
     }
 
     pub fn reconciled(&self, kind: &str, elapsed: Duration, error: Option<&'static str>) {
-        let labels = KindLabels { kind: kind.to_owned() };
+        let labels = KindLabels {
+            kind: kind.to_owned(),
+        };
         self.reconciles.get_or_create(&labels).inc();
         self.duration
             .get_or_create(&labels)
@@ -95,7 +97,9 @@ impl ControllerMetrics {
 
     pub fn queue_depth(&self, kind: &str, depth: usize) {
         self.queue_depth
-            .get_or_create(&KindLabels { kind: kind.to_owned() })
+            .get_or_create(&KindLabels {
+                kind: kind.to_owned(),
+            })
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
     }
 

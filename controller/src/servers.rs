@@ -100,7 +100,11 @@ impl Reconcile for ServerReconciler {
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
         for _ in 0..MAX_PASSES {
-            let Some(server) = self.servers.get(key.namespace.as_deref(), &key.name).await? else {
+            let Some(server) = self
+                .servers
+                .get(key.namespace.as_deref(), &key.name)
+                .await?
+            else {
                 return Ok(Outcome::Done);
             };
             if let Pass::Finished(outcome) = self.pass(&server).await? {
@@ -192,7 +196,10 @@ impl ServerReconciler {
                 let result = self.ctx.agents.destroy(&agent, &domain).await;
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
                     .await?;
-                let note = format!("domain and disk destroyed on hypervisor {}", agent.hypervisor);
+                let note = format!(
+                    "domain and disk destroyed on hypervisor {}",
+                    agent.hypervisor
+                );
                 self.ctx
                     .publish(server, EventType::Normal, EventReason::Destroyed, &note)
                     .await;
@@ -412,7 +419,11 @@ impl ServerReconciler {
             "hypervisor": next.hypervisor,
         });
         self.ctx
-            .audit(AuditAction::ServerPhase, AuditSubject::server(server), detail)
+            .audit(
+                AuditAction::ServerPhase,
+                AuditSubject::server(server),
+                detail,
+            )
             .await;
         let (event_type, note) = match (&next.reason, next.phase, &next.hypervisor) {
             (Some(reason), _, _) => (EventType::Warning, reason.clone()),

@@ -156,7 +156,9 @@ impl SimulatedAgent {
                     .trim_end()
                     .to_owned(),
             );
-            if let Some(left) = s.failures.get_mut(&(agent.hypervisor.to_string(), operation))
+            if let Some(left) = s
+                .failures
+                .get_mut(&(agent.hypervisor.to_string(), operation))
                 && *left > 0
             {
                 *left -= 1;

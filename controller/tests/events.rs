@@ -17,11 +17,7 @@ use stratus_core::{ManualClock, test_time};
 async fn a_phase_change_becomes_an_event_regarding_the_server() {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let clock = Arc::new(ManualClock::at_test_time());
-    let events = KubeEvents::new(
-        kube::Client::new(service, "default"),
-        "controller-0",
-        clock,
-    );
+    let events = KubeEvents::new(kube::Client::new(service, "default"), "controller-0", clock);
     let server = fixtures::server("vs-1").in_account("acc-1").build();
     let server = VirtualServer {
         metadata: ObjectMeta {
@@ -59,7 +55,11 @@ async fn a_phase_change_becomes_an_event_regarding_the_server() {
             "11111111-2222-4333-8444-555555555555"
         );
         assert_eq!(
-            body["eventTime"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap(),
+            body["eventTime"]
+                .as_str()
+                .unwrap()
+                .parse::<jiff::Timestamp>()
+                .unwrap(),
             test_time(),
             "the event time comes from the injected clock"
         );

@@ -85,7 +85,12 @@ impl Harness {
         self.sim
             .add_node(name, zone, vcpus, memory_mib, 1000, &["debian-12.qcow2"]);
         self.hypervisors
-            .create(&fixtures::hypervisor(name).zone(zone).credential("hv-token").build())
+            .create(
+                &fixtures::hypervisor(name)
+                    .zone(zone)
+                    .credential("hv-token")
+                    .build(),
+            )
             .await
             .unwrap();
         self.prober.probe_all().await.unwrap();
@@ -100,7 +105,13 @@ impl Harness {
     }
 
     /// The whole controller on its runtime, as `stratus up` runs it.
-    fn run_controller(&self, probe_interval: Duration) -> (tokio::sync::watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    fn run_controller(
+        &self,
+        probe_interval: Duration,
+    ) -> (
+        tokio::sync::watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let settings = ControllerConfig {
             runtime: RuntimeConfig {
@@ -155,9 +166,15 @@ async fn an_order_runs_on_both_databases() {
         assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
         let status = h.status("vs-1").await;
         assert_eq!(status.phase, ServerPhase::Running, "{label}: {status:?}");
-        assert_eq!(status.hypervisor.as_ref().map(HypervisorName::as_str), Some("hv1"));
+        assert_eq!(
+            status.hypervisor.as_ref().map(HypervisorName::as_str),
+            Some("hv1")
+        );
         assert!(status.provisioned);
-        assert!(conditions::is_true(&status.conditions, ConditionType::Ready));
+        assert!(conditions::is_true(
+            &status.conditions,
+            ConditionType::Ready
+        ));
         assert_eq!(
             h.sim.domains("hv1"),
             [("stratus-vs-1".to_owned(), Some(DomainState::Running), true)]
@@ -227,7 +244,10 @@ async fn a_crash_between_agent_and_status_is_adopted_not_duplicated() {
         Some("hv1"),
         "the choice is recorded before acting"
     );
-    assert!(!conditions::is_true(&status.conditions, ConditionType::AgentReachable));
+    assert!(!conditions::is_true(
+        &status.conditions,
+        ConditionType::AgentReachable
+    ));
     // The retry converges to one running domain.
     assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
     assert_eq!(h.status("vs-1").await.phase, ServerPhase::Running);
@@ -359,7 +379,14 @@ async fn scheduling_respects_zone_and_capacity() {
     h.order("vs-4", Some("lon1")).await;
     for name in ["vs-1", "vs-2"] {
         h.reconcile(name).await.unwrap();
-        assert_eq!(h.status(name).await.hypervisor.as_ref().map(HypervisorName::as_str), Some("par-a"));
+        assert_eq!(
+            h.status(name)
+                .await
+                .hypervisor
+                .as_ref()
+                .map(HypervisorName::as_str),
+            Some("par-a")
+        );
     }
     assert_eq!(
         h.reconcile("vs-3").await.unwrap(),

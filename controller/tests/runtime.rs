@@ -52,7 +52,10 @@ impl Reconcile for Recorder {
             && *left > 0
         {
             *left -= 1;
-            return Err(ControllerError::Malformed(key.name.clone(), "injected".into()));
+            return Err(ControllerError::Malformed(
+                key.name.clone(),
+                "injected".into(),
+            ));
         }
         Ok(Outcome::Done)
     }
@@ -70,7 +73,12 @@ impl Recorder {
     }
 
     fn order(&self) -> Vec<ObjectKey> {
-        self.seen.lock().unwrap().iter().map(|(k, _)| k.clone()).collect()
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, _)| k.clone())
+            .collect()
     }
 }
 
@@ -178,8 +186,7 @@ impl Setup {
 
     async fn account_with_deadline(&self, id: &str, deadline: Timestamp) {
         let mut account = fixtures::account(id).build();
-        account.metadata.annotations =
-            Some([(DEADLINE.to_owned(), deadline.to_string())].into());
+        account.metadata.annotations = Some([(DEADLINE.to_owned(), deadline.to_string())].into());
         Resources::<Account>::new(self.store.clone())
             .create(&account)
             .await
@@ -189,7 +196,10 @@ impl Setup {
 
 async fn stop(running: (watch::Sender<bool>, tokio::task::JoinHandle<()>)) {
     running.0.send(true).unwrap();
-    tokio::time::timeout(WAIT, running.1).await.unwrap().unwrap();
+    tokio::time::timeout(WAIT, running.1)
+        .await
+        .unwrap()
+        .unwrap();
 }
 
 async fn eventually(what: &str, check: impl Fn() -> bool) {
@@ -241,10 +251,16 @@ async fn a_deadline_fires_when_the_clock_reaches_it_and_after_a_restart() {
     let s = setup().await;
     let recorder = s.recorder(true);
     let start = s.clock.now();
-    s.account_with_deadline("acc-0000000000000001", start + SignedDuration::from_hours(1))
-        .await;
-    s.account_with_deadline("acc-0000000000000002", start + SignedDuration::from_hours(48))
-        .await;
+    s.account_with_deadline(
+        "acc-0000000000000001",
+        start + SignedDuration::from_hours(1),
+    )
+    .await;
+    s.account_with_deadline(
+        "acc-0000000000000002",
+        start + SignedDuration::from_hours(48),
+    )
+    .await;
 
     let first = s.deadlines();
     let running = s.start(2, &recorder, &first);
@@ -310,7 +326,11 @@ async fn one_accounts_thousand_keys_do_not_starve_another_accounts_one() {
     let (busy, quiet) = ("acc-00000000000000b1", "acc-00000000000000b2");
     for i in 0..1000 {
         servers
-            .create(&fixtures::server(&format!("vs-{i:04}")).in_account(busy).build())
+            .create(
+                &fixtures::server(&format!("vs-{i:04}"))
+                    .in_account(busy)
+                    .build(),
+            )
             .await
             .unwrap();
     }
@@ -320,7 +340,10 @@ async fn one_accounts_thousand_keys_do_not_starve_another_accounts_one() {
         .unwrap();
     // One worker: the order of the queue is the order of the reconciles.
     let running = s.start(1, &recorder, &deadlines);
-    eventually("every key was reconciled", || recorder.order().len() >= 1001).await;
+    eventually("every key was reconciled", || {
+        recorder.order().len() >= 1001
+    })
+    .await;
     let position = recorder
         .order()
         .iter()

@@ -127,8 +127,9 @@ pub struct Condition {
     pub type_: ConditionType,
     /// `True`, `False` or `Unknown`.
     pub status: ConditionStatus,
-    /// Machine-readable CamelCase reason (free text on the wire, so a newer
-    /// controller's reasons never break an older reader).
+    /// Machine-readable CamelCase reason.
+    // Free text on the wire (typed where it is set), so reasons a newer
+    // controller adds never break an older reader.
     pub reason: String,
     /// Human-readable explanation.
     #[serde(default)]
@@ -195,10 +196,31 @@ mod tests {
         let t = |minutes: i64| test_time() + jiff::SignedDuration::from_mins(minutes);
         let ready = ConditionType::Ready;
         let mut conditions = Vec::new();
-        assert!(set(&mut conditions, ready, false, Reason::Provisioning, "", t(1)));
-        assert!(!set(&mut conditions, ready, false, Reason::Provisioning, "", t(2)));
+        assert!(set(
+            &mut conditions,
+            ready,
+            false,
+            Reason::Provisioning,
+            "",
+            t(1)
+        ));
+        assert!(!set(
+            &mut conditions,
+            ready,
+            false,
+            Reason::Provisioning,
+            "",
+            t(2)
+        ));
         assert_eq!(conditions[0].last_transition_time, t(1).to_string());
-        assert!(set(&mut conditions, ready, false, Reason::Stopped, "", t(3)));
+        assert!(set(
+            &mut conditions,
+            ready,
+            false,
+            Reason::Stopped,
+            "",
+            t(3)
+        ));
         assert_eq!(conditions[0].last_transition_time, t(1).to_string());
         assert!(set(&mut conditions, ready, true, Reason::Running, "", t(4)));
         assert_eq!(conditions[0].last_transition_time, t(4).to_string());

@@ -63,7 +63,9 @@ typed_id!(
 
 /// The name of a hypervisor, which is also its resource name. Operators
 /// choose it, so it is a slug rather than a random id.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(transparent)]
 pub struct HypervisorName(String);
 

@@ -209,7 +209,14 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         ServerPhase::Error => Reason::Crashed,
         _ => Reason::Provisioning,
     };
-    conditions::set(&mut status.conditions, ConditionType::Ready, ready, ready_reason, "", now);
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Ready,
+        ready,
+        ready_reason,
+        "",
+        now,
+    );
     Decision { next, status }
 }
 
@@ -394,11 +401,7 @@ mod tests {
                                         "{ctx}"
                                     );
                                     let leftovers = matches!(obs, Observation::Domain(o) if o.state.is_some() || o.disk_present);
-                                    assert_eq!(
-                                        d.next == Some(Action::Destroy),
-                                        leftovers,
-                                        "{ctx}"
-                                    );
+                                    assert_eq!(d.next == Some(Action::Destroy), leftovers, "{ctx}");
                                     let gone = matches!(obs, Observation::NotPlaced)
                                         || matches!(obs, Observation::Domain(o) if o.state.is_none() && !o.disk_present);
                                     assert_eq!(
@@ -449,9 +452,10 @@ mod tests {
                                         // Never create a disk for a server whose disk existed.
                                         if provisioned {
                                             assert!(
-                                                d.next != Some(Action::EnsureDomain {
-                                                    create_disk: true
-                                                }),
+                                                d.next
+                                                    != Some(Action::EnsureDomain {
+                                                        create_disk: true
+                                                    }),
                                                 "{ctx}"
                                             );
                                         }
@@ -484,7 +488,10 @@ mod tests {
                                             "{ctx}"
                                         );
                                         assert_eq!(
-                                            conditions::is_true(&d.status.conditions, ConditionType::Ready),
+                                            conditions::is_true(
+                                                &d.status.conditions,
+                                                ConditionType::Ready
+                                            ),
                                             d.status.phase == ServerPhase::Running,
                                             "{ctx}"
                                         );
@@ -507,10 +514,12 @@ mod tests {
         let spec = spec(PowerState::Running, 0);
         let fresh = VirtualServerStatus::default();
         assert_eq!(
-            decide(&spec, &fresh, false, false, &Observation::NotPlaced).next, Some(Action::AddFinalizer)
+            decide(&spec, &fresh, false, false, &Observation::NotPlaced).next,
+            Some(Action::AddFinalizer)
         );
         assert_eq!(
-            decide(&spec, &fresh, true, false, &Observation::NotPlaced).next, Some(Action::Schedule)
+            decide(&spec, &fresh, true, false, &Observation::NotPlaced).next,
+            Some(Action::Schedule)
         );
         let d = decide(
             &spec,
@@ -531,7 +540,10 @@ mod tests {
         assert!(d.next.is_none());
         assert_eq!(d.status.phase, ServerPhase::Running);
         assert!(d.status.provisioned);
-        assert!(conditions::is_true(&d.status.conditions, ConditionType::Provisioned));
+        assert!(conditions::is_true(
+            &d.status.conditions,
+            ConditionType::Provisioned
+        ));
     }
 
     #[test]
@@ -708,6 +720,9 @@ mod tests {
         assert_eq!(status.hypervisor, Some(hv1));
         assert_eq!(status.phase, ServerPhase::Provisioning);
         assert!(status.reason.is_none());
-        assert!(conditions::is_true(&status.conditions, ConditionType::Scheduled));
+        assert!(conditions::is_true(
+            &status.conditions,
+            ConditionType::Scheduled
+        ));
     }
 }

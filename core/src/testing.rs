@@ -125,7 +125,8 @@ impl ServerBuilder {
     /// Placed on `hypervisor`, provisioning.
     pub fn placed_on(mut self, hypervisor: &str) -> Self {
         let status = self.0.status.get_or_insert_with(Default::default);
-        status.hypervisor = Some(HypervisorName::parse(hypervisor).expect("hypervisor names in tests are slugs"));
+        status.hypervisor =
+            Some(HypervisorName::parse(hypervisor).expect("hypervisor names in tests are slugs"));
         status.phase = ServerPhase::Provisioning;
         self
     }

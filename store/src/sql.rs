@@ -42,10 +42,7 @@ impl SqlObjectStore {
 
     fn now_string(&self) -> String {
         // The Kubernetes wire format: seconds precision, UTC.
-        self.clock
-            .now()
-            .strftime("%Y-%m-%dT%H:%M:%SZ")
-            .to_string()
+        self.clock.now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
     }
 
     pub fn with_poll_interval(mut self, poll_interval: Duration) -> Self {

@@ -4,12 +4,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use stratus_core::ids::{AccountId, TokenId};
+use stratus_core::ids::{AccountId, HypervisorName, TokenId};
 use stratus_core::resources::{Account, PowerState, VirtualServer, VirtualServerStatus};
 use stratus_core::testing as fixtures;
 use stratus_store::ledger::{
-    Actor, AuditAction, AuditEntry, AuditSubject, IdempotencyClaim, Ledger, TokenRecord,
-    TokenScope,
+    Actor, AuditAction, AuditEntry, AuditSubject, IdempotencyClaim, Ledger, TokenRecord, TokenScope,
 };
 use stratus_store::objects::Deletion;
 use stratus_store::testing::{self, ScratchDatabase};
@@ -49,8 +48,8 @@ impl Backend {
 async fn backends() -> Vec<Backend> {
     let mut backends = Vec::new();
     for scratch in testing::both().await {
-        let store =
-            SqlObjectStore::new(scratch.db.clone(), testing::clock()).with_poll_interval(Duration::from_millis(50));
+        let store = SqlObjectStore::new(scratch.db.clone(), testing::clock())
+            .with_poll_interval(Duration::from_millis(50));
         backends.push(Backend {
             label: scratch.label,
             store: Arc::new(store),
@@ -59,7 +58,8 @@ async fn backends() -> Vec<Backend> {
     }
     let scratch = testing::sqlite().await;
     let served: Arc<dyn ObjectStore> = Arc::new(
-        SqlObjectStore::new(scratch.db.clone(), testing::clock()).with_poll_interval(Duration::from_millis(50)),
+        SqlObjectStore::new(scratch.db.clone(), testing::clock())
+            .with_poll_interval(Duration::from_millis(50)),
     );
     let client = kube::Client::new(testing::apiserver::router(served), "default");
     backends.push(Backend {
@@ -73,8 +73,8 @@ async fn backends() -> Vec<Backend> {
 fn stores(
     scratch: &ScratchDatabase,
 ) -> (SqlObjectStore, Resources<VirtualServer>, Resources<Account>) {
-    let store =
-        SqlObjectStore::new(scratch.db.clone(), testing::clock()).with_poll_interval(Duration::from_millis(50));
+    let store = SqlObjectStore::new(scratch.db.clone(), testing::clock())
+        .with_poll_interval(Duration::from_millis(50));
     let shared: Arc<dyn ObjectStore> = Arc::new(store.clone());
     (
         store,
@@ -193,7 +193,7 @@ async fn status_patch_is_idempotent() {
         let (servers, _) = backend.resources();
         servers.create(&server("acc-1", "vs-1")).await.unwrap();
         let status = VirtualServerStatus {
-            hypervisor: Some("hv1".into()),
+            hypervisor: HypervisorName::parse("hv1"),
             ..Default::default()
         };
         let first = servers
@@ -492,7 +492,13 @@ async fn tokens_are_stored_hashed_and_revocable() {
             scratch.label
         );
         assert_eq!(tokens.of_account(&account).await.unwrap().len(), 1);
-        assert!(tokens.revoke(&TokenId::from_random(404), 1).await.unwrap().is_none());
+        assert!(
+            tokens
+                .revoke(&TokenId::from_random(404), 1)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
 
@@ -506,7 +512,13 @@ async fn idempotency_key_binds_once_under_concurrency() {
             tasks.push(tokio::spawn(async move {
                 ledger
                     .idempotency()
-                    .claim(&AccountId::from_random(1), "k1", "h1", &format!("vs-{i}"), 1)
+                    .claim(
+                        &AccountId::from_random(1),
+                        "k1",
+                        "h1",
+                        &format!("vs-{i}"),
+                        1,
+                    )
                     .await
                     .unwrap()
             }));

@@ -10,6 +10,7 @@ use http::{Method, Request, Response};
 use kube::client::Body;
 use kube::core::ObjectMeta;
 use serde_json::{Value, json};
+use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{
     PowerState, ServerResources, VirtualServer, VirtualServerSpec, VirtualServerStatus,
 };
@@ -351,7 +352,7 @@ async fn finalizer_add_retries_a_conflict_and_remove_lets_the_object_go() {
 async fn status_is_written_with_server_side_apply() {
     let (servers, mut api) = setup();
     let status = VirtualServerStatus {
-        hypervisor: Some("hv1".into()),
+        hypervisor: HypervisorName::parse("hv1"),
         provisioned: true,
         ..Default::default()
     };
@@ -360,7 +361,7 @@ async fn status_is_written_with_server_side_apply() {
         async {
             let mut answer = stored("vs-1", "110", &[], false);
             answer["status"] = serde_json::to_value(VirtualServerStatus {
-                hypervisor: Some("hv1".into()),
+                hypervisor: HypervisorName::parse("hv1"),
                 provisioned: true,
                 ..Default::default()
             })

@@ -4,9 +4,9 @@ use axum::http::StatusCode;
 use kube::core::ObjectMeta;
 use serde_json::json;
 use stratus_core::ids::AccountId;
+use stratus_core::ids::TokenId;
 use stratus_core::resources::{Account, AccountSpec};
 use stratus_core::validate;
-use stratus_core::ids::TokenId;
 use stratus_store::ledger::{AuditAction, AuditSubject, TokenScope};
 
 use crate::auth::{Principal, issue_token};

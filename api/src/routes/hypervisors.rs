@@ -8,8 +8,8 @@ use serde_json::json;
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Hypervisor, HypervisorSpec};
 use stratus_core::scheduling::{self, Placed};
-use stratus_store::ledger::{AuditAction, AuditSubject};
 use stratus_core::validate;
+use stratus_store::ledger::{AuditAction, AuditSubject};
 
 use crate::auth::Principal;
 use crate::body::JsonBody;
@@ -112,10 +112,7 @@ pub async fn register_hypervisor(
         )
         .await;
     tracing::info!(hypervisor = %request.name, zone = %request.zone, "hypervisor registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(view(&created, &HashMap::new())),
-    ))
+    Ok((StatusCode::CREATED, Json(view(&created, &HashMap::new()))))
 }
 
 /// Lists hypervisors with capacity, placed load, last contact (operators).

@@ -126,7 +126,7 @@ enum Retry {
     /// Create the server under this id.
     Create(ServerId),
     /// The first attempt created it: answer with it.
-    Existing(VirtualServer),
+    Existing(Box<VirtualServer>),
 }
 
 /// Binds the order's idempotency key (if any) to the id the server gets.
@@ -140,13 +140,18 @@ async fn claim_idempotency_key(
     let Some(key) = key else {
         return Ok(Retry::Create(id));
     };
-    let request_hash = hash_token(
-        &serde_json::to_string(order).map_err(|e| ApiError::internal(e.to_string()))?,
-    );
+    let request_hash =
+        hash_token(&serde_json::to_string(order).map_err(|e| ApiError::internal(e.to_string()))?);
     let claim = state
         .ledger
         .idempotency()
-        .claim(account_id, key, &request_hash, id.as_str(), state.now_millis())
+        .claim(
+            account_id,
+            key,
+            &request_hash,
+            id.as_str(),
+            state.now_millis(),
+        )
         .await?;
     let IdempotencyClaim::Existing {
         request_hash: earlier,
@@ -167,7 +172,7 @@ async fn claim_idempotency_key(
         .get(Some(account_id.as_str()), &resource_name)
         .await?
     {
-        return Ok(Retry::Existing(existing));
+        return Ok(Retry::Existing(Box::new(existing)));
     }
     if fulfilled {
         return Err(ApiError::conflict(format!(

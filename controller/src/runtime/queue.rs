@@ -107,7 +107,8 @@ impl<K: QueueKey> State<K> {
 
     fn cancel_delay(&mut self, key: &K) {
         if let Some(delay) = self.delayed.remove(key) {
-            self.by_instant.remove(&(delay.instant, delay.seq, key.clone()));
+            self.by_instant
+                .remove(&(delay.instant, delay.seq, key.clone()));
             if let Some(time) = delay.time {
                 self.by_time.remove(&(time, delay.seq, key.clone()));
             }
@@ -420,7 +421,10 @@ mod tests {
         let (queue, clock) = queue();
         let timer = tokio::spawn(queue.clone().run_timer());
         let key = Key("acc", "deadline");
-        queue.add_at(key.clone(), clock.now() + jiff::SignedDuration::from_hours(24 * 15));
+        queue.add_at(
+            key.clone(),
+            clock.now() + jiff::SignedDuration::from_hours(24 * 15),
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(queue.is_empty());
         clock.advance(jiff::SignedDuration::from_hours(24 * 15));

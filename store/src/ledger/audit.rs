@@ -100,7 +100,10 @@ pub enum AuditSubject {
     Operators,
     Account(String),
     Hypervisor(String),
-    Server { account: String, name: String },
+    Server {
+        account: String,
+        name: String,
+    },
 }
 
 impl AuditSubject {
@@ -239,7 +242,10 @@ mod tests {
         ] {
             assert_eq!(Actor::parse(&actor.to_string()).unwrap(), actor);
         }
-        assert_eq!(AuditAction::parse("server.order"), Some(AuditAction::ServerOrder));
+        assert_eq!(
+            AuditAction::parse("server.order"),
+            Some(AuditAction::ServerOrder)
+        );
         assert_eq!(AuditAction::ServerReleased.as_str(), "deleted");
         assert_eq!(AuditAction::parse("server.explode"), None);
     }

@@ -78,9 +78,9 @@ impl Tokens<'_> {
 
     pub async fn by_hash(&self, token_hash: &str) -> Result<Option<TokenRecord>> {
         let row = sqlx::query(select_tokens!("WHERE token_hash = $1"))
-        .bind(token_hash)
-        .fetch_optional(self.db.pool())
-        .await?;
+            .bind(token_hash)
+            .fetch_optional(self.db.pool())
+            .await?;
         row.map(|row| from_row(&row)).transpose()
     }
 
@@ -93,7 +93,9 @@ impl Tokens<'_> {
     }
 
     pub async fn of_account(&self, account: &AccountId) -> Result<Vec<TokenRecord>> {
-        let rows = sqlx::query(select_tokens!("WHERE account_id = $1 ORDER BY created_at, id"))
+        let rows = sqlx::query(select_tokens!(
+            "WHERE account_id = $1 ORDER BY created_at, id"
+        ))
         .bind(account.as_str())
         .fetch_all(self.db.pool())
         .await?;
