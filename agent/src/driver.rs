@@ -23,7 +23,6 @@ use crate::replay::{Definitions, DomainRecord, VolumeRecord};
 use crate::xml;
 
 const GIB: u64 = 1024 * 1024 * 1024;
-const VIR_DOMAIN_XML_INACTIVE: u32 = 2;
 
 /// Capacity to advertise instead of what libvirt reports, e.g. to size a
 /// simulated hypervisor or to advertise overcommitted vCPUs.
@@ -113,6 +112,11 @@ pub struct Driver {
 
 fn is_missing(error: &virt::error::Error, number: ErrorNumber) -> bool {
     matches!(error.code(), virt::error::ErrorNumberEnum::Known(n) if n == number)
+}
+
+/// Whether a disk of `needed_gib` fits in `available_bytes` of a pool.
+fn fits(available_bytes: u64, needed_gib: u64) -> bool {
+    needed_gib.saturating_mul(GIB) <= available_bytes
 }
 
 fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
@@ -253,7 +257,7 @@ impl Driver {
     fn record_domain(&self, name: &str, domain: &Domain) -> Result<(), AgentError> {
         if let Some(defs) = &self.definitions {
             let record = DomainRecord {
-                xml: domain.xml_desc(VIR_DOMAIN_XML_INACTIVE)?,
+                xml: domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?,
                 running: domain.is_active()?,
             };
             defs.save_domain(name, &record)
@@ -321,14 +325,19 @@ impl Driver {
             let image = Self::lookup_volume(&pool, &spec.image_volume)?
                 .ok_or_else(|| AgentError::ImageMissing(spec.image_volume.clone()))?;
             let xml = xml::overlay_volume(&disk_name, spec.disk_gib, &image.path()?);
-            let disk = StorageVol::create_xml(&pool, &xml, 0).map_err(|e| {
-                if e.message().contains("space") {
-                    AgentError::NoSpace {
+            let disk = StorageVol::create_xml(&pool, &xml, 0).map_err(|error| {
+                // libvirt reports a full pool with a generic error number, so
+                // the pool's own figures decide, not the message text.
+                let available = pool
+                    .refresh(0)
+                    .and_then(|()| pool.info())
+                    .map(|i| i.available);
+                match available {
+                    Ok(available) if !fits(available, spec.disk_gib) => AgentError::NoSpace {
                         pool: self.config.pool.clone(),
                         needed_gib: spec.disk_gib,
-                    }
-                } else {
-                    AgentError::Libvirt(e)
+                    },
+                    _ => AgentError::Libvirt(error),
                 }
             })?;
             self.record_volume(&disk_name, &disk)?;
@@ -343,9 +352,8 @@ impl Driver {
                     disk_volume: &disk_name,
                     network: &self.config.network,
                 };
-                let domain = self
-                    .conn
-                    .define_domain_xml(&xml::domain(name, spec, &placement))?;
+                let definition = xml::domain(name, spec, &placement).render();
+                let domain = self.conn.define_domain_xml(&definition)?;
                 tracing::info!(domain = name, "defined domain");
                 domain
             }
@@ -526,6 +534,13 @@ impl Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_fits_only_in_enough_room() {
+        assert!(fits(25 * GIB, 25));
+        assert!(!fits(25 * GIB - 1, 25));
+        assert!(!fits(u64::MAX - 1, u64::MAX), "no overflow into a fit");
+    }
 
     #[test]
     fn capacity_override_parses_subsets_and_rejects_typos() {

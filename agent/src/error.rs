@@ -25,7 +25,8 @@ pub enum AgentError {
 impl AgentError {
     pub fn code(&self) -> AgentErrorCode {
         match self {
-            Self::Libvirt(_) | Self::Persist { .. } | Self::Worker(_) => AgentErrorCode::Hypervisor,
+            Self::Libvirt(error) => libvirt_code(error),
+            Self::Persist { .. } | Self::Worker(_) => AgentErrorCode::Hypervisor,
             Self::DiskMissing { .. } => AgentErrorCode::DiskMissing,
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
@@ -44,5 +45,41 @@ impl AgentError {
             Self::Persist { .. } => "persist",
             Self::Worker(_) => "worker",
         }
+    }
+}
+
+/// What a libvirt failure means to the caller, by libvirt's error number:
+/// a request libvirt refuses as invalid is the caller's to fix (retrying
+/// the same request cannot help); anything else is the hypervisor's trouble
+/// and worth retrying.
+fn libvirt_code(error: &virt::error::Error) -> AgentErrorCode {
+    use virt::error::ErrorNumber as N;
+    match error.code() {
+        virt::error::ErrorNumberEnum::Known(
+            N::InvalidArg | N::XmlError | N::XmlDetail | N::ConfigUnsupported,
+        ) => AgentErrorCode::BadRequest,
+        _ => AgentErrorCode::Hypervisor,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real libvirt errors (test driver), classified by their number.
+    #[test]
+    fn libvirt_errors_are_classified_by_number() {
+        virt::error::clear_error_callback();
+        let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+        let malformed = conn.define_domain_xml("<domain").unwrap_err();
+        assert_eq!(
+            AgentError::Libvirt(malformed).code(),
+            AgentErrorCode::BadRequest
+        );
+        let missing = conn.lookup_domain_by_name("stratus-absent").unwrap_err();
+        assert_eq!(
+            AgentError::Libvirt(missing).code(),
+            AgentErrorCode::Hypervisor
+        );
     }
 }
