@@ -4,16 +4,11 @@
 use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
-use ring::digest::{SHA256, digest};
 use stratus_core::ids::{AccountId, TokenId};
-use stratus_store::StoreError;
-use stratus_store::ledger::{Actor, Ledger, TokenRecord, TokenScope};
-use stratus_store::vault::random_hex;
+use stratus_store::ledger::{Actor, TokenRecord, TokenScope};
 
 use crate::error::ApiError;
 use crate::state::ApiState;
-
-const TOKEN_PREFIX: &str = "stx_";
 
 /// Who is calling.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,13 +52,7 @@ impl Principal {
     }
 }
 
-pub fn hash_token(token: &str) -> String {
-    digest(&SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+pub use stratus_store::ledger::tokens::hash_token;
 
 /// Creates a token; the secret is returned once and never stored.
 pub async fn issue_token(
@@ -72,30 +61,11 @@ pub async fn issue_token(
     name: &str,
     scope: TokenScope,
 ) -> Result<(TokenRecord, String), ApiError> {
-    Ok(issue_token_in(&state.ledger, state.now_millis(), account_id, name, scope).await?)
-}
-
-/// [`issue_token`] with only the ledger (for command-line bootstrap).
-pub async fn issue_token_in(
-    ledger: &Ledger,
-    now_millis: i64,
-    account_id: Option<&AccountId>,
-    name: &str,
-    scope: TokenScope,
-) -> Result<(TokenRecord, String), StoreError> {
-    let token = format!("{TOKEN_PREFIX}{}", random_hex(32)?);
-    let id_bits = u64::from_str_radix(&random_hex(8)?, 16)
-        .map_err(|_| StoreError::Invalid("random id".into()))?;
-    let record = TokenRecord {
-        id: TokenId::from_random(id_bits),
-        account_id: account_id.cloned(),
-        name: name.to_owned(),
-        scope,
-        created_at: now_millis,
-        revoked_at: None,
-    };
-    ledger.tokens().insert(&record, &hash_token(&token)).await?;
-    Ok((record, token))
+    Ok(state
+        .ledger
+        .tokens()
+        .issue(state.now_millis(), account_id, name, scope)
+        .await?)
 }
 
 impl FromRequestParts<ApiState> for Principal {

@@ -11,7 +11,6 @@ use kube::CustomResourceExt;
 use kube::core::ObjectMeta;
 use prometheus_client::registry::Registry;
 use stratus_agent::{CapacityOverride, Driver, DriverConfig};
-use stratus_api::auth::issue_token_in;
 use stratus_controller::leader::LeaderElector;
 use stratus_controller::{ControllerConfig, RuntimeConfig};
 use stratus_core::ids::HypervisorName;
@@ -366,7 +365,10 @@ async fn new_admin_token(
     actor: &str,
 ) -> anyhow::Result<String> {
     let now = clock.now().as_millisecond();
-    let (record, token) = issue_token_in(ledger, now, None, name, TokenScope::Admin).await?;
+    let (record, token) = ledger
+        .tokens()
+        .issue(now, None, name, TokenScope::Admin)
+        .await?;
     let entry = AuditEntry {
         at: now,
         actor: Actor::Command(actor.to_owned()),

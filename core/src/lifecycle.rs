@@ -282,7 +282,6 @@ pub fn record_placement(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resources::ServerResources;
 
     const ALL_PHASES: [ServerPhase; 7] = [
         ServerPhase::Pending,
@@ -304,17 +303,9 @@ mod tests {
 
     fn spec(power: PowerState, reboot_requests: u32) -> VirtualServerSpec {
         VirtualServerSpec {
-            hostname: "web1".into(),
-            plan: "small".into(),
-            image: "debian-12".into(),
-            zone: None,
-            resources: ServerResources {
-                vcpus: 1,
-                memory_mib: 1024,
-                disk_gib: 25,
-            },
             power,
             reboot_requests,
+            ..crate::testing::server_spec()
         }
     }
 
@@ -337,7 +328,7 @@ mod tests {
     }
 
     fn now() -> Timestamp {
-        "2026-11-21T10:00:00Z".parse().unwrap()
+        crate::clock::test_time()
     }
 
     fn decide(

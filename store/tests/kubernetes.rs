@@ -8,12 +8,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use http::{Method, Request, Response};
 use kube::client::Body;
-use kube::core::ObjectMeta;
 use serde_json::{Value, json};
 use stratus_core::ids::HypervisorName;
-use stratus_core::resources::{
-    PowerState, ServerResources, VirtualServer, VirtualServerSpec, VirtualServerStatus,
-};
+use stratus_core::resources::{VirtualServer, VirtualServerStatus};
+use stratus_core::testing as fixtures;
 use stratus_store::objects::Deletion;
 use stratus_store::{KubeObjectStore, ObjectStore, Resources, StoreError, WatchEvent};
 
@@ -101,27 +99,7 @@ fn setup() -> (Resources<VirtualServer>, ApiServer) {
 }
 
 fn server(name: &str) -> VirtualServer {
-    VirtualServer {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some("acc-1".into()),
-            ..Default::default()
-        },
-        spec: VirtualServerSpec {
-            hostname: "web1".into(),
-            plan: "small".into(),
-            image: "debian-12".into(),
-            zone: None,
-            resources: ServerResources {
-                vcpus: 1,
-                memory_mib: 1024,
-                disk_gib: 25,
-            },
-            power: PowerState::Running,
-            reboot_requests: 0,
-        },
-        status: None,
-    }
+    fixtures::server(name).in_account("acc-1").build()
 }
 
 /// The object as the API server returns it.

@@ -1,11 +1,25 @@
 //! API tokens: the secret is never kept, only its SHA-256.
 
+use ring::digest::{SHA256, digest};
 use sqlx::Row;
 use stratus_core::ids::{AccountId, TokenId};
 
 use super::malformed;
 use crate::db::Database;
-use crate::error::Result;
+use crate::error::{Result, StoreError};
+use crate::vault::random_hex;
+
+/// Every token starts with this, so a leaked one is easy to recognise.
+pub const TOKEN_PREFIX: &str = "stx_";
+
+/// The SHA-256 of a token (or of any text), in hex: what is stored.
+pub fn hash_token(token: &str) -> String {
+    digest(&SHA256, token.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// What a token may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +74,30 @@ macro_rules! select_tokens {
 }
 
 impl Tokens<'_> {
+    /// Creates a token and returns it with its secret, which is shown once
+    /// and never stored (only its hash is).
+    pub async fn issue(
+        &self,
+        now_millis: i64,
+        account_id: Option<&AccountId>,
+        name: &str,
+        scope: TokenScope,
+    ) -> Result<(TokenRecord, String)> {
+        let token = format!("{TOKEN_PREFIX}{}", random_hex(32)?);
+        let id_bits = u64::from_str_radix(&random_hex(8)?, 16)
+            .map_err(|_| StoreError::Invalid("random id".into()))?;
+        let record = TokenRecord {
+            id: TokenId::from_random(id_bits),
+            account_id: account_id.cloned(),
+            name: name.to_owned(),
+            scope,
+            created_at: now_millis,
+            revoked_at: None,
+        };
+        self.insert(&record, &hash_token(&token)).await?;
+        Ok((record, token))
+    }
+
     pub async fn insert(&self, record: &TokenRecord, token_hash: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO api_tokens (id, account_id, name, token_hash, scope, created_at, revoked_at) \
