@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stratus_core::conditions::{self, ConditionType, Reason};
+use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::resources::{Hypervisor, HypervisorCapacity, HypervisorStatus, VirtualServer};
 use stratus_store::Resources;
 
 use crate::context::Context;
 use crate::error::ControllerError;
+use crate::events::EventType;
 use crate::runtime::{ObjectKey, Outcome, Reconcile, Requeue, Trigger};
 
 const GIB: u64 = 1 << 30;
@@ -145,6 +146,30 @@ impl HypervisorProber {
                     &status,
                 )
                 .await?;
+        }
+        match (was_reachable, status.reachable) {
+            (false, true) => {
+                self.ctx
+                    .publish(
+                        hypervisor,
+                        EventType::Normal,
+                        EventReason::Reachable,
+                        "the agent answered",
+                    )
+                    .await;
+            }
+            (true, false) => {
+                let note = status.message.as_deref().unwrap_or_default();
+                self.ctx
+                    .publish(
+                        hypervisor,
+                        EventType::Warning,
+                        EventReason::Unreachable,
+                        note,
+                    )
+                    .await;
+            }
+            _ => {}
         }
         Ok(status.reachable && !was_reachable)
     }

@@ -4,13 +4,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stratus_controller::events::{EventType, Events, Regarding};
 use stratus_controller::hypervisors::HypervisorProber;
 use stratus_controller::runtime::{ObjectKey, Outcome, Reconcile, RuntimeConfig};
 use stratus_controller::servers::ServerReconciler;
 use stratus_controller::simulated::SimulatedAgent;
 use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerError};
 use stratus_core::agent_api::DomainState;
-use stratus_core::conditions::{self, ConditionStatus, ConditionType};
+use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason};
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{
     Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec, VirtualServerStatus,
@@ -34,6 +35,7 @@ struct Harness {
     reconciler: Arc<ServerReconciler>,
     prober: Arc<HypervisorProber>,
     ledger: Ledger,
+    events: Arc<RecordedEvents>,
 }
 
 async fn harness_on(scratch: ScratchDatabase) -> Harness {
@@ -52,7 +54,10 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         hypervisors: hypervisors.clone(),
         credentials,
     };
-    let ctx = Context::new(clock, sim.clone(), directory).with_ledger(ledger.clone());
+    let events = Arc::new(RecordedEvents::default());
+    let ctx = Context::new(clock, sim.clone(), directory)
+        .with_ledger(ledger.clone())
+        .with_events(events.clone());
     let reconciler = Arc::new(ServerReconciler::new(
         ctx.clone(),
         servers.clone(),
@@ -73,6 +78,33 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         reconciler,
         prober,
         ledger,
+        events,
+    }
+}
+
+/// Events as (kind, name, reason), in the order published.
+#[derive(Default)]
+struct RecordedEvents(std::sync::Mutex<Vec<(String, String, EventReason)>>);
+
+#[async_trait::async_trait]
+impl Events for RecordedEvents {
+    async fn publish(&self, regarding: &Regarding, _: EventType, reason: EventReason, _: &str) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((regarding.kind.clone(), regarding.name.clone(), reason));
+    }
+}
+
+impl RecordedEvents {
+    fn about(&self, kind: &str, name: &str) -> Vec<EventReason> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, n, _)| k == kind && n == name)
+            .map(|(_, _, reason)| *reason)
+            .collect()
     }
 }
 
@@ -505,4 +537,28 @@ async fn a_new_hypervisor_is_probed_and_used_at_once() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn servers_and_hypervisors_explain_themselves_in_events() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    assert_eq!(
+        h.events.about("Hypervisor", "hv1"),
+        [EventReason::Reachable]
+    );
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(
+        h.events.about("VirtualServer", "vs-1"),
+        [EventReason::Provisioning, EventReason::Running]
+    );
+    h.sim.set_reachable("hv1", false);
+    h.prober.probe_all().await.unwrap();
+    h.prober.probe_all().await.unwrap();
+    assert_eq!(
+        h.events.about("Hypervisor", "hv1"),
+        [EventReason::Reachable, EventReason::Unreachable],
+        "one event per change, not per probe"
+    );
 }

@@ -99,6 +99,10 @@ named_enum!(
         Error,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
+        /// A hypervisor's agent answered after it had not.
+        Reachable,
+        /// A hypervisor's agent stopped answering.
+        Unreachable,
     }
 );
 
