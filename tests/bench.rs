@@ -32,6 +32,10 @@ struct Args {
     /// Give up after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// How often each customer lists its servers while waiting. On a small
+    /// machine this polling competes with stratus for the CPU.
+    #[arg(long, default_value_t = 10)]
+    poll_ms: u64,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -48,6 +52,7 @@ async fn customer_run(
     customer: usize,
     count: usize,
     timeout: Duration,
+    poll: Duration,
 ) -> Vec<Duration> {
     let orders = (0..count).map(|i| {
         let client = client.clone();
@@ -84,7 +89,7 @@ async fn customer_run(
             "{} servers still not running",
             pending.len()
         );
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(poll).await;
     }
     latencies
 }
@@ -131,6 +136,7 @@ async fn main() -> anyhow::Result<()> {
             i,
             args.servers,
             Duration::from_secs(args.timeout),
+            Duration::from_millis(args.poll_ms),
         ))
     });
     let mut latencies = Vec::with_capacity(total);

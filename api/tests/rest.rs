@@ -124,6 +124,18 @@ impl Api {
         (id, token.body["token"].as_str().unwrap().to_owned())
     }
 
+    /// Orders server `name` with an `Idempotency-Key`.
+    async fn order_keyed(&self, token: &str, key: &str, name: &str) -> Reply {
+        self.raw(
+            Method::POST,
+            "/v1/servers",
+            Some(token),
+            &[("idempotency-key", key)],
+            Some(order(name).to_string()),
+        )
+        .await
+    }
+
     async fn server_count(&self) -> usize {
         self.state.servers.list(None).await.unwrap().items.len()
     }
@@ -555,37 +567,13 @@ async fn bad_orders_are_refused_and_create_nothing() {
 async fn idempotency_key_returns_the_same_server_and_refuses_another_body() {
     let api = api().await;
     let (_, token) = api.customer("ACME").await;
-    let key = [("idempotency-key", "order-42")];
-    let first = api
-        .raw(
-            Method::POST,
-            "/v1/servers",
-            Some(&token),
-            &key,
-            Some(order("web1").to_string()),
-        )
-        .await;
-    let again = api
-        .raw(
-            Method::POST,
-            "/v1/servers",
-            Some(&token),
-            &key,
-            Some(order("web1").to_string()),
-        )
-        .await;
+    let key = "order-42";
+    let first = api.order_keyed(&token, key, "web1").await;
+    let again = api.order_keyed(&token, key, "web1").await;
     assert_eq!(first.status, StatusCode::ACCEPTED);
     assert_eq!(again.status, StatusCode::ACCEPTED);
     assert_eq!(first.body["id"], again.body["id"]);
-    let other = api
-        .raw(
-            Method::POST,
-            "/v1/servers",
-            Some(&token),
-            &key,
-            Some(order("web2").to_string()),
-        )
-        .await;
+    let other = api.order_keyed(&token, key, "web2").await;
     assert_error(
         &other,
         StatusCode::UNPROCESSABLE_ENTITY,
@@ -595,8 +583,7 @@ async fn idempotency_key_returns_the_same_server_and_refuses_another_body() {
     assert_eq!(api.server_count().await, 1);
 
     // Concurrent retries with one key still make one server.
-    let key = [("idempotency-key", "burst")];
-    let replies = futures_join(&api, &token, &key).await;
+    let replies = futures_join(&api, &token, &[("idempotency-key", "burst")]).await;
     let ids: std::collections::BTreeSet<String> = replies
         .iter()
         .map(|r| r.body["id"].as_str().unwrap().to_owned())
@@ -608,25 +595,9 @@ async fn idempotency_key_returns_the_same_server_and_refuses_another_body() {
     let id = first.body["id"].as_str().unwrap();
     api.call(Method::DELETE, &format!("/v1/servers/{id}"), &token, None)
         .await;
-    let replay = api
-        .raw(
-            Method::POST,
-            "/v1/servers",
-            Some(&token),
-            &[("idempotency-key", "order-42")],
-            Some(order("web1").to_string()),
-        )
-        .await;
+    let replay = api.order_keyed(&token, "order-42", "web1").await;
     assert_error(&replay, StatusCode::CONFLICT, "conflict", None);
-    let bad_key = api
-        .raw(
-            Method::POST,
-            "/v1/servers",
-            Some(&token),
-            &[("idempotency-key", "has space")],
-            Some(order("web1").to_string()),
-        )
-        .await;
+    let bad_key = api.order_keyed(&token, "has space", "web1").await;
     assert_error(
         &bad_key,
         StatusCode::BAD_REQUEST,
@@ -657,16 +628,8 @@ async fn a_retry_after_an_interrupted_order_creates_the_claimed_server_once() {
         .claim(&account, "interrupted", &hash, claimed.as_str(), 1)
         .await
         .unwrap();
-    let key = [("idempotency-key", "interrupted")];
-    let retry = api
-        .raw(
-            Method::POST,
-            "/v1/servers",
-            Some(&token),
-            &key,
-            Some(order("web1").to_string()),
-        )
-        .await;
+    let key = "interrupted";
+    let retry = api.order_keyed(&token, key, "web1").await;
     assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
     assert_eq!(retry.body["id"], claimed.as_str());
     api.call(
@@ -676,15 +639,7 @@ async fn a_retry_after_an_interrupted_order_creates_the_claimed_server_once() {
         None,
     )
     .await;
-    let replay = api
-        .raw(
-            Method::POST,
-            "/v1/servers",
-            Some(&token),
-            &key,
-            Some(order("web1").to_string()),
-        )
-        .await;
+    let replay = api.order_keyed(&token, key, "web1").await;
     assert_error(&replay, StatusCode::CONFLICT, "conflict", None);
     assert_eq!(api.server_count().await, 0);
 }

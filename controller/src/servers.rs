@@ -99,6 +99,8 @@ impl Reconcile for ServerReconciler {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
+        // The agent is resolved once per reconcile, not once per pass.
+        let mut agent = None;
         for _ in 0..MAX_PASSES {
             let Some(server) = self
                 .servers
@@ -107,7 +109,7 @@ impl Reconcile for ServerReconciler {
             else {
                 return Ok(Outcome::Done);
             };
-            if let Pass::Finished(outcome) = self.pass(&server).await? {
+            if let Pass::Finished(outcome) = self.pass(&server, &mut agent).await? {
                 return Ok(outcome);
             }
         }
@@ -127,11 +129,15 @@ impl ServerReconciler {
     }
 
     /// Observes, plans, and takes the one next action.
-    async fn pass(&self, server: &VirtualServer) -> Result<Pass, ControllerError> {
+    async fn pass(
+        &self,
+        server: &VirtualServer,
+        resolved: &mut Option<AgentEndpoint>,
+    ) -> Result<Pass, ControllerError> {
         let name = server.name_any();
         let domain = domain_name_for(&name);
         let current = server.status.clone().unwrap_or_default();
-        let (agent, observation) = self.observe(&current, &domain).await;
+        let (agent, observation) = self.observe(&current, &domain, resolved).await;
         let facts = ServerFacts {
             spec: &server.spec,
             status: &current,
@@ -215,19 +221,25 @@ impl ServerReconciler {
         Ok(Pass::Again)
     }
 
-    /// Asks the agent of the server's hypervisor about its domain.
+    /// Asks the agent of the server's hypervisor about its domain; `resolved`
+    /// keeps the agent found for the next pass.
     async fn observe(
         &self,
         current: &VirtualServerStatus,
         domain: &str,
+        resolved: &mut Option<AgentEndpoint>,
     ) -> (Option<AgentEndpoint>, Observation) {
         let Some(hypervisor) = &current.hypervisor else {
             return (None, Observation::NotPlaced);
         };
-        let agent = match self.ctx.directory.by_name(hypervisor).await {
-            Ok(agent) => agent,
-            Err(why) => return (None, Observation::AgentUnavailable(why)),
+        let agent = match resolved.take() {
+            Some(agent) if agent.hypervisor == *hypervisor => agent,
+            _ => match self.ctx.directory.by_name(hypervisor).await {
+                Ok(agent) => agent,
+                Err(why) => return (None, Observation::AgentUnavailable(why)),
+            },
         };
+        *resolved = Some(agent.clone());
         let observation = match self.ctx.agents.observe(&agent, domain).await {
             Ok(observed) => Observation::Domain(observed),
             Err(e) => Observation::AgentUnavailable(e.to_string()),

@@ -215,17 +215,7 @@ pub struct Runtime {
     shared: Shared,
     clock: Arc<dyn Clock>,
     reconcilers: Vec<Box<dyn Runnable>>,
-    queues: Vec<Arc<dyn Closable>>,
-}
-
-trait Closable: Send + Sync {
-    fn close(&self);
-}
-
-impl<K: QueueKey> Closable for WorkQueue<K> {
-    fn close(&self) {
-        WorkQueue::close(self);
-    }
+    queues: Vec<Arc<WorkQueue<ObjectKey>>>,
 }
 
 impl Runtime {
