@@ -13,10 +13,12 @@
 //! * Fairness: ready keys wait in one lane per account (the key's fairness
 //!   label) and are served in the order they became ready, except that one
 //!   account is never served more than [`FAIR_STREAK`] times in a row while
-//!   another account waits: one account's thousand keys cannot starve another
-//!   account's one, which waits behind at most that many. (Strict round robin
-//!   was measured first: with many accounts ordering at once it made every
-//!   account finish last, so every customer waited as long as the slowest.)
+//!   others wait: then every waiting account gets one key served before the
+//!   order resumes. One account's thousand keys cannot starve another
+//!   account's one: it waits behind at most `FAIR_STREAK` keys plus one key of
+//!   each other waiting account. (Strict round robin was measured first: with
+//!   many accounts ordering at once it made every account finish last, so
+//!   every customer waited as long as the slowest.)
 //!
 //! Every collection is bounded by the number of distinct keys, i.e. by the
 //! number of stored objects: a key is never held twice.
@@ -76,6 +78,8 @@ struct State<K> {
     heads: BTreeSet<(u64, String)>,
     /// The lane served last and how many times in a row.
     streak: Option<(String, u32)>,
+    /// Lanes owed one key each after a streak, served before anything else.
+    detour: VecDeque<String>,
     ready: HashSet<K>,
     processing: HashSet<K>,
     /// Keys added while being processed: ready again when done.
@@ -103,23 +107,40 @@ impl<K: QueueKey> State<K> {
         true
     }
 
-    /// The oldest ready key, unless its account just had its streak and
-    /// another account waits: then that account's oldest.
+    /// The oldest ready key, unless its account just had its streak while
+    /// others wait: then one key of each of those first.
     fn pop_ready(&mut self) -> Option<K> {
-        let oldest = self.heads.first()?.clone();
-        let chosen = match &self.streak {
-            Some((label, served)) if *served >= FAIR_STREAK && *label == oldest.1 => self
-                .heads
-                .iter()
-                .find(|(_, other)| other != label)
-                .cloned()
-                .unwrap_or(oldest),
-            _ => oldest,
+        let label = loop {
+            if let Some(owed) = self.detour.pop_front() {
+                if self.lanes.contains_key(&owed) {
+                    break owed;
+                }
+                continue;
+            }
+            let (_, oldest) = self.heads.first()?;
+            let streak_over = self
+                .streak
+                .as_ref()
+                .is_some_and(|(last, served)| last == oldest && *served >= FAIR_STREAK);
+            if streak_over {
+                let oldest = oldest.clone();
+                self.detour = self
+                    .heads
+                    .iter()
+                    .filter(|(_, label)| *label != oldest)
+                    .map(|(_, label)| label.clone())
+                    .collect();
+                self.streak = None;
+                if !self.detour.is_empty() {
+                    continue;
+                }
+                break oldest;
+            }
+            break oldest.clone();
         };
-        self.heads.remove(&chosen);
-        let (_, label) = chosen;
         let lane = self.lanes.get_mut(&label)?;
-        let (_, key) = lane.pop_front()?;
+        let (seq, key) = lane.pop_front()?;
+        self.heads.remove(&(seq, label.clone()));
         match lane.front() {
             Some((next, _)) => {
                 self.heads.insert((*next, label.clone()));
@@ -172,6 +193,7 @@ impl<K: QueueKey> WorkQueue<K> {
                 lanes: HashMap::new(),
                 heads: BTreeSet::new(),
                 streak: None,
+                detour: VecDeque::new(),
                 ready: HashSet::new(),
                 processing: HashSet::new(),
                 dirty: HashSet::new(),
@@ -482,6 +504,16 @@ mod tests {
         assert_eq!(queue.retry_with_backoff(key).as_millis(), 10);
     }
 
+    async fn drain(queue: &WorkQueue<Key>, count: usize) -> Vec<Key> {
+        let mut order = Vec::new();
+        for _ in 0..count {
+            let key = next(queue).await;
+            queue.done(&key);
+            order.push(key);
+        }
+        order
+    }
+
     #[tokio::test]
     async fn keys_go_in_order_but_no_account_is_served_more_than_a_streak_while_another_waits() {
         let (queue, _) = queue();
@@ -493,12 +525,7 @@ mod tests {
             queue.add(Key("busy", name));
         }
         queue.add(Key("quiet", "q"));
-        let mut order = Vec::new();
-        for _ in 0..BUSY.len() + 2 {
-            let key = next(&queue).await;
-            queue.done(&key);
-            order.push(key);
-        }
+        let order = drain(&queue, BUSY.len() + 2).await;
         assert_eq!(order[0], Key("early", "e"), "the oldest first");
         let quiet = order.iter().position(|k| k.0 == "quiet").unwrap();
         assert_eq!(
@@ -510,6 +537,29 @@ mod tests {
         assert!(
             busy.windows(2).all(|w| w[0].1 < w[1].1),
             "one account's keys keep their order"
+        );
+    }
+
+    #[tokio::test]
+    async fn after_a_streak_every_waiting_account_gets_a_key() {
+        let (queue, _) = queue();
+        const MANY: [&str; 20] = [
+            "k00", "k01", "k02", "k03", "k04", "k05", "k06", "k07", "k08", "k09", "k10", "k11",
+            "k12", "k13", "k14", "k15", "k16", "k17", "k18", "k19",
+        ];
+        // Two busy accounts queued first, then a newcomer.
+        for name in MANY {
+            queue.add(Key("a", name));
+        }
+        for name in MANY {
+            queue.add(Key("b", name));
+        }
+        queue.add(Key("c", "new"));
+        let order = drain(&queue, 2 * MANY.len() + 1).await;
+        let newcomer = order.iter().position(|k| k.0 == "c").unwrap();
+        assert!(
+            newcomer <= FAIR_STREAK as usize + 2,
+            "the newcomer is not starved by two busy accounts: {newcomer} {order:?}"
         );
     }
 }
