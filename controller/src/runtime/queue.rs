@@ -150,7 +150,7 @@ impl<K: QueueKey> State<K> {
             }
         }
         self.streak = match self.streak.take() {
-            Some((last, served)) if last == label => Some((last, served + 1)),
+            Some((last, served)) if last == label => Some((last, served.saturating_add(1))),
             _ => Some((label, 1)),
         };
         self.ready.remove(&key);
