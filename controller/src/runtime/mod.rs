@@ -260,17 +260,20 @@ impl Runtime {
 impl<R: Reconcile> Runnable for Registered<R> {
     fn start(self: Box<Self>, tasks: &mut JoinSet<()>, shared: &Shared) {
         let kind = self.reconciler.resources().kind().kind.clone();
+        let generations = Generations::default();
         tasks.spawn(self.queue.clone().run_timer());
         tasks.spawn(watch_into_queue(
             self.reconciler.resources().clone(),
             self.reconciler.trigger(),
             self.queue.clone(),
             shared.config.watch_retry,
+            generations.clone(),
         ));
         tasks.spawn(resync(
             self.reconciler.resources().clone(),
             self.queue.clone(),
             shared.config.resync_interval,
+            generations,
         ));
         for _ in 0..shared.config.workers.max(1) {
             tasks.spawn(work(
@@ -283,14 +286,22 @@ impl<R: Reconcile> Runnable for Registered<R> {
     }
 }
 
+/// Generations seen, for [`Trigger::GenerationChanged`]: one entry per live
+/// object. A deletion missed while a watch was down is pruned at the next
+/// resync, so entries never outlive their objects for long.
+type Generations = Arc<std::sync::Mutex<HashMap<ObjectKey, Option<i64>>>>;
+
+fn lock(generations: &Generations) -> std::sync::MutexGuard<'_, HashMap<ObjectKey, Option<i64>>> {
+    generations.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 async fn watch_into_queue<K: StoredKind>(
     resources: Resources<K>,
     trigger: Trigger,
     queue: Arc<WorkQueue<ObjectKey>>,
     retry: Duration,
+    generations: Generations,
 ) {
-    // Generations seen, for `Trigger::GenerationChanged`: one entry per live object.
-    let mut generations: HashMap<ObjectKey, Option<i64>> = HashMap::new();
     let mut events = Box::pin(resources.watcher(retry));
     while let Some(event) = events.next().await {
         match event {
@@ -300,7 +311,7 @@ async fn watch_into_queue<K: StoredKind>(
                     Trigger::AnyChange => true,
                     Trigger::GenerationChanged => {
                         let generation = object.meta().generation;
-                        generations.insert(key.clone(), generation) != Some(generation)
+                        lock(&generations).insert(key.clone(), generation) != Some(generation)
                     }
                 };
                 if wanted {
@@ -308,7 +319,7 @@ async fn watch_into_queue<K: StoredKind>(
                 }
             }
             WatchEvent::Deleted(object) => {
-                generations.remove(&ObjectKey::of(&object));
+                lock(&generations).remove(&ObjectKey::of(&object));
             }
             WatchEvent::Bookmark(_) => {}
         }
@@ -319,6 +330,7 @@ async fn resync<K: StoredKind>(
     resources: Resources<K>,
     queue: Arc<WorkQueue<ObjectKey>>,
     interval: Duration,
+    generations: Generations,
 ) {
     let mut tick = tokio::time::interval(interval);
     // The watch lists everything as it starts; the first resync is one interval later.
@@ -327,8 +339,11 @@ async fn resync<K: StoredKind>(
         tick.tick().await;
         match resources.list(None).await {
             Ok(list) => {
-                for object in &list.items {
-                    queue.add(ObjectKey::of(object));
+                let live: Vec<ObjectKey> = list.items.iter().map(ObjectKey::of).collect();
+                let listed: std::collections::HashSet<&ObjectKey> = live.iter().collect();
+                lock(&generations).retain(|key, _| listed.contains(key));
+                for key in &live {
+                    queue.add(key.clone());
                 }
             }
             Err(error) => {
