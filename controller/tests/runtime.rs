@@ -28,6 +28,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// key; holds each reconcile until the gate lets it through.
 struct Recorder {
     servers: Resources<VirtualServer>,
+    /// Reconciles started (at the gate or past it).
+    entered: std::sync::atomic::AtomicUsize,
     seen: Mutex<Vec<(ObjectKey, Instant)>>,
     failures: Mutex<HashMap<String, u32>>,
     gate: Semaphore,
@@ -42,6 +44,8 @@ impl Reconcile for Recorder {
     }
 
     async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
+        self.entered
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let permit = self.gate.acquire().await;
         drop(permit);
         self.seen
@@ -147,6 +151,7 @@ impl Setup {
     fn recorder(&self, open: bool) -> Arc<Recorder> {
         Arc::new(Recorder {
             servers: Resources::new(self.store.clone()),
+            entered: Default::default(),
             seen: Mutex::default(),
             failures: Mutex::default(),
             gate: Semaphore::new(if open { Semaphore::MAX_PERMITS } else { 0 }),
@@ -222,7 +227,10 @@ async fn changes_of_a_key_being_reconciled_are_held_once() {
         .unwrap();
     let running = s.start(4, &recorder, &deadlines);
     // The first reconcile is held at the gate while the object changes 20 times.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("the first reconcile reached the gate", || {
+        recorder.entered.load(std::sync::atomic::Ordering::SeqCst) >= 1
+    })
+    .await;
     for i in 0..20u32 {
         servers
             .update(Some(fixtures::ACCOUNT), "vs-1", |s| {

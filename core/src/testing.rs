@@ -137,6 +137,7 @@ impl ServerBuilder {
 }
 
 pub fn hypervisor(name: &str) -> HypervisorBuilder {
+    let name_of = HypervisorName::parse(name).expect("hypervisor names in tests are slugs");
     HypervisorBuilder(Hypervisor {
         metadata: ObjectMeta {
             name: Some(name.into()),
@@ -145,7 +146,7 @@ pub fn hypervisor(name: &str) -> HypervisorBuilder {
         spec: HypervisorSpec {
             url: format!("http://{name}.invalid"),
             zone: "default".into(),
-            credential: format!("hypervisor/{name}"),
+            credential: name_of.credential_name(),
             cordoned: false,
         },
         status: None,

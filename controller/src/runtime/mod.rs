@@ -178,10 +178,6 @@ impl<K> Clone for Requeue<K> {
 }
 
 impl<K: StoredKind> Requeue<K> {
-    pub fn key(&self, key: ObjectKey) {
-        self.queue.add(key);
-    }
-
     /// Queues every object of the kind that `wanted` selects.
     pub async fn matching(&self, wanted: impl Fn(&K) -> bool) -> Result<usize, ControllerError> {
         let mut queued = 0;

@@ -325,8 +325,9 @@ impl<K: QueueKey> WorkQueue<K> {
     }
 
     /// Moves every due delayed key to the ready lanes; returns when the
-    /// next one falls due by the monotonic clock.
-    fn release_due(&self) -> Option<Instant> {
+    /// next one falls due by the monotonic clock, and whether any waits for
+    /// a clock time.
+    fn release_due(&self) -> (Option<Instant>, bool) {
         let now = Instant::now();
         let clock_now = self.clock.now();
         let mut state = self.lock();
@@ -348,11 +349,12 @@ impl<K: QueueKey> WorkQueue<K> {
             released |= state.make_ready(key);
         }
         let next = state.by_instant.first().map(|(instant, _, _)| *instant);
+        let waits_for_time = !state.by_time.is_empty();
         drop(state);
         if released {
             self.ready.notify_waiters();
         }
-        next
+        (next, waits_for_time)
     }
 
     /// Releases delayed keys as they fall due, until the queue is closed.
@@ -362,11 +364,11 @@ impl<K: QueueKey> WorkQueue<K> {
             if self.is_closed() {
                 return;
             }
-            let next = self.release_due();
+            let (next, waits_for_time) = self.release_due();
             let mut wait = next.map_or(self.config.clock_poll, |at| {
                 at.saturating_duration_since(Instant::now())
             });
-            if !self.lock().by_time.is_empty() {
+            if waits_for_time {
                 wait = wait.min(self.config.clock_poll);
             }
             let _ = tokio::time::timeout(wait, woken).await;

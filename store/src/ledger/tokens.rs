@@ -7,18 +7,14 @@ use stratus_core::ids::{AccountId, TokenId};
 use super::malformed;
 use crate::db::Database;
 use crate::error::{Result, StoreError};
-use crate::vault::random_hex;
+use crate::vault::{hex, random_hex};
 
 /// Every token starts with this, so a leaked one is easy to recognise.
 pub const TOKEN_PREFIX: &str = "stx_";
 
 /// The SHA-256 of a token (or of any text), in hex: what is stored.
 pub fn hash_token(token: &str) -> String {
-    digest(&SHA256, token.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(digest(&SHA256, token.as_bytes()).as_ref())
 }
 
 /// What a token may do.
