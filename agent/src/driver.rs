@@ -497,9 +497,12 @@ impl Driver {
         let pool = self.pool()?;
         let pool_info = pool.info()?;
         let mut images = Vec::new();
-        for volume in pool.list_volumes()? {
-            if !volume.starts_with(MANAGED_PREFIX) {
-                images.push(volume);
+        // The allocating listings: `list_volumes` stops at 1 024 names, which
+        // once hid every image of a pool holding a thousand disks.
+        for volume in pool.list_all_volumes(0)? {
+            let name = volume.name()?;
+            if !name.starts_with(MANAGED_PREFIX) {
+                images.push(name);
             }
         }
         images.sort();

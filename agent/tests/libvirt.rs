@@ -206,3 +206,28 @@ fn recorded_definitions_survive_a_restart() {
     assert!(driver.observe("stratus-vs-b").unwrap().disk_present);
     assert!(!driver.observe("stratus-vs-c").unwrap().disk_present);
 }
+
+/// libvirt's fixed-size listing stops at 1 024 names; a pool holding
+/// thousands of disks must still report its images and every domain.
+#[test]
+fn node_report_sees_thousands_of_volumes_and_domains() {
+    const SERVERS: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::open(DriverConfig::for_uri(&private_node(dir.path()), "z")).unwrap();
+    let image = "debian-12.qcow2";
+    driver.seed_image(image, 1).unwrap();
+    let mut small = spec(image, PowerState::Stopped, true);
+    small.disk_gib = 1;
+    for i in 0..SERVERS {
+        driver
+            .ensure(&format!("stratus-vs-{i:016x}"), &small)
+            .unwrap();
+    }
+    let report = driver.node_report().unwrap();
+    assert_eq!(
+        report.images,
+        [image],
+        "the image is not lost among the disks"
+    );
+    assert_eq!(report.domains.len(), SERVERS);
+}
