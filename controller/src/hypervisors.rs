@@ -68,13 +68,14 @@ impl HypervisorProber {
         }
     }
 
-    /// Queues unplaced servers again whenever a hypervisor becomes reachable.
+    /// Queues unplaced servers again whenever a hypervisor becomes usable or
+    /// reports other capacity or images.
     pub fn requeueing(mut self, waiting_servers: Requeue<VirtualServer>) -> Self {
         self.waiting_servers = Some(waiting_servers);
         self
     }
 
-    /// Probes every hypervisor; returns how many became reachable.
+    /// Probes every hypervisor; returns how many could now place more.
     pub async fn probe_all(&self) -> Result<usize, ControllerError> {
         let hypervisors = self.hypervisors.list(None).await?.items;
         let probes = hypervisors.iter().map(|hv| self.probe(hv));
@@ -85,7 +86,9 @@ impl HypervisorProber {
         Ok(became_reachable)
     }
 
-    /// Probes one hypervisor; returns whether it became reachable.
+    /// Probes one hypervisor; returns whether it could now place servers it
+    /// could not place before (it became reachable, or reports other
+    /// capacity or images).
     pub async fn probe(&self, hypervisor: &Hypervisor) -> Result<bool, ControllerError> {
         let mut status: HypervisorStatus = hypervisor.status.clone().unwrap_or_default();
         let was_reachable = status.reachable;
@@ -171,6 +174,8 @@ impl HypervisorProber {
             }
             _ => {}
         }
-        Ok(status.reachable && !was_reachable)
+        let capacity_changed = hypervisor.status.as_ref().and_then(|s| s.capacity.as_ref())
+            != status.capacity.as_ref();
+        Ok(status.reachable && (!was_reachable || capacity_changed))
     }
 }

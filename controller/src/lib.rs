@@ -57,11 +57,13 @@ pub fn controller(
     settings: ControllerConfig,
 ) -> Runtime {
     let mut runtime = Runtime::new(settings.runtime, ctx.clock.clone(), ctx.metrics.clone());
-    let waiting_servers = runtime.add(Arc::new(ServerReconciler::new(
+    let servers = Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),
         config,
-    )));
+    ));
+    let waiting_servers = runtime.add(servers.clone());
+    servers.wakes_waiting_through(waiting_servers.clone());
     runtime.add(Arc::new(
         HypervisorProber::new(ctx, Resources::new(store), settings.probe_interval)
             .requeueing(waiting_servers),

@@ -1,8 +1,8 @@
 //! The server reconciler: observe the hypervisor, decide with the pure
 //! lifecycle plan, act through the agent, record the status.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -24,14 +24,17 @@ use crate::agent_client::{AgentCallError, AgentEndpoint};
 use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
-use crate::runtime::{ObjectKey, Outcome, Reconcile};
+use crate::runtime::{ObjectKey, Outcome, Reconcile, Requeue};
 
 /// Observe→plan→act rounds in one reconcile before yielding to other keys.
 const MAX_PASSES: usize = 8;
 /// How soon a server still moving after [`MAX_PASSES`] is looked at again.
 const STILL_MOVING: Duration = Duration::from_millis(200);
-/// How soon an unschedulable server is tried again.
-pub const UNSCHEDULABLE_RETRY: Duration = Duration::from_secs(10);
+/// How soon a server that cannot be placed is tried again when nothing
+/// wakes it before: a change that could place it (room freed here, a
+/// hypervisor that becomes reachable or reports other capacity or images)
+/// queues it at once, so this recheck only bounds what a missed wake costs.
+pub const UNSCHEDULABLE_RECHECK: Duration = Duration::from_secs(300);
 
 /// How long the placed-load snapshot is trusted before it is listed again.
 /// Placements and releases made here update it at once; anything else (an
@@ -44,6 +47,8 @@ const PLACEMENTS_REFRESH: Duration = Duration::from_secs(5);
 struct Placements {
     listed_at: Option<Instant>,
     servers: HashMap<ObjectKey, (HypervisorName, ServerResources)>,
+    /// Servers that could not be placed, woken when room is freed here.
+    waiting: HashSet<ObjectKey>,
 }
 
 impl Placements {
@@ -88,6 +93,8 @@ pub struct ServerReconciler {
     /// Placement decisions are taken one at a time so two servers never
     /// count the same free capacity; the lock also guards what is placed.
     scheduling: tokio::sync::Mutex<Placements>,
+    /// Queues this reconciler's own keys (servers waiting for room).
+    requeue: OnceLock<Requeue<VirtualServer>>,
 }
 
 #[async_trait]
@@ -107,6 +114,7 @@ impl Reconcile for ServerReconciler {
                 .get(key.namespace.as_deref(), &key.name)
                 .await?
             else {
+                self.scheduling.lock().await.waiting.remove(key);
                 return Ok(Outcome::Done);
             };
             if let Pass::Finished(outcome) = self.pass(&server, &mut agent).await? {
@@ -125,7 +133,14 @@ impl ServerReconciler {
             servers,
             config,
             scheduling: tokio::sync::Mutex::new(Placements::default()),
+            requeue: OnceLock::new(),
         }
+    }
+
+    /// Gives the reconciler the handle of its own queue (known only once it
+    /// is registered), so that freeing room wakes the servers waiting for it.
+    pub fn wakes_waiting_through(&self, requeue: Requeue<VirtualServer>) {
+        let _ = self.requeue.set(requeue);
     }
 
     /// Observes, plans, and takes the one next action.
@@ -263,12 +278,21 @@ impl ServerReconciler {
                 SERVER_FINALIZER,
             )
             .await?;
-        // Its room is free for the next placement at once.
-        self.scheduling
-            .lock()
-            .await
-            .servers
-            .remove(&ObjectKey::of(server));
+        // Its room is free for the next placement at once, and whoever
+        // waits for room may take it.
+        let waiting: Vec<ObjectKey> = {
+            let mut placements = self.scheduling.lock().await;
+            let key = ObjectKey::of(server);
+            placements.servers.remove(&key);
+            placements.waiting.remove(&key);
+            placements.waiting.iter().cloned().collect()
+        };
+        if let Some(requeue) = self.requeue.get()
+            && !waiting.is_empty()
+        {
+            let woken = requeue.keys(waiting);
+            tracing::debug!(woken, "servers waiting for room queued again");
+        }
         self.ctx
             .audit(
                 AuditAction::ServerReleased,
@@ -375,19 +399,24 @@ impl ServerReconciler {
         );
         self.record_status(server, current, &next).await?;
         if let Some(hypervisor) = &next.hypervisor {
+            placements.waiting.remove(&key);
             placements
                 .servers
-                .insert(key, (hypervisor.clone(), server.spec.resources));
+                .insert(key.clone(), (hypervisor.clone(), server.spec.resources));
         }
         if placement.is_ok() {
-            Ok(None)
-        } else {
+            return Ok(None);
+        }
+        placements.waiting.insert(key);
+        // A waiting server is tried again on every wake; only a new reason
+        // is worth a log line.
+        if current.reason != next.reason {
             tracing::info!(
                 reason = next.reason.as_deref().unwrap_or_default(),
                 "server cannot be placed yet"
             );
-            Ok(Some(UNSCHEDULABLE_RETRY))
         }
+        Ok(Some(UNSCHEDULABLE_RECHECK))
     }
 
     /// Writes the status when it changed, and reports a phase change.

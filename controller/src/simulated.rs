@@ -80,6 +80,16 @@ impl SimulatedAgent {
         });
     }
 
+    /// Changes what a hypervisor reports as its capacity, keeping its domains.
+    pub fn set_capacity(&self, hypervisor: &str, vcpus: u32, memory_mib: u64) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.report.vcpus = vcpus;
+                node.report.memory_mib = memory_mib;
+            }
+        });
+    }
+
     pub fn set_reachable(&self, hypervisor: &str, reachable: bool) {
         self.with(|s| {
             if let Some(node) = s.nodes.get_mut(hypervisor) {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use stratus_controller::events::{EventType, Events, Regarding};
 use stratus_controller::hypervisors::HypervisorProber;
 use stratus_controller::runtime::{ObjectKey, Outcome, Reconcile, RuntimeConfig};
-use stratus_controller::servers::ServerReconciler;
+use stratus_controller::servers::{ServerReconciler, UNSCHEDULABLE_RECHECK};
 use stratus_controller::simulated::SimulatedAgent;
 use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerError};
 use stratus_core::agent_api::DomainState;
@@ -422,7 +422,7 @@ async fn scheduling_respects_zone_and_capacity() {
     }
     assert_eq!(
         h.reconcile("vs-3").await.unwrap(),
-        Outcome::RequeueAfter(Duration::from_secs(10))
+        Outcome::RequeueAfter(UNSCHEDULABLE_RECHECK)
     );
     let full = h.status("vs-3").await;
     assert_eq!(full.phase, ServerPhase::Pending);
@@ -440,6 +440,58 @@ async fn scheduling_respects_zone_and_capacity() {
     h.reconcile("vs-1").await.unwrap();
     h.reconcile("vs-3").await.unwrap();
     assert_eq!(h.status("vs-3").await.phase, ServerPhase::Running);
+}
+
+/// A waiting server costs nothing while it waits: it is not retried on a
+/// short timer, but woken by what could place it.
+#[tokio::test]
+async fn a_waiting_server_is_woken_by_freed_room_and_by_new_capacity() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 2, 2048).await;
+    let (stop, running) = h.run_controller(Duration::from_millis(100));
+    for name in ["vs-1", "vs-2", "vs-3"] {
+        h.order(name, None).await;
+    }
+    let h = &h;
+    let placed =
+        |name: &'static str| async move { h.status(name).await.phase == ServerPhase::Running };
+    wait_until("two servers placed", || async {
+        placed("vs-1").await && placed("vs-2").await && h.status("vs-3").await.reason.is_some()
+    })
+    .await;
+    assert_eq!(h.status("vs-3").await.phase, ServerPhase::Pending);
+
+    // Room freed by a deletion is taken at once, well before any recheck.
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    wait_until("vs-3 placed in freed room", || placed("vs-3")).await;
+
+    // A hypervisor that reports more capacity wakes the next waiting one.
+    h.order("vs-4", None).await;
+    wait_until("vs-4 waits", || async {
+        h.status("vs-4").await.reason.is_some()
+    })
+    .await;
+    h.sim.set_capacity("hv1", 4, 4096);
+    wait_until("vs-4 placed on grown capacity", || placed("vs-4")).await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+/// Polls `check` until it holds, failing after 3 s (the recheck of a
+/// waiting server is minutes away, so only a wake can pass in time).
+async fn wait_until<F, Fut>(what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test]
@@ -516,7 +568,7 @@ async fn a_new_hypervisor_is_probed_and_used_at_once() {
     );
 
     // Registered without probing: the controller's watch must probe it, and
-    // the waiting server must not wait for its 10 s retry.
+    // the waiting server must not wait for its recheck.
     h.sim
         .add_node("hv1", "default", 8, 16384, 1000, &["debian-12.qcow2"]);
     h.hypervisors

@@ -189,6 +189,16 @@ impl<K: StoredKind> Requeue<K> {
         }
         Ok(queued)
     }
+
+    /// Queues these keys.
+    pub fn keys(&self, keys: impl IntoIterator<Item = ObjectKey>) -> usize {
+        let mut queued = 0;
+        for key in keys {
+            self.queue.add(key);
+            queued += 1;
+        }
+        queued
+    }
 }
 
 /// One registered reconciler, with its kind erased.
