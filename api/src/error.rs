@@ -81,6 +81,18 @@ impl ApiError {
         )
     }
 
+    /// A path id that cannot name anything of its kind: answered like an
+    /// unknown one, and never passed on to a store.
+    pub fn malformed_id(what: &str, raw: &str, shape: &str) -> Self {
+        let shown: String = raw.chars().take(64).collect();
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("{what} {shown:?} not found: {what} ids look like {shape}"),
+        )
+        .with_details(json!({ "field": "id" }))
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

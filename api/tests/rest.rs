@@ -461,7 +461,63 @@ async fn an_order_is_accepted_and_visible_to_its_account_only() {
             )
             .await;
         assert_eq!(all.body["items"].as_array().unwrap().len(), 1);
+        let one = api
+            .call(Method::GET, &format!("/v1/servers/{id}"), &api.admin, None)
+            .await;
+        assert_eq!(one.status, StatusCode::OK, "{label}: {}", one.body);
+        assert_eq!(one.body["account_id"], account.as_str());
     }
+}
+
+/// Path ids are parsed before anything is looked up, so nothing a client
+/// writes in a path reaches a store or an API-server URL.
+#[tokio::test]
+async fn malformed_path_ids_are_refused_naming_the_id() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let created = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let upper = id.to_uppercase();
+    for (who, path) in [
+        (&token, "/v1/servers/web1".to_owned()),
+        (&api.admin, "/v1/servers/vs-..%2F..%2Fnamespaces".to_owned()),
+        (&api.admin, format!("/v1/servers/{upper}")),
+        (&api.admin, format!("/v1/servers/{id}%3FfieldSelector=x")),
+        (&api.admin, "/v1/accounts/..".to_owned()),
+        (&api.admin, format!("/v1/accounts/{account}x/tokens")),
+        (&api.admin, "/v1/admin/hypervisors/Hv1".to_owned()),
+    ] {
+        let reply = api.call(Method::GET, &path, who, None).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    }
+    let reply = api
+        .call(Method::DELETE, "/v1/tokens/tok-1", &api.admin, None)
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    let reply = api
+        .call(
+            Method::POST,
+            &format!("/v1/servers/{upper}/actions"),
+            &token,
+            Some(json!({"type": "stop"})),
+        )
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    let reply = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/servers/{id}x"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    let still = api
+        .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_eq!(still.body["desired_power"], "running");
 }
 
 #[tokio::test]

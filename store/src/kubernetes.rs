@@ -104,6 +104,20 @@ fn map_error(error: kube::Error, kind: &KindInfo, name: &str) -> StoreError {
     }
 }
 
+/// A DNS-1123 subdomain, what Kubernetes accepts as an object name.
+fn is_object_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
+}
+
 fn to_value(object: DynamicObject) -> Result<Value> {
     Ok(serde_json::to_value(object)?)
 }
@@ -142,6 +156,21 @@ impl ObjectStore for KubeObjectStore {
                 .map(to_value)
                 .collect::<Result<_>>()?,
         })
+    }
+
+    async fn find_by_name(&self, kind: &KindInfo, name: &str) -> Result<Vec<Value>> {
+        // The name goes into a field selector: only names the API server
+        // itself would accept get that far.
+        if !is_object_name(name) {
+            return Ok(Vec::new());
+        }
+        let api = self.api(kind, None)?;
+        let params = ListParams::default().fields(&format!("metadata.name={name}"));
+        let list = api
+            .list(&params)
+            .await
+            .map_err(|e| map_error(e, kind, name))?;
+        list.items.into_iter().map(to_value).collect()
     }
 
     async fn create(&self, kind: &KindInfo, object: Value) -> Result<Value> {

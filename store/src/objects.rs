@@ -95,6 +95,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<Option<Value>>;
     /// All live objects of a kind, in one namespace or in all of them.
     async fn list(&self, kind: &KindInfo, namespace: Option<&str>) -> Result<ObjectList<Value>>;
+    /// The live objects called `name`, in whichever namespaces hold one: an
+    /// operator's look-up of one object without listing every object.
+    async fn find_by_name(&self, kind: &KindInfo, name: &str) -> Result<Vec<Value>>;
     async fn create(&self, kind: &KindInfo, object: Value) -> Result<Value>;
     /// Replaces metadata and spec (status is kept); `metadata.resourceVersion` must be current.
     async fn replace(&self, kind: &KindInfo, object: Value) -> Result<Value>;
@@ -214,6 +217,12 @@ where
             items: list.items.into_iter().map(decode).collect::<Result<_>>()?,
             resource_version: list.resource_version,
         })
+    }
+
+    /// Objects called `name` in any namespace.
+    pub async fn find_by_name(&self, name: &str) -> Result<Vec<K>> {
+        let found = self.store.find_by_name(&self.kind, name).await?;
+        found.into_iter().map(decode).collect()
     }
 
     pub async fn create(&self, object: &K) -> Result<K> {

@@ -290,6 +290,17 @@ impl ObjectStore for SqlObjectStore {
         })
     }
 
+    async fn find_by_name(&self, kind: &KindInfo, name: &str) -> Result<Vec<Value>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT body FROM objects WHERE kind = $1 AND name = $2 AND deleted = 0 ORDER BY namespace",
+        )
+        .bind(&kind.kind)
+        .bind(name)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|b| Ok(serde_json::from_str(b)?)).collect()
+    }
+
     async fn create(&self, kind: &KindInfo, mut object: Value) -> Result<Value> {
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         let namespace = meta_str(&object, "namespace").map(str::to_owned);

@@ -121,6 +121,37 @@ async fn create_assigns_metadata_and_rejects_duplicates() {
 }
 
 #[tokio::test]
+async fn find_by_name_looks_in_every_namespace_and_skips_deleted() {
+    for backend in backends().await {
+        let label = backend.label;
+        let (servers, _) = backend.resources();
+        servers.create(&server("acc-a", "web1")).await.unwrap();
+        servers.create(&server("acc-b", "web1")).await.unwrap();
+        servers.create(&server("acc-b", "web2")).await.unwrap();
+        let found = servers.find_by_name("web1").await.unwrap();
+        let namespaces: Vec<_> = found
+            .iter()
+            .filter_map(|s| s.metadata.namespace.clone())
+            .collect();
+        assert_eq!(namespaces, ["acc-a", "acc-b"], "{label}");
+        servers.delete(Some("acc-a"), "web1").await.unwrap();
+        assert_eq!(
+            servers.find_by_name("web1").await.unwrap().len(),
+            1,
+            "{label}"
+        );
+        assert!(
+            servers.find_by_name("web3").await.unwrap().is_empty(),
+            "{label}"
+        );
+        assert!(
+            servers.find_by_name("web1,x").await.unwrap().is_empty(),
+            "{label}: a name no object can have finds nothing"
+        );
+    }
+}
+
+#[tokio::test]
 async fn scope_is_enforced() {
     for backend in backends().await {
         let (servers, accounts) = backend.resources();

@@ -221,6 +221,21 @@ async fn get_maps_not_found_to_none_and_list_keeps_the_version() {
     .await
     .unwrap();
     assert!(all.items.is_empty());
+
+    let found = run(servers.find_by_name("vs-1"), async {
+        let answer = json!({"apiVersion": "stratus.dev/v1alpha1", "kind": "VirtualServerList", "metadata": {"resourceVersion": "4713"},
+                            "items": [stored("vs-1", "100", &[], false)]});
+        api.expect(
+            Method::GET,
+            "/apis/stratus.dev/v1alpha1/virtualservers?&fieldSelector=metadata.name%3Dvs-1",
+            200,
+            answer,
+        )
+        .await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(found.len(), 1);
 }
 
 #[tokio::test]

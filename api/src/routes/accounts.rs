@@ -89,16 +89,17 @@ pub async fn get_account(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<AccountView>, ApiError> {
+    let id = account_id(&id)?;
     if let Principal::Customer { account_id, .. } = &principal
-        && account_id.as_str() != id
+        && *account_id != id
     {
-        return Err(ApiError::not_found("account", &id));
+        return Err(ApiError::not_found("account", id.as_str()));
     }
     let account = state
         .accounts
-        .get(None, &id)
+        .get(None, id.as_str())
         .await?
-        .ok_or_else(|| ApiError::not_found("account", &id))?;
+        .ok_or_else(|| ApiError::not_found("account", id.as_str()))?;
     Ok(Json(AccountView::from(&account)))
 }
 
@@ -113,7 +114,7 @@ pub async fn create_token(
     JsonBody(request): JsonBody<CreateToken>,
 ) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
     principal.require_admin()?;
-    let account_id = AccountId::parse(&id).ok_or_else(|| ApiError::not_found("account", &id))?;
+    let account_id = account_id(&id)?;
     if state.accounts.get(None, &id).await?.is_none() {
         return Err(ApiError::not_found("account", &id));
     }
@@ -156,7 +157,7 @@ pub async fn list_tokens(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<TokenView>>, ApiError> {
     principal.require_admin()?;
-    let account_id = AccountId::parse(&id).ok_or_else(|| ApiError::not_found("account", &id))?;
+    let account_id = account_id(&id)?;
     if state.accounts.get(None, &id).await?.is_none() {
         return Err(ApiError::not_found("account", &id));
     }
@@ -173,7 +174,8 @@ pub async fn revoke_token(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let token_id = TokenId::parse(&id).ok_or_else(|| ApiError::not_found("token", &id))?;
+    let token_id = TokenId::parse(&id)
+        .ok_or_else(|| ApiError::malformed_id("token", &id, "tok-<16 hex digits>"))?;
     let record = state
         .ledger
         .tokens()
@@ -203,4 +205,10 @@ pub async fn revoke_token(
         )
         .await;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// An account id from a request path.
+fn account_id(raw: &str) -> Result<AccountId, ApiError> {
+    AccountId::parse(raw)
+        .ok_or_else(|| ApiError::malformed_id("account", raw, "acc-<16 hex digits>"))
 }

@@ -141,11 +141,18 @@ pub async fn get_hypervisor(
     Path(name): Path<String>,
 ) -> Result<Json<HypervisorView>, ApiError> {
     principal.require_admin()?;
+    let name = HypervisorName::parse(&name).ok_or_else(|| {
+        ApiError::malformed_id(
+            "hypervisor",
+            &name,
+            "a slug of lowercase letters, digits and -",
+        )
+    })?;
     let hypervisor = state
         .hypervisors
-        .get(None, &name)
+        .get(None, name.as_str())
         .await?
-        .ok_or_else(|| ApiError::not_found("hypervisor", &name))?;
+        .ok_or_else(|| ApiError::not_found("hypervisor", name.as_str()))?;
     let load = placed_load(&state).await?;
     Ok(Json(view(&hypervisor, &load)))
 }

@@ -35,21 +35,29 @@ fn accepted(server: &VirtualServer) -> Response {
 async fn find_server(
     state: &ApiState,
     principal: &Principal,
-    id: &str,
+    id: &ServerId,
 ) -> Result<VirtualServer, ApiError> {
     let found = match principal {
         Principal::Customer { account_id, .. } => {
-            state.servers.get(Some(account_id.as_str()), id).await?
+            state
+                .servers
+                .get(Some(account_id.as_str()), id.as_str())
+                .await?
         }
+        // Ids are minted unique, so one namespace at most holds it.
         Principal::Admin { .. } => state
             .servers
-            .list(None)
+            .find_by_name(id.as_str())
             .await?
-            .items
             .into_iter()
-            .find(|s| s.name_any() == id),
+            .next(),
     };
-    found.ok_or_else(|| ApiError::not_found("server", id))
+    found.ok_or_else(|| ApiError::not_found("server", id.as_str()))
+}
+
+/// A server id from a request path.
+fn server_id(raw: &str) -> Result<ServerId, ApiError> {
+    ServerId::parse(raw).ok_or_else(|| ApiError::malformed_id("server", raw, "vs-<16 hex digits>"))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -283,6 +291,7 @@ pub async fn get_server(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Json<ServerView>, ApiError> {
+    let id = server_id(&id)?;
     Ok(Json(ServerView::from(
         &find_server(&state, &principal, &id).await?,
     )))
@@ -297,9 +306,13 @@ pub async fn delete_server(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let id = server_id(&id)?;
     let server = find_server(&state, &principal, &id).await?;
     let namespace = server.namespace();
-    let deletion = state.servers.delete(namespace.as_deref(), &id).await;
+    let deletion = state
+        .servers
+        .delete(namespace.as_deref(), id.as_str())
+        .await;
     let mut view = match deletion {
         Ok(stratus_store::objects::Deletion::Pending(pending)) => pending,
         Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => {
@@ -331,6 +344,7 @@ pub async fn server_action(
     Path(id): Path<String>,
     JsonBody(action): JsonBody<ServerAction>,
 ) -> Result<Response, ApiError> {
+    let id = server_id(&id)?;
     let server = find_server(&state, &principal, &id).await?;
     if server.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the server is being deleted"));
@@ -343,7 +357,7 @@ pub async fn server_action(
     let namespace = server.namespace();
     let updated = state
         .servers
-        .update(namespace.as_deref(), &id, |s| match action.kind {
+        .update(namespace.as_deref(), id.as_str(), |s| match action.kind {
             ServerActionKind::Stop if s.spec.power != PowerState::Stopped => {
                 s.spec.power = PowerState::Stopped;
                 true
@@ -359,7 +373,7 @@ pub async fn server_action(
             ServerActionKind::Stop | ServerActionKind::Start => false,
         })
         .await?
-        .ok_or_else(|| ApiError::not_found("server", &id))?;
+        .ok_or_else(|| ApiError::not_found("server", id.as_str()))?;
     state
         .audit(
             principal.actor(),

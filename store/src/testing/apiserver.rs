@@ -33,6 +33,7 @@ struct Served {
 struct Params {
     watch: Option<bool>,
     resource_version: Option<String>,
+    field_selector: Option<String>,
 }
 
 /// The API server's routes over `store` (use a store of its own: it keys
@@ -223,6 +224,24 @@ async fn serve(
                 Ok::<_, std::convert::Infallible>(Bytes::from(bytes))
             });
             Response::new(Body::from_stream(events))
+        }
+        // The one field selector stratus sends: an object by name, anywhere.
+        (Method::GET, None, None) if params.field_selector.is_some() => {
+            let selector = params.field_selector.unwrap_or_default();
+            let Some(name) = selector.strip_prefix("metadata.name=") else {
+                return status(
+                    400,
+                    "BadRequest",
+                    format!("unsupported field selector {selector}"),
+                );
+            };
+            match store.find_by_name(&kind, name).await {
+                Ok(items) => ok(
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                ),
+                Err(e) => error(e),
+            }
         }
         // Without a namespace in the path, a list spans all namespaces.
         (Method::GET, None, None) => match store.list(&kind, namespace).await {
