@@ -947,3 +947,36 @@ async fn openapi_and_metrics_are_served() {
     let unknown = api.raw(Method::GET, "/v2/nothing", None, &[], None).await;
     assert_error(&unknown, StatusCode::NOT_FOUND, "not_found", None);
 }
+
+/// Anyone can send requests without a token; none of them may add label
+/// values (time series kept forever) beyond a closed set.
+#[tokio::test]
+async fn metric_labels_stay_bounded_whatever_clients_send() {
+    let api = api().await;
+    for i in 0..50 {
+        let method = Method::from_bytes(format!("X{i}").as_bytes()).unwrap();
+        api.raw(method, "/v1/plans", None, &[], None).await;
+        api.raw(Method::GET, &format!("/nothing/{i}"), None, &[], None)
+            .await;
+        api.raw(Method::GET, &format!("/v1/servers/vs-{i}"), None, &[], None)
+            .await;
+    }
+    let metrics = api.raw(Method::GET, "/metrics", None, &[], None).await;
+    let text = metrics.body.as_str().unwrap();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("stratus_api_requests_total{"))
+        .collect();
+    assert!(
+        series
+            .iter()
+            .all(|l| !l.contains("X1") && !l.contains("/nothing/")),
+        "{text}"
+    );
+    assert!(
+        text.contains("method=\"other\",route=\"/v1/plans\""),
+        "{text}"
+    );
+    assert!(text.contains("route=\"unmatched\""), "{text}");
+    assert!(series.len() <= 5, "{series:#?}");
+}
