@@ -20,6 +20,7 @@ use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger
 use stratus_store::vault::write_private_file;
 use stratus_store::{Database, Resources};
 
+use crate::serving::{self, Limits};
 use crate::wiring::{self, BackendKind, Core};
 
 /// Size of the simulated hypervisor `stratus up` runs on libvirt's test driver.
@@ -290,13 +291,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let api_address = api_listener.local_addr()?;
     core.spawn_compaction();
 
-    let agent_task = tokio::spawn(wiring::serve(
+    let agent_task = tokio::spawn(serving::serve(
         agent_listener,
         wiring::agent_router(driver, &agent_token),
+        Limits::AGENT,
         shutdown.clone(),
     ));
     let controller_task = tokio::spawn(controller.run(shutdown.clone()));
-    let api_task = tokio::spawn(wiring::serve(api_listener, api, shutdown.clone()));
+    let api_task = tokio::spawn(serving::serve(
+        api_listener,
+        api,
+        Limits::API,
+        shutdown.clone(),
+    ));
 
     print_welcome(&api_address, &admin_token_path, new_admin_token, &data_dir);
     tracing::info!(api = %api_address, agent = %agent_url, data_dir = %data_dir.display(), "stratus is up");
@@ -448,7 +455,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let app = stratus_api::app(core.api_state(Registry::default()));
     let listener = wiring::bind(args.listen, "REST API").await?;
     tracing::info!(listen = %args.listen, backend = ?args.shared.backend, "stratus API serving");
-    wiring::serve(listener, app, shutdown).await
+    serving::serve(listener, app, Limits::API, shutdown).await
 }
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
@@ -486,7 +493,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         );
     let listener = wiring::bind(args.metrics_listen, "controller metrics").await?;
     core.spawn_compaction();
-    let metrics_task = tokio::spawn(wiring::serve(listener, metrics_router, shutdown.clone()));
+    let metrics_task = tokio::spawn(serving::serve(
+        listener,
+        metrics_router,
+        Limits::METRICS,
+        shutdown.clone(),
+    ));
 
     // Only the Lease holder reconciles (the Lease lives in the resource
     // store, so this holds for both backends); a replica that loses the
@@ -551,5 +563,11 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let shutdown = wiring::shutdown_signal();
     let listener = wiring::bind(args.listen, "agent").await?;
     tracing::info!(listen = %args.listen, zone = %args.zone, uri = %args.libvirt_uri, "stratus agent serving");
-    wiring::serve(listener, wiring::agent_router(driver, &token), shutdown).await
+    serving::serve(
+        listener,
+        wiring::agent_router(driver, &token),
+        Limits::AGENT,
+        shutdown,
+    )
+    .await
 }

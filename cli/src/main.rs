@@ -1,6 +1,7 @@
 //! `stratus`: the control plane in one binary.
 
 mod commands;
+mod serving;
 mod wiring;
 
 use std::path::PathBuf;

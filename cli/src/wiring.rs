@@ -191,19 +191,6 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: axum::Router,
-    mut shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|stop| *stop).await;
-        })
-        .await?;
-    Ok(())
-}
-
 pub async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(address)
         .await

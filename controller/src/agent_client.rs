@@ -155,14 +155,12 @@ impl HttpAgentClient {
             .await
             .map_err(|e| AgentCallError::Unreachable(describe(&e)))?;
         let status = response.status();
+        let body = read_bounded(response).await?;
         if status.is_success() {
-            return response
-                .json::<T>()
-                .await
+            return serde_json::from_slice::<T>(&body)
                 .map_err(|e| AgentCallError::Unreachable(format!("malformed answer: {e}")));
         }
-        let body = response.json::<AgentErrorBody>().await.ok();
-        match body {
+        match serde_json::from_slice::<AgentErrorBody>(&body).ok() {
             Some(body)
                 if status.is_client_error() || body.error.code != AgentErrorCode::Hypervisor =>
             {
@@ -178,6 +176,37 @@ impl HttpAgentClient {
             None => Err(AgentCallError::Unreachable(format!("HTTP {status}"))),
         }
     }
+}
+
+/// The most the controller reads of one agent answer. A node report of
+/// thousands of domains is a few hundred KiB; a compromised or broken agent
+/// must not make the controller buffer without end.
+pub const MAX_AGENT_RESPONSE: usize = 8 << 20;
+
+async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, AgentCallError> {
+    let too_large = || {
+        AgentCallError::Unreachable(format!(
+            "answer larger than {MAX_AGENT_RESPONSE} bytes refused"
+        ))
+    };
+    if response
+        .content_length()
+        .is_some_and(|length| length > MAX_AGENT_RESPONSE as u64)
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| AgentCallError::Unreachable(describe(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_AGENT_RESPONSE {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 fn describe(error: &reqwest::Error) -> String {

@@ -1,0 +1,200 @@
+//! The HTTP server of the API and the agent, bounded against slow and
+//! greedy clients: a client must finish its request headers in time, a
+//! request must finish in time, and only so many connections are served at
+//! once (more wait in the kernel's accept backlog).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tower_http::timeout::TimeoutLayer;
+
+/// How much a server gives one client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// A client that has not sent its whole request head by then is dropped.
+    pub header_read: Duration,
+    /// A request still running after this is answered 408.
+    pub request: Duration,
+    /// Connections served at once.
+    pub connections: usize,
+}
+
+impl Limits {
+    /// The customer API: short requests, many clients.
+    pub const API: Self = Self {
+        header_read: Duration::from_secs(10),
+        request: Duration::from_secs(60),
+        connections: 1024,
+    };
+    /// The agent: one controller, but libvirt calls (creating a disk) can
+    /// take a while on a real hypervisor.
+    pub const AGENT: Self = Self {
+        header_read: Duration::from_secs(10),
+        request: Duration::from_secs(300),
+        connections: 256,
+    };
+    /// Metrics and health endpoints.
+    pub const METRICS: Self = Self {
+        header_read: Duration::from_secs(10),
+        request: Duration::from_secs(30),
+        connections: 64,
+    };
+}
+
+/// How long open connections get to finish at shutdown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves `router` on `listener` within `limits` until `shutdown` turns true.
+pub async fn serve(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: Limits,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let router = router.layer(TimeoutLayer::with_status_code(
+        axum::http::StatusCode::REQUEST_TIMEOUT,
+        limits.request,
+    ));
+    let permits = Arc::new(Semaphore::new(limits.connections));
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.context("connection limit closed")?,
+            () = stopped(&mut shutdown) => break,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stopped(&mut shutdown) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%peer, %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {DRAIN:?} were dropped");
+    }
+    Ok(())
+}
+
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns must not live across an await.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    const TIGHT: Limits = Limits {
+        header_read: Duration::from_millis(300),
+        request: Duration::from_millis(300),
+        connections: 1,
+    };
+
+    async fn start(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let router = axum::Router::new()
+            .route("/", axum::routing::get(|| async { "ok" }))
+            .route(
+                "/slow",
+                axum::routing::get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            );
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(serve(listener, router, limits, stopped));
+        (address, stop)
+    }
+
+    /// Reads what the server sends until it closes, or until `within` passes.
+    async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Option<String> {
+        let mut answer = Vec::new();
+        tokio::time::timeout(within, stream.read_to_end(&mut answer))
+            .await
+            .ok()
+            .map(|_| String::from_utf8_lossy(&answer).into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_dropped() {
+        let (address, _stop) = start(TIGHT).await;
+        let mut slow = TcpStream::connect(address).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+        assert!(answer.is_some(), "the connection was still open after 5 s");
+    }
+
+    #[tokio::test]
+    async fn a_request_that_runs_too_long_is_answered_408() {
+        let (address, _stop) = start(TIGHT).await;
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_until_closed(&mut client, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_free_one() {
+        let limits = Limits {
+            header_read: Duration::from_secs(30),
+            ..TIGHT
+        };
+        let (address, _stop) = start(limits).await;
+        let holder = TcpStream::connect(address).await.unwrap();
+        let mut waiting = TcpStream::connect(address).await.unwrap();
+        waiting
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(
+            read_until_closed(&mut waiting, Duration::from_millis(300))
+                .await
+                .is_none(),
+            "served beyond the connection limit"
+        );
+        drop(holder);
+        let answer = read_until_closed(&mut waiting, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+}
