@@ -137,8 +137,8 @@ impl Core {
             self.clock.clone(),
             Arc::new(HttpAgentClient::new()?),
             directory,
+            self.ledger.clone(),
         )
-        .with_ledger(self.ledger.clone())
         .with_metrics(ControllerMetrics::register(registry));
         if let Some(client) = &self.kube {
             ctx = ctx.with_events(Arc::new(KubeEvents::new(

@@ -18,32 +18,28 @@ pub struct Context {
     pub agents: Arc<dyn AgentClient>,
     /// Where each hypervisor's agent is and how to authenticate to it.
     pub directory: AgentDirectory,
-    /// The audit log; `None` in tests that do not look at it.
-    pub ledger: Option<Ledger>,
+    /// The audit log and what is handed out uniquely (MAC addresses).
+    pub ledger: Ledger,
     pub events: Arc<dyn Events>,
     pub metrics: ControllerMetrics,
 }
 
 impl Context {
-    /// A context without audit log or events.
+    /// A context without events.
     pub fn new(
         clock: Arc<dyn Clock>,
         agents: Arc<dyn AgentClient>,
         directory: AgentDirectory,
+        ledger: Ledger,
     ) -> Self {
         Self {
             clock,
             agents,
             directory,
-            ledger: None,
+            ledger,
             events: Arc::new(NoEvents),
             metrics: ControllerMetrics::default(),
         }
-    }
-
-    pub fn with_ledger(mut self, ledger: Ledger) -> Self {
-        self.ledger = Some(ledger);
-        self
     }
 
     /// Publishes Kubernetes Events besides the audit log.
@@ -64,9 +60,6 @@ impl Context {
         subject: AuditSubject,
         detail: serde_json::Value,
     ) {
-        let Some(ledger) = &self.ledger else {
-            return;
-        };
         let entry = AuditEntry {
             at: self.clock.now().as_millisecond(),
             actor: Actor::Controller,
@@ -76,7 +69,7 @@ impl Context {
         };
         // The audit trail must not be silently incomplete, but a failed audit
         // write must not stop the reconcile either: it is logged loudly.
-        if let Err(error) = ledger.audit().append(&entry).await {
+        if let Err(error) = self.ledger.audit().append(&entry).await {
             tracing::error!(%error, action = action.as_str(), "audit write failed");
         }
     }

@@ -11,7 +11,7 @@ use serde_json::json;
 use stratus_core::Config;
 use stratus_core::agent_api::DomainSpec;
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
-use stratus_core::ids::{HypervisorName, domain_name_for, mac_address_for};
+use stratus_core::ids::{self, HypervisorName};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
 use stratus_core::resources::{
     SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer, VirtualServerStatus,
@@ -150,8 +150,12 @@ impl ServerReconciler {
         resolved: &mut Option<AgentEndpoint>,
     ) -> Result<Pass, ControllerError> {
         let name = server.name_any();
-        let domain = domain_name_for(&name);
         let current = server.status.clone().unwrap_or_default();
+        if current.hypervisor.is_some() && current.domain.is_none() {
+            self.adopt_legacy_placement(server, &current).await?;
+            return Ok(Pass::Again);
+        }
+        let domain = domain_of(server, &current);
         let (agent, observation) = self.observe(&current, &domain, resolved).await;
         let facts = ServerFacts {
             spec: &server.spec,
@@ -271,6 +275,12 @@ impl ServerReconciler {
         next: &VirtualServerStatus,
     ) -> Result<(), ControllerError> {
         self.record_status(server, current, next).await?;
+        // Given back before the finalizer goes: after it, nothing would.
+        self.ctx
+            .ledger
+            .macs()
+            .release(&mac_holder(server)?.0, self.now_millis())
+            .await?;
         self.servers
             .remove_finalizer(
                 server.namespace().as_deref(),
@@ -355,10 +365,9 @@ impl ServerReconciler {
             memory_mib: server.spec.resources.memory_mib,
             disk_gib: server.spec.resources.disk_gib,
             image_volume: image.volume.clone(),
-            mac_address: status
-                .mac_address
-                .clone()
-                .unwrap_or_else(|| mac_address_for(&name)),
+            mac_address: status.mac_address.clone().ok_or_else(|| {
+                ControllerError::Malformed(name.clone(), "placed without a MAC address".into())
+            })?,
             power: server.spec.power,
             create_disk,
         })
@@ -391,10 +400,24 @@ impl ServerReconciler {
                 .map_err(|e| e.to_string())
             }
         };
+        // The MAC is held in the ledger before the placement is recorded, so
+        // a crash in between leaves a holding the retry finds again.
+        let mac = match &placement {
+            Ok(_) => {
+                let (uid, subject) = mac_holder(server)?;
+                self.ctx
+                    .ledger
+                    .macs()
+                    .allocate(&uid, &subject, self.now_millis())
+                    .await?
+            }
+            Err(_) => String::new(),
+        };
         lifecycle::record_placement(
             &mut next,
             placement.as_ref().map_err(Clone::clone),
-            &mac_address_for(&server.name_any()),
+            &domain_of(server, current),
+            &mac,
             self.ctx.clock.now(),
         );
         self.record_status(server, current, &next).await?;
@@ -417,6 +440,37 @@ impl ServerReconciler {
             );
         }
         Ok(Some(UNSCHEDULABLE_RECHECK))
+    }
+
+    /// A server placed before domain names and MACs were recorded keeps its
+    /// domain (named after the object alone) and its MAC, which the ledger
+    /// now holds for it so that no other server is given it.
+    async fn adopt_legacy_placement(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+    ) -> Result<(), ControllerError> {
+        let mut next = current.clone();
+        let legacy = ids::legacy_domain_name(&server.name_any());
+        if let Some(mac) = &current.mac_address {
+            let (uid, subject) = mac_holder(server)?;
+            let adopted = self
+                .ctx
+                .ledger
+                .macs()
+                .adopt(&uid, &subject, mac, self.now_millis())
+                .await?;
+            if !adopted {
+                tracing::warn!(%mac, "the MAC of this server is held by another server too: one of them needs a new one");
+            }
+        }
+        tracing::info!(domain = %legacy, "domain of a server placed by an earlier release recorded");
+        next.domain = Some(legacy);
+        self.record_status(server, current, &next).await
+    }
+
+    fn now_millis(&self) -> i64 {
+        self.ctx.clock.now().as_millisecond()
     }
 
     /// Writes the status when it changed, and reports a phase change.
@@ -478,4 +532,30 @@ impl ServerReconciler {
             .publish(server, event_type, EventReason::entered(next.phase), &note)
             .await;
     }
+}
+
+/// The domain of a server: the one recorded at placement, else the one it
+/// will get.
+fn domain_of(server: &VirtualServer, status: &VirtualServerStatus) -> String {
+    status.domain.clone().unwrap_or_else(|| {
+        ids::domain_name(
+            server.namespace().as_deref().unwrap_or_default(),
+            &server.name_any(),
+        )
+    })
+}
+
+/// What the MAC ledger knows a server by: its uid (a server created again
+/// under the same name does not share it) and, for people, its
+/// `namespace/name`.
+fn mac_holder(server: &VirtualServer) -> Result<(String, String), ControllerError> {
+    let uid = server.metadata.uid.clone().ok_or_else(|| {
+        ControllerError::Malformed(server.name_any(), "the object has no uid".into())
+    })?;
+    let subject = format!(
+        "{}/{}",
+        server.namespace().unwrap_or_default(),
+        server.name_any()
+    );
+    Ok((uid, subject))
 }

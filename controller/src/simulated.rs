@@ -116,6 +116,18 @@ impl SimulatedAgent {
         });
     }
 
+    /// The domain is known by another name from now on (what an earlier
+    /// release called it).
+    pub fn rename_domain(&self, hypervisor: &str, from: &str, to: &str) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor)
+                && let Some(domain) = node.domains.remove(from)
+            {
+                node.domains.insert(to.to_owned(), domain);
+            }
+        });
+    }
+
     /// The domain stops by itself (guest shut down, host rebooted).
     pub fn power_off(&self, hypervisor: &str, domain: &str) {
         self.with(|s| {

@@ -24,6 +24,8 @@ use stratus_store::vault::Vault;
 use stratus_store::{ObjectStore, Resources, SqlObjectStore};
 
 const NS: &str = "acc-0000000000000001";
+/// The domain of server `vs-1` of account `NS`.
+const DOMAIN: &str = "stratus-acc-0000000000000001.vs-1";
 
 struct Harness {
     _scratch: ScratchDatabase,
@@ -55,9 +57,8 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         credentials,
     };
     let events = Arc::new(RecordedEvents::default());
-    let ctx = Context::new(clock, sim.clone(), directory)
-        .with_ledger(ledger.clone())
-        .with_events(events.clone());
+    let ctx =
+        Context::new(clock, sim.clone(), directory, ledger.clone()).with_events(events.clone());
     let reconciler = Arc::new(ServerReconciler::new(
         ctx.clone(),
         servers.clone(),
@@ -209,7 +210,7 @@ async fn an_order_runs_on_both_databases() {
         ));
         assert_eq!(
             h.sim.domains("hv1"),
-            [("stratus-vs-1".to_owned(), Some(DomainState::Running), true)]
+            [(DOMAIN.to_owned(), Some(DomainState::Running), true)]
         );
         let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
         assert_eq!(
@@ -230,11 +231,93 @@ async fn an_order_runs_on_both_databases() {
             .collect();
         assert_eq!(phases, ["\"provisioning\"", "\"running\""], "{label}");
         // The domain got what the plan says.
-        let spec = h.sim.spec_of("hv1", "stratus-vs-1").unwrap();
+        let spec = h.sim.spec_of("hv1", DOMAIN).unwrap();
         assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gib), (1, 1024, 25));
         assert_eq!(spec.image_volume, "debian-12.qcow2");
         assert_eq!(Some(spec.mac_address), status.mac_address);
     }
+}
+
+/// Two accounts may name a server alike (Kubernetes mode): on one
+/// hypervisor they are two domains, and deleting one leaves the other.
+#[tokio::test]
+async fn same_named_servers_of_two_accounts_never_share_a_domain() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    const OTHER: &str = "acc-0000000000000002";
+    h.order("vs-1", None).await;
+    h.servers
+        .create(&fixtures::server("vs-1").in_account(OTHER).build())
+        .await
+        .unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    h.reconciler
+        .reconcile(&ObjectKey::new(Some(OTHER), "vs-1"))
+        .await
+        .unwrap();
+    let domains: Vec<String> = h.sim.domains("hv1").into_iter().map(|d| d.0).collect();
+    assert_eq!(domains, [DOMAIN, "stratus-acc-0000000000000002.vs-1"]);
+    let mine = h.status("vs-1").await;
+    let theirs = h
+        .servers
+        .get(Some(OTHER), "vs-1")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert_ne!(mine.mac_address, theirs.mac_address);
+
+    h.servers.delete(Some(OTHER), "vs-1").await.unwrap();
+    h.reconciler
+        .reconcile(&ObjectKey::new(Some(OTHER), "vs-1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.sim.domains("hv1"),
+        [(DOMAIN.to_owned(), Some(DomainState::Running), true)],
+        "the other account's server and disk are untouched"
+    );
+    assert_eq!(
+        h.ledger.macs().held().await.unwrap(),
+        1,
+        "its MAC was released"
+    );
+}
+
+/// A server placed by an earlier release (domain named after the object
+/// alone, MAC hashed from the name) keeps both; the ledger now holds its MAC.
+#[tokio::test]
+async fn a_server_placed_by_an_earlier_release_keeps_its_domain_and_mac() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    // Rewind the hypervisor, the status and the ledger to what the earlier
+    // release left.
+    h.sim.rename_domain("hv1", DOMAIN, "stratus-vs-1");
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    let uid = server.metadata.uid.clone().unwrap();
+    let mut legacy = server.status.clone().unwrap();
+    legacy.domain = None;
+    legacy.mac_address = Some("52:54:00:aa:bb:cc".into());
+    h.servers
+        .patch_status(Some(NS), "vs-1", &legacy)
+        .await
+        .unwrap();
+    h.ledger.macs().release(&uid, 0).await.unwrap();
+
+    h.reconcile("vs-1").await.unwrap();
+    let status = h.status("vs-1").await;
+    assert_eq!(status.domain.as_deref(), Some("stratus-vs-1"));
+    assert_eq!(status.phase, ServerPhase::Running, "{status:?}");
+    assert_eq!(status.mac_address.as_deref(), Some("52:54:00:aa:bb:cc"));
+    assert_eq!(
+        h.ledger.macs().held_by(&uid).await.unwrap().as_deref(),
+        Some("52:54:00:aa:bb:cc")
+    );
+    let domains: Vec<String> = h.sim.domains("hv1").into_iter().map(|d| d.0).collect();
+    assert_eq!(domains, ["stratus-vs-1"], "no second domain was created");
 }
 
 #[tokio::test]
@@ -318,7 +401,7 @@ async fn a_vanished_disk_is_reported_and_not_recreated() {
     h.add_hypervisor("hv1", "default", 8, 16384).await;
     h.order("vs-1", None).await;
     h.reconcile("vs-1").await.unwrap();
-    h.sim.lose_disk("hv1", "stratus-vs-1");
+    h.sim.lose_disk("hv1", DOMAIN);
     let calls_before = h.sim.calls().len();
     h.reconcile("vs-1").await.unwrap();
     h.reconcile("vs-1").await.unwrap();
@@ -371,7 +454,7 @@ async fn power_changes_follow_the_spec() {
     );
     assert_eq!(h.status("vs-1").await.reboots_done, 1);
     // A guest that powers itself off is started again: the customer asked for running.
-    h.sim.power_off("hv1", "stratus-vs-1");
+    h.sim.power_off("hv1", DOMAIN);
     h.reconcile("vs-1").await.unwrap();
     assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Running));
 }

@@ -102,34 +102,43 @@ impl PartialEq<str> for HypervisorName {
     }
 }
 
-impl ServerId {
-    /// The libvirt domain name of this server on its hypervisor.
-    pub fn domain_name(&self) -> String {
-        domain_name_for(&self.0)
+/// The libvirt domain of the server `namespace/name`. Two accounts may
+/// both call a server `web1` (Kubernetes mode), so the namespace is part of
+/// the name: a namespace is a DNS label (no dot), so the first dot separates
+/// the two without ambiguity. The controller records the name in the
+/// server's status when it places it and uses the recorded one from then on.
+pub fn domain_name(namespace: &str, name: &str) -> String {
+    let readable = format!("{}{namespace}.{name}", crate::agent_api::MANAGED_PREFIX);
+    if readable.len() <= MAX_DOMAIN_NAME {
+        return readable;
     }
-
-    /// A stable MAC address for this server (see [`mac_address_for`]).
-    pub fn mac_address(&self) -> String {
-        mac_address_for(&self.0)
-    }
+    // Too long for a volume file name: the object name is digested instead
+    // (the namespace stays verbatim, so a collision stays inside one account).
+    format!(
+        "{}{namespace}.h{:016x}{:016x}",
+        crate::agent_api::MANAGED_PREFIX,
+        fnv1a(0xcbf2_9ce4_8422_2325, name),
+        fnv1a(0x6c62_272e_07bb_0142, name)
+    )
 }
 
-/// The libvirt domain name of the server resource called `name`.
-pub fn domain_name_for(name: &str) -> String {
+/// The longest domain name the controller gives: its disk volume, a file
+/// in a dir pool, must stay well inside a 255-byte file name.
+pub const MAX_DOMAIN_NAME: usize = 200;
+
+/// The domain name servers placed before domain names were recorded got:
+/// the object name alone. Kept so those domains stay theirs.
+pub fn legacy_domain_name(name: &str) -> String {
     format!("{}{name}", crate::agent_api::MANAGED_PREFIX)
 }
 
-/// A stable, locally administered MAC address derived from a server's name,
-/// so that re-creating a domain definition never changes the guest's NIC.
-pub fn mac_address_for(name: &str) -> String {
-    // FNV-1a: tiny and stable across releases (unlike std's hasher).
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in name.bytes() {
+fn fnv1a(basis: u64, text: &str) -> u64 {
+    let mut hash = basis;
+    for byte in text.bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    let b = hash.to_be_bytes();
-    format!("52:54:00:{:02x}:{:02x}:{:02x}", b[5], b[6], b[7])
+    hash
 }
 
 #[cfg(test)]
@@ -147,12 +156,19 @@ mod tests {
     }
 
     #[test]
-    fn mac_is_stable_and_locally_administered() {
-        let id = ServerId::from_random(42);
-        assert_eq!(id.mac_address(), id.mac_address());
-        assert!(id.mac_address().starts_with("52:54:00:"));
-        assert_ne!(id.mac_address(), ServerId::from_random(43).mac_address());
-        assert_eq!(id.domain_name(), "stratus-vs-000000000000002a");
+    fn domain_names_tell_accounts_apart_and_stay_short() {
+        assert_eq!(
+            domain_name("acc-0000000000000001", "web1"),
+            "stratus-acc-0000000000000001.web1"
+        );
+        assert_ne!(domain_name("acc-a", "web1"), domain_name("acc-b", "web1"));
+        // A namespace has no dot, so "a" + "b.c" and "a.b" + "c" differ.
+        assert_ne!(domain_name("a", "b.c"), domain_name("a-b", "c"));
+        let long = "x".repeat(253);
+        let digested = domain_name(&"n".repeat(63), &long);
+        assert!(digested.len() <= MAX_DOMAIN_NAME, "{digested}");
+        assert_ne!(digested, domain_name(&"n".repeat(63), &"y".repeat(253)));
+        assert_eq!(legacy_domain_name("vs-1"), "stratus-vs-1");
     }
 
     #[test]

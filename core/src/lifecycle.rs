@@ -246,12 +246,14 @@ fn agent_unreachable(status: &mut VirtualServerStatus, message: &str, now: Times
 pub fn record_placement(
     status: &mut VirtualServerStatus,
     placement: Result<&HypervisorName, String>,
+    domain: &str,
     mac: &str,
     now: Timestamp,
 ) {
     match placement {
         Ok(hypervisor) => {
             status.hypervisor = Some(hypervisor.clone());
+            status.domain = Some(domain.to_owned());
             status.mac_address = Some(mac.to_owned());
             status.phase = ServerPhase::Provisioning;
             status.reason = None;
@@ -700,15 +702,24 @@ mod tests {
         record_placement(
             &mut status,
             Err("no room".into()),
+            "stratus-acc-1.vs-1",
             "52:54:00:00:00:01",
             now(),
         );
         assert_eq!(status.phase, ServerPhase::Pending);
         assert_eq!(status.reason.as_deref(), Some("no room"));
         assert!(status.hypervisor.is_none());
+        assert!(status.domain.is_none());
         let hv1 = HypervisorName::parse("hv1").unwrap();
-        record_placement(&mut status, Ok(&hv1), "52:54:00:00:00:01", now());
+        record_placement(
+            &mut status,
+            Ok(&hv1),
+            "stratus-acc-1.vs-1",
+            "52:54:00:00:00:01",
+            now(),
+        );
         assert_eq!(status.hypervisor, Some(hv1));
+        assert_eq!(status.domain.as_deref(), Some("stratus-acc-1.vs-1"));
         assert_eq!(status.phase, ServerPhase::Provisioning);
         assert!(status.reason.is_none());
         assert!(conditions::is_true(

@@ -753,3 +753,42 @@ async fn object_timestamps_come_from_the_injected_clock() {
         );
     }
 }
+
+#[tokio::test]
+async fn mac_addresses_are_unique_while_held_and_sticky_per_holder() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let macs = ledger.macs();
+        let first = macs.allocate("uid-1", "acc-1/vs-1", 1).await.unwrap();
+        assert!(first.starts_with("52:54:00:"), "{first}");
+        assert_eq!(
+            macs.allocate("uid-1", "acc-1/vs-1", 2).await.unwrap(),
+            first,
+            "{label}: a retry gets the same address"
+        );
+        // Racing allocations for distinct holders never share an address.
+        let racing = (0..64).map(|i| {
+            let ledger = ledger.clone();
+            async move {
+                ledger
+                    .macs()
+                    .allocate(&format!("uid-r{i}"), "acc-1/r", 3)
+                    .await
+                    .unwrap()
+            }
+        });
+        let mut handed: Vec<String> = futures::future::join_all(racing).await;
+        handed.push(first.clone());
+        handed.sort();
+        handed.dedup();
+        assert_eq!(handed.len(), 65, "{label}");
+        // A held address cannot be adopted by another; a released one can.
+        assert!(!macs.adopt("uid-2", "acc-2/vs-2", &first, 4).await.unwrap());
+        macs.release("uid-1", 5).await.unwrap();
+        macs.release("uid-1", 6).await.unwrap();
+        assert_eq!(macs.held_by("uid-1").await.unwrap(), None);
+        assert!(macs.adopt("uid-2", "acc-2/vs-2", &first, 7).await.unwrap());
+        assert_eq!(macs.held().await.unwrap(), 65, "{label}");
+    }
+}

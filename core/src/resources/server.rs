@@ -143,6 +143,10 @@ pub struct VirtualServerStatus {
     /// Hypervisor chosen for the server; recorded before anything is created there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorName>,
+    /// The libvirt domain of the server on its hypervisor; recorded with the
+    /// placement and never changed afterwards.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// MAC address of the server's network interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,

@@ -1,14 +1,17 @@
 //! Facts that are not desired state, one repository per table family:
 //! [`tokens`] (API tokens, hashes only), [`idempotency`] (keys of retried
-//! requests), [`audit`] (the append-only audit log). The coming ledgers (IP
-//! holdings, billing events, deadlines, notifications) are new modules here.
+//! requests), [`macs`] (MAC addresses held), [`audit`] (the append-only
+//! audit log). The coming ledgers (IP holdings, billing events, deadlines,
+//! notifications) are new modules here.
 
 pub mod audit;
 pub mod idempotency;
+pub mod macs;
 pub mod tokens;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
+pub use macs::MacAddresses;
 pub use tokens::{TokenRecord, TokenScope, Tokens};
 
 use crate::db::Database;
@@ -31,6 +34,10 @@ impl Ledger {
 
     pub fn idempotency(&self) -> IdempotencyKeys<'_> {
         IdempotencyKeys { db: &self.db }
+    }
+
+    pub fn macs(&self) -> MacAddresses<'_> {
+        MacAddresses { db: &self.db }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {
