@@ -311,6 +311,60 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
         "a REST order is a VirtualServer"
     );
 
+    // Two accounts both apply a server called web1, placed on the one
+    // hypervisor: two domains, and deleting one leaves the other running
+    // with its disk.
+    for namespace in [ACCOUNT, new_account.as_str()] {
+        let manifest = json!({
+            "apiVersion": "stratus.dev/v1alpha1", "kind": "VirtualServer",
+            "metadata": {"name": "web1", "namespace": namespace},
+            "spec": {"hostname": "web1.example", "plan": "small", "image": "debian-12", "zone": "par1",
+                     "resources": {"vcpus": 1, "memoryMib": 1024, "diskGib": 25}, "power": "Running"}
+        });
+        kubectl_apply(&kubectl, manifest, None).await;
+    }
+    for namespace in [ACCOUNT, new_account.as_str()] {
+        let api: Api<VirtualServer> = Api::namespaced(kubectl.clone(), namespace);
+        until("both web1 servers to run", || async {
+            let server = api.get("web1").await.ok()?;
+            (server.status?.phase == ServerPhase::Running).then_some(())
+        })
+        .await;
+    }
+    let agent_http = reqwest::Client::new();
+    let agent_get = |path: String| {
+        let request = agent_http
+            .get(format!("http://127.0.0.1:{agent_port}{path}"))
+            .bearer_auth("kubernetes-mode-agent-token-01");
+        async move {
+            let response = request.send().await.unwrap();
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let mine = format!("stratus-{ACCOUNT}.web1");
+    let theirs = format!("stratus-{new_account}.web1");
+    let node = agent_get("/v1/node".into()).await;
+    for domain in [&mine, &theirs] {
+        assert!(
+            node["domains"].as_array().unwrap().contains(&json!(domain)),
+            "{domain} missing: {node}"
+        );
+    }
+    ordered
+        .delete("web1", &DeleteParams::default())
+        .await
+        .unwrap();
+    until("their web1 to be torn down", || async {
+        ordered.get_opt("web1").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let kept = agent_get(format!("/v1/domains/{mine}")).await;
+    assert_eq!(kept["state"], "running", "{kept}");
+    assert_eq!(kept["disk_present"], true, "{kept}");
+    let gone = agent_get(format!("/v1/domains/{theirs}")).await;
+    assert_eq!(gone["state"], serde_json::Value::Null, "{gone}");
+    assert_eq!(gone["disk_present"], false, "{gone}");
+
     // Registering a hypervisor through REST stores its token as a Secret.
     let (status, _) = admin
         .post("/v1/admin/hypervisors", json!({"name": "par1-hv2", "url": "http://127.0.0.1:1", "zone": "par1", "token": "second-token-0123456789"}))
