@@ -867,15 +867,41 @@ async fn hypervisor_registration_keeps_the_token_secret() {
             Method::POST,
             "/v1/admin/hypervisors",
             &api.admin,
-            Some(body),
+            Some(body.clone()),
         )
         .await;
     assert_error(&again, StatusCode::CONFLICT, "conflict", None);
+    let mut other_token = body.clone();
+    other_token["token"] = json!("another-token-0123456789");
+    let hijack = api
+        .call(
+            Method::POST,
+            "/v1/admin/hypervisors",
+            &api.admin,
+            Some(other_token),
+        )
+        .await;
+    assert_error(&hijack, StatusCode::CONFLICT, "conflict", None);
+    assert_eq!(
+        api.state
+            .secrets
+            .get("hypervisor/hv1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("agent-token-0123456789"),
+        "a refused registration leaves the existing credential alone"
+    );
     for (field, value) in [
         ("url", json!("ftp://x")),
         ("zone", json!("Par 1")),
         ("token", json!("short")),
         ("name", json!("HV!")),
+        // Both would name the Secret stratus-hypervisor-hv-1 on Kubernetes
+        // if mapped, and neither is a valid object name there.
+        ("name", json!("hv_1")),
+        ("name", json!("hv.1")),
+        ("name", json!("hv1-")),
     ] {
         let mut bad = json!({"name": "hv2", "url": "http://127.0.0.1:9091", "zone": "par1", "token": "agent-token-0123456789"});
         bad[field] = value;

@@ -70,9 +70,12 @@ typed_id!(
 pub struct HypervisorName(String);
 
 impl HypervisorName {
-    /// Accepts a name received from outside if it is a slug (`validate::is_slug`).
+    /// Accepts a name received from outside if it is a DNS label: it names
+    /// the Hypervisor object and, inside `stratus-hypervisor-{name}`, the
+    /// Secret of its credential, so it must be valid for both as it is
+    /// (two names that mapped to one Secret would share a credential).
     pub fn parse(raw: &str) -> Option<Self> {
-        crate::validate::is_slug(raw).then(|| Self(raw.to_owned()))
+        crate::validate::is_dns_label(raw).then(|| Self(raw.to_owned()))
     }
 
     /// The name of a stored hypervisor object.
@@ -177,5 +180,8 @@ mod tests {
         assert_eq!(name.credential_name(), "hypervisor/par1-hv1");
         assert_eq!(HypervisorName::parse("Par1"), None);
         assert_eq!(HypervisorName::parse("a/b"), None);
+        for bad in ["a_b", "a.b", "-a", "a-", "", &"a".repeat(64)] {
+            assert_eq!(HypervisorName::parse(bad), None, "{bad}");
+        }
     }
 }

@@ -30,6 +30,18 @@ pub fn is_slug(name: &str) -> bool {
             .is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
+/// A DNS-1123 label: what Kubernetes accepts as the name of most objects
+/// and inside the names of others (`stratus-hypervisor-{label}`), so a name
+/// that passes can never be changed on its way into one.
+pub fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
 /// A plausible e-mail address: one `@`, a non-empty local part, a domain
 /// that is a hostname with at least one dot.
 pub fn is_email(address: &str) -> bool {

@@ -9,6 +9,7 @@ use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Hypervisor, HypervisorSpec};
 use stratus_core::scheduling::{self, Placed};
 use stratus_core::validate;
+use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
 use crate::auth::Principal;
@@ -49,7 +50,7 @@ pub async fn register_hypervisor(
     let name = HypervisorName::parse(&request.name).ok_or_else(|| {
         ApiError::invalid(
             "name",
-            "name must be lower-case letters, digits, '-', '.' or '_' (1-63)",
+            "name must be 1-63 lower-case letters, digits and '-', starting and ending with a letter or digit",
         )
     })?;
     if !validate::is_slug(&request.zone) {
@@ -81,28 +82,44 @@ pub async fn register_hypervisor(
             format!("token must be at least {MIN_AGENT_TOKEN_LEN} characters without spaces"),
         ));
     }
-    if state.hypervisors.get(None, &request.name).await?.is_some() {
+    if state.hypervisors.get(None, name.as_str()).await?.is_some() {
         return Err(ApiError::conflict(format!(
-            "hypervisor {} is already registered",
-            request.name
+            "hypervisor {name} is already registered"
         )));
     }
+    // The object is created first: its creation is the atomic claim of the
+    // name, so a racing or refused registration never overwrites the
+    // credential of a hypervisor that exists.
     let credential = name.credential_name();
-    state.secrets.put(&credential, &request.token).await?;
     let hypervisor = Hypervisor {
         metadata: ObjectMeta {
-            name: Some(request.name.clone()),
+            name: Some(name.to_string()),
             ..Default::default()
         },
         spec: HypervisorSpec {
             url: request.url.clone(),
             zone: request.zone.clone(),
-            credential,
+            credential: credential.clone(),
             cordoned: false,
         },
         status: None,
     };
-    let created = state.hypervisors.create(&hypervisor).await?;
+    let created = match state.hypervisors.create(&hypervisor).await {
+        Ok(created) => created,
+        Err(StoreError::AlreadyExists { .. }) => {
+            return Err(ApiError::conflict(format!(
+                "hypervisor {name} is already registered"
+            )));
+        }
+        Err(other) => return Err(other.into()),
+    };
+    if let Err(error) = state.secrets.put(&credential, &request.token).await {
+        // Without its credential the hypervisor is unusable: take it back.
+        if let Err(undo) = state.hypervisors.delete(None, name.as_str()).await {
+            tracing::error!(%undo, hypervisor = %name, "a hypervisor whose credential could not be stored is left registered");
+        }
+        return Err(error.into());
+    }
     state
         .audit(
             principal.actor(),
