@@ -211,6 +211,10 @@ impl ServerReconciler {
             Action::Reboot => {
                 let agent = placed(agent)?;
                 let result = self.ctx.agents.reboot(&agent, &domain).await;
+                if let Err(AgentCallError::Unreachable(_)) = &result {
+                    // Not carried out: the retry must reboot, not skip it.
+                    next.reboots_done = current.reboots_done;
+                }
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
                     .await?;
                 // The reboot is done: record it before looking again.

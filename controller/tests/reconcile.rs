@@ -453,6 +453,20 @@ async fn power_changes_follow_the_spec() {
         "one reboot per request"
     );
     assert_eq!(h.status("vs-1").await.reboots_done, 1);
+    // A reboot that failed on a transient error is retried, not marked done.
+    h.edit("vs-1", |s| s.reboot_requests += 1).await;
+    h.sim.fail_next("hv1", "reboot", 1);
+    assert!(h.reconcile("vs-1").await.is_err());
+    assert_eq!(h.status("vs-1").await.reboots_done, 1, "not done yet");
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.reboots_done, 2);
+    let reboots = h
+        .sim
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("reboot"))
+        .count();
+    assert_eq!(reboots, 3, "the failed reboot was tried again");
     // A guest that powers itself off is started again: the customer asked for running.
     h.sim.power_off("hv1", DOMAIN);
     h.reconcile("vs-1").await.unwrap();
