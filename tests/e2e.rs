@@ -144,7 +144,7 @@ async fn a_vanished_disk_puts_the_server_in_error_instead_of_recreating_it() {
     let port = free_port();
     let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
     let admin = stratus.client(&stratus.admin_token());
-    let (_, customer) = admin.open_account("ACME").await;
+    let (account, customer) = admin.open_account("ACME").await;
     let (_, order) = customer
         .post(
             "/v1/servers",
@@ -154,24 +154,16 @@ async fn a_vanished_disk_puts_the_server_in_error_instead_of_recreating_it() {
     let id = order["id"].as_str().unwrap().to_owned();
     customer.wait_status(&id, "running", WAIT).await;
     stratus.process.terminate();
+    let disk_record = format!("stratus-{account}.{id}-disk.qcow2.json");
     // The hypervisor loses the disk while stratus is down.
-    std::fs::remove_file(
-        data.join("hypervisor/volumes")
-            .join(format!("stratus-{id}-disk.qcow2.json")),
-    )
-    .unwrap();
+    std::fs::remove_file(data.join("hypervisor/volumes").join(&disk_record)).unwrap();
     let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
     let failed = customer.wait_status(&id, "error", WAIT).await;
     assert!(
         failed["status_reason"].as_str().unwrap().contains("disk"),
         "{failed}"
     );
-    assert!(
-        !data
-            .join("hypervisor/volumes")
-            .join(format!("stratus-{id}-disk.qcow2.json"))
-            .exists()
-    );
+    assert!(!data.join("hypervisor/volumes").join(&disk_record).exists());
     // It can still be deleted.
     customer.delete(&format!("/v1/servers/{id}")).await;
     customer.wait_gone(&id, WAIT).await;
@@ -187,7 +179,7 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
 
     let agent_port = free_port();
     let token_file = dir.path().join("agent.token");
-    std::fs::write(&token_file, "second-agent-token-0123456789").unwrap();
+    support::write_secret(&token_file, "second-agent-token-0123456789");
     let args: Vec<String> = [
         "agent",
         "--listen",

@@ -114,7 +114,7 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
     // A hypervisor running the agent.
     let agent_port = free_port();
     let token_file = dir.path().join("agent.token");
-    std::fs::write(&token_file, "kubernetes-mode-agent-token-01").unwrap();
+    support::write_secret(&token_file, "kubernetes-mode-agent-token-01");
     let agent = Process::spawn(
         Path::new(BIN),
         &args(&[

@@ -17,11 +17,11 @@ use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, IpPool, VirtualServer};
 use stratus_core::{Clock, SystemClock};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger, TokenScope};
-use stratus_store::vault::write_private_file;
+use stratus_store::private_files::{ensure_private_dir, read_private_file, write_private_file};
 use stratus_store::{Database, Resources};
 
 use crate::serving::{self, Limits};
-use crate::wiring::{self, BackendKind, Core};
+use crate::wiring::{self, BackendKind, Core, MasterKey};
 
 /// Size of the simulated hypervisor `stratus up` runs on libvirt's test driver.
 const SIMULATED_CAPACITY: &str = "vcpus=512,memory_mib=1048576,disk_gib=65536";
@@ -79,7 +79,8 @@ pub struct SharedArgs {
     #[arg(long, value_enum, default_value = "embedded", env = "STRATUS_BACKEND")]
     backend: BackendKind,
     /// File holding the master key that encrypts stored agent tokens
-    /// (embedded backend; created if absent).
+    /// (embedded backend; must exist, mode 0600: create it once with
+    /// `openssl rand -hex 32` and give every replica the same one).
     #[arg(long, env = "STRATUS_MASTER_KEY_FILE")]
     master_key_file: Option<PathBuf>,
     /// The control plane's namespace (agent token Secrets, leader Lease) with
@@ -103,7 +104,7 @@ impl SharedArgs {
         };
         Core::open(
             &self.database_url,
-            &master_key_file,
+            MasterKey::Existing(&master_key_file),
             config,
             self.backend,
             &self.namespace,
@@ -180,8 +181,7 @@ pub fn crds_yaml() -> anyhow::Result<String> {
 }
 
 fn read_secret_file(path: &Path) -> anyhow::Result<String> {
-    let token =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let token = read_private_file(path)?;
     let token = token.trim().to_owned();
     if token.len() < 16 {
         bail!(
@@ -194,12 +194,11 @@ fn read_secret_file(path: &Path) -> anyhow::Result<String> {
 
 /// A random secret in `path` (mode 0600), created on first use.
 fn load_or_create_secret(path: &Path) -> anyhow::Result<String> {
-    if path.exists() {
+    if std::fs::symlink_metadata(path).is_ok() {
         return read_secret_file(path);
     }
     let token = stratus_store::vault::random_hex(32)?;
-    write_private_file(path, token.as_bytes())
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    write_private_file(path, token.as_bytes())?;
     Ok(token)
 }
 
@@ -230,17 +229,17 @@ async fn open_driver(config: DriverConfig) -> anyhow::Result<Arc<Driver>> {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create {}", args.data_dir.display()))?;
+    ensure_private_dir(&args.data_dir)?;
     let data_dir = args.data_dir.canonicalize()?;
     let config = wiring::load_config(args.config.as_deref())?;
     let database_url = args
         .database_url
         .clone()
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("stratus.db").display()));
+    let master_key = data_dir.join("master.key");
     let core = Core::open(
         &database_url,
-        &data_dir.join("master.key"),
+        MasterKey::CreateIfMissing(&master_key),
         config,
         BackendKind::Embedded,
         "",

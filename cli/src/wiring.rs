@@ -60,7 +60,7 @@ impl Core {
     /// control plane's own namespace (Secrets, Lease) in Kubernetes mode.
     pub async fn open(
         database_url: &str,
-        master_key_file: &Path,
+        master_key: MasterKey<'_>,
         config: Config,
         backend: BackendKind,
         namespace: &str,
@@ -73,7 +73,10 @@ impl Core {
         let (embedded, objects, kube, secrets): (_, Arc<dyn ObjectStore>, _, Arc<dyn Secrets>) =
             match backend {
                 BackendKind::Embedded => {
-                    let key = Vault::load_or_create_key(master_key_file)?;
+                    let key = match master_key {
+                        MasterKey::Existing(path) => Vault::load_key(path)?,
+                        MasterKey::CreateIfMissing(path) => Vault::load_or_create_key(path)?,
+                    };
                     let store = SqlObjectStore::new(db.clone(), clock.clone());
                     (
                         Some(store.clone()),
@@ -177,6 +180,15 @@ impl Core {
             }
         });
     }
+}
+
+/// Where the master key of the embedded backend's vault comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum MasterKey<'a> {
+    /// A file the operator created (API and controller: they must agree).
+    Existing(&'a Path),
+    /// Made on first use (`stratus up`, the only user of its data dir).
+    CreateIfMissing(&'a Path),
 }
 
 /// Hides the password of a database URL in messages.

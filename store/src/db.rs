@@ -40,6 +40,13 @@ impl Database {
             )));
         };
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(30));
+        if backend == Backend::Sqlite
+            && let Some(path) = sqlite_path(url)
+        {
+            // Created private before SQLite creates it with the umask's mode.
+            crate::private_files::ensure_private_file(std::path::Path::new(&path))
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        }
         let pool = match backend {
             Backend::Sqlite => {
                 let url = if url.contains('?') || url.contains(":memory:") {

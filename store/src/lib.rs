@@ -13,6 +13,7 @@ pub mod error;
 pub mod kubernetes;
 pub mod ledger;
 pub mod objects;
+pub mod private_files;
 pub mod secrets;
 pub mod sql;
 #[cfg(feature = "test-support")]

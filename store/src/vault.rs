@@ -2,7 +2,6 @@
 //! control plane's master key. The credential name is bound in as associated
 //! data, so a ciphertext cannot be swapped onto another credential.
 
-use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use stratus_core::Clock;
 
 use crate::db::Database;
 use crate::error::{Result, StoreError};
+use crate::private_files::{PrivateFileError, read_private_file, write_private_file};
 
 const KEY_LEN: usize = 32;
 
@@ -59,32 +59,42 @@ impl Vault {
         self.clock.now().as_millisecond()
     }
 
-    /// Reads the master key from `path` (hex), creating it with mode 0600 on first use.
-    pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => unhex(text.trim())
-                .filter(|k| k.len() == KEY_LEN)
-                .ok_or_else(|| {
-                    StoreError::MasterKey(format!(
-                        "{} does not hold {KEY_LEN} hex-encoded bytes",
-                        path.display()
-                    ))
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = vec![0u8; KEY_LEN];
-                SystemRandom::new()
-                    .fill(&mut key)
-                    .map_err(|_| StoreError::MasterKey("no randomness available".into()))?;
-                write_private_file(path, hex(&key).as_bytes()).map_err(|e| {
-                    StoreError::MasterKey(format!("cannot write {}: {e}", path.display()))
-                })?;
-                Ok(key)
+    /// Reads the master key from `path` (hex). The file must exist: an API
+    /// and a controller on two machines that each made up a key would
+    /// silently disagree about every stored secret.
+    pub fn load_key(path: &Path) -> Result<Vec<u8>> {
+        let text = read_private_file(path).map_err(|e| match e {
+            PrivateFileError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                StoreError::MasterKey(format!(
+                    "{} does not exist: create the master key once (`openssl rand -hex {KEY_LEN} > {0}; chmod 600 {0}`) and give every API and controller the same file or Kubernetes Secret",
+                    path.display()
+                ))
             }
-            Err(e) => Err(StoreError::MasterKey(format!(
-                "cannot read {}: {e}",
-                path.display()
-            ))),
+            other => StoreError::MasterKey(other.to_string()),
+        })?;
+        unhex(text.trim())
+            .filter(|k| k.len() == KEY_LEN)
+            .ok_or_else(|| {
+                StoreError::MasterKey(format!(
+                    "{} does not hold {KEY_LEN} hex-encoded bytes",
+                    path.display()
+                ))
+            })
+    }
+
+    /// The master key of `stratus up`, which is the only process using its
+    /// data directory: created (mode 0600) on first use.
+    pub fn load_or_create_key(path: &Path) -> Result<Vec<u8>> {
+        if std::fs::symlink_metadata(path).is_ok() {
+            return Self::load_key(path);
         }
+        let mut key = vec![0u8; KEY_LEN];
+        SystemRandom::new()
+            .fill(&mut key)
+            .map_err(|_| StoreError::MasterKey("no randomness available".into()))?;
+        write_private_file(path, hex(&key).as_bytes())
+            .map_err(|e| StoreError::MasterKey(e.to_string()))?;
+        Ok(key)
     }
 
     /// Stores (or replaces) secret `name`.
@@ -159,22 +169,24 @@ pub fn random_hex(bytes: usize) -> Result<String> {
     Ok(hex(&buffer))
 }
 
-/// Writes a file only its owner can read.
-pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    file.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_master_key_is_never_made_up_outside_stratus_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("master.key");
+        let missing = Vault::load_key(&path).unwrap_err().to_string();
+        assert!(missing.contains("openssl rand"), "{missing}");
+        assert!(!path.exists(), "loading never creates the key");
+        let made = Vault::load_or_create_key(&path).unwrap();
+        assert_eq!(Vault::load_key(&path).unwrap(), made);
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let loose = Vault::load_key(&path).unwrap_err().to_string();
+        assert!(loose.contains("chmod 600"), "{loose}");
+    }
 
     #[test]
     fn hex_round_trips() {

@@ -94,7 +94,6 @@ impl Stratus {
             format!("127.0.0.1:{port}"),
         ];
         args.extend(extra.iter().map(|s| (*s).to_owned()));
-        std::fs::create_dir_all(data_dir).expect("create data dir");
         let log = data_dir.with_extension(format!("{port}.log"));
         let process = Process::spawn(binary, &args, log);
         let base = format!("http://127.0.0.1:{port}");
@@ -240,4 +239,17 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
+}
+
+/// Writes a secret file as an operator must: readable by its owner only
+/// (stratus refuses secret files others can read).
+pub fn write_secret(path: &Path, contents: &str) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .expect("create a secret file");
+    std::io::Write::write_all(&mut file, contents.as_bytes()).expect("write a secret file");
 }
