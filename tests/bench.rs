@@ -112,7 +112,30 @@ async fn main() -> anyhow::Result<()> {
         None => Vec::new(),
     };
     let stratus = Stratus::up(&binary, &data_dir, free_port(), &extra).await;
-    let admin = stratus.client(&stratus.admin_token());
+    // A database used before already has an operator, whose token is not in
+    // this run's data dir: issue one for the bench.
+    let token = match (&args.database_url, stratus.try_admin_token()) {
+        (_, Some(token)) => token,
+        (Some(url), None) => {
+            let output = std::process::Command::new(&binary)
+                .args([
+                    "admin-token",
+                    "--database-url",
+                    url,
+                    "--name",
+                    "stratus-bench",
+                ])
+                .output()?;
+            anyhow::ensure!(
+                output.status.success(),
+                "stratus admin-token failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            String::from_utf8(output.stdout)?.trim().to_owned()
+        }
+        (None, None) => anyhow::bail!("stratus up wrote no admin token in a new data dir"),
+    };
+    let admin = stratus.client(&token);
     let mut customers = Vec::new();
     for i in 0..args.customers {
         customers.push(admin.open_account(&format!("Bench customer {i}")).await.1);

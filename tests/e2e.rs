@@ -263,3 +263,50 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
     assert_eq!(server["status"], "terminating");
     stratus.process.terminate();
 }
+
+/// `stratus up` on a database an earlier data dir initialized: the operator
+/// is told where the token is not and how to get one.
+#[tokio::test]
+async fn up_on_a_database_initialized_elsewhere_says_how_to_get_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("shared.db").display());
+    let port = free_port();
+    let first = Stratus::up(
+        Path::new(BIN),
+        &dir.path().join("first"),
+        port,
+        &["--database-url", &database],
+    )
+    .await;
+    assert!(first.try_admin_token().is_some());
+    first.process.terminate();
+    let second = Stratus::up(
+        Path::new(BIN),
+        &dir.path().join("second"),
+        port,
+        &["--database-url", &database],
+    )
+    .await;
+    assert!(second.try_admin_token().is_none());
+    let said = second.process.log_text();
+    assert!(said.contains("initialized elsewhere"), "{said}");
+    assert!(said.contains("stratus admin-token"), "{said}");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for private in ["shared.db", "second/master.key", "second/agent.token"] {
+            let mode = std::fs::metadata(dir.path().join(private))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{private}");
+        }
+        let mode = std::fs::metadata(dir.path().join("second"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700, "the data dir");
+    }
+    second.process.terminate();
+}

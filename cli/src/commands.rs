@@ -419,15 +419,29 @@ pub async fn admin_token(args: AdminTokenArgs) -> anyhow::Result<()> {
 }
 
 fn print_welcome(api: &SocketAddr, admin_token_path: &Path, new_token: bool, data_dir: &Path) {
-    let token_note = if new_token {
-        "written now"
+    let token_line = if new_token {
+        format!(
+            "The admin token is in {} (written now, mode 0600).",
+            admin_token_path.display()
+        )
+    } else if admin_token_path.exists() {
+        format!(
+            "The admin token is in {} (from an earlier start, mode 0600).",
+            admin_token_path.display()
+        )
     } else {
-        "from an earlier start"
+        // The database already had an operator: its token went wherever the
+        // first `stratus up` or `stratus admin-token` on it wrote it.
+        format!(
+            "This database was initialized elsewhere: its admin token is not in {}.\n\
+             Issue one with `stratus admin-token --database-url …` and write it there (mode 0600).",
+            data_dir.display()
+        )
     };
     println!(
         r#"
 stratus is up: REST API on http://{api}  (data in {data})
-The admin token is in {token} ({token_note}, mode 0600).
+{token_line}
 
 Quickstart (bash):
   API=http://{api}
@@ -443,6 +457,9 @@ Quickstart (bash):
         data = data_dir.display(),
         token = admin_token_path.display(),
     );
+    if !new_token && !admin_token_path.exists() {
+        tracing::warn!(data_dir = %data_dir.display(), "the database has an operator whose token is not in this data dir; issue one with `stratus admin-token`");
+    }
 }
 
 pub async fn api(args: ApiArgs) -> anyhow::Result<()> {

@@ -106,10 +106,15 @@ impl Stratus {
     }
 
     pub fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.data_dir.join("admin.token"))
+        self.try_admin_token()
             .expect("admin.token written by stratus up")
-            .trim()
-            .to_owned()
+    }
+
+    /// The operator token `stratus up` wrote, if it wrote one (not when the
+    /// database already had an operator).
+    pub fn try_admin_token(&self) -> Option<String> {
+        let text = std::fs::read_to_string(self.data_dir.join("admin.token")).ok()?;
+        Some(text.trim().to_owned())
     }
 
     pub fn client(&self, token: &str) -> Client {
