@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stratus_core::agent_api::{
-    DomainObservation, DomainSpec, DomainState, MANAGED_PREFIX, NodeReport, PoolInfo,
+    DiskDisposal, DomainObservation, DomainSpec, DomainState, MANAGED_PREFIX, NodeReport, PoolInfo,
     disk_volume_name,
 };
 use stratus_core::resources::PowerState;
@@ -300,6 +300,7 @@ impl Driver {
             name: name.to_owned(),
             state,
             disk_present,
+            disk_disposal: None,
         })
     }
 
@@ -460,19 +461,24 @@ impl Driver {
         }
         self.forget(Some(name), None)?;
         let disk_name = disk_volume_name(name);
+        let mut disposal = None;
         if let Some(disk) = Self::lookup_volume(&self.pool()?, &disk_name)? {
-            match disk.wipe(0) {
-                Ok(()) => {}
-                Err(e) if is_missing(&e, ErrorNumber::NoSupport) => {
-                    tracing::warn!(volume = %disk_name, "storage driver cannot wipe; deleting only");
-                }
-                Err(e) => return Err(e.into()),
-            }
+            let disposed = wipe(&disk)?;
             disk.delete(0)?;
-            tracing::info!(volume = %disk_name, "wiped and deleted disk");
+            match &disposed {
+                DiskDisposal::Wiped => {
+                    tracing::info!(volume = %disk_name, "wiped and deleted disk")
+                }
+                DiskDisposal::DeletedWithoutWipe { reason } => {
+                    tracing::warn!(volume = %disk_name, %reason, "deleted disk WITHOUT wiping it")
+                }
+            }
+            disposal = Some(disposed);
         }
         self.forget(None, Some(&disk_name))?;
-        self.observe(name)
+        let mut observed = self.observe(name)?;
+        observed.disk_disposal = disposal;
+        Ok(observed)
     }
 
     /// Creates an empty image volume if absent (seeding simulated hypervisors).
@@ -534,9 +540,99 @@ impl Driver {
     }
 }
 
+/// Overwrites a disk's data before it is deleted. A file on this host (a
+/// dir pool) is overwritten here, extent by extent: libvirt's own wipe of a
+/// qcow2 overlay only rewrites its header and leaves the guest's data in
+/// the clusters behind it. Other volumes go through libvirt's wipe; a
+/// storage that cannot wipe (the test driver) is reported, never hidden.
+fn wipe(disk: &StorageVol) -> Result<DiskDisposal, AgentError> {
+    if let Ok(path) = disk.path()
+        && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
+    {
+        overwrite_data_extents(std::path::Path::new(&path)).map_err(|source| {
+            AgentError::Persist {
+                path: path.clone(),
+                source,
+            }
+        })?;
+        return Ok(DiskDisposal::Wiped);
+    }
+    match disk.wipe(0) {
+        Ok(()) => Ok(DiskDisposal::Wiped),
+        Err(e) if is_missing(&e, ErrorNumber::NoSupport) => Ok(DiskDisposal::DeletedWithoutWipe {
+            reason: format!("the storage driver cannot wipe: {}", e.message()),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Writes zeros over every data extent of a (possibly sparse) file, so the
+/// holes stay holes and only what was ever written is rewritten.
+pub fn overwrite_data_extents(path: &std::path::Path) -> std::io::Result<()> {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::fd::AsRawFd;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    let length = file.metadata()?.len();
+    let zeros = vec![0u8; 1 << 20];
+    let mut offset: u64 = 0;
+    while offset < length {
+        // SAFETY: lseek on a file descriptor owned by `file`, which lives
+        // for the whole loop.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let error = std::io::Error::last_os_error();
+            // ENXIO: no data after `offset`.
+            if error.raw_os_error() == Some(libc::ENXIO) {
+                break;
+            }
+            return Err(error);
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(file.as_raw_fd(), data, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let (start, end) = (data as u64, (hole as u64).min(length));
+        file.seek(SeekFrom::Start(start))?;
+        let mut at = start;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            file.write_all(&zeros[..n])?;
+            at += n as u64;
+        }
+        offset = end;
+    }
+    file.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_extents_are_zeroed_and_holes_stay_holes() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk.qcow2");
+        let mut file = std::fs::File::create(&path).unwrap();
+        file.write_all(&[0xAB; 4096]).unwrap();
+        file.seek(SeekFrom::Start(64 << 20)).unwrap();
+        file.write_all(b"customer secret").unwrap();
+        file.set_len(128 << 20).unwrap();
+        drop(file);
+        let blocks_before = std::fs::metadata(&path).unwrap().blocks();
+
+        overwrite_data_extents(&path).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 128 << 20);
+        assert!(bytes.iter().all(|b| *b == 0), "every byte is zero");
+        let blocks_after = std::fs::metadata(&path).unwrap().blocks();
+        assert!(
+            blocks_after <= blocks_before + 8,
+            "holes were not filled: {blocks_before} -> {blocks_after} blocks"
+        );
+    }
 
     #[test]
     fn a_disk_fits_only_in_enough_room() {

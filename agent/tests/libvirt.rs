@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stratus_agent::{AgentError, CapacityOverride, Driver, DriverConfig};
-use stratus_core::agent_api::{DomainSpec, DomainState};
+use stratus_core::agent_api::{DiskDisposal, DomainSpec, DomainState};
 use stratus_core::resources::PowerState;
 
 /// A driver on the process-wide `test:///default` hypervisor; tests use
@@ -86,9 +86,10 @@ fn ensure_is_idempotent_and_follows_power_state() {
     let gone = driver.destroy(name).unwrap();
     assert_eq!(gone.state, None);
     assert!(!gone.disk_present);
+    let again = driver.destroy(name).unwrap();
     assert_eq!(
-        driver.destroy(name).unwrap(),
-        gone,
+        (again.state, again.disk_present),
+        (None, false),
         "destroying twice is harmless"
     );
     assert!(matches!(
@@ -230,4 +231,27 @@ fn node_report_sees_thousands_of_volumes_and_domains() {
         "the image is not lost among the disks"
     );
     assert_eq!(report.domains.len(), SERVERS);
+}
+
+/// The test driver cannot wipe: the destroy says so instead of claiming it.
+#[test]
+fn a_disk_the_storage_cannot_wipe_is_reported_deleted_without_wipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::open(DriverConfig::for_uri(&private_node(dir.path()), "z")).unwrap();
+    let image = "debian-12.qcow2";
+    driver.seed_image(image, 1).unwrap();
+    driver
+        .ensure("stratus-vs-wipe", &spec(image, PowerState::Stopped, true))
+        .unwrap();
+    let destroyed = driver.destroy("stratus-vs-wipe").unwrap();
+    assert!(!destroyed.disk_present);
+    assert!(
+        matches!(
+            destroyed.disk_disposal,
+            Some(DiskDisposal::DeletedWithoutWipe { .. })
+        ),
+        "{destroyed:?}"
+    );
+    let again = driver.destroy("stratus-vs-wipe").unwrap();
+    assert_eq!(again.disk_disposal, None, "nothing left to dispose of");
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Config;
-use stratus_core::agent_api::DomainSpec;
+use stratus_core::agent_api::{DiskDisposal, DomainSpec};
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, HypervisorName};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
@@ -223,21 +223,10 @@ impl ServerReconciler {
             Action::Destroy => {
                 let agent = placed(agent)?;
                 let result = self.ctx.agents.destroy(&agent, &domain).await;
+                let disposal = result.as_ref().ok().and_then(|d| d.disk_disposal.clone());
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
                     .await?;
-                let note = format!(
-                    "domain and disk destroyed on hypervisor {}",
-                    agent.hypervisor
-                );
-                self.ctx
-                    .publish(server, EventType::Normal, EventReason::Destroyed, &note)
-                    .await;
-                self.ctx
-                    .audit(
-                        AuditAction::ServerDestroyed,
-                        AuditSubject::server(server),
-                        json!({ "hypervisor": agent.hypervisor, "domain": domain }),
-                    )
+                self.report_destruction(server, &agent, &domain, disposal)
                     .await;
             }
         }
@@ -444,6 +433,51 @@ impl ServerReconciler {
             );
         }
         Ok(Some(UNSCHEDULABLE_RECHECK))
+    }
+
+    /// Event and audit row of a destroyed domain, saying honestly what became
+    /// of the disk's data.
+    async fn report_destruction(
+        &self,
+        server: &VirtualServer,
+        agent: &AgentEndpoint,
+        domain: &str,
+        disposal: Option<DiskDisposal>,
+    ) {
+        let (disk, note) = match &disposal {
+            Some(DiskDisposal::Wiped) => (
+                "wiped",
+                "domain destroyed, disk wiped and deleted".to_owned(),
+            ),
+            Some(DiskDisposal::DeletedWithoutWipe { reason }) => (
+                "deleted without wipe",
+                format!("domain destroyed, disk deleted WITHOUT wipe: {reason}"),
+            ),
+            // Gone already (an earlier attempt deleted it).
+            None => ("already gone", "domain destroyed, no disk left".to_owned()),
+        };
+        let note = format!("{note} on hypervisor {}", agent.hypervisor);
+        self.ctx
+            .publish(server, EventType::Normal, EventReason::Destroyed, &note)
+            .await;
+        if let Some(DiskDisposal::DeletedWithoutWipe { reason }) = &disposal {
+            tracing::warn!(%reason, hypervisor = %agent.hypervisor, "a disk was deleted without being wiped");
+            self.ctx
+                .publish(
+                    server,
+                    EventType::Warning,
+                    EventReason::DiskNotWiped,
+                    reason,
+                )
+                .await;
+        }
+        self.ctx
+            .audit(
+                AuditAction::ServerDestroyed,
+                AuditSubject::server(server),
+                json!({ "hypervisor": agent.hypervisor, "domain": domain, "disk": disk, "disposal": disposal }),
+            )
+            .await;
     }
 
     /// A server placed before domain names and MACs were recorded keeps its

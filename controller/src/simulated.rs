@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorCode, DomainObservation, DomainSpec, DomainState, NodeReport, PoolInfo,
+    AgentErrorCode, DiskDisposal, DomainObservation, DomainSpec, DomainState, NodeReport, PoolInfo,
 };
 use stratus_core::resources::PowerState;
 
@@ -25,6 +25,8 @@ struct SimNode {
     report: NodeReport,
     reachable: bool,
     domains: BTreeMap<String, SimDomain>,
+    /// Its storage cannot overwrite disks (like libvirt's test driver).
+    cannot_wipe: bool,
 }
 
 #[derive(Default)]
@@ -75,6 +77,7 @@ impl SimulatedAgent {
                     report,
                     reachable: true,
                     domains: BTreeMap::new(),
+                    cannot_wipe: false,
                 },
             )
         });
@@ -124,6 +127,15 @@ impl SimulatedAgent {
                 && let Some(domain) = node.domains.remove(from)
             {
                 node.domains.insert(to.to_owned(), domain);
+            }
+        });
+    }
+
+    /// The hypervisor's storage can no longer overwrite disks it deletes.
+    pub fn cannot_wipe(&self, hypervisor: &str) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.cannot_wipe = true;
             }
         });
     }
@@ -204,6 +216,7 @@ fn observation(name: &str, domain: Option<&SimDomain>) -> DomainObservation {
             name: name.to_owned(),
             state: d.state,
             disk_present: d.disk,
+            disk_disposal: None,
         },
         None => DomainObservation::absent(name),
     }
@@ -295,8 +308,18 @@ impl AgentClient for SimulatedAgent {
         domain: &str,
     ) -> Result<DomainObservation, AgentCallError> {
         self.call(agent, "destroy", domain, |node| {
-            node.domains.remove(domain);
-            Ok(DomainObservation::absent(domain))
+            let had_disk = node.domains.remove(domain).is_some_and(|d| d.disk);
+            let mut answer = DomainObservation::absent(domain);
+            answer.disk_disposal = had_disk.then(|| {
+                if node.cannot_wipe {
+                    DiskDisposal::DeletedWithoutWipe {
+                        reason: "the simulated storage cannot wipe".into(),
+                    }
+                } else {
+                    DiskDisposal::Wiped
+                }
+            });
+            Ok(answer)
         })
     }
 }

@@ -495,6 +495,53 @@ async fn deletion_destroys_then_releases_the_object() {
         Outcome::Done,
         "reconciling a gone server is harmless"
     );
+    let trail = h
+        .ledger
+        .audit()
+        .trail(&AuditSubject::Server {
+            account: NS.into(),
+            name: "vs-1".into(),
+        })
+        .await
+        .unwrap();
+    let destroyed: Vec<_> = trail
+        .iter()
+        .filter(|e| e.action == AuditAction::ServerDestroyed)
+        .collect();
+    assert_eq!(destroyed.len(), 1);
+    assert_eq!(destroyed[0].detail["disk"], "wiped");
+}
+
+/// Where storage cannot overwrite a disk, the audit and an operator-visible
+/// warning say "deleted without wipe"; nothing claims a wipe.
+#[tokio::test]
+async fn a_disk_deleted_without_wipe_is_said_so() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.sim.cannot_wipe("hv1");
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    let trail = h
+        .ledger
+        .audit()
+        .trail(&AuditSubject::Server {
+            account: NS.into(),
+            name: "vs-1".into(),
+        })
+        .await
+        .unwrap();
+    let destroyed = trail
+        .iter()
+        .find(|e| e.action == AuditAction::ServerDestroyed)
+        .unwrap();
+    assert_eq!(destroyed.detail["disk"], "deleted without wipe");
+    assert!(
+        h.events
+            .about("VirtualServer", "vs-1")
+            .contains(&EventReason::DiskNotWiped)
+    );
 }
 
 #[tokio::test]

@@ -43,6 +43,10 @@ pub struct DomainObservation {
     /// `None` when no domain of that name is defined.
     pub state: Option<DomainState>,
     pub disk_present: bool,
+    /// What became of the disk's data, in the answer to a destroy that
+    /// deleted the disk (never on other answers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_disposal: Option<DiskDisposal>,
 }
 
 impl DomainObservation {
@@ -51,8 +55,20 @@ impl DomainObservation {
             name: name.to_owned(),
             state: None,
             disk_present: false,
+            disk_disposal: None,
         }
     }
+}
+
+/// How a deleted disk's data was disposed of: the audit says which, so a
+/// provider never claims a wipe that did not happen.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum DiskDisposal {
+    /// Overwritten before it was deleted.
+    Wiped,
+    /// Deleted, but the storage could not overwrite it first.
+    DeletedWithoutWipe { reason: String },
 }
 
 /// A storage pool on the node.

@@ -99,6 +99,8 @@ named_enum!(
         Error,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
+        /// The disk was deleted but its storage could not overwrite it first.
+        DiskNotWiped,
         /// A hypervisor's agent answered after it had not.
         Reachable,
         /// A hypervisor's agent stopped answering.

@@ -326,6 +326,7 @@ mod tests {
             name: "stratus-vs-1".into(),
             state,
             disk_present,
+            disk_disposal: None,
         })
     }
 
