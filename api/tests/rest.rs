@@ -700,6 +700,59 @@ async fn a_retry_after_an_interrupted_order_creates_the_claimed_server_once() {
     assert_eq!(api.server_count().await, 0);
 }
 
+/// A crash after the server was created but before its key was marked
+/// fulfilled, then a deletion: a retry with the key must not bring it back.
+#[tokio::test]
+async fn a_server_deleted_after_an_interrupted_order_is_not_recreated_by_a_retry() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (account, token) = api.customer("ACME").await;
+        let account = AccountId::parse(&account).unwrap();
+        let body = stratus_api::views::OrderServer {
+            name: "web1".into(),
+            plan: "small".into(),
+            image: "debian-12".into(),
+            zone: None,
+        };
+        let hash = stratus_api::auth::hash_token(&serde_json::to_string(&body).unwrap());
+        let claimed = ServerId::from_random(0xcd);
+        api.state
+            .ledger
+            .idempotency()
+            .claim(&account, "crashed", &hash, claimed.as_str(), 1)
+            .await
+            .unwrap();
+        // What the crashed attempt did: the server exists, the key is unfulfilled.
+        api.state
+            .servers
+            .create(
+                &stratus_core::testing::server(claimed.as_str())
+                    .in_account(account.as_str())
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let deleted = api
+            .call(
+                Method::DELETE,
+                &format!("/v1/servers/{claimed}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(
+            deleted.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            deleted.body
+        );
+        let retry = api.order_keyed(&token, "crashed", "web1").await;
+        assert_error(&retry, StatusCode::CONFLICT, "conflict", None);
+        assert_eq!(api.server_count().await, 0, "{label}");
+    }
+}
+
 /// Sends six identical keyed orders at once, so they race on the database.
 async fn futures_join(api: &Api, token: &str, key: &[(&str, &str)]) -> Vec<Reply> {
     let calls = (0..6).map(|_| {

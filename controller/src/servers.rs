@@ -11,7 +11,7 @@ use serde_json::json;
 use stratus_core::Config;
 use stratus_core::agent_api::{DiskDisposal, DomainSpec};
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
-use stratus_core::ids::{self, HypervisorName};
+use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
 use stratus_core::resources::{
     SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer, VirtualServerStatus,
@@ -274,6 +274,15 @@ impl ServerReconciler {
             .macs()
             .release(&mac_holder(server)?.0, self.now_millis())
             .await?;
+        // The server existed: a retried order naming it must not bring it
+        // back (kubectl deletes do not pass through the API).
+        if let Some(account) = server.namespace().as_deref().and_then(AccountId::parse) {
+            self.ctx
+                .ledger
+                .idempotency()
+                .fulfil_resource(&account, &server.name_any(), self.now_millis())
+                .await?;
+        }
         self.servers
             .remove_finalizer(
                 server.namespace().as_deref(),

@@ -309,6 +309,14 @@ pub async fn delete_server(
     let id = server_id(&id)?;
     let server = find_server(&state, &principal, &id).await?;
     let namespace = server.namespace();
+    // Before the delete: an order retried after it must not create it again.
+    if let Some(account) = namespace.as_deref().and_then(AccountId::parse) {
+        state
+            .ledger
+            .idempotency()
+            .fulfil_resource(&account, id.as_str(), state.now_millis())
+            .await?;
+    }
     let deletion = state
         .servers
         .delete(namespace.as_deref(), id.as_str())

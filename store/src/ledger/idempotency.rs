@@ -80,4 +80,26 @@ impl IdempotencyKeys<'_> {
         .await?;
         Ok(())
     }
+
+    /// Records that the resource a key names was created, whichever key
+    /// names it: called before the resource is deleted, so a retry of an
+    /// order whose first attempt stopped after creating it (and never
+    /// fulfilled its key) cannot bring a deleted server back.
+    pub async fn fulfil_resource(
+        &self,
+        account: &AccountId,
+        resource_name: &str,
+        at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE idempotency_keys SET fulfilled_at = $1 \
+             WHERE account_id = $2 AND resource_name = $3 AND fulfilled_at IS NULL",
+        )
+        .bind(at)
+        .bind(account.as_str())
+        .bind(resource_name)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
 }
