@@ -100,6 +100,32 @@ impl Api {
             .await
     }
 
+    /// Claims `key` for an order of `name` as a first attempt that stopped
+    /// right after claiming it would have; returns the id it bound.
+    async fn claim_as_a_first_attempt(
+        &self,
+        account: &AccountId,
+        key: &str,
+        name: &str,
+        id_bits: u64,
+    ) -> ServerId {
+        let body = stratus_api::views::OrderServer {
+            name: name.into(),
+            plan: "small".into(),
+            image: "debian-12".into(),
+            zone: None,
+        };
+        let hash = stratus_api::auth::hash_token(&serde_json::to_string(&body).unwrap());
+        let claimed = ServerId::from_random(id_bits);
+        self.state
+            .ledger
+            .idempotency()
+            .claim(account, key, &hash, claimed.as_str(), 1)
+            .await
+            .unwrap();
+        claimed
+    }
+
     /// Opens an account and returns (account id, customer token).
     async fn customer(&self, name: &str) -> (String, String) {
         let account = self
@@ -670,21 +696,10 @@ async fn a_retry_after_an_interrupted_order_creates_the_claimed_server_once() {
     let api = api().await;
     let (account, token) = api.customer("ACME").await;
     let account = AccountId::parse(&account).unwrap();
-    let body = stratus_api::views::OrderServer {
-        name: "web1".into(),
-        plan: "small".into(),
-        image: "debian-12".into(),
-        zone: None,
-    };
-    let hash = stratus_api::auth::hash_token(&serde_json::to_string(&body).unwrap());
-    let claimed = ServerId::from_random(0xab);
-    api.state
-        .ledger
-        .idempotency()
-        .claim(&account, "interrupted", &hash, claimed.as_str(), 1)
-        .await
-        .unwrap();
     let key = "interrupted";
+    let claimed = api
+        .claim_as_a_first_attempt(&account, key, "web1", 0xab)
+        .await;
     let retry = api.order_keyed(&token, key, "web1").await;
     assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
     assert_eq!(retry.body["id"], claimed.as_str());
@@ -709,20 +724,9 @@ async fn a_server_deleted_after_an_interrupted_order_is_not_recreated_by_a_retry
         let api = api_on(scratch).await;
         let (account, token) = api.customer("ACME").await;
         let account = AccountId::parse(&account).unwrap();
-        let body = stratus_api::views::OrderServer {
-            name: "web1".into(),
-            plan: "small".into(),
-            image: "debian-12".into(),
-            zone: None,
-        };
-        let hash = stratus_api::auth::hash_token(&serde_json::to_string(&body).unwrap());
-        let claimed = ServerId::from_random(0xcd);
-        api.state
-            .ledger
-            .idempotency()
-            .claim(&account, "crashed", &hash, claimed.as_str(), 1)
-            .await
-            .unwrap();
+        let claimed = api
+            .claim_as_a_first_attempt(&account, "crashed", "web1", 0xcd)
+            .await;
         // What the crashed attempt did: the server exists, the key is unfulfilled.
         api.state
             .servers

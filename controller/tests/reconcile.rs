@@ -178,6 +178,20 @@ impl Harness {
             .unwrap_or_default()
     }
 
+    /// Details of the audit rows of `action` about server `name` of `NS`.
+    async fn audited(&self, name: &str, action: AuditAction) -> Vec<serde_json::Value> {
+        let subject = AuditSubject::Server {
+            account: NS.into(),
+            name: name.into(),
+        };
+        let trail = self.ledger.audit().trail(&subject).await.unwrap();
+        trail
+            .into_iter()
+            .filter(|e| e.action == action)
+            .map(|e| e.detail)
+            .collect()
+    }
+
     async fn edit(&self, name: &str, f: impl Fn(&mut VirtualServerSpec)) {
         self.servers
             .update(Some(NS), name, |s| {
@@ -495,21 +509,9 @@ async fn deletion_destroys_then_releases_the_object() {
         Outcome::Done,
         "reconciling a gone server is harmless"
     );
-    let trail = h
-        .ledger
-        .audit()
-        .trail(&AuditSubject::Server {
-            account: NS.into(),
-            name: "vs-1".into(),
-        })
-        .await
-        .unwrap();
-    let destroyed: Vec<_> = trail
-        .iter()
-        .filter(|e| e.action == AuditAction::ServerDestroyed)
-        .collect();
+    let destroyed = h.audited("vs-1", AuditAction::ServerDestroyed).await;
     assert_eq!(destroyed.len(), 1);
-    assert_eq!(destroyed[0].detail["disk"], "wiped");
+    assert_eq!(destroyed[0]["disk"], "wiped");
 }
 
 /// Where storage cannot overwrite a disk, the audit and an operator-visible
@@ -523,20 +525,8 @@ async fn a_disk_deleted_without_wipe_is_said_so() {
     h.sim.cannot_wipe("hv1");
     h.servers.delete(Some(NS), "vs-1").await.unwrap();
     h.reconcile("vs-1").await.unwrap();
-    let trail = h
-        .ledger
-        .audit()
-        .trail(&AuditSubject::Server {
-            account: NS.into(),
-            name: "vs-1".into(),
-        })
-        .await
-        .unwrap();
-    let destroyed = trail
-        .iter()
-        .find(|e| e.action == AuditAction::ServerDestroyed)
-        .unwrap();
-    assert_eq!(destroyed.detail["disk"], "deleted without wipe");
+    let destroyed = h.audited("vs-1", AuditAction::ServerDestroyed).await;
+    assert_eq!(destroyed[0]["disk"], "deleted without wipe");
     assert!(
         h.events
             .about("VirtualServer", "vs-1")

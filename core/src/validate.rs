@@ -17,6 +17,12 @@ pub fn is_hostname(name: &str) -> bool {
         })
 }
 
+/// A DNS-1123 subdomain: what Kubernetes accepts as an object name (a
+/// hostname in lower case).
+pub fn is_object_name(name: &str) -> bool {
+    is_hostname(name) && !name.bytes().any(|b| b.is_ascii_uppercase())
+}
+
 /// A catalogue name (plan, image, zone): lower-case, 1-63 characters.
 pub fn is_slug(name: &str) -> bool {
     !name.is_empty()

@@ -104,20 +104,6 @@ fn map_error(error: kube::Error, kind: &KindInfo, name: &str) -> StoreError {
     }
 }
 
-/// A DNS-1123 subdomain, what Kubernetes accepts as an object name.
-fn is_object_name(name: &str) -> bool {
-    (1..=253).contains(&name.len())
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        })
-}
-
 fn to_value(object: DynamicObject) -> Result<Value> {
     Ok(serde_json::to_value(object)?)
 }
@@ -161,7 +147,7 @@ impl ObjectStore for KubeObjectStore {
     async fn find_by_name(&self, kind: &KindInfo, name: &str) -> Result<Vec<Value>> {
         // The name goes into a field selector: only names the API server
         // itself would accept get that far.
-        if !is_object_name(name) {
+        if !stratus_core::validate::is_object_name(name) {
             return Ok(Vec::new());
         }
         let api = self.api(kind, None)?;

@@ -95,7 +95,23 @@ pub fn read_private_file(path: &Path) -> Result<String, PrivateFileError> {
 /// Writes a secret file: created 0600, never through a symlink, and an
 /// existing one is only replaced when it is private already.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PrivateFileError> {
-    let mut file = OpenOptions::new()
+    let mut file = open_private(path)?;
+    file.set_len(0).map_err(io(path))?;
+    file.write_all(contents).map_err(io(path))?;
+    file.sync_all().map_err(io(path))
+}
+
+/// Creates `path` empty and private unless it exists, then checks it: the
+/// SQLite database is made this way before SQLite opens it (SQLite gives
+/// its journal files the database file's mode).
+pub fn ensure_private_file(path: &Path) -> Result<(), PrivateFileError> {
+    open_private(path).map(drop)
+}
+
+/// Opens `path` for writing, creating it 0600 if missing, never through a
+/// symlink, and only if it is a regular file no one else can access.
+fn open_private(path: &Path) -> Result<File, PrivateFileError> {
+    let file = OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(false)
@@ -111,25 +127,7 @@ pub fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), PrivateFil
         });
     }
     check_mode(path, meta.mode(), 0o600)?;
-    file.set_len(0).map_err(io(path))?;
-    file.write_all(contents).map_err(io(path))?;
-    file.sync_all().map_err(io(path))
-}
-
-/// Creates `path` empty and private unless it exists, then checks it: the
-/// SQLite database is made this way before SQLite opens it (SQLite gives
-/// its journal files the database file's mode).
-pub fn ensure_private_file(path: &Path) -> Result<(), PrivateFileError> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .map_err(io(path))?;
-    let meta = file.metadata().map_err(io(path))?;
-    check_mode(path, meta.mode(), 0o600)
+    Ok(file)
 }
 
 #[cfg(test)]
