@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use support::{Process, Stratus, free_port};
+use support::{Process, Stratus, free_port, mode_of};
 
 const BIN: &str = env!("CARGO_BIN_EXE_stratus");
 const WAIT: Duration = Duration::from_secs(30);
@@ -19,11 +19,7 @@ async fn a_customer_orders_runs_stops_starts_and_deletes_a_server_across_restart
     let port = free_port();
     let stratus = Stratus::up(Path::new(BIN), &data, port, &[]).await;
     let token_path = data.join("admin.token");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(&token_path).unwrap().permissions().mode() & 0o777;
-        assert_eq!(mode, 0o600, "admin token must be private");
-    }
+    assert_eq!(mode_of(&token_path), 0o600, "admin token must be private");
     let admin = stratus.client(&stratus.admin_token());
     let (account, customer) = admin.open_account("ACME").await;
 
@@ -291,22 +287,9 @@ async fn up_on_a_database_initialized_elsewhere_says_how_to_get_a_token() {
     let said = second.process.log_text();
     assert!(said.contains("initialized elsewhere"), "{said}");
     assert!(said.contains("stratus admin-token"), "{said}");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        for private in ["shared.db", "second/master.key", "second/agent.token"] {
-            let mode = std::fs::metadata(dir.path().join(private))
-                .unwrap()
-                .permissions()
-                .mode()
-                & 0o777;
-            assert_eq!(mode, 0o600, "{private}");
-        }
-        let mode = std::fs::metadata(dir.path().join("second"))
-            .unwrap()
-            .permissions()
-            .mode()
-            & 0o777;
-        assert_eq!(mode, 0o700, "the data dir");
+    for private in ["shared.db", "second/master.key", "second/agent.token"] {
+        assert_eq!(mode_of(&dir.path().join(private)), 0o600, "{private}");
     }
+    assert_eq!(mode_of(&dir.path().join("second")), 0o700, "the data dir");
     second.process.terminate();
 }

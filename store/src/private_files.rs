@@ -79,14 +79,7 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PrivateFileError> {
 /// read or write it.
 pub fn read_private_file(path: &Path) -> Result<String, PrivateFileError> {
     let mut file = File::open(path).map_err(io(path))?;
-    let meta = file.metadata().map_err(io(path))?;
-    if !meta.is_file() {
-        return Err(PrivateFileError::NotPlain {
-            path: path.display().to_string(),
-            what: "file",
-        });
-    }
-    check_mode(path, meta.mode(), 0o600)?;
+    check_private(path, &file)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(io(path))?;
     Ok(text)
@@ -109,7 +102,7 @@ pub fn ensure_private_file(path: &Path) -> Result<(), PrivateFileError> {
 }
 
 /// Opens `path` for writing, creating it 0600 if missing, never through a
-/// symlink, and only if it is a regular file no one else can access.
+/// symlink.
 fn open_private(path: &Path) -> Result<File, PrivateFileError> {
     let file = OpenOptions::new()
         .write(true)
@@ -119,6 +112,12 @@ fn open_private(path: &Path) -> Result<File, PrivateFileError> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io(path))?;
+    check_private(path, &file)?;
+    Ok(file)
+}
+
+/// An opened secret file must be a regular file no one else can access.
+fn check_private(path: &Path, file: &File) -> Result<(), PrivateFileError> {
     let meta = file.metadata().map_err(io(path))?;
     if !meta.is_file() {
         return Err(PrivateFileError::NotPlain {
@@ -126,8 +125,7 @@ fn open_private(path: &Path) -> Result<File, PrivateFileError> {
             what: "file",
         });
     }
-    check_mode(path, meta.mode(), 0o600)?;
-    Ok(file)
+    check_mode(path, meta.mode(), 0o600)
 }
 
 #[cfg(test)]

@@ -258,3 +258,13 @@ pub fn write_secret(path: &Path, contents: &str) {
         .expect("create a secret file");
     std::io::Write::write_all(&mut file, contents.as_bytes()).expect("write a secret file");
 }
+
+/// The permission bits of `path`.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("the file exists")
+        .permissions()
+        .mode()
+        & 0o777
+}
