@@ -176,7 +176,15 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
     let agent_port = free_port();
     let token_file = dir.path().join("agent.token");
     support::write_secret(&token_file, "second-agent-token-0123456789");
-    let args: Vec<String> = [
+    // Its certificate comes from the CA `stratus up` made in its data dir.
+    let agent_tls = dir.path().join("hv-b-tls");
+    support::issue_agent_certificate(
+        Path::new(BIN),
+        &stratus.data_dir.join("tls"),
+        "hv-b",
+        &agent_tls,
+    );
+    let mut args: Vec<String> = [
         "agent",
         "--listen",
         &format!("127.0.0.1:{agent_port}"),
@@ -194,13 +202,32 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    args.extend(support::agent_tls_args(&agent_tls));
     let agent = Process::spawn(Path::new(BIN), &args, dir.path().join("agent.log"));
-    support::wait_healthy(&format!("http://127.0.0.1:{agent_port}"), &agent).await;
+    let agent_url = format!("https://127.0.0.1:{agent_port}");
+    let controller_side = support::agent_http(&stratus.data_dir.join("tls/controller"));
+    support::wait_healthy_with(&controller_side, &agent_url, &agent).await;
+    // Without the controller's certificate, or in clear, the agent answers nothing.
+    assert!(
+        support::http_client()
+            .get(format!("http://127.0.0.1:{agent_port}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "the agent answered plain HTTP"
+    );
+    let (status, refused) = admin
+        .post(
+            "/v1/admin/hypervisors",
+            json!({"name": "hv-b", "url": format!("http://127.0.0.1:{agent_port}"), "zone": "zone-b", "token": "second-agent-token-0123456789"}),
+        )
+        .await;
+    assert_eq!(status, 422, "a clear-text agent URL is refused: {refused}");
 
     let wrong = admin
         .post(
             "/v1/admin/hypervisors",
-            json!({"name": "hv-b", "url": format!("http://127.0.0.1:{agent_port}"), "zone": "zone-b", "token": "not-the-agent-token-000"}),
+            json!({"name": "hv-b", "url": agent_url, "zone": "zone-b", "token": "not-the-agent-token-000"}),
         )
         .await;
     assert_eq!(wrong.0, 201, "registration stores what the operator gives");
@@ -224,7 +251,7 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
     let (status, _) = admin
         .post(
             "/v1/admin/hypervisors",
-            json!({"name": "hv-b2", "url": format!("http://127.0.0.1:{agent_port}"), "zone": "zone-b", "token": "second-agent-token-0123456789"}),
+            json!({"name": "hv-b2", "url": agent_url, "zone": "zone-b", "token": "second-agent-token-0123456789"}),
         )
         .await;
     assert_eq!(status, 201);
@@ -287,7 +314,14 @@ async fn up_on_a_database_initialized_elsewhere_says_how_to_get_a_token() {
     let said = second.process.log_text();
     assert!(said.contains("initialized elsewhere"), "{said}");
     assert!(said.contains("stratus admin-token"), "{said}");
-    for private in ["shared.db", "second/master.key", "second/agent.token"] {
+    for private in [
+        "shared.db",
+        "second/master.key",
+        "second/agent.token",
+        "second/tls/ca.key",
+        "second/tls/agent/tls.key",
+        "second/tls/controller/tls.key",
+    ] {
         assert_eq!(mode_of(&dir.path().join(private)), 0o600, "{private}");
     }
     assert_eq!(mode_of(&dir.path().join("second")), 0o700, "the data dir");

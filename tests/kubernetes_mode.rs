@@ -111,30 +111,53 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
     .unwrap();
     let kubectl = kube::Client::try_from(kube::Config::new(server_url.parse().unwrap())).unwrap();
 
-    // A hypervisor running the agent.
+    // A hypervisor running the agent, with a certificate from the
+    // operator's agent-link CA (as `stratus tls` or cert-manager makes).
+    let ca_dir = dir.path().join("agent-link-ca");
+    support::stratus_tls(
+        Path::new(BIN),
+        &["ca", "--dir", &ca_dir.display().to_string()],
+    );
+    let agent_tls = dir.path().join("par1-hv1-tls");
+    support::issue_agent_certificate(Path::new(BIN), &ca_dir, "par1-hv1", &agent_tls);
+    let controller_tls = dir.path().join("controller-tls");
+    support::stratus_tls(
+        Path::new(BIN),
+        &[
+            "issue",
+            "--ca-dir",
+            &ca_dir.display().to_string(),
+            "--role",
+            "controller",
+            "--name",
+            "controller",
+            "--out",
+            &controller_tls.display().to_string(),
+        ],
+    );
     let agent_port = free_port();
+    let agent_url = format!("https://127.0.0.1:{agent_port}");
+    let agent_http = support::agent_http(&controller_tls);
     let token_file = dir.path().join("agent.token");
     support::write_secret(&token_file, "kubernetes-mode-agent-token-01");
-    let agent = Process::spawn(
-        Path::new(BIN),
-        &args(&[
-            "agent",
-            "--listen",
-            &format!("127.0.0.1:{agent_port}"),
-            "--token-file",
-            &token_file.display().to_string(),
-            "--zone",
-            "par1",
-            "--libvirt-uri",
-            "test:///default",
-            "--seed-image",
-            "debian-12.qcow2",
-            "--capacity",
-            "vcpus=32,memory_mib=65536,disk_gib=2000",
-        ]),
-        dir.path().join("agent.log"),
-    );
-    wait_healthy(&format!("http://127.0.0.1:{agent_port}"), &agent).await;
+    let mut agent_args = args(&[
+        "agent",
+        "--listen",
+        &format!("127.0.0.1:{agent_port}"),
+        "--token-file",
+        &token_file.display().to_string(),
+        "--zone",
+        "par1",
+        "--libvirt-uri",
+        "test:///default",
+        "--seed-image",
+        "debian-12.qcow2",
+        "--capacity",
+        "vcpus=32,memory_mib=65536,disk_gib=2000",
+    ]);
+    agent_args.extend(support::agent_tls_args(&agent_tls));
+    let agent = Process::spawn(Path::new(BIN), &agent_args, dir.path().join("agent.log"));
+    support::wait_healthy_with(&agent_http, &agent_url, &agent).await;
 
     // What an operator applies with kubectl: the chart's example manifests,
     // with the agent's real address and token (the examples name a private
@@ -154,9 +177,7 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
         }) {
             let mut object: serde_json::Value = serde_yaml::from_str(document).unwrap();
             match object["kind"].as_str() {
-                Some("Hypervisor") => {
-                    object["spec"]["url"] = json!(format!("http://127.0.0.1:{agent_port}"))
-                }
+                Some("Hypervisor") => object["spec"]["url"] = json!(agent_url),
                 Some("Secret") => {
                     object["stringData"]["token"] = json!("kubernetes-mode-agent-token-01")
                 }
@@ -185,6 +206,12 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
                 name,
                 "--metrics-listen",
                 &format!("127.0.0.1:{}", free_port()),
+                "--agent-ca",
+                &controller_tls.join("ca.crt").display().to_string(),
+                "--agent-client-cert",
+                &controller_tls.join("tls.crt").display().to_string(),
+                "--agent-client-key",
+                &controller_tls.join("tls.key").display().to_string(),
             ]))
             .env("KUBECONFIG", &kubeconfig)
             .env("POD_NAMESPACE", "stratus-system");
@@ -331,10 +358,9 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
         })
         .await;
     }
-    let agent_http = reqwest::Client::new();
     let agent_get = |path: String| {
         let request = agent_http
-            .get(format!("http://127.0.0.1:{agent_port}{path}"))
+            .get(format!("{agent_url}{path}"))
             .bearer_auth("kubernetes-mode-agent-token-01");
         async move {
             let response = request.send().await.unwrap();
@@ -367,7 +393,7 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
 
     // Registering a hypervisor through REST stores its token as a Secret.
     let (status, _) = admin
-        .post("/v1/admin/hypervisors", json!({"name": "par1-hv2", "url": "http://127.0.0.1:1", "zone": "par1", "token": "second-token-0123456789"}))
+        .post("/v1/admin/hypervisors", json!({"name": "par1-hv2", "url": "https://127.0.0.1:1", "zone": "par1", "token": "second-token-0123456789"}))
         .await;
     assert_eq!(status, 201);
     let stored = secrets.get("stratus-hypervisor-par1-hv2").await.unwrap();

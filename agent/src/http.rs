@@ -38,6 +38,10 @@ impl AgentState {
     pub fn driver(&self) -> &Arc<Driver> {
         &self.driver
     }
+
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
 }
 
 pub fn router(state: AgentState) -> Router {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -23,6 +24,7 @@ pub struct AgentMetrics {
     pub registry: Registry,
     operations: Family<OperationLabels, Counter>,
     durations: Family<OperationKind, Histogram>,
+    certificate_expiry: Gauge,
 }
 
 impl Default for AgentMetrics {
@@ -42,15 +44,27 @@ impl Default for AgentMetrics {
             "Time spent in libvirt per operation",
             durations.clone(),
         );
+        let certificate_expiry = Gauge::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "When the agent's serving certificate expires (seconds since the epoch)",
+            certificate_expiry.clone(),
+        );
         Self {
             registry,
             operations,
             durations,
+            certificate_expiry,
         }
     }
 }
 
 impl AgentMetrics {
+    /// The gauge whoever loads the serving certificate keeps current.
+    pub fn certificate_expiry(&self) -> Gauge {
+        self.certificate_expiry.clone()
+    }
+
     pub fn record(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
         self.operations
             .get_or_create(&OperationLabels { operation, outcome })

@@ -223,7 +223,7 @@ pub enum ServerActionKind {
 pub struct RegisterHypervisor {
     /// Name of the hypervisor (lower-case, 1-63).
     pub name: String,
-    /// Base URL of its agent, e.g. `http://10.0.0.5:9090`.
+    /// Base URL of its agent, e.g. `https://10.0.0.5:9090`.
     pub url: String,
     /// Zone (datacenter) it is in.
     pub zone: String,

@@ -172,7 +172,7 @@ impl Api {
                 Method::POST,
                 "/v1/admin/hypervisors",
                 &self.admin,
-                Some(json!({"name": format!("hv-{zone}"), "url": "http://127.0.0.1:1", "zone": zone, "token": "0123456789abcdef0123"})),
+                Some(json!({"name": format!("hv-{zone}"), "url": "https://127.0.0.1:1", "zone": zone, "token": "0123456789abcdef0123"})),
             )
             .await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.body);
@@ -884,7 +884,7 @@ async fn servers_are_listed_page_by_page() {
 async fn hypervisor_registration_keeps_the_token_secret() {
     let api = api().await;
     let (_, customer) = api.customer("ACME").await;
-    let body = json!({"name": "hv1", "url": "http://127.0.0.1:9090", "zone": "par1", "token": "agent-token-0123456789"});
+    let body = json!({"name": "hv1", "url": "https://127.0.0.1:9090", "zone": "par1", "token": "agent-token-0123456789"});
     let denied = api
         .call(
             Method::POST,
@@ -951,6 +951,9 @@ async fn hypervisor_registration_keeps_the_token_secret() {
     );
     for (field, value) in [
         ("url", json!("ftp://x")),
+        // Agents serve mutual TLS only: a clear-text URL is refused.
+        ("url", json!("http://127.0.0.1:9091")),
+        ("url", json!("https://")),
         ("zone", json!("Par 1")),
         ("token", json!("short")),
         ("name", json!("HV!")),
@@ -960,7 +963,7 @@ async fn hypervisor_registration_keeps_the_token_secret() {
         ("name", json!("hv.1")),
         ("name", json!("hv1-")),
     ] {
-        let mut bad = json!({"name": "hv2", "url": "http://127.0.0.1:9091", "zone": "par1", "token": "agent-token-0123456789"});
+        let mut bad = json!({"name": "hv2", "url": "https://127.0.0.1:9091", "zone": "par1", "token": "agent-token-0123456789"});
         bad[field] = value;
         let reply = api
             .call(Method::POST, "/v1/admin/hypervisors", &api.admin, Some(bad))

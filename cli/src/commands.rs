@@ -21,6 +21,7 @@ use stratus_store::private_files::{ensure_private_dir, read_private_file, write_
 use stratus_store::{Database, Resources};
 
 use crate::serving::{self, Limits};
+use crate::tls::{CERTIFICATE_DAYS, CertificateAuthority, Role, TlsFiles};
 use crate::wiring::{self, BackendKind, Core, MasterKey};
 
 /// Size of the simulated hypervisor `stratus up` runs on libvirt's test driver.
@@ -55,6 +56,64 @@ pub struct UpArgs {
     /// Reconciles run at once.
     #[arg(long, default_value_t = 16)]
     workers: usize,
+    /// The in-process agent's certificate and key, and the CA of the
+    /// controller certificates it accepts; made in `DATA_DIR/tls` when absent.
+    #[command(flatten)]
+    agent_tls: AgentServerTlsArgs,
+    /// The controller side's certificate and key, and the CA of agent
+    /// certificates; made in `DATA_DIR/tls` when absent.
+    #[command(flatten)]
+    controller_tls: AgentClientTlsArgs,
+}
+
+/// The agent's side of the mutual TLS link.
+#[derive(Args)]
+pub struct AgentServerTlsArgs {
+    /// The agent's certificate (PEM; reloaded when it changes).
+    #[arg(long, env = "STRATUS_TLS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// The agent's private key (PEM, mode 0600).
+    #[arg(long, env = "STRATUS_TLS_KEY")]
+    tls_key: Option<PathBuf>,
+    /// The CA whose client certificates the agent accepts (the controller's).
+    #[arg(long, env = "STRATUS_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+}
+
+impl AgentServerTlsArgs {
+    fn files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        TlsFiles::from_flags(
+            self.tls_cert.as_ref(),
+            self.tls_key.as_ref(),
+            self.client_ca.as_ref(),
+            ["tls-cert", "tls-key", "client-ca"],
+        )
+    }
+}
+
+/// The controller's side of the mutual TLS link to the agents.
+#[derive(Args)]
+pub struct AgentClientTlsArgs {
+    /// The CA that signs the agents' certificates.
+    #[arg(long, env = "STRATUS_AGENT_CA")]
+    agent_ca: Option<PathBuf>,
+    /// The certificate the controller presents to agents (PEM; reloaded when it changes).
+    #[arg(long, env = "STRATUS_AGENT_CLIENT_CERT")]
+    agent_client_cert: Option<PathBuf>,
+    /// Its private key (PEM, mode 0600).
+    #[arg(long, env = "STRATUS_AGENT_CLIENT_KEY")]
+    agent_client_key: Option<PathBuf>,
+}
+
+impl AgentClientTlsArgs {
+    fn files(&self) -> anyhow::Result<Option<TlsFiles>> {
+        TlsFiles::from_flags(
+            self.agent_client_cert.as_ref(),
+            self.agent_client_key.as_ref(),
+            self.agent_ca.as_ref(),
+            ["agent-client-cert", "agent-client-key", "agent-ca"],
+        )
+    }
 }
 
 #[derive(Args)]
@@ -132,6 +191,8 @@ pub struct ControllerArgs {
     /// How long a leader that stops renewing keeps the Lease.
     #[arg(long, default_value_t = 15)]
     lease_seconds: u64,
+    #[command(flatten)]
+    agent_tls: AgentClientTlsArgs,
 }
 
 #[derive(Args)]
@@ -164,6 +225,76 @@ pub struct AgentArgs {
     /// Image volumes to create when missing (test driver only), e.g. `debian-12.qcow2`.
     #[arg(long)]
     seed_image: Vec<String>,
+    #[command(flatten)]
+    tls: AgentServerTlsArgs,
+}
+
+#[derive(Args)]
+pub struct TlsArgs {
+    #[command(subcommand)]
+    command: TlsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum TlsCommand {
+    /// Creates a CA (`ca.crt`, and `ca.key` mode 0600) in a directory, unless one is there.
+    Ca {
+        /// The CA's directory (made mode 0700).
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Issues a certificate from a CA made by `stratus tls ca` (or `stratus up`,
+    /// in `DATA_DIR/tls`): writes `tls.crt`, `tls.key` (0600) and `ca.crt`.
+    Issue {
+        /// The CA's directory.
+        #[arg(long)]
+        ca_dir: PathBuf,
+        /// What the certificate is for.
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Its subject name (the hypervisor's name, or `controller`).
+        #[arg(long)]
+        name: String,
+        /// A DNS name or IP address the agent is reached at (repeat for more).
+        #[arg(long)]
+        host: Vec<String>,
+        /// Days of validity.
+        #[arg(long, default_value_t = CERTIFICATE_DAYS)]
+        days: i64,
+        /// Where to write the files (made mode 0700).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+pub fn tls(args: TlsArgs) -> anyhow::Result<()> {
+    match args.command {
+        TlsCommand::Ca { dir } => {
+            CertificateAuthority::open_or_create(&dir, "stratus agent-link CA")?;
+            println!("{}", CertificateAuthority::certificate_path(&dir).display());
+        }
+        TlsCommand::Issue {
+            ca_dir,
+            role,
+            name,
+            host,
+            days,
+            out,
+        } => {
+            if !(1..=3650).contains(&days) {
+                bail!("--days must be between 1 and 3650");
+            }
+            let files =
+                CertificateAuthority::open(&ca_dir)?.issue(role, &name, &host, days, &out)?;
+            println!(
+                "{}\n{}\n{}",
+                files.cert.display(),
+                files.key.display(),
+                files.ca.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn crds_yaml() -> anyhow::Result<String> {
@@ -267,13 +398,20 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         }
     }
     let agent_token = load_or_create_secret(&data_dir.join("agent.token"))?;
+    if !args.agent_listen.ip().is_loopback() {
+        bail!(
+            "--agent-listen must be a loopback address: the in-process agent is for this machine only"
+        );
+    }
+    let (agent_tls, controller_tls) = local_certificates(&args, &data_dir)?;
     let agent_listener = wiring::bind(args.agent_listen, "agent").await?;
-    let agent_url = format!("http://{}", agent_listener.local_addr()?);
+    let agent_url = format!("https://{}", agent_listener.local_addr()?);
     register_local_hypervisor(&core, &agent_url, &agent_token).await?;
     let admin_token_path = data_dir.join("admin.token");
     let new_admin_token = bootstrap_admin(&core, &admin_token_path).await?;
 
     let mut registry = Registry::default();
+    let agents = wiring::agent_client(controller_tls, &mut registry)?;
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
@@ -284,7 +422,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             probe_interval: Duration::from_secs(5),
         },
         "stratus-up",
+        agents,
     )?;
+    let (agent_router, agent_server_tls) = wiring::agent_service(driver, &agent_token, agent_tls)?;
     let api = stratus_api::app(core.api_state(registry));
     let api_listener = wiring::bind(args.listen, "REST API").await?;
     let api_address = api_listener.local_addr()?;
@@ -292,8 +432,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let agent_task = tokio::spawn(serving::serve(
         agent_listener,
-        wiring::agent_router(driver, &agent_token),
+        agent_router,
         Limits::AGENT,
+        Some(agent_server_tls),
         shutdown.clone(),
     ));
     let controller_task = tokio::spawn(controller.run(shutdown.clone()));
@@ -301,6 +442,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         api_listener,
         api,
         Limits::API,
+        None,
         shutdown.clone(),
     ));
 
@@ -312,6 +454,50 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     controller_task.await?;
     core.db.close().await;
     Ok(())
+}
+
+/// The certificates of the in-process agent and of the controller side:
+/// the flags' files, or issued at every start from a CA kept in
+/// `DATA_DIR/tls` (made on first use), valid for the loopback names.
+fn local_certificates(args: &UpArgs, data_dir: &Path) -> anyhow::Result<(TlsFiles, TlsFiles)> {
+    let (agent, controller) = (args.agent_tls.files()?, args.controller_tls.files()?);
+    if let (Some(agent), Some(controller)) = (&agent, &controller) {
+        return Ok((agent.clone(), controller.clone()));
+    }
+    let tls_dir = data_dir.join("tls");
+    let ca = CertificateAuthority::open_or_create(&tls_dir, "stratus up local CA")?;
+    let agent = match agent {
+        Some(files) => files,
+        None => {
+            let mut hosts = vec![
+                "127.0.0.1".to_owned(),
+                "::1".to_owned(),
+                "localhost".to_owned(),
+            ];
+            let listen = args.agent_listen.ip().to_string();
+            if !hosts.contains(&listen) {
+                hosts.push(listen);
+            }
+            ca.issue(
+                Role::Agent,
+                LOCAL_HYPERVISOR,
+                &hosts,
+                CERTIFICATE_DAYS,
+                &tls_dir.join("agent"),
+            )?
+        }
+    };
+    let controller = match controller {
+        Some(files) => files,
+        None => ca.issue(
+            Role::Controller,
+            "controller",
+            &[],
+            CERTIFICATE_DAYS,
+            &tls_dir.join("controller"),
+        )?,
+    };
+    Ok((agent, controller))
 }
 
 async fn register_local_hypervisor(core: &Core, url: &str, token: &str) -> anyhow::Result<()> {
@@ -471,7 +657,7 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let app = stratus_api::app(core.api_state(Registry::default()));
     let listener = wiring::bind(args.listen, "REST API").await?;
     tracing::info!(listen = %args.listen, backend = ?args.shared.backend, "stratus API serving");
-    serving::serve(listener, app, Limits::API, shutdown).await
+    serving::serve(listener, app, Limits::API, None, shutdown).await
 }
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
@@ -481,7 +667,13 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "stratus".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let Some(agent_tls) = args.agent_tls.files()? else {
+        bail!(
+            "--agent-ca, --agent-client-cert and --agent-client-key are required: agents are reached over mutual TLS"
+        );
+    };
     let mut registry = Registry::default();
+    let agents = wiring::agent_client(agent_tls, &mut registry)?;
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
@@ -492,6 +684,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         &identity,
+        agents,
     )?;
     let registry = Arc::new(registry);
     let metrics_router = axum::Router::new()
@@ -513,6 +706,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         listener,
         metrics_router,
         Limits::METRICS,
+        None,
         shutdown.clone(),
     ));
 
@@ -555,6 +749,11 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
 }
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    let Some(tls_files) = args.tls.files()? else {
+        bail!(
+            "--tls-cert, --tls-key and --client-ca are required: the agent serves mutual TLS only"
+        );
+    };
     let token = read_secret_file(&args.token_file)?;
     let mut config = driver_config(
         &args.libvirt_uri,
@@ -577,13 +776,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || driver.seed_image(&image, 2)).await??;
     }
     let shutdown = wiring::shutdown_signal();
+    let (router, tls) = wiring::agent_service(driver, &token, tls_files)?;
     let listener = wiring::bind(args.listen, "agent").await?;
-    tracing::info!(listen = %args.listen, zone = %args.zone, uri = %args.libvirt_uri, "stratus agent serving");
-    serving::serve(
-        listener,
-        wiring::agent_router(driver, &token),
-        Limits::AGENT,
-        shutdown,
-    )
-    .await
+    tracing::info!(listen = %args.listen, zone = %args.zone, uri = %args.libvirt_uri, "stratus agent serving (mutual TLS)");
+    serving::serve(listener, router, Limits::AGENT, Some(tls), shutdown).await
 }

@@ -2,6 +2,7 @@
 
 mod commands;
 mod serving;
+mod tls;
 mod wiring;
 
 use std::path::PathBuf;
@@ -28,6 +29,8 @@ enum Command {
     Agent(commands::AgentArgs),
     /// Issues a new operator (admin) token and prints it.
     AdminToken(commands::AdminTokenArgs),
+    /// Certificates for the mutual TLS between the controller and the agents.
+    Tls(commands::TlsArgs),
     /// Prints the CustomResourceDefinitions (YAML) of every kind.
     Crds,
     /// Checks a configuration file and prints it with defaults filled in.
@@ -52,6 +55,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", commands::crds_yaml()?);
             Ok(())
         }
+        Command::Tls(args) => commands::tls(args),
         Command::CheckConfig { file } => {
             let config = wiring::load_config(Some(&file))?;
             print!("{}", serde_yaml::to_string(&config)?);
@@ -68,7 +72,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Controller(args) => commands::controller(args).await,
                     Command::Agent(args) => commands::agent(args).await,
                     Command::AdminToken(args) => commands::admin_token(args).await,
-                    Command::Crds | Command::CheckConfig { .. } => Ok(()),
+                    Command::Crds | Command::Tls(_) | Command::CheckConfig { .. } => Ok(()),
                 }
             })
         }

@@ -50,11 +50,17 @@ impl Limits {
 /// How long open connections get to finish at shutdown.
 const DRAIN: Duration = Duration::from_secs(10);
 
-/// Serves `router` on `listener` within `limits` until `shutdown` turns true.
+/// The TLS configuration of a server, replaced when its files change.
+pub type ServerTls = watch::Receiver<Arc<rustls::ServerConfig>>;
+
+/// Serves `router` on `listener` within `limits` until `shutdown` turns
+/// true; over TLS when `tls` is given (the handshake counts against the
+/// header-read limit, and a client that does not complete it is dropped).
 pub async fn serve(
     listener: TcpListener,
     router: axum::Router,
     limits: Limits,
+    tls: Option<ServerTls>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let router = router.layer(TimeoutLayer::with_status_code(
@@ -85,10 +91,34 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = http.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
+        let (http, watcher) = (http.clone(), graceful.watcher());
+        let acceptor = tls
+            .as_ref()
+            .map(|tls| tokio_rustls::TlsAcceptor::from(tls.borrow().clone()));
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let outcome = match acceptor {
+                None => {
+                    let connection = http.serve_connection(TokioIo::new(stream), service);
+                    watcher.watch(connection).await
+                }
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            let connection = http.serve_connection(TokioIo::new(stream), service);
+                            watcher.watch(connection).await
+                        }
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake refused");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(error) = outcome {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
             drop(permit);
@@ -134,7 +164,7 @@ mod tests {
                 }),
             );
         let (stop, stopped) = watch::channel(false);
-        tokio::spawn(serve(listener, router, limits, stopped));
+        tokio::spawn(serve(listener, router, limits, None, stopped));
         (address, stop)
     }
 

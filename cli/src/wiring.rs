@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use stratus_agent::{AgentState, Driver};
 use stratus_api::{ApiDeps, ApiState};
@@ -20,6 +21,9 @@ use stratus_store::secrets::{KubeSecrets, Secrets};
 use stratus_store::vault::Vault;
 use stratus_store::{Database, KubeObjectStore, ObjectStore, Resources, SqlObjectStore};
 use tokio::sync::watch;
+
+use crate::serving::ServerTls;
+use crate::tls::{self, TlsFiles};
 
 pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
     match path {
@@ -125,12 +129,14 @@ impl Core {
         })
     }
 
-    /// Every reconciler, on one runtime; `instance` names this replica in events.
+    /// Every reconciler, on one runtime, reaching agents through `agents`;
+    /// `instance` names this replica in events.
     pub fn controller(
         &self,
         registry: &mut Registry,
         settings: ControllerConfig,
         instance: &str,
+        agents: HttpAgentClient,
     ) -> anyhow::Result<Runtime> {
         let directory = AgentDirectory {
             hypervisors: Resources::new(self.objects()),
@@ -138,7 +144,7 @@ impl Core {
         };
         let mut ctx = ControllerContext::new(
             self.clock.clone(),
-            Arc::new(HttpAgentClient::new()?),
+            Arc::new(agents),
             directory,
             self.ledger.clone(),
         )
@@ -209,8 +215,43 @@ pub async fn bind(address: SocketAddr, what: &str) -> anyhow::Result<tokio::net:
         .with_context(|| format!("cannot listen on {address} for the {what}"))
 }
 
-pub fn agent_router(driver: Arc<Driver>, token: &str) -> axum::Router {
-    stratus_agent::router(AgentState::new(driver, token))
+/// The agent's API over mutual TLS with `files` (reloaded when they change).
+pub fn agent_service(
+    driver: Arc<Driver>,
+    token: &str,
+    files: TlsFiles,
+) -> anyhow::Result<(axum::Router, ServerTls)> {
+    let state = AgentState::new(driver, token);
+    let tls = tls::watch_files(
+        "agent",
+        files,
+        tls::server_config,
+        state.metrics().certificate_expiry(),
+        tls::RELOAD_CHECK,
+    )?;
+    Ok((stratus_agent::router(state), tls))
+}
+
+/// The controller's client of the agents, over mutual TLS with `files`
+/// (reloaded when they change); the certificate's expiry joins `registry`.
+pub fn agent_client(files: TlsFiles, registry: &mut Registry) -> anyhow::Result<HttpAgentClient> {
+    let expiry = Gauge::default();
+    registry.register(
+        "stratus_controller_agent_client_certificate_expiry_timestamp_seconds",
+        "When the certificate the controller presents to agents expires (seconds since the epoch)",
+        expiry.clone(),
+    );
+    let http = tls::watch_files(
+        "agent client",
+        files,
+        |files| {
+            let (config, not_after) = tls::client_config(files)?;
+            Ok((HttpAgentClient::https_client(config)?, not_after))
+        },
+        expiry,
+        tls::RELOAD_CHECK,
+    )?;
+    Ok(HttpAgentClient::new(http))
 }
 
 /// Turns SIGINT/SIGTERM into the shutdown signal.

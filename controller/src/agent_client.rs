@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport,
@@ -118,26 +120,45 @@ impl AgentDirectory {
     }
 }
 
-/// The agent client over HTTP.
+/// The agent client: HTTPS with mutual TLS, plus the agent's bearer token.
 #[derive(Clone)]
 pub struct HttpAgentClient {
-    http: reqwest::Client,
+    /// Replaced when the controller's certificate files change.
+    http: watch::Receiver<reqwest::Client>,
     /// Ensure may wait for a guest to shut down, so it gets longer.
     slow_timeout: Duration,
 }
 
 impl HttpAgentClient {
-    pub fn new() -> Result<Self, AgentCallError> {
-        let http = reqwest::Client::builder()
+    /// A client using the latest of `http` (see [`Self::https_client`]).
+    pub fn new(http: watch::Receiver<reqwest::Client>) -> Self {
+        Self {
+            http,
+            slow_timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// A client that always uses `http`.
+    pub fn fixed(http: reqwest::Client) -> Self {
+        Self::new(watch::channel(http).1)
+    }
+
+    /// The HTTP client for agents over `tls` (the controller's certificate
+    /// and the CA its agents' certificates come from): HTTPS only, so a
+    /// Hypervisor whose URL says `http://` is never called in clear.
+    pub fn https_client(tls: rustls::ClientConfig) -> Result<reqwest::Client, AgentCallError> {
+        reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(15))
             .pool_max_idle_per_host(32)
             .build()
-            .map_err(|e| AgentCallError::Unreachable(format!("cannot build HTTP client: {e}")))?;
-        Ok(Self {
-            http,
-            slow_timeout: Duration::from_secs(300),
-        })
+            .map_err(|e| AgentCallError::Unreachable(format!("cannot build HTTP client: {e}")))
+    }
+
+    fn http(&self) -> reqwest::Client {
+        self.http.borrow().clone()
     }
 
     fn url(agent: &AgentEndpoint, path: &str) -> String {
@@ -212,17 +233,24 @@ async fn read_bounded(mut response: reqwest::Response) -> Result<Vec<u8>, AgentC
 fn describe(error: &reqwest::Error) -> String {
     if error.is_timeout() {
         "timed out".to_owned()
-    } else if error.is_connect() {
-        "connection refused or unreachable".to_owned()
     } else {
-        error.to_string()
+        // The innermost causes say what went wrong: refused, unreachable,
+        // or which certificate the TLS handshake rejected.
+        let mut text = error.to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        text
     }
 }
 
 #[async_trait]
 impl AgentClient for HttpAgentClient {
     async fn node(&self, agent: &AgentEndpoint) -> Result<NodeReport, AgentCallError> {
-        self.send(self.http.get(Self::url(agent, "/v1/node")), agent)
+        self.send(self.http().get(Self::url(agent, "/v1/node")), agent)
             .await
     }
 
@@ -232,7 +260,7 @@ impl AgentClient for HttpAgentClient {
         domain: &str,
     ) -> Result<DomainObservation, AgentCallError> {
         self.send(
-            self.http
+            self.http()
                 .get(Self::url(agent, &format!("/v1/domains/{domain}"))),
             agent,
         )
@@ -246,7 +274,7 @@ impl AgentClient for HttpAgentClient {
         spec: &DomainSpec,
     ) -> Result<DomainObservation, AgentCallError> {
         let request = self
-            .http
+            .http()
             .put(Self::url(agent, &format!("/v1/domains/{domain}")))
             .timeout(self.slow_timeout)
             .json(spec);
@@ -259,7 +287,7 @@ impl AgentClient for HttpAgentClient {
         domain: &str,
     ) -> Result<DomainObservation, AgentCallError> {
         let request = self
-            .http
+            .http()
             .post(Self::url(agent, &format!("/v1/domains/{domain}/reboot")))
             .timeout(self.slow_timeout);
         self.send(request, agent).await
@@ -271,7 +299,7 @@ impl AgentClient for HttpAgentClient {
         domain: &str,
     ) -> Result<DomainObservation, AgentCallError> {
         let request = self
-            .http
+            .http()
             .delete(Self::url(agent, &format!("/v1/domains/{domain}")))
             .timeout(self.slow_timeout);
         self.send(request, agent).await

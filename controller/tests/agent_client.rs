@@ -1,18 +1,88 @@
 //! The HTTP agent client against hostile agents on 127.0.0.1.
 
+use std::sync::Arc;
 use stratus_controller::agent_client::MAX_AGENT_RESPONSE;
 use stratus_controller::{AgentCallError, AgentClient, AgentEndpoint, HttpAgentClient};
+
+use rcgen::{CertificateParams, CertifiedKey, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use stratus_core::ids::HypervisorName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn leaf(
+    issuer: &Issuer<'_, KeyPair>,
+    hosts: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+) -> CertifiedKey<KeyPair> {
+    let mut params =
+        CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>()).unwrap();
+    params.extended_key_usages = vec![usage];
+    let signing_key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&signing_key, issuer).unwrap();
+    CertifiedKey { cert, signing_key }
+}
+
+fn der(key: &KeyPair) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::try_from(key.serialize_der()).unwrap()
+}
+
+/// The two ends of an agent link, from one throw-away CA: the agent's
+/// server configuration and the controller's client.
+fn link() -> (Arc<rustls::ServerConfig>, HttpAgentClient) {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_cert.der().to_vec()))
+        .unwrap();
+    let roots = Arc::new(roots);
+
+    let agent = leaf(&issuer, &["127.0.0.1"], ExtendedKeyUsagePurpose::ServerAuth);
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .unwrap();
+    let server = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(vec![agent.cert.der().clone()], der(&agent.signing_key))
+        .unwrap();
+
+    let controller = leaf(&issuer, &[], ExtendedKeyUsagePurpose::ClientAuth);
+    let client = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![controller.cert.der().clone()],
+            der(&controller.signing_key),
+        )
+        .unwrap();
+    let client = HttpAgentClient::fixed(HttpAgentClient::https_client(client).unwrap());
+    (Arc::new(server), client)
+}
+
 /// An "agent" that answers every request with a 200 head and then `body_len`
 /// bytes of JSON whitespace, without announcing a length.
-async fn endless_agent(body_len: usize) -> String {
+async fn endless_agent(tls: Arc<rustls::ServerConfig>, body_len: usize) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(stream).await else {
+                    return;
+                };
                 let mut request = [0u8; 4096];
                 let _ = stream.read(&mut request).await;
                 let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n";
@@ -30,19 +100,38 @@ async fn endless_agent(body_len: usize) -> String {
             });
         }
     });
-    format!("http://{address}")
+    format!("https://{address}")
 }
 
 #[tokio::test]
 async fn an_agent_answer_beyond_the_cap_is_refused_not_buffered() {
+    let (tls, client) = link();
     let agent = AgentEndpoint {
         hypervisor: HypervisorName::parse("hv1").unwrap(),
-        url: endless_agent(4 * MAX_AGENT_RESPONSE).await,
+        url: endless_agent(tls, 4 * MAX_AGENT_RESPONSE).await,
         token: "t".into(),
     };
-    let client = HttpAgentClient::new().unwrap();
     match client.node(&agent).await {
         Err(AgentCallError::Unreachable(why)) => assert!(why.contains("larger than"), "{why}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn an_agent_url_in_clear_text_is_never_called() {
+    let (_, client) = link();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let agent = AgentEndpoint {
+        hypervisor: HypervisorName::parse("hv1").unwrap(),
+        url: format!("http://{}", listener.local_addr().unwrap()),
+        token: "secret-agent-token".into(),
+    };
+    assert!(matches!(
+        client.node(&agent).await,
+        Err(AgentCallError::Unreachable(_))
+    ));
+    // Nothing connected: the token never left in clear.
+    let accepted =
+        tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
+    assert!(accepted.is_err(), "the client connected over plain HTTP");
 }

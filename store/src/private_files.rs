@@ -76,10 +76,19 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), PrivateFileError> {
 
 /// Opens an existing secret file for reading (symlinks are followed: a
 /// Kubernetes Secret volume is made of them), refusing it when others may
-/// read or write it.
+/// read or write it. Read access for the file's group is allowed only when
+/// that group is this process's own: a Secret volume mounted for a
+/// non-root pod is readable through its `fsGroup` and nothing else.
 pub fn read_private_file(path: &Path) -> Result<String, PrivateFileError> {
     let mut file = File::open(path).map_err(io(path))?;
-    check_private(path, &file)?;
+    let meta = file.metadata().map_err(io(path))?;
+    // SAFETY: getegid has no preconditions and cannot fail.
+    let own_group = meta.gid() == unsafe { libc::getegid() };
+    if own_group && meta.is_file() {
+        check_mode(path, meta.mode() & !0o040, 0o600)?;
+    } else {
+        check_private(path, &file)?;
+    }
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(io(path))?;
     Ok(text)
@@ -163,6 +172,20 @@ mod tests {
             "new",
             "a refused write changes nothing"
         );
+
+        // Readable by its own group (a Secret volume's fsGroup): read, not written.
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(read_private_file(&key).unwrap(), "new");
+        for loose in [0o660, 0o604] {
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(loose)).unwrap();
+            assert!(
+                matches!(
+                    read_private_file(&key),
+                    Err(PrivateFileError::TooOpen { .. })
+                ),
+                "{loose:o}"
+            );
+        }
 
         std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
         assert!(matches!(

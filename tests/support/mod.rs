@@ -123,7 +123,11 @@ impl Stratus {
 }
 
 pub async fn wait_healthy(base: &str, process: &Process) {
-    let http = reqwest::Client::new();
+    wait_healthy_with(&http_client(), base, process).await;
+}
+
+/// Waits until `base/healthz` answers through `http`.
+pub async fn wait_healthy_with(http: &reqwest::Client, base: &str, process: &Process) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(response) = http.get(format!("{base}/healthz")).send().await
@@ -150,7 +154,7 @@ pub struct Client {
 impl Client {
     pub fn new(base: &str, token: &str) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: http_client(),
             base: base.to_owned(),
             token: token.to_owned(),
         }
@@ -267,4 +271,85 @@ pub fn mode_of(path: &Path) -> u32 {
         .permissions()
         .mode()
         & 0o777
+}
+
+/// A plain HTTP client for the REST API. The binary's reqwest has no
+/// built-in crypto provider (rustls with ring, chosen explicitly), so the
+/// process default is set first.
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
+/// Runs `stratus tls …` (CA and certificates for the agent link).
+pub fn stratus_tls(binary: &Path, args: &[&str]) {
+    let output = Command::new(binary)
+        .arg("tls")
+        .args(args)
+        .output()
+        .expect("run stratus tls");
+    assert!(
+        output.status.success(),
+        "stratus tls {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Issues an agent certificate for 127.0.0.1 from the CA in `ca_dir` into `out`.
+pub fn issue_agent_certificate(binary: &Path, ca_dir: &Path, name: &str, out: &Path) {
+    stratus_tls(
+        binary,
+        &[
+            "issue",
+            "--ca-dir",
+            &ca_dir.display().to_string(),
+            "--role",
+            "agent",
+            "--name",
+            name,
+            "--host",
+            "127.0.0.1",
+            "--out",
+            &out.display().to_string(),
+        ],
+    );
+}
+
+/// The agent's TLS flags for the files `stratus tls issue` wrote in `dir`.
+pub fn agent_tls_args(dir: &Path) -> Vec<String> {
+    [
+        ("--tls-cert", "tls.crt"),
+        ("--tls-key", "tls.key"),
+        ("--client-ca", "ca.crt"),
+    ]
+    .iter()
+    .flat_map(|(flag, file)| [(*flag).to_owned(), dir.join(file).display().to_string()])
+    .collect()
+}
+
+/// An HTTP client of agents presenting the certificate in `dir` (as the
+/// controller does), trusting agents signed by the CA there.
+pub fn agent_http(dir: &Path) -> reqwest::Client {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(dir.join("ca.crt")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(dir.join("tls.crt"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("tls.key")).unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .unwrap()
 }

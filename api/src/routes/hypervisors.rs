@@ -59,7 +59,10 @@ pub async fn register_hypervisor(
             "zone must be lower-case letters, digits, '-', '.' or '_' (1-63)",
         ));
     }
-    let url_ok = (request.url.starts_with("http://") || request.url.starts_with("https://"))
+    let url_ok = request
+        .url
+        .strip_prefix("https://")
+        .is_some_and(|host| !host.is_empty() && !host.starts_with('/'))
         && request.url.len() <= 2048
         && !request
             .url
@@ -68,7 +71,7 @@ pub async fn register_hypervisor(
     if !url_ok {
         return Err(ApiError::invalid(
             "url",
-            "url must be an http:// or https:// URL of the agent",
+            "url must be the https:// URL of the agent (agents serve mutual TLS only)",
         ));
     }
     if request.token.len() < MIN_AGENT_TOKEN_LEN

@@ -41,7 +41,9 @@ use crate::conditions::Condition;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct HypervisorSpec {
-    /// Base URL of the node agent's HTTP API.
+    /// Base URL of the node agent's API: `https://`, as agents serve
+    /// mutual TLS only.
+    #[schemars(length(min = 9, max = 2048), regex(pattern = r"^https://"))]
     pub url: String,
     /// Zone (datacenter) the hypervisor is in.
     pub zone: String,
