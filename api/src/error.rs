@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
+use stratus_core::quota::QuotaExceeded;
 use stratus_store::StoreError;
 use utoipa::ToSchema;
 
@@ -99,6 +100,21 @@ impl ApiError {
 
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
+    }
+
+    /// An order that does not fit the account's quota.
+    pub fn quota_exceeded(exceeded: QuotaExceeded) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quota_exceeded",
+            format!("the order does not fit the account's quota: {exceeded}"),
+        )
+        .with_details(json!({
+            "quota": exceeded.quota.key(),
+            "limit": exceeded.limit,
+            "used": exceeded.used,
+            "requested": exceeded.requested,
+        }))
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use ring::rand::{SecureRandom, SystemRandom};
+use stratus_core::quota::Quota;
 use stratus_core::resources::{Account, Hypervisor, VirtualServer};
 use stratus_core::{Clock, Config};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger};
@@ -75,6 +76,16 @@ impl ApiState {
 
     pub fn random_u64(&self) -> Result<u64, ApiError> {
         Ok(u64::from_be_bytes(self.random_bytes::<8>()?))
+    }
+
+    /// The limits `account` orders within: its own, the provider's default
+    /// for keys it has none of.
+    pub fn quota_of(&self, account: &Account) -> Quota {
+        account
+            .spec
+            .quota
+            .unwrap_or_default()
+            .or(self.config.quotas)
     }
 
     pub fn now_millis(&self) -> i64 {

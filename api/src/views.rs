@@ -4,6 +4,7 @@
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use stratus_core::config::{Image, Plan};
+use stratus_core::quota::{Quota, Usage};
 use stratus_core::resources::{
     Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer,
 };
@@ -34,6 +35,68 @@ pub struct AccountView {
     /// `active`, `suspended` or `closed`.
     pub state: String,
     pub created_at: Option<String>,
+    /// The limits the account orders within (its own, else the provider's
+    /// defaults); shown with one account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaBody>,
+    /// What the account holds against them; shown with one account.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<UsageView>,
+}
+
+/// Limits of an account, keyed as the configuration's `quotas:`; an absent
+/// or `null` key is unlimited (or, for an account's own quota, the
+/// provider's default).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaBody {
+    pub servers: Option<u64>,
+    pub vcpus: Option<u64>,
+    pub memory_mib: Option<u64>,
+    pub disk_gib: Option<u64>,
+}
+
+impl From<Quota> for QuotaBody {
+    fn from(quota: Quota) -> Self {
+        Self {
+            servers: quota.servers,
+            vcpus: quota.vcpus,
+            memory_mib: quota.memory_mib,
+            disk_gib: quota.disk_gib,
+        }
+    }
+}
+
+impl From<QuotaBody> for Quota {
+    fn from(body: QuotaBody) -> Self {
+        Self {
+            servers: body.servers,
+            vcpus: body.vcpus,
+            memory_mib: body.memory_mib,
+            disk_gib: body.disk_gib,
+        }
+    }
+}
+
+/// What an account holds, in the units of its quota.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UsageView {
+    pub servers: u64,
+    pub vcpus: u64,
+    pub memory_mib: u64,
+    pub disk_gib: u64,
+}
+
+impl From<Usage> for UsageView {
+    fn from(usage: Usage) -> Self {
+        Self {
+            servers: usage.servers,
+            vcpus: usage.vcpus,
+            memory_mib: usage.memory_mib,
+            disk_gib: usage.disk_gib,
+        }
+    }
 }
 
 impl From<&Account> for AccountView {
@@ -53,6 +116,8 @@ impl From<&Account> for AccountView {
                 .creation_timestamp
                 .as_ref()
                 .map(|t| t.0.to_string()),
+            quota: None,
+            usage: None,
         }
     }
 }

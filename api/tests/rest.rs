@@ -12,7 +12,7 @@ use stratus_api::auth::issue_token;
 use stratus_api::{ApiDeps, ApiState, app};
 use stratus_core::ids::{AccountId, ServerId};
 use stratus_core::{Config, ManualClock};
-use stratus_store::ledger::{AuditSubject, Ledger, TokenScope};
+use stratus_store::ledger::{AuditAction, AuditSubject, Ledger, TokenScope};
 use stratus_store::testing::{self, ScratchDatabase};
 use stratus_store::vault::Vault;
 use stratus_store::{ObjectStore, SqlObjectStore};
@@ -32,6 +32,10 @@ struct Reply {
 }
 
 async fn api_on(scratch: ScratchDatabase) -> Api {
+    api_configured(scratch, Config::default()).await
+}
+
+async fn api_configured(scratch: ScratchDatabase, config: Config) -> Api {
     let clock = Arc::new(ManualClock::at_test_time());
     let store: Arc<dyn ObjectStore> =
         Arc::new(SqlObjectStore::new(scratch.db.clone(), clock.clone()));
@@ -39,7 +43,7 @@ async fn api_on(scratch: ScratchDatabase) -> Api {
         store,
         ledger: Ledger::new(scratch.db.clone()),
         secrets: Arc::new(Vault::new(scratch.db.clone(), &[3u8; 32], clock.clone()).unwrap()),
-        config: Arc::new(Config::default()),
+        config: Arc::new(config),
         clock,
         registry: Registry::default(),
     });
@@ -1065,4 +1069,136 @@ async fn metric_labels_stay_bounded_whatever_clients_send() {
     );
     assert!(text.contains("route=\"unmatched\""), "{text}");
     assert!(series.len() <= 5, "{series:#?}");
+}
+
+#[tokio::test]
+async fn orders_beyond_the_quota_are_refused_naming_it_and_create_nothing() {
+    let config = Config {
+        quotas: stratus_core::quota::Quota {
+            servers: Some(2),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let api = api_configured(testing::sqlite().await, config).await;
+    let (account, token) = api.customer("ACME").await;
+    for name in ["web1", "web2"] {
+        let reply = api
+            .call(Method::POST, "/v1/servers", &token, Some(order(name)))
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    let refused = api.order_keyed(&token, "third-order", "web3").await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "quota_exceeded",
+        None,
+    );
+    assert_eq!(
+        refused.body["error"]["details"],
+        json!({"quota": "servers", "limit": 2, "used": 2, "requested": 1})
+    );
+    assert_eq!(
+        api.server_count().await,
+        2,
+        "a refused order creates nothing"
+    );
+
+    let shown = api
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{account}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(
+        shown.body["quota"],
+        json!({"servers": 2, "vcpus": null, "memoryMib": null, "diskGib": null})
+    );
+    assert_eq!(
+        shown.body["usage"],
+        json!({"servers": 2, "vcpus": 2, "memoryMib": 2048, "diskGib": 50})
+    );
+
+    // Bad quotas are refused naming the field, and change nothing.
+    let path = format!("/v1/admin/accounts/{account}/quota");
+    for (body, field) in [
+        (json!({"servers": -1}), "servers"),
+        (json!({"gpus": 4}), "gpus"),
+        (json!({"vcpus": "many"}), "vcpus"),
+    ] {
+        let reply = api.call(Method::PUT, &path, &api.admin, Some(body)).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request", Some(field));
+    }
+    let customer = api
+        .call(Method::PUT, &path, &token, Some(json!({"servers": 100})))
+        .await;
+    assert_eq!(customer.status, StatusCode::FORBIDDEN, "{}", customer.body);
+    let nobody = api
+        .call(
+            Method::PUT,
+            "/v1/admin/accounts/acc-00000000000000ff/quota",
+            &api.admin,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{}", nobody.body);
+
+    // The account's own quota: more servers, but at most 3 vCPUs.
+    let set = api
+        .call(
+            Method::PUT,
+            &path,
+            &api.admin,
+            Some(json!({"servers": 10, "vcpus": 3})),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    assert_eq!(set.body["quota"]["servers"], 10);
+    // The refused key was forgotten: the same key orders now.
+    let retried = api.order_keyed(&token, "third-order", "web3").await;
+    assert_eq!(retried.status, StatusCode::ACCEPTED, "{}", retried.body);
+    let over = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web4")))
+        .await;
+    assert_error(
+        &over,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "quota_exceeded",
+        None,
+    );
+    assert_eq!(over.body["error"]["details"]["quota"], "vcpus");
+
+    // Racing orders cannot overshoot: room for 4 more servers, 12 race.
+    api.call(Method::PUT, &path, &api.admin, Some(json!({"servers": 7})))
+        .await;
+    let racing = (0..12).map(|i| {
+        api.call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(order(&format!("race{i}"))),
+        )
+    });
+    let replies = futures::future::join_all(racing).await;
+    let accepted = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(accepted, 4);
+    assert_eq!(api.server_count().await, 7);
+    let audit = api
+        .state
+        .ledger
+        .audit()
+        .trail(&AuditSubject::Account(account.clone()))
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == AuditAction::AccountQuota),
+        "{audit:?}"
+    );
 }

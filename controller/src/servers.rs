@@ -13,6 +13,7 @@ use stratus_core::agent_api::{DiskDisposal, DomainSpec};
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
+use stratus_core::quota::charged_object;
 use stratus_core::resources::{
     SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer, VirtualServerStatus,
 };
@@ -274,6 +275,13 @@ impl ServerReconciler {
             .macs()
             .release(&mac_holder(server)?.0, self.now_millis())
             .await?;
+        if let Some(namespace) = server.namespace() {
+            self.ctx
+                .ledger
+                .quotas()
+                .release(&charged_object(&namespace, &server.name_any()))
+                .await?;
+        }
         // The server existed: a retried order naming it must not bring it
         // back (kubectl deletes do not pass through the API).
         if let Some(account) = server.namespace().as_deref().and_then(AccountId::parse) {

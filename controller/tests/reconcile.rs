@@ -13,6 +13,7 @@ use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerEr
 use stratus_core::agent_api::DomainState;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason};
 use stratus_core::ids::HypervisorName;
+use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec, VirtualServerStatus,
 };
@@ -492,6 +493,20 @@ async fn deletion_destroys_then_releases_the_object() {
     let h = harness().await;
     h.add_hypervisor("hv1", "default", 8, 16384).await;
     h.order("vs-1", None).await;
+    // What the API charged the account for it.
+    let quotas = h.ledger.quotas();
+    let charge = Usage {
+        servers: 1,
+        vcpus: 1,
+        memory_mib: 1024,
+        disk_gib: 25,
+    };
+    let charged = charged_object(NS, "vs-1");
+    quotas
+        .charge(NS, &charged, charge, Quota::default(), 0)
+        .await
+        .unwrap()
+        .unwrap();
     h.reconcile("vs-1").await.unwrap();
     h.servers.delete(Some(NS), "vs-1").await.unwrap();
     h.sim.set_reachable("hv1", false);
@@ -499,11 +514,21 @@ async fn deletion_destroys_then_releases_the_object() {
         h.reconcile("vs-1").await.is_err(),
         "agent down: the finalizer stays"
     );
+    assert_eq!(
+        quotas.usage(NS).await.unwrap(),
+        charge,
+        "held until torn down"
+    );
     assert_eq!(h.status("vs-1").await.phase, ServerPhase::Terminating);
     h.sim.set_reachable("hv1", true);
     assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
     assert!(h.servers.get(Some(NS), "vs-1").await.unwrap().is_none());
     assert!(h.sim.domains("hv1").is_empty());
+    assert_eq!(
+        quotas.usage(NS).await.unwrap(),
+        Usage::default(),
+        "the quota is given back"
+    );
     assert_eq!(
         h.reconcile("vs-1").await.unwrap(),
         Outcome::Done,

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::quota::Quota;
 use crate::resources::ServerResources;
 use crate::validate;
 
@@ -62,6 +63,10 @@ pub struct Config {
     pub plans: Vec<Plan>,
     #[serde(default = "default_images")]
     pub images: Vec<Image>,
+    /// Every account's quota unless the account has its own (key by key);
+    /// a key absent here is unlimited.
+    #[serde(default)]
+    pub quotas: Quota,
 }
 
 impl Default for Config {
@@ -69,6 +74,7 @@ impl Default for Config {
         Self {
             plans: default_plans(),
             images: default_images(),
+            quotas: Quota::default(),
         }
     }
 }

@@ -208,6 +208,7 @@ pub fn account(id: &str) -> AccountBuilder {
         spec: AccountSpec {
             display_name: "ACME".into(),
             email: "ops@acme.example".into(),
+            quota: None,
         },
         status: None,
     })

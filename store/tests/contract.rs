@@ -792,3 +792,85 @@ async fn mac_addresses_are_unique_while_held_and_sticky_per_holder() {
         assert_eq!(macs.held().await.unwrap(), 65, "{label}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_orders_never_take_an_account_past_its_quota() {
+    use stratus_core::quota::{Quota, QuotaKind, Usage};
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let server = Usage {
+            servers: 1,
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_gib: 25,
+        };
+        let limits = Quota {
+            servers: Some(10),
+            vcpus: Some(14),
+            ..Default::default()
+        };
+        // 40 orders race for room for 7 (the vCPU limit binds first).
+        let racing = (0..40).map(|i| {
+            let ledger = ledger.clone();
+            async move {
+                ledger
+                    .quotas()
+                    .charge("acc-1", &format!("acc-1/vs-{i}"), server, limits, 1)
+                    .await
+                    .unwrap()
+            }
+        });
+        let outcomes = futures::future::join_all(racing).await;
+        let accepted = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(accepted, 7, "{label}");
+        let refused = outcomes.iter().find_map(|o| o.err()).unwrap();
+        assert_eq!(refused.quota, QuotaKind::Vcpus, "{label}");
+        assert_eq!(
+            (refused.limit, refused.used, refused.requested),
+            (14, 14, 2)
+        );
+        let quotas = ledger.quotas();
+        assert_eq!(
+            quotas.usage("acc-1").await.unwrap(),
+            Usage {
+                servers: 7,
+                vcpus: 14,
+                memory_mib: 7 * 2048,
+                disk_gib: 7 * 25
+            },
+            "{label}"
+        );
+        // Charging an accepted order again (a retry) changes nothing.
+        let accepted_name = (0..40)
+            .find(|i| outcomes[*i].is_ok())
+            .map(|i| format!("acc-1/vs-{i}"))
+            .unwrap();
+        assert_eq!(
+            quotas
+                .charge("acc-1", &accepted_name, server, limits, 2)
+                .await
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(quotas.usage("acc-1").await.unwrap().servers, 7, "{label}");
+        // A release returns the charge once; another account is untouched.
+        quotas
+            .charge("acc-2", "acc-2/vs-1", server, Quota::default(), 3)
+            .await
+            .unwrap()
+            .unwrap();
+        quotas.release(&accepted_name).await.unwrap();
+        quotas.release(&accepted_name).await.unwrap();
+        quotas.release("acc-1/never-charged").await.unwrap();
+        assert_eq!(quotas.usage("acc-1").await.unwrap().vcpus, 12, "{label}");
+        assert_eq!(quotas.usage("acc-2").await.unwrap().servers, 1, "{label}");
+        assert!(
+            quotas
+                .charge("acc-1", "acc-1/vs-new", server, limits, 4)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+    }
+}

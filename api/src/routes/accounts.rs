@@ -1,10 +1,12 @@
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
+use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
 use stratus_core::ids::AccountId;
 use stratus_core::ids::TokenId;
+use stratus_core::quota::Quota;
 use stratus_core::resources::{Account, AccountSpec};
 use stratus_core::validate;
 use stratus_store::ledger::{AuditAction, AuditSubject, TokenScope};
@@ -14,7 +16,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery, paginate};
 use crate::state::ApiState;
-use crate::views::{AccountView, CreateAccount, CreateToken, IssuedToken, TokenView};
+use crate::views::{AccountView, CreateAccount, CreateToken, IssuedToken, QuotaBody, TokenView};
 
 /// Opens a customer account (operators).
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccount,
@@ -47,6 +49,7 @@ pub async fn create_account(
         spec: AccountSpec {
             display_name: request.name.trim().to_owned(),
             email: request.email.clone(),
+            quota: None,
         },
         status: None,
     };
@@ -100,7 +103,53 @@ pub async fn get_account(
         .get(None, id.as_str())
         .await?
         .ok_or_else(|| ApiError::not_found("account", id.as_str()))?;
-    Ok(Json(AccountView::from(&account)))
+    Ok(Json(account_with_quota(&state, &account).await?))
+}
+
+/// One account with its quota and what it holds.
+async fn account_with_quota(state: &ApiState, account: &Account) -> Result<AccountView, ApiError> {
+    let usage = state.ledger.quotas().usage(&account.name_any()).await?;
+    Ok(AccountView {
+        quota: Some(state.quota_of(account).into()),
+        usage: Some(usage.into()),
+        ..AccountView::from(account)
+    })
+}
+
+/// Sets an account's own quota (operators), replacing the one it had; keys
+/// left out take the provider's defaults. Servers already held stay; new
+/// orders must fit.
+#[utoipa::path(put, path = "/v1/admin/accounts/{id}/quota", tag = "accounts", params(("id" = String, Path)), request_body = QuotaBody,
+    responses((status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_quota(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(request): JsonBody<QuotaBody>,
+) -> Result<Json<AccountView>, ApiError> {
+    principal.require_admin()?;
+    let id = account_id(&id)?;
+    let quota = Quota::from(request);
+    let updated = state
+        .accounts
+        .update(None, id.as_str(), |account| {
+            let changed = account.spec.quota != Some(quota);
+            account.spec.quota = Some(quota);
+            changed
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("account", id.as_str()))?;
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::AccountQuota,
+            AuditSubject::account(&id),
+            json!({ "quota": request }),
+        )
+        .await;
+    tracing::info!(account = %id, ?quota, "account quota set");
+    Ok(Json(account_with_quota(&state, &updated).await?))
 }
 
 /// Issues an API token for an account (operators). The token is shown once.

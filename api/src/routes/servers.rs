@@ -6,6 +6,7 @@ use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
 use stratus_core::ids::{AccountId, ServerId};
+use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     AccountState, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
 };
@@ -75,12 +76,12 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// Checks an order against the account's standing and the catalogue;
-/// answers the spec of the server to create.
+/// answers the spec of the server to create and the account's quota.
 async fn validate_order(
     state: &ApiState,
     account_id: &AccountId,
     order: &OrderServer,
-) -> Result<VirtualServerSpec, ApiError> {
+) -> Result<(VirtualServerSpec, Quota), ApiError> {
     let account = state
         .accounts
         .get(None, account_id.as_str())
@@ -118,7 +119,7 @@ async fn validate_order(
             return Err(ApiError::invalid("zone", format!("unknown zone {zone:?}")));
         }
     }
-    Ok(VirtualServerSpec {
+    let spec = VirtualServerSpec {
         hostname: order.name.clone(),
         plan: plan.name.clone(),
         image: order.image.clone(),
@@ -126,7 +127,8 @@ async fn validate_order(
         resources: plan.resources(),
         power: PowerState::Running,
         reboot_requests: 0,
-    })
+    };
+    Ok((spec, state.quota_of(&account)))
 }
 
 /// What an order's idempotency key says to do.
@@ -208,11 +210,35 @@ pub async fn order_server(
 ) -> Result<Response, ApiError> {
     let account_id = principal.account()?.clone();
     let key = idempotency_key(&headers)?;
-    let spec = validate_order(&state, &account_id, &order).await?;
+    let (spec, quota) = validate_order(&state, &account_id, &order).await?;
     let id = match claim_idempotency_key(&state, &account_id, key.as_deref(), &order).await? {
         Retry::Existing(server) => return Ok(accepted(&server)),
         Retry::Create(id) => id,
     };
+    // Charged before the server exists, in one step with the limit check,
+    // so racing orders cannot overshoot; a retry is charged once.
+    let charged_as = charged_object(account_id.as_str(), id.as_str());
+    let charge = state
+        .ledger
+        .quotas()
+        .charge(
+            account_id.as_str(),
+            &charged_as,
+            Usage::of_server(&spec.resources),
+            quota,
+            state.now_millis(),
+        )
+        .await?;
+    if let Err(exceeded) = charge {
+        if let Some(key) = &key {
+            state
+                .ledger
+                .idempotency()
+                .forget_unfulfilled(&account_id, key, id.as_str())
+                .await?;
+        }
+        return Err(ApiError::quota_exceeded(exceeded));
+    }
     let server = VirtualServer {
         metadata: ObjectMeta {
             name: Some(id.to_string()),
@@ -230,7 +256,13 @@ pub async fn order_server(
             .get(Some(account_id.as_str()), id.as_str())
             .await?
             .ok_or_else(|| ApiError::conflict("the server was deleted while being ordered"))?,
-        Err(other) => return Err(other.into()),
+        Err(other) => {
+            // Nothing was created: the charge goes back (a retry charges again).
+            if let Err(error) = state.ledger.quotas().release(&charged_as).await {
+                tracing::warn!(%error, resource = %charged_as, "could not return the charge of a failed order");
+            }
+            return Err(other.into());
+        }
     };
     if let Some(key) = &key {
         state

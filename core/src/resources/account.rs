@@ -8,6 +8,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::quota::Quota;
+
 /// A customer account. Its name is the account id and the namespace of its resources.
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
@@ -43,6 +45,10 @@ pub struct AccountSpec {
     pub display_name: String,
     /// Contact e-mail address.
     pub email: String,
+    /// The account's own limits; a key absent here takes the provider's
+    /// default (the configuration's `quotas:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<Quota>,
 }
 
 /// Standing of an account.

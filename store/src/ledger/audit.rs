@@ -70,6 +70,7 @@ macro_rules! audit_actions {
 
 audit_actions! {
     AccountCreate => "account.create",
+    AccountQuota => "account.quota",
     TokenIssue => "token.issue",
     TokenRevoke => "token.revoke",
     HypervisorRegister => "hypervisor.register",

@@ -102,4 +102,24 @@ impl IdempotencyKeys<'_> {
         .await?;
         Ok(())
     }
+
+    /// Drops a claim whose order was refused before anything was created,
+    /// so the key is as unused as before.
+    pub async fn forget_unfulfilled(
+        &self,
+        account: &AccountId,
+        key: &str,
+        resource_name: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM idempotency_keys WHERE account_id = $1 AND idempotency_key = $2 \
+             AND resource_name = $3 AND fulfilled_at IS NULL",
+        )
+        .bind(account.as_str())
+        .bind(key)
+        .bind(resource_name)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
 }

@@ -1,17 +1,20 @@
 //! Facts that are not desired state, one repository per table family:
 //! [`tokens`] (API tokens, hashes only), [`idempotency`] (keys of retried
-//! requests), [`macs`] (MAC addresses held), [`audit`] (the append-only
+//! requests), [`macs`] (MAC addresses held), [`quotas`] (what each
+//! account holds against its quota), [`audit`] (the append-only
 //! audit log). The coming ledgers (IP holdings, billing events, deadlines,
 //! notifications) are new modules here.
 
 pub mod audit;
 pub mod idempotency;
 pub mod macs;
+pub mod quotas;
 pub mod tokens;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use macs::MacAddresses;
+pub use quotas::Quotas;
 pub use tokens::{TokenRecord, TokenScope, Tokens};
 
 use crate::db::Database;
@@ -38,6 +41,10 @@ impl Ledger {
 
     pub fn macs(&self) -> MacAddresses<'_> {
         MacAddresses { db: &self.db }
+    }
+
+    pub fn quotas(&self) -> Quotas<'_> {
+        Quotas { db: &self.db }
     }
 
     pub fn audit(&self) -> AuditLog<'_> {

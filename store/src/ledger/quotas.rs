@@ -1,0 +1,153 @@
+//! Quota use: what each account holds, charged when an order is accepted
+//! and released when the object is gone. The limit check and the charge are
+//! one conditional UPDATE, so racing orders (two API replicas, one
+//! customer's script) cannot overshoot.
+
+use sqlx::Row;
+use stratus_core::quota::{Quota, QuotaExceeded, Usage};
+
+use crate::db::Database;
+use crate::error::{Result, StoreError};
+
+pub struct Quotas<'a> {
+    pub(super) db: &'a Database,
+}
+
+/// An unlimited key, as the SQL compares it.
+fn bound(limit: Option<u64>) -> i64 {
+    limit.map_or(i64::MAX, |l| i64::try_from(l).unwrap_or(i64::MAX))
+}
+
+fn column(value: u64) -> Result<i64> {
+    i64::try_from(value).map_err(|_| StoreError::Invalid(format!("quota amount {value} too large")))
+}
+
+/// A stored amount; negative only if the ledger was edited by hand.
+fn amount(row: &sqlx::any::AnyRow, name: &str) -> u64 {
+    u64::try_from(row.get::<i64, _>(name)).unwrap_or(0)
+}
+
+/// Racing releases can make a refused charge fit on a second look; this
+/// many looks, then the refusal stands.
+const ATTEMPTS: usize = 3;
+
+impl Quotas<'_> {
+    /// Charges `requested` to `account` for the object `resource`
+    /// (`namespace/name`) if it fits within `limits`; charging the same
+    /// resource again changes nothing. The inner error says which quota it
+    /// would exceed.
+    pub async fn charge(
+        &self,
+        account: &str,
+        resource: &str,
+        requested: Usage,
+        limits: Quota,
+        at: i64,
+    ) -> Result<std::result::Result<(), QuotaExceeded>> {
+        let amounts = [
+            column(requested.servers)?,
+            column(requested.vcpus)?,
+            column(requested.memory_mib)?,
+            column(requested.disk_gib)?,
+        ];
+        for _ in 0..ATTEMPTS {
+            let mut tx = self.db.pool().begin().await?;
+            sqlx::query("INSERT INTO quota_usage (account) VALUES ($1) ON CONFLICT DO NOTHING")
+                .bind(account)
+                .execute(&mut *tx)
+                .await?;
+            let new = sqlx::query(
+                "INSERT INTO quota_charges (resource, account, servers, vcpus, memory_mib, disk_gib, charged_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+            )
+            .bind(resource)
+            .bind(account)
+            .bind(amounts[0])
+            .bind(amounts[1])
+            .bind(amounts[2])
+            .bind(amounts[3])
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if new == 0 {
+                tx.commit().await?;
+                return Ok(Ok(()));
+            }
+            let charged = sqlx::query(
+                "UPDATE quota_usage SET servers = servers + $2, vcpus = vcpus + $3, \
+                 memory_mib = memory_mib + $4, disk_gib = disk_gib + $5 \
+                 WHERE account = $1 AND servers + $2 <= $6 AND vcpus + $3 <= $7 \
+                 AND memory_mib + $4 <= $8 AND disk_gib + $5 <= $9",
+            )
+            .bind(account)
+            .bind(amounts[0])
+            .bind(amounts[1])
+            .bind(amounts[2])
+            .bind(amounts[3])
+            .bind(bound(limits.servers))
+            .bind(bound(limits.vcpus))
+            .bind(bound(limits.memory_mib))
+            .bind(bound(limits.disk_gib))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if charged == 1 {
+                tx.commit().await?;
+                return Ok(Ok(()));
+            }
+            tx.rollback().await?;
+            if let Err(exceeded) = limits.check(self.usage(account).await?, requested) {
+                return Ok(Err(exceeded));
+            }
+        }
+        Err(StoreError::Conflict {
+            kind: "quota use of account".into(),
+            name: account.into(),
+            expected: format!("the one seen while charging {resource}"),
+        })
+    }
+
+    /// Returns what `resource` was charged; a second call changes nothing.
+    pub async fn release(&self, resource: &str) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
+        let charge = sqlx::query(
+            "DELETE FROM quota_charges WHERE resource = $1 \
+             RETURNING account, servers, vcpus, memory_mib, disk_gib",
+        )
+        .bind(resource)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(charge) = charge {
+            sqlx::query(
+                "UPDATE quota_usage SET servers = servers - $2, vcpus = vcpus - $3, \
+                 memory_mib = memory_mib - $4, disk_gib = disk_gib - $5 WHERE account = $1",
+            )
+            .bind(charge.get::<String, _>("account"))
+            .bind(charge.get::<i64, _>("servers"))
+            .bind(charge.get::<i64, _>("vcpus"))
+            .bind(charge.get::<i64, _>("memory_mib"))
+            .bind(charge.get::<i64, _>("disk_gib"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// What `account` holds now.
+    pub async fn usage(&self, account: &str) -> Result<Usage> {
+        let row = sqlx::query(
+            "SELECT servers, vcpus, memory_mib, disk_gib FROM quota_usage WHERE account = $1",
+        )
+        .bind(account)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.map_or_else(Usage::default, |row| Usage {
+            servers: amount(&row, "servers"),
+            vcpus: amount(&row, "vcpus"),
+            memory_mib: amount(&row, "memory_mib"),
+            disk_gib: amount(&row, "disk_gib"),
+        }))
+    }
+}
