@@ -93,6 +93,10 @@ impl FromRequestParts<ApiState> for Principal {
         if record.revoked_at.is_some() {
             return Err(ApiError::unauthorized("this token has been revoked"));
         }
+        state
+            .rate_limiter
+            .take(record.id.as_str(), std::time::Instant::now())
+            .map_err(ApiError::rate_limited)?;
         Ok(match (record.scope, record.account_id) {
             (TokenScope::Admin, _) => Principal::Admin {
                 token_id: record.id,

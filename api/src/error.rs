@@ -16,6 +16,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Value,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after: Option<u64>,
 }
 
 /// Error body of every non-2xx answer.
@@ -42,7 +44,21 @@ impl ApiError {
             code,
             message: message.into(),
             details: json!({}),
+            retry_after: None,
         }
+    }
+
+    /// The token called faster than its rate limit allows.
+    pub fn rate_limited(wait: std::time::Duration) -> Self {
+        let seconds = wait.as_secs_f64().ceil().max(1.0) as u64;
+        let mut error = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many requests with this token; retry in {seconds} s"),
+        )
+        .with_details(json!({ "retry_after_seconds": seconds }));
+        error.retry_after = Some(seconds);
+        error
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -151,6 +167,12 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

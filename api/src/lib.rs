@@ -7,6 +7,7 @@ pub mod body;
 pub mod error;
 pub mod metrics;
 pub mod pagination;
+pub mod rate_limit;
 pub mod routes;
 pub mod state;
 pub mod views;

@@ -11,6 +11,7 @@ use stratus_store::{ObjectStore, Resources};
 
 use crate::error::ApiError;
 use crate::metrics::ApiMetrics;
+use crate::rate_limit::RateLimiter;
 
 /// Everything a handler may use.
 #[derive(Clone)]
@@ -26,6 +27,8 @@ pub struct ApiState {
     pub metrics: ApiMetrics,
     /// The process's whole registry, served at `/metrics`.
     pub registry: Arc<Registry>,
+    /// Per-token request rate (the configuration's `limits:`).
+    pub rate_limiter: Arc<RateLimiter>,
     rng: SystemRandom,
 }
 
@@ -58,10 +61,11 @@ impl ApiState {
             hypervisors: Resources::new(store),
             ledger,
             secrets,
-            config,
+            config: config.clone(),
             clock,
             metrics,
             registry: Arc::new(registry),
+            rate_limiter: Arc::new(RateLimiter::new(config.limits)),
             rng: SystemRandom::new(),
         }
     }

@@ -1202,3 +1202,44 @@ async fn orders_beyond_the_quota_are_refused_naming_it_and_create_nothing() {
         "{audit:?}"
     );
 }
+
+#[tokio::test]
+async fn a_token_beyond_its_rate_is_answered_429_with_retry_after_and_others_are_not() {
+    let config = Config {
+        limits: stratus_core::config::Limits {
+            requests_per_second: 1,
+            // The operator opens both accounts within it too.
+            burst: 5,
+        },
+        ..Config::default()
+    };
+    let api = api_configured(testing::sqlite().await, config).await;
+    let (_, hasty) = api.customer("Hasty").await;
+    let (_, calm) = api.customer("Calm").await;
+    for _ in 0..5 {
+        let reply = api.call(Method::GET, "/v1/servers", &hasty, None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    }
+    let limited = api.call(Method::GET, "/v1/servers", &hasty, None).await;
+    assert_error(
+        &limited,
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        None,
+    );
+    let retry_after: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&retry_after), "{retry_after}");
+    // A refused order creates nothing.
+    let order = api
+        .call(Method::POST, "/v1/servers", &hasty, Some(order("web1")))
+        .await;
+    assert_eq!(order.status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(api.server_count().await, 0);
+    // Another account's token is served as before.
+    let other = api.call(Method::GET, "/v1/servers", &calm, None).await;
+    assert_eq!(other.status, StatusCode::OK, "{}", other.body);
+}

@@ -67,6 +67,39 @@ pub struct Config {
     /// a key absent here is unlimited.
     #[serde(default)]
     pub quotas: Quota,
+    /// How fast one API token may call.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Request rate limits of the REST API, per token: a bucket of `burst`
+/// requests refilled at `requestsPerSecond`. A token that empties it is
+/// answered 429 with `Retry-After` until the bucket refills, so one
+/// customer's script cannot starve the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    #[serde(default = "default_requests_per_second")]
+    pub requests_per_second: u32,
+    #[serde(default = "default_burst")]
+    pub burst: u32,
+}
+
+fn default_requests_per_second() -> u32 {
+    20
+}
+
+fn default_burst() -> u32 {
+    100
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            requests_per_second: default_requests_per_second(),
+            burst: default_burst(),
+        }
+    }
 }
 
 impl Default for Config {
@@ -75,6 +108,7 @@ impl Default for Config {
             plans: default_plans(),
             images: default_images(),
             quotas: Quota::default(),
+            limits: Limits::default(),
         }
     }
 }
@@ -130,6 +164,15 @@ impl Config {
         };
         if self.plans.is_empty() {
             return Err(invalid("plans".into(), "at least one plan is required"));
+        }
+        if self.limits.requests_per_second == 0 {
+            return Err(invalid(
+                "limits.requestsPerSecond".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.limits.burst == 0 {
+            return Err(invalid("limits.burst".into(), "must be at least 1"));
         }
         let mut seen = BTreeSet::new();
         for (i, plan) in self.plans.iter().enumerate() {

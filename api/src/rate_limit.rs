@@ -1,0 +1,142 @@
+//! Per-token request rate limits: a token bucket each, so one customer's
+//! script cannot starve the API for the others.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use stratus_core::config::Limits;
+
+/// Buckets kept before full (idle) ones are forgotten: a full bucket holds
+/// no information, so forgetting it changes no answer. Keys are the ids of
+/// valid tokens, so the map never holds more than the tokens in use.
+const PRUNE_ABOVE: usize = 4096;
+/// Pruning scans every bucket: at most once per this.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    updated: Instant,
+}
+
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_second: f64,
+    burst: f64,
+    buckets: Mutex<Buckets>,
+}
+
+#[derive(Debug)]
+struct Buckets {
+    by_key: HashMap<String, Bucket>,
+    pruned: Option<Instant>,
+}
+
+impl RateLimiter {
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            per_second: f64::from(limits.requests_per_second),
+            burst: f64::from(limits.burst),
+            buckets: Mutex::new(Buckets {
+                by_key: HashMap::new(),
+                pruned: None,
+            }),
+        }
+    }
+
+    /// Takes one request from `key`'s bucket at `now`; when it is empty,
+    /// answers how long until it holds one.
+    pub fn take(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = buckets
+            .pruned
+            .is_none_or(|at| now.saturating_duration_since(at) >= PRUNE_EVERY);
+        if buckets.by_key.len() > PRUNE_ABOVE && due {
+            buckets
+                .by_key
+                .retain(|_, bucket| self.refilled(bucket, now) < self.burst);
+            buckets.pruned = Some(now);
+        }
+        let bucket = buckets.by_key.entry(key.to_owned()).or_insert(Bucket {
+            tokens: self.burst,
+            updated: now,
+        });
+        bucket.tokens = self.refilled(bucket, now);
+        bucket.updated = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(Duration::from_secs_f64(
+                (1.0 - bucket.tokens) / self.per_second,
+            ))
+        }
+    }
+
+    fn refilled(&self, bucket: &Bucket, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(bucket.updated).as_secs_f64();
+        (bucket.tokens + elapsed * self.per_second).min(self.burst)
+    }
+
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.buckets
+            .lock()
+            .map(|b| b.by_key.len())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limiter(per_second: u32, burst: u32) -> RateLimiter {
+        RateLimiter::new(Limits {
+            requests_per_second: per_second,
+            burst,
+        })
+    }
+
+    #[test]
+    fn a_burst_passes_then_requests_wait_for_the_refill() {
+        let limiter = limiter(10, 5);
+        let start = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(limiter.take("a", start), Ok(()));
+        }
+        let wait = limiter.take("a", start).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(90) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
+        // Another token is not affected.
+        assert_eq!(limiter.take("b", start), Ok(()));
+        // After 100 ms one more request fits, not two.
+        let later = start + Duration::from_millis(100);
+        assert_eq!(limiter.take("a", later), Ok(()));
+        assert!(limiter.take("a", later).is_err());
+        // Idle for long, the bucket is full again, never fuller.
+        let much_later = start + Duration::from_secs(3600);
+        for _ in 0..5 {
+            assert_eq!(limiter.take("a", much_later), Ok(()));
+        }
+        assert!(limiter.take("a", much_later).is_err());
+    }
+
+    #[test]
+    fn idle_buckets_are_forgotten_so_memory_stays_bounded() {
+        let limiter = limiter(1, 1);
+        let start = Instant::now();
+        for i in 0..10_000 {
+            let _ = limiter.take(&format!("token-{i}"), start);
+        }
+        let later = start + Duration::from_secs(2);
+        let _ = limiter.take("fresh", later);
+        assert!(limiter.tracked() < 10, "{}", limiter.tracked());
+    }
+}
