@@ -11,7 +11,7 @@ use kube::CustomResourceExt;
 use kube::core::ObjectMeta;
 use prometheus_client::registry::Registry;
 use stratus_agent::{CapacityOverride, Driver, DriverConfig};
-use stratus_controller::leader::LeaderElector;
+use stratus_controller::leader::{FencedAgents, LeaderElector};
 use stratus_controller::{ControllerConfig, RuntimeConfig};
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, IpPool, VirtualServer};
@@ -422,7 +422,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             probe_interval: Duration::from_secs(5),
         },
         "stratus-up",
-        agents,
+        Arc::new(agents),
     )?;
     let (agent_router, agent_server_tls) = wiring::agent_service(driver, &agent_token, agent_tls)?;
     let api = stratus_api::app(core.api_state(registry));
@@ -673,7 +673,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
         );
     };
     let mut registry = Registry::default();
-    let agents = wiring::agent_client(agent_tls, &mut registry)?;
+    // Agents answer only while this replica leads (see `leader`).
+    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let agents = FencedAgents::new(
+        Arc::new(wiring::agent_client(agent_tls, &mut registry)?),
+        leading.clone(),
+    );
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
@@ -684,7 +689,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         &identity,
-        agents,
+        Arc::new(agents),
     )?;
     let registry = Arc::new(registry);
     let metrics_router = axum::Router::new()
@@ -713,15 +718,14 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     // Only the Lease holder reconciles (the Lease lives in the resource
     // store, so this holds for both backends); a replica that loses the
     // Lease exits so it can never act beside the new leader.
-    let elector = LeaderElector {
-        leases: Resources::new(core.objects()),
-        namespace: args.shared.namespace.clone(),
-        name: args.lease_name.clone(),
-        identity: identity.clone(),
-        lease_duration: Duration::from_secs(args.lease_seconds.max(3)),
-        clock: core.clock.clone(),
-    };
-    let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
+    let elector = LeaderElector::new(
+        Resources::new(core.objects()),
+        args.shared.namespace.clone(),
+        args.lease_name.clone(),
+        identity.clone(),
+        Duration::from_secs(args.lease_seconds.max(3)),
+        core.clock.clone(),
+    );
     tokio::spawn(elector.run(leading_tx, shutdown.clone()));
     tracing::info!(%identity, lease = %args.lease_name, namespace = %args.shared.namespace, "waiting to lead");
     let mut stop = shutdown.clone();

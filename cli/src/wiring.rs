@@ -13,7 +13,7 @@ use stratus_api::{ApiDeps, ApiState};
 use stratus_controller::events::KubeEvents;
 use stratus_controller::metrics::ControllerMetrics;
 use stratus_controller::{
-    AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient, Runtime,
+    AgentClient, AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient, Runtime,
 };
 use stratus_core::{Clock, Config, SystemClock};
 use stratus_store::ledger::Ledger;
@@ -136,7 +136,7 @@ impl Core {
         registry: &mut Registry,
         settings: ControllerConfig,
         instance: &str,
-        agents: HttpAgentClient,
+        agents: Arc<dyn AgentClient>,
     ) -> anyhow::Result<Runtime> {
         let directory = AgentDirectory {
             hypervisors: Resources::new(self.objects()),
@@ -144,7 +144,7 @@ impl Core {
         };
         let mut ctx = ControllerContext::new(
             self.clock.clone(),
-            Arc::new(agents),
+            agents,
             directory,
             self.ledger.clone(),
         )

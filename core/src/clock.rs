@@ -10,6 +10,13 @@ use jiff::{SignedDuration, Timestamp};
 
 pub trait Clock: Send + Sync + 'static {
     fn now(&self) -> Timestamp;
+
+    /// Time on a clock that never jumps (since an arbitrary start), for
+    /// measuring intervals on this machine: unlike `now`, never set back or
+    /// forward by NTP or an operator.
+    fn monotonic(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(u64::try_from(self.now().as_millisecond()).unwrap_or(0))
+    }
 }
 
 /// A fixed instant tests start their [`ManualClock`]s at.
@@ -23,6 +30,11 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Timestamp::now()
+    }
+
+    fn monotonic(&self) -> std::time::Duration {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed()
     }
 }
 

@@ -183,7 +183,7 @@ mod tests {
         let made = Vault::load_or_create_key(&path).unwrap();
         assert_eq!(Vault::load_key(&path).unwrap(), made);
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let loose = Vault::load_key(&path).unwrap_err().to_string();
         assert!(loose.contains("chmod 600"), "{loose}");
     }
