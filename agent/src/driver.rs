@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use stratus_core::agent_api::{
     DiskDisposal, DomainObservation, DomainSpec, DomainState, MANAGED_PREFIX, NodeReport, PoolInfo,
@@ -76,8 +75,6 @@ pub struct DriverConfig {
     pub network: String,
     /// Domain type in the XML (`kvm`, `qemu`, `test`).
     pub domain_type: String,
-    /// How long a guest gets to shut down on ACPI before it is powered off.
-    pub shutdown_timeout: Duration,
     pub capacity: CapacityOverride,
     /// Where to keep definitions for a hypervisor that forgets them (test driver).
     pub state_dir: Option<PathBuf>,
@@ -94,7 +91,6 @@ impl DriverConfig {
             pool: if test { "default-pool" } else { "default" }.to_owned(),
             network: "default".to_owned(),
             domain_type: if test { "test" } else { "kvm" }.to_owned(),
-            shutdown_timeout: Duration::from_secs(if test { 5 } else { 120 }),
             capacity: CapacityOverride::default(),
             state_dir: None,
         }
@@ -359,16 +355,20 @@ impl Driver {
                 domain
             }
         };
-        self.converge_power(name, &domain, spec.power)?;
+        self.converge_power(name, &domain, spec.power, spec.power_off)?;
         self.record_domain(name, &domain)?;
         self.observe(name)
     }
 
+    /// Never waits for a guest: a shutdown is requested (ACPI) and the
+    /// answer says the domain is still running; the controller looks again
+    /// and asks for `power_off` once the guest had its grace period.
     fn converge_power(
         &self,
         name: &str,
         domain: &Domain,
         power: PowerState,
+        power_off: bool,
     ) -> Result<(), AgentError> {
         let state = map_state(domain.state()?.0);
         match (power, state) {
@@ -382,48 +382,25 @@ impl Driver {
                 domain.create()?;
                 tracing::info!(domain = name, "started domain");
             }
-            (PowerState::Running, DomainState::Transitioning) => {
-                self.wait_until_settled(domain)?;
-                if !domain.is_active()? {
-                    domain.create()?;
-                }
-            }
+            // Still shutting down: started on a later call, once it is off.
+            (PowerState::Running, DomainState::Transitioning) => {}
             (PowerState::Stopped, DomainState::Paused | DomainState::Crashed) => {
                 if domain.is_active()? {
                     domain.destroy()?;
                 }
             }
             (PowerState::Stopped, DomainState::Running | DomainState::Transitioning) => {
-                self.shut_down(name, domain)?;
-            }
-        }
-        Ok(())
-    }
-
-    /// ACPI shutdown, then power off once the guest had its chance.
-    fn shut_down(&self, name: &str, domain: &Domain) -> Result<(), AgentError> {
-        if let Err(e) = domain.shutdown()
-            && domain.is_active()?
-        {
-            tracing::warn!(domain = name, error = %e, "ACPI shutdown refused; powering off");
-        }
-        self.wait_until_settled(domain)?;
-        if domain.is_active()? {
-            tracing::warn!(domain = name, timeout = ?self.config.shutdown_timeout, "guest did not shut down in time; powering off");
-            domain.destroy()?;
-        }
-        tracing::info!(domain = name, "stopped domain");
-        Ok(())
-    }
-
-    fn wait_until_settled(&self, domain: &Domain) -> Result<(), AgentError> {
-        let deadline = Instant::now() + self.config.shutdown_timeout;
-        while Instant::now() < deadline {
-            match map_state(domain.state()?.0) {
-                DomainState::Running | DomainState::Transitioning if domain.is_active()? => {
-                    std::thread::sleep(Duration::from_millis(100));
+                if power_off {
+                    domain.destroy()?;
+                    tracing::warn!(domain = name, "powered off a guest that did not shut down");
+                } else if let Err(e) = domain.shutdown() {
+                    if domain.is_active()? {
+                        tracing::warn!(domain = name, error = %e, "ACPI shutdown refused; powering off");
+                        domain.destroy()?;
+                    }
+                } else {
+                    tracing::info!(domain = name, "asked the guest to shut down");
                 }
-                _ => break,
             }
         }
         Ok(())

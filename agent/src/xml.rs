@@ -323,6 +323,7 @@ mod tests {
             mac_address: "52:54:00:aa:bb:cc".into(),
             power: PowerState::Running,
             create_disk: true,
+            power_off: false,
         }
     }
 

@@ -40,6 +40,7 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         mac_address: "52:54:00:12:34:56".into(),
         power,
         create_disk,
+        power_off: false,
     }
 }
 

@@ -13,7 +13,8 @@ use stratus_api::{ApiDeps, ApiState};
 use stratus_controller::events::KubeEvents;
 use stratus_controller::metrics::ControllerMetrics;
 use stratus_controller::{
-    AgentClient, AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient, Runtime,
+    AgentClient, AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient,
+    Runtime,
 };
 use stratus_core::{Clock, Config, SystemClock};
 use stratus_store::ledger::Ledger;
@@ -142,13 +143,9 @@ impl Core {
             hypervisors: Resources::new(self.objects()),
             credentials: self.secrets.clone(),
         };
-        let mut ctx = ControllerContext::new(
-            self.clock.clone(),
-            agents,
-            directory,
-            self.ledger.clone(),
-        )
-        .with_metrics(ControllerMetrics::register(registry));
+        let mut ctx =
+            ControllerContext::new(self.clock.clone(), agents, directory, self.ledger.clone())
+                .with_metrics(ControllerMetrics::register(registry));
         if let Some(client) = &self.kube {
             ctx = ctx.with_events(Arc::new(KubeEvents::new(
                 client.clone(),

@@ -183,7 +183,13 @@ impl ServerReconciler {
                         source: AgentCallError::Unreachable(why),
                     })
                 }
-                _ => Ok(Pass::Finished(Outcome::Done)),
+                // A guest shutting down: look again, without holding a worker.
+                _ => Ok(Pass::Finished(match decision.recheck_in {
+                    Some(after) => {
+                        Outcome::RequeueAfter(Duration::try_from(after).unwrap_or(STILL_MOVING))
+                    }
+                    None => Outcome::Done,
+                })),
             };
         };
         tracing::debug!(?action, "acting");
@@ -202,12 +208,24 @@ impl ServerReconciler {
                 self.release(server, &current, &next).await?;
                 return Ok(Pass::Finished(Outcome::Done));
             }
-            Action::EnsureDomain { create_disk } => {
+            Action::EnsureDomain {
+                create_disk,
+                power_off,
+            } => {
                 let agent = placed(agent)?;
-                let spec = self.domain_spec(server, &current, create_disk)?;
+                if power_off {
+                    tracing::warn!(grace = ?lifecycle::SHUTDOWN_GRACE, "guest did not shut down in time; powering it off");
+                }
+                let spec = self.domain_spec(server, &current, create_disk, power_off)?;
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
+                let asked_to_stop =
+                    result.is_ok() && next.stop_requested_at != current.stop_requested_at;
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
                     .await?;
+                if asked_to_stop {
+                    // The shutdown request is made once: record it before looking again.
+                    self.record_status(server, &current, &next).await?;
+                }
             }
             Action::Reboot => {
                 let agent = placed(agent)?;
@@ -361,6 +379,7 @@ impl ServerReconciler {
         server: &VirtualServer,
         status: &VirtualServerStatus,
         create_disk: bool,
+        power_off: bool,
     ) -> Result<DomainSpec, ControllerError> {
         let name = server.name_any();
         let image = self.config.image(&server.spec.image).ok_or_else(|| {
@@ -380,6 +399,7 @@ impl ServerReconciler {
             })?,
             power: server.spec.power,
             create_disk,
+            power_off,
         })
     }
 

@@ -27,6 +27,8 @@ struct SimNode {
     domains: BTreeMap<String, SimDomain>,
     /// Its storage cannot overwrite disks (like libvirt's test driver).
     cannot_wipe: bool,
+    /// Its guests ignore ACPI shutdown requests.
+    guests_ignore_acpi: bool,
 }
 
 #[derive(Default)]
@@ -78,6 +80,7 @@ impl SimulatedAgent {
                     reachable: true,
                     domains: BTreeMap::new(),
                     cannot_wipe: false,
+                    guests_ignore_acpi: false,
                 },
             )
         });
@@ -136,6 +139,16 @@ impl SimulatedAgent {
         self.with(|s| {
             if let Some(node) = s.nodes.get_mut(hypervisor) {
                 node.cannot_wipe = true;
+            }
+        });
+    }
+
+    /// The guests of the hypervisor ignore shutdown requests: only a
+    /// power-off stops them.
+    pub fn guests_ignore_acpi(&self, hypervisor: &str) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.guests_ignore_acpi = true;
             }
         });
     }
@@ -276,8 +289,12 @@ impl AgentClient for SimulatedAgent {
                 entry.disk = true;
             }
             entry.spec = Some(spec.clone());
+            let ignored = node.guests_ignore_acpi
+                && !spec.power_off
+                && entry.state == Some(DomainState::Running);
             entry.state = Some(match spec.power {
                 PowerState::Running => DomainState::Running,
+                PowerState::Stopped if ignored => DomainState::Running,
                 PowerState::Stopped => DomainState::Stopped,
             });
             Ok(observation(domain, Some(entry)))

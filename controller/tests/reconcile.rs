@@ -13,6 +13,7 @@ use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerEr
 use stratus_core::agent_api::DomainState;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason};
 use stratus_core::ids::HypervisorName;
+use stratus_core::lifecycle;
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec, VirtualServerStatus,
@@ -39,6 +40,7 @@ struct Harness {
     prober: Arc<HypervisorProber>,
     ledger: Ledger,
     events: Arc<RecordedEvents>,
+    clock: Arc<ManualClock>,
 }
 
 async fn harness_on(scratch: ScratchDatabase) -> Harness {
@@ -58,8 +60,8 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         credentials,
     };
     let events = Arc::new(RecordedEvents::default());
-    let ctx =
-        Context::new(clock, sim.clone(), directory, ledger.clone()).with_events(events.clone());
+    let ctx = Context::new(clock.clone(), sim.clone(), directory, ledger.clone())
+        .with_events(events.clone());
     let reconciler = Arc::new(ServerReconciler::new(
         ctx.clone(),
         servers.clone(),
@@ -71,6 +73,7 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         Duration::from_secs(15),
     ));
     Harness {
+        clock,
         _scratch: scratch,
         store,
         servers,
@@ -432,6 +435,48 @@ async fn a_vanished_disk_is_reported_and_not_recreated() {
         "nothing was created again: {new_calls:?}"
     );
     assert!(h.sim.domains("hv1").iter().all(|(_, _, disk)| !disk));
+}
+
+/// A guest that ignores ACPI does not hold a worker: the reconcile asks,
+/// returns with a recheck, and a later one powers the guest off once the
+/// grace period is over.
+#[tokio::test]
+async fn a_guest_ignoring_shutdown_is_powered_off_after_the_grace_period() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.sim.guests_ignore_acpi("hv1");
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.edit("vs-1", |s| s.power = PowerState::Stopped).await;
+    let outcome = h.reconcile("vs-1").await.unwrap();
+    assert!(
+        matches!(outcome, Outcome::RequeueAfter(after) if after <= Duration::from_secs(5)),
+        "{outcome:?}"
+    );
+    assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Running));
+    let asked = |h: &Harness| {
+        h.sim
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("ensure"))
+            .count()
+    };
+    let asked_once = asked(&h);
+    h.clock.advance(jiff::SignedDuration::from_secs(60));
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(
+        asked(&h),
+        asked_once,
+        "no second shutdown request within the grace period"
+    );
+    h.clock.advance(lifecycle::SHUTDOWN_GRACE);
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Stopped));
+    let forced = h.sim.spec_of("hv1", DOMAIN).unwrap();
+    assert!(forced.power_off, "the last call powered it off");
+    let status = h.status("vs-1").await;
+    assert_eq!(status.phase, ServerPhase::Stopped);
+    assert_eq!(status.stop_requested_at, None);
 }
 
 #[tokio::test]

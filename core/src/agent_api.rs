@@ -22,6 +22,11 @@ pub struct DomainSpec {
     /// controller clears it once a disk existed, so a vanished disk is
     /// reported instead of being silently replaced by an empty one.
     pub create_disk: bool,
+    /// With `power: Stopped`: power the guest off now. Without it the agent
+    /// only asks the guest to shut down (ACPI) and answers at once; the
+    /// controller forces the power-off after a grace period.
+    #[serde(default)]
+    pub power_off: bool,
 }
 
 /// Power state of a domain as libvirt reports it.

@@ -1,7 +1,7 @@
 //! The server lifecycle: given what is desired and what the agent observed,
 //! decide what to do and what status to record. Pure: the controller acts.
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 
 use crate::agent_api::{DomainObservation, DomainState};
 use crate::conditions::{self, ConditionType, Reason};
@@ -37,8 +37,9 @@ pub enum Action {
     AddFinalizer,
     /// Choose a hypervisor and record it in the status before acting there.
     Schedule,
-    /// Make the domain match the spec; `create_disk` is false once a disk existed.
-    EnsureDomain { create_disk: bool },
+    /// Make the domain match the spec; `create_disk` is false once a disk
+    /// existed; `power_off` stops a guest that ignored its shutdown request.
+    EnsureDomain { create_disk: bool, power_off: bool },
     /// Reboot the running domain once.
     Reboot,
     /// Destroy and undefine the domain and wipe its disk.
@@ -53,7 +54,15 @@ pub enum Action {
 pub struct Decision {
     pub next: Option<Action>,
     pub status: VirtualServerStatus,
+    /// With no action: look again after this (a guest shutting down).
+    pub recheck_in: Option<SignedDuration>,
 }
+
+/// How long a guest gets to shut down on its own (ACPI) before it is
+/// powered off.
+pub const SHUTDOWN_GRACE: SignedDuration = SignedDuration::from_secs(120);
+/// How often a guest that is shutting down is looked at.
+const SHUTDOWN_POLL: SignedDuration = SignedDuration::from_secs(5);
 
 pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> Decision {
     let mut status = server.status.clone();
@@ -89,12 +98,20 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
                 }
             }
         }
-        return Decision { next, status };
+        return Decision {
+            next,
+            status,
+            recheck_in: None,
+        };
     }
 
     if !server.has_finalizer {
         next = Some(Action::AddFinalizer);
-        return Decision { next, status };
+        return Decision {
+            next,
+            status,
+            recheck_in: None,
+        };
     }
 
     let domain = match observed {
@@ -117,14 +134,22 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
                 now,
             );
             next = Some(Action::Schedule);
-            return Decision { next, status };
+            return Decision {
+                next,
+                status,
+                recheck_in: None,
+            };
         }
         Observation::AgentUnavailable(message) => {
             if !status.provisioned {
                 status.phase = ServerPhase::Provisioning;
             }
             agent_unreachable(&mut status, message, now);
-            return Decision { next, status };
+            return Decision {
+                next,
+                status,
+                recheck_in: None,
+            };
         }
         Observation::Domain(domain) => domain,
     };
@@ -147,7 +172,11 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
             status.reason.clone().unwrap_or_default(),
             now,
         );
-        return Decision { next, status };
+        return Decision {
+            next,
+            status,
+            recheck_in: None,
+        };
     }
     if domain.disk_present && !status.provisioned {
         status.provisioned = true;
@@ -167,9 +196,46 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         (PowerState::Running, Some(state)) => state == DomainState::Running,
         (PowerState::Stopped, Some(state)) => state == DomainState::Stopped,
     };
-    if !converged {
+    let mut recheck_in = None;
+    let shutting_down = desired == PowerState::Stopped
+        && matches!(
+            domain.state,
+            Some(DomainState::Running | DomainState::Transitioning)
+        );
+    if !shutting_down {
+        status.stop_requested_at = None;
+    }
+    if shutting_down {
+        // The stop is requested once; the guest gets the grace period to
+        // act on it without holding a worker, then it is powered off.
+        let requested = status
+            .stop_requested_at
+            .as_deref()
+            .and_then(|at| at.parse::<Timestamp>().ok());
+        match requested {
+            None => {
+                status.stop_requested_at = Some(now.to_string());
+                next = Some(Action::EnsureDomain {
+                    create_disk: !status.provisioned,
+                    power_off: false,
+                });
+            }
+            Some(at) => {
+                let waited = now.duration_since(at);
+                if waited >= SHUTDOWN_GRACE {
+                    next = Some(Action::EnsureDomain {
+                        create_disk: !status.provisioned,
+                        power_off: true,
+                    });
+                } else {
+                    recheck_in = Some(SHUTDOWN_POLL.min(SHUTDOWN_GRACE - waited));
+                }
+            }
+        }
+    } else if !converged {
         next = Some(Action::EnsureDomain {
             create_disk: !status.provisioned,
+            power_off: false,
         });
     }
 
@@ -217,7 +283,11 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         "",
         now,
     );
-    Decision { next, status }
+    Decision {
+        next,
+        status,
+        recheck_in,
+    }
 }
 
 fn agent_reachable(status: &mut VirtualServerStatus, now: Timestamp) {
@@ -446,10 +516,13 @@ mod tests {
                                         // Never create a disk for a server whose disk existed.
                                         if provisioned {
                                             assert!(
-                                                d.next
-                                                    != Some(Action::EnsureDomain {
-                                                        create_disk: true
-                                                    }),
+                                                !matches!(
+                                                    d.next,
+                                                    Some(Action::EnsureDomain {
+                                                        create_disk: true,
+                                                        ..
+                                                    })
+                                                ),
                                                 "{ctx}"
                                             );
                                         }
@@ -522,7 +595,13 @@ mod tests {
             false,
             &observed(None, false),
         );
-        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: true }));
+        assert_eq!(
+            d.next,
+            Some(Action::EnsureDomain {
+                create_disk: true,
+                power_off: false
+            })
+        );
         assert_eq!(d.status.phase, ServerPhase::Provisioning);
         let d = decide(
             &spec,
@@ -567,7 +646,13 @@ mod tests {
             false,
             &observed(None, true),
         );
-        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: false }));
+        assert_eq!(
+            d.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: false
+            })
+        );
     }
 
     #[test]
@@ -594,7 +679,13 @@ mod tests {
             false,
             &observed(Some(DomainState::Running), true),
         );
-        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: false }));
+        assert_eq!(
+            d.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: false
+            })
+        );
         let d = decide(
             &spec(PowerState::Stopped, 0),
             &placed(ServerPhase::Running, true),
@@ -611,7 +702,13 @@ mod tests {
             false,
             &observed(Some(DomainState::Stopped), true),
         );
-        assert_eq!(d.next, Some(Action::EnsureDomain { create_disk: false }));
+        assert_eq!(
+            d.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: false
+            })
+        );
     }
 
     #[test]
@@ -727,5 +824,62 @@ mod tests {
             &status.conditions,
             ConditionType::Scheduled
         ));
+    }
+
+    #[test]
+    fn a_stop_is_requested_once_then_forced_after_the_grace_period() {
+        let t0 = now();
+        let spec = spec(PowerState::Stopped, 0);
+        let mut status = placed(ServerPhase::Running, true);
+        let running = observed(Some(DomainState::Running), true);
+        fn facts<'a>(
+            spec: &'a VirtualServerSpec,
+            status: &'a VirtualServerStatus,
+        ) -> ServerFacts<'a> {
+            ServerFacts {
+                spec,
+                status,
+                generation: Some(2),
+                has_finalizer: true,
+                deleting: false,
+            }
+        }
+        let d = plan(facts(&spec, &status), &running, t0);
+        assert_eq!(
+            d.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: false
+            }),
+            "ask the guest (ACPI), do not wait for it"
+        );
+        status = d.status;
+        assert!(status.stop_requested_at.is_some());
+
+        let later = t0 + SignedDuration::from_secs(30);
+        let d = plan(facts(&spec, &status), &running, later);
+        assert_eq!(d.next, None, "the request stands; no second ACPI press");
+        assert_eq!(d.recheck_in, Some(SHUTDOWN_POLL));
+        let almost = t0 + SHUTDOWN_GRACE - SignedDuration::from_secs(2);
+        assert_eq!(
+            plan(facts(&spec, &status), &running, almost).recheck_in,
+            Some(SignedDuration::from_secs(2))
+        );
+
+        let d = plan(facts(&spec, &status), &running, t0 + SHUTDOWN_GRACE);
+        assert_eq!(
+            d.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: true
+            }),
+            "the guest ignored the request: power it off"
+        );
+        let stopped = observed(Some(DomainState::Stopped), true);
+        let d = plan(facts(&spec, &d.status), &stopped, t0 + SHUTDOWN_GRACE);
+        assert_eq!(d.next, None);
+        assert_eq!(d.recheck_in, None);
+        assert_eq!(d.status.stop_requested_at, None, "a later stop asks again");
+        assert_eq!(d.status.phase, ServerPhase::Stopped);
     }
 }

@@ -157,6 +157,10 @@ pub struct VirtualServerStatus {
     /// Reboot requests already carried out.
     #[serde(default)]
     pub reboots_done: u32,
+    /// When the guest was asked to shut down (ACPI), RFC 3339; it is
+    /// powered off if still running a grace period later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_requested_at: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
