@@ -133,6 +133,14 @@ fn read_material(files: &TlsFiles) -> anyhow::Result<Material> {
     })
 }
 
+fn unusable_pair(files: &TlsFiles) -> String {
+    format!(
+        "{} and {} do not form a usable certificate and key",
+        files.cert.display(),
+        files.key.display()
+    )
+}
+
 /// The agent's side: serves its certificate and accepts only clients whose
 /// certificate the CA signed.
 pub fn server_config(files: &TlsFiles) -> anyhow::Result<(Arc<ServerConfig>, i64)> {
@@ -146,13 +154,7 @@ pub fn server_config(files: &TlsFiles) -> anyhow::Result<(Arc<ServerConfig>, i64
         .context("TLS protocol versions")?
         .with_client_cert_verifier(verifier)
         .with_single_cert(material.chain, material.key)
-        .with_context(|| {
-            format!(
-                "{} and {} do not form a usable certificate and key",
-                files.cert.display(),
-                files.key.display()
-            )
-        })?;
+        .with_context(|| unusable_pair(files))?;
     Ok((Arc::new(config), material.not_after))
 }
 
@@ -165,13 +167,7 @@ pub fn client_config(files: &TlsFiles) -> anyhow::Result<(ClientConfig, i64)> {
         .context("TLS protocol versions")?
         .with_root_certificates(material.roots)
         .with_client_auth_cert(material.chain, material.key)
-        .with_context(|| {
-            format!(
-                "{} and {} do not form a usable certificate and key",
-                files.cert.display(),
-                files.key.display()
-            )
-        })?;
+        .with_context(|| unusable_pair(files))?;
     Ok((config, material.not_after))
 }
 
