@@ -184,25 +184,7 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
         "hv-b",
         &agent_tls,
     );
-    let mut args: Vec<String> = [
-        "agent",
-        "--listen",
-        &format!("127.0.0.1:{agent_port}"),
-        "--token-file",
-        &token_file.display().to_string(),
-        "--zone",
-        "zone-b",
-        "--libvirt-uri",
-        "test:///default",
-        "--seed-image",
-        "debian-12.qcow2",
-        "--capacity",
-        "vcpus=32,memory_mib=65536,disk_gib=2000",
-    ]
-    .iter()
-    .map(|s| (*s).to_owned())
-    .collect();
-    args.extend(support::agent_tls_args(&agent_tls));
+    let args = support::test_agent_args(agent_port, &token_file, "zone-b", &agent_tls);
     let agent = Process::spawn(Path::new(BIN), &args, dir.path().join("agent.log"));
     let agent_url = format!("https://127.0.0.1:{agent_port}");
     let controller_side = support::agent_http(&stratus.data_dir.join("tls/controller"));

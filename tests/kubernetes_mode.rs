@@ -140,22 +140,7 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
     let agent_http = support::agent_http(&controller_tls);
     let token_file = dir.path().join("agent.token");
     support::write_secret(&token_file, "kubernetes-mode-agent-token-01");
-    let mut agent_args = args(&[
-        "agent",
-        "--listen",
-        &format!("127.0.0.1:{agent_port}"),
-        "--token-file",
-        &token_file.display().to_string(),
-        "--zone",
-        "par1",
-        "--libvirt-uri",
-        "test:///default",
-        "--seed-image",
-        "debian-12.qcow2",
-        "--capacity",
-        "vcpus=32,memory_mib=65536,disk_gib=2000",
-    ]);
-    agent_args.extend(support::agent_tls_args(&agent_tls));
+    let agent_args = support::test_agent_args(agent_port, &token_file, "par1", &agent_tls);
     let agent = Process::spawn(Path::new(BIN), &agent_args, dir.path().join("agent.log"));
     support::wait_healthy_with(&agent_http, &agent_url, &agent).await;
 

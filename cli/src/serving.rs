@@ -98,14 +98,16 @@ pub async fn serve(
         tokio::spawn(async move {
             let outcome = match acceptor {
                 None => {
-                    let connection = http.serve_connection(TokioIo::new(stream), service);
-                    watcher.watch(connection).await
+                    watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(limits.header_read, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            let connection = http.serve_connection(TokioIo::new(stream), service);
-                            watcher.watch(connection).await
+                            watcher
+                                .watch(http.serve_connection(TokioIo::new(stream), service))
+                                .await
                         }
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake refused");

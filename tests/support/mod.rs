@@ -315,6 +315,32 @@ pub fn issue_agent_certificate(binary: &Path, ca_dir: &Path, name: &str, out: &P
     );
 }
 
+/// The flags of a standalone agent on libvirt's test driver: listening on
+/// 127.0.0.1:`port` in `zone`, with one image and room for a few servers,
+/// its token in `token_file` and its certificate in `tls_dir`.
+pub fn test_agent_args(port: u16, token_file: &Path, zone: &str, tls_dir: &Path) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "agent",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--token-file",
+        &token_file.display().to_string(),
+        "--zone",
+        zone,
+        "--libvirt-uri",
+        "test:///default",
+        "--seed-image",
+        "debian-12.qcow2",
+        "--capacity",
+        "vcpus=32,memory_mib=65536,disk_gib=2000",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    args.extend(agent_tls_args(tls_dir));
+    args
+}
+
 /// The agent's TLS flags for the files `stratus tls issue` wrote in `dir`.
 pub fn agent_tls_args(dir: &Path) -> Vec<String> {
     [
