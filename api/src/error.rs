@@ -148,6 +148,11 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound { .. } => {
                 Self::conflict(format!("{error}; it was removed meanwhile"))
             }
+            // The only continue token a request carries is its cursor.
+            StoreError::InvalidContinue(_) => Self::bad_request(
+                "cursor",
+                "cursor is invalid or expired; list again without it",
+            ),
             _ => {
                 tracing::error!(%error, "store failure");
                 Self::internal(

@@ -3,10 +3,16 @@
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use stratus_store::ObjectPage;
+
 use crate::error::ApiError;
 
 pub const DEFAULT_LIMIT: usize = 50;
 pub const MAX_LIMIT: usize = 500;
+/// Longer than any cursor this API hands out.
+const MAX_CURSOR_LEN: usize = 2048;
 
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +39,27 @@ impl PageQuery {
             },
         }
     }
+
+    /// The store's continue token inside `cursor`. Cursors wrap it in
+    /// URL-safe base64 so clients can pass them back without escaping
+    /// (the API server's own tokens hold `+`, `/` and `=`).
+    pub fn store_cursor(&self) -> Result<Option<String>, ApiError> {
+        let Some(cursor) = &self.cursor else {
+            return Ok(None);
+        };
+        let invalid = || ApiError::bad_request("cursor", "cursor is not one this API handed out");
+        if cursor.len() > MAX_CURSOR_LEN {
+            return Err(invalid());
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| invalid())?;
+        String::from_utf8(bytes).map(Some).map_err(|_| invalid())
+    }
+
+    /// The page size, for a store that reads one page at a time.
+    pub fn store_limit(&self) -> Result<u32, ApiError> {
+        // At most MAX_LIMIT (500): the cast cannot truncate.
+        Ok(self.limit()? as u32)
+    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,7 +69,20 @@ pub struct Page<T> {
     pub next_cursor: Option<String>,
 }
 
-/// Pages through items sorted by `key`, strictly after the cursor.
+impl<T> Page<T> {
+    /// A page read from the store, its continue token as the cursor.
+    pub fn from_store<S>(page: ObjectPage<S>, view: impl Fn(&S) -> T) -> Self {
+        Self {
+            items: page.items.iter().map(view).collect(),
+            next_cursor: page
+                .continue_token
+                .map(|token| URL_SAFE_NO_PAD.encode(token)),
+        }
+    }
+}
+
+/// Pages through items sorted by `key`, strictly after the cursor: for the
+/// short lists that are read whole anyway (hypervisors, an account's tokens).
 pub fn paginate<T>(
     mut items: Vec<T>,
     query: &PageQuery,
@@ -79,6 +119,33 @@ mod tests {
             }
         }
         assert_eq!(seen, items);
+    }
+
+    #[test]
+    fn cursors_carry_the_store_token_url_safe() {
+        let page = Page::from_store(
+            ObjectPage {
+                items: vec![1, 2],
+                continue_token: Some("eyJ2Ijoi+/=".to_owned()),
+            },
+            |n: &i32| n * 10,
+        );
+        assert_eq!(page.items, vec![10, 20]);
+        let cursor = page.next_cursor.unwrap();
+        assert!(cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        let query = PageQuery {
+            cursor: Some(cursor),
+            ..Default::default()
+        };
+        assert_eq!(query.store_cursor().unwrap().as_deref(), Some("eyJ2Ijoi+/="));
+        for bad in ["not base64!", "_w", &"A".repeat(MAX_CURSOR_LEN + 4)] {
+            let query = PageQuery {
+                cursor: Some(bad.to_owned()),
+                ..Default::default()
+            };
+            let err = query.store_cursor().unwrap_err();
+            assert_eq!(err.details["field"], "cursor", "{bad}");
+        }
     }
 
     #[test]

@@ -882,6 +882,74 @@ async fn servers_are_listed_page_by_page() {
         .call(Method::GET, "/v1/servers?limit=0", &token, None)
         .await;
     assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", Some("limit"));
+
+    // A cursor is read back, never trusted: a forged one, or one pointing
+    // into another account's servers, is refused naming `cursor`.
+    let (other_account, other_token) = api.customer("Globex").await;
+    let mine = api
+        .call(Method::GET, "/v1/servers?limit=2", &token, None)
+        .await;
+    let cursor = mine.body["next_cursor"].as_str().unwrap().to_owned();
+    let elsewhere = api
+        .call(
+            Method::GET,
+            &format!("/v1/servers?limit=2&cursor={cursor}"),
+            &other_token,
+            None,
+        )
+        .await;
+    assert_error(&elsewhere, StatusCode::BAD_REQUEST, "bad_request", Some("cursor"));
+    for forged in ["%2E%2E", "bm90LWEtdG9rZW4", "_w"] {
+        let refused = api
+            .call(
+                Method::GET,
+                &format!("/v1/servers?cursor={forged}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_error(&refused, StatusCode::BAD_REQUEST, "bad_request", Some("cursor"));
+    }
+    let by_operator = api
+        .call(
+            Method::GET,
+            &format!("/v1/servers?account={other_account}"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(by_operator.status, StatusCode::OK);
+    assert_eq!(by_operator.body["items"], json!([]));
+    let bad_account = api
+        .call(Method::GET, "/v1/servers?account=..%2Fx", &api.admin, None)
+        .await;
+    assert_error(&bad_account, StatusCode::BAD_REQUEST, "bad_request", Some("account"));
+}
+
+#[tokio::test]
+async fn accounts_are_listed_page_by_page() {
+    let api = api().await;
+    for name in ["ACME", "Globex", "Initech"] {
+        api.customer(name).await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/accounts?limit=2".to_owned();
+    loop {
+        let page = api.call(Method::GET, &path, &api.admin, None).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|a| a["id"].as_str().unwrap().to_owned()));
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/accounts?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "each account once, in id order");
+    assert_eq!(seen.len(), 3);
 }
 
 #[tokio::test]

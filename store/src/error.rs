@@ -15,6 +15,8 @@ pub enum StoreError {
     Invalid(String),
     #[error("watch from resourceVersion {0} is older than the kept history; relist")]
     Gone(String),
+    #[error("list continue token is invalid or expired ({0}); list again from the first page")]
+    InvalidContinue(String),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration failed: {0}")]
@@ -38,6 +40,7 @@ impl StoreError {
             Self::Conflict { .. } => "conflict",
             Self::Invalid(_) => "invalid",
             Self::Gone(_) => "gone",
+            Self::InvalidContinue(_) => "invalid_continue",
             Self::Database(_) => "database",
             Self::Migration(_) => "migration",
             Self::Serialization(_) => "serialization",

@@ -17,7 +17,9 @@ use kube::core::WatchEvent as KubeWatchEvent;
 use serde_json::{Value, json};
 
 use crate::error::{Result, StoreError};
-use crate::objects::{Deletion, KindInfo, ObjectList, ObjectStore, WatchEvent};
+use crate::objects::{
+    Deletion, KindInfo, MAX_PAGE_SIZE, ObjectList, ObjectPage, ObjectStore, WatchEvent,
+};
 
 #[derive(Clone)]
 pub struct KubeObjectStore {
@@ -136,6 +138,38 @@ impl ObjectStore for KubeObjectStore {
             .map_err(|e| map_error(e, kind, "(list)"))?;
         Ok(ObjectList {
             resource_version: list.metadata.resource_version.unwrap_or_default(),
+            items: list
+                .items
+                .into_iter()
+                .map(to_value)
+                .collect::<Result<_>>()?,
+        })
+    }
+
+    async fn list_page(
+        &self,
+        kind: &KindInfo,
+        namespace: Option<&str>,
+        limit: u32,
+        continue_token: Option<&str>,
+    ) -> Result<ObjectPage<Value>> {
+        let api = self.api(kind, namespace)?;
+        let mut params = ListParams::default().limit(limit.clamp(1, MAX_PAGE_SIZE));
+        if let Some(token) = continue_token {
+            params = params.continue_token(token);
+        }
+        let list = api.list(&params).await.map_err(|error| match error {
+            // The API server answers 410 for an expired token and 400 for
+            // one it cannot decode (or one pointing outside this listing).
+            kube::Error::Api(status)
+                if continue_token.is_some() && matches!(status.code, 400 | 410) =>
+            {
+                StoreError::InvalidContinue(status.message)
+            }
+            other => map_error(other, kind, "(list)"),
+        })?;
+        Ok(ObjectPage {
+            continue_token: list.metadata.continue_.filter(|token| !token.is_empty()),
             items: list
                 .items
                 .into_iter()

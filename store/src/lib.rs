@@ -23,5 +23,5 @@ pub mod vault;
 pub use db::{Backend, Database};
 pub use error::StoreError;
 pub use kubernetes::KubeObjectStore;
-pub use objects::{KindInfo, ObjectStore, Resources, WatchEvent};
+pub use objects::{KindInfo, ObjectPage, ObjectStore, Resources, WatchEvent};
 pub use sql::SqlObjectStore;

@@ -73,6 +73,19 @@ pub struct ObjectList<T> {
     pub resource_version: String,
 }
 
+/// One page of a list, in key order (namespace, then name).
+#[derive(Debug, Clone)]
+pub struct ObjectPage<T> {
+    pub items: Vec<T>,
+    /// Opaque: pass it back to `list_page` for the next page; `None` on the
+    /// last page. Unlike a full list, the pages are not one snapshot: objects
+    /// created or deleted while paging may or may not appear.
+    pub continue_token: Option<String>,
+}
+
+/// The most objects one page may hold, whatever the caller asks for.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+
 /// What a delete call did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Deletion<T> {
@@ -95,6 +108,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> Result<Option<Value>>;
     /// All live objects of a kind, in one namespace or in all of them.
     async fn list(&self, kind: &KindInfo, namespace: Option<&str>) -> Result<ObjectList<Value>>;
+    /// At most `limit` (capped at [`MAX_PAGE_SIZE`]) live objects of a kind
+    /// after `continue_token`, read from the database or the API server page
+    /// by page rather than all at once. A token this backend did not hand
+    /// out, or one that expired, fails with [`StoreError::InvalidContinue`].
+    async fn list_page(
+        &self,
+        kind: &KindInfo,
+        namespace: Option<&str>,
+        limit: u32,
+        continue_token: Option<&str>,
+    ) -> Result<ObjectPage<Value>>;
     /// The live objects called `name`, in whichever namespaces hold one: an
     /// operator's look-up of one object without listing every object.
     async fn find_by_name(&self, kind: &KindInfo, name: &str) -> Result<Vec<Value>>;
@@ -216,6 +240,23 @@ where
         Ok(ObjectList {
             items: list.items.into_iter().map(decode).collect::<Result<_>>()?,
             resource_version: list.resource_version,
+        })
+    }
+
+    /// One page of objects; see [`ObjectStore::list_page`].
+    pub async fn list_page(
+        &self,
+        namespace: Option<&str>,
+        limit: u32,
+        continue_token: Option<&str>,
+    ) -> Result<ObjectPage<K>> {
+        let page = self
+            .store
+            .list_page(&self.kind, namespace, limit, continue_token)
+            .await?;
+        Ok(ObjectPage {
+            items: page.items.into_iter().map(decode).collect::<Result<_>>()?,
+            continue_token: page.continue_token,
         })
     }
 

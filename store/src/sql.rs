@@ -14,7 +14,9 @@ use tokio::sync::watch;
 
 use crate::db::Database;
 use crate::error::{Result, StoreError};
-use crate::objects::{Deletion, KindInfo, ObjectList, ObjectStore, WatchEvent};
+use crate::objects::{
+    Deletion, KindInfo, MAX_PAGE_SIZE, ObjectList, ObjectPage, ObjectStore, WatchEvent,
+};
 
 /// How often a watcher looks for changes written by another process; writes
 /// made through this store wake watchers at once.
@@ -111,6 +113,23 @@ struct Key<'a> {
     kind: &'a str,
     namespace: &'a str,
     name: &'a str,
+}
+
+/// The key a page ended at, from the token `list_page` handed out
+/// (`namespace/name`; namespaces never hold a `/`). A token
+/// for another namespace than the one listed is refused rather than obeyed.
+fn parse_continue<'a>(token: &'a str, namespace: Option<&str>) -> Result<(&'a str, &'a str)> {
+    let invalid = || StoreError::InvalidContinue("not a token this store handed out".into());
+    let (token_namespace, name) = token.split_once('/').ok_or_else(invalid)?;
+    if name.is_empty() || name.len() > 253 || token_namespace.len() > 253 {
+        return Err(invalid());
+    }
+    if namespace.is_some_and(|ns| ns != token_namespace) {
+        return Err(StoreError::InvalidContinue(
+            "the token belongs to a listing of another namespace".into(),
+        ));
+    }
+    Ok((token_namespace, name))
 }
 
 fn key<'a>(kind: &'a KindInfo, namespace: Option<&'a str>, name: &'a str) -> Result<Key<'a>> {
@@ -287,6 +306,56 @@ impl ObjectStore for SqlObjectStore {
                 .map(|b| serde_json::from_str(b))
                 .collect::<Result<_, _>>()?,
             resource_version: resource_version.to_string(),
+        })
+    }
+
+    async fn list_page(
+        &self,
+        kind: &KindInfo,
+        namespace: Option<&str>,
+        limit: u32,
+        continue_token: Option<&str>,
+    ) -> Result<ObjectPage<Value>> {
+        let limit = limit.clamp(1, MAX_PAGE_SIZE);
+        let (after_namespace, after_name) = match continue_token {
+            Some(token) => parse_continue(token, namespace)?,
+            None => (namespace.unwrap_or(""), ""),
+        };
+        // One row more than the page tells whether another page follows.
+        // Keyset reads along the primary key (kind, namespace, name): page
+        // 1 000 costs what page 1 does.
+        let fetch = i64::from(limit) + 1;
+        let rows = match namespace {
+            Some(ns) => sqlx::query("SELECT namespace, name, body FROM objects WHERE kind = $1 AND namespace = $2 AND name > $3 AND deleted = 0 ORDER BY name LIMIT $4")
+                .bind(&kind.kind)
+                .bind(ns)
+                .bind(after_name)
+                .bind(fetch)
+                .fetch_all(self.db.pool())
+                .await?,
+            None => sqlx::query("SELECT namespace, name, body FROM objects WHERE kind = $1 AND (namespace > $2 OR (namespace = $2 AND name > $3)) AND deleted = 0 ORDER BY namespace, name LIMIT $4")
+                .bind(&kind.kind)
+                .bind(after_namespace)
+                .bind(after_name)
+                .bind(fetch)
+                .fetch_all(self.db.pool())
+                .await?,
+        };
+        let more = rows.len() > limit as usize;
+        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
+        let mut last_key = None;
+        for row in rows.iter().take(limit as usize) {
+            let body: String = row.try_get("body")?;
+            items.push(serde_json::from_str(&body)?);
+            last_key = Some((row.try_get::<String, _>("namespace")?, row.try_get::<String, _>("name")?));
+        }
+        let continue_token = match (more, last_key) {
+            (true, Some((namespace, name))) => Some(format!("{namespace}/{name}")),
+            _ => None,
+        };
+        Ok(ObjectPage {
+            items,
+            continue_token,
         })
     }
 

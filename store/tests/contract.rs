@@ -152,6 +152,87 @@ async fn find_by_name_looks_in_every_namespace_and_skips_deleted() {
 }
 
 #[tokio::test]
+async fn pages_walk_every_live_object_once_in_key_order() {
+    for backend in backends().await {
+        let label = backend.label;
+        let (servers, accounts) = backend.resources();
+        let mut live = Vec::new();
+        for (namespace, count) in [("acc-b", 3), ("acc-a", 5)] {
+            for i in 0..count {
+                servers
+                    .create(&server(namespace, &format!("web{i}")))
+                    .await
+                    .unwrap();
+                live.push(format!("{namespace}/web{i}"));
+            }
+        }
+        servers.delete(Some("acc-a"), "web2").await.unwrap();
+        live.retain(|key| key != "acc-a/web2");
+        live.sort();
+
+        let key = |s: &VirtualServer| {
+            format!(
+                "{}/{}",
+                s.metadata.namespace.as_deref().unwrap_or_default(),
+                s.metadata.name.as_deref().unwrap_or_default()
+            )
+        };
+        let mut seen = Vec::new();
+        let mut token = None;
+        let mut pages = 0;
+        loop {
+            let page = servers.list_page(None, 3, token.as_deref()).await.unwrap();
+            assert!(page.items.len() <= 3, "{label}");
+            seen.extend(page.items.iter().map(key));
+            pages += 1;
+            match page.continue_token {
+                Some(next) => token = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, live, "{label}: every live object once, in key order");
+        assert_eq!(pages, 3, "{label}: 7 objects in pages of 3");
+
+        let first = servers.list_page(Some("acc-b"), 2, None).await.unwrap();
+        let names: Vec<_> = first.items.iter().map(key).collect();
+        assert_eq!(names, ["acc-b/web0", "acc-b/web1"], "{label}");
+        let next = first.continue_token.expect("a second page");
+        let last = servers.list_page(Some("acc-b"), 2, Some(&next)).await.unwrap();
+        assert_eq!(last.items.iter().map(key).collect::<Vec<_>>(), ["acc-b/web2"]);
+        assert_eq!(last.continue_token, None, "{label}: a full last page ends");
+
+        // A token handed out for one account's listing never reads another's.
+        let foreign = servers.list_page(Some("acc-a"), 2, Some(&next)).await;
+        assert!(
+            matches!(foreign, Err(StoreError::InvalidContinue(_))),
+            "{label}: {foreign:?}"
+        );
+        let forged = servers.list_page(Some("acc-a"), 2, Some("forged")).await;
+        assert!(
+            matches!(forged, Err(StoreError::InvalidContinue(_))),
+            "{label}: {forged:?}"
+        );
+
+        for name in ["acc-3", "acc-1", "acc-2"] {
+            accounts.create(&account(name)).await.unwrap();
+        }
+        let first = accounts.list_page(None, 2, None).await.unwrap();
+        let rest = accounts
+            .list_page(None, 2, first.continue_token.as_deref())
+            .await
+            .unwrap();
+        let names: Vec<_> = first
+            .items
+            .iter()
+            .chain(&rest.items)
+            .filter_map(|a| a.metadata.name.clone())
+            .collect();
+        assert_eq!(names, ["acc-1", "acc-2", "acc-3"], "{label}");
+        assert_eq!(rest.continue_token, None, "{label}");
+    }
+}
+
+#[tokio::test]
 async fn scope_is_enforced() {
     for backend in backends().await {
         let (servers, accounts) = backend.resources();

@@ -486,3 +486,57 @@ async fn the_watcher_relists_after_gone_and_resumes_after_a_closed_watch() {
     let names = run(client_side, server_side).await;
     assert_eq!(names, ["vs-a", "vs-b", "vs-a", "vs-b", "vs-c"]);
 }
+
+#[tokio::test]
+async fn pages_are_read_with_limit_and_continue_and_an_expired_token_is_named() {
+    let (servers, mut api) = setup();
+    let first = run(servers.list_page(Some("acc-1"), 2, None), async {
+        let answer = json!({
+            "apiVersion": "stratus.dev/v1alpha1", "kind": "VirtualServerList",
+            "metadata": {"resourceVersion": "4711", "continue": "eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NDcxMSwic3RhcnQiOiJ2cy0yXHUwMDAwIn0="},
+            "items": [stored("vs-1", "100", &[], false), stored("vs-2", "101", &[], false)]
+        });
+        api.expect(Method::GET, &format!("{SERVERS}?&limit=2"), 200, answer)
+            .await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(first.items.len(), 2);
+    let token = first.continue_token.expect("a next page");
+
+    let last = run(servers.list_page(Some("acc-1"), 2, Some(&token)), async {
+        let answer = json!({
+            "apiVersion": "stratus.dev/v1alpha1", "kind": "VirtualServerList",
+            "metadata": {"resourceVersion": "4711", "continue": ""},
+            "items": [stored("vs-3", "102", &[], false)]
+        });
+        api.expect(
+            Method::GET,
+            &format!(
+                "{SERVERS}?&limit=2&continue=eyJ2IjoibWV0YS5rOHMuaW8vdjEiLCJydiI6NDcxMSwic3RhcnQiOiJ2cy0yXHUwMDAwIn0%3D"
+            ),
+            200,
+            answer,
+        )
+        .await;
+    })
+    .await
+    .unwrap();
+    assert_eq!(last.items.len(), 1);
+    assert_eq!(last.continue_token, None, "an empty continue ends the listing");
+
+    let expired = run(servers.list_page(Some("acc-1"), 2, Some("stale")), async {
+        api.expect(
+            Method::GET,
+            &format!("{SERVERS}?&limit=2&continue=stale"),
+            410,
+            status(410, "Expired", "The provided continue parameter is too old"),
+        )
+        .await;
+    })
+    .await;
+    assert!(
+        matches!(expired, Err(StoreError::InvalidContinue(_))),
+        "{expired:?}"
+    );
+}

@@ -77,11 +77,17 @@ pub async fn list_accounts(
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<AccountView>>, ApiError> {
     principal.require_admin()?;
-    let accounts = state.accounts.list(None).await?.items;
-    let views = accounts.iter().map(AccountView::from).collect();
-    Ok(Json(paginate(views, &query, |a: &AccountView| {
-        a.id.clone()
-    })?))
+    if query.account.is_some() {
+        return Err(ApiError::bad_request(
+            "account",
+            "accounts are listed whole; show one with GET /v1/accounts/{id}",
+        ));
+    }
+    let page = state
+        .accounts
+        .list_page(None, query.store_limit()?, query.store_cursor()?.as_deref())
+        .await?;
+    Ok(Json(Page::from_store(page, |a| AccountView::from(a))))
 }
 
 /// Shows an account (operators, or a token of that account).

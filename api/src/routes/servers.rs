@@ -17,7 +17,7 @@ use stratus_store::ledger::{AuditAction, AuditSubject, IdempotencyClaim};
 use crate::auth::{Principal, hash_token};
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
-use crate::pagination::{Page, PageQuery, paginate};
+use crate::pagination::{Page, PageQuery};
 use crate::state::ApiState;
 use crate::views::{OrderServer, ServerAction, ServerActionKind, ServerView};
 
@@ -305,14 +305,24 @@ pub async fn list_servers(
             }
             Some(account_id.to_string())
         }
-        Principal::Admin { .. } => query.account.clone(),
+        Principal::Admin { .. } => match &query.account {
+            Some(account) => Some(
+                AccountId::parse(account)
+                    .ok_or_else(|| ApiError::bad_request("account", "not an account id"))?
+                    .to_string(),
+            ),
+            None => None,
+        },
     };
-    query.limit()?;
-    let servers = state.servers.list(namespace.as_deref()).await?.items;
-    let views = servers.iter().map(ServerView::from).collect();
-    Ok(Json(paginate(views, &query, |s: &ServerView| {
-        s.id.clone()
-    })?))
+    let page = state
+        .servers
+        .list_page(
+            namespace.as_deref(),
+            query.store_limit()?,
+            query.store_cursor()?.as_deref(),
+        )
+        .await?;
+    Ok(Json(Page::from_store(page, |s| ServerView::from(s))))
 }
 
 /// Shows one server.

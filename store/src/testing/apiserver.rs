@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::error::StoreError;
-use crate::objects::{Deletion, KindInfo, ObjectStore, WatchEvent};
+use crate::objects::{Deletion, KindInfo, MAX_PAGE_SIZE, ObjectStore, WatchEvent};
 
 #[derive(Clone)]
 struct Served {
@@ -34,6 +34,9 @@ struct Params {
     watch: Option<bool>,
     resource_version: Option<String>,
     field_selector: Option<String>,
+    limit: Option<u32>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
 }
 
 /// The API server's routes over `store` (use a store of its own: it keys
@@ -62,6 +65,7 @@ fn error(error: StoreError) -> Response {
         StoreError::Conflict { .. } => status(409, "Conflict", error.to_string()),
         StoreError::Invalid(_) => status(422, "Invalid", error.to_string()),
         StoreError::Gone(_) => status(410, "Expired", error.to_string()),
+        StoreError::InvalidContinue(_) => status(400, "BadRequest", error.to_string()),
         other => status(500, "InternalError", other.to_string()),
     }
 }
@@ -239,6 +243,23 @@ async fn serve(
                 Ok(items) => ok(
                     StatusCode::OK,
                     json!({"apiVersion": "v1", "kind": "List", "metadata": {}, "items": items}),
+                ),
+                Err(e) => error(e),
+            }
+        }
+        // A paged list; tokens are the embedded store's, which refuses
+        // those it did not hand out as the API server does (400).
+        (Method::GET, None, None) if params.limit.is_some() => {
+            let limit = params.limit.unwrap_or(MAX_PAGE_SIZE);
+            match store
+                .list_page(&kind, namespace, limit, params.continue_token.as_deref())
+                .await
+            {
+                Ok(page) => ok(
+                    StatusCode::OK,
+                    json!({"apiVersion": "v1", "kind": "List",
+                           "metadata": {"continue": page.continue_token.unwrap_or_default()},
+                           "items": page.items}),
                 ),
                 Err(e) => error(e),
             }
