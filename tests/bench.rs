@@ -26,6 +26,15 @@ struct Args {
     /// The stratus binary (default: next to this one).
     #[arg(long)]
     binary: Option<PathBuf>,
+    /// Configuration of the all-in-one process. Its `limits:` must let one
+    /// token poll every `--poll-ms` (the default 20 requests/s would answer
+    /// 429), e.g. `limits: {requestsPerSecond: 100000, burst: 100000}`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Capacity of the all-in-one process's simulated hypervisor
+    /// (`vcpus=…,memory_mib=…,disk_gib=…`), for runs larger than its default.
+    #[arg(long)]
+    capacity: Option<String>,
     /// Database of the all-in-one process (default: SQLite in its data directory).
     #[arg(long)]
     database_url: Option<String>,
@@ -107,10 +116,17 @@ async fn main() -> anyhow::Result<()> {
         binary.display()
     );
     let data_dir = std::env::temp_dir().join(format!("stratus-bench-{}", std::process::id()));
-    let extra: Vec<&str> = match &args.database_url {
-        Some(url) => vec!["--database-url", url.as_str()],
-        None => Vec::new(),
-    };
+    let config = args.config.as_ref().map(|path| path.display().to_string());
+    let mut extra: Vec<&str> = Vec::new();
+    if let Some(url) = &args.database_url {
+        extra.extend(["--database-url", url.as_str()]);
+    }
+    if let Some(config) = &config {
+        extra.extend(["--config", config.as_str()]);
+    }
+    if let Some(capacity) = &args.capacity {
+        extra.extend(["--capacity", capacity.as_str()]);
+    }
     let stratus = Stratus::up(&binary, &data_dir, free_port(), &extra).await;
     // A database used before already has an operator, whose token is not in
     // this run's data dir: issue one for the bench.

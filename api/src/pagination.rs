@@ -132,12 +132,19 @@ mod tests {
         );
         assert_eq!(page.items, vec![10, 20]);
         let cursor = page.next_cursor.unwrap();
-        assert!(cursor.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        assert!(
+            cursor
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        );
         let query = PageQuery {
             cursor: Some(cursor),
             ..Default::default()
         };
-        assert_eq!(query.store_cursor().unwrap().as_deref(), Some("eyJ2Ijoi+/="));
+        assert_eq!(
+            query.store_cursor().unwrap().as_deref(),
+            Some("eyJ2Ijoi+/=")
+        );
         for bad in ["not base64!", "_w", &"A".repeat(MAX_CURSOR_LEN + 4)] {
             let query = PageQuery {
                 cursor: Some(bad.to_owned()),

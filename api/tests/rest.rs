@@ -898,7 +898,12 @@ async fn servers_are_listed_page_by_page() {
             None,
         )
         .await;
-    assert_error(&elsewhere, StatusCode::BAD_REQUEST, "bad_request", Some("cursor"));
+    assert_error(
+        &elsewhere,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("cursor"),
+    );
     for forged in ["%2E%2E", "bm90LWEtdG9rZW4", "_w"] {
         let refused = api
             .call(
@@ -908,7 +913,12 @@ async fn servers_are_listed_page_by_page() {
                 None,
             )
             .await;
-        assert_error(&refused, StatusCode::BAD_REQUEST, "bad_request", Some("cursor"));
+        assert_error(
+            &refused,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("cursor"),
+        );
     }
     let by_operator = api
         .call(
@@ -923,7 +933,12 @@ async fn servers_are_listed_page_by_page() {
     let bad_account = api
         .call(Method::GET, "/v1/servers?account=..%2Fx", &api.admin, None)
         .await;
-    assert_error(&bad_account, StatusCode::BAD_REQUEST, "bad_request", Some("account"));
+    assert_error(
+        &bad_account,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("account"),
+    );
 }
 
 #[tokio::test]

@@ -411,6 +411,17 @@ impl ServerReconciler {
         current: &VirtualServerStatus,
         mut next: VirtualServerStatus,
     ) -> Result<Option<Duration>, ControllerError> {
+        // The MAC is held in the ledger before the placement is recorded, so
+        // a crash in between leaves a holding the retry finds again. It is
+        // taken before the scheduling lock: placements never wait on a
+        // ledger write. A server waiting for room keeps its MAC meanwhile.
+        let (uid, subject) = mac_holder(server)?;
+        let mac = self
+            .ctx
+            .ledger
+            .macs()
+            .allocate(&uid, &subject, self.now_millis())
+            .await?;
         let mut placements = self.scheduling.lock().await;
         let key = ObjectKey::of(server);
         let placement = match self.config.image(&server.spec.image) {
@@ -429,19 +440,6 @@ impl ServerReconciler {
                 )
                 .map_err(|e| e.to_string())
             }
-        };
-        // The MAC is held in the ledger before the placement is recorded, so
-        // a crash in between leaves a holding the retry finds again.
-        let mac = match &placement {
-            Ok(_) => {
-                let (uid, subject) = mac_holder(server)?;
-                self.ctx
-                    .ledger
-                    .macs()
-                    .allocate(&uid, &subject, self.now_millis())
-                    .await?
-            }
-            Err(_) => String::new(),
         };
         lifecycle::record_placement(
             &mut next,

@@ -347,7 +347,10 @@ impl ObjectStore for SqlObjectStore {
         for row in rows.iter().take(limit as usize) {
             let body: String = row.try_get("body")?;
             items.push(serde_json::from_str(&body)?);
-            last_key = Some((row.try_get::<String, _>("namespace")?, row.try_get::<String, _>("name")?));
+            last_key = Some((
+                row.try_get::<String, _>("namespace")?,
+                row.try_get::<String, _>("name")?,
+            ));
         }
         let continue_token = match (more, last_key) {
             (true, Some((namespace, name))) => Some(format!("{namespace}/{name}")),

@@ -197,8 +197,14 @@ async fn pages_walk_every_live_object_once_in_key_order() {
         let names: Vec<_> = first.items.iter().map(key).collect();
         assert_eq!(names, ["acc-b/web0", "acc-b/web1"], "{label}");
         let next = first.continue_token.expect("a second page");
-        let last = servers.list_page(Some("acc-b"), 2, Some(&next)).await.unwrap();
-        assert_eq!(last.items.iter().map(key).collect::<Vec<_>>(), ["acc-b/web2"]);
+        let last = servers
+            .list_page(Some("acc-b"), 2, Some(&next))
+            .await
+            .unwrap();
+        assert_eq!(
+            last.items.iter().map(key).collect::<Vec<_>>(),
+            ["acc-b/web2"]
+        );
         assert_eq!(last.continue_token, None, "{label}: a full last page ends");
 
         // A token handed out for one account's listing never reads another's.

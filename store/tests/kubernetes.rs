@@ -523,7 +523,10 @@ async fn pages_are_read_with_limit_and_continue_and_an_expired_token_is_named() 
     .await
     .unwrap();
     assert_eq!(last.items.len(), 1);
-    assert_eq!(last.continue_token, None, "an empty continue ends the listing");
+    assert_eq!(
+        last.continue_token, None,
+        "an empty continue ends the listing"
+    );
 
     let expired = run(servers.list_page(Some("acc-1"), 2, Some("stale")), async {
         api.expect(
