@@ -26,9 +26,6 @@ impl MacAddresses<'_> {
     /// reading the history). A retried reconcile gets the same address.
     pub async fn allocate(&self, holder_uid: &str, subject: &str, at: i64) -> Result<String> {
         for _ in 0..ATTEMPTS {
-            if let Some(held) = self.held_by(holder_uid).await? {
-                return Ok(held);
-            }
             let bits = uuid::Uuid::new_v4().as_u128() as u32 & 0x00ff_ffff;
             let candidate = format!(
                 "{PREFIX}:{:02x}:{:02x}:{:02x}",
@@ -36,8 +33,14 @@ impl MacAddresses<'_> {
                 (bits >> 8) & 0xff,
                 bits & 0xff
             );
+            // Insert first: a new holder (the common case) costs one
+            // statement. Refused either because the holder already has a
+            // MAC (then it keeps it) or because the candidate is taken.
             if self.insert(holder_uid, subject, &candidate, at).await? {
                 return Ok(candidate);
+            }
+            if let Some(held) = self.held_by(holder_uid).await? {
+                return Ok(held);
             }
         }
         Err(StoreError::Invalid(format!(

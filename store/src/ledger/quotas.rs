@@ -52,10 +52,6 @@ impl Quotas<'_> {
         ];
         for _ in 0..ATTEMPTS {
             let mut tx = self.db.pool().begin().await?;
-            sqlx::query("INSERT INTO quota_usage (account) VALUES ($1) ON CONFLICT DO NOTHING")
-                .bind(account)
-                .execute(&mut *tx)
-                .await?;
             let new = sqlx::query(
                 "INSERT INTO quota_charges (resource, account, servers, vcpus, memory_mib, disk_gib, charged_at) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
@@ -74,24 +70,42 @@ impl Quotas<'_> {
                 tx.commit().await?;
                 return Ok(Ok(()));
             }
-            let charged = sqlx::query(
-                "UPDATE quota_usage SET servers = servers + $2, vcpus = vcpus + $3, \
-                 memory_mib = memory_mib + $4, disk_gib = disk_gib + $5 \
-                 WHERE account = $1 AND servers + $2 <= $6 AND vcpus + $3 <= $7 \
-                 AND memory_mib + $4 <= $8 AND disk_gib + $5 <= $9",
-            )
-            .bind(account)
-            .bind(amounts[0])
-            .bind(amounts[1])
-            .bind(amounts[2])
-            .bind(amounts[3])
-            .bind(bound(limits.servers))
-            .bind(bound(limits.vcpus))
-            .bind(bound(limits.memory_mib))
-            .bind(bound(limits.disk_gib))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            // The account's first charge finds no usage row: make it and
+            // try once more. Every later charge is these two statements.
+            let mut charged = 0;
+            for _ in 0..2 {
+                charged = sqlx::query(
+                    "UPDATE quota_usage SET servers = servers + $2, vcpus = vcpus + $3, \
+                     memory_mib = memory_mib + $4, disk_gib = disk_gib + $5 \
+                     WHERE account = $1 AND servers + $2 <= $6 AND vcpus + $3 <= $7 \
+                     AND memory_mib + $4 <= $8 AND disk_gib + $5 <= $9",
+                )
+                .bind(account)
+                .bind(amounts[0])
+                .bind(amounts[1])
+                .bind(amounts[2])
+                .bind(amounts[3])
+                .bind(bound(limits.servers))
+                .bind(bound(limits.vcpus))
+                .bind(bound(limits.memory_mib))
+                .bind(bound(limits.disk_gib))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if charged == 1 {
+                    break;
+                }
+                let first = sqlx::query(
+                    "INSERT INTO quota_usage (account) VALUES ($1) ON CONFLICT DO NOTHING",
+                )
+                .bind(account)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+                if first == 0 {
+                    break;
+                }
+            }
             if charged == 1 {
                 tx.commit().await?;
                 return Ok(Ok(()));
