@@ -139,10 +139,7 @@ impl Core {
         instance: &str,
         agents: Arc<dyn AgentClient>,
     ) -> anyhow::Result<Runtime> {
-        let directory = AgentDirectory {
-            hypervisors: Resources::new(self.objects()),
-            credentials: self.secrets.clone(),
-        };
+        let directory = AgentDirectory::new(Resources::new(self.objects()), self.secrets.clone());
         let mut ctx =
             ControllerContext::new(self.clock.clone(), agents, directory, self.ledger.clone())
                 .with_metrics(ControllerMetrics::register(registry));

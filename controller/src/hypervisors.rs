@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
+use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Hypervisor, HypervisorCapacity, HypervisorStatus, VirtualServer};
 use stratus_store::Resources;
 
@@ -93,6 +94,11 @@ impl HypervisorProber {
         let mut status: HypervisorStatus = hypervisor.status.clone().unwrap_or_default();
         let was_reachable = status.reachable;
         let now = self.ctx.clock.now();
+        // A probe always reads the current token: a rotation is picked up
+        // within one probe interval.
+        self.ctx
+            .directory
+            .forget_token(&HypervisorName::of(hypervisor));
         let answer = match self.ctx.directory.endpoint(hypervisor).await {
             Ok(endpoint) => self
                 .ctx

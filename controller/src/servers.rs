@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Config;
-use stratus_core::agent_api::{DiskDisposal, DomainSpec};
+use stratus_core::agent_api::{AgentErrorCode, DiskDisposal, DomainSpec};
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
@@ -357,7 +357,13 @@ impl ServerReconciler {
         };
         let (reachable, reason) = match &error {
             AgentCallError::Unreachable(_) => (false, Reason::AgentUnavailable),
-            AgentCallError::Rejected { .. } => (true, Reason::AgentRefused),
+            AgentCallError::Rejected { code, .. } => {
+                if *code == AgentErrorCode::Unauthorized {
+                    // Perhaps rotated: the retry reads the token again.
+                    self.ctx.directory.forget_token(&agent.hypervisor);
+                }
+                (true, Reason::AgentRefused)
+            }
         };
         conditions::set(
             &mut next.conditions,

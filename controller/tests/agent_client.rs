@@ -135,3 +135,87 @@ async fn an_agent_url_in_clear_text_is_never_called() {
         tokio::time::timeout(std::time::Duration::from_millis(200), listener.accept()).await;
     assert!(accepted.is_err(), "the client connected over plain HTTP");
 }
+
+/// Counts the reads of a credential store holding `hypervisor/{name}` tokens.
+#[derive(Default)]
+struct CountedSecrets {
+    values: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl stratus_store::secrets::Secrets for CountedSecrets {
+    async fn put(&self, name: &str, value: &str) -> stratus_store::error::Result<()> {
+        self.values
+            .lock()
+            .unwrap()
+            .insert(name.to_owned(), value.to_owned());
+        Ok(())
+    }
+
+    async fn get(&self, name: &str) -> stratus_store::error::Result<Option<String>> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(self.values.lock().unwrap().get(name).cloned())
+    }
+}
+
+#[tokio::test]
+async fn agent_tokens_are_read_once_and_again_when_forgotten_or_renamed() {
+    use std::sync::atomic::Ordering;
+    use stratus_controller::agent_client::AgentDirectory;
+    use stratus_store::secrets::Secrets;
+
+    let scratch = stratus_store::testing::sqlite().await;
+    let store: Arc<dyn stratus_store::ObjectStore> = Arc::new(stratus_store::SqlObjectStore::new(
+        scratch.db.clone(),
+        stratus_store::testing::clock(),
+    ));
+    let hypervisors = stratus_store::Resources::new(store);
+    let secrets = Arc::new(CountedSecrets::default());
+    let directory = AgentDirectory::new(hypervisors.clone(), secrets.clone());
+    let hv1 = HypervisorName::parse("hv1").unwrap();
+    hypervisors
+        .create(&stratus_core::testing::hypervisor("hv1").build())
+        .await
+        .unwrap();
+    secrets.put(&hv1.credential_name(), "first").await.unwrap();
+
+    for _ in 0..50 {
+        let endpoint = directory.by_name(&hv1).await.unwrap();
+        assert_eq!(endpoint.token, "first");
+    }
+    assert_eq!(
+        secrets.reads.load(Ordering::SeqCst),
+        1,
+        "one read for 50 resolutions"
+    );
+
+    // Rotated: the agent refuses the old token, the reconciler forgets it.
+    secrets.put(&hv1.credential_name(), "second").await.unwrap();
+    directory.forget_token(&hv1);
+    assert_eq!(directory.by_name(&hv1).await.unwrap().token, "second");
+    assert_eq!(secrets.reads.load(Ordering::SeqCst), 2);
+
+    // Pointed at another credential: never the token cached for the old one.
+    secrets.put("hypervisor/hv1-new", "third").await.unwrap();
+    hypervisors
+        .update(None, "hv1", |h| {
+            h.spec.credential = "hypervisor/hv1-new".into();
+            true
+        })
+        .await
+        .unwrap();
+    assert_eq!(directory.by_name(&hv1).await.unwrap().token, "third");
+
+    // A missing credential is an error, and nothing is cached for it.
+    hypervisors
+        .update(None, "hv1", |h| {
+            h.spec.credential = "hypervisor/gone".into();
+            true
+        })
+        .await
+        .unwrap();
+    assert!(directory.by_name(&hv1).await.is_err());
+    assert!(directory.by_name(&hv1).await.is_err());
+    assert_eq!(secrets.reads.load(Ordering::SeqCst), 5);
+}

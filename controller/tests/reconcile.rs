@@ -55,10 +55,7 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
     let credentials = Arc::new(Vault::new(scratch.db.clone(), &[9u8; 32], clock.clone()).unwrap());
     credentials.put("hv-token", "t", 0).await.unwrap();
     let ledger = Ledger::new(scratch.db.clone());
-    let directory = AgentDirectory {
-        hypervisors: hypervisors.clone(),
-        credentials,
-    };
+    let directory = AgentDirectory::new(hypervisors.clone(), credentials);
     let events = Arc::new(RecordedEvents::default());
     let ctx = Context::new(clock.clone(), sim.clone(), directory, ledger.clone())
         .with_events(events.clone());
