@@ -325,15 +325,15 @@ impl ObjectStore for SqlObjectStore {
         // Keyset reads along the primary key (kind, namespace, name): page
         // 1 000 costs what page 1 does.
         let fetch = i64::from(limit) + 1;
-        let rows = match namespace {
-            Some(ns) => sqlx::query("SELECT namespace, name, body FROM objects WHERE kind = $1 AND namespace = $2 AND name > $3 AND deleted = 0 ORDER BY name LIMIT $4")
+        let rows: Vec<String> = match namespace {
+            Some(ns) => sqlx::query_scalar("SELECT body FROM objects WHERE kind = $1 AND namespace = $2 AND name > $3 AND deleted = 0 ORDER BY name LIMIT $4")
                 .bind(&kind.kind)
                 .bind(ns)
                 .bind(after_name)
                 .bind(fetch)
                 .fetch_all(self.db.pool())
                 .await?,
-            None => sqlx::query("SELECT namespace, name, body FROM objects WHERE kind = $1 AND (namespace > $2 OR (namespace = $2 AND name > $3)) AND deleted = 0 ORDER BY namespace, name LIMIT $4")
+            None => sqlx::query_scalar("SELECT body FROM objects WHERE kind = $1 AND (namespace > $2 OR (namespace = $2 AND name > $3)) AND deleted = 0 ORDER BY namespace, name LIMIT $4")
                 .bind(&kind.kind)
                 .bind(after_namespace)
                 .bind(after_name)
@@ -342,18 +342,22 @@ impl ObjectStore for SqlObjectStore {
                 .await?,
         };
         let more = rows.len() > limit as usize;
-        let mut items = Vec::with_capacity(rows.len().min(limit as usize));
-        let mut last_key = None;
-        for row in rows.iter().take(limit as usize) {
-            let body: String = row.try_get("body")?;
-            items.push(serde_json::from_str(&body)?);
-            last_key = Some((
-                row.try_get::<String, _>("namespace")?,
-                row.try_get::<String, _>("name")?,
-            ));
-        }
-        let continue_token = match (more, last_key) {
-            (true, Some((namespace, name))) => Some(format!("{namespace}/{name}")),
+        let items: Vec<Value> = rows
+            .iter()
+            .take(limit as usize)
+            .map(|body| serde_json::from_str(body))
+            .collect::<Result<_, _>>()?;
+        // The stored document carries its own key.
+        let continue_token = match items.last() {
+            Some(last) if more => {
+                let meta = |field: &str| {
+                    last.pointer(&format!("/metadata/{field}"))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                Some(format!("{}/{}", meta("namespace"), meta("name")))
+            }
             _ => None,
         };
         Ok(ObjectPage {
