@@ -197,24 +197,24 @@ async fn agent_tokens_are_read_once_and_again_when_forgotten_or_renamed() {
     assert_eq!(secrets.reads.load(Ordering::SeqCst), 2);
 
     // Pointed at another credential: never the token cached for the old one.
+    let point_at = |credential: &'static str| {
+        let hypervisors = hypervisors.clone();
+        async move {
+            hypervisors
+                .update(None, "hv1", |h| {
+                    h.spec.credential = credential.into();
+                    true
+                })
+                .await
+                .unwrap();
+        }
+    };
     secrets.put("hypervisor/hv1-new", "third").await.unwrap();
-    hypervisors
-        .update(None, "hv1", |h| {
-            h.spec.credential = "hypervisor/hv1-new".into();
-            true
-        })
-        .await
-        .unwrap();
+    point_at("hypervisor/hv1-new").await;
     assert_eq!(directory.by_name(&hv1).await.unwrap().token, "third");
 
     // A missing credential is an error, and nothing is cached for it.
-    hypervisors
-        .update(None, "hv1", |h| {
-            h.spec.credential = "hypervisor/gone".into();
-            true
-        })
-        .await
-        .unwrap();
+    point_at("hypervisor/gone").await;
     assert!(directory.by_name(&hv1).await.is_err());
     assert!(directory.by_name(&hv1).await.is_err());
     assert_eq!(secrets.reads.load(Ordering::SeqCst), 5);
