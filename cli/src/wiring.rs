@@ -291,6 +291,13 @@ mod tests {
         let example =
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../config/stratus.example.yaml");
         assert_eq!(load_config(Some(&example)).unwrap(), Config::default());
+        // It documents every policy key, not only the defaults by omission.
+        let text = std::fs::read_to_string(&example).unwrap();
+        let written: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(
+            written["policy"],
+            serde_yaml::to_value(stratus_core::policy::Policy::default()).unwrap()
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::Policy;
 use crate::quota::Quota;
 use crate::resources::ServerResources;
 use crate::validate;
@@ -70,6 +71,9 @@ pub struct Config {
     /// How fast one API token may call.
     #[serde(default)]
     pub limits: Limits,
+    /// Durations, fees and modes of the business rules (RULES.md).
+    #[serde(default)]
+    pub policy: Policy,
 }
 
 /// Request rate limits of the REST API, per token: a bucket of `burst`
@@ -109,6 +113,7 @@ impl Default for Config {
             images: default_images(),
             quotas: Quota::default(),
             limits: Limits::default(),
+            policy: Policy::default(),
         }
     }
 }
@@ -144,7 +149,22 @@ fn default_images() -> Vec<Image> {
 
 impl Config {
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_yaml::from_str(text)?;
+        // The path names the key in error, however deep (`policy.billing.suspendAfter`).
+        let config: Config = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
+            text,
+        ))
+        .map_err(|error| {
+            let field = error.path().to_string();
+            let inner = error.into_inner();
+            if field.is_empty() || field == "." {
+                ConfigError::Parse(inner)
+            } else {
+                ConfigError::Invalid {
+                    field,
+                    message: inner.to_string(),
+                }
+            }
+        })?;
         config.validate()?;
         Ok(config)
     }
@@ -174,6 +194,9 @@ impl Config {
         if self.limits.burst == 0 {
             return Err(invalid("limits.burst".into(), "must be at least 1"));
         }
+        self.policy
+            .validate()
+            .map_err(|(field, message)| invalid(field, &message))?;
         let mut seen = BTreeSet::new();
         for (i, plan) in self.plans.iter().enumerate() {
             if !validate::is_slug(&plan.name) {
@@ -233,6 +256,55 @@ mod tests {
         assert_eq!(config.plan("tiny").unwrap().memory_mib, 512);
         assert_eq!(config.image("debian-12").unwrap().volume, "deb.qcow2");
         assert!(config.plan("small").is_none());
+    }
+
+    #[test]
+    fn policy_keys_are_named_in_errors() {
+        let cases = [
+            (
+                "policy: {billing: {suspendAftr: 15d}}\n",
+                "policy.billing.suspendAftr",
+                "suspendAftr",
+            ),
+            (
+                "policy: {billing: {suspendAfter: -15d}}\n",
+                "policy.billing.suspendAfter",
+                "-15d",
+            ),
+            (
+                "policy: {abuse: {suspensionMode: deleted}}\n",
+                "policy.abuse.suspensionMode",
+                "deleted",
+            ),
+            (
+                "policy: {abuse: {feePerReport: -1}}\n",
+                "policy.abuse.feePerReport",
+                "-1",
+            ),
+            (
+                "policy: {dnsbl: {sweepInterval: 0s}}\n",
+                "policy.dnsbl.sweepInterval",
+                "0s",
+            ),
+            ("policy: {polcy: 1}\n", "policy.polcy", "polcy"),
+        ];
+        for (yaml, field, quoted) in cases {
+            match Config::from_yaml(yaml).unwrap_err() {
+                ConfigError::Invalid {
+                    field: named,
+                    message,
+                } => {
+                    assert_eq!(named, field, "{yaml}: {message}");
+                    assert!(
+                        message.contains(quoted) || field.ends_with("sweepInterval"),
+                        "{yaml}: {message}"
+                    );
+                }
+                other => panic!("{yaml}: {other}"),
+            }
+        }
+        let config = Config::from_yaml("policy: {billing: {suspendAfter: 0s}}\n").unwrap();
+        assert!(config.policy.billing.suspend_after.is_zero());
     }
 
     #[test]

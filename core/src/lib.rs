@@ -11,6 +11,7 @@ pub mod config;
 pub mod ids;
 pub mod leadership;
 pub mod lifecycle;
+pub mod policy;
 pub mod quota;
 pub mod resources;
 pub mod scheduling;
