@@ -61,7 +61,7 @@ impl DurationUnit {
             Self::Hours => 1.0 / 24.0,
             Self::Days => 1.0,
             Self::Weeks => 7.0,
-            // Five working days never span more than a week.
+            // 7/5 of a day on average, plus a weekend at either end.
             Self::WorkingDays => 7.0 / 5.0 + 2.0,
             Self::Months => 31.0,
             Self::Years => 366.0,
