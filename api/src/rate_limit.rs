@@ -61,10 +61,21 @@ impl RateLimiter {
                 .retain(|_, bucket| self.refilled(bucket, now) < self.burst);
             buckets.pruned = Some(now);
         }
-        let bucket = buckets.by_key.entry(key.to_owned()).or_insert(Bucket {
-            tokens: self.burst,
-            updated: now,
-        });
+        // Looked up by reference first: only a token's first request
+        // allocates its key.
+        if !buckets.by_key.contains_key(key) {
+            buckets.by_key.insert(
+                key.to_owned(),
+                Bucket {
+                    tokens: self.burst,
+                    updated: now,
+                },
+            );
+        }
+        let Some(bucket) = buckets.by_key.get_mut(key) else {
+            // Inserted just above, under the same lock.
+            return Ok(());
+        };
         bucket.tokens = self.refilled(bucket, now);
         bucket.updated = now;
         if bucket.tokens >= 1.0 {
