@@ -9,6 +9,7 @@ pub mod clock;
 pub mod conditions;
 pub mod config;
 pub mod ids;
+pub mod ip;
 pub mod leadership;
 pub mod lifecycle;
 pub mod policy;

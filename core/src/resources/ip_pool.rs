@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::conditions::Condition;
 
-/// A block of public addresses servers get their IPv4 address and IPv6 /64 from (R19).
+/// Prefix length each server gets of a pool's IPv6 prefix when the pool
+/// does not say.
+pub const DEFAULT_SERVER_PREFIX_LENGTH: u8 = 64;
+
+/// A block of public addresses servers get their IPv4 address and IPv6
+/// prefix from (R19).
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
     group = "stratus.dev",
@@ -40,10 +45,28 @@ use crate::conditions::Condition;
         description = "IPv6 prefix"
     ),
     printcolumn(
-        name = "Free",
+        name = "Total",
         type_ = "integer",
-        json_path = ".status.ipv4Available",
-        description = "IPv4 addresses free"
+        json_path = ".status.ipv4.total",
+        description = "IPv4 addresses that can be handed out"
+    ),
+    printcolumn(
+        name = "Allocated",
+        type_ = "integer",
+        json_path = ".status.ipv4.allocated",
+        description = "IPv4 addresses held by servers"
+    ),
+    printcolumn(
+        name = "Quarantined",
+        type_ = "integer",
+        json_path = ".status.ipv4.quarantined",
+        description = "IPv4 addresses released and waiting before reuse"
+    ),
+    printcolumn(
+        name = "Blacklisted",
+        type_ = "integer",
+        json_path = ".status.ipv4.blacklisted",
+        description = "IPv4 addresses kept out of circulation by a DNS blacklist"
     ),
     printcolumn(
         name = "Age",
@@ -54,48 +77,91 @@ use crate::conditions::Condition;
 #[serde(rename_all = "camelCase")]
 pub struct IpPoolSpec {
     /// Zone whose servers are numbered from this pool.
+    #[schemars(length(min = 1, max = 63))]
     pub zone: String,
     /// The IPv4 block.
     pub ipv4: Ipv4Block,
-    /// The IPv6 prefix each server gets a /64 of.
+    /// The IPv6 prefix each server gets a prefix of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<Ipv6Block>,
 }
 
 /// An IPv4 block and its routing.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ipv4Block {
-    /// Block in CIDR notation, e.g. `203.0.113.0/24`.
+    /// Block in CIDR notation, /8 to /30, e.g. `203.0.113.0/24`.
+    #[schemars(length(max = 18))]
     pub cidr: String,
     /// Gateway address inside the block (never handed out).
+    #[schemars(length(max = 15))]
     pub gateway: String,
-    /// Addresses of the block never handed out (network equipment, reserved).
+    /// Addresses of the block never handed out (network equipment,
+    /// reserved): an address (`203.0.113.5`), a range
+    /// (`203.0.113.10-203.0.113.20`) or a CIDR block (`203.0.113.128/28`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
     pub excluded: Vec<String>,
 }
 
 /// An IPv6 prefix and its routing.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Ipv6Block {
-    /// Prefix in CIDR notation, /48 to /63, e.g. `2001:db8:100::/48`.
+    /// Prefix in CIDR notation, /32 to /63, e.g. `2001:db8:100::/48`.
+    #[schemars(length(max = 43))]
     pub prefix: String,
-    /// Gateway address.
+    /// Gateway address; the server prefix holding it is never handed out.
+    #[schemars(length(max = 39))]
     pub gateway: String,
+    /// Length of the prefix each server gets (default 64); at most 32 bits
+    /// longer than the pool's.
+    #[serde(default = "default_server_prefix_length")]
+    #[schemars(range(min = 33, max = 64))]
+    pub server_prefix_length: u8,
+    /// Server prefixes never handed out: a prefix in CIDR notation, or an
+    /// address (the server prefix holding it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub excluded: Vec<String>,
+}
+
+fn default_server_prefix_length() -> u8 {
+    DEFAULT_SERVER_PREFIX_LENGTH
+}
+
+/// Usage of one family of a pool as the controller last counted it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AddressCounts {
+    /// Addresses (IPv6: server prefixes) the pool can hand out at all.
+    #[serde(default)]
+    pub total: u64,
+    /// Held by servers.
+    #[serde(default)]
+    pub allocated: u64,
+    /// Released, waiting out the quarantine (or a clean check) before reuse.
+    #[serde(default)]
+    pub quarantined: u64,
+    /// Free but kept out of circulation by a blocking DNS blacklist.
+    #[serde(default)]
+    pub blacklisted: u64,
+    /// Free to hand out.
+    #[serde(default)]
+    pub free: u64,
 }
 
 /// Usage of a pool as the controller last counted it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IpPoolStatus {
-    /// IPv4 addresses free to hand out.
+    /// IPv4 addresses.
     #[serde(default)]
-    pub ipv4_available: u64,
-    /// IPv4 addresses held by servers or in quarantine.
-    #[serde(default)]
-    pub ipv4_allocated: u64,
-    /// Detailed conditions.
+    pub ipv4: AddressCounts,
+    /// IPv6 server prefixes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<AddressCounts>,
+    /// Detailed conditions (Valid).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
 }
