@@ -2,17 +2,23 @@
 //! [`tokens`] (API tokens, hashes only), [`idempotency`] (keys of retried
 //! requests), [`macs`] (MAC addresses held), [`quotas`] (what each
 //! account holds against its quota), [`audit`] (the append-only
-//! audit log). The coming ledgers (IP holdings, billing events, deadlines,
-//! notifications) are new modules here.
+//! audit log), [`ips`] (the IP ledger: holdings, blacklist state and
+//! checks), [`charges`] (chargeable events for the provider's billing).
+//! The coming ledgers (billing events in, deadlines, notifications) are
+//! new modules here.
 
 pub mod audit;
+pub mod charges;
 pub mod idempotency;
+pub mod ips;
 pub mod macs;
 pub mod quotas;
 pub mod tokens;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
+pub use charges::{Charge, Charges};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
+pub use ips::{Check, CheckResult, Holding, IpLedger, Listing, NewHolding, Override};
 pub use macs::MacAddresses;
 pub use quotas::Quotas;
 pub use tokens::{TokenRecord, TokenScope, Tokens};
@@ -41,6 +47,14 @@ impl Ledger {
 
     pub fn macs(&self) -> MacAddresses<'_> {
         MacAddresses { db: &self.db }
+    }
+
+    pub fn ips(&self) -> IpLedger<'_> {
+        IpLedger { db: &self.db }
+    }
+
+    pub fn charges(&self) -> Charges<'_> {
+        Charges { db: &self.db }
     }
 
     pub fn quotas(&self) -> Quotas<'_> {

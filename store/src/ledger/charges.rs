@@ -1,0 +1,85 @@
+//! Chargeable events for the provider's billing system (R21's IP cleanup
+//! fee, later ones), appended once each: the key makes a retried
+//! reconcile record a charge once.
+
+use sqlx::Row;
+
+use crate::db::Database;
+use crate::error::Result;
+
+pub struct Charges<'a> {
+    pub(super) db: &'a Database,
+}
+
+/// One chargeable event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Charge {
+    /// Unique per charge (`ip_cleanup:{holding id}`).
+    pub key: String,
+    pub account: String,
+    /// What is charged: `ip_cleanup`, ...
+    pub kind: String,
+    /// In minor units of `currency`.
+    pub amount: u64,
+    pub currency: String,
+    /// What it is about (an address, a server).
+    pub subject: String,
+    /// Evidence, as JSON.
+    pub detail: serde_json::Value,
+    pub created_at: i64,
+}
+
+impl Charges<'_> {
+    /// Records `charge` unless its key was recorded before; true if new.
+    pub async fn record(&self, charge: &Charge) -> Result<bool> {
+        let amount = i64::try_from(charge.amount).map_err(|_| {
+            crate::error::StoreError::Invalid(format!("charge amount {} too large", charge.amount))
+        })?;
+        let inserted = sqlx::query(
+            "INSERT INTO billing_charges (charge_key, account, kind, amount, currency, subject, detail, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&charge.key)
+        .bind(&charge.account)
+        .bind(&charge.kind)
+        .bind(amount)
+        .bind(&charge.currency)
+        .bind(&charge.subject)
+        .bind(charge.detail.to_string())
+        .bind(charge.created_at)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// The latest `limit` charges of an account, newest first.
+    pub async fn of_account(&self, account: &str, limit: u32) -> Result<Vec<Charge>> {
+        let rows = sqlx::query(
+            "SELECT charge_key, account, kind, amount, currency, subject, detail, created_at \
+             FROM billing_charges WHERE account = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
+        )
+        .bind(account)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let detail: String = row.try_get("detail")?;
+                let amount: i64 = row.try_get("amount")?;
+                Ok(Charge {
+                    key: row.try_get("charge_key")?,
+                    account: row.try_get("account")?,
+                    kind: row.try_get("kind")?,
+                    amount: u64::try_from(amount)
+                        .map_err(|_| super::malformed("charge amount", &amount.to_string()))?,
+                    currency: row.try_get("currency")?,
+                    subject: row.try_get("subject")?,
+                    detail: serde_json::from_str(&detail)
+                        .map_err(|_| super::malformed("charge detail", &detail))?,
+                    created_at: row.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,463 @@
+//! The IP ledger (R19-R22): holdings of addresses and IPv6 prefixes, the
+//! blacklist state of addresses, every blacklist answer and the
+//! operators' verdicts. A holding is never deleted: it keeps who held the
+//! address from when to when, for abuse and legal requests.
+
+use std::collections::HashSet;
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+use stratus_core::ip::Family;
+
+use super::malformed;
+use crate::db::Database;
+use crate::error::Result;
+
+pub struct IpLedger<'a> {
+    pub(super) db: &'a Database,
+}
+
+/// Who holds (or held) an address or IPv6 prefix, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    pub id: i64,
+    pub pool: String,
+    pub family: Family,
+    pub slot: u64,
+    /// An IPv4 address, or an IPv6 prefix in CIDR notation.
+    pub address: String,
+    pub prefix_len: u8,
+    /// The holding server's uid.
+    pub holder: String,
+    pub account: String,
+    /// `namespace/name` of the holding server.
+    pub subject: String,
+    pub allocated_at: i64,
+    pub released_at: Option<i64>,
+    pub quarantine_until: Option<i64>,
+    /// When the address went back to the free set.
+    pub returned_at: Option<i64>,
+}
+
+/// A holding about to be taken.
+#[derive(Debug, Clone)]
+pub struct NewHolding<'a> {
+    pub pool: &'a str,
+    pub family: Family,
+    pub slot: u64,
+    pub address: &'a str,
+    pub prefix_len: u8,
+    pub holder: &'a str,
+    pub account: &'a str,
+    pub subject: &'a str,
+    pub at: i64,
+}
+
+/// How the addresses of one family of a pool are used now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Usage {
+    pub allocated: u64,
+    /// Released and not yet back in the free set (blacklisted ones aside).
+    pub quarantined: u64,
+    /// Listed by a blocking blacklist and not held.
+    pub blacklisted: u64,
+}
+
+/// A blacklist's answer about one address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckResult {
+    Listed,
+    Clean,
+    /// Inconclusive: an error code, a timeout, a SERVFAIL.
+    Error,
+}
+
+impl CheckResult {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Listed => "listed",
+            Self::Clean => "clean",
+            Self::Error => "error",
+        }
+    }
+
+    fn parse(raw: &str) -> Result<Self> {
+        [Self::Listed, Self::Clean, Self::Error]
+            .into_iter()
+            .find(|r| r.as_str() == raw)
+            .ok_or_else(|| malformed("blacklist check result", raw))
+    }
+}
+
+/// One stored blacklist answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub address: String,
+    pub zone: String,
+    pub result: CheckResult,
+    pub code: Option<String>,
+    pub reason: Option<String>,
+    pub checked_at: i64,
+}
+
+/// An address a blocking blacklist lists now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listing {
+    /// The holding's address (IPv6: the prefix).
+    pub address: String,
+    pub pool: String,
+    pub family: Family,
+    pub slot: u64,
+    /// The address the blacklists were asked about.
+    pub checked: String,
+    pub zone: String,
+    pub reason: String,
+    pub since: i64,
+}
+
+/// An operator's verdict on an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Override {
+    pub address: String,
+    /// True: treat as listed; false: treat as clean.
+    pub listed: bool,
+    pub reason: String,
+    pub actor: String,
+    pub decided_at: i64,
+}
+
+const HOLDING_COLUMNS: &str = "id, pool, family, slot, address, prefix_len, holder, account, \
+     subject, allocated_at, released_at, quarantine_until, returned_at";
+
+fn family(raw: &str) -> Result<Family> {
+    Family::parse(raw).ok_or_else(|| malformed("address family", raw))
+}
+
+fn unsigned(row: &AnyRow, column: &str) -> Result<u64> {
+    let value: i64 = row.try_get(column)?;
+    u64::try_from(value).map_err(|_| malformed(column, &value.to_string()))
+}
+
+fn holding(row: &AnyRow) -> Result<Holding> {
+    let prefix_len = unsigned(row, "prefix_len")?;
+    Ok(Holding {
+        id: row.try_get("id")?,
+        pool: row.try_get("pool")?,
+        family: family(&row.try_get::<String, _>("family")?)?,
+        slot: unsigned(row, "slot")?,
+        address: row.try_get("address")?,
+        prefix_len: u8::try_from(prefix_len)
+            .map_err(|_| malformed("prefix length", &prefix_len.to_string()))?,
+        holder: row.try_get("holder")?,
+        account: row.try_get("account")?,
+        subject: row.try_get("subject")?,
+        allocated_at: row.try_get("allocated_at")?,
+        released_at: row.try_get("released_at")?,
+        quarantine_until: row.try_get("quarantine_until")?,
+        returned_at: row.try_get("returned_at")?,
+    })
+}
+
+fn listing(row: &AnyRow) -> Result<Listing> {
+    Ok(Listing {
+        address: row.try_get("address")?,
+        pool: row.try_get("pool")?,
+        family: family(&row.try_get::<String, _>("family")?)?,
+        slot: unsigned(row, "slot")?,
+        checked: row.try_get("checked")?,
+        zone: row.try_get("zone")?,
+        reason: row.try_get("reason")?,
+        since: row.try_get("since")?,
+    })
+}
+
+fn slot_column(slot: u64) -> Result<i64> {
+    i64::try_from(slot).map_err(|_| malformed("slot", &slot.to_string()))
+}
+
+impl IpLedger<'_> {
+    /// Takes `new` unless its address is out of circulation or the holder
+    /// already holds an address of the family: the unique indexes decide,
+    /// also between racing controllers. False when refused.
+    pub async fn try_hold(&self, new: &NewHolding<'_>) -> Result<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO ip_holdings (pool, family, slot, address, prefix_len, holder, account, subject, allocated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+        )
+        .bind(new.pool)
+        .bind(new.family.api_name())
+        .bind(slot_column(new.slot)?)
+        .bind(new.address)
+        .bind(i64::from(new.prefix_len))
+        .bind(new.holder)
+        .bind(new.account)
+        .bind(new.subject)
+        .bind(new.at)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
+    }
+
+    /// What `holder` holds now, one holding per family at most.
+    pub async fn held_by(&self, holder: &str) -> Result<Vec<Holding>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {HOLDING_COLUMNS} FROM ip_holdings WHERE holder = $1 AND released_at IS NULL ORDER BY family"
+        )))
+        .bind(holder)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(holding).collect()
+    }
+
+    /// Slots of a pool's family that are out of circulation: held, in
+    /// quarantine, or listed by a blocking blacklist.
+    pub async fn unavailable_slots(&self, pool: &str, family: Family) -> Result<HashSet<u64>> {
+        let rows = sqlx::query(
+            "SELECT slot FROM ip_holdings WHERE pool = $1 AND family = $2 AND returned_at IS NULL \
+             UNION SELECT slot FROM ip_blacklisted WHERE pool = $1 AND family = $2",
+        )
+        .bind(pool)
+        .bind(family.api_name())
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(|row| unsigned(row, "slot")).collect()
+    }
+
+    /// Ends the holdings of `holder`: their addresses wait in quarantine
+    /// until `quarantine_until`. A second call changes nothing.
+    pub async fn release(&self, holder: &str, at: i64, quarantine_until: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE ip_holdings SET released_at = $2, quarantine_until = $3 \
+             WHERE holder = $1 AND released_at IS NULL",
+        )
+        .bind(holder)
+        .bind(at)
+        .bind(quarantine_until)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Released holdings whose quarantine is over at `now`, oldest first.
+    pub async fn quarantine_over(&self, now: i64, limit: u32) -> Result<Vec<Holding>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {HOLDING_COLUMNS} FROM ip_holdings \
+             WHERE released_at IS NOT NULL AND returned_at IS NULL AND quarantine_until <= $1 \
+             ORDER BY quarantine_until, id LIMIT $2"
+        )))
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(holding).collect()
+    }
+
+    /// Puts a released holding's address back in the free set.
+    pub async fn return_to_pool(&self, id: i64, at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE ip_holdings SET returned_at = $2 \
+             WHERE id = $1 AND released_at IS NOT NULL AND returned_at IS NULL",
+        )
+        .bind(id)
+        .bind(at)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Every holding of an address (IPv6: of a prefix), oldest first.
+    pub async fn history(&self, address: &str) -> Result<Vec<Holding>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {HOLDING_COLUMNS} FROM ip_holdings WHERE address = $1 ORDER BY allocated_at, id"
+        )))
+        .bind(address)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(holding).collect()
+    }
+
+    /// The IPv6 prefix lengths holdings were ever made with: an address is
+    /// looked up under the prefix of each.
+    pub async fn ipv6_prefix_lengths(&self) -> Result<Vec<u8>> {
+        let rows = sqlx::query("SELECT DISTINCT prefix_len FROM ip_holdings WHERE family = 'ipv6'")
+            .fetch_all(self.db.pool())
+            .await?;
+        rows.iter()
+            .map(|row| {
+                let len = unsigned(row, "prefix_len")?;
+                u8::try_from(len).map_err(|_| malformed("prefix length", &len.to_string()))
+            })
+            .collect()
+    }
+
+    /// Whether any address of `pool` is held or in quarantine.
+    pub async fn pool_in_use(&self, pool: &str) -> Result<bool> {
+        let row = sqlx::query(
+            "SELECT 1 AS used FROM ip_holdings WHERE pool = $1 AND returned_at IS NULL LIMIT 1",
+        )
+        .bind(pool)
+        .fetch_optional(self.db.pool())
+        .await?;
+        Ok(row.is_some())
+    }
+
+    /// How the addresses of one family of a pool are used now.
+    pub async fn usage(&self, pool: &str, family: Family) -> Result<Usage> {
+        let row = sqlx::query(
+            "SELECT \
+               (SELECT COUNT(*) FROM ip_holdings WHERE pool = $1 AND family = $2 AND released_at IS NULL) AS allocated, \
+               (SELECT COUNT(*) FROM ip_holdings h WHERE pool = $1 AND family = $2 \
+                  AND released_at IS NOT NULL AND returned_at IS NULL \
+                  AND NOT EXISTS (SELECT 1 FROM ip_blacklisted b WHERE b.address = h.address)) AS quarantined, \
+               (SELECT COUNT(*) FROM ip_blacklisted b WHERE pool = $1 AND family = $2 \
+                  AND NOT EXISTS (SELECT 1 FROM ip_holdings h WHERE h.address = b.address AND h.released_at IS NULL)) AS blacklisted",
+        )
+        .bind(pool)
+        .bind(family.api_name())
+        .fetch_one(self.db.pool())
+        .await?;
+        Ok(Usage {
+            allocated: unsigned(&row, "allocated")?,
+            quarantined: unsigned(&row, "quarantined")?,
+            blacklisted: unsigned(&row, "blacklisted")?,
+        })
+    }
+
+    /// Appends a blacklist answer.
+    pub async fn record_check(&self, check: &Check) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO dnsbl_checks (address, zone, result, code, reason, checked_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&check.address)
+        .bind(&check.zone)
+        .bind(check.result.as_str())
+        .bind(check.code.as_deref())
+        .bind(check.reason.as_deref())
+        .bind(check.checked_at)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The latest `limit` answers about an address, newest first.
+    pub async fn checks(&self, address: &str, limit: u32) -> Result<Vec<Check>> {
+        let rows = sqlx::query(
+            "SELECT address, zone, result, code, reason, checked_at FROM dnsbl_checks \
+             WHERE address = $1 ORDER BY checked_at DESC, id DESC LIMIT $2",
+        )
+        .bind(address)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(Check {
+                    address: row.try_get("address")?,
+                    zone: row.try_get("zone")?,
+                    result: CheckResult::parse(&row.try_get::<String, _>("result")?)?,
+                    code: row.try_get("code")?,
+                    reason: row.try_get("reason")?,
+                    checked_at: row.try_get("checked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Marks an address listed by a blocking blacklist (the first listing
+    /// is kept when it is listed again).
+    pub async fn mark_listed(&self, listing: &Listing) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ip_blacklisted (address, pool, family, slot, checked, zone, reason, since) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&listing.address)
+        .bind(&listing.pool)
+        .bind(listing.family.api_name())
+        .bind(slot_column(listing.slot)?)
+        .bind(&listing.checked)
+        .bind(&listing.zone)
+        .bind(&listing.reason)
+        .bind(listing.since)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Clears the listing of an address; true if it was listed.
+    pub async fn clear_listing(&self, address: &str) -> Result<bool> {
+        let cleared = sqlx::query("DELETE FROM ip_blacklisted WHERE address = $1")
+            .bind(address)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        Ok(cleared > 0)
+    }
+
+    /// The listing of an address, if listed.
+    pub async fn listing(&self, address: &str) -> Result<Option<Listing>> {
+        let row = sqlx::query(
+            "SELECT address, pool, family, slot, checked, zone, reason, since FROM ip_blacklisted WHERE address = $1",
+        )
+        .bind(address)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(listing).transpose()
+    }
+
+    /// Listed addresses in address order, `limit` after `after`.
+    pub async fn listings(&self, after: Option<&str>, limit: u32) -> Result<Vec<Listing>> {
+        let rows = sqlx::query(
+            "SELECT address, pool, family, slot, checked, zone, reason, since FROM ip_blacklisted \
+             WHERE address > $1 ORDER BY address LIMIT $2",
+        )
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(listing).collect()
+    }
+
+    /// Records an operator's verdict on an address, replacing an earlier one.
+    pub async fn set_override(&self, verdict: &Override) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO ip_overrides (address, verdict, reason, actor, decided_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (address) DO UPDATE SET verdict = excluded.verdict, reason = excluded.reason, \
+             actor = excluded.actor, decided_at = excluded.decided_at",
+        )
+        .bind(&verdict.address)
+        .bind(if verdict.listed { "listed" } else { "clean" })
+        .bind(&verdict.reason)
+        .bind(&verdict.actor)
+        .bind(verdict.decided_at)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The operator's verdict on an address, if any.
+    pub async fn override_of(&self, address: &str) -> Result<Option<Override>> {
+        let row = sqlx::query(
+            "SELECT address, verdict, reason, actor, decided_at FROM ip_overrides WHERE address = $1",
+        )
+        .bind(address)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.map(|row| {
+            let verdict: String = row.try_get("verdict")?;
+            Ok(Override {
+                address: row.try_get("address")?,
+                listed: match verdict.as_str() {
+                    "listed" => true,
+                    "clean" => false,
+                    other => return Err(malformed("override verdict", other)),
+                },
+                reason: row.try_get("reason")?,
+                actor: row.try_get("actor")?,
+                decided_at: row.try_get("decided_at")?,
+            })
+        })
+        .transpose()
+    }
+}

@@ -1,0 +1,238 @@
+//! The IP ledger (R19-R22), on SQLite and PostgreSQL.
+
+use stratus_core::ip::Family;
+use stratus_store::ledger::{Charge, Check, CheckResult, Ledger, Listing, NewHolding, Override};
+use stratus_store::testing;
+
+fn v4<'a>(address: &'a str, slot: u64, holder: &'a str, at: i64) -> NewHolding<'a> {
+    NewHolding {
+        pool: "doc",
+        family: Family::V4,
+        slot,
+        address,
+        prefix_len: 32,
+        holder,
+        account: "acc-1",
+        subject: "acc-1/web",
+        at,
+    }
+}
+
+#[tokio::test]
+async fn r22_an_address_has_one_holder_at_a_time_and_every_holding_is_kept() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ips = Ledger::new(scratch.db.clone());
+        let ips = ips.ips();
+        assert!(
+            ips.try_hold(&v4("192.0.2.7", 7, "uid-1", 100))
+                .await
+                .unwrap()
+        );
+        // Held: nobody else gets it, and the holder gets no second IPv4.
+        assert!(
+            !ips.try_hold(&v4("192.0.2.7", 7, "uid-2", 101))
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        assert!(
+            !ips.try_hold(&v4("192.0.2.8", 8, "uid-1", 101))
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        let prefix = NewHolding {
+            family: Family::V6,
+            slot: 7,
+            address: "2001:db8:0:7::/64",
+            prefix_len: 64,
+            ..v4("", 0, "uid-1", 100)
+        };
+        assert!(
+            ips.try_hold(&prefix).await.unwrap(),
+            "{label}: one of each family"
+        );
+        let held = ips.held_by("uid-1").await.unwrap();
+        assert_eq!(held.len(), 2, "{label}");
+        assert_eq!(held[0].address, "192.0.2.7");
+        assert_eq!(held[1].family, Family::V6);
+        assert!(
+            ips.unavailable_slots("doc", Family::V4)
+                .await
+                .unwrap()
+                .contains(&7)
+        );
+
+        // Released: in quarantine, still out of circulation.
+        ips.release("uid-1", 200, 1_000).await.unwrap();
+        ips.release("uid-1", 300, 2_000).await.unwrap();
+        assert!(ips.held_by("uid-1").await.unwrap().is_empty());
+        assert!(
+            !ips.try_hold(&v4("192.0.2.7", 7, "uid-2", 201))
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        let usage = ips.usage("doc", Family::V4).await.unwrap();
+        assert_eq!((usage.allocated, usage.quarantined), (0, 1), "{label}");
+        assert!(ips.pool_in_use("doc").await.unwrap());
+        assert!(
+            ips.quarantine_over(999, 10).await.unwrap().is_empty(),
+            "{label}"
+        );
+        let over = ips.quarantine_over(1_000, 10).await.unwrap();
+        assert_eq!(over.len(), 2, "{label}");
+        for holding in &over {
+            ips.return_to_pool(holding.id, 1_000).await.unwrap();
+        }
+        assert!(!ips.pool_in_use("doc").await.unwrap(), "{label}");
+        assert!(
+            ips.unavailable_slots("doc", Family::V4)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        // Reused by another holder; the first holding stays in the history.
+        assert!(
+            ips.try_hold(&v4("192.0.2.7", 7, "uid-2", 1_500))
+                .await
+                .unwrap(),
+            "{label}"
+        );
+        let history = ips.history("192.0.2.7").await.unwrap();
+        let holders: Vec<(&str, i64, Option<i64>)> = history
+            .iter()
+            .map(|h| (h.holder.as_str(), h.allocated_at, h.released_at))
+            .collect();
+        assert_eq!(
+            holders,
+            [("uid-1", 100, Some(200)), ("uid-2", 1_500, None)],
+            "{label}"
+        );
+        assert_eq!(ips.ipv6_prefix_lengths().await.unwrap(), [64], "{label}");
+    }
+}
+
+#[tokio::test]
+async fn r20_listings_keep_free_addresses_out_of_circulation_and_checks_are_kept() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let ips = ledger.ips();
+        let listing = Listing {
+            address: "192.0.2.9".into(),
+            pool: "doc".into(),
+            family: Family::V4,
+            slot: 9,
+            checked: "192.0.2.9".into(),
+            zone: "bl.test".into(),
+            reason: "spam source".into(),
+            since: 10,
+        };
+        ips.mark_listed(&listing).await.unwrap();
+        ips.mark_listed(&Listing {
+            since: 20,
+            ..listing.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            ips.listing("192.0.2.9").await.unwrap(),
+            Some(listing.clone()),
+            "{label}"
+        );
+        assert!(
+            ips.unavailable_slots("doc", Family::V4)
+                .await
+                .unwrap()
+                .contains(&9)
+        );
+        assert_eq!(ips.usage("doc", Family::V4).await.unwrap().blacklisted, 1);
+        assert_eq!(
+            ips.listings(None, 10).await.unwrap(),
+            [listing.clone()],
+            "{label}"
+        );
+        assert!(
+            ips.listings(Some("192.0.2.9"), 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(ips.clear_listing("192.0.2.9").await.unwrap());
+        assert!(!ips.clear_listing("192.0.2.9").await.unwrap());
+        assert!(
+            ips.unavailable_slots("doc", Family::V4)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        for (at, result) in [
+            (1, CheckResult::Clean),
+            (2, CheckResult::Error),
+            (3, CheckResult::Listed),
+        ] {
+            ips.record_check(&Check {
+                address: "192.0.2.9".into(),
+                zone: "bl.test".into(),
+                result,
+                code: Some("127.0.0.2".into()),
+                reason: None,
+                checked_at: at,
+            })
+            .await
+            .unwrap();
+        }
+        let checks = ips.checks("192.0.2.9", 2).await.unwrap();
+        let results: Vec<CheckResult> = checks.iter().map(|c| c.result).collect();
+        assert_eq!(
+            results,
+            [CheckResult::Listed, CheckResult::Error],
+            "{label}"
+        );
+
+        let verdict = Override {
+            address: "192.0.2.9".into(),
+            listed: false,
+            reason: "delisted by the operator of bl.test, ticket 42".into(),
+            actor: "token:abc".into(),
+            decided_at: 5,
+        };
+        ips.set_override(&verdict).await.unwrap();
+        ips.set_override(&Override {
+            listed: true,
+            ..verdict.clone()
+        })
+        .await
+        .unwrap();
+        assert!(
+            ips.override_of("192.0.2.9").await.unwrap().unwrap().listed,
+            "{label}"
+        );
+        assert_eq!(ips.override_of("192.0.2.10").await.unwrap(), None);
+
+        let charge = Charge {
+            key: "ip_cleanup:1".into(),
+            account: "acc-1".into(),
+            kind: "ip_cleanup".into(),
+            amount: 250_000,
+            currency: "EUR".into(),
+            subject: "192.0.2.9".into(),
+            detail: serde_json::json!({"zone": "bl.test"}),
+            created_at: 7,
+        };
+        assert!(ledger.charges().record(&charge).await.unwrap());
+        assert!(
+            !ledger.charges().record(&charge).await.unwrap(),
+            "{label}: recorded once"
+        );
+        assert_eq!(
+            ledger.charges().of_account("acc-1", 10).await.unwrap(),
+            [charge],
+            "{label}"
+        );
+    }
+}
