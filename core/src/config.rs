@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::policy::Policy;
 use crate::quota::Quota;
-use crate::resources::ServerResources;
+use crate::resources::{IpPoolSpec, Ipv4Block, Ipv6Block, ServerResources};
 use crate::validate;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +74,157 @@ pub struct Config {
     /// Durations, fees and modes of the business rules (RULES.md).
     #[serde(default)]
     pub policy: Policy,
+    /// IP pools created at start when missing (embedded mode). Absent:
+    /// `stratus up` seeds the documentation ranges so the quickstart shows
+    /// addresses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_pools: Option<Vec<SeededPool>>,
+    /// The DNS blacklists addresses are checked against (R20, R21).
+    #[serde(default)]
+    pub dnsbl: Dnsbl,
+}
+
+/// An IP pool of the configuration: its name, then the IpPool spec's fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SeededPool {
+    pub name: String,
+    pub zone: String,
+    pub ipv4: Ipv4Block,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Block>,
+}
+
+impl SeededPool {
+    pub fn spec(&self) -> IpPoolSpec {
+        IpPoolSpec {
+            zone: self.zone.clone(),
+            ipv4: self.ipv4.clone(),
+            ipv6: self.ipv6.clone(),
+        }
+    }
+
+    /// The pools `stratus up` seeds when the configuration names none:
+    /// documentation ranges (RFC 5737, RFC 3849) that route nowhere.
+    pub fn documentation() -> Vec<SeededPool> {
+        vec![SeededPool {
+            name: "documentation".into(),
+            zone: "default".into(),
+            ipv4: Ipv4Block {
+                cidr: "192.0.2.0/24".into(),
+                gateway: "192.0.2.1".into(),
+                excluded: Vec::new(),
+            },
+            ipv6: Some(Ipv6Block {
+                prefix: "2001:db8::/48".into(),
+                gateway: "2001:db8::1".into(),
+                server_prefix_length: crate::resources::DEFAULT_SERVER_PREFIX_LENGTH,
+                excluded: Vec::new(),
+            }),
+        }]
+    }
+}
+
+/// Whether a blacklist's listing keeps an address out of circulation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ZoneMode {
+    /// A listed address is never handed out (R20).
+    #[default]
+    Blocking,
+    /// Listings are recorded and shown only.
+    Informational,
+}
+
+/// One DNS blacklist zone (`zen.spamhaus.org`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DnsblZone {
+    pub name: String,
+    #[serde(default)]
+    pub mode: ZoneMode,
+}
+
+/// Most zones the configuration may list: every check asks each.
+const MAX_DNSBL_ZONES: usize = 32;
+
+/// The DNS blacklists and how they are asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Dnsbl {
+    /// Zones asked about every address; none: every address is clean.
+    #[serde(default)]
+    pub zones: Vec<DnsblZone>,
+    /// The resolver asked (`127.0.0.1:5353`); the system's when absent.
+    /// Public resolvers are refused by most blacklists (Spamhaus answers
+    /// 127.255.255.254): use a resolver of your own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<String>,
+    /// How long one query may take before it counts as an error.
+    #[serde(default = "default_dnsbl_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Queries in flight at once, at most.
+    #[serde(default = "default_dnsbl_concurrency")]
+    pub concurrency: u32,
+}
+
+fn default_dnsbl_timeout_ms() -> u64 {
+    2_000
+}
+
+fn default_dnsbl_concurrency() -> u32 {
+    16
+}
+
+impl Default for Dnsbl {
+    fn default() -> Self {
+        Self {
+            zones: Vec::new(),
+            resolver: None,
+            timeout_ms: default_dnsbl_timeout_ms(),
+            concurrency: default_dnsbl_concurrency(),
+        }
+    }
+}
+
+impl Dnsbl {
+    /// The resolver's address, when one is configured and valid.
+    pub fn resolver_address(&self) -> Option<std::net::SocketAddr> {
+        self.resolver.as_deref().and_then(|r| r.parse().ok())
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |field: String, message: &str| Err((field, message.to_owned()));
+        if self.zones.len() > MAX_DNSBL_ZONES {
+            return invalid("dnsbl.zones".into(), "lists at most 32 zones");
+        }
+        let mut seen = BTreeSet::new();
+        for (i, zone) in self.zones.iter().enumerate() {
+            let name = zone.name.trim_end_matches('.');
+            if !validate::is_hostname(name) || !name.contains('.') || name.len() > 200 {
+                return invalid(
+                    format!("dnsbl.zones[{i}].name"),
+                    "must be a DNS zone such as zen.spamhaus.org",
+                );
+            }
+            if !seen.insert(name.to_ascii_lowercase()) {
+                return invalid(format!("dnsbl.zones[{i}].name"), "duplicate zone");
+            }
+        }
+        if self.resolver.is_some() && self.resolver_address().is_none() {
+            return invalid(
+                "dnsbl.resolver".into(),
+                "must be an address and port such as 127.0.0.1:53",
+            );
+        }
+        if !(100..=60_000).contains(&self.timeout_ms) {
+            return invalid("dnsbl.timeoutMs".into(), "must be from 100 to 60000");
+        }
+        if !(1..=256).contains(&self.concurrency) {
+            return invalid("dnsbl.concurrency".into(), "must be from 1 to 256");
+        }
+        Ok(())
+    }
 }
 
 /// Request rate limits of the REST API, per token: a bucket of `burst`
@@ -114,6 +265,8 @@ impl Default for Config {
             quotas: Quota::default(),
             limits: Limits::default(),
             policy: Policy::default(),
+            ip_pools: None,
+            dnsbl: Dnsbl::default(),
         }
     }
 }
@@ -177,6 +330,41 @@ impl Config {
         self.images.iter().find(|i| i.name == name)
     }
 
+    /// Every seeded pool must be valid, uniquely named, and share no
+    /// address with another.
+    fn validate_pools(&self) -> Result<(), ConfigError> {
+        let invalid = |field: String, message: String| ConfigError::Invalid { field, message };
+        let mut layouts: Vec<(&str, crate::ip::PoolLayout)> = Vec::new();
+        for (i, pool) in self.ip_pools.iter().flatten().enumerate() {
+            if !validate::is_dns_label(&pool.name) {
+                return Err(invalid(
+                    format!("ipPools[{i}].name"),
+                    "must be a DNS label: lower-case letters, digits and '-' (1-63)".into(),
+                ));
+            }
+            let layout = pool
+                .spec()
+                .layout()
+                .map_err(|e| invalid(format!("ipPools[{i}].{}", e.field), e.message))?;
+            for (other, other_layout) in &layouts {
+                if *other == pool.name {
+                    return Err(invalid(
+                        format!("ipPools[{i}].name"),
+                        "duplicate pool name".into(),
+                    ));
+                }
+                if let Some(family) = layout.overlap(other_layout) {
+                    return Err(invalid(
+                        format!("ipPools[{i}].{family}"),
+                        format!("overlaps the {family} addresses of pool {other}"),
+                    ));
+                }
+            }
+            layouts.push((&pool.name, layout));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |field: String, message: &str| ConfigError::Invalid {
             field,
@@ -197,6 +385,10 @@ impl Config {
         self.policy
             .validate()
             .map_err(|(field, message)| invalid(field, &message))?;
+        self.dnsbl
+            .validate()
+            .map_err(|(field, message)| invalid(field, &message))?;
+        self.validate_pools()?;
         let mut seen = BTreeSet::new();
         for (i, plan) in self.plans.iter().enumerate() {
             if !validate::is_slug(&plan.name) {
@@ -305,6 +497,54 @@ mod tests {
         }
         let config = Config::from_yaml("policy: {billing: {suspendAfter: 0s}}\n").unwrap();
         assert!(config.policy.billing.suspend_after.is_zero());
+    }
+
+    #[test]
+    fn ip_pools_and_blacklists_are_checked_naming_the_field() {
+        let pools =
+            "ipPools:\n  - {name: a, zone: fra1, ipv4: {cidr: 192.0.2.0/24, gateway: 192.0.2.1}}\n";
+        let config = Config::from_yaml(pools).unwrap();
+        assert_eq!(config.ip_pools.as_ref().unwrap()[0].spec().zone, "fra1");
+        let cases = [
+            (
+                format!("{pools}  - {{name: b, zone: fra1, ipv4: {{cidr: 192.0.2.128/25, gateway: 192.0.2.129}}}}\n"),
+                "ipPools[1].ipv4",
+            ),
+            (
+                format!("{pools}  - {{name: a, zone: fra1, ipv4: {{cidr: 198.51.100.0/24, gateway: 198.51.100.1}}}}\n"),
+                "ipPools[1].name",
+            ),
+            (
+                "ipPools:\n  - {name: a, zone: z, ipv4: {cidr: 192.0.2.0/24, gateway: 10.0.0.1}}\n".into(),
+                "ipPools[0].ipv4.gateway",
+            ),
+            (
+                "ipPools:\n  - {name: a, zone: z, ipv4: {cidr: 192.0.2.0/24, gateway: 192.0.2.1, exclude: []}}\n".into(),
+                "ipPools[0].ipv4.exclude",
+            ),
+            ("dnsbl: {zones: [{name: 'not a zone'}]}\n".into(), "dnsbl.zones[0].name"),
+            ("dnsbl: {zones: [{name: bl.test, mode: loud}]}\n".into(), "dnsbl.zones[0].mode"),
+            ("dnsbl: {resolver: localhost}\n".into(), "dnsbl.resolver"),
+            ("dnsbl: {concurrency: 0}\n".into(), "dnsbl.concurrency"),
+        ];
+        for (yaml, field) in cases {
+            match Config::from_yaml(&yaml).unwrap_err() {
+                ConfigError::Invalid { field: named, .. } => assert_eq!(named, field, "{yaml}"),
+                other => panic!("{yaml}: {other}"),
+            }
+        }
+        let dnsbl = Config::from_yaml(
+            "dnsbl: {zones: [{name: bl.test}, {name: info.test, mode: informational}], resolver: '127.0.0.1:5353'}\n",
+        )
+        .unwrap()
+        .dnsbl;
+        assert_eq!(dnsbl.zones[0].mode, ZoneMode::Blocking);
+        assert_eq!(dnsbl.zones[1].mode, ZoneMode::Informational);
+        assert_eq!(
+            dnsbl.resolver_address(),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        SeededPool::documentation()[0].spec().layout().unwrap();
     }
 
     #[test]
