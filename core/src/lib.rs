@@ -8,6 +8,7 @@ pub mod agent_api;
 pub mod clock;
 pub mod conditions;
 pub mod config;
+pub mod dnsbl;
 pub mod ids;
 pub mod ip;
 pub mod leadership;
