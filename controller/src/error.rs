@@ -17,6 +17,8 @@ pub enum ControllerError {
     Hypervisor(String, String),
     #[error("object {0} is malformed: {1}")]
     Malformed(String, String),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 impl ControllerError {
@@ -27,6 +29,7 @@ impl ControllerError {
             Self::Agent { source, .. } => source.metric_label(),
             Self::Hypervisor(..) => "hypervisor",
             Self::Malformed(..) => "malformed",
+            Self::Config(..) => "config",
         }
     }
 }

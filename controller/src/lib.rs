@@ -8,6 +8,7 @@
 
 pub mod agent_client;
 pub mod context;
+pub mod dnsbl;
 pub mod error;
 pub mod events;
 pub mod hypervisors;
