@@ -6,12 +6,14 @@
 //! [`stratus_store::Resources`] of its kind, an `impl runtime::Reconcile`,
 //! and one `runtime.add(...)` line in [`controller`].
 
+pub mod addresses;
 pub mod agent_client;
 pub mod context;
 pub mod dnsbl;
 pub mod error;
 pub mod events;
 pub mod hypervisors;
+pub mod ip_pools;
 pub mod leader;
 pub mod metrics;
 pub mod runtime;
@@ -30,7 +32,10 @@ pub use runtime::{Runtime, RuntimeConfig};
 use stratus_core::Config;
 use stratus_store::{ObjectStore, Resources};
 
+use crate::addresses::Addresses;
+use crate::dnsbl::BlacklistChecker;
 use crate::hypervisors::HypervisorProber;
+use crate::ip_pools::IpPoolReconciler;
 use crate::servers::ServerReconciler;
 
 /// How the controller runs.
@@ -39,6 +44,8 @@ pub struct ControllerConfig {
     pub runtime: RuntimeConfig,
     /// How often every hypervisor's agent is asked for its capacity.
     pub probe_interval: Duration,
+    /// How often each IP pool is counted and its quarantine looked at.
+    pub pool_interval: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -46,6 +53,7 @@ impl Default for ControllerConfig {
         Self {
             runtime: RuntimeConfig::default(),
             probe_interval: Duration::from_secs(15),
+            pool_interval: Duration::from_secs(60),
         }
     }
 }
@@ -56,18 +64,35 @@ pub fn controller(
     store: Arc<dyn ObjectStore>,
     config: Arc<Config>,
     settings: ControllerConfig,
-) -> Runtime {
+) -> Result<Runtime, ControllerError> {
     let mut runtime = Runtime::new(settings.runtime, ctx.clock.clone(), ctx.metrics.clone());
+    let addresses = Arc::new(Addresses::new(
+        ctx.ledger.clone(),
+        Resources::new(store.clone()),
+        Arc::new(BlacklistChecker::new(&config.dnsbl)?),
+        ctx.clock.clone(),
+        config.policy.clone(),
+    ));
     let servers = Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),
         config,
+        addresses.clone(),
     ));
     let waiting_servers = runtime.add(servers.clone());
     servers.wakes_waiting_through(waiting_servers.clone());
     runtime.add(Arc::new(
+        IpPoolReconciler::new(
+            ctx.clone(),
+            Resources::new(store.clone()),
+            addresses,
+            settings.pool_interval,
+        )
+        .requeueing(waiting_servers.clone()),
+    ));
+    runtime.add(Arc::new(
         HypervisorProber::new(ctx, Resources::new(store), settings.probe_interval)
             .requeueing(waiting_servers),
     ));
-    runtime
+    Ok(runtime)
 }

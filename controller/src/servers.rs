@@ -15,12 +15,14 @@ use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer, VirtualServerStatus,
+    DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer,
+    VirtualServerStatus,
 };
 use stratus_core::scheduling::{self, Placed};
 use stratus_store::Resources;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
+use crate::addresses::{Addresses, Allocation, Holder};
 use crate::agent_client::{AgentCallError, AgentEndpoint};
 use crate::context::Context;
 use crate::error::ControllerError;
@@ -36,6 +38,10 @@ const STILL_MOVING: Duration = Duration::from_millis(200);
 /// hypervisor that becomes reachable or reports other capacity or images)
 /// queues it at once, so this recheck only bounds what a missed wake costs.
 pub const UNSCHEDULABLE_RECHECK: Duration = Duration::from_secs(300);
+
+/// How soon a server waiting for a clean address is tried again: an
+/// inconclusive check is retried, and addresses leave quarantine.
+pub const NO_CLEAN_ADDRESS_RECHECK: Duration = Duration::from_secs(60);
 
 /// How long the placed-load snapshot is trusted before it is listed again.
 /// Placements and releases made here update it at once; anything else (an
@@ -89,6 +95,7 @@ enum Pass {
 
 pub struct ServerReconciler {
     ctx: Context,
+    addresses: Arc<Addresses>,
     servers: Resources<VirtualServer>,
     config: Arc<Config>,
     /// Placement decisions are taken one at a time so two servers never
@@ -128,9 +135,15 @@ impl Reconcile for ServerReconciler {
 }
 
 impl ServerReconciler {
-    pub fn new(ctx: Context, servers: Resources<VirtualServer>, config: Arc<Config>) -> Self {
+    pub fn new(
+        ctx: Context,
+        servers: Resources<VirtualServer>,
+        config: Arc<Config>,
+        addresses: Arc<Addresses>,
+    ) -> Self {
         Self {
             ctx,
+            addresses,
             servers,
             config,
             scheduling: tokio::sync::Mutex::new(Placements::default()),
@@ -201,6 +214,11 @@ impl ServerReconciler {
             }
             Action::Schedule => {
                 if let Some(retry) = self.schedule(server, &current, next).await? {
+                    return Ok(Pass::Finished(Outcome::RequeueAfter(retry)));
+                }
+            }
+            Action::AssignAddresses => {
+                if let Some(retry) = self.assign_addresses(server, &current, next).await? {
                     return Ok(Pass::Finished(Outcome::RequeueAfter(retry)));
                 }
             }
@@ -288,11 +306,13 @@ impl ServerReconciler {
     ) -> Result<(), ControllerError> {
         self.record_status(server, current, next).await?;
         // Given back before the finalizer goes: after it, nothing would.
+        let (uid, _) = mac_holder(server)?;
         self.ctx
             .ledger
             .macs()
-            .release(&mac_holder(server)?.0, self.now_millis())
+            .release(&uid, self.now_millis())
             .await?;
+        self.addresses.release(&uid).await?;
         if let Some(namespace) = server.namespace() {
             self.ctx
                 .ledger
@@ -406,7 +426,65 @@ impl ServerReconciler {
             power: server.spec.power,
             create_disk,
             power_off,
+            ipv4: status.ipv4.clone(),
+            ipv6: status.ipv6.clone(),
         })
+    }
+
+    /// Holds the server's addresses from a pool of its hypervisor's zone
+    /// and records them; with none clean and free, records why and
+    /// returns when to try again.
+    async fn assign_addresses(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        mut next: VirtualServerStatus,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let hypervisor = current.hypervisor.as_ref().ok_or_else(|| {
+            ControllerError::Malformed(
+                server.name_any(),
+                "addresses asked for before placement".into(),
+            )
+        })?;
+        let zone = match self
+            .ctx
+            .directory
+            .hypervisors
+            .get(None, hypervisor.as_str())
+            .await?
+        {
+            Some(h) => h.spec.zone,
+            None => server
+                .spec
+                .zone
+                .clone()
+                .unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
+        };
+        let (uid, subject) = mac_holder(server)?;
+        let holder = Holder {
+            uid,
+            account: server.namespace().unwrap_or_default(),
+            subject,
+        };
+        let now = self.ctx.clock.now();
+        match self.addresses.assign(&holder, &zone).await? {
+            Allocation::Assigned(assigned) => {
+                lifecycle::record_addresses(&mut next, &assigned, now);
+                self.record_status(server, current, &next).await?;
+                Ok(None)
+            }
+            Allocation::NoCleanAddress(why) => {
+                lifecycle::record_no_clean_address(&mut next, why, now);
+                if current.reason != next.reason {
+                    tracing::warn!(
+                        reason = next.reason.as_deref().unwrap_or_default(),
+                        "server waits for an address"
+                    );
+                }
+                self.record_status(server, current, &next).await?;
+                Ok(Some(NO_CLEAN_ADDRESS_RECHECK))
+            }
+        }
     }
 
     /// Chooses a hypervisor and records it (or why there is none) before

@@ -4,20 +4,26 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use stratus_controller::addresses::Addresses;
+use stratus_controller::dnsbl::BlacklistChecker;
 use stratus_controller::events::{EventType, Events, Regarding};
 use stratus_controller::hypervisors::HypervisorProber;
+use stratus_controller::ip_pools::IpPoolReconciler;
 use stratus_controller::runtime::{ObjectKey, Outcome, Reconcile, RuntimeConfig};
 use stratus_controller::servers::{ServerReconciler, UNSCHEDULABLE_RECHECK};
 use stratus_controller::simulated::SimulatedAgent;
 use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerError};
 use stratus_core::agent_api::DomainState;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason};
+use stratus_core::config::{Dnsbl, SeededPool};
 use stratus_core::ids::HypervisorName;
 use stratus_core::lifecycle;
+use stratus_core::policy::Policy;
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec, VirtualServerStatus,
 };
+use stratus_core::resources::{IpPool, Ipv4Block};
 use stratus_core::testing as fixtures;
 use stratus_core::{Config, ManualClock};
 use stratus_store::ledger::{AuditAction, AuditSubject, Ledger};
@@ -39,6 +45,7 @@ struct Harness {
     reconciler: Arc<ServerReconciler>,
     prober: Arc<HypervisorProber>,
     ledger: Ledger,
+    addresses: Arc<Addresses>,
     events: Arc<RecordedEvents>,
     clock: Arc<ManualClock>,
 }
@@ -59,10 +66,37 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
     let events = Arc::new(RecordedEvents::default());
     let ctx = Context::new(clock.clone(), sim.clone(), directory, ledger.clone())
         .with_events(events.clone());
+    let pools = Resources::<IpPool>::new(store.clone());
+    // The default zone's documentation pool, and one for par1.
+    let mut seeded = SeededPool::documentation();
+    seeded.push(SeededPool {
+        name: "par1".into(),
+        zone: "par1".into(),
+        ipv4: Ipv4Block {
+            cidr: "198.51.100.0/24".into(),
+            gateway: "198.51.100.1".into(),
+            excluded: Vec::new(),
+        },
+        ipv6: None,
+    });
+    for seeded in seeded {
+        pools
+            .create(&IpPool::new(&seeded.name, seeded.spec()))
+            .await
+            .unwrap();
+    }
+    let addresses = Arc::new(Addresses::new(
+        ledger.clone(),
+        pools,
+        Arc::new(BlacklistChecker::new(&Dnsbl::default()).unwrap()),
+        clock.clone(),
+        Policy::default(),
+    ));
     let reconciler = Arc::new(ServerReconciler::new(
         ctx.clone(),
         servers.clone(),
         Arc::new(Config::default()),
+        addresses.clone(),
     ));
     let prober = Arc::new(HypervisorProber::new(
         ctx.clone(),
@@ -80,6 +114,7 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         reconciler,
         prober,
         ledger,
+        addresses,
         events,
     }
 }
@@ -153,14 +188,25 @@ impl Harness {
                 ..Default::default()
             },
             probe_interval,
+            pool_interval: Duration::from_secs(60),
         };
         let runtime = stratus_controller::controller(
             self.ctx.clone(),
             self.store.clone(),
             Arc::new(Config::default()),
             settings,
-        );
+        )
+        .unwrap();
         (stop, tokio::spawn(runtime.run(stopped)))
+    }
+
+    fn pool_reconciler(&self) -> IpPoolReconciler {
+        IpPoolReconciler::new(
+            self.ctx.clone(),
+            Resources::new(self.store.clone()),
+            self.addresses.clone(),
+            Duration::from_secs(60),
+        )
     }
 
     async fn reconcile(&self, name: &str) -> Result<Outcome, ControllerError> {
@@ -250,6 +296,115 @@ async fn an_order_runs_on_both_databases() {
         assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gib), (1, 1024, 25));
         assert_eq!(spec.image_volume, "debian-12.qcow2");
         assert_eq!(Some(spec.mac_address), status.mac_address);
+        assert_eq!(spec.ipv4, status.ipv4, "{label}");
+        assert_eq!(spec.ipv6, status.ipv6, "{label}");
+    }
+}
+
+/// R19, R22: a server holds an IPv4 address and an IPv6 /64 before its
+/// domain exists, keeps them through stops and restarts, and gives them
+/// to quarantine when it is gone; the quarantine ends after `ip.quarantine`.
+#[tokio::test]
+async fn r19_r22_addresses_are_held_before_the_domain_sticky_and_quarantined_at_deletion() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.add_hypervisor("hv1", "default", 8, 16384).await;
+        h.order("vs-1", None).await;
+        h.reconcile("vs-1").await.unwrap();
+        let status = h.status("vs-1").await;
+        let ipv4 = status.ipv4.clone().expect("an IPv4 address");
+        let ipv6 = status.ipv6.clone().expect("an IPv6 prefix");
+        assert!(ipv4.address.starts_with("192.0.2."), "{label}: {ipv4:?}");
+        assert_eq!(
+            (ipv4.prefix_length, ipv4.gateway.as_str()),
+            (24, "192.0.2.1")
+        );
+        let prefix = ipv6.prefix.clone().unwrap();
+        assert!(
+            prefix.starts_with("2001:db8:") && prefix.ends_with("::/64"),
+            "{prefix}"
+        );
+        assert_eq!(ipv6.address, prefix.replace("::/64", "::1"));
+        assert!(conditions::is_true(
+            &status.conditions,
+            ConditionType::AddressesAssigned
+        ));
+
+        // Stop, start, and a reconcile after a restart: the same addresses.
+        for power in [PowerState::Stopped, PowerState::Running] {
+            h.servers
+                .update(Some(NS), "vs-1", |s| {
+                    s.spec.power = power;
+                    true
+                })
+                .await
+                .unwrap();
+            h.clock.advance(jiff::SignedDuration::from_secs(600));
+            h.reconcile("vs-1").await.unwrap();
+            h.reconcile("vs-1").await.unwrap();
+        }
+        let again = h.status("vs-1").await;
+        assert_eq!(
+            (again.ipv4, again.ipv6),
+            (Some(ipv4.clone()), Some(ipv6.clone())),
+            "{label}"
+        );
+
+        let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+        let uid = server.metadata.uid.clone().unwrap();
+        h.servers.delete(Some(NS), "vs-1").await.unwrap();
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let ips = h.ledger.ips();
+        assert!(ips.held_by(&uid).await.unwrap().is_empty(), "{label}");
+        let history = ips.history(&ipv4.address).await.unwrap();
+        assert_eq!(history.len(), 1, "{label}");
+        assert_eq!(history[0].account, NS);
+        assert_eq!(history[0].subject, format!("{NS}/vs-1"));
+        assert!(history[0].released_at.is_some());
+        let quarantined = ips
+            .usage("documentation", stratus_core::ip::Family::V4)
+            .await
+            .unwrap();
+        assert_eq!(
+            (quarantined.allocated, quarantined.quarantined),
+            (0, 1),
+            "{label}"
+        );
+        // Seven days later the address is free again (no blacklist lists it).
+        let pools = h.pool_reconciler();
+        pools
+            .reconcile(&ObjectKey::new(None, "documentation"))
+            .await
+            .unwrap();
+        assert_eq!(
+            ips.usage("documentation", stratus_core::ip::Family::V4)
+                .await
+                .unwrap()
+                .quarantined,
+            1
+        );
+        h.clock.advance(jiff::SignedDuration::from_hours(7 * 24));
+        pools
+            .reconcile(&ObjectKey::new(None, "documentation"))
+            .await
+            .unwrap();
+        let usage = ips
+            .usage("documentation", stratus_core::ip::Family::V4)
+            .await
+            .unwrap();
+        assert_eq!((usage.allocated, usage.quarantined), (0, 0), "{label}");
+        let pool = Resources::<IpPool>::new(h.store.clone())
+            .get(None, "documentation")
+            .await
+            .unwrap()
+            .unwrap();
+        let counts = pool.status.unwrap().ipv4;
+        assert_eq!(
+            (counts.total, counts.free, counts.allocated),
+            (253, 253, 0),
+            "{label}"
+        );
     }
 }
 

@@ -27,6 +27,12 @@ pub struct DomainSpec {
     /// controller forces the power-off after a grace period.
     #[serde(default)]
     pub power_off: bool,
+    /// The server's IPv4 address: the only one its NIC may send from (R19).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<crate::resources::ServerAddress>,
+    /// The server's IPv6 prefix and NIC address (R19).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<crate::resources::ServerAddress>,
 }
 
 /// Power state of a domain as libvirt reports it.

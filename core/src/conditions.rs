@@ -61,6 +61,8 @@ pub enum ConditionType {
     Provisioned,
     /// The agent of the server's hypervisor answered.
     AgentReachable,
+    /// The server holds its public addresses (R19).
+    AddressesAssigned,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -83,6 +85,9 @@ named_enum!(
         AgentAnswered,
         AgentUnavailable,
         AgentRefused,
+        Allocated,
+        NoCleanAddress,
+        Invalid,
     }
 );
 

@@ -109,7 +109,7 @@ impl SeededPool {
     pub fn documentation() -> Vec<SeededPool> {
         vec![SeededPool {
             name: "documentation".into(),
-            zone: "default".into(),
+            zone: crate::resources::DEFAULT_ZONE.into(),
             ipv4: Ipv4Block {
                 cidr: "192.0.2.0/24".into(),
                 gateway: "192.0.2.1".into(),

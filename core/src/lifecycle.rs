@@ -6,7 +6,10 @@ use jiff::{SignedDuration, Timestamp};
 use crate::agent_api::{DomainObservation, DomainState};
 use crate::conditions::{self, ConditionType, Reason};
 use crate::ids::HypervisorName;
-use crate::resources::{PowerState, ServerPhase, VirtualServerSpec, VirtualServerStatus};
+use crate::ip::{Assignment, Family};
+use crate::resources::{
+    PowerState, ServerAddress, ServerPhase, VirtualServerSpec, VirtualServerStatus,
+};
 
 /// The server as stored: desired state, last status and object metadata that matters.
 #[derive(Debug, Clone, Copy)]
@@ -37,6 +40,9 @@ pub enum Action {
     AddFinalizer,
     /// Choose a hypervisor and record it in the status before acting there.
     Schedule,
+    /// Hold the server's addresses (IP ledger, after a blacklist check)
+    /// and record them before its domain is created.
+    AssignAddresses,
     /// Make the domain match the spec; `create_disk` is false once a disk
     /// existed; `power_off` stops a guest that ignored its shutdown request.
     EnsureDomain { create_disk: bool, power_off: bool },
@@ -190,6 +196,15 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         );
     }
 
+    if status.ipv4.is_none() && !status.provisioned {
+        next = Some(Action::AssignAddresses);
+        return Decision {
+            next,
+            status,
+            recheck_in: None,
+        };
+    }
+
     let desired = server.spec.power;
     let converged = match (desired, domain.state) {
         (_, None) => false,
@@ -312,6 +327,51 @@ fn agent_unreachable(status: &mut VirtualServerStatus, message: &str, now: Times
     );
 }
 
+/// Records the addresses a server holds.
+pub fn record_addresses(status: &mut VirtualServerStatus, assigned: &[Assignment], now: Timestamp) {
+    for assignment in assigned {
+        let address = Some(ServerAddress::from(assignment));
+        match assignment.family {
+            Family::V4 => status.ipv4 = address,
+            Family::V6 => status.ipv6 = address,
+        }
+    }
+    if status
+        .reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with(NO_CLEAN_ADDRESS))
+    {
+        status.reason = None;
+        status.phase = ServerPhase::Provisioning;
+    }
+    let held: Vec<&str> = assigned.iter().map(|a| a.holding.as_str()).collect();
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::AddressesAssigned,
+        true,
+        Reason::Allocated,
+        format!("holds {}", held.join(" and ")),
+        now,
+    );
+}
+
+/// The reason of a server waiting for an address, as customers see it.
+pub const NO_CLEAN_ADDRESS: &str = "no_clean_address";
+
+/// Records that no clean address is free for the server: it waits.
+pub fn record_no_clean_address(status: &mut VirtualServerStatus, why: String, now: Timestamp) {
+    status.phase = ServerPhase::Pending;
+    status.reason = Some(format!("{NO_CLEAN_ADDRESS}: {why}"));
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::AddressesAssigned,
+        false,
+        Reason::NoCleanAddress,
+        why,
+        now,
+    );
+}
+
 /// Records the hypervisor chosen by the scheduler (or why there is none).
 pub fn record_placement(
     status: &mut VirtualServerStatus,
@@ -387,6 +447,12 @@ mod tests {
             hypervisor: HypervisorName::parse("hv1"),
             provisioned,
             reason: (phase == ServerPhase::Error).then(|| "the server crashed".to_owned()),
+            ipv4: Some(crate::resources::ServerAddress {
+                address: "192.0.2.7".into(),
+                prefix: None,
+                prefix_length: 24,
+                gateway: "192.0.2.1".into(),
+            }),
             ..Default::default()
         }
     }
@@ -587,6 +653,15 @@ mod tests {
         assert_eq!(
             decide(&spec, &fresh, true, false, &Observation::NotPlaced).next,
             Some(Action::Schedule)
+        );
+        // Placed: the addresses are held before the domain is created.
+        let unnumbered = VirtualServerStatus {
+            ipv4: None,
+            ..placed(ServerPhase::Provisioning, false)
+        };
+        assert_eq!(
+            decide(&spec, &unnumbered, true, false, &observed(None, false)).next,
+            Some(Action::AssignAddresses)
         );
         let d = decide(
             &spec,

@@ -78,10 +78,13 @@ async fn r22_an_address_has_one_holder_at_a_time_and_every_holding_is_kept() {
         assert_eq!((usage.allocated, usage.quarantined), (0, 1), "{label}");
         assert!(ips.pool_in_use("doc").await.unwrap());
         assert!(
-            ips.quarantine_over(999, 10).await.unwrap().is_empty(),
+            ips.quarantine_over("doc", 999, 10)
+                .await
+                .unwrap()
+                .is_empty(),
             "{label}"
         );
-        let over = ips.quarantine_over(1_000, 10).await.unwrap();
+        let over = ips.quarantine_over("doc", 1_000, 10).await.unwrap();
         assert_eq!(over.len(), 2, "{label}");
         for holding in &over {
             ips.return_to_pool(holding.id, 1_000).await.unwrap();

@@ -18,6 +18,9 @@ pub use server::*;
 pub const GROUP: &str = "stratus.dev";
 pub const VERSION: &str = "v1alpha1";
 
+/// The zone of a server that names none and of the documentation pool.
+pub const DEFAULT_ZONE: &str = "default";
+
 /// RFC 1123 hostname, the same rule as `validate::is_hostname` (the API
 /// server checks it for objects written with kubectl).
 pub const HOSTNAME_PATTERN: &str = r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$";

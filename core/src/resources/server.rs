@@ -66,6 +66,12 @@ pub struct ServerResources {
         description = "Plan ordered"
     ),
     printcolumn(
+        name = "IPv4",
+        type_ = "string",
+        json_path = ".status.ipv4.address",
+        description = "Public IPv4 address"
+    ),
+    printcolumn(
         name = "Hypervisor",
         type_ = "string",
         json_path = ".status.hypervisor",
@@ -130,6 +136,33 @@ impl ServerPhase {
     }
 }
 
+/// An address of a server as its network interface is configured.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerAddress {
+    /// The address configured on the NIC.
+    pub address: String,
+    /// IPv6: the prefix the server holds (`2001:db8:0:7::/64`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// Prefix length of the link.
+    pub prefix_length: u8,
+    /// The default gateway.
+    pub gateway: String,
+}
+
+impl From<&crate::ip::Assignment> for ServerAddress {
+    fn from(assignment: &crate::ip::Assignment) -> Self {
+        Self {
+            address: assignment.address.to_string(),
+            prefix: (assignment.family == crate::ip::Family::V6)
+                .then(|| assignment.holding.clone()),
+            prefix_length: assignment.prefix_len,
+            gateway: assignment.gateway.to_string(),
+        }
+    }
+}
+
 /// What the controller knows and did about a server.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -150,6 +183,13 @@ pub struct VirtualServerStatus {
     /// MAC address of the server's network interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
+    /// The public IPv4 address, held in the IP ledger until the server is
+    /// gone; never changed by restarts or reschedules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv4: Option<ServerAddress>,
+    /// The IPv6 prefix (a /64 by default) and the address of it on the NIC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<ServerAddress>,
     /// True once the system disk exists; a provisioned server's disk is never
     /// silently created again.
     #[serde(default)]

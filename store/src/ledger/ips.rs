@@ -239,15 +239,17 @@ impl IpLedger<'_> {
         Ok(())
     }
 
-    /// Released holdings whose quarantine is over at `now`, oldest first.
-    pub async fn quarantine_over(&self, now: i64, limit: u32) -> Result<Vec<Holding>> {
+    /// Released holdings of `pool` whose quarantine is over at `now`,
+    /// oldest first.
+    pub async fn quarantine_over(&self, pool: &str, now: i64, limit: u32) -> Result<Vec<Holding>> {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {HOLDING_COLUMNS} FROM ip_holdings \
              WHERE released_at IS NOT NULL AND returned_at IS NULL AND quarantine_until <= $1 \
-             ORDER BY quarantine_until, id LIMIT $2"
+             AND pool = $3 ORDER BY quarantine_until, id LIMIT $2"
         )))
         .bind(now)
         .bind(i64::from(limit))
+        .bind(pool)
         .fetch_all(self.db.pool())
         .await?;
         rows.iter().map(holding).collect()

@@ -1,0 +1,149 @@
+//! The IP pool reconciler: counts each pool's addresses into its status
+//! (total, allocated, quarantined, blacklisted, free) and returns the
+//! pool's quarantined addresses whose time is over to the free set once a
+//! blacklist check finds them clean (R22). The deadlines are the ledger's
+//! `quarantine_until`: a restart forgets nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use stratus_core::conditions::{self, ConditionType, Reason};
+use stratus_core::ip::{Family, SlotSpace};
+use stratus_core::lifecycle::NO_CLEAN_ADDRESS;
+use stratus_core::resources::{AddressCounts, IpPool, IpPoolStatus, VirtualServer};
+use stratus_store::Resources;
+
+use crate::addresses::Addresses;
+use crate::context::Context;
+use crate::error::ControllerError;
+use crate::runtime::{ObjectKey, Outcome, Reconcile, Requeue, Trigger};
+
+/// Quarantined addresses looked at per round and pool.
+const RETURNS_PER_ROUND: u32 = 256;
+
+pub struct IpPoolReconciler {
+    ctx: Context,
+    pools: Resources<IpPool>,
+    addresses: Arc<Addresses>,
+    interval: Duration,
+    /// Servers waiting for a clean address, queued when addresses return.
+    waiting_servers: Option<Requeue<VirtualServer>>,
+}
+
+#[async_trait]
+impl Reconcile for IpPoolReconciler {
+    type Kind = IpPool;
+
+    fn resources(&self) -> &Resources<IpPool> {
+        &self.pools
+    }
+
+    /// Its own status writes must not trigger it again.
+    fn trigger(&self) -> Trigger {
+        Trigger::GenerationChanged
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
+        let Some(pool) = self.pools.get(None, &key.name).await? else {
+            return Ok(Outcome::Done);
+        };
+        let returned = self
+            .addresses
+            .return_quarantined(&key.name, RETURNS_PER_ROUND)
+            .await?;
+        if returned > 0 {
+            tracing::info!(returned, "quarantined addresses returned to the free set");
+            if let Some(waiting) = &self.waiting_servers {
+                waiting
+                    .matching(|server| {
+                        server.status.as_ref().is_some_and(|s| {
+                            s.reason
+                                .as_deref()
+                                .is_some_and(|r| r.starts_with(NO_CLEAN_ADDRESS))
+                        })
+                    })
+                    .await?;
+            }
+        }
+        let status = self.count(&pool).await?;
+        if pool.status.as_ref() != Some(&status) {
+            self.pools.patch_status(None, &key.name, &status).await?;
+        }
+        Ok(Outcome::RequeueAfter(self.interval))
+    }
+}
+
+impl IpPoolReconciler {
+    pub fn new(
+        ctx: Context,
+        pools: Resources<IpPool>,
+        addresses: Arc<Addresses>,
+        interval: Duration,
+    ) -> Self {
+        Self {
+            ctx,
+            pools,
+            addresses,
+            interval,
+            waiting_servers: None,
+        }
+    }
+
+    pub fn requeueing(mut self, waiting_servers: Requeue<VirtualServer>) -> Self {
+        self.waiting_servers = Some(waiting_servers);
+        self
+    }
+
+    /// The pool's status as the ledger counts it now.
+    async fn count(&self, pool: &IpPool) -> Result<IpPoolStatus, ControllerError> {
+        let mut status = pool.status.clone().unwrap_or_default();
+        let name = kube::ResourceExt::name_any(pool);
+        let now = self.ctx.clock.now();
+        match pool.spec.layout() {
+            Ok(layout) => {
+                status.ipv4 = self.family_counts(&name, Family::V4, &layout.ipv4).await?;
+                status.ipv6 = match &layout.ipv6 {
+                    Some(space) => Some(self.family_counts(&name, Family::V6, space).await?),
+                    None => None,
+                };
+                conditions::set(
+                    &mut status.conditions,
+                    ConditionType::Ready,
+                    true,
+                    Reason::Answered,
+                    "pool is valid",
+                    now,
+                );
+            }
+            Err(error) => {
+                conditions::set(
+                    &mut status.conditions,
+                    ConditionType::Ready,
+                    false,
+                    Reason::Invalid,
+                    error.to_string(),
+                    now,
+                );
+            }
+        }
+        Ok(status)
+    }
+
+    async fn family_counts(
+        &self,
+        pool: &str,
+        family: Family,
+        space: &SlotSpace,
+    ) -> Result<AddressCounts, ControllerError> {
+        let usage = self.ctx.ledger.ips().usage(pool, family).await?;
+        let total = space.usable();
+        Ok(AddressCounts {
+            total,
+            allocated: usage.allocated,
+            quarantined: usage.quarantined,
+            blacklisted: usage.blacklisted,
+            free: total.saturating_sub(usage.allocated + usage.quarantined + usage.blacklisted),
+        })
+    }
+}
