@@ -28,7 +28,8 @@ pub enum ZoneEntry {
     Silent,
 }
 
-/// TTL of every answer, positive and negative (the SOA's minimum).
+/// TTL of every answer, positive and negative (the SOA's minimum),
+/// unless the zone is started with another.
 pub const ZONE_TTL: u32 = 300;
 
 pub struct TestZone {
@@ -48,6 +49,12 @@ impl Drop for TestZone {
 impl TestZone {
     /// Serves `zone` on a free UDP port of 127.0.0.1.
     pub async fn start(zone: &str) -> io::Result<Self> {
+        Self::start_with_ttl(zone, ZONE_TTL).await
+    }
+
+    /// Serves `zone` with answers valid for `ttl` seconds (0: resolvers
+    /// keep nothing, for tests that change listings).
+    pub async fn start_with_ttl(zone: &str, ttl: u32) -> io::Result<Self> {
         let socket = UdpSocket::bind("127.0.0.1:0").await?;
         let address = socket.local_addr()?;
         let entries = Arc::new(Mutex::new(HashMap::new()));
@@ -56,6 +63,7 @@ impl TestZone {
         let task = tokio::spawn(serve(
             socket,
             zone.clone(),
+            ttl,
             entries.clone(),
             queries.clone(),
         ));
@@ -113,6 +121,7 @@ impl TestZone {
 async fn serve(
     socket: UdpSocket,
     zone: String,
+    ttl: u32,
     entries: Arc<Mutex<HashMap<String, ZoneEntry>>>,
     queries: Arc<AtomicUsize>,
 ) {
@@ -136,14 +145,14 @@ async fn serve(
         if entry == Some(ZoneEntry::Silent) {
             continue;
         }
-        let response = answer(&request, &zone, entry);
+        let response = answer(&request, &zone, ttl, entry);
         if let Ok(bytes) = response.to_vec() {
             let _ = socket.send_to(&bytes, peer).await;
         }
     }
 }
 
-fn answer(request: &Message, zone: &str, entry: Option<ZoneEntry>) -> Message {
+fn answer(request: &Message, zone: &str, ttl: u32, entry: Option<ZoneEntry>) -> Message {
     let id = request.metadata.id;
     let Some(query) = request.queries.first() else {
         return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr);
@@ -163,38 +172,30 @@ fn answer(request: &Message, zone: &str, entry: Option<ZoneEntry>) -> Message {
         }
         Some(ZoneEntry::Answer { code, reason }) => match query.query_type() {
             RecordType::A => {
-                response.add_answer(Record::from_rdata(name, ZONE_TTL, RData::A(A(code))));
+                response.add_answer(Record::from_rdata(name, ttl, RData::A(A(code))));
             }
             RecordType::TXT => {
                 response.add_answer(Record::from_rdata(
                     name,
-                    ZONE_TTL,
+                    ttl,
                     RData::TXT(TXT::new(vec![reason])),
                 ));
             }
-            _ => add_soa(&mut response, zone),
+            _ => add_soa(&mut response, zone, ttl),
         },
         Some(ZoneEntry::Silent) | None => {
             response.metadata.response_code = ResponseCode::NXDomain;
-            add_soa(&mut response, zone);
+            add_soa(&mut response, zone, ttl);
         }
     }
     response
 }
 
-/// The SOA that makes a negative answer cacheable for [`ZONE_TTL`].
-fn add_soa(response: &mut Message, zone: &str) {
+/// The SOA that makes a negative answer cacheable for `ttl`.
+fn add_soa(response: &mut Message, zone: &str, ttl: u32) {
     let Ok(origin) = Name::from_ascii(format!("{zone}.")) else {
         return;
     };
-    let soa = SOA::new(
-        origin.clone(),
-        origin.clone(),
-        1,
-        3600,
-        600,
-        86_400,
-        ZONE_TTL,
-    );
-    response.add_authority(Record::from_rdata(origin, ZONE_TTL, RData::SOA(soa)));
+    let soa = SOA::new(origin.clone(), origin.clone(), 1, 3600, 600, 86_400, ttl);
+    response.add_authority(Record::from_rdata(origin, ttl, RData::SOA(soa)));
 }

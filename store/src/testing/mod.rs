@@ -14,6 +14,8 @@ pub const POSTGRES_URL_VAR: &str = "STRATUS_TEST_POSTGRES_URL";
 pub struct ScratchDatabase {
     pub db: Database,
     pub label: &'static str,
+    /// Where it is, for a second handle (a second controller's).
+    pub url: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -26,6 +28,7 @@ pub async fn sqlite() -> ScratchDatabase {
     ScratchDatabase {
         db,
         label: "sqlite",
+        url,
         _dir: Some(dir),
     }
 }
@@ -51,6 +54,7 @@ pub async fn postgres() -> ScratchDatabase {
     ScratchDatabase {
         db,
         label: "postgres",
+        url,
         _dir: None,
     }
 }
