@@ -3,7 +3,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use ring::rand::{SecureRandom, SystemRandom};
 use stratus_core::quota::Quota;
-use stratus_core::resources::{Account, Hypervisor, VirtualServer};
+use stratus_core::resources::{Account, Hypervisor, IpPool, VirtualServer};
 use stratus_core::{Clock, Config};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger};
 use stratus_store::secrets::Secrets;
@@ -19,6 +19,7 @@ pub struct ApiState {
     pub servers: Resources<VirtualServer>,
     pub accounts: Resources<Account>,
     pub hypervisors: Resources<Hypervisor>,
+    pub ip_pools: Resources<IpPool>,
     pub ledger: Ledger,
     /// Where agent tokens are kept (encrypted vault, or Kubernetes Secrets).
     pub secrets: Arc<dyn Secrets>,
@@ -58,7 +59,8 @@ impl ApiState {
         Self {
             servers: Resources::new(store.clone()),
             accounts: Resources::new(store.clone()),
-            hypervisors: Resources::new(store),
+            hypervisors: Resources::new(store.clone()),
+            ip_pools: Resources::new(store),
             ledger,
             secrets,
             config: config.clone(),

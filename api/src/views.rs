@@ -12,7 +12,7 @@ use stratus_core::scheduling::{Load, Placed};
 use stratus_store::ledger::TokenRecord;
 use utoipa::ToSchema;
 
-fn millis_to_rfc3339(millis: i64) -> String {
+pub(crate) fn millis_to_rfc3339(millis: i64) -> String {
     jiff::Timestamp::from_millisecond(millis)
         .map(|t| t.to_string())
         .unwrap_or_default()
@@ -228,7 +228,32 @@ pub struct ServerView {
     pub memory_mib: u64,
     pub disk_gib: u64,
     pub mac_address: Option<String>,
+    /// The public IPv4 address and its routing.
+    pub ipv4: Option<AddressView>,
+    /// The IPv6 prefix held (`prefix`), the address of it on the NIC and the routing.
+    pub ipv6: Option<AddressView>,
     pub created_at: Option<String>,
+}
+
+/// An address of a server.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AddressView {
+    pub address: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    pub prefix_length: u8,
+    pub gateway: String,
+}
+
+impl From<&stratus_core::resources::ServerAddress> for AddressView {
+    fn from(a: &stratus_core::resources::ServerAddress) -> Self {
+        Self {
+            address: a.address.clone(),
+            prefix: a.prefix.clone(),
+            prefix_length: a.prefix_length,
+            gateway: a.gateway.clone(),
+        }
+    }
 }
 
 impl From<&VirtualServer> for ServerView {
@@ -257,6 +282,8 @@ impl From<&VirtualServer> for ServerView {
             vcpus: server.spec.resources.vcpus,
             memory_mib: server.spec.resources.memory_mib,
             disk_gib: server.spec.resources.disk_gib,
+            ipv4: status.ipv4.as_ref().map(AddressView::from),
+            ipv6: status.ipv6.as_ref().map(AddressView::from),
             mac_address: status.mac_address,
             created_at: server
                 .metadata

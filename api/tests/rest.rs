@@ -1326,3 +1326,216 @@ async fn a_token_beyond_its_rate_is_answered_429_with_retry_after_and_others_are
     let other = api.call(Method::GET, "/v1/servers", &calm, None).await;
     assert_eq!(other.status, StatusCode::OK, "{}", other.body);
 }
+
+#[tokio::test]
+async fn r19_ip_pools_are_validated_refuse_overlaps_and_cannot_be_deleted_in_use() {
+    let api = api().await;
+    let (_, customer) = api.customer("ACME").await;
+    let pool = json!({"name": "fra1-a", "zone": "fra1",
+        "ipv4": {"cidr": "203.0.113.0/24", "gateway": "203.0.113.1", "excluded": ["203.0.113.2-203.0.113.9"]},
+        "ipv6": {"prefix": "2001:db8:100::/48", "gateway": "2001:db8:100::1"}});
+    let denied = api
+        .call(
+            Method::POST,
+            "/v1/admin/ip-pools",
+            &customer,
+            Some(pool.clone()),
+        )
+        .await;
+    assert_error(&denied, StatusCode::FORBIDDEN, "forbidden", None);
+    let created = api
+        .call(
+            Method::POST,
+            "/v1/admin/ip-pools",
+            &api.admin,
+            Some(pool.clone()),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    assert_eq!(created.body["ipv4_counts"]["total"], 256 - 3 - 8);
+    assert_eq!(created.body["ipv6_counts"]["total"], 65_535);
+    assert_eq!(created.body["ipv6"]["serverPrefixLength"], 64);
+
+    let bad = |field: &str, body: Value| (field.to_owned(), body);
+    for (field, body) in [
+        bad(
+            "ipv4.cidr",
+            json!({"name": "b", "zone": "fra1", "ipv4": {"cidr": "198.51.100.7/24", "gateway": "198.51.100.1"}}),
+        ),
+        bad(
+            "ipv4.gateway",
+            json!({"name": "b", "zone": "fra1", "ipv4": {"cidr": "198.51.100.0/24", "gateway": "198.51.101.1"}}),
+        ),
+        bad(
+            "ipv4.excluded[0]",
+            json!({"name": "b", "zone": "fra1", "ipv4": {"cidr": "198.51.100.0/24", "gateway": "198.51.100.1", "excluded": ["10.0.0.1"]}}),
+        ),
+        bad(
+            "ipv6.serverPrefixLength",
+            json!({"name": "b", "zone": "fra1", "ipv4": {"cidr": "198.51.100.0/24", "gateway": "198.51.100.1"},
+            "ipv6": {"prefix": "2001:db8:200::/48", "gateway": "2001:db8:200::1", "serverPrefixLength": 40}}),
+        ),
+        bad(
+            "name",
+            json!({"name": "Bad_Name", "zone": "fra1", "ipv4": {"cidr": "198.51.100.0/24", "gateway": "198.51.100.1"}}),
+        ),
+    ] {
+        let refused = api
+            .call(Method::POST, "/v1/admin/ip-pools", &api.admin, Some(body))
+            .await;
+        assert_error(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some(&field),
+        );
+    }
+    let overlapping = api
+        .call(Method::POST, "/v1/admin/ip-pools", &api.admin, Some(json!({"name": "b", "zone": "fra2",
+            "ipv4": {"cidr": "198.51.100.0/24", "gateway": "198.51.100.1"},
+            "ipv6": {"prefix": "2001:db8::/32", "gateway": "2001:db8::1", "serverPrefixLength": 56}})))
+        .await;
+    assert_error(&overlapping, StatusCode::CONFLICT, "conflict", Some("ipv6"));
+    assert!(
+        overlapping.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("fra1-a")
+    );
+    assert_eq!(
+        api.state.ip_pools.list(None).await.unwrap().items.len(),
+        1,
+        "refusals created nothing"
+    );
+
+    // A held address keeps the pool; history answers who held it when.
+    let ips = api.state.ledger.ips();
+    let hold = |address: &'static str, family, prefix_len, uid: &'static str, at: i64| {
+        stratus_store::ledger::NewHolding {
+            pool: "fra1-a",
+            family,
+            slot: 1,
+            address,
+            prefix_len,
+            holder: uid,
+            account: "acc-0000000000000001",
+            subject: "acc-0000000000000001/web",
+            at,
+        }
+    };
+    use stratus_core::ip::Family;
+    let march_3 = "2026-03-03T14:02:00Z"
+        .parse::<jiff::Timestamp>()
+        .unwrap()
+        .as_millisecond();
+    assert!(
+        ips.try_hold(&hold(
+            "203.0.113.10",
+            Family::V4,
+            32,
+            "uid-1",
+            march_3 - 1000
+        ))
+        .await
+        .unwrap()
+    );
+    assert!(
+        ips.try_hold(&hold(
+            "2001:db8:100:7::/64",
+            Family::V6,
+            64,
+            "uid-1",
+            march_3 - 1000
+        ))
+        .await
+        .unwrap()
+    );
+    let in_use = api
+        .call(
+            Method::DELETE,
+            "/v1/admin/ip-pools/fra1-a",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_error(&in_use, StatusCode::CONFLICT, "conflict", None);
+    ips.release("uid-1", march_3 + 1000, march_3 + 2000)
+        .await
+        .unwrap();
+    let history = api
+        .call(
+            Method::GET,
+            "/v1/admin/ips/203.0.113.10/history?at=2026-03-03T14:02:00Z",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.body);
+    assert_eq!(
+        history.body["holdings"][0]["account_id"], "acc-0000000000000001",
+        "{}",
+        history.body
+    );
+    assert_eq!(
+        history.body["holdings"][0]["server"],
+        "acc-0000000000000001/web"
+    );
+    let later = api
+        .call(
+            Method::GET,
+            "/v1/admin/ips/203.0.113.10/history?at=2026-03-04T00:00:00Z",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        later.body["holdings"].as_array().unwrap().len(),
+        0,
+        "{}",
+        later.body
+    );
+    // Any address inside the IPv6 prefix finds its holder.
+    let v6 = api
+        .call(
+            Method::GET,
+            "/v1/admin/ips/2001:db8:100:7:dead:beef::1/history?at=2026-03-03T14:02:00Z",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        v6.body["holdings"][0]["address"], "2001:db8:100:7::/64",
+        "{}",
+        v6.body
+    );
+    for (path, field) in [
+        ("/v1/admin/ips/203.0.113.10/history?at=yesterday", "at"),
+        ("/v1/admin/ips?blacklisted=false", "blacklisted"),
+    ] {
+        let refused = api.call(Method::GET, path, &api.admin, None).await;
+        assert_error(
+            &refused,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some(field),
+        );
+    }
+    let customers = api
+        .call(
+            Method::GET,
+            "/v1/admin/ips/203.0.113.10/history",
+            &customer,
+            None,
+        )
+        .await;
+    assert_error(&customers, StatusCode::FORBIDDEN, "forbidden", None);
+    let listed = api
+        .call(
+            Method::GET,
+            "/v1/admin/ips?blacklisted=true",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(listed.body, json!([]));
+}

@@ -293,6 +293,19 @@ impl SlotSpace {
     }
 }
 
+/// The first of `existing` pools (name, spec) sharing addresses with
+/// `layout`, and the family they share; pools whose spec does not parse
+/// are skipped (they hand out nothing).
+pub fn overlapping<'a>(
+    layout: &PoolLayout,
+    existing: impl IntoIterator<Item = (&'a str, &'a IpPoolSpec)>,
+) -> Option<(&'a str, Family)> {
+    existing.into_iter().find_map(|(name, spec)| {
+        let other = spec.layout().ok()?;
+        layout.overlap(&other).map(|family| (name, family))
+    })
+}
+
 /// The server prefix of length `len` holding `address`, as the ledger
 /// names it (`2001:db8:0:7::/64`).
 pub fn containing_prefix(address: Ipv6Addr, len: u8) -> Option<String> {

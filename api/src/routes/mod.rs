@@ -4,6 +4,7 @@
 mod accounts;
 mod catalog;
 pub mod hypervisors;
+mod ip;
 mod servers;
 mod system;
 
@@ -30,6 +31,7 @@ use crate::state::ApiState;
         (name = "catalog", description = "Plans and images"),
         (name = "servers", description = "Virtual servers of the caller's account"),
         (name = "hypervisors", description = "Hypervisors (operators)"),
+        (name = "ip", description = "IP pools and the IP ledger (operators)"),
         (name = "system", description = "Health, metrics, this document"),
     )
 )]
@@ -66,6 +68,10 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
             hypervisors::list_hypervisors
         ))
         .routes(routes!(hypervisors::get_hypervisor))
+        .routes(routes!(ip::create_ip_pool, ip::list_ip_pools))
+        .routes(routes!(ip::get_ip_pool, ip::delete_ip_pool))
+        .routes(routes!(ip::ip_history))
+        .routes(routes!(ip::list_ips))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
 }

@@ -74,6 +74,8 @@ audit_actions! {
     TokenIssue => "token.issue",
     TokenRevoke => "token.revoke",
     HypervisorRegister => "hypervisor.register",
+    IpPoolCreate => "ip_pool.create",
+    IpPoolDelete => "ip_pool.delete",
     ServerOrder => "server.order",
     ServerStop => "server.stop",
     ServerStart => "server.start",
@@ -101,6 +103,7 @@ pub enum AuditSubject {
     Operators,
     Account(String),
     Hypervisor(String),
+    IpPool(String),
     Server {
         account: String,
         name: String,
@@ -127,6 +130,7 @@ impl AuditSubject {
             (Some("admin"), None, None) => Self::Operators,
             (Some("account"), Some(id), None) => Self::Account(id.to_owned()),
             (Some("hypervisor"), Some(name), None) => Self::Hypervisor(name.to_owned()),
+            (Some("ip-pool"), Some(name), None) => Self::IpPool(name.to_owned()),
             (Some("server"), Some(account), Some(name)) => Self::Server {
                 account: account.to_owned(),
                 name: name.to_owned(),
@@ -142,6 +146,7 @@ impl fmt::Display for AuditSubject {
             Self::Operators => f.write_str("admin"),
             Self::Account(id) => write!(f, "account/{id}"),
             Self::Hypervisor(name) => write!(f, "hypervisor/{name}"),
+            Self::IpPool(name) => write!(f, "ip-pool/{name}"),
             Self::Server { account, name } => write!(f, "server/{account}/{name}"),
         }
     }
