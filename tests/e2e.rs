@@ -33,6 +33,14 @@ async fn a_customer_orders_runs_stops_starts_and_deletes_a_server_across_restart
     let id = order["id"].as_str().unwrap().to_owned();
     let running = customer.wait_status(&id, "running", WAIT).await;
     assert_eq!(running["hypervisor"], "local");
+    // R19: the quickstart numbers servers from the documentation ranges.
+    let ipv4 = running["ipv4"]["address"].as_str().unwrap_or_default();
+    assert!(ipv4.starts_with("192.0.2."), "{running}");
+    let prefix = running["ipv6"]["prefix"].as_str().unwrap_or_default();
+    assert!(
+        prefix.starts_with("2001:db8:") && prefix.ends_with("/64"),
+        "{running}"
+    );
 
     let (status, _) = customer
         .post(

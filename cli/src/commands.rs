@@ -377,6 +377,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "stratus",
     )
     .await?;
+    core.seed_ip_pools(true).await?;
     let shutdown = wiring::shutdown_signal();
 
     // The local hypervisor: the test driver forgets everything when the
@@ -420,6 +421,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
                 ..Default::default()
             },
             probe_interval: Duration::from_secs(5),
+            ..Default::default()
         },
         "stratus-up",
         Arc::new(agents),

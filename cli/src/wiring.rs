@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use kube::ResourceExt;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use stratus_agent::{AgentState, Driver};
@@ -16,6 +17,8 @@ use stratus_controller::{
     AgentClient, AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient,
     Runtime,
 };
+use stratus_core::config::SeededPool;
+use stratus_core::resources::{IpPool, IpPoolSpec};
 use stratus_core::{Clock, Config, SystemClock};
 use stratus_store::ledger::Ledger;
 use stratus_store::secrets::{KubeSecrets, Secrets};
@@ -114,6 +117,47 @@ impl Core {
         })
     }
 
+    /// Creates the configuration's IP pools that do not exist yet (in
+    /// embedded mode; in Kubernetes mode pools are kubectl's). Without an
+    /// `ipPools:` section, `documentation_when_absent` seeds the
+    /// documentation ranges so a quickstart shows addresses. A pool that
+    /// exists by name is left as an operator may have changed it; one
+    /// overlapping another pool stops the start, naming both.
+    pub async fn seed_ip_pools(&self, documentation_when_absent: bool) -> anyhow::Result<()> {
+        if self.embedded.is_none() {
+            return Ok(());
+        }
+        let seeded = match &self.config.ip_pools {
+            Some(pools) => pools.clone(),
+            None if documentation_when_absent => SeededPool::documentation(),
+            None => return Ok(()),
+        };
+        let pools = Resources::<IpPool>::new(self.objects());
+        for pool in seeded {
+            let existing = pools.list(None).await?.items;
+            if existing.iter().any(|p| p.name_any() == pool.name) {
+                continue;
+            }
+            let spec = pool.spec();
+            let layout = spec
+                .layout()
+                .map_err(|e| anyhow::anyhow!("ipPools: pool {}: {e}", pool.name))?;
+            let named: Vec<(String, &IpPoolSpec)> =
+                existing.iter().map(|p| (p.name_any(), &p.spec)).collect();
+            if let Some((other, family)) =
+                stratus_core::ip::overlapping(&layout, named.iter().map(|(n, s)| (n.as_str(), *s)))
+            {
+                anyhow::bail!(
+                    "ipPools: the {family} addresses of pool {} overlap those of pool {other}",
+                    pool.name
+                );
+            }
+            pools.create(&IpPool::new(&pool.name, spec)).await?;
+            tracing::info!(pool = %pool.name, zone = %pool.zone, "IP pool created from the configuration");
+        }
+        Ok(())
+    }
+
     pub fn objects(&self) -> Arc<dyn ObjectStore> {
         self.objects.clone()
     }
@@ -155,7 +199,7 @@ impl Core {
             self.objects(),
             self.config.clone(),
             settings,
-        ))
+        )?)
     }
 
     /// Forgets deletion records older than a generous window, so the
