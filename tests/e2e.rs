@@ -245,6 +245,15 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
         )
         .await;
     assert_eq!(status, 201);
+    // The new zone's addresses: an operator creates its pool.
+    let (status, pool) = admin
+        .post(
+            "/v1/admin/ip-pools",
+            json!({"name": "zone-b", "zone": "zone-b",
+                   "ipv4": {"cidr": "198.51.100.0/24", "gateway": "198.51.100.1"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{pool}");
 
     let (_, customer) = admin.open_account("ACME").await;
     let (status, order) = customer
@@ -257,6 +266,17 @@ async fn a_standalone_agent_joins_as_a_second_hypervisor_in_its_zone() {
     let id = order["id"].as_str().unwrap().to_owned();
     let running = customer.wait_status(&id, "running", WAIT).await;
     assert_eq!(running["hypervisor"], "hv-b2", "{running}");
+    assert!(
+        running["ipv4"]["address"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("198.51.100.")),
+        "{running}"
+    );
+    assert_eq!(
+        running["ipv6"],
+        serde_json::Value::Null,
+        "the pool has no IPv6"
+    );
     let (_, hv) = admin.get("/v1/admin/hypervisors/hv-b2").await;
     assert_eq!(hv["reachable"], true);
     assert_eq!(hv["capacity"]["vcpus"], 32);

@@ -324,6 +324,8 @@ mod tests {
             power: PowerState::Running,
             create_disk: true,
             power_off: false,
+            ipv4: None,
+            ipv6: None,
         }
     }
 

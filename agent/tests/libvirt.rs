@@ -41,6 +41,10 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         power,
         create_disk,
         power_off: false,
+        // The addresses do not change the domain yet: the NIC's filter is
+        // the agent's next step (R19).
+        ipv4: None,
+        ipv6: None,
     }
 }
 

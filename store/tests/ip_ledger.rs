@@ -155,7 +155,7 @@ async fn r20_listings_keep_free_addresses_out_of_circulation_and_checks_are_kept
         assert_eq!(ips.usage("doc", Family::V4).await.unwrap().blacklisted, 1);
         assert_eq!(
             ips.listings(None, 10).await.unwrap(),
-            [listing.clone()],
+            std::slice::from_ref(&listing),
             "{label}"
         );
         assert!(
