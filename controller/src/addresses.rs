@@ -236,8 +236,7 @@ impl Addresses {
                     // holder took one in a retry that raced this one.
                     let held = self.ledger.ips().held_by(&holder.uid).await?;
                     if let Some(holding) = held.iter().find(|h| h.family == family) {
-                        let pools: Vec<Pool> = Vec::new();
-                        return self.assignment_of(holding, &pools).await.map(Some);
+                        return self.assignment_of(holding, &[]).await.map(Some);
                     }
                 }
             }

@@ -137,13 +137,11 @@ impl IpPoolReconciler {
         space: &SlotSpace,
     ) -> Result<AddressCounts, ControllerError> {
         let usage = self.ctx.ledger.ips().usage(pool, family).await?;
-        let total = space.usable();
-        Ok(AddressCounts {
-            total,
-            allocated: usage.allocated,
-            quarantined: usage.quarantined,
-            blacklisted: usage.blacklisted,
-            free: total.saturating_sub(usage.allocated + usage.quarantined + usage.blacklisted),
-        })
+        Ok(AddressCounts::new(
+            space.usable(),
+            usage.allocated,
+            usage.quarantined,
+            usage.blacklisted,
+        ))
     }
 }

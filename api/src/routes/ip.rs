@@ -72,13 +72,12 @@ async fn view(state: &ApiState, pool: &IpPool) -> Result<IpPoolView, ApiError> {
                 return Ok::<_, ApiError>(None);
             };
             let usage = state.ledger.ips().usage(&name, family).await?;
-            Ok(Some(AddressCounts {
+            Ok(Some(AddressCounts::new(
                 total,
-                allocated: usage.allocated,
-                quarantined: usage.quarantined,
-                blacklisted: usage.blacklisted,
-                free: total.saturating_sub(usage.allocated + usage.quarantined + usage.blacklisted),
-            }))
+                usage.allocated,
+                usage.quarantined,
+                usage.blacklisted,
+            )))
         }
     };
     Ok(IpPoolView {

@@ -151,6 +151,20 @@ pub struct AddressCounts {
     pub free: u64,
 }
 
+impl AddressCounts {
+    /// The counts of a family of `total` usable addresses; what is neither
+    /// held, quarantined nor blacklisted is free.
+    pub fn new(total: u64, allocated: u64, quarantined: u64, blacklisted: u64) -> Self {
+        Self {
+            total,
+            allocated,
+            quarantined,
+            blacklisted,
+            free: total.saturating_sub(allocated + quarantined + blacklisted),
+        }
+    }
+}
+
 /// Usage of a pool as the controller last counted it.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
