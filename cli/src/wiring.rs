@@ -133,8 +133,8 @@ impl Core {
             None => return Ok(()),
         };
         let pools = Resources::<IpPool>::new(self.objects());
+        let mut existing = pools.list(None).await?.items;
         for pool in seeded {
-            let existing = pools.list(None).await?.items;
             if existing.iter().any(|p| p.name_any() == pool.name) {
                 continue;
             }
@@ -152,7 +152,7 @@ impl Core {
                     pool.name
                 );
             }
-            pools.create(&IpPool::new(&pool.name, spec)).await?;
+            existing.push(pools.create(&IpPool::new(&pool.name, spec)).await?);
             tracing::info!(pool = %pool.name, zone = %pool.zone, "IP pool created from the configuration");
         }
         Ok(())

@@ -30,7 +30,7 @@ fn ip(text: &str) -> IpAddr {
 }
 
 struct Setup {
-    _scratch: ScratchDatabase,
+    scratch: ScratchDatabase,
     db: Database,
     store: Arc<dyn ObjectStore>,
     clock: Arc<ManualClock>,
@@ -58,7 +58,7 @@ async fn setup(scratch: ScratchDatabase, cidr: &str, excluded: &[&str]) -> Setup
         .await
         .unwrap();
     Setup {
-        _scratch: scratch,
+        scratch,
         db,
         store,
         clock,
@@ -69,7 +69,7 @@ impl Setup {
     /// An allocator on its own database connection pool, as a second
     /// controller would have.
     async fn allocator(&self, dnsbl: &Dnsbl) -> Addresses {
-        let own = Database::connect(&self._scratch.url).await.unwrap();
+        let own = Database::connect(&self.scratch.url).await.unwrap();
         Addresses::new(
             Ledger::new(own),
             Resources::new(self.store.clone()),

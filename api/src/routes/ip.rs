@@ -60,33 +60,26 @@ pub struct IpPoolView {
 async fn view(state: &ApiState, pool: &IpPool) -> Result<IpPoolView, ApiError> {
     let name = kube::ResourceExt::name_any(pool);
     let layout = pool.spec.layout().ok();
-    let counts = |family: Family| {
-        let state = state.clone();
-        let name = name.clone();
-        let usable = layout
-            .as_ref()
-            .and_then(|l| l.family(family))
-            .map(|s| s.usable());
-        async move {
-            let Some(total) = usable else {
-                return Ok::<_, ApiError>(None);
-            };
+    let mut counts = [None, None];
+    for (family, count) in Family::ALL.into_iter().zip(&mut counts) {
+        if let Some(space) = layout.as_ref().and_then(|l| l.family(family)) {
             let usage = state.ledger.ips().usage(&name, family).await?;
-            Ok(Some(AddressCounts::new(
-                total,
+            *count = Some(AddressCounts::new(
+                space.usable(),
                 usage.allocated,
                 usage.quarantined,
                 usage.blacklisted,
-            )))
+            ));
         }
-    };
+    }
+    let [ipv4_counts, ipv6_counts] = counts;
     Ok(IpPoolView {
-        name: name.clone(),
+        name,
         zone: pool.spec.zone.clone(),
         ipv4: pool.spec.ipv4.clone(),
         ipv6: pool.spec.ipv6.clone(),
-        ipv4_counts: counts(Family::V4).await?.unwrap_or_default(),
-        ipv6_counts: counts(Family::V6).await?,
+        ipv4_counts: ipv4_counts.unwrap_or_default(),
+        ipv6_counts,
     })
 }
 
