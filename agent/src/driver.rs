@@ -7,8 +7,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use stratus_core::agent_api::{
-    DiskDisposal, DomainObservation, DomainSpec, DomainState, MANAGED_PREFIX, NodeReport, PoolInfo,
-    disk_volume_name,
+    AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, MANAGED_PREFIX,
+    NodeReport, PoolInfo, disk_volume_name,
 };
 use stratus_core::resources::PowerState;
 use virt::connect::Connect;
@@ -65,6 +65,32 @@ impl FromStr for CapacityOverride {
     }
 }
 
+/// Whether guests may run without their traffic filter (R19).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AntiSpoofingMode {
+    /// No guest starts without its filter: a hypervisor without nwfilter
+    /// starts none (production).
+    #[default]
+    Required,
+    /// Guests start unfiltered where the hypervisor has no nwfilter: for
+    /// simulated hypervisors and labs, never for customers' servers.
+    BestEffort,
+}
+
+impl FromStr for AntiSpoofingMode {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "required" => Ok(Self::Required),
+            "best-effort" => Ok(Self::BestEffort),
+            other => Err(format!(
+                "unknown anti-spoofing mode {other:?} (required, best-effort)"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct DriverConfig {
     pub uri: String,
@@ -78,6 +104,7 @@ pub struct DriverConfig {
     pub capacity: CapacityOverride,
     /// Where to keep definitions for a hypervisor that forgets them (test driver).
     pub state_dir: Option<PathBuf>,
+    pub anti_spoofing: AntiSpoofingMode,
 }
 
 impl DriverConfig {
@@ -93,6 +120,12 @@ impl DriverConfig {
             domain_type: if test { "test" } else { "kvm" }.to_owned(),
             capacity: CapacityOverride::default(),
             state_dir: None,
+            // The test driver has no nwfilter and its guests send nothing.
+            anti_spoofing: if test {
+                AntiSpoofingMode::BestEffort
+            } else {
+                AntiSpoofingMode::Required
+            },
         }
     }
 }
@@ -101,6 +134,8 @@ pub struct Driver {
     conn: Connect,
     config: DriverConfig,
     definitions: Option<Definitions>,
+    /// Found at start: whether the traffic filters are defined.
+    anti_spoofing: AntiSpoofing,
     /// One lock per domain name: calls for one domain run one at a time,
     /// different domains in parallel.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
@@ -168,10 +203,12 @@ impl Driver {
             .map(Definitions::open)
             .transpose()
             .map_err(persist_error(&config.state_dir))?;
+        let anti_spoofing = install_filters(&conn, config.anti_spoofing);
         let driver = Self {
             conn,
             config,
             definitions,
+            anti_spoofing,
             locks: Mutex::new(HashMap::new()),
         };
         let pool = driver.pool()?;
@@ -184,6 +221,42 @@ impl Driver {
 
     pub fn config(&self) -> &DriverConfig {
         &self.config
+    }
+
+    pub fn anti_spoofing(&self) -> &AntiSpoofing {
+        &self.anti_spoofing
+    }
+
+    /// Whether NICs are defined with their filter: where it is enforced,
+    /// and on the test driver, which keeps the filter in the definition
+    /// (there to be read) and has no traffic to filter.
+    fn filters_nics(&self) -> bool {
+        self.anti_spoofing.enforced || self.config.uri.starts_with("test:")
+    }
+
+    /// Refuses to start a guest that would send unfiltered on a hypervisor
+    /// that must filter: the node cannot enforce it, or the domain was
+    /// defined without a filter.
+    fn check_filtered(&self, name: &str, domain: &Domain) -> Result<(), AgentError> {
+        if self.config.anti_spoofing != AntiSpoofingMode::Required {
+            return Ok(());
+        }
+        if let Some(detail) = self
+            .anti_spoofing
+            .blocks_guests()
+            .then(|| self.anti_spoofing.detail.clone().unwrap_or_default())
+        {
+            return Err(AgentError::AntiSpoofingUnavailable(detail));
+        }
+        if !domain
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
+            .contains("<filterref")
+        {
+            return Err(AgentError::AntiSpoofingUnavailable(format!(
+                "domain {name} is defined without a traffic filter on its NIC"
+            )));
+        }
+        Ok(())
     }
 
     fn pool(&self) -> Result<StoragePool, AgentError> {
@@ -308,6 +381,8 @@ impl Driver {
                 "vcpus, memory_mib and disk_gib must be positive".into(),
             ));
         }
+        // Malformed addresses are refused before anything is created.
+        xml::traffic_filter(spec)?;
         let lock = self.lock(name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let pool = self.pool()?;
@@ -348,8 +423,9 @@ impl Driver {
                     pool: &self.config.pool,
                     disk_volume: &disk_name,
                     network: &self.config.network,
+                    filter: self.filters_nics(),
                 };
-                let definition = xml::domain(name, spec, &placement).render();
+                let definition = xml::domain(name, spec, &placement)?.render();
                 let domain = self.conn.define_domain_xml(&definition)?;
                 tracing::info!(domain = name, "defined domain");
                 domain
@@ -376,6 +452,7 @@ impl Driver {
             | (PowerState::Stopped, DomainState::Stopped) => {}
             (PowerState::Running, DomainState::Paused) => domain.resume()?,
             (PowerState::Running, DomainState::Stopped | DomainState::Crashed) => {
+                self.check_filtered(name, domain)?;
                 if domain.is_active()? {
                     domain.destroy()?;
                 }
@@ -513,7 +590,50 @@ impl Driver {
             },
             images,
             domains,
+            anti_spoofing: self.anti_spoofing.clone(),
         })
+    }
+}
+
+/// Defines stratus's traffic filters (again at every start, so an upgrade
+/// brings its rules) and checks libvirt's own `clean-traffic` is there.
+/// Failure is reported, not fatal: the agent still answers, and says why
+/// its guests are not filtered.
+fn install_filters(conn: &Connect, mode: AntiSpoofingMode) -> AntiSpoofing {
+    let required = mode == AntiSpoofingMode::Required;
+    let installed = xml::network_filters()
+        .into_iter()
+        .try_for_each(|(name, definition)| {
+            conn.define_nwfilter_xml(&definition)
+                .map(drop)
+                .map_err(|e| format!("defining network filter {name}: {e}"))
+        })
+        .and_then(|()| {
+            conn.lookup_nwfilter_by_name(xml::CLEAN_TRAFFIC)
+                .map(drop)
+                .map_err(|e| format!("libvirt's {} filter: {e}", xml::CLEAN_TRAFFIC))
+        });
+    match installed {
+        Ok(()) => {
+            tracing::info!("traffic filters defined: guests send only from their own addresses");
+            AntiSpoofing {
+                enforced: true,
+                required,
+                detail: None,
+            }
+        }
+        Err(detail) => {
+            if required {
+                tracing::error!(%detail, "anti-spoofing is required and unavailable: no guest will be started");
+            } else {
+                tracing::warn!(%detail, "anti-spoofing unavailable: guests run unfiltered");
+            }
+            AntiSpoofing {
+                enforced: false,
+                required,
+                detail: Some(detail),
+            }
+        }
     }
 }
 

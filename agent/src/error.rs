@@ -20,6 +20,8 @@ pub enum AgentError {
     },
     #[error("agent worker failed: {0}")]
     Worker(String),
+    #[error("this hypervisor must filter guest traffic and cannot, so it starts no guest: {0}")]
+    AntiSpoofingUnavailable(String),
 }
 
 impl AgentError {
@@ -31,6 +33,7 @@ impl AgentError {
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
             Self::BadRequest(_) => AgentErrorCode::BadRequest,
+            Self::AntiSpoofingUnavailable(_) => AgentErrorCode::AntiSpoofingUnavailable,
         }
     }
 
@@ -44,6 +47,7 @@ impl AgentError {
             Self::BadRequest(_) => "bad_request",
             Self::Persist { .. } => "persist",
             Self::Worker(_) => "worker",
+            Self::AntiSpoofingUnavailable(_) => "anti_spoofing_unavailable",
         }
     }
 }

@@ -76,6 +76,7 @@ impl IntoResponse for AgentError {
             AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,
             AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             AgentErrorCode::Hypervisor => StatusCode::INTERNAL_SERVER_ERROR,
+            AgentErrorCode::AntiSpoofingUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "agent call failed");

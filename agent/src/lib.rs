@@ -13,6 +13,6 @@ pub mod metrics;
 pub mod replay;
 pub mod xml;
 
-pub use driver::{CapacityOverride, Driver, DriverConfig};
+pub use driver::{AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
 pub use error::AgentError;
 pub use http::{AgentState, router};

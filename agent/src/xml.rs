@@ -3,7 +3,12 @@
 //! with a traffic filter, an extra disk, a cloud-init CD-ROM) is a new field
 //! or list entry, never string surgery, and every value is escaped.
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use stratus_core::agent_api::DomainSpec;
+
+use crate::error::AgentError;
 
 /// One XML element: a name, attributes in order, and children.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,11 +264,20 @@ pub struct Placement<'a> {
     pub pool: &'a str,
     pub disk_volume: &'a str,
     pub network: &'a str,
+    /// Whether the NIC gets its traffic filter: always, except on a real
+    /// hypervisor without nwfilter whose operator accepted running unfiltered.
+    pub filter: bool,
 }
 
-/// The domain of a server: its system disk and one NIC.
-pub fn domain(name: &str, spec: &DomainSpec, placement: &Placement<'_>) -> Domain {
-    Domain {
+/// The domain of a server: its system disk and one NIC, whose traffic
+/// filter lets it send only from its MAC and addresses (R19). The addresses
+/// are checked here: a malformed one is refused, never passed to libvirt.
+pub fn domain(
+    name: &str,
+    spec: &DomainSpec,
+    placement: &Placement<'_>,
+) -> Result<Domain, AgentError> {
+    Ok(Domain {
         domain_type: placement.domain_type.to_owned(),
         name: name.to_owned(),
         hostname: spec.hostname.clone(),
@@ -278,9 +292,115 @@ pub fn domain(name: &str, spec: &DomainSpec, placement: &Placement<'_>) -> Domai
         interfaces: vec![Interface {
             mac: spec.mac_address.clone(),
             network: placement.network.to_owned(),
-            filter: None,
+            filter: placement.filter.then(|| traffic_filter(spec)).transpose()?,
         }],
+    })
+}
+
+/// libvirt's own anti-spoofing filter: only the NIC's MAC, only its IPv4
+/// address (`IP`), ARP only for them, and no IPv6 at all.
+pub const CLEAN_TRAFFIC: &str = "clean-traffic";
+/// stratus's filter for a NIC with an IPv6 prefix: `clean-traffic` plus
+/// IPv6 from the server's own prefix (and link-local, for neighbour
+/// discovery).
+pub const DUAL_STACK_FILTER: &str = "stratus-clean-traffic";
+/// The IPv6 half of [`DUAL_STACK_FILTER`].
+pub const IPV6_FILTER: &str = "stratus-no-ipv6-spoofing";
+
+/// The filter for a server's NIC. A server with no address yet (one placed
+/// by a release before addresses were allocated) gets `clean-traffic`
+/// without `IP`: libvirt then allows the first IPv4 address the guest uses,
+/// and only that one.
+pub fn traffic_filter(spec: &DomainSpec) -> Result<FilterRef, AgentError> {
+    let mut parameters = Vec::new();
+    if let Some(ipv4) = &spec.ipv4 {
+        let address: IpAddr = parse("ipv4.address", &ipv4.address)?;
+        if !address.is_ipv4() {
+            return Err(AgentError::BadRequest(format!(
+                "ipv4.address: {address} is not an IPv4 address"
+            )));
+        }
+        parameters.push(("IP".to_owned(), address.to_string()));
     }
+    let Some(ipv6) = &spec.ipv6 else {
+        return Ok(FilterRef {
+            filter: CLEAN_TRAFFIC.to_owned(),
+            parameters,
+        });
+    };
+    let prefix: IpNet = parse("ipv6.prefix", ipv6.prefix.as_deref().unwrap_or_default())?;
+    let IpNet::V6(prefix) = prefix.trunc() else {
+        return Err(AgentError::BadRequest(format!(
+            "ipv6.prefix: {prefix} is not an IPv6 prefix"
+        )));
+    };
+    let address: IpAddr = parse("ipv6.address", &ipv6.address)?;
+    if !IpNet::V6(prefix).contains(&address) {
+        return Err(AgentError::BadRequest(format!(
+            "ipv6.address: {address} is outside the server's prefix {prefix}"
+        )));
+    }
+    parameters.push(("IPV6_PREFIX".to_owned(), prefix.network().to_string()));
+    parameters.push((
+        "IPV6_PREFIX_LENGTH".to_owned(),
+        prefix.prefix_len().to_string(),
+    ));
+    Ok(FilterRef {
+        filter: DUAL_STACK_FILTER.to_owned(),
+        parameters,
+    })
+}
+
+fn parse<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, AgentError> {
+    text.parse()
+        .map_err(|_| AgentError::BadRequest(format!("{field}: {text:?} is not valid")))
+}
+
+/// The filters stratus defines on every hypervisor that supports them, in
+/// the order they must be defined (a filter only references defined ones).
+pub fn network_filters() -> Vec<(&'static str, String)> {
+    let rule = |action: &str, priority: u32| {
+        Element::new("rule")
+            .attr("action", action)
+            .attr("direction", "out")
+            .attr("priority", priority)
+    };
+    let source = |address: &str, mask: &str| {
+        Element::new("ipv6")
+            .attr("srcipaddr", address)
+            .attr("srcipmask", mask)
+    };
+    // Chains jump from the root chain in priority order: this one (-610)
+    // runs before the root's IPv6 accept (-600), like `no-ip-spoofing`
+    // (-710) before `clean-traffic`'s IPv4 accept (-650).
+    let ipv6 = Element::new("filter")
+        .attr("name", IPV6_FILTER)
+        .attr("chain", "ipv6-ip")
+        .attr("priority", -610)
+        // Link-local sources: neighbour and router discovery.
+        .child(rule("return", 100).child(source("fe80::", "10")))
+        // The unspecified source: duplicate address detection.
+        .child(rule("return", 100).child(source("::", "128")))
+        .child(rule("return", 200).child(source("$IPV6_PREFIX", "$IPV6_PREFIX_LENGTH")))
+        .child(rule("drop", 1000));
+    let dual_stack = Element::new("filter")
+        .attr("name", DUAL_STACK_FILTER)
+        .attr("chain", "root")
+        .child(Element::new("filterref").attr("filter", CLEAN_TRAFFIC))
+        .child(Element::new("filterref").attr("filter", IPV6_FILTER))
+        // `clean-traffic` ends by dropping every other protocol (priority
+        // 1000): IPv6 that passed the chain above is accepted before that.
+        .child(
+            Element::new("rule")
+                .attr("action", "accept")
+                .attr("direction", "inout")
+                .attr("priority", -600)
+                .child(Element::new("mac").attr("protocolid", "ipv6")),
+        );
+    vec![
+        (IPV6_FILTER, ipv6.render()),
+        (DUAL_STACK_FILTER, dual_stack.render()),
+    ]
 }
 
 fn volume(name: &str, capacity_gib: u64) -> Element {
@@ -311,7 +431,7 @@ pub fn image_volume(name: &str, capacity_gib: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stratus_core::resources::PowerState;
+    use stratus_core::resources::{PowerState, ServerAddress};
 
     fn spec() -> DomainSpec {
         DomainSpec {
@@ -335,12 +455,33 @@ mod tests {
             pool: "default",
             disk_volume: "stratus-vs-1-disk.qcow2",
             network: "default",
+            filter: true,
+        }
+    }
+
+    fn numbered() -> DomainSpec {
+        DomainSpec {
+            ipv4: Some(ServerAddress {
+                address: "192.0.2.10".into(),
+                prefix: None,
+                prefix_length: 24,
+                gateway: "192.0.2.1".into(),
+            }),
+            ipv6: Some(ServerAddress {
+                address: "2001:db8:0:7::1".into(),
+                prefix: Some("2001:db8:0:7::/64".into()),
+                prefix_length: 64,
+                gateway: "2001:db8::1".into(),
+            }),
+            ..spec()
         }
     }
 
     #[test]
     fn domain_xml_carries_the_spec_and_escapes_text() {
-        let xml = domain("stratus-vs-1", &spec(), &placement()).render();
+        let xml = domain("stratus-vs-1", &spec(), &placement())
+            .unwrap()
+            .render();
         for expected in [
             "<domain type='kvm'>",
             "<name>stratus-vs-1</name>",
@@ -355,12 +496,133 @@ mod tests {
             assert!(xml.contains(expected), "missing {expected} in\n{xml}");
         }
         assert!(!xml.contains("web<1>"));
-        assert!(!xml.contains("filterref"));
+    }
+
+    #[test]
+    fn r19_nic_filter_carries_the_server_addresses() {
+        let xml = domain("stratus-vs-1", &numbered(), &placement())
+            .unwrap()
+            .render();
+        assert!(
+            xml.contains(
+                "<filterref filter='stratus-clean-traffic'>\n        \
+                 <parameter name='IP' value='192.0.2.10'/>\n        \
+                 <parameter name='IPV6_PREFIX' value='2001:db8:0:7::'/>\n        \
+                 <parameter name='IPV6_PREFIX_LENGTH' value='64'/>\n      </filterref>"
+            ),
+            "{xml}"
+        );
+        let ipv4_only = DomainSpec {
+            ipv6: None,
+            ..numbered()
+        };
+        let filter = traffic_filter(&ipv4_only).unwrap();
+        assert_eq!(filter.filter, CLEAN_TRAFFIC);
+        assert_eq!(
+            filter.parameters,
+            [("IP".to_owned(), "192.0.2.10".to_owned())]
+        );
+        // Unnumbered (placed before addresses existed): libvirt learns one.
+        let learning = traffic_filter(&spec()).unwrap();
+        assert_eq!(learning.filter, CLEAN_TRAFFIC);
+        assert!(learning.parameters.is_empty());
+        let unfiltered = Placement {
+            filter: false,
+            ..placement()
+        };
+        let xml = domain("stratus-vs-1", &numbered(), &unfiltered)
+            .unwrap()
+            .render();
+        assert!(!xml.contains("filterref"), "{xml}");
+    }
+
+    #[test]
+    fn r19_malformed_addresses_are_refused_naming_the_field() {
+        type Spoil = fn(&mut DomainSpec);
+        let cases: [(Spoil, &str); 5] = [
+            (
+                |s| s.ipv4.as_mut().unwrap().address = "192.0.2.300".into(),
+                "ipv4.address",
+            ),
+            (
+                |s| s.ipv4.as_mut().unwrap().address = "2001:db8::1".into(),
+                "ipv4.address",
+            ),
+            (|s| s.ipv6.as_mut().unwrap().prefix = None, "ipv6.prefix"),
+            (
+                |s| s.ipv6.as_mut().unwrap().prefix = Some("192.0.2.0/24".into()),
+                "ipv6.prefix",
+            ),
+            (
+                |s| s.ipv6.as_mut().unwrap().address = "2001:db8:0:8::1".into(),
+                "ipv6.address",
+            ),
+        ];
+        for (spoil, field) in cases {
+            let mut spec = numbered();
+            spoil(&mut spec);
+            let error = domain("stratus-vs-1", &spec, &placement()).unwrap_err();
+            assert!(
+                matches!(&error, AgentError::BadRequest(m) if m.starts_with(field)),
+                "{field}: {error}"
+            );
+        }
+    }
+
+    /// The filters are valid against libvirt's own schema (the test driver
+    /// has no nwfilter to define them on; a real daemon does in the
+    /// hypervisor tests).
+    #[test]
+    fn r19_network_filters_match_libvirts_schema() {
+        let filters = network_filters();
+        assert_eq!(
+            filters.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+            [IPV6_FILTER, DUAL_STACK_FILTER],
+            "the referenced filter is defined first"
+        );
+        let (_, ipv6) = &filters[0];
+        for rule in [
+            "<ipv6 srcipaddr='fe80::' srcipmask='10'/>",
+            "<ipv6 srcipaddr='$IPV6_PREFIX' srcipmask='$IPV6_PREFIX_LENGTH'/>",
+            "<rule action='drop' direction='out' priority='1000'/>",
+        ] {
+            assert!(ipv6.contains(rule), "{rule} in {ipv6}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let schema = "/usr/share/libvirt/schemas/nwfilter.rng";
+        for (name, definition) in filters
+            .iter()
+            .map(|(name, xml)| (name.to_string(), xml.clone()))
+            .chain([(
+                "domain".to_owned(),
+                domain("stratus-vs-1", &numbered(), &placement())
+                    .unwrap()
+                    .render(),
+            )])
+        {
+            let path = dir.path().join(format!("{name}.xml"));
+            std::fs::write(&path, &definition).unwrap();
+            let schema = if name == "domain" {
+                "/usr/share/libvirt/schemas/domain.rng"
+            } else {
+                schema
+            };
+            let output = std::process::Command::new("xmllint")
+                .args(["--noout", "--relaxng", schema])
+                .arg(&path)
+                .output()
+                .expect("xmllint (Debian's libxml2-utils) runs");
+            assert!(
+                output.status.success(),
+                "{name} is invalid:\n{}\n{definition}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
     }
 
     #[test]
     fn devices_are_data_a_filter_and_a_second_disk_need_no_new_template() {
-        let mut domain = domain("stratus-vs-1", &spec(), &placement());
+        let mut domain = domain("stratus-vs-1", &spec(), &placement()).unwrap();
         domain.interfaces[0].filter = Some(FilterRef {
             filter: "clean-traffic".into(),
             parameters: vec![("IP".into(), "192.0.2.10".into())],

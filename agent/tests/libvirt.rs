@@ -3,9 +3,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use stratus_agent::{AgentError, CapacityOverride, Driver, DriverConfig};
+use stratus_agent::{AgentError, AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
 use stratus_core::agent_api::{DiskDisposal, DomainSpec, DomainState};
-use stratus_core::resources::PowerState;
+use stratus_core::resources::{PowerState, ServerAddress};
 
 /// A driver on the process-wide `test:///default` hypervisor; tests use
 /// their own domain and image names so they can run side by side.
@@ -41,11 +41,116 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         power,
         create_disk,
         power_off: false,
-        // The addresses do not change the domain yet: the NIC's filter is
-        // the agent's next step (R19).
         ipv4: None,
         ipv6: None,
     }
+}
+
+fn numbered(image: &str, power: PowerState) -> DomainSpec {
+    DomainSpec {
+        ipv4: Some(ServerAddress {
+            address: "192.0.2.77".into(),
+            prefix: None,
+            prefix_length: 24,
+            gateway: "192.0.2.1".into(),
+        }),
+        ipv6: Some(ServerAddress {
+            address: "2001:db8:0:4d::1".into(),
+            prefix: Some("2001:db8:0:4d::/64".into()),
+            prefix_length: 64,
+            gateway: "2001:db8::1".into(),
+        }),
+        ..spec(image, power, true)
+    }
+}
+
+/// The test driver has no nwfilter: the agent says so, writes each NIC's
+/// filter into the definition all the same (where libvirt keeps it), and,
+/// being a simulated hypervisor, starts its guests.
+#[test]
+fn r19_test_driver_reports_no_nwfilter_and_keeps_the_filter_in_the_definition() {
+    let driver = default_driver();
+    let report = driver.node_report().unwrap();
+    assert!(!report.anti_spoofing.enforced);
+    assert!(!report.anti_spoofing.required);
+    let detail = report.anti_spoofing.detail.unwrap_or_default();
+    assert!(detail.contains("not supported"), "{detail}");
+
+    let (name, image) = ("stratus-itest-filter", "itest-filter.qcow2");
+    driver.seed_image(image, 2).unwrap();
+    let running = driver
+        .ensure(name, &numbered(image, PowerState::Running))
+        .unwrap();
+    assert_eq!(running.state, Some(DomainState::Running));
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let defined = conn
+        .lookup_domain_by_name(name)
+        .unwrap()
+        .xml_desc(0)
+        .unwrap();
+    for expected in [
+        "<filterref filter='stratus-clean-traffic'>",
+        "<parameter name='IP' value='192.0.2.77'/>",
+        "<parameter name='IPV6_PREFIX' value='2001:db8:0:4d::'/>",
+        "<parameter name='IPV6_PREFIX_LENGTH' value='64'/>",
+        "<mac address='52:54:00:12:34:56'/>",
+    ] {
+        assert!(defined.contains(expected), "{expected} in\n{defined}");
+    }
+    driver.destroy(name).unwrap();
+}
+
+/// A hypervisor required to filter that cannot never starts a guest; it
+/// still defines, stops and destroys them, and says why in its report.
+#[test]
+fn r19_a_hypervisor_that_must_filter_and_cannot_starts_no_guest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = DriverConfig::for_uri(&private_node(dir.path()), "test-zone");
+    config.anti_spoofing = AntiSpoofingMode::Required;
+    let driver = Driver::open(config).unwrap();
+    let report = driver.node_report().unwrap();
+    assert!(report.anti_spoofing.required && !report.anti_spoofing.enforced);
+    assert!(report.anti_spoofing.blocks_guests());
+
+    let (name, image) = ("stratus-itest-unfiltered", "itest-unfiltered.qcow2");
+    driver.seed_image(image, 2).unwrap();
+    let refused = driver
+        .ensure(name, &numbered(image, PowerState::Running))
+        .unwrap_err();
+    assert!(
+        matches!(refused, AgentError::AntiSpoofingUnavailable(ref m) if m.contains("not supported")),
+        "{refused}"
+    );
+    assert_eq!(
+        refused.code(),
+        stratus_core::agent_api::AgentErrorCode::AntiSpoofingUnavailable
+    );
+    let observed = driver.observe(name).unwrap();
+    assert_eq!(
+        observed.state,
+        Some(DomainState::Stopped),
+        "defined, never started"
+    );
+    let stopped = driver
+        .ensure(name, &numbered(image, PowerState::Stopped))
+        .unwrap();
+    assert_eq!(stopped.state, Some(DomainState::Stopped));
+    assert_eq!(driver.destroy(name).unwrap().state, None);
+}
+
+#[test]
+fn r19_malformed_addresses_are_refused_before_anything_is_created() {
+    let driver = default_driver();
+    let (name, image) = ("stratus-itest-badaddr", "itest-badaddr.qcow2");
+    driver.seed_image(image, 2).unwrap();
+    let mut bad = numbered(image, PowerState::Running);
+    if let Some(ipv6) = bad.ipv6.as_mut() {
+        ipv6.address = "2001:db8:0:99::1".into();
+    }
+    let refused = driver.ensure(name, &bad).unwrap_err();
+    assert!(matches!(refused, AgentError::BadRequest(ref m) if m.starts_with("ipv6.address")));
+    let observed = driver.observe(name).unwrap();
+    assert_eq!((observed.state, observed.disk_present), (None, false));
 }
 
 #[test]

@@ -10,7 +10,7 @@ use clap::Args;
 use kube::CustomResourceExt;
 use kube::core::ObjectMeta;
 use prometheus_client::registry::Registry;
-use stratus_agent::{CapacityOverride, Driver, DriverConfig};
+use stratus_agent::{AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
 use stratus_controller::leader::{FencedAgents, LeaderElector};
 use stratus_controller::{ControllerConfig, RuntimeConfig};
 use stratus_core::ids::HypervisorName;
@@ -225,6 +225,12 @@ pub struct AgentArgs {
     /// Image volumes to create when missing (test driver only), e.g. `debian-12.qcow2`.
     #[arg(long)]
     seed_image: Vec<String>,
+    /// `required` (the default; `best-effort` on the test driver): never
+    /// start a guest without its anti-spoofing filter, so a host without
+    /// libvirt's nwfilter starts none. `best-effort` runs guests unfiltered
+    /// there: labs only, never customers' servers.
+    #[arg(long)]
+    anti_spoofing: Option<AntiSpoofingMode>,
     #[command(flatten)]
     tls: AgentServerTlsArgs,
 }
@@ -771,6 +777,9 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     config.state_dir = args.state_dir;
     if let Some(capacity) = args.capacity {
         config.capacity = capacity;
+    }
+    if let Some(mode) = args.anti_spoofing {
+        config.anti_spoofing = mode;
     }
     let test_driver = args.libvirt_uri.starts_with("test:");
     if !args.seed_image.is_empty() && !test_driver {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
+use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{Hypervisor, HypervisorCapacity, HypervisorStatus, VirtualServer};
 use stratus_store::Resources;
@@ -130,6 +130,15 @@ impl HypervisorProber {
                     "",
                     now,
                 );
+                let (enforced, reason, message) = report.anti_spoofing.condition();
+                conditions::set(
+                    &mut status.conditions,
+                    ConditionType::AntiSpoofing,
+                    enforced,
+                    reason,
+                    message,
+                    now,
+                );
             }
             Err(why) => {
                 if status.reachable {
@@ -180,8 +189,27 @@ impl HypervisorProber {
             }
             _ => {}
         }
+        let anti_spoofing = |s: Option<&HypervisorStatus>| {
+            s.and_then(|s| conditions::get(&s.conditions, ConditionType::AntiSpoofing))
+                .map(|c| (c.status, c.reason.clone(), c.message.clone()))
+        };
+        let was = anti_spoofing(hypervisor.status.as_ref());
+        let now_is = anti_spoofing(Some(&status));
+        if was != now_is
+            && let Some((ConditionStatus::False, _, message)) = &now_is
+        {
+            tracing::warn!(%message, "hypervisor does not filter guest traffic");
+            self.ctx
+                .publish(
+                    hypervisor,
+                    EventType::Warning,
+                    EventReason::AntiSpoofingUnavailable,
+                    message,
+                )
+                .await;
+        }
         let capacity_changed = hypervisor.status.as_ref().and_then(|s| s.capacity.as_ref())
             != status.capacity.as_ref();
-        Ok(status.reachable && (!was_reachable || capacity_changed))
+        Ok(status.reachable && (!was_reachable || capacity_changed || was != now_is))
     }
 }

@@ -7,7 +7,8 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorCode, DiskDisposal, DomainObservation, DomainSpec, DomainState, NodeReport, PoolInfo,
+    AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState,
+    NodeReport, PoolInfo,
 };
 use stratus_core::resources::PowerState;
 
@@ -71,6 +72,11 @@ impl SimulatedAgent {
             },
             images: images.iter().map(|s| (*s).to_owned()).collect(),
             domains: Vec::new(),
+            anti_spoofing: AntiSpoofing {
+                enforced: true,
+                required: true,
+                detail: None,
+            },
         };
         self.with(|s| {
             s.nodes.insert(
@@ -92,6 +98,16 @@ impl SimulatedAgent {
             if let Some(node) = s.nodes.get_mut(hypervisor) {
                 node.report.vcpus = vcpus;
                 node.report.memory_mib = memory_mib;
+            }
+        });
+    }
+
+    /// Changes what a hypervisor reports about filtering guest traffic; one
+    /// that must filter and cannot refuses to start guests, as the agent does.
+    pub fn set_anti_spoofing(&self, hypervisor: &str, anti_spoofing: AntiSpoofing) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.report.anti_spoofing = anti_spoofing;
             }
         });
     }
@@ -287,6 +303,14 @@ impl AgentClient for SimulatedAgent {
                     });
                 }
                 entry.disk = true;
+            }
+            let starting =
+                spec.power == PowerState::Running && entry.state != Some(DomainState::Running);
+            if starting && node.report.anti_spoofing.blocks_guests() {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::AntiSpoofingUnavailable,
+                    message: "this hypervisor must filter guest traffic and cannot".into(),
+                });
             }
             entry.spec = Some(spec.clone());
             let ignored = node.guests_ignore_acpi

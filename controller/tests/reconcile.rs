@@ -13,7 +13,7 @@ use stratus_controller::runtime::{ObjectKey, Outcome, Reconcile, RuntimeConfig};
 use stratus_controller::servers::{ServerReconciler, UNSCHEDULABLE_RECHECK};
 use stratus_controller::simulated::SimulatedAgent;
 use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerError};
-use stratus_core::agent_api::DomainState;
+use stratus_core::agent_api::{AntiSpoofing, DomainState};
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason};
 use stratus_core::config::{Dnsbl, SeededPool};
 use stratus_core::ids::HypervisorName;
@@ -945,6 +945,63 @@ async fn a_new_hypervisor_is_probed_and_used_at_once() {
         .await
         .unwrap()
         .unwrap();
+}
+
+#[tokio::test]
+async fn r19_a_hypervisor_that_must_filter_and_cannot_gets_no_server() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    let missing = AntiSpoofing {
+        enforced: false,
+        required: true,
+        detail: Some("nwfilter: this function is not supported".into()),
+    };
+    h.sim.set_anti_spoofing("hv1", missing);
+    h.prober.probe_all().await.unwrap();
+    h.prober.probe_all().await.unwrap();
+    let hypervisor = h.hypervisors.get(None, "hv1").await.unwrap();
+    let condition = conditions::get(
+        &hypervisor.unwrap().status.unwrap().conditions,
+        ConditionType::AntiSpoofing,
+    )
+    .cloned()
+    .unwrap();
+    assert_eq!(condition.status, ConditionStatus::False);
+    assert_eq!(condition.reason, "FiltersUnavailable");
+    assert!(condition.message.contains("not supported"), "{condition:?}");
+    assert_eq!(
+        h.events.about("Hypervisor", "hv1"),
+        [EventReason::Reachable, EventReason::AntiSpoofingUnavailable],
+        "one warning, not one per probe"
+    );
+
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    let waiting = h.status("vs-1").await;
+    assert_eq!(waiting.phase, ServerPhase::Pending);
+    assert!(
+        waiting
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("filter guest traffic"),
+        "{waiting:?}"
+    );
+
+    h.sim.set_anti_spoofing(
+        "hv1",
+        AntiSpoofing {
+            enforced: true,
+            required: true,
+            detail: None,
+        },
+    );
+    assert!(
+        h.prober.probe_all().await.unwrap() > 0,
+        "waiting servers are woken"
+    );
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Running);
 }
 
 #[tokio::test]

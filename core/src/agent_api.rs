@@ -3,6 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::conditions::Reason;
 use crate::resources::PowerState;
 
 /// Everything the agent needs to make one domain look as desired (`PUT
@@ -102,6 +103,51 @@ pub struct NodeReport {
     pub images: Vec<String>,
     /// Names of the domains stratus manages on this node.
     pub domains: Vec<String>,
+    /// Whether this node filters its guests' traffic to their own addresses
+    /// (R19). An agent too old to say reports nothing, read as not enforced.
+    #[serde(default)]
+    pub anti_spoofing: AntiSpoofing,
+}
+
+/// What a node can do against address spoofing (R19).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiSpoofing {
+    /// The node's network filters are in place: every NIC it starts sends
+    /// only from its MAC and the server's addresses.
+    pub enforced: bool,
+    /// The node is configured to enforce it, so it never starts a guest
+    /// without its filter: when `enforced` is false it starts none.
+    pub required: bool,
+    /// Why it is not enforced, in libvirt's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl AntiSpoofing {
+    /// Whether the node refuses to start guests: it must filter and cannot.
+    pub fn blocks_guests(&self) -> bool {
+        self.required && !self.enforced
+    }
+
+    /// The hypervisor's `AntiSpoofing` condition: status, reason, message.
+    pub fn condition(&self) -> (bool, Reason, String) {
+        let detail = self.detail.as_deref().unwrap_or("no reason given");
+        match (self.enforced, self.required) {
+            (true, _) => (true, Reason::FiltersEnforced, String::new()),
+            (false, true) => (
+                false,
+                Reason::FiltersUnavailable,
+                format!(
+                    "the agent must filter guest traffic and cannot, so it starts no server: {detail}"
+                ),
+            ),
+            (false, false) => (
+                false,
+                Reason::NotEnforced,
+                format!("guests run without a traffic filter: {detail}"),
+            ),
+        }
+    }
 }
 
 /// Error body of every non-2xx agent answer.
@@ -129,6 +175,8 @@ pub enum AgentErrorCode {
     NoSpace,
     /// libvirt refused or failed.
     Hypervisor,
+    /// The node must filter guest traffic (R19) and cannot: it starts no guest.
+    AntiSpoofingUnavailable,
 }
 
 /// Prefix of every domain and disk volume the agent manages.
@@ -137,4 +185,44 @@ pub const MANAGED_PREFIX: &str = "stratus-";
 /// Disk volume name of a domain.
 pub fn disk_volume_name(domain: &str) -> String {
     format!("{domain}-disk.qcow2")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r19_anti_spoofing_condition_says_what_the_node_does() {
+        let enforced = AntiSpoofing {
+            enforced: true,
+            required: true,
+            detail: None,
+        };
+        assert_eq!(
+            enforced.condition(),
+            (true, Reason::FiltersEnforced, String::new())
+        );
+        assert!(!enforced.blocks_guests());
+        let missing = AntiSpoofing {
+            enforced: false,
+            required: true,
+            detail: Some("nwfilter: not supported".into()),
+        };
+        let (status, reason, message) = missing.condition();
+        assert_eq!((status, reason), (false, Reason::FiltersUnavailable));
+        assert!(message.contains("starts no server: nwfilter: not supported"));
+        assert!(missing.blocks_guests());
+        let lab = AntiSpoofing {
+            required: false,
+            ..missing
+        };
+        assert_eq!(lab.condition().1, Reason::NotEnforced);
+        assert!(!lab.blocks_guests());
+        let old_agent: NodeReport = serde_json::from_value(serde_json::json!({
+            "zone": "z", "vcpus": 1, "memory_mib": 1, "images": [], "domains": [],
+            "pool": {"name": "p", "capacity_bytes": 0, "allocation_bytes": 0, "available_bytes": 0}
+        }))
+        .unwrap();
+        assert_eq!(old_agent.anti_spoofing, AntiSpoofing::default());
+    }
 }

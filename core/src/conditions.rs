@@ -63,6 +63,8 @@ pub enum ConditionType {
     AgentReachable,
     /// The server holds its public addresses (R19).
     AddressesAssigned,
+    /// The hypervisor filters its guests' traffic to their own addresses (R19).
+    AntiSpoofing,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -88,6 +90,12 @@ named_enum!(
         Allocated,
         NoCleanAddress,
         Invalid,
+        /// Every NIC is filtered to its MAC and addresses.
+        FiltersEnforced,
+        /// The hypervisor must filter and cannot: it starts no guest.
+        FiltersUnavailable,
+        /// The hypervisor cannot filter and was allowed to run guests unfiltered.
+        NotEnforced,
     }
 );
 
@@ -110,6 +118,8 @@ named_enum!(
         Reachable,
         /// A hypervisor's agent stopped answering.
         Unreachable,
+        /// A hypervisor's guests are no longer (or not) filtered against spoofing.
+        AntiSpoofingUnavailable,
     }
 );
 

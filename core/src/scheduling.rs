@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use crate::conditions::{ConditionType, Reason};
 use crate::ids::HypervisorName;
 use crate::resources::{Hypervisor, HypervisorCapacity, ServerResources, VirtualServer};
 
@@ -13,6 +14,9 @@ pub struct Candidate<'a> {
     pub zone: &'a str,
     pub reachable: bool,
     pub cordoned: bool,
+    /// False when the hypervisor must filter guest traffic and cannot, so
+    /// it would start nothing placed there (R19).
+    pub starts_guests: bool,
     pub capacity: Option<&'a HypervisorCapacity>,
     /// Sum of the resources of the servers already placed there.
     pub placed: Load,
@@ -27,6 +31,10 @@ impl<'a> Candidate<'a> {
             zone: &hypervisor.spec.zone,
             reachable: status.is_some_and(|s| s.reachable),
             cordoned: hypervisor.spec.cordoned,
+            starts_guests: status.is_none_or(|s| {
+                crate::conditions::get(&s.conditions, ConditionType::AntiSpoofing)
+                    .is_none_or(|c| c.reason != Reason::FiltersUnavailable.as_str())
+            }),
             capacity: status.and_then(|s| s.capacity.as_ref()),
             placed,
         }
@@ -118,6 +126,10 @@ pub enum Unschedulable {
         /// `in zone par1` or `in any zone`.
         place: String,
     },
+    #[error(
+        "no reachable hypervisor {place} can filter guest traffic against address spoofing, so none may start a server"
+    )]
+    NoAntiSpoofing { place: String },
     #[error("no reachable hypervisor {place} has image {image}")]
     NoImage { place: String, image: String },
     #[error(
@@ -148,6 +160,13 @@ pub fn choose<'a>(
         .collect();
     if usable.is_empty() {
         return Err(Unschedulable::NoHypervisor { place });
+    }
+    let usable: Vec<_> = usable
+        .into_iter()
+        .filter(|(c, _)| c.starts_guests)
+        .collect();
+    if usable.is_empty() {
+        return Err(Unschedulable::NoAntiSpoofing { place });
     }
     let with_image: Vec<_> = usable
         .into_iter()
@@ -209,6 +228,7 @@ mod tests {
             zone,
             reachable: true,
             cordoned: false,
+            starts_guests: true,
             capacity: Some(capacity),
             placed,
         }
@@ -231,6 +251,29 @@ mod tests {
             Ok("b")
         );
         assert_eq!(choose(&SMALL, "debian.qcow2", None, &candidates), Ok("b"));
+    }
+
+    #[test]
+    fn r19_a_hypervisor_that_cannot_filter_is_never_chosen() {
+        let big = cap(16, 65536, 1000);
+        let mut unfiltered = candidate("a", "par1", &big, Load::default());
+        unfiltered.starts_guests = false;
+        let filtered = candidate("b", "par1", &big, Load::default());
+        assert_eq!(
+            choose(
+                &SMALL,
+                "debian.qcow2",
+                Some("par1"),
+                &[unfiltered.clone(), filtered]
+            ),
+            Ok("b")
+        );
+        assert_eq!(
+            choose(&SMALL, "debian.qcow2", Some("par1"), &[unfiltered]),
+            Err(Unschedulable::NoAntiSpoofing {
+                place: "in zone par1".into()
+            })
+        );
     }
 
     #[test]
