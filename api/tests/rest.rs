@@ -1421,6 +1421,7 @@ async fn r19_ip_pools_are_validated_refuse_overlaps_and_cannot_be_deleted_in_use
             account: "acc-0000000000000001",
             subject: "acc-0000000000000001/web",
             at,
+            next_check_at: at,
         }
     };
     use stratus_core::ip::Family;

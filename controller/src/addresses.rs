@@ -7,12 +7,15 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
 
 use jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Clock;
-use stratus_core::dnsbl::{Verdict, ZoneAnswer, ZoneResult};
+use stratus_core::dnsbl::{self, Verdict, ZoneAnswer, ZoneResult};
 use stratus_core::ip::{Assignment, Family, PoolLayout};
 use stratus_core::policy::Policy;
 use stratus_core::resources::IpPool;
@@ -28,6 +31,9 @@ use crate::error::ControllerError;
 const MAX_CANDIDATES: usize = 64;
 /// Candidates taken from the free set at a time.
 const BATCH: usize = 8;
+/// Addresses a sweep asks about at once (the checker bounds the queries
+/// in flight across everything).
+const SWEEP_PARALLEL: usize = 16;
 
 /// Who an address is for.
 #[derive(Debug, Clone)]
@@ -47,6 +53,17 @@ pub enum Allocation {
     Assigned(Vec<Assignment>),
     /// No clean address is free now: the order waits (`no_clean_address`).
     NoCleanAddress(String),
+}
+
+/// What one sweep round of a pool found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepRound {
+    pub clean: usize,
+    pub listed: usize,
+    pub inconclusive: usize,
+    /// `namespace/name` of the servers whose addresses became listed or
+    /// stopped being listed.
+    pub changed: Vec<String>,
 }
 
 /// A pool as allocation sees it.
@@ -82,6 +99,13 @@ impl Addresses {
 
     fn now(&self) -> i64 {
         self.clock.now().as_millisecond()
+    }
+
+    /// `policy.dnsbl.sweepInterval` from now (calendar units make it vary).
+    pub fn sweep_interval(&self) -> Duration {
+        let now = self.clock.now();
+        let next = self.policy.dnsbl.sweep_interval.after(now);
+        Duration::try_from(now.duration_until(next)).unwrap_or_default()
     }
 
     /// The valid pools serving `zone`, by name. A pool whose spec does not
@@ -227,6 +251,12 @@ impl Addresses {
                         account: &holder.account,
                         subject: &holder.subject,
                         at: self.now(),
+                        next_check_at: self
+                            .policy
+                            .dnsbl
+                            .sweep_interval
+                            .after(self.clock.now())
+                            .as_millisecond(),
                     };
                     if self.ledger.ips().try_hold(&hold).await? {
                         tracing::info!(address = %assignment.holding, pool = %pool.name, "address allocated");
@@ -360,6 +390,91 @@ impl Addresses {
             tracing::warn!(address = %holding.address, account = %holding.account, fee = charge.amount, "blacklisted address at termination: cleanup fee recorded");
         }
         Ok(())
+    }
+
+    /// R20's sweep: asks the blacklists again about up to `limit` held
+    /// addresses of `pool` whose time has come, a few at a time. A clean or
+    /// listed answer schedules the next check one sweep interval later; an
+    /// inconclusive one is retried sooner, backing off. The schedule is in
+    /// the ledger: a restart forgets nothing.
+    pub async fn sweep(&self, pool: &str, limit: u32) -> Result<SweepRound, ControllerError> {
+        let now = self.clock.now();
+        let due = self
+            .ledger
+            .ips()
+            .due_for_check(pool, now.as_millisecond(), limit)
+            .await?;
+        if due.is_empty() {
+            return Ok(SweepRound::default());
+        }
+        let layout = match self.pools.get(None, pool).await? {
+            Some(found) => found.spec.layout().ok(),
+            None => None,
+        };
+        let next_sweep = self.policy.dnsbl.sweep_interval.after(now);
+        let interval = self.sweep_interval();
+        let checks = due.into_iter().map(|holding| {
+            let assignment = layout
+                .as_ref()
+                .and_then(|l| l.family(holding.family))
+                .map(|space| space.assignment(holding.slot));
+            async move {
+                let Some(assignment) = assignment else {
+                    // No pool to read the address from: look again later.
+                    self.ledger
+                        .ips()
+                        .schedule_check(holding.id, next_sweep.as_millisecond(), 0)
+                        .await?;
+                    return Ok::<_, ControllerError>((holding, None, false));
+                };
+                let was_listed = self.ledger.ips().listing(&holding.address).await?.is_some();
+                let verdict = self
+                    .verdict(&holding.pool, holding.family, holding.slot, &assignment)
+                    .await?;
+                let (next, in_a_row) = match verdict {
+                    Verdict::Inconclusive => {
+                        let in_a_row = holding.inconclusive_checks.saturating_add(1);
+                        let retry = dnsbl::retry_after(in_a_row, interval);
+                        (
+                            now.as_millisecond()
+                                + i64::try_from(retry.as_millis()).unwrap_or(i64::MAX),
+                            in_a_row,
+                        )
+                    }
+                    Verdict::Clean | Verdict::Listed => (next_sweep.as_millisecond(), 0),
+                };
+                self.ledger
+                    .ips()
+                    .schedule_check(holding.id, next, in_a_row)
+                    .await?;
+                Ok((holding, Some(verdict), was_listed))
+            }
+        });
+        let mut round = SweepRound::default();
+        let mut answers = futures::stream::iter(checks).buffer_unordered(SWEEP_PARALLEL);
+        while let Some(answer) = answers.next().await {
+            let (holding, verdict, was_listed) = answer?;
+            let listed = match verdict {
+                Some(Verdict::Clean) => {
+                    round.clean += 1;
+                    false
+                }
+                Some(Verdict::Listed) => {
+                    round.listed += 1;
+                    tracing::warn!(address = %holding.address, server = %holding.subject, "held address is blacklisted");
+                    true
+                }
+                Some(Verdict::Inconclusive) => {
+                    round.inconclusive += 1;
+                    was_listed
+                }
+                None => was_listed,
+            };
+            if listed != was_listed {
+                round.changed.push(holding.subject);
+            }
+        }
+        Ok(round)
     }
 
     /// Returns quarantined addresses whose time is over to the free set

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use stratus_core::conditions::{self, ConditionType, Reason};
+use stratus_core::dnsbl;
 use stratus_core::ip::{Family, SlotSpace};
 use stratus_core::lifecycle::NO_CLEAN_ADDRESS;
 use stratus_core::resources::{AddressCounts, IpPool, IpPoolStatus, VirtualServer};
@@ -70,6 +71,7 @@ impl Reconcile for IpPoolReconciler {
         if pool.status.as_ref() != Some(&status) {
             self.pools.patch_status(None, &key.name, &status).await?;
         }
+        self.sweep(&key.name, &status).await?;
         Ok(Outcome::RequeueAfter(self.interval))
     }
 }
@@ -93,6 +95,36 @@ impl IpPoolReconciler {
     pub fn requeueing(mut self, waiting_servers: Requeue<VirtualServer>) -> Self {
         self.waiting_servers = Some(waiting_servers);
         self
+    }
+
+    /// One round of R20's sweep over the pool's held addresses, sized so
+    /// that every one is asked about within the sweep interval; servers
+    /// whose addresses became listed or clean are queued to say so.
+    async fn sweep(&self, pool: &str, status: &IpPoolStatus) -> Result<(), ControllerError> {
+        let held = status.ipv4.allocated + status.ipv6.as_ref().map_or(0, |c| c.allocated);
+        let limit = dnsbl::sweep_batch(held, self.interval, self.addresses.sweep_interval());
+        let round = self.addresses.sweep(pool, limit).await?;
+        self.ctx
+            .metrics
+            .swept(round.clean, round.listed, round.inconclusive);
+        if round.clean + round.listed + round.inconclusive > 0 {
+            tracing::info!(
+                clean = round.clean,
+                listed = round.listed,
+                inconclusive = round.inconclusive,
+                "blacklist sweep round"
+            );
+        }
+        if let Some(servers) = &self.waiting_servers {
+            servers.keys(round.changed.iter().filter_map(|subject| {
+                let (namespace, name) = subject.split_once('/')?;
+                Some(ObjectKey {
+                    namespace: Some(namespace.to_owned()),
+                    name: name.to_owned(),
+                })
+            }));
+        }
+        Ok(())
     }
 
     /// The pool's status as the ledger counts it now.

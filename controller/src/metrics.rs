@@ -25,6 +25,11 @@ pub struct PhaseLabels {
     pub phase: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VerdictLabels {
+    pub verdict: &'static str,
+}
+
 fn reconcile_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 3.0, 12))
 }
@@ -36,6 +41,7 @@ pub struct ControllerMetrics {
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     queue_depth: Family<KindLabels, Gauge>,
     transitions: Family<PhaseLabels, Counter>,
+    swept: Family<VerdictLabels, Counter>,
 }
 
 impl ControllerMetrics {
@@ -48,6 +54,7 @@ impl ControllerMetrics {
             duration: Family::new_with_constructor(reconcile_buckets),
             queue_depth: Family::default(),
             transitions: Family::default(),
+            swept: Family::default(),
         };
         registry.register(
             "reconciles",
@@ -73,6 +80,11 @@ impl ControllerMetrics {
             "phase_transitions",
             "Servers entering a phase",
             metrics.transitions.clone(),
+        );
+        registry.register(
+            "dnsbl_sweep_checks",
+            "Held addresses the blacklist sweep asked about, by verdict (listed: a blocking blacklist lists it)",
+            metrics.swept.clone(),
         );
         metrics
     }
@@ -101,6 +113,19 @@ impl ControllerMetrics {
                 kind: kind.to_owned(),
             })
             .set(i64::try_from(depth).unwrap_or(i64::MAX));
+    }
+
+    /// Counts one sweep round's verdicts.
+    pub fn swept(&self, clean: usize, listed: usize, inconclusive: usize) {
+        for (verdict, count) in [
+            ("clean", clean),
+            ("listed", listed),
+            ("inconclusive", inconclusive),
+        ] {
+            self.swept
+                .get_or_create(&VerdictLabels { verdict })
+                .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
+        }
     }
 
     pub fn entered(&self, phase: &'static str) {

@@ -10,9 +10,9 @@ use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Config;
 use stratus_core::agent_api::{AgentErrorCode, DiskDisposal, DomainSpec};
-use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
+use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId, HypervisorName};
-use stratus_core::lifecycle::{self, Action, Observation, ServerFacts};
+use stratus_core::lifecycle::{self, Action, ListedAddress, Observation, ServerFacts};
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
     DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer,
@@ -178,8 +178,12 @@ impl ServerReconciler {
             has_finalizer: server.finalizers().iter().any(|f| f == SERVER_FINALIZER),
             deleting: server.metadata.deletion_timestamp.is_some(),
         };
+        let deleting = facts.deleting;
         let decision = lifecycle::plan(facts, &observation, self.ctx.clock.now());
         let mut next = decision.status;
+        if !deleting && (next.ipv4.is_some() || next.ipv6.is_some()) {
+            self.note_listings(server, &mut next).await?;
+        }
         // The plan only asks for agent actions once it observed the agent.
         let placed = |agent: Option<AgentEndpoint>| {
             agent.ok_or_else(|| {
@@ -626,6 +630,31 @@ impl ServerReconciler {
         self.record_status(server, current, &next).await
     }
 
+    /// Says on the server whether a blacklist lists its addresses (the
+    /// ledger knows, from the checks at allocation and the sweep's).
+    async fn note_listings(
+        &self,
+        server: &VirtualServer,
+        next: &mut VirtualServerStatus,
+    ) -> Result<(), ControllerError> {
+        let (uid, _) = mac_holder(server)?;
+        let listed: Vec<ListedAddress> = self
+            .ctx
+            .ledger
+            .ips()
+            .listings_held_by(&uid)
+            .await?
+            .into_iter()
+            .map(|l| ListedAddress {
+                address: l.checked,
+                zone: l.zone,
+                reason: l.reason,
+            })
+            .collect();
+        lifecycle::record_listings(next, &listed, self.ctx.clock.now());
+        Ok(())
+    }
+
     fn now_millis(&self) -> i64 {
         self.ctx.clock.now().as_millisecond()
     }
@@ -646,7 +675,49 @@ impl ServerReconciler {
         if current.phase != next.phase {
             self.report_transition(server, current, next).await;
         }
+        self.report_listing_change(server, current, next).await;
         Ok(())
+    }
+
+    /// An event when the server's addresses become listed, or clean again.
+    async fn report_listing_change(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        next: &VirtualServerStatus,
+    ) {
+        let clean = |status: &VirtualServerStatus| {
+            conditions::get(&status.conditions, ConditionType::AddressesClean)
+                .map(|c| (c.status, c.message.clone()))
+        };
+        let (before, after) = (clean(current), clean(next));
+        if before.as_ref().map(|b| b.0) == after.as_ref().map(|a| a.0) {
+            return;
+        }
+        match after {
+            Some((ConditionStatus::False, message)) => {
+                tracing::warn!(%message, "server's address is blacklisted");
+                self.ctx
+                    .publish(
+                        server,
+                        EventType::Warning,
+                        EventReason::AddressListed,
+                        &message,
+                    )
+                    .await;
+            }
+            Some((ConditionStatus::True, _)) if before.is_some() => {
+                self.ctx
+                    .publish(
+                        server,
+                        EventType::Normal,
+                        EventReason::AddressDelisted,
+                        "no blacklist lists the server's addresses any more",
+                    )
+                    .await;
+            }
+            _ => {}
+        }
     }
 
     /// Metrics, log, audit row and event for a server entering a phase.

@@ -5,7 +5,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use stratus_controller::addresses::{Addresses, Allocation, Holder};
+use stratus_controller::addresses::{Addresses, Allocation, Holder, SweepRound};
 use stratus_controller::dnsbl::BlacklistChecker;
 use stratus_controller::dnsbl::zone_server::{TestZone, ZoneEntry};
 use stratus_core::ManualClock;
@@ -213,6 +213,88 @@ async fn r21_blacklisted_ip_at_termination_records_cleanup_fee() {
             assigned(addresses.assign(&holder(2), "fra1").await.unwrap()),
             "192.0.2.2"
         );
+    }
+}
+
+/// R20's sweep: each held address is asked about again once per sweep
+/// interval (its schedule in the ledger), a listing is recorded and the
+/// server named, an inconclusive answer is retried sooner with backoff,
+/// and a round never asks about more than its share.
+#[tokio::test]
+async fn r20_the_sweep_rechecks_held_addresses_once_per_interval_and_backs_off_inconclusive_ones() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let s = setup(scratch, "192.0.2.0/29", &[]).await;
+        let zone = TestZone::start_with_ttl("bl.test", 0).await.unwrap();
+        let addresses = s.allocator(&blocking(&zone)).await;
+        let mut held = Vec::new();
+        for i in 1..=4 {
+            held.push(assigned(
+                addresses.assign(&holder(i), "fra1").await.unwrap(),
+            ));
+        }
+        let round = addresses.sweep("pool-a", 100).await.unwrap();
+        assert_eq!(
+            round,
+            SweepRound::default(),
+            "{label}: just checked, none due"
+        );
+
+        zone.list(ip(&held[1]), "spam trap hit");
+        zone.set(ip(&held[2]), ZoneEntry::Silent);
+        s.clock.advance(jiff::SignedDuration::from_hours(24));
+        let round = addresses.sweep("pool-a", 100).await.unwrap();
+        assert_eq!(
+            (round.clean, round.listed, round.inconclusive),
+            (2, 1, 1),
+            "{label}"
+        );
+        assert_eq!(round.changed, ["acc-0000000000000001/vs-2"], "{label}");
+        let ledger = Ledger::new(s.db.clone());
+        let listing = ledger.ips().listing(&held[1]).await.unwrap().unwrap();
+        assert_eq!(listing.reason, "spam trap hit");
+        assert_eq!(
+            ledger.ips().listings(None, 10).await.unwrap().len(),
+            1,
+            "{label}: operators see it"
+        );
+        let latest = ledger.ips().checks(&held[2], 1).await.unwrap();
+        assert_eq!(latest[0].result, CheckResult::Error, "{label}");
+
+        // The inconclusive one: again after 1 min, then after 2 more.
+        assert_eq!(
+            addresses.sweep("pool-a", 100).await.unwrap(),
+            SweepRound::default()
+        );
+        s.clock.advance(jiff::SignedDuration::from_secs(61));
+        assert_eq!(
+            addresses.sweep("pool-a", 100).await.unwrap().inconclusive,
+            1
+        );
+        s.clock.advance(jiff::SignedDuration::from_secs(61));
+        assert_eq!(
+            addresses.sweep("pool-a", 100).await.unwrap(),
+            SweepRound::default(),
+            "{label}: backed off"
+        );
+        zone.clear(ip(&held[2]));
+        s.clock.advance(jiff::SignedDuration::from_secs(60));
+        assert_eq!(
+            addresses.sweep("pool-a", 100).await.unwrap().clean,
+            1,
+            "{label}"
+        );
+
+        // Delisted by the next day: the server is named again.
+        zone.clear(ip(&held[1]));
+        s.clock.advance(jiff::SignedDuration::from_hours(24));
+        let round = addresses.sweep("pool-a", 2).await.unwrap();
+        assert_eq!(round.clean, 2, "{label}: a round asks about its limit only");
+        let rest = addresses.sweep("pool-a", 100).await.unwrap();
+        assert_eq!(round.clean + rest.clean, 4, "{label}");
+        let changed: Vec<String> = round.changed.into_iter().chain(rest.changed).collect();
+        assert_eq!(changed, ["acc-0000000000000001/vs-2"], "{label}");
+        assert!(ledger.ips().listing(&held[1]).await.unwrap().is_none());
     }
 }
 

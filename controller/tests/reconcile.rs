@@ -17,6 +17,7 @@ use stratus_core::agent_api::{AntiSpoofing, DomainState};
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason};
 use stratus_core::config::{Dnsbl, SeededPool};
 use stratus_core::ids::HypervisorName;
+use stratus_core::ip::Family;
 use stratus_core::lifecycle;
 use stratus_core::policy::Policy;
 use stratus_core::quota::{Quota, Usage, charged_object};
@@ -26,7 +27,7 @@ use stratus_core::resources::{
 use stratus_core::resources::{IpPool, Ipv4Block};
 use stratus_core::testing as fixtures;
 use stratus_core::{Config, ManualClock};
-use stratus_store::ledger::{AuditAction, AuditSubject, Ledger};
+use stratus_store::ledger::{AuditAction, AuditSubject, Ledger, Listing};
 use stratus_store::testing::{self, ScratchDatabase};
 use stratus_store::vault::Vault;
 use stratus_store::{ObjectStore, Resources, SqlObjectStore};
@@ -410,6 +411,64 @@ async fn r19_r22_addresses_are_held_before_the_domain_sticky_and_quarantined_at_
 
 /// Two accounts may name a server alike (Kubernetes mode): on one
 /// hypervisor they are two domains, and deleting one leaves the other.
+/// A listing the sweep found shows on the server (condition and event),
+/// and so does its end.
+#[tokio::test]
+async fn r20_a_listed_address_is_said_on_its_server() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    let status = h.status("vs-1").await;
+    assert!(conditions::is_true(
+        &status.conditions,
+        ConditionType::AddressesClean
+    ));
+    let ipv4 = status.ipv4.unwrap().address;
+    let ips = h.ledger.ips();
+    ips.mark_listed(&Listing {
+        address: ipv4.clone(),
+        pool: "default".into(),
+        family: Family::V4,
+        slot: 1,
+        checked: ipv4.clone(),
+        zone: "bl.test".into(),
+        reason: "spam trap hit".into(),
+        since: 0,
+    })
+    .await
+    .unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    let status = h.status("vs-1").await;
+    let condition = conditions::get(&status.conditions, ConditionType::AddressesClean)
+        .cloned()
+        .unwrap();
+    assert_eq!(condition.status, ConditionStatus::False);
+    assert_eq!(condition.reason, "Blacklisted");
+    assert_eq!(
+        condition.message,
+        format!("{ipv4} is listed by bl.test (spam trap hit)")
+    );
+    assert_eq!(
+        status.phase,
+        ServerPhase::Running,
+        "the server keeps running"
+    );
+    ips.clear_listing(&ipv4).await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    assert!(conditions::is_true(
+        &h.status("vs-1").await.conditions,
+        ConditionType::AddressesClean
+    ));
+    let events = h.events.about("VirtualServer", "vs-1");
+    assert_eq!(
+        events[events.len() - 2..],
+        [EventReason::AddressListed, EventReason::AddressDelisted],
+        "one event per change: {events:?}"
+    );
+}
+
 #[tokio::test]
 async fn same_named_servers_of_two_accounts_never_share_a_domain() {
     let h = harness().await;

@@ -65,6 +65,8 @@ pub enum ConditionType {
     AddressesAssigned,
     /// The hypervisor filters its guests' traffic to their own addresses (R19).
     AntiSpoofing,
+    /// No blocking DNS blacklist lists the server's addresses (R20's sweep).
+    AddressesClean,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -96,6 +98,10 @@ named_enum!(
         FiltersUnavailable,
         /// The hypervisor cannot filter and was allowed to run guests unfiltered.
         NotEnforced,
+        /// A blocking DNS blacklist lists one of the server's addresses.
+        Blacklisted,
+        /// No blocking DNS blacklist lists the server's addresses.
+        NotListed,
     }
 );
 
@@ -120,6 +126,10 @@ named_enum!(
         Unreachable,
         /// A hypervisor's guests are no longer (or not) filtered against spoofing.
         AntiSpoofingUnavailable,
+        /// A DNS blacklist lists an address the server holds.
+        AddressListed,
+        /// The server's addresses are no longer listed.
+        AddressDelisted,
     }
 );
 

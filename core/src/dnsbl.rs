@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
+use std::time::Duration;
 
 use crate::config::ZoneMode;
 
@@ -132,6 +133,29 @@ impl Verdict {
     }
 }
 
+/// The first retry of an inconclusive sweep check.
+const FIRST_RETRY: Duration = Duration::from_secs(60);
+
+/// When the sweep asks again about an address after `in_a_row`
+/// inconclusive answers: a minute, doubling each time, never later than
+/// the next regular sweep.
+pub fn retry_after(in_a_row: u32, sweep_interval: Duration) -> Duration {
+    let doublings = in_a_row.saturating_sub(1).min(16);
+    FIRST_RETRY
+        .saturating_mul(1 << doublings)
+        .min(sweep_interval)
+}
+
+/// Held addresses to ask about in one round of `round` so that `held`
+/// addresses are all asked within `sweep_interval`: twice the steady
+/// share, so a backlog (after an outage, or when the sweep is new) drains
+/// within about half an interval, and at least a few.
+pub fn sweep_batch(held: u64, round: Duration, sweep_interval: Duration) -> u32 {
+    let rounds = (sweep_interval.as_secs_f64() / round.as_secs_f64().max(0.001)).max(1.0);
+    let share = (held as f64 / rounds).ceil() as u64;
+    u32::try_from(share.saturating_mul(2).saturating_add(8).min(4096)).unwrap_or(4096)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,5 +260,25 @@ mod tests {
             Verdict::Clean
         );
         assert_eq!(Verdict::of(&[], Some(true)), Verdict::Listed);
+    }
+
+    #[test]
+    fn r20_inconclusive_checks_back_off_up_to_the_sweep_interval() {
+        let day = Duration::from_secs(86_400);
+        let retries: Vec<u64> = (1..=6).map(|n| retry_after(n, day).as_secs()).collect();
+        assert_eq!(retries, [60, 120, 240, 480, 960, 1920]);
+        assert_eq!(retry_after(40, day), day);
+        assert_eq!(retry_after(3, Duration::from_secs(90)).as_secs(), 90);
+    }
+
+    #[test]
+    fn r20_the_sweep_spreads_checks_over_the_interval() {
+        let (minute, day) = (Duration::from_secs(60), Duration::from_secs(86_400));
+        // 10 000 held, 1 440 rounds a day: 7 a round, doubled, plus 8.
+        assert_eq!(sweep_batch(10_000, minute, day), 22);
+        assert_eq!(sweep_batch(0, minute, day), 8);
+        assert_eq!(sweep_batch(10_000_000, minute, day), 4096);
+        // A round as long as the interval asks about everything at once.
+        assert_eq!(sweep_batch(100, day, day), 208);
     }
 }

@@ -355,6 +355,40 @@ pub fn record_addresses(status: &mut VirtualServerStatus, assigned: &[Assignment
     );
 }
 
+/// An address of a server that a blocking DNS blacklist lists now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedAddress {
+    /// The address the blacklists were asked about.
+    pub address: String,
+    pub zone: String,
+    pub reason: String,
+}
+
+/// Records whether the blacklists list the server's addresses (R20): a
+/// server holding addresses has an `AddressesClean` condition.
+pub fn record_listings(status: &mut VirtualServerStatus, listed: &[ListedAddress], now: Timestamp) {
+    if status.ipv4.is_none() && status.ipv6.is_none() {
+        return;
+    }
+    let (clean, reason, message) = if listed.is_empty() {
+        (true, Reason::NotListed, String::new())
+    } else {
+        let each: Vec<String> = listed
+            .iter()
+            .map(|l| format!("{} is listed by {} ({})", l.address, l.zone, l.reason))
+            .collect();
+        (false, Reason::Blacklisted, each.join("; "))
+    };
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::AddressesClean,
+        clean,
+        reason,
+        message,
+        now,
+    );
+}
+
 /// The reason of a server waiting for an address, as customers see it.
 pub const NO_CLEAN_ADDRESS: &str = "no_clean_address";
 

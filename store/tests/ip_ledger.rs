@@ -15,6 +15,7 @@ fn v4<'a>(address: &'a str, slot: u64, holder: &'a str, at: i64) -> NewHolding<'
         account: "acc-1",
         subject: "acc-1/web",
         at,
+        next_check_at: at + 1_000,
     }
 }
 
@@ -237,5 +238,80 @@ async fn r20_listings_keep_free_addresses_out_of_circulation_and_checks_are_kept
             [charge],
             "{label}"
         );
+    }
+}
+
+#[tokio::test]
+async fn r20_the_sweep_schedule_is_kept_per_holding() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let ips = ledger.ips();
+        for (i, address) in ["192.0.2.10", "192.0.2.11", "192.0.2.12"]
+            .iter()
+            .enumerate()
+        {
+            let slot = 10 + i as u64;
+            let holder = format!("uid-{i}");
+            assert!(
+                ips.try_hold(&v4(address, slot, &holder, 100))
+                    .await
+                    .unwrap()
+            );
+        }
+        // Held at 100, first due at 1 100.
+        assert!(
+            ips.due_for_check("doc", 1_099, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{label}"
+        );
+        let due = ips.due_for_check("doc", 1_100, 2).await.unwrap();
+        assert_eq!(due.len(), 2, "{label}: limited");
+        assert_eq!(due[0].next_check_at, Some(1_100));
+        ips.schedule_check(due[0].id, 5_000, 0).await.unwrap();
+        ips.schedule_check(due[1].id, 2_000, 3).await.unwrap();
+        let due = ips.due_for_check("doc", 2_000, 10).await.unwrap();
+        let addresses: Vec<&str> = due.iter().map(|h| h.address.as_str()).collect();
+        assert_eq!(
+            addresses,
+            ["192.0.2.12", "192.0.2.11"],
+            "{label}: longest due first"
+        );
+        assert_eq!(due[1].inconclusive_checks, 3, "{label}");
+        assert!(
+            ips.due_for_check("other", 9_000, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // A released holding is no longer swept.
+        ips.release("uid-0", 3_000, 9_000).await.unwrap();
+        assert!(
+            ips.due_for_check("doc", 9_000, 10)
+                .await
+                .unwrap()
+                .iter()
+                .all(|h| h.holder != "uid-0"),
+            "{label}"
+        );
+
+        ips.mark_listed(&Listing {
+            address: "192.0.2.11".into(),
+            pool: "doc".into(),
+            family: Family::V4,
+            slot: 11,
+            checked: "192.0.2.11".into(),
+            zone: "bl.test".into(),
+            reason: "spam".into(),
+            since: 1_500,
+        })
+        .await
+        .unwrap();
+        let listed = ips.listings_held_by("uid-1").await.unwrap();
+        assert_eq!(listed.len(), 1, "{label}");
+        assert_eq!(listed[0].reason, "spam");
+        assert!(ips.listings_held_by("uid-2").await.unwrap().is_empty());
     }
 }

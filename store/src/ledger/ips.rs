@@ -37,6 +37,10 @@ pub struct Holding {
     pub quarantine_until: Option<i64>,
     /// When the address went back to the free set.
     pub returned_at: Option<i64>,
+    /// When the sweep next asks the blacklists about it (`None`: now).
+    pub next_check_at: Option<i64>,
+    /// Inconclusive sweep checks in a row.
+    pub inconclusive_checks: u32,
 }
 
 /// A holding about to be taken.
@@ -51,6 +55,8 @@ pub struct NewHolding<'a> {
     pub account: &'a str,
     pub subject: &'a str,
     pub at: i64,
+    /// When the sweep first asks the blacklists about it again.
+    pub next_check_at: i64,
 }
 
 /// How the addresses of one family of a pool are used now.
@@ -126,8 +132,45 @@ pub struct Override {
     pub decided_at: i64,
 }
 
+/// A blacklist check an operator asked for, and its answer once given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    pub id: i64,
+    /// The ledger's name of the address (IPv6: the server prefix).
+    pub address: String,
+    /// The address the blacklists are asked about.
+    pub checked: String,
+    pub pool: String,
+    pub family: Family,
+    pub slot: u64,
+    pub requested_by: String,
+    pub requested_at: i64,
+    pub answered_at: Option<i64>,
+    /// `clean`, `listed` or `inconclusive`, once answered.
+    pub verdict: Option<String>,
+}
+
+const REQUEST_COLUMNS: &str = "id, address, checked, pool, family, slot, requested_by, \
+     requested_at, answered_at, verdict";
+
+fn check_request(row: &AnyRow) -> Result<CheckRequest> {
+    Ok(CheckRequest {
+        id: row.try_get("id")?,
+        address: row.try_get("address")?,
+        checked: row.try_get("checked")?,
+        pool: row.try_get("pool")?,
+        family: family(&row.try_get::<String, _>("family")?)?,
+        slot: unsigned(row, "slot")?,
+        requested_by: row.try_get("requested_by")?,
+        requested_at: row.try_get("requested_at")?,
+        answered_at: row.try_get("answered_at")?,
+        verdict: row.try_get("verdict")?,
+    })
+}
+
 const HOLDING_COLUMNS: &str = "id, pool, family, slot, address, prefix_len, holder, account, \
-     subject, allocated_at, released_at, quarantine_until, returned_at";
+     subject, allocated_at, released_at, quarantine_until, returned_at, next_check_at, \
+     inconclusive_checks";
 
 fn family(raw: &str) -> Result<Family> {
     Family::parse(raw).ok_or_else(|| malformed("address family", raw))
@@ -155,6 +198,9 @@ fn holding(row: &AnyRow) -> Result<Holding> {
         released_at: row.try_get("released_at")?,
         quarantine_until: row.try_get("quarantine_until")?,
         returned_at: row.try_get("returned_at")?,
+        next_check_at: row.try_get("next_check_at")?,
+        inconclusive_checks: u32::try_from(unsigned(row, "inconclusive_checks")?)
+            .unwrap_or(u32::MAX),
     })
 }
 
@@ -181,8 +227,8 @@ impl IpLedger<'_> {
     /// also between racing controllers. False when refused.
     pub async fn try_hold(&self, new: &NewHolding<'_>) -> Result<bool> {
         let inserted = sqlx::query(
-            "INSERT INTO ip_holdings (pool, family, slot, address, prefix_len, holder, account, subject, allocated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
+            "INSERT INTO ip_holdings (pool, family, slot, address, prefix_len, holder, account, subject, allocated_at, next_check_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING",
         )
         .bind(new.pool)
         .bind(new.family.api_name())
@@ -193,10 +239,59 @@ impl IpLedger<'_> {
         .bind(new.account)
         .bind(new.subject)
         .bind(new.at)
+        .bind(new.next_check_at)
         .execute(self.db.pool())
         .await?
         .rows_affected();
         Ok(inserted == 1)
+    }
+
+    /// Held addresses of `pool` the sweep should ask about at `now`, the
+    /// longest due first.
+    pub async fn due_for_check(&self, pool: &str, now: i64, limit: u32) -> Result<Vec<Holding>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {HOLDING_COLUMNS} FROM ip_holdings \
+             WHERE pool = $1 AND released_at IS NULL AND (next_check_at IS NULL OR next_check_at <= $2) \
+             ORDER BY COALESCE(next_check_at, 0), id LIMIT $3"
+        )))
+        .bind(pool)
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(holding).collect()
+    }
+
+    /// Sets when the sweep next asks about a holding, and its count of
+    /// inconclusive checks in a row.
+    pub async fn schedule_check(
+        &self,
+        id: i64,
+        next_check_at: i64,
+        inconclusive: u32,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE ip_holdings SET next_check_at = $2, inconclusive_checks = $3 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(next_check_at)
+        .bind(i64::from(inconclusive))
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The listings of what `holder` holds now.
+    pub async fn listings_held_by(&self, holder: &str) -> Result<Vec<Listing>> {
+        let rows = sqlx::query(
+            "SELECT b.address, b.pool, b.family, b.slot, b.checked, b.zone, b.reason, b.since \
+             FROM ip_blacklisted b JOIN ip_holdings h ON h.address = b.address \
+             WHERE h.holder = $1 AND h.released_at IS NULL ORDER BY b.family",
+        )
+        .bind(holder)
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(listing).collect()
     }
 
     /// What `holder` holds now, one holding per family at most.
@@ -461,5 +556,78 @@ impl IpLedger<'_> {
             })
         })
         .transpose()
+    }
+
+    /// Records an operator's request for a check of `request`'s address,
+    /// unless one is already waiting for an answer: then that one is
+    /// returned, so repeated clicks queue one check.
+    pub async fn request_check(&self, request: &CheckRequest) -> Result<CheckRequest> {
+        if let Some(waiting) = self.pending_request_for(&request.address).await? {
+            return Ok(waiting);
+        }
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO dnsbl_check_requests (address, checked, pool, family, slot, requested_by, requested_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {REQUEST_COLUMNS}"
+        )))
+        .bind(&request.address)
+        .bind(&request.checked)
+        .bind(&request.pool)
+        .bind(request.family.api_name())
+        .bind(slot_column(request.slot)?)
+        .bind(&request.requested_by)
+        .bind(request.requested_at)
+        .fetch_one(self.db.pool())
+        .await?;
+        check_request(&row)
+    }
+
+    async fn pending_request_for(&self, address: &str) -> Result<Option<CheckRequest>> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM dnsbl_check_requests \
+             WHERE address = $1 AND answered_at IS NULL ORDER BY id LIMIT 1"
+        )))
+        .bind(address)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(check_request).transpose()
+    }
+
+    /// Requests of `pool` waiting for an answer, oldest first.
+    pub async fn pending_requests(&self, pool: &str, limit: u32) -> Result<Vec<CheckRequest>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM dnsbl_check_requests \
+             WHERE pool = $1 AND answered_at IS NULL ORDER BY id LIMIT $2"
+        )))
+        .bind(pool)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(check_request).collect()
+    }
+
+    pub async fn answer_request(&self, id: i64, verdict: &str, at: i64) -> Result<()> {
+        sqlx::query(
+            "UPDATE dnsbl_check_requests SET answered_at = $2, verdict = $3 \
+             WHERE id = $1 AND answered_at IS NULL",
+        )
+        .bind(id)
+        .bind(at)
+        .bind(verdict)
+        .execute(self.db.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// The latest `limit` requests about an address, newest first.
+    pub async fn requests_about(&self, address: &str, limit: u32) -> Result<Vec<CheckRequest>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {REQUEST_COLUMNS} FROM dnsbl_check_requests \
+             WHERE address = $1 ORDER BY id DESC LIMIT $2"
+        )))
+        .bind(address)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(check_request).collect()
     }
 }

@@ -18,7 +18,7 @@ pub mod tokens;
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
 pub use charges::{Charge, Charges};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
-pub use ips::{Check, CheckResult, Holding, IpLedger, Listing, NewHolding, Override};
+pub use ips::{Check, CheckRequest, CheckResult, Holding, IpLedger, Listing, NewHolding, Override};
 pub use macs::MacAddresses;
 pub use quotas::Quotas;
 pub use tokens::{TokenRecord, TokenScope, Tokens};
