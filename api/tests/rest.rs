@@ -1540,3 +1540,207 @@ async fn r19_ip_pools_are_validated_refuse_overlaps_and_cannot_be_deleted_in_use
         .await;
     assert_eq!(listed.body, json!([]));
 }
+
+/// Operators override the blacklists' verdict on an address (audited, at
+/// once) and ask for checks, which wait for the controller's answer;
+/// customers can do neither, and bad input changes nothing.
+#[tokio::test]
+async fn r20_operators_override_verdicts_and_request_checks() {
+    let api = api().await;
+    let (_, customer) = api.customer("ACME").await;
+    let created = api
+        .call(
+            Method::POST,
+            "/v1/admin/ip-pools",
+            &api.admin,
+            Some(json!({"name": "fra1-a", "zone": "fra1",
+            "ipv4": {"cidr": "203.0.113.0/24", "gateway": "203.0.113.1"},
+            "ipv6": {"prefix": "2001:db8:100::/48", "gateway": "2001:db8:100::1"}})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+    let ips = api.state.ledger.ips();
+
+    let listed = json!({"verdict": "listed", "reason": "ticket 4711: spam complaints"});
+    let denied = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/203.0.113.7/override",
+            &customer,
+            Some(listed.clone()),
+        )
+        .await;
+    assert_error(&denied, StatusCode::FORBIDDEN, "forbidden", None);
+    for (body, field) in [
+        (json!({"verdict": "maybe", "reason": "x"}), "verdict"),
+        (json!({"verdict": "clean", "reason": "  "}), "reason"),
+    ] {
+        let refused = api
+            .call(
+                Method::POST,
+                "/v1/admin/ips/203.0.113.7/override",
+                &api.admin,
+                Some(body),
+            )
+            .await;
+        assert_error(
+            &refused,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some(field),
+        );
+    }
+    let outside = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/198.51.100.7/override",
+            &api.admin,
+            Some(listed.clone()),
+        )
+        .await;
+    assert_eq!(outside.status, StatusCode::NOT_FOUND, "{}", outside.body);
+    assert!(
+        ips.override_of("203.0.113.7").await.unwrap().is_none(),
+        "refusals change nothing"
+    );
+
+    let decided = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/203.0.113.7/override",
+            &api.admin,
+            Some(listed),
+        )
+        .await;
+    assert_eq!(decided.status, StatusCode::OK, "{}", decided.body);
+    assert_eq!(decided.body["verdict"], "listed");
+    let listing = ips
+        .listing("203.0.113.7")
+        .await
+        .unwrap()
+        .expect("out of circulation at once");
+    assert_eq!(
+        (listing.zone.as_str(), listing.reason.as_str()),
+        ("operator", "ticket 4711: spam complaints")
+    );
+    let blacklisted = api
+        .call(
+            Method::GET,
+            "/v1/admin/ips?blacklisted=true",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(blacklisted.body[0]["address"], "203.0.113.7");
+    let cleared = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/203.0.113.7/override",
+            &api.admin,
+            Some(json!({"verdict": "clean", "reason": "delisted by the zone operator"})),
+        )
+        .await;
+    assert_eq!(cleared.status, StatusCode::OK);
+    assert!(ips.listing("203.0.113.7").await.unwrap().is_none());
+    assert_eq!(
+        ips.override_of("203.0.113.7")
+            .await
+            .unwrap()
+            .map(|o| o.listed),
+        Some(false)
+    );
+    let withdrawn = api
+        .call(
+            Method::DELETE,
+            "/v1/admin/ips/203.0.113.7/override",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(withdrawn.status, StatusCode::NO_CONTENT);
+    let again = api
+        .call(
+            Method::DELETE,
+            "/v1/admin/ips/203.0.113.7/override",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(again.status, StatusCode::NOT_FOUND);
+    let audit = api
+        .state
+        .ledger
+        .audit()
+        .trail(&AuditSubject::IpPool("fra1-a".into()))
+        .await
+        .unwrap();
+    let actions: Vec<AuditAction> = audit.iter().map(|e| e.action).collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| **a == AuditAction::IpOverride)
+            .count(),
+        2,
+        "{actions:?}"
+    );
+    assert!(actions.contains(&AuditAction::IpOverrideWithdraw));
+
+    // A check of an IPv6 address asks about its prefix's NIC address.
+    let requested = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/2001:db8:100:5::abcd/check",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(requested.status, StatusCode::ACCEPTED, "{}", requested.body);
+    assert_eq!(requested.body["status"], "pending");
+    assert_eq!(requested.body["address"], "2001:db8:100:5::/64");
+    assert_eq!(requested.body["checked"], "2001:db8:100:5::1");
+    let twice = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/2001:db8:100:5::1/check",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(
+        twice.body["id"], requested.body["id"],
+        "one check waits, not two"
+    );
+    let denied = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/2001:db8:100:5::1/check",
+            &customer,
+            None,
+        )
+        .await;
+    assert_error(&denied, StatusCode::FORBIDDEN, "forbidden", None);
+    let pending = ips.pending_requests("fra1-a", 10).await.unwrap();
+    assert_eq!(pending.len(), 1);
+    ips.answer_request(pending[0].id, "clean", 0).await.unwrap();
+    let checks = api
+        .call(
+            Method::GET,
+            "/v1/admin/ips/2001:db8:100:5::1/checks",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(checks.status, StatusCode::OK, "{}", checks.body);
+    assert_eq!(checks.body["requests"][0]["status"], "answered");
+    assert_eq!(checks.body["requests"][0]["verdict"], "clean");
+    let malformed = api
+        .call(
+            Method::POST,
+            "/v1/admin/ips/not-an-ip/check",
+            &api.admin,
+            None,
+        )
+        .await;
+    // Like every malformed id in a path: not found, naming its shape.
+    assert_error(&malformed, StatusCode::NOT_FOUND, "not_found", Some("id"));
+}

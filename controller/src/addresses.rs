@@ -477,6 +477,59 @@ impl Addresses {
         Ok(round)
     }
 
+    /// Answers up to `limit` checks operators asked for in `pool`: the
+    /// blacklists are asked now and the verdict recorded on the request.
+    /// Returns `namespace/name` of the holders whose listing changed.
+    pub async fn answer_requests(
+        &self,
+        pool: &str,
+        limit: u32,
+    ) -> Result<Vec<String>, ControllerError> {
+        let ips = self.ledger.ips();
+        let pending = ips.pending_requests(pool, limit).await?;
+        if pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let layout = match self.pools.get(None, pool).await? {
+            Some(found) => found.spec.layout().ok(),
+            None => None,
+        };
+        let mut changed = Vec::new();
+        for request in pending {
+            let Some(assignment) = layout
+                .as_ref()
+                .and_then(|l| l.family(request.family))
+                .map(|space| space.assignment(request.slot))
+            else {
+                ips.answer_request(request.id, Verdict::Inconclusive.api_name(), self.now())
+                    .await?;
+                continue;
+            };
+            let was_listed = ips.listing(&request.address).await?.is_some();
+            let verdict = self
+                .verdict(pool, request.family, request.slot, &assignment)
+                .await?;
+            ips.answer_request(request.id, verdict.api_name(), self.now())
+                .await?;
+            tracing::info!(address = %request.address, requested_by = %request.requested_by, verdict = verdict.api_name(), "requested blacklist check answered");
+            let listed = match verdict {
+                Verdict::Listed => true,
+                Verdict::Clean => false,
+                Verdict::Inconclusive => was_listed,
+            };
+            if listed != was_listed
+                && let Some(holding) = ips
+                    .history(&request.address)
+                    .await?
+                    .into_iter()
+                    .find(|h| h.released_at.is_none())
+            {
+                changed.push(holding.subject);
+            }
+        }
+        Ok(changed)
+    }
+
     /// Returns quarantined addresses whose time is over to the free set
     /// once a check finds them clean (R22); listed or inconclusive ones
     /// wait for a later round. Returns how many were returned.

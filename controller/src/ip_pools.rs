@@ -22,6 +22,8 @@ use crate::runtime::{ObjectKey, Outcome, Reconcile, Requeue, Trigger};
 
 /// Quarantined addresses looked at per round and pool.
 const RETURNS_PER_ROUND: u32 = 256;
+/// Operators' check requests answered per round and pool.
+const REQUESTS_PER_ROUND: u32 = 64;
 
 pub struct IpPoolReconciler {
     ctx: Context,
@@ -103,7 +105,12 @@ impl IpPoolReconciler {
     async fn sweep(&self, pool: &str, status: &IpPoolStatus) -> Result<(), ControllerError> {
         let held = status.ipv4.allocated + status.ipv6.as_ref().map_or(0, |c| c.allocated);
         let limit = dnsbl::sweep_batch(held, self.interval, self.addresses.sweep_interval());
-        let round = self.addresses.sweep(pool, limit).await?;
+        let mut round = self.addresses.sweep(pool, limit).await?;
+        round.changed.extend(
+            self.addresses
+                .answer_requests(pool, REQUESTS_PER_ROUND)
+                .await?,
+        );
         self.ctx
             .metrics
             .swept(round.clean, round.listed, round.inconclusive);

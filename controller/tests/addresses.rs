@@ -13,7 +13,7 @@ use stratus_core::config::{Dnsbl, DnsblZone, ZoneMode};
 use stratus_core::ip::Family;
 use stratus_core::policy::Policy;
 use stratus_core::resources::{IpPool, IpPoolSpec, Ipv4Block};
-use stratus_store::ledger::{CheckResult, Ledger};
+use stratus_store::ledger::{CheckRequest, CheckResult, Ledger};
 use stratus_store::testing::{self, ScratchDatabase};
 use stratus_store::{Database, ObjectStore, Resources, SqlObjectStore};
 
@@ -295,6 +295,57 @@ async fn r20_the_sweep_rechecks_held_addresses_once_per_interval_and_backs_off_i
         let changed: Vec<String> = round.changed.into_iter().chain(rest.changed).collect();
         assert_eq!(changed, ["acc-0000000000000001/vs-2"], "{label}");
         assert!(ledger.ips().listing(&held[1]).await.unwrap().is_none());
+    }
+}
+
+/// An operator's check request is answered by asking the zones now; the
+/// verdict is on the request, and the holder is named when it changed.
+#[tokio::test]
+async fn r20_requested_checks_are_answered_in_the_pool_round() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let s = setup(scratch, "192.0.2.0/29", &[]).await;
+        let zone = TestZone::start_with_ttl("bl.test", 0).await.unwrap();
+        let addresses = s.allocator(&blocking(&zone)).await;
+        let held = assigned(addresses.assign(&holder(1), "fra1").await.unwrap());
+        zone.list(ip(&held), "listed an hour ago");
+        let ledger = Ledger::new(s.db.clone());
+        let request = ledger
+            .ips()
+            .request_check(&CheckRequest {
+                id: 0,
+                address: held.clone(),
+                checked: held.clone(),
+                pool: "pool-a".into(),
+                family: Family::V4,
+                slot: ip(&held)
+                    .to_string()
+                    .rsplit('.')
+                    .next()
+                    .unwrap()
+                    .parse()
+                    .unwrap(),
+                requested_by: "token:t1".into(),
+                requested_at: 0,
+                answered_at: None,
+                verdict: None,
+            })
+            .await
+            .unwrap();
+        let changed = addresses.answer_requests("pool-a", 10).await.unwrap();
+        assert_eq!(changed, ["acc-0000000000000001/vs-1"], "{label}");
+        let answered = ledger.ips().requests_about(&held, 1).await.unwrap();
+        assert_eq!(answered[0].id, request.id);
+        assert_eq!(answered[0].verdict.as_deref(), Some("listed"), "{label}");
+        assert!(ledger.ips().listing(&held).await.unwrap().is_some());
+        assert!(
+            addresses
+                .answer_requests("pool-a", 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{label}: answered once"
+        );
     }
 }
 

@@ -14,7 +14,7 @@ use stratus_core::ip::{self, Family};
 use stratus_core::resources::{AddressCounts, IpPool, IpPoolSpec, Ipv4Block, Ipv6Block};
 use stratus_core::validate;
 use stratus_store::StoreError;
-use stratus_store::ledger::{AuditAction, AuditSubject, Holding};
+use stratus_store::ledger::{AuditAction, AuditSubject, CheckRequest, Holding, Listing, Override};
 use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Principal;
@@ -382,4 +382,301 @@ pub async fn list_ips(
             })
             .collect(),
     ))
+}
+
+/// Where an address lives: its pool and slot, and what the blacklists are
+/// asked about for it (IPv6: the NIC address of its server prefix).
+struct Located {
+    pool: String,
+    family: Family,
+    slot: u64,
+    /// The ledger's name: the address, or the IPv6 server prefix.
+    holding: String,
+    checked: IpAddr,
+}
+
+async fn locate(state: &ApiState, raw: &str) -> Result<Located, ApiError> {
+    let address: IpAddr = raw
+        .parse()
+        .map_err(|_| ApiError::malformed_id("address", raw, "an IPv4 or IPv6 address"))?;
+    for pool in state.ip_pools.list(None).await?.items {
+        let Ok(layout) = pool.spec.layout() else {
+            continue;
+        };
+        if let Some((family, slot)) = layout.slot_of(address)
+            && let Some(space) = layout.family(family)
+        {
+            let assignment = space.assignment(slot);
+            return Ok(Located {
+                pool: kube::ResourceExt::name_any(&pool),
+                family,
+                slot,
+                holding: assignment.holding,
+                checked: assignment.address,
+            });
+        }
+    }
+    Err(ApiError::not_found("address in an IP pool", raw))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideRequest {
+    /// `clean` or `listed`: what stratus takes the address to be, whatever
+    /// the blacklists answer.
+    pub verdict: String,
+    /// Why (a ticket, the blacklist operator's delisting mail): audited.
+    pub reason: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OverrideView {
+    /// The ledger's name of the address (IPv6: the server prefix).
+    pub address: String,
+    pub verdict: String,
+    pub reason: String,
+    pub decided_by: String,
+    pub decided_at: String,
+}
+
+/// Replaces the blacklists' verdict on an address with an operator's
+/// (operators; audited). It applies at once: `listed` takes the address out
+/// of circulation, `clean` clears its listing.
+#[utoipa::path(post, path = "/v1/admin/ips/{address}/override", tag = "ip",
+    params(("address" = String, Path)), request_body = OverrideRequest,
+    responses((status = 200, body = OverrideView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn override_ip(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+    JsonBody(request): JsonBody<OverrideRequest>,
+) -> Result<Json<OverrideView>, ApiError> {
+    principal.require_admin()?;
+    let listed = match request.verdict.as_str() {
+        "listed" => true,
+        "clean" => false,
+        _ => {
+            return Err(ApiError::invalid(
+                "verdict",
+                "verdict must be clean or listed",
+            ));
+        }
+    };
+    let reason = request.reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        return Err(ApiError::invalid(
+            "reason",
+            "reason must be 1 to 500 characters: it is what the audit keeps",
+        ));
+    }
+    let located = locate(&state, &raw).await?;
+    let actor = principal.actor();
+    let now = state.clock.now().as_millisecond();
+    let ips = state.ledger.ips();
+    ips.set_override(&Override {
+        address: located.holding.clone(),
+        listed,
+        reason: reason.to_owned(),
+        actor: actor.to_string(),
+        decided_at: now,
+    })
+    .await?;
+    if listed {
+        ips.mark_listed(&Listing {
+            address: located.holding.clone(),
+            pool: located.pool.clone(),
+            family: located.family,
+            slot: located.slot,
+            checked: located.checked.to_string(),
+            zone: "operator".into(),
+            reason: reason.to_owned(),
+            since: now,
+        })
+        .await?;
+    } else {
+        ips.clear_listing(&located.holding).await?;
+    }
+    state
+        .audit(
+            actor.clone(),
+            AuditAction::IpOverride,
+            AuditSubject::IpPool(located.pool.clone()),
+            json!({ "address": located.holding, "verdict": request.verdict, "reason": reason }),
+        )
+        .await;
+    Ok(Json(OverrideView {
+        address: located.holding,
+        verdict: request.verdict,
+        reason: reason.to_owned(),
+        decided_by: actor.to_string(),
+        decided_at: millis_to_rfc3339(now),
+    }))
+}
+
+/// Withdraws the operator's verdict on an address: the blacklists decide
+/// again at its next check (operators; audited).
+#[utoipa::path(delete, path = "/v1/admin/ips/{address}/override", tag = "ip",
+    params(("address" = String, Path)),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn withdraw_ip_override(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    principal.require_admin()?;
+    let located = locate(&state, &raw).await?;
+    if !state.ledger.ips().remove_override(&located.holding).await? {
+        return Err(ApiError::not_found("override", &located.holding));
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::IpOverrideWithdraw,
+            AuditSubject::IpPool(located.pool),
+            json!({ "address": located.holding }),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckRequestView {
+    pub id: i64,
+    pub address: String,
+    /// The address the blacklists are asked about.
+    pub checked: String,
+    pub pool: String,
+    pub requested_by: String,
+    pub requested_at: String,
+    /// `pending` until the controller asked the blacklists (within one
+    /// pool round, a minute by default), then `answered`.
+    pub status: &'static str,
+    /// `clean`, `listed` or `inconclusive`, once answered.
+    pub verdict: Option<String>,
+    pub answered_at: Option<String>,
+}
+
+impl From<CheckRequest> for CheckRequestView {
+    fn from(r: CheckRequest) -> Self {
+        Self {
+            id: r.id,
+            address: r.address,
+            checked: r.checked,
+            pool: r.pool,
+            requested_by: r.requested_by,
+            requested_at: millis_to_rfc3339(r.requested_at),
+            status: if r.answered_at.is_some() {
+                "answered"
+            } else {
+                "pending"
+            },
+            verdict: r.verdict,
+            answered_at: r.answered_at.map(millis_to_rfc3339),
+        }
+    }
+}
+
+/// Asks for a blacklist check of an address now (operators; audited): the
+/// controller asks every zone in its next round of the address's pool and
+/// records the answers; `GET …/checks` shows them. A check already waiting
+/// is returned instead of queueing another.
+#[utoipa::path(post, path = "/v1/admin/ips/{address}/check", tag = "ip",
+    params(("address" = String, Path)),
+    responses((status = 202, body = CheckRequestView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn check_ip(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<(StatusCode, Json<CheckRequestView>), ApiError> {
+    principal.require_admin()?;
+    let located = locate(&state, &raw).await?;
+    let actor = principal.actor();
+    let request = state
+        .ledger
+        .ips()
+        .request_check(&CheckRequest {
+            id: 0,
+            address: located.holding.clone(),
+            checked: located.checked.to_string(),
+            pool: located.pool.clone(),
+            family: located.family,
+            slot: located.slot,
+            requested_by: actor.to_string(),
+            requested_at: state.clock.now().as_millisecond(),
+            answered_at: None,
+            verdict: None,
+        })
+        .await?;
+    state
+        .audit(
+            actor,
+            AuditAction::IpCheckRequest,
+            AuditSubject::IpPool(located.pool),
+            json!({ "address": located.holding, "request": request.id }),
+        )
+        .await;
+    Ok((StatusCode::ACCEPTED, Json(request.into())))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CheckView {
+    /// The address asked about.
+    pub address: String,
+    pub zone: String,
+    /// `listed`, `clean` or `error` (inconclusive).
+    pub result: &'static str,
+    /// The A answer of a listing or error code, or what went wrong.
+    pub code: Option<String>,
+    pub reason: Option<String>,
+    pub checked_at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChecksView {
+    /// The ledger's name of the address (IPv6: the server prefix).
+    pub address: String,
+    /// The operator's verdict in force, if any.
+    pub override_verdict: Option<String>,
+    /// The latest 20 requested checks, newest first.
+    pub requests: Vec<CheckRequestView>,
+    /// The latest 100 blacklist answers, newest first.
+    pub checks: Vec<CheckView>,
+}
+
+/// The blacklists' latest answers about an address and the checks
+/// operators asked for (operators).
+#[utoipa::path(get, path = "/v1/admin/ips/{address}/checks", tag = "ip",
+    params(("address" = String, Path)),
+    responses((status = 200, body = ChecksView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn ip_checks(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<Json<ChecksView>, ApiError> {
+    principal.require_admin()?;
+    let located = locate(&state, &raw).await?;
+    let ips = state.ledger.ips();
+    let requests = ips.requests_about(&located.holding, 20).await?;
+    let checks = ips.checks(&located.checked.to_string(), 100).await?;
+    let override_verdict = ips
+        .override_of(&located.holding)
+        .await?
+        .map(|o| if o.listed { "listed" } else { "clean" }.to_owned());
+    Ok(Json(ChecksView {
+        address: located.holding,
+        override_verdict,
+        requests: requests.into_iter().map(Into::into).collect(),
+        checks: checks
+            .into_iter()
+            .map(|c| CheckView {
+                address: c.address,
+                zone: c.zone,
+                result: c.result.as_str(),
+                code: c.code,
+                reason: c.reason,
+                checked_at: millis_to_rfc3339(c.checked_at),
+            })
+            .collect(),
+    }))
 }

@@ -72,6 +72,9 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(ip::get_ip_pool, ip::delete_ip_pool))
         .routes(routes!(ip::ip_history))
         .routes(routes!(ip::list_ips))
+        .routes(routes!(ip::override_ip, ip::withdraw_ip_override))
+        .routes(routes!(ip::check_ip))
+        .routes(routes!(ip::ip_checks))
         .routes(routes!(system::healthz))
         .routes(routes!(system::metrics))
 }

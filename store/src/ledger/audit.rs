@@ -76,6 +76,10 @@ audit_actions! {
     HypervisorRegister => "hypervisor.register",
     IpPoolCreate => "ip_pool.create",
     IpPoolDelete => "ip_pool.delete",
+    /// An operator's verdict on an address replaces the blacklists'.
+    IpOverride => "ip.override",
+    IpOverrideWithdraw => "ip.override_withdraw",
+    IpCheckRequest => "ip.check",
     ServerOrder => "server.order",
     ServerStop => "server.stop",
     ServerStart => "server.start",

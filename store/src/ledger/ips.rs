@@ -558,6 +558,16 @@ impl IpLedger<'_> {
         .transpose()
     }
 
+    /// Withdraws the operator's verdict on an address; true if there was one.
+    pub async fn remove_override(&self, address: &str) -> Result<bool> {
+        let removed = sqlx::query("DELETE FROM ip_overrides WHERE address = $1")
+            .bind(address)
+            .execute(self.db.pool())
+            .await?
+            .rows_affected();
+        Ok(removed > 0)
+    }
+
     /// Records an operator's request for a check of `request`'s address,
     /// unless one is already waiting for an answer: then that one is
     /// returned, so repeated clicks queue one check.
