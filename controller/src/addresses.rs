@@ -16,7 +16,7 @@ use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Clock;
 use stratus_core::dnsbl::{self, Verdict, ZoneAnswer, ZoneResult};
-use stratus_core::ip::{Assignment, Family, PoolLayout};
+use stratus_core::ip::{self, Assignment, Family, PoolLayout};
 use stratus_core::policy::Policy;
 use stratus_core::resources::IpPool;
 use stratus_store::Resources;
@@ -109,15 +109,21 @@ impl Addresses {
     }
 
     /// The valid pools serving `zone`, by name. A pool whose spec does not
-    /// parse (written with kubectl) is skipped, loudly.
+    /// parse, or that overlaps an older pool (both only possible with
+    /// kubectl), is skipped, loudly.
     async fn pools_of(&self, zone: &str) -> Result<Vec<Pool>, ControllerError> {
-        let mut pools: Vec<Pool> = self
-            .pools
-            .list(None)
-            .await?
-            .items
+        let all = self.pools.list(None).await?.items;
+        let refused = ip::later_overlaps(&all);
+        let mut pools: Vec<Pool> = all
             .into_iter()
             .filter(|p| p.spec.zone == zone)
+            .filter(|p| {
+                let overlapping = refused.iter().find(|o| o.pool == p.name_any());
+                if let Some(overlap) = overlapping {
+                    tracing::warn!(pool = %overlap.pool, %overlap, "IP pool overlaps another");
+                }
+                overlapping.is_none()
+            })
             .filter_map(|p| match p.spec.layout() {
                 Ok(layout) => Some(Pool {
                     name: p.name_any(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stratus_core::conditions::{self, ConditionType, Reason};
 use stratus_core::dnsbl;
-use stratus_core::ip::{Family, SlotSpace};
+use stratus_core::ip::{self, Family, SlotSpace};
 use stratus_core::lifecycle::NO_CLEAN_ADDRESS;
 use stratus_core::resources::{AddressCounts, IpPool, IpPoolStatus, VirtualServer};
 use stratus_store::Resources;
@@ -139,23 +139,31 @@ impl IpPoolReconciler {
         let mut status = pool.status.clone().unwrap_or_default();
         let name = kube::ResourceExt::name_any(pool);
         let now = self.ctx.clock.now();
-        match pool.spec.layout() {
-            Ok(layout) => {
+        let all = self.pools.list(None).await?.items;
+        let overlap = ip::later_overlaps(&all)
+            .into_iter()
+            .find(|o| o.pool == name);
+        match (pool.spec.layout(), overlap) {
+            (Ok(layout), overlap) => {
                 status.ipv4 = self.family_counts(&name, Family::V4, &layout.ipv4).await?;
                 status.ipv6 = match &layout.ipv6 {
                     Some(space) => Some(self.family_counts(&name, Family::V6, space).await?),
                     None => None,
                 };
+                let (ready, reason, message) = match overlap {
+                    Some(overlap) => (false, Reason::Overlapping, overlap.to_string()),
+                    None => (true, Reason::Answered, "pool is valid".to_owned()),
+                };
                 conditions::set(
                     &mut status.conditions,
                     ConditionType::Ready,
-                    true,
-                    Reason::Answered,
-                    "pool is valid",
+                    ready,
+                    reason,
+                    message,
                     now,
                 );
             }
-            Err(error) => {
+            (Err(error), _) => {
                 conditions::set(
                     &mut status.conditions,
                     ConditionType::Ready,

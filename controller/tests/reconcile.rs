@@ -411,6 +411,90 @@ async fn r19_r22_addresses_are_held_before_the_domain_sticky_and_quarantined_at_
 
 /// Two accounts may name a server alike (Kubernetes mode): on one
 /// hypervisor they are two domains, and deleting one leaves the other.
+/// A pool written with kubectl that overlaps an older one is the one
+/// refused: its status says why and no server is numbered from it.
+#[tokio::test]
+async fn r19_a_kubectl_pool_overlapping_an_older_one_serves_nothing() {
+    let h = harness().await;
+    let pools = Resources::<IpPool>::new(h.store.clone());
+    let older: Vec<IpPool> = pools
+        .list(None)
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.spec.zone == "default")
+        .collect();
+    assert_eq!(older.len(), 1, "the harness's pool of zone default");
+    let mut late = older[0].clone();
+    late.metadata = kube::api::ObjectMeta {
+        name: Some("late".into()),
+        ..Default::default()
+    };
+    late.status = None;
+    pools.create(&late).await.unwrap();
+    let reconciler = h.pool_reconciler();
+    reconciler
+        .reconcile(&ObjectKey::new(None, "late"))
+        .await
+        .unwrap();
+    let status = pools
+        .get(None, "late")
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    let ready = conditions::get(&status.conditions, ConditionType::Ready)
+        .cloned()
+        .unwrap();
+    assert_eq!(ready.status, ConditionStatus::False);
+    assert_eq!(ready.reason, "Overlapping");
+    let older_name = older[0].metadata.name.clone().unwrap();
+    assert!(
+        ready.message.contains(&format!("IP pool {older_name}")),
+        "{ready:?}"
+    );
+    let older_key = ObjectKey::new(None, &older_name);
+    reconciler.reconcile(&older_key).await.unwrap();
+    let older_status = pools
+        .get(None, &older_name)
+        .await
+        .unwrap()
+        .unwrap()
+        .status
+        .unwrap();
+    assert!(conditions::is_true(
+        &older_status.conditions,
+        ConditionType::Ready
+    ));
+
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    let status = h.status("vs-1").await;
+    let held = h
+        .ledger
+        .ips()
+        .held_by(
+            &h.servers
+                .get(Some(NS), "vs-1")
+                .await
+                .unwrap()
+                .unwrap()
+                .metadata
+                .uid
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        held.iter().all(|holding| holding.pool == older_name),
+        "{held:?}"
+    );
+    assert!(status.ipv4.is_some());
+}
+
 /// A listing the sweep found shows on the server (condition and event),
 /// and so does its end.
 #[tokio::test]

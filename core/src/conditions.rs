@@ -92,6 +92,8 @@ named_enum!(
         Allocated,
         NoCleanAddress,
         Invalid,
+        /// The pool overlaps one created before it: it serves no address.
+        Overlapping,
         /// Every NIC is filtered to its MAC and addresses.
         FiltersEnforced,
         /// The hypervisor must filter and cannot: it starts no guest.

@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::resources::{IpPoolSpec, Ipv4Block, Ipv6Block};
+use crate::resources::{IpPool, IpPoolSpec, Ipv4Block, Ipv6Block};
 
 /// Shortest IPv4 block a pool may have: a /8 is already more than any
 /// provider announces from one pool.
@@ -306,6 +306,56 @@ pub fn overlapping<'a>(
     })
 }
 
+/// A pool that overlaps one created before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaterOverlap {
+    pub pool: String,
+    pub older: String,
+    pub family: Family,
+}
+
+impl fmt::Display for LaterOverlap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "its {} addresses overlap those of IP pool {}, created before it: no address is taken from it",
+            self.family, self.older
+        )
+    }
+}
+
+/// The pools that overlap a pool created before them (oldest first, then
+/// by name). The API refuses such a pool; kubectl cannot, so these serve
+/// no address and say why, and the older pool goes on serving.
+pub fn later_overlaps(pools: &[IpPool]) -> Vec<LaterOverlap> {
+    let mut valid: Vec<(&IpPool, PoolLayout)> = pools
+        .iter()
+        .filter_map(|p| p.spec.layout().ok().map(|layout| (p, layout)))
+        .collect();
+    valid.sort_by(|(a, _), (b, _)| {
+        let created = |p: &IpPool| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        created(a)
+            .is_none()
+            .cmp(&created(b).is_none())
+            .then(created(a).cmp(&created(b)))
+            .then(a.metadata.name.cmp(&b.metadata.name))
+    });
+    let mut later = Vec::new();
+    for (i, (pool, layout)) in valid.iter().enumerate() {
+        let older = valid[..i].iter().find_map(|(other, other_layout)| {
+            layout.overlap(other_layout).map(|family| (other, family))
+        });
+        if let Some((older, family)) = older {
+            later.push(LaterOverlap {
+                pool: pool.metadata.name.clone().unwrap_or_default(),
+                older: older.metadata.name.clone().unwrap_or_default(),
+                family,
+            });
+        }
+    }
+    later
+}
+
 /// The server prefix of length `len` holding `address`, as the ledger
 /// names it (`2001:db8:0:7::/64`).
 pub fn containing_prefix(address: Ipv6Addr, len: u8) -> Option<String> {
@@ -518,6 +568,56 @@ fn v6_excluded(space: &SlotSpace, net: &Ipv6Net, entry: &str) -> Result<(u64, u6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r19_a_pool_overlapping_an_older_one_is_the_one_refused() {
+        let pool = |name: &str, cidr: &str, created: Option<&str>| {
+            let network: Ipv4Net = cidr.parse().unwrap();
+            let gateway = Ipv4Addr::from(u32::from(network.network()) + 1).to_string();
+            let mut pool = IpPool::new(
+                name,
+                IpPoolSpec {
+                    zone: "z".into(),
+                    ipv4: Ipv4Block {
+                        cidr: cidr.into(),
+                        gateway,
+                        excluded: Vec::new(),
+                    },
+                    ipv6: None,
+                },
+            );
+            pool.metadata.creation_timestamp = created
+                .map(|t| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t.parse().unwrap()));
+            pool
+        };
+        let pools = [
+            pool("b-new", "192.0.2.0/25", Some("2026-02-01T00:00:00Z")),
+            pool("z-old", "192.0.2.0/24", Some("2026-01-01T00:00:00Z")),
+            pool("apart", "198.51.100.0/24", Some("2026-03-01T00:00:00Z")),
+            pool("a-unknown", "192.0.2.128/25", None),
+        ];
+        let later = later_overlaps(&pools);
+        assert_eq!(
+            later,
+            [
+                LaterOverlap {
+                    pool: "b-new".into(),
+                    older: "z-old".into(),
+                    family: Family::V4
+                },
+                LaterOverlap {
+                    pool: "a-unknown".into(),
+                    older: "z-old".into(),
+                    family: Family::V4
+                },
+            ]
+        );
+        assert!(
+            later[0]
+                .to_string()
+                .contains("IP pool z-old, created before it")
+        );
+    }
     use ipnet::IpNet;
     use proptest::prelude::*;
 
