@@ -361,14 +361,45 @@ impl Addresses {
         &self,
         holding: &Holding,
     ) -> Result<Option<Assignment>, ControllerError> {
-        let Some(pool) = self.pools.get(None, &holding.pool).await? else {
-            return Ok(None);
+        Ok(assignment_in(
+            self.layout_of(&holding.pool).await?.as_ref(),
+            holding.family,
+            holding.slot,
+        ))
+    }
+
+    /// A pool's layout; `None` when the pool is gone or no longer parses.
+    async fn layout_of(&self, pool: &str) -> Result<Option<PoolLayout>, ControllerError> {
+        Ok(self
+            .pools
+            .get(None, pool)
+            .await?
+            .and_then(|found| found.spec.layout().ok()))
+    }
+
+    /// Asks the blacklists about an address again (see [`Self::verdict`])
+    /// and says whether its listing changed; an inconclusive answer
+    /// changes nothing.
+    async fn recheck(
+        &self,
+        pool: &str,
+        family: Family,
+        slot: u64,
+        assignment: &Assignment,
+    ) -> Result<(Verdict, bool), ControllerError> {
+        let was_listed = self
+            .ledger
+            .ips()
+            .listing(&assignment.holding)
+            .await?
+            .is_some();
+        let verdict = self.verdict(pool, family, slot, assignment).await?;
+        let changed = match verdict {
+            Verdict::Listed => !was_listed,
+            Verdict::Clean => was_listed,
+            Verdict::Inconclusive => false,
         };
-        Ok(pool.spec.layout().ok().and_then(|layout| {
-            layout
-                .family(holding.family)
-                .map(|s| s.assignment(holding.slot))
-        }))
+        Ok((verdict, changed))
     }
 
     async fn charge_cleanup(
@@ -413,17 +444,11 @@ impl Addresses {
         if due.is_empty() {
             return Ok(SweepRound::default());
         }
-        let layout = match self.pools.get(None, pool).await? {
-            Some(found) => found.spec.layout().ok(),
-            None => None,
-        };
+        let layout = self.layout_of(pool).await?;
         let next_sweep = self.policy.dnsbl.sweep_interval.after(now);
         let interval = self.sweep_interval();
         let checks = due.into_iter().map(|holding| {
-            let assignment = layout
-                .as_ref()
-                .and_then(|l| l.family(holding.family))
-                .map(|space| space.assignment(holding.slot));
+            let assignment = assignment_in(layout.as_ref(), holding.family, holding.slot);
             async move {
                 let Some(assignment) = assignment else {
                     // No pool to read the address from: look again later.
@@ -431,11 +456,10 @@ impl Addresses {
                         .ips()
                         .schedule_check(holding.id, next_sweep.as_millisecond(), 0)
                         .await?;
-                    return Ok::<_, ControllerError>((holding, None, false));
+                    return Ok::<_, ControllerError>((holding, None));
                 };
-                let was_listed = self.ledger.ips().listing(&holding.address).await?.is_some();
-                let verdict = self
-                    .verdict(&holding.pool, holding.family, holding.slot, &assignment)
+                let (verdict, changed) = self
+                    .recheck(&holding.pool, holding.family, holding.slot, &assignment)
                     .await?;
                 let (next, in_a_row) = match verdict {
                     Verdict::Inconclusive => {
@@ -453,30 +477,24 @@ impl Addresses {
                     .ips()
                     .schedule_check(holding.id, next, in_a_row)
                     .await?;
-                Ok((holding, Some(verdict), was_listed))
+                Ok((holding, Some((verdict, changed))))
             }
         });
         let mut round = SweepRound::default();
         let mut answers = futures::stream::iter(checks).buffer_unordered(SWEEP_PARALLEL);
         while let Some(answer) = answers.next().await {
-            let (holding, verdict, was_listed) = answer?;
-            let listed = match verdict {
-                Some(Verdict::Clean) => {
-                    round.clean += 1;
-                    false
-                }
-                Some(Verdict::Listed) => {
+            let (holding, Some((verdict, changed))) = answer? else {
+                continue;
+            };
+            match verdict {
+                Verdict::Clean => round.clean += 1,
+                Verdict::Listed => {
                     round.listed += 1;
                     tracing::warn!(address = %holding.address, server = %holding.subject, "held address is blacklisted");
-                    true
                 }
-                Some(Verdict::Inconclusive) => {
-                    round.inconclusive += 1;
-                    was_listed
-                }
-                None => was_listed,
-            };
-            if listed != was_listed {
+                Verdict::Inconclusive => round.inconclusive += 1,
+            }
+            if changed {
                 round.changed.push(holding.subject);
             }
         }
@@ -496,34 +514,22 @@ impl Addresses {
         if pending.is_empty() {
             return Ok(Vec::new());
         }
-        let layout = match self.pools.get(None, pool).await? {
-            Some(found) => found.spec.layout().ok(),
-            None => None,
-        };
+        let layout = self.layout_of(pool).await?;
         let mut changed = Vec::new();
         for request in pending {
-            let Some(assignment) = layout
-                .as_ref()
-                .and_then(|l| l.family(request.family))
-                .map(|space| space.assignment(request.slot))
+            let Some(assignment) = assignment_in(layout.as_ref(), request.family, request.slot)
             else {
                 ips.answer_request(request.id, Verdict::Inconclusive.api_name(), self.now())
                     .await?;
                 continue;
             };
-            let was_listed = ips.listing(&request.address).await?.is_some();
-            let verdict = self
-                .verdict(pool, request.family, request.slot, &assignment)
+            let (verdict, listing_changed) = self
+                .recheck(pool, request.family, request.slot, &assignment)
                 .await?;
             ips.answer_request(request.id, verdict.api_name(), self.now())
                 .await?;
             tracing::info!(address = %request.address, requested_by = %request.requested_by, verdict = verdict.api_name(), "requested blacklist check answered");
-            let listed = match verdict {
-                Verdict::Listed => true,
-                Verdict::Clean => false,
-                Verdict::Inconclusive => was_listed,
-            };
-            if listed != was_listed
+            if listing_changed
                 && let Some(holding) = ips
                     .history(&request.address)
                     .await?
@@ -569,6 +575,13 @@ impl Addresses {
         }
         Ok(returned)
     }
+}
+
+/// The assignment of a slot of a pool's family, if the pool has it.
+fn assignment_in(layout: Option<&PoolLayout>, family: Family, slot: u64) -> Option<Assignment> {
+    layout
+        .and_then(|l| l.family(family))
+        .map(|space| space.assignment(slot))
 }
 
 fn check_row(address: IpAddr, result: &ZoneResult, at: i64) -> Check {

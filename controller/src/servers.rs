@@ -310,7 +310,7 @@ impl ServerReconciler {
     ) -> Result<(), ControllerError> {
         self.record_status(server, current, next).await?;
         // Given back before the finalizer goes: after it, nothing would.
-        let (uid, _) = mac_holder(server)?;
+        let (uid, _) = ledger_holder(server)?;
         self.ctx
             .ledger
             .macs()
@@ -464,7 +464,7 @@ impl ServerReconciler {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_ZONE.to_owned()),
         };
-        let (uid, subject) = mac_holder(server)?;
+        let (uid, subject) = ledger_holder(server)?;
         let holder = Holder {
             uid,
             account: server.namespace().unwrap_or_default(),
@@ -503,7 +503,7 @@ impl ServerReconciler {
         // a crash in between leaves a holding the retry finds again. It is
         // taken before the scheduling lock: placements never wait on a
         // ledger write. A server waiting for room keeps its MAC meanwhile.
-        let (uid, subject) = mac_holder(server)?;
+        let (uid, subject) = ledger_holder(server)?;
         let mac = self
             .ctx
             .ledger
@@ -614,7 +614,7 @@ impl ServerReconciler {
         let mut next = current.clone();
         let legacy = ids::legacy_domain_name(&server.name_any());
         if let Some(mac) = &current.mac_address {
-            let (uid, subject) = mac_holder(server)?;
+            let (uid, subject) = ledger_holder(server)?;
             let adopted = self
                 .ctx
                 .ledger
@@ -637,7 +637,7 @@ impl ServerReconciler {
         server: &VirtualServer,
         next: &mut VirtualServerStatus,
     ) -> Result<(), ControllerError> {
-        let (uid, _) = mac_holder(server)?;
+        let (uid, _) = ledger_holder(server)?;
         let listed: Vec<ListedAddress> = self
             .ctx
             .ledger
@@ -773,10 +773,10 @@ fn domain_of(server: &VirtualServer, status: &VirtualServerStatus) -> String {
     })
 }
 
-/// What the MAC ledger knows a server by: its uid (a server created again
+/// What the ledger (MACs and addresses) knows a server by: its uid (a server created again
 /// under the same name does not share it) and, for people, its
 /// `namespace/name`.
-fn mac_holder(server: &VirtualServer) -> Result<(String, String), ControllerError> {
+fn ledger_holder(server: &VirtualServer) -> Result<(String, String), ControllerError> {
     let uid = server.metadata.uid.clone().ok_or_else(|| {
         ControllerError::Malformed(server.name_any(), "the object has no uid".into())
     })?;

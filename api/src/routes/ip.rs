@@ -282,9 +282,7 @@ pub async fn ip_history(
     Query(query): Query<HistoryQuery>,
 ) -> Result<Json<HistoryView>, ApiError> {
     principal.require_admin()?;
-    let address: IpAddr = raw
-        .parse()
-        .map_err(|_| ApiError::malformed_id("address", &raw, "an IPv4 or IPv6 address"))?;
+    let address = parse_address(&raw)?;
     let at = query
         .at
         .as_deref()
@@ -395,10 +393,14 @@ struct Located {
     checked: IpAddr,
 }
 
+/// The `{address}` of a path.
+fn parse_address(raw: &str) -> Result<IpAddr, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::malformed_id("address", raw, "an IPv4 or IPv6 address"))
+}
+
 async fn locate(state: &ApiState, raw: &str) -> Result<Located, ApiError> {
-    let address: IpAddr = raw
-        .parse()
-        .map_err(|_| ApiError::malformed_id("address", raw, "an IPv4 or IPv6 address"))?;
+    let address = parse_address(raw)?;
     for pool in state.ip_pools.list(None).await?.items {
         let Ok(layout) = pool.spec.layout() else {
             continue;
