@@ -57,19 +57,11 @@ impl Reconcile for IpPoolReconciler {
             .await?;
         if returned > 0 {
             tracing::info!(returned, "quarantined addresses returned to the free set");
-            if let Some(waiting) = &self.waiting_servers {
-                waiting
-                    .matching(|server| {
-                        server.status.as_ref().is_some_and(|s| {
-                            s.reason
-                                .as_deref()
-                                .is_some_and(|r| r.starts_with(NO_CLEAN_ADDRESS))
-                        })
-                    })
-                    .await?;
-            }
         }
         let status = self.count(&pool).await?;
+        if status.offers_more_than(pool.status.as_ref()) {
+            self.wake_waiting_servers().await?;
+        }
         if pool.status.as_ref() != Some(&status) {
             self.pools.patch_status(None, &key.name, &status).await?;
         }
@@ -97,6 +89,26 @@ impl IpPoolReconciler {
     pub fn requeueing(mut self, waiting_servers: Requeue<VirtualServer>) -> Self {
         self.waiting_servers = Some(waiting_servers);
         self
+    }
+
+    /// Queues the servers waiting for a clean address: this pool has more
+    /// to offer than when it was last counted.
+    async fn wake_waiting_servers(&self) -> Result<(), ControllerError> {
+        if let Some(waiting) = &self.waiting_servers {
+            let woken = waiting
+                .matching(|server| {
+                    server.status.as_ref().is_some_and(|s| {
+                        s.reason
+                            .as_deref()
+                            .is_some_and(|r| r.starts_with(NO_CLEAN_ADDRESS))
+                    })
+                })
+                .await?;
+            if woken > 0 {
+                tracing::info!(woken, "servers waiting for an address queued again");
+            }
+        }
+        Ok(())
     }
 
     /// One round of R20's sweep over the pool's held addresses, sized so

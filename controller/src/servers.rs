@@ -39,9 +39,15 @@ const STILL_MOVING: Duration = Duration::from_millis(200);
 /// queues it at once, so this recheck only bounds what a missed wake costs.
 pub const UNSCHEDULABLE_RECHECK: Duration = Duration::from_secs(300);
 
-/// How soon a server waiting for a clean address is tried again: an
-/// inconclusive check is retried, and addresses leave quarantine.
+/// How soon a server waiting for a clean address is first tried again
+/// when nothing wakes it before (addresses that become free in a pool of
+/// its zone wake it at once): an inconclusive check may have passed.
 pub const NO_CLEAN_ADDRESS_RECHECK: Duration = Duration::from_secs(60);
+/// The longest a waiting server goes untried. Between the two, a server
+/// is tried again after as long as it has waited so far, so that a pool
+/// that stays exhausted, or a blacklist that keeps failing, costs each
+/// waiting server a few checks an hour, not one a minute.
+pub const NO_CLEAN_ADDRESS_RECHECK_MAX: Duration = Duration::from_secs(15 * 60);
 
 /// How long the placed-load snapshot is trusted before it is listed again.
 /// Placements and releases made here update it at once; anything else (an
@@ -486,7 +492,7 @@ impl ServerReconciler {
                     );
                 }
                 self.record_status(server, current, &next).await?;
-                Ok(Some(NO_CLEAN_ADDRESS_RECHECK))
+                Ok(Some(no_clean_address_recheck(&next, now)))
             }
         }
     }
@@ -760,6 +766,16 @@ impl ServerReconciler {
             .publish(server, event_type, EventReason::entered(next.phase), &note)
             .await;
     }
+}
+
+/// How soon a server waiting for an address is tried again: after as
+/// long as it has waited (read from its condition, so a failover keeps
+/// the pace), within [`NO_CLEAN_ADDRESS_RECHECK`]..=[`NO_CLEAN_ADDRESS_RECHECK_MAX`].
+fn no_clean_address_recheck(status: &VirtualServerStatus, now: jiff::Timestamp) -> Duration {
+    let waited = conditions::since(&status.conditions, ConditionType::AddressesAssigned, false)
+        .and_then(|since| Duration::try_from(now.duration_since(since)).ok())
+        .unwrap_or_default();
+    waited.clamp(NO_CLEAN_ADDRESS_RECHECK, NO_CLEAN_ADDRESS_RECHECK_MAX)
 }
 
 /// The domain of a server: the one recorded at placement, else the one it

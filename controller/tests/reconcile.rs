@@ -979,6 +979,78 @@ async fn a_waiting_server_is_woken_by_freed_room_and_by_new_capacity() {
         .unwrap();
 }
 
+/// A server waiting for an address is tried again after as long as it
+/// has waited (at least a minute, at most a quarter of an hour), so an
+/// exhausted zone costs each waiting server a few checks an hour.
+#[tokio::test]
+async fn r20_a_server_waiting_for_an_address_is_tried_less_often_the_longer_it_waits() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "ams1", 8, 16384).await;
+    h.order("vs-1", None).await;
+    let mut delays = Vec::new();
+    // Waited so far: 0 s, 30 s, 5 min, 1 h.
+    for step in [0, 30, 270, 3300] {
+        h.clock.advance(jiff::SignedDuration::from_secs(step));
+        delays.push(h.reconcile("vs-1").await.unwrap());
+    }
+    let after = |secs| Outcome::RequeueAfter(Duration::from_secs(secs));
+    assert_eq!(
+        delays,
+        [after(60), after(60), after(5 * 60), after(15 * 60)]
+    );
+    assert_eq!(
+        h.status("vs-1").await.reason.as_deref(),
+        Some("no_clean_address: no IP pool serves zone ams1")
+    );
+}
+
+/// A pool that comes to offer addresses (created, or more of it free)
+/// wakes the servers waiting for one at once, not at their next recheck.
+#[tokio::test]
+async fn r20_a_pool_that_offers_addresses_wakes_the_servers_waiting_for_one() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "ams1", 8, 16384).await;
+    let (stop, running) = h.run_controller(Duration::from_secs(15));
+    h.order("vs-1", None).await;
+    let h = &h;
+    wait_until("vs-1 waits for an address", || async {
+        h.status("vs-1")
+            .await
+            .reason
+            .is_some_and(|r| r.starts_with(lifecycle::NO_CLEAN_ADDRESS))
+    })
+    .await;
+    Resources::<IpPool>::new(h.store.clone())
+        .create(&IpPool::new(
+            "ams1",
+            SeededPool {
+                name: "ams1".into(),
+                zone: "ams1".into(),
+                ipv4: Ipv4Block {
+                    cidr: "203.0.113.0/24".into(),
+                    gateway: "203.0.113.1".into(),
+                    excluded: Vec::new(),
+                },
+                ipv6: None,
+            }
+            .spec(),
+        ))
+        .await
+        .unwrap();
+    wait_until("vs-1 numbered from the new pool", || async {
+        h.status("vs-1")
+            .await
+            .ipv4
+            .is_some_and(|a| a.address.starts_with("203.0.113."))
+    })
+    .await;
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), running)
+        .await
+        .unwrap()
+        .unwrap();
+}
+
 /// Polls `check` until it holds, failing after 3 s (the recheck of a
 /// waiting server is minutes away, so only a wake can pass in time).
 async fn wait_until<F, Fut>(what: &str, check: F)

@@ -219,6 +219,19 @@ pub fn is_true(conditions: &[Condition], type_: ConditionType) -> bool {
     get(conditions, type_).is_some_and(|c| c.status == ConditionStatus::True)
 }
 
+/// Since when condition `type_` has had `status`: `None` when it has
+/// another status, is absent, or its transition time does not parse.
+pub fn since(
+    conditions: &[Condition],
+    type_: ConditionType,
+    status: impl Into<ConditionStatus>,
+) -> Option<Timestamp> {
+    let status = status.into();
+    get(conditions, type_)
+        .filter(|c| c.status == status)
+        .and_then(|c| c.last_transition_time.parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

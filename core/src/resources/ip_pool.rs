@@ -8,7 +8,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::conditions::Condition;
+use crate::conditions::{self, Condition, ConditionType};
 
 /// Prefix length each server gets of a pool's IPv6 prefix when the pool
 /// does not say.
@@ -178,4 +178,61 @@ pub struct IpPoolStatus {
     /// Detailed conditions (Valid).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+impl IpPoolStatus {
+    /// Whether a pool counted as `self` offers servers more than it did
+    /// when counted as `before`: it became ready (new, valid again, or no
+    /// longer overlapping), or more of either family is free.
+    pub fn offers_more_than(&self, before: Option<&IpPoolStatus>) -> bool {
+        let ready = |s: &IpPoolStatus| conditions::is_true(&s.conditions, ConditionType::Ready);
+        if !ready(self) {
+            return false;
+        }
+        let Some(before) = before.filter(|b| ready(b)) else {
+            return true;
+        };
+        let free_v6 = |s: &IpPoolStatus| s.ipv6.map_or(0, |c| c.free);
+        self.ipv4.free > before.ipv4.free || free_v6(self) > free_v6(before)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::test_time;
+    use crate::conditions::Reason;
+
+    fn counted(ready: bool, free_v4: u64, free_v6: Option<u64>) -> IpPoolStatus {
+        let mut status = IpPoolStatus {
+            ipv4: AddressCounts::new(256, 256 - free_v4, 0, 0),
+            ipv6: free_v6.map(|free| AddressCounts::new(65536, 65536 - free, 0, 0)),
+            conditions: Vec::new(),
+        };
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Ready,
+            ready,
+            Reason::Answered,
+            "",
+            test_time(),
+        );
+        status
+    }
+
+    #[test]
+    fn a_pool_offers_more_when_it_becomes_ready_or_frees_addresses() {
+        let full = counted(true, 0, Some(0));
+        assert!(full.offers_more_than(None), "a new pool");
+        assert!(full.offers_more_than(Some(&counted(false, 0, Some(0)))));
+        assert!(!full.offers_more_than(Some(&full)));
+        assert!(counted(true, 1, Some(0)).offers_more_than(Some(&full)));
+        assert!(counted(true, 0, Some(3)).offers_more_than(Some(&full)));
+        assert!(!counted(true, 0, Some(3)).offers_more_than(Some(&counted(true, 5, Some(3)))));
+        assert!(
+            !counted(false, 9, Some(9)).offers_more_than(Some(&full)),
+            "not ready"
+        );
+        assert!(!counted(false, 9, None).offers_more_than(None));
+    }
 }
