@@ -141,6 +141,153 @@ async fn a_customer_orders_runs_stops_starts_and_deletes_a_server_across_restart
     stratus.process.terminate();
 }
 
+/// R19, R22: `stratus up` killed (SIGKILL) while servers are being
+/// numbered leaves no address held twice and none leaked: after the
+/// restart every server holds its own addresses, a /27 gives out exactly
+/// its 29, the rest wait with `no_clean_address`, and deleting them all
+/// puts every address in quarantine.
+#[tokio::test]
+async fn r22_a_crash_during_allocation_neither_doubles_nor_leaks_an_address() {
+    const ORDERS: usize = 40;
+    const USABLE: u64 = 32 - 3; // network, gateway, broadcast
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stratus.yaml");
+    std::fs::write(
+        &config,
+        "limits: { requestsPerSecond: 10000, burst: 10000 }\n\
+         ipPools:\n\
+         \x20 - name: crash\n\
+         \x20   zone: default\n\
+         \x20   ipv4: { cidr: 203.0.113.32/27, gateway: 203.0.113.33 }\n\
+         \x20   ipv6: { prefix: \"2001:db8:5::/56\", gateway: \"2001:db8:5::1\" }\n",
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let customer = std::sync::Arc::new(customer);
+    let order =
+        |i: usize| json!({"name": format!("vs-{i}"), "plan": "small", "image": "debian-12"});
+
+    // Orders stream in; the process dies once a few are numbered.
+    let ordering = tokio::spawn({
+        let customer = customer.clone();
+        async move {
+            let mut accepted = 0;
+            while accepted < ORDERS {
+                match customer.try_post("/v1/servers", order(accepted)).await {
+                    Some((202, _)) => accepted += 1,
+                    Some((status, body)) => panic!("order refused: {status} {body}"),
+                    None => break,
+                }
+            }
+            accepted
+        }
+    });
+    let allocated_at_crash = loop {
+        let (_, pool) = admin.get("/v1/admin/ip-pools/crash").await;
+        let allocated = pool["ipv4_counts"]["allocated"]
+            .as_u64()
+            .unwrap_or_default();
+        if allocated >= 5 {
+            break allocated;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    stratus.process.crash();
+    let accepted = ordering.await.unwrap();
+    eprintln!("killed with {allocated_at_crash} of {accepted} accepted orders numbered");
+    assert!(
+        accepted as u64 > allocated_at_crash,
+        "orders were still waiting for addresses when the process died"
+    );
+
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
+    // An order in flight at the kill may have been stored unanswered.
+    let (_, list) = customer.get("/v1/servers?limit=100").await;
+    let stored = list["items"].as_array().map_or(0, Vec::len);
+    assert!((accepted..=accepted + 1).contains(&stored), "{list}");
+    for i in stored..ORDERS {
+        let (status, body) = customer.post("/v1/servers", order(i)).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let servers = loop {
+        let (_, list) = customer.get("/v1/servers?limit=100").await;
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let settled = items.iter().all(|s| {
+            s["ipv4"]["address"].is_string()
+                || s["status_reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("no_clean_address"))
+        });
+        if items.len() == ORDERS && settled {
+            break items;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "servers did not settle: {list}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let numbered: Vec<&serde_json::Value> = servers
+        .iter()
+        .filter(|s| s["ipv4"]["address"].is_string())
+        .collect();
+    assert_eq!(numbered.len() as u64, USABLE, "the /27 is given out whole");
+    for family in ["ipv4", "ipv6"] {
+        let held: std::collections::HashSet<&str> = numbered
+            .iter()
+            .map(|s| s[family]["address"].as_str().unwrap())
+            .collect();
+        assert_eq!(held.len() as u64, USABLE, "{family}: no address held twice");
+    }
+    let (_, pool) = admin.get("/v1/admin/ip-pools/crash").await;
+    for counts in ["ipv4_counts", "ipv6_counts"] {
+        assert_eq!(pool[counts]["allocated"], USABLE, "nothing leaked: {pool}");
+        assert_eq!(pool[counts]["quarantined"], 0, "{pool}");
+    }
+    // The ledger agrees: each address has one open holding, its server's.
+    for server in &numbered {
+        let address = server["ipv4"]["address"].as_str().unwrap();
+        let (_, history) = admin.get(&format!("/v1/admin/ips/{address}/history")).await;
+        let open: Vec<&serde_json::Value> = history["holdings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["to"].is_null())
+            .collect();
+        assert_eq!(open.len(), 1, "{history}");
+        assert_eq!(
+            open[0]["server"],
+            format!(
+                "{}/{}",
+                server["account_id"].as_str().unwrap(),
+                server["id"].as_str().unwrap()
+            ),
+            "{history}"
+        );
+    }
+
+    for server in &servers {
+        let id = server["id"].as_str().unwrap();
+        let (status, body) = customer.delete(&format!("/v1/servers/{id}")).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    for server in &servers {
+        customer
+            .wait_gone(server["id"].as_str().unwrap(), WAIT)
+            .await;
+    }
+    let (_, pool) = admin.get("/v1/admin/ip-pools/crash").await;
+    assert_eq!(pool["ipv4_counts"]["allocated"], 0, "{pool}");
+    assert_eq!(pool["ipv4_counts"]["quarantined"], USABLE, "{pool}");
+    stratus.process.terminate();
+}
+
 #[tokio::test]
 async fn a_vanished_disk_puts_the_server_in_error_instead_of_recreating_it() {
     let dir = tempfile::tempdir().unwrap();
