@@ -150,6 +150,14 @@ fn fits(available_bytes: u64, needed_gib: u64) -> bool {
     needed_gib.saturating_mul(GIB) <= available_bytes
 }
 
+/// Whether a domain's definition (not only its running instance) puts a
+/// traffic filter on its NIC.
+fn defined_with_filter(domain: &Domain) -> Result<bool, AgentError> {
+    Ok(domain
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
+        .contains("<filterref"))
+}
+
 fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
     use virt::domain::DomainState as S;
     match state {
@@ -248,10 +256,7 @@ impl Driver {
         {
             return Err(AgentError::AntiSpoofingUnavailable(detail));
         }
-        if !domain
-            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
-            .contains("<filterref")
-        {
+        if !defined_with_filter(domain)? {
             return Err(AgentError::AntiSpoofingUnavailable(format!(
                 "domain {name} is defined without a traffic filter on its NIC"
             )));
@@ -416,24 +421,57 @@ impl Driver {
             tracing::info!(domain = name, volume = %disk_name, image = %spec.image_volume, "created disk overlay");
         }
         let domain = match self.lookup_domain(name)? {
-            Some(domain) => domain,
             None => {
-                let placement = xml::Placement {
-                    domain_type: &self.config.domain_type,
-                    pool: &self.config.pool,
-                    disk_volume: &disk_name,
-                    network: &self.config.network,
-                    filter: self.filters_nics(),
-                };
-                let definition = xml::domain(name, spec, &placement)?.render();
-                let domain = self.conn.define_domain_xml(&definition)?;
+                let domain = self.define(name, spec, &disk_name, None)?;
                 tracing::info!(domain = name, "defined domain");
                 domain
             }
+            Some(domain) if self.lacks_filter(&domain, spec.power)? => {
+                // Defined by a release that put no traffic filter on NICs:
+                // defined again while it is off, so it starts filtered.
+                let uuid = domain.uuid_string()?;
+                let domain = self.define(name, spec, &disk_name, Some(uuid))?;
+                tracing::info!(
+                    domain = name,
+                    "defined domain again with its traffic filter"
+                );
+                domain
+            }
+            Some(domain) => domain,
         };
         self.converge_power(name, &domain, spec.power, spec.power_off)?;
         self.record_domain(name, &domain)?;
         self.observe(name)
+    }
+
+    /// Defines domain `name` as `spec` says (again, when `uuid` is the
+    /// existing domain's).
+    fn define(
+        &self,
+        name: &str,
+        spec: &DomainSpec,
+        disk_volume: &str,
+        uuid: Option<String>,
+    ) -> Result<Domain, AgentError> {
+        let placement = xml::Placement {
+            domain_type: &self.config.domain_type,
+            pool: &self.config.pool,
+            disk_volume,
+            network: &self.config.network,
+            filter: self.filters_nics(),
+        };
+        let mut definition = xml::domain(name, spec, &placement)?;
+        definition.uuid = uuid;
+        Ok(self.conn.define_domain_xml(&definition.render())?)
+    }
+
+    /// Whether a domain about to start (off, and wanted running) was
+    /// defined without the traffic filter this hypervisor puts on NICs.
+    fn lacks_filter(&self, domain: &Domain, power: PowerState) -> Result<bool, AgentError> {
+        if power != PowerState::Running || !self.filters_nics() || domain.is_active()? {
+            return Ok(false);
+        }
+        Ok(!defined_with_filter(domain)?)
     }
 
     /// Never waits for a guest: a shutdown is requested (ACPI) and the

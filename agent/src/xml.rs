@@ -204,6 +204,9 @@ pub struct Domain {
     /// emulation, `test` for libvirt's test driver.
     pub domain_type: String,
     pub name: String,
+    /// Set when an existing domain is defined again: libvirt refuses a
+    /// definition that names a domain it knows under another UUID.
+    pub uuid: Option<String>,
     /// The customer's hostname, shown as the domain's title.
     pub hostname: String,
     pub memory_mib: u64,
@@ -218,6 +221,11 @@ impl Domain {
         Element::new("domain")
             .attr("type", &self.domain_type)
             .child(Element::with_text("name", &self.name))
+            .children(
+                self.uuid
+                    .iter()
+                    .map(|uuid| Element::with_text("uuid", uuid)),
+            )
             .child(Element::with_text("title", &self.hostname))
             .child(
                 Element::new("metadata").child(
@@ -280,6 +288,7 @@ pub fn domain(
     Ok(Domain {
         domain_type: placement.domain_type.to_owned(),
         name: name.to_owned(),
+        uuid: None,
         hostname: spec.hostname.clone(),
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,

@@ -100,6 +100,56 @@ fn r19_test_driver_reports_no_nwfilter_and_keeps_the_filter_in_the_definition() 
     driver.destroy(name).unwrap();
 }
 
+/// A domain an older release defined without a traffic filter gets it
+/// when it next starts: it is defined again while off, keeping its UUID
+/// and disk.
+#[test]
+fn r19_a_domain_defined_without_a_filter_is_defined_again_with_it_before_it_starts() {
+    let driver = default_driver();
+    let (name, image) = ("stratus-itest-legacy", "itest-legacy.qcow2");
+    driver.seed_image(image, 2).unwrap();
+    driver
+        .ensure(name, &spec(image, PowerState::Stopped, true))
+        .unwrap();
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let definition = |conn: &virt::connect::Connect| {
+        conn.lookup_domain_by_name(name)
+            .unwrap()
+            .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+            .unwrap()
+    };
+    let filtered = definition(&conn);
+    let start = filtered
+        .find("<filterref")
+        .expect("defined with its filter");
+    let end = filtered.find("</filterref>").map_or_else(
+        || start + filtered[start..].find("/>").unwrap() + 2,
+        |at| at + "</filterref>".len(),
+    );
+    let legacy = format!("{}{}", &filtered[..start], &filtered[end..]);
+    conn.define_domain_xml(&legacy).unwrap();
+    assert!(!definition(&conn).contains("<filterref"));
+    let uuid = conn
+        .lookup_domain_by_name(name)
+        .unwrap()
+        .uuid_string()
+        .unwrap();
+
+    let running = driver
+        .ensure(name, &spec(image, PowerState::Running, false))
+        .unwrap();
+    assert_eq!(running.state, Some(DomainState::Running));
+    assert!(running.disk_present);
+    let domain = conn.lookup_domain_by_name(name).unwrap();
+    assert_eq!(domain.uuid_string().unwrap(), uuid);
+    assert!(
+        definition(&conn).contains("<filterref filter='clean-traffic'"),
+        "{}",
+        definition(&conn)
+    );
+    driver.destroy(name).unwrap();
+}
+
 /// A hypervisor required to filter that cannot never starts a guest; it
 /// still defines, stops and destroys them, and says why in its report.
 #[test]
