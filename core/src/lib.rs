@@ -17,6 +17,7 @@ pub mod policy;
 pub mod quota;
 pub mod resources;
 pub mod scheduling;
+pub mod standing;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

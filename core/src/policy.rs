@@ -105,7 +105,16 @@ impl PolicyDuration {
     /// The instant this long after `from`. Calendar units count on the UTC
     /// calendar; working days skip Saturdays and Sundays.
     pub fn after(&self, from: Timestamp) -> Timestamp {
-        let amount = i64::from(self.amount);
+        self.shift(from, 1)
+    }
+
+    /// The instant this long before `to` (a notice ahead of a deadline).
+    pub fn before(&self, to: Timestamp) -> Timestamp {
+        self.shift(to, -1)
+    }
+
+    fn shift(&self, from: Timestamp, sign: i64) -> Timestamp {
+        let amount = sign * i64::from(self.amount);
         let span = match self.unit {
             DurationUnit::Seconds => Span::new().seconds(amount),
             DurationUnit::Minutes => Span::new().minutes(amount),
@@ -114,22 +123,28 @@ impl PolicyDuration {
             DurationUnit::Weeks => Span::new().weeks(amount),
             DurationUnit::Months => Span::new().months(amount),
             DurationUnit::Years => Span::new().years(amount),
-            DurationUnit::WorkingDays => return add_working_days(from, self.amount),
+            DurationUnit::WorkingDays => return shift_working_days(from, self.amount, sign),
         };
         // Parsing bounds every duration to a century: no overflow is possible
         // for any instant a clock returns; saturate rather than panic anyway.
+        let saturated = if sign < 0 {
+            Timestamp::MIN
+        } else {
+            Timestamp::MAX
+        };
         from.to_zoned(TimeZone::UTC)
             .checked_add(span)
-            .map_or(Timestamp::MAX, |zoned| zoned.timestamp())
+            .map_or(saturated, |zoned| zoned.timestamp())
     }
 }
 
-fn add_working_days(from: Timestamp, count: u32) -> Timestamp {
+fn shift_working_days(from: Timestamp, count: u32, sign: i64) -> Timestamp {
     let mut at = from.to_zoned(TimeZone::UTC);
     let mut left = count;
     while left > 0 {
-        at = match at.checked_add(Span::new().days(1)) {
+        at = match at.checked_add(Span::new().days(sign)) {
             Ok(next) => next,
+            Err(_) if sign < 0 => return Timestamp::MIN,
             Err(_) => return Timestamp::MAX,
         };
         if !matches!(at.weekday(), Weekday::Saturday | Weekday::Sunday) {
@@ -191,6 +206,8 @@ pub enum SuspensionMode {
     Stopped,
     /// Running, every packet to and from it dropped.
     NetworkIsolated,
+    /// Frozen in memory; disk kept.
+    Paused,
 }
 
 /// The `policy:` section.
