@@ -3,12 +3,14 @@
 //! requests), [`macs`] (MAC addresses held), [`quotas`] (what each
 //! account holds against its quota), [`audit`] (the append-only
 //! audit log), [`ips`] (the IP ledger: holdings, blacklist state and
-//! checks), [`charges`] (chargeable events for the provider's billing).
-//! The coming ledgers (billing events in, deadlines, notifications) are
-//! new modules here.
+//! checks), [`charges`] (chargeable events for the provider's billing),
+//! [`facts`] (what the billing system and operators reported about each
+//! account, and each account's next deadline). The coming ledgers
+//! (notifications) are new modules here.
 
 pub mod audit;
 pub mod charges;
+pub mod facts;
 pub mod idempotency;
 pub mod ips;
 pub mod macs;
@@ -17,6 +19,7 @@ pub mod tokens;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
 pub use charges::{Charge, Charges};
+pub use facts::{AccountFacts, NewFact, Recorded, StoredFact};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use ips::{Check, CheckRequest, CheckResult, Holding, IpLedger, Listing, NewHolding, Override};
 pub use macs::MacAddresses;
@@ -55,6 +58,10 @@ impl Ledger {
 
     pub fn charges(&self) -> Charges<'_> {
         Charges { db: &self.db }
+    }
+
+    pub fn facts(&self) -> AccountFacts<'_> {
+        AccountFacts { db: &self.db }
     }
 
     pub fn quotas(&self) -> Quotas<'_> {

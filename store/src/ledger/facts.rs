@@ -1,0 +1,181 @@
+//! What the billing system and operators reported about each account
+//! (append-only, idempotent by the reporter's id), and when each account's
+//! standing next changes by itself (its durable deadline).
+
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use crate::db::Database;
+use crate::error::{Result, StoreError};
+
+pub struct AccountFacts<'a> {
+    pub(super) db: &'a Database,
+}
+
+/// A fact to record.
+#[derive(Debug, Clone, Copy)]
+pub struct NewFact<'a> {
+    pub id: &'a str,
+    pub account: &'a str,
+    pub kind: &'a str,
+    /// The fact as stratus reads it.
+    pub fact: &'a serde_json::Value,
+    /// The report as received, with its evidence.
+    pub body: &'a serde_json::Value,
+    pub actor: &'a str,
+    pub recorded_at: i64,
+}
+
+/// A recorded fact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFact {
+    /// Its place in the order facts were recorded.
+    pub seq: i64,
+    pub id: String,
+    pub account: String,
+    pub kind: String,
+    pub fact: serde_json::Value,
+    pub body: serde_json::Value,
+    pub actor: String,
+    pub recorded_at: i64,
+}
+
+/// What recording a fact did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recorded {
+    /// First time this id was reported.
+    New(StoredFact),
+    /// The same report again (same account, same body): the first one.
+    Repeated(StoredFact),
+    /// Another report under an id already taken: the one that holds it.
+    Conflicting(StoredFact),
+}
+
+const COLUMNS: &str = "seq, fact_id, account, kind, fact, body, actor, recorded_at";
+
+impl AccountFacts<'_> {
+    /// Records `new` once: a second report with its id changes nothing and
+    /// says whether it was the same report.
+    pub async fn record(&self, new: &NewFact<'_>) -> Result<Recorded> {
+        let inserted = sqlx::query(
+            "INSERT INTO account_facts (fact_id, account, kind, fact, body, actor, recorded_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (fact_id) DO NOTHING",
+        )
+        .bind(new.id)
+        .bind(new.account)
+        .bind(new.kind)
+        .bind(new.fact.to_string())
+        .bind(new.body.to_string())
+        .bind(new.actor)
+        .bind(new.recorded_at)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        let stored = self.by_id(new.id).await?.ok_or_else(|| {
+            StoreError::Invalid(format!("fact {} vanished after it was recorded", new.id))
+        })?;
+        Ok(if inserted == 1 {
+            Recorded::New(stored)
+        } else if stored.account == new.account && &stored.body == new.body {
+            Recorded::Repeated(stored)
+        } else {
+            Recorded::Conflicting(stored)
+        })
+    }
+
+    pub async fn by_id(&self, id: &str) -> Result<Option<StoredFact>> {
+        // Only the constant column list is formatted in.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM account_facts WHERE fact_id = $1"
+        )))
+        .bind(id)
+        .fetch_optional(self.db.pool())
+        .await?;
+        row.as_ref().map(stored_fact).transpose()
+    }
+
+    /// Up to `limit` facts of `account` recorded after `after_seq`, in the
+    /// order they were recorded.
+    pub async fn of_account(
+        &self,
+        account: &str,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredFact>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM account_facts WHERE account = $1 AND seq > $2 \
+             ORDER BY seq LIMIT $3"
+        )))
+        .bind(account)
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(stored_fact).collect()
+    }
+
+    /// Sets when `account`'s standing next changes by itself; `None` when
+    /// nothing is pending.
+    pub async fn set_deadline(&self, account: &str, due_at: Option<i64>) -> Result<()> {
+        match due_at {
+            Some(due_at) => {
+                sqlx::query(
+                    "INSERT INTO account_deadlines (account, due_at) VALUES ($1, $2) \
+                     ON CONFLICT (account) DO UPDATE SET due_at = excluded.due_at",
+                )
+                .bind(account)
+                .bind(due_at)
+                .execute(self.db.pool())
+                .await?;
+            }
+            None => {
+                sqlx::query("DELETE FROM account_deadlines WHERE account = $1")
+                    .bind(account)
+                    .execute(self.db.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` accounts whose deadline is at or before `now`, the
+    /// most overdue first.
+    pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT account, due_at FROM account_deadlines WHERE due_at <= $1 \
+             ORDER BY due_at, account LIMIT $2",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("account")?, row.try_get("due_at")?)))
+            .collect()
+    }
+
+    /// The earliest deadline of any account (to sleep until it).
+    pub async fn next_deadline(&self) -> Result<Option<i64>> {
+        let row = sqlx::query("SELECT MIN(due_at) AS due_at FROM account_deadlines")
+            .fetch_one(self.db.pool())
+            .await?;
+        Ok(row.try_get::<Option<i64>, _>("due_at")?)
+    }
+}
+
+fn stored_fact(row: &AnyRow) -> Result<StoredFact> {
+    let json = |column: &str| -> Result<serde_json::Value> {
+        let raw: String = row.try_get(column)?;
+        serde_json::from_str(&raw).map_err(|_| super::malformed("account fact", &raw))
+    };
+    Ok(StoredFact {
+        seq: row.try_get("seq")?,
+        id: row.try_get("fact_id")?,
+        account: row.try_get("account")?,
+        kind: row.try_get("kind")?,
+        fact: json("fact")?,
+        body: json("body")?,
+        actor: row.try_get("actor")?,
+        recorded_at: row.try_get("recorded_at")?,
+    })
+}
