@@ -81,7 +81,9 @@ pub struct Fact {
     pub kind: FactKind,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Stored as JSON in the facts ledger, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type", deny_unknown_fields)]
 pub enum FactKind {
     InvoiceOverdue {
         invoice: String,
@@ -111,6 +113,7 @@ pub enum FactKind {
     Maintenance {
         servers: Vec<ServerName>,
         from: Timestamp,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         until: Option<Timestamp>,
     },
     Terminate {
@@ -1329,6 +1332,42 @@ mod tests {
             early.charges.is_empty(),
             "nothing to restore before destruction"
         );
+    }
+
+    /// Facts are stored as JSON tagged by `type`; what is stored reads back
+    /// the same, and a stored fact of an unknown shape is refused.
+    #[test]
+    fn facts_are_stored_as_tagged_json() {
+        let kinds = [
+            FactKind::InvoiceOverdue {
+                invoice: "inv-1".into(),
+                due_at: days(1),
+            },
+            FactKind::Maintenance {
+                servers: vec!["web".into()],
+                from: days(2),
+                until: None,
+            },
+            FactKind::Terminate {
+                server: "web".into(),
+                cause: TerminationCause::Abuse,
+                immediate: true,
+            },
+            FactKind::LegalHold,
+        ];
+        for kind in kinds {
+            let stored = serde_json::to_value(&kind).unwrap();
+            assert_eq!(serde_json::from_value::<FactKind>(stored).unwrap(), kind);
+        }
+        assert_eq!(
+            serde_json::to_value(FactKind::ReminderSent {
+                invoice: "inv-1".into()
+            })
+            .unwrap(),
+            serde_json::json!({"type": "reminder_sent", "invoice": "inv-1"})
+        );
+        let unknown = serde_json::json!({"type": "reminder_sent", "invoice": "i", "extra": 1});
+        assert!(serde_json::from_value::<FactKind>(unknown).is_err());
     }
 
     /// Lifting one of two reasons keeps the server suspended.
