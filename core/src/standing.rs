@@ -621,7 +621,6 @@ impl Replay<'_> {
                         server.termination = Some(Termination::destroyed(at));
                     }
                 }
-                self.cases.clear();
                 self.windows.clear();
                 self.change(
                     at,
@@ -1199,6 +1198,25 @@ mod tests {
         assert_eq!(one.charges[1].kind, ChargeKind::AbuseCaseMinimum);
         assert_eq!(one.charges[1].amount, 50_000);
         assert_eq!(one.charges[1].id, "abuse_case_minimum:r1");
+    }
+
+    /// R3, R7: destroying the data waives no abuse charge: a case open
+    /// at the destruction is still charged its minimum when it closes.
+    #[test]
+    fn r3_r7_destruction_keeps_the_case_minimum() {
+        let policy = Policy::default();
+        let facts = [
+            overdue("e1", days(0), "inv"),
+            reminder("e2", days(0), "inv"),
+            report("r1", days(20), "web"),
+        ];
+        let now = standing(&facts, &policy, days(60));
+        assert!(now.data_destroyed_at.is_some());
+        let kinds: Vec<ChargeKind> = now.charges.iter().map(|c| c.kind).collect();
+        assert_eq!(
+            kinds,
+            [ChargeKind::AbuseReport, ChargeKind::AbuseCaseMinimum]
+        );
     }
 
     /// R6, R14: termination with notice; the data is wiped
