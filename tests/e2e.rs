@@ -187,6 +187,7 @@ async fn r22_a_crash_during_allocation_neither_doubles_nor_leaks_an_address() {
             accepted
         }
     });
+    let numbering = std::time::Instant::now() + WAIT;
     let allocated_at_crash = loop {
         let (_, pool) = admin.get("/v1/admin/ip-pools/crash").await;
         let allocated = pool["ipv4_counts"]["allocated"]
@@ -195,6 +196,10 @@ async fn r22_a_crash_during_allocation_neither_doubles_nor_leaks_an_address() {
         if allocated >= 5 {
             break allocated;
         }
+        assert!(
+            std::time::Instant::now() < numbering,
+            "no order was numbered: {pool}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     stratus.process.crash();

@@ -600,6 +600,16 @@ mod tests {
             at("2028-01-31T10:00:00Z")
         );
         assert_eq!(PolicyDuration::seconds(0).after(start), start);
+        // Notices count back from a deadline the same way.
+        assert_eq!(
+            PolicyDuration::hours(72).before(at("2026-02-03T10:00:00Z")),
+            start
+        );
+        assert_eq!(
+            PolicyDuration::working_days(1).before(at("2026-02-02T10:00:00Z")),
+            at("2026-01-30T10:00:00Z"),
+            "the working day before a Monday is the Friday"
+        );
         // 7 working days from Friday 6 March 2026: the 17th, skipping two weekends.
         let friday = at("2026-03-06T12:00:00Z");
         assert_eq!(

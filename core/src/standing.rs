@@ -12,7 +12,7 @@
 //! charge carries an id derived from what caused it, so whoever carries
 //! them out (the controller, after any number of restarts) does each once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -396,7 +396,7 @@ struct Replay<'a> {
     /// Maintenance windows not yet over: (server, fact) → (from, until).
     windows: BTreeMap<(ServerName, String), (Timestamp, Timestamp)>,
     /// Notices already owed, by id.
-    noticed: std::collections::BTreeSet<String>,
+    noticed: BTreeSet<String>,
 }
 
 /// The account's standing at `now`, from its facts in the order they were
@@ -847,17 +847,7 @@ impl Replay<'_> {
     }
 
     fn is_terminated(&self, server: &str) -> bool {
-        let own = self
-            .out
-            .servers
-            .get(server)
-            .and_then(|s| s.termination)
-            .is_some_and(|t| t.done);
-        let destroyed = self
-            .out
-            .data_destroyed_at
-            .is_some_and(|at| !self.out.restored_after(server, at));
-        own || destroyed
+        self.out.termination_of(server).is_some_and(|t| t.done)
     }
 
     fn terminate_now(&mut self, server: &str, at: Timestamp) {
