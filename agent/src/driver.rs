@@ -7,10 +7,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use stratus_core::agent_api::{
-    AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, MANAGED_PREFIX,
-    NodeReport, PoolInfo, disk_volume_name,
+    AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link, MANAGED_PREFIX,
+    NodeReport, PoolInfo, Target, disk_volume_name,
 };
-use stratus_core::resources::PowerState;
 use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::error::ErrorNumber;
@@ -156,6 +155,32 @@ fn defined_with_filter(domain: &Domain) -> Result<bool, AgentError> {
     Ok(domain
         .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
         .contains("<filterref"))
+}
+
+/// libvirt writes a NIC whose link is down as `<link state='down'/>`.
+fn link_down_in(domain_xml: &str) -> bool {
+    domain_xml.contains("<link state='down'/>")
+}
+
+/// The NIC's link as the running guest has it, or as the definition says
+/// when the guest is off.
+fn observe_link(domain: &Domain) -> Result<Link, AgentError> {
+    let defined_down = link_down_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
+    if !domain.is_active()? {
+        return Ok(if defined_down { Link::Down } else { Link::Up });
+    }
+    Ok(match (link_down_in(&domain.xml_desc(0)?), defined_down) {
+        (true, true) => Link::Down,
+        (true, false) => Link::UpAtNextStart,
+        (false, true) => Link::DownAtNextStart,
+        (false, false) => Link::Up,
+    })
+}
+
+/// Whether libvirt refused a call because this hypervisor cannot do it.
+fn is_unsupported(error: &virt::error::Error) -> bool {
+    is_missing(error, ErrorNumber::NoSupport)
+        || is_missing(error, ErrorNumber::OperationUnsupported)
 }
 
 fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
@@ -365,15 +390,18 @@ impl Driver {
 
     pub fn observe(&self, name: &str) -> Result<DomainObservation, AgentError> {
         check_managed_name(name)?;
-        let state = self
-            .lookup_domain(name)?
+        let domain = self.lookup_domain(name)?;
+        let state = domain
+            .as_ref()
             .map(|d| d.state().map(|(s, _)| map_state(s)))
             .transpose()?;
+        let link = domain.as_ref().map(observe_link).transpose()?;
         let disk_present = Self::lookup_volume(&self.pool()?, &disk_volume_name(name))?.is_some();
         Ok(DomainObservation {
             name: name.to_owned(),
             state,
             disk_present,
+            link: link.unwrap_or_default(),
             disk_disposal: None,
         })
     }
@@ -426,7 +454,7 @@ impl Driver {
                 tracing::info!(domain = name, "defined domain");
                 domain
             }
-            Some(domain) if self.lacks_filter(&domain, spec.power)? => {
+            Some(domain) if self.lacks_filter(&domain, spec.target())? => {
                 // Defined by a release that put no traffic filter on NICs:
                 // defined again while it is off, so it starts filtered.
                 let uuid = domain.uuid_string()?;
@@ -439,7 +467,8 @@ impl Driver {
             }
             Some(domain) => domain,
         };
-        self.converge_power(name, &domain, spec.power, spec.power_off)?;
+        let domain = self.converge_link(name, domain, spec, &disk_name)?;
+        self.converge_power(name, &domain, spec.target(), spec.power_off)?;
         self.record_domain(name, &domain)?;
         self.observe(name)
     }
@@ -453,6 +482,18 @@ impl Driver {
         disk_volume: &str,
         uuid: Option<String>,
     ) -> Result<Domain, AgentError> {
+        let mut definition = self.definition(name, spec, disk_volume)?;
+        definition.uuid = uuid;
+        Ok(self.conn.define_domain_xml(&definition.render())?)
+    }
+
+    /// The domain of `spec` placed on this hypervisor.
+    fn definition(
+        &self,
+        name: &str,
+        spec: &DomainSpec,
+        disk_volume: &str,
+    ) -> Result<xml::Domain, AgentError> {
         let placement = xml::Placement {
             domain_type: &self.config.domain_type,
             pool: &self.config.pool,
@@ -460,18 +501,53 @@ impl Driver {
             network: &self.config.network,
             filter: self.filters_nics(),
         };
-        let mut definition = xml::domain(name, spec, &placement)?;
-        definition.uuid = uuid;
-        Ok(self.conn.define_domain_xml(&definition.render())?)
+        xml::domain(name, spec, &placement)
     }
 
     /// Whether a domain about to start (off, and wanted running) was
     /// defined without the traffic filter this hypervisor puts on NICs.
-    fn lacks_filter(&self, domain: &Domain, power: PowerState) -> Result<bool, AgentError> {
-        if power != PowerState::Running || !self.filters_nics() || domain.is_active()? {
+    fn lacks_filter(&self, domain: &Domain, target: Target) -> Result<bool, AgentError> {
+        if target != Target::Running || !self.filters_nics() || domain.is_active()? {
             return Ok(false);
         }
         Ok(!defined_with_filter(domain)?)
+    }
+
+    /// Puts the NIC's link up or down as the spec says (R5: an abusing
+    /// guest keeps running with its network cut): in the definition, and in
+    /// the running guest where the hypervisor can change it live.
+    fn converge_link(
+        &self,
+        name: &str,
+        domain: Domain,
+        spec: &DomainSpec,
+        disk_volume: &str,
+    ) -> Result<Domain, AgentError> {
+        let up = spec.link_up();
+        let defined_down = link_down_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
+        let domain = if defined_down == up {
+            let uuid = domain.uuid_string()?;
+            let domain = self.define(name, spec, disk_volume, Some(uuid))?;
+            tracing::info!(domain = name, link_up = up, "defined the NIC's link");
+            domain
+        } else {
+            domain
+        };
+        if !domain.is_active()? || link_down_in(&domain.xml_desc(0)?) != up {
+            return Ok(domain);
+        }
+        let nic = &self.definition(name, spec, disk_volume)?.interfaces[0];
+        match domain.update_device_flags(&nic.render(), virt::sys::VIR_DOMAIN_AFFECT_LIVE) {
+            Ok(()) => tracing::info!(domain = name, link_up = up, "set the running guest's link"),
+            Err(error) if is_unsupported(&error) => tracing::warn!(
+                domain = name,
+                link_up = up,
+                error = %error,
+                "this hypervisor cannot change a running guest's link; the definition applies at the next start"
+            ),
+            Err(error) => return Err(error.into()),
+        }
+        Ok(domain)
     }
 
     /// Never waits for a guest: a shutdown is requested (ACPI) and the
@@ -481,15 +557,16 @@ impl Driver {
         &self,
         name: &str,
         domain: &Domain,
-        power: PowerState,
+        target: Target,
         power_off: bool,
     ) -> Result<(), AgentError> {
         let state = map_state(domain.state()?.0);
-        match (power, state) {
-            (PowerState::Running, DomainState::Running)
-            | (PowerState::Stopped, DomainState::Stopped) => {}
-            (PowerState::Running, DomainState::Paused) => domain.resume()?,
-            (PowerState::Running, DomainState::Stopped | DomainState::Crashed) => {
+        if target.reached(state) {
+            return Ok(());
+        }
+        match (target, state) {
+            (Target::Running, DomainState::Paused) => domain.resume()?,
+            (Target::Running, DomainState::Stopped | DomainState::Crashed) => {
                 self.check_filtered(name, domain)?;
                 if domain.is_active()? {
                     domain.destroy()?;
@@ -497,14 +574,19 @@ impl Driver {
                 domain.create()?;
                 tracing::info!(domain = name, "started domain");
             }
-            // Still shutting down: started on a later call, once it is off.
-            (PowerState::Running, DomainState::Transitioning) => {}
-            (PowerState::Stopped, DomainState::Paused | DomainState::Crashed) => {
+            // Still shutting down: started (or paused) on a later call, once it is off.
+            (Target::Running | Target::Paused, DomainState::Transitioning) => {}
+            (Target::Paused, DomainState::Running) => {
+                domain.suspend()?;
+                tracing::info!(domain = name, "paused domain");
+            }
+            (Target::Paused | Target::Stopped, DomainState::Crashed)
+            | (Target::Stopped, DomainState::Paused) => {
                 if domain.is_active()? {
                     domain.destroy()?;
                 }
             }
-            (PowerState::Stopped, DomainState::Running | DomainState::Transitioning) => {
+            (Target::Stopped, DomainState::Running | DomainState::Transitioning) => {
                 if power_off {
                     domain.destroy()?;
                     tracing::warn!(domain = name, "powered off a guest that did not shut down");
@@ -517,6 +599,10 @@ impl Driver {
                     tracing::info!(domain = name, "asked the guest to shut down");
                 }
             }
+            // Reached: returned above.
+            (Target::Running, DomainState::Running)
+            | (Target::Paused, DomainState::Paused | DomainState::Stopped)
+            | (Target::Stopped, DomainState::Stopped) => {}
         }
         Ok(())
     }

@@ -173,15 +173,25 @@ pub struct Interface {
     pub network: String,
     /// Traffic filter (e.g. `clean-traffic` for anti-spoofing).
     pub filter: Option<FilterRef>,
+    /// False while the server's network is cut (an abuse suspension).
+    pub link_up: bool,
 }
 
 impl Interface {
+    /// The element alone, as libvirt's device update calls take it.
+    pub fn render(&self) -> String {
+        self.element().render()
+    }
+
     fn element(&self) -> Element {
         let mut element = Element::new("interface")
             .attr("type", "network")
             .child(Element::new("mac").attr("address", &self.mac))
             .child(Element::new("source").attr("network", &self.network))
             .child(Element::new("model").attr("type", "virtio"));
+        if !self.link_up {
+            element = element.child(Element::new("link").attr("state", "down"));
+        }
         if let Some(filter) = &self.filter {
             element = element.child(
                 Element::new("filterref")
@@ -302,6 +312,7 @@ pub fn domain(
             mac: spec.mac_address.clone(),
             network: placement.network.to_owned(),
             filter: placement.filter.then(|| traffic_filter(spec)).transpose()?,
+            link_up: spec.link_up(),
         }],
     })
 }
@@ -455,6 +466,7 @@ mod tests {
             power_off: false,
             ipv4: None,
             ipv6: None,
+            suspension: None,
         }
     }
 
@@ -483,6 +495,42 @@ mod tests {
                 gateway: "2001:db8::1".into(),
             }),
             ..spec()
+        }
+    }
+
+    #[test]
+    fn r5_a_network_isolated_server_has_its_link_down() {
+        let connected = domain("stratus-vs-1", &spec(), &placement())
+            .unwrap()
+            .render();
+        assert!(!connected.contains("<link"), "{connected}");
+        let isolated = DomainSpec {
+            suspension: Some(stratus_core::policy::SuspensionMode::NetworkIsolated),
+            ..spec()
+        };
+        let nic = &domain("stratus-vs-1", &isolated, &placement())
+            .unwrap()
+            .interfaces[0];
+        assert!(!nic.link_up);
+        assert!(
+            nic.render().contains("<link state='down'/>"),
+            "{}",
+            nic.render()
+        );
+        for mode in [
+            stratus_core::policy::SuspensionMode::Stopped,
+            stratus_core::policy::SuspensionMode::Paused,
+        ] {
+            let held = DomainSpec {
+                suspension: Some(mode),
+                ..spec()
+            };
+            assert!(
+                domain("stratus-vs-1", &held, &placement())
+                    .unwrap()
+                    .interfaces[0]
+                    .link_up
+            );
         }
     }
 

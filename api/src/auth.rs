@@ -20,23 +20,37 @@ pub enum Principal {
         token_id: TokenId,
         account_id: AccountId,
     },
+    /// The provider's billing system: billing facts and billing events only.
+    Billing {
+        token_id: TokenId,
+    },
 }
 
 impl Principal {
     /// How the caller appears in the audit log.
     pub fn actor(&self) -> Actor {
         match self {
-            Self::Admin { token_id } | Self::Customer { token_id, .. } => {
-                Actor::Token(token_id.clone())
-            }
+            Self::Admin { token_id }
+            | Self::Customer { token_id, .. }
+            | Self::Billing { token_id } => Actor::Token(token_id.clone()),
         }
     }
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self {
             Self::Admin { .. } => Ok(()),
-            Self::Customer { .. } => Err(ApiError::forbidden(
+            Self::Customer { .. } | Self::Billing { .. } => Err(ApiError::forbidden(
                 "this operation needs an operator (admin) token",
+            )),
+        }
+    }
+
+    /// Operators and the billing system.
+    pub fn require_billing(&self) -> Result<(), ApiError> {
+        match self {
+            Self::Admin { .. } | Self::Billing { .. } => Ok(()),
+            Self::Customer { .. } => Err(ApiError::forbidden(
+                "this operation needs an operator or billing token",
             )),
         }
     }
@@ -45,7 +59,7 @@ impl Principal {
     pub fn account(&self) -> Result<&AccountId, ApiError> {
         match self {
             Self::Customer { account_id, .. } => Ok(account_id),
-            Self::Admin { .. } => Err(ApiError::forbidden(
+            Self::Admin { .. } | Self::Billing { .. } => Err(ApiError::forbidden(
                 "this operation is done with a token of the customer's account (POST /v1/accounts/{id}/tokens)",
             )),
         }
@@ -99,6 +113,9 @@ impl FromRequestParts<ApiState> for Principal {
             .map_err(ApiError::rate_limited)?;
         Ok(match (record.scope, record.account_id) {
             (TokenScope::Admin, _) => Principal::Admin {
+                token_id: record.id,
+            },
+            (TokenScope::Billing, _) => Principal::Billing {
                 token_id: record.id,
             },
             (TokenScope::Customer, Some(account_id)) => Principal::Customer {

@@ -110,6 +110,22 @@ impl ApiError {
         .with_details(json!({ "field": "id" }))
     }
 
+    /// R2: a suspended account orders nothing; `reason` is the first cause.
+    pub fn account_suspended(reason: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "account_suspended",
+            format!("the account is suspended ({reason}): new orders are refused"),
+        )
+        .with_details(json!({ "reason": reason }))
+    }
+
+    /// A suspended server refuses the customer's actions; `reasons` say why.
+    pub fn server_suspended(reasons: &[&str], message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "server_suspended", message)
+            .with_details(json!({ "reason": reasons.first(), "reasons": reasons }))
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

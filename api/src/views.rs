@@ -4,11 +4,13 @@
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use stratus_core::config::{Image, Plan};
+use stratus_core::policy::SuspensionMode;
 use stratus_core::quota::{Quota, Usage};
 use stratus_core::resources::{
     Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer,
 };
 use stratus_core::scheduling::{Load, Placed};
+use stratus_core::standing::Suspension;
 use stratus_store::ledger::TokenRecord;
 use utoipa::ToSchema;
 
@@ -34,6 +36,9 @@ pub struct AccountView {
     pub email: String,
     /// `active`, `suspended` or `closed`.
     pub state: String,
+    /// Why the whole account is suspended (R1, R2, R8), with since when.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub suspensions: Vec<AccountSuspensionView>,
     pub created_at: Option<String>,
     /// The limits the account orders within (its own, else the provider's
     /// defaults); shown with one account.
@@ -42,6 +47,14 @@ pub struct AccountView {
     /// What the account holds against them; shown with one account.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub usage: Option<UsageView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccountSuspensionView {
+    /// `non_payment`, `legal` or `kyc`.
+    pub reason: String,
+    /// RFC 3339.
+    pub since: String,
 }
 
 /// Limits of an account, keyed as the configuration's `quotas:`; an absent
@@ -101,7 +114,9 @@ impl From<Usage> for UsageView {
 
 impl From<&Account> for AccountView {
     fn from(account: &Account) -> Self {
-        let state = match account.status.as_ref().map(|s| s.state).unwrap_or_default() {
+        let status = account.status.clone().unwrap_or_default();
+        let state = match status.state {
+            AccountState::Active if !status.suspensions.is_empty() => "suspended",
             AccountState::Active => "active",
             AccountState::Suspended => "suspended",
             AccountState::Closed => "closed",
@@ -111,6 +126,14 @@ impl From<&Account> for AccountView {
             name: account.spec.display_name.clone(),
             email: account.spec.email.clone(),
             state: state.to_owned(),
+            suspensions: status
+                .suspensions
+                .iter()
+                .map(|s| AccountSuspensionView {
+                    reason: s.reason.as_str().to_owned(),
+                    since: s.since.clone(),
+                })
+                .collect(),
             created_at: account
                 .metadata
                 .creation_timestamp
@@ -217,10 +240,15 @@ pub struct ServerView {
     pub plan: String,
     pub image: String,
     pub zone: Option<String>,
-    /// `pending`, `provisioning`, `running`, `stopped`, `suspended`, `terminating` or `error`.
+    /// `pending`, `provisioning`, `running`, `stopped`, `suspended`, `terminated`, `terminating` or `error`.
     pub status: String,
-    /// Why the server is in this status (always set for `error`).
+    /// Why the server is in this status (always set for `error`); for
+    /// `suspended`, the first reason: `non_payment`, `abuse`, `legal`, `kyc`
+    /// or `maintenance`.
     pub status_reason: Option<String>,
+    /// Every reason a suspended server is held for, and how.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub suspension: Option<SuspensionView>,
     /// Power state the customer asked for: `running` or `stopped`.
     pub desired_power: String,
     pub hypervisor: Option<String>,
@@ -233,6 +261,36 @@ pub struct ServerView {
     /// The IPv6 prefix held (`prefix`), the address of it on the NIC and the routing.
     pub ipv6: Option<AddressView>,
     pub created_at: Option<String>,
+}
+
+/// How a suspended server is held.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SuspensionView {
+    /// `non_payment`, `abuse`, `legal`, `kyc`, `maintenance`.
+    pub reasons: Vec<String>,
+    /// `stopped`, `paused` or `network_isolated`.
+    pub mode: String,
+    /// As customers read it, e.g. "suspended for non-payment".
+    pub message: String,
+}
+
+impl From<&Suspension> for SuspensionView {
+    fn from(suspension: &Suspension) -> Self {
+        Self {
+            reasons: suspension
+                .reasons
+                .iter()
+                .map(|r| r.as_str().to_owned())
+                .collect(),
+            mode: match suspension.mode {
+                SuspensionMode::Stopped => "stopped",
+                SuspensionMode::Paused => "paused",
+                SuspensionMode::NetworkIsolated => "network_isolated",
+            }
+            .to_owned(),
+            message: suspension.describe(),
+        }
+    }
 }
 
 /// An address of a server.
@@ -259,10 +317,21 @@ impl From<&stratus_core::resources::ServerAddress> for AddressView {
 impl From<&VirtualServer> for ServerView {
     fn from(server: &VirtualServer) -> Self {
         let status = server.status.clone().unwrap_or_default();
-        let phase = if server.metadata.deletion_timestamp.is_some() {
-            ServerPhase::Terminating
-        } else {
-            status.phase
+        let deleting = server.metadata.deletion_timestamp.is_some();
+        let suspension = server.spec.suspension.as_ref().filter(|_| !deleting);
+        let phase = match suspension {
+            _ if deleting => ServerPhase::Terminating,
+            _ if server.spec.termination.is_some() => ServerPhase::Terminated,
+            Some(_) => ServerPhase::Suspended,
+            None => status.phase,
+        };
+        let status_reason = match (
+            &server.spec.termination,
+            suspension.and_then(|s| s.primary()),
+        ) {
+            (Some(termination), _) if !deleting => Some(termination.cause.as_str().to_owned()),
+            (_, Some(reason)) => Some(reason.as_str().to_owned()),
+            _ => status.reason,
         };
         Self {
             id: server.name_any(),
@@ -272,7 +341,8 @@ impl From<&VirtualServer> for ServerView {
             image: server.spec.image.clone(),
             zone: server.spec.zone.clone(),
             status: phase.api_name().to_owned(),
-            status_reason: status.reason,
+            status_reason,
+            suspension: suspension.map(SuspensionView::from),
             desired_power: match server.spec.power {
                 PowerState::Running => "running",
                 PowerState::Stopped => "stopped",

@@ -1744,3 +1744,388 @@ async fn r20_operators_override_verdicts_and_request_checks() {
     // Like every malformed id in a path: not found, naming its shape.
     assert_error(&malformed, StatusCode::NOT_FOUND, "not_found", Some("id"));
 }
+
+/// Posts `event` about `account` as `token`.
+async fn report(api: &Api, token: &str, account: &str, event: Value) -> Reply {
+    api.call(
+        Method::POST,
+        &format!("/v1/admin/accounts/{account}/events"),
+        token,
+        Some(event),
+    )
+    .await
+}
+
+async fn facts_of(api: &Api, account: &str) -> usize {
+    api.state
+        .ledger
+        .facts()
+        .of_account(account, 0, 1000)
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn r10_account_events_are_recorded_once_by_id_and_bad_ones_change_nothing() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (acme, acme_token) = api.customer("ACME").await;
+        let (globex, globex_token) = api.customer("Globex").await;
+        let theirs = api
+            .call(
+                Method::POST,
+                "/v1/servers",
+                &globex_token,
+                Some(order("db1")),
+            )
+            .await;
+        let theirs = theirs.body["id"].as_str().unwrap().to_owned();
+
+        let overdue = json!({"id": "inv-7-overdue", "type": "invoice_overdue", "invoice_id": "inv-7", "due_at": "2026-11-01T00:00:00Z"});
+        let first = report(&api, &api.admin, &acme, overdue.clone()).await;
+        assert_eq!(
+            first.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            first.body
+        );
+        assert_eq!(first.body["result"], "recorded");
+        assert_eq!(first.body["facts"][0]["type"], "invoice_overdue");
+        assert_eq!(first.body["facts"][0]["account_id"], acme.as_str());
+        let again = report(&api, &api.admin, &acme, overdue.clone()).await;
+        assert_eq!(again.status, StatusCode::OK, "{label}: {}", again.body);
+        assert_eq!(again.body["result"], "repeated");
+        assert_eq!(
+            again.body["facts"][0]["recorded_at"],
+            first.body["facts"][0]["recorded_at"]
+        );
+
+        let mut other_body = overdue.clone();
+        other_body["invoice_id"] = json!("inv-8");
+        let refusals = [
+            (other_body, "id"),
+            (
+                json!({"id": "x1", "type": "invoice_overdue", "invoice_id": "inv-9"}),
+                "due_at",
+            ),
+            (
+                json!({"id": "x2", "type": "invoice_overdue", "invoice_id": "inv-9", "due_at": "yesterday"}),
+                "due_at",
+            ),
+            (
+                json!({"id": "x3", "type": "invoice_paid", "invoice_id": "inv-9", "amount": 5}),
+                "amount",
+            ),
+            (
+                json!({"id": "x4", "type": "invoice_lost", "invoice_id": "inv-9"}),
+                "type",
+            ),
+            (json!({"type": "invoice_paid", "invoice_id": "inv-9"}), "id"),
+            (
+                json!({"id": "", "type": "invoice_paid", "invoice_id": "inv-9"}),
+                "id",
+            ),
+            (
+                json!({"id": "x5", "type": "abuse_report", "server": theirs}),
+                "server",
+            ),
+            (
+                json!({"id": "x6", "type": "abuse_report", "server": "vs-00000000000000ff"}),
+                "server",
+            ),
+            (
+                json!({"id": "x7", "type": "abuse_report", "ip": "192.0.2.77", "received_at": "2026-11-01T00:00:00Z"}),
+                "ip",
+            ),
+            (
+                json!({"id": "x8", "type": "abuse_report", "ip": "not-an-ip"}),
+                "ip",
+            ),
+            (
+                json!({"id": "x9", "type": "terminate", "server": theirs, "reason": "abuse", "notice": "policy"}),
+                "server",
+            ),
+            (
+                json!({"id": "x10", "type": "terminate", "server": theirs, "reason": "boredom", "notice": "policy"}),
+                "body",
+            ),
+            (
+                json!({"id": "x11", "type": "maintenance", "hypervisor": "hv-nowhere"}),
+                "hypervisor",
+            ),
+        ];
+        for (body, field) in refusals {
+            let reply = report(&api, &api.admin, &acme, body.clone()).await;
+            assert_eq!(
+                reply.status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{label}: {body}: {}",
+                reply.body
+            );
+            assert_eq!(reply.body["error"]["code"], "validation_failed", "{body}");
+            if field != "body" {
+                assert_eq!(
+                    reply.body["error"]["details"]["field"], field,
+                    "{body}: {}",
+                    reply.body
+                );
+            }
+        }
+        assert_eq!(
+            facts_of(&api, &acme).await,
+            1,
+            "{label}: refusals record nothing"
+        );
+        assert_eq!(facts_of(&api, &globex).await, 0, "{label}");
+
+        for token in [&acme_token, &globex_token] {
+            let reply = report(
+                &api,
+                token,
+                &acme,
+                json!({"id": "c1", "type": "invoice_paid", "invoice_id": "inv-7"}),
+            )
+            .await;
+            assert_error(&reply, StatusCode::FORBIDDEN, "forbidden", None);
+        }
+        let unknown = report(
+            &api,
+            &api.admin,
+            "acc-00000000000000ff",
+            json!({"id": "u1", "type": "kyc_incomplete"}),
+        )
+        .await;
+        assert_eq!(unknown.status, StatusCode::NOT_FOUND, "{label}");
+
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Account(acme.clone()))
+            .await
+            .unwrap();
+        let reported: Vec<_> = trail
+            .iter()
+            .filter(|e| e.action == AuditAction::AccountFact)
+            .collect();
+        assert_eq!(reported.len(), 1, "{label}: audited once");
+        assert!(
+            reported[0].actor.to_string().starts_with("token:"),
+            "the token is the actor"
+        );
+        assert_eq!(reported[0].detail["report"]["invoice_id"], "inv-7");
+        let due = api.state.ledger.facts().due(i64::MAX, 10).await.unwrap();
+        assert!(
+            due.iter().any(|(a, _)| a == &acme),
+            "{label}: due at once for the controller"
+        );
+    }
+}
+
+#[tokio::test]
+async fn billing_tokens_report_billing_facts_and_nothing_else() {
+    let api = api().await;
+    let (acme, _) = api.customer("ACME").await;
+    let (_, billing) = api
+        .state
+        .ledger
+        .tokens()
+        .issue(1, None, "billing-system", TokenScope::Billing)
+        .await
+        .unwrap();
+    let paid = report(
+        &api,
+        &billing,
+        &acme,
+        json!({"id": "p1", "type": "invoice_paid", "invoice_id": "inv-1"}),
+    )
+    .await;
+    assert_eq!(paid.status, StatusCode::ACCEPTED, "{}", paid.body);
+    for (body, path) in [
+        (
+            Some(json!({"id": "a1", "type": "kyc_incomplete"})),
+            format!("/v1/admin/accounts/{acme}/events"),
+        ),
+        (None, "/v1/servers".to_owned()),
+        (None, "/v1/accounts".to_owned()),
+        (None, "/v1/admin/ip-pools".to_owned()),
+    ] {
+        let method = if body.is_some() {
+            Method::POST
+        } else {
+            Method::GET
+        };
+        let reply = api.call(method, &path, &billing, body).await;
+        assert_error(&reply, StatusCode::FORBIDDEN, "forbidden", None);
+    }
+    assert_eq!(facts_of(&api, &acme).await, 1);
+}
+
+#[tokio::test]
+async fn r22_an_abuse_report_by_address_and_time_names_whoever_held_it_then() {
+    let api = api().await;
+    let (acme, acme_token) = api.customer("ACME").await;
+    let (globex, globex_token) = api.customer("Globex").await;
+    let mut ids = Vec::new();
+    for (token, name) in [(&acme_token, "web1"), (&globex_token, "db1")] {
+        let reply = api
+            .call(Method::POST, "/v1/servers", token, Some(order(name)))
+            .await;
+        ids.push(reply.body["id"].as_str().unwrap().to_owned());
+    }
+    // 192.0.2.77: ACME's web1 from t=1000 to t=5000, then Globex's db1.
+    let ips = api.state.ledger.ips();
+    for (account, server, from) in [(&acme, &ids[0], 1_000), (&globex, &ids[1], 6_000)] {
+        let subject = format!("{account}/{server}");
+        let held = ips
+            .try_hold(&stratus_store::ledger::NewHolding {
+                pool: "doc",
+                family: stratus_core::ip::Family::V4,
+                slot: 77,
+                address: "192.0.2.77",
+                prefix_len: 24,
+                holder: server,
+                account,
+                subject: &subject,
+                at: from,
+                next_check_at: i64::MAX,
+            })
+            .await
+            .unwrap();
+        assert!(held);
+        if from == 1_000 {
+            ips.release(server, 5_000, 5_500).await.unwrap();
+            ips.return_to_pool(ips.history("192.0.2.77").await.unwrap()[0].id, 5_500)
+                .await
+                .unwrap();
+        }
+    }
+    let at = |ms: i64| jiff::Timestamp::from_millisecond(ms).unwrap().to_string();
+    let reply = api
+        .call(
+            Method::POST,
+            "/v1/admin/events",
+            &api.admin,
+            Some(json!({"id": "spam-1", "type": "abuse_report", "ip": "192.0.2.77", "received_at": at(2_000), "evidence": "From: victim\n..."})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["facts"][0]["account_id"], acme.as_str());
+    assert_eq!(reply.body["facts"][0]["fact"]["server"], ids[0].as_str());
+    assert_eq!(
+        facts_of(&api, &globex).await,
+        0,
+        "only the account that held it then"
+    );
+
+    let later = api
+        .call(
+            Method::POST,
+            "/v1/admin/events",
+            &api.admin,
+            Some(json!({"id": "spam-2", "type": "abuse_report", "ip": "192.0.2.77", "received_at": at(7_000)})),
+        )
+        .await;
+    assert_eq!(
+        later.body["facts"][0]["account_id"],
+        globex.as_str(),
+        "{}",
+        later.body
+    );
+    let through_acme = report(&api, &api.admin, &acme, json!({"id": "spam-3", "type": "abuse_report", "ip": "192.0.2.77", "received_at": at(7_000)})).await;
+    assert_eq!(
+        through_acme.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        through_acme.body
+    );
+    assert_eq!(through_acme.body["error"]["details"]["field"], "ip");
+}
+
+#[tokio::test]
+async fn r2_r5_suspended_servers_and_accounts_refuse_the_customers_actions() {
+    let api = api().await;
+    let (acme, token) = api.customer("ACME").await;
+    let reply = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    let id = reply.body["id"].as_str().unwrap().to_owned();
+    api.state
+        .servers
+        .update(Some(&acme), &id, |s| {
+            s.spec.suspension = Some(stratus_core::standing::Suspension {
+                reasons: vec![stratus_core::standing::SuspensionReason::Abuse],
+                mode: stratus_core::policy::SuspensionMode::NetworkIsolated,
+            });
+            true
+        })
+        .await
+        .unwrap();
+    let shown = api
+        .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_eq!(shown.body["status"], "suspended");
+    assert_eq!(shown.body["status_reason"], "abuse");
+    assert_eq!(shown.body["suspension"]["mode"], "network_isolated");
+    for action in ["stop", "start", "reboot"] {
+        let reply = api
+            .call(
+                Method::POST,
+                &format!("/v1/servers/{id}/actions"),
+                &token,
+                Some(json!({"type": action})),
+            )
+            .await;
+        assert_error(&reply, StatusCode::CONFLICT, "server_suspended", None);
+        assert_eq!(reply.body["error"]["details"]["reason"], "abuse");
+    }
+    let delete = api
+        .call(Method::DELETE, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_error(&delete, StatusCode::CONFLICT, "server_suspended", None);
+    assert!(
+        api.state
+            .servers
+            .get(Some(&acme), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none(),
+        "the evidence is kept"
+    );
+
+    api.state
+        .accounts
+        .patch_status(
+            None,
+            &acme,
+            &stratus_core::resources::AccountStatus {
+                suspensions: vec![stratus_core::resources::AccountSuspension {
+                    reason: stratus_core::standing::SuspensionReason::NonPayment,
+                    since: "2026-11-16T00:00:00Z".into(),
+                }],
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let refused = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web2")))
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT, "account_suspended", None);
+    assert_eq!(refused.body["error"]["details"]["reason"], "non_payment");
+    let account = api
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{acme}"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(account.body["state"], "suspended");
+    assert_eq!(account.body["suspensions"][0]["reason"], "non_payment");
+}

@@ -550,8 +550,14 @@ async fn bootstrap_admin(core: &Core, path: &Path) -> anyhow::Result<bool> {
     if core.ledger.tokens().has_active_admin().await? {
         return Ok(false);
     }
-    let token =
-        new_admin_token(&core.ledger, core.clock.as_ref(), "bootstrap", "stratus up").await?;
+    let token = new_admin_token(
+        &core.ledger,
+        core.clock.as_ref(),
+        "bootstrap",
+        TokenScope::Admin,
+        "stratus up",
+    )
+    .await?;
     write_private_file(path, format!("{token}\n").as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(true)
@@ -562,19 +568,17 @@ async fn new_admin_token(
     ledger: &Ledger,
     clock: &dyn Clock,
     name: &str,
+    scope: TokenScope,
     actor: &str,
 ) -> anyhow::Result<String> {
     let now = clock.now().as_millisecond();
-    let (record, token) = ledger
-        .tokens()
-        .issue(now, None, name, TokenScope::Admin)
-        .await?;
+    let (record, token) = ledger.tokens().issue(now, None, name, scope).await?;
     let entry = AuditEntry {
         at: now,
         actor: Actor::Command(actor.to_owned()),
         action: AuditAction::TokenIssue,
         subject: AuditSubject::Operators,
-        detail: serde_json::json!({ "token_id": record.id, "name": name }),
+        detail: serde_json::json!({ "token_id": record.id, "name": name, "role": scope.role() }),
     };
     ledger.audit().append(&entry).await?;
     Ok(token)
@@ -588,6 +592,10 @@ pub struct AdminTokenArgs {
     /// What the token is for (shown in token lists and the audit log).
     #[arg(long, default_value = "operator")]
     name: String,
+    /// `operator` (everything) or `billing` (posts invoices, reminders and
+    /// payments, reads billing events; nothing else).
+    #[arg(long, default_value = "operator", value_parser = ["operator", "billing"])]
+    role: String,
 }
 
 /// Prints a new operator token (e.g. `kubectl exec deploy/…-api -- stratus admin-token`).
@@ -600,10 +608,16 @@ pub async fn admin_token(args: AdminTokenArgs) -> anyhow::Result<()> {
                 wiring::redact_url(&args.database_url)
             )
         })?;
+    let scope = if args.role == "billing" {
+        TokenScope::Billing
+    } else {
+        TokenScope::Admin
+    };
     let token = new_admin_token(
         &Ledger::new(db.clone()),
         &SystemClock,
         &args.name,
+        scope,
         "stratus admin-token",
     )
     .await?;

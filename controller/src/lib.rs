@@ -9,6 +9,7 @@
 pub mod addresses;
 pub mod agent_client;
 pub mod context;
+pub mod deadlines;
 pub mod dnsbl;
 pub mod error;
 pub mod events;
@@ -33,6 +34,7 @@ use stratus_core::Config;
 use stratus_store::{ObjectStore, Resources};
 
 use crate::addresses::Addresses;
+use crate::deadlines::DeadlineRunner;
 use crate::dnsbl::BlacklistChecker;
 use crate::hypervisors::HypervisorProber;
 use crate::ip_pools::IpPoolReconciler;
@@ -46,6 +48,8 @@ pub struct ControllerConfig {
     pub probe_interval: Duration,
     /// How often each IP pool is counted and its quarantine looked at.
     pub pool_interval: Duration,
+    /// How often the ledger is asked for accounts whose standing is due.
+    pub deadline_poll: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -54,6 +58,7 @@ impl Default for ControllerConfig {
             runtime: RuntimeConfig::default(),
             probe_interval: Duration::from_secs(15),
             pool_interval: Duration::from_secs(60),
+            deadline_poll: Duration::from_secs(1),
         }
     }
 }
@@ -73,6 +78,14 @@ pub fn controller(
         ctx.clock.clone(),
         config.policy.clone(),
     ));
+    let deadlines = DeadlineRunner::new(
+        ctx.clone(),
+        Resources::new(store.clone()),
+        Resources::new(store.clone()),
+        Arc::new(config.policy.clone()),
+        settings.deadline_poll,
+    );
+    runtime.add_loop(move |shutdown| deadlines.run(shutdown));
     let servers = Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),

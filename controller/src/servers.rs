@@ -438,6 +438,7 @@ impl ServerReconciler {
             power_off,
             ipv4: status.ipv4.clone(),
             ipv6: status.ipv6.clone(),
+            suspension: server.spec.hold(),
         })
     }
 

@@ -7,10 +7,9 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState,
-    NodeReport, PoolInfo,
+    AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
+    NodeReport, PoolInfo, Target,
 };
-use stratus_core::resources::PowerState;
 
 use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
 
@@ -197,6 +196,11 @@ impl SimulatedAgent {
         })
     }
 
+    /// The power state of a domain, `None` when it is not defined.
+    pub fn state_of(&self, hypervisor: &str, domain: &str) -> Option<DomainState> {
+        self.with(|s| s.nodes.get(hypervisor)?.domains.get(domain)?.state)
+    }
+
     pub fn spec_of(&self, hypervisor: &str, domain: &str) -> Option<DomainSpec> {
         self.with(|s| s.nodes.get(hypervisor)?.domains.get(domain)?.spec.clone())
     }
@@ -245,6 +249,10 @@ fn observation(name: &str, domain: Option<&SimDomain>) -> DomainObservation {
             name: name.to_owned(),
             state: d.state,
             disk_present: d.disk,
+            link: match &d.spec {
+                Some(spec) if !spec.link_up() => Link::Down,
+                _ => Link::Up,
+            },
             disk_disposal: None,
         },
         None => DomainObservation::absent(name),
@@ -304,8 +312,12 @@ impl AgentClient for SimulatedAgent {
                 }
                 entry.disk = true;
             }
-            let starting =
-                spec.power == PowerState::Running && entry.state != Some(DomainState::Running);
+            let target = spec.target();
+            let starting = target == Target::Running
+                && !matches!(
+                    entry.state,
+                    Some(DomainState::Running | DomainState::Paused)
+                );
             if starting && node.report.anti_spoofing.blocks_guests() {
                 return Err(AgentCallError::Rejected {
                     code: AgentErrorCode::AntiSpoofingUnavailable,
@@ -316,10 +328,12 @@ impl AgentClient for SimulatedAgent {
             let ignored = node.guests_ignore_acpi
                 && !spec.power_off
                 && entry.state == Some(DomainState::Running);
-            entry.state = Some(match spec.power {
-                PowerState::Running => DomainState::Running,
-                PowerState::Stopped if ignored => DomainState::Running,
-                PowerState::Stopped => DomainState::Stopped,
+            entry.state = Some(match target {
+                Target::Running => DomainState::Running,
+                Target::Paused if entry.state == Some(DomainState::Running) => DomainState::Paused,
+                Target::Paused => entry.state.unwrap_or(DomainState::Stopped),
+                Target::Stopped if ignored => DomainState::Running,
+                Target::Stopped => DomainState::Stopped,
             });
             Ok(observation(domain, Some(entry)))
         })

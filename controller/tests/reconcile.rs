@@ -19,15 +19,17 @@ use stratus_core::config::{Dnsbl, SeededPool};
 use stratus_core::ids::HypervisorName;
 use stratus_core::ip::Family;
 use stratus_core::lifecycle;
-use stratus_core::policy::Policy;
+use stratus_core::policy::{Policy, SuspensionMode};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
-    Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec, VirtualServerStatus,
+    Account, Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
+    VirtualServerStatus,
 };
 use stratus_core::resources::{IpPool, Ipv4Block};
+use stratus_core::standing::{FactKind, SuspensionReason, TerminationCause};
 use stratus_core::testing as fixtures;
-use stratus_core::{Config, ManualClock};
-use stratus_store::ledger::{AuditAction, AuditSubject, Ledger, Listing};
+use stratus_core::{Clock, Config, ManualClock};
+use stratus_store::ledger::{AuditAction, AuditSubject, Ledger, Listing, NewFact, Recorded};
 use stratus_store::testing::{self, ScratchDatabase};
 use stratus_store::vault::Vault;
 use stratus_store::{ObjectStore, Resources, SqlObjectStore};
@@ -190,6 +192,7 @@ impl Harness {
             },
             probe_interval,
             pool_interval: Duration::from_secs(60),
+            deadline_poll: Duration::from_millis(50),
         };
         let runtime = stratus_controller::controller(
             self.ctx.clone(),
@@ -1241,4 +1244,310 @@ async fn servers_and_hypervisors_explain_themselves_in_events() {
         [EventReason::Reachable, EventReason::Unreachable],
         "one event per change, not per probe"
     );
+}
+
+/// A second account, whose servers a fact about `NS` must never touch.
+const OTHER: &str = "acc-0000000000000002";
+
+impl Harness {
+    fn deadline_runner(&self) -> stratus_controller::deadlines::DeadlineRunner {
+        stratus_controller::deadlines::DeadlineRunner::new(
+            self.ctx.clone(),
+            Resources::new(self.store.clone()),
+            self.servers.clone(),
+            Arc::new(Policy::default()),
+            Duration::from_millis(50),
+        )
+    }
+
+    /// Records a fact about `NS` now, as the API does, and makes it due.
+    async fn report(&self, id: &str, kind: FactKind) {
+        let fact = serde_json::to_value(&kind).unwrap();
+        let now = self.clock.now().as_millisecond();
+        let recorded = self
+            .ledger
+            .facts()
+            .record(&NewFact {
+                id,
+                account: NS,
+                kind: fact["type"].as_str().unwrap(),
+                fact: &fact,
+                body: &fact,
+                actor: "test",
+                recorded_at: now,
+            })
+            .await
+            .unwrap();
+        assert!(matches!(recorded, Recorded::New(_)), "{recorded:?}");
+        self.ledger
+            .facts()
+            .set_deadline(NS, Some(now))
+            .await
+            .unwrap();
+    }
+
+    /// Two running servers of `NS` and one of `OTHER`, and both accounts.
+    async fn three_running_servers(&self) {
+        self.add_hypervisor("hv1", "default", 64, 65536).await;
+        let accounts = Resources::<Account>::new(self.store.clone());
+        for account in [NS, OTHER] {
+            accounts
+                .create(&fixtures::account(account).build())
+                .await
+                .unwrap();
+        }
+        self.order("vs-1", None).await;
+        self.order("vs-2", None).await;
+        self.servers
+            .create(&fixtures::server("vs-9").in_account(OTHER).build())
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            self.converge_all().await;
+        }
+        for (account, name) in [(NS, "vs-1"), (NS, "vs-2"), (OTHER, "vs-9")] {
+            assert_eq!(
+                self.phase_of(account, name).await,
+                ServerPhase::Running,
+                "{name}"
+            );
+        }
+    }
+
+    async fn converge_all(&self) {
+        for (account, name) in [(NS, "vs-1"), (NS, "vs-2"), (OTHER, "vs-9")] {
+            let _ = self
+                .reconciler
+                .reconcile(&ObjectKey::new(Some(account), name))
+                .await;
+        }
+    }
+
+    async fn phase_of(&self, account: &str, name: &str) -> ServerPhase {
+        self.servers
+            .get(Some(account), name)
+            .await
+            .unwrap()
+            .and_then(|s| s.status)
+            .unwrap_or_default()
+            .phase
+    }
+
+    async fn standing_changes(&self) -> usize {
+        let trail = self
+            .ledger
+            .audit()
+            .account_trail(&stratus_core::ids::AccountId::parse(NS).unwrap())
+            .await
+            .unwrap();
+        trail
+            .iter()
+            .filter(|e| e.action == AuditAction::StandingChange)
+            .count()
+    }
+}
+
+fn invoice(id: &str) -> String {
+    id.to_owned()
+}
+
+#[tokio::test]
+async fn r1_r2_r4_suspend_after_passes_every_server_of_the_account_stops_once_and_payment_restores_them()
+ {
+    for scratch in testing::both().await {
+        let h = harness_on(scratch).await;
+        h.three_running_servers().await;
+        let runner = h.deadline_runner();
+        let due_at = h.clock.now();
+        h.report(
+            "inv-1-overdue",
+            FactKind::InvoiceOverdue {
+                invoice: invoice("inv-1"),
+                due_at,
+            },
+        )
+        .await;
+        h.report(
+            "inv-1-reminder",
+            FactKind::ReminderSent {
+                invoice: invoice("inv-1"),
+            },
+        )
+        .await;
+        runner.pass().await.unwrap();
+        let spec = |name: &'static str| {
+            let servers = h.servers.clone();
+            async move { servers.get(Some(NS), name).await.unwrap().unwrap().spec }
+        };
+        assert_eq!(
+            spec("vs-1").await.suspension,
+            None,
+            "not before suspendAfter"
+        );
+
+        h.clock.advance(jiff::SignedDuration::from_hours(15 * 24));
+        let report = runner.pass().await.unwrap();
+        assert_eq!(report.settled, 1);
+        for name in ["vs-1", "vs-2"] {
+            let suspension = spec(name).await.suspension.expect("suspended");
+            assert_eq!(suspension.reasons, vec![SuspensionReason::NonPayment]);
+            assert_eq!(suspension.mode, SuspensionMode::Stopped);
+        }
+        h.converge_all().await;
+        h.converge_all().await;
+        for name in ["vs-1", "vs-2"] {
+            let status = h.status(name).await;
+            assert_eq!(status.phase, ServerPhase::Suspended, "{name}");
+            assert_eq!(status.reason.as_deref(), Some("suspended for non-payment"));
+            let domain = h
+                .servers
+                .get(Some(NS), name)
+                .await
+                .unwrap()
+                .unwrap()
+                .status
+                .unwrap()
+                .domain
+                .unwrap();
+            assert_eq!(h.sim.state_of("hv1", &domain), Some(DomainState::Stopped));
+        }
+        assert_eq!(
+            h.phase_of(OTHER, "vs-9").await,
+            ServerPhase::Running,
+            "another account is untouched"
+        );
+        let account = Resources::<Account>::new(h.store.clone())
+            .get(None, NS)
+            .await
+            .unwrap()
+            .unwrap();
+        let status = account.status.unwrap();
+        assert_eq!(status.suspensions.len(), 1);
+        assert_eq!(status.suspensions[0].reason, SuspensionReason::NonPayment);
+
+        // Worked out again (a restart, another pass): nothing is done twice.
+        let changes = h.standing_changes().await;
+        assert!(changes >= 1);
+        h.ledger
+            .facts()
+            .set_deadline(NS, Some(h.clock.now().as_millisecond()))
+            .await
+            .unwrap();
+        runner.pass().await.unwrap();
+        assert_eq!(h.standing_changes().await, changes);
+
+        h.report(
+            "inv-1-paid",
+            FactKind::InvoicePaid {
+                invoice: invoice("inv-1"),
+            },
+        )
+        .await;
+        runner.pass().await.unwrap();
+        assert_eq!(spec("vs-1").await.suspension, None, "R4: payment lifts it");
+        for _ in 0..2 {
+            h.converge_all().await;
+        }
+        for name in ["vs-1", "vs-2"] {
+            assert_eq!(
+                h.phase_of(NS, name).await,
+                ServerPhase::Running,
+                "{name} runs again"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn r5_r7_an_abuse_report_cuts_one_servers_network_at_once_and_charges_once() {
+    let h = harness().await;
+    h.three_running_servers().await;
+    let runner = h.deadline_runner();
+    h.report(
+        "abuse-1",
+        FactKind::AbuseReport {
+            server: "vs-1".into(),
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    h.converge_all().await;
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    let suspension = server.spec.suspension.clone().expect("suspended at once");
+    assert_eq!(suspension.mode, SuspensionMode::NetworkIsolated);
+    let domain = server.status.clone().unwrap().domain.unwrap();
+    assert_eq!(
+        h.sim.state_of("hv1", &domain),
+        Some(DomainState::Running),
+        "R5: it keeps running"
+    );
+    assert_eq!(
+        h.sim.spec_of("hv1", &domain).map(|s| s.link_up()),
+        Some(false),
+        "its link is down"
+    );
+    assert_eq!(h.status("vs-1").await.phase, ServerPhase::Suspended);
+    assert_eq!(
+        h.phase_of(NS, "vs-2").await,
+        ServerPhase::Running,
+        "only the reported server"
+    );
+
+    for _ in 0..2 {
+        h.ledger
+            .facts()
+            .set_deadline(NS, Some(h.clock.now().as_millisecond()))
+            .await
+            .unwrap();
+        runner.pass().await.unwrap();
+    }
+    let charges = h.ledger.charges().of_account(NS, 100).await.unwrap();
+    assert_eq!(charges.len(), 1, "{charges:?}");
+    assert_eq!(
+        (charges[0].kind.as_str(), charges[0].amount),
+        ("abuse_report", 50_000)
+    );
+}
+
+#[tokio::test]
+async fn r6_r14_a_server_terminated_with_notice_is_wiped_and_gone_at_the_deadline() {
+    let h = harness().await;
+    h.three_running_servers().await;
+    let runner = h.deadline_runner();
+    h.report(
+        "terminate-1",
+        FactKind::Terminate {
+            server: "vs-1".into(),
+            cause: TerminationCause::Abuse,
+            immediate: false,
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert!(
+        server.metadata.deletion_timestamp.is_none(),
+        "not before the notice ends"
+    );
+    assert!(server.spec.termination.is_none());
+
+    h.clock.advance(jiff::SignedDuration::from_hours(72));
+    runner.pass().await.unwrap();
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert!(
+        server.metadata.deletion_timestamp.is_some(),
+        "deleted at the deadline"
+    );
+    for _ in 0..4 {
+        h.converge_all().await;
+    }
+    assert!(
+        h.servers.get(Some(NS), "vs-1").await.unwrap().is_none(),
+        "gone"
+    );
+    assert_eq!(
+        h.audited("vs-1", AuditAction::ServerDestroyed).await.len(),
+        1
+    );
+    assert_eq!(h.phase_of(NS, "vs-2").await, ServerPhase::Running);
 }

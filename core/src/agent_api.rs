@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::conditions::Reason;
+use crate::policy::SuspensionMode;
 use crate::resources::PowerState;
 
 /// Everything the agent needs to make one domain look as desired (`PUT
@@ -34,6 +35,79 @@ pub struct DomainSpec {
     /// The server's IPv6 prefix and NIC address (R19).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipv6: Option<crate::resources::ServerAddress>,
+    /// How a suspended server is held (R1, R5, R8, R9); `power` is the
+    /// customer's choice, restored when the suspension is lifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspension: Option<SuspensionMode>,
+}
+
+impl DomainSpec {
+    /// The state the domain must reach.
+    pub fn target(&self) -> Target {
+        Target::of(self.power, self.suspension)
+    }
+
+    /// Whether the NIC's link must be up.
+    pub fn link_up(&self) -> bool {
+        self.suspension != Some(SuspensionMode::NetworkIsolated)
+    }
+}
+
+/// The state a domain must reach: the customer's power choice, held as a
+/// suspension says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    Running,
+    /// Frozen in memory. A server the customer had stopped stays stopped:
+    /// nothing is started only to be paused.
+    Paused,
+    Stopped,
+}
+
+impl Target {
+    pub fn of(power: PowerState, suspension: Option<SuspensionMode>) -> Self {
+        match (power, suspension) {
+            (PowerState::Stopped, _) | (_, Some(SuspensionMode::Stopped)) => Self::Stopped,
+            (PowerState::Running, Some(SuspensionMode::Paused)) => Self::Paused,
+            (PowerState::Running, None | Some(SuspensionMode::NetworkIsolated)) => Self::Running,
+        }
+    }
+
+    /// Whether a domain in `state` has reached this target.
+    pub fn reached(self, state: DomainState) -> bool {
+        match self {
+            Self::Running => state == DomainState::Running,
+            Self::Paused => matches!(state, DomainState::Paused | DomainState::Stopped),
+            Self::Stopped => state == DomainState::Stopped,
+        }
+    }
+}
+
+/// The link state of a server's NIC as libvirt holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Link {
+    #[default]
+    Up,
+    /// Down in the running guest (or, when it is off, in its definition).
+    Down,
+    /// Down in the definition only: the hypervisor could not change the
+    /// running guest's link, so it stays up until the guest is next started.
+    DownAtNextStart,
+    /// Up in the definition only: the running guest's link stays down
+    /// until it is next started, for the same reason.
+    UpAtNextStart,
+}
+
+impl Link {
+    /// Whether this link is what a spec asks for, as far as the hypervisor
+    /// can make it so.
+    pub fn matches(self, up: bool) -> bool {
+        match self {
+            Self::Up | Self::UpAtNextStart => up,
+            Self::Down | Self::DownAtNextStart => !up,
+        }
+    }
 }
 
 /// Power state of a domain as libvirt reports it.
@@ -55,6 +129,9 @@ pub struct DomainObservation {
     /// `None` when no domain of that name is defined.
     pub state: Option<DomainState>,
     pub disk_present: bool,
+    /// The NIC's link; an agent too old to say reports nothing, read as up.
+    #[serde(default)]
+    pub link: Link,
     /// What became of the disk's data, in the answer to a destroy that
     /// deleted the disk (never on other answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,6 +144,7 @@ impl DomainObservation {
             name: name.to_owned(),
             state: None,
             disk_present: false,
+            link: Link::Up,
             disk_disposal: None,
         }
     }

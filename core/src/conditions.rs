@@ -67,6 +67,8 @@ pub enum ConditionType {
     AntiSpoofing,
     /// No blocking DNS blacklist lists the server's addresses (R20's sweep).
     AddressesClean,
+    /// The server is held by a suspension (R1–R9); the reason names the first cause.
+    Suspended,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -104,6 +106,18 @@ named_enum!(
         Blacklisted,
         /// No blocking DNS blacklist lists the server's addresses.
         NotListed,
+        /// No suspension holds the server.
+        NotSuspended,
+        /// Suspended: an invoice stayed unpaid (R1).
+        NonPayment,
+        /// Suspended: abuse was reported (R5).
+        Abuse,
+        /// Suspended on request of an authority (R8).
+        Legal,
+        /// Suspended: the identity file is incomplete (R8).
+        Kyc,
+        /// Suspended for a maintenance window (R9).
+        Maintenance,
     }
 );
 
@@ -116,6 +130,7 @@ named_enum!(
         Running,
         Stopped,
         Suspended,
+        Terminated,
         Terminating,
         Error,
         /// The domain and disk were destroyed on the hypervisor.
@@ -135,6 +150,20 @@ named_enum!(
     }
 );
 
+impl Reason {
+    /// The reason of a `Suspended` condition.
+    pub fn suspended_for(reason: crate::standing::SuspensionReason) -> Self {
+        use crate::standing::SuspensionReason as S;
+        match reason {
+            S::NonPayment => Self::NonPayment,
+            S::Abuse => Self::Abuse,
+            S::Legal => Self::Legal,
+            S::Kyc => Self::Kyc,
+            S::Maintenance => Self::Maintenance,
+        }
+    }
+}
+
 impl EventReason {
     /// The event for a server entering `phase`.
     pub fn entered(phase: crate::resources::ServerPhase) -> Self {
@@ -145,6 +174,7 @@ impl EventReason {
             P::Running => Self::Running,
             P::Stopped => Self::Stopped,
             P::Suspended => Self::Suspended,
+            P::Terminated => Self::Terminated,
             P::Terminating => Self::Terminating,
             P::Error => Self::Error,
         }

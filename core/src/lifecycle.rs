@@ -3,13 +3,13 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::agent_api::{DomainObservation, DomainState};
+use crate::agent_api::{DomainObservation, DomainState, Link, Target};
 use crate::conditions::{self, ConditionType, Reason};
 use crate::ids::HypervisorName;
 use crate::ip::{Assignment, Family};
-use crate::resources::{
-    PowerState, ServerAddress, ServerPhase, VirtualServerSpec, VirtualServerStatus,
-};
+use crate::policy::SuspensionMode;
+use crate::resources::{ServerAddress, ServerPhase, VirtualServerSpec, VirtualServerStatus};
+use crate::standing::Suspension;
 
 /// The server as stored: desired state, last status and object metadata that matters.
 #[derive(Debug, Clone, Copy)]
@@ -205,14 +205,15 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         };
     }
 
-    let desired = server.spec.power;
-    let converged = match (desired, domain.state) {
-        (_, None) => false,
-        (PowerState::Running, Some(state)) => state == DomainState::Running,
-        (PowerState::Stopped, Some(state)) => state == DomainState::Stopped,
-    };
+    let suspension = server.spec.suspension.as_ref();
+    let hold = server.spec.hold();
+    let target = Target::of(server.spec.power, hold);
+    let link_up = hold != Some(SuspensionMode::NetworkIsolated);
+    let converged = domain
+        .state
+        .is_some_and(|state| target.reached(state) && domain.link.matches(link_up));
     let mut recheck_in = None;
-    let shutting_down = desired == PowerState::Stopped
+    let shutting_down = target == Target::Stopped
         && matches!(
             domain.state,
             Some(DomainState::Running | DomainState::Transitioning)
@@ -255,7 +256,7 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     }
 
     if server.spec.reboot_requests > status.reboots_done {
-        if converged && desired == PowerState::Running {
+        if converged && target == Target::Running {
             next = Some(Action::Reboot);
         }
         // A reboot asked of a server that is not running has nothing left to do.
@@ -276,18 +277,32 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         // observation will say where it landed.
         Some(DomainState::Transitioning) => match status.phase {
             ServerPhase::Pending => ServerPhase::Provisioning,
-            ServerPhase::Running => ServerPhase::Stopped,
+            ServerPhase::Running | ServerPhase::Suspended => ServerPhase::Stopped,
             phase => {
                 status.reason.clone_from(&server.status.reason);
                 phase
             }
         },
     };
+    record_suspension(&mut status, suspension, domain, now);
+    if let Some(termination) = &server.spec.termination
+        && status.phase != ServerPhase::Error
+    {
+        status.phase = ServerPhase::Terminated;
+        status.reason = Some(format!(
+            "terminated ({}); its disk is wiped at {}",
+            termination.cause.as_str(),
+            termination.wipe_at
+        ));
+    }
     let ready = status.phase == ServerPhase::Running;
     let ready_reason = match status.phase {
         ServerPhase::Running => Reason::Running,
         ServerPhase::Stopped => Reason::Stopped,
         ServerPhase::Error => Reason::Crashed,
+        ServerPhase::Suspended => suspension
+            .and_then(Suspension::primary)
+            .map_or(Reason::Stopped, Reason::suspended_for),
         _ => Reason::Provisioning,
     };
     conditions::set(
@@ -302,6 +317,61 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         next,
         status,
         recheck_in,
+    }
+}
+
+/// A suspended server whose domain exists is `Suspended`, whatever its
+/// power: customers read why; the condition says how it is held.
+fn record_suspension(
+    status: &mut VirtualServerStatus,
+    suspension: Option<&Suspension>,
+    domain: &DomainObservation,
+    now: Timestamp,
+) {
+    let Some(suspension) = suspension else {
+        let message = if domain.link == Link::UpAtNextStart {
+            "its link is up in its definition only: this hypervisor cannot put a running guest's link back up, it takes effect at the next start"
+        } else {
+            ""
+        };
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Suspended,
+            false,
+            Reason::NotSuspended,
+            message,
+            now,
+        );
+        return;
+    };
+    if status.provisioned && domain.state.is_some() && status.phase != ServerPhase::Error {
+        status.phase = ServerPhase::Suspended;
+        status.reason = Some(suspension.describe());
+    }
+    let mut message = format!("held {}", suspension_mode_name(suspension.mode));
+    if domain.link == Link::DownAtNextStart {
+        message.push_str(
+            "; its link is down in its definition only: this hypervisor cannot cut a running guest's link, it takes effect at the next start",
+        );
+    }
+    let reason = suspension
+        .primary()
+        .map_or(Reason::NotSuspended, Reason::suspended_for);
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Suspended,
+        true,
+        reason,
+        message,
+        now,
+    );
+}
+
+fn suspension_mode_name(mode: SuspensionMode) -> &'static str {
+    match mode {
+        SuspensionMode::Stopped => "stopped",
+        SuspensionMode::Paused => "paused",
+        SuspensionMode::NetworkIsolated => "running with its network cut",
     }
 }
 
@@ -448,13 +518,16 @@ pub fn record_placement(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conditions::ConditionStatus;
+    use crate::resources::PowerState;
 
-    const ALL_PHASES: [ServerPhase; 7] = [
+    const ALL_PHASES: [ServerPhase; 8] = [
         ServerPhase::Pending,
         ServerPhase::Provisioning,
         ServerPhase::Running,
         ServerPhase::Stopped,
         ServerPhase::Suspended,
+        ServerPhase::Terminated,
         ServerPhase::Terminating,
         ServerPhase::Error,
     ];
@@ -496,8 +569,224 @@ mod tests {
             name: "stratus-vs-1".into(),
             state,
             disk_present,
+            link: Link::Up,
             disk_disposal: None,
         })
+    }
+
+    fn observed_link(state: DomainState, link: Link) -> Observation {
+        Observation::Domain(DomainObservation {
+            link,
+            ..match observed(Some(state), true) {
+                Observation::Domain(domain) => domain,
+                _ => unreachable!(),
+            }
+        })
+    }
+
+    fn suspended(
+        reasons: &[crate::standing::SuspensionReason],
+        mode: SuspensionMode,
+    ) -> VirtualServerSpec {
+        VirtualServerSpec {
+            suspension: Some(Suspension {
+                reasons: reasons.to_vec(),
+                mode,
+            }),
+            ..spec(PowerState::Running, 0)
+        }
+    }
+
+    fn decide_suspended(
+        spec: &VirtualServerSpec,
+        status: &VirtualServerStatus,
+        observation: &Observation,
+    ) -> Decision {
+        plan(
+            ServerFacts {
+                spec,
+                status,
+                generation: Some(2),
+                has_finalizer: true,
+                deleting: false,
+            },
+            observation,
+            now(),
+        )
+    }
+
+    fn suspended_condition(status: &VirtualServerStatus) -> (ConditionStatus, String, String) {
+        let condition = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Suspended)
+            .expect("a Suspended condition");
+        (
+            condition.status,
+            condition.reason.clone(),
+            condition.message.clone(),
+        )
+    }
+
+    #[test]
+    fn r5_an_abuse_suspension_cuts_the_link_and_never_powers_the_server_off() {
+        use crate::standing::SuspensionReason::Abuse;
+        let spec = suspended(&[Abuse], SuspensionMode::NetworkIsolated);
+        let status = placed(ServerPhase::Running, true);
+        let decision = decide_suspended(
+            &spec,
+            &status,
+            &observed_link(DomainState::Running, Link::Up),
+        );
+        assert_eq!(
+            decision.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: false
+            })
+        );
+        assert_eq!(
+            decision.status.stop_requested_at, None,
+            "no shutdown is asked"
+        );
+
+        for link in [Link::Down, Link::DownAtNextStart] {
+            let decision =
+                decide_suspended(&spec, &status, &observed_link(DomainState::Running, link));
+            assert_eq!(decision.next, None, "{link:?}: held as asked");
+            assert_eq!(decision.status.phase, ServerPhase::Suspended);
+            assert_eq!(
+                decision.status.reason.as_deref(),
+                Some("suspended for abuse")
+            );
+            let (status, reason, message) = suspended_condition(&decision.status);
+            assert_eq!((status, reason.as_str()), (ConditionStatus::True, "Abuse"));
+            assert_eq!(
+                message.contains("next start"),
+                link == Link::DownAtNextStart,
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn r1_a_non_payment_suspension_shuts_the_server_down_then_powers_it_off() {
+        use crate::standing::SuspensionReason::NonPayment;
+        let spec = suspended(&[NonPayment], SuspensionMode::Stopped);
+        let running = observed(Some(DomainState::Running), true);
+        let first = decide_suspended(&spec, &placed(ServerPhase::Running, true), &running);
+        assert_eq!(
+            first.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: false
+            })
+        );
+        let mut waited = first.status.clone();
+        waited.stop_requested_at = Some((now() - SHUTDOWN_GRACE).to_string());
+        let forced = decide_suspended(&spec, &waited, &running);
+        assert_eq!(
+            forced.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: true
+            })
+        );
+
+        let held = decide_suspended(&spec, &waited, &observed(Some(DomainState::Stopped), true));
+        assert_eq!(held.next, None);
+        assert_eq!(held.status.phase, ServerPhase::Suspended);
+        assert_eq!(
+            held.status.reason.as_deref(),
+            Some("suspended for non-payment")
+        );
+        assert_eq!(suspended_condition(&held.status).1, "NonPayment");
+        let ready = held
+            .status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == ConditionType::Ready);
+        assert_eq!(ready.map(|c| c.reason.as_str()), Some("NonPayment"));
+    }
+
+    #[test]
+    fn a_paused_suspension_freezes_a_running_server_and_leaves_a_stopped_one_off() {
+        use crate::standing::SuspensionReason::Legal;
+        let spec = suspended(&[Legal], SuspensionMode::Paused);
+        let status = placed(ServerPhase::Running, true);
+        let running = decide_suspended(&spec, &status, &observed(Some(DomainState::Running), true));
+        assert!(matches!(
+            running.next,
+            Some(Action::EnsureDomain {
+                power_off: false,
+                ..
+            })
+        ));
+        assert_eq!(
+            running.status.stop_requested_at, None,
+            "pausing asks no shutdown"
+        );
+        for state in [DomainState::Paused, DomainState::Stopped] {
+            let held = decide_suspended(&spec, &status, &observed(Some(state), true));
+            assert_eq!(held.next, None, "{state:?}");
+            assert_eq!(held.status.phase, ServerPhase::Suspended);
+        }
+    }
+
+    #[test]
+    fn several_reasons_show_the_first_and_every_one_in_the_reason() {
+        use crate::standing::SuspensionReason::{Abuse, NonPayment};
+        let spec = suspended(&[NonPayment, Abuse], SuspensionMode::Stopped);
+        let held = decide_suspended(
+            &spec,
+            &placed(ServerPhase::Suspended, true),
+            &observed(Some(DomainState::Stopped), true),
+        );
+        assert_eq!(
+            held.status.reason.as_deref(),
+            Some("suspended for non-payment; for abuse")
+        );
+        assert_eq!(suspended_condition(&held.status).1, "NonPayment");
+    }
+
+    #[test]
+    fn r4_lifting_a_suspension_restores_the_customers_power_choice() {
+        let status = placed(ServerPhase::Suspended, true);
+        let lifted = decide_suspended(
+            &spec(PowerState::Running, 0),
+            &status,
+            &observed_link(DomainState::Stopped, Link::Up),
+        );
+        assert_eq!(
+            lifted.next,
+            Some(Action::EnsureDomain {
+                create_disk: false,
+                power_off: false
+            })
+        );
+        assert_eq!(lifted.status.phase, ServerPhase::Stopped);
+        assert_eq!(
+            suspended_condition(&lifted.status).0,
+            ConditionStatus::False
+        );
+
+        let reconnect = decide_suspended(
+            &spec(PowerState::Running, 0),
+            &status,
+            &observed_link(DomainState::Running, Link::Down),
+        );
+        assert!(reconnect.next.is_some(), "a cut link is put back up");
+
+        let stayed_off = decide_suspended(
+            &spec(PowerState::Stopped, 0),
+            &status,
+            &observed_link(DomainState::Stopped, Link::Up),
+        );
+        assert_eq!(
+            stayed_off.next, None,
+            "a server the customer stopped stays stopped"
+        );
+        assert_eq!(stayed_off.status.phase, ServerPhase::Stopped);
     }
 
     fn now() -> Timestamp {
@@ -673,7 +962,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 7 * 14 * 2 * 2 * 2 * 2);
+        assert_eq!(cases, ALL_PHASES.len() * 14 * 2 * 2 * 2 * 2);
     }
 
     #[test]

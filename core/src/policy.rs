@@ -199,7 +199,7 @@ impl<'de> Deserialize<'de> for PolicyDuration {
 
 /// How a suspended server is held (R5: an abusing VPS keeps running with
 /// its network cut, for evidence; R1: an unpaid one is stopped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SuspensionMode {
     /// Powered off; disk kept.

@@ -15,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use jiff::Timestamp;
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{Policy, SuspensionMode};
@@ -23,7 +24,9 @@ use crate::policy::{Policy, SuspensionMode};
 pub type ServerName = String;
 
 /// Why a service is suspended, as customers read it (`status_reason`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum SuspensionReason {
     /// R1: an invoice stayed unpaid; every service of the account (R2).
@@ -49,6 +52,17 @@ impl SuspensionReason {
         }
     }
 
+    /// Completes "suspended …" as customers read it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::NonPayment => "for non-payment",
+            Self::Abuse => "for abuse",
+            Self::Legal => "on request of an authority",
+            Self::Kyc => "until the identity file is complete",
+            Self::Maintenance => "for maintenance",
+        }
+    }
+
     /// How a service suspended for this reason is held.
     pub fn mode(self, policy: &Policy) -> SuspensionMode {
         match self {
@@ -60,7 +74,7 @@ impl SuspensionReason {
 }
 
 /// Why a server ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TerminationCause {
     /// R3: the account's data destroyed after an unpaid suspension.
@@ -69,6 +83,16 @@ pub enum TerminationCause {
     Abuse,
     /// An operator terminated it for another reason.
     Operator,
+}
+
+impl TerminationCause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NonPayment => "non_payment",
+            Self::Abuse => "abuse",
+            Self::Operator => "operator",
+        }
+    }
 }
 
 /// A fact reported to stratus, in the order it was recorded.
@@ -291,10 +315,27 @@ pub struct Standing {
 
 /// How one server is suspended now: every reason (the account's and its
 /// own) and the mode the strictest one asks for.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
 pub struct Suspension {
+    /// Every reason that holds, in a fixed order; the first is the one
+    /// customers read as `status_reason`.
+    #[schemars(length(min = 1, max = 5))]
     pub reasons: Vec<SuspensionReason>,
     pub mode: SuspensionMode,
+}
+
+impl Suspension {
+    /// The reason customers read first.
+    pub fn primary(&self) -> Option<SuspensionReason> {
+        self.reasons.first().copied()
+    }
+
+    /// What the server's status says, as customers read it (R2).
+    pub fn describe(&self) -> String {
+        let each: Vec<&str> = self.reasons.iter().map(|r| r.describe()).collect();
+        format!("suspended {}", each.join("; "))
+    }
 }
 
 impl Standing {

@@ -48,6 +48,8 @@ pub fn server_spec() -> VirtualServerSpec {
         resources: small(),
         power: PowerState::Running,
         reboot_requests: 0,
+        suspension: None,
+        termination: None,
     }
 }
 
@@ -225,7 +227,10 @@ impl AccountBuilder {
     }
 
     pub fn state(mut self, state: AccountState) -> Self {
-        self.0.status = Some(AccountStatus { state });
+        self.0.status = Some(AccountStatus {
+            state,
+            ..Default::default()
+        });
         self
     }
 

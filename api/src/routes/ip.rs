@@ -295,6 +295,20 @@ pub async fn ip_history(
             })
         })
         .transpose()?;
+    let holdings = holdings_of(&state, address, at.map(Timestamp::as_millisecond)).await?;
+    Ok(Json(HistoryView {
+        address: address.to_string(),
+        holdings: holdings.iter().map(HoldingView::from).collect(),
+    }))
+}
+
+/// Who held `address` (an IPv4 address, or any address inside a held IPv6
+/// prefix), oldest first; with `at` (Unix ms), only the holding of then (R22).
+pub(crate) async fn holdings_of(
+    state: &ApiState,
+    address: IpAddr,
+    at: Option<i64>,
+) -> Result<Vec<Holding>, ApiError> {
     let ips = state.ledger.ips();
     let mut holdings = match address {
         IpAddr::V4(_) => ips.history(&address.to_string()).await?,
@@ -310,13 +324,9 @@ pub async fn ip_history(
         }
     };
     if let Some(at) = at {
-        let at = at.as_millisecond();
         holdings.retain(|h| h.allocated_at <= at && h.released_at.is_none_or(|to| to > at));
     }
-    Ok(Json(HistoryView {
-        address: address.to_string(),
-        holdings: holdings.iter().map(HoldingView::from).collect(),
-    }))
+    Ok(holdings)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

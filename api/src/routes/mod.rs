@@ -3,6 +3,7 @@
 
 mod accounts;
 mod catalog;
+mod events;
 pub mod hypervisors;
 mod ip;
 mod servers;
@@ -58,6 +59,8 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(accounts::set_quota))
         .routes(routes!(accounts::create_token, accounts::list_tokens))
         .routes(routes!(accounts::revoke_token))
+        .routes(routes!(events::report_account_event))
+        .routes(routes!(events::report_event))
         .routes(routes!(catalog::list_plans))
         .routes(routes!(catalog::list_images))
         .routes(routes!(servers::order_server, servers::list_servers))

@@ -10,6 +10,7 @@ use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     AccountState, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
 };
+use stratus_core::standing::{Suspension, SuspensionReason};
 use stratus_core::validate;
 use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject, IdempotencyClaim};
@@ -45,6 +46,10 @@ async fn find_server(
                 .get(Some(account_id.as_str()), id.as_str())
                 .await?
         }
+        Principal::Billing { .. } => {
+            principal.require_admin()?;
+            None
+        }
         // Ids are minted unique, so one namespace at most holds it.
         Principal::Admin { .. } => state
             .servers
@@ -59,6 +64,10 @@ async fn find_server(
 /// A server id from a request path.
 fn server_id(raw: &str) -> Result<ServerId, ApiError> {
     ServerId::parse(raw).ok_or_else(|| ApiError::malformed_id("server", raw, "vs-<16 hex digits>"))
+}
+
+fn reason_names(suspension: &Suspension) -> Vec<&'static str> {
+    suspension.reasons.iter().map(|r| r.as_str()).collect()
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
@@ -87,7 +96,11 @@ async fn validate_order(
         .get(None, account_id.as_str())
         .await?
         .ok_or_else(|| ApiError::forbidden("the account of this token no longer exists"))?;
-    if account.status.as_ref().map(|s| s.state).unwrap_or_default() != AccountState::Active {
+    let standing = account.status.clone().unwrap_or_default();
+    if let Some(suspension) = standing.suspensions.first() {
+        return Err(ApiError::account_suspended(suspension.reason.as_str()));
+    }
+    if standing.state != AccountState::Active {
         return Err(ApiError::conflict(
             "the account is not active: new orders are refused",
         ));
@@ -127,6 +140,8 @@ async fn validate_order(
         resources: plan.resources(),
         power: PowerState::Running,
         reboot_requests: 0,
+        suspension: None,
+        termination: None,
     };
     Ok((spec, state.quota_of(&account)))
 }
@@ -305,6 +320,10 @@ pub async fn list_servers(
             }
             Some(account_id.to_string())
         }
+        Principal::Billing { .. } => {
+            principal.require_admin()?;
+            None
+        }
         Principal::Admin { .. } => match &query.account {
             Some(account) => Some(
                 AccountId::parse(account)
@@ -350,6 +369,14 @@ pub async fn delete_server(
 ) -> Result<Response, ApiError> {
     let id = server_id(&id)?;
     let server = find_server(&state, &principal, &id).await?;
+    if let (Principal::Customer { .. }, Some(suspension)) = (&principal, &server.spec.suspension)
+        && suspension.reasons.contains(&SuspensionReason::Abuse)
+    {
+        return Err(ApiError::server_suspended(
+            &reason_names(suspension),
+            "the server is suspended for abuse: its disk is kept as evidence until an operator releases or terminates it",
+        ));
+    }
     let namespace = server.namespace();
     // Before the delete: an order retried after it must not create it again.
     if let Some(account) = namespace.as_deref().and_then(AccountId::parse) {
@@ -398,6 +425,22 @@ pub async fn server_action(
     let server = find_server(&state, &principal, &id).await?;
     if server.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the server is being deleted"));
+    }
+    if let Some(termination) = &server.spec.termination {
+        return Err(ApiError::conflict(format!(
+            "the server was terminated ({}): its disk is wiped at {}",
+            termination.cause.as_str(),
+            termination.wipe_at
+        )));
+    }
+    if let Some(suspension) = &server.spec.suspension {
+        return Err(ApiError::server_suspended(
+            &reason_names(suspension),
+            format!(
+                "the server is {}: it cannot be started, stopped or rebooted until the suspension is lifted",
+                suspension.describe()
+            ),
+        ));
     }
     if action.kind == ServerActionKind::Reboot && server.spec.power == PowerState::Stopped {
         return Err(ApiError::conflict(

@@ -222,7 +222,14 @@ pub struct Runtime {
     clock: Arc<dyn Clock>,
     reconcilers: Vec<Box<dyn Runnable>>,
     queues: Vec<Arc<WorkQueue<ObjectKey>>>,
+    /// Loops that are not reconcilers (the deadline runner), started and
+    /// stopped with them: only the leader runs them.
+    loops: Vec<LoopTask>,
 }
+
+type LoopTask = Box<
+    dyn FnOnce(watch::Receiver<bool>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send,
+>;
 
 impl Runtime {
     pub fn new(config: RuntimeConfig, clock: Arc<dyn Clock>, metrics: ControllerMetrics) -> Self {
@@ -230,6 +237,7 @@ impl Runtime {
             shared: Shared { config, metrics },
             clock,
             reconcilers: Vec::new(),
+            loops: Vec::new(),
             queues: Vec::new(),
         }
     }
@@ -248,10 +256,22 @@ impl Runtime {
     }
 
     /// Runs every reconciler until `shutdown` turns true.
+    /// Runs `task` beside the reconcilers; it gets the shutdown signal.
+    pub fn add_loop<F>(&mut self, task: impl FnOnce(watch::Receiver<bool>) -> F + Send + 'static)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.loops
+            .push(Box::new(move |shutdown| Box::pin(task(shutdown))));
+    }
+
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
         for reconciler in self.reconcilers {
             reconciler.start(&mut tasks, &self.shared);
+        }
+        for task in self.loops {
+            tasks.spawn(task(shutdown.clone()));
         }
         let _ = shutdown.wait_for(|stop| *stop).await;
         for queue in &self.queues {

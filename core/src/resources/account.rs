@@ -67,4 +67,25 @@ pub struct AccountStatus {
     /// Current standing.
     #[serde(default)]
     pub state: AccountState,
+    /// Suspensions of the whole account (R1, R2, R8), with when each began.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suspensions: Vec<AccountSuspension>,
+    /// R3: when the account's data was destroyed, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_destroyed_at: Option<String>,
+    /// The next instant the account's standing changes by itself, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_deadline: Option<String>,
+    /// Conditions (Suspended).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<crate::conditions::Condition>,
+}
+
+/// One reason the whole account is suspended.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccountSuspension {
+    pub reason: crate::standing::SuspensionReason,
+    /// RFC 3339.
+    pub since: String,
 }

@@ -106,6 +106,37 @@ pub struct VirtualServerSpec {
     /// the controller performs one reboot per increment.
     #[serde(default)]
     pub reboot_requests: u32,
+    /// Set by the control plane from the account's standing (R1–R9), never
+    /// by the customer: while it is present the server is held as its mode
+    /// says, and the customer's power choice applies again once it is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspension: Option<crate::standing::Suspension>,
+    /// Set by the control plane when the server was terminated (R3, R6,
+    /// R14): it stays off until its data is wiped, then it is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination: Option<ServerTermination>,
+}
+
+/// A terminated server, held off until its disk is wiped.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServerTermination {
+    pub cause: crate::standing::TerminationCause,
+    /// When it was terminated, RFC 3339.
+    pub at: String,
+    /// When its disk is wiped and the server deleted, RFC 3339.
+    pub wipe_at: String,
+}
+
+impl VirtualServerSpec {
+    /// How the control plane holds the server, whatever the customer's
+    /// power choice: off once terminated, else as its suspension says.
+    pub fn hold(&self) -> Option<crate::policy::SuspensionMode> {
+        if self.termination.is_some() {
+            return Some(crate::policy::SuspensionMode::Stopped);
+        }
+        self.suspension.as_ref().map(|s| s.mode)
+    }
 }
 
 /// Lifecycle phase of a server as the customer sees it.
@@ -117,6 +148,8 @@ pub enum ServerPhase {
     Running,
     Stopped,
     Suspended,
+    /// Terminated (R3, R6): off, its disk kept until it is wiped.
+    Terminated,
     Terminating,
     Error,
 }
@@ -130,6 +163,7 @@ impl ServerPhase {
             Self::Running => "running",
             Self::Stopped => "stopped",
             Self::Suspended => "suspended",
+            Self::Terminated => "terminated",
             Self::Terminating => "terminating",
             Self::Error => "error",
         }

@@ -91,6 +91,10 @@ audit_actions! {
     ServerDestroyed => "destroyed",
     /// The controller released a deleted server's object.
     ServerReleased => "deleted",
+    /// A fact about an account was reported (an invoice, abuse, a hold).
+    AccountFact => "account.fact",
+    /// The account's standing changed by a fact or by policy (R10).
+    StandingChange => "standing.change",
 }
 
 impl fmt::Display for AuditAction {
@@ -186,6 +190,23 @@ impl AuditLog<'_> {
         .execute(self.db.pool())
         .await?;
         Ok(())
+    }
+
+    /// Appends `entry` unless an entry with `once_key` exists; true if new.
+    pub async fn append_once(&self, entry: &AuditEntry, once_key: &str) -> Result<bool> {
+        let inserted = sqlx::query(
+            "INSERT INTO audit_log (at, actor, action, subject, detail, once_key) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+        )
+        .bind(entry.at)
+        .bind(entry.actor.to_string())
+        .bind(entry.action.as_str())
+        .bind(entry.subject.to_string())
+        .bind(entry.detail.to_string())
+        .bind(once_key)
+        .execute(self.db.pool())
+        .await?;
+        Ok(inserted.rows_affected() == 1)
     }
 
     /// The entries about `subject`, oldest first.

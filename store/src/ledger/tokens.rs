@@ -24,13 +24,26 @@ pub enum TokenScope {
     Admin,
     /// One account's own resources.
     Customer,
+    /// The provider's billing system: posts billing facts (invoices,
+    /// reminders, payments) and reads billing events, nothing else.
+    Billing,
 }
 
 impl TokenScope {
+    /// An operator token's role as operators name it.
+    pub fn role(self) -> &'static str {
+        match self {
+            Self::Admin => "operator",
+            Self::Customer => "customer",
+            Self::Billing => "billing",
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Admin => "admin",
             Self::Customer => "customer",
+            Self::Billing => "billing",
         }
     }
 
@@ -38,6 +51,7 @@ impl TokenScope {
         match raw {
             "admin" => Ok(Self::Admin),
             "customer" => Ok(Self::Customer),
+            "billing" => Ok(Self::Billing),
             other => Err(malformed("token scope", other)),
         }
     }

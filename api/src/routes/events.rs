@@ -1,0 +1,602 @@
+//! Facts about accounts, reported by the provider's billing system and its
+//! operators (R1–R9, R18): recorded append-only with their evidence,
+//! idempotent by the reporter's id, and acted on by the controller's
+//! deadline runner at once.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use jiff::Timestamp;
+use kube::ResourceExt;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use stratus_core::ids::AccountId;
+use stratus_core::resources::VirtualServer;
+use stratus_core::standing::{FactKind, TerminationCause};
+use stratus_store::ledger::{AuditAction, AuditSubject, NewFact, Recorded, StoredFact};
+use utoipa::ToSchema;
+
+use crate::auth::Principal;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::ApiState;
+
+/// Longest reporter id accepted.
+const MAX_ID_LEN: usize = 128;
+/// Most servers one maintenance report may name through a hypervisor.
+const MAX_MAINTENANCE_SERVERS: usize = 10_000;
+
+/// A fact as the reporter sends it: `{"id", "type", ...fields}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum EventBody {
+    InvoiceOverdue {
+        invoice_id: String,
+        /// RFC 3339.
+        due_at: String,
+    },
+    ReminderSent {
+        invoice_id: String,
+    },
+    InvoicePaid {
+        invoice_id: String,
+    },
+    AbuseReport {
+        /// The server reported, or `ip` and `received_at`.
+        server: Option<String>,
+        ip: Option<String>,
+        /// When the abuse was seen (RFC 3339): who held `ip` then is charged.
+        received_at: Option<String>,
+        /// A copy of the report.
+        #[schema(value_type = Object)]
+        evidence: Option<Value>,
+    },
+    AbuseRelease {
+        server: String,
+    },
+    LegalHold {
+        #[schema(value_type = Object)]
+        evidence: Option<Value>,
+    },
+    LegalRelease {},
+    KycIncomplete {},
+    KycComplete {},
+    Maintenance {
+        /// One server, or every server on `hypervisor`.
+        server: Option<String>,
+        hypervisor: Option<String>,
+        /// RFC 3339; now when absent.
+        from: Option<String>,
+        /// RFC 3339; `from` plus `policy.maintenance.defaultWindow` when absent.
+        until: Option<String>,
+    },
+    Terminate {
+        server: String,
+        /// `abuse`, `non_payment` or `operator`.
+        #[schema(value_type = String)]
+        reason: TerminationCause,
+        /// `policy` (with `abuse.terminationNotice`) or `immediate`.
+        notice: Notice,
+    },
+    Restore {
+        server: String,
+        /// The backup or image the operator restores from.
+        source: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Notice {
+    Policy,
+    Immediate,
+}
+
+impl EventBody {
+    /// Whether the billing system may report it (the rest is operators').
+    fn is_billing(&self) -> bool {
+        matches!(
+            self,
+            Self::InvoiceOverdue { .. } | Self::ReminderSent { .. } | Self::InvoicePaid { .. }
+        )
+    }
+}
+
+/// What became of a reported fact.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RecordedView {
+    pub id: String,
+    /// `recorded`, or `repeated`: the same report was recorded before and
+    /// this is its first answer.
+    pub result: String,
+    /// Every account the fact was recorded for (one, except a hypervisor's
+    /// maintenance).
+    pub facts: Vec<FactView>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FactView {
+    pub id: String,
+    pub account_id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// As stratus reads it (servers resolved).
+    #[schema(value_type = Object)]
+    pub fact: Value,
+    pub recorded_at: String,
+}
+
+impl From<&StoredFact> for FactView {
+    fn from(stored: &StoredFact) -> Self {
+        Self {
+            id: stored.id.clone(),
+            account_id: stored.account.clone(),
+            kind: stored.kind.clone(),
+            fact: stored.fact.clone(),
+            recorded_at: Timestamp::from_millisecond(stored.recorded_at)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Reports a fact about one account. A server or address of another
+/// account answers 422; the same id again answers the first result, the
+/// same id with another body 422.
+#[utoipa::path(post, path = "/v1/admin/accounts/{id}/events", tag = "accounts",
+    params(("id" = String, Path)), request_body = Object,
+    responses((status = 202, body = RecordedView), (status = 200, body = RecordedView),
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn report_account_event(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    principal.require_billing()?;
+    let account = AccountId::parse(&id)
+        .ok_or_else(|| ApiError::malformed_id("account", &id, "acc-<16 hex digits>"))?;
+    if state.accounts.get(None, account.as_str()).await?.is_none() {
+        return Err(ApiError::not_found("account", account.as_str()));
+    }
+    report(&principal, &state, Some(&account), body).await
+}
+
+/// Reports a fact whose account stratus finds itself: an abuse report
+/// naming an address and a time (the IP ledger says who held it then), a
+/// hypervisor's maintenance (every account with a server on it), or any
+/// fact naming a server.
+#[utoipa::path(post, path = "/v1/admin/events", tag = "accounts", request_body = Object,
+    responses((status = 202, body = RecordedView), (status = 200, body = RecordedView),
+              (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn report_event(
+    principal: Principal,
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody<Value>,
+) -> Result<Response, ApiError> {
+    principal.require_billing()?;
+    report(&principal, &state, None, body).await
+}
+
+async fn report(
+    principal: &Principal,
+    state: &ApiState,
+    account: Option<&AccountId>,
+    body: Value,
+) -> Result<Response, ApiError> {
+    let mut fields = match body.clone() {
+        Value::Object(fields) => fields,
+        _ => return Err(ApiError::bad_request("body", "an event is a JSON object")),
+    };
+    let id = match fields.remove("id") {
+        Some(Value::String(id)) => id,
+        Some(_) => return Err(ApiError::invalid("id", "id must be a string")),
+        None => return Err(ApiError::invalid("id", "missing field `id`")),
+    };
+    if id.is_empty() || id.len() > MAX_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "id",
+            format!("id must be 1-{MAX_ID_LEN} visible ASCII characters"),
+        ));
+    }
+    let event: EventBody = serde_json::from_value(Value::Object(fields)).map_err(event_error)?;
+    if matches!(principal, Principal::Billing { .. }) && !event.is_billing() {
+        return Err(ApiError::forbidden(
+            "a billing token reports invoices, reminders and payments only",
+        ));
+    }
+    let now = state.clock.now();
+    let facts = resolve(state, account, &event, now).await?;
+    let kind = body
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let actor = principal.actor().to_string();
+    let many = facts.len() > 1;
+    let mut recorded = Vec::with_capacity(facts.len());
+    let mut repeated = false;
+    for (account, fact) in facts {
+        let fact_id = if many {
+            format!("{id}@{account}")
+        } else {
+            id.clone()
+        };
+        let fact_json =
+            serde_json::to_value(&fact).map_err(|e| ApiError::internal(e.to_string()))?;
+        let outcome = state
+            .ledger
+            .facts()
+            .record(&NewFact {
+                id: &fact_id,
+                account: &account,
+                kind: &kind,
+                fact: &fact_json,
+                body: &body,
+                actor: &actor,
+                recorded_at: now.as_millisecond(),
+            })
+            .await?;
+        match outcome {
+            Recorded::New(stored) => {
+                state
+                    .ledger
+                    .facts()
+                    .set_deadline(&account, Some(now.as_millisecond()))
+                    .await?;
+                state
+                    .audit(
+                        principal.actor(),
+                        AuditAction::AccountFact,
+                        AuditSubject::Account(account.clone()),
+                        json!({ "fact": stored.id, "type": kind, "report": body }),
+                    )
+                    .await;
+                tracing::info!(fact = %stored.id, %account, %kind, "fact recorded");
+                recorded.push(stored);
+            }
+            Recorded::Repeated(stored) => {
+                repeated = true;
+                recorded.push(stored);
+            }
+            Recorded::Conflicting(_) => {
+                return Err(ApiError::invalid(
+                    "id",
+                    format!("the id {id:?} was already used for another report"),
+                ));
+            }
+        }
+    }
+    let view = RecordedView {
+        id,
+        result: if repeated { "repeated" } else { "recorded" }.to_owned(),
+        facts: recorded.iter().map(FactView::from).collect(),
+    };
+    let status = if repeated {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    Ok((status, Json(view)).into_response())
+}
+
+/// serde's message names the field; the error's details do too.
+fn event_error(error: serde_json::Error) -> ApiError {
+    let message = error.to_string();
+    let field = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|prefix| {
+            let rest = message.split(prefix).nth(1)?;
+            rest.split('`').next().map(str::to_owned)
+        })
+        .unwrap_or_else(|| {
+            if message.contains("variant") || message.contains("`type`") {
+                "type".to_owned()
+            } else {
+                "body".to_owned()
+            }
+        });
+    ApiError::invalid(&field, message)
+}
+
+/// Evidence is kept as received: a copy of the report, text or an object.
+fn check_evidence(evidence: Option<&Value>) -> Result<(), ApiError> {
+    match evidence {
+        None | Some(Value::String(_) | Value::Object(_)) => Ok(()),
+        Some(_) => Err(ApiError::invalid(
+            "evidence",
+            "evidence is the report's text or an object",
+        )),
+    }
+}
+
+fn timestamp(field: &str, raw: &str) -> Result<Timestamp, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::invalid(
+            field,
+            format!("{field} must be an RFC 3339 time such as 2026-03-03T14:02:00Z"),
+        )
+    })
+}
+
+fn invoice(raw: &str) -> Result<String, ApiError> {
+    if raw.is_empty() || raw.len() > MAX_ID_LEN || !raw.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ApiError::invalid(
+            "invoice_id",
+            format!("invoice_id must be 1-{MAX_ID_LEN} visible ASCII characters"),
+        ));
+    }
+    Ok(raw.to_owned())
+}
+
+/// The server `name` and its account; with `account`, only a server of it.
+async fn server_of(
+    state: &ApiState,
+    account: Option<&AccountId>,
+    field: &str,
+    name: &str,
+) -> Result<(String, VirtualServer), ApiError> {
+    let found: Vec<VirtualServer> = if stratus_core::ids::ServerId::parse(name).is_none() {
+        Vec::new()
+    } else {
+        state.servers.find_by_name(name).await?
+    };
+    let Some(server) = found.into_iter().next() else {
+        return Err(ApiError::invalid(field, format!("no server {name:?}")));
+    };
+    let owner = server.namespace().unwrap_or_default();
+    if let Some(account) = account
+        && owner != account.as_str()
+    {
+        return Err(ApiError::invalid(
+            field,
+            format!("the server {name} is not of the account {account}"),
+        ));
+    }
+    Ok((owner, server))
+}
+
+/// The fact(s) an event makes, by account: servers found, addresses
+/// resolved to who held them, every account checked against the path's.
+async fn resolve(
+    state: &ApiState,
+    account: Option<&AccountId>,
+    event: &EventBody,
+    now: Timestamp,
+) -> Result<Vec<(String, FactKind)>, ApiError> {
+    let account_only = |kind: FactKind| -> Result<Vec<(String, FactKind)>, ApiError> {
+        let account = account.ok_or_else(|| {
+            ApiError::invalid(
+                "type",
+                "this fact is about an account: POST it to /v1/admin/accounts/{id}/events",
+            )
+        })?;
+        Ok(vec![(account.to_string(), kind)])
+    };
+    match event {
+        EventBody::InvoiceOverdue { invoice_id, due_at } => {
+            account_only(FactKind::InvoiceOverdue {
+                invoice: invoice(invoice_id)?,
+                due_at: timestamp("due_at", due_at)?,
+            })
+        }
+        EventBody::ReminderSent { invoice_id } => account_only(FactKind::ReminderSent {
+            invoice: invoice(invoice_id)?,
+        }),
+        EventBody::InvoicePaid { invoice_id } => account_only(FactKind::InvoicePaid {
+            invoice: invoice(invoice_id)?,
+        }),
+        EventBody::LegalHold { evidence } => {
+            check_evidence(evidence.as_ref())?;
+            account_only(FactKind::LegalHold)
+        }
+        EventBody::LegalRelease {} => account_only(FactKind::LegalRelease),
+        EventBody::KycIncomplete {} => account_only(FactKind::KycIncomplete),
+        EventBody::KycComplete {} => account_only(FactKind::KycComplete),
+        EventBody::AbuseReport {
+            server,
+            ip,
+            received_at,
+            evidence,
+        } => {
+            check_evidence(evidence.as_ref())?;
+            let (owner, name) = match (server, ip) {
+                (Some(server), None) => {
+                    let (owner, found) = server_of(state, account, "server", server).await?;
+                    (owner, found.name_any())
+                }
+                (None, Some(ip)) => {
+                    abuser_of(state, account, ip, received_at.as_deref(), now).await?
+                }
+                _ => {
+                    return Err(ApiError::invalid(
+                        "server",
+                        "an abuse report names either a server or an ip (with received_at)",
+                    ));
+                }
+            };
+            Ok(vec![(owner, FactKind::AbuseReport { server: name })])
+        }
+        EventBody::AbuseRelease { server } => {
+            let (owner, found) = server_of(state, account, "server", server).await?;
+            Ok(vec![(
+                owner,
+                FactKind::AbuseRelease {
+                    server: found.name_any(),
+                },
+            )])
+        }
+        EventBody::Terminate {
+            server,
+            reason,
+            notice,
+        } => {
+            let (owner, found) = server_of(state, account, "server", server).await?;
+            Ok(vec![(
+                owner,
+                FactKind::Terminate {
+                    server: found.name_any(),
+                    cause: *reason,
+                    immediate: matches!(notice, Notice::Immediate),
+                },
+            )])
+        }
+        EventBody::Restore { server, source } => {
+            if source.trim().is_empty() || source.len() > 1024 {
+                return Err(ApiError::invalid(
+                    "source",
+                    "source names the backup or image restored from (1-1024 characters)",
+                ));
+            }
+            if stratus_core::ids::ServerId::parse(server).is_none() {
+                return Err(ApiError::invalid(
+                    "server",
+                    format!("{server:?} is not a server id"),
+                ));
+            }
+            let owner = match account {
+                Some(account) => account.to_string(),
+                None => server_of(state, None, "server", server).await?.0,
+            };
+            Ok(vec![(
+                owner,
+                FactKind::Restore {
+                    server: server.clone(),
+                },
+            )])
+        }
+        EventBody::Maintenance {
+            server,
+            hypervisor,
+            from,
+            until,
+        } => {
+            let from = from
+                .as_deref()
+                .map(|f| timestamp("from", f))
+                .transpose()?
+                .unwrap_or(now);
+            let until = match until {
+                Some(until) => timestamp("until", until)?,
+                None => state.config.policy.maintenance.default_window.after(from),
+            };
+            if until <= from {
+                return Err(ApiError::invalid("until", "until must be after from"));
+            }
+            let servers = match (server, hypervisor) {
+                (Some(server), None) => vec![server_of(state, account, "server", server).await?],
+                (None, Some(hypervisor)) => servers_on(state, account, hypervisor).await?,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "server",
+                        "a maintenance names either a server or a hypervisor",
+                    ));
+                }
+            };
+            let mut by_account: BTreeMap<String, Vec<String>> = BTreeMap::new();
+            for (owner, server) in servers {
+                by_account.entry(owner).or_default().push(server.name_any());
+            }
+            if by_account.is_empty() {
+                return Err(ApiError::invalid(
+                    "hypervisor",
+                    "no server of this account is on that hypervisor",
+                ));
+            }
+            Ok(by_account
+                .into_iter()
+                .map(|(owner, servers)| {
+                    (
+                        owner,
+                        FactKind::Maintenance {
+                            servers,
+                            from,
+                            until: Some(until),
+                        },
+                    )
+                })
+                .collect())
+        }
+    }
+}
+
+/// R22: the server and account that held `ip` when the abuse was seen.
+async fn abuser_of(
+    state: &ApiState,
+    account: Option<&AccountId>,
+    ip: &str,
+    received_at: Option<&str>,
+    now: Timestamp,
+) -> Result<(String, String), ApiError> {
+    let address: IpAddr = ip
+        .parse()
+        .map_err(|_| ApiError::invalid("ip", format!("{ip:?} is not an IP address")))?;
+    let at = received_at
+        .map(|at| timestamp("received_at", at))
+        .transpose()?
+        .unwrap_or(now);
+    let holdings = super::ip::holdings_of(state, address, Some(at.as_millisecond())).await?;
+    let holding = holdings.last().ok_or_else(|| {
+        ApiError::invalid(
+            "ip",
+            format!("no server held {address} at {at} (see GET /v1/admin/ips/{address}/history)"),
+        )
+    })?;
+    if let Some(account) = account
+        && holding.account != account.as_str()
+    {
+        return Err(ApiError::invalid(
+            "ip",
+            format!("{address} was held by another account than {account} at {at}"),
+        ));
+    }
+    let server = holding
+        .subject
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Ok((holding.account.clone(), server))
+}
+
+/// The servers placed on `hypervisor` (of `account` only, when given).
+async fn servers_on(
+    state: &ApiState,
+    account: Option<&AccountId>,
+    hypervisor: &str,
+) -> Result<Vec<(String, VirtualServer)>, ApiError> {
+    if state.hypervisors.get(None, hypervisor).await?.is_none() {
+        return Err(ApiError::invalid(
+            "hypervisor",
+            format!("no hypervisor {hypervisor:?}"),
+        ));
+    }
+    let servers = state
+        .servers
+        .list(account.map(AccountId::as_str))
+        .await?
+        .items;
+    let on: Vec<(String, VirtualServer)> = servers
+        .into_iter()
+        .filter(|s| {
+            s.status
+                .as_ref()
+                .and_then(|st| st.hypervisor.as_ref())
+                .is_some_and(|h| h.as_str() == hypervisor)
+        })
+        .map(|s| (s.namespace().unwrap_or_default(), s))
+        .collect();
+    if on.len() > MAX_MAINTENANCE_SERVERS {
+        return Err(ApiError::invalid(
+            "hypervisor",
+            format!("more than {MAX_MAINTENANCE_SERVERS} servers on it: report them by account"),
+        ));
+    }
+    Ok(on)
+}

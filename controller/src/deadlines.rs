@@ -1,0 +1,338 @@
+//! The deadline runner: carries out each account's standing (R1–R10, R14,
+//! R18) when a fact is reported or a deadline of the policy passes.
+//!
+//! The standing is recomputed from every fact of the account, so carrying
+//! it out is level-triggered: suspensions and terminations are written onto
+//! the servers as they should be now, and every change, charge and audit
+//! row carries an id derived from its cause and is recorded once however
+//! often it is worked out again. The next deadline is stored in the ledger,
+//! never only in memory: a restart acts on every deadline that passed while
+//! the process was down, at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+use serde_json::json;
+use stratus_core::conditions::{self, ConditionType, Reason};
+use stratus_core::policy::Policy;
+use stratus_core::resources::{
+    Account, AccountStatus, AccountSuspension, ServerTermination, VirtualServer,
+};
+use stratus_core::standing::{self, Cause, Fact, FactKind, Standing, Subject};
+use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Charge};
+use stratus_store::objects::Deletion;
+use stratus_store::{Resources, StoreError};
+use tokio::sync::watch;
+
+use crate::context::Context;
+use crate::error::ControllerError;
+
+/// Facts read per query while an account's history is loaded.
+const FACTS_PAGE: u32 = 1_000;
+/// An account with more facts than this is refused rather than read
+/// without bound; no real account comes near it.
+const MAX_FACTS: usize = 100_000;
+/// Due accounts taken per query.
+const DUE_BATCH: u32 = 500;
+/// How long an account whose standing could not be carried out waits
+/// before it is tried again.
+const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
+
+/// Carries out accounts' standings when they are due.
+pub struct DeadlineRunner {
+    ctx: Context,
+    accounts: Resources<Account>,
+    servers: Resources<VirtualServer>,
+    policy: Arc<Policy>,
+    /// How often the ledger is asked for due accounts: a fact reported
+    /// through the API (another process, maybe) is acted on within it.
+    poll: Duration,
+}
+
+/// What one pass did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassReport {
+    /// Accounts whose standing was carried out.
+    pub settled: usize,
+    /// Accounts that failed and will be tried again.
+    pub failed: usize,
+}
+
+impl DeadlineRunner {
+    pub fn new(
+        ctx: Context,
+        accounts: Resources<Account>,
+        servers: Resources<VirtualServer>,
+        policy: Arc<Policy>,
+        poll: Duration,
+    ) -> Self {
+        Self {
+            ctx,
+            accounts,
+            servers,
+            policy,
+            poll,
+        }
+    }
+
+    /// Runs until `shutdown` says stop.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            match self.pass().await {
+                Ok(report) if report.settled + report.failed > 0 => {
+                    tracing::debug!(?report, "deadline pass");
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "deadline pass failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.poll) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
+    /// Carries out every account due by now.
+    pub async fn pass(&self) -> Result<PassReport, ControllerError> {
+        let mut report = PassReport::default();
+        loop {
+            let now = self.ctx.clock.now();
+            let due = self
+                .ctx
+                .ledger
+                .facts()
+                .due(now.as_millisecond(), DUE_BATCH)
+                .await?;
+            if due.is_empty() {
+                return Ok(report);
+            }
+            for (account, _) in &due {
+                match self.settle(account, now).await {
+                    Ok(()) => report.settled += 1,
+                    Err(error) => {
+                        report.failed += 1;
+                        tracing::warn!(%account, %error, "could not carry out the account's standing; trying again later");
+                        let retry = (now + RETRY_AFTER).as_millisecond();
+                        self.ctx
+                            .ledger
+                            .facts()
+                            .set_deadline(account, Some(retry))
+                            .await?;
+                    }
+                }
+            }
+            if due.len() < DUE_BATCH as usize {
+                return Ok(report);
+            }
+        }
+    }
+
+    /// Carries out `account`'s standing at `now` and stores its next deadline.
+    #[tracing::instrument(skip(self), fields(account = %account))]
+    pub async fn settle(&self, account: &str, now: Timestamp) -> Result<(), ControllerError> {
+        let facts = self.facts_of(account).await?;
+        let standing = standing::standing(&facts, &self.policy, now);
+        let Some(object) = self.accounts.get(None, account).await? else {
+            tracing::warn!("facts name an account that does not exist; nothing to carry out");
+            self.ctx.ledger.facts().set_deadline(account, None).await?;
+            return Ok(());
+        };
+        self.hold_servers(account, &standing, now).await?;
+        self.record_charges(account, &standing).await?;
+        self.audit_changes(account, &standing).await;
+        self.record_account_status(&object, &standing, now).await?;
+        self.ctx
+            .ledger
+            .facts()
+            .set_deadline(
+                account,
+                standing.next_deadline.map(Timestamp::as_millisecond),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn facts_of(&self, account: &str) -> Result<Vec<Fact>, ControllerError> {
+        let mut facts = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self
+                .ctx
+                .ledger
+                .facts()
+                .of_account(account, after, FACTS_PAGE)
+                .await?;
+            let full = page.len() == FACTS_PAGE as usize;
+            for stored in page {
+                after = stored.seq;
+                let kind: FactKind = serde_json::from_value(stored.fact).map_err(|e| {
+                    ControllerError::Malformed(stored.id.clone(), format!("stored fact: {e}"))
+                })?;
+                let recorded_at = Timestamp::from_millisecond(stored.recorded_at).map_err(|e| {
+                    ControllerError::Malformed(stored.id.clone(), format!("recorded_at: {e}"))
+                })?;
+                facts.push(Fact {
+                    id: stored.id,
+                    recorded_at,
+                    kind,
+                });
+            }
+            if facts.len() > MAX_FACTS {
+                return Err(ControllerError::Malformed(
+                    account.to_owned(),
+                    format!("more than {MAX_FACTS} facts"),
+                ));
+            }
+            if !full {
+                return Ok(facts);
+            }
+        }
+    }
+
+    /// Writes each server's suspension and termination as the standing has
+    /// them now; a terminated server whose data is due to be wiped is
+    /// deleted (its agent wipes the disk, its addresses go to quarantine).
+    async fn hold_servers(
+        &self,
+        account: &str,
+        standing: &Standing,
+        now: Timestamp,
+    ) -> Result<(), ControllerError> {
+        let servers = self.servers.list(Some(account)).await?.items;
+        for server in servers {
+            if server.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = server.name_any();
+            let termination = standing.termination_of(&name).filter(|t| t.done);
+            if termination.is_some_and(|t| t.wiped || t.wipe_at <= now) {
+                match self.servers.delete(Some(account), &name).await {
+                    Ok(Deletion::Pending(_) | Deletion::Deleted)
+                    | Err(StoreError::NotFound { .. }) => {}
+                    Err(other) => return Err(other.into()),
+                }
+                tracing::info!(server = %name, "terminated server deleted: its disk is wiped");
+                continue;
+            }
+            let suspension = standing.suspension_of(&name, &self.policy);
+            let held_off = termination.map(|t| ServerTermination {
+                cause: t.cause,
+                at: t.at.to_string(),
+                wipe_at: t.wipe_at.to_string(),
+            });
+            if server.spec.suspension == suspension && server.spec.termination == held_off {
+                continue;
+            }
+            self.servers
+                .update(Some(account), &name, |s| {
+                    let changed = s.spec.suspension != suspension || s.spec.termination != held_off;
+                    s.spec.suspension.clone_from(&suspension);
+                    s.spec.termination.clone_from(&held_off);
+                    changed
+                })
+                .await?;
+            tracing::info!(server = %name, suspension = ?suspension, termination = ?held_off, "server held as the account's standing says");
+        }
+        Ok(())
+    }
+
+    async fn record_charges(
+        &self,
+        account: &str,
+        standing: &Standing,
+    ) -> Result<(), ControllerError> {
+        for charge in &standing.charges {
+            let kind = serde_json::to_value(charge.kind)
+                .map_err(|e| ControllerError::Malformed(charge.id.clone(), e.to_string()))?;
+            let recorded = Charge {
+                key: format!("{account}/{}", charge.id),
+                account: account.to_owned(),
+                kind: kind.as_str().unwrap_or_default().to_owned(),
+                amount: charge.amount,
+                currency: self.policy.currency.clone(),
+                subject: format!("server/{account}/{}", charge.server),
+                detail: json!({ "server": charge.server, "charge": charge.id }),
+                created_at: charge.at.as_millisecond(),
+            };
+            if self.ctx.ledger.charges().record(&recorded).await? {
+                tracing::info!(charge = %charge.id, amount = charge.amount, "chargeable event recorded");
+            }
+        }
+        Ok(())
+    }
+
+    /// Every change once in the audit log (R10), with its cause.
+    async fn audit_changes(&self, account: &str, standing: &Standing) {
+        for change in &standing.changes {
+            let subject = match &change.subject {
+                Subject::Account => AuditSubject::Account(account.to_owned()),
+                Subject::Server(name) => AuditSubject::Server {
+                    account: account.to_owned(),
+                    name: name.clone(),
+                },
+            };
+            let cause = match &change.cause {
+                Cause::Fact(id) => json!({ "fact": id }),
+                Cause::Policy => json!("policy"),
+            };
+            let entry = AuditEntry {
+                at: change.at.as_millisecond(),
+                actor: Actor::Controller,
+                action: AuditAction::StandingChange,
+                subject,
+                detail: json!({ "change": change, "cause": cause }),
+            };
+            let key = format!("{account}/{}", change.id);
+            match self.ctx.ledger.audit().append_once(&entry, &key).await {
+                Ok(true) => tracing::info!(change = %change.id, "standing changed"),
+                Ok(false) => {}
+                Err(error) => tracing::error!(%error, change = %change.id, "audit write failed"),
+            }
+        }
+    }
+
+    async fn record_account_status(
+        &self,
+        account: &Account,
+        standing: &Standing,
+        now: Timestamp,
+    ) -> Result<(), ControllerError> {
+        let current = account.status.clone().unwrap_or_default();
+        let mut status = AccountStatus {
+            suspensions: standing
+                .account_suspensions
+                .iter()
+                .map(|(reason, since)| AccountSuspension {
+                    reason: *reason,
+                    since: since.to_string(),
+                })
+                .collect(),
+            data_destroyed_at: standing.data_destroyed_at.map(|t| t.to_string()),
+            next_deadline: standing.next_deadline.map(|t| t.to_string()),
+            ..current.clone()
+        };
+        let first = status.suspensions.first().map(|s| s.reason);
+        let message = status
+            .suspensions
+            .iter()
+            .map(|s| format!("suspended {} since {}", s.reason.describe(), s.since))
+            .collect::<Vec<_>>()
+            .join("; ");
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Suspended,
+            first.is_some(),
+            first.map_or(Reason::NotSuspended, Reason::suspended_for),
+            message,
+            now,
+        );
+        if status != current {
+            self.accounts
+                .patch_status(None, &account.name_any(), &status)
+                .await?;
+        }
+        Ok(())
+    }
+}
