@@ -2,6 +2,7 @@
 //! (status, body naming the field, and nothing changed).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode};
@@ -2128,4 +2129,165 @@ async fn r2_r5_suspended_servers_and_accounts_refuse_the_customers_actions() {
         .await;
     assert_eq!(account.body["state"], "suspended");
     assert_eq!(account.body["suspensions"][0]["reason"], "non_payment");
+}
+
+#[tokio::test]
+async fn r7_billing_events_are_read_by_cursor_each_exactly_once() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (acme, token) = api.customer("ACME").await;
+        let record = |n: u64| stratus_store::ledger::Charge {
+            key: format!("{acme}/abuse_report:r{n}"),
+            account: acme.clone(),
+            kind: "abuse_report".into(),
+            amount: 50_000,
+            currency: "EUR".into(),
+            subject: format!("server/{acme}/vs-0000000000000001"),
+            detail: json!({"report": n}),
+            created_at: 1_000 + n as i64,
+        };
+        for n in 0..5 {
+            assert!(api.state.ledger.charges().record(&record(n)).await.unwrap());
+        }
+        assert!(
+            !api.state.ledger.charges().record(&record(0)).await.unwrap(),
+            "once by key"
+        );
+        let mut seen = Vec::new();
+        let mut cursor = "0".to_owned();
+        // A consumer polls: on PostgreSQL, other tests' open transactions
+        // hold back what is shown for a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while seen.len() < 5 && std::time::Instant::now() < deadline {
+            let page = api
+                .call(
+                    Method::GET,
+                    &format!("/v1/admin/billing-events?since={cursor}&limit=2"),
+                    &api.admin,
+                    None,
+                )
+                .await;
+            assert_eq!(page.status, StatusCode::OK, "{label}: {}", page.body);
+            for item in page.body["items"].as_array().unwrap() {
+                assert_eq!(
+                    (item["amount"].as_u64(), item["currency"].as_str()),
+                    (Some(50_000), Some("EUR"))
+                );
+                seen.push(item["id"].as_str().unwrap().to_owned());
+            }
+            cursor = page.body["next_cursor"].as_str().unwrap().to_owned();
+        }
+        let expected: Vec<String> = (0..5).map(|n| record(n).key).collect();
+        assert_eq!(seen, expected, "{label}: each once, in order");
+        api.state.ledger.charges().record(&record(9)).await.unwrap();
+        let next = api
+            .call(
+                Method::GET,
+                &format!("/v1/admin/billing-events?since={cursor}"),
+                &api.admin,
+                None,
+            )
+            .await;
+        assert_eq!(
+            next.body["items"].as_array().unwrap().len(),
+            1,
+            "{label}: only the new one"
+        );
+
+        let customer = api
+            .call(Method::GET, "/v1/admin/billing-events", &token, None)
+            .await;
+        assert_error(&customer, StatusCode::FORBIDDEN, "forbidden", None);
+        let bad = api
+            .call(
+                Method::GET,
+                "/v1/admin/billing-events?since=-4",
+                &api.admin,
+                None,
+            )
+            .await;
+        assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", Some("since"));
+    }
+}
+
+#[tokio::test]
+async fn r10_operators_read_the_whole_trail_and_customers_their_history_without_evidence() {
+    let api = api().await;
+    let (acme, token) = api.customer("ACME").await;
+    let (_, other) = api.customer("Globex").await;
+    let server = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    let server = server.body["id"].as_str().unwrap().to_owned();
+    let reply = report(
+        &api,
+        &api.admin,
+        &acme,
+        json!({"id": "abuse-9", "type": "abuse_report", "server": server, "evidence": "Received: from mx.victim.example CONFIDENTIAL"}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+
+    let trail = api
+        .call(
+            Method::GET,
+            &format!("/v1/admin/accounts/{acme}/audit"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(trail.status, StatusCode::OK, "{}", trail.body);
+    assert!(
+        trail.body.to_string().contains("CONFIDENTIAL"),
+        "operators see the evidence"
+    );
+    let actions: Vec<&str> = trail.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"server.order") && actions.contains(&"account.fact"),
+        "{actions:?}"
+    );
+
+    let own = api
+        .call(Method::GET, "/v1/account/events", &token, None)
+        .await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    assert!(
+        !own.body.to_string().contains("CONFIDENTIAL"),
+        "{}",
+        own.body
+    );
+    assert!(
+        own.body.to_string().contains("abuse_report"),
+        "the customer sees what was reported"
+    );
+    let theirs = api
+        .call(Method::GET, "/v1/account/events", &other, None)
+        .await;
+    assert!(
+        theirs.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| !i["subject"].as_str().unwrap().contains(&acme))
+    );
+    let customer_reads_audit = api
+        .call(
+            Method::GET,
+            &format!("/v1/admin/accounts/{acme}/audit"),
+            &token,
+            None,
+        )
+        .await;
+    assert_error(
+        &customer_reads_audit,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+        None,
+    );
 }

@@ -104,3 +104,55 @@ async fn deadlines_are_durable_and_come_due_in_order() {
         );
     }
 }
+
+/// PostgreSQL hands out ids before commit: a charge written by a slower
+/// transaction with a smaller id must not be skipped by a reader that
+/// already moved its cursor past a faster one's.
+#[tokio::test]
+async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
+    let scratch = stratus_store::testing::postgres().await;
+    let ledger = stratus_store::ledger::Ledger::new(scratch.db.clone());
+    let charge = |key: &str| stratus_store::ledger::Charge {
+        key: key.into(),
+        account: "acc-0000000000000001".into(),
+        kind: "abuse_report".into(),
+        amount: 1,
+        currency: "EUR".into(),
+        subject: "server/acc-0000000000000001/vs-0000000000000001".into(),
+        detail: serde_json::json!({}),
+        created_at: 1,
+    };
+    let mut slow = scratch.db.pool().begin().await.unwrap();
+    sqlx::query(
+        "INSERT INTO billing_charges (charge_key, account, kind, amount, currency, subject, detail, created_at) \
+         VALUES ('slow', 'acc-0000000000000001', 'abuse_report', 1, 'EUR', 's', '{}', 1)",
+    )
+    .execute(&mut *slow)
+    .await
+    .unwrap();
+    assert!(ledger.charges().record(&charge("fast")).await.unwrap());
+    let while_open = ledger.charges().since(0, 10).await.unwrap();
+    assert!(
+        while_open.is_empty(),
+        "nothing is shown past a running writer: {while_open:?}"
+    );
+    slow.commit().await.unwrap();
+    // Other tests' transactions on the same server hold the horizon back
+    // for a moment too: a reader polls, as a billing consumer does.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = ledger
+            .charges()
+            .since(0, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, c)| c.key)
+            .collect();
+        if keys.len() == 2 || std::time::Instant::now() > deadline {
+            assert_eq!(keys, ["slow", "fast"]);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}

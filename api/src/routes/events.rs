@@ -600,3 +600,190 @@ async fn servers_on(
     }
     Ok(on)
 }
+
+/// Most rows one page of billing events or audit trail holds.
+const MAX_PAGE: u32 = 1_000;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct CursorQuery {
+    /// The `next_cursor` of the previous page; absent or 0: from the first.
+    pub since: Option<String>,
+    /// Rows per page (1-1000, default 100).
+    pub limit: Option<String>,
+}
+
+impl CursorQuery {
+    fn cursor(&self) -> Result<i64, ApiError> {
+        match &self.since {
+            None => Ok(0),
+            Some(raw) => raw.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
+                ApiError::bad_request("since", "since is the next_cursor of an earlier page")
+            }),
+        }
+    }
+
+    fn limit(&self) -> Result<u32, ApiError> {
+        match &self.limit {
+            None => Ok(100),
+            Some(raw) => raw
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=MAX_PAGE).contains(n))
+                .ok_or_else(|| {
+                    ApiError::bad_request("limit", format!("limit must be from 1 to {MAX_PAGE}"))
+                }),
+        }
+    }
+}
+
+/// A page read by cursor: store `next_cursor` and ask again with
+/// `since=<next_cursor>` to see every row exactly once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CursorPage<T> {
+    pub items: Vec<T>,
+    /// Where the next page starts (the same cursor when nothing is new).
+    pub next_cursor: String,
+}
+
+/// A chargeable event for the provider's billing (R7, R18, R21).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BillingEventView {
+    /// Unique and stable: the same charge always has the same id.
+    pub id: String,
+    pub cursor: String,
+    pub account_id: String,
+    /// `abuse_report`, `abuse_case_minimum`, `restore`, `ip_cleanup`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Integer, in minor units of `currency`.
+    pub amount: u64,
+    pub currency: String,
+    pub subject: String,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+    pub at: String,
+}
+
+fn rfc3339(ms: i64) -> String {
+    Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// The outbound billing-events ledger, by cursor (operators and billing).
+#[utoipa::path(get, path = "/v1/admin/billing-events", tag = "accounts", params(CursorQuery),
+    responses((status = 200, body = CursorPage<BillingEventView>), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+pub async fn list_billing_events(
+    principal: Principal,
+    State(state): State<ApiState>,
+    axum::extract::Query(query): axum::extract::Query<CursorQuery>,
+) -> Result<Json<CursorPage<BillingEventView>>, ApiError> {
+    principal.require_billing()?;
+    let cursor = query.cursor()?;
+    let rows = state.ledger.charges().since(cursor, query.limit()?).await?;
+    let next_cursor = rows.last().map_or(cursor, |(c, _)| *c).to_string();
+    Ok(Json(CursorPage {
+        items: rows
+            .into_iter()
+            .map(|(cursor, charge)| BillingEventView {
+                id: charge.key,
+                cursor: cursor.to_string(),
+                account_id: charge.account,
+                kind: charge.kind,
+                amount: charge.amount,
+                currency: charge.currency,
+                subject: charge.subject,
+                detail: charge.detail,
+                at: rfc3339(charge.created_at),
+            })
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// One row of an account's history.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HistoryEntryView {
+    pub cursor: String,
+    pub at: String,
+    /// `token:<id>`, `controller` (policy and convergence) or a command.
+    pub actor: String,
+    /// e.g. `account.fact`, `standing.change`, `server.stop`.
+    pub action: String,
+    /// `account/<id>` or `server/<account>/<id>`.
+    pub subject: String,
+    #[schema(value_type = Object)]
+    pub detail: Value,
+}
+
+/// The whole audit trail of an account and its servers, with causes and
+/// evidence (R10; operators only).
+#[utoipa::path(get, path = "/v1/admin/accounts/{id}/audit", tag = "accounts",
+    params(("id" = String, Path), CursorQuery),
+    responses((status = 200, body = CursorPage<HistoryEntryView>), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn account_audit(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<CursorQuery>,
+) -> Result<Json<CursorPage<HistoryEntryView>>, ApiError> {
+    principal.require_admin()?;
+    let account = AccountId::parse(&id)
+        .ok_or_else(|| ApiError::malformed_id("account", &id, "acc-<16 hex digits>"))?;
+    history(&state, &account, &query, |entry| entry.detail.clone()).await
+}
+
+/// The caller's own account's history: suspensions and their lifting,
+/// terminations, the facts reported (their type, never their evidence) and
+/// what was done to its servers.
+#[utoipa::path(get, path = "/v1/account/events", tag = "accounts", params(CursorQuery),
+    responses((status = 200, body = CursorPage<HistoryEntryView>), (status = 400, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
+pub async fn own_account_events(
+    principal: Principal,
+    State(state): State<ApiState>,
+    axum::extract::Query(query): axum::extract::Query<CursorQuery>,
+) -> Result<Json<CursorPage<HistoryEntryView>>, ApiError> {
+    let account = principal.account()?.clone();
+    history(&state, &account, &query, |entry| match entry.action {
+        AuditAction::StandingChange => json!({ "change": entry.detail["change"] }),
+        AuditAction::AccountFact => json!({ "type": entry.detail["type"] }),
+        _ => json!({}),
+    })
+    .await
+}
+
+async fn history(
+    state: &ApiState,
+    account: &AccountId,
+    query: &CursorQuery,
+    shown: impl Fn(&stratus_store::ledger::AuditEntry) -> Value,
+) -> Result<Json<CursorPage<HistoryEntryView>>, ApiError> {
+    if state.accounts.get(None, account.as_str()).await?.is_none() {
+        return Err(ApiError::not_found("account", account.as_str()));
+    }
+    let cursor = query.cursor()?;
+    let rows = state
+        .ledger
+        .audit()
+        .account_page(account, cursor, query.limit()?)
+        .await?;
+    let next_cursor = rows.last().map_or(cursor, |(c, _)| *c).to_string();
+    Ok(Json(CursorPage {
+        items: rows
+            .iter()
+            .map(|(cursor, entry)| HistoryEntryView {
+                cursor: cursor.to_string(),
+                at: rfc3339(entry.at),
+                actor: entry.actor.to_string(),
+                action: entry.action.as_str().to_owned(),
+                subject: entry.subject.to_string(),
+                detail: shown(entry),
+            })
+            .collect(),
+        next_cursor,
+    }))
+}

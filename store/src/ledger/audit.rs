@@ -220,6 +220,33 @@ impl AuditLog<'_> {
         rows.iter().map(from_row).collect()
     }
 
+    /// Up to `limit` entries about `account` and everything in it after
+    /// `cursor` (0: from the first), oldest first, each with its cursor.
+    pub async fn account_page(
+        &self,
+        account: &AccountId,
+        cursor: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, AuditEntry)>> {
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, subject, detail FROM audit_log \
+             WHERE (subject = $1 OR (subject >= $2 AND subject < $3)) AND id > $4 \
+             ORDER BY id LIMIT $5",
+        )
+        .bind(AuditSubject::account(account).to_string())
+        // `server/<account>/` up to the next string after every name in it
+        // ('0' follows '/'): an index range in both databases.
+        .bind(format!("server/{account}/"))
+        .bind(format!("server/{account}0"))
+        .bind(cursor)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("id")?, from_row(row)?)))
+            .collect()
+    }
+
     /// The entries about `account` and everything in it, oldest first.
     pub async fn account_trail(&self, account: &AccountId) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(

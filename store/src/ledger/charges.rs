@@ -4,7 +4,7 @@
 
 use sqlx::Row;
 
-use crate::db::Database;
+use crate::db::{Backend, Database};
 use crate::error::Result;
 
 pub struct Charges<'a> {
@@ -53,33 +53,56 @@ impl Charges<'_> {
         Ok(inserted == 1)
     }
 
-    /// The latest `limit` charges of an account, newest first.
-    pub async fn of_account(&self, account: &str, limit: u32) -> Result<Vec<Charge>> {
-        let rows = sqlx::query(
-            "SELECT charge_key, account, kind, amount, currency, subject, detail, created_at \
-             FROM billing_charges WHERE account = $1 ORDER BY created_at DESC, id DESC LIMIT $2",
-        )
-        .bind(account)
+    /// Up to `limit` charges recorded after `cursor` (0: from the first), in
+    /// order, each with its cursor. A reader that resumes from the last
+    /// cursor it saw sees every charge exactly once: on PostgreSQL a charge
+    /// is shown only once every transaction that began before it ended.
+    pub async fn since(&self, cursor: i64, limit: u32) -> Result<Vec<(i64, Charge)>> {
+        let settled = match self.db.backend() {
+            Backend::Sqlite => "",
+            Backend::Postgres => " AND writer_xid < pg_snapshot_xmin(pg_current_snapshot())",
+        };
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, {COLUMNS} FROM billing_charges WHERE id > $1{settled} ORDER BY id LIMIT $2"
+        )))
+        .bind(cursor)
         .bind(i64::from(limit))
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
-            .map(|row| {
-                let detail: String = row.try_get("detail")?;
-                let amount: i64 = row.try_get("amount")?;
-                Ok(Charge {
-                    key: row.try_get("charge_key")?,
-                    account: row.try_get("account")?,
-                    kind: row.try_get("kind")?,
-                    amount: u64::try_from(amount)
-                        .map_err(|_| super::malformed("charge amount", &amount.to_string()))?,
-                    currency: row.try_get("currency")?,
-                    subject: row.try_get("subject")?,
-                    detail: serde_json::from_str(&detail)
-                        .map_err(|_| super::malformed("charge detail", &detail))?,
-                    created_at: row.try_get("created_at")?,
-                })
-            })
+            .map(|row| Ok((row.try_get("id")?, charge(row)?)))
             .collect()
     }
+
+    /// The latest `limit` charges of an account, newest first.
+    pub async fn of_account(&self, account: &str, limit: u32) -> Result<Vec<Charge>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM billing_charges WHERE account = $1 \
+             ORDER BY created_at DESC, id DESC LIMIT $2"
+        )))
+        .bind(account)
+        .bind(i64::from(limit))
+        .fetch_all(self.db.pool())
+        .await?;
+        rows.iter().map(charge).collect()
+    }
+}
+
+const COLUMNS: &str = "charge_key, account, kind, amount, currency, subject, detail, created_at";
+
+fn charge(row: &sqlx::any::AnyRow) -> Result<Charge> {
+    let detail: String = row.try_get("detail")?;
+    let amount: i64 = row.try_get("amount")?;
+    Ok(Charge {
+        key: row.try_get("charge_key")?,
+        account: row.try_get("account")?,
+        kind: row.try_get("kind")?,
+        amount: u64::try_from(amount)
+            .map_err(|_| super::malformed("charge amount", &amount.to_string()))?,
+        currency: row.try_get("currency")?,
+        subject: row.try_get("subject")?,
+        detail: serde_json::from_str(&detail)
+            .map_err(|_| super::malformed("charge detail", &detail))?,
+        created_at: row.try_get("created_at")?,
+    })
 }
