@@ -12,6 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::json;
@@ -36,6 +37,8 @@ const FACTS_PAGE: u32 = 1_000;
 const MAX_FACTS: usize = 100_000;
 /// Due accounts taken per query.
 const DUE_BATCH: u32 = 500;
+/// Accounts carried out at once: each is independent of the others.
+const SETTLE_CONCURRENCY: usize = 16;
 /// How long an account whose standing could not be carried out waits
 /// before it is tried again.
 const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
@@ -108,8 +111,19 @@ impl DeadlineRunner {
             if due.is_empty() {
                 return Ok(report);
             }
-            for (account, _) in &due {
-                match self.settle(account, now).await {
+            let batch = due.len();
+            let accounts: Vec<String> = due.into_iter().map(|(account, _)| account).collect();
+            let outcomes: Vec<(String, Result<(), ControllerError>)> =
+                futures::stream::iter(accounts)
+                    .map(|account| async move {
+                        let outcome = self.settle(&account, now).await;
+                        (account, outcome)
+                    })
+                    .buffer_unordered(SETTLE_CONCURRENCY)
+                    .collect()
+                    .await;
+            for (account, outcome) in outcomes {
+                match outcome {
                     Ok(()) => report.settled += 1,
                     Err(error) => {
                         report.failed += 1;
@@ -118,12 +132,12 @@ impl DeadlineRunner {
                         self.ctx
                             .ledger
                             .facts()
-                            .set_deadline(account, Some(retry))
+                            .set_deadline(&account, Some(retry))
                             .await?;
                     }
                 }
             }
-            if due.len() < DUE_BATCH as usize {
+            if batch < DUE_BATCH as usize {
                 return Ok(report);
             }
         }
