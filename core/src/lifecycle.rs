@@ -602,17 +602,7 @@ mod tests {
         status: &VirtualServerStatus,
         observation: &Observation,
     ) -> Decision {
-        plan(
-            ServerFacts {
-                spec,
-                status,
-                generation: Some(2),
-                has_finalizer: true,
-                deleting: false,
-            },
-            observation,
-            now(),
-        )
+        decide(spec, status, true, false, observation)
     }
 
     fn suspended_condition(status: &VirtualServerStatus) -> (ConditionStatus, String, String) {
