@@ -4,7 +4,6 @@
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use stratus_core::config::{Image, Plan};
-use stratus_core::policy::SuspensionMode;
 use stratus_core::quota::{Quota, Usage};
 use stratus_core::resources::{
     Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer,
@@ -282,12 +281,7 @@ impl From<&Suspension> for SuspensionView {
                 .iter()
                 .map(|r| r.as_str().to_owned())
                 .collect(),
-            mode: match suspension.mode {
-                SuspensionMode::Stopped => "stopped",
-                SuspensionMode::Paused => "paused",
-                SuspensionMode::NetworkIsolated => "network_isolated",
-            }
-            .to_owned(),
+            mode: suspension.mode.as_str().to_owned(),
             message: suspension.describe(),
         }
     }

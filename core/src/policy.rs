@@ -210,6 +210,17 @@ pub enum SuspensionMode {
     Paused,
 }
 
+impl SuspensionMode {
+    /// Its name in the configuration and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::NetworkIsolated => "network_isolated",
+            Self::Paused => "paused",
+        }
+    }
+}
+
 /// The `policy:` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -551,6 +562,17 @@ impl Policy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn suspension_mode_names_are_their_configuration_names() {
+        for mode in [
+            SuspensionMode::Stopped,
+            SuspensionMode::NetworkIsolated,
+            SuspensionMode::Paused,
+        ] {
+            assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+        }
+    }
 
     fn at(text: &str) -> Timestamp {
         text.parse().unwrap()

@@ -24,6 +24,7 @@ use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::ApiState;
+use crate::views::millis_to_rfc3339;
 
 /// Longest reporter id accepted.
 const MAX_ID_LEN: usize = 128;
@@ -137,9 +138,7 @@ impl From<&StoredFact> for FactView {
             account_id: stored.account.clone(),
             kind: stored.kind.clone(),
             fact: stored.fact.clone(),
-            recorded_at: Timestamp::from_millisecond(stored.recorded_at)
-                .map(|t| t.to_string())
-                .unwrap_or_default(),
+            recorded_at: millis_to_rfc3339(stored.recorded_at),
         }
     }
 }
@@ -665,12 +664,6 @@ pub struct BillingEventView {
     pub at: String,
 }
 
-fn rfc3339(ms: i64) -> String {
-    Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
-}
-
 /// The outbound billing-events ledger, by cursor (operators and billing).
 #[utoipa::path(get, path = "/v1/admin/billing-events", tag = "accounts", params(CursorQuery),
     responses((status = 200, body = CursorPage<BillingEventView>), (status = 400, body = ErrorBody),
@@ -696,7 +689,7 @@ pub async fn list_billing_events(
                 currency: charge.currency,
                 subject: charge.subject,
                 detail: charge.detail,
-                at: rfc3339(charge.created_at),
+                at: millis_to_rfc3339(charge.created_at),
             })
             .collect(),
         next_cursor,
@@ -777,7 +770,7 @@ async fn history(
             .iter()
             .map(|(cursor, entry)| HistoryEntryView {
                 cursor: cursor.to_string(),
-                at: rfc3339(entry.at),
+                at: millis_to_rfc3339(entry.at),
                 actor: entry.actor.to_string(),
                 action: entry.action.as_str().to_owned(),
                 subject: entry.subject.to_string(),
