@@ -17,6 +17,7 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::conditions::{self, ConditionType, Reason};
+use stratus_core::notices;
 use stratus_core::policy::Policy;
 use stratus_core::resources::{
     Account, AccountStatus, AccountSuspension, ServerTermination, VirtualServer,
@@ -29,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::error::ControllerError;
+use crate::notifier::Outbox;
 
 /// Facts read per query while an account's history is loaded.
 const FACTS_PAGE: u32 = 1_000;
@@ -52,6 +54,8 @@ pub struct DeadlineRunner {
     /// How often the ledger is asked for due accounts: a fact reported
     /// through the API (another process, maybe) is acted on within it.
     poll: Duration,
+    /// Where the account is told of its standing.
+    outbox: Outbox,
 }
 
 /// What one pass did.
@@ -77,7 +81,14 @@ impl DeadlineRunner {
             servers,
             policy,
             poll,
+            outbox: Outbox::default(),
         }
+    }
+
+    /// Queues each change and notice for the configured channels.
+    pub fn notifying(mut self, outbox: Outbox) -> Self {
+        self.outbox = outbox;
+        self
     }
 
     /// Runs until `shutdown` says stop.
@@ -156,6 +167,7 @@ impl DeadlineRunner {
         self.hold_servers(account, &standing, now).await?;
         self.record_charges(account, &standing).await?;
         self.audit_changes(account, &standing).await;
+        self.queue_notifications(&object, &standing, now).await?;
         self.record_account_status(&object, &standing, now).await?;
         self.ctx
             .ledger
@@ -305,6 +317,36 @@ impl DeadlineRunner {
                 Err(error) => tracing::error!(%error, change = %change.id, "audit write failed"),
             }
         }
+    }
+
+    /// Every change the account is told of, and every notice owed, once
+    /// per channel.
+    async fn queue_notifications(
+        &self,
+        account: &Account,
+        standing: &Standing,
+        now: Timestamp,
+    ) -> Result<(), ControllerError> {
+        let name = account.name_any();
+        let messages: Vec<_> = standing
+            .changes
+            .iter()
+            .filter_map(|change| notices::for_change(&name, change))
+            .chain(
+                standing
+                    .notices
+                    .iter()
+                    .map(|notice| notices::for_notice(&name, notice)),
+            )
+            .collect();
+        let queued = self
+            .outbox
+            .queue(&self.ctx, &name, &account.spec.email, messages, now)
+            .await?;
+        if queued > 0 {
+            tracing::info!(queued, "notifications queued");
+        }
+        Ok(())
     }
 
     async fn record_account_status(

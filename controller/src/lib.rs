@@ -17,6 +17,9 @@ pub mod hypervisors;
 pub mod ip_pools;
 pub mod leader;
 pub mod metrics;
+pub mod notifier;
+#[cfg(any(test, feature = "testing"))]
+pub mod receivers;
 pub mod runtime;
 pub mod servers;
 pub mod simulated;
@@ -38,6 +41,7 @@ use crate::deadlines::DeadlineRunner;
 use crate::dnsbl::BlacklistChecker;
 use crate::hypervisors::HypervisorProber;
 use crate::ip_pools::IpPoolReconciler;
+use crate::notifier::{Notifier, Outbox};
 use crate::servers::ServerReconciler;
 
 /// How the controller runs.
@@ -50,6 +54,8 @@ pub struct ControllerConfig {
     pub pool_interval: Duration,
     /// How often the ledger is asked for accounts whose standing is due.
     pub deadline_poll: Duration,
+    /// How often the outbox is asked for notifications due.
+    pub notification_poll: Duration,
 }
 
 impl Default for ControllerConfig {
@@ -59,6 +65,7 @@ impl Default for ControllerConfig {
             probe_interval: Duration::from_secs(15),
             pool_interval: Duration::from_secs(60),
             deadline_poll: Duration::from_secs(1),
+            notification_poll: Duration::from_secs(1),
         }
     }
 }
@@ -84,8 +91,14 @@ pub fn controller(
         Resources::new(store.clone()),
         Arc::new(config.policy.clone()),
         settings.deadline_poll,
-    );
+    )
+    .notifying(Outbox::new(&config.notifications));
     runtime.add_loop(move |shutdown| deadlines.run(shutdown));
+    let notifications = &config.notifications;
+    if notifications.any_account_channel() || notifications.billing_webhook.is_some() {
+        let notifier = Notifier::new(ctx.clone(), notifications, settings.notification_poll)?;
+        runtime.add_loop(move |shutdown| notifier.run(shutdown));
+    }
     let servers = Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),

@@ -30,6 +30,13 @@ pub struct VerdictLabels {
     pub verdict: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    pub channel: &'static str,
+    /// `delivered`, `retrying` or `failed` (given up).
+    pub outcome: &'static str,
+}
+
 fn reconcile_buckets() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 3.0, 12))
 }
@@ -42,6 +49,7 @@ pub struct ControllerMetrics {
     queue_depth: Family<KindLabels, Gauge>,
     transitions: Family<PhaseLabels, Counter>,
     swept: Family<VerdictLabels, Counter>,
+    deliveries: Family<DeliveryLabels, Counter>,
 }
 
 impl ControllerMetrics {
@@ -55,6 +63,7 @@ impl ControllerMetrics {
             queue_depth: Family::default(),
             transitions: Family::default(),
             swept: Family::default(),
+            deliveries: Family::default(),
         };
         registry.register(
             "reconciles",
@@ -85,6 +94,11 @@ impl ControllerMetrics {
             "dnsbl_sweep_checks",
             "Held addresses the blacklist sweep asked about, by verdict (listed: a blocking blacklist lists it)",
             metrics.swept.clone(),
+        );
+        registry.register(
+            "notification_attempts",
+            "Notification and billing webhook deliveries attempted, by channel and outcome",
+            metrics.deliveries.clone(),
         );
         metrics
     }
@@ -126,6 +140,12 @@ impl ControllerMetrics {
                 .get_or_create(&VerdictLabels { verdict })
                 .inc_by(u64::try_from(count).unwrap_or(u64::MAX));
         }
+    }
+
+    pub fn delivery(&self, channel: &'static str, outcome: &'static str) {
+        self.deliveries
+            .get_or_create(&DeliveryLabels { channel, outcome })
+            .inc();
     }
 
     pub fn entered(&self, phase: &'static str) {

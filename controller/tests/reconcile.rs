@@ -193,6 +193,7 @@ impl Harness {
             probe_interval,
             pool_interval: Duration::from_secs(60),
             deadline_poll: Duration::from_millis(50),
+            notification_poll: Duration::from_millis(50),
         };
         let runtime = stratus_controller::controller(
             self.ctx.clone(),
@@ -1550,4 +1551,224 @@ async fn r6_r14_a_server_terminated_with_notice_is_wiped_and_gone_at_the_deadlin
         1
     );
     assert_eq!(h.phase_of(NS, "vs-2").await, ServerPhase::Running);
+}
+
+/// Channels pointed at local receivers, with the secret files they sign with.
+fn local_channels(
+    dir: &std::path::Path,
+    smtp: &stratus_controller::receivers::SmtpSink,
+    hook: &stratus_controller::receivers::WebhookReceiver,
+    billing: &stratus_controller::receivers::WebhookReceiver,
+) -> stratus_core::notices::Notifications {
+    use stratus_core::notices::{EmailChannel, Notifications, Smtp, SmtpTls, Webhook};
+    let secret = dir.join("webhook.secret");
+    stratus_store::private_files::write_private_file(&secret, WEBHOOK_SECRET.as_bytes()).unwrap();
+    let webhook = |url: String| Webhook {
+        url,
+        secret_file: secret.display().to_string(),
+    };
+    Notifications {
+        email: Some(EmailChannel {
+            smtp: Smtp {
+                host: "127.0.0.1".into(),
+                port: Some(smtp.port()),
+                tls: SmtpTls::None,
+                username: None,
+                password_file: None,
+            },
+            from: "Example Hosting <noc@example.net>".into(),
+        }),
+        webhook: Some(webhook(hook.url("/notices"))),
+        billing_webhook: Some(webhook(billing.url("/billing"))),
+        max_attempts: 3,
+    }
+}
+
+const WEBHOOK_SECRET: &str = "a-shared-secret-of-32-characters";
+
+/// Checks a webhook call's signature as a receiver would: HMAC-SHA256 of
+/// `"<t>.<body>"` with the shared secret.
+fn signed(call: &stratus_controller::receivers::ReceivedCall) -> bool {
+    let Some(header) = call.headers.get("stratus-signature") else {
+        return false;
+    };
+    let Some((t, v1)) = header
+        .strip_prefix("t=")
+        .and_then(|rest| rest.split_once(",v1="))
+    else {
+        return false;
+    };
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, WEBHOOK_SECRET.as_bytes());
+    let mut signed = t.as_bytes().to_vec();
+    signed.push(b'.');
+    signed.extend_from_slice(&call.body);
+    let Ok(tag) = hex::decode(v1) else {
+        return false;
+    };
+    ring::hmac::verify(&key, &signed, &tag).is_ok()
+}
+
+/// R5, R6, R7, notices: an abuse report and a termination with notice tell
+/// the account at once by e-mail and by signed webhook (the suspension,
+/// the termination scheduled, the 72h notice), and the 24h notice when it
+/// is owed; a refusing receiver is tried again after the backoff, then
+/// given up and listed as failed until an operator queues it again; a
+/// standing worked out again (a restart) queues nothing twice; the abuse
+/// fee reaches the billing webhook once.
+#[tokio::test]
+async fn r6_notices_reach_smtp_and_webhook_once_and_refusals_are_retried() {
+    use stratus_controller::notifier::{Notifier, Outbox};
+    use stratus_controller::receivers::{SmtpSink, WebhookReceiver};
+    use stratus_store::ledger::DeliveryState;
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.three_running_servers().await;
+        let dir = tempfile::tempdir().unwrap();
+        let (smtp, hook, billing) = (
+            SmtpSink::start().await.unwrap(),
+            WebhookReceiver::start().await.unwrap(),
+            WebhookReceiver::start().await.unwrap(),
+        );
+        let channels = local_channels(dir.path(), &smtp, &hook, &billing);
+        let runner = h.deadline_runner().notifying(Outbox::new(&channels));
+        let notifier = Notifier::new(h.ctx.clone(), &channels, Duration::from_millis(50)).unwrap();
+
+        h.report(
+            "abuse-1",
+            FactKind::AbuseReport {
+                server: "vs-1".into(),
+            },
+        )
+        .await;
+        h.report(
+            "terminate-1",
+            FactKind::Terminate {
+                server: "vs-1".into(),
+                cause: TerminationCause::Abuse,
+                immediate: false,
+            },
+        )
+        .await;
+        runner.pass().await.unwrap();
+        hook.refuse_next(1);
+        let first = notifier.pass().await.unwrap();
+        assert_eq!(
+            (first.delivered, first.retrying),
+            (5, 1),
+            "{label}: {first:?}"
+        );
+        assert_eq!(first.billing_events, 1, "{label}");
+
+        let subjects: Vec<String> = smtp
+            .received()
+            .iter()
+            .map(|m| m.header("Subject").unwrap())
+            .collect();
+        assert_eq!(subjects.len(), 3, "{label}: {subjects:?}");
+        assert!(
+            subjects.contains(&"Your server vs-1 suspended for abuse".to_owned()),
+            "{subjects:?}"
+        );
+        assert!(
+            subjects
+                .iter()
+                .any(|s| s.starts_with("Your server vs-1 will be terminated on"))
+        );
+        for mail in smtp.received() {
+            assert_eq!(mail.to, ["ops@acme.example"], "{label}");
+            assert_eq!(mail.from, "noc@example.net");
+            assert!(
+                mail.header("Message-ID")
+                    .unwrap()
+                    .ends_with("@example.net>")
+            );
+        }
+        assert!(
+            hook.calls().iter().all(signed),
+            "{label}: every call is signed"
+        );
+        assert_eq!(
+            hook.accepted().len(),
+            2,
+            "{label}: one of three was refused"
+        );
+
+        // The refused one is tried again after the backoff, not before.
+        assert_eq!(notifier.pass().await.unwrap().delivered, 0);
+        h.clock.advance(jiff::SignedDuration::from_secs(30));
+        assert_eq!(notifier.pass().await.unwrap().delivered, 1, "{label}");
+        let received = hook.accepted();
+        assert_eq!(received.len(), 3);
+        let mut ids: Vec<&str> = received.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), 3, "{label}: three different messages");
+        assert!(received.iter().all(|m| m["account"] == NS));
+
+        // Worked out again, as after a restart: nothing new is queued.
+        h.ledger
+            .facts()
+            .set_deadline(NS, Some(h.clock.now().as_millisecond()))
+            .await
+            .unwrap();
+        runner.pass().await.unwrap();
+        assert_eq!(
+            notifier.pass().await.unwrap(),
+            Default::default(),
+            "{label}"
+        );
+
+        // 24h before the termination: one more notice, which the SMTP
+        // server refuses every time until it is given up.
+        smtp.refuse_next(3);
+        h.clock.advance(jiff::SignedDuration::from_hours(48));
+        runner.pass().await.unwrap();
+        let due = notifier.pass().await.unwrap();
+        assert_eq!((due.delivered, due.retrying), (1, 1), "{label}: {due:?}");
+        h.clock.advance(jiff::SignedDuration::from_secs(30));
+        assert_eq!(notifier.pass().await.unwrap().retrying, 1);
+        h.clock.advance(jiff::SignedDuration::from_secs(60));
+        assert_eq!(
+            notifier.pass().await.unwrap().failed,
+            1,
+            "{label}: given up after 3 attempts"
+        );
+        let outbox = h.ledger.notifications();
+        let failed = outbox
+            .page(Some(DeliveryState::Failed), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "{label}");
+        assert!(
+            failed[0].last_error.as_deref().unwrap().contains("451"),
+            "{:?}",
+            failed[0].last_error
+        );
+        assert!(
+            outbox
+                .retry(failed[0].id, h.clock.now().as_millisecond())
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            notifier.pass().await.unwrap().delivered,
+            1,
+            "{label}: queued again by an operator"
+        );
+        let last = smtp.received().pop().unwrap();
+        assert!(
+            last.header("Subject")
+                .unwrap()
+                .starts_with("Your server vs-1 will be terminated on")
+        );
+        assert_eq!(smtp.received().len(), 4, "{label}");
+        assert_eq!(billing.accepted().len(), 1, "{label}: the fee once");
+        let fee = &billing.accepted()[0]["events"][0];
+        assert_eq!(
+            (fee["type"].as_str(), fee["amount"].as_u64()),
+            (Some("abuse_report"), Some(50_000))
+        );
+        assert!(billing.calls().iter().all(signed));
+    }
 }

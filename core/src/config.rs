@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::notices::Notifications;
 use crate::policy::Policy;
 use crate::quota::Quota;
 use crate::resources::{IpPoolSpec, Ipv4Block, Ipv6Block, ServerResources};
@@ -82,6 +83,9 @@ pub struct Config {
     /// The DNS blacklists addresses are checked against (R20, R21).
     #[serde(default)]
     pub dnsbl: Dnsbl,
+    /// How accounts are told of their standing, and the billing webhook.
+    #[serde(default)]
+    pub notifications: Notifications,
 }
 
 /// An IP pool of the configuration: its name, then the IpPool spec's fields.
@@ -267,6 +271,7 @@ impl Default for Config {
             policy: Policy::default(),
             ip_pools: None,
             dnsbl: Dnsbl::default(),
+            notifications: Notifications::default(),
         }
     }
 }
@@ -386,6 +391,9 @@ impl Config {
             .validate()
             .map_err(|(field, message)| invalid(field, &message))?;
         self.dnsbl
+            .validate()
+            .map_err(|(field, message)| invalid(field, &message))?;
+        self.notifications
             .validate()
             .map_err(|(field, message)| invalid(field, &message))?;
         self.validate_pools()?;

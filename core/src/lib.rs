@@ -13,6 +13,7 @@ pub mod ids;
 pub mod ip;
 pub mod leadership;
 pub mod lifecycle;
+pub mod notices;
 pub mod policy;
 pub mod quota;
 pub mod resources;

@@ -156,3 +156,133 @@ async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+fn notice(key: &str, at: i64) -> stratus_store::ledger::NewNotification {
+    stratus_store::ledger::NewNotification {
+        key: key.into(),
+        account: "acc-0000000000000001".into(),
+        channel: stratus_store::ledger::Channel::Email,
+        recipient: "ops@example.org".into(),
+        message: json!({"subject": key}),
+        created_at: at,
+    }
+}
+
+/// The outbox queues a notice once by its key; a claim hides it from
+/// other senders until its lease runs out (a sender that died); a failed
+/// attempt is retried at the time given, then given up and listed as
+/// failed until an operator queues it again.
+#[tokio::test]
+async fn notifications_are_queued_once_claimed_once_and_retried() {
+    use stratus_store::ledger::DeliveryState;
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let outbox = ledger.notifications();
+        assert!(outbox.enqueue(&notice("n-1", 100)).await.unwrap());
+        assert!(
+            !outbox.enqueue(&notice("n-1", 150)).await.unwrap(),
+            "{label}: once"
+        );
+        assert!(outbox.enqueue(&notice("n-2", 200)).await.unwrap());
+
+        assert!(
+            outbox.claim_due(99, 1_000, 10).await.unwrap().is_empty(),
+            "{label}: not due yet"
+        );
+        let claimed = outbox.claim_due(150, 1_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{label}");
+        let first = &claimed[0];
+        assert_eq!((first.key.as_str(), first.attempts), ("n-1", 1));
+        let second = outbox.claim_due(500, 1_000, 10).await.unwrap();
+        assert_eq!(second.len(), 1, "{label}: n-1 is leased, only n-2 is due");
+        assert_eq!(second[0].key, "n-2");
+
+        outbox.delivered(second[0].id, 510).await.unwrap();
+        // The sender of n-1 died: its lease runs out and it is claimed again.
+        let again = outbox.claim_due(1_000, 2_000, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{label}");
+        assert_eq!((again[0].id, again[0].attempts), (first.id, 2));
+        outbox
+            .attempt_failed(first.id, &"refused ".repeat(500), Some(1_500))
+            .await
+            .unwrap();
+        assert!(outbox.claim_due(1_400, 3_000, 10).await.unwrap().is_empty());
+        let third = outbox.claim_due(1_500, 3_000, 10).await.unwrap();
+        assert_eq!(third[0].attempts, 3, "{label}");
+        outbox
+            .attempt_failed(first.id, "refused", None)
+            .await
+            .unwrap();
+
+        let failed = outbox
+            .page(Some(DeliveryState::Failed), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(failed.len(), 1, "{label}");
+        assert_eq!(failed[0].last_error.as_deref(), Some("refused"));
+        assert_eq!(outbox.count(DeliveryState::Failed).await.unwrap(), 1);
+        let delivered = outbox
+            .page(Some(DeliveryState::Delivered), 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(delivered[0].delivered_at, Some(510), "{label}");
+        assert_eq!(outbox.page(None, first.id, 10).await.unwrap().len(), 1);
+        assert!(
+            outbox
+                .claim_due(i64::MAX, i64::MAX, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        assert!(
+            !outbox.retry(second[0].id, 4_000).await.unwrap(),
+            "{label}: only a failed one"
+        );
+        assert!(outbox.retry(first.id, 4_000).await.unwrap());
+        let retried = outbox.claim_due(4_000, 5_000, 10).await.unwrap();
+        assert_eq!(
+            (retried[0].id, retried[0].attempts),
+            (first.id, 1),
+            "{label}"
+        );
+    }
+}
+
+/// An outbound feed's position survives and never moves back.
+#[tokio::test]
+async fn feed_positions_only_move_forward() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let outbox = ledger.notifications();
+        assert_eq!(outbox.feed_position("billing_webhook").await.unwrap(), 0);
+        outbox.advance_feed("billing_webhook", 7).await.unwrap();
+        outbox.advance_feed("billing_webhook", 3).await.unwrap();
+        assert_eq!(
+            outbox.feed_position("billing_webhook").await.unwrap(),
+            7,
+            "{label}"
+        );
+        outbox.advance_feed("billing_webhook", 9).await.unwrap();
+        let reopened = Ledger::new(scratch.db.clone());
+        assert_eq!(
+            reopened
+                .notifications()
+                .feed_position("billing_webhook")
+                .await
+                .unwrap(),
+            9
+        );
+        assert_eq!(
+            reopened
+                .notifications()
+                .feed_position("other")
+                .await
+                .unwrap(),
+            0,
+            "{label}"
+        );
+    }
+}

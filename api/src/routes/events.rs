@@ -17,7 +17,9 @@ use serde_json::{Value, json};
 use stratus_core::ids::AccountId;
 use stratus_core::resources::VirtualServer;
 use stratus_core::standing::{FactKind, TerminationCause};
-use stratus_store::ledger::{AuditAction, AuditSubject, NewFact, Recorded, StoredFact};
+use stratus_store::ledger::{
+    AuditAction, AuditSubject, BillingEvent, NewFact, Recorded, StoredFact,
+};
 use utoipa::ToSchema;
 
 use crate::auth::Principal;
@@ -645,34 +647,15 @@ pub struct CursorPage<T> {
     pub next_cursor: String,
 }
 
-/// A chargeable event for the provider's billing (R7, R18, R21).
-#[derive(Debug, Serialize, ToSchema)]
-pub struct BillingEventView {
-    /// Unique and stable: the same charge always has the same id.
-    pub id: String,
-    pub cursor: String,
-    pub account_id: String,
-    /// `abuse_report`, `abuse_case_minimum`, `restore`, `ip_cleanup`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Integer, in minor units of `currency`.
-    pub amount: u64,
-    pub currency: String,
-    pub subject: String,
-    #[schema(value_type = Object)]
-    pub detail: Value,
-    pub at: String,
-}
-
 /// The outbound billing-events ledger, by cursor (operators and billing).
 #[utoipa::path(get, path = "/v1/admin/billing-events", tag = "accounts", params(CursorQuery),
-    responses((status = 200, body = CursorPage<BillingEventView>), (status = 400, body = ErrorBody),
+    responses((status = 200, body = CursorPage<BillingEvent>), (status = 400, body = ErrorBody),
               (status = 403, body = ErrorBody)))]
 pub async fn list_billing_events(
     principal: Principal,
     State(state): State<ApiState>,
     axum::extract::Query(query): axum::extract::Query<CursorQuery>,
-) -> Result<Json<CursorPage<BillingEventView>>, ApiError> {
+) -> Result<Json<CursorPage<BillingEvent>>, ApiError> {
     principal.require_billing()?;
     let cursor = query.cursor()?;
     let rows = state.ledger.charges().since(cursor, query.limit()?).await?;
@@ -680,17 +663,7 @@ pub async fn list_billing_events(
     Ok(Json(CursorPage {
         items: rows
             .into_iter()
-            .map(|(cursor, charge)| BillingEventView {
-                id: charge.key,
-                cursor: cursor.to_string(),
-                account_id: charge.account,
-                kind: charge.kind,
-                amount: charge.amount,
-                currency: charge.currency,
-                subject: charge.subject,
-                detail: charge.detail,
-                at: millis_to_rfc3339(charge.created_at),
-            })
+            .map(|(cursor, charge)| charge.into_event(cursor))
             .collect(),
         next_cursor,
     }))

@@ -2,6 +2,7 @@
 //! fee, later ones), appended once each: the key makes a retried
 //! reconcile record a charge once.
 
+use serde::Serialize;
 use sqlx::Row;
 
 use crate::db::{Backend, Database};
@@ -27,6 +28,47 @@ pub struct Charge {
     /// Evidence, as JSON.
     pub detail: serde_json::Value,
     pub created_at: i64,
+}
+
+/// A charge as the provider's billing reads it, by cursor
+/// (`GET /v1/admin/billing-events`) and on the billing webhook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BillingEvent {
+    /// Unique and stable: the same charge always has the same id.
+    pub id: String,
+    pub cursor: String,
+    pub account_id: String,
+    /// `abuse_report`, `abuse_case_minimum`, `restore`, `ip_cleanup`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Integer, in minor units of `currency`.
+    pub amount: u64,
+    pub currency: String,
+    pub subject: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub detail: serde_json::Value,
+    /// RFC 3339.
+    pub at: String,
+}
+
+impl Charge {
+    /// The charge as billing reads it, at `cursor`.
+    pub fn into_event(self, cursor: i64) -> BillingEvent {
+        BillingEvent {
+            id: self.key,
+            cursor: cursor.to_string(),
+            account_id: self.account,
+            kind: self.kind,
+            amount: self.amount,
+            currency: self.currency,
+            subject: self.subject,
+            detail: self.detail,
+            at: jiff::Timestamp::from_millisecond(self.created_at)
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl Charges<'_> {

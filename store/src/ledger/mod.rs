@@ -5,8 +5,8 @@
 //! audit log), [`ips`] (the IP ledger: holdings, blacklist state and
 //! checks), [`charges`] (chargeable events for the provider's billing),
 //! [`facts`] (what the billing system and operators reported about each
-//! account, and each account's next deadline). The coming ledgers
-//! (notifications) are new modules here.
+//! account, and each account's next deadline), [`notifications`] (the
+//! outbox of notices to accounts and the positions of outbound feeds).
 
 pub mod audit;
 pub mod charges;
@@ -14,15 +14,17 @@ pub mod facts;
 pub mod idempotency;
 pub mod ips;
 pub mod macs;
+pub mod notifications;
 pub mod quotas;
 pub mod tokens;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
-pub use charges::{Charge, Charges};
+pub use charges::{BillingEvent, Charge, Charges};
 pub use facts::{AccountFacts, NewFact, Recorded, StoredFact};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use ips::{Check, CheckRequest, CheckResult, Holding, IpLedger, Listing, NewHolding, Override};
 pub use macs::MacAddresses;
+pub use notifications::{Channel, DeliveryState, NewNotification, Notification, Notifications};
 pub use quotas::Quotas;
 pub use tokens::{TokenRecord, TokenScope, Tokens};
 
@@ -62,6 +64,10 @@ impl Ledger {
 
     pub fn facts(&self) -> AccountFacts<'_> {
         AccountFacts { db: &self.db }
+    }
+
+    pub fn notifications(&self) -> Notifications<'_> {
+        Notifications { db: &self.db }
     }
 
     pub fn quotas(&self) -> Quotas<'_> {
