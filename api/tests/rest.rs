@@ -2291,3 +2291,155 @@ async fn r10_operators_read_the_whole_trail_and_customers_their_history_without_
         None,
     );
 }
+
+/// Operators see the outbox by state and queue a failed notification
+/// again; a bad state or id is refused naming it; a customer or the
+/// billing system sees none of it.
+#[tokio::test]
+async fn failed_notifications_are_listed_for_operators_and_queued_again() {
+    use stratus_store::ledger::{Channel, NewNotification};
+    let api = api().await;
+    let (acme, customer) = api.customer("ACME").await;
+    let outbox = api.state.ledger.notifications();
+    for key in ["n-1", "n-2", "n-3"] {
+        outbox
+            .enqueue(&NewNotification {
+                key: format!("{acme}/{key}/email"),
+                account: acme.clone(),
+                channel: Channel::Email,
+                recipient: "ops@acme.example".into(),
+                message: json!({"subject": format!("subject {key}")}),
+                created_at: 1,
+            })
+            .await
+            .unwrap();
+    }
+    let claimed = outbox.claim_due(i64::MAX - 1, i64::MAX, 3).await.unwrap();
+    outbox.delivered(claimed[0].id, 2).await.unwrap();
+    outbox
+        .attempt_failed(claimed[1].id, "SMTP: 550 mailbox unavailable", None)
+        .await
+        .unwrap();
+
+    let failed = api
+        .call(
+            Method::GET,
+            "/v1/admin/notifications?state=failed",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(failed.status, StatusCode::OK, "{}", failed.body);
+    let items = failed.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{}", failed.body);
+    assert_eq!(items[0]["subject"], "subject n-2");
+    assert_eq!(items[0]["last_error"], "SMTP: 550 mailbox unavailable");
+    assert_eq!(items[0]["channel"], "email");
+    let id = items[0]["id"].as_str().unwrap().to_owned();
+    let all = api
+        .call(
+            Method::GET,
+            "/v1/admin/notifications?limit=2",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(all.body["items"].as_array().unwrap().len(), 2);
+    let rest = api
+        .call(
+            Method::GET,
+            &format!(
+                "/v1/admin/notifications?since={}",
+                all.body["next_cursor"].as_str().unwrap()
+            ),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(rest.body["items"][0]["state"], "pending", "{}", rest.body);
+
+    for (path, field) in [
+        ("/v1/admin/notifications?state=lost", "state"),
+        ("/v1/admin/notifications?limit=0", "limit"),
+        ("/v1/admin/notifications?since=-4", "since"),
+    ] {
+        let refused = api.call(Method::GET, path, &api.admin, None).await;
+        assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{path}");
+        assert_eq!(refused.body["error"]["details"]["field"], field, "{path}");
+    }
+    let (_, billing) = api
+        .state
+        .ledger
+        .tokens()
+        .issue(1, None, "billing-system", TokenScope::Billing)
+        .await
+        .unwrap();
+    for token in [&customer, &billing] {
+        let denied = api
+            .call(Method::GET, "/v1/admin/notifications", token, None)
+            .await;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN);
+        let denied = api
+            .call(
+                Method::POST,
+                &format!("/v1/admin/notifications/{id}/retry"),
+                token,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    }
+
+    let delivered = claimed[0].id;
+    let not_failed = api
+        .call(
+            Method::POST,
+            &format!("/v1/admin/notifications/{delivered}/retry"),
+            &api.admin,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        not_failed.status,
+        StatusCode::CONFLICT,
+        "{}",
+        not_failed.body
+    );
+    for missing in ["999", "abc"] {
+        let reply = api
+            .call(
+                Method::POST,
+                &format!("/v1/admin/notifications/{missing}/retry"),
+                &api.admin,
+                Some(json!({})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{missing}");
+    }
+    let retried = api
+        .call(
+            Method::POST,
+            &format!("/v1/admin/notifications/{id}/retry"),
+            &api.admin,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(retried.status, StatusCode::OK, "{}", retried.body);
+    assert_eq!(
+        (
+            retried.body["state"].as_str(),
+            retried.body["attempts"].as_u64()
+        ),
+        (Some("pending"), Some(0))
+    );
+    assert!(retried.body["next_attempt_at"].is_string());
+    let failed = api
+        .call(
+            Method::GET,
+            "/v1/admin/notifications?state=failed",
+            &api.admin,
+            None,
+        )
+        .await;
+    assert!(failed.body["items"].as_array().unwrap().is_empty());
+}

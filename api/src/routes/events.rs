@@ -615,7 +615,7 @@ pub struct CursorQuery {
 }
 
 impl CursorQuery {
-    fn cursor(&self) -> Result<i64, ApiError> {
+    pub(crate) fn cursor(&self) -> Result<i64, ApiError> {
         match &self.since {
             None => Ok(0),
             Some(raw) => raw.parse::<i64>().ok().filter(|c| *c >= 0).ok_or_else(|| {
@@ -624,7 +624,7 @@ impl CursorQuery {
         }
     }
 
-    fn limit(&self) -> Result<u32, ApiError> {
+    pub(crate) fn limit(&self) -> Result<u32, ApiError> {
         match &self.limit {
             None => Ok(100),
             Some(raw) => raw

@@ -6,6 +6,7 @@ mod catalog;
 mod events;
 pub mod hypervisors;
 mod ip;
+mod notifications;
 mod servers;
 mod system;
 
@@ -64,6 +65,8 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(events::list_billing_events))
         .routes(routes!(events::account_audit))
         .routes(routes!(events::own_account_events))
+        .routes(routes!(notifications::list_notifications))
+        .routes(routes!(notifications::retry_notification))
         .routes(routes!(catalog::list_plans))
         .routes(routes!(catalog::list_images))
         .routes(routes!(servers::order_server, servers::list_servers))
