@@ -16,13 +16,13 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use serde_json::json;
-use stratus_core::conditions::{self, ConditionType, Reason};
+use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::notices;
 use stratus_core::policy::Policy;
 use stratus_core::resources::{
-    Account, AccountStatus, AccountSuspension, ServerTermination, VirtualServer,
+    Account, AccountState, AccountStatus, AccountSuspension, ServerTermination, VirtualServer,
 };
-use stratus_core::standing::{self, Cause, Fact, FactKind, Standing, Subject};
+use stratus_core::standing::{self, Cause, ChangeKind, Fact, FactKind, Standing, Subject};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Charge};
 use stratus_store::objects::Deletion;
 use stratus_store::{Resources, StoreError};
@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::error::ControllerError;
+use crate::events::EventType;
 use crate::notifier::Outbox;
 
 /// Facts read per query while an account's history is loaded.
@@ -166,7 +167,7 @@ impl DeadlineRunner {
         };
         self.hold_servers(account, &standing, now).await?;
         self.record_charges(account, &standing).await?;
-        self.audit_changes(account, &standing).await;
+        self.audit_changes(&object, &standing).await;
         self.queue_notifications(&object, &standing, now).await?;
         self.record_account_status(&object, &standing, now).await?;
         self.ctx
@@ -289,8 +290,11 @@ impl DeadlineRunner {
         Ok(())
     }
 
-    /// Every change once in the audit log (R10), with its cause.
-    async fn audit_changes(&self, account: &str, standing: &Standing) {
+    /// Every change once in the audit log (R10), with its cause, and as
+    /// an Event on the Account when it is first recorded.
+    async fn audit_changes(&self, object: &Account, standing: &Standing) {
+        let name = object.name_any();
+        let account = name.as_str();
         for change in &standing.changes {
             let subject = match &change.subject {
                 Subject::Account => AuditSubject::Account(account.to_owned()),
@@ -312,11 +316,40 @@ impl DeadlineRunner {
             };
             let key = format!("{account}/{}", change.id);
             match self.ctx.ledger.audit().append_once(&entry, &key).await {
-                Ok(true) => tracing::info!(change = %change.id, "standing changed"),
+                Ok(true) => {
+                    tracing::info!(change = %change.id, "standing changed");
+                    self.publish_change(object, change).await;
+                }
                 Ok(false) => {}
                 Err(error) => tracing::error!(%error, change = %change.id, "audit write failed"),
             }
         }
+    }
+
+    async fn publish_change(&self, account: &Account, change: &standing::Change) {
+        let reason = EventReason::changed(&change.kind);
+        let (event_type, note) = match notices::for_change(&account.name_any(), change) {
+            Some(message) => {
+                let warning = matches!(
+                    change.kind,
+                    ChangeKind::Suspended { .. }
+                        | ChangeKind::TerminationScheduled { .. }
+                        | ChangeKind::Terminated { .. }
+                        | ChangeKind::DataDestroyed
+                );
+                let kind = if warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                (kind, message.text)
+            }
+            None => (
+                EventType::Warning,
+                "an invoice is past billing.suspendAfter without a reminder recorded: nothing is suspended until one is".to_owned(),
+            ),
+        };
+        self.ctx.publish(account, event_type, reason, &note).await;
     }
 
     /// Every change the account is told of, and every notice owed, once
@@ -368,6 +401,11 @@ impl DeadlineRunner {
             data_destroyed_at: standing.data_destroyed_at.map(|t| t.to_string()),
             next_deadline: standing.next_deadline.map(|t| t.to_string()),
             ..current.clone()
+        };
+        status.state = match current.state {
+            AccountState::Closed => AccountState::Closed,
+            _ if status.suspensions.is_empty() => AccountState::Active,
+            _ => AccountState::Suspended,
         };
         let first = status.suspensions.first().map(|s| s.reason);
         let message = status

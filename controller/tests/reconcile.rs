@@ -22,7 +22,7 @@ use stratus_core::lifecycle;
 use stratus_core::policy::{Policy, SuspensionMode};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
-    Account, Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
+    Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
     VirtualServerStatus,
 };
 use stratus_core::resources::{IpPool, Ipv4Block};
@@ -1425,6 +1425,11 @@ async fn r1_r2_r4_suspend_after_passes_every_server_of_the_account_stops_once_an
         let status = account.status.unwrap();
         assert_eq!(status.suspensions.len(), 1);
         assert_eq!(status.suspensions[0].reason, SuspensionReason::NonPayment);
+        assert_eq!(
+            status.state,
+            AccountState::Suspended,
+            "kubectl's State column"
+        );
 
         // Worked out again (a restart, another pass): nothing is done twice.
         let changes = h.standing_changes().await;
@@ -1436,6 +1441,11 @@ async fn r1_r2_r4_suspend_after_passes_every_server_of_the_account_stops_once_an
             .unwrap();
         runner.pass().await.unwrap();
         assert_eq!(h.standing_changes().await, changes);
+        assert_eq!(
+            h.events.about("Account", NS),
+            [EventReason::Suspended],
+            "one Event on the Account, however often it is worked out"
+        );
 
         h.report(
             "inv-1-paid",
@@ -1446,6 +1456,16 @@ async fn r1_r2_r4_suspend_after_passes_every_server_of_the_account_stops_once_an
         .await;
         runner.pass().await.unwrap();
         assert_eq!(spec("vs-1").await.suspension, None, "R4: payment lifts it");
+        assert_eq!(
+            h.events.about("Account", NS),
+            [EventReason::Suspended, EventReason::SuspensionLifted]
+        );
+        let account = Resources::<Account>::new(h.store.clone())
+            .get(None, NS)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(account.status.unwrap().state, AccountState::Active);
         for _ in 0..2 {
             h.converge_all().await;
         }

@@ -147,6 +147,15 @@ named_enum!(
         AddressListed,
         /// The server's addresses are no longer listed.
         AddressDelisted,
+        /// An account's or a server's standing changed (on the Account).
+        SuspensionLifted,
+        TerminationScheduled,
+        DataDestroyed,
+        DataWiped,
+        Restored,
+        /// R1: an invoice is `billing.suspendAfter` past due with no
+        /// reminder recorded, so nothing is suspended.
+        ReminderMissing,
     }
 );
 
@@ -165,6 +174,21 @@ impl Reason {
 }
 
 impl EventReason {
+    /// The event for a change of an account's standing.
+    pub fn changed(change: &crate::standing::ChangeKind) -> Self {
+        use crate::standing::ChangeKind as C;
+        match change {
+            C::Suspended { .. } => Self::Suspended,
+            C::Lifted { .. } => Self::SuspensionLifted,
+            C::TerminationScheduled { .. } => Self::TerminationScheduled,
+            C::Terminated { .. } => Self::Terminated,
+            C::DataDestroyed => Self::DataDestroyed,
+            C::Wiped => Self::DataWiped,
+            C::Restored => Self::Restored,
+            C::ReminderMissing { .. } => Self::ReminderMissing,
+        }
+    }
+
     /// The event for a server entering `phase`.
     pub fn entered(phase: crate::resources::ServerPhase) -> Self {
         use crate::resources::ServerPhase as P;
