@@ -165,7 +165,7 @@ impl DeadlineRunner {
             self.ctx.ledger.facts().set_deadline(account, None).await?;
             return Ok(());
         };
-        self.hold_servers(account, &standing, now).await?;
+        let next_forgotten = self.hold_servers(account, &standing, now).await?;
         self.record_charges(account, &standing).await?;
         self.audit_changes(&object, &standing).await;
         self.queue_notifications(&object, &standing, now).await?;
@@ -175,7 +175,11 @@ impl DeadlineRunner {
             .facts()
             .set_deadline(
                 account,
-                standing.next_deadline.map(Timestamp::as_millisecond),
+                [standing.next_deadline, next_forgotten]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .map(Timestamp::as_millisecond),
             )
             .await?;
         Ok(())
@@ -219,14 +223,18 @@ impl DeadlineRunner {
     }
 
     /// Writes each server's suspension and termination as the standing has
-    /// them now; a terminated server whose data is due to be wiped is
-    /// deleted (its agent wipes the disk, its addresses go to quarantine).
+    /// them now. A terminated server whose data is due is marked to be
+    /// wiped (its agent wipes the disk, its addresses go to quarantine) and
+    /// stays listed as terminated until `termination.recordRetention` has
+    /// passed, when it is deleted; the instant of the next such deletion.
     async fn hold_servers(
         &self,
         account: &str,
         standing: &Standing,
         now: Timestamp,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<Option<Timestamp>, ControllerError> {
+        let retention = self.policy.termination.record_retention;
+        let mut next_forgotten: Option<Timestamp> = None;
         let servers = self.servers.list(Some(account)).await?.items;
         for server in servers {
             if server.metadata.deletion_timestamp.is_some() {
@@ -234,20 +242,25 @@ impl DeadlineRunner {
             }
             let name = server.name_any();
             let termination = standing.termination_of(&name).filter(|t| t.done);
-            if termination.is_some_and(|t| t.wiped || t.wipe_at <= now) {
-                match self.servers.delete(Some(account), &name).await {
-                    Ok(Deletion::Pending(_) | Deletion::Deleted)
-                    | Err(StoreError::NotFound { .. }) => {}
-                    Err(other) => return Err(other.into()),
+            if let Some(t) = termination {
+                let forget_at = retention.after(t.wipe_at);
+                if forget_at <= now {
+                    match self.servers.delete(Some(account), &name).await {
+                        Ok(Deletion::Pending(_) | Deletion::Deleted)
+                        | Err(StoreError::NotFound { .. }) => {}
+                        Err(other) => return Err(other.into()),
+                    }
+                    tracing::info!(server = %name, "terminated server's record retention passed: deleted");
+                    continue;
                 }
-                tracing::info!(server = %name, "terminated server deleted: its disk is wiped");
-                continue;
+                next_forgotten = Some(next_forgotten.map_or(forget_at, |n| n.min(forget_at)));
             }
             let suspension = standing.suspension_of(&name, &self.policy);
             let held_off = termination.map(|t| ServerTermination {
                 cause: t.cause,
                 at: t.at.to_string(),
                 wipe_at: t.wipe_at.to_string(),
+                wipe: t.wiped || t.wipe_at <= now,
             });
             if server.spec.suspension == suspension && server.spec.termination == held_off {
                 continue;
@@ -262,7 +275,7 @@ impl DeadlineRunner {
                 .await?;
             tracing::info!(server = %name, suspension = ?suspension, termination = ?held_off, "server held as the account's standing says");
         }
-        Ok(())
+        Ok(next_forgotten)
     }
 
     async fn record_charges(

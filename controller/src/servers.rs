@@ -236,6 +236,10 @@ impl ServerReconciler {
                 self.release(server, &current, &next).await?;
                 return Ok(Pass::Finished(Outcome::Done));
             }
+            Action::ReleaseTerminated => {
+                self.release_terminated(server, &current, next).await?;
+                return Ok(Pass::Finished(Outcome::Done));
+            }
             Action::EnsureDomain {
                 create_disk,
                 power_off,
@@ -316,6 +320,57 @@ impl ServerReconciler {
     ) -> Result<(), ControllerError> {
         self.record_status(server, current, next).await?;
         // Given back before the finalizer goes: after it, nothing would.
+        self.give_back(server).await?;
+        self.servers
+            .remove_finalizer(
+                server.namespace().as_deref(),
+                &server.name_any(),
+                SERVER_FINALIZER,
+            )
+            .await?;
+        self.ctx
+            .audit(
+                AuditAction::ServerReleased,
+                AuditSubject::server(server),
+                json!({ "hypervisor": current.hypervisor }),
+            )
+            .await;
+        tracing::info!("server torn down and released");
+        Ok(())
+    }
+
+    /// A terminated server's domain and disk are gone (R14): its holdings
+    /// are given back, then the wipe is recorded; the object stays, listed
+    /// as terminated, until the deadline runner forgets it.
+    async fn release_terminated(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        mut next: VirtualServerStatus,
+    ) -> Result<(), ControllerError> {
+        // Given back first: a crash before the status is recorded gives
+        // back again (each step is idempotent), never leaks.
+        self.give_back(server).await?;
+        next.hypervisor = None;
+        next.ipv4 = None;
+        next.ipv6 = None;
+        next.wiped_at = Some(self.ctx.clock.now().to_string());
+        self.record_status(server, current, &next).await?;
+        self.ctx
+            .audit(
+                AuditAction::ServerReleased,
+                AuditSubject::server(server),
+                json!({ "hypervisor": current.hypervisor, "terminated": true }),
+            )
+            .await;
+        tracing::info!("terminated server wiped and released; it stays listed as terminated");
+        Ok(())
+    }
+
+    /// Gives back what the server held: its MAC address, its addresses
+    /// (to quarantine, with the termination blacklist check), its quota,
+    /// and its room on the hypervisor.
+    async fn give_back(&self, server: &VirtualServer) -> Result<(), ControllerError> {
         let (uid, _) = ledger_holder(server)?;
         self.ctx
             .ledger
@@ -339,13 +394,6 @@ impl ServerReconciler {
                 .fulfil_resource(&account, &server.name_any(), self.now_millis())
                 .await?;
         }
-        self.servers
-            .remove_finalizer(
-                server.namespace().as_deref(),
-                &server.name_any(),
-                SERVER_FINALIZER,
-            )
-            .await?;
         // Its room is free for the next placement at once, and whoever
         // waits for room may take it.
         let waiting: Vec<ObjectKey> = {
@@ -361,14 +409,6 @@ impl ServerReconciler {
             let woken = requeue.keys(waiting);
             tracing::debug!(woken, "servers waiting for room queued again");
         }
-        self.ctx
-            .audit(
-                AuditAction::ServerReleased,
-                AuditSubject::server(server),
-                json!({ "hypervisor": current.hypervisor }),
-            )
-            .await;
-        tracing::info!("server torn down and released");
         Ok(())
     }
 

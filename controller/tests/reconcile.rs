@@ -1556,10 +1556,66 @@ async fn r6_r14_a_server_terminated_with_notice_is_wiped_and_gone_at_the_deadlin
     runner.pass().await.unwrap();
     let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
     assert!(
-        server.metadata.deletion_timestamp.is_some(),
-        "deleted at the deadline"
+        server.metadata.deletion_timestamp.is_none(),
+        "kept, listed as terminated"
+    );
+    assert!(
+        server.spec.termination.as_ref().is_some_and(|t| t.wipe),
+        "the wipe is due"
     );
     for _ in 0..4 {
+        h.converge_all().await;
+    }
+    let status = h.status("vs-1").await;
+    assert_eq!(status.phase, ServerPhase::Terminated);
+    assert!(status.wiped_at.is_some(), "{status:?}");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("terminated (abuse); its disk was wiped at")
+    );
+    assert_eq!(
+        (status.hypervisor, status.ipv4),
+        (None, None),
+        "its addresses are given back"
+    );
+    assert_eq!(
+        h.audited("vs-1", AuditAction::ServerDestroyed).await.len(),
+        1,
+        "destroyed once"
+    );
+    for _ in 0..2 {
+        h.converge_all().await;
+    }
+    assert_eq!(
+        h.audited("vs-1", AuditAction::ServerReleased).await.len(),
+        1,
+        "released once"
+    );
+
+    // termination.recordRetention (30 days) later it is forgotten.
+    h.clock
+        .advance(jiff::SignedDuration::from_hours(30 * 24 - 1));
+    runner.pass().await.unwrap();
+    assert!(
+        h.servers
+            .get(Some(NS), "vs-1")
+            .await
+            .unwrap()
+            .unwrap()
+            .metadata
+            .deletion_timestamp
+            .is_none()
+    );
+    h.clock.advance(jiff::SignedDuration::from_hours(1));
+    assert_eq!(
+        runner.pass().await.unwrap().settled,
+        1,
+        "its deadline was stored"
+    );
+    for _ in 0..2 {
         h.converge_all().await;
     }
     assert!(

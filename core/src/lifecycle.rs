@@ -52,6 +52,10 @@ pub enum Action {
     Destroy,
     /// Let the object go: nothing of it is left on any hypervisor.
     RemoveFinalizer,
+    /// A terminated server whose wipe was due: nothing of it is left on
+    /// any hypervisor; give back its addresses and record the wipe, and
+    /// keep the object listed as terminated.
+    ReleaseTerminated,
 }
 
 /// The decision: the status to record and, unless the server has converged
@@ -75,33 +79,57 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     status.observed_generation = server.generation;
     let mut next = None;
 
-    if server.deleting {
-        status.phase = ServerPhase::Terminating;
-        status.reason = None;
-        conditions::set(
-            &mut status.conditions,
-            ConditionType::Ready,
-            false,
-            Reason::Terminating,
-            "server is being deleted",
-            now,
-        );
+    let wiping = !server.deleting && server.spec.termination.as_ref().is_some_and(|t| t.wipe);
+    if server.deleting || wiping {
+        // What is left to do once nothing of it is on a hypervisor.
+        let finish = if server.deleting {
+            status.phase = ServerPhase::Terminating;
+            status.reason = None;
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::Ready,
+                false,
+                Reason::Terminating,
+                "server is being deleted",
+                now,
+            );
+            server.has_finalizer.then_some(Action::RemoveFinalizer)
+        } else {
+            status.phase = ServerPhase::Terminated;
+            let cause = server
+                .spec
+                .termination
+                .as_ref()
+                .map_or("", |t| t.cause.as_str());
+            status.reason = Some(match &status.wiped_at {
+                Some(at) => format!("terminated ({cause}); its disk was wiped at {at}"),
+                None => format!("terminated ({cause}); its disk is being wiped"),
+            });
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::Ready,
+                false,
+                Reason::Terminating,
+                status.reason.clone().unwrap_or_default(),
+                now,
+            );
+            status
+                .wiped_at
+                .is_none()
+                .then_some(Action::ReleaseTerminated)
+        };
         match observed {
-            Observation::NotPlaced => {
-                if server.has_finalizer {
-                    next = Some(Action::RemoveFinalizer);
-                }
-            }
+            Observation::NotPlaced => next = finish,
             Observation::AgentUnavailable(message) => {
                 agent_unreachable(&mut status, message, now);
             }
             Observation::Domain(domain) => {
                 agent_reachable(&mut status, now);
-                if domain.state.is_some() || domain.disk_present {
-                    next = Some(Action::Destroy);
-                } else if server.has_finalizer {
-                    next = Some(Action::RemoveFinalizer);
-                }
+                next = if domain.state.is_some() || domain.disk_present {
+                    Some(Action::Destroy)
+                } else {
+                    finish
+                };
             }
         }
         return Decision {
@@ -801,6 +829,79 @@ mod tests {
             obs,
             now(),
         )
+    }
+
+    /// R14: a terminated server whose wipe is due is torn down like a
+    /// deleted one, then its holdings are given back once and it stays,
+    /// listed as terminated, until the record is forgotten.
+    #[test]
+    fn r14_a_terminated_server_is_wiped_and_stays_listed_as_terminated() {
+        let mut spec = spec(PowerState::Running, 0);
+        spec.termination = Some(crate::resources::ServerTermination {
+            cause: crate::standing::TerminationCause::Abuse,
+            at: now().to_string(),
+            wipe_at: now().to_string(),
+            wipe: false,
+        });
+        let status = placed(ServerPhase::Terminated, true);
+        let held = decide(
+            &spec,
+            &status,
+            true,
+            false,
+            &observed(Some(DomainState::Stopped), true),
+        );
+        assert_eq!(held.next, None, "held off until the wipe is due");
+        assert_eq!(held.status.phase, ServerPhase::Terminated);
+
+        spec.termination.as_mut().unwrap().wipe = true;
+        let with_disk = decide(
+            &spec,
+            &status,
+            true,
+            false,
+            &observed(Some(DomainState::Stopped), true),
+        );
+        assert_eq!(with_disk.next, Some(Action::Destroy));
+        assert_eq!(with_disk.status.phase, ServerPhase::Terminated);
+        let unreachable = decide(
+            &spec,
+            &status,
+            true,
+            false,
+            &Observation::AgentUnavailable("down".into()),
+        );
+        assert_eq!(
+            unreachable.next, None,
+            "nothing is released before the disk is gone"
+        );
+        let gone = decide(&spec, &status, true, false, &observed(None, false));
+        assert_eq!(gone.next, Some(Action::ReleaseTerminated));
+        assert_eq!(
+            gone.status.reason.as_deref(),
+            Some("terminated (abuse); its disk is being wiped")
+        );
+
+        let mut released = gone.status.clone();
+        released.hypervisor = None;
+        released.wiped_at = Some(now().to_string());
+        let after = decide(&spec, &released, true, false, &Observation::NotPlaced);
+        assert_eq!(after.next, None, "released once");
+        assert_eq!(after.status.phase, ServerPhase::Terminated);
+        assert!(
+            after
+                .status
+                .reason
+                .unwrap()
+                .contains("its disk was wiped at")
+        );
+
+        let forgotten = decide(&spec, &released, true, true, &Observation::NotPlaced);
+        assert_eq!(
+            forgotten.next,
+            Some(Action::RemoveFinalizer),
+            "deleted when the record is forgotten"
+        );
     }
 
     /// Every phase × every observation × power × provisioned × deleting, with

@@ -124,8 +124,13 @@ pub struct ServerTermination {
     pub cause: crate::standing::TerminationCause,
     /// When it was terminated, RFC 3339.
     pub at: String,
-    /// When its disk is wiped and the server deleted, RFC 3339.
+    /// When its disk is wiped, RFC 3339.
     pub wipe_at: String,
+    /// The wipe is due: the controller destroys its domain and disk and
+    /// gives back its addresses; the object stays, listed as terminated,
+    /// until `termination.recordRetention` has passed.
+    #[serde(default)]
+    pub wipe: bool,
 }
 
 impl VirtualServerSpec {
@@ -228,6 +233,10 @@ pub struct VirtualServerStatus {
     /// silently created again.
     #[serde(default)]
     pub provisioned: bool,
+    /// A terminated server: when its domain and disk were destroyed and
+    /// its addresses given back, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wiped_at: Option<String>,
     /// Reboot requests already carried out.
     #[serde(default)]
     pub reboots_done: u32,
