@@ -151,6 +151,16 @@ pub struct CreateToken {
     pub name: String,
 }
 
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperatorToken {
+    /// What the token is for, e.g. `billing-system` or `alice`.
+    pub name: String,
+    /// `operator` (everything) or `billing` (posts invoices, reminders and
+    /// payments, reads billing events; nothing else).
+    pub role: String,
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TokenView {
     pub id: String,
@@ -180,6 +190,8 @@ pub struct IssuedToken {
     pub account_id: Option<String>,
     /// The bearer token. Shown once; only its hash is stored.
     pub token: String,
+    /// `customer`, `operator` or `billing`.
+    pub role: String,
     pub created_at: String,
 }
 

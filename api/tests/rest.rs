@@ -2443,3 +2443,100 @@ async fn failed_notifications_are_listed_for_operators_and_queued_again() {
         .await;
     assert!(failed.body["items"].as_array().unwrap().is_empty());
 }
+
+/// Operators make billing tokens through the API as through the CLI; a
+/// bad role or name is refused naming it and issues nothing; customers
+/// and billing tokens cannot make any.
+#[tokio::test]
+async fn operators_issue_billing_tokens_through_the_admin_api() {
+    let api = api().await;
+    let (acme, customer) = api.customer("ACME").await;
+    let made = api
+        .call(
+            Method::POST,
+            "/v1/admin/tokens",
+            &api.admin,
+            Some(json!({"name": "billing-system", "role": "billing"})),
+        )
+        .await;
+    assert_eq!(made.status, StatusCode::CREATED, "{}", made.body);
+    assert_eq!(made.body["role"], "billing");
+    assert!(made.body["account_id"].is_null());
+    let billing = made.body["token"].as_str().unwrap().to_owned();
+    let paid = report(
+        &api,
+        &billing,
+        &acme,
+        json!({"id": "p1", "type": "invoice_paid", "invoice_id": "inv-1"}),
+    )
+    .await;
+    assert_eq!(paid.status, StatusCode::ACCEPTED, "{}", paid.body);
+    let refused = api.call(Method::GET, "/v1/servers", &billing, None).await;
+    assert_eq!(refused.status, StatusCode::FORBIDDEN);
+
+    for (body, field) in [
+        (json!({"name": "x", "role": "root"}), Some("role")),
+        (json!({"name": " ", "role": "billing"}), Some("name")),
+        (
+            json!({"name": "x", "role": "billing", "account": "acc-1"}),
+            None,
+        ),
+        (json!({"name": "x"}), None),
+    ] {
+        let reply = api
+            .call(
+                Method::POST,
+                "/v1/admin/tokens",
+                &api.admin,
+                Some(body.clone()),
+            )
+            .await;
+        assert!(reply.status.is_client_error(), "{body}: {}", reply.status);
+        if let Some(field) = field {
+            assert_eq!(reply.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+            assert_eq!(reply.body["error"]["details"]["field"], field, "{body}");
+        }
+    }
+    for token in [&customer, &billing] {
+        let denied = api
+            .call(
+                Method::POST,
+                "/v1/admin/tokens",
+                token,
+                Some(json!({"name": "mine", "role": "operator"})),
+            )
+            .await;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    }
+    let operator = api
+        .call(
+            Method::POST,
+            "/v1/admin/tokens",
+            &api.admin,
+            Some(json!({"name": "alice", "role": "operator"})),
+        )
+        .await;
+    let alice = operator.body["token"].as_str().unwrap().to_owned();
+    let accounts = api.call(Method::GET, "/v1/accounts", &alice, None).await;
+    assert_eq!(
+        accounts.status,
+        StatusCode::OK,
+        "an operator token does everything"
+    );
+    let trail = api
+        .state
+        .ledger
+        .audit()
+        .trail(&AuditSubject::Operators)
+        .await
+        .unwrap();
+    let issued: Vec<_> = trail
+        .iter()
+        .filter(|e| e.action == AuditAction::TokenIssue)
+        .collect();
+    assert_eq!(
+        issued.len(),
+        2,
+        "the two made through the API, audited; nothing for the refused ones"
+    );
+}

@@ -9,14 +9,16 @@ use stratus_core::ids::TokenId;
 use stratus_core::quota::Quota;
 use stratus_core::resources::{Account, AccountSpec};
 use stratus_core::validate;
-use stratus_store::ledger::{AuditAction, AuditSubject, TokenScope};
+use stratus_store::ledger::{AuditAction, AuditSubject, TokenRecord, TokenScope};
 
 use crate::auth::{Principal, issue_token};
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery, paginate};
 use crate::state::ApiState;
-use crate::views::{AccountView, CreateAccount, CreateToken, IssuedToken, QuotaBody, TokenView};
+use crate::views::{
+    AccountView, CreateAccount, CreateOperatorToken, CreateToken, IssuedToken, QuotaBody, TokenView,
+};
 
 /// Opens a customer account (operators).
 #[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccount,
@@ -173,13 +175,7 @@ pub async fn create_token(
     if state.accounts.get(None, &id).await?.is_none() {
         return Err(ApiError::not_found("account", &id));
     }
-    let name = request.name.trim();
-    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            "name",
-            "name must be 1-100 characters without control characters",
-        ));
-    }
+    let name = token_name(&request.name)?;
     let (record, token) =
         issue_token(&state, Some(&account_id), name, TokenScope::Customer).await?;
     state
@@ -190,16 +186,60 @@ pub async fn create_token(
             json!({ "token_id": record.id, "name": name }),
         )
         .await;
-    Ok((
-        StatusCode::CREATED,
-        Json(IssuedToken {
-            id: record.id.to_string(),
-            name: record.name.clone(),
-            account_id: record.account_id.as_ref().map(ToString::to_string),
-            token,
-            created_at: TokenView::from(&record).created_at,
-        }),
-    ))
+    Ok((StatusCode::CREATED, Json(issued(&record, token))))
+}
+
+fn issued(record: &TokenRecord, token: String) -> IssuedToken {
+    IssuedToken {
+        id: record.id.to_string(),
+        name: record.name.clone(),
+        account_id: record.account_id.as_ref().map(ToString::to_string),
+        token,
+        role: record.scope.role().to_owned(),
+        created_at: TokenView::from(record).created_at,
+    }
+}
+
+/// A token's name as given: 1-100 characters, no control characters.
+fn token_name(raw: &str) -> Result<&str, ApiError> {
+    let name = raw.trim();
+    if name.is_empty() || name.chars().count() > 100 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name",
+            "name must be 1-100 characters without control characters",
+        ));
+    }
+    Ok(name)
+}
+
+/// Issues an operator token with a role (operators): `operator` may do
+/// everything, `billing` only what the provider's billing system needs.
+/// The token is shown once.
+#[utoipa::path(post, path = "/v1/admin/tokens", tag = "accounts", request_body = CreateOperatorToken,
+    responses((status = 201, body = IssuedToken), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn create_operator_token(
+    principal: Principal,
+    State(state): State<ApiState>,
+    JsonBody(request): JsonBody<CreateOperatorToken>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    principal.require_admin()?;
+    let scope = match request.role.as_str() {
+        "operator" => TokenScope::Admin,
+        "billing" => TokenScope::Billing,
+        _ => return Err(ApiError::invalid("role", "role is operator or billing")),
+    };
+    let name = token_name(&request.name)?;
+    let (record, token) = issue_token(&state, None, name, scope).await?;
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::TokenIssue,
+            AuditSubject::Operators,
+            json!({ "token_id": record.id, "name": name, "role": scope.role() }),
+        )
+        .await;
+    Ok((StatusCode::CREATED, Json(issued(&record, token))))
 }
 
 /// Lists an account's tokens, without their secrets (operators).

@@ -60,6 +60,7 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(accounts::set_quota))
         .routes(routes!(accounts::create_token, accounts::list_tokens))
         .routes(routes!(accounts::revoke_token))
+        .routes(routes!(accounts::create_operator_token))
         .routes(routes!(events::report_account_event))
         .routes(routes!(events::report_event))
         .routes(routes!(events::list_billing_events))
