@@ -489,3 +489,298 @@ async fn up_on_a_database_initialized_elsewhere_says_how_to_get_a_token() {
     assert_eq!(mode_of(&dir.path().join("second")), 0o700, "the data dir");
     second.process.terminate();
 }
+
+/// Polls `path` until `done` says yes; returns the last body.
+async fn wait_for(
+    client: &support::Client,
+    path: &str,
+    what: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (status, body) = client.get(path).await;
+        if status == 200 && done(&body) {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: HTTP {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// R1, R2, R4, R5, R6, R7, R14, R22 and the notices, on `stratus up` with
+/// policy durations of seconds: non-payment suspends every server of the
+/// account and no other, payment brings it back; an abuse report naming
+/// an address and a time isolates the server that held it; a termination
+/// with notice is announced by e-mail (a local SMTP sink) and by webhook
+/// (a local receiver), survives a SIGKILL, and at its deadline the server
+/// is wiped and listed as terminated, its address quarantined; the fee
+/// reaches the billing webhook once, every message arrives once, and the
+/// audit log has every step.
+#[tokio::test]
+async fn r1_r5_r6_billing_and_abuse_enforcement_end_to_end_across_a_kill() {
+    use stratus_controller::receivers::{SmtpSink, WebhookReceiver};
+    let dir = tempfile::tempdir().unwrap();
+    let smtp = SmtpSink::start().await.unwrap();
+    let hooks = WebhookReceiver::start().await.unwrap();
+    let secret = dir.path().join("webhook.secret");
+    support::write_secret(&secret, "an-e2e-webhook-secret-0123456789");
+    let config = dir.path().join("stratus.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "limits: {{ requestsPerSecond: 10000, burst: 10000 }}\n\
+             policy:\n\
+             \x20 billing: {{ suspendAfter: 2s }}\n\
+             \x20 abuse: {{ terminationNotice: 8s }}\n\
+             \x20 notice: {{ before: [6s] }}\n\
+             notifications:\n\
+             \x20 email:\n\
+             \x20   from: \"Example Hosting <noc@example.net>\"\n\
+             \x20   smtp: {{ host: 127.0.0.1, port: {}, tls: none }}\n\
+             \x20 webhook: {{ url: \"{}\", secretFile: \"{}\" }}\n\
+             \x20 billingWebhook: {{ url: \"{}\", secretFile: \"{}\" }}\n",
+            smtp.port(),
+            hooks.url("/notices"),
+            secret.display(),
+            hooks.url("/billing"),
+            secret.display(),
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (acme, customer) = admin.open_account("ACME").await;
+    let (_, other) = admin.open_account("Globex").await;
+    let order = json!({"name": "web", "plan": "small", "image": "debian-12"});
+    let (_, web) = customer.post("/v1/servers", order.clone()).await;
+    let (_, theirs) = other.post("/v1/servers", order).await;
+    let web = web["id"].as_str().unwrap().to_owned();
+    let theirs = theirs["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&web, "running", WAIT).await;
+    other.wait_status(&theirs, "running", WAIT).await;
+    let address = running["ipv4"]["address"].as_str().unwrap().to_owned();
+    let report = |body: serde_json::Value| {
+        let admin = &admin;
+        let acme = &acme;
+        async move {
+            let (status, reply) = admin
+                .post(&format!("/v1/admin/accounts/{acme}/events"), body)
+                .await;
+            assert_eq!(status, 202, "{reply}");
+        }
+    };
+    let now = || jiff::Timestamp::now().to_string();
+
+    // R1, R2: overdue, reminded, unpaid 2 s later: suspended; Globex is not.
+    report(json!({"id": "inv-1-due", "type": "invoice_overdue", "invoice_id": "inv-1", "due_at": now()})).await;
+    report(json!({"id": "inv-1-reminder", "type": "reminder_sent", "invoice_id": "inv-1"})).await;
+    let suspended = customer.wait_status(&web, "suspended", WAIT).await;
+    assert_eq!(suspended["status_reason"], "non_payment", "{suspended}");
+    let (_, refused) = customer
+        .post(
+            &format!("/v1/servers/{web}/actions"),
+            json!({"type": "start"}),
+        )
+        .await;
+    assert_eq!(refused["error"]["code"], "server_suspended", "{refused}");
+    assert_eq!(
+        other.get(&format!("/v1/servers/{theirs}")).await.1["status"],
+        "running"
+    );
+    // R4: paid, it runs again.
+    report(json!({"id": "inv-1-paid", "type": "invoice_paid", "invoice_id": "inv-1"})).await;
+    customer.wait_status(&web, "running", WAIT).await;
+
+    // R5, R22: a report naming the address and a time isolates it at once.
+    let (status, reply) = admin
+        .post(
+            "/v1/admin/events",
+            json!({"id": "abuse-1", "type": "abuse_report", "ip": address, "received_at": now(), "evidence": "spam run"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let isolated = customer.wait_status(&web, "suspended", WAIT).await;
+    assert_eq!(isolated["status_reason"], "abuse");
+    assert_eq!(
+        isolated["suspension"]["mode"], "network_isolated",
+        "{isolated}"
+    );
+    assert_eq!(isolated["desired_power"], "running", "the VM keeps running");
+    assert_eq!(
+        other.get(&format!("/v1/servers/{theirs}")).await.1["status"],
+        "running"
+    );
+
+    // R6: terminated with 8 s notice; the notice is out before the kill.
+    report(json!({"id": "term-1", "type": "terminate", "server": web, "reason": "abuse", "notice": "policy"})).await;
+    wait_for(
+        &admin,
+        "/v1/admin/notifications?state=delivered&limit=1000",
+        "the termination announced",
+        |page| {
+            page["items"].as_array().is_some_and(|items| {
+                items
+                    .iter()
+                    .filter(|n| {
+                        n["subject"]
+                            .as_str()
+                            .is_some_and(|s| s.contains("will be terminated"))
+                    })
+                    .count()
+                    >= 4
+            })
+        },
+    )
+    .await;
+    stratus.process.crash();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let terminated = wait_for(
+        &customer,
+        &format!("/v1/servers/{web}"),
+        "terminated and wiped",
+        |server| server["status"] == "terminated" && server["ipv4"].is_null(),
+    )
+    .await;
+    assert_eq!(terminated["status_reason"], "abuse", "{terminated}");
+    assert_eq!(
+        other.get(&format!("/v1/servers/{theirs}")).await.1["status"],
+        "running"
+    );
+    let history = admin
+        .get(&format!("/v1/admin/ips/{address}/history"))
+        .await
+        .1;
+    assert!(
+        !history["holdings"][0]["to"].is_null(),
+        "R22: the address is released to quarantine: {history}"
+    );
+
+    // Every notification delivered, once each.
+    let outbox = wait_for(
+        &admin,
+        "/v1/admin/notifications?limit=1000",
+        "every notification delivered",
+        |page| {
+            page["items"]
+                .as_array()
+                .is_some_and(|items| items.iter().all(|n| n["state"] == "delivered"))
+                && page["items"].as_array().is_some_and(|items| {
+                    items.iter().any(|n| {
+                        n["subject"]
+                            .as_str()
+                            .is_some_and(|s| s.contains("data was destroyed"))
+                    })
+                })
+        },
+    )
+    .await;
+    let mails = smtp.received();
+    let mut message_ids: Vec<String> = mails
+        .iter()
+        .map(|mail| {
+            assert_eq!(mail.to, ["ops@example.com"]);
+            mail.header("Message-ID").unwrap()
+        })
+        .collect();
+    message_ids.sort();
+    message_ids.dedup();
+    assert_eq!(message_ids.len(), mails.len(), "no e-mail twice");
+    let subjects: Vec<String> = mails.iter().map(|m| m.header("Subject").unwrap()).collect();
+    for expected in [
+        "All services of your account suspended for non-payment",
+        "Suspension for non-payment lifted",
+        &format!("Your server {web} suspended for abuse"),
+        &format!("Your server {web} was terminated"),
+        &format!("Your server {web}'s data was destroyed"),
+    ] {
+        assert!(
+            subjects.iter().any(|s| s == expected),
+            "{expected}: {subjects:#?}"
+        );
+    }
+    for announced in ["Your server", "Reminder: your server"] {
+        let prefix = format!("{announced} {web} will be terminated on");
+        assert_eq!(
+            subjects.iter().filter(|s| s.starts_with(&prefix)).count(),
+            1,
+            "the termination scheduled, and its notice: {subjects:#?}"
+        );
+    }
+    let notices: Vec<_> = hooks
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/notices")
+        .collect();
+    assert!(notices.iter().all(|c| {
+        c.headers
+            .get("stratus-signature")
+            .is_some_and(|s| s.starts_with("t="))
+    }));
+    let mut ids: Vec<String> = notices
+        .iter()
+        .map(|c| {
+            serde_json::from_slice::<serde_json::Value>(&c.body).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let sent = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), sent, "no webhook message twice");
+    assert_eq!(
+        sent,
+        subjects.len(),
+        "the same messages by both channels: {}",
+        outbox
+    );
+
+    // R7: the fee, once, in the ledger and on the billing webhook.
+    let fees = hooks
+        .calls()
+        .into_iter()
+        .filter(|c| c.path == "/billing")
+        .flat_map(|c| {
+            serde_json::from_slice::<serde_json::Value>(&c.body).unwrap()["events"]
+                .as_array()
+                .unwrap()
+                .clone()
+        })
+        .collect::<Vec<_>>();
+    assert_eq!(fees.len(), 1, "{fees:?}");
+    assert_eq!(
+        (fees[0]["type"].as_str(), fees[0]["amount"].as_u64()),
+        (Some("abuse_report"), Some(50_000))
+    );
+    let (_, events) = admin.get("/v1/admin/billing-events").await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 1, "{events}");
+
+    // R10: every step in the audit log.
+    let (_, trail) = admin
+        .get(&format!("/v1/admin/accounts/{acme}/audit?limit=1000"))
+        .await;
+    let trail = trail.to_string();
+    for step in [
+        "inv-1-due",
+        "inv-1-paid",
+        "abuse-1",
+        "term-1",
+        "suspended",
+        "lifted",
+        "terminated",
+        "wiped",
+        "\"action\":\"destroyed\"",
+    ] {
+        assert!(trail.contains(step), "{step} missing from the audit log");
+    }
+    stratus.process.terminate();
+}

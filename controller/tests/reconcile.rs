@@ -1836,7 +1836,7 @@ async fn r6_notices_reach_smtp_and_webhook_once_and_refusals_are_retried() {
         assert!(
             last.header("Subject")
                 .unwrap()
-                .starts_with("Your server vs-1 will be terminated on")
+                .starts_with("Reminder: your server vs-1 will be terminated on")
         );
         assert_eq!(smtp.received().len(), 4, "{label}");
         assert_eq!(billing.accepted().len(), 1, "{label}: the fee once");

@@ -322,19 +322,19 @@ pub fn for_notice(account: &str, notice: &Notice) -> Message {
     let deadline = notice.deadline;
     let (subject, text) = match &notice.upcoming {
         Upcoming::Suspension => (
-            format!("Your services will be suspended on {deadline}"),
+            format!("Reminder: your services will be suspended on {deadline}"),
             format!(
                 "An invoice of your account is overdue. Unless it is paid, every service of your account will be suspended on {deadline}."
             ),
         ),
         Upcoming::DataDestruction => (
-            format!("The data of your services will be destroyed on {deadline}"),
+            format!("Reminder: the data of your services will be destroyed on {deadline}"),
             format!(
                 "Your account is suspended for non-payment. Unless every overdue invoice is paid, the disks of every service will be destroyed on {deadline}; they cannot be recovered afterwards."
             ),
         ),
         Upcoming::Termination { server } => (
-            format!("Your server {server} will be terminated on {deadline}"),
+            format!("Reminder: your server {server} will be terminated on {deadline}"),
             format!(
                 "Your server {server} will be terminated on {deadline} and its disk destroyed."
             ),
@@ -448,7 +448,10 @@ mod tests {
         let message = for_notice("acc-1", &notice);
         assert_eq!(
             message.subject,
-            format!("Your server vs-1 will be terminated on {}", at(72 * 3600))
+            format!(
+                "Reminder: your server vs-1 will be terminated on {}",
+                at(72 * 3600)
+            )
         );
         assert_eq!(message.kind, "standing.notice");
         assert_eq!(message.data["what"], "termination");
