@@ -1,6 +1,8 @@
 //! The deadline machinery at a provider's scale: accounts with an overdue
 //! invoice and a reminder, the clock moved past `billing.suspendAfter`, and
-//! how long until every account was suspended; prints figures (no pass/fail).
+//! how long until every account was suspended, each suspension and notice
+//! queued for a webhook, and every notification delivered to a local
+//! receiver; prints figures (no pass/fail).
 //!
 //! `STRATUS_BENCH_ACCOUNTS=100000 cargo bench -p stratus-controller --bench deadlines`
 
@@ -9,13 +11,17 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use stratus_controller::deadlines::DeadlineRunner;
+use stratus_controller::notifier::{Notifier, Outbox};
+use stratus_controller::receivers::WebhookReceiver;
 use stratus_controller::simulated::SimulatedAgent;
 use stratus_controller::{AgentDirectory, Context};
+use stratus_core::notices::{Notifications, Webhook};
 use stratus_core::policy::Policy;
 use stratus_core::resources::{Account, AccountSpec, Hypervisor};
 use stratus_core::standing::FactKind;
 use stratus_core::{Clock, ManualClock};
-use stratus_store::ledger::{Ledger, NewFact};
+use stratus_store::ledger::{DeliveryState, Ledger, NewFact};
+use stratus_store::private_files::write_private_file;
 use stratus_store::vault::Vault;
 use stratus_store::{Database, ObjectStore, Resources, SqlObjectStore};
 
@@ -106,13 +112,25 @@ async fn main() {
         started.elapsed().as_secs_f64()
     );
 
+    let receiver = WebhookReceiver::start().await.expect("webhook receiver");
+    let secret = dir.path().join("webhook.secret");
+    write_private_file(&secret, b"a-benchmark-webhook-secret-0123").expect("secret");
+    let channels = Notifications {
+        webhook: Some(Webhook {
+            url: receiver.url("/notices"),
+            secret_file: secret.display().to_string(),
+        }),
+        ..Notifications::default()
+    };
+    let notifier = Notifier::new(ctx.clone(), &channels, Duration::from_secs(1)).expect("notifier");
     let runner = DeadlineRunner::new(
         ctx,
         objects.clone(),
         Resources::new(store.clone()),
         Arc::new(Policy::default()),
         Duration::from_secs(1),
-    );
+    )
+    .notifying(Outbox::new(&channels));
     let first = Instant::now();
     let report = runner.pass().await.expect("first pass");
     let first = first.elapsed();
@@ -140,6 +158,22 @@ async fn main() {
         report.settled as f64 / due.as_secs_f64(),
         report.failed,
         sample
+    );
+    let queued = ledger
+        .notifications()
+        .count(DeliveryState::Pending)
+        .await
+        .expect("count");
+    let delivering = Instant::now();
+    let delivery = notifier.pass().await.expect("delivery pass");
+    let delivering = delivering.elapsed();
+    println!(
+        "notifications: {queued} queued by that pass (the suspension and the 72h and 24h notices of each account), {} delivered to a local webhook in {:.1} s ({:.0}/s; retrying: {}, failed: {})",
+        delivery.delivered,
+        delivering.as_secs_f64(),
+        delivery.delivered as f64 / delivering.as_secs_f64(),
+        delivery.retrying,
+        delivery.failed
     );
     let again = Instant::now();
     let report = runner.pass().await.expect("idle pass");
