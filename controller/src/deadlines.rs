@@ -32,6 +32,7 @@ use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
 use crate::notifier::Outbox;
+use crate::runtime;
 
 /// Facts read per query while an account's history is loaded.
 const FACTS_PAGE: u32 = 1_000;
@@ -93,20 +94,8 @@ impl DeadlineRunner {
     }
 
     /// Runs until `shutdown` says stop.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            match self.pass().await {
-                Ok(report) if report.settled + report.failed > 0 => {
-                    tracing::debug!(?report, "deadline pass");
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "deadline pass failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        runtime::every("deadline", self.poll, shutdown, || self.pass()).await;
     }
 
     /// Carries out every account due by now.

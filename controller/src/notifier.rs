@@ -33,6 +33,7 @@ use tokio::sync::watch;
 
 use crate::context::Context;
 use crate::error::ControllerError;
+use crate::runtime;
 
 /// A message about something older than this when first worked out is
 /// not queued: enabling notifications on a running installation does not
@@ -326,20 +327,8 @@ impl Notifier {
     }
 
     /// Runs until `shutdown` says stop.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        loop {
-            match self.pass().await {
-                Ok(report) if report != DeliveryReport::default() => {
-                    tracing::debug!(?report, "notification pass");
-                }
-                Ok(_) => {}
-                Err(error) => tracing::warn!(%error, "notification pass failed"),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(self.poll) => {}
-                _ = shutdown.wait_for(|stop| *stop) => return,
-            }
-        }
+    pub async fn run(self, shutdown: watch::Receiver<bool>) {
+        runtime::every("notification", self.poll, shutdown, || self.pass()).await;
     }
 
     /// Delivers every notification due now, then pushes new billing events.

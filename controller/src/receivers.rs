@@ -50,6 +50,33 @@ impl<T: Clone> Shared<T> {
     }
 }
 
+/// Serves `session` on each connection to a new port of 127.0.0.1.
+async fn listen<T, S, Fut>(
+    what: &'static str,
+    session: S,
+) -> std::io::Result<(SocketAddr, Arc<Shared<T>>)>
+where
+    T: Send + 'static,
+    S: Fn(TcpStream, Arc<Shared<T>>) -> Fut + Send + Copy + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let shared: Arc<Shared<T>> = Arc::default();
+    let serving = shared.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let session = session(stream, serving.clone());
+            tokio::spawn(async move {
+                if let Err(error) = session.await {
+                    tracing::debug!(%error, "{what} session ended");
+                }
+            });
+        }
+    });
+    Ok((address, shared))
+}
+
 /// An e-mail the sink accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedMail {
@@ -92,20 +119,7 @@ pub struct SmtpSink {
 
 impl SmtpSink {
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let shared: Arc<Shared<ReceivedMail>> = Arc::default();
-        let serving = shared.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = serving.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = smtp_session(stream, &shared).await {
-                        tracing::debug!(%error, "SMTP sink session ended");
-                    }
-                });
-            }
-        });
+        let (address, shared) = listen("SMTP sink", smtp_session).await?;
         Ok(Self { address, shared })
     }
 
@@ -146,7 +160,7 @@ async fn read_line(
     ))
 }
 
-async fn smtp_session(stream: TcpStream, shared: &Shared<ReceivedMail>) -> std::io::Result<()> {
+async fn smtp_session(stream: TcpStream, shared: Arc<Shared<ReceivedMail>>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     write.write_all(b"220 sink.test ESMTP\r\n").await?;
@@ -238,20 +252,7 @@ pub struct WebhookReceiver {
 
 impl WebhookReceiver {
     pub async fn start() -> std::io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let address = listener.local_addr()?;
-        let shared: Arc<Shared<ReceivedCall>> = Arc::default();
-        let serving = shared.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let shared = serving.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = http_session(stream, &shared).await {
-                        tracing::debug!(%error, "webhook receiver session ended");
-                    }
-                });
-            }
-        });
+        let (address, shared) = listen("webhook receiver", http_session).await?;
         Ok(Self { address, shared })
     }
 
@@ -284,7 +285,7 @@ impl WebhookReceiver {
     }
 }
 
-async fn http_session(stream: TcpStream, shared: &Shared<ReceivedCall>) -> std::io::Result<()> {
+async fn http_session(stream: TcpStream, shared: Arc<Shared<ReceivedCall>>) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     loop {

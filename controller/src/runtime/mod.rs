@@ -255,7 +255,6 @@ impl Runtime {
         handle
     }
 
-    /// Runs every reconciler until `shutdown` turns true.
     /// Runs `task` beside the reconcilers; it gets the shutdown signal.
     pub fn add_loop<F>(&mut self, task: impl FnOnce(watch::Receiver<bool>) -> F + Send + 'static)
     where
@@ -265,6 +264,7 @@ impl Runtime {
             .push(Box::new(move |shutdown| Box::pin(task(shutdown))));
     }
 
+    /// Runs every reconciler until `shutdown` turns true.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let mut tasks = JoinSet::new();
         for reconciler in self.reconcilers {
@@ -422,5 +422,31 @@ async fn work<R: Reconcile>(
         }
         metrics.queue_depth(&kind, queue.len());
         queue.done(&key);
+    }
+}
+
+/// Calls `pass` every `poll` until `shutdown` says stop (a loop for
+/// [`Runtime::add_loop`]): a pass that did something is logged with its
+/// report, a failed one is logged and the next pass tries again.
+pub async fn every<R, F, Fut>(
+    what: &'static str,
+    poll: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    mut pass: F,
+) where
+    R: std::fmt::Debug + Default + PartialEq,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<R, ControllerError>>,
+{
+    loop {
+        match pass().await {
+            Ok(report) if report != R::default() => tracing::debug!(?report, "{what} pass"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "{what} pass failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
     }
 }
