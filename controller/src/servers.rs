@@ -354,6 +354,9 @@ impl ServerReconciler {
         next.hypervisor = None;
         next.ipv4 = None;
         next.ipv6 = None;
+        // Its disk is gone: a restore (R18) provisions it afresh.
+        next.provisioned = false;
+        next.stop_requested_at = None;
         next.wiped_at = Some(self.ctx.clock.now().to_string());
         self.record_status(server, current, &next).await?;
         self.ctx

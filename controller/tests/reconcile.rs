@@ -1848,3 +1848,54 @@ async fn r6_notices_reach_smtp_and_webhook_once_and_refusals_are_retried() {
         assert!(billing.calls().iter().all(signed));
     }
 }
+
+/// R14, R18: a terminated server wiped at once stays listed as terminated;
+/// an operator's restore provisions it afresh (its disk was destroyed)
+/// with new addresses, and it runs again.
+#[tokio::test]
+async fn r18_a_restore_after_the_wipe_provisions_the_server_afresh() {
+    let h = harness().await;
+    h.three_running_servers().await;
+    let runner = h.deadline_runner();
+    h.report(
+        "terminate-now",
+        FactKind::Terminate {
+            server: "vs-2".into(),
+            cause: TerminationCause::Operator,
+            immediate: true,
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    for _ in 0..4 {
+        h.converge_all().await;
+    }
+    let wiped = h.status("vs-2").await;
+    assert_eq!(wiped.phase, ServerPhase::Terminated);
+    assert!(wiped.wiped_at.is_some() && !wiped.provisioned, "{wiped:?}");
+
+    h.report(
+        "restore-1",
+        FactKind::Restore {
+            server: "vs-2".into(),
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    assert!(
+        h.servers
+            .get(Some(NS), "vs-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .termination
+            .is_none()
+    );
+    for _ in 0..6 {
+        h.converge_all().await;
+    }
+    let restored = h.status("vs-2").await;
+    assert_eq!(restored.phase, ServerPhase::Running, "{restored:?}");
+    assert!(restored.provisioned && restored.ipv4.is_some());
+}
