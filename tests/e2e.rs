@@ -490,27 +490,6 @@ async fn up_on_a_database_initialized_elsewhere_says_how_to_get_a_token() {
     second.process.terminate();
 }
 
-/// Polls `path` until `done` says yes; returns the last body.
-async fn wait_for(
-    client: &support::Client,
-    path: &str,
-    what: &str,
-    done: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let (status, body) = client.get(path).await;
-        if status == 200 && done(&body) {
-            return body;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{what}: HTTP {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// R1, R2, R4, R5, R6, R7, R14, R22 and the notices, on `stratus up` with
 /// policy durations of seconds: non-payment suspends every server of the
 /// account and no other, payment brings it back; an abuse report naming
@@ -620,35 +599,37 @@ async fn r1_r5_r6_billing_and_abuse_enforcement_end_to_end_across_a_kill() {
 
     // R6: terminated with 8 s notice; the notice is out before the kill.
     report(json!({"id": "term-1", "type": "terminate", "server": web, "reason": "abuse", "notice": "policy"})).await;
-    wait_for(
-        &admin,
-        "/v1/admin/notifications?state=delivered&limit=1000",
-        "the termination announced",
-        |page| {
-            page["items"].as_array().is_some_and(|items| {
-                items
-                    .iter()
-                    .filter(|n| {
-                        n["subject"]
-                            .as_str()
-                            .is_some_and(|s| s.contains("will be terminated"))
-                    })
-                    .count()
-                    >= 4
-            })
-        },
-    )
-    .await;
+    admin
+        .wait_until(
+            "/v1/admin/notifications?state=delivered&limit=1000",
+            "the termination announced",
+            WAIT,
+            |page| {
+                page["items"].as_array().is_some_and(|items| {
+                    items
+                        .iter()
+                        .filter(|n| {
+                            n["subject"]
+                                .as_str()
+                                .is_some_and(|s| s.contains("will be terminated"))
+                        })
+                        .count()
+                        >= 4
+                })
+            },
+        )
+        .await;
     stratus.process.crash();
     let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
     let admin = stratus.client(&stratus.admin_token());
-    let terminated = wait_for(
-        &customer,
-        &format!("/v1/servers/{web}"),
-        "terminated and wiped",
-        |server| server["status"] == "terminated" && server["ipv4"].is_null(),
-    )
-    .await;
+    let terminated = customer
+        .wait_until(
+            &format!("/v1/servers/{web}"),
+            "terminated and wiped",
+            WAIT,
+            |server| server["status"] == "terminated" && server["ipv4"].is_null(),
+        )
+        .await;
     assert_eq!(terminated["status_reason"], "abuse", "{terminated}");
     assert_eq!(
         other.get(&format!("/v1/servers/{theirs}")).await.1["status"],
@@ -664,24 +645,25 @@ async fn r1_r5_r6_billing_and_abuse_enforcement_end_to_end_across_a_kill() {
     );
 
     // Every notification delivered, once each.
-    let outbox = wait_for(
-        &admin,
-        "/v1/admin/notifications?limit=1000",
-        "every notification delivered",
-        |page| {
-            page["items"]
-                .as_array()
-                .is_some_and(|items| items.iter().all(|n| n["state"] == "delivered"))
-                && page["items"].as_array().is_some_and(|items| {
-                    items.iter().any(|n| {
-                        n["subject"]
-                            .as_str()
-                            .is_some_and(|s| s.contains("data was destroyed"))
+    let outbox = admin
+        .wait_until(
+            "/v1/admin/notifications?limit=1000",
+            "every notification delivered",
+            WAIT,
+            |page| {
+                page["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().all(|n| n["state"] == "delivered"))
+                    && page["items"].as_array().is_some_and(|items| {
+                        items.iter().any(|n| {
+                            n["subject"]
+                                .as_str()
+                                .is_some_and(|s| s.contains("data was destroyed"))
+                        })
                     })
-                })
-        },
-    )
-    .await;
+            },
+        )
+        .await;
     let mails = smtp.received();
     let mut message_ids: Vec<String> = mails
         .iter()

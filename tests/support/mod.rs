@@ -235,20 +235,35 @@ impl Client {
         )
     }
 
-    /// Polls a server until its status is `want`; returns it.
-    pub async fn wait_status(&self, id: &str, want: &str, timeout: Duration) -> Value {
+    /// Polls `path` until it answers 200 with a body `done` accepts, within
+    /// `timeout`; returns that body, or fails saying `what` did not happen.
+    pub async fn wait_until(
+        &self,
+        path: &str,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
-            let (status, server) = self.get(&format!("/v1/servers/{id}")).await;
-            if status == 200 && server["status"] == want {
-                return server;
+            let (status, body) = self.get(path).await;
+            if status == 200 && done(&body) {
+                return body;
             }
-            assert!(
-                Instant::now() < deadline,
-                "server {id} did not become {want}: HTTP {status} {server}"
-            );
+            assert!(Instant::now() < deadline, "{what}: HTTP {status} {body}");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
+    }
+
+    /// Polls a server until its status is `want`; returns it.
+    pub async fn wait_status(&self, id: &str, want: &str, timeout: Duration) -> Value {
+        self.wait_until(
+            &format!("/v1/servers/{id}"),
+            &format!("server {id} did not become {want}"),
+            timeout,
+            |server| server["status"] == want,
+        )
+        .await
     }
 
     /// Polls until the server is gone (404).
