@@ -7,8 +7,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use stratus_core::agent_api::{
-    AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link, MANAGED_PREFIX,
-    NodeReport, PoolInfo, Target, disk_volume_name,
+    AntiSpoofing, CONSOLE_TAIL_BYTES, DiskDisposal, DomainObservation, DomainSpec, DomainState,
+    Link, MANAGED_PREFIX, NodeReport, PoolInfo, Target, disk_volume_name,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -104,6 +104,11 @@ pub struct DriverConfig {
     /// Where to keep definitions for a hypervisor that forgets them (test driver).
     pub state_dir: Option<PathBuf>,
     pub anti_spoofing: AntiSpoofingMode,
+    /// Where the guests' serial consoles are written (on this host); none:
+    /// consoles are ptys and not kept.
+    pub console_dir: Option<PathBuf>,
+    /// Factor on the host's CPUs for the vCPUs advertised.
+    pub cpu_overcommit: f64,
 }
 
 impl DriverConfig {
@@ -125,6 +130,8 @@ impl DriverConfig {
             } else {
                 AntiSpoofingMode::Required
             },
+            console_dir: None,
+            cpu_overcommit: 1.0,
         }
     }
 }
@@ -155,6 +162,23 @@ fn defined_with_filter(domain: &Domain) -> Result<bool, AgentError> {
     Ok(domain
         .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
         .contains("<filterref"))
+}
+
+/// Whether a domain's definition uses the volume `volume`.
+fn defined_with_volume(domain: &Domain, volume: &str) -> Result<bool, AgentError> {
+    Ok(domain
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
+        .contains(&format!("volume='{volume}'")))
+}
+
+/// The vCPUs a host of `cpus` advertises with an overcommit factor.
+fn overcommitted(cpus: u32, factor: f64) -> u32 {
+    let scaled = (f64::from(cpus) * factor).floor();
+    if scaled >= f64::from(u32::MAX) {
+        u32::MAX
+    } else {
+        scaled as u32
+    }
 }
 
 /// libvirt writes a NIC whose link is down as `<link state='down'/>`.
@@ -448,10 +472,26 @@ impl Driver {
             self.record_volume(&disk_name, &disk)?;
             tracing::info!(domain = name, volume = %disk_name, image = %spec.image_volume, "created disk overlay");
         }
+        let seed = self.ensure_seed(&pool, name, spec)?;
         let domain = match self.lookup_domain(name)? {
             None => {
                 let domain = self.define(name, spec, &disk_name, None)?;
                 tracing::info!(domain = name, "defined domain");
+                domain
+            }
+            Some(domain)
+                if seed
+                    .as_ref()
+                    .is_some_and(|seed| !defined_with_volume(&domain, seed).unwrap_or(false)) =>
+            {
+                // The seed's inputs changed: the guest reads the new one at
+                // its next boot.
+                let uuid = domain.uuid_string()?;
+                let domain = self.define(name, spec, &disk_name, Some(uuid))?;
+                tracing::info!(
+                    domain = name,
+                    "defined domain again with a new cloud-init seed"
+                );
                 domain
             }
             Some(domain) if self.lacks_filter(&domain, spec.target())? => {
@@ -467,10 +507,92 @@ impl Driver {
             }
             Some(domain) => domain,
         };
+        self.remove_stale_seeds(&pool, name, seed.as_deref())?;
         let domain = self.converge_link(name, domain, spec, &disk_name)?;
         self.converge_power(name, &domain, spec.target(), spec.power_off)?;
         self.record_domain(name, &domain)?;
         self.observe(name)
+    }
+
+    /// Whether seeds are written: not on the test driver, which runs no
+    /// guest to read one and cannot upload into its volumes.
+    fn writes_seeds(&self) -> bool {
+        !self.config.uri.starts_with("test:")
+    }
+
+    /// The volume of the spec's cloud-init seed, made when missing: the ISO
+    /// is uploaded into a scratch volume and copied to its final name by
+    /// libvirt, so a volume with the final name is always whole.
+    fn ensure_seed(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+        spec: &DomainSpec,
+    ) -> Result<Option<String>, AgentError> {
+        let Some(seed) = spec.seed.as_ref().filter(|_| self.writes_seeds()) else {
+            return Ok(None);
+        };
+        let volume_name = crate::seed::volume_name(name, seed);
+        if Self::lookup_volume(pool, &volume_name)?.is_some() {
+            return Ok(Some(volume_name));
+        }
+        let iso = crate::seed::iso(seed)?;
+        let scratch_name = format!("{volume_name}.part");
+        if let Some(stale) = Self::lookup_volume(pool, &scratch_name)? {
+            stale.delete(0)?;
+        }
+        let scratch =
+            StorageVol::create_xml(pool, &xml::seed_volume(&scratch_name, iso.len() as u64), 0)?;
+        let copied = crate::seed::upload(&self.conn, &scratch, &iso).and_then(|()| {
+            Ok(StorageVol::create_xml_from(
+                pool,
+                &xml::seed_volume(&volume_name, iso.len() as u64),
+                &scratch,
+                0,
+            )?)
+        });
+        scratch.delete(0)?;
+        let volume = copied?;
+        self.record_volume(&volume_name, &volume)?;
+        tracing::info!(domain = name, volume = %volume_name, bytes = iso.len(), "wrote cloud-init seed");
+        Ok(Some(volume_name))
+    }
+
+    /// Wipes and deletes the domain's seed volumes but `keep`: they hold
+    /// the customer's keys and user data.
+    fn remove_stale_seeds(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+        keep: Option<&str>,
+    ) -> Result<(), AgentError> {
+        let prefix = stratus_core::agent_api::seed_volume_prefix(name);
+        for volume in pool.list_all_volumes(0)? {
+            let volume_name = volume.name()?;
+            if !volume_name.starts_with(&prefix) || Some(volume_name.as_str()) == keep {
+                continue;
+            }
+            wipe(&volume)?;
+            volume.delete(0)?;
+            self.forget(None, Some(&volume_name))?;
+            tracing::info!(domain = name, volume = %volume_name, "wiped and deleted a cloud-init seed");
+        }
+        Ok(())
+    }
+
+    /// The last [`CONSOLE_TAIL_BYTES`] of a domain's serial console.
+    pub fn console(&self, name: &str) -> Result<Vec<u8>, AgentError> {
+        check_managed_name(name)?;
+        let Some(dir) = &self.config.console_dir else {
+            return Err(AgentError::BadRequest(
+                "this hypervisor keeps no console logs (no console directory configured)".into(),
+            ));
+        };
+        let path = crate::seed::console_log(dir, name);
+        crate::seed::tail(&path, CONSOLE_TAIL_BYTES).map_err(|source| AgentError::Persist {
+            path: path.display().to_string(),
+            source,
+        })
     }
 
     /// Defines domain `name` as `spec` says (again, when `uuid` is the
@@ -494,12 +616,23 @@ impl Driver {
         spec: &DomainSpec,
         disk_volume: &str,
     ) -> Result<xml::Domain, AgentError> {
+        let seed_volume = spec
+            .seed
+            .as_ref()
+            .filter(|_| self.writes_seeds())
+            .map(|seed| crate::seed::volume_name(name, seed));
         let placement = xml::Placement {
             domain_type: &self.config.domain_type,
             pool: &self.config.pool,
             disk_volume,
             network: &self.config.network,
             filter: self.filters_nics(),
+            seed_volume: seed_volume.as_deref(),
+            console_log: self
+                .config
+                .console_dir
+                .as_deref()
+                .map(|dir| crate::seed::console_log(dir, name).display().to_string()),
         };
         xml::domain(name, spec, &placement)
     }
@@ -654,6 +787,20 @@ impl Driver {
             disposal = Some(disposed);
         }
         self.forget(None, Some(&disk_name))?;
+        self.remove_stale_seeds(&self.pool()?, name, None)?;
+        if let Some(dir) = &self.config.console_dir {
+            let log = crate::seed::console_log(dir, name);
+            match std::fs::remove_file(&log) {
+                Ok(()) => tracing::info!(domain = name, "deleted the console log"),
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(AgentError::Persist {
+                        path: log.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
         let mut observed = self.observe(name)?;
         observed.disk_disposal = disposal;
         Ok(observed)
@@ -704,7 +851,9 @@ impl Driver {
             .map_or(pool_info.capacity, |gib| gib * GIB);
         Ok(NodeReport {
             zone: self.config.zone.clone(),
-            vcpus: capacity.vcpus.unwrap_or(info.cpus),
+            vcpus: capacity
+                .vcpus
+                .unwrap_or_else(|| overcommitted(info.cpus, self.config.cpu_overcommit)),
             memory_mib: capacity.memory_mib.unwrap_or(info.memory / 1024),
             pool: PoolInfo {
                 name: self.config.pool.clone(),
@@ -853,6 +1002,14 @@ mod tests {
             blocks_after <= blocks_before + 8,
             "holes were not filled: {blocks_before} -> {blocks_after} blocks"
         );
+    }
+
+    #[test]
+    fn overcommit_scales_the_advertised_vcpus() {
+        assert_eq!(overcommitted(2, 1.0), 2);
+        assert_eq!(overcommitted(2, 8.0), 16);
+        assert_eq!(overcommitted(3, 1.5), 4);
+        assert_eq!(overcommitted(u32::MAX, 64.0), u32::MAX);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub enum AgentError {
     },
     #[error("agent worker failed: {0}")]
     Worker(String),
+    #[error("cloud-init seed: {0}")]
+    Seed(String),
     #[error("this hypervisor must filter guest traffic and cannot, so it starts no guest: {0}")]
     AntiSpoofingUnavailable(String),
 }
@@ -28,7 +30,7 @@ impl AgentError {
     pub fn code(&self) -> AgentErrorCode {
         match self {
             Self::Libvirt(error) => libvirt_code(error),
-            Self::Persist { .. } | Self::Worker(_) => AgentErrorCode::Hypervisor,
+            Self::Persist { .. } | Self::Worker(_) | Self::Seed(_) => AgentErrorCode::Hypervisor,
             Self::DiskMissing { .. } => AgentErrorCode::DiskMissing,
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
@@ -47,6 +49,7 @@ impl AgentError {
             Self::BadRequest(_) => "bad_request",
             Self::Persist { .. } => "persist",
             Self::Worker(_) => "worker",
+            Self::Seed(_) => "seed",
             Self::AntiSpoofingUnavailable(_) => "anti_spoofing_unavailable",
         }
     }

@@ -52,6 +52,7 @@ pub fn router(state: AgentState) -> Router {
             get(observe).put(ensure).delete(destroy),
         )
         .route("/v1/domains/{name}/reboot", post(reboot))
+        .route("/v1/domains/{name}/console", get(console))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -165,6 +166,16 @@ async fn reboot(
     Path(name): Path<String>,
 ) -> Result<Response, AgentError> {
     Ok(Json(run(&state, "reboot", move |d| d.reboot(&name)).await?).into_response())
+}
+
+/// The tail of the domain's serial console, as bytes.
+#[tracing::instrument(skip(state))]
+async fn console(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+) -> Result<Response, AgentError> {
+    let bytes = run(&state, "console", move |d| d.console(&name)).await?;
+    Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
 async fn metrics(State(state): State<AgentState>) -> Response {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod metrics;
 pub mod replay;
+pub mod seed;
 pub mod xml;
 
 pub use driver::{AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};

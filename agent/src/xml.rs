@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use stratus_core::agent_api::DomainSpec;
+use stratus_core::agent_api::{DomainSpec, KernelBoot};
 
 use crate::error::AgentError;
 
@@ -159,6 +159,39 @@ impl Disk {
     }
 }
 
+/// A read-only CD-ROM backed by a volume (the cloud-init seed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cdrom {
+    pub pool: String,
+    pub volume: String,
+    /// Guest device name on the IDE bus, e.g. `hdc`.
+    pub target: String,
+}
+
+impl Cdrom {
+    fn element(&self) -> Element {
+        Element::new("disk")
+            .attr("type", "volume")
+            .attr("device", "cdrom")
+            .child(
+                Element::new("driver")
+                    .attr("name", "qemu")
+                    .attr("type", "raw"),
+            )
+            .child(
+                Element::new("source")
+                    .attr("pool", &self.pool)
+                    .attr("volume", &self.volume),
+            )
+            .child(
+                Element::new("target")
+                    .attr("dev", &self.target)
+                    .attr("bus", "ide"),
+            )
+            .child(Element::new("readonly"))
+    }
+}
+
 /// A libvirt network filter applied to a NIC, with its parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FilterRef {
@@ -222,7 +255,13 @@ pub struct Domain {
     pub memory_mib: u64,
     pub vcpus: u32,
     pub disks: Vec<Disk>,
+    pub cdroms: Vec<Cdrom>,
     pub interfaces: Vec<Interface>,
+    /// Direct kernel boot instead of booting from the disk.
+    pub boot: Option<KernelBoot>,
+    /// File the serial console is written to (appended across boots);
+    /// without one the console is a pty.
+    pub console_log: Option<String>,
 }
 
 impl Domain {
@@ -247,11 +286,7 @@ impl Domain {
             .child(memory("memory"))
             .child(memory("currentMemory"))
             .child(Element::with_text("vcpu", self.vcpus).attr("placement", "static"))
-            .child(
-                Element::new("os")
-                    .child(Element::with_text("type", "hvm").attr("arch", "x86_64"))
-                    .child(Element::new("boot").attr("dev", "hd")),
-            )
+            .child(self.os())
             // libvirt 9 with QEMU 10 refuses a domain without ACPI.
             .child(
                 Element::new("features")
@@ -264,10 +299,56 @@ impl Domain {
             .child(
                 Element::new("devices")
                     .children(self.disks.iter().map(Disk::element))
+                    .children(self.cdroms.iter().map(Cdrom::element))
                     .children(self.interfaces.iter().map(Interface::element))
-                    .child(Element::new("serial").attr("type", "pty"))
-                    .child(Element::new("console").attr("type", "pty")),
+                    .children(self.console())
+                    // Memory is given to the guest whole: no balloon, so a
+                    // guest never holds less than its plan says and the
+                    // host's memory accounting is the plan's.
+                    .child(Element::new("memballoon").attr("model", "none")),
             )
+    }
+
+    fn os(&self) -> Element {
+        let os = Element::new("os").child(Element::with_text("type", "hvm").attr("arch", "x86_64"));
+        match &self.boot {
+            None => os.child(Element::new("boot").attr("dev", "hd")),
+            Some(boot) => os
+                .child(Element::with_text("kernel", &boot.kernel))
+                .children(
+                    boot.initrd
+                        .iter()
+                        .map(|initrd| Element::with_text("initrd", initrd)),
+                )
+                .children(
+                    boot.cmdline
+                        .iter()
+                        .map(|cmdline| Element::with_text("cmdline", cmdline)),
+                ),
+        }
+    }
+
+    /// The serial port, written to the console log when there is one, and
+    /// the console on it.
+    fn console(&self) -> Vec<Element> {
+        match &self.console_log {
+            None => vec![
+                Element::new("serial").attr("type", "pty"),
+                Element::new("console").attr("type", "pty"),
+            ],
+            Some(path) => vec![
+                Element::new("serial").attr("type", "file").child(
+                    Element::new("source")
+                        .attr("path", path)
+                        .attr("append", "on"),
+                ),
+                Element::new("console").attr("type", "file").child(
+                    Element::new("source")
+                        .attr("path", path)
+                        .attr("append", "on"),
+                ),
+            ],
+        }
     }
 
     pub fn render(&self) -> String {
@@ -285,6 +366,9 @@ pub struct Placement<'a> {
     /// Whether the NIC gets its traffic filter: always, except on a real
     /// hypervisor without nwfilter whose operator accepted running unfiltered.
     pub filter: bool,
+    /// The cloud-init seed volume, when the server has one.
+    pub seed_volume: Option<&'a str>,
+    pub console_log: Option<String>,
 }
 
 /// The domain of a server: its system disk and one NIC, whose traffic
@@ -308,6 +392,17 @@ pub fn domain(
             target: "vda".to_owned(),
             format: "qcow2".to_owned(),
         }],
+        cdroms: placement
+            .seed_volume
+            .iter()
+            .map(|volume| Cdrom {
+                pool: placement.pool.to_owned(),
+                volume: (*volume).to_owned(),
+                target: "hdc".to_owned(),
+            })
+            .collect(),
+        boot: spec.boot.clone(),
+        console_log: placement.console_log.clone(),
         interfaces: vec![Interface {
             mac: spec.mac_address.clone(),
             network: placement.network.to_owned(),
@@ -443,6 +538,16 @@ pub fn overlay_volume(name: &str, capacity_gib: u64, backing_path: &str) -> Stri
         .render()
 }
 
+/// A raw volume of `bytes` for a cloud-init seed ISO, filled by upload.
+pub fn seed_volume(name: &str, bytes: u64) -> String {
+    Element::new("volume")
+        .child(Element::with_text("name", name))
+        .child(Element::with_text("capacity", bytes).attr("unit", "bytes"))
+        .child(Element::with_text("allocation", 0))
+        .child(Element::new("target").child(Element::new("format").attr("type", "raw")))
+        .render()
+}
+
 /// An empty qcow2 image volume (used to seed simulated hypervisors).
 pub fn image_volume(name: &str, capacity_gib: u64) -> String {
     volume(name, capacity_gib).render()
@@ -467,6 +572,8 @@ mod tests {
             ipv4: None,
             ipv6: None,
             suspension: None,
+            boot: None,
+            seed: None,
         }
     }
 
@@ -477,7 +584,53 @@ mod tests {
             disk_volume: "stratus-vs-1-disk.qcow2",
             network: "default",
             filter: true,
+            seed_volume: None,
+            console_log: None,
         }
+    }
+
+    #[test]
+    fn a_real_guest_boots_its_kernel_reads_its_seed_and_logs_its_console() {
+        let kernel_boot = DomainSpec {
+            boot: Some(KernelBoot {
+                kernel: "/srv/images/vmlinuz".into(),
+                initrd: Some("/srv/images/initrd.img".into()),
+                cmdline: Some("console=ttyS0 root=/dev/vda1".into()),
+            }),
+            ..spec()
+        };
+        let placed = Placement {
+            domain_type: "qemu",
+            seed_volume: Some("stratus-vs-1-seed-0123456789ab.iso"),
+            console_log: Some("/var/log/stratus/stratus-vs-1.log".into()),
+            ..placement()
+        };
+        let xml = domain("stratus-vs-1", &kernel_boot, &placed)
+            .unwrap()
+            .render();
+        for expected in [
+            "<domain type='qemu'>",
+            "<kernel>/srv/images/vmlinuz</kernel>",
+            "<initrd>/srv/images/initrd.img</initrd>",
+            "<cmdline>console=ttyS0 root=/dev/vda1</cmdline>",
+            "<acpi/>",
+            "<disk type='volume' device='cdrom'>",
+            "<source pool='default' volume='stratus-vs-1-seed-0123456789ab.iso'/>",
+            "<target dev='hdc' bus='ide'/>",
+            "<readonly/>",
+            "<serial type='file'>",
+            "<source path='/var/log/stratus/stratus-vs-1.log' append='on'/>",
+            "<memballoon model='none'/>",
+        ] {
+            assert!(xml.contains(expected), "{expected} missing in {xml}");
+        }
+        assert!(!xml.contains("<boot dev="), "{xml}");
+        let from_disk = domain("stratus-vs-1", &spec(), &placement())
+            .unwrap()
+            .render();
+        assert!(from_disk.contains("<boot dev='hd'/>"), "{from_disk}");
+        assert!(from_disk.contains("<serial type='pty'/>"), "{from_disk}");
+        assert!(!from_disk.contains("cdrom"), "{from_disk}");
     }
 
     fn numbered() -> DomainSpec {

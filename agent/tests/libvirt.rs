@@ -45,6 +45,8 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         ipv4: None,
         ipv6: None,
         suspension: None,
+        boot: None,
+        seed: None,
     }
 }
 

@@ -30,7 +30,18 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Per-token request rate (the configuration's `limits:`).
     pub rate_limiter: Arc<RateLimiter>,
+    /// Reads guests' serial consoles from their agents; absent in a process
+    /// that holds no agent credentials.
+    pub consoles: Option<Arc<dyn ServerConsoles>>,
     rng: SystemRandom,
+}
+
+/// Reads the tail of a domain's serial console from its hypervisor's agent.
+#[async_trait::async_trait]
+pub trait ServerConsoles: Send + Sync + 'static {
+    /// At most [`stratus_core::agent_api::CONSOLE_TAIL_BYTES`]; the error says
+    /// why the agent could not answer.
+    async fn tail(&self, hypervisor: &str, domain: &str) -> Result<Vec<u8>, String>;
 }
 
 /// What the API is built from.
@@ -68,8 +79,15 @@ impl ApiState {
             metrics,
             registry: Arc::new(registry),
             rate_limiter: Arc::new(RateLimiter::new(config.limits)),
+            consoles: None,
             rng: SystemRandom::new(),
         }
+    }
+
+    /// Serves `GET /v1/servers/{id}/console` through `consoles`.
+    pub fn with_consoles(mut self, consoles: Arc<dyn ServerConsoles>) -> Self {
+        self.consoles = Some(consoles);
+        self
     }
 
     pub fn random_bytes<const N: usize>(&self) -> Result<[u8; N], ApiError> {

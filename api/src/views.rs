@@ -241,6 +241,13 @@ pub struct OrderServer {
     /// Zone (datacenter); any zone when absent.
     #[serde(default)]
     pub zone: Option<String>,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA… comment`), at most 16,
+    /// installed by cloud-init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user data (`#cloud-config` or a script), at most 16 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -119,6 +119,8 @@ impl Api {
             plan: "small".into(),
             image: "debian-12".into(),
             zone: None,
+            ssh_keys: Vec::new(),
+            user_data: None,
         };
         let hash = stratus_api::auth::hash_token(&serde_json::to_string(&body).unwrap());
         let claimed = ServerId::from_random(id_bits);

@@ -37,9 +37,10 @@ pub struct UpArgs {
     /// Address of the REST API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// libvirt URI of the local hypervisor.
-    #[arg(long, default_value = "test:///default")]
-    libvirt_uri: String,
+    /// libvirt URI of the local hypervisor (`test:///default` when the
+    /// configuration lists no `localHypervisors:`).
+    #[arg(long)]
+    libvirt_uri: Option<String>,
     /// YAML configuration (plans, images); built-in defaults when absent.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -386,39 +387,42 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     core.seed_ip_pools(true).await?;
     let shutdown = wiring::shutdown_signal();
 
-    // The local hypervisor: the test driver forgets everything when the
-    // process ends, so its definitions are kept under the data directory.
-    let test_driver = args.libvirt_uri.starts_with("test:");
-    let mut driver_config = DriverConfig::for_uri(&args.libvirt_uri, LOCAL_ZONE);
-    if test_driver {
-        driver_config.state_dir = Some(data_dir.join("hypervisor"));
-        driver_config.capacity = SIMULATED_CAPACITY.parse().map_err(anyhow::Error::msg)?;
-    }
-    if let Some(capacity) = args.capacity {
-        driver_config.capacity = capacity;
-    }
-    let driver = open_driver(driver_config).await?;
-    if test_driver {
-        for image in &core.config.images {
-            let (driver, volume, size) = (driver.clone(), image.volume.clone(), image.size_gib);
-            tokio::task::spawn_blocking(move || driver.seed_image(&volume, size)).await??;
-        }
-    }
-    let agent_token = load_or_create_secret(&data_dir.join("agent.token"))?;
+    let local = local_hypervisors(&args, &core.config, &data_dir)?;
     if !args.agent_listen.ip().is_loopback() {
         bail!(
             "--agent-listen must be a loopback address: the in-process agent is for this machine only"
         );
     }
     let (agent_tls, controller_tls) = local_certificates(&args, &data_dir)?;
-    let agent_listener = wiring::bind(args.agent_listen, "agent").await?;
-    let agent_url = format!("https://{}", agent_listener.local_addr()?);
-    register_local_hypervisor(&core, &agent_url, &agent_token).await?;
+    let mut agent_services = Vec::new();
+    for (index, hypervisor) in local.into_iter().enumerate() {
+        let driver = open_driver(hypervisor.driver).await?;
+        if hypervisor.seed_images {
+            for image in &core.config.images {
+                let (driver, volume, size) = (driver.clone(), image.volume.clone(), image.size_gib);
+                tokio::task::spawn_blocking(move || driver.seed_image(&volume, size)).await??;
+            }
+        }
+        let token = load_or_create_secret(&data_dir.join(hypervisor.token_file))?;
+        // One agent per hypervisor, each on a port of its own.
+        let mut listen = args.agent_listen;
+        if index > 0 {
+            listen.set_port(0);
+        }
+        let listener = wiring::bind(listen, "agent").await?;
+        let url = format!("https://{}", listener.local_addr()?);
+        register_local_hypervisor(&core, &hypervisor.name, &hypervisor.zone, &url, &token).await?;
+        tracing::info!(hypervisor = %hypervisor.name, zone = %hypervisor.zone, agent = %url, "local hypervisor");
+        let (router, server_tls) = wiring::agent_service(driver, &token, agent_tls.clone())?;
+        agent_services.push((listener, router, server_tls));
+    }
     let admin_token_path = data_dir.join("admin.token");
     let new_admin_token = bootstrap_admin(&core, &admin_token_path).await?;
 
     let mut registry = Registry::default();
-    let agents = wiring::agent_client(controller_tls, &mut registry)?;
+    let agents: Arc<dyn stratus_controller::AgentClient> =
+        Arc::new(wiring::agent_client(controller_tls, &mut registry)?);
+    let consoles = Arc::new(wiring::AgentConsoles::new(&core, agents.clone()));
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
@@ -430,21 +434,25 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
         "stratus-up",
-        Arc::new(agents),
+        agents,
     )?;
-    let (agent_router, agent_server_tls) = wiring::agent_service(driver, &agent_token, agent_tls)?;
-    let api = stratus_api::app(core.api_state(registry));
+    let api = stratus_api::app(core.api_state(registry).with_consoles(consoles));
     let api_listener = wiring::bind(args.listen, "REST API").await?;
     let api_address = api_listener.local_addr()?;
     core.spawn_compaction();
 
-    let agent_task = tokio::spawn(serving::serve(
-        agent_listener,
-        agent_router,
-        Limits::AGENT,
-        Some(agent_server_tls),
-        shutdown.clone(),
-    ));
+    let agent_tasks: Vec<_> = agent_services
+        .into_iter()
+        .map(|(listener, router, server_tls)| {
+            tokio::spawn(serving::serve(
+                listener,
+                router,
+                Limits::AGENT,
+                Some(server_tls),
+                shutdown.clone(),
+            ))
+        })
+        .collect();
     let controller_task = tokio::spawn(controller.run(shutdown.clone()));
     let api_task = tokio::spawn(serving::serve(
         api_listener,
@@ -455,10 +463,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     ));
 
     print_welcome(&api_address, &admin_token_path, new_admin_token, &data_dir);
-    tracing::info!(api = %api_address, agent = %agent_url, data_dir = %data_dir.display(), "stratus is up");
+    tracing::info!(api = %api_address, data_dir = %data_dir.display(), "stratus is up");
 
     api_task.await??;
-    agent_task.await??;
+    for agent_task in agent_tasks {
+        agent_task.await??;
+    }
     controller_task.await?;
     core.db.close().await;
     Ok(())
@@ -508,21 +518,96 @@ fn local_certificates(args: &UpArgs, data_dir: &Path) -> anyhow::Result<(TlsFile
     Ok((agent, controller))
 }
 
-async fn register_local_hypervisor(core: &Core, url: &str, token: &str) -> anyhow::Result<()> {
-    let name =
-        HypervisorName::parse(LOCAL_HYPERVISOR).context("the local hypervisor's name is a slug")?;
-    let credential = name.credential_name();
+/// A hypervisor `stratus up` runs an agent for.
+struct LocalHypervisor {
+    name: String,
+    zone: String,
+    driver: DriverConfig,
+    /// Create the configuration's images as empty volumes (test driver).
+    seed_images: bool,
+    /// The agent token's file in the data directory.
+    token_file: String,
+}
+
+/// The configuration's `localHypervisors:`, or one on `--libvirt-uri`
+/// (libvirt's test driver by default) named `local`.
+fn local_hypervisors(
+    args: &UpArgs,
+    config: &stratus_core::Config,
+    data_dir: &Path,
+) -> anyhow::Result<Vec<LocalHypervisor>> {
+    if config.local_hypervisors.is_empty() {
+        let uri = args.libvirt_uri.as_deref().unwrap_or("test:///default");
+        let test_driver = uri.starts_with("test:");
+        let mut driver = DriverConfig::for_uri(uri, LOCAL_ZONE);
+        // The test driver forgets everything when the process ends, so its
+        // definitions are kept under the data directory.
+        if test_driver {
+            driver.state_dir = Some(data_dir.join("hypervisor"));
+            driver.capacity = SIMULATED_CAPACITY.parse().map_err(anyhow::Error::msg)?;
+        }
+        if let Some(capacity) = args.capacity {
+            driver.capacity = capacity;
+        }
+        return Ok(vec![LocalHypervisor {
+            name: LOCAL_HYPERVISOR.to_owned(),
+            zone: LOCAL_ZONE.to_owned(),
+            driver,
+            seed_images: test_driver,
+            token_file: "agent.token".to_owned(),
+        }]);
+    }
+    if args.libvirt_uri.is_some() || args.capacity.is_some() {
+        bail!(
+            "--libvirt-uri and --capacity describe the one default hypervisor; the configuration's localHypervisors: lists them instead"
+        );
+    }
+    Ok(config
+        .local_hypervisors
+        .iter()
+        .map(|local| {
+            let test_driver = local.libvirt_uri.starts_with("test:");
+            let mut driver = DriverConfig::for_uri(&local.libvirt_uri, &local.zone);
+            driver.pool = local.pool.clone();
+            driver.network = local.network.clone();
+            driver.domain_type = local.domain_type.clone();
+            driver.console_dir = local.console_dir.as_ref().map(PathBuf::from);
+            driver.cpu_overcommit = local.cpu_overcommit;
+            if test_driver {
+                driver.state_dir = Some(data_dir.join("hypervisors").join(&local.name));
+            }
+            LocalHypervisor {
+                name: local.name.clone(),
+                zone: local.zone.clone(),
+                driver,
+                seed_images: test_driver,
+                token_file: format!("agent-{}.token", local.name),
+            }
+        })
+        .collect())
+}
+
+async fn register_local_hypervisor(
+    core: &Core,
+    name: &str,
+    zone: &str,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<()> {
+    let hypervisor_name = HypervisorName::parse(name)
+        .with_context(|| format!("local hypervisor name {name:?} is not a slug"))?;
+    let credential = hypervisor_name.credential_name();
     core.secrets.put(&credential, token).await?;
     let hypervisors = stratus_store::Resources::<Hypervisor>::new(core.objects());
     let spec = HypervisorSpec {
         url: url.to_owned(),
-        zone: LOCAL_ZONE.to_owned(),
+        zone: zone.to_owned(),
         credential,
         cordoned: false,
     };
     // The in-process agent listens on a new port at every start.
     let updated = hypervisors
-        .update(None, LOCAL_HYPERVISOR, |hv| {
+        .update(None, name, |hv| {
             if hv.spec == spec {
                 return false;
             }
@@ -534,7 +619,7 @@ async fn register_local_hypervisor(core: &Core, url: &str, token: &str) -> anyho
         hypervisors
             .create(&Hypervisor {
                 metadata: ObjectMeta {
-                    name: Some(LOCAL_HYPERVISOR.to_owned()),
+                    name: Some(name.to_owned()),
                     ..Default::default()
                 },
                 spec,

@@ -18,6 +18,7 @@ use stratus_controller::{
     Runtime,
 };
 use stratus_core::config::SeededPool;
+use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{IpPool, IpPoolSpec};
 use stratus_core::{Clock, Config, SystemClock};
 use stratus_store::ledger::Ledger;
@@ -272,6 +273,36 @@ pub fn agent_service(
 
 /// The controller's client of the agents, over mutual TLS with `files`
 /// (reloaded when they change); the certificate's expiry joins `registry`.
+/// Reads guests' consoles for the API through the controller's agent
+/// client: the agent's URL and token come from the Hypervisor object and
+/// the credential store, as for every other agent call.
+pub struct AgentConsoles {
+    directory: AgentDirectory,
+    agents: Arc<dyn AgentClient>,
+}
+
+impl AgentConsoles {
+    pub fn new(core: &Core, agents: Arc<dyn AgentClient>) -> Self {
+        Self {
+            directory: AgentDirectory::new(Resources::new(core.objects()), core.secrets.clone()),
+            agents,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl stratus_api::ServerConsoles for AgentConsoles {
+    async fn tail(&self, hypervisor: &str, domain: &str) -> Result<Vec<u8>, String> {
+        let name = HypervisorName::parse(hypervisor)
+            .ok_or_else(|| format!("{hypervisor:?} is not a hypervisor name"))?;
+        let agent = self.directory.by_name(&name).await?;
+        self.agents
+            .console(&agent, domain)
+            .await
+            .map_err(|error| error.to_string())
+    }
+}
+
 pub fn agent_client(files: TlsFiles, registry: &mut Registry) -> anyhow::Result<HttpAgentClient> {
     let expiry = Gauge::default();
     registry.register(

@@ -81,6 +81,9 @@ pub trait AgentClient: Send + Sync + 'static {
         agent: &AgentEndpoint,
         domain: &str,
     ) -> Result<DomainObservation, AgentCallError>;
+    /// The tail of the domain's serial console.
+    async fn console(&self, agent: &AgentEndpoint, domain: &str)
+    -> Result<Vec<u8>, AgentCallError>;
 }
 
 /// How long an agent token read from the credential store is reused. Every
@@ -230,6 +233,17 @@ impl HttpAgentClient {
         request: reqwest::RequestBuilder,
         agent: &AgentEndpoint,
     ) -> Result<T, AgentCallError> {
+        let body = self.send_raw(request, agent).await?;
+        serde_json::from_slice::<T>(&body)
+            .map_err(|e| AgentCallError::Unreachable(format!("malformed answer: {e}")))
+    }
+
+    /// The body of a successful answer, as bytes.
+    async fn send_raw(
+        &self,
+        request: reqwest::RequestBuilder,
+        agent: &AgentEndpoint,
+    ) -> Result<Vec<u8>, AgentCallError> {
         let response = request
             .bearer_auth(&agent.token)
             .send()
@@ -238,8 +252,7 @@ impl HttpAgentClient {
         let status = response.status();
         let body = read_bounded(response).await?;
         if status.is_success() {
-            return serde_json::from_slice::<T>(&body)
-                .map_err(|e| AgentCallError::Unreachable(format!("malformed answer: {e}")));
+            return Ok(body);
         }
         match serde_json::from_slice::<AgentErrorBody>(&body).ok() {
             Some(body)
@@ -363,5 +376,16 @@ impl AgentClient for HttpAgentClient {
             .delete(Self::url(agent, &format!("/v1/domains/{domain}")))
             .timeout(self.slow_timeout);
         self.send(request, agent).await
+    }
+
+    async fn console(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<Vec<u8>, AgentCallError> {
+        let request = self
+            .http()
+            .get(Self::url(agent, &format!("/v1/domains/{domain}/console")));
+        self.send_raw(request, agent).await
     }
 }

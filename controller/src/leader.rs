@@ -283,4 +283,13 @@ impl AgentClient for FencedAgents {
         self.check()?;
         self.inner.destroy(agent, domain).await
     }
+
+    /// Reading a console changes nothing: any replica may.
+    async fn console(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<Vec<u8>, AgentCallError> {
+        self.inner.console(agent, domain).await
+    }
 }

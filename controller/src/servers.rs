@@ -10,6 +10,7 @@ use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Config;
 use stratus_core::agent_api::{AgentErrorCode, DiskDisposal, DomainSpec};
+use stratus_core::cloud_init::Seed;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::lifecycle::{self, Action, ListedAddress, Observation, ServerFacts};
@@ -467,21 +468,34 @@ impl ServerReconciler {
                 format!("image {} is not in the configuration", server.spec.image),
             )
         })?;
+        let mac_address = status.mac_address.clone().ok_or_else(|| {
+            ControllerError::Malformed(name.clone(), "placed without a MAC address".into())
+        })?;
+        let seed = Seed {
+            instance_id: name.clone(),
+            hostname: server.spec.hostname.clone(),
+            mac_address: mac_address.clone(),
+            ipv4: status.ipv4.clone(),
+            ipv6: status.ipv6.clone(),
+            dns_servers: self.config.cloud_init.dns_servers.clone(),
+            ssh_keys: server.spec.ssh_keys.clone(),
+            user_data: server.spec.user_data.clone(),
+        };
         Ok(DomainSpec {
             hostname: server.spec.hostname.clone(),
             vcpus: server.spec.resources.vcpus,
             memory_mib: server.spec.resources.memory_mib,
             disk_gib: server.spec.resources.disk_gib,
             image_volume: image.volume.clone(),
-            mac_address: status.mac_address.clone().ok_or_else(|| {
-                ControllerError::Malformed(name.clone(), "placed without a MAC address".into())
-            })?,
+            mac_address,
             power: server.spec.power,
             create_disk,
             power_off,
             ipv4: status.ipv4.clone(),
             ipv6: status.ipv6.clone(),
             suspension: server.spec.hold(),
+            boot: image.kernel_boot(),
+            seed: Some(seed),
         })
     }
 

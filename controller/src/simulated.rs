@@ -377,4 +377,27 @@ impl AgentClient for SimulatedAgent {
             Ok(answer)
         })
     }
+
+    /// A console line per boot input the simulated guest was given.
+    async fn console(
+        &self,
+        agent: &AgentEndpoint,
+        domain: &str,
+    ) -> Result<Vec<u8>, AgentCallError> {
+        self.call(agent, "console", domain, |node| {
+            let seed = node
+                .domains
+                .get(domain)
+                .and_then(|d| d.spec.as_ref())
+                .and_then(|spec| spec.seed.as_ref());
+            Ok(seed.map_or_else(Vec::new, |seed| {
+                format!(
+                    "simulated guest {domain}: hostname={} ssh-keys={}\n",
+                    seed.hostname,
+                    seed.ssh_keys.len()
+                )
+                .into_bytes()
+            }))
+        })
+    }
 }

@@ -39,7 +39,27 @@ pub struct DomainSpec {
     /// customer's choice, restored when the suspension is lifted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspension: Option<SuspensionMode>,
+    /// Direct kernel boot from files on the hypervisor (the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<KernelBoot>,
+    /// The cloud-init seed the guest reads at boot, attached as a CD-ROM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<crate::cloud_init::Seed>,
 }
+
+/// A kernel, initrd and command line the guest boots from directly.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBoot {
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// Most bytes of a serial console the agent returns: its tail.
+pub const CONSOLE_TAIL_BYTES: u64 = 64 * 1024;
 
 impl DomainSpec {
     /// The state the domain must reach.
@@ -263,6 +283,12 @@ pub const MANAGED_PREFIX: &str = "stratus-";
 /// Disk volume name of a domain.
 pub fn disk_volume_name(domain: &str) -> String {
     format!("{domain}-disk.qcow2")
+}
+
+/// Prefix of the cloud-init seed volumes of a domain; the seed's content
+/// hash follows, so a changed seed is a new volume.
+pub fn seed_volume_prefix(domain: &str) -> String {
+    format!("{domain}-seed-")
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cloud_init::CloudInitConfig;
 use crate::notices::Notifications;
 use crate::policy::Policy;
 use crate::quota::Quota;
@@ -52,13 +53,132 @@ pub struct Image {
     /// Virtual size of the image in GiB (used when a test hypervisor creates it).
     #[serde(default = "default_image_size_gib")]
     pub size_gib: u64,
+    /// Direct kernel boot: the kernel's path on every hypervisor. Without
+    /// it the guest boots from its disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+    /// The initrd's path on every hypervisor (with `kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<String>,
+    /// The kernel command line (with `kernel`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+}
+
+/// Longest kernel command line accepted (x86's own limit is 2 KiB).
+const MAX_CMDLINE_BYTES: usize = 2048;
+
+impl Image {
+    /// The direct-kernel-boot fields, as the agent takes them.
+    pub fn kernel_boot(&self) -> Option<crate::agent_api::KernelBoot> {
+        self.kernel
+            .as_ref()
+            .map(|kernel| crate::agent_api::KernelBoot {
+                kernel: kernel.clone(),
+                initrd: self.initrd.clone(),
+                cmdline: self.cmdline.clone(),
+            })
+    }
+
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        let path = |field: &str, value: &Option<String>| match value {
+            Some(path) if !path.starts_with('/') || path.contains(['\n', '\0']) => Err((
+                format!("{at}.{field}"),
+                "must be an absolute path on the hypervisors".to_owned(),
+            )),
+            _ => Ok(()),
+        };
+        path("kernel", &self.kernel)?;
+        path("initrd", &self.initrd)?;
+        if self.kernel.is_none() && (self.initrd.is_some() || self.cmdline.is_some()) {
+            return Err((
+                format!("{at}.kernel"),
+                "initrd and cmdline need a kernel".to_owned(),
+            ));
+        }
+        if let Some(cmdline) = &self.cmdline
+            && (cmdline.len() > MAX_CMDLINE_BYTES || cmdline.chars().any(char::is_control))
+        {
+            return Err((
+                format!("{at}.cmdline"),
+                format!("one line of at most {MAX_CMDLINE_BYTES} bytes"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A hypervisor `stratus up` runs an agent for in its own process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalHypervisor {
+    pub name: String,
+    pub zone: String,
+    /// `qemu:///system`, or `qemu:///system?socket=…` for a daemon of its own.
+    pub libvirt_uri: String,
+    /// Storage pool holding the images and the server disks.
+    pub pool: String,
+    /// libvirt network the servers' NICs attach to.
+    pub network: String,
+    /// `kvm` where the host really runs guests with it, `qemu` for software
+    /// emulation (TCG): configured, never guessed from `/dev/kvm`.
+    pub domain_type: String,
+    /// Directory of the guests' serial console logs on the hypervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_dir: Option<String>,
+    /// Factor on the host's CPUs for the vCPUs it advertises.
+    #[serde(default = "default_cpu_overcommit")]
+    pub cpu_overcommit: f64,
+}
+
+fn default_cpu_overcommit() -> f64 {
+    1.0
+}
+
+impl LocalHypervisor {
+    fn validate(&self, at: &str) -> Result<(), (String, String)> {
+        let invalid =
+            |field: &str, message: &str| Err((format!("{at}.{field}"), message.to_owned()));
+        if !validate::is_dns_label(&self.name) {
+            return invalid(
+                "name",
+                "must be a DNS label: lower-case letters, digits and '-'",
+            );
+        }
+        if !validate::is_dns_label(&self.zone) {
+            return invalid(
+                "zone",
+                "must be a DNS label: lower-case letters, digits and '-'",
+            );
+        }
+        if self.libvirt_uri.is_empty() || self.libvirt_uri.contains(char::is_whitespace) {
+            return invalid("libvirtUri", "must be a libvirt URI");
+        }
+        for (field, value) in [("pool", &self.pool), ("network", &self.network)] {
+            if value.is_empty() || value.contains(['/', '\n']) {
+                return invalid(field, "must be a libvirt object name");
+            }
+        }
+        if !["kvm", "qemu", "test"].contains(&self.domain_type.as_str()) {
+            return invalid("domainType", "must be kvm, qemu or test");
+        }
+        if let Some(dir) = &self.console_dir
+            && !dir.starts_with('/')
+        {
+            return invalid("consoleDir", "must be an absolute path");
+        }
+        if !(self.cpu_overcommit.is_finite() && (1.0..=64.0).contains(&self.cpu_overcommit)) {
+            return invalid("cpuOvercommit", "must be between 1 and 64");
+        }
+        Ok(())
+    }
 }
 
 fn default_image_size_gib() -> u64 {
     2
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Config {
     #[serde(default = "default_plans")]
@@ -86,6 +206,13 @@ pub struct Config {
     /// How accounts are told of their standing, and the billing webhook.
     #[serde(default)]
     pub notifications: Notifications,
+    /// What every guest's cloud-init seed says beside its own addresses.
+    #[serde(default)]
+    pub cloud_init: CloudInitConfig,
+    /// The hypervisors `stratus up` runs agents for; absent: one on
+    /// libvirt's test driver.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub local_hypervisors: Vec<LocalHypervisor>,
 }
 
 /// An IP pool of the configuration: its name, then the IpPool spec's fields.
@@ -272,6 +399,8 @@ impl Default for Config {
             ip_pools: None,
             dnsbl: Dnsbl::default(),
             notifications: Notifications::default(),
+            cloud_init: CloudInitConfig::default(),
+            local_hypervisors: Vec::new(),
         }
     }
 }
@@ -297,6 +426,9 @@ fn default_images() -> Vec<Image> {
         volume: volume.to_owned(),
         description: description.to_owned(),
         size_gib: default_image_size_gib(),
+        kernel: None,
+        initrd: None,
+        cmdline: None,
     };
     vec![
         image("debian-12", "debian-12.qcow2", "Debian 12 (bookworm)"),
@@ -431,6 +563,22 @@ impl Config {
                     format!("images[{i}].volume"),
                     "must be a volume name in the image pool",
                 ));
+            }
+            image
+                .validate(&format!("images[{i}]"))
+                .map_err(|(field, message)| invalid(field, &message))?;
+        }
+        self.cloud_init
+            .validate()
+            .map_err(|(field, message)| invalid(field, &message))?;
+        let mut seen = BTreeSet::new();
+        for (i, hypervisor) in self.local_hypervisors.iter().enumerate() {
+            let at = format!("localHypervisors[{i}]");
+            hypervisor
+                .validate(&at)
+                .map_err(|(field, message)| invalid(field, &message))?;
+            if !seen.insert(&hypervisor.name) {
+                return Err(invalid(format!("{at}.name"), "duplicate hypervisor name"));
             }
         }
         Ok(())

@@ -6,6 +6,7 @@
 
 pub mod agent_api;
 pub mod clock;
+pub mod cloud_init;
 pub mod conditions;
 pub mod config;
 pub mod dnsbl;

@@ -50,6 +50,8 @@ pub fn server_spec() -> VirtualServerSpec {
         reboot_requests: 0,
         suspension: None,
         termination: None,
+        ssh_keys: Vec::new(),
+        user_data: None,
     }
 }
 

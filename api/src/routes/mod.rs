@@ -73,6 +73,7 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(servers::order_server, servers::list_servers))
         .routes(routes!(servers::get_server, servers::delete_server))
         .routes(routes!(servers::server_action))
+        .routes(routes!(servers::server_console))
         .routes(routes!(
             hypervisors::register_hypervisor,
             hypervisors::list_hypervisors

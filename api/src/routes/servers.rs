@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
+use stratus_core::cloud_init;
 use stratus_core::ids::{AccountId, ServerId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
@@ -126,6 +127,20 @@ async fn validate_order(
             format!("unknown image {:?}; see GET /v1/images", order.image),
         ));
     }
+    if order.ssh_keys.len() > cloud_init::MAX_SSH_KEYS {
+        return Err(ApiError::invalid(
+            "ssh_keys",
+            format!("at most {} keys", cloud_init::MAX_SSH_KEYS),
+        ));
+    }
+    for (i, key) in order.ssh_keys.iter().enumerate() {
+        cloud_init::check_ssh_key(key.trim())
+            .map_err(|message| ApiError::invalid(&format!("ssh_keys[{i}]"), message))?;
+    }
+    if let Some(user_data) = &order.user_data {
+        cloud_init::check_user_data(user_data)
+            .map_err(|message| ApiError::invalid("user_data", message))?;
+    }
     if let Some(zone) = &order.zone {
         let hypervisors = state.hypervisors.list(None).await?.items;
         if !hypervisors.iter().any(|h| &h.spec.zone == zone) {
@@ -142,6 +157,8 @@ async fn validate_order(
         reboot_requests: 0,
         suspension: None,
         termination: None,
+        ssh_keys: order.ssh_keys.iter().map(|k| k.trim().to_owned()).collect(),
+        user_data: order.user_data.clone(),
     };
     Ok((spec, state.quota_of(&account)))
 }
@@ -356,6 +373,43 @@ pub async fn get_server(
     Ok(Json(ServerView::from(
         &find_server(&state, &principal, &id).await?,
     )))
+}
+
+/// The last 64 KiB of the server's serial console (boot messages,
+/// cloud-init's output), as text; the owner's and operators' only.
+#[utoipa::path(get, path = "/v1/servers/{id}/console", tag = "servers", params(("id" = String, Path)),
+    responses((status = 200, body = String, content_type = "text/plain"), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn server_console(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = server_id(&id)?;
+    let server = find_server(&state, &principal, &id).await?;
+    let consoles = state.consoles.as_ref().ok_or_else(|| {
+        ApiError::unavailable("this API process cannot reach the agents; ask the all-in-one or a process with agent credentials")
+    })?;
+    let status = server.status.clone().unwrap_or_default();
+    let (Some(hypervisor), Some(domain)) = (status.hypervisor, status.domain) else {
+        return Err(ApiError::conflict(
+            "the server is not placed on a hypervisor yet: it has no console",
+        ));
+    };
+    let bytes = consoles
+        .tail(hypervisor.as_str(), &domain)
+        .await
+        .map_err(|message| {
+            ApiError::unavailable(format!("the console could not be read: {message}"))
+        })?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        )],
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+        .into_response())
 }
 
 /// Deletes a server: its domain is destroyed and its disk wiped, then it

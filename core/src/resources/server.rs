@@ -115,6 +115,15 @@ pub struct VirtualServerSpec {
     /// R14): it stays off until its data is wiped, then it is deleted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination: Option<ServerTermination>,
+    /// OpenSSH public keys given to the guest through cloud-init.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user data (a `#cloud-config` document or a script),
+    /// passed to the guest unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub user_data: Option<String>,
 }
 
 /// A terminated server, held off until its disk is wiped.
