@@ -874,7 +874,12 @@ impl Driver {
 /// its guests are not filtered.
 fn install_filters(conn: &Connect, mode: AntiSpoofingMode) -> AntiSpoofing {
     let required = mode == AntiSpoofingMode::Required;
-    let installed = xml::network_filters()
+    let defined_uuid = |name: &str| {
+        conn.lookup_nwfilter_by_name(name)
+            .and_then(|filter| filter.uuid_string())
+            .ok()
+    };
+    let installed = xml::network_filters(defined_uuid)
         .into_iter()
         .try_for_each(|(name, definition)| {
             conn.define_nwfilter_xml(&definition)

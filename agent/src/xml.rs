@@ -473,7 +473,10 @@ fn parse<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, AgentError>
 
 /// The filters stratus defines on every hypervisor that supports them, in
 /// the order they must be defined (a filter only references defined ones).
-pub fn network_filters() -> Vec<(&'static str, String)> {
+/// `uuid_of` gives the UUID of a filter already defined: libvirt refuses a
+/// new definition of an existing filter that does not carry it.
+pub fn network_filters(uuid_of: impl Fn(&str) -> Option<String>) -> Vec<(&'static str, String)> {
+    let uuid = |name: &str| uuid_of(name).map(|uuid| Element::with_text("uuid", uuid));
     let rule = |action: &str, priority: u32| {
         Element::new("rule")
             .attr("action", action)
@@ -492,6 +495,7 @@ pub fn network_filters() -> Vec<(&'static str, String)> {
         .attr("name", IPV6_FILTER)
         .attr("chain", "ipv6-ip")
         .attr("priority", -610)
+        .children(uuid(IPV6_FILTER))
         // Link-local sources: neighbour and router discovery.
         .child(rule("return", 100).child(source("fe80::", "10")))
         // The unspecified source: duplicate address detection.
@@ -501,6 +505,7 @@ pub fn network_filters() -> Vec<(&'static str, String)> {
     let dual_stack = Element::new("filter")
         .attr("name", DUAL_STACK_FILTER)
         .attr("chain", "root")
+        .children(uuid(DUAL_STACK_FILTER))
         .child(Element::new("filterref").attr("filter", CLEAN_TRAFFIC))
         .child(Element::new("filterref").attr("filter", IPV6_FILTER))
         // `clean-traffic` ends by dropping every other protocol (priority
@@ -784,7 +789,16 @@ mod tests {
     /// hypervisor tests).
     #[test]
     fn r19_network_filters_match_libvirts_schema() {
-        let filters = network_filters();
+        let filters = network_filters(|_| None);
+        assert!(!filters[0].1.contains("<uuid>"));
+        let redefined = network_filters(|name| Some(format!("uuid-of-{name}")));
+        assert!(
+            redefined[1]
+                .1
+                .contains(&format!("<uuid>uuid-of-{DUAL_STACK_FILTER}</uuid>")),
+            "{}",
+            redefined[1].1
+        );
         assert_eq!(
             filters.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
             [IPV6_FILTER, DUAL_STACK_FILTER],

@@ -1,0 +1,228 @@
+//! End to end on a real hypervisor: `stratus up` on the libvirt daemon and
+//! QEMU that `scripts/hypervisor up` runs in a network namespace of its
+//! own, booting the `tiny` image. `scripts/test` starts the hypervisor and
+//! names its configuration in `STRATUS_TEST_HYPERVISOR_CONFIG`; without it
+//! these tests fail (CI must never skip them).
+
+mod support;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{Client, Stratus, free_port};
+
+const BIN: &str = env!("CARGO_BIN_EXE_stratus");
+/// A tiny guest boots in about 12 s under TCG on an idle machine; CI runs
+/// other tests beside it on two cores.
+const BOOT: Duration = Duration::from_secs(180);
+const GATEWAY: &str = "10.231.0.1";
+const SPOOFED: &str = "10.231.0.250";
+const SSH_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDzg+mxjK55LTh28if62H9cXsAdVZ4XgsP9smAh/3m4D ops@acme";
+/// Written by the guest onto its own disk, looked for in the pool's file.
+const DISK_MARKER: &str = "STRATUS-CUSTOMER-DATA-7f3a";
+
+struct Hypervisor {
+    config: PathBuf,
+    /// `.stratus-hypervisor/`: pool, console logs, the daemon's socket.
+    dir: PathBuf,
+}
+
+impl Hypervisor {
+    fn from_env() -> Self {
+        let config = std::env::var("STRATUS_TEST_HYPERVISOR_CONFIG").unwrap_or_else(|_| {
+            panic!(
+                "STRATUS_TEST_HYPERVISOR_CONFIG is not set: run `scripts/hypervisor up` and point it at .stratus-hypervisor/config.yaml (scripts/test does both)"
+            )
+        });
+        let config = PathBuf::from(config);
+        assert!(config.is_file(), "{} does not exist", config.display());
+        let dir = config.parent().expect("config in a directory").to_owned();
+        Self { config, dir }
+    }
+
+    fn pool_file(&self, volume: &str) -> PathBuf {
+        self.dir.join("pool").join(volume)
+    }
+
+    /// Runs a command in the hypervisor's network namespace.
+    fn in_namespace(&self, args: &[&str]) -> String {
+        let output = Command::new("ip")
+            .args(["netns", "exec", "stratus-hv"])
+            .args(args)
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+}
+
+/// The guest's script: write a marker onto the disk, ping the gateway from
+/// its own address, then from an address it does not hold.
+fn user_data() -> String {
+    format!(
+        "#!/bin/sh
+echo {DISK_MARKER} | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null && echo DISK-WRITTEN
+ping -c 3 -W 2 {GATEWAY} >/dev/null && echo OWN-ADDRESS-PING-OK
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+ip addr add {SPOOFED}/32 dev $nic
+if ping -c 3 -W 2 -I {SPOOFED} {GATEWAY} >/dev/null; then echo SPOOFED-PING-ANSWERED; else echo SPOOFED-PING-DROPPED; fi
+ip addr del {SPOOFED}/32 dev $nic
+"
+    )
+}
+
+async fn console(client: &Client, id: &str) -> String {
+    loop {
+        let (status, body) = client.get(&format!("/v1/servers/{id}/console")).await;
+        // The polls of the status share the token's request rate.
+        if status == 429 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        assert_eq!(status, 200, "{body}");
+        return body.as_str().unwrap_or_default().to_owned();
+    }
+}
+
+/// Waits until the console shows `marker` `count` times.
+async fn wait_console(client: &Client, id: &str, marker: &str, count: usize) -> String {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let text = console(client, id).await;
+        if text.matches(marker).count() >= count {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{marker:?} x{count} not on the console of {id}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn action(client: &Client, id: &str, kind: &str) {
+    let (status, body) = client
+        .post(&format!("/v1/servers/{id}/actions"), json!({"type": kind}))
+        .await;
+    assert_eq!(status, 202, "{kind}: {body}");
+}
+
+fn file_contains(path: &Path, needle: &[u8]) -> bool {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_to_end(&mut bytes))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn r19_a_tiny_guest_boots_configured_from_its_seed_cannot_spoof_and_is_wiped_on_delete() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+
+    let started = Instant::now();
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "web1", "plan": "micro", "image": "tiny",
+                   "ssh_keys": [SSH_KEY], "user_data": user_data()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", BOOT).await;
+    let to_running = started.elapsed();
+    assert_eq!(running["hypervisor"], "hv-a");
+    let ipv4 = running["ipv4"]["address"].as_str().unwrap().to_owned();
+    let ipv6 = running["ipv6"]["address"].as_str().unwrap().to_owned();
+
+    // The guest applied its seed: hostname, both addresses, the gateway, the key.
+    let text = wait_console(&customer, &id, "stratus-tiny: ready", 1).await;
+    let to_console = started.elapsed();
+    for expected in [
+        "stratus-tiny: hostname=web1".to_owned(),
+        format!("stratus-tiny: address={ipv4}/24"),
+        format!("stratus-tiny: address={ipv6}/64"),
+        format!("stratus-tiny: gateway={GATEWAY}"),
+        "stratus-tiny: ssh-keys=1".to_owned(),
+        "DISK-WRITTEN".to_owned(),
+        // R19: its own address reaches the gateway; a spoofed one does not.
+        "OWN-ADDRESS-PING-OK".to_owned(),
+        "SPOOFED-PING-DROPPED".to_owned(),
+    ] {
+        assert!(text.contains(&expected), "{expected} missing:\n{text}");
+    }
+    // The gateway never saw the spoofed source: it knows the guest's own
+    // address as a neighbour, and nothing of the spoofed one.
+    let neighbours = hypervisor.in_namespace(&["ip", "neigh", "show", "dev", "stratus0"]);
+    assert!(neighbours.contains(&ipv4), "{neighbours}");
+    assert!(!neighbours.contains(SPOOFED), "{neighbours}");
+    println!(
+        "order -> running: {:.1} s; order -> guest ready on the console: {:.1} s",
+        to_running.as_secs_f64(),
+        to_console.as_secs_f64()
+    );
+
+    // Another account cannot read it.
+    let (_, other) = admin.open_account("Other").await;
+    let (status, _) = other.get(&format!("/v1/servers/{id}/console")).await;
+    assert_eq!(status, 404);
+
+    // Stop is an ACPI shutdown the guest honours; start and reboot boot it again.
+    action(&customer, &id, "stop").await;
+    customer.wait_status(&id, "stopped", BOOT).await;
+    wait_console(&customer, &id, "ACPI power button, powering off", 1).await;
+    action(&customer, &id, "start").await;
+    customer.wait_status(&id, "running", BOOT).await;
+    wait_console(&customer, &id, "stratus-tiny: ready", 2).await;
+    action(&customer, &id, "reboot").await;
+    wait_console(&customer, &id, "stratus-tiny: ready", 3).await;
+
+    // Delete: the disk the guest wrote to is overwritten, then it and the
+    // seed are gone from the pool. The file is held open across the
+    // delete, so its last bytes can be read after it is unlinked.
+    let account = running["account_id"].as_str().unwrap();
+    let domain = format!("stratus-{account}.{id}");
+    let disk = hypervisor.pool_file(&format!("{domain}-disk.qcow2"));
+    assert!(
+        file_contains(&disk, DISK_MARKER.as_bytes()),
+        "the guest's write is in {}",
+        disk.display()
+    );
+    let mut held = std::fs::File::open(&disk).unwrap();
+    let seeds: Vec<PathBuf> = seed_files(&hypervisor, &domain);
+    assert_eq!(seeds.len(), 1, "one seed volume: {seeds:?}");
+    let (status, body) = customer.delete(&format!("/v1/servers/{id}")).await;
+    assert_eq!(status, 202, "{body}");
+    customer.wait_gone(&id, BOOT).await;
+    assert!(!disk.exists(), "{} is deleted", disk.display());
+    assert!(seed_files(&hypervisor, &domain).is_empty(), "seed deleted");
+    let mut after = Vec::new();
+    held.read_to_end(&mut after).unwrap();
+    assert!(!after.is_empty());
+    assert!(
+        after.iter().all(|b| *b == 0),
+        "every byte of the deleted disk was overwritten"
+    );
+    stratus.process.terminate();
+}
+
+fn seed_files(hypervisor: &Hypervisor, domain: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(hypervisor.dir.join("pool"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{domain}-seed-")))
+        })
+        .collect()
+}
