@@ -601,6 +601,27 @@ async fn bad_orders_are_refused_and_create_nothing() {
             "bad_request",
             "name",
         ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12",
+                   "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDzg+mxjK55LTh28if62H9cXsAdVZ4XgsP9smAh/3m4D a", "ssh-rsa not-a-key"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "ssh_keys[1]",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12",
+                   "ssh_keys": vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDzg+mxjK55LTh28if62H9cXsAdVZ4XgsP9smAh/3m4D"; 17]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "ssh_keys",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12",
+                   "user_data": "#!/bin/sh\n".repeat(2000)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "user_data",
+        ),
     ];
     for (body, status, code, field) in cases {
         let reply = api
@@ -698,6 +719,107 @@ async fn idempotency_key_returns_the_same_server_and_refuses_another_body() {
 /// The first attempt claimed its key and stopped before creating the server
 /// (a crash, a timeout): the retry creates it under the claimed id, and once
 /// created and deleted the key refuses to bring it back.
+/// Consoles answered as an agent would, recording which domain was asked for.
+#[derive(Default)]
+struct RecordedConsoles(std::sync::Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl stratus_api::ServerConsoles for RecordedConsoles {
+    async fn tail(&self, hypervisor: &str, domain: &str) -> Result<Vec<u8>, String> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((hypervisor.to_owned(), domain.to_owned()));
+        if hypervisor == "hv-down" {
+            return Err("connection refused".into());
+        }
+        Ok(b"stratus-tiny: hostname=web1\n\xff".to_vec())
+    }
+}
+
+#[tokio::test]
+async fn a_servers_console_is_read_from_its_agent_by_its_owner_only() {
+    let mut api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let (_, other) = api.customer("Other").await;
+    let ordered = api
+        .call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(json!({"name": "web1", "plan": "small", "image": "debian-12",
+                        "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDzg+mxjK55LTh28if62H9cXsAdVZ4XgsP9smAh/3m4D ops@acme"],
+                        "user_data": "#cloud-config\n{}\n"})),
+        )
+        .await;
+    assert_eq!(ordered.status, StatusCode::ACCEPTED, "{}", ordered.body);
+    let id = ordered.body["id"].as_str().unwrap().to_owned();
+    let stored = api
+        .state
+        .servers
+        .get(Some(&account), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.spec.ssh_keys.len(), 1);
+    assert_eq!(
+        stored.spec.user_data.as_deref(),
+        Some("#cloud-config\n{}\n")
+    );
+    let path = format!("/v1/servers/{id}/console");
+
+    // A process without agent credentials says so.
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
+
+    let consoles = Arc::new(RecordedConsoles::default());
+    api.router = app(api.state.clone().with_consoles(consoles.clone()));
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_error(&reply, StatusCode::CONFLICT, "conflict", None);
+    let placed = |hypervisor: &str| stratus_core::resources::VirtualServerStatus {
+        hypervisor: stratus_core::ids::HypervisorName::parse(hypervisor),
+        domain: Some(format!("stratus-{account}.{id}")),
+        ..Default::default()
+    };
+    api.state
+        .servers
+        .patch_status(Some(&account), &id, &placed("hv-a"))
+        .await
+        .unwrap();
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(reply.body, "stratus-tiny: hostname=web1\n\u{fffd}");
+    assert_eq!(
+        consoles.0.lock().unwrap().last().unwrap(),
+        &("hv-a".to_owned(), format!("stratus-{account}.{id}"))
+    );
+    let reply = api.call(Method::GET, &path, &api.admin, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "operators read it too");
+    let asked = consoles.0.lock().unwrap().len();
+    let reply = api.call(Method::GET, &path, &other, None).await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", None);
+    assert_eq!(
+        consoles.0.lock().unwrap().len(),
+        asked,
+        "no agent asked for a stranger"
+    );
+
+    api.state
+        .servers
+        .patch_status(Some(&account), &id, &placed("hv-down"))
+        .await
+        .unwrap();
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
+}
+
 #[tokio::test]
 async fn a_retry_after_an_interrupted_order_creates_the_claimed_server_once() {
     let api = api().await;

@@ -300,9 +300,16 @@ async fn an_order_runs_on_both_databases() {
         let spec = h.sim.spec_of("hv1", DOMAIN).unwrap();
         assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gib), (1, 1024, 25));
         assert_eq!(spec.image_volume, "debian-12.qcow2");
-        assert_eq!(Some(spec.mac_address), status.mac_address);
         assert_eq!(spec.ipv4, status.ipv4, "{label}");
         assert_eq!(spec.ipv6, status.ipv6, "{label}");
+        // The guest's cloud-init seed says who it is and where it is.
+        let seed = spec.seed.as_ref().expect("every domain gets a seed");
+        assert_eq!(seed.instance_id, "vs-1");
+        assert_eq!(seed.hostname, "web1");
+        assert_eq!((&seed.ipv4, &seed.ipv6), (&status.ipv4, &status.ipv6));
+        assert_eq!(Some(&seed.mac_address), status.mac_address.as_ref());
+        assert_eq!(Some(spec.mac_address), status.mac_address);
+        assert_eq!(spec.boot, None, "debian-12 boots from its disk");
     }
 }
 

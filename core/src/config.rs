@@ -590,6 +590,65 @@ mod tests {
     use super::*;
 
     #[test]
+    fn local_hypervisors_and_kernel_boot_images_are_read_and_checked() {
+        let config = Config::from_yaml(
+            "images:\n  - {name: tiny, volume: tiny.qcow2, kernel: /srv/vmlinuz, initrd: /srv/initrd.img, cmdline: console=ttyS0}\n\
+             localHypervisors:\n  - {name: hv-a, zone: a, libvirtUri: 'qemu:///system?socket=/run/x', pool: p, network: n, domainType: qemu, cpuOvercommit: 8}\n\
+             cloudInit: {dnsServers: [10.0.0.1]}\n",
+        )
+        .unwrap();
+        let boot = config.image("tiny").unwrap().kernel_boot().unwrap();
+        assert_eq!(boot.kernel, "/srv/vmlinuz");
+        assert_eq!(boot.cmdline.as_deref(), Some("console=ttyS0"));
+        assert_eq!(config.local_hypervisors[0].cpu_overcommit, 8.0);
+        assert_eq!(config.local_hypervisors[0].console_dir, None);
+        assert_eq!(config.cloud_init.dns_servers, ["10.0.0.1"]);
+        let hypervisor = "{name: hv-a, zone: a, libvirtUri: 'qemu:///system', pool: p, network: n, domainType: qemu";
+        for (yaml, field) in [
+            (
+                "images:\n  - {name: t, volume: v, kernel: vmlinuz}\n".to_owned(),
+                "images[0].kernel",
+            ),
+            (
+                "images:\n  - {name: t, volume: v, cmdline: quiet}\n".to_owned(),
+                "images[0].kernel",
+            ),
+            (
+                "images:\n  - {name: t, volume: v, kernel: /k, cmdline: \"a\\nb\"}\n".to_owned(),
+                "images[0].cmdline",
+            ),
+            (
+                format!("localHypervisors:\n  - {hypervisor}, cpuOvercommit: 0.5}}\n"),
+                "localHypervisors[0].cpuOvercommit",
+            ),
+            (
+                format!("localHypervisors:\n  - {hypervisor}, domainType: xen}}\n")
+                    .replace("domainType: qemu, ", ""),
+                "localHypervisors[0].domainType",
+            ),
+            (
+                format!("localHypervisors:\n  - {hypervisor}, consoleDir: logs}}\n"),
+                "localHypervisors[0].consoleDir",
+            ),
+            (
+                format!("localHypervisors:\n  - {hypervisor}}}\n  - {hypervisor}}}\n"),
+                "localHypervisors[1].name",
+            ),
+            (
+                format!("localHypervisors:\n  - {hypervisor}, guessKvm: true}}\n"),
+                "localHypervisors[0]",
+            ),
+            (
+                "cloudInit: {dnsServers: [resolver]}\n".to_owned(),
+                "cloudInit.dnsServers[0]",
+            ),
+        ] {
+            let error = Config::from_yaml(&yaml).unwrap_err().to_string();
+            assert!(error.contains(field), "{yaml}: {error}");
+        }
+    }
+
+    #[test]
     fn defaults_are_valid() {
         Config::default().validate().unwrap();
         assert_eq!(Config::from_yaml("{}").unwrap(), Config::default());
