@@ -462,7 +462,17 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
-    print_welcome(&api_address, &admin_token_path, new_admin_token, &data_dir);
+    let order = FirstOrder {
+        plan: core.config.plans.first().map_or("", |p| p.name.as_str()),
+        image: core.config.images.first().map_or("", |i| i.name.as_str()),
+    };
+    print_welcome(
+        &api_address,
+        &admin_token_path,
+        new_admin_token,
+        &data_dir,
+        order,
+    );
     tracing::info!(api = %api_address, data_dir = %data_dir.display(), "stratus is up");
 
     api_task.await??;
@@ -711,7 +721,19 @@ pub async fn admin_token(args: AdminTokenArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_welcome(api: &SocketAddr, admin_token_path: &Path, new_token: bool, data_dir: &Path) {
+/// What the quickstart orders: the configuration's first plan and image.
+struct FirstOrder<'a> {
+    plan: &'a str,
+    image: &'a str,
+}
+
+fn print_welcome(
+    api: &SocketAddr,
+    admin_token_path: &Path,
+    new_token: bool,
+    data_dir: &Path,
+    order: FirstOrder<'_>,
+) {
     let token_line = if new_token {
         format!(
             "The admin token is in {} (written now, mode 0600).",
@@ -744,9 +766,12 @@ Quickstart (bash):
   TOKEN=$(curl -s -X POST $API/v1/accounts/$ACCOUNT/tokens -H "Authorization: Bearer $ADMIN" \
       -H 'Content-Type: application/json' -d '{{"name":"cli"}}' | jq -r .token)
   curl -s -X POST $API/v1/servers -H "Authorization: Bearer $TOKEN" \
-      -H 'Content-Type: application/json' -d '{{"name":"web1","plan":"small","image":"debian-12"}}'
+      -H 'Content-Type: application/json' -d '{{"name":"web1","plan":"{plan}","image":"{image}"}}'
   curl -s $API/v1/servers -H "Authorization: Bearer $TOKEN"
+  # the guest's serial console: curl -s $API/v1/servers/SERVER_ID/console -H "Authorization: Bearer $TOKEN"
 "#,
+        plan = order.plan,
+        image = order.image,
         data = data_dir.display(),
         token = admin_token_path.display(),
     );
