@@ -184,6 +184,7 @@ impl ServerReconciler {
             generation: server.metadata.generation,
             has_finalizer: server.finalizers().iter().any(|f| f == SERVER_FINALIZER),
             deleting: server.metadata.deletion_timestamp.is_some(),
+            shutdown_grace: self.config.policy.power.shutdown_grace,
         };
         let deleting = facts.deleting;
         let decision = lifecycle::plan(facts, &observation, self.ctx.clock.now());
@@ -247,7 +248,7 @@ impl ServerReconciler {
             } => {
                 let agent = placed(agent)?;
                 if power_off {
-                    tracing::warn!(grace = ?lifecycle::SHUTDOWN_GRACE, "guest did not shut down in time; powering it off");
+                    tracing::warn!(grace = %self.config.policy.power.shutdown_grace, "guest did not shut down in time; powering it off");
                 }
                 let spec = self.domain_spec(server, &current, create_disk, power_off)?;
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;

@@ -775,7 +775,7 @@ async fn a_guest_ignoring_shutdown_is_powered_off_after_the_grace_period() {
         asked_once,
         "no second shutdown request within the grace period"
     );
-    h.clock.advance(lifecycle::SHUTDOWN_GRACE);
+    h.clock.advance(jiff::SignedDuration::from_secs(120));
     assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
     assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Stopped));
     let forced = h.sim.spec_of("hv1", DOMAIN).unwrap();

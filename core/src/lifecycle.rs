@@ -19,6 +19,9 @@ pub struct ServerFacts<'a> {
     pub generation: Option<i64>,
     pub has_finalizer: bool,
     pub deleting: bool,
+    /// How long a guest asked to shut down has before it is powered off
+    /// (`policy.power.shutdownGrace`).
+    pub shutdown_grace: crate::policy::PolicyDuration,
 }
 
 /// What the controller learned from the hypervisor before deciding.
@@ -68,9 +71,6 @@ pub struct Decision {
     pub recheck_in: Option<SignedDuration>,
 }
 
-/// How long a guest gets to shut down on its own (ACPI) before it is
-/// powered off.
-pub const SHUTDOWN_GRACE: SignedDuration = SignedDuration::from_secs(120);
 /// How often a guest that is shutting down is looked at.
 const SHUTDOWN_POLL: SignedDuration = SignedDuration::from_secs(5);
 
@@ -265,14 +265,14 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
                 });
             }
             Some(at) => {
-                let waited = now.duration_since(at);
-                if waited >= SHUTDOWN_GRACE {
+                let deadline = server.shutdown_grace.after(at);
+                if now >= deadline {
                     next = Some(Action::EnsureDomain {
                         create_disk: !status.provisioned,
                         power_off: true,
                     });
                 } else {
-                    recheck_in = Some(SHUTDOWN_POLL.min(SHUTDOWN_GRACE - waited));
+                    recheck_in = Some(SHUTDOWN_POLL.min(deadline.duration_since(now)));
                 }
             }
         }
@@ -547,6 +547,9 @@ pub fn record_placement(
 mod tests {
     use super::*;
     use crate::conditions::ConditionStatus;
+
+    /// The default `policy.power.shutdownGrace`: 120 s.
+    const GRACE: crate::policy::PolicyDuration = crate::policy::PolicyDuration::seconds(120);
     use crate::resources::PowerState;
 
     const ALL_PHASES: [ServerPhase; 8] = [
@@ -701,7 +704,7 @@ mod tests {
             })
         );
         let mut waited = first.status.clone();
-        waited.stop_requested_at = Some((now() - SHUTDOWN_GRACE).to_string());
+        waited.stop_requested_at = Some((now() - SignedDuration::from_secs(120)).to_string());
         let forced = decide_suspended(&spec, &waited, &running);
         assert_eq!(
             forced.next,
@@ -825,6 +828,7 @@ mod tests {
                 generation: Some(3),
                 has_finalizer: finalizer,
                 deleting,
+                shutdown_grace: GRACE,
             },
             obs,
             now(),
@@ -1331,6 +1335,7 @@ mod tests {
                 generation: Some(2),
                 has_finalizer: true,
                 deleting: false,
+                shutdown_grace: GRACE,
             }
         }
         let d = plan(facts(&spec, &status), &running, t0);
@@ -1349,13 +1354,13 @@ mod tests {
         let d = plan(facts(&spec, &status), &running, later);
         assert_eq!(d.next, None, "the request stands; no second ACPI press");
         assert_eq!(d.recheck_in, Some(SHUTDOWN_POLL));
-        let almost = t0 + SHUTDOWN_GRACE - SignedDuration::from_secs(2);
+        let almost = t0 + SignedDuration::from_secs(120) - SignedDuration::from_secs(2);
         assert_eq!(
             plan(facts(&spec, &status), &running, almost).recheck_in,
             Some(SignedDuration::from_secs(2))
         );
 
-        let d = plan(facts(&spec, &status), &running, t0 + SHUTDOWN_GRACE);
+        let d = plan(facts(&spec, &status), &running, t0 + SignedDuration::from_secs(120));
         assert_eq!(
             d.next,
             Some(Action::EnsureDomain {
@@ -1365,7 +1370,7 @@ mod tests {
             "the guest ignored the request: power it off"
         );
         let stopped = observed(Some(DomainState::Stopped), true);
-        let d = plan(facts(&spec, &d.status), &stopped, t0 + SHUTDOWN_GRACE);
+        let d = plan(facts(&spec, &d.status), &stopped, t0 + SignedDuration::from_secs(120));
         assert_eq!(d.next, None);
         assert_eq!(d.recheck_in, None);
         assert_eq!(d.status.stop_requested_at, None, "a later stop asks again");

@@ -241,6 +241,7 @@ pub struct Policy {
     pub restore: RestorePolicy,
     pub notice: NoticePolicy,
     pub maintenance: MaintenancePolicy,
+    pub power: PowerPolicy,
 }
 
 impl Default for Policy {
@@ -261,6 +262,7 @@ impl Default for Policy {
             restore: RestorePolicy::default(),
             notice: NoticePolicy::default(),
             maintenance: MaintenancePolicy::default(),
+            power: PowerPolicy::default(),
         }
     }
 }
@@ -521,6 +523,23 @@ impl Default for MaintenancePolicy {
     }
 }
 
+/// How guests are stopped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct PowerPolicy {
+    /// How long a guest asked to shut down (ACPI) has before it is powered
+    /// off; the controller holds no worker meanwhile.
+    pub shutdown_grace: PolicyDuration,
+}
+
+impl Default for PowerPolicy {
+    fn default() -> Self {
+        Self {
+            shutdown_grace: PolicyDuration::seconds(120),
+        }
+    }
+}
+
 impl Policy {
     /// Checks what the types alone cannot; the error names the key.
     pub fn validate(&self) -> Result<(), (String, String)> {
@@ -537,6 +556,7 @@ impl Policy {
             ("storage.verifyInterval", self.storage.verify_interval),
             ("maintenance.defaultWindow", self.maintenance.default_window),
             ("abuse.caseWindow", self.abuse.case_window),
+            ("power.shutdownGrace", self.power.shutdown_grace),
         ];
         for (key, interval) in intervals {
             if interval.is_zero() {
