@@ -48,6 +48,27 @@ impl Hypervisor {
         self.dir.join("pool").join(volume)
     }
 
+    /// What libvirt says of a domain's state (`running`, `paused`, `shut off`).
+    fn domain_state(&self, domain: &str) -> String {
+        let uri = format!(
+            "qemu:///system?socket={}",
+            self.dir.join("run/libvirt-sock").display()
+        );
+        let output = Command::new("virsh")
+            .args(["-q", "-c", &uri, "domstate", domain])
+            .output()
+            .expect("virsh");
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
+    /// The harness's configuration with `extra` YAML keys appended.
+    fn config_with(&self, dir: &Path, extra: &str) -> String {
+        let base = std::fs::read_to_string(&self.config).unwrap();
+        let path = dir.join("stratus.yaml");
+        std::fs::write(&path, format!("{base}\n{extra}")).unwrap();
+        path.display().to_string()
+    }
+
     /// Runs a command in the hypervisor's network namespace.
     fn in_namespace(&self, args: &[&str]) -> String {
         let output = Command::new("ip")
@@ -225,4 +246,123 @@ fn seed_files(hypervisor: &Hypervisor, domain: &str) -> Vec<PathBuf> {
                 .is_some_and(|n| n.starts_with(&format!("{domain}-seed-")))
         })
         .collect()
+}
+
+async fn wait_domain_state(hypervisor: &Hypervisor, domain: &str, want: &str) {
+    let deadline = Instant::now() + BOOT;
+    loop {
+        let state = hypervisor.domain_state(domain);
+        if state == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{domain} is {state:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// R1, R5, R8: each suspension mode holds a real guest as it says, lifting
+/// it restores the guest, and a guest that ignores ACPI is forced off after
+/// the policy's grace period.
+#[tokio::test]
+async fn r1_r5_suspensions_hold_a_real_guest_and_a_guest_ignoring_acpi_is_forced_off() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let config = hypervisor.config_with(
+        dir.path(),
+        "limits: { requestsPerSecond: 10000, burst: 10000 }\n\
+         policy:\n\
+         \x20 power: { shutdownGrace: 10s }\n\
+         \x20 billing: { suspendAfter: 1s, suspensionMode: paused }\n",
+    );
+    let data = dir.path().join("data");
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (account, customer) = admin.open_account("ACME").await;
+    // The guest ignores the power button and says when the gateway stops
+    // or starts answering it.
+    let user_data = format!(
+        "#!/bin/sh
+touch /run/ignore-acpi
+(last=; while :; do if ping -c 1 -W 1 {GATEWAY} >/dev/null 2>&1; then now=up; else now=down; fi; \
+  if [ \"$now\" != \"$last\" ]; then echo LINK-$now; last=$now; fi; sleep 1; done) &
+"
+    );
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "held", "plan": "micro", "image": "tiny", "user_data": user_data}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", BOOT).await;
+    let address = running["ipv4"]["address"].as_str().unwrap().to_owned();
+    let domain = format!("stratus-{account}.{id}");
+    wait_console(&customer, &id, "LINK-up", 1).await;
+    let event = |body: serde_json::Value| {
+        let (admin, account) = (&admin, &account);
+        async move {
+            let (status, reply) = admin
+                .post(&format!("/v1/admin/accounts/{account}/events"), body)
+                .await;
+            assert_eq!(status, 202, "{reply}");
+        }
+    };
+    let now = || jiff::Timestamp::now().to_string();
+
+    // R5: an abuse report cuts the guest's link; it keeps running.
+    let (status, reply) = admin
+        .post(
+            "/v1/admin/events",
+            json!({"id": "abuse-1", "type": "abuse_report", "ip": address,
+                   "received_at": now(), "evidence": "spam run"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    let isolated = customer.wait_status(&id, "suspended", BOOT).await;
+    assert_eq!(
+        isolated["suspension"]["mode"], "network_isolated",
+        "{isolated}"
+    );
+    wait_console(&customer, &id, "LINK-down", 1).await;
+    assert_eq!(hypervisor.domain_state(&domain), "running");
+    event(json!({"id": "abuse-1-release", "type": "abuse_release", "server": id})).await;
+    customer.wait_status(&id, "running", BOOT).await;
+    wait_console(&customer, &id, "LINK-up", 2).await;
+
+    // R1 with `suspensionMode: paused`: frozen in memory, resumed when paid.
+    event(json!({"id": "inv-1-due", "type": "invoice_overdue", "invoice_id": "inv-1", "due_at": now()})).await;
+    event(json!({"id": "inv-1-reminder", "type": "reminder_sent", "invoice_id": "inv-1"})).await;
+    let paused = customer.wait_status(&id, "suspended", BOOT).await;
+    assert_eq!(paused["suspension"]["mode"], "paused", "{paused}");
+    wait_domain_state(&hypervisor, &domain, "paused").await;
+    event(json!({"id": "inv-1-paid", "type": "invoice_paid", "invoice_id": "inv-1"})).await;
+    customer.wait_status(&id, "running", BOOT).await;
+    wait_domain_state(&hypervisor, &domain, "running").await;
+
+    // A stop the guest ignores: powered off once the 10 s grace is over.
+    let asked = Instant::now();
+    action(&customer, &id, "stop").await;
+    wait_console(&customer, &id, "ignoring ACPI power button", 1).await;
+    assert_eq!(
+        hypervisor.domain_state(&domain),
+        "running",
+        "still in its grace period"
+    );
+    customer.wait_status(&id, "stopped", BOOT).await;
+    let forced = asked.elapsed();
+    assert_eq!(hypervisor.domain_state(&domain), "shut off");
+    assert!(forced >= Duration::from_secs(10), "forced after {forced:?}");
+    println!(
+        "a guest ignoring ACPI was powered off {:.1} s after the stop",
+        forced.as_secs_f64()
+    );
+
+    let (status, body) = customer.delete(&format!("/v1/servers/{id}")).await;
+    assert_eq!(status, 202, "{body}");
+    customer.wait_gone(&id, BOOT).await;
+    stratus.process.terminate();
 }

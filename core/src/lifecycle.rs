@@ -1360,7 +1360,11 @@ mod tests {
             Some(SignedDuration::from_secs(2))
         );
 
-        let d = plan(facts(&spec, &status), &running, t0 + SignedDuration::from_secs(120));
+        let d = plan(
+            facts(&spec, &status),
+            &running,
+            t0 + SignedDuration::from_secs(120),
+        );
         assert_eq!(
             d.next,
             Some(Action::EnsureDomain {
@@ -1370,7 +1374,11 @@ mod tests {
             "the guest ignored the request: power it off"
         );
         let stopped = observed(Some(DomainState::Stopped), true);
-        let d = plan(facts(&spec, &d.status), &stopped, t0 + SignedDuration::from_secs(120));
+        let d = plan(
+            facts(&spec, &d.status),
+            &stopped,
+            t0 + SignedDuration::from_secs(120),
+        );
         assert_eq!(d.next, None);
         assert_eq!(d.recheck_in, None);
         assert_eq!(d.status.stop_requested_at, None, "a later stop asks again");
