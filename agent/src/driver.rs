@@ -164,6 +164,30 @@ fn defined_with_filter(domain: &Domain) -> Result<bool, AgentError> {
         .contains("<filterref"))
 }
 
+/// The configured domain type must be one the host's capabilities offer
+/// (`kvm` on a host without usable virtualization is refused here, at
+/// start, rather than by every guest's start).
+fn check_domain_type(capabilities: &str, wanted: &str) -> Result<(), AgentError> {
+    let mut offered: Vec<&str> = capabilities
+        .split("<domain type='")
+        .skip(1)
+        .filter_map(|rest| rest.split('\'').next())
+        .collect();
+    offered.sort_unstable();
+    offered.dedup();
+    if offered.contains(&wanted) {
+        return Ok(());
+    }
+    Err(AgentError::DomainType {
+        wanted: wanted.to_owned(),
+        offered: if offered.is_empty() {
+            "none".to_owned()
+        } else {
+            offered.join(", ")
+        },
+    })
+}
+
 /// Whether a domain's definition uses the volume `volume`.
 fn defined_with_volume(domain: &Domain, volume: &str) -> Result<bool, AgentError> {
     Ok(domain
@@ -254,6 +278,7 @@ impl Driver {
         // libvirt otherwise prints every (expected) lookup miss to stderr.
         virt::error::clear_error_callback();
         let conn = Connect::open(Some(&config.uri))?;
+        check_domain_type(&conn.capabilities()?, &config.domain_type)?;
         let definitions = config
             .state_dir
             .as_deref()
@@ -1007,6 +1032,15 @@ mod tests {
             blocks_after <= blocks_before + 8,
             "holes were not filled: {blocks_before} -> {blocks_after} blocks"
         );
+    }
+
+    #[test]
+    fn the_domain_type_must_be_offered_by_the_host() {
+        let caps = "<guest><arch name='x86_64'><domain type='qemu'/></arch></guest>\
+                    <guest><arch name='i686'><domain type='qemu'/></arch></guest>";
+        check_domain_type(caps, "qemu").unwrap();
+        let error = check_domain_type(caps, "kvm").unwrap_err().to_string();
+        assert!(error.contains("\"kvm\"") && error.contains("offer qemu)"), "{error}");
     }
 
     #[test]

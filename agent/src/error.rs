@@ -22,6 +22,8 @@ pub enum AgentError {
     Worker(String),
     #[error("cloud-init seed: {0}")]
     Seed(String),
+    #[error("this hypervisor cannot run domains of type {wanted:?} (its capabilities offer {offered})")]
+    DomainType { wanted: String, offered: String },
     #[error("this hypervisor must filter guest traffic and cannot, so it starts no guest: {0}")]
     AntiSpoofingUnavailable(String),
 }
@@ -30,7 +32,9 @@ impl AgentError {
     pub fn code(&self) -> AgentErrorCode {
         match self {
             Self::Libvirt(error) => libvirt_code(error),
-            Self::Persist { .. } | Self::Worker(_) | Self::Seed(_) => AgentErrorCode::Hypervisor,
+            Self::Persist { .. } | Self::Worker(_) | Self::Seed(_) | Self::DomainType { .. } => {
+                AgentErrorCode::Hypervisor
+            }
             Self::DiskMissing { .. } => AgentErrorCode::DiskMissing,
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
@@ -50,6 +54,7 @@ impl AgentError {
             Self::Persist { .. } => "persist",
             Self::Worker(_) => "worker",
             Self::Seed(_) => "seed",
+            Self::DomainType { .. } => "domain_type",
             Self::AntiSpoofingUnavailable(_) => "anti_spoofing_unavailable",
         }
     }
