@@ -69,10 +69,13 @@ impl Hypervisor {
         path.display().to_string()
     }
 
-    /// Runs a command in the hypervisor's network namespace.
+    /// Runs a command in the hypervisor's network namespace (its name is
+    /// per checkout, written by the harness beside the config).
     fn in_namespace(&self, args: &[&str]) -> String {
+        let namespace = std::fs::read_to_string(self.dir.join("netns"))
+            .expect("the harness writes the name of its network namespace to .stratus-hypervisor/netns");
         let output = Command::new("ip")
-            .args(["netns", "exec", "stratus-hv"])
+            .args(["netns", "exec", namespace.trim()])
             .args(args)
             .output()
             .expect("ip netns exec");
