@@ -1040,7 +1040,10 @@ mod tests {
                     <guest><arch name='i686'><domain type='qemu'/></arch></guest>";
         check_domain_type(caps, "qemu").unwrap();
         let error = check_domain_type(caps, "kvm").unwrap_err().to_string();
-        assert!(error.contains("\"kvm\"") && error.contains("offer qemu)"), "{error}");
+        assert!(
+            error.contains("\"kvm\"") && error.contains("offer qemu)"),
+            "{error}"
+        );
     }
 
     #[test]

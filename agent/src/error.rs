@@ -22,7 +22,9 @@ pub enum AgentError {
     Worker(String),
     #[error("cloud-init seed: {0}")]
     Seed(String),
-    #[error("this hypervisor cannot run domains of type {wanted:?} (its capabilities offer {offered})")]
+    #[error(
+        "this hypervisor cannot run domains of type {wanted:?} (its capabilities offer {offered})"
+    )]
     DomainType { wanted: String, offered: String },
     #[error("this hypervisor must filter guest traffic and cannot, so it starts no guest: {0}")]
     AntiSpoofingUnavailable(String),
