@@ -18,6 +18,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_stratus");
 /// A tiny guest boots in about 12 s under TCG on an idle machine; CI runs
 /// other tests beside it on two cores.
 const BOOT: Duration = Duration::from_secs(180);
+/// Debian 12 runs cloud-init to its end in about 40 s under TCG on an idle
+/// machine.
+const DEBIAN_BOOT: Duration = Duration::from_secs(480);
 const GATEWAY: &str = "10.231.0.1";
 const SPOOFED: &str = "10.231.0.250";
 const SSH_KEY: &str =
@@ -72,8 +75,9 @@ impl Hypervisor {
     /// Runs a command in the hypervisor's network namespace (its name is
     /// per checkout, written by the harness beside the config).
     fn in_namespace(&self, args: &[&str]) -> String {
-        let namespace = std::fs::read_to_string(self.dir.join("netns"))
-            .expect("the harness writes the name of its network namespace to .stratus-hypervisor/netns");
+        let namespace = std::fs::read_to_string(self.dir.join("netns")).expect(
+            "the harness writes the name of its network namespace to .stratus-hypervisor/netns",
+        );
         let output = Command::new("ip")
             .args(["netns", "exec", namespace.trim()])
             .args(args)
@@ -113,7 +117,17 @@ async fn console(client: &Client, id: &str) -> String {
 
 /// Waits until the console shows `marker` `count` times.
 async fn wait_console(client: &Client, id: &str, marker: &str, count: usize) -> String {
-    let deadline = Instant::now() + BOOT;
+    wait_console_within(client, id, marker, count, BOOT).await
+}
+
+async fn wait_console_within(
+    client: &Client,
+    id: &str,
+    marker: &str,
+    count: usize,
+    within: Duration,
+) -> String {
+    let deadline = Instant::now() + within;
     loop {
         let text = console(client, id).await;
         if text.matches(marker).count() >= count {
@@ -362,6 +376,84 @@ touch /run/ignore-acpi
     println!(
         "a guest ignoring ACPI was powered off {:.1} s after the stop",
         forced.as_secs_f64()
+    );
+
+    let (status, body) = customer.delete(&format!("/v1/servers/{id}")).await;
+    assert_eq!(status, 202, "{body}");
+    customer.wait_gone(&id, BOOT).await;
+    stratus.process.terminate();
+}
+
+/// A real distribution comes up configured by stratus: Debian 12's own
+/// cloud-init reads the seed, installs the customer's key for the image's
+/// user, applies the static addresses (the guest reaches its gateway) and
+/// the hostname, and runs the customer's user data.
+#[tokio::test]
+async fn debian_12_comes_up_configured_by_its_own_cloud_init() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let key_body = SSH_KEY.split(' ').nth(1).unwrap();
+    let user_data = format!(
+        "#!/bin/sh
+grep -q '{key_body}' /home/debian/.ssh/authorized_keys && echo STRATUS-KEY-INSTALLED
+ping -c 3 -W 2 {GATEWAY} >/dev/null && echo STRATUS-GATEWAY-REACHED
+echo STRATUS-ADDRESSES $(ip -o addr show scope global | awk '{{print $4}}')
+"
+    );
+
+    let started = Instant::now();
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "deb1", "plan": "small", "image": "debian-12",
+                   "ssh_keys": [SSH_KEY], "user_data": user_data}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", BOOT).await;
+    let to_running = started.elapsed();
+    let ipv4 = running["ipv4"]["address"].as_str().unwrap().to_owned();
+    let ipv6 = running["ipv6"]["address"].as_str().unwrap().to_owned();
+    // The login prompt may come before or after cloud-init's final stage.
+    wait_console_within(&customer, &id, "finished at", 1, DEBIAN_BOOT).await;
+    let to_finished = started.elapsed();
+    let text = wait_console_within(&customer, &id, "deb1 login:", 1, DEBIAN_BOOT).await;
+
+    let finished = text
+        .lines()
+        .find(|line| line.contains("Cloud-init v.") && line.contains("finished at"))
+        .unwrap_or_else(|| panic!("cloud-init did not finish:\n{text}"));
+    assert!(finished.contains("DataSourceNoCloud"), "{finished}");
+    // cloud-init prints the SHA-256 fingerprint of each key it installed.
+    let fingerprint = "1e:1e:e3:66:81:25:ad:27:02:3b:63:c7:98:35:39:61:86:81:09:70:32:f6:76:4a:54:fb:fd:ed:b6:02:38:79";
+    assert!(
+        text.lines()
+            .any(|line| line.contains(fingerprint) && line.contains("ops@acme")),
+        "the key's fingerprint is not on the console:\n{text}"
+    );
+    assert!(
+        text.contains("Authorized keys from /home/debian/.ssh/authorized_keys for user debian"),
+        "{text}"
+    );
+    for expected in ["STRATUS-KEY-INSTALLED", "STRATUS-GATEWAY-REACHED"] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+    let addresses = text
+        .lines()
+        .find(|line| line.contains("STRATUS-ADDRESSES "))
+        .unwrap_or_else(|| panic!("no addresses on the console:\n{text}"));
+    assert!(addresses.contains(&format!("{ipv4}/24")), "{addresses}");
+    assert!(addresses.contains(&format!("{ipv6}/64")), "{addresses}");
+    println!(
+        "debian-12: order -> running: {:.1} s; order -> cloud-init finished: {:.1} s",
+        to_running.as_secs_f64(),
+        to_finished.as_secs_f64()
     );
 
     let (status, body) = customer.delete(&format!("/v1/servers/{id}")).await;
