@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use stratus_core::agent_api::{
     AntiSpoofing, CONSOLE_TAIL_BYTES, DiskDisposal, DomainObservation, DomainSpec, DomainState,
-    Link, MANAGED_PREFIX, NodeReport, PoolInfo, Target, disk_volume_name,
+    Link, MANAGED_PREFIX, NodeReport, PoolInfo, Target, VolumeObservation, VolumeSpec,
+    disk_volume_name, storage_volume_name,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -591,10 +592,11 @@ impl Driver {
         name: &str,
         keep: Option<&str>,
     ) -> Result<(), AgentError> {
-        let prefix = stratus_core::agent_api::seed_volume_prefix(name);
         for volume in pool.list_all_volumes(0)? {
             let volume_name = volume.name()?;
-            if !volume_name.starts_with(&prefix) || Some(volume_name.as_str()) == keep {
+            if !stratus_core::agent_api::is_seed_volume_of(name, &volume_name)
+                || Some(volume_name.as_str()) == keep
+            {
                 continue;
             }
             wipe(&volume)?;
@@ -831,6 +833,101 @@ impl Driver {
         Ok(observed)
     }
 
+    /// What is there of the storage copy of the subscription managed as
+    /// `name`.
+    pub fn observe_volume(&self, name: &str) -> Result<VolumeObservation, AgentError> {
+        check_managed_name(name)?;
+        let volume_name = storage_volume_name(name);
+        let volume = Self::lookup_volume(&self.pool()?, &volume_name)?;
+        self.volume_observation(volume_name, volume.as_ref())
+    }
+
+    fn volume_observation(
+        &self,
+        volume_name: String,
+        volume: Option<&StorageVol>,
+    ) -> Result<VolumeObservation, AgentError> {
+        let (path, capacity_bytes) = match volume {
+            Some(volume) => (Some(volume.path()?), volume.info()?.capacity),
+            None => (None, 0),
+        };
+        Ok(VolumeObservation {
+            volume: volume_name,
+            present: volume.is_some(),
+            pool: self.config.pool.clone(),
+            path,
+            capacity_bytes,
+            disposal: None,
+        })
+    }
+
+    /// Makes the storage copy of `name` exist with `spec.size_gib`: created
+    /// sparse (nothing is written until content is) when absent and
+    /// allowed; an existing copy is never recreated or shrunk.
+    pub fn ensure_volume(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeObservation, AgentError> {
+        check_managed_name(name)?;
+        if spec.size_gib == 0 || spec.size_gib > stratus_core::resources::MAX_STORAGE_GIB {
+            return Err(AgentError::BadRequest(format!(
+                "size_gib must be from 1 to {}",
+                stratus_core::resources::MAX_STORAGE_GIB
+            )));
+        }
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = self.pool()?;
+        let volume_name = storage_volume_name(name);
+        if let Some(volume) = Self::lookup_volume(&pool, &volume_name)? {
+            return self.volume_observation(volume_name, Some(&volume));
+        }
+        if !spec.create {
+            return Err(AgentError::VolumeMissing(volume_name));
+        }
+        let available = pool.refresh(0).and_then(|()| pool.info())?.available;
+        if !fits(available, spec.size_gib) {
+            return Err(AgentError::NoSpace {
+                pool: self.config.pool.clone(),
+                needed_gib: spec.size_gib,
+            });
+        }
+        let volume =
+            StorageVol::create_xml(&pool, &xml::storage_volume(&volume_name, spec.size_gib), 0)?;
+        self.record_volume(&volume_name, &volume)?;
+        tracing::info!(volume = %volume_name, size_gib = spec.size_gib, "created storage copy");
+        self.volume_observation(volume_name, Some(&volume))
+    }
+
+    /// Wipes and deletes the storage copy of `name` (R14); a copy already
+    /// gone is skipped, so it can be repeated.
+    pub fn destroy_volume(&self, name: &str) -> Result<VolumeObservation, AgentError> {
+        check_managed_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let pool = self.pool()?;
+        let volume_name = storage_volume_name(name);
+        let mut disposal = None;
+        if let Some(volume) = Self::lookup_volume(&pool, &volume_name)? {
+            let disposed = wipe(&volume)?;
+            volume.delete(0)?;
+            match &disposed {
+                DiskDisposal::Wiped => {
+                    tracing::info!(volume = %volume_name, "wiped and deleted storage copy")
+                }
+                DiskDisposal::DeletedWithoutWipe { reason } => {
+                    tracing::warn!(volume = %volume_name, %reason, "deleted storage copy WITHOUT wiping it")
+                }
+            }
+            disposal = Some(disposed);
+        }
+        self.forget(None, Some(&volume_name))?;
+        let mut observed = self.volume_observation(volume_name, None)?;
+        observed.disposal = disposal;
+        Ok(observed)
+    }
+
     /// Creates an empty image volume if absent (seeding simulated hypervisors).
     pub fn seed_image(&self, volume: &str, size_gib: u64) -> Result<bool, AgentError> {
         let pool = self.pool()?;
@@ -893,6 +990,10 @@ impl Driver {
     }
 }
 
+/// Definitions of the traffic filters tried at start before they count as
+/// unavailable.
+const FILTER_DEFINE_ATTEMPTS: usize = 5;
+
 /// Defines stratus's traffic filters (again at every start, so an upgrade
 /// brings its rules) and checks libvirt's own `clean-traffic` is there.
 /// Failure is reported, not fatal: the agent still answers, and says why
@@ -904,18 +1005,31 @@ fn install_filters(conn: &Connect, mode: AntiSpoofingMode) -> AntiSpoofing {
             .and_then(|filter| filter.uuid_string())
             .ok()
     };
-    let installed = xml::network_filters(defined_uuid)
-        .into_iter()
-        .try_for_each(|(name, definition)| {
-            conn.define_nwfilter_xml(&definition)
-                .map(drop)
-                .map_err(|e| format!("defining network filter {name}: {e}"))
-        })
-        .and_then(|()| {
-            conn.lookup_nwfilter_by_name(xml::CLEAN_TRAFFIC)
-                .map(drop)
-                .map_err(|e| format!("libvirt's {} filter: {e}", xml::CLEAN_TRAFFIC))
-        });
+    let define_all = || {
+        xml::network_filters(defined_uuid)
+            .into_iter()
+            .try_for_each(|(name, definition)| {
+                conn.define_nwfilter_xml(&definition)
+                    .map(drop)
+                    .map_err(|e| format!("defining network filter {name}: {e}"))
+            })
+    };
+    // Agents starting together on one daemon race: one defines a filter
+    // between another's UUID lookup and its definition, which libvirt then
+    // refuses for lacking the UUID. Looking the UUIDs up again settles it.
+    let mut defined = define_all();
+    for _ in 1..FILTER_DEFINE_ATTEMPTS {
+        if defined.is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        defined = define_all();
+    }
+    let installed = defined.and_then(|()| {
+        conn.lookup_nwfilter_by_name(xml::CLEAN_TRAFFIC)
+            .map(drop)
+            .map_err(|e| format!("libvirt's {} filter: {e}", xml::CLEAN_TRAFFIC))
+    });
     match installed {
         Ok(()) => {
             tracing::info!("traffic filters defined: guests send only from their own addresses");

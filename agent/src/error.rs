@@ -7,6 +7,8 @@ pub enum AgentError {
     Libvirt(#[from] virt::error::Error),
     #[error("the disk {volume} of domain {domain} is missing and creating it was not allowed")]
     DiskMissing { domain: String, volume: String },
+    #[error("the storage volume {0} is missing and creating it was not allowed")]
+    VolumeMissing(String),
     #[error("image volume {0} is not in the storage pool")]
     ImageMissing(String),
     #[error("storage pool {pool} has no room for {needed_gib} GiB")]
@@ -38,6 +40,7 @@ impl AgentError {
                 AgentErrorCode::Hypervisor
             }
             Self::DiskMissing { .. } => AgentErrorCode::DiskMissing,
+            Self::VolumeMissing(_) => AgentErrorCode::VolumeMissing,
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
             Self::BadRequest(_) => AgentErrorCode::BadRequest,
@@ -50,6 +53,7 @@ impl AgentError {
         match self {
             Self::Libvirt(_) => "libvirt",
             Self::DiskMissing { .. } => "disk_missing",
+            Self::VolumeMissing(_) => "volume_missing",
             Self::ImageMissing(_) => "image_missing",
             Self::NoSpace { .. } => "no_space",
             Self::BadRequest(_) => "bad_request",

@@ -13,7 +13,9 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ring::digest::{SHA256, digest};
-use stratus_core::agent_api::{AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec};
+use stratus_core::agent_api::{
+    AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec, VolumeSpec,
+};
 
 use crate::driver::Driver;
 use crate::error::AgentError;
@@ -53,6 +55,12 @@ pub fn router(state: AgentState) -> Router {
         )
         .route("/v1/domains/{name}/reboot", post(reboot))
         .route("/v1/domains/{name}/console", get(console))
+        .route(
+            "/v1/volumes/{name}",
+            get(observe_volume)
+                .put(ensure_volume)
+                .delete(destroy_volume),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -73,7 +81,7 @@ impl IntoResponse for AgentError {
         let status = match self.code() {
             AgentErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             AgentErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            AgentErrorCode::DiskMissing => StatusCode::CONFLICT,
+            AgentErrorCode::DiskMissing | AgentErrorCode::VolumeMissing => StatusCode::CONFLICT,
             AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,
             AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             AgentErrorCode::Hypervisor => StatusCode::INTERNAL_SERVER_ERROR,
@@ -176,6 +184,44 @@ async fn console(
 ) -> Result<Response, AgentError> {
     let bytes = run(&state, "console", move |d| d.console(&name)).await?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+}
+
+#[tracing::instrument(skip(state))]
+async fn observe_volume(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+) -> Result<Response, AgentError> {
+    Ok(
+        Json(run(&state, "observe_volume", move |d| d.observe_volume(&name)).await?)
+            .into_response(),
+    )
+}
+
+#[tracing::instrument(skip(state, body))]
+async fn ensure_volume(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+    body: Result<Json<VolumeSpec>, JsonRejection>,
+) -> Result<Response, AgentError> {
+    let Json(spec) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    Ok(Json(
+        run(&state, "ensure_volume", move |d| {
+            d.ensure_volume(&name, &spec)
+        })
+        .await?,
+    )
+    .into_response())
+}
+
+#[tracing::instrument(skip(state))]
+async fn destroy_volume(
+    State(state): State<AgentState>,
+    Path(name): Path<String>,
+) -> Result<Response, AgentError> {
+    Ok(
+        Json(run(&state, "destroy_volume", move |d| d.destroy_volume(&name)).await?)
+            .into_response(),
+    )
 }
 
 async fn metrics(State(state): State<AgentState>) -> Response {

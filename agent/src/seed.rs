@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ring::digest::{SHA256, digest};
-use stratus_core::agent_api::seed_volume_prefix;
+use stratus_core::agent_api::{SEED_HASH_DIGITS, seed_volume_prefix};
 use stratus_core::cloud_init::Seed;
 use virt::connect::Connect;
 use virt::storage_vol::StorageVol;
@@ -28,7 +28,7 @@ pub fn volume_name(domain: &str, seed: &Seed) -> String {
         hashed.extend_from_slice(content.as_bytes());
     }
     let hash = digest(&SHA256, &hashed);
-    let hex: String = hash.as_ref()[..6]
+    let hex: String = hash.as_ref()[..SEED_HASH_DIGITS / 2]
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();

@@ -553,6 +553,18 @@ pub fn seed_volume(name: &str, bytes: u64) -> String {
         .render()
 }
 
+/// A raw, sparse volume for one copy of a storage subscription: its
+/// bytes are the customer's content as uploaded, with no format around
+/// them, so a copy's checksum is the checksum of the content.
+pub fn storage_volume(name: &str, capacity_gib: u64) -> String {
+    Element::new("volume")
+        .child(Element::with_text("name", name))
+        .child(Element::with_text("capacity", capacity_gib).attr("unit", "GiB"))
+        .child(Element::with_text("allocation", 0))
+        .child(Element::new("target").child(Element::new("format").attr("type", "raw")))
+        .render()
+}
+
 /// An empty qcow2 image volume (used to seed simulated hypervisors).
 pub fn image_volume(name: &str, capacity_gib: u64) -> String {
     volume(name, capacity_gib).render()

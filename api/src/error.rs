@@ -120,6 +120,19 @@ impl ApiError {
         .with_details(json!({ "reason": reason }))
     }
 
+    /// R5: what an account suspended for abuse holds is evidence; its
+    /// customer cannot destroy it.
+    pub fn held_as_evidence(what: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "account_suspended",
+            format!(
+                "the account is suspended for abuse: its {what} is kept as evidence until an operator releases or terminates it"
+            ),
+        )
+        .with_details(json!({ "reason": "abuse" }))
+    }
+
     /// A suspended server refuses the customer's actions; `reasons` say why.
     pub fn server_suspended(reasons: &[&str], message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "server_suspended", message)

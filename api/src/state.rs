@@ -3,7 +3,7 @@ use std::sync::Arc;
 use prometheus_client::registry::Registry;
 use ring::rand::{SecureRandom, SystemRandom};
 use stratus_core::quota::Quota;
-use stratus_core::resources::{Account, Hypervisor, IpPool, VirtualServer};
+use stratus_core::resources::{Account, Hypervisor, IpPool, StorageSubscription, VirtualServer};
 use stratus_core::{Clock, Config};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger};
 use stratus_store::secrets::Secrets;
@@ -17,6 +17,7 @@ use crate::rate_limit::RateLimiter;
 #[derive(Clone)]
 pub struct ApiState {
     pub servers: Resources<VirtualServer>,
+    pub storage: Resources<StorageSubscription>,
     pub accounts: Resources<Account>,
     pub hypervisors: Resources<Hypervisor>,
     pub ip_pools: Resources<IpPool>,
@@ -69,6 +70,7 @@ impl ApiState {
         let metrics = ApiMetrics::register(&mut registry);
         Self {
             servers: Resources::new(store.clone()),
+            storage: Resources::new(store.clone()),
             accounts: Resources::new(store.clone()),
             hypervisors: Resources::new(store.clone()),
             ip_pools: Resources::new(store),

@@ -6,7 +6,8 @@ use serde::{Deserialize, Serialize};
 use stratus_core::config::{Image, Plan};
 use stratus_core::quota::{Quota, Usage};
 use stratus_core::resources::{
-    Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer,
+    Account, AccountState, Hypervisor, PowerState, ServerPhase, StoragePhase, StorageSubscription,
+    VirtualServer,
 };
 use stratus_core::scheduling::{Load, Placed};
 use stratus_core::standing::Suspension;
@@ -66,6 +67,7 @@ pub struct QuotaBody {
     pub vcpus: Option<u64>,
     pub memory_mib: Option<u64>,
     pub disk_gib: Option<u64>,
+    pub storage_gib: Option<u64>,
 }
 
 impl From<Quota> for QuotaBody {
@@ -75,6 +77,7 @@ impl From<Quota> for QuotaBody {
             vcpus: quota.vcpus,
             memory_mib: quota.memory_mib,
             disk_gib: quota.disk_gib,
+            storage_gib: quota.storage_gib,
         }
     }
 }
@@ -86,6 +89,7 @@ impl From<QuotaBody> for Quota {
             vcpus: body.vcpus,
             memory_mib: body.memory_mib,
             disk_gib: body.disk_gib,
+            storage_gib: body.storage_gib,
         }
     }
 }
@@ -98,6 +102,7 @@ pub struct UsageView {
     pub vcpus: u64,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    pub storage_gib: u64,
 }
 
 impl From<Usage> for UsageView {
@@ -107,6 +112,7 @@ impl From<Usage> for UsageView {
             vcpus: usage.vcpus,
             memory_mib: usage.memory_mib,
             disk_gib: usage.disk_gib,
+            storage_gib: usage.storage_gib,
         }
     }
 }
@@ -463,6 +469,137 @@ impl HypervisorView {
             placed: placed.load.into(),
             servers: placed.servers,
             created_at: hypervisor
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string()),
+        }
+    }
+}
+
+/// An order of storage.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderStorage {
+    /// The customer's name for it (a DNS label).
+    pub name: String,
+    /// Size in GiB: the most its content may hold.
+    pub size_gib: u64,
+    /// Zone of the primary copy; any zone when absent. The second copy is
+    /// always in another zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// `client` (the default): you encrypt before uploading; stratus
+    /// stores opaque bytes and never sees a key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
+}
+
+/// A storage subscription.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StorageView {
+    pub id: String,
+    pub account_id: String,
+    pub name: String,
+    pub size_gib: u64,
+    pub zone: Option<String>,
+    /// `client`: you encrypt before uploading.
+    pub encryption: String,
+    /// `pending`, `provisioning`, `ready`, `degraded`, `terminating` or
+    /// `error`.
+    pub status: String,
+    /// Why it is in this status (always set for `error` and `degraded`,
+    /// and for `pending` once no two zones had room).
+    pub status_reason: Option<String>,
+    /// The two copies, the primary first.
+    pub replicas: Vec<ReplicaView>,
+    /// Whether both copies exist and hold the same verified bytes.
+    pub replicas_in_sync: bool,
+    pub conditions: Vec<ConditionView>,
+    pub created_at: Option<String>,
+}
+
+/// A status condition, as in Kubernetes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ConditionView {
+    /// e.g. `ReplicasInSync`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable CamelCase reason.
+    pub reason: String,
+    pub message: String,
+    /// RFC 3339.
+    pub last_transition_time: String,
+}
+
+impl From<&stratus_core::conditions::Condition> for ConditionView {
+    fn from(condition: &stratus_core::conditions::Condition) -> Self {
+        // Both are fieldless enums serialized by their variant names.
+        Self {
+            type_: format!("{:?}", condition.type_),
+            status: format!("{:?}", condition.status),
+            reason: condition.reason.clone(),
+            message: condition.message.clone(),
+            last_transition_time: condition.last_transition_time.clone(),
+        }
+    }
+}
+
+/// One copy of a subscription's data.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReplicaView {
+    pub hypervisor: String,
+    pub zone: String,
+    /// SHA-256 (hex) of the content at the last verification.
+    pub checksum: Option<String>,
+    /// RFC 3339.
+    pub verified_at: Option<String>,
+    /// Operators only: the pool, volume and file on the hypervisor.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub volume: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+impl StorageView {
+    /// The subscription as a customer (`operator: false`) or an operator
+    /// sees it: only operators see where the copies live on the hosts.
+    pub fn of(subscription: &StorageSubscription, operator: bool) -> Self {
+        let status = subscription.status.clone().unwrap_or_default();
+        let phase = if subscription.metadata.deletion_timestamp.is_some() {
+            StoragePhase::Terminating
+        } else {
+            status.phase
+        };
+        Self {
+            id: subscription.name_any(),
+            account_id: subscription.namespace().unwrap_or_default(),
+            name: subscription.spec.name.clone(),
+            size_gib: subscription.spec.size_gib,
+            zone: subscription.spec.zone.clone(),
+            encryption: subscription.spec.encryption.api_name().to_owned(),
+            status: phase.api_name().to_owned(),
+            status_reason: status.reason,
+            replicas: status
+                .replicas
+                .iter()
+                .map(|replica| ReplicaView {
+                    hypervisor: replica.hypervisor.to_string(),
+                    zone: replica.zone.clone(),
+                    checksum: replica.checksum.clone(),
+                    verified_at: replica.verified_at.clone(),
+                    pool: replica.pool.clone().filter(|_| operator),
+                    volume: operator.then(|| replica.volume.clone()),
+                    path: replica.path.clone().filter(|_| operator),
+                })
+                .collect(),
+            replicas_in_sync: status.replicas_in_sync,
+            conditions: status.conditions.iter().map(ConditionView::from).collect(),
+            created_at: subscription
                 .metadata
                 .creation_timestamp
                 .as_ref()

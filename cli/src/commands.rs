@@ -14,7 +14,9 @@ use stratus_agent::{AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
 use stratus_controller::leader::{FencedAgents, LeaderElector};
 use stratus_controller::{ControllerConfig, RuntimeConfig};
 use stratus_core::ids::HypervisorName;
-use stratus_core::resources::{Account, Hypervisor, HypervisorSpec, IpPool, VirtualServer};
+use stratus_core::resources::{
+    Account, Hypervisor, HypervisorSpec, IpPool, StorageSubscription, VirtualServer,
+};
 use stratus_core::{Clock, SystemClock};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger, TokenScope};
 use stratus_store::private_files::{ensure_private_dir, read_private_file, write_private_file};
@@ -311,6 +313,7 @@ pub fn crds_yaml() -> anyhow::Result<String> {
         Hypervisor::crd(),
         Account::crd(),
         IpPool::crd(),
+        StorageSubscription::crd(),
     ] {
         out.push_str("---\n");
         out.push_str(&serde_yaml::to_string(&crd)?);

@@ -23,7 +23,13 @@ fn checked_in_crds_match_the_generated_ones() {
         "{} is out of date: regenerate it with `cargo run -p stratus -- crds > charts/stratus/crds/stratus.dev.yaml`",
         path.display()
     );
-    for kind in ["VirtualServer", "Hypervisor", "Account", "IpPool"] {
+    for kind in [
+        "VirtualServer",
+        "Hypervisor",
+        "Account",
+        "IpPool",
+        "StorageSubscription",
+    ] {
         assert!(
             generated.contains(&format!("kind: {kind}\n")),
             "{kind} missing"
@@ -31,7 +37,7 @@ fn checked_in_crds_match_the_generated_ones() {
     }
     assert_eq!(
         generated.matches("subresources:\n      status: {}").count(),
-        4,
+        5,
         "status is a subresource of every kind"
     );
 }

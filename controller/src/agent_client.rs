@@ -10,7 +10,8 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport,
+    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport, VolumeObservation,
+    VolumeSpec,
 };
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::Hypervisor;
@@ -84,6 +85,24 @@ pub trait AgentClient: Send + Sync + 'static {
     /// The tail of the domain's serial console.
     async fn console(&self, agent: &AgentEndpoint, domain: &str)
     -> Result<Vec<u8>, AgentCallError>;
+    /// The storage copy of the subscription managed as `name`.
+    async fn observe_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError>;
+    async fn ensure_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeObservation, AgentCallError>;
+    /// Wipes and deletes the storage copy.
+    async fn destroy_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError>;
 }
 
 /// How long an agent token read from the credential store is reused. Every
@@ -387,5 +406,42 @@ impl AgentClient for HttpAgentClient {
             .http()
             .get(Self::url(agent, &format!("/v1/domains/{domain}/console")));
         self.send_raw(request, agent).await
+    }
+
+    async fn observe_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        let request = self
+            .http()
+            .get(Self::url(agent, &format!("/v1/volumes/{name}")));
+        self.send(request, agent).await
+    }
+
+    async fn ensure_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        let request = self
+            .http()
+            .put(Self::url(agent, &format!("/v1/volumes/{name}")))
+            .timeout(self.slow_timeout)
+            .json(spec);
+        self.send(request, agent).await
+    }
+
+    async fn destroy_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        let request = self
+            .http()
+            .delete(Self::url(agent, &format!("/v1/volumes/{name}")))
+            .timeout(self.slow_timeout);
+        self.send(request, agent).await
     }
 }

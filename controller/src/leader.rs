@@ -23,7 +23,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use stratus_core::Clock;
-use stratus_core::agent_api::{DomainObservation, DomainSpec, NodeReport};
+use stratus_core::agent_api::{
+    DomainObservation, DomainSpec, NodeReport, VolumeObservation, VolumeSpec,
+};
 use stratus_core::leadership::{self, LeaseDecision, LeaseState};
 use stratus_store::{Resources, StoreError};
 use tokio::sync::watch;
@@ -291,5 +293,33 @@ impl AgentClient for FencedAgents {
         domain: &str,
     ) -> Result<Vec<u8>, AgentCallError> {
         self.inner.console(agent, domain).await
+    }
+
+    async fn observe_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.check()?;
+        self.inner.observe_volume(agent, name).await
+    }
+
+    async fn ensure_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.check()?;
+        self.inner.ensure_volume(agent, name, spec).await
+    }
+
+    async fn destroy_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.check()?;
+        self.inner.destroy_volume(agent, name).await
     }
 }

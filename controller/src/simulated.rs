@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
-    NodeReport, PoolInfo, Target,
+    NodeReport, PoolInfo, Target, VolumeObservation, VolumeSpec, storage_volume_name,
 };
 
 use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
@@ -25,6 +25,8 @@ struct SimNode {
     report: NodeReport,
     reachable: bool,
     domains: BTreeMap<String, SimDomain>,
+    /// Storage copies by managed name: their size in GiB.
+    volumes: BTreeMap<String, u64>,
     /// Its storage cannot overwrite disks (like libvirt's test driver).
     cannot_wipe: bool,
     /// Its guests ignore ACPI shutdown requests.
@@ -84,6 +86,7 @@ impl SimulatedAgent {
                     report,
                     reachable: true,
                     domains: BTreeMap::new(),
+                    volumes: BTreeMap::new(),
                     cannot_wipe: false,
                     guests_ignore_acpi: false,
                 },
@@ -135,6 +138,25 @@ impl SimulatedAgent {
                 d.disk = false;
             }
         });
+    }
+
+    /// The storage copy of `name` disappears (operator error, storage failure).
+    pub fn lose_volume(&self, hypervisor: &str, name: &str) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.volumes.remove(name);
+            }
+        });
+    }
+
+    /// The storage copies on a hypervisor, by managed name, with their size.
+    pub fn volumes(&self, hypervisor: &str) -> Vec<(String, u64)> {
+        self.with(|s| {
+            s.nodes
+                .get(hypervisor)
+                .map(|n| n.volumes.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .unwrap_or_default()
+        })
     }
 
     /// The domain is known by another name from now on (what an earlier
@@ -240,6 +262,18 @@ impl SimulatedAgent {
             }
             f(node)
         })
+    }
+}
+
+fn volume_observation(name: &str, size_gib: Option<u64>) -> VolumeObservation {
+    let volume = storage_volume_name(name);
+    VolumeObservation {
+        path: size_gib.map(|_| format!("/simulated/{volume}")),
+        volume,
+        present: size_gib.is_some(),
+        pool: "default".into(),
+        capacity_bytes: size_gib.unwrap_or(0) << 30,
+        disposal: None,
     }
 }
 
@@ -398,6 +432,58 @@ impl AgentClient for SimulatedAgent {
                 )
                 .into_bytes()
             }))
+        })
+    }
+
+    async fn observe_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.call(agent, "observe_volume", name, |node| {
+            Ok(volume_observation(name, node.volumes.get(name).copied()))
+        })
+    }
+
+    async fn ensure_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.call(agent, "ensure_volume", name, |node| {
+            if let Some(size) = node.volumes.get(name) {
+                return Ok(volume_observation(name, Some(*size)));
+            }
+            if !spec.create {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VolumeMissing,
+                    message: "volume missing".into(),
+                });
+            }
+            node.volumes.insert(name.to_owned(), spec.size_gib);
+            Ok(volume_observation(name, Some(spec.size_gib)))
+        })
+    }
+
+    async fn destroy_volume(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.call(agent, "destroy_volume", name, |node| {
+            let existed = node.volumes.remove(name).is_some();
+            let mut answer = volume_observation(name, None);
+            answer.disposal = existed.then(|| {
+                if node.cannot_wipe {
+                    DiskDisposal::DeletedWithoutWipe {
+                        reason: "the simulated storage cannot wipe".into(),
+                    }
+                } else {
+                    DiskDisposal::Wiped
+                }
+            });
+            Ok(answer)
         })
     }
 }

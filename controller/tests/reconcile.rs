@@ -851,6 +851,7 @@ async fn deletion_destroys_then_releases_the_object() {
         vcpus: 1,
         memory_mib: 1024,
         disk_gib: 25,
+        storage_gib: 0,
     };
     let charged = charged_object(NS, "vs-1");
     quotas

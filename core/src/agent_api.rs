@@ -181,6 +181,38 @@ pub enum DiskDisposal {
     DeletedWithoutWipe { reason: String },
 }
 
+/// What to make of one copy of a storage subscription (`PUT
+/// /v1/volumes/{name}`, the name being the subscription's managed name).
+/// Applying the same spec twice changes nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSpec {
+    pub size_gib: u64,
+    /// Whether the agent may create the volume when it is missing. The
+    /// controller clears it once the copy existed, so a vanished copy is
+    /// reported (and repaired from the other) instead of being silently
+    /// replaced by an empty one.
+    pub create: bool,
+}
+
+/// What the agent sees of one copy of a storage subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeObservation {
+    /// The volume's name in the pool.
+    pub volume: String,
+    pub present: bool,
+    /// The pool it is (or would be) in.
+    pub pool: String,
+    /// Its file on the hypervisor, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub capacity_bytes: u64,
+    /// What became of its data, in the answer to a destroy that deleted it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disposal: Option<DiskDisposal>,
+}
+
 /// A storage pool on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolInfo {
@@ -267,6 +299,8 @@ pub enum AgentErrorCode {
     BadRequest,
     /// The disk of an already provisioned server is gone.
     DiskMissing,
+    /// A copy of storage that existed is gone, and creating it was not allowed.
+    VolumeMissing,
     /// The image volume is not in the pool.
     ImageMissing,
     /// The pool has no room for the disk.
@@ -291,9 +325,53 @@ pub fn seed_volume_prefix(domain: &str) -> String {
     format!("{domain}-seed-")
 }
 
+/// Hex digits of the content hash in a seed volume's name.
+pub const SEED_HASH_DIGITS: usize = 12;
+
+/// Whether `volume` is a seed of `domain`: its prefix, exactly
+/// [`SEED_HASH_DIGITS`] hex digits, `.iso`. The prefix alone is not enough:
+/// the domain of a server named `web1-seed-x` starts with it too.
+pub fn is_seed_volume_of(domain: &str, volume: &str) -> bool {
+    volume
+        .strip_prefix(&seed_volume_prefix(domain))
+        .and_then(|rest| rest.strip_suffix(".iso"))
+        .is_some_and(|hash| {
+            hash.len() == SEED_HASH_DIGITS
+                && hash
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
+/// The volume of one copy of a storage subscription whose managed name is
+/// `base` (see `ids::domain_name`); no disk or seed name ends like it.
+pub fn storage_volume_name(base: &str) -> String {
+    format!("{base}-store.raw")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn seeds_of_one_server_are_never_another_servers_volumes() {
+        let web1 = "stratus-acc-1.web1";
+        assert!(is_seed_volume_of(
+            web1,
+            "stratus-acc-1.web1-seed-0123456789ab.iso"
+        ));
+        // The domain of a server named web1-seed-… and its volumes.
+        let other = "stratus-acc-1.web1-seed-0123456789ab.iso";
+        for volume in [
+            disk_volume_name(other),
+            format!("{}0123456789ab.iso", seed_volume_prefix(other)),
+            storage_volume_name(other),
+            "stratus-acc-1.web1-seed-0123456789abc.iso".to_owned(),
+            "stratus-acc-1.web1-seed-0123456789AB.iso".to_owned(),
+        ] {
+            assert!(!is_seed_volume_of(web1, &volume), "{volume}");
+        }
+    }
 
     #[test]
     fn r19_anti_spoofing_condition_says_what_the_node_does() {

@@ -69,6 +69,9 @@ pub enum ConditionType {
     AddressesClean,
     /// The server is held by a suspension (R1–R9); the reason names the first cause.
     Suspended,
+    /// Both copies of a storage subscription exist and hold the same
+    /// verified bytes (R24, R26).
+    ReplicasInSync,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -118,6 +121,12 @@ named_enum!(
         Kyc,
         /// Suspended for a maintenance window (R9).
         Maintenance,
+        /// Both copies of a storage subscription exist.
+        CopiesCreated,
+        /// Both copies of a storage subscription hold the same bytes.
+        CopiesAgree,
+        /// A copy of a storage subscription is missing or unreachable.
+        CopyUnavailable,
     }
 );
 

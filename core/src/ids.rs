@@ -56,6 +56,11 @@ typed_id!(
     "vs"
 );
 typed_id!(
+    /// A storage subscription; also its resource name.
+    StorageId,
+    "st"
+);
+typed_id!(
     /// An API token (the id, never the secret).
     TokenId,
     "tok"

@@ -20,6 +20,7 @@ pub mod quota;
 pub mod resources;
 pub mod scheduling;
 pub mod standing;
+pub mod storage;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod validate;

@@ -28,6 +28,9 @@ pub struct Quota {
     /// System disks over all servers, GiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_gib: Option<u64>,
+    /// Storage subscriptions, GiB (R27).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_gib: Option<u64>,
 }
 
 /// What an account holds (or an order asks for), in the units of [`Quota`].
@@ -38,6 +41,7 @@ pub struct Usage {
     pub vcpus: u64,
     pub memory_mib: u64,
     pub disk_gib: u64,
+    pub storage_gib: u64,
 }
 
 impl Usage {
@@ -48,6 +52,15 @@ impl Usage {
             vcpus: u64::from(resources.vcpus),
             memory_mib: resources.memory_mib,
             disk_gib: resources.disk_gib,
+            storage_gib: 0,
+        }
+    }
+
+    /// What one storage subscription of `size_gib` counts.
+    pub fn of_storage(size_gib: u64) -> Self {
+        Self {
+            storage_gib: size_gib,
+            ..Self::default()
         }
     }
 
@@ -57,6 +70,7 @@ impl Usage {
             QuotaKind::Vcpus => self.vcpus,
             QuotaKind::MemoryMib => self.memory_mib,
             QuotaKind::DiskGib => self.disk_gib,
+            QuotaKind::StorageGib => self.storage_gib,
         }
     }
 }
@@ -68,10 +82,17 @@ pub enum QuotaKind {
     Vcpus,
     MemoryMib,
     DiskGib,
+    StorageGib,
 }
 
 impl QuotaKind {
-    pub const ALL: [Self; 4] = [Self::Servers, Self::Vcpus, Self::MemoryMib, Self::DiskGib];
+    pub const ALL: [Self; 5] = [
+        Self::Servers,
+        Self::Vcpus,
+        Self::MemoryMib,
+        Self::DiskGib,
+        Self::StorageGib,
+    ];
 
     /// The key as the configuration and the API spell it.
     pub fn key(self) -> &'static str {
@@ -80,6 +101,7 @@ impl QuotaKind {
             Self::Vcpus => "vcpus",
             Self::MemoryMib => "memoryMib",
             Self::DiskGib => "diskGib",
+            Self::StorageGib => "storageGib",
         }
     }
 }
@@ -113,6 +135,7 @@ impl Quota {
             QuotaKind::Vcpus => self.vcpus,
             QuotaKind::MemoryMib => self.memory_mib,
             QuotaKind::DiskGib => self.disk_gib,
+            QuotaKind::StorageGib => self.storage_gib,
         }
     }
 
@@ -123,6 +146,7 @@ impl Quota {
             vcpus: self.vcpus.or(defaults.vcpus),
             memory_mib: self.memory_mib.or(defaults.memory_mib),
             disk_gib: self.disk_gib.or(defaults.disk_gib),
+            storage_gib: self.storage_gib.or(defaults.storage_gib),
         }
     }
 
@@ -171,6 +195,7 @@ mod tests {
             vcpus: 4,
             memory_mib: 8192,
             disk_gib: 160,
+            storage_gib: 0,
         };
         assert_eq!(
             quota.check(two, one),
@@ -185,6 +210,31 @@ mod tests {
             Quota::default().check(two, one),
             Ok(()),
             "absent keys are unlimited"
+        );
+    }
+
+    #[test]
+    fn r27_storage_counts_against_its_own_quota_only() {
+        let quota = Quota {
+            disk_gib: Some(10),
+            storage_gib: Some(100),
+            ..Default::default()
+        };
+        let backup = Usage::of_storage(60);
+        assert_eq!(quota.check(Usage::default(), backup), Ok(()));
+        assert_eq!(
+            quota.check(backup, backup),
+            Err(QuotaExceeded {
+                quota: QuotaKind::StorageGib,
+                limit: 100,
+                used: 60,
+                requested: 60
+            })
+        );
+        assert_eq!(
+            quota.check(backup, Usage::of_storage(40)),
+            Ok(()),
+            "exactly at the limit"
         );
     }
 
@@ -206,7 +256,8 @@ mod tests {
                 servers: Some(10),
                 vcpus: Some(64),
                 memory_mib: None,
-                disk_gib: Some(500)
+                disk_gib: Some(500),
+                storage_gib: None,
             }
         );
     }

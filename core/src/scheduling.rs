@@ -5,7 +5,9 @@ use std::collections::HashMap;
 
 use crate::conditions::{ConditionType, Reason};
 use crate::ids::HypervisorName;
-use crate::resources::{Hypervisor, HypervisorCapacity, ServerResources, VirtualServer};
+use crate::resources::{
+    Hypervisor, HypervisorCapacity, ServerResources, StorageSubscription, VirtualServer,
+};
 
 /// One hypervisor as the scheduler sees it.
 #[derive(Debug, Clone)]
@@ -71,6 +73,24 @@ pub fn placements_of(
         let hypervisor = server.status.as_ref()?.hypervisor.as_ref()?;
         Some((hypervisor, &server.spec.resources))
     })
+}
+
+/// Adds the disk the copies of storage subscriptions take to what is
+/// placed on each hypervisor, so servers and storage share one account of
+/// each pool.
+pub fn add_storage_load(
+    placed: &mut HashMap<HypervisorName, Placed>,
+    subscriptions: &[StorageSubscription],
+) {
+    for subscription in subscriptions {
+        let Some(status) = &subscription.status else {
+            continue;
+        };
+        for replica in &status.replicas {
+            let entry = placed.entry(replica.hypervisor.clone()).or_default();
+            entry.load.disk_gib += subscription.spec.size_gib;
+        }
+    }
 }
 
 /// Chooses among registered hypervisors (see [`choose`]).
@@ -141,6 +161,12 @@ pub enum Unschedulable {
         memory_mib: u64,
         disk_gib: u64,
     },
+    #[error("no reachable hypervisor {place} has {disk_gib} GiB of disk left")]
+    NoStorageRoom { place: String, disk_gib: u64 },
+    #[error(
+        "no reachable hypervisor in a zone other than {zone} has {disk_gib} GiB of disk left for the second copy; the subscription waits for one (a single copy is never called ready)"
+    )]
+    NoSecondZone { zone: String, disk_gib: u64 },
 }
 
 /// Picks the hypervisor with the most memory left after placing the server
@@ -196,6 +222,55 @@ pub fn choose<'a>(
             memory_mib: request.memory_mib,
             disk_gib: request.disk_gib,
         })
+}
+
+/// Chooses the two hypervisors of a storage subscription (R24): the
+/// primary in `zone` (any zone when none is asked for), the secondary in
+/// another zone. Each must be reachable, not cordoned and have `disk_gib`
+/// left; among those, most disk left wins, ties to the first name. With
+/// no zone asked for, the primary is the roomiest hypervisor that has a
+/// partner in another zone.
+pub fn choose_replicas<'a>(
+    disk_gib: u64,
+    zone: Option<&str>,
+    candidates: &[Candidate<'a>],
+) -> Result<[&'a str; 2], Unschedulable> {
+    let place = zone.map_or_else(|| "in any zone".to_owned(), |z| format!("in zone {z}"));
+    let reachable: Vec<&Candidate<'a>> = candidates
+        .iter()
+        .filter(|c| c.reachable && !c.cordoned && c.capacity.is_some())
+        .collect();
+    if !reachable.iter().any(|c| zone.is_none_or(|z| c.zone == z)) {
+        return Err(Unschedulable::NoHypervisor { place });
+    }
+    let disk_left = |c: &Candidate<'a>| {
+        c.capacity
+            .and_then(|cap| cap.disk_gib.checked_sub(c.placed.disk_gib))
+            .and_then(|left| left.checked_sub(disk_gib))
+    };
+    // Roomiest first, ties by name.
+    let mut with_room: Vec<(&Candidate<'a>, u64)> = reachable
+        .into_iter()
+        .filter_map(|c| disk_left(c).map(|left| (c, left)))
+        .collect();
+    with_room.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.name.cmp(b.0.name)));
+    let primaries: Vec<&Candidate<'a>> = with_room
+        .iter()
+        .map(|(c, _)| *c)
+        .filter(|c| zone.is_none_or(|z| c.zone == z))
+        .collect();
+    let Some(first) = primaries.first() else {
+        return Err(Unschedulable::NoStorageRoom { place, disk_gib });
+    };
+    for primary in &primaries {
+        if let Some((secondary, _)) = with_room.iter().find(|(c, _)| c.zone != primary.zone) {
+            return Ok([primary.name, secondary.name]);
+        }
+    }
+    Err(Unschedulable::NoSecondZone {
+        zone: first.zone.to_owned(),
+        disk_gib,
+    })
 }
 
 #[cfg(test)]
@@ -377,5 +452,131 @@ mod tests {
             choose(&SMALL, "debian.qcow2", None, std::slice::from_ref(&exact)),
             Ok("a")
         );
+    }
+
+    fn disk(disk_gib: u64) -> Load {
+        Load {
+            disk_gib,
+            ..Load::default()
+        }
+    }
+
+    #[test]
+    fn r24_two_copies_go_to_two_zones_with_room() {
+        let pool = cap(2, 4096, 1000);
+        let candidates = [
+            candidate("a1", "a", &pool, disk(100)),
+            candidate("a2", "a", &pool, disk(0)),
+            candidate("b1", "b", &pool, disk(500)),
+        ];
+        assert_eq!(choose_replicas(200, None, &candidates), Ok(["a2", "b1"]));
+        assert_eq!(
+            choose_replicas(200, Some("a"), &candidates),
+            Ok(["a2", "b1"])
+        );
+        assert_eq!(
+            choose_replicas(200, Some("b"), &candidates),
+            Ok(["b1", "a2"])
+        );
+        // b1 has 500 GiB left: 600 fits only in zone a, so no second copy.
+        assert_eq!(
+            choose_replicas(600, None, &candidates),
+            Err(Unschedulable::NoSecondZone {
+                zone: "a".into(),
+                disk_gib: 600
+            })
+        );
+        assert_eq!(
+            choose_replicas(600, Some("b"), &candidates),
+            Err(Unschedulable::NoStorageRoom {
+                place: "in zone b".into(),
+                disk_gib: 600
+            })
+        );
+        // Exactly full fits.
+        assert_eq!(
+            choose_replicas(500, Some("b"), &candidates),
+            Ok(["b1", "a2"])
+        );
+    }
+
+    #[test]
+    fn r24_one_zone_alone_never_holds_both_copies() {
+        let pool = cap(2, 4096, 1000);
+        let mut candidates = vec![
+            candidate("a1", "a", &pool, disk(0)),
+            candidate("a2", "a", &pool, disk(0)),
+        ];
+        let error = choose_replicas(10, None, &candidates).unwrap_err();
+        assert!(
+            matches!(error, Unschedulable::NoSecondZone { .. }),
+            "{error}"
+        );
+        assert!(error.to_string().contains("single copy"), "{error}");
+        // A second zone that is unreachable or cordoned does not count.
+        let mut b = candidate("b1", "b", &pool, disk(0));
+        b.reachable = false;
+        candidates.push(b);
+        assert!(matches!(
+            choose_replicas(10, None, &candidates),
+            Err(Unschedulable::NoSecondZone { .. })
+        ));
+        candidates[2].reachable = true;
+        candidates[2].cordoned = true;
+        assert!(matches!(
+            choose_replicas(10, None, &candidates),
+            Err(Unschedulable::NoSecondZone { .. })
+        ));
+        candidates[2].cordoned = false;
+        assert_eq!(choose_replicas(10, None, &candidates), Ok(["a1", "b1"]));
+        assert_eq!(
+            choose_replicas(10, Some("c"), &candidates),
+            Err(Unschedulable::NoHypervisor {
+                place: "in zone c".into()
+            })
+        );
+    }
+
+    #[test]
+    fn r24_storage_copies_count_against_the_pool_servers_use() {
+        use crate::resources::{
+            StorageReplica, StorageSubscriptionSpec, StorageSubscriptionStatus,
+        };
+        let replica = |hypervisor: &str, zone: &str| StorageReplica {
+            hypervisor: HypervisorName::parse(hypervisor).unwrap(),
+            zone: zone.into(),
+            volume: "v".into(),
+            pool: None,
+            path: None,
+            created: false,
+            checksum: None,
+            verified_at: None,
+        };
+        let mut subscription = StorageSubscription::new(
+            "st-1",
+            StorageSubscriptionSpec {
+                name: "backup".into(),
+                size_gib: 300,
+                zone: None,
+                encryption: Default::default(),
+            },
+        );
+        subscription.status = Some(StorageSubscriptionStatus {
+            replicas: vec![replica("a1", "a"), replica("b1", "b")],
+            ..Default::default()
+        });
+        let pending = StorageSubscription::new("st-2", subscription.spec.clone());
+        let mut placed = placed_load([(&HypervisorName::parse("a1").unwrap(), &SMALL)]);
+        add_storage_load(&mut placed, &[subscription, pending]);
+        assert_eq!(
+            placed[&HypervisorName::parse("a1").unwrap()].load.disk_gib,
+            325
+        );
+        assert_eq!(placed[&HypervisorName::parse("a1").unwrap()].servers, 1);
+        assert_eq!(
+            placed[&HypervisorName::parse("b1").unwrap()].load.disk_gib,
+            300
+        );
+        assert_eq!(placed[&HypervisorName::parse("b1").unwrap()].servers, 0);
     }
 }

@@ -891,6 +891,7 @@ async fn concurrent_orders_never_take_an_account_past_its_quota() {
             vcpus: 2,
             memory_mib: 2048,
             disk_gib: 25,
+            storage_gib: 0,
         };
         let limits = Quota {
             servers: Some(10),
@@ -924,7 +925,8 @@ async fn concurrent_orders_never_take_an_account_past_its_quota() {
                 servers: 7,
                 vcpus: 14,
                 memory_mib: 7 * 2048,
-                disk_gib: 7 * 25
+                disk_gib: 7 * 25,
+                storage_gib: 0,
             },
             "{label}"
         );
@@ -959,5 +961,64 @@ async fn concurrent_orders_never_take_an_account_past_its_quota() {
                 .unwrap()
                 .is_ok()
         );
+    }
+}
+
+#[tokio::test]
+async fn r27_storage_is_charged_against_its_own_quota_and_given_back() {
+    use stratus_core::quota::{Quota, QuotaKind, Usage};
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let quotas = ledger.quotas();
+        let limits = Quota {
+            disk_gib: Some(25),
+            storage_gib: Some(1000),
+            ..Default::default()
+        };
+        // A server's disk and storage are counted apart.
+        let server = Usage {
+            servers: 1,
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_gib: 25,
+            storage_gib: 0,
+        };
+        quotas
+            .charge("acc-1", "acc-1/vs-1", server, limits, 1)
+            .await
+            .unwrap()
+            .unwrap();
+        // 30 orders of 100 GiB race for 1000 GiB.
+        let racing = (0..30).map(|i| {
+            let ledger = ledger.clone();
+            async move {
+                ledger
+                    .quotas()
+                    .charge(
+                        "acc-1",
+                        &format!("acc-1/st-{i}"),
+                        Usage::of_storage(100),
+                        limits,
+                        2,
+                    )
+                    .await
+                    .unwrap()
+            }
+        });
+        let outcomes = futures::future::join_all(racing).await;
+        assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 10, "{label}");
+        let refused = outcomes.iter().find_map(|o| o.err()).unwrap();
+        assert_eq!(refused.quota, QuotaKind::StorageGib, "{label}");
+        assert_eq!((refused.limit, refused.used), (1000, 1000), "{label}");
+        let usage = quotas.usage("acc-1").await.unwrap();
+        assert_eq!((usage.disk_gib, usage.storage_gib), (25, 1000), "{label}");
+        let accepted = (0..30).find(|i| outcomes[*i].is_ok()).unwrap();
+        quotas
+            .release(&format!("acc-1/st-{accepted}"))
+            .await
+            .unwrap();
+        let usage = quotas.usage("acc-1").await.unwrap();
+        assert_eq!((usage.disk_gib, usage.storage_gib), (25, 900), "{label}");
     }
 }

@@ -3,11 +3,13 @@
 
 mod accounts;
 mod catalog;
+mod customer_objects;
 mod events;
 pub mod hypervisors;
 mod ip;
 mod notifications;
 mod servers;
+mod storage;
 mod system;
 
 use axum::Router;
@@ -32,6 +34,7 @@ use crate::state::ApiState;
         (name = "accounts", description = "Customer accounts and their API tokens (operators)"),
         (name = "catalog", description = "Plans and images"),
         (name = "servers", description = "Virtual servers of the caller's account"),
+        (name = "storage", description = "Storage subscriptions of the caller's account: two copies in two zones"),
         (name = "hypervisors", description = "Hypervisors (operators)"),
         (name = "ip", description = "IP pools and the IP ledger (operators)"),
         (name = "system", description = "Health, metrics, this document"),
@@ -74,6 +77,8 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(servers::get_server, servers::delete_server))
         .routes(routes!(servers::server_action))
         .routes(routes!(servers::server_console))
+        .routes(routes!(storage::order_storage, storage::list_storage))
+        .routes(routes!(storage::get_storage, storage::delete_storage))
         .routes(routes!(
             hypervisors::register_hypervisor,
             hypervisors::list_hypervisors

@@ -8,22 +8,21 @@ use serde_json::json;
 use stratus_core::cloud_init;
 use stratus_core::ids::{AccountId, ServerId};
 use stratus_core::quota::{Quota, Usage, charged_object};
-use stratus_core::resources::{
-    AccountState, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
-};
+use stratus_core::resources::{PowerState, ServerPhase, VirtualServer, VirtualServerSpec};
 use stratus_core::standing::{Suspension, SuspensionReason};
 use stratus_core::validate;
 use stratus_store::StoreError;
-use stratus_store::ledger::{AuditAction, AuditSubject, IdempotencyClaim};
+use stratus_store::ledger::{AuditAction, AuditSubject};
 
-use crate::auth::{Principal, hash_token};
+use super::customer_objects::{
+    Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace, orderable_account,
+};
+use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery};
 use crate::state::ApiState;
 use crate::views::{OrderServer, ServerAction, ServerActionKind, ServerView};
-
-const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
 fn accepted(server: &VirtualServer) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(ServerView::from(server))).into_response();
@@ -71,20 +70,6 @@ fn reason_names(suspension: &Suspension) -> Vec<&'static str> {
     suspension.reasons.iter().map(|r| r.as_str()).collect()
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(raw) = headers.get(IDEMPOTENCY_HEADER) else {
-        return Ok(None);
-    };
-    let key = raw.to_str().unwrap_or_default();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request(
-            "Idempotency-Key",
-            "Idempotency-Key must be 1-255 visible ASCII characters",
-        ));
-    }
-    Ok(Some(key.to_owned()))
-}
-
 /// Checks an order against the account's standing and the catalogue;
 /// answers the spec of the server to create and the account's quota.
 async fn validate_order(
@@ -92,20 +77,7 @@ async fn validate_order(
     account_id: &AccountId,
     order: &OrderServer,
 ) -> Result<(VirtualServerSpec, Quota), ApiError> {
-    let account = state
-        .accounts
-        .get(None, account_id.as_str())
-        .await?
-        .ok_or_else(|| ApiError::forbidden("the account of this token no longer exists"))?;
-    let standing = account.status.clone().unwrap_or_default();
-    if let Some(suspension) = standing.suspensions.first() {
-        return Err(ApiError::account_suspended(suspension.reason.as_str()));
-    }
-    if standing.state != AccountState::Active {
-        return Err(ApiError::conflict(
-            "the account is not active: new orders are refused",
-        ));
-    }
+    let account = orderable_account(state, account_id).await?;
     if !validate::is_hostname(&order.name) {
         return Err(ApiError::invalid(
             "name",
@@ -142,10 +114,7 @@ async fn validate_order(
             .map_err(|message| ApiError::invalid("user_data", message))?;
     }
     if let Some(zone) = &order.zone {
-        let hypervisors = state.hypervisors.list(None).await?.items;
-        if !hypervisors.iter().any(|h| &h.spec.zone == zone) {
-            return Err(ApiError::invalid("zone", format!("unknown zone {zone:?}")));
-        }
+        check_zone(state, zone).await?;
     }
     let spec = VirtualServerSpec {
         hostname: order.name.clone(),
@@ -161,70 +130,6 @@ async fn validate_order(
         user_data: order.user_data.clone(),
     };
     Ok((spec, state.quota_of(&account)))
-}
-
-/// What an order's idempotency key says to do.
-enum Retry {
-    /// Create the server under this id.
-    Create(ServerId),
-    /// The first attempt created it: answer with it.
-    Existing(Box<VirtualServer>),
-}
-
-/// Binds the order's idempotency key (if any) to the id the server gets.
-async fn claim_idempotency_key(
-    state: &ApiState,
-    account_id: &AccountId,
-    key: Option<&str>,
-    order: &OrderServer,
-) -> Result<Retry, ApiError> {
-    let id = ServerId::from_random(state.random_u64()?);
-    let Some(key) = key else {
-        return Ok(Retry::Create(id));
-    };
-    let request_hash =
-        hash_token(&serde_json::to_string(order).map_err(|e| ApiError::internal(e.to_string()))?);
-    let claim = state
-        .ledger
-        .idempotency()
-        .claim(
-            account_id,
-            key,
-            &request_hash,
-            id.as_str(),
-            state.now_millis(),
-        )
-        .await?;
-    let IdempotencyClaim::Existing {
-        request_hash: earlier,
-        resource_name,
-        fulfilled,
-    } = claim
-    else {
-        return Ok(Retry::Create(id));
-    };
-    if earlier != request_hash {
-        return Err(ApiError::invalid(
-            "Idempotency-Key",
-            "this Idempotency-Key was already used with a different request body",
-        ));
-    }
-    if let Some(existing) = state
-        .servers
-        .get(Some(account_id.as_str()), &resource_name)
-        .await?
-    {
-        return Ok(Retry::Existing(Box::new(existing)));
-    }
-    if fulfilled {
-        return Err(ApiError::conflict(format!(
-            "the server {resource_name} ordered with this Idempotency-Key has since been deleted"
-        )));
-    }
-    // The first attempt stopped between claiming the key and creating the server.
-    let id = ServerId::parse(&resource_name)
-        .ok_or_else(|| ApiError::internal("malformed server id bound to an idempotency key"))?;
-    Ok(Retry::Create(id))
 }
 
 /// Orders a server. With an `Idempotency-Key`, repeating the same request
@@ -243,7 +148,19 @@ pub async fn order_server(
     let account_id = principal.account()?.clone();
     let key = idempotency_key(&headers)?;
     let (spec, quota) = validate_order(&state, &account_id, &order).await?;
-    let id = match claim_idempotency_key(&state, &account_id, key.as_deref(), &order).await? {
+    let fresh = ServerId::from_random(state.random_u64()?);
+    let claim = claim_idempotency_key(
+        &state,
+        &state.servers,
+        "server",
+        &account_id,
+        key.as_deref(),
+        &order,
+        fresh,
+        ServerId::parse,
+    )
+    .await?;
+    let id = match claim {
         Retry::Existing(server) => return Ok(accepted(&server)),
         Retry::Create(id) => id,
     };
@@ -323,33 +240,7 @@ pub async fn list_servers(
     State(state): State<ApiState>,
     Query(query): Query<PageQuery>,
 ) -> Result<Json<Page<ServerView>>, ApiError> {
-    let namespace = match &principal {
-        Principal::Customer { account_id, .. } => {
-            if query
-                .account
-                .as_ref()
-                .is_some_and(|a| a != account_id.as_str())
-            {
-                return Err(ApiError::bad_request(
-                    "account",
-                    "a customer token lists its own account only",
-                ));
-            }
-            Some(account_id.to_string())
-        }
-        Principal::Billing { .. } => {
-            principal.require_admin()?;
-            None
-        }
-        Principal::Admin { .. } => match &query.account {
-            Some(account) => Some(
-                AccountId::parse(account)
-                    .ok_or_else(|| ApiError::bad_request("account", "not an account id"))?
-                    .to_string(),
-            ),
-            None => None,
-        },
-    };
+    let namespace = listed_namespace(&principal, &query)?;
     let page = state
         .servers
         .list_page(

@@ -9,11 +9,13 @@ mod account;
 mod hypervisor;
 mod ip_pool;
 mod server;
+mod storage;
 
 pub use account::*;
 pub use hypervisor::*;
 pub use ip_pool::*;
 pub use server::*;
+pub use storage::*;
 
 pub const GROUP: &str = "stratus.dev";
 pub const VERSION: &str = "v1alpha1";

@@ -85,6 +85,8 @@ audit_actions! {
     ServerStart => "server.start",
     ServerReboot => "server.reboot",
     ServerDelete => "server.delete",
+    StorageOrder => "storage.order",
+    StorageDelete => "storage.delete",
     /// The controller moved a server to another phase.
     ServerPhase => "phase",
     /// The controller destroyed a server's domain and wiped its disk.
@@ -116,6 +118,10 @@ pub enum AuditSubject {
         account: String,
         name: String,
     },
+    Storage {
+        account: String,
+        name: String,
+    },
 }
 
 impl AuditSubject {
@@ -132,6 +138,15 @@ impl AuditSubject {
         }
     }
 
+    /// A storage subscription object, by its namespace and name.
+    pub fn storage<K: Resource>(subscription: &K) -> Self {
+        let meta = subscription.meta();
+        Self::Storage {
+            account: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+        }
+    }
+
     fn parse(raw: &str) -> Result<Self> {
         let mut parts = raw.splitn(3, '/');
         Ok(match (parts.next(), parts.next(), parts.next()) {
@@ -140,6 +155,10 @@ impl AuditSubject {
             (Some("hypervisor"), Some(name), None) => Self::Hypervisor(name.to_owned()),
             (Some("ip-pool"), Some(name), None) => Self::IpPool(name.to_owned()),
             (Some("server"), Some(account), Some(name)) => Self::Server {
+                account: account.to_owned(),
+                name: name.to_owned(),
+            },
+            (Some("storage"), Some(account), Some(name)) => Self::Storage {
                 account: account.to_owned(),
                 name: name.to_owned(),
             },
@@ -156,6 +175,7 @@ impl fmt::Display for AuditSubject {
             Self::Hypervisor(name) => write!(f, "hypervisor/{name}"),
             Self::IpPool(name) => write!(f, "ip-pool/{name}"),
             Self::Server { account, name } => write!(f, "server/{account}/{name}"),
+            Self::Storage { account, name } => write!(f, "storage/{account}/{name}"),
         }
     }
 }
@@ -230,14 +250,17 @@ impl AuditLog<'_> {
     ) -> Result<Vec<(i64, AuditEntry)>> {
         let rows = sqlx::query(
             "SELECT id, at, actor, action, subject, detail FROM audit_log \
-             WHERE (subject = $1 OR (subject >= $2 AND subject < $3)) AND id > $4 \
-             ORDER BY id LIMIT $5",
+             WHERE (subject = $1 OR (subject >= $2 AND subject < $3) \
+             OR (subject >= $4 AND subject < $5)) AND id > $6 \
+             ORDER BY id LIMIT $7",
         )
         .bind(AuditSubject::account(account).to_string())
         // `server/<account>/` up to the next string after every name in it
         // ('0' follows '/'): an index range in both databases.
         .bind(format!("server/{account}/"))
         .bind(format!("server/{account}0"))
+        .bind(format!("storage/{account}/"))
+        .bind(format!("storage/{account}0"))
         .bind(cursor)
         .bind(i64::from(limit))
         .fetch_all(self.db.pool())
@@ -251,11 +274,12 @@ impl AuditLog<'_> {
     pub async fn account_trail(&self, account: &AccountId) -> Result<Vec<AuditEntry>> {
         let rows = sqlx::query(
             "SELECT at, actor, action, subject, detail FROM audit_log \
-             WHERE subject = $1 OR subject LIKE $2 ORDER BY id",
+             WHERE subject = $1 OR subject LIKE $2 OR subject LIKE $3 ORDER BY id",
         )
         .bind(AuditSubject::account(account).to_string())
         // Account ids are `acc-` and hex digits: nothing to escape in the pattern.
         .bind(format!("server/{account}/%"))
+        .bind(format!("storage/{account}/%"))
         .fetch_all(self.db.pool())
         .await?;
         rows.iter().map(from_row).collect()

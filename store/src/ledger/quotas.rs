@@ -49,12 +49,13 @@ impl Quotas<'_> {
             column(requested.vcpus)?,
             column(requested.memory_mib)?,
             column(requested.disk_gib)?,
+            column(requested.storage_gib)?,
         ];
         for _ in 0..ATTEMPTS {
             let mut tx = self.db.pool().begin().await?;
             let new = sqlx::query(
-                "INSERT INTO quota_charges (resource, account, servers, vcpus, memory_mib, disk_gib, charged_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING",
+                "INSERT INTO quota_charges (resource, account, servers, vcpus, memory_mib, disk_gib, \
+                 storage_gib, charged_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
             )
             .bind(resource)
             .bind(account)
@@ -62,6 +63,7 @@ impl Quotas<'_> {
             .bind(amounts[1])
             .bind(amounts[2])
             .bind(amounts[3])
+            .bind(amounts[4])
             .bind(at)
             .execute(&mut *tx)
             .await?
@@ -76,19 +78,22 @@ impl Quotas<'_> {
             for _ in 0..2 {
                 charged = sqlx::query(
                     "UPDATE quota_usage SET servers = servers + $2, vcpus = vcpus + $3, \
-                     memory_mib = memory_mib + $4, disk_gib = disk_gib + $5 \
-                     WHERE account = $1 AND servers + $2 <= $6 AND vcpus + $3 <= $7 \
-                     AND memory_mib + $4 <= $8 AND disk_gib + $5 <= $9",
+                     memory_mib = memory_mib + $4, disk_gib = disk_gib + $5, \
+                     storage_gib = storage_gib + $6 \
+                     WHERE account = $1 AND servers + $2 <= $7 AND vcpus + $3 <= $8 \
+                     AND memory_mib + $4 <= $9 AND disk_gib + $5 <= $10 AND storage_gib + $6 <= $11",
                 )
                 .bind(account)
                 .bind(amounts[0])
                 .bind(amounts[1])
                 .bind(amounts[2])
                 .bind(amounts[3])
+                .bind(amounts[4])
                 .bind(bound(limits.servers))
                 .bind(bound(limits.vcpus))
                 .bind(bound(limits.memory_mib))
                 .bind(bound(limits.disk_gib))
+                .bind(bound(limits.storage_gib))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -127,7 +132,7 @@ impl Quotas<'_> {
         let mut tx = self.db.pool().begin().await?;
         let charge = sqlx::query(
             "DELETE FROM quota_charges WHERE resource = $1 \
-             RETURNING account, servers, vcpus, memory_mib, disk_gib",
+             RETURNING account, servers, vcpus, memory_mib, disk_gib, storage_gib",
         )
         .bind(resource)
         .fetch_optional(&mut *tx)
@@ -135,13 +140,15 @@ impl Quotas<'_> {
         if let Some(charge) = charge {
             sqlx::query(
                 "UPDATE quota_usage SET servers = servers - $2, vcpus = vcpus - $3, \
-                 memory_mib = memory_mib - $4, disk_gib = disk_gib - $5 WHERE account = $1",
+                 memory_mib = memory_mib - $4, disk_gib = disk_gib - $5, \
+                 storage_gib = storage_gib - $6 WHERE account = $1",
             )
             .bind(charge.get::<String, _>("account"))
             .bind(charge.get::<i64, _>("servers"))
             .bind(charge.get::<i64, _>("vcpus"))
             .bind(charge.get::<i64, _>("memory_mib"))
             .bind(charge.get::<i64, _>("disk_gib"))
+            .bind(charge.get::<i64, _>("storage_gib"))
             .execute(&mut *tx)
             .await?;
         }
@@ -152,7 +159,8 @@ impl Quotas<'_> {
     /// What `account` holds now.
     pub async fn usage(&self, account: &str) -> Result<Usage> {
         let row = sqlx::query(
-            "SELECT servers, vcpus, memory_mib, disk_gib FROM quota_usage WHERE account = $1",
+            "SELECT servers, vcpus, memory_mib, disk_gib, storage_gib FROM quota_usage \
+             WHERE account = $1",
         )
         .bind(account)
         .fetch_optional(self.db.pool())
@@ -162,6 +170,7 @@ impl Quotas<'_> {
             vcpus: amount(&row, "vcpus"),
             memory_mib: amount(&row, "memory_mib"),
             disk_gib: amount(&row, "disk_gib"),
+            storage_gib: amount(&row, "storage_gib"),
         }))
     }
 }

@@ -1,0 +1,335 @@
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use kube::ResourceExt;
+use kube::core::ObjectMeta;
+use serde_json::json;
+use stratus_core::ids::{AccountId, StorageId};
+use stratus_core::quota::{Quota, Usage, charged_object};
+use stratus_core::resources::{
+    MAX_STORAGE_GIB, StorageEncryption, StoragePhase, StorageSubscription, StorageSubscriptionSpec,
+};
+use stratus_core::standing::SuspensionReason;
+use stratus_core::validate;
+use stratus_store::StoreError;
+use stratus_store::ledger::{AuditAction, AuditSubject};
+
+use super::customer_objects::{
+    Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace, orderable_account,
+};
+use crate::auth::Principal;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::pagination::{Page, PageQuery};
+use crate::state::ApiState;
+use crate::views::{OrderStorage, StorageView};
+
+const WHAT: &str = "storage subscription";
+
+fn is_operator(principal: &Principal) -> bool {
+    matches!(principal, Principal::Admin { .. })
+}
+
+fn accepted(subscription: &StorageSubscription, principal: &Principal) -> Response {
+    let view = StorageView::of(subscription, is_operator(principal));
+    let mut response = (StatusCode::ACCEPTED, Json(view)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/storage/{}", subscription.name_any()))
+    {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    response
+}
+
+fn storage_id(raw: &str) -> Result<StorageId, ApiError> {
+    StorageId::parse(raw).ok_or_else(|| ApiError::malformed_id(WHAT, raw, "st-<16 hex digits>"))
+}
+
+/// The subscription `id` as the caller may see it: customers only their
+/// own account's (others are "not found"), operators any.
+async fn find_storage(
+    state: &ApiState,
+    principal: &Principal,
+    id: &StorageId,
+) -> Result<StorageSubscription, ApiError> {
+    let found = match principal {
+        Principal::Customer { account_id, .. } => {
+            state
+                .storage
+                .get(Some(account_id.as_str()), id.as_str())
+                .await?
+        }
+        Principal::Billing { .. } => {
+            principal.require_admin()?;
+            None
+        }
+        // Ids are minted unique, so one namespace at most holds it.
+        Principal::Admin { .. } => state
+            .storage
+            .find_by_name(id.as_str())
+            .await?
+            .into_iter()
+            .next(),
+    };
+    found.ok_or_else(|| ApiError::not_found(WHAT, id.as_str()))
+}
+
+/// Checks an order against the account's standing; answers the spec of
+/// the subscription to create and the account's quota.
+async fn validate_order(
+    state: &ApiState,
+    account_id: &AccountId,
+    order: &OrderStorage,
+) -> Result<(StorageSubscriptionSpec, Quota), ApiError> {
+    let account = orderable_account(state, account_id).await?;
+    if !validate::is_dns_label(&order.name) {
+        return Err(ApiError::invalid(
+            "name",
+            format!(
+                "{:?} is not a valid name (1-63 lower-case letters, digits and '-', not at either end)",
+                order.name
+            ),
+        ));
+    }
+    if !(1..=MAX_STORAGE_GIB).contains(&order.size_gib) {
+        return Err(ApiError::invalid(
+            "size_gib",
+            format!("must be from 1 to {MAX_STORAGE_GIB} GiB"),
+        ));
+    }
+    let encryption = match order.encryption.as_deref() {
+        None => StorageEncryption::default(),
+        Some(raw) => StorageEncryption::parse(raw).ok_or_else(|| {
+            ApiError::invalid(
+                "encryption",
+                format!(
+                    "unknown encryption {raw:?}: \"client\" (you encrypt before uploading) is offered"
+                ),
+            )
+        })?,
+    };
+    if let Some(zone) = &order.zone {
+        check_zone(state, zone).await?;
+    }
+    let spec = StorageSubscriptionSpec {
+        name: order.name.clone(),
+        size_gib: order.size_gib,
+        zone: order.zone.clone(),
+        encryption,
+    };
+    Ok((spec, state.quota_of(&account)))
+}
+
+/// Orders storage: two copies of `size_gib` in two zones. With an
+/// `Idempotency-Key`, repeating the same request returns the same
+/// subscription.
+#[utoipa::path(post, path = "/v1/storage", tag = "storage", request_body = OrderStorage,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe: same key and body, same subscription")),
+    responses((status = 202, body = StorageView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
+              (status = 422, body = ErrorBody)))]
+pub async fn order_storage(
+    principal: Principal,
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    JsonBody(order): JsonBody<OrderStorage>,
+) -> Result<Response, ApiError> {
+    let account_id = principal.account()?.clone();
+    let key = idempotency_key(&headers)?;
+    let (spec, quota) = validate_order(&state, &account_id, &order).await?;
+    let fresh = StorageId::from_random(state.random_u64()?);
+    let claim = claim_idempotency_key(
+        &state,
+        &state.storage,
+        WHAT,
+        &account_id,
+        key.as_deref(),
+        &order,
+        fresh,
+        StorageId::parse,
+    )
+    .await?;
+    let id = match claim {
+        Retry::Existing(subscription) => return Ok(accepted(&subscription, &principal)),
+        Retry::Create(id) => id,
+    };
+    // Charged with the limit check in one step before the object exists,
+    // so racing orders cannot overshoot (R27); a retry is charged once.
+    let charged_as = charged_object(account_id.as_str(), id.as_str());
+    let charge = state
+        .ledger
+        .quotas()
+        .charge(
+            account_id.as_str(),
+            &charged_as,
+            Usage::of_storage(spec.size_gib),
+            quota,
+            state.now_millis(),
+        )
+        .await?;
+    if let Err(exceeded) = charge {
+        if let Some(key) = &key {
+            state
+                .ledger
+                .idempotency()
+                .forget_unfulfilled(&account_id, key, id.as_str())
+                .await?;
+        }
+        return Err(ApiError::quota_exceeded(exceeded));
+    }
+    let subscription = StorageSubscription {
+        metadata: ObjectMeta {
+            name: Some(id.to_string()),
+            namespace: Some(account_id.to_string()),
+            ..Default::default()
+        },
+        spec,
+        status: None,
+    };
+    let created = match state.storage.create(&subscription).await {
+        Ok(created) => created,
+        Err(StoreError::AlreadyExists { .. }) => state
+            .storage
+            .get(Some(account_id.as_str()), id.as_str())
+            .await?
+            .ok_or_else(|| {
+                ApiError::conflict("the subscription was deleted while being ordered")
+            })?,
+        Err(other) => {
+            if let Err(error) = state.ledger.quotas().release(&charged_as).await {
+                tracing::warn!(%error, resource = %charged_as, "could not return the charge of a failed order");
+            }
+            return Err(other.into());
+        }
+    };
+    if let Some(key) = &key {
+        state
+            .ledger
+            .idempotency()
+            .fulfil(&account_id, key, state.now_millis())
+            .await?;
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageOrder,
+            AuditSubject::storage(&created),
+            json!({ "size_gib": order.size_gib, "zone": order.zone,
+                    "encryption": created.spec.encryption.api_name(), "idempotency_key": key }),
+        )
+        .await;
+    tracing::info!(storage = %id, account = %account_id, size_gib = order.size_gib, "storage ordered");
+    Ok(accepted(&created, &principal))
+}
+
+/// Lists the caller's storage subscriptions (operators: all, or `?account=`).
+#[utoipa::path(get, path = "/v1/storage", tag = "storage", params(PageQuery),
+    responses((status = 200, body = Page<StorageView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn list_storage(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<StorageView>>, ApiError> {
+    let namespace = listed_namespace(&principal, &query)?;
+    let operator = is_operator(&principal);
+    let page = state
+        .storage
+        .list_page(
+            namespace.as_deref(),
+            query.store_limit()?,
+            query.store_cursor()?.as_deref(),
+        )
+        .await?;
+    Ok(Json(Page::from_store(page, |s| {
+        StorageView::of(s, operator)
+    })))
+}
+
+/// Shows one storage subscription.
+#[utoipa::path(get, path = "/v1/storage/{id}", tag = "storage", params(("id" = String, Path)),
+    responses((status = 200, body = StorageView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_storage(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<StorageView>, ApiError> {
+    let id = storage_id(&id)?;
+    let subscription = find_storage(&state, &principal, &id).await?;
+    Ok(Json(StorageView::of(
+        &subscription,
+        is_operator(&principal),
+    )))
+}
+
+/// Data of an account suspended for abuse is evidence (R5): its customer
+/// cannot destroy it until an operator releases or terminates it.
+async fn refuse_while_held_for_abuse(
+    state: &ApiState,
+    account_id: &AccountId,
+) -> Result<(), ApiError> {
+    let account = state.accounts.get(None, account_id.as_str()).await?;
+    let suspensions = account
+        .and_then(|a| a.status)
+        .map(|s| s.suspensions)
+        .unwrap_or_default();
+    if suspensions
+        .iter()
+        .any(|s| s.reason == SuspensionReason::Abuse)
+    {
+        return Err(ApiError::held_as_evidence("storage"));
+    }
+    Ok(())
+}
+
+/// Deletes a storage subscription: both copies are wiped, then deleted,
+/// then it disappears (404).
+#[utoipa::path(delete, path = "/v1/storage/{id}", tag = "storage", params(("id" = String, Path)),
+    responses((status = 202, body = StorageView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn delete_storage(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = storage_id(&id)?;
+    let subscription = find_storage(&state, &principal, &id).await?;
+    if let Principal::Customer { account_id, .. } = &principal {
+        refuse_while_held_for_abuse(&state, account_id).await?;
+    }
+    let namespace = subscription.namespace();
+    // Before the delete: an order retried after it must not create it again.
+    if let Some(account) = namespace.as_deref().and_then(AccountId::parse) {
+        state
+            .ledger
+            .idempotency()
+            .fulfil_resource(&account, id.as_str(), state.now_millis())
+            .await?;
+    }
+    let deletion = state
+        .storage
+        .delete(namespace.as_deref(), id.as_str())
+        .await;
+    let mut view = match deletion {
+        Ok(stratus_store::objects::Deletion::Pending(pending)) => pending,
+        Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => {
+            subscription.clone()
+        }
+        Err(other) => return Err(other.into()),
+    };
+    if view.metadata.deletion_timestamp.is_none() {
+        view.status.get_or_insert_with(Default::default).phase = StoragePhase::Terminating;
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageDelete,
+            AuditSubject::storage(&subscription),
+            json!({}),
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(StorageView::of(&view, is_operator(&principal))),
+    )
+        .into_response())
+}

@@ -1,0 +1,210 @@
+//! `StorageSubscription`: storage a customer rents, kept as two verified
+//! copies on two hypervisors in two zones (R24–R27).
+
+// kube-derive repeats `type_ = ...` once per printer column, which clippy reads as
+// a duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::HOSTNAME_PATTERN;
+use crate::conditions::Condition;
+use crate::ids::HypervisorName;
+
+/// Finalizer the controller puts on every subscription whose replicas it
+/// may have created, so the object outlives its volumes until they are
+/// wiped.
+pub const STORAGE_FINALIZER: &str = "stratus.dev/storage-teardown";
+
+/// Copies a subscription keeps (R24): a primary and a secondary, each in
+/// its own zone.
+pub const REPLICAS: usize = 2;
+
+/// The largest subscription one order may ask for, in GiB (64 TiB).
+pub const MAX_STORAGE_GIB: u64 = 65_536;
+
+/// Who holds the key to the data (R25); chosen at order time, never changed.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageEncryption {
+    /// Backup space: the customer encrypts before uploading; stratus
+    /// stores opaque bytes and never sees a key.
+    #[default]
+    Client,
+}
+
+impl StorageEncryption {
+    /// The name the REST API uses.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Self::Client => "client",
+        }
+    }
+
+    /// The kind a REST order names.
+    pub fn parse(raw: &str) -> Option<Self> {
+        (raw == "client").then_some(Self::Client)
+    }
+}
+
+/// Storage a customer rents.
+#[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
+#[kube(
+    group = "stratus.dev",
+    version = "v1alpha1",
+    kind = "StorageSubscription",
+    namespaced,
+    status = "StorageSubscriptionStatus",
+    shortname = "st",
+    category = "stratus",
+    derive = "PartialEq",
+    doc = "Storage a customer rents, kept by the stratus controller as two verified copies in two zones.",
+    printcolumn(
+        name = "Status",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Lifecycle phase"
+    ),
+    printcolumn(
+        name = "Size",
+        type_ = "integer",
+        json_path = ".spec.sizeGib",
+        description = "Size in GiB"
+    ),
+    printcolumn(
+        name = "Zones",
+        type_ = "string",
+        json_path = ".status.zones",
+        description = "Zones of the primary and the secondary copy"
+    ),
+    printcolumn(
+        name = "InSync",
+        type_ = "boolean",
+        json_path = ".status.replicasInSync",
+        description = "Whether both copies hold the same verified bytes"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSubscriptionSpec {
+    /// The customer's name for it (a DNS label).
+    #[schemars(length(min = 1, max = 63), regex(pattern = HOSTNAME_PATTERN))]
+    pub name: String,
+    /// Size in GiB: the most the content may hold (R27).
+    #[schemars(range(min = 1, max = 65536))]
+    pub size_gib: u64,
+    /// Zone of the primary copy; any zone when absent. The secondary is
+    /// always in another zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    /// Who holds the key (R25).
+    #[serde(default)]
+    pub encryption: StorageEncryption,
+}
+
+/// Lifecycle phase of a subscription as the customer sees it.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Default, JsonSchema)]
+pub enum StoragePhase {
+    /// Waiting for two zones with room (the reason says why).
+    #[default]
+    Pending,
+    /// The copies are being created.
+    Provisioning,
+    /// Both copies exist and agree.
+    Ready,
+    /// One copy is missing, unreachable or being repaired.
+    Degraded,
+    /// Being wiped and deleted.
+    Terminating,
+    Error,
+}
+
+impl StoragePhase {
+    /// The lower-case name the REST API uses.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Provisioning => "provisioning",
+            Self::Ready => "ready",
+            Self::Degraded => "degraded",
+            Self::Terminating => "terminating",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// One copy of a subscription's data.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageReplica {
+    /// Hypervisor holding the copy; recorded before anything is created
+    /// there and never changed.
+    pub hypervisor: HypervisorName,
+    /// The hypervisor's zone.
+    pub zone: String,
+    /// The volume in the hypervisor's pool.
+    pub volume: String,
+    /// The hypervisor's pool, as its agent reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// The volume's file on the hypervisor, as its agent reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// True once the volume exists; a created copy is never silently
+    /// created again empty.
+    #[serde(default)]
+    pub created: bool,
+    /// SHA-256 (hex) of the content at the last verification.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    /// When it was last verified, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verified_at: Option<String>,
+}
+
+/// What the controller knows and did about a subscription.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSubscriptionStatus {
+    #[serde(default)]
+    pub phase: StoragePhase,
+    /// Human-readable explanation of the phase (always set in `Pending`
+    /// once scheduling failed, and in `Error`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The copies, the primary first; empty until both are placed (a
+    /// single copy is never placed alone).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<StorageReplica>,
+    /// The zones of the copies, `a,b` (for the printer column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zones: Option<String>,
+    /// Whether both copies exist and hold the same verified bytes.
+    #[serde(default)]
+    pub replicas_in_sync: bool,
+    /// Generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Detailed conditions (Scheduled, Provisioned, ReplicasInSync).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl StorageSubscriptionStatus {
+    /// The zones of `replicas` as the printer column shows them.
+    pub fn zones_of(replicas: &[StorageReplica]) -> Option<String> {
+        (!replicas.is_empty()).then(|| {
+            replicas
+                .iter()
+                .map(|r| r.zone.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+    }
+}
