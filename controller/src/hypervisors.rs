@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
 use stratus_core::ids::HypervisorName;
-use stratus_core::resources::{Hypervisor, HypervisorCapacity, HypervisorStatus, VirtualServer};
+use stratus_core::resources::{
+    Hypervisor, HypervisorCapacity, HypervisorStatus, StorageSubscription, VirtualServer,
+};
 use stratus_store::Resources;
 
 use crate::context::Context;
@@ -23,6 +25,8 @@ pub struct HypervisorProber {
     interval: Duration,
     /// Servers waiting for room get another chance when a hypervisor becomes usable.
     waiting_servers: Option<Requeue<VirtualServer>>,
+    /// So do storage subscriptions waiting for two zones with room.
+    waiting_storage: Option<Requeue<StorageSubscription>>,
 }
 
 #[async_trait]
@@ -42,9 +46,8 @@ impl Reconcile for HypervisorProber {
         let Some(hypervisor) = self.hypervisors.get(None, &key.name).await? else {
             return Ok(Outcome::Done);
         };
-        if self.probe(&hypervisor).await?
-            && let Some(waiting) = &self.waiting_servers
-        {
+        let became_usable = self.probe(&hypervisor).await?;
+        if became_usable && let Some(waiting) = &self.waiting_servers {
             let queued = waiting
                 .matching(|server| {
                     server
@@ -54,6 +57,17 @@ impl Reconcile for HypervisorProber {
                 })
                 .await?;
             tracing::debug!(queued, "servers waiting for room queued again");
+        }
+        if became_usable && let Some(waiting) = &self.waiting_storage {
+            let queued = waiting
+                .matching(|subscription| {
+                    subscription
+                        .status
+                        .as_ref()
+                        .is_none_or(|s| s.replicas.is_empty())
+                })
+                .await?;
+            tracing::debug!(queued, "storage waiting for room queued again");
         }
         Ok(Outcome::RequeueAfter(self.interval))
     }
@@ -66,6 +80,7 @@ impl HypervisorProber {
             hypervisors,
             interval,
             waiting_servers: None,
+            waiting_storage: None,
         }
     }
 
@@ -73,6 +88,12 @@ impl HypervisorProber {
     /// reports other capacity or images.
     pub fn requeueing(mut self, waiting_servers: Requeue<VirtualServer>) -> Self {
         self.waiting_servers = Some(waiting_servers);
+        self
+    }
+
+    /// Queues unplaced storage subscriptions again likewise.
+    pub fn requeueing_storage(mut self, waiting: Requeue<StorageSubscription>) -> Self {
+        self.waiting_storage = Some(waiting);
         self
     }
 

@@ -18,11 +18,13 @@ pub mod ip_pools;
 pub mod leader;
 pub mod metrics;
 pub mod notifier;
+pub mod placements;
 #[cfg(any(test, feature = "testing"))]
 pub mod receivers;
 pub mod runtime;
 pub mod servers;
 pub mod simulated;
+pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,7 +44,9 @@ use crate::dnsbl::BlacklistChecker;
 use crate::hypervisors::HypervisorProber;
 use crate::ip_pools::IpPoolReconciler;
 use crate::notifier::{Notifier, Outbox};
+use crate::placements::Scheduling;
 use crate::servers::ServerReconciler;
+use crate::storage::StorageReconciler;
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -99,14 +103,23 @@ pub fn controller(
         let notifier = Notifier::new(ctx.clone(), notifications, settings.notification_poll)?;
         runtime.add_loop(move |shutdown| notifier.run(shutdown));
     }
+    let scheduling = Scheduling::shared();
     let servers = Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),
+        Resources::new(store.clone()),
         config,
         addresses.clone(),
+        scheduling.clone(),
     ));
-    let waiting_servers = runtime.add(servers.clone());
-    servers.wakes_waiting_through(waiting_servers.clone());
+    let waiting_servers = runtime.add(servers);
+    let waiting_storage = runtime.add(Arc::new(StorageReconciler::new(
+        ctx.clone(),
+        Resources::new(store.clone()),
+        Resources::new(store.clone()),
+        scheduling.clone(),
+    )));
+    scheduling.wakes_through(waiting_servers.clone(), waiting_storage.clone());
     runtime.add(Arc::new(
         IpPoolReconciler::new(
             ctx.clone(),
@@ -118,7 +131,8 @@ pub fn controller(
     ));
     runtime.add(Arc::new(
         HypervisorProber::new(ctx, Resources::new(store), settings.probe_interval)
-            .requeueing(waiting_servers),
+            .requeueing(waiting_servers)
+            .requeueing_storage(waiting_storage),
     ));
     Ok(runtime)
 }

@@ -48,6 +48,7 @@ pub struct ControllerMetrics {
     duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     queue_depth: Family<KindLabels, Gauge>,
     transitions: Family<PhaseLabels, Counter>,
+    storage_transitions: Family<PhaseLabels, Counter>,
     swept: Family<VerdictLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
 }
@@ -62,6 +63,7 @@ impl ControllerMetrics {
             duration: Family::new_with_constructor(reconcile_buckets),
             queue_depth: Family::default(),
             transitions: Family::default(),
+            storage_transitions: Family::default(),
             swept: Family::default(),
             deliveries: Family::default(),
         };
@@ -89,6 +91,11 @@ impl ControllerMetrics {
             "phase_transitions",
             "Servers entering a phase",
             metrics.transitions.clone(),
+        );
+        registry.register(
+            "storage_phase_transitions",
+            "Storage subscriptions entering a phase",
+            metrics.storage_transitions.clone(),
         );
         registry.register(
             "dnsbl_sweep_checks",
@@ -150,6 +157,13 @@ impl ControllerMetrics {
 
     pub fn entered(&self, phase: &'static str) {
         self.transitions.get_or_create(&PhaseLabels { phase }).inc();
+    }
+
+    /// Counts a storage subscription entering `phase`.
+    pub fn storage_entered(&self, phase: &'static str) {
+        self.storage_transitions
+            .get_or_create(&PhaseLabels { phase })
+            .inc();
     }
 }
 

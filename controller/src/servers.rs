@@ -1,9 +1,8 @@
 //! The server reconciler: observe the hypervisor, decide with the pure
 //! lifecycle plan, act through the agent, record the status.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use kube::ResourceExt;
@@ -12,14 +11,14 @@ use stratus_core::Config;
 use stratus_core::agent_api::{AgentErrorCode, DiskDisposal, DomainSpec};
 use stratus_core::cloud_init::Seed;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
-use stratus_core::ids::{self, AccountId, HypervisorName};
+use stratus_core::ids::{self, AccountId};
 use stratus_core::lifecycle::{self, Action, ListedAddress, Observation, ServerFacts};
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, ServerResources, VirtualServer,
+    DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageSubscription, VirtualServer,
     VirtualServerStatus,
 };
-use stratus_core::scheduling::{self, Placed};
+use stratus_core::scheduling;
 use stratus_store::Resources;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
@@ -28,7 +27,8 @@ use crate::agent_client::{AgentCallError, AgentEndpoint};
 use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
-use crate::runtime::{ObjectKey, Outcome, Reconcile, Requeue};
+use crate::placements::{Placing, Scheduling};
+use crate::runtime::{ObjectKey, Outcome, Reconcile};
 
 /// Observe→plan→act rounds in one reconcile before yielding to other keys.
 const MAX_PASSES: usize = 8;
@@ -50,49 +50,6 @@ pub const NO_CLEAN_ADDRESS_RECHECK: Duration = Duration::from_secs(60);
 /// waiting server a few checks an hour, not one a minute.
 pub const NO_CLEAN_ADDRESS_RECHECK_MAX: Duration = Duration::from_secs(15 * 60);
 
-/// How long the placed-load snapshot is trusted before it is listed again.
-/// Placements and releases made here update it at once; anything else (an
-/// object removed by hand) waits for the next listing.
-const PLACEMENTS_REFRESH: Duration = Duration::from_secs(5);
-
-/// What is placed where: listing every server for every placement is the
-/// cost that dominates a burst of orders.
-#[derive(Default)]
-struct Placements {
-    listed_at: Option<Instant>,
-    servers: HashMap<ObjectKey, (HypervisorName, ServerResources)>,
-    /// Servers that could not be placed, woken when room is freed here.
-    waiting: HashSet<ObjectKey>,
-}
-
-impl Placements {
-    fn is_fresh(&self) -> bool {
-        self.listed_at
-            .is_some_and(|at| at.elapsed() < PLACEMENTS_REFRESH)
-    }
-
-    fn relist(&mut self, servers: Vec<VirtualServer>) {
-        self.servers = servers
-            .into_iter()
-            .filter_map(|s| {
-                let hypervisor = s.status.as_ref()?.hypervisor.clone()?;
-                Some((ObjectKey::of(&s), (hypervisor, s.spec.resources)))
-            })
-            .collect();
-        self.listed_at = Some(Instant::now());
-    }
-
-    /// What is placed on each hypervisor, leaving out `except`.
-    fn load(&self, except: &ObjectKey) -> HashMap<HypervisorName, Placed> {
-        scheduling::placed_load(
-            self.servers
-                .iter()
-                .filter(|(key, _)| *key != except)
-                .map(|(_, (hypervisor, resources))| (hypervisor, resources)),
-        )
-    }
-}
-
 /// How one observe→plan→act pass ended.
 enum Pass {
     /// Acted: observe again.
@@ -105,11 +62,11 @@ pub struct ServerReconciler {
     addresses: Arc<Addresses>,
     servers: Resources<VirtualServer>,
     config: Arc<Config>,
-    /// Placement decisions are taken one at a time so two servers never
-    /// count the same free capacity; the lock also guards what is placed.
-    scheduling: tokio::sync::Mutex<Placements>,
-    /// Queues this reconciler's own keys (servers waiting for room).
-    requeue: OnceLock<Requeue<VirtualServer>>,
+    /// Storage subscriptions, whose copies take room in the same pools.
+    storage: Resources<StorageSubscription>,
+    /// Placement decisions are taken one at a time, servers and storage
+    /// alike, so two never count the same free capacity.
+    scheduling: Arc<Scheduling>,
 }
 
 #[async_trait]
@@ -129,7 +86,12 @@ impl Reconcile for ServerReconciler {
                 .get(key.namespace.as_deref(), &key.name)
                 .await?
             else {
-                self.scheduling.lock().await.waiting.remove(key);
+                self.scheduling
+                    .placements
+                    .lock()
+                    .await
+                    .waiting_servers
+                    .remove(key);
                 return Ok(Outcome::Done);
             };
             if let Pass::Finished(outcome) = self.pass(&server, &mut agent).await? {
@@ -145,23 +107,19 @@ impl ServerReconciler {
     pub fn new(
         ctx: Context,
         servers: Resources<VirtualServer>,
+        storage: Resources<StorageSubscription>,
         config: Arc<Config>,
         addresses: Arc<Addresses>,
+        scheduling: Arc<Scheduling>,
     ) -> Self {
         Self {
             ctx,
             addresses,
             servers,
+            storage,
             config,
-            scheduling: tokio::sync::Mutex::new(Placements::default()),
-            requeue: OnceLock::new(),
+            scheduling,
         }
-    }
-
-    /// Gives the reconciler the handle of its own queue (known only once it
-    /// is registered), so that freeing room wakes the servers waiting for it.
-    pub fn wakes_waiting_through(&self, requeue: Requeue<VirtualServer>) {
-        let _ = self.requeue.set(requeue);
     }
 
     /// Observes, plans, and takes the one next action.
@@ -401,19 +359,13 @@ impl ServerReconciler {
         }
         // Its room is free for the next placement at once, and whoever
         // waits for room may take it.
-        let waiting: Vec<ObjectKey> = {
-            let mut placements = self.scheduling.lock().await;
-            let key = ObjectKey::of(server);
-            placements.servers.remove(&key);
-            placements.waiting.remove(&key);
-            placements.waiting.iter().cloned().collect()
-        };
-        if let Some(requeue) = self.requeue.get()
-            && !waiting.is_empty()
-        {
-            let woken = requeue.keys(waiting);
-            tracing::debug!(woken, "servers waiting for room queued again");
-        }
+        let waiting = self
+            .scheduling
+            .placements
+            .lock()
+            .await
+            .remove_server(&ObjectKey::of(server));
+        self.scheduling.wake(waiting);
         Ok(())
     }
 
@@ -575,21 +527,19 @@ impl ServerReconciler {
             .macs()
             .allocate(&uid, &subject, self.now_millis())
             .await?;
-        let mut placements = self.scheduling.lock().await;
+        let mut placements = self.scheduling.placements.lock().await;
         let key = ObjectKey::of(server);
         let placement = match self.config.image(&server.spec.image) {
             None => Err(format!("image {} is no longer offered", server.spec.image)),
             Some(image) => {
                 let hypervisors = self.ctx.directory.hypervisors.list(None).await?.items;
-                if !placements.is_fresh() {
-                    placements.relist(self.servers.list(None).await?.items);
-                }
+                placements.refresh(&self.servers, &self.storage).await?;
                 scheduling::choose_hypervisor(
                     &server.spec.resources,
                     &image.volume,
                     server.spec.zone.as_deref(),
                     &hypervisors,
-                    &placements.load(&key),
+                    &placements.load(Placing::Server(&key)),
                 )
                 .map_err(|e| e.to_string())
             }
@@ -603,15 +553,12 @@ impl ServerReconciler {
         );
         self.record_status(server, current, &next).await?;
         if let Some(hypervisor) = &next.hypervisor {
-            placements.waiting.remove(&key);
-            placements
-                .servers
-                .insert(key.clone(), (hypervisor.clone(), server.spec.resources));
+            placements.place_server(key.clone(), hypervisor.clone(), server.spec.resources);
         }
         if placement.is_ok() {
             return Ok(None);
         }
-        placements.waiting.insert(key);
+        placements.waiting_servers.insert(key);
         // A waiting server is tried again on every wake; only a new reason
         // is worth a log line.
         if current.reason != next.reason {

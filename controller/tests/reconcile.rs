@@ -9,9 +9,11 @@ use stratus_controller::dnsbl::BlacklistChecker;
 use stratus_controller::events::{EventType, Events, Regarding};
 use stratus_controller::hypervisors::HypervisorProber;
 use stratus_controller::ip_pools::IpPoolReconciler;
+use stratus_controller::placements::Scheduling;
 use stratus_controller::runtime::{ObjectKey, Outcome, Reconcile, RuntimeConfig};
 use stratus_controller::servers::{ServerReconciler, UNSCHEDULABLE_RECHECK};
 use stratus_controller::simulated::SimulatedAgent;
+use stratus_controller::storage::StorageReconciler;
 use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerError};
 use stratus_core::agent_api::{AntiSpoofing, DomainState};
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason};
@@ -25,7 +27,10 @@ use stratus_core::resources::{
     Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
     VirtualServerStatus,
 };
-use stratus_core::resources::{IpPool, Ipv4Block};
+use stratus_core::resources::{
+    IpPool, Ipv4Block, StorageEncryption, StoragePhase, StorageSubscription,
+    StorageSubscriptionSpec, StorageSubscriptionStatus,
+};
 use stratus_core::standing::{FactKind, SuspensionReason, TerminationCause};
 use stratus_core::testing as fixtures;
 use stratus_core::{Clock, Config, ManualClock};
@@ -46,6 +51,8 @@ struct Harness {
     sim: Arc<SimulatedAgent>,
     ctx: Context,
     reconciler: Arc<ServerReconciler>,
+    storage: Resources<StorageSubscription>,
+    storage_reconciler: Arc<StorageReconciler>,
     prober: Arc<HypervisorProber>,
     ledger: Ledger,
     addresses: Arc<Addresses>,
@@ -95,11 +102,21 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         clock.clone(),
         Policy::default(),
     ));
+    let storage = Resources::<StorageSubscription>::new(store.clone());
+    let scheduling = Scheduling::shared();
     let reconciler = Arc::new(ServerReconciler::new(
         ctx.clone(),
         servers.clone(),
+        storage.clone(),
         Arc::new(Config::default()),
         addresses.clone(),
+        scheduling.clone(),
+    ));
+    let storage_reconciler = Arc::new(StorageReconciler::new(
+        ctx.clone(),
+        storage.clone(),
+        servers.clone(),
+        scheduling,
     ));
     let prober = Arc::new(HypervisorProber::new(
         ctx.clone(),
@@ -115,6 +132,8 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         sim,
         ctx,
         reconciler,
+        storage,
+        storage_reconciler,
         prober,
         ledger,
         addresses,
@@ -218,6 +237,50 @@ impl Harness {
         self.reconciler
             .reconcile(&ObjectKey::new(Some(NS), name))
             .await
+    }
+
+    async fn order_storage(&self, name: &str, size_gib: u64, zone: Option<&str>) {
+        let mut subscription = StorageSubscription::new(
+            name,
+            StorageSubscriptionSpec {
+                name: "backup".into(),
+                size_gib,
+                zone: zone.map(str::to_owned),
+                encryption: StorageEncryption::Client,
+            },
+        );
+        subscription.metadata.namespace = Some(NS.into());
+        self.storage.create(&subscription).await.unwrap();
+    }
+
+    async fn reconcile_storage(&self, name: &str) -> Result<Outcome, ControllerError> {
+        self.storage_reconciler
+            .reconcile(&ObjectKey::new(Some(NS), name))
+            .await
+    }
+
+    async fn storage_status(&self, name: &str) -> StorageSubscriptionStatus {
+        self.storage
+            .get(Some(NS), name)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .unwrap_or_default()
+    }
+
+    /// Details of the audit rows of `action` about subscription `name` of `NS`.
+    async fn audited_storage(&self, name: &str, action: AuditAction) -> Vec<serde_json::Value> {
+        let subject = AuditSubject::Storage {
+            account: NS.into(),
+            name: name.into(),
+        };
+        let trail = self.ledger.audit().trail(&subject).await.unwrap();
+        trail
+            .into_iter()
+            .filter(|e| e.action == action)
+            .map(|e| e.detail)
+            .collect()
     }
 
     async fn status(&self, name: &str) -> VirtualServerStatus {
@@ -1906,4 +1969,243 @@ async fn r18_a_restore_after_the_wipe_provisions_the_server_afresh() {
     let restored = h.status("vs-2").await;
     assert_eq!(restored.phase, ServerPhase::Running, "{restored:?}");
     assert!(restored.provisioned && restored.ipv4.is_some());
+}
+
+/// The managed name of subscription `st-1` of `NS` on the agents.
+const STORAGE: &str = "stratus-acc-0000000000000001.st-1";
+
+#[tokio::test]
+async fn r24_storage_gets_two_copies_in_two_zones_then_is_ready() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("a2", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 100, Some("b")).await;
+    assert_eq!(h.reconcile_storage("st-1").await.unwrap(), Outcome::Done);
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
+    assert!(status.replicas_in_sync);
+    let placed: Vec<(&str, &str)> = status
+        .replicas
+        .iter()
+        .map(|r| (r.hypervisor.as_str(), r.zone.as_str()))
+        .collect();
+    assert_eq!(
+        placed,
+        [("b1", "b"), ("a1", "a")],
+        "primary in the zone asked for"
+    );
+    assert_eq!(status.zones.as_deref(), Some("b,a"));
+    for replica in &status.replicas {
+        assert!(replica.created);
+        assert_eq!(replica.volume, format!("{STORAGE}-store.raw"));
+        assert!(
+            replica
+                .path
+                .as_deref()
+                .is_some_and(|p| p.ends_with("-store.raw"))
+        );
+    }
+    assert_eq!(h.sim.volumes("b1"), [(STORAGE.to_owned(), 100)]);
+    assert_eq!(h.sim.volumes("a1"), [(STORAGE.to_owned(), 100)]);
+    assert!(h.sim.volumes("a2").is_empty());
+    for condition in [
+        ConditionType::Scheduled,
+        ConditionType::Provisioned,
+        ConditionType::ReplicasInSync,
+        ConditionType::Ready,
+    ] {
+        assert!(
+            conditions::is_true(&status.conditions, condition),
+            "{condition:?}: {status:?}"
+        );
+    }
+    let phases: Vec<String> = h
+        .audited_storage("st-1", AuditAction::StoragePhase)
+        .await
+        .iter()
+        .map(|d| d["to"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        phases.last().map(String::as_str),
+        Some("ready"),
+        "{phases:?}"
+    );
+    assert!(
+        h.events
+            .about("StorageSubscription", "st-1")
+            .contains(&EventReason::Ready)
+    );
+    // Reconciling again changes nothing and creates nothing.
+    h.reconcile_storage("st-1").await.unwrap();
+    assert_eq!(h.storage_status("st-1").await, status);
+}
+
+#[tokio::test]
+async fn r24_one_zone_never_holds_a_subscription_alone() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("a2", "a", 8, 16384).await;
+    h.order_storage("st-1", 10, None).await;
+    assert_eq!(
+        h.reconcile_storage("st-1").await.unwrap(),
+        Outcome::RequeueAfter(UNSCHEDULABLE_RECHECK)
+    );
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Pending);
+    assert!(status.replicas.is_empty(), "no single copy is placed");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("single copy")),
+        "{status:?}"
+    );
+    assert!(h.sim.volumes("a1").is_empty() && h.sim.volumes("a2").is_empty());
+    assert!(!status.replicas_in_sync);
+    // A second zone appears: the subscription is placed across both.
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready);
+    assert_eq!(status.zones.as_deref(), Some("a,b"));
+}
+
+#[tokio::test]
+async fn r24_storage_and_servers_share_the_room_of_each_pool() {
+    let h = harness().await;
+    // Each simulated pool holds 1000 GiB.
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 990, None).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    assert_eq!(h.storage_status("st-1").await.phase, StoragePhase::Ready);
+    // A server's 25 GiB disk no longer fits on either.
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    let server = h.status("vs-1").await;
+    assert!(server.hypervisor.is_none());
+    assert!(
+        server.reason.as_deref().is_some_and(|r| r.contains("room")),
+        "{server:?}"
+    );
+    // Nor does a second subscription.
+    h.order_storage("st-2", 20, None).await;
+    h.reconcile_storage("st-2").await.unwrap();
+    assert_eq!(h.storage_status("st-2").await.phase, StoragePhase::Pending);
+}
+
+#[tokio::test]
+async fn r24_a_lost_copy_is_reported_degraded_and_never_recreated_empty() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    h.sim.lose_volume("b1", STORAGE);
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Degraded);
+    assert!(!status.replicas_in_sync);
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("b1") && r.contains("missing")),
+        "{status:?}"
+    );
+    assert!(h.sim.volumes("b1").is_empty(), "never recreated empty");
+    assert!(!conditions::is_true(
+        &status.conditions,
+        ConditionType::ReplicasInSync
+    ));
+    assert!(
+        h.events
+            .about("StorageSubscription", "st-1")
+            .contains(&EventReason::Degraded)
+    );
+    // An unreachable hypervisor also degrades it, until it answers again.
+    h.add_hypervisor("b2", "b", 8, 16384).await;
+    h.sim.set_reachable("a1", false);
+    h.reconcile_storage("st-1").await.unwrap();
+    assert_eq!(h.storage_status("st-1").await.phase, StoragePhase::Degraded);
+}
+
+#[tokio::test]
+async fn r14_deleting_storage_wipes_both_copies_then_gives_back_its_quota() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 50, None).await;
+    let quotas = h.ledger.quotas();
+    let charged = charged_object(NS, "st-1");
+    quotas
+        .charge(NS, &charged, Usage::of_storage(50), Quota::default(), 0)
+        .await
+        .unwrap()
+        .unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    h.sim.set_reachable("b1", false);
+    h.storage.delete(Some(NS), "st-1").await.unwrap();
+    // The copy on the unreachable hypervisor holds the object.
+    assert!(h.reconcile_storage("st-1").await.is_ok());
+    assert!(h.sim.volumes("a1").is_empty());
+    assert_eq!(h.sim.volumes("b1").len(), 1);
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Terminating);
+    assert!(
+        status.reason.as_deref().is_some_and(|r| r.contains("b1")),
+        "{status:?}"
+    );
+    assert_eq!(quotas.usage(NS).await.unwrap().storage_gib, 50);
+    h.sim.set_reachable("b1", true);
+    assert_eq!(h.reconcile_storage("st-1").await.unwrap(), Outcome::Done);
+    assert!(h.sim.volumes("b1").is_empty());
+    assert!(h.storage.get(Some(NS), "st-1").await.unwrap().is_none());
+    assert_eq!(quotas.usage(NS).await.unwrap().storage_gib, 0);
+    let destroyed = h
+        .audited_storage("st-1", AuditAction::StorageCopyDestroyed)
+        .await;
+    let wiped: Vec<(&str, &str)> = destroyed
+        .iter()
+        .map(|d| {
+            (
+                d["hypervisor"].as_str().unwrap_or_default(),
+                d["disposal"]["kind"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(wiped, [("a1", "wiped"), ("b1", "wiped")]);
+    assert_eq!(
+        h.audited_storage("st-1", AuditAction::StorageReleased)
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn r14_a_copy_its_storage_cannot_wipe_is_reported_not_hidden() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.sim.cannot_wipe("b1");
+    h.order_storage("st-1", 5, None).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    h.storage.delete(Some(NS), "st-1").await.unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    let destroyed = h
+        .audited_storage("st-1", AuditAction::StorageCopyDestroyed)
+        .await;
+    assert!(
+        destroyed
+            .iter()
+            .any(|d| d["hypervisor"] == "b1" && d["disposal"]["kind"] == "deleted_without_wipe"),
+        "{destroyed:?}"
+    );
+    assert!(
+        h.events
+            .about("StorageSubscription", "st-1")
+            .contains(&EventReason::DiskNotWiped)
+    );
 }

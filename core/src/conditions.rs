@@ -142,6 +142,9 @@ named_enum!(
         Terminated,
         Terminating,
         Error,
+        /// A storage subscription entered a phase (beside the shared ones).
+        Ready,
+        Degraded,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.
@@ -195,6 +198,19 @@ impl EventReason {
             C::Wiped => Self::DataWiped,
             C::Restored => Self::Restored,
             C::ReminderMissing { .. } => Self::ReminderMissing,
+        }
+    }
+
+    /// The event for a storage subscription entering `phase`.
+    pub fn storage_entered(phase: crate::resources::StoragePhase) -> Self {
+        use crate::resources::StoragePhase as P;
+        match phase {
+            P::Pending => Self::Pending,
+            P::Provisioning => Self::Provisioning,
+            P::Ready => Self::Ready,
+            P::Degraded => Self::Degraded,
+            P::Terminating => Self::Terminating,
+            P::Error => Self::Error,
         }
     }
 

@@ -93,6 +93,12 @@ audit_actions! {
     ServerDestroyed => "destroyed",
     /// The controller released a deleted server's object.
     ServerReleased => "deleted",
+    /// The controller moved a storage subscription to another phase.
+    StoragePhase => "storage.phase",
+    /// The controller wiped and deleted a copy of a storage subscription.
+    StorageCopyDestroyed => "storage.copy_destroyed",
+    /// The controller released a deleted subscription's object.
+    StorageReleased => "storage.deleted",
     /// A fact about an account was reported (an invoice, abuse, a hold).
     AccountFact => "account.fact",
     /// The account's standing changed by a fact or by policy (R10).

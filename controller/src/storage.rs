@@ -1,0 +1,484 @@
+//! The storage reconciler: observe both copies of a subscription, decide
+//! with the pure storage plan, act through the agents, record the status.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::ResourceExt;
+use serde_json::json;
+use stratus_core::agent_api::{DiskDisposal, VolumeSpec, storage_volume_name};
+use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
+use stratus_core::ids::{self, AccountId, HypervisorName};
+use stratus_core::quota::charged_object;
+use stratus_core::resources::{
+    STORAGE_FINALIZER, StoragePhase, StorageReplica, StorageSubscription,
+    StorageSubscriptionStatus, VirtualServer,
+};
+use stratus_core::scheduling::{self, Candidate};
+use stratus_core::storage::{self, CopyObservation, StorageAction, StorageFacts};
+use stratus_store::Resources;
+use stratus_store::ledger::{AuditAction, AuditSubject};
+
+use crate::agent_client::{AgentCallError, AgentEndpoint};
+use crate::context::Context;
+use crate::error::ControllerError;
+use crate::events::EventType;
+use crate::placements::{Placing, Scheduling};
+use crate::runtime::{ObjectKey, Outcome, Reconcile};
+use crate::servers::UNSCHEDULABLE_RECHECK;
+
+/// Observe→plan→act rounds in one reconcile before yielding to other keys.
+const MAX_PASSES: usize = 8;
+/// How soon a subscription still moving after [`MAX_PASSES`] is looked at again.
+const STILL_MOVING: Duration = Duration::from_millis(200);
+/// How soon a degraded subscription (a copy unreachable or missing) is
+/// looked at again.
+const DEGRADED_RECHECK: Duration = Duration::from_secs(30);
+
+pub struct StorageReconciler {
+    ctx: Context,
+    storage: Resources<StorageSubscription>,
+    servers: Resources<VirtualServer>,
+    scheduling: Arc<Scheduling>,
+}
+
+#[async_trait]
+impl Reconcile for StorageReconciler {
+    type Kind = StorageSubscription;
+
+    fn resources(&self) -> &Resources<StorageSubscription> {
+        &self.storage
+    }
+
+    async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
+        for _ in 0..MAX_PASSES {
+            let Some(subscription) = self
+                .storage
+                .get(key.namespace.as_deref(), &key.name)
+                .await?
+            else {
+                self.scheduling
+                    .placements
+                    .lock()
+                    .await
+                    .waiting_storage
+                    .remove(key);
+                return Ok(Outcome::Done);
+            };
+            if let Some(outcome) = self.pass(&subscription).await? {
+                return Ok(outcome);
+            }
+        }
+        Ok(Outcome::RequeueAfter(STILL_MOVING))
+    }
+}
+
+/// The name the agents manage the copies of `subscription` by.
+fn managed_name(subscription: &StorageSubscription) -> String {
+    ids::domain_name(
+        subscription.namespace().as_deref().unwrap_or_default(),
+        &subscription.name_any(),
+    )
+}
+
+impl StorageReconciler {
+    pub fn new(
+        ctx: Context,
+        storage: Resources<StorageSubscription>,
+        servers: Resources<VirtualServer>,
+        scheduling: Arc<Scheduling>,
+    ) -> Self {
+        Self {
+            ctx,
+            storage,
+            servers,
+            scheduling,
+        }
+    }
+
+    /// Observes, plans, and takes the one next action; `Some` ends the
+    /// reconcile.
+    async fn pass(
+        &self,
+        subscription: &StorageSubscription,
+    ) -> Result<Option<Outcome>, ControllerError> {
+        let current = subscription.status.clone().unwrap_or_default();
+        let name = managed_name(subscription);
+        let mut agents = Vec::with_capacity(current.replicas.len());
+        let mut observed = Vec::with_capacity(current.replicas.len());
+        for replica in &current.replicas {
+            let (agent, observation) = self.observe(&replica.hypervisor, &name).await;
+            agents.push(agent);
+            observed.push(observation);
+        }
+        let facts = StorageFacts {
+            spec: &subscription.spec,
+            status: &current,
+            generation: subscription.metadata.generation,
+            has_finalizer: subscription
+                .finalizers()
+                .iter()
+                .any(|f| f == STORAGE_FINALIZER),
+            deleting: subscription.metadata.deletion_timestamp.is_some(),
+        };
+        let decision = storage::plan(facts, &observed, self.ctx.clock.now());
+        let next = decision.status;
+        let Some(action) = decision.next else {
+            self.record_status(subscription, &current, &next).await?;
+            let unreachable = observed
+                .iter()
+                .any(|o| matches!(o, CopyObservation::Unavailable(_)));
+            return Ok(Some(match next.phase {
+                _ if unreachable => Outcome::RequeueAfter(DEGRADED_RECHECK),
+                StoragePhase::Degraded => Outcome::RequeueAfter(DEGRADED_RECHECK),
+                _ => Outcome::Done,
+            }));
+        };
+        tracing::debug!(?action, "acting");
+        let agent_of = |index: usize| {
+            agents.get(index).cloned().flatten().ok_or_else(|| {
+                ControllerError::Malformed(
+                    subscription.name_any(),
+                    format!("no agent for copy {index}"),
+                )
+            })
+        };
+        match action {
+            StorageAction::AddFinalizer => {
+                self.record_status(subscription, &current, &next).await?;
+                self.storage
+                    .add_finalizer(
+                        subscription.namespace().as_deref(),
+                        &subscription.name_any(),
+                        STORAGE_FINALIZER,
+                    )
+                    .await?;
+            }
+            StorageAction::Schedule => {
+                if let Some(retry) = self.schedule(subscription, &current, next).await? {
+                    return Ok(Some(Outcome::RequeueAfter(retry)));
+                }
+            }
+            StorageAction::EnsureCopy { index, create } => {
+                let agent = agent_of(index)?;
+                self.record_status(subscription, &current, &next).await?;
+                let spec = VolumeSpec {
+                    size_gib: subscription.spec.size_gib,
+                    create,
+                };
+                match self.ctx.agents.ensure_volume(&agent, &name, &spec).await {
+                    Ok(created) => {
+                        tracing::info!(hypervisor = %agent.hypervisor, volume = %created.volume, "copy created");
+                    }
+                    Err(error) => {
+                        return self.agent_failed(subscription, &next, &agent, error).await;
+                    }
+                }
+            }
+            StorageAction::DestroyCopy { index } => {
+                let agent = agent_of(index)?;
+                self.record_status(subscription, &current, &next).await?;
+                match self.ctx.agents.destroy_volume(&agent, &name).await {
+                    Ok(destroyed) => {
+                        self.report_destruction(subscription, &agent, destroyed.disposal)
+                            .await;
+                    }
+                    Err(error) => {
+                        return self.agent_failed(subscription, &next, &agent, error).await;
+                    }
+                }
+            }
+            StorageAction::RemoveFinalizer => {
+                self.release(subscription, &current, &next).await?;
+                return Ok(Some(Outcome::Done));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What the agent of `hypervisor` says of the copy.
+    async fn observe(
+        &self,
+        hypervisor: &HypervisorName,
+        name: &str,
+    ) -> (Option<AgentEndpoint>, CopyObservation) {
+        let agent = match self.ctx.directory.by_name(hypervisor).await {
+            Ok(agent) => agent,
+            Err(why) => return (None, CopyObservation::Unavailable(why)),
+        };
+        let observation = match self.ctx.agents.observe_volume(&agent, name).await {
+            Ok(seen) if seen.present => CopyObservation::Present {
+                pool: seen.pool,
+                path: seen.path,
+                capacity_bytes: seen.capacity_bytes,
+            },
+            Ok(_) => CopyObservation::Absent,
+            Err(error) => CopyObservation::Unavailable(error.to_string()),
+        };
+        (Some(agent), observation)
+    }
+
+    /// Chooses the two hypervisors and records both at once; with no pair
+    /// in two zones with room, records why and returns when to try again.
+    async fn schedule(
+        &self,
+        subscription: &StorageSubscription,
+        current: &StorageSubscriptionStatus,
+        mut next: StorageSubscriptionStatus,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let key = ObjectKey::of(subscription);
+        let mut placements = self.scheduling.placements.lock().await;
+        let hypervisors = self.ctx.directory.hypervisors.list(None).await?.items;
+        placements.refresh(&self.servers, &self.storage).await?;
+        let load = placements.load(Placing::Storage(&key));
+        let candidates: Vec<Candidate<'_>> = hypervisors
+            .iter()
+            .map(|hypervisor| {
+                let placed = load
+                    .get(&HypervisorName::of(hypervisor))
+                    .map(|p| p.load)
+                    .unwrap_or_default();
+                Candidate::of(hypervisor, placed)
+            })
+            .collect();
+        let chosen = scheduling::choose_replicas(
+            subscription.spec.size_gib,
+            subscription.spec.zone.as_deref(),
+            &candidates,
+        );
+        let now = self.ctx.clock.now();
+        match chosen {
+            Ok(pair) => {
+                let volume = storage_volume_name(&managed_name(subscription));
+                next.replicas = pair
+                    .iter()
+                    .filter_map(|name| {
+                        let hypervisor = hypervisors
+                            .iter()
+                            .find(|h| h.metadata.name.as_deref() == Some(*name))?;
+                        Some(StorageReplica {
+                            hypervisor: HypervisorName::of(hypervisor),
+                            zone: hypervisor.spec.zone.clone(),
+                            volume: volume.clone(),
+                            pool: None,
+                            path: None,
+                            created: false,
+                            checksum: None,
+                            verified_at: None,
+                        })
+                    })
+                    .collect();
+                next.zones = StorageSubscriptionStatus::zones_of(&next.replicas);
+                next.phase = StoragePhase::Provisioning;
+                next.reason = None;
+                conditions::set(
+                    &mut next.conditions,
+                    ConditionType::Scheduled,
+                    true,
+                    Reason::Placed,
+                    format!("copies on {}", pair.join(" and ")),
+                    now,
+                );
+                self.record_status(subscription, current, &next).await?;
+                placements.place_storage(
+                    key,
+                    next.replicas.iter().map(|r| r.hypervisor.clone()).collect(),
+                    subscription.spec.size_gib,
+                );
+                Ok(None)
+            }
+            Err(why) => {
+                next.phase = StoragePhase::Pending;
+                next.reason = Some(why.to_string());
+                conditions::set(
+                    &mut next.conditions,
+                    ConditionType::Scheduled,
+                    false,
+                    Reason::Unschedulable,
+                    why.to_string(),
+                    now,
+                );
+                self.record_status(subscription, current, &next).await?;
+                placements.waiting_storage.insert(key);
+                if current.reason != next.reason {
+                    tracing::info!(reason = %why, "storage cannot be placed yet");
+                }
+                Ok(Some(UNSCHEDULABLE_RECHECK))
+            }
+        }
+    }
+
+    /// Records why an agent call failed and fails the reconcile (retried
+    /// with backoff) unless the agent refused for good.
+    async fn agent_failed(
+        &self,
+        subscription: &StorageSubscription,
+        next: &StorageSubscriptionStatus,
+        agent: &AgentEndpoint,
+        error: AgentCallError,
+    ) -> Result<Option<Outcome>, ControllerError> {
+        let mut failed = next.clone();
+        if matches!(error, AgentCallError::Rejected { .. }) {
+            failed.phase = if failed.replicas.iter().all(|r| r.created) {
+                StoragePhase::Degraded
+            } else {
+                StoragePhase::Error
+            };
+        }
+        failed.reason = Some(format!("hypervisor {}: {error}", agent.hypervisor));
+        self.record_status(subscription, next, &failed).await?;
+        Err(ControllerError::Agent {
+            hypervisor: agent.hypervisor.clone(),
+            source: error,
+        })
+    }
+
+    /// Event and audit row of a wiped copy, saying honestly what became of
+    /// its data.
+    async fn report_destruction(
+        &self,
+        subscription: &StorageSubscription,
+        agent: &AgentEndpoint,
+        disposal: Option<DiskDisposal>,
+    ) {
+        let (event_type, reason, note) = match &disposal {
+            Some(DiskDisposal::Wiped) | None => (
+                EventType::Normal,
+                EventReason::Destroyed,
+                format!("the copy on {} was wiped and deleted", agent.hypervisor),
+            ),
+            Some(DiskDisposal::DeletedWithoutWipe { reason }) => (
+                EventType::Warning,
+                EventReason::DiskNotWiped,
+                format!(
+                    "the copy on {} was deleted WITHOUT being wiped: {reason}",
+                    agent.hypervisor
+                ),
+            ),
+        };
+        self.ctx
+            .audit(
+                AuditAction::StorageCopyDestroyed,
+                AuditSubject::storage(subscription),
+                json!({ "hypervisor": agent.hypervisor, "disposal": disposal }),
+            )
+            .await;
+        self.ctx
+            .publish(subscription, event_type, reason, &note)
+            .await;
+    }
+
+    /// Both copies are gone: give back the quota and let the object go.
+    async fn release(
+        &self,
+        subscription: &StorageSubscription,
+        current: &StorageSubscriptionStatus,
+        next: &StorageSubscriptionStatus,
+    ) -> Result<(), ControllerError> {
+        self.record_status(subscription, current, next).await?;
+        // Given back before the finalizer goes: after it, nothing would.
+        if let Some(namespace) = subscription.namespace() {
+            self.ctx
+                .ledger
+                .quotas()
+                .release(&charged_object(&namespace, &subscription.name_any()))
+                .await?;
+        }
+        if let Some(account) = subscription
+            .namespace()
+            .as_deref()
+            .and_then(AccountId::parse)
+        {
+            self.ctx
+                .ledger
+                .idempotency()
+                .fulfil_resource(
+                    &account,
+                    &subscription.name_any(),
+                    self.ctx.clock.now().as_millisecond(),
+                )
+                .await?;
+        }
+        let waiting = self
+            .scheduling
+            .placements
+            .lock()
+            .await
+            .remove_storage(&ObjectKey::of(subscription));
+        self.scheduling.wake(waiting);
+        self.storage
+            .remove_finalizer(
+                subscription.namespace().as_deref(),
+                &subscription.name_any(),
+                STORAGE_FINALIZER,
+            )
+            .await?;
+        self.ctx
+            .audit(
+                AuditAction::StorageReleased,
+                AuditSubject::storage(subscription),
+                json!({ "replicas": current.replicas.iter().map(|r| &r.hypervisor).collect::<Vec<_>>() }),
+            )
+            .await;
+        tracing::info!("storage wiped and released");
+        Ok(())
+    }
+
+    /// Writes the status when it changed, and reports a phase change.
+    async fn record_status(
+        &self,
+        subscription: &StorageSubscription,
+        current: &StorageSubscriptionStatus,
+        next: &StorageSubscriptionStatus,
+    ) -> Result<(), ControllerError> {
+        if subscription.status.as_ref() == Some(next) {
+            return Ok(());
+        }
+        self.storage
+            .patch_status(
+                subscription.namespace().as_deref(),
+                &subscription.name_any(),
+                next,
+            )
+            .await?;
+        if current.phase != next.phase || subscription.status.is_none() {
+            let phase = next.phase.api_name();
+            self.ctx.metrics.storage_entered(phase);
+            tracing::info!(
+                from = current.phase.api_name(),
+                to = phase,
+                reason = next.reason.as_deref().unwrap_or_default(),
+                "storage phase changed"
+            );
+            self.ctx
+                .audit(
+                    AuditAction::StoragePhase,
+                    AuditSubject::storage(subscription),
+                    json!({ "from": current.phase.api_name(), "to": phase, "reason": next.reason,
+                            "zones": next.zones }),
+                )
+                .await;
+            let (event_type, note) = match (&next.reason, next.phase) {
+                (Some(reason), _) => (EventType::Warning, reason.clone()),
+                (None, StoragePhase::Ready) => (
+                    EventType::Normal,
+                    format!(
+                        "both copies exist ({})",
+                        next.zones.as_deref().unwrap_or_default()
+                    ),
+                ),
+                (None, _) => (EventType::Normal, format!("storage is {phase}")),
+            };
+            self.ctx
+                .publish(
+                    subscription,
+                    event_type,
+                    EventReason::storage_entered(next.phase),
+                    &note,
+                )
+                .await;
+        }
+        Ok(())
+    }
+}
