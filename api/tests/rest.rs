@@ -1324,11 +1324,11 @@ async fn orders_beyond_the_quota_are_refused_naming_it_and_create_nothing() {
     assert_eq!(shown.status, StatusCode::OK);
     assert_eq!(
         shown.body["quota"],
-        json!({"servers": 2, "vcpus": null, "memoryMib": null, "diskGib": null})
+        json!({"servers": 2, "vcpus": null, "memoryMib": null, "diskGib": null, "storageGib": null})
     );
     assert_eq!(
         shown.body["usage"],
-        json!({"servers": 2, "vcpus": 2, "memoryMib": 2048, "diskGib": 50})
+        json!({"servers": 2, "vcpus": 2, "memoryMib": 2048, "diskGib": 50, "storageGib": 0})
     );
 
     // Bad quotas are refused naming the field, and change nothing.
@@ -2663,4 +2663,356 @@ async fn operators_issue_billing_tokens_through_the_admin_api() {
         2,
         "the two made through the API, audited; nothing for the refused ones"
     );
+}
+
+fn storage_order(name: &str, size_gib: u64) -> Value {
+    json!({"name": name, "size_gib": size_gib})
+}
+
+impl Api {
+    async fn storage_count(&self) -> usize {
+        self.state.storage.list(None).await.unwrap().items.len()
+    }
+}
+
+#[tokio::test]
+async fn r24_storage_is_ordered_and_shown_to_its_account_only() {
+    for scratch in testing::both().await {
+        let api = api_on(scratch).await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other) = api.customer("Other").await;
+        api.register_zone("a").await;
+        let ordered = api
+            .call(
+                Method::POST,
+                "/v1/storage",
+                &token,
+                Some(json!({"name": "backup", "size_gib": 64, "zone": "a"})),
+            )
+            .await;
+        assert_eq!(ordered.status, StatusCode::ACCEPTED, "{}", ordered.body);
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("st-"), "{id}");
+        assert_eq!(
+            ordered.headers["location"].to_str().unwrap(),
+            format!("/v1/storage/{id}")
+        );
+        assert_eq!(ordered.body["status"], "pending");
+        assert_eq!(ordered.body["encryption"], "client");
+        assert_eq!(ordered.body["size_gib"], 64);
+        assert_eq!(ordered.body["account_id"], account.as_str());
+
+        // What the controller records: customers see zones and checksums,
+        // operators also where each copy lives on the hosts.
+        let status = json!({
+            "phase": "Ready",
+            "replicas": [
+                {"hypervisor": "hv-a", "zone": "a", "volume": "stratus-x-store.raw", "pool": "pool-a",
+                 "path": "/pools/a/stratus-x-store.raw", "created": true},
+                {"hypervisor": "hv-b", "zone": "b", "volume": "stratus-x-store.raw", "pool": "pool-b",
+                 "path": "/pools/b/stratus-x-store.raw", "created": true}
+            ],
+            "zones": "a,b",
+            "replicasInSync": true
+        });
+        api.state
+            .storage
+            .patch_status(Some(&account), &id, &status)
+            .await
+            .unwrap();
+        let mine = api
+            .call(Method::GET, &format!("/v1/storage/{id}"), &token, None)
+            .await;
+        assert_eq!(mine.status, StatusCode::OK, "{}", mine.body);
+        assert_eq!(mine.body["status"], "ready");
+        assert_eq!(mine.body["replicas_in_sync"], true);
+        assert_eq!(mine.body["replicas"][1]["zone"], "b");
+        for hidden in ["pool", "volume", "path"] {
+            assert!(
+                mine.body["replicas"][0].get(hidden).is_none(),
+                "a customer is not shown {hidden}: {}",
+                mine.body
+            );
+        }
+        let operator = api
+            .call(Method::GET, &format!("/v1/storage/{id}"), &api.admin, None)
+            .await;
+        assert_eq!(
+            operator.body["replicas"][1]["path"],
+            "/pools/b/stratus-x-store.raw"
+        );
+        assert_eq!(operator.body["replicas"][0]["pool"], "pool-a");
+
+        // Another account can neither see, list nor delete it.
+        let theirs = api
+            .call(Method::GET, &format!("/v1/storage/{id}"), &other, None)
+            .await;
+        assert_error(&theirs, StatusCode::NOT_FOUND, "not_found", None);
+        let listed = api.call(Method::GET, "/v1/storage", &other, None).await;
+        assert_eq!(listed.body["items"], json!([]), "{}", listed.body);
+        let deleted = api
+            .call(Method::DELETE, &format!("/v1/storage/{id}"), &other, None)
+            .await;
+        assert_error(&deleted, StatusCode::NOT_FOUND, "not_found", None);
+        let listed = api.call(Method::GET, "/v1/storage", &token, None).await;
+        assert_eq!(
+            listed.body["items"][0]["id"],
+            id.as_str(),
+            "{}",
+            listed.body
+        );
+        let malformed = api
+            .call(Method::GET, "/v1/storage/vs-0000000000000001", &token, None)
+            .await;
+        assert_error(&malformed, StatusCode::NOT_FOUND, "not_found", Some("id"));
+
+        let audit = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Storage {
+                account: account.clone(),
+                name: id.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(audit[0].action, AuditAction::StorageOrder);
+        assert_eq!(audit[0].detail["size_gib"], 64);
+
+        // Deleting it: terminating until the controller has wiped both copies.
+        let deleting = api
+            .call(Method::DELETE, &format!("/v1/storage/{id}"), &token, None)
+            .await;
+        assert_eq!(deleting.status, StatusCode::ACCEPTED, "{}", deleting.body);
+        assert_eq!(deleting.body["status"], "terminating");
+    }
+}
+
+#[tokio::test]
+async fn bad_storage_orders_are_refused_naming_the_field_and_create_nothing() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    api.register_zone("a").await;
+    let cases = [
+        (
+            json!({"name": "Backup_1", "size_gib": 10}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "name",
+        ),
+        (
+            json!({"name": "backup", "size_gib": 0}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "size_gib",
+        ),
+        (
+            json!({"name": "backup", "size_gib": 65537}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "size_gib",
+        ),
+        (
+            json!({"name": "backup", "size_gib": -1}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "size_gib",
+        ),
+        (
+            json!({"name": "backup", "size_gib": 10, "zone": "mars"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "zone",
+        ),
+        (
+            json!({"name": "backup", "size_gib": 10, "encryption": "rot13"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "encryption",
+        ),
+        (
+            json!({"name": "backup", "size_gib": 10, "replicas": 1}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "replicas",
+        ),
+        (
+            json!({"name": "backup"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "size_gib",
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let reply = api
+            .call(Method::POST, "/v1/storage", &token, Some(body.clone()))
+            .await;
+        assert_error(&reply, status, code, Some(field));
+    }
+    let admin_order = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &api.admin,
+            Some(storage_order("backup", 1)),
+        )
+        .await;
+    assert_error(&admin_order, StatusCode::FORBIDDEN, "forbidden", None);
+    assert_eq!(
+        api.storage_count().await,
+        0,
+        "no refused order created anything"
+    );
+}
+
+#[tokio::test]
+async fn r27_storage_beyond_the_quota_is_refused_and_the_quota_is_its_own() {
+    let config = Config {
+        quotas: stratus_core::quota::Quota {
+            storage_gib: Some(100),
+            disk_gib: Some(1),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let api = api_configured(testing::sqlite().await, config).await;
+    let (account, token) = api.customer("ACME").await;
+    let first = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &token,
+            Some(storage_order("one", 60)),
+        )
+        .await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let refused = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &token,
+            Some(storage_order("two", 41)),
+        )
+        .await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "quota_exceeded",
+        None,
+    );
+    assert_eq!(
+        refused.body["error"]["details"],
+        json!({"quota": "storageGib", "limit": 100, "used": 60, "requested": 41})
+    );
+    assert_eq!(api.storage_count().await, 1);
+    let fits = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &token,
+            Some(storage_order("two", 40)),
+        )
+        .await;
+    assert_eq!(fits.status, StatusCode::ACCEPTED, "{}", fits.body);
+    let shown = api
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{account}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(shown.body["usage"]["storageGib"], 100, "{}", shown.body);
+    assert_eq!(shown.body["usage"]["diskGib"], 0, "{}", shown.body);
+}
+
+#[tokio::test]
+async fn storage_idempotency_keys_return_the_same_subscription_and_never_serve_two_kinds() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let keyed = |body: Value, path: &'static str| {
+        let token = token.clone();
+        let api = &api;
+        async move {
+            api.raw(
+                Method::POST,
+                path,
+                Some(&token),
+                &[("idempotency-key", "k-1")],
+                Some(body.to_string()),
+            )
+            .await
+        }
+    };
+    let first = keyed(storage_order("backup", 10), "/v1/storage").await;
+    assert_eq!(first.status, StatusCode::ACCEPTED, "{}", first.body);
+    let again = keyed(storage_order("backup", 10), "/v1/storage").await;
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(api.storage_count().await, 1);
+    let other_body = keyed(storage_order("backup", 11), "/v1/storage").await;
+    assert_error(
+        &other_body,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("Idempotency-Key"),
+    );
+    let server = keyed(order("web1"), "/v1/servers").await;
+    assert_error(
+        &server,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("Idempotency-Key"),
+    );
+    assert_eq!(api.server_count().await, 0);
+}
+
+#[tokio::test]
+async fn r5_storage_of_an_account_held_for_abuse_cannot_be_deleted_by_its_customer() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let ordered = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &token,
+            Some(storage_order("evidence", 5)),
+        )
+        .await;
+    let id = ordered.body["id"].as_str().unwrap().to_owned();
+    api.state
+        .accounts
+        .patch_status(
+            None,
+            &account,
+            &json!({"state": "Suspended", "suspensions": [{"reason": "abuse", "since": "2026-11-01T00:00:00Z"}]}),
+        )
+        .await
+        .unwrap();
+    let refused = api
+        .call(Method::DELETE, &format!("/v1/storage/{id}"), &token, None)
+        .await;
+    assert_error(&refused, StatusCode::CONFLICT, "account_suspended", None);
+    assert_eq!(refused.body["error"]["details"]["reason"], "abuse");
+    let kept = api
+        .state
+        .storage
+        .get(Some(&account), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        kept.metadata.deletion_timestamp.is_none(),
+        "nothing changed"
+    );
+    // An operator may.
+    let deleted = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/storage/{id}"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(deleted.status, StatusCode::ACCEPTED, "{}", deleted.body);
 }
