@@ -1,6 +1,7 @@
 //! End to end on a real hypervisor: `stratus up` on the libvirt daemon and
 //! QEMU that `scripts/hypervisor up` runs in a network namespace of its
-//! own, booting the `tiny` image. `scripts/test` starts the hypervisor and
+//! own (two zones, each with its own pool and network), booting the `tiny`
+//! and `debian-12` images and keeping storage in real pools. `scripts/test` starts the hypervisor and
 //! names its configuration in `STRATUS_TEST_HYPERVISOR_CONFIG`; without it
 //! these tests fail (CI must never skip them).
 
@@ -170,7 +171,7 @@ async fn r19_a_tiny_guest_boots_configured_from_its_seed_cannot_spoof_and_is_wip
     let (status, order) = customer
         .post(
             "/v1/servers",
-            json!({"name": "web1", "plan": "micro", "image": "tiny",
+            json!({"name": "web1", "plan": "micro", "image": "tiny", "zone": "a",
                    "ssh_keys": [SSH_KEY], "user_data": user_data()}),
         )
         .await;
@@ -310,7 +311,8 @@ touch /run/ignore-acpi
     let (status, order) = customer
         .post(
             "/v1/servers",
-            json!({"name": "held", "plan": "micro", "image": "tiny", "user_data": user_data}),
+            json!({"name": "held", "plan": "micro", "image": "tiny", "zone": "a",
+                   "user_data": user_data}),
         )
         .await;
     assert_eq!(status, 202, "{order}");
@@ -410,7 +412,7 @@ echo STRATUS-ADDRESSES $(ip -o addr show scope global | awk '{{print $4}}')
     let (status, order) = customer
         .post(
             "/v1/servers",
-            json!({"name": "deb1", "plan": "small", "image": "debian-12",
+            json!({"name": "deb1", "plan": "small", "image": "debian-12", "zone": "a",
                    "ssh_keys": [SSH_KEY], "user_data": user_data}),
         )
         .await;
@@ -459,5 +461,104 @@ echo STRATUS-ADDRESSES $(ip -o addr show scope global | awk '{{print $4}}')
     let (status, body) = customer.delete(&format!("/v1/servers/{id}")).await;
     assert_eq!(status, 202, "{body}");
     customer.wait_gone(&id, BOOT).await;
+    stratus.process.terminate();
+}
+
+/// R24, R14 on real pools: a subscription's two copies are files in the
+/// pools of two zones' hypervisors, sparse until written; deleting it
+/// overwrites both, then removes them.
+#[tokio::test]
+async fn r24_r14_storage_copies_are_files_in_two_zones_and_both_are_wiped() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let started = Instant::now();
+    let (status, order) = customer
+        .post(
+            "/v1/storage",
+            json!({"name": "backup", "size_gib": 1, "zone": "b"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/storage/{id}");
+    customer
+        .wait_until(&path, "storage did not become ready", BOOT, |s| {
+            s["status"] == "ready"
+        })
+        .await;
+    let to_ready = started.elapsed();
+    let (_, seen) = admin.get(&path).await;
+    let zones: Vec<&str> = seen["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["zone"].as_str().unwrap())
+        .collect();
+    assert_eq!(zones, ["b", "a"], "primary in the zone ordered: {seen}");
+    let files: Vec<PathBuf> = seen["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| PathBuf::from(r["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        files[0].parent(),
+        Some(hypervisor.dir.join("pool-b").as_path())
+    );
+    assert_eq!(
+        files[1].parent(),
+        Some(hypervisor.dir.join("pool").as_path())
+    );
+    for file in &files {
+        let metadata = std::fs::metadata(file).unwrap();
+        assert_eq!(metadata.len(), 1 << 30, "{}", file.display());
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            metadata.blocks() * 512 < 1 << 20,
+            "{} is sparse until written",
+            file.display()
+        );
+    }
+
+    // Customer bytes in both copies (the content API writes them later);
+    // each file is held open across the delete to read what is left.
+    let mut held = Vec::new();
+    for file in &files {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut copy = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        copy.seek(SeekFrom::Start(300 << 20)).unwrap();
+        copy.write_all(DISK_MARKER.as_bytes()).unwrap();
+        copy.sync_all().unwrap();
+        held.push(std::fs::File::open(file).unwrap());
+    }
+    let (status, body) = customer.delete(&path).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + BOOT;
+    while customer.get(&path).await.0 != 404 {
+        assert!(Instant::now() < deadline, "storage {id} was not deleted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (file, mut handle) in files.iter().zip(held) {
+        use std::io::{Seek, SeekFrom};
+        assert!(!file.exists(), "{} is deleted", file.display());
+        assert_eq!(handle.metadata().unwrap().len(), 1 << 30);
+        let mut written = vec![1u8; 4096];
+        handle.seek(SeekFrom::Start(300 << 20)).unwrap();
+        handle.read_exact(&mut written).unwrap();
+        assert!(
+            written.iter().all(|b| *b == 0),
+            "{} was overwritten before it was deleted",
+            file.display()
+        );
+    }
+    println!(
+        "storage: order -> both 1 GiB copies ready in zones b and a: {:.2} s",
+        to_ready.as_secs_f64()
+    );
     stratus.process.terminate();
 }

@@ -110,6 +110,10 @@ pub struct DriverConfig {
     pub console_dir: Option<PathBuf>,
     /// Factor on the host's CPUs for the vCPUs advertised.
     pub cpu_overcommit: f64,
+    /// The hypervisor this agent serves, written into every domain it
+    /// defines: agents sharing one libvirt daemon (one per pool) each touch
+    /// only their own. Domains without the mark are taken as this agent's.
+    pub agent_name: Option<String>,
 }
 
 impl DriverConfig {
@@ -133,6 +137,7 @@ impl DriverConfig {
             },
             console_dir: None,
             cpu_overcommit: 1.0,
+            agent_name: None,
         }
     }
 }
@@ -187,6 +192,19 @@ fn check_domain_type(capabilities: &str, wanted: &str) -> Result<(), AgentError>
             offered.join(", ")
         },
     })
+}
+
+/// The agent a domain's metadata says defined it.
+fn domain_agent(domain: &Domain) -> Result<Option<String>, AgentError> {
+    match domain.metadata(
+        virt::sys::VIR_DOMAIN_METADATA_ELEMENT as i32,
+        Some(xml::METADATA_NAMESPACE),
+        virt::sys::VIR_DOMAIN_AFFECT_CONFIG,
+    ) {
+        Ok(metadata) => Ok(xml::metadata_agent(&metadata)),
+        Err(e) if is_missing(&e, ErrorNumber::NoDomainMetadata) || is_unsupported(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Whether a domain's definition uses the volume `volume`.
@@ -348,11 +366,22 @@ impl Driver {
         locks.entry(name.to_owned()).or_default().clone()
     }
 
+    /// The domain `name`, if it is defined and this agent's: another
+    /// agent's domain on the same daemon is refused, never touched.
     fn lookup_domain(&self, name: &str) -> Result<Option<Domain>, AgentError> {
-        match self.conn.lookup_domain_by_name(name) {
-            Ok(domain) => Ok(Some(domain)),
-            Err(e) if is_missing(&e, ErrorNumber::NoDomain) => Ok(None),
-            Err(e) => Err(e.into()),
+        let domain = match self.conn.lookup_domain_by_name(name) {
+            Ok(domain) => domain,
+            Err(e) if is_missing(&e, ErrorNumber::NoDomain) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        match domain_agent(&domain)? {
+            Some(agent) if Some(agent.as_str()) != self.config.agent_name.as_deref() => {
+                Err(AgentError::OtherAgents {
+                    domain: name.to_owned(),
+                    agent,
+                })
+            }
+            _ => Ok(Some(domain)),
         }
     }
 
@@ -615,6 +644,12 @@ impl Driver {
                 "this hypervisor keeps no console logs (no console directory configured)".into(),
             ));
         };
+        // Agents sharing a daemon may share the console directory too.
+        if self.lookup_domain(name)?.is_none() {
+            return Err(AgentError::BadRequest(format!(
+                "no domain {name} is defined here: it has no console"
+            )));
+        }
         let path = crate::seed::console_log(dir, name);
         crate::seed::tail(&path, CONSOLE_TAIL_BYTES).map_err(|source| AgentError::Persist {
             path: path.display().to_string(),
@@ -655,6 +690,7 @@ impl Driver {
             network: &self.config.network,
             filter: self.filters_nics(),
             seed_volume: seed_volume.as_deref(),
+            agent: self.config.agent_name.as_deref(),
             console_log: self
                 .config
                 .console_dir
@@ -962,7 +998,11 @@ impl Driver {
         let mut domains = Vec::new();
         for domain in self.conn.list_all_domains(0)? {
             let name = domain.name()?;
-            if name.starts_with(MANAGED_PREFIX) {
+            if !name.starts_with(MANAGED_PREFIX) {
+                continue;
+            }
+            let owner = domain_agent(&domain)?;
+            if owner.is_none() || owner.as_deref() == self.config.agent_name.as_deref() {
                 domains.push(name);
             }
         }

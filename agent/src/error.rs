@@ -7,6 +7,8 @@ pub enum AgentError {
     Libvirt(#[from] virt::error::Error),
     #[error("the disk {volume} of domain {domain} is missing and creating it was not allowed")]
     DiskMissing { domain: String, volume: String },
+    #[error("domain {domain} belongs to agent {agent} on this host; this agent never touches it")]
+    OtherAgents { domain: String, agent: String },
     #[error("the storage volume {0} is missing and creating it was not allowed")]
     VolumeMissing(String),
     #[error("image volume {0} is not in the storage pool")]
@@ -43,7 +45,7 @@ impl AgentError {
             Self::VolumeMissing(_) => AgentErrorCode::VolumeMissing,
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
-            Self::BadRequest(_) => AgentErrorCode::BadRequest,
+            Self::BadRequest(_) | Self::OtherAgents { .. } => AgentErrorCode::BadRequest,
             Self::AntiSpoofingUnavailable(_) => AgentErrorCode::AntiSpoofingUnavailable,
         }
     }
@@ -57,6 +59,7 @@ impl AgentError {
             Self::ImageMissing(_) => "image_missing",
             Self::NoSpace { .. } => "no_space",
             Self::BadRequest(_) => "bad_request",
+            Self::OtherAgents { .. } => "other_agents",
             Self::Persist { .. } => "persist",
             Self::Worker(_) => "worker",
             Self::Seed(_) => "seed",

@@ -262,6 +262,32 @@ pub struct Domain {
     /// File the serial console is written to (appended across boots);
     /// without one the console is a pty.
     pub console_log: Option<String>,
+    /// The agent that defined it, when several share one libvirt daemon.
+    pub agent: Option<String>,
+}
+
+/// Namespace of the metadata stratus keeps in each domain it defines.
+pub const METADATA_NAMESPACE: &str = "https://stratus.dev/xmlns/domain/1";
+
+/// The agent a domain's stratus metadata (`<stratus:server … agent='…'/>`)
+/// names, if any.
+pub fn metadata_agent(metadata: &str) -> Option<String> {
+    let start = metadata.find(" agent=")? + " agent=".len();
+    let quote = metadata[start..].chars().next()?;
+    if quote != '\'' && quote != '"' {
+        return None;
+    }
+    let rest = &metadata[start + 1..];
+    let end = rest.find(quote)?;
+    Some(unescape(&rest[..end]))
+}
+
+fn unescape(text: &str) -> String {
+    text.replace("&apos;", "'")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
 }
 
 impl Domain {
@@ -276,13 +302,15 @@ impl Domain {
                     .map(|uuid| Element::with_text("uuid", uuid)),
             )
             .child(Element::with_text("title", &self.hostname))
-            .child(
-                Element::new("metadata").child(
-                    Element::new("stratus:server")
-                        .attr("xmlns:stratus", "https://stratus.dev/xmlns/domain/1")
-                        .attr("hostname", &self.hostname),
-                ),
-            )
+            .child(Element::new("metadata").child({
+                let server = Element::new("stratus:server")
+                    .attr("xmlns:stratus", METADATA_NAMESPACE)
+                    .attr("hostname", &self.hostname);
+                match &self.agent {
+                    Some(agent) => server.attr("agent", agent),
+                    None => server,
+                }
+            }))
             .child(memory("memory"))
             .child(memory("currentMemory"))
             .child(Element::with_text("vcpu", self.vcpus).attr("placement", "static"))
@@ -369,6 +397,8 @@ pub struct Placement<'a> {
     /// The cloud-init seed volume, when the server has one.
     pub seed_volume: Option<&'a str>,
     pub console_log: Option<String>,
+    /// The agent defining it, recorded in its metadata.
+    pub agent: Option<&'a str>,
 }
 
 /// The domain of a server: its system disk and one NIC, whose traffic
@@ -403,6 +433,7 @@ pub fn domain(
             .collect(),
         boot: spec.boot.clone(),
         console_log: placement.console_log.clone(),
+        agent: placement.agent.map(str::to_owned),
         interfaces: vec![Interface {
             mac: spec.mac_address.clone(),
             network: placement.network.to_owned(),
@@ -603,7 +634,33 @@ mod tests {
             filter: true,
             seed_volume: None,
             console_log: None,
+            agent: None,
         }
+    }
+
+    #[test]
+    fn a_domain_records_the_agent_that_defined_it() {
+        let placed = Placement {
+            agent: Some("hv-a"),
+            ..placement()
+        };
+        let xml = domain("stratus-vs-1", &spec(), &placed).unwrap().render();
+        let metadata = xml
+            .lines()
+            .find(|line| line.contains("<stratus:server"))
+            .unwrap();
+        assert_eq!(metadata_agent(metadata).as_deref(), Some("hv-a"), "{xml}");
+        // As libvirt gives it back, with either quote.
+        assert_eq!(
+            metadata_agent(r#"<stratus:server xmlns:stratus="https://stratus.dev/xmlns/domain/1" hostname="a" agent="hv-b"/>"#)
+                .as_deref(),
+            Some("hv-b")
+        );
+        let unmarked = domain("stratus-vs-1", &spec(), &placement())
+            .unwrap()
+            .render();
+        assert!(!unmarked.contains(" agent="), "{unmarked}");
+        assert_eq!(metadata_agent("<stratus:server hostname='x'/>"), None);
     }
 
     #[test]

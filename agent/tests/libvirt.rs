@@ -512,3 +512,36 @@ fn a_disk_the_storage_cannot_wipe_is_reported_deleted_without_wipe() {
     let again = driver.destroy("stratus-vs-wipe").unwrap();
     assert_eq!(again.disk_disposal, None, "nothing left to dispose of");
 }
+
+/// Two agents on one libvirt daemon (one per zone's pool): each touches
+/// only the domains it defined.
+#[test]
+fn agents_sharing_a_daemon_never_touch_each_others_domains() {
+    let agent = |name: &str| {
+        let mut config = DriverConfig::for_uri("test:///default", "test-zone");
+        config.agent_name = Some(name.to_owned());
+        Driver::open(config).unwrap()
+    };
+    let (a, b) = (agent("hv-a"), agent("hv-b"));
+    let (name, image) = ("stratus-itest-owned", "itest-owned.qcow2");
+    a.seed_image(image, 2).unwrap();
+    a.ensure(name, &spec(image, PowerState::Running, true))
+        .unwrap();
+    for refused in [
+        b.observe(name).map(drop),
+        b.ensure(name, &spec(image, PowerState::Stopped, true))
+            .map(drop),
+        b.destroy(name).map(drop),
+        b.reboot(name).map(drop),
+    ] {
+        let error = refused.unwrap_err();
+        assert!(
+            matches!(error, AgentError::OtherAgents { ref agent, .. } if agent == "hv-a"),
+            "{error}"
+        );
+    }
+    assert_eq!(a.observe(name).unwrap().state, Some(DomainState::Running));
+    assert!(a.node_report().unwrap().domains.contains(&name.to_owned()));
+    assert!(!b.node_report().unwrap().domains.contains(&name.to_owned()));
+    a.destroy(name).unwrap();
+}

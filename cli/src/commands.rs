@@ -586,6 +586,7 @@ fn local_hypervisors(
             driver.domain_type = local.domain_type.clone();
             driver.console_dir = local.console_dir.as_ref().map(PathBuf::from);
             driver.cpu_overcommit = local.cpu_overcommit;
+            driver.agent_name = Some(local.name.clone());
             if test_driver {
                 driver.state_dir = Some(data_dir.join("hypervisors").join(&local.name));
             }
