@@ -562,3 +562,199 @@ async fn r24_r14_storage_copies_are_files_in_two_zones_and_both_are_wiped() {
     );
     stratus.process.terminate();
 }
+
+/// The agent's content endpoints on a real pool: a content is stored as a
+/// new version beside the current one, read back byte for byte with the
+/// SHA-256 `sha256sum` computes, and one longer than the copy's size is
+/// refused whole (R27) without touching the version before it.
+#[tokio::test]
+async fn r27_an_agent_stores_content_in_versions_and_refuses_more_than_the_size() {
+    use stratus_agent::{AgentState, Driver, DriverConfig, router};
+    use stratus_core::agent_api::{StoredContent, VolumeObservation, VolumeSpec};
+
+    let hypervisor = Hypervisor::from_env();
+    let uri = format!(
+        "qemu:///system?socket={}",
+        hypervisor.dir.join("run/libvirt-sock").display()
+    );
+    let mut config = DriverConfig::for_uri(&uri, "a");
+    config.pool = "stratus".into();
+    config.network = "stratus-guests".into();
+    config.domain_type = "qemu".into();
+    config.agent_name = Some("content-test".into());
+    let driver = tokio::task::spawn_blocking(move || Driver::open(config))
+        .await
+        .unwrap()
+        .unwrap();
+    let token = "content-test-token-0123456789";
+    let app = router(AgentState::new(std::sync::Arc::new(driver), token));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let http = support::http_client();
+    let name = "stratus-itest.st-content";
+    let copy = format!("{base}/v1/volumes/{name}");
+    // A copy left by an earlier run of this test goes first.
+    http.delete(&copy).bearer_auth(token).send().await.unwrap();
+    let created: VolumeObservation = http
+        .put(&copy)
+        .bearer_auth(token)
+        .json(&VolumeSpec {
+            size_gib: 1,
+            create: true,
+        })
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(created.versions.len(), 1);
+    assert_eq!(created.versions[0].version, 0);
+
+    // 64 MiB of pseudo-random bytes, and their SHA-256 by sha256sum.
+    let mut content = vec![0u8; 64 << 20];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in content.chunks_mut(8) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        chunk.copy_from_slice(&state.to_le_bytes()[..chunk.len()]);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("content");
+    std::fs::write(&file, &content).unwrap();
+    let expected = String::from_utf8(
+        Command::new("sha256sum")
+            .arg(&file)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .split_whitespace()
+    .next()
+    .unwrap()
+    .to_owned();
+
+    let started = Instant::now();
+    let reply = http
+        .put(format!("{copy}/versions/1?size_gib=1"))
+        .bearer_auth(token)
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let stored: StoredContent = reply.json().await.unwrap();
+    let upload = started.elapsed();
+    assert_eq!(
+        (stored.version, stored.bytes, stored.sha256.as_str()),
+        (1, 64 << 20, expected.as_str())
+    );
+    let started = Instant::now();
+    let reply = http
+        .get(format!("{copy}/versions/1?bytes={}", 64 << 20))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let downloaded = reply.bytes().await.unwrap();
+    let download = started.elapsed();
+    assert!(
+        downloaded[..] == content[..],
+        "the content read back differs"
+    );
+    let v1 = hypervisor.pool_file(&format!("{name}-store-v1.raw"));
+    let mut on_disk = vec![0u8; 64 << 20];
+    std::fs::File::open(&v1)
+        .unwrap()
+        .read_exact(&mut on_disk)
+        .unwrap();
+    assert!(on_disk == content, "{} holds the content", v1.display());
+
+    // Beyond the size, sent as a stream with no length: refused, and
+    // nothing of it stays; version 1 is whole.
+    let chunk = axum::body::Bytes::from(vec![7u8; 1 << 20]);
+    let too_long =
+        futures::stream::iter((0..1025).map(move |_| Ok::<_, std::io::Error>(chunk.clone())));
+    let reply = http
+        .put(format!("{copy}/versions/2?size_gib=1"))
+        .bearer_auth(token)
+        .body(reqwest::Body::wrap_stream(too_long))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 413);
+    let body: serde_json::Value = reply.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "content_too_large", "{body}");
+    // A declared length beyond the size is refused before a byte is sent:
+    // the answer comes to the headers alone.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let address = base.trim_start_matches("http://");
+        let mut raw = tokio::net::TcpStream::connect(address).await.unwrap();
+        let request = format!(
+            "PUT /v1/volumes/{name}/versions/2?size_gib=1 HTTP/1.1\r\nhost: {address}\r\n\
+             authorization: Bearer {token}\r\ncontent-length: {}\r\n\r\n",
+            (1u64 << 30) + 1
+        );
+        raw.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut answer))
+            .await
+            .expect("answered without the body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
+    let seen: VolumeObservation = http
+        .get(&copy)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let versions: Vec<u64> = seen.versions.iter().map(|v| v.version).collect();
+    assert_eq!(versions, [0, 1], "nothing of the refused content stays");
+    let checked: StoredContent = http
+        .get(format!("{copy}/versions/1/checksum?bytes={}", 64 << 20))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(checked.sha256, expected);
+    // Writing a version that exists is refused.
+    let reply = http
+        .put(format!("{copy}/versions/1?size_gib=1"))
+        .bearer_auth(token)
+        .body(vec![1u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 409);
+
+    let gone: VolumeObservation = http
+        .delete(&copy)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(gone.versions.is_empty());
+    assert!(!v1.exists());
+    let mb = 64.0;
+    println!(
+        "content: 64 MiB upload {:.0} MiB/s, download {:.0} MiB/s",
+        mb / upload.as_secs_f64(),
+        mb / download.as_secs_f64()
+    );
+}

@@ -8,8 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use stratus_core::agent_api::{
     AntiSpoofing, CONSOLE_TAIL_BYTES, DiskDisposal, DomainObservation, DomainSpec, DomainState,
-    Link, MANAGED_PREFIX, NodeReport, PoolInfo, Target, VolumeObservation, VolumeSpec,
-    disk_volume_name, storage_volume_name,
+    Link, MANAGED_PREFIX, NodeReport, PoolInfo, Target, disk_volume_name,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -143,8 +142,8 @@ impl DriverConfig {
 }
 
 pub struct Driver {
-    conn: Connect,
-    config: DriverConfig,
+    pub(crate) conn: Connect,
+    pub(crate) config: DriverConfig,
     definitions: Option<Definitions>,
     /// Found at start: whether the traffic filters are defined.
     anti_spoofing: AntiSpoofing,
@@ -158,7 +157,7 @@ fn is_missing(error: &virt::error::Error, number: ErrorNumber) -> bool {
 }
 
 /// Whether a disk of `needed_gib` fits in `available_bytes` of a pool.
-fn fits(available_bytes: u64, needed_gib: u64) -> bool {
+pub(crate) fn fits(available_bytes: u64, needed_gib: u64) -> bool {
     needed_gib.saturating_mul(GIB) <= available_bytes
 }
 
@@ -357,11 +356,11 @@ impl Driver {
         Ok(())
     }
 
-    fn pool(&self) -> Result<StoragePool, AgentError> {
+    pub(crate) fn pool(&self) -> Result<StoragePool, AgentError> {
         Ok(self.conn.lookup_storage_pool_by_name(&self.config.pool)?)
     }
 
-    fn lock(&self, name: &str) -> Arc<Mutex<()>> {
+    pub(crate) fn lock(&self, name: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(name.to_owned()).or_default().clone()
     }
@@ -385,7 +384,10 @@ impl Driver {
         }
     }
 
-    fn lookup_volume(pool: &StoragePool, name: &str) -> Result<Option<StorageVol>, AgentError> {
+    pub(crate) fn lookup_volume(
+        pool: &StoragePool,
+        name: &str,
+    ) -> Result<Option<StorageVol>, AgentError> {
         match pool.lookup_storage_vol_by_name(name) {
             Ok(volume) => Ok(Some(volume)),
             Err(e) if is_missing(&e, ErrorNumber::NoStorageVolume) => Ok(None),
@@ -444,7 +446,7 @@ impl Driver {
         Ok(())
     }
 
-    fn record_volume(&self, name: &str, volume: &StorageVol) -> Result<(), AgentError> {
+    pub(crate) fn record_volume(&self, name: &str, volume: &StorageVol) -> Result<(), AgentError> {
         if let Some(defs) = &self.definitions {
             let record = VolumeRecord {
                 xml: volume.xml_desc(0)?,
@@ -455,7 +457,11 @@ impl Driver {
         Ok(())
     }
 
-    fn forget(&self, domain: Option<&str>, volume: Option<&str>) -> Result<(), AgentError> {
+    pub(crate) fn forget(
+        &self,
+        domain: Option<&str>,
+        volume: Option<&str>,
+    ) -> Result<(), AgentError> {
         if let Some(defs) = &self.definitions {
             let persist = persist_error(&self.config.state_dir);
             let result = domain
@@ -869,101 +875,6 @@ impl Driver {
         Ok(observed)
     }
 
-    /// What is there of the storage copy of the subscription managed as
-    /// `name`.
-    pub fn observe_volume(&self, name: &str) -> Result<VolumeObservation, AgentError> {
-        check_managed_name(name)?;
-        let volume_name = storage_volume_name(name);
-        let volume = Self::lookup_volume(&self.pool()?, &volume_name)?;
-        self.volume_observation(volume_name, volume.as_ref())
-    }
-
-    fn volume_observation(
-        &self,
-        volume_name: String,
-        volume: Option<&StorageVol>,
-    ) -> Result<VolumeObservation, AgentError> {
-        let (path, capacity_bytes) = match volume {
-            Some(volume) => (Some(volume.path()?), volume.info()?.capacity),
-            None => (None, 0),
-        };
-        Ok(VolumeObservation {
-            volume: volume_name,
-            present: volume.is_some(),
-            pool: self.config.pool.clone(),
-            path,
-            capacity_bytes,
-            disposal: None,
-        })
-    }
-
-    /// Makes the storage copy of `name` exist with `spec.size_gib`: created
-    /// sparse (nothing is written until content is) when absent and
-    /// allowed; an existing copy is never recreated or shrunk.
-    pub fn ensure_volume(
-        &self,
-        name: &str,
-        spec: &VolumeSpec,
-    ) -> Result<VolumeObservation, AgentError> {
-        check_managed_name(name)?;
-        if spec.size_gib == 0 || spec.size_gib > stratus_core::resources::MAX_STORAGE_GIB {
-            return Err(AgentError::BadRequest(format!(
-                "size_gib must be from 1 to {}",
-                stratus_core::resources::MAX_STORAGE_GIB
-            )));
-        }
-        let lock = self.lock(name);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = self.pool()?;
-        let volume_name = storage_volume_name(name);
-        if let Some(volume) = Self::lookup_volume(&pool, &volume_name)? {
-            return self.volume_observation(volume_name, Some(&volume));
-        }
-        if !spec.create {
-            return Err(AgentError::VolumeMissing(volume_name));
-        }
-        let available = pool.refresh(0).and_then(|()| pool.info())?.available;
-        if !fits(available, spec.size_gib) {
-            return Err(AgentError::NoSpace {
-                pool: self.config.pool.clone(),
-                needed_gib: spec.size_gib,
-            });
-        }
-        let volume =
-            StorageVol::create_xml(&pool, &xml::storage_volume(&volume_name, spec.size_gib), 0)?;
-        self.record_volume(&volume_name, &volume)?;
-        tracing::info!(volume = %volume_name, size_gib = spec.size_gib, "created storage copy");
-        self.volume_observation(volume_name, Some(&volume))
-    }
-
-    /// Wipes and deletes the storage copy of `name` (R14); a copy already
-    /// gone is skipped, so it can be repeated.
-    pub fn destroy_volume(&self, name: &str) -> Result<VolumeObservation, AgentError> {
-        check_managed_name(name)?;
-        let lock = self.lock(name);
-        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let pool = self.pool()?;
-        let volume_name = storage_volume_name(name);
-        let mut disposal = None;
-        if let Some(volume) = Self::lookup_volume(&pool, &volume_name)? {
-            let disposed = wipe(&volume)?;
-            volume.delete(0)?;
-            match &disposed {
-                DiskDisposal::Wiped => {
-                    tracing::info!(volume = %volume_name, "wiped and deleted storage copy")
-                }
-                DiskDisposal::DeletedWithoutWipe { reason } => {
-                    tracing::warn!(volume = %volume_name, %reason, "deleted storage copy WITHOUT wiping it")
-                }
-            }
-            disposal = Some(disposed);
-        }
-        self.forget(None, Some(&volume_name))?;
-        let mut observed = self.volume_observation(volume_name, None)?;
-        observed.disposal = disposal;
-        Ok(observed)
-    }
-
     /// Creates an empty image volume if absent (seeding simulated hypervisors).
     pub fn seed_image(&self, volume: &str, size_gib: u64) -> Result<bool, AgentError> {
         let pool = self.pool()?;
@@ -1099,7 +1010,7 @@ fn install_filters(conn: &Connect, mode: AntiSpoofingMode) -> AntiSpoofing {
 /// qcow2 overlay only rewrites its header and leaves the guest's data in
 /// the clusters behind it. Other volumes go through libvirt's wipe; a
 /// storage that cannot wipe (the test driver) is reported, never hidden.
-fn wipe(disk: &StorageVol) -> Result<DiskDisposal, AgentError> {
+pub(crate) fn wipe(disk: &StorageVol) -> Result<DiskDisposal, AgentError> {
     if let Ok(path) = disk.path()
         && std::fs::metadata(&path).is_ok_and(|m| m.is_file())
     {

@@ -9,6 +9,12 @@ pub enum AgentError {
     DiskMissing { domain: String, volume: String },
     #[error("domain {domain} belongs to agent {agent} on this host; this agent never touches it")]
     OtherAgents { domain: String, agent: String },
+    #[error("the content is longer than the volume's {limit} bytes; nothing of it was kept")]
+    ContentTooLarge { limit: u64 },
+    #[error("storage version: {0}")]
+    VersionConflict(String),
+    #[error("the content stream was cut: {0}")]
+    UploadAborted(String),
     #[error("the storage volume {0} is missing and creating it was not allowed")]
     VolumeMissing(String),
     #[error("image volume {0} is not in the storage pool")]
@@ -43,6 +49,9 @@ impl AgentError {
             }
             Self::DiskMissing { .. } => AgentErrorCode::DiskMissing,
             Self::VolumeMissing(_) => AgentErrorCode::VolumeMissing,
+            Self::ContentTooLarge { .. } => AgentErrorCode::ContentTooLarge,
+            Self::VersionConflict(_) => AgentErrorCode::VersionConflict,
+            Self::UploadAborted(_) => AgentErrorCode::BadRequest,
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
             Self::BadRequest(_) | Self::OtherAgents { .. } => AgentErrorCode::BadRequest,
@@ -56,6 +65,9 @@ impl AgentError {
             Self::Libvirt(_) => "libvirt",
             Self::DiskMissing { .. } => "disk_missing",
             Self::VolumeMissing(_) => "volume_missing",
+            Self::ContentTooLarge { .. } => "content_too_large",
+            Self::VersionConflict(_) => "version_conflict",
+            Self::UploadAborted(_) => "upload_aborted",
             Self::ImageMissing(_) => "image_missing",
             Self::NoSpace { .. } => "no_space",
             Self::BadRequest(_) => "bad_request",

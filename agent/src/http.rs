@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -61,6 +61,14 @@ pub fn router(state: AgentState) -> Router {
                 .put(ensure_volume)
                 .delete(destroy_volume),
         )
+        .route(
+            "/v1/volumes/{name}/versions/{version}",
+            get(read_version).put(write_version).delete(delete_version),
+        )
+        .route(
+            "/v1/volumes/{name}/versions/{version}/checksum",
+            get(checksum_version),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -81,7 +89,10 @@ impl IntoResponse for AgentError {
         let status = match self.code() {
             AgentErrorCode::BadRequest => StatusCode::BAD_REQUEST,
             AgentErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
-            AgentErrorCode::DiskMissing | AgentErrorCode::VolumeMissing => StatusCode::CONFLICT,
+            AgentErrorCode::DiskMissing
+            | AgentErrorCode::VolumeMissing
+            | AgentErrorCode::VersionConflict => StatusCode::CONFLICT,
+            AgentErrorCode::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,
             AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             AgentErrorCode::Hypervisor => StatusCode::INTERNAL_SERVER_ERROR,
@@ -222,6 +233,132 @@ async fn destroy_volume(
         Json(run(&state, "destroy_volume", move |d| d.destroy_volume(&name)).await?)
             .into_response(),
     )
+}
+
+#[derive(serde::Deserialize)]
+struct WriteQuery {
+    size_gib: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct ReadQuery {
+    bytes: u64,
+}
+
+/// Chunks of a request body in flight between the async reader and the
+/// blocking libvirt writer.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Stores the request body as `version` of the copy: 413 beyond the
+/// copy's size, and nothing kept of a refused or cut content.
+#[tracing::instrument(skip(state, query, body))]
+async fn write_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+    query: Result<Query<WriteQuery>, QueryRejection>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Response, AgentError> {
+    let Query(WriteQuery { size_gib }) =
+        query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    let limit = size_gib.saturating_mul(1 << 30);
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(AgentError::ContentTooLarge { limit });
+    }
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(CHUNKS_IN_FLIGHT);
+    let reader = tokio::spawn(async move {
+        use futures::StreamExt;
+        let mut data = body.into_data_stream();
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk.map(|c| c.to_vec()).map_err(|e| e.to_string());
+            let failed = chunk.is_err();
+            if sender.send(chunk).await.is_err() || failed {
+                break;
+            }
+        }
+    });
+    let stored = run(&state, "write_version", move |d| {
+        let mut chunks = std::iter::from_fn(|| receiver.blocking_recv());
+        d.write_version(&name, version, size_gib, &mut chunks)
+    })
+    .await;
+    reader.abort();
+    Ok(Json(stored?).into_response())
+}
+
+/// Streams the first `bytes` of `version` of the copy.
+#[tracing::instrument(skip(state, query))]
+async fn read_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, AgentError> {
+    let Query(ReadQuery { bytes }) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    // The first chunk (or the failure) decides the answer's status.
+    let (sender, mut receiver) =
+        tokio::sync::mpsc::channel::<Result<Vec<u8>, AgentError>>(CHUNKS_IN_FLIGHT);
+    let driver = state.driver.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut sink = |chunk: &[u8]| sender.blocking_send(Ok(chunk.to_vec())).is_ok();
+        if let Err(error) = driver.read_version(&name, version, bytes, &mut sink) {
+            let _ = sender.blocking_send(Err(error));
+        }
+    });
+    let first = match receiver.recv().await {
+        Some(Err(error)) => return Err(error),
+        first => first,
+    };
+    let rest = futures::stream::unfold(receiver, |mut receiver| async move {
+        receiver.recv().await.map(|item| (item, receiver))
+    });
+    let chunks = futures::stream::iter(first).chain(rest);
+    use futures::StreamExt;
+    let body = axum::body::Body::from_stream(chunks.map(|item| {
+        item.map(axum::body::Bytes::from)
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    }));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (header::CONTENT_LENGTH, bytes.to_string()),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// Reads the first `bytes` of `version` of the copy and answers their SHA-256.
+#[tracing::instrument(skip(state, query))]
+async fn checksum_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+    query: Result<Query<ReadQuery>, QueryRejection>,
+) -> Result<Response, AgentError> {
+    let Query(ReadQuery { bytes }) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    let stored = run(&state, "checksum_version", move |d| {
+        d.read_version(&name, version, bytes, &mut |_| true)
+    })
+    .await?;
+    Ok(Json(stored).into_response())
+}
+
+#[tracing::instrument(skip(state))]
+async fn delete_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Response, AgentError> {
+    Ok(Json(
+        run(&state, "delete_version", move |d| {
+            d.delete_version(&name, version)
+        })
+        .await?,
+    )
+    .into_response())
 }
 
 async fn metrics(State(state): State<AgentState>) -> Response {

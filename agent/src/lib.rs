@@ -12,6 +12,7 @@ pub mod http;
 pub mod metrics;
 pub mod replay;
 pub mod seed;
+pub mod storage;
 pub mod xml;
 
 pub use driver::{AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};

@@ -8,7 +8,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
-    NodeReport, PoolInfo, Target, VolumeObservation, VolumeSpec, storage_volume_name,
+    NodeReport, PoolInfo, Target, VolumeObservation, VolumeSpec, VolumeVersion,
+    storage_volume_name,
 };
 
 use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
@@ -266,13 +267,18 @@ impl SimulatedAgent {
 }
 
 fn volume_observation(name: &str, size_gib: Option<u64>) -> VolumeObservation {
-    let volume = storage_volume_name(name);
+    let volume = storage_volume_name(name, 0);
     VolumeObservation {
-        path: size_gib.map(|_| format!("/simulated/{volume}")),
-        volume,
-        present: size_gib.is_some(),
         pool: "default".into(),
-        capacity_bytes: size_gib.unwrap_or(0) << 30,
+        versions: size_gib
+            .map(|size| VolumeVersion {
+                version: 0,
+                path: Some(format!("/simulated/{volume}")),
+                volume,
+                capacity_bytes: size << 30,
+            })
+            .into_iter()
+            .collect(),
         disposal: None,
     }
 }

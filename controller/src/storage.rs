@@ -168,8 +168,8 @@ impl StorageReconciler {
                     create,
                 };
                 match self.ctx.agents.ensure_volume(&agent, &name, &spec).await {
-                    Ok(created) => {
-                        tracing::info!(hypervisor = %agent.hypervisor, volume = %created.volume, "copy created");
+                    Ok(_) => {
+                        tracing::info!(hypervisor = %agent.hypervisor, "copy created");
                     }
                     Err(error) => {
                         return self.agent_failed(subscription, &next, &agent, error).await;
@@ -208,10 +208,9 @@ impl StorageReconciler {
             Err(why) => return (None, CopyObservation::Unavailable(why)),
         };
         let observation = match self.ctx.agents.observe_volume(&agent, name).await {
-            Ok(seen) if seen.present => CopyObservation::Present {
+            Ok(seen) if seen.present() => CopyObservation::Present {
                 pool: seen.pool,
-                path: seen.path,
-                capacity_bytes: seen.capacity_bytes,
+                versions: seen.versions,
             },
             Ok(_) => CopyObservation::Absent,
             Err(error) => CopyObservation::Unavailable(error.to_string()),
@@ -250,7 +249,7 @@ impl StorageReconciler {
         let now = self.ctx.clock.now();
         match chosen {
             Ok(pair) => {
-                let volume = storage_volume_name(&managed_name(subscription));
+                let volume = storage_volume_name(&managed_name(subscription), 0);
                 next.replicas = pair
                     .iter()
                     .filter_map(|name| {
@@ -261,6 +260,7 @@ impl StorageReconciler {
                             hypervisor: HypervisorName::of(hypervisor),
                             zone: hypervisor.spec.zone.clone(),
                             volume: volume.clone(),
+                            version: 0,
                             pool: None,
                             path: None,
                             created: false,

@@ -1998,12 +1998,12 @@ async fn r24_storage_gets_two_copies_in_two_zones_then_is_ready() {
     assert_eq!(status.zones.as_deref(), Some("b,a"));
     for replica in &status.replicas {
         assert!(replica.created);
-        assert_eq!(replica.volume, format!("{STORAGE}-store.raw"));
+        assert_eq!(replica.volume, format!("{STORAGE}-store-v0.raw"));
         assert!(
             replica
                 .path
                 .as_deref()
-                .is_some_and(|p| p.ends_with("-store.raw"))
+                .is_some_and(|p| p.ends_with("-store-v0.raw"))
         );
     }
     assert_eq!(h.sim.volumes("b1"), [(STORAGE.to_owned(), 100)]);

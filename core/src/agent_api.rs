@@ -188,29 +188,58 @@ pub enum DiskDisposal {
 #[serde(deny_unknown_fields)]
 pub struct VolumeSpec {
     pub size_gib: u64,
-    /// Whether the agent may create the volume when it is missing. The
-    /// controller clears it once the copy existed, so a vanished copy is
-    /// reported (and repaired from the other) instead of being silently
-    /// replaced by an empty one.
+    /// Whether the agent may create the copy (its empty version 0) when no
+    /// version of it exists. The controller clears it once the copy
+    /// existed, so a vanished copy is reported (and repaired from the
+    /// other) instead of being silently replaced by an empty one.
     pub create: bool,
+}
+
+/// One version of a copy: a volume of its own, so a new content is
+/// written beside the old one and the old one stays whole until the new
+/// one is complete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeVersion {
+    pub version: u64,
+    /// The volume's name in the pool.
+    pub volume: String,
+    /// Its file on the hypervisor, when it is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    pub capacity_bytes: u64,
 }
 
 /// What the agent sees of one copy of a storage subscription.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VolumeObservation {
-    /// The volume's name in the pool.
-    pub volume: String,
-    pub present: bool,
-    /// The pool it is (or would be) in.
+    /// The pool its versions are (or would be) in.
     pub pool: String,
-    /// Its file on the hypervisor, when it is one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
+    /// Every version present, oldest first; none: the copy does not exist.
     #[serde(default)]
-    pub capacity_bytes: u64,
+    pub versions: Vec<VolumeVersion>,
     /// What became of its data, in the answer to a destroy that deleted it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disposal: Option<DiskDisposal>,
+}
+
+impl VolumeObservation {
+    pub fn present(&self) -> bool {
+        !self.versions.is_empty()
+    }
+
+    pub fn version(&self, version: u64) -> Option<&VolumeVersion> {
+        self.versions.iter().find(|v| v.version == version)
+    }
+}
+
+/// A content written into a version, or read back from it: its length and
+/// SHA-256, computed by the agent while the bytes streamed through.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredContent {
+    pub version: u64,
+    pub bytes: u64,
+    /// Lower-case hex.
+    pub sha256: String,
 }
 
 /// A storage pool on the node.
@@ -301,6 +330,10 @@ pub enum AgentErrorCode {
     DiskMissing,
     /// A copy of storage that existed is gone, and creating it was not allowed.
     VolumeMissing,
+    /// A content longer than the copy's size (R27); nothing was kept of it.
+    ContentTooLarge,
+    /// The version asked for is not there (or, to write, already is).
+    VersionConflict,
     /// The image volume is not in the pool.
     ImageMissing,
     /// The pool has no room for the disk.
@@ -343,15 +376,50 @@ pub fn is_seed_volume_of(domain: &str, volume: &str) -> bool {
         })
 }
 
-/// The volume of one copy of a storage subscription whose managed name is
-/// `base` (see `ids::domain_name`); no disk or seed name ends like it.
-pub fn storage_volume_name(base: &str) -> String {
-    format!("{base}-store.raw")
+/// The volume of `version` of a copy of the storage subscription whose
+/// managed name is `base` (see `ids::domain_name`); no disk or seed name
+/// ends like it.
+pub fn storage_volume_name(base: &str, version: u64) -> String {
+    format!("{base}-store-v{version}.raw")
+}
+
+/// The version a volume of `base`'s copy holds, if `volume` is one.
+pub fn storage_volume_version(base: &str, volume: &str) -> Option<u64> {
+    let digits = volume
+        .strip_prefix(base)?
+        .strip_prefix("-store-v")?
+        .strip_suffix(".raw")?;
+    // Only the canonical spelling: `v01` is not version 1's volume.
+    let version: u64 = digits.parse().ok()?;
+    (version.to_string() == digits).then_some(version)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_versions_are_named_one_way_only() {
+        let base = "stratus-acc-1.st-1";
+        assert_eq!(
+            storage_volume_name(base, 7),
+            "stratus-acc-1.st-1-store-v7.raw"
+        );
+        assert_eq!(
+            storage_volume_version(base, &storage_volume_name(base, 7)),
+            Some(7)
+        );
+        for other in [
+            "stratus-acc-1.st-1-store-v07.raw",
+            "stratus-acc-1.st-1-store-v-1.raw",
+            "stratus-acc-1.st-1-store-v+1.raw",
+            "stratus-acc-1.st-1-store-v.raw",
+            "stratus-acc-1.st-10-store-v1.raw",
+            "stratus-acc-1.st-1-disk.qcow2",
+        ] {
+            assert_eq!(storage_volume_version(base, other), None, "{other}");
+        }
+    }
 
     #[test]
     fn seeds_of_one_server_are_never_another_servers_volumes() {
@@ -365,7 +433,7 @@ mod tests {
         for volume in [
             disk_volume_name(other),
             format!("{}0123456789ab.iso", seed_volume_prefix(other)),
-            storage_volume_name(other),
+            storage_volume_name(other, 0),
             "stratus-acc-1.web1-seed-0123456789abc.iso".to_owned(),
             "stratus-acc-1.web1-seed-0123456789AB.iso".to_owned(),
         ] {

@@ -546,6 +546,7 @@ mod tests {
             hypervisor: HypervisorName::parse(hypervisor).unwrap(),
             zone: zone.into(),
             volume: "v".into(),
+            version: 0,
             pool: None,
             path: None,
             created: false,

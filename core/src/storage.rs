@@ -22,10 +22,10 @@ pub struct StorageFacts<'a> {
 /// What the agent of one copy's hypervisor reports of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyObservation {
+    /// The copy exists: the versions the agent has.
     Present {
         pool: String,
-        path: Option<String>,
-        capacity_bytes: u64,
+        versions: Vec<crate::agent_api::VolumeVersion>,
     },
     Absent,
     /// The agent did not answer (why).
@@ -69,10 +69,13 @@ pub fn plan(
     status.zones = StorageSubscriptionStatus::zones_of(&status.replicas);
     // What the agents say of each copy is recorded whatever is done next.
     for (replica, observation) in status.replicas.iter_mut().zip(observed) {
-        if let CopyObservation::Present { pool, path, .. } = observation {
+        if let CopyObservation::Present { pool, versions } = observation {
             replica.created = true;
             replica.pool = Some(pool.clone());
-            replica.path = path.clone();
+            if let Some(current) = versions.iter().find(|v| v.version == replica.version) {
+                replica.volume = current.volume.clone();
+                replica.path = current.path.clone();
+            }
         }
     }
     let decide = |next, status| StorageDecision { next, status };
@@ -132,13 +135,18 @@ pub fn plan(
     let mut next = None;
     for (index, replica) in status.replicas.iter().enumerate() {
         match observed.get(index) {
-            Some(CopyObservation::Present { capacity_bytes, .. }) => {
+            Some(CopyObservation::Present { versions, .. }) => {
                 let wanted = facts.spec.size_gib << 30;
-                if *capacity_bytes < wanted {
-                    problems.push(format!(
-                        "the copy on {} holds {capacity_bytes} bytes, less than {wanted}",
-                        replica.hypervisor
-                    ));
+                match versions.iter().find(|v| v.version == replica.version) {
+                    None => problems.push(format!(
+                        "the copy on {} lacks its version {}",
+                        replica.hypervisor, replica.version
+                    )),
+                    Some(current) if current.capacity_bytes < wanted => problems.push(format!(
+                        "the copy on {} holds {} bytes, less than {wanted}",
+                        replica.hypervisor, current.capacity_bytes
+                    )),
+                    Some(_) => {}
                 }
             }
             Some(CopyObservation::Absent) if !replica.created => {
@@ -237,7 +245,8 @@ mod tests {
         StorageReplica {
             hypervisor: HypervisorName::parse(hypervisor).unwrap(),
             zone: zone.into(),
-            volume: "stratus-acc-1.st-1-store.raw".into(),
+            volume: "stratus-acc-1.st-1-store-v0.raw".into(),
+            version: 0,
             pool: None,
             path: None,
             created,
@@ -249,8 +258,12 @@ mod tests {
     fn present() -> CopyObservation {
         CopyObservation::Present {
             pool: "stratus-a".into(),
-            path: Some("/pool/v".into()),
-            capacity_bytes: 10 << 30,
+            versions: vec![crate::agent_api::VolumeVersion {
+                version: 0,
+                volume: "stratus-acc-1.st-1-store-v0.raw".into(),
+                path: Some("/pool/stratus-acc-1.st-1-store-v0.raw".into()),
+                capacity_bytes: 10 << 30,
+            }],
         }
     }
 
@@ -328,6 +341,10 @@ mod tests {
         assert_eq!(
             decision.status.replicas[0].pool.as_deref(),
             Some("stratus-a")
+        );
+        assert_eq!(
+            decision.status.replicas[0].path.as_deref(),
+            Some("/pool/stratus-acc-1.st-1-store-v0.raw")
         );
         assert!(!decision.status.replicas_in_sync);
         assert_ne!(decision.status.phase, StoragePhase::Ready);

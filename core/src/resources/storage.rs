@@ -148,8 +148,11 @@ pub struct StorageReplica {
     pub hypervisor: HypervisorName,
     /// The hypervisor's zone.
     pub zone: String,
-    /// The volume in the hypervisor's pool.
+    /// The volume of its current version in the hypervisor's pool.
     pub volume: String,
+    /// The version of the content it holds (0: empty, as created).
+    #[serde(default)]
+    pub version: u64,
     /// The hypervisor's pool, as its agent reported it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool: Option<String>,

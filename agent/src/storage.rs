@@ -1,0 +1,315 @@
+//! Copies of storage subscriptions on this hypervisor. A copy is a set of
+//! versioned raw volumes in the agent's pool (`…-store-v{N}.raw`): a new
+//! content is written into a new version beside the current one, so the
+//! current one stays whole until the new one is complete, and a secondary
+//! keeps several verified versions (R26, R27). Content streams through
+//! libvirt's volume upload and download, and its SHA-256 is computed while
+//! it passes.
+
+use ring::digest::{Context, SHA256};
+use stratus_core::agent_api::{
+    DiskDisposal, StoredContent, VolumeObservation, VolumeSpec, VolumeVersion, storage_volume_name,
+    storage_volume_version,
+};
+use stratus_core::resources::MAX_STORAGE_GIB;
+use virt::storage_vol::StorageVol;
+use virt::stream::Stream;
+
+use crate::driver::{Driver, check_managed_name, fits, wipe};
+use crate::error::AgentError;
+use crate::xml;
+
+const GIB: u64 = 1 << 30;
+
+/// Bytes moved per libvirt stream call.
+pub const CHUNK: usize = 1 << 20;
+
+fn check_size(size_gib: u64) -> Result<(), AgentError> {
+    if size_gib == 0 || size_gib > MAX_STORAGE_GIB {
+        return Err(AgentError::BadRequest(format!(
+            "size_gib must be from 1 to {MAX_STORAGE_GIB}"
+        )));
+    }
+    Ok(())
+}
+
+fn hex(digest: &[u8]) -> String {
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Driver {
+    /// Every version of the copy of `name` in this agent's pool, oldest first.
+    fn versions(&self, name: &str) -> Result<Vec<(VolumeVersion, StorageVol)>, AgentError> {
+        let pool = self.pool()?;
+        let mut found = Vec::new();
+        // The allocating listing: `list_volumes` stops at 1 024 names.
+        for volume in pool.list_all_volumes(0)? {
+            let volume_name = volume.name()?;
+            let Some(version) = storage_volume_version(name, &volume_name) else {
+                continue;
+            };
+            found.push((
+                VolumeVersion {
+                    version,
+                    volume: volume_name,
+                    path: volume.path().ok(),
+                    capacity_bytes: volume.info()?.capacity,
+                },
+                volume,
+            ));
+        }
+        found.sort_by_key(|(v, _)| v.version);
+        Ok(found)
+    }
+
+    fn observation(&self, name: &str) -> Result<VolumeObservation, AgentError> {
+        Ok(VolumeObservation {
+            pool: self.config.pool.clone(),
+            versions: self.versions(name)?.into_iter().map(|(v, _)| v).collect(),
+            disposal: None,
+        })
+    }
+
+    /// What is there of the copy of the subscription managed as `name`.
+    pub fn observe_volume(&self, name: &str) -> Result<VolumeObservation, AgentError> {
+        check_managed_name(name)?;
+        self.observation(name)
+    }
+
+    /// Makes the copy of `name` exist: with no version at all, its empty
+    /// version 0 is created sparse (nothing is written until content is),
+    /// when allowed. An existing copy is never recreated or shrunk.
+    pub fn ensure_volume(
+        &self,
+        name: &str,
+        spec: &VolumeSpec,
+    ) -> Result<VolumeObservation, AgentError> {
+        check_managed_name(name)?;
+        check_size(spec.size_gib)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let observed = self.observation(name)?;
+        if observed.present() {
+            return Ok(observed);
+        }
+        if !spec.create {
+            return Err(AgentError::VolumeMissing(storage_volume_name(name, 0)));
+        }
+        self.create_version(name, 0, spec.size_gib)?;
+        self.observation(name)
+    }
+
+    fn create_version(
+        &self,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+    ) -> Result<StorageVol, AgentError> {
+        let pool = self.pool()?;
+        let volume_name = storage_volume_name(name, version);
+        let available = pool.refresh(0).and_then(|()| pool.info())?.available;
+        if !fits(available, size_gib) {
+            return Err(AgentError::NoSpace {
+                pool: self.config.pool.clone(),
+                needed_gib: size_gib,
+            });
+        }
+        let volume = StorageVol::create_xml(&pool, &xml::storage_volume(&volume_name, size_gib), 0)
+            .map_err(|error| {
+                if Self::lookup_volume(&pool, &volume_name).is_ok_and(|v| v.is_some()) {
+                    AgentError::VersionConflict(format!("{volume_name} already exists"))
+                } else {
+                    AgentError::Libvirt(error)
+                }
+            })?;
+        self.record_volume(&volume_name, &volume)?;
+        tracing::info!(volume = %volume_name, size_gib, "created storage version");
+        Ok(volume)
+    }
+
+    /// Wipes and deletes every version of the copy of `name` (R14); what is
+    /// already gone is skipped, so it can be repeated. The disposal is the
+    /// worst of the versions'.
+    pub fn destroy_volume(&self, name: &str) -> Result<VolumeObservation, AgentError> {
+        check_managed_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut disposal = None;
+        for (version, volume) in self.versions(name)? {
+            let disposed = self.dispose(&version.volume, &volume)?;
+            if !matches!(disposal, Some(DiskDisposal::DeletedWithoutWipe { .. })) {
+                disposal = Some(disposed);
+            }
+        }
+        let mut observed = self.observation(name)?;
+        observed.disposal = disposal;
+        Ok(observed)
+    }
+
+    /// Wipes and deletes one version of the copy of `name`.
+    pub fn delete_version(
+        &self,
+        name: &str,
+        version: u64,
+    ) -> Result<VolumeObservation, AgentError> {
+        check_managed_name(name)?;
+        let volume_name = storage_volume_name(name, version);
+        let mut disposal = None;
+        if let Some(volume) = Self::lookup_volume(&self.pool()?, &volume_name)? {
+            disposal = Some(self.dispose(&volume_name, &volume)?);
+        }
+        let mut observed = self.observation(name)?;
+        observed.disposal = disposal;
+        Ok(observed)
+    }
+
+    fn dispose(&self, volume_name: &str, volume: &StorageVol) -> Result<DiskDisposal, AgentError> {
+        let disposed = wipe(volume)?;
+        volume.delete(0)?;
+        self.forget(None, Some(volume_name))?;
+        match &disposed {
+            DiskDisposal::Wiped => {
+                tracing::info!(volume = %volume_name, "wiped and deleted storage version")
+            }
+            DiskDisposal::DeletedWithoutWipe { reason } => {
+                tracing::warn!(volume = %volume_name, %reason, "deleted storage version WITHOUT wiping it")
+            }
+        }
+        Ok(disposed)
+    }
+
+    /// Writes a content into a new `version` of the copy of `name`, of
+    /// `size_gib`, from `chunks` as they come. More than `size_gib` of
+    /// content, or a sender that gives up, leaves nothing: the new version
+    /// is wiped and deleted, and every other version is untouched (R27).
+    pub fn write_version(
+        &self,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        chunks: &mut dyn Iterator<Item = Result<Vec<u8>, String>>,
+    ) -> Result<StoredContent, AgentError> {
+        check_managed_name(name)?;
+        check_size(size_gib)?;
+        let volume = {
+            let lock = self.lock(name);
+            let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.create_version(name, version, size_gib)?
+        };
+        let volume_name = storage_volume_name(name, version);
+        match self.upload(&volume, size_gib * GIB, chunks) {
+            Ok((bytes, sha256)) => {
+                tracing::info!(volume = %volume_name, bytes, "stored a content");
+                Ok(StoredContent {
+                    version,
+                    bytes,
+                    sha256,
+                })
+            }
+            Err(error) => {
+                tracing::warn!(volume = %volume_name, %error, "content refused; its version is deleted");
+                self.dispose(&volume_name, &volume)?;
+                Err(error)
+            }
+        }
+    }
+
+    fn upload(
+        &self,
+        volume: &StorageVol,
+        limit: u64,
+        chunks: &mut dyn Iterator<Item = Result<Vec<u8>, String>>,
+    ) -> Result<(u64, String), AgentError> {
+        let stream = Stream::new(&self.conn, 0)?;
+        volume.upload(&stream, 0, 0, 0)?;
+        let mut digest = Context::new(&SHA256);
+        let mut total: u64 = 0;
+        let sent = (|| {
+            for chunk in chunks {
+                let chunk = chunk.map_err(AgentError::UploadAborted)?;
+                total += chunk.len() as u64;
+                if total > limit {
+                    return Err(AgentError::ContentTooLarge { limit });
+                }
+                digest.update(&chunk);
+                let mut at = 0;
+                while at < chunk.len() {
+                    match stream.send(&chunk[at..])? {
+                        n if n > 0 => at += n as usize,
+                        _ => {
+                            return Err(AgentError::UploadAborted(
+                                "the hypervisor closed the upload stream".into(),
+                            ));
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        match sent {
+            Ok(()) => {
+                stream.finish()?;
+                Ok((total, hex(digest.finish().as_ref())))
+            }
+            Err(error) => {
+                let _ = stream.abort();
+                Err(error)
+            }
+        }
+    }
+
+    /// Streams the first `bytes` of `version` of the copy of `name` to
+    /// `sink` (which answers false to stop early) and returns their SHA-256.
+    pub fn read_version(
+        &self,
+        name: &str,
+        version: u64,
+        bytes: u64,
+        sink: &mut dyn FnMut(&[u8]) -> bool,
+    ) -> Result<StoredContent, AgentError> {
+        check_managed_name(name)?;
+        let volume_name = storage_volume_name(name, version);
+        let volume = Self::lookup_volume(&self.pool()?, &volume_name)?
+            .ok_or_else(|| AgentError::VersionConflict(format!("{volume_name} does not exist")))?;
+        let capacity = volume.info()?.capacity;
+        if bytes > capacity {
+            return Err(AgentError::BadRequest(format!(
+                "{bytes} bytes asked of a {capacity}-byte volume"
+            )));
+        }
+        let mut digest = Context::new(&SHA256);
+        if bytes > 0 {
+            let stream = Stream::new(&self.conn, 0)?;
+            volume.download(&stream, 0, bytes, 0)?;
+            let mut buffer = vec![0u8; CHUNK];
+            let mut read: u64 = 0;
+            while read < bytes {
+                let n = match stream.recv(&mut buffer) {
+                    Ok(n) if n > 0 => n as usize,
+                    Ok(_) => break,
+                    Err(error) => {
+                        let _ = stream.abort();
+                        return Err(error.into());
+                    }
+                };
+                read += n as u64;
+                digest.update(&buffer[..n]);
+                if !sink(&buffer[..n]) {
+                    let _ = stream.abort();
+                    return Err(AgentError::UploadAborted("the reader went away".into()));
+                }
+            }
+            stream.finish()?;
+            if read != bytes {
+                return Err(AgentError::BadRequest(format!(
+                    "{volume_name} gave {read} of {bytes} bytes"
+                )));
+            }
+        }
+        Ok(StoredContent {
+            version,
+            bytes,
+            sha256: hex(digest.finish().as_ref()),
+        })
+    }
+}
