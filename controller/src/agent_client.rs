@@ -10,9 +10,13 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport, VolumeObservation,
-    VolumeSpec,
+    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport, StoredContent,
+    VolumeObservation, VolumeSpec,
 };
+
+/// A content streaming to or from an agent, chunk by chunk.
+pub type ContentStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, String>> + Send>>;
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::Hypervisor;
 use stratus_store::Resources;
@@ -102,6 +106,30 @@ pub trait AgentClient: Send + Sync + 'static {
         &self,
         agent: &AgentEndpoint,
         name: &str,
+    ) -> Result<VolumeObservation, AgentCallError>;
+    /// Writes `content` into a new `version` of the copy (of `size_gib`).
+    async fn write_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        content: ContentStream,
+    ) -> Result<StoredContent, AgentCallError>;
+    /// The first `bytes` of `version` of the copy.
+    async fn read_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<ContentStream, AgentCallError>;
+    /// Wipes and deletes `version` of the copy.
+    async fn delete_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
     ) -> Result<VolumeObservation, AgentCallError>;
 }
 
@@ -273,21 +301,21 @@ impl HttpAgentClient {
         if status.is_success() {
             return Ok(body);
         }
-        match serde_json::from_slice::<AgentErrorBody>(&body).ok() {
-            Some(body)
-                if status.is_client_error() || body.error.code != AgentErrorCode::Hypervisor =>
-            {
-                Err(AgentCallError::Rejected {
-                    code: body.error.code,
-                    message: body.error.message,
-                })
+        Err(refusal(status, &body))
+    }
+}
+
+/// What an agent's non-2xx answer means to the caller.
+fn refusal(status: reqwest::StatusCode, body: &[u8]) -> AgentCallError {
+    match serde_json::from_slice::<AgentErrorBody>(body).ok() {
+        Some(body) if status.is_client_error() || body.error.code != AgentErrorCode::Hypervisor => {
+            AgentCallError::Rejected {
+                code: body.error.code,
+                message: body.error.message,
             }
-            Some(body) => Err(AgentCallError::Unreachable(format!(
-                "HTTP {status}: {}",
-                body.error.message
-            ))),
-            None => Err(AgentCallError::Unreachable(format!("HTTP {status}"))),
         }
+        Some(body) => AgentCallError::Unreachable(format!("HTTP {status}: {}", body.error.message)),
+        None => AgentCallError::Unreachable(format!("HTTP {status}")),
     }
 }
 
@@ -441,6 +469,69 @@ impl AgentClient for HttpAgentClient {
         let request = self
             .http()
             .delete(Self::url(agent, &format!("/v1/volumes/{name}")))
+            .timeout(self.slow_timeout);
+        self.send(request, agent).await
+    }
+
+    async fn write_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        content: ContentStream,
+    ) -> Result<StoredContent, AgentCallError> {
+        let request = self
+            .http()
+            .put(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{version}?size_gib={size_gib}"),
+            ))
+            .body(reqwest::Body::wrap_stream(content));
+        self.send(request, agent).await
+    }
+
+    async fn read_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<ContentStream, AgentCallError> {
+        use futures::StreamExt;
+        let response = self
+            .http()
+            .get(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{version}?bytes={bytes}"),
+            ))
+            .bearer_auth(&agent.token)
+            .send()
+            .await
+            .map_err(|e| AgentCallError::Unreachable(describe(&e)))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = read_bounded(response).await?;
+            return Err(refusal(status, &body));
+        }
+        Ok(response
+            .bytes_stream()
+            .map(|chunk| chunk.map(|c| c.to_vec()).map_err(|e| describe(&e)))
+            .boxed())
+    }
+
+    async fn delete_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        let request = self
+            .http()
+            .delete(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{version}"),
+            ))
             .timeout(self.slow_timeout);
         self.send(request, agent).await
     }

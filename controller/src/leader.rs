@@ -24,13 +24,13 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use stratus_core::Clock;
 use stratus_core::agent_api::{
-    DomainObservation, DomainSpec, NodeReport, VolumeObservation, VolumeSpec,
+    DomainObservation, DomainSpec, NodeReport, StoredContent, VolumeObservation, VolumeSpec,
 };
 use stratus_core::leadership::{self, LeaseDecision, LeaseState};
 use stratus_store::{Resources, StoreError};
 use tokio::sync::watch;
 
-use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
+use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};
 
 pub struct LeaderElector {
     pub leases: Resources<Lease>,
@@ -321,5 +321,40 @@ impl AgentClient for FencedAgents {
     ) -> Result<VolumeObservation, AgentCallError> {
         self.check()?;
         self.inner.destroy_volume(agent, name).await
+    }
+
+    async fn write_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        content: ContentStream,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.check()?;
+        self.inner
+            .write_version(agent, name, version, size_gib, content)
+            .await
+    }
+
+    /// Reading changes nothing: any replica may.
+    async fn read_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<ContentStream, AgentCallError> {
+        self.inner.read_version(agent, name, version, bytes).await
+    }
+
+    async fn delete_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.check()?;
+        self.inner.delete_version(agent, name, version).await
     }
 }

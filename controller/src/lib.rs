@@ -104,6 +104,7 @@ pub fn controller(
         runtime.add_loop(move |shutdown| notifier.run(shutdown));
     }
     let scheduling = Scheduling::shared();
+    let storage_policy = config.policy.storage.clone();
     let servers = Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),
@@ -118,6 +119,7 @@ pub fn controller(
         Resources::new(store.clone()),
         Resources::new(store.clone()),
         scheduling.clone(),
+        storage_policy,
     )));
     scheduling.wakes_through(waiting_servers.clone(), waiting_storage.clone());
     runtime.add(Arc::new(

@@ -8,11 +8,11 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
-    NodeReport, PoolInfo, Target, VolumeObservation, VolumeSpec, VolumeVersion,
+    NodeReport, PoolInfo, StoredContent, Target, VolumeObservation, VolumeSpec, VolumeVersion,
     storage_volume_name,
 };
 
-use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint};
+use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};
 
 #[derive(Debug, Clone)]
 struct SimDomain {
@@ -21,13 +21,20 @@ struct SimDomain {
     spec: Option<DomainSpec>,
 }
 
+/// A storage copy: its size and the content of each version.
+#[derive(Debug, Clone)]
+struct SimCopy {
+    size_gib: u64,
+    versions: BTreeMap<u64, Vec<u8>>,
+}
+
 #[derive(Debug)]
 struct SimNode {
     report: NodeReport,
     reachable: bool,
     domains: BTreeMap<String, SimDomain>,
-    /// Storage copies by managed name: their size in GiB.
-    volumes: BTreeMap<String, u64>,
+    /// Storage copies by managed name.
+    volumes: BTreeMap<String, SimCopy>,
     /// Its storage cannot overwrite disks (like libvirt's test driver).
     cannot_wipe: bool,
     /// Its guests ignore ACPI shutdown requests.
@@ -155,9 +162,40 @@ impl SimulatedAgent {
         self.with(|s| {
             s.nodes
                 .get(hypervisor)
-                .map(|n| n.volumes.iter().map(|(k, v)| (k.clone(), *v)).collect())
+                .map(|n| {
+                    n.volumes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.size_gib))
+                        .collect()
+                })
                 .unwrap_or_default()
         })
+    }
+
+    /// The versions of a storage copy, with their content.
+    pub fn versions(&self, hypervisor: &str, name: &str) -> BTreeMap<u64, Vec<u8>> {
+        self.with(|s| {
+            s.nodes
+                .get(hypervisor)
+                .and_then(|n| n.volumes.get(name))
+                .map(|copy| copy.versions.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Changes bytes of a version in place (a failing disk, ransomware).
+    pub fn corrupt_version(&self, hypervisor: &str, name: &str, version: u64) {
+        self.with(|s| {
+            if let Some(bytes) = s
+                .nodes
+                .get_mut(hypervisor)
+                .and_then(|n| n.volumes.get_mut(name))
+                .and_then(|copy| copy.versions.get_mut(&version))
+                && let Some(first) = bytes.first_mut()
+            {
+                *first ^= 0xff;
+            }
+        });
     }
 
     /// The domain is known by another name from now on (what an earlier
@@ -266,21 +304,31 @@ impl SimulatedAgent {
     }
 }
 
-fn volume_observation(name: &str, size_gib: Option<u64>) -> VolumeObservation {
-    let volume = storage_volume_name(name, 0);
+fn volume_observation(name: &str, copy: Option<&SimCopy>) -> VolumeObservation {
     VolumeObservation {
         pool: "default".into(),
-        versions: size_gib
-            .map(|size| VolumeVersion {
-                version: 0,
-                path: Some(format!("/simulated/{volume}")),
-                volume,
-                capacity_bytes: size << 30,
+        versions: copy
+            .map(|copy| {
+                copy.versions
+                    .keys()
+                    .map(|version| {
+                        let volume = storage_volume_name(name, *version);
+                        VolumeVersion {
+                            version: *version,
+                            path: Some(format!("/simulated/{volume}")),
+                            volume,
+                            capacity_bytes: copy.size_gib << 30,
+                        }
+                    })
+                    .collect()
             })
-            .into_iter()
-            .collect(),
+            .unwrap_or_default(),
         disposal: None,
     }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
 fn observation(name: &str, domain: Option<&SimDomain>) -> DomainObservation {
@@ -447,7 +495,7 @@ impl AgentClient for SimulatedAgent {
         name: &str,
     ) -> Result<VolumeObservation, AgentCallError> {
         self.call(agent, "observe_volume", name, |node| {
-            Ok(volume_observation(name, node.volumes.get(name).copied()))
+            Ok(volume_observation(name, node.volumes.get(name)))
         })
     }
 
@@ -458,8 +506,10 @@ impl AgentClient for SimulatedAgent {
         spec: &VolumeSpec,
     ) -> Result<VolumeObservation, AgentCallError> {
         self.call(agent, "ensure_volume", name, |node| {
-            if let Some(size) = node.volumes.get(name) {
-                return Ok(volume_observation(name, Some(*size)));
+            if let Some(copy) = node.volumes.get(name)
+                && !copy.versions.is_empty()
+            {
+                return Ok(volume_observation(name, Some(copy)));
             }
             if !spec.create {
                 return Err(AgentCallError::Rejected {
@@ -467,8 +517,13 @@ impl AgentClient for SimulatedAgent {
                     message: "volume missing".into(),
                 });
             }
-            node.volumes.insert(name.to_owned(), spec.size_gib);
-            Ok(volume_observation(name, Some(spec.size_gib)))
+            let copy = SimCopy {
+                size_gib: spec.size_gib,
+                versions: BTreeMap::from([(0, Vec::new())]),
+            };
+            let answer = volume_observation(name, Some(&copy));
+            node.volumes.insert(name.to_owned(), copy);
+            Ok(answer)
         })
     }
 
@@ -490,6 +545,105 @@ impl AgentClient for SimulatedAgent {
                 }
             });
             Ok(answer)
+        })
+    }
+
+    /// Collects the content, then stores it, as the agent does (nothing
+    /// kept beyond the size or of a cut stream).
+    async fn write_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        mut content: ContentStream,
+    ) -> Result<StoredContent, AgentCallError> {
+        use futures::StreamExt;
+        let limit = size_gib << 30;
+        let mut bytes = Vec::new();
+        let mut failure = None;
+        while let Some(chunk) = content.next().await {
+            match chunk {
+                Ok(chunk) if (bytes.len() + chunk.len()) as u64 <= limit => {
+                    bytes.extend_from_slice(&chunk)
+                }
+                Ok(_) => {
+                    failure = Some(AgentCallError::Rejected {
+                        code: AgentErrorCode::ContentTooLarge,
+                        message: format!("more than {limit} bytes"),
+                    });
+                    break;
+                }
+                Err(error) => {
+                    failure = Some(AgentCallError::Rejected {
+                        code: AgentErrorCode::BadRequest,
+                        message: error,
+                    });
+                    break;
+                }
+            }
+        }
+        self.call(agent, "write_version", name, |node| {
+            let copy = node.volumes.entry(name.to_owned()).or_insert(SimCopy {
+                size_gib,
+                versions: BTreeMap::new(),
+            });
+            if copy.versions.contains_key(&version) {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("version {version} exists"),
+                });
+            }
+            if let Some(failure) = failure {
+                return Err(failure);
+            }
+            let stored = StoredContent {
+                version,
+                bytes: bytes.len() as u64,
+                sha256: sha256_hex(&bytes),
+            };
+            copy.versions.insert(version, bytes);
+            Ok(stored)
+        })
+    }
+
+    async fn read_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<ContentStream, AgentCallError> {
+        let content = self.call(agent, "read_version", name, |node| {
+            let stored = node
+                .volumes
+                .get(name)
+                .and_then(|copy| copy.versions.get(&version))
+                .ok_or_else(|| AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("version {version} does not exist"),
+                })?;
+            let mut content = stored.clone();
+            // A raw volume reads as zeros beyond what was written.
+            content.resize(bytes as usize, 0);
+            Ok(content)
+        })?;
+        let chunks: Vec<Result<Vec<u8>, String>> =
+            content.chunks(1 << 16).map(|c| Ok(c.to_vec())).collect();
+        Ok(Box::pin(futures::stream::iter(chunks)))
+    }
+
+    async fn delete_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+    ) -> Result<VolumeObservation, AgentCallError> {
+        self.call(agent, "delete_version", name, |node| {
+            if let Some(copy) = node.volumes.get_mut(name) {
+                copy.versions.remove(&version);
+            }
+            Ok(volume_observation(name, node.volumes.get(name)))
         })
     }
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kube::ResourceExt;
 use serde_json::json;
-use stratus_core::agent_api::{DiskDisposal, VolumeSpec, storage_volume_name};
+use stratus_core::agent_api::{AgentErrorCode, DiskDisposal, VolumeSpec, storage_volume_name};
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId, HypervisorName};
+use stratus_core::policy::StoragePolicy;
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    STORAGE_FINALIZER, StoragePhase, StorageReplica, StorageSubscription,
+    KeptVersion, STORAGE_FINALIZER, StoragePhase, StorageReplica, StorageSubscription,
     StorageSubscriptionStatus, VirtualServer,
 };
 use stratus_core::scheduling::{self, Candidate};
@@ -41,6 +42,7 @@ pub struct StorageReconciler {
     storage: Resources<StorageSubscription>,
     servers: Resources<VirtualServer>,
     scheduling: Arc<Scheduling>,
+    policy: StoragePolicy,
 }
 
 #[async_trait]
@@ -88,12 +90,14 @@ impl StorageReconciler {
         storage: Resources<StorageSubscription>,
         servers: Resources<VirtualServer>,
         scheduling: Arc<Scheduling>,
+        policy: StoragePolicy,
     ) -> Self {
         Self {
             ctx,
             storage,
             servers,
             scheduling,
+            policy,
         }
     }
 
@@ -121,6 +125,7 @@ impl StorageReconciler {
                 .iter()
                 .any(|f| f == STORAGE_FINALIZER),
             deleting: subscription.metadata.deletion_timestamp.is_some(),
+            versions_kept: self.policy.versions,
         };
         let decision = storage::plan(facts, &observed, self.ctx.clock.now());
         let next = decision.status;
@@ -193,8 +198,132 @@ impl StorageReconciler {
                 self.release(subscription, &current, &next).await?;
                 return Ok(Some(Outcome::Done));
             }
+            StorageAction::Replicate { version } => {
+                let (primary, secondary) = (agent_of(0)?, agent_of(1)?);
+                self.record_status(subscription, &current, &next).await?;
+                let mut replicated = next.clone();
+                match self
+                    .replicate(
+                        subscription,
+                        &name,
+                        version,
+                        &primary,
+                        &secondary,
+                        &mut replicated,
+                    )
+                    .await
+                {
+                    Ok(()) => self.record_status(subscription, &next, &replicated).await?,
+                    Err((agent, error)) => {
+                        return self.agent_failed(subscription, &next, &agent, error).await;
+                    }
+                }
+            }
+            StorageAction::DeleteVersion { index, version } => {
+                let agent = agent_of(index)?;
+                self.record_status(subscription, &current, &next).await?;
+                if let Err(error) = self.ctx.agents.delete_version(&agent, &name, version).await {
+                    return self.agent_failed(subscription, &next, &agent, error).await;
+                }
+                tracing::info!(hypervisor = %agent.hypervisor, version, "storage version deleted");
+            }
         }
         Ok(None)
+    }
+
+    /// Copies `version` from the primary to the secondary through this
+    /// controller (the client of both agents), and records it on the
+    /// secondary once the SHA-256 the secondary computed matches the
+    /// content's. A mismatch leaves nothing: the copy is deleted again.
+    async fn replicate(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        version: u64,
+        primary: &AgentEndpoint,
+        secondary: &AgentEndpoint,
+        status: &mut StorageSubscriptionStatus,
+    ) -> Result<(), (AgentEndpoint, AgentCallError)> {
+        let Some(content) = subscription
+            .spec
+            .content
+            .as_ref()
+            .filter(|c| c.version == version)
+        else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let stream = self
+            .ctx
+            .agents
+            .read_version(primary, name, version, content.bytes)
+            .await
+            .map_err(|e| (primary.clone(), e))?;
+        let stored = match self
+            .ctx
+            .agents
+            .write_version(secondary, name, version, subscription.spec.size_gib, stream)
+            .await
+        {
+            Ok(stored) => stored,
+            // An earlier attempt stored it: its checksum decides.
+            Err(AgentCallError::Rejected {
+                code: AgentErrorCode::VersionConflict,
+                ..
+            }) => {
+                let _ = self
+                    .ctx
+                    .agents
+                    .delete_version(secondary, name, version)
+                    .await;
+                return Err((
+                    secondary.clone(),
+                    AgentCallError::Unreachable(format!(
+                        "an unverified version {version} was on the secondary; it was deleted and is copied again"
+                    )),
+                ));
+            }
+            Err(error) => return Err((secondary.clone(), error)),
+        };
+        if stored.sha256 != content.sha256 || stored.bytes != content.bytes {
+            let _ = self
+                .ctx
+                .agents
+                .delete_version(secondary, name, version)
+                .await;
+            return Err((
+                secondary.clone(),
+                AgentCallError::Unreachable(format!(
+                    "version {version} arrived with SHA-256 {} and {} bytes, not {} and {}; it was deleted and is copied again",
+                    stored.sha256, stored.bytes, content.sha256, content.bytes
+                )),
+            ));
+        }
+        let now = self.ctx.clock.now().to_string();
+        let copy = &mut status.replicas[1];
+        if copy.version > 0
+            && let Some(checksum) = copy.checksum.clone()
+        {
+            copy.kept.push(KeptVersion {
+                version: copy.version,
+                bytes: copy.bytes,
+                sha256: checksum,
+                verified_at: copy.verified_at.clone().unwrap_or_else(|| now.clone()),
+            });
+        }
+        copy.version = version;
+        copy.bytes = content.bytes;
+        copy.volume = storage_volume_name(name, version);
+        copy.path = None;
+        copy.checksum = Some(stored.sha256);
+        copy.verified_at = Some(now);
+        tracing::info!(
+            version,
+            bytes = content.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "content copied to the secondary and verified"
+        );
+        Ok(())
     }
 
     /// What the agent of `hypervisor` says of the copy.
@@ -264,8 +393,10 @@ impl StorageReconciler {
                             pool: None,
                             path: None,
                             created: false,
+                            bytes: 0,
                             checksum: None,
                             verified_at: None,
+                            kept: Vec::new(),
                         })
                     })
                     .collect();

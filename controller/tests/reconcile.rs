@@ -117,6 +117,7 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         storage.clone(),
         servers.clone(),
         scheduling,
+        Policy::default().storage,
     ));
     let prober = Arc::new(HypervisorProber::new(
         ctx.clone(),
@@ -247,6 +248,7 @@ impl Harness {
                 size_gib,
                 zone: zone.map(str::to_owned),
                 encryption: StorageEncryption::Client,
+                content: None,
             },
         );
         subscription.metadata.namespace = Some(NS.into());
@@ -2208,4 +2210,163 @@ async fn r14_a_copy_its_storage_cannot_wipe_is_reported_not_hidden() {
             .about("StorageSubscription", "st-1")
             .contains(&EventReason::DiskNotWiped)
     );
+}
+
+impl Harness {
+    fn agent(&self, hypervisor: &str) -> stratus_controller::AgentEndpoint {
+        stratus_controller::AgentEndpoint {
+            hypervisor: HypervisorName::parse(hypervisor).unwrap(),
+            url: "https://simulated".into(),
+            token: "t".into(),
+        }
+    }
+
+    /// What the API does for an upload: the content into a new version of
+    /// the primary, then recorded in the spec.
+    async fn upload(&self, primary: &str, version: u64, content: &[u8]) {
+        use stratus_controller::AgentClient;
+        let chunks: Vec<Result<Vec<u8>, String>> = vec![Ok(content.to_vec())];
+        let stored = self
+            .sim
+            .write_version(
+                &self.agent(primary),
+                STORAGE,
+                version,
+                10,
+                Box::pin(futures::stream::iter(chunks)),
+            )
+            .await
+            .unwrap();
+        self.storage
+            .update(Some(NS), "st-1", |s| {
+                s.spec.content = Some(stratus_core::resources::StorageContent {
+                    version,
+                    bytes: stored.bytes,
+                    sha256: stored.sha256.clone(),
+                    written_at: "2026-12-05T12:00:00Z".into(),
+                });
+                true
+            })
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn r26_a_written_content_is_copied_to_the_secondary_and_verified() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let version = 1_764_936_000_000;
+    h.upload("a1", version, b"customer ciphertext").await;
+    assert_eq!(h.reconcile_storage("st-1").await.unwrap(), Outcome::Done);
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
+    assert!(status.replicas_in_sync);
+    for (replica, hypervisor) in status.replicas.iter().zip(["a1", "b1"]) {
+        assert_eq!(replica.version, version);
+        assert_eq!(replica.bytes, 19);
+        assert_eq!(
+            h.sim
+                .versions(hypervisor, STORAGE)
+                .into_iter()
+                .collect::<Vec<_>>(),
+            [(version, b"customer ciphertext".to_vec())],
+            "{hypervisor} keeps the content only (version 0 is gone)"
+        );
+    }
+    assert_eq!(status.replicas[0].checksum, status.replicas[1].checksum);
+    assert!(status.replicas[1].verified_at.is_some());
+}
+
+#[tokio::test]
+async fn r26_the_secondary_keeps_the_last_verified_versions_the_primary_only_its_current() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let base = 1_764_936_000_000;
+    // The default policy keeps 7 versions on the secondary.
+    for n in 0..9u64 {
+        h.upload("a1", base + n, format!("version {n}").as_bytes())
+            .await;
+        h.reconcile_storage("st-1").await.unwrap();
+    }
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
+    assert_eq!(
+        h.sim
+            .versions("a1", STORAGE)
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        [base + 8]
+    );
+    let secondary: Vec<u64> = h.sim.versions("b1", STORAGE).keys().copied().collect();
+    assert_eq!(secondary, (2..9).map(|n| base + n).collect::<Vec<_>>());
+    let kept: Vec<u64> = status.replicas[1].kept.iter().map(|k| k.version).collect();
+    assert_eq!(kept, (2..8).map(|n| base + n).collect::<Vec<_>>());
+    assert!(status.replicas[1].kept.iter().all(|k| k.sha256.len() == 64));
+}
+
+#[tokio::test]
+async fn r26_a_copy_that_arrives_different_is_deleted_and_never_called_in_sync() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let version = 1_764_936_000_000;
+    h.upload("a1", version, b"customer ciphertext").await;
+    // The primary's bytes change after the upload measured them.
+    h.sim.corrupt_version("a1", STORAGE, version);
+    assert!(h.reconcile_storage("st-1").await.is_err());
+    let status = h.storage_status("st-1").await;
+    assert!(!status.replicas_in_sync);
+    assert_ne!(status.phase, StoragePhase::Ready);
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("SHA-256")),
+        "{status:?}"
+    );
+    assert!(
+        !h.sim.versions("b1", STORAGE).contains_key(&version),
+        "the bad copy is not kept"
+    );
+}
+
+#[tokio::test]
+async fn r27_an_upload_that_never_completed_is_deleted_after_an_hour_not_before() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    use stratus_controller::AgentClient;
+    let started = u64::try_from(h.clock.now().as_millisecond()).unwrap();
+    let chunks: Vec<Result<Vec<u8>, String>> = vec![Ok(b"half".to_vec())];
+    h.sim
+        .write_version(
+            &h.agent("a1"),
+            STORAGE,
+            started,
+            10,
+            Box::pin(futures::stream::iter(chunks)),
+        )
+        .await
+        .unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(
+        h.sim.versions("a1", STORAGE).contains_key(&started),
+        "may still be uploading"
+    );
+    h.clock.advance(jiff::SignedDuration::from_hours(2));
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(!h.sim.versions("a1", STORAGE).contains_key(&started));
+    assert_eq!(h.storage_status("st-1").await.phase, StoragePhase::Ready);
 }

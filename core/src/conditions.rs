@@ -127,6 +127,8 @@ named_enum!(
         CopiesAgree,
         /// A copy of a storage subscription is missing or unreachable.
         CopyUnavailable,
+        /// The secondary copy is being brought to the primary's content.
+        Replicating,
     }
 );
 

@@ -550,8 +550,10 @@ mod tests {
             pool: None,
             path: None,
             created: false,
+            bytes: 0,
             checksum: None,
             verified_at: None,
+            kept: Vec::new(),
         };
         let mut subscription = StorageSubscription::new(
             "st-1",
@@ -560,6 +562,7 @@ mod tests {
                 size_gib: 300,
                 zone: None,
                 encryption: Default::default(),
+                content: None,
             },
         );
         subscription.status = Some(StorageSubscriptionStatus {

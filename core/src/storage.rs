@@ -17,7 +17,13 @@ pub struct StorageFacts<'a> {
     pub generation: Option<i64>,
     pub has_finalizer: bool,
     pub deleting: bool,
+    /// Verified versions the secondary keeps (`storage.versions`).
+    pub versions_kept: u32,
 }
+
+/// How long a version above the recorded content may be an upload in
+/// progress; after that it is one that never completed, and is deleted.
+pub const UNFINISHED_UPLOAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
 
 /// What the agent of one copy's hypervisor reports of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +52,17 @@ pub enum StorageAction {
     /// Wipe and delete copy `index`.
     DestroyCopy {
         index: usize,
+    },
+    /// Copy `version` from the primary to the secondary, checking its
+    /// SHA-256 on the way.
+    Replicate {
+        version: u64,
+    },
+    /// Wipe and delete `version` of copy `index`: superseded, beyond what
+    /// the secondary keeps, or left by an upload that never completed.
+    DeleteVersion {
+        index: usize,
+        version: u64,
     },
     /// Nothing is left on any hypervisor: give back the quota, let it go.
     RemoveFinalizer,
@@ -170,13 +187,20 @@ pub fn plan(
         }
     }
     let both_exist = status.replicas.iter().all(|r| r.created);
-    let in_sync = both_exist && problems.is_empty();
+    let mut replicating = None;
+    if both_exist && problems.is_empty() && next.is_none() {
+        let (step, lag) = content_step(&facts, &mut status, observed, now, &mut problems);
+        next = step;
+        replicating = lag;
+    }
+    let in_sync = both_exist && problems.is_empty() && replicating.is_none();
     status.replicas_in_sync = in_sync;
     let (phase, reason) = match (next, problems.is_empty()) {
         (_, false) if both_exist => (StoragePhase::Degraded, Some(problems.join("; "))),
         (_, false) => (StoragePhase::Provisioning, Some(problems.join("; "))),
-        (Some(_), true) => (StoragePhase::Provisioning, None),
-        (None, true) => (StoragePhase::Ready, None),
+        _ if replicating.is_some() => (StoragePhase::Degraded, replicating.clone()),
+        (Some(_), true) if !both_exist => (StoragePhase::Provisioning, None),
+        _ => (StoragePhase::Ready, None),
     };
     status.phase = phase;
     status.reason = reason.clone();
@@ -198,6 +222,8 @@ pub fn plan(
         in_sync,
         if in_sync {
             Reason::CopiesAgree
+        } else if replicating.is_some() {
+            Reason::Replicating
         } else if both_exist {
             Reason::CopyUnavailable
         } else {
@@ -225,6 +251,104 @@ pub fn plan(
     decide(next, status)
 }
 
+/// With both copies there and answering: the primary takes the recorded
+/// content as current (its upload wrote it there), the secondary is
+/// brought to it, and versions nobody needs are deleted. Answers the step
+/// and, while the secondary lags, why the copies differ.
+fn content_step(
+    facts: &StorageFacts<'_>,
+    status: &mut StorageSubscriptionStatus,
+    observed: &[CopyObservation],
+    now: Timestamp,
+    problems: &mut Vec<String>,
+) -> (Option<StorageAction>, Option<String>) {
+    let versions_of = |index: usize| -> Vec<u64> {
+        match observed.get(index) {
+            Some(CopyObservation::Present { versions, .. }) => {
+                versions.iter().map(|v| v.version).collect()
+            }
+            _ => Vec::new(),
+        }
+    };
+    let wanted = facts.spec.content.as_ref();
+    let wanted_version = wanted.map_or(0, |c| c.version);
+    // The primary: its upload wrote the recorded content there.
+    if let Some(content) = wanted
+        && status.replicas[0].version < content.version
+    {
+        if versions_of(0).contains(&content.version) {
+            let primary = &mut status.replicas[0];
+            primary.version = content.version;
+            primary.volume = crate::agent_api::storage_volume_name(
+                &volume_base(&primary.volume),
+                content.version,
+            );
+            primary.checksum = Some(content.sha256.clone());
+            primary.bytes = content.bytes;
+            primary.verified_at = Some(now.to_string());
+            primary.path = None;
+        } else {
+            problems.push(format!(
+                "the primary copy on {} lacks the content's version {}",
+                status.replicas[0].hypervisor, content.version
+            ));
+            return (None, None);
+        }
+    }
+    let lag = (status.replicas[1].version < wanted_version).then(|| {
+        format!(
+            "the secondary copy on {} is being brought to version {wanted_version}",
+            status.replicas[1].hypervisor
+        )
+    });
+    if lag.is_some() {
+        return (
+            Some(StorageAction::Replicate {
+                version: wanted_version,
+            }),
+            lag,
+        );
+    }
+    // What each copy may keep: the primary its current version; the
+    // secondary its current one and the newest verified earlier ones.
+    let unfinished_before = now
+        .checked_sub(UNFINISHED_UPLOAD)
+        .map_or(0, |t| u64::try_from(t.as_millisecond()).unwrap_or(0));
+    let keep_secondary = facts.versions_kept.max(1) as usize - 1;
+    let excess = status.replicas[1].kept.len().saturating_sub(keep_secondary);
+    let pruned: Vec<u64> = status.replicas[1]
+        .kept
+        .iter()
+        .take(excess)
+        .map(|k| k.version)
+        .collect();
+    for (index, replica) in status.replicas.iter().enumerate() {
+        for version in versions_of(index) {
+            let kept = version == replica.version
+                || (replica.kept.iter().any(|k| k.version == version)
+                    && !pruned.contains(&version));
+            // Above the recorded content: an upload, unless it is old.
+            let uploading = version > wanted_version && version >= unfinished_before;
+            if !kept && !uploading {
+                return (Some(StorageAction::DeleteVersion { index, version }), None);
+            }
+        }
+    }
+    // Forget kept versions already deleted.
+    let present = versions_of(1);
+    status.replicas[1]
+        .kept
+        .retain(|k| present.contains(&k.version) && !pruned.contains(&k.version));
+    (None, None)
+}
+
+/// The managed name a copy's volume name starts with.
+fn volume_base(volume: &str) -> String {
+    volume
+        .rsplit_once("-store-v")
+        .map_or_else(|| volume.to_owned(), |(base, _)| base.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,6 +362,7 @@ mod tests {
             size_gib: 10,
             zone: None,
             encryption: StorageEncryption::Client,
+            content: None,
         }
     }
 
@@ -250,8 +375,10 @@ mod tests {
             pool: None,
             path: None,
             created,
+            bytes: 0,
             checksum: None,
             verified_at: None,
+            kept: Vec::new(),
         }
     }
 
@@ -277,6 +404,7 @@ mod tests {
             generation: Some(1),
             has_finalizer: true,
             deleting: false,
+            versions_kept: 3,
         }
     }
 

@@ -116,6 +116,7 @@ async fn validate_order(
         size_gib: order.size_gib,
         zone: order.zone.clone(),
         encryption,
+        content: None,
     };
     Ok((spec, state.quota_of(&account)))
 }

@@ -106,6 +106,26 @@ pub struct StorageSubscriptionSpec {
     /// Who holds the key (R25).
     #[serde(default)]
     pub encryption: StorageEncryption,
+    /// The content last written whole (R27): set by the control plane when
+    /// an upload completed on the primary copy, never by hand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<StorageContent>,
+}
+
+/// A content a subscription holds, as its upload measured it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageContent {
+    /// Its version: the upload's start in Unix milliseconds, above every
+    /// earlier version, so an interrupted upload never blocks the next.
+    pub version: u64,
+    /// Its length.
+    pub bytes: u64,
+    /// Its SHA-256, lower-case hex.
+    #[schemars(length(equal = 64))]
+    pub sha256: String,
+    /// When it was written, RFC 3339.
+    pub written_at: String,
 }
 
 /// Lifecycle phase of a subscription as the customer sees it.
@@ -163,12 +183,33 @@ pub struct StorageReplica {
     /// created again empty.
     #[serde(default)]
     pub created: bool,
+    /// Length of the content of its current version.
+    #[serde(default)]
+    pub bytes: u64,
     /// SHA-256 (hex) of the content at the last verification.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<String>,
     /// When it was last verified, RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verified_at: Option<String>,
+    /// Earlier verified versions this copy keeps beside its current one
+    /// (the secondary keeps `storage.versions` in all), oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<KeptVersion>,
+}
+
+/// A verified version a copy keeps.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeptVersion {
+    /// The version (its upload's start in Unix milliseconds).
+    pub version: u64,
+    /// Length of its content.
+    pub bytes: u64,
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+    /// RFC 3339.
+    pub verified_at: String,
 }
 
 /// What the controller knows and did about a subscription.
