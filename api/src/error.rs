@@ -139,6 +139,18 @@ impl ApiError {
             .with_details(json!({ "reason": reasons.first(), "reasons": reasons }))
     }
 
+    /// R27: a content longer than the subscription; nothing of it was kept.
+    pub fn content_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "content_too_large",
+            format!(
+                "the content is longer than the subscription's {limit} bytes: nothing of it was kept, and the previous content is unchanged"
+            ),
+        )
+        .with_details(json!({ "limit_bytes": limit }))
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

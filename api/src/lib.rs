@@ -14,4 +14,4 @@ pub mod views;
 
 pub use error::ApiError;
 pub use routes::{app, openapi};
-pub use state::{ApiDeps, ApiState, ServerConsoles};
+pub use state::{ApiDeps, ApiState, ContentError, ContentStream, ServerConsoles, StorageContents};

@@ -34,7 +34,47 @@ pub struct ApiState {
     /// Reads guests' serial consoles from their agents; absent in a process
     /// that holds no agent credentials.
     pub consoles: Option<Arc<dyn ServerConsoles>>,
+    /// Writes and reads storage content on the agents; absent in a process
+    /// that holds no agent credentials.
+    pub contents: Option<Arc<dyn StorageContents>>,
     rng: SystemRandom,
+}
+
+/// A content streaming through the API, chunk by chunk.
+pub type ContentStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, String>> + Send>>;
+
+/// Why an agent did not store or serve a content.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentError {
+    /// Longer than the copy's size (R27): nothing of it was kept.
+    TooLarge,
+    /// The version exists already, or does not.
+    Conflict(String),
+    /// The agent could not be reached or failed.
+    Unavailable(String),
+}
+
+/// Storage content on the agents of the copies' hypervisors.
+#[async_trait::async_trait]
+pub trait StorageContents: Send + Sync + 'static {
+    /// Writes `content` as a new `version` of the copy managed as `name`.
+    async fn write(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        content: ContentStream,
+    ) -> Result<stratus_core::agent_api::StoredContent, ContentError>;
+    /// The first `bytes` of `version`.
+    async fn read(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<ContentStream, ContentError>;
 }
 
 /// Reads the tail of a domain's serial console from its hypervisor's agent.
@@ -82,6 +122,7 @@ impl ApiState {
             registry: Arc::new(registry),
             rate_limiter: Arc::new(RateLimiter::new(config.limits)),
             consoles: None,
+            contents: None,
             rng: SystemRandom::new(),
         }
     }
@@ -89,6 +130,12 @@ impl ApiState {
     /// Serves `GET /v1/servers/{id}/console` through `consoles`.
     pub fn with_consoles(mut self, consoles: Arc<dyn ServerConsoles>) -> Self {
         self.consoles = Some(consoles);
+        self
+    }
+
+    /// Serves `/v1/storage/{id}/content` through `contents`.
+    pub fn with_contents(mut self, contents: Arc<dyn StorageContents>) -> Self {
+        self.contents = Some(contents);
         self
     }
 

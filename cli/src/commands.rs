@@ -425,7 +425,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let agents: Arc<dyn stratus_controller::AgentClient> =
         Arc::new(wiring::agent_client(controller_tls, &mut registry)?);
-    let consoles = Arc::new(wiring::AgentConsoles::new(&core, agents.clone()));
+    let agents_for_api = Arc::new(wiring::AgentsForApi::new(&core, agents.clone()));
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
@@ -439,7 +439,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         "stratus-up",
         agents,
     )?;
-    let api = stratus_api::app(core.api_state(registry).with_consoles(consoles));
+    let api = stratus_api::app(
+        core.api_state(registry)
+            .with_consoles(agents_for_api.clone())
+            .with_contents(agents_for_api),
+    );
     let api_listener = wiring::bind(args.listen, "REST API").await?;
     let api_address = api_listener.local_addr()?;
     core.spawn_compaction();

@@ -14,8 +14,8 @@ use stratus_api::{ApiDeps, ApiState};
 use stratus_controller::events::KubeEvents;
 use stratus_controller::metrics::ControllerMetrics;
 use stratus_controller::{
-    AgentClient, AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient,
-    Runtime,
+    AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, Context as ControllerContext,
+    ControllerConfig, HttpAgentClient, Runtime,
 };
 use stratus_core::config::SeededPool;
 use stratus_core::ids::HypervisorName;
@@ -273,15 +273,16 @@ pub fn agent_service(
 
 /// The controller's client of the agents, over mutual TLS with `files`
 /// (reloaded when they change); the certificate's expiry joins `registry`.
-/// Reads guests' consoles for the API through the controller's agent
-/// client: the agent's URL and token come from the Hypervisor object and
-/// the credential store, as for every other agent call.
-pub struct AgentConsoles {
+/// What the API asks of agents (guests' consoles, storage content),
+/// through the controller's agent client: the agent's URL and token come
+/// from the Hypervisor object and the credential store, as for every
+/// other agent call.
+pub struct AgentsForApi {
     directory: AgentDirectory,
     agents: Arc<dyn AgentClient>,
 }
 
-impl AgentConsoles {
+impl AgentsForApi {
     pub fn new(core: &Core, agents: Arc<dyn AgentClient>) -> Self {
         Self {
             directory: AgentDirectory::new(Resources::new(core.objects()), core.secrets.clone()),
@@ -291,15 +292,76 @@ impl AgentConsoles {
 }
 
 #[async_trait::async_trait]
-impl stratus_api::ServerConsoles for AgentConsoles {
+impl stratus_api::ServerConsoles for AgentsForApi {
     async fn tail(&self, hypervisor: &str, domain: &str) -> Result<Vec<u8>, String> {
-        let name = HypervisorName::parse(hypervisor)
-            .ok_or_else(|| format!("{hypervisor:?} is not a hypervisor name"))?;
-        let agent = self.directory.by_name(&name).await?;
+        let agent = self.endpoint(hypervisor).await?;
         self.agents
             .console(&agent, domain)
             .await
             .map_err(|error| error.to_string())
+    }
+}
+
+impl AgentsForApi {
+    async fn endpoint(&self, hypervisor: &str) -> Result<AgentEndpoint, String> {
+        let name = HypervisorName::parse(hypervisor)
+            .ok_or_else(|| format!("{hypervisor:?} is not a hypervisor name"))?;
+        self.directory.by_name(&name).await
+    }
+}
+
+/// What an agent's refusal of a content means to the API.
+fn content_error(error: AgentCallError) -> stratus_api::ContentError {
+    use stratus_api::ContentError;
+    use stratus_core::agent_api::AgentErrorCode;
+    match error {
+        AgentCallError::Rejected {
+            code: AgentErrorCode::ContentTooLarge,
+            ..
+        } => ContentError::TooLarge,
+        AgentCallError::Rejected {
+            code: AgentErrorCode::VersionConflict,
+            message,
+        } => ContentError::Conflict(message),
+        other => ContentError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl stratus_api::StorageContents for AgentsForApi {
+    async fn write(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        content: stratus_api::ContentStream,
+    ) -> Result<stratus_core::agent_api::StoredContent, stratus_api::ContentError> {
+        let agent = self
+            .endpoint(hypervisor)
+            .await
+            .map_err(stratus_api::ContentError::Unavailable)?;
+        self.agents
+            .write_version(&agent, name, version, size_gib, content)
+            .await
+            .map_err(content_error)
+    }
+
+    async fn read(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<stratus_api::ContentStream, stratus_api::ContentError> {
+        let agent = self
+            .endpoint(hypervisor)
+            .await
+            .map_err(stratus_api::ContentError::Unavailable)?;
+        self.agents
+            .read_version(&agent, name, version, bytes)
+            .await
+            .map_err(content_error)
     }
 }
 

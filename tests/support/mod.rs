@@ -147,8 +147,8 @@ pub async fn wait_healthy_with(http: &reqwest::Client, base: &str, process: &Pro
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    base: String,
-    token: String,
+    pub base: String,
+    pub token: String,
 }
 
 impl Client {

@@ -5,10 +5,13 @@ use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
-use stratus_core::ids::{AccountId, StorageId};
+use std::sync::Arc;
+
+use stratus_core::ids::{self, AccountId, StorageId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
-    MAX_STORAGE_GIB, StorageEncryption, StoragePhase, StorageSubscription, StorageSubscriptionSpec,
+    MAX_STORAGE_GIB, StorageContent, StorageEncryption, StoragePhase, StorageSubscription,
+    StorageSubscriptionSpec,
 };
 use stratus_core::standing::SuspensionReason;
 use stratus_core::validate;
@@ -22,7 +25,7 @@ use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery};
-use crate::state::ApiState;
+use crate::state::{ApiState, ContentError, ContentStream, StorageContents};
 use crate::views::{OrderStorage, StorageView};
 
 const WHAT: &str = "storage subscription";
@@ -333,4 +336,194 @@ pub async fn delete_storage(
         Json(StorageView::of(&view, is_operator(&principal))),
     )
         .into_response())
+}
+
+/// A content as it was stored.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ContentView {
+    /// Its version: the upload's start in Unix milliseconds.
+    pub version: u64,
+    pub bytes: u64,
+    /// SHA-256 of the bytes, lower-case hex: compare it with your own.
+    pub sha256: String,
+    /// RFC 3339.
+    pub written_at: String,
+}
+
+fn content_error(error: ContentError, limit: u64) -> ApiError {
+    match error {
+        ContentError::TooLarge => ApiError::content_too_large(limit),
+        ContentError::Conflict(message) => ApiError::conflict(format!(
+            "another upload is writing this subscription's next version: {message}; try again"
+        )),
+        ContentError::Unavailable(message) => ApiError::unavailable(format!(
+            "the primary copy's hypervisor did not answer: {message}"
+        )),
+    }
+}
+
+fn contents(state: &ApiState) -> Result<&Arc<dyn StorageContents>, ApiError> {
+    state.contents.as_ref().ok_or_else(|| {
+        ApiError::unavailable(
+            "this API process cannot reach the agents; use the all-in-one or a process with agent credentials",
+        )
+    })
+}
+
+/// Replaces the whole content of a subscription with the request body
+/// (bytes the customer encrypted first: stratus never sees a key). It is
+/// written as a new version beside the current one and becomes current
+/// only once complete: longer than the subscription → 413
+/// `content_too_large`, and the previous content is unchanged (R27). Both
+/// copies hold it once the controller copied and verified it (R24, R26).
+#[utoipa::path(put, path = "/v1/storage/{id}/content", tag = "storage", params(("id" = String, Path)),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = ContentView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn write_content(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Result<Json<ContentView>, ApiError> {
+    let account_id = principal.account()?.clone();
+    let id = storage_id(&id)?;
+    let subscription = find_storage(&state, &principal, &id).await?;
+    if subscription.metadata.deletion_timestamp.is_some() {
+        return Err(ApiError::conflict("the subscription is being deleted"));
+    }
+    let status = subscription.status.clone().unwrap_or_default();
+    let Some(primary) = status.replicas.first().filter(|r| r.created) else {
+        return Err(ApiError::conflict(
+            "the subscription's copies are not created yet: write its content once it is ready",
+        ));
+    };
+    let limit = subscription.spec.size_gib << 30;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(ApiError::content_too_large(limit));
+    }
+    let contents = contents(&state)?;
+    let current = subscription.spec.content.as_ref().map_or(0, |c| c.version);
+    let version = u64::try_from(state.now_millis())
+        .unwrap_or(0)
+        .max(current + 1);
+    let name = ids::domain_name(account_id.as_str(), id.as_str());
+    let stream: ContentStream = {
+        use futures::StreamExt;
+        body.into_data_stream()
+            .map(|chunk| chunk.map(|c| c.to_vec()).map_err(|e| e.to_string()))
+            .boxed()
+    };
+    let stored = contents
+        .write(
+            primary.hypervisor.as_str(),
+            &name,
+            version,
+            subscription.spec.size_gib,
+            stream,
+        )
+        .await
+        .map_err(|e| content_error(e, limit))?;
+    let written = StorageContent {
+        version,
+        bytes: stored.bytes,
+        sha256: stored.sha256,
+        written_at: state.clock.now().to_string(),
+    };
+    let recorded = written.clone();
+    let updated = state
+        .storage
+        .update(Some(account_id.as_str()), id.as_str(), move |s| {
+            if s.spec.content.as_ref().map_or(0, |c| c.version) >= recorded.version {
+                return false;
+            }
+            s.spec.content = Some(recorded.clone());
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(WHAT, id.as_str()))?;
+    if updated.spec.content.as_ref() != Some(&written) {
+        return Err(ApiError::conflict(
+            "a newer content was written while this one was uploading; this one is discarded",
+        ));
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageWrite,
+            AuditSubject::storage(&updated),
+            json!({ "version": written.version, "bytes": written.bytes, "sha256": written.sha256 }),
+        )
+        .await;
+    tracing::info!(storage = %id, version, bytes = written.bytes, "content written");
+    Ok(Json(ContentView {
+        version: written.version,
+        bytes: written.bytes,
+        sha256: written.sha256,
+        written_at: written.written_at,
+    }))
+}
+
+/// Streams the subscription's current content back, with its SHA-256 in
+/// `x-content-sha256` (204 when nothing was written yet).
+#[utoipa::path(get, path = "/v1/storage/{id}/content", tag = "storage", params(("id" = String, Path)),
+    responses((status = 200, body = Vec<u8>, content_type = "application/octet-stream"), (status = 204),
+              (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn read_content(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = storage_id(&id)?;
+    let subscription = find_storage(&state, &principal, &id).await?;
+    let Some(content) = subscription.spec.content.clone() else {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    };
+    let status = subscription.status.clone().unwrap_or_default();
+    let primary = status
+        .replicas
+        .first()
+        .ok_or_else(|| ApiError::conflict("the subscription has no copy"))?;
+    let name = ids::domain_name(
+        subscription.namespace().as_deref().unwrap_or_default(),
+        id.as_str(),
+    );
+    let stream = contents(&state)?
+        .read(
+            primary.hypervisor.as_str(),
+            &name,
+            content.version,
+            content.bytes,
+        )
+        .await
+        .map_err(|e| content_error(e, subscription.spec.size_gib << 30))?;
+    let body = {
+        use futures::StreamExt;
+        axum::body::Body::from_stream(stream.map(|chunk| {
+            chunk
+                .map(axum::body::Bytes::from)
+                .map_err(std::io::Error::other)
+        }))
+    };
+    let mut response = body.into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(content.bytes));
+    for (name, value) in [
+        ("x-content-sha256", content.sha256.clone()),
+        ("x-content-version", content.version.to_string()),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(response)
 }
