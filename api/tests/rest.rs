@@ -3016,3 +3016,216 @@ async fn r5_storage_of_an_account_held_for_abuse_cannot_be_deleted_by_its_custom
         .await;
     assert_eq!(deleted.status, StatusCode::ACCEPTED, "{}", deleted.body);
 }
+
+/// The agents' side of content, in memory: what the API hands on and what
+/// it answers, so the API's own checks can be seen.
+#[derive(Default)]
+struct MemoryContents {
+    stored: std::sync::Mutex<std::collections::HashMap<(String, u64), Vec<u8>>>,
+}
+
+#[async_trait::async_trait]
+impl stratus_api::StorageContents for MemoryContents {
+    async fn write(
+        &self,
+        _hypervisor: &str,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        mut content: stratus_api::ContentStream,
+    ) -> Result<stratus_core::agent_api::StoredContent, stratus_api::ContentError> {
+        use futures::StreamExt;
+        let mut bytes = Vec::new();
+        while let Some(chunk) = content.next().await {
+            bytes.extend_from_slice(&chunk.map_err(stratus_api::ContentError::Unavailable)?);
+            if bytes.len() as u64 > size_gib << 30 {
+                return Err(stratus_api::ContentError::TooLarge);
+            }
+        }
+        let sha256 = ring::digest::digest(&ring::digest::SHA256, &bytes)
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let length = bytes.len() as u64;
+        self.stored
+            .lock()
+            .unwrap()
+            .insert((name.to_owned(), version), bytes);
+        Ok(stratus_core::agent_api::StoredContent {
+            version,
+            bytes: length,
+            sha256,
+        })
+    }
+
+    async fn read(
+        &self,
+        _hypervisor: &str,
+        name: &str,
+        version: u64,
+        _bytes: u64,
+    ) -> Result<stratus_api::ContentStream, stratus_api::ContentError> {
+        let bytes = self
+            .stored
+            .lock()
+            .unwrap()
+            .get(&(name.to_owned(), version))
+            .cloned()
+            .ok_or_else(|| stratus_api::ContentError::Conflict("no such version".into()))?;
+        Ok(Box::pin(futures::stream::iter([Ok(bytes)])))
+    }
+}
+
+impl Api {
+    /// A storage subscription of `token`'s account whose copies exist.
+    async fn ready_storage(&self, account: &str, token: &str, size_gib: u64) -> String {
+        let ordered = self
+            .call(
+                Method::POST,
+                "/v1/storage",
+                token,
+                Some(storage_order("backup", size_gib)),
+            )
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        let status = json!({"phase": "Ready", "replicasInSync": true, "replicas": [
+            {"hypervisor": "hv-a", "zone": "a", "volume": "v", "created": true},
+            {"hypervisor": "hv-b", "zone": "b", "volume": "v", "created": true}]});
+        self.state
+            .storage
+            .patch_status(Some(account), &id, &status)
+            .await
+            .unwrap();
+        id
+    }
+}
+
+#[tokio::test]
+async fn r27_content_is_stored_whole_or_refused_without_touching_the_previous_one() {
+    let scratch = testing::sqlite().await;
+    let mut api = api_on(scratch).await;
+    api.state = api
+        .state
+        .clone()
+        .with_contents(Arc::new(MemoryContents::default()));
+    api.router = app(api.state.clone());
+    let (account, token) = api.customer("ACME").await;
+    let id = api.ready_storage(&account, &token, 1).await;
+    let path = format!("/v1/storage/{id}/content");
+
+    let nothing = api.raw(Method::GET, &path, Some(&token), &[], None).await;
+    assert_eq!(nothing.status, StatusCode::NO_CONTENT);
+    let written = api
+        .raw(
+            Method::PUT,
+            &path,
+            Some(&token),
+            &[],
+            Some("ciphertext".into()),
+        )
+        .await;
+    assert_eq!(written.status, StatusCode::OK, "{}", written.body);
+    assert_eq!(written.body["bytes"], 10);
+    let sha = written.body["sha256"].as_str().unwrap().to_owned();
+    assert_eq!(sha.len(), 64);
+    let back = api.raw(Method::GET, &path, Some(&token), &[], None).await;
+    assert_eq!(back.status, StatusCode::OK);
+    assert_eq!(back.body, "ciphertext");
+    assert_eq!(back.headers["x-content-sha256"].to_str().unwrap(), sha);
+    let audit = api
+        .state
+        .ledger
+        .audit()
+        .trail(&AuditSubject::Storage {
+            account: account.clone(),
+            name: id.clone(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == AuditAction::StorageWrite && e.detail["sha256"] == sha.as_str())
+    );
+
+    // A declared length beyond the size: refused before anything is sent on.
+    let declared = api
+        .raw(
+            Method::PUT,
+            &path,
+            Some(&token),
+            &[("content-length", "1073741825")],
+            Some(String::new()),
+        )
+        .await;
+    assert_error(
+        &declared,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "content_too_large",
+        None,
+    );
+    assert_eq!(declared.body["error"]["details"]["limit_bytes"], 1u64 << 30);
+    let still = api.raw(Method::GET, &path, Some(&token), &[], None).await;
+    assert_eq!(
+        still.body, "ciphertext",
+        "the previous content is unchanged"
+    );
+    let subscription = api
+        .state
+        .storage
+        .get(Some(&account), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(subscription.spec.content.unwrap().sha256, sha);
+
+    // Nobody else reads or writes it; operators read but do not write.
+    let (_, other) = api.customer("Other").await;
+    for method in [Method::GET, Method::PUT] {
+        let reply = api
+            .raw(method, &path, Some(&other), &[], Some("x".into()))
+            .await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found", None);
+    }
+    let operator = api
+        .raw(Method::PUT, &path, Some(&api.admin), &[], Some("x".into()))
+        .await;
+    assert_error(&operator, StatusCode::FORBIDDEN, "forbidden", None);
+}
+
+#[tokio::test]
+async fn content_needs_created_copies_and_an_api_that_reaches_the_agents() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let ordered = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &token,
+            Some(storage_order("backup", 1)),
+        )
+        .await;
+    let id = ordered.body["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/storage/{id}/content");
+    let early = api
+        .raw(Method::PUT, &path, Some(&token), &[], Some("x".into()))
+        .await;
+    assert_error(&early, StatusCode::CONFLICT, "conflict", None);
+    let ready = api.ready_storage(&account, &token, 1).await;
+    let unreachable = api
+        .raw(
+            Method::PUT,
+            &format!("/v1/storage/{ready}/content"),
+            Some(&token),
+            &[],
+            Some("x".into()),
+        )
+        .await;
+    assert_error(
+        &unreachable,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        None,
+    );
+}
