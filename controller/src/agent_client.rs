@@ -124,6 +124,14 @@ pub trait AgentClient: Send + Sync + 'static {
         version: u64,
         bytes: u64,
     ) -> Result<ContentStream, AgentCallError>;
+    /// Reads the first `bytes` of `version` back and answers their SHA-256.
+    async fn checksum_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<StoredContent, AgentCallError>;
     /// Wipes and deletes `version` of the copy.
     async fn delete_version(
         &self,
@@ -531,6 +539,23 @@ impl AgentClient for HttpAgentClient {
             .delete(Self::url(
                 agent,
                 &format!("/v1/volumes/{name}/versions/{version}"),
+            ))
+            .timeout(self.slow_timeout);
+        self.send(request, agent).await
+    }
+
+    async fn checksum_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        let request = self
+            .http()
+            .get(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{version}/checksum?bytes={bytes}"),
             ))
             .timeout(self.slow_timeout);
         self.send(request, agent).await

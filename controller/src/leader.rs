@@ -357,4 +357,17 @@ impl AgentClient for FencedAgents {
         self.check()?;
         self.inner.delete_version(agent, name, version).await
     }
+
+    /// Reading changes nothing: any replica may.
+    async fn checksum_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.inner
+            .checksum_version(agent, name, version, bytes)
+            .await
+    }
 }

@@ -49,6 +49,7 @@ pub struct ControllerMetrics {
     queue_depth: Family<KindLabels, Gauge>,
     transitions: Family<PhaseLabels, Counter>,
     storage_transitions: Family<PhaseLabels, Counter>,
+    storage_repairs: Counter,
     swept: Family<VerdictLabels, Counter>,
     deliveries: Family<DeliveryLabels, Counter>,
 }
@@ -64,6 +65,7 @@ impl ControllerMetrics {
             queue_depth: Family::default(),
             transitions: Family::default(),
             storage_transitions: Family::default(),
+            storage_repairs: Counter::default(),
             swept: Family::default(),
             deliveries: Family::default(),
         };
@@ -96,6 +98,11 @@ impl ControllerMetrics {
             "storage_phase_transitions",
             "Storage subscriptions entering a phase",
             metrics.storage_transitions.clone(),
+        );
+        registry.register(
+            "storage_copy_repairs",
+            "Storage copies found not to match their checksum and rewritten from the other copy (R26); alert on any increase",
+            metrics.storage_repairs.clone(),
         );
         registry.register(
             "dnsbl_sweep_checks",
@@ -157,6 +164,11 @@ impl ControllerMetrics {
 
     pub fn entered(&self, phase: &'static str) {
         self.transitions.get_or_create(&PhaseLabels { phase }).inc();
+    }
+
+    /// Counts a copy repaired from the other.
+    pub fn storage_repaired(&self) {
+        self.storage_repairs.inc();
     }
 
     /// Counts a storage subscription entering `phase`.

@@ -646,4 +646,30 @@ impl AgentClient for SimulatedAgent {
             Ok(volume_observation(name, node.volumes.get(name)))
         })
     }
+
+    async fn checksum_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        bytes: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.call(agent, "checksum_version", name, |node| {
+            let mut content = node
+                .volumes
+                .get(name)
+                .and_then(|copy| copy.versions.get(&version))
+                .cloned()
+                .ok_or_else(|| AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("version {version} does not exist"),
+                })?;
+            content.resize(bytes as usize, 0);
+            Ok(StoredContent {
+                version,
+                bytes,
+                sha256: sha256_hex(&content),
+            })
+        })
+    }
 }

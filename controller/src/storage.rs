@@ -126,6 +126,7 @@ impl StorageReconciler {
                 .any(|f| f == STORAGE_FINALIZER),
             deleting: subscription.metadata.deletion_timestamp.is_some(),
             versions_kept: self.policy.versions,
+            verify_interval: self.policy.verify_interval,
         };
         let decision = storage::plan(facts, &observed, self.ctx.clock.now());
         let next = decision.status;
@@ -137,7 +138,10 @@ impl StorageReconciler {
             return Ok(Some(match next.phase {
                 _ if unreachable => Outcome::RequeueAfter(DEGRADED_RECHECK),
                 StoragePhase::Degraded => Outcome::RequeueAfter(DEGRADED_RECHECK),
-                _ => Outcome::Done,
+                _ => match decision.recheck_in.and_then(|d| Duration::try_from(d).ok()) {
+                    Some(after) => Outcome::RequeueAfter(after),
+                    None => Outcome::Done,
+                },
             }));
         };
         tracing::debug!(?action, "acting");
@@ -219,6 +223,20 @@ impl StorageReconciler {
                     }
                 }
             }
+            StorageAction::Verify => {
+                let agents = [agent_of(0)?, agent_of(1)?];
+                self.record_status(subscription, &current, &next).await?;
+                let mut verified = next.clone();
+                match self
+                    .verify(subscription, &name, &agents, &mut verified)
+                    .await
+                {
+                    Ok(()) => self.record_status(subscription, &next, &verified).await?,
+                    Err((agent, error)) => {
+                        return self.agent_failed(subscription, &next, &agent, error).await;
+                    }
+                }
+            }
             StorageAction::DeleteVersion { index, version } => {
                 let agent = agent_of(index)?;
                 self.record_status(subscription, &current, &next).await?;
@@ -229,6 +247,158 @@ impl StorageReconciler {
             }
         }
         Ok(None)
+    }
+
+    /// Reads both copies' current version back and checks each against
+    /// the content's recorded SHA-256 (R26). A copy that no longer matches
+    /// is the bad one: it is rewritten from the other, checked again, and
+    /// reported (condition, Warning event, audit row, metric). Kept
+    /// versions on the secondary are checked too; a bad one is deleted and
+    /// reported, as no other copy of it exists.
+    async fn verify(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        agents: &[AgentEndpoint; 2],
+        status: &mut StorageSubscriptionStatus,
+    ) -> Result<(), (AgentEndpoint, AgentCallError)> {
+        let Some(content) = subscription.spec.content.clone() else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let mut found = Vec::with_capacity(2);
+        for agent in agents {
+            let read = self
+                .ctx
+                .agents
+                .checksum_version(agent, name, content.version, content.bytes)
+                .await
+                .map_err(|e| (agent.clone(), e))?;
+            found.push(read.sha256);
+        }
+        let now = self.ctx.clock.now();
+        let good: Vec<bool> = found.iter().map(|sha| *sha == content.sha256).collect();
+        match (good[0], good[1]) {
+            (true, true) => {}
+            (false, false) => {
+                let message = format!(
+                    "both copies of version {} no longer match its SHA-256 {} (found {} and {}): restore a kept version",
+                    content.version, content.sha256, found[0], found[1]
+                );
+                tracing::error!(%message, "storage content lost on both copies");
+                status.unrecoverable = Some(message.clone());
+                self.report_damage(subscription, &message, None).await;
+            }
+            (primary_good, _) => {
+                let (bad, from) = if primary_good { (1, 0) } else { (0, 1) };
+                self.ctx
+                    .agents
+                    .delete_version(&agents[bad], name, content.version)
+                    .await
+                    .map_err(|e| (agents[bad].clone(), e))?;
+                let stream = self
+                    .ctx
+                    .agents
+                    .read_version(&agents[from], name, content.version, content.bytes)
+                    .await
+                    .map_err(|e| (agents[from].clone(), e))?;
+                let rewritten = self
+                    .ctx
+                    .agents
+                    .write_version(
+                        &agents[bad],
+                        name,
+                        content.version,
+                        subscription.spec.size_gib,
+                        stream,
+                    )
+                    .await
+                    .map_err(|e| (agents[bad].clone(), e))?;
+                if rewritten.sha256 != content.sha256 {
+                    return Err((
+                        agents[bad].clone(),
+                        AgentCallError::Unreachable(format!(
+                            "the repaired copy reads {} instead of {}; tried again",
+                            rewritten.sha256, content.sha256
+                        )),
+                    ));
+                }
+                status.repairs += 1;
+                let message = format!(
+                    "the copy on {} no longer matched its SHA-256 (found {}, expected {}); it was rewritten from the copy on {} at {now} and verified",
+                    agents[bad].hypervisor, found[bad], content.sha256, agents[from].hypervisor
+                );
+                tracing::warn!(%message, "storage copy repaired");
+                self.ctx.metrics.storage_repaired();
+                status.last_repair = Some(message.clone());
+                self.report_damage(subscription, &message, Some(&agents[bad]))
+                    .await;
+            }
+        }
+        // Earlier versions the secondary keeps: only it holds them.
+        let mut kept = Vec::new();
+        for version in std::mem::take(&mut status.replicas[1].kept) {
+            let read = self
+                .ctx
+                .agents
+                .checksum_version(&agents[1], name, version.version, version.bytes)
+                .await
+                .map_err(|e| (agents[1].clone(), e))?;
+            if read.sha256 == version.sha256 {
+                kept.push(KeptVersion {
+                    verified_at: now.to_string(),
+                    ..version
+                });
+            } else {
+                let message = format!(
+                    "the kept version {} on {} no longer matches its SHA-256 and was deleted (no other copy of it exists)",
+                    version.version, agents[1].hypervisor
+                );
+                let _ = self
+                    .ctx
+                    .agents
+                    .delete_version(&agents[1], name, version.version)
+                    .await;
+                self.report_damage(subscription, &message, Some(&agents[1]))
+                    .await;
+            }
+        }
+        status.replicas[1].kept = kept;
+        for replica in &mut status.replicas {
+            replica.verified_at = Some(now.to_string());
+        }
+        status.verifications_done = subscription.spec.verify_requests;
+        tracing::info!(
+            version = content.version,
+            bytes = content.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "both copies verified"
+        );
+        Ok(())
+    }
+
+    /// A Warning event and an audit row about damage found on a copy.
+    async fn report_damage(
+        &self,
+        subscription: &StorageSubscription,
+        message: &str,
+        hypervisor: Option<&AgentEndpoint>,
+    ) {
+        self.ctx
+            .audit(
+                AuditAction::StorageRepaired,
+                AuditSubject::storage(subscription),
+                json!({ "hypervisor": hypervisor.map(|a| &a.hypervisor), "message": message }),
+            )
+            .await;
+        self.ctx
+            .publish(
+                subscription,
+                EventType::Warning,
+                EventReason::CopyRepaired,
+                message,
+            )
+            .await;
     }
 
     /// Copies `version` from the primary to the secondary through this

@@ -249,6 +249,7 @@ impl Harness {
                 zone: zone.map(str::to_owned),
                 encryption: StorageEncryption::Client,
                 content: None,
+                verify_requests: 0,
             },
         );
         subscription.metadata.namespace = Some(NS.into());
@@ -2261,7 +2262,11 @@ async fn r26_a_written_content_is_copied_to_the_secondary_and_verified() {
     h.reconcile_storage("st-1").await.unwrap();
     let version = 1_764_936_000_000;
     h.upload("a1", version, b"customer ciphertext").await;
-    assert_eq!(h.reconcile_storage("st-1").await.unwrap(), Outcome::Done);
+    assert_eq!(
+        h.reconcile_storage("st-1").await.unwrap(),
+        Outcome::RequeueAfter(Duration::from_secs(24 * 3600)),
+        "done until the next verification"
+    );
     let status = h.storage_status("st-1").await;
     assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
     assert!(status.replicas_in_sync);
@@ -2369,4 +2374,121 @@ async fn r27_an_upload_that_never_completed_is_deleted_after_an_hour_not_before(
     h.reconcile_storage("st-1").await.unwrap();
     assert!(!h.sim.versions("a1", STORAGE).contains_key(&started));
     assert_eq!(h.storage_status("st-1").await.phase, StoragePhase::Ready);
+}
+
+async fn stored_and_in_sync(h: &Harness, content: &[u8]) -> u64 {
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let version = 1_764_936_000_000;
+    h.upload("a1", version, content).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(h.storage_status("st-1").await.replicas_in_sync);
+    version
+}
+
+#[tokio::test]
+async fn r26_a_corrupted_copy_is_found_repaired_from_the_other_and_reported() {
+    for corrupted in ["b1", "a1"] {
+        let h = harness().await;
+        let version = stored_and_in_sync(&h, b"customer ciphertext").await;
+        h.sim.corrupt_version(corrupted, STORAGE, version);
+        // Not yet due: nothing is read back.
+        h.clock.advance(jiff::SignedDuration::from_hours(23));
+        h.reconcile_storage("st-1").await.unwrap();
+        assert!(
+            !h.sim
+                .calls()
+                .iter()
+                .any(|c| c.starts_with("checksum_version"))
+        );
+        h.clock.advance(jiff::SignedDuration::from_hours(2));
+        h.reconcile_storage("st-1").await.unwrap();
+        for hypervisor in ["a1", "b1"] {
+            assert_eq!(
+                h.sim.versions(hypervisor, STORAGE)[&version],
+                b"customer ciphertext",
+                "{hypervisor} holds the original again (corrupted: {corrupted})"
+            );
+        }
+        let status = h.storage_status("st-1").await;
+        assert_eq!(status.repairs, 1);
+        assert_eq!(status.phase, StoragePhase::Ready);
+        let in_sync = conditions::get(&status.conditions, ConditionType::ReplicasInSync).unwrap();
+        assert_eq!(in_sync.reason, "Repaired");
+        assert!(in_sync.message.contains(corrupted), "{}", in_sync.message);
+        assert!(
+            h.events
+                .about("StorageSubscription", "st-1")
+                .contains(&EventReason::CopyRepaired)
+        );
+        let reported = h
+            .audited_storage("st-1", AuditAction::StorageRepaired)
+            .await;
+        assert_eq!(reported.len(), 1);
+        assert_eq!(reported[0]["hypervisor"], corrupted);
+        // Verified again a day later, with nothing more to repair.
+        h.clock.advance(jiff::SignedDuration::from_hours(25));
+        h.reconcile_storage("st-1").await.unwrap();
+        assert_eq!(h.storage_status("st-1").await.repairs, 1);
+    }
+}
+
+#[tokio::test]
+async fn r26_an_operator_can_ask_for_a_verification_and_it_runs_once() {
+    let h = harness().await;
+    stored_and_in_sync(&h, b"ciphertext").await;
+    match h.reconcile_storage("st-1").await.unwrap() {
+        Outcome::RequeueAfter(after) => assert!(
+            after > Duration::from_secs(23 * 3600) && after <= Duration::from_secs(24 * 3600),
+            "{after:?}"
+        ),
+        other => panic!("the next verification is scheduled, not {other:?}"),
+    }
+    let checks = |h: &Harness| {
+        h.sim
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("checksum_version"))
+            .count()
+    };
+    assert_eq!(checks(&h), 0);
+    h.storage
+        .update(Some(NS), "st-1", |s| {
+            s.spec.verify_requests += 1;
+            true
+        })
+        .await
+        .unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    assert_eq!(checks(&h), 2, "both copies read back once");
+    assert_eq!(h.storage_status("st-1").await.verifications_done, 1);
+    h.reconcile_storage("st-1").await.unwrap();
+    assert_eq!(checks(&h), 2);
+}
+
+#[tokio::test]
+async fn r26_content_lost_on_both_copies_is_reported_never_called_in_sync() {
+    let h = harness().await;
+    let version = stored_and_in_sync(&h, b"ciphertext").await;
+    h.sim.corrupt_version("a1", STORAGE, version);
+    h.sim.corrupt_version("b1", STORAGE, version);
+    h.clock.advance(jiff::SignedDuration::from_hours(25));
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Degraded, "{status:?}");
+    assert!(!status.replicas_in_sync);
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("both copies"))
+    );
+    // A new content replaces it.
+    h.upload("a1", version + 1, b"new ciphertext").await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
+    assert!(status.unrecoverable.is_none());
 }

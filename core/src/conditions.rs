@@ -129,6 +129,10 @@ named_enum!(
         CopyUnavailable,
         /// The secondary copy is being brought to the primary's content.
         Replicating,
+        /// A copy no longer matched its checksum and was rewritten from the other.
+        Repaired,
+        /// Both copies of the current content no longer match its checksum.
+        ContentLost,
     }
 );
 
@@ -147,6 +151,8 @@ named_enum!(
         /// A storage subscription entered a phase (beside the shared ones).
         Ready,
         Degraded,
+        /// A storage copy no longer matched its checksum (repaired, or lost).
+        CopyRepaired,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.

@@ -563,6 +563,7 @@ mod tests {
                 zone: None,
                 encryption: Default::default(),
                 content: None,
+                verify_requests: 0,
             },
         );
         subscription.status = Some(StorageSubscriptionStatus {

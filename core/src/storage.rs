@@ -19,6 +19,8 @@ pub struct StorageFacts<'a> {
     pub deleting: bool,
     /// Verified versions the secondary keeps (`storage.versions`).
     pub versions_kept: u32,
+    /// How often both copies are read back and checked (`storage.verifyInterval`).
+    pub verify_interval: crate::policy::PolicyDuration,
 }
 
 /// How long a version above the recorded content may be an upload in
@@ -64,6 +66,10 @@ pub enum StorageAction {
         index: usize,
         version: u64,
     },
+    /// Read both copies back and check them against the recorded
+    /// checksums (R26); a copy that no longer matches is repaired from the
+    /// other and reported.
+    Verify,
     /// Nothing is left on any hypervisor: give back the quota, let it go.
     RemoveFinalizer,
 }
@@ -72,6 +78,8 @@ pub enum StorageAction {
 pub struct StorageDecision {
     pub next: Option<StorageAction>,
     pub status: StorageSubscriptionStatus,
+    /// With nothing to do now: when the next verification is due.
+    pub recheck_in: Option<jiff::SignedDuration>,
 }
 
 /// `observed[i]` is what the agent says of `status.replicas[i]`; it is
@@ -95,7 +103,11 @@ pub fn plan(
             }
         }
     }
-    let decide = |next, status| StorageDecision { next, status };
+    let decide = |next, status| StorageDecision {
+        next,
+        status,
+        recheck_in: None,
+    };
 
     if facts.deleting {
         status.phase = StoragePhase::Terminating;
@@ -193,6 +205,9 @@ pub fn plan(
         next = step;
         replicating = lag;
     }
+    if let Some(lost) = &status.unrecoverable {
+        problems.push(lost.clone());
+    }
     let in_sync = both_exist && problems.is_empty() && replicating.is_none();
     status.replicas_in_sync = in_sync;
     let (phase, reason) = match (next, problems.is_empty()) {
@@ -220,7 +235,9 @@ pub fn plan(
         &mut status.conditions,
         ConditionType::ReplicasInSync,
         in_sync,
-        if in_sync {
+        if in_sync && status.last_repair.is_some() {
+            Reason::Repaired
+        } else if in_sync {
             Reason::CopiesAgree
         } else if replicating.is_some() {
             Reason::Replicating
@@ -230,7 +247,9 @@ pub fn plan(
             Reason::Provisioning
         },
         if in_sync {
-            "both copies exist and hold the same bytes".to_owned()
+            status.last_repair.clone().unwrap_or_else(|| {
+                "both copies exist and hold the same bytes".to_owned()
+            })
         } else {
             reason.clone().unwrap_or_default()
         },
@@ -248,7 +267,49 @@ pub fn plan(
         reason.unwrap_or_default(),
         now,
     );
-    decide(next, status)
+    // Due for verification: on schedule, or when an operator asked.
+    let mut recheck_in = None;
+    if next.is_none() && phase == StoragePhase::Ready && facts.spec.content.is_some() {
+        match verification_due(&facts, &status, now) {
+            Ok(()) => next = Some(StorageAction::Verify),
+            Err(wait) => recheck_in = Some(wait),
+        }
+    }
+    StorageDecision {
+        next,
+        status,
+        recheck_in,
+    }
+}
+
+/// `Ok` when a verification is due; else how long until it is.
+fn verification_due(
+    facts: &StorageFacts<'_>,
+    status: &StorageSubscriptionStatus,
+    now: Timestamp,
+) -> Result<(), jiff::SignedDuration> {
+    if facts.spec.verify_requests > status.verifications_done {
+        return Ok(());
+    }
+    let oldest = status
+        .replicas
+        .iter()
+        .map(|r| {
+            r.verified_at
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+        })
+        .min()
+        .flatten();
+    let Some(oldest) = oldest else {
+        return Ok(());
+    };
+    let due = facts.verify_interval.after(oldest);
+    if due <= now {
+        Ok(())
+    } else {
+        Err(now.duration_until(due))
+    }
 }
 
 /// With both copies there and answering: the primary takes the recorded
@@ -287,6 +348,10 @@ fn content_step(
             primary.bytes = content.bytes;
             primary.verified_at = Some(now.to_string());
             primary.path = None;
+            // A new content replaces one both copies had lost, and what
+            // was repaired of the last.
+            status.unrecoverable = None;
+            status.last_repair = None;
         } else {
             problems.push(format!(
                 "the primary copy on {} lacks the content's version {}",
@@ -363,6 +428,7 @@ mod tests {
             zone: None,
             encryption: StorageEncryption::Client,
             content: None,
+            verify_requests: 0,
         }
     }
 
@@ -405,6 +471,7 @@ mod tests {
             has_finalizer: true,
             deleting: false,
             versions_kept: 3,
+            verify_interval: crate::policy::PolicyDuration::hours(24),
         }
     }
 

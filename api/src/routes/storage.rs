@@ -120,6 +120,7 @@ async fn validate_order(
         zone: order.zone.clone(),
         encryption,
         content: None,
+        verify_requests: 0,
     };
     Ok((spec, state.quota_of(&account)))
 }

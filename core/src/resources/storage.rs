@@ -110,6 +110,10 @@ pub struct StorageSubscriptionSpec {
     /// an upload completed on the primary copy, never by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<StorageContent>,
+    /// Verifications operators have asked for; the controller reads both
+    /// copies back once per increment, besides its schedule.
+    #[serde(default)]
+    pub verify_requests: u32,
 }
 
 /// A content a subscription holds, as its upload measured it.
@@ -232,6 +236,21 @@ pub struct StorageSubscriptionStatus {
     /// Whether both copies exist and hold the same verified bytes.
     #[serde(default)]
     pub replicas_in_sync: bool,
+    /// Set when both copies of the current content stopped matching its
+    /// checksum: nothing can repair it; a restore of a kept version or a
+    /// new content clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unrecoverable: Option<String>,
+    /// What the last repair found and did, until a new content is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repair: Option<String>,
+    /// Verification requests carried out.
+    #[serde(default)]
+    pub verifications_done: u32,
+    /// Copies found not to match their checksum and repaired from the
+    /// other, over the subscription's life.
+    #[serde(default)]
+    pub repairs: u32,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -97,6 +97,8 @@ audit_actions! {
     ServerReleased => "deleted",
     /// The controller moved a storage subscription to another phase.
     StoragePhase => "storage.phase",
+    /// A copy no longer matched its checksum: repaired, or reported lost.
+    StorageRepaired => "storage.repaired",
     /// The controller wiped and deleted a copy of a storage subscription.
     StorageCopyDestroyed => "storage.copy_destroyed",
     /// The controller released a deleted subscription's object.
