@@ -247,9 +247,10 @@ pub fn plan(
             Reason::Provisioning
         },
         if in_sync {
-            status.last_repair.clone().unwrap_or_else(|| {
-                "both copies exist and hold the same bytes".to_owned()
-            })
+            status
+                .last_repair
+                .clone()
+                .unwrap_or_else(|| "both copies exist and hold the same bytes".to_owned())
         } else {
             reason.clone().unwrap_or_default()
         },

@@ -80,6 +80,7 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(storage::order_storage, storage::list_storage))
         .routes(routes!(storage::get_storage, storage::delete_storage))
         .routes(routes!(storage::write_content, storage::read_content))
+        .routes(routes!(storage::verify_storage))
         .routes(routes!(
             hypervisors::register_hypervisor,
             hypervisors::list_hypervisors

@@ -528,3 +528,46 @@ pub async fn read_content(
     }
     Ok(response)
 }
+
+/// Asks the controller to read both copies back now and check them
+/// against the recorded checksums (R26), besides its schedule: a copy that
+/// no longer matches is repaired from the other and reported in the
+/// subscription's conditions and events.
+#[utoipa::path(post, path = "/v1/admin/storage/{id}/verify", tag = "storage", params(("id" = String, Path)),
+    responses((status = 202, body = StorageView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn verify_storage(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
+    let id = storage_id(&id)?;
+    let subscription = find_storage(&state, &principal, &id).await?;
+    if subscription.spec.content.is_none() {
+        return Err(ApiError::conflict(
+            "nothing was written to this subscription yet: there is nothing to verify",
+        ));
+    }
+    if subscription.metadata.deletion_timestamp.is_some() {
+        return Err(ApiError::conflict("the subscription is being deleted"));
+    }
+    let namespace = subscription.namespace();
+    let updated = state
+        .storage
+        .update(namespace.as_deref(), id.as_str(), |s| {
+            s.spec.verify_requests = s.spec.verify_requests.saturating_add(1);
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(WHAT, id.as_str()))?;
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageVerify,
+            AuditSubject::storage(&updated),
+            json!({ "request": updated.spec.verify_requests }),
+        )
+        .await;
+    Ok((StatusCode::ACCEPTED, Json(StorageView::of(&updated, true))).into_response())
+}

@@ -87,6 +87,8 @@ audit_actions! {
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",
+    /// An operator asked for both copies to be verified now.
+    StorageVerify => "storage.verify",
     /// A customer wrote a new content (its version, length and SHA-256).
     StorageWrite => "storage.write",
     /// The controller moved a server to another phase.
