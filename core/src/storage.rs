@@ -647,4 +647,149 @@ mod tests {
             Some(StorageAction::RemoveFinalizer)
         );
     }
+
+    fn versions(present: &[u64]) -> CopyObservation {
+        CopyObservation::Present {
+            pool: "p".into(),
+            versions: present
+                .iter()
+                .map(|v| crate::agent_api::VolumeVersion {
+                    version: *v,
+                    volume: crate::agent_api::storage_volume_name("stratus-acc-1.st-1", *v),
+                    path: None,
+                    capacity_bytes: 10 << 30,
+                })
+                .collect(),
+        }
+    }
+
+    fn written(version: u64) -> StorageSubscriptionSpec {
+        StorageSubscriptionSpec {
+            content: Some(crate::resources::StorageContent {
+                version,
+                bytes: 5,
+                sha256: "ab".repeat(32),
+                written_at: "2026-12-05T12:00:00Z".into(),
+            }),
+            ..spec()
+        }
+    }
+
+    #[test]
+    fn r26_a_new_content_is_taken_by_the_primary_then_replicated_then_old_versions_go() {
+        let v = 1_000;
+        let spec = written(v);
+        let status = placed([true, true]);
+        // The primary holds the upload: it becomes current, the secondary lags.
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[0, v]), versions(&[0])],
+            test_time(),
+        );
+        assert_eq!(decision.next, Some(StorageAction::Replicate { version: v }));
+        assert_eq!(decision.status.replicas[0].version, v);
+        assert_eq!(decision.status.phase, StoragePhase::Degraded);
+        assert!(
+            !decision.status.replicas_in_sync,
+            "not in sync while one copy lags"
+        );
+        // Replicated: the superseded versions are deleted, primary first.
+        let mut status = decision.status;
+        status.replicas[1].version = v;
+        status.replicas[1].checksum = Some("ab".repeat(32));
+        status.replicas[1].verified_at = Some(test_time().to_string());
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[0, v]), versions(&[0, v])],
+            test_time(),
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::DeleteVersion {
+                index: 0,
+                version: 0
+            })
+        );
+        let decision = plan(
+            facts(&spec, &decision.status),
+            &[versions(&[v]), versions(&[0, v])],
+            test_time(),
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::DeleteVersion {
+                index: 1,
+                version: 0
+            })
+        );
+        let decision = plan(
+            facts(&spec, &decision.status),
+            &[versions(&[v]), versions(&[v])],
+            test_time(),
+        );
+        assert_eq!(decision.next, None);
+        assert_eq!(decision.status.phase, StoragePhase::Ready);
+        assert!(decision.status.replicas_in_sync);
+        assert_eq!(
+            decision.recheck_in,
+            Some(jiff::SignedDuration::from_hours(24)),
+            "verified a day later"
+        );
+    }
+
+    #[test]
+    fn r27_a_primary_without_its_recorded_content_is_degraded() {
+        let spec = written(1_000);
+        let status = placed([true, true]);
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[0]), versions(&[0])],
+            test_time(),
+        );
+        assert_eq!(decision.next, None);
+        assert_eq!(decision.status.phase, StoragePhase::Degraded);
+        assert!(
+            decision
+                .status
+                .reason
+                .unwrap()
+                .contains("lacks the content's version 1000")
+        );
+    }
+
+    #[test]
+    fn r26_verification_is_due_on_schedule_or_when_asked() {
+        let v = 1_000;
+        let mut spec = written(v);
+        let mut status = placed([true, true]);
+        for replica in &mut status.replicas {
+            replica.version = v;
+            replica.verified_at = Some(test_time().to_string());
+        }
+        let both = [versions(&[v]), versions(&[v])];
+        let later = |hours| test_time() + jiff::SignedDuration::from_hours(hours);
+        let decision = plan(facts(&spec, &status), &both, later(23));
+        assert_eq!(decision.next, None);
+        assert_eq!(
+            decision.recheck_in,
+            Some(jiff::SignedDuration::from_hours(1))
+        );
+        assert_eq!(
+            plan(facts(&spec, &status), &both, later(24)).next,
+            Some(StorageAction::Verify)
+        );
+        spec.verify_requests = 1;
+        assert_eq!(
+            plan(facts(&spec, &status), &both, later(1)).next,
+            Some(StorageAction::Verify)
+        );
+        status.verifications_done = 1;
+        assert_eq!(plan(facts(&spec, &status), &both, later(1)).next, None);
+        // Lost on both copies: reported, never verified in a loop, never in sync.
+        status.unrecoverable = Some("both copies of version 1000 differ".into());
+        let decision = plan(facts(&spec, &status), &both, later(48));
+        assert_eq!(decision.next, None);
+        assert_eq!(decision.status.phase, StoragePhase::Degraded);
+        assert!(!decision.status.replicas_in_sync);
+    }
 }
