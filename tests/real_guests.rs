@@ -870,6 +870,61 @@ async fn r24_r27_content_uploaded_comes_back_and_both_copies_agree_on_disk() {
     assert_eq!(reply.headers()["x-content-sha256"], expected.as_str());
     assert!(reply.bytes().await.unwrap()[..] == random[..]);
 
+    // Overwritten, then the previous version restored: the old bytes come back.
+    let reply = http
+        .put(&url)
+        .bearer_auth(&customer.token)
+        .body(b"overwritten by mistake".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let overwritten: serde_json::Value = reply.json().await.unwrap();
+    let seen = admin
+        .wait_until(
+            &path,
+            "the overwrite did not reach both copies",
+            BOOT,
+            |s| {
+                s["replicas_in_sync"] == true
+                    && s["replicas"][1]["checksum"] == overwritten["sha256"]
+            },
+        )
+        .await;
+    let previous = seen["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["sha256"] == expected.as_str())
+        .unwrap_or_else(|| panic!("the first content is kept: {seen}"))["version"]
+        .clone();
+    let (status, asked) = customer
+        .post(
+            &format!("{path}/actions"),
+            json!({"type": "restore", "version": previous}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    admin
+        .wait_until(&path, "the restore did not reach both copies", BOOT, |s| {
+            s["replicas_in_sync"] == true
+                && s["replicas"]
+                    .as_array()
+                    .is_some_and(|r| r.iter().all(|r| r["checksum"] == expected.as_str()))
+        })
+        .await;
+    let reply = http
+        .get(&url)
+        .bearer_auth(&customer.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.headers()["x-content-sha256"], expected.as_str());
+    assert!(
+        reply.bytes().await.unwrap()[..] == random[..],
+        "the old bytes are back"
+    );
+
     // Another account cannot read or write it.
     let (_, other) = admin.open_account("Other").await;
     let reply = http

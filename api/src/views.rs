@@ -515,6 +515,11 @@ pub struct StorageView {
     pub replicas: Vec<ReplicaView>,
     /// Whether both copies exist and hold the same verified bytes.
     pub replicas_in_sync: bool,
+    /// The current content (null until one is written).
+    pub content: Option<StoredVersionView>,
+    /// Verified versions the secondary copy keeps, newest first: what a
+    /// restore can bring back.
+    pub versions: Vec<StoredVersionView>,
     pub conditions: Vec<ConditionView>,
     pub created_at: Option<String>,
 }
@@ -545,6 +550,35 @@ impl From<&stratus_core::conditions::Condition> for ConditionView {
             last_transition_time: condition.last_transition_time.clone(),
         }
     }
+}
+
+/// A version of a subscription's content.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StoredVersionView {
+    /// The upload's start in Unix milliseconds.
+    pub version: u64,
+    pub bytes: u64,
+    /// SHA-256, lower-case hex.
+    pub sha256: String,
+    /// RFC 3339: when it was written, or last verified.
+    pub at: Option<String>,
+}
+
+/// `{"type": "restore", "version": …}`: the version (one of `versions`,
+/// the newest when absent) becomes the content again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StorageActionBody {
+    #[serde(rename = "type")]
+    pub kind: StorageActionKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageActionKind {
+    Restore,
 }
 
 /// One copy of a subscription's data.
@@ -583,7 +617,7 @@ impl StorageView {
             zone: subscription.spec.zone.clone(),
             encryption: subscription.spec.encryption.api_name().to_owned(),
             status: phase.api_name().to_owned(),
-            status_reason: status.reason,
+            status_reason: status.reason.clone(),
             replicas: status
                 .replicas
                 .iter()
@@ -598,6 +632,25 @@ impl StorageView {
                 })
                 .collect(),
             replicas_in_sync: status.replicas_in_sync,
+            content: subscription
+                .spec
+                .content
+                .as_ref()
+                .map(|c| StoredVersionView {
+                    version: c.version,
+                    bytes: c.bytes,
+                    sha256: c.sha256.clone(),
+                    at: Some(c.written_at.clone()),
+                }),
+            versions: restorable(&status)
+                .into_iter()
+                .map(|k| StoredVersionView {
+                    version: k.version,
+                    bytes: k.bytes,
+                    sha256: k.sha256,
+                    at: Some(k.verified_at),
+                })
+                .collect(),
             conditions: status.conditions.iter().map(ConditionView::from).collect(),
             created_at: subscription
                 .metadata
@@ -606,4 +659,27 @@ impl StorageView {
                 .map(|t| t.0.to_string()),
         }
     }
+}
+
+/// The verified versions the secondary copy holds (its current one and
+/// those it keeps), newest first.
+pub fn restorable(
+    status: &stratus_core::resources::StorageSubscriptionStatus,
+) -> Vec<stratus_core::resources::KeptVersion> {
+    let Some(secondary) = status.replicas.get(1) else {
+        return Vec::new();
+    };
+    let mut versions = secondary.kept.clone();
+    if secondary.version > 0
+        && let Some(sha256) = &secondary.checksum
+    {
+        versions.push(stratus_core::resources::KeptVersion {
+            version: secondary.version,
+            bytes: secondary.bytes,
+            sha256: sha256.clone(),
+            verified_at: secondary.verified_at.clone().unwrap_or_default(),
+        });
+    }
+    versions.sort_by(|a, b| b.version.cmp(&a.version));
+    versions
 }

@@ -3229,3 +3229,98 @@ async fn content_needs_created_copies_and_an_api_that_reaches_the_agents() {
         None,
     );
 }
+
+#[tokio::test]
+async fn r26_restores_name_a_kept_version_or_are_refused_naming_it() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let id = api.ready_storage(&account, &token, 1).await;
+    let path = format!("/v1/storage/{id}/actions");
+    let nothing = api
+        .call(
+            Method::POST,
+            &path,
+            &token,
+            Some(json!({"type": "restore"})),
+        )
+        .await;
+    assert_error(&nothing, StatusCode::CONFLICT, "conflict", None);
+    let sha = |c: char| c.to_string().repeat(64);
+    let status = json!({"phase": "Ready", "replicasInSync": true, "replicas": [
+        {"hypervisor": "hv-a", "zone": "a", "volume": "v", "created": true, "version": 300,
+         "bytes": 3, "checksum": sha('c'), "verifiedAt": "2026-12-05T12:00:00Z"},
+        {"hypervisor": "hv-b", "zone": "b", "volume": "v", "created": true, "version": 300,
+         "bytes": 3, "checksum": sha('c'), "verifiedAt": "2026-12-05T12:00:00Z",
+         "kept": [{"version": 100, "bytes": 1, "sha256": sha('a'), "verifiedAt": "2026-12-05T12:00:00Z"},
+                  {"version": 200, "bytes": 2, "sha256": sha('b'), "verifiedAt": "2026-12-05T12:00:00Z"}]}]});
+    api.state
+        .storage
+        .patch_status(Some(&account), &id, &status)
+        .await
+        .unwrap();
+    let shown = api
+        .call(Method::GET, &format!("/v1/storage/{id}"), &token, None)
+        .await;
+    let listed: Vec<u64> = shown.body["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(listed, [300, 200, 100], "{}", shown.body);
+    for (body, code, field) in [
+        (
+            json!({"type": "restore", "version": 150}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "version",
+        ),
+        (
+            json!({"type": "rewind"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "type",
+        ),
+        (
+            json!({"type": "restore", "at": 1}),
+            StatusCode::BAD_REQUEST,
+            "at",
+        ),
+    ] {
+        let reply = api.call(Method::POST, &path, &token, Some(body)).await;
+        assert_eq!(reply.status, code, "{}", reply.body);
+        assert_eq!(
+            reply.body["error"]["details"]["field"], field,
+            "{}",
+            reply.body
+        );
+    }
+    let subscription = api
+        .state
+        .storage
+        .get(Some(&account), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        subscription.spec.restore_from.is_none(),
+        "refusals change nothing"
+    );
+    let restored = api
+        .call(
+            Method::POST,
+            &path,
+            &token,
+            Some(json!({"type": "restore", "version": 100})),
+        )
+        .await;
+    assert_eq!(restored.status, StatusCode::ACCEPTED, "{}", restored.body);
+    assert_eq!(restored.body["content"]["sha256"], sha('a'));
+    let subscription = api
+        .state
+        .storage
+        .get(Some(&account), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(subscription.spec.restore_from, Some(100));
+    assert!(subscription.spec.content.unwrap().version > 300);
+}

@@ -223,6 +223,16 @@ impl StorageReconciler {
                     }
                 }
             }
+            StorageAction::Restore { from, version } => {
+                let (primary, secondary) = (agent_of(0)?, agent_of(1)?);
+                self.record_status(subscription, &current, &next).await?;
+                if let Err((agent, error)) = self
+                    .restore(subscription, &name, from, version, &primary, &secondary)
+                    .await
+                {
+                    return self.agent_failed(subscription, &next, &agent, error).await;
+                }
+            }
             StorageAction::Verify => {
                 let agents = [agent_of(0)?, agent_of(1)?];
                 self.record_status(subscription, &current, &next).await?;
@@ -247,6 +257,67 @@ impl StorageReconciler {
             }
         }
         Ok(None)
+    }
+
+    /// Writes the secondary's verified version `from` into `version` of
+    /// the primary (the content a restore recorded), checking its SHA-256;
+    /// the secondary then copies it like any new content.
+    async fn restore(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        from: u64,
+        version: u64,
+        primary: &AgentEndpoint,
+        secondary: &AgentEndpoint,
+    ) -> Result<(), (AgentEndpoint, AgentCallError)> {
+        let Some(content) = subscription
+            .spec
+            .content
+            .as_ref()
+            .filter(|c| c.version == version)
+        else {
+            return Ok(());
+        };
+        let stream = self
+            .ctx
+            .agents
+            .read_version(secondary, name, from, content.bytes)
+            .await
+            .map_err(|e| (secondary.clone(), e))?;
+        let rebuilt = self
+            .ctx
+            .agents
+            .write_version(primary, name, version, subscription.spec.size_gib, stream)
+            .await
+            .map_err(|e| (primary.clone(), e))?;
+        if rebuilt.sha256 != content.sha256 {
+            let _ = self.ctx.agents.delete_version(primary, name, version).await;
+            return Err((
+                primary.clone(),
+                AgentCallError::Unreachable(format!(
+                    "version {from} read back as {} instead of {}; the restore is tried again",
+                    rebuilt.sha256, content.sha256
+                )),
+            ));
+        }
+        self.ctx
+            .audit(
+                AuditAction::StorageRestored,
+                AuditSubject::storage(subscription),
+                json!({ "from": from, "version": version, "sha256": content.sha256 }),
+            )
+            .await;
+        self.ctx
+            .publish(
+                subscription,
+                EventType::Normal,
+                EventReason::Restored,
+                &format!("the primary copy was rebuilt from verified version {from}"),
+            )
+            .await;
+        tracing::info!(from, version, "primary rebuilt from a kept version");
+        Ok(())
     }
 
     /// Reads both copies' current version back and checks each against

@@ -250,6 +250,7 @@ impl Harness {
                 encryption: StorageEncryption::Client,
                 content: None,
                 verify_requests: 0,
+                restore_from: None,
             },
         );
         subscription.metadata.namespace = Some(NS.into());
@@ -2491,4 +2492,54 @@ async fn r26_content_lost_on_both_copies_is_reported_never_called_in_sync() {
     let status = h.storage_status("st-1").await;
     assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
     assert!(status.unrecoverable.is_none());
+}
+
+#[tokio::test]
+async fn r26_a_restore_brings_a_kept_version_back_on_both_copies() {
+    let h = harness().await;
+    let first = stored_and_in_sync(&h, b"monday's backup").await;
+    h.upload("a1", first + 1, b"ransomware").await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.replicas[1].kept.len(), 1, "{status:?}");
+    let kept = status.replicas[1].kept[0].clone();
+    assert_eq!(kept.version, first);
+    // What the API records for a restore of the kept version.
+    let restored = first + 2;
+    h.storage
+        .update(Some(NS), "st-1", |s| {
+            s.spec.content = Some(stratus_core::resources::StorageContent {
+                version: restored,
+                bytes: kept.bytes,
+                sha256: kept.sha256.clone(),
+                written_at: "2026-12-05T12:00:00Z".into(),
+            });
+            s.spec.restore_from = Some(first);
+            true
+        })
+        .await
+        .unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    for hypervisor in ["a1", "b1"] {
+        assert_eq!(
+            h.sim.versions(hypervisor, STORAGE)[&restored],
+            b"monday's backup",
+            "{hypervisor}"
+        );
+    }
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
+    assert!(status.replicas_in_sync);
+    // The content before the restore stays restorable.
+    assert!(
+        status.replicas[1]
+            .kept
+            .iter()
+            .any(|k| k.version == first + 1)
+    );
+    assert_eq!(
+        h.audited_storage("st-1", AuditAction::StorageRestored)
+            .await[0]["from"],
+        first
+    );
 }

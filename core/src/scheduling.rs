@@ -564,6 +564,7 @@ mod tests {
                 encryption: Default::default(),
                 content: None,
                 verify_requests: 0,
+                restore_from: None,
             },
         );
         subscription.status = Some(StorageSubscriptionStatus {

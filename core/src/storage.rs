@@ -66,6 +66,12 @@ pub enum StorageAction {
         index: usize,
         version: u64,
     },
+    /// Rebuild `version` (the content a restore recorded) on the primary
+    /// from the verified version `from` the secondary keeps.
+    Restore {
+        from: u64,
+        version: u64,
+    },
     /// Read both copies back and check them against the recorded
     /// checksums (R26); a copy that no longer matches is repaired from the
     /// other and reported.
@@ -353,6 +359,19 @@ fn content_step(
             // was repaired of the last.
             status.unrecoverable = None;
             status.last_repair = None;
+        } else if let Some(from) = facts.spec.restore_from
+            && versions_of(1).contains(&from)
+        {
+            return (
+                Some(StorageAction::Restore {
+                    from,
+                    version: content.version,
+                }),
+                Some(format!(
+                    "the primary copy on {} is being rebuilt from version {from} of the secondary",
+                    status.replicas[0].hypervisor
+                )),
+            );
         } else {
             problems.push(format!(
                 "the primary copy on {} lacks the content's version {}",
@@ -430,6 +449,7 @@ mod tests {
             encryption: StorageEncryption::Client,
             content: None,
             verify_requests: 0,
+            restore_from: None,
         }
     }
 
@@ -735,6 +755,47 @@ mod tests {
             Some(jiff::SignedDuration::from_hours(24)),
             "verified a day later"
         );
+    }
+
+    #[test]
+    fn a_restore_rebuilds_the_primary_from_the_secondarys_version_then_replicates() {
+        let mut spec = written(2_000);
+        spec.restore_from = Some(1_000);
+        let mut status = placed([true, true]);
+        status.replicas[0].version = 1_500;
+        status.replicas[1].version = 1_500;
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[1_500]), versions(&[1_000, 1_500])],
+            test_time(),
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::Restore {
+                from: 1_000,
+                version: 2_000
+            })
+        );
+        assert!(!decision.status.replicas_in_sync);
+        // Rebuilt: the secondary is brought to it like to any new content.
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[1_500, 2_000]), versions(&[1_000, 1_500])],
+            test_time(),
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::Replicate { version: 2_000 })
+        );
+        // A version the secondary does not have cannot be restored from.
+        spec.restore_from = Some(999);
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[1_500]), versions(&[1_000, 1_500])],
+            test_time(),
+        );
+        assert_eq!(decision.next, None);
+        assert_eq!(decision.status.phase, StoragePhase::Degraded);
     }
 
     #[test]

@@ -81,6 +81,7 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(storage::get_storage, storage::delete_storage))
         .routes(routes!(storage::write_content, storage::read_content))
         .routes(routes!(storage::verify_storage))
+        .routes(routes!(storage::storage_action))
         .routes(routes!(
             hypervisors::register_hypervisor,
             hypervisors::list_hypervisors

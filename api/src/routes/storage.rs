@@ -26,7 +26,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery};
 use crate::state::{ApiState, ContentError, ContentStream, StorageContents};
-use crate::views::{OrderStorage, StorageView};
+use crate::views::{OrderStorage, StorageActionBody, StorageActionKind, StorageView, restorable};
 
 const WHAT: &str = "storage subscription";
 
@@ -121,6 +121,7 @@ async fn validate_order(
         encryption,
         content: None,
         verify_requests: 0,
+        restore_from: None,
     };
     Ok((spec, state.quota_of(&account)))
 }
@@ -570,4 +571,89 @@ pub async fn verify_storage(
         )
         .await;
     Ok((StatusCode::ACCEPTED, Json(StorageView::of(&updated, true))).into_response())
+}
+
+/// Restores the subscription's content from a verified version the
+/// secondary copy keeps (`versions` in the view; the newest by default):
+/// the primary is rebuilt from it as a new version, and the content before
+/// the restore stays among the kept versions.
+#[utoipa::path(post, path = "/v1/storage/{id}/actions", tag = "storage", params(("id" = String, Path)),
+    request_body = StorageActionBody,
+    responses((status = 202, body = StorageView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn storage_action(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(action): JsonBody<StorageActionBody>,
+) -> Result<Response, ApiError> {
+    let account_id = principal.account()?.clone();
+    let id = storage_id(&id)?;
+    let subscription = find_storage(&state, &principal, &id).await?;
+    if subscription.metadata.deletion_timestamp.is_some() {
+        return Err(ApiError::conflict("the subscription is being deleted"));
+    }
+    let StorageActionKind::Restore = action.kind;
+    let status = subscription.status.clone().unwrap_or_default();
+    let available = restorable(&status);
+    let chosen = match action.version {
+        None => available.first().cloned().ok_or_else(|| {
+            ApiError::conflict("no verified version is kept yet: there is nothing to restore")
+        })?,
+        Some(version) => available
+            .iter()
+            .find(|k| k.version == version)
+            .cloned()
+            .ok_or_else(|| {
+                let listed: Vec<String> = available.iter().map(|k| k.version.to_string()).collect();
+                ApiError::invalid(
+                    "version",
+                    format!(
+                        "version {version} is not kept; the verified versions are: [{}]",
+                        listed.join(", ")
+                    ),
+                )
+            })?,
+    };
+    let before = subscription.spec.content.as_ref().map_or(0, |c| c.version);
+    let version = u64::try_from(state.now_millis())
+        .unwrap_or(0)
+        .max(before + 1);
+    let restored = StorageContent {
+        version,
+        bytes: chosen.bytes,
+        sha256: chosen.sha256.clone(),
+        written_at: state.clock.now().to_string(),
+    };
+    let recorded = restored.clone();
+    let updated = state
+        .storage
+        .update(Some(account_id.as_str()), id.as_str(), move |s| {
+            if s.spec.content.as_ref().map_or(0, |c| c.version) != before {
+                return false;
+            }
+            s.spec.content = Some(recorded.clone());
+            s.spec.restore_from = Some(chosen.version);
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(WHAT, id.as_str()))?;
+    if updated.spec.content.as_ref() != Some(&restored) {
+        return Err(ApiError::conflict(
+            "the content changed while the restore was asked for; look at the versions again",
+        ));
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageRestore,
+            AuditSubject::storage(&updated),
+            json!({ "from": chosen.version, "version": version, "sha256": chosen.sha256 }),
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(StorageView::of(&updated, is_operator(&principal))),
+    )
+        .into_response())
 }

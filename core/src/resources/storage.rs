@@ -110,6 +110,10 @@ pub struct StorageSubscriptionSpec {
     /// an upload completed on the primary copy, never by hand.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<StorageContent>,
+    /// Set with `content` by a restore: the verified version of the
+    /// secondary the new content is rebuilt from on the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_from: Option<u64>,
     /// Verifications operators have asked for; the controller reads both
     /// copies back once per increment, besides its schedule.
     #[serde(default)]

@@ -87,6 +87,10 @@ audit_actions! {
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",
+    /// A customer asked for a kept version to become the content again.
+    StorageRestore => "storage.restore",
+    /// The controller rebuilt the primary from the secondary's kept version.
+    StorageRestored => "storage.restored",
     /// An operator asked for both copies to be verified now.
     StorageVerify => "storage.verify",
     /// A customer wrote a new content (its version, length and SHA-256).
