@@ -680,6 +680,6 @@ pub fn restorable(
             verified_at: secondary.verified_at.clone().unwrap_or_default(),
         });
     }
-    versions.sort_by(|a, b| b.version.cmp(&a.version));
+    versions.sort_by_key(|k| std::cmp::Reverse(k.version));
     versions
 }
