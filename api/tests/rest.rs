@@ -3180,7 +3180,7 @@ async fn r27_content_is_stored_whole_or_refused_without_touching_the_previous_on
         .unwrap();
     assert_eq!(subscription.spec.content.unwrap().sha256, sha);
 
-    // Nobody else reads or writes it; operators read but do not write.
+    // Nobody else reads or writes it, operators neither.
     let (_, other) = api.customer("Other").await;
     for method in [Method::GET, Method::PUT] {
         let reply = api
@@ -3188,10 +3188,12 @@ async fn r27_content_is_stored_whole_or_refused_without_touching_the_previous_on
             .await;
         assert_error(&reply, StatusCode::NOT_FOUND, "not_found", None);
     }
-    let operator = api
-        .raw(Method::PUT, &path, Some(&api.admin), &[], Some("x".into()))
-        .await;
-    assert_error(&operator, StatusCode::FORBIDDEN, "forbidden", None);
+    for method in [Method::GET, Method::PUT] {
+        let operator = api
+            .raw(method, &path, Some(&api.admin), &[], Some("x".into()))
+            .await;
+        assert_error(&operator, StatusCode::FORBIDDEN, "forbidden", None);
+    }
 }
 
 #[tokio::test]

@@ -471,8 +471,8 @@ pub async fn write_content(
     }))
 }
 
-/// Streams the subscription's current content back, with its SHA-256 in
-/// `x-content-sha256` (204 when nothing was written yet).
+/// Streams the subscription's current content back to its owner, with its
+/// SHA-256 in `x-content-sha256` (204 when nothing was written yet).
 #[utoipa::path(get, path = "/v1/storage/{id}/content", tag = "storage", params(("id" = String, Path)),
     responses((status = 200, body = Vec<u8>, content_type = "application/octet-stream"), (status = 204),
               (status = 401, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
@@ -481,6 +481,8 @@ pub async fn read_content(
     State(state): State<ApiState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    // The customer's data, even encrypted, is the customer's alone.
+    principal.account()?;
     let id = storage_id(&id)?;
     let subscription = find_storage(&state, &principal, &id).await?;
     let Some(content) = subscription.spec.content.clone() else {
