@@ -120,6 +120,18 @@ impl ApiError {
         .with_details(json!({ "reason": reason }))
     }
 
+    /// A suspended account's storage takes no writes; `reason` is the first cause.
+    pub fn read_only_while_suspended(reason: &str) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "account_suspended",
+            format!(
+                "the account is suspended ({reason}): its storage is read-only until the suspension is lifted"
+            ),
+        )
+        .with_details(json!({ "reason": reason }))
+    }
+
     /// R5: what an account suspended for abuse holds is evidence; its
     /// customer cannot destroy it.
     pub fn held_as_evidence(what: &str) -> Self {

@@ -2994,6 +2994,22 @@ async fn r5_storage_of_an_account_held_for_abuse_cannot_be_deleted_by_its_custom
         .await;
     assert_error(&refused, StatusCode::CONFLICT, "account_suspended", None);
     assert_eq!(refused.body["error"]["details"]["reason"], "abuse");
+    // Nor overwritten or restored: read-only while suspended.
+    for (method, path, body) in [
+        (
+            Method::PUT,
+            format!("/v1/storage/{id}/content"),
+            "x".to_owned(),
+        ),
+        (
+            Method::POST,
+            format!("/v1/storage/{id}/actions"),
+            json!({"type": "restore"}).to_string(),
+        ),
+    ] {
+        let reply = api.raw(method, &path, Some(&token), &[], Some(body)).await;
+        assert_error(&reply, StatusCode::CONFLICT, "account_suspended", None);
+    }
     let kept = api
         .state
         .storage

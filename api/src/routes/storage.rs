@@ -267,6 +267,26 @@ pub async fn get_storage(
     )))
 }
 
+/// A suspended account's storage is read-only: nothing is written or
+/// restored until the suspension is lifted (and data held for abuse stays
+/// as it was found).
+async fn refuse_writes_while_suspended(
+    state: &ApiState,
+    account_id: &AccountId,
+) -> Result<(), ApiError> {
+    let account = state.accounts.get(None, account_id.as_str()).await?;
+    let suspensions = account
+        .and_then(|a| a.status)
+        .map(|s| s.suspensions)
+        .unwrap_or_default();
+    match suspensions.first() {
+        Some(suspension) => Err(ApiError::read_only_while_suspended(
+            suspension.reason.as_str(),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Data of an account suspended for abuse is evidence (R5): its customer
 /// cannot destroy it until an operator releases or terminates it.
 async fn refuse_while_held_for_abuse(
@@ -395,6 +415,7 @@ pub async fn write_content(
     if subscription.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the subscription is being deleted"));
     }
+    refuse_writes_while_suspended(&state, &account_id).await?;
     let status = subscription.status.clone().unwrap_or_default();
     let Some(primary) = status.replicas.first().filter(|r| r.created) else {
         return Err(ApiError::conflict(
@@ -595,6 +616,7 @@ pub async fn storage_action(
     if subscription.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the subscription is being deleted"));
     }
+    refuse_writes_while_suspended(&state, &account_id).await?;
     let StorageActionKind::Restore = action.kind;
     let status = subscription.status.clone().unwrap_or_default();
     let available = restorable(&status);
