@@ -105,6 +105,7 @@ pub fn controller(
     }
     let scheduling = Scheduling::shared();
     let storage_policy = config.policy.storage.clone();
+    let storage_outbox = Outbox::new(&config.notifications);
     let servers = Arc::new(ServerReconciler::new(
         ctx.clone(),
         Resources::new(store.clone()),
@@ -114,13 +115,16 @@ pub fn controller(
         scheduling.clone(),
     ));
     let waiting_servers = runtime.add(servers);
-    let waiting_storage = runtime.add(Arc::new(StorageReconciler::new(
-        ctx.clone(),
-        Resources::new(store.clone()),
-        Resources::new(store.clone()),
-        scheduling.clone(),
-        storage_policy,
-    )));
+    let waiting_storage = runtime.add(Arc::new(
+        StorageReconciler::new(
+            ctx.clone(),
+            Resources::new(store.clone()),
+            Resources::new(store.clone()),
+            scheduling.clone(),
+            storage_policy,
+        )
+        .notifying(storage_outbox, Resources::new(store.clone())),
+    ));
     scheduling.wakes_through(waiting_servers.clone(), waiting_storage.clone());
     runtime.add(Arc::new(
         IpPoolReconciler::new(

@@ -13,7 +13,7 @@ use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::policy::StoragePolicy;
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    KeptVersion, STORAGE_FINALIZER, StoragePhase, StorageReplica, StorageSubscription,
+    Account, KeptVersion, STORAGE_FINALIZER, StoragePhase, StorageReplica, StorageSubscription,
     StorageSubscriptionStatus, VirtualServer,
 };
 use stratus_core::scheduling::{self, Candidate};
@@ -25,6 +25,7 @@ use crate::agent_client::{AgentCallError, AgentEndpoint};
 use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
+use crate::notifier::Outbox;
 use crate::placements::{Placing, Scheduling};
 use crate::runtime::{ObjectKey, Outcome, Reconcile};
 use crate::servers::UNSCHEDULABLE_RECHECK;
@@ -43,6 +44,9 @@ pub struct StorageReconciler {
     servers: Resources<VirtualServer>,
     scheduling: Arc<Scheduling>,
     policy: StoragePolicy,
+    /// Where customers are told of damage found on their storage.
+    outbox: Outbox,
+    accounts: Option<Resources<Account>>,
 }
 
 #[async_trait]
@@ -98,7 +102,16 @@ impl StorageReconciler {
             servers,
             scheduling,
             policy,
+            outbox: Outbox::default(),
+            accounts: None,
         }
+    }
+
+    /// Tells customers, through `outbox`, of damage found on their storage.
+    pub fn notifying(mut self, outbox: Outbox, accounts: Resources<Account>) -> Self {
+        self.outbox = outbox;
+        self.accounts = Some(accounts);
+        self
     }
 
     /// Observes, plans, and takes the one next action; `Some` ends the
@@ -359,6 +372,8 @@ impl StorageReconciler {
                 tracing::error!(%message, "storage content lost on both copies");
                 status.unrecoverable = Some(message.clone());
                 self.report_damage(subscription, &message, None).await;
+                self.tell_customer(subscription, status.repairs, false, &message)
+                    .await;
             }
             (primary_good, _) => {
                 let (bad, from) = if primary_good { (1, 0) } else { (0, 1) };
@@ -402,6 +417,8 @@ impl StorageReconciler {
                 tracing::warn!(%message, "storage copy repaired");
                 self.ctx.metrics.storage_repaired();
                 status.last_repair = Some(message.clone());
+                self.tell_customer(subscription, status.repairs, true, &message)
+                    .await;
                 self.report_damage(subscription, &message, Some(&agents[bad]))
                     .await;
             }
@@ -446,6 +463,50 @@ impl StorageReconciler {
             "both copies verified"
         );
         Ok(())
+    }
+
+    /// Queues the customer's notice of damage found on its storage; a
+    /// failure is logged, never stops the repair.
+    async fn tell_customer(
+        &self,
+        subscription: &StorageSubscription,
+        repairs: u32,
+        repaired: bool,
+        detail: &str,
+    ) {
+        let (Some(accounts), Some(namespace)) = (&self.accounts, subscription.namespace()) else {
+            return;
+        };
+        let email = match accounts.get(None, &namespace).await {
+            Ok(Some(account)) => account.spec.email,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "the customer could not be told of damage on its storage");
+                return;
+            }
+        };
+        let message = stratus_core::notices::storage_damage(
+            &namespace,
+            &subscription.name_any(),
+            &subscription.spec.name,
+            repairs,
+            repaired,
+            detail,
+            self.ctx.clock.now(),
+        );
+        if let Err(error) = self
+            .outbox
+            .queue(
+                &self.ctx,
+                &namespace,
+                &email,
+                vec![message],
+                self.ctx.clock.now(),
+            )
+            .await
+        {
+            tracing::warn!(%error, "the customer could not be told of damage on its storage");
+        }
     }
 
     /// A Warning event and an audit row about damage found on a copy.

@@ -2543,3 +2543,55 @@ async fn r26_a_restore_brings_a_kept_version_back_on_both_copies() {
         first
     );
 }
+
+#[tokio::test]
+async fn r26_the_customer_is_told_of_a_repaired_copy_once() {
+    use stratus_core::notices::{Notifications, Webhook};
+    use stratus_store::ledger::DeliveryState;
+    let h = harness().await;
+    let accounts = Resources::<Account>::new(h.store.clone());
+    accounts
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    let channels = Notifications {
+        webhook: Some(Webhook {
+            url: "https://hooks.example.net/notices".into(),
+            secret_file: "/nonexistent".into(),
+        }),
+        ..Notifications::default()
+    };
+    let reconciler = StorageReconciler::new(
+        h.ctx.clone(),
+        h.storage.clone(),
+        h.servers.clone(),
+        Scheduling::shared(),
+        Policy::default().storage,
+    )
+    .notifying(
+        stratus_controller::notifier::Outbox::new(&channels),
+        accounts,
+    );
+    let version = stored_and_in_sync(&h, b"ciphertext").await;
+    h.sim.corrupt_version("b1", STORAGE, version);
+    h.clock.advance(jiff::SignedDuration::from_hours(25));
+    let key = ObjectKey::new(Some(NS), "st-1");
+    reconciler.reconcile(&key).await.unwrap();
+    reconciler.reconcile(&key).await.unwrap();
+    let queued = h
+        .ledger
+        .notifications()
+        .page(Some(DeliveryState::Pending), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].message["type"], "storage.repaired");
+    assert!(
+        queued[0].message["subject"]
+            .as_str()
+            .unwrap()
+            .contains("a copy was repaired"),
+        "{:?}",
+        queued[0].message
+    );
+}

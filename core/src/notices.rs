@@ -247,6 +247,47 @@ fn termination_cause(cause: TerminationCause) -> &'static str {
     }
 }
 
+/// What the customer is told when a copy of its storage `name` (`id`) no
+/// longer matched its checksum and was rewritten from the other (R26), or
+/// was found lost on both. `repairs` makes each occurrence its own message.
+pub fn storage_damage(
+    account: &str,
+    id: &str,
+    name: &str,
+    repairs: u32,
+    repaired: bool,
+    detail: &str,
+    at: Timestamp,
+) -> Message {
+    let (kind, subject) = if repaired {
+        (
+            "storage.repaired",
+            format!("Your storage {name}: a copy was repaired"),
+        )
+    } else {
+        (
+            "storage.lost",
+            format!("Your storage {name}: both copies of its content are damaged"),
+        )
+    };
+    Message {
+        id: format!("storage/{id}:{kind}:{repairs}:{}", at.as_millisecond()),
+        account: account.to_owned(),
+        kind: kind.to_owned(),
+        at,
+        subject,
+        text: format!(
+            "{detail}.{}",
+            if repaired {
+                " Your data is unchanged: nothing needs doing."
+            } else {
+                " Restore one of its kept versions (POST /v1/storage/{id}/actions {\"type\": \"restore\"})."
+            }
+        ),
+        data: serde_json::json!({ "storage": id, "name": name, "repaired": repaired, "detail": detail }),
+    }
+}
+
 /// The message a change of an account's standing becomes; `None` for a
 /// change only operators are told of.
 pub fn for_change(account: &str, change: &Change) -> Option<Message> {
