@@ -7,8 +7,9 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use stratus_core::agent_api::{
-    AntiSpoofing, CONSOLE_TAIL_BYTES, DiskDisposal, DomainObservation, DomainSpec, DomainState,
-    Link, MANAGED_PREFIX, NodeReport, PoolInfo, Target, disk_volume_name,
+    AntiSpoofing, CONSOLE_TAIL_BYTES, DataDisk, DiskDisposal, DomainObservation, DomainSpec,
+    DomainState, Link, MANAGED_PREFIX, MAX_DATA_DISKS, NodeReport, PoolInfo, Target,
+    disk_volume_name, is_storage_serial, storage_volume_version,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -204,6 +205,37 @@ fn domain_agent(domain: &Domain) -> Result<Option<String>, AgentError> {
         Err(e) if is_missing(&e, ErrorNumber::NoDomainMetadata) || is_unsupported(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The account (namespace) part of a managed domain or volume base name.
+fn account_of(managed: &str) -> Option<&str> {
+    managed
+        .strip_prefix(MANAGED_PREFIX)?
+        .split_once('.')
+        .map(|(account, _)| account)
+}
+
+/// A domain's data disks, those of the running guest first, and every
+/// device name its definition or running guest uses.
+fn data_disks_of(domain: &Domain) -> Result<(Vec<xml::DefinedDataDisk>, Vec<String>), AgentError> {
+    let inactive = domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?;
+    let active = if domain.is_active()? {
+        Some(domain.xml_desc(0)?)
+    } else {
+        None
+    };
+    let mut disks = active
+        .as_deref()
+        .map(xml::data_disks_in)
+        .unwrap_or_default();
+    disks.extend(xml::data_disks_in(&inactive));
+    let mut taken: Vec<String> = std::iter::once(&inactive)
+        .chain(active.as_ref())
+        .flat_map(|xml| xml::disk_targets_in(xml))
+        .collect();
+    taken.sort();
+    taken.dedup();
+    Ok((disks, taken))
 }
 
 /// Whether a domain's definition uses the volume `volume`.
@@ -482,12 +514,17 @@ impl Driver {
             .transpose()?;
         let link = domain.as_ref().map(observe_link).transpose()?;
         let disk_present = Self::lookup_volume(&self.pool()?, &disk_volume_name(name))?.is_some();
+        let data_disks = match &domain {
+            Some(domain) => self.observe_data_disks(domain)?,
+            None => Vec::new(),
+        };
         Ok(DomainObservation {
             name: name.to_owned(),
             state,
             disk_present,
             link: link.unwrap_or_default(),
             disk_disposal: None,
+            data_disks,
         })
     }
 
@@ -501,6 +538,7 @@ impl Driver {
         }
         // Malformed addresses are refused before anything is created.
         xml::traffic_filter(spec)?;
+        self.check_data_disks(name, spec)?;
         let lock = self.lock(name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let pool = self.pool()?;
@@ -570,9 +608,31 @@ impl Driver {
         };
         self.remove_stale_seeds(&pool, name, seed.as_deref())?;
         let domain = self.converge_link(name, domain, spec, &disk_name)?;
+        self.converge_data_disks(name, &domain, spec)?;
         self.converge_power(name, &domain, spec.target(), spec.power_off)?;
         self.record_domain(name, &domain)?;
         self.observe(name)
+    }
+
+    /// Serials of a domain's data disks: those of its definition and, where
+    /// disks are hot-plugged, of its running guest too, so a disk a guest
+    /// has not let go of yet still counts as attached.
+    fn observe_data_disks(&self, domain: &Domain) -> Result<Vec<String>, AgentError> {
+        let mut disks = xml::data_disks_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
+        if self.hot_plugs() && domain.is_active()? {
+            disks.extend(xml::data_disks_in(&domain.xml_desc(0)?));
+        }
+        let mut serials: Vec<String> = disks.into_iter().map(|d| d.serial).collect();
+        serials.sort();
+        serials.dedup();
+        Ok(serials)
+    }
+
+    /// Whether disks are plugged into running guests: not on the test
+    /// driver, which cannot change a running domain's devices (a change of
+    /// disks is defined, for its next start).
+    fn hot_plugs(&self) -> bool {
+        !self.config.uri.starts_with("test:")
     }
 
     /// Whether seeds are written: not on the test driver, which runs no
@@ -689,6 +749,7 @@ impl Driver {
             .as_ref()
             .filter(|_| self.writes_seeds())
             .map(|seed| crate::seed::volume_name(name, seed));
+        let data_disks = self.data_disk_targets(name, spec)?;
         let placement = xml::Placement {
             domain_type: &self.config.domain_type,
             pool: &self.config.pool,
@@ -697,6 +758,7 @@ impl Driver {
             filter: self.filters_nics(),
             seed_volume: seed_volume.as_deref(),
             agent: self.config.agent_name.as_deref(),
+            data_disks: &data_disks,
             console_log: self
                 .config
                 .console_dir
@@ -704,6 +766,200 @@ impl Driver {
                 .map(|dir| crate::seed::console_log(dir, name).display().to_string()),
         };
         xml::domain(name, spec, &placement)
+    }
+
+    /// A spec's data disks must be storage copies of this agent's pool,
+    /// each once, at most [`MAX_DATA_DISKS`]: checked before anything is
+    /// changed.
+    fn check_data_disks(&self, name: &str, spec: &DomainSpec) -> Result<(), AgentError> {
+        if spec.data_disks.len() > MAX_DATA_DISKS {
+            return Err(AgentError::BadRequest(format!(
+                "data_disks: at most {MAX_DATA_DISKS} disks, not {}",
+                spec.data_disks.len()
+            )));
+        }
+        for (index, disk) in spec.data_disks.iter().enumerate() {
+            if !is_storage_serial(&disk.serial) {
+                return Err(AgentError::BadRequest(format!(
+                    "data_disks[{index}].serial: {:?} is not a storage subscription id",
+                    disk.serial
+                )));
+            }
+            // Never a disk of another account's storage, whatever the
+            // caller asks: both names carry the account.
+            let copy_of = disk
+                .volume
+                .rsplit_once("-store-v")
+                .map(|(base, _)| base)
+                .filter(|base| storage_volume_version(base, &disk.volume).is_some());
+            match copy_of {
+                Some(base) if check_managed_name(base).is_ok() => {
+                    if account_of(base) != account_of(name) {
+                        return Err(AgentError::BadRequest(format!(
+                            "data_disks[{index}].volume: {} belongs to another account than {name}",
+                            disk.volume
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(AgentError::BadRequest(format!(
+                        "data_disks[{index}].volume: {:?} is not a storage copy",
+                        disk.volume
+                    )));
+                }
+            }
+            if spec.data_disks[..index]
+                .iter()
+                .any(|d| d.serial == disk.serial || d.volume == disk.volume)
+            {
+                return Err(AgentError::BadRequest(format!(
+                    "data_disks[{index}]: {} is listed twice",
+                    disk.serial
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every disk's volume must be in this agent's pool.
+    fn check_data_volumes(&self, disks: &[DataDisk]) -> Result<(), AgentError> {
+        let pool = self.pool()?;
+        for disk in disks {
+            if Self::lookup_volume(&pool, &disk.volume)?.is_none() {
+                return Err(AgentError::BadRequest(format!(
+                    "data_disks: the volume {} of {} is not in pool {}",
+                    disk.volume, disk.serial, self.config.pool
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The spec's data disks with the device names they have, or will
+    /// have, in domain `name`.
+    fn data_disk_targets(
+        &self,
+        name: &str,
+        spec: &DomainSpec,
+    ) -> Result<Vec<(DataDisk, String)>, AgentError> {
+        if spec.data_disks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (defined, taken) = match self.lookup_domain(name)? {
+            Some(domain) => data_disks_of(&domain)?,
+            None => (Vec::new(), Vec::new()),
+        };
+        xml::data_disk_targets(&spec.data_disks, &defined, &taken)
+    }
+
+    /// Attaches the spec's data disks the domain lacks and detaches those
+    /// it no longer lists: in the definition, and in the running guest
+    /// (hot-plug). A guest may take a while to let a disk go; the next
+    /// call looks again.
+    fn converge_data_disks(
+        &self,
+        name: &str,
+        domain: &Domain,
+        spec: &DomainSpec,
+    ) -> Result<(), AgentError> {
+        let active = domain.is_active()?;
+        let config = xml::data_disks_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
+        if !self.hot_plugs() {
+            let defined: Vec<(&str, Option<&str>)> = config
+                .iter()
+                .map(|d| (d.serial.as_str(), d.volume.as_deref()))
+                .collect();
+            let wanted: Vec<(&str, Option<&str>)> = spec
+                .data_disks
+                .iter()
+                .map(|d| (d.serial.as_str(), Some(d.volume.as_str())))
+                .collect();
+            if defined.len() != wanted.len() || wanted.iter().any(|w| !defined.contains(w)) {
+                self.check_data_volumes(&spec.data_disks)?;
+                self.define(
+                    name,
+                    spec,
+                    &disk_volume_name(name),
+                    Some(domain.uuid_string()?),
+                )?;
+                tracing::info!(
+                    domain = name,
+                    disks = wanted.len(),
+                    "defined the data disks"
+                );
+            }
+            return Ok(());
+        }
+        let live = if active {
+            xml::data_disks_in(&domain.xml_desc(0)?)
+        } else {
+            Vec::new()
+        };
+        let wanted = |d: &xml::DefinedDataDisk| {
+            spec.data_disks
+                .iter()
+                .any(|w| w.serial == d.serial && Some(&w.volume) == d.volume.as_ref())
+        };
+        for (disks, flag) in [
+            (&config, virt::sys::VIR_DOMAIN_AFFECT_CONFIG),
+            (&live, virt::sys::VIR_DOMAIN_AFFECT_LIVE),
+        ] {
+            for leaving in disks.iter().filter(|d| !wanted(d)) {
+                let device = xml::Disk {
+                    pool: self.config.pool.clone(),
+                    volume: leaving.volume.clone().unwrap_or_default(),
+                    target: leaving.target.clone(),
+                    format: "raw".to_owned(),
+                    serial: Some(leaving.serial.clone()),
+                };
+                match domain.detach_device_flags(&device.element().render(), flag) {
+                    Ok(()) => tracing::info!(
+                        domain = name,
+                        storage = %leaving.serial,
+                        live = flag == virt::sys::VIR_DOMAIN_AFFECT_LIVE,
+                        "detached a data disk"
+                    ),
+                    // The guest has not let go yet: reported as still
+                    // attached, tried again on the next call.
+                    Err(error) if flag == virt::sys::VIR_DOMAIN_AFFECT_LIVE => tracing::warn!(
+                        domain = name,
+                        storage = %leaving.serial,
+                        error = %error,
+                        "the running guest did not let a data disk go yet"
+                    ),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        let assigned = self.data_disk_targets(name, spec)?;
+        for (disk, target) in &assigned {
+            let device = xml::Disk::data(&self.config.pool, disk, target.clone());
+            let present = |disks: &[xml::DefinedDataDisk]| {
+                disks
+                    .iter()
+                    .any(|d| d.serial == disk.serial && d.volume.as_ref() == Some(&disk.volume))
+            };
+            let mut flags = 0;
+            if !present(&config) {
+                flags |= virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
+            }
+            if active && !present(&live) {
+                flags |= virt::sys::VIR_DOMAIN_AFFECT_LIVE;
+            }
+            if flags == 0 {
+                continue;
+            }
+            self.check_data_volumes(std::slice::from_ref(disk))?;
+            domain.attach_device_flags(&device.element().render(), flags)?;
+            tracing::info!(
+                domain = name,
+                storage = %disk.serial,
+                target = %target,
+                live = flags & virt::sys::VIR_DOMAIN_AFFECT_LIVE != 0,
+                "attached a data disk"
+            );
+        }
+        Ok(())
     }
 
     /// Whether a domain about to start (off, and wanted running) was

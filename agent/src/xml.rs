@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use stratus_core::agent_api::{DomainSpec, KernelBoot};
+use stratus_core::agent_api::{DataDisk, DomainSpec, KernelBoot};
 
 use crate::error::AgentError;
 
@@ -133,10 +133,13 @@ pub struct Disk {
     pub target: String,
     /// Volume format, e.g. `qcow2`.
     pub format: String,
+    /// The serial the guest sees; a storage subscription's id marks a
+    /// data disk.
+    pub serial: Option<String>,
 }
 
 impl Disk {
-    fn element(&self) -> Element {
+    pub fn element(&self) -> Element {
         Element::new("disk")
             .attr("type", "volume")
             .attr("device", "disk")
@@ -156,7 +159,121 @@ impl Disk {
                     .attr("dev", &self.target)
                     .attr("bus", "virtio"),
             )
+            .children(
+                self.serial
+                    .iter()
+                    .map(|serial| Element::with_text("serial", serial)),
+            )
     }
+
+    /// A storage subscription's copy as a disk of `pool` at `target`.
+    pub fn data(pool: &str, disk: &DataDisk, target: String) -> Self {
+        Self {
+            pool: pool.to_owned(),
+            volume: disk.volume.clone(),
+            target,
+            format: "raw".to_owned(),
+            serial: Some(disk.serial.clone()),
+        }
+    }
+}
+
+/// A data disk as a domain's XML has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinedDataDisk {
+    pub serial: String,
+    pub target: String,
+    pub volume: Option<String>,
+}
+
+/// The value of attribute `name` (either quote) of the first `<element …>`
+/// in `text`.
+fn element_attribute<'t>(text: &'t str, element: &str, name: &str) -> Option<&'t str> {
+    let open = format!("<{element} ");
+    let start = text.find(&open)? + open.len() - 1;
+    let rest = &text[start..];
+    attribute(&rest[..rest.find('>')?], name)
+}
+
+/// The value of ` name='…'` (or `"…"`) in `text`.
+fn attribute<'t>(text: &'t str, name: &str) -> Option<&'t str> {
+    let start = text.find(&format!(" {name}="))? + name.len() + 2;
+    let quote = text[start..].chars().next()?;
+    if quote != '\'' && quote != '"' {
+        return None;
+    }
+    let rest = &text[start + 1..];
+    Some(&rest[..rest.find(quote)?])
+}
+
+/// The data disks (disks whose serial is a storage subscription's id) of a
+/// domain's XML; other disks are not the agent's to attach or detach.
+pub fn data_disks_in(domain_xml: &str) -> Vec<DefinedDataDisk> {
+    domain_xml
+        .split("<disk ")
+        .skip(1)
+        .filter_map(|rest| {
+            let block = &rest[..rest.find("</disk>")?];
+            let serial = block.split_once("<serial>")?.1.split_once("</serial>")?.0;
+            let serial = unescape(serial);
+            if !stratus_core::agent_api::is_storage_serial(&serial) {
+                return None;
+            }
+            Some(DefinedDataDisk {
+                serial,
+                target: unescape(element_attribute(block, "target", "dev")?),
+                volume: element_attribute(block, "source", "volume").map(unescape),
+            })
+        })
+        .collect()
+}
+
+/// Every disk device name (`dev='…'` of a `<target>`) in a domain's XML.
+pub fn disk_targets_in(domain_xml: &str) -> Vec<String> {
+    domain_xml
+        .split("<disk ")
+        .skip(1)
+        .filter_map(|rest| {
+            let block = &rest[..rest.find("</disk>")?];
+            element_attribute(block, "target", "dev").map(unescape)
+        })
+        .collect()
+}
+
+/// Guest device names of data disks: `vda` is the system disk.
+const DATA_DISK_TARGETS: std::ops::RangeInclusive<u8> = b'b'..=b'z';
+
+/// Gives each wanted data disk a device name: the one the domain already
+/// has for it, else the first one nothing in `taken` or `defined` uses, so
+/// a disk keeps its name across definitions and hot-plugs.
+pub fn data_disk_targets(
+    wanted: &[DataDisk],
+    defined: &[DefinedDataDisk],
+    taken: &[String],
+) -> Result<Vec<(DataDisk, String)>, AgentError> {
+    let mut used: Vec<String> = taken.to_vec();
+    used.extend(defined.iter().map(|d| d.target.clone()));
+    let mut assigned = Vec::with_capacity(wanted.len());
+    for disk in wanted {
+        let target = match defined.iter().find(|d| d.serial == disk.serial) {
+            Some(existing) => existing.target.clone(),
+            None => {
+                let free = DATA_DISK_TARGETS
+                    .map(|letter| format!("vd{}", char::from(letter)))
+                    .find(|name| !used.contains(name))
+                    .ok_or_else(|| {
+                        AgentError::BadRequest(format!(
+                            "data_disks: no device name left for {}",
+                            disk.serial
+                        ))
+                    })?;
+                used.push(free.clone());
+                free
+            }
+        };
+        assigned.push((disk.clone(), target));
+    }
+    Ok(assigned)
 }
 
 /// A read-only CD-ROM backed by a volume (the cloud-init seed).
@@ -399,6 +516,8 @@ pub struct Placement<'a> {
     pub console_log: Option<String>,
     /// The agent defining it, recorded in its metadata.
     pub agent: Option<&'a str>,
+    /// The spec's data disks with their device names.
+    pub data_disks: &'a [(DataDisk, String)],
 }
 
 /// The domain of a server: its system disk and one NIC, whose traffic
@@ -416,12 +535,20 @@ pub fn domain(
         hostname: spec.hostname.clone(),
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,
-        disks: vec![Disk {
+        disks: std::iter::once(Disk {
             pool: placement.pool.to_owned(),
             volume: placement.disk_volume.to_owned(),
             target: "vda".to_owned(),
             format: "qcow2".to_owned(),
-        }],
+            serial: None,
+        })
+        .chain(
+            placement
+                .data_disks
+                .iter()
+                .map(|(disk, target)| Disk::data(placement.pool, disk, target.clone())),
+        )
+        .collect(),
         cdroms: placement
             .seed_volume
             .iter()
@@ -622,6 +749,7 @@ mod tests {
             suspension: None,
             boot: None,
             seed: None,
+            data_disks: Vec::new(),
         }
     }
 
@@ -635,7 +763,77 @@ mod tests {
             seed_volume: None,
             console_log: None,
             agent: None,
+            data_disks: &[],
         }
+    }
+
+    fn data_disk(serial: &str) -> DataDisk {
+        DataDisk {
+            volume: format!("stratus-acc.{serial}-store-v0.raw"),
+            serial: serial.to_owned(),
+        }
+    }
+
+    #[test]
+    fn data_disks_are_raw_virtio_disks_named_by_their_serial_and_keep_their_device() {
+        let first = "st-00000000000000a1";
+        let second = "st-00000000000000b2";
+        let assigned = data_disk_targets(&[data_disk(first), data_disk(second)], &[], &[]).unwrap();
+        assert_eq!(assigned[0].1, "vdb");
+        assert_eq!(assigned[1].1, "vdc");
+        let placed = Placement {
+            data_disks: &assigned,
+            ..placement()
+        };
+        let xml = domain("stratus-vs-1", &spec(), &placed).unwrap().render();
+        assert!(
+            xml.contains("<serial>st-00000000000000a1</serial>"),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("volume='stratus-acc.st-00000000000000b2-store-v0.raw'"),
+            "{xml}"
+        );
+        // As libvirt gives the definition back: both found, the system
+        // disk (no serial) and a disk of someone else's (not a storage id)
+        // are not data disks.
+        let mut foreign = xml.replace(
+            "<target dev='vda' bus='virtio'/>",
+            "<target dev='vda' bus='virtio'/><serial>boot</serial>",
+        );
+        foreign.push_str("<disk type='file'><target dev='vdz'/><serial>st-1</serial></disk>");
+        let defined = data_disks_in(&foreign);
+        assert_eq!(
+            defined,
+            vec![
+                DefinedDataDisk {
+                    serial: first.into(),
+                    target: "vdb".into(),
+                    volume: Some(format!("stratus-acc.{first}-store-v0.raw")),
+                },
+                DefinedDataDisk {
+                    serial: second.into(),
+                    target: "vdc".into(),
+                    volume: Some(format!("stratus-acc.{second}-store-v0.raw")),
+                },
+            ]
+        );
+        // The first detached, a third attached: the second keeps vdc and
+        // the third takes the first free name, vdb.
+        let third = "st-00000000000000c3";
+        let again =
+            data_disk_targets(&[data_disk(second), data_disk(third)], &defined[1..], &[]).unwrap();
+        assert_eq!(again[0].1, "vdc");
+        assert_eq!(again[1].1, "vdb");
+        // A name the running guest still uses (unplug pending) is not reused.
+        let busy = data_disk_targets(&[data_disk(third)], &[], &["vdb".into()]).unwrap();
+        assert_eq!(busy[0].1, "vdc");
+        // 25 names at most.
+        let many: Vec<DataDisk> = (0..26)
+            .map(|i| data_disk(&format!("st-{i:016x}")))
+            .collect();
+        assert!(data_disk_targets(&many, &[], &[]).is_err());
+        assert_eq!(data_disk_targets(&many[..25], &[], &[]).unwrap().len(), 25);
     }
 
     #[test]
@@ -925,6 +1123,7 @@ mod tests {
             volume: "stratus-st-1.qcow2".into(),
             target: "vdb".into(),
             format: "qcow2".into(),
+            serial: None,
         });
         let xml = domain.render();
         assert!(xml.contains(

@@ -4,7 +4,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use stratus_agent::{AgentError, AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
-use stratus_core::agent_api::{DiskDisposal, DomainSpec, DomainState, Link};
+use stratus_core::agent_api::{
+    DataDisk, DiskDisposal, DomainSpec, DomainState, Link, VolumeSpec, storage_volume_name,
+};
 use stratus_core::policy::SuspensionMode;
 use stratus_core::resources::{PowerState, ServerAddress};
 
@@ -47,6 +49,7 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         suspension: None,
         boot: None,
         seed: None,
+        data_disks: Vec::new(),
     }
 }
 
@@ -544,4 +547,99 @@ fn agents_sharing_a_daemon_never_touch_each_others_domains() {
     assert!(a.node_report().unwrap().domains.contains(&name.to_owned()));
     assert!(!b.node_report().unwrap().domains.contains(&name.to_owned()));
     a.destroy(name).unwrap();
+}
+
+/// A storage copy attached to a server is a raw virtio disk with the
+/// subscription's id as serial, in the definition and (hot-plugged) in the
+/// running guest; leaving the list detaches it, and its volume stays.
+#[test]
+fn data_disks_are_attached_and_detached_and_never_another_accounts() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::open(DriverConfig::for_uri(&private_node(dir.path()), "z")).unwrap();
+    let name = "stratus-acc-0000000000000001.vs-00000000000000d1";
+    let image = "itest-disks.qcow2";
+    driver.seed_image(image, 2).unwrap();
+    let serial = "st-00000000000000d2";
+    let base = format!("stratus-acc-0000000000000001.{serial}");
+    driver
+        .ensure_volume(
+            &base,
+            &VolumeSpec {
+                size_gib: 1,
+                create: true,
+            },
+        )
+        .unwrap();
+    let disk = DataDisk {
+        volume: storage_volume_name(&base, 0),
+        serial: serial.into(),
+    };
+    let mut wanted = spec(image, PowerState::Running, true);
+    wanted.data_disks = vec![disk.clone()];
+    let attached = driver.ensure(name, &wanted).unwrap();
+    assert_eq!(attached.state, Some(DomainState::Running));
+    assert_eq!(attached.data_disks, vec![serial.to_owned()]);
+    assert_eq!(
+        driver.ensure(name, &wanted).unwrap(),
+        attached,
+        "idempotent"
+    );
+
+    // Stopped, then started: the definition keeps it.
+    let mut stopped = wanted.clone();
+    stopped.power = PowerState::Stopped;
+    stopped.power_off = true;
+    stopped.create_disk = false;
+    assert_eq!(
+        driver.ensure(name, &stopped).unwrap().data_disks,
+        vec![serial.to_owned()]
+    );
+    let mut restarted = wanted.clone();
+    restarted.create_disk = false;
+    assert_eq!(
+        driver.ensure(name, &restarted).unwrap().data_disks,
+        vec![serial.to_owned()]
+    );
+
+    // Another account's copy, or something that is no copy, is refused
+    // and changes nothing.
+    for (volume, serial) in [
+        (
+            storage_volume_name(&format!("stratus-acc-0000000000000002.{serial}"), 0),
+            serial,
+        ),
+        (image.to_owned(), serial),
+        (storage_volume_name(&base, 0), "vda"),
+    ] {
+        let mut foreign = restarted.clone();
+        foreign.data_disks = vec![DataDisk {
+            volume,
+            serial: serial.into(),
+        }];
+        assert!(
+            matches!(
+                driver.ensure(name, &foreign),
+                Err(AgentError::BadRequest(_))
+            ),
+            "{foreign:?}"
+        );
+    }
+    assert_eq!(
+        driver.observe(name).unwrap().data_disks,
+        vec![serial.to_owned()]
+    );
+
+    restarted.data_disks.clear();
+    let detached = driver.ensure(name, &restarted).unwrap();
+    assert!(detached.data_disks.is_empty(), "{detached:?}");
+    assert_eq!(detached.state, Some(DomainState::Running));
+    assert!(
+        driver.observe_volume(&base).unwrap().present(),
+        "the copy stays"
+    );
+    driver.destroy(name).unwrap();
+    assert!(
+        driver.observe_volume(&base).unwrap().present(),
+        "the copy outlives the server"
+    );
 }

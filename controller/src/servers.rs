@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Config;
-use stratus_core::agent_api::{AgentErrorCode, DiskDisposal, DomainSpec};
+use stratus_core::agent_api::{AgentErrorCode, DataDisk, DiskDisposal, DomainSpec, MAX_DATA_DISKS};
 use stratus_core::cloud_init::Seed;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId};
@@ -27,7 +27,7 @@ use crate::agent_client::{AgentCallError, AgentEndpoint};
 use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
-use crate::placements::{Placing, Scheduling};
+use crate::placements::{Placing, Scheduling, Waiting};
 use crate::runtime::{ObjectKey, Outcome, Reconcile};
 
 /// Observe→plan→act rounds in one reconcile before yielding to other keys.
@@ -136,6 +136,8 @@ impl ServerReconciler {
         }
         let domain = domain_of(server, &current);
         let (agent, observation) = self.observe(&current, &domain, resolved).await;
+        let data_disks = self.data_disks(server, &current).await?;
+        let wanted_disks: Vec<String> = data_disks.iter().map(|d| d.serial.clone()).collect();
         let facts = ServerFacts {
             spec: &server.spec,
             status: &current,
@@ -143,10 +145,12 @@ impl ServerReconciler {
             has_finalizer: server.finalizers().iter().any(|f| f == SERVER_FINALIZER),
             deleting: server.metadata.deletion_timestamp.is_some(),
             shutdown_grace: self.config.policy.power.shutdown_grace,
+            data_disks: &wanted_disks,
         };
         let deleting = facts.deleting;
         let decision = lifecycle::plan(facts, &observation, self.ctx.clock.now());
         let mut next = decision.status;
+        self.tell_storage_of_attachments(server, &current, &next);
         if !deleting && (next.ipv4.is_some() || next.ipv6.is_some()) {
             self.note_listings(server, &mut next).await?;
         }
@@ -208,7 +212,8 @@ impl ServerReconciler {
                 if power_off {
                     tracing::warn!(grace = %self.config.policy.power.shutdown_grace, "guest did not shut down in time; powering it off");
                 }
-                let spec = self.domain_spec(server, &current, create_disk, power_off)?;
+                let mut spec = self.domain_spec(server, &current, create_disk, power_off)?;
+                spec.data_disks = data_disks;
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
                 let asked_to_stop =
                     result.is_ok() && next.stop_requested_at != current.stop_requested_at;
@@ -288,6 +293,8 @@ impl ServerReconciler {
                 SERVER_FINALIZER,
             )
             .await?;
+        // Its subscriptions are detached with its domain gone.
+        self.tell_storage_of_attachments(server, current, &VirtualServerStatus::default());
         self.ctx
             .audit(
                 AuditAction::ServerReleased,
@@ -449,7 +456,76 @@ impl ServerReconciler {
             suspension: server.spec.hold(),
             boot: image.kernel_boot(),
             seed: Some(seed),
+            data_disks: Vec::new(),
         })
+    }
+
+    /// The primary copies of the storage subscriptions attached to the
+    /// server that can be its disks: of its account, created, on its
+    /// hypervisor. None once it is being deleted: its disks are detached
+    /// before its domain goes.
+    async fn data_disks(
+        &self,
+        server: &VirtualServer,
+        status: &VirtualServerStatus,
+    ) -> Result<Vec<DataDisk>, ControllerError> {
+        let Some(hypervisor) = &status.hypervisor else {
+            return Ok(Vec::new());
+        };
+        if server.metadata.deletion_timestamp.is_some() || server.spec.termination.is_some() {
+            return Ok(Vec::new());
+        }
+        let name = server.name_any();
+        let mut disks: Vec<DataDisk> = self
+            .storage
+            .list(server.namespace().as_deref())
+            .await?
+            .items
+            .into_iter()
+            .filter(|s| {
+                s.spec.attached_to.as_deref() == Some(name.as_str())
+                    && s.metadata.deletion_timestamp.is_none()
+            })
+            .filter_map(|s| {
+                let primary = s.status.as_ref()?.replicas.first()?;
+                (primary.created && primary.hypervisor == *hypervisor).then(|| DataDisk {
+                    volume: primary.volume.clone(),
+                    serial: s.name_any(),
+                })
+            })
+            .collect();
+        disks.sort_by(|a, b| a.serial.cmp(&b.serial));
+        disks.truncate(MAX_DATA_DISKS);
+        Ok(disks)
+    }
+
+    /// Queues the subscriptions whose disk the agent reported attached or
+    /// detached, so their `Attached` condition follows.
+    fn tell_storage_of_attachments(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        next: &VirtualServerStatus,
+    ) {
+        if current.attached_storage == next.attached_storage {
+            return;
+        }
+        let namespace = server.namespace();
+        let changed = current
+            .attached_storage
+            .iter()
+            .filter(|s| !next.attached_storage.contains(s))
+            .chain(
+                next.attached_storage
+                    .iter()
+                    .filter(|s| !current.attached_storage.contains(s)),
+            )
+            .map(|s| ObjectKey::new(namespace.as_deref(), s))
+            .collect();
+        self.scheduling.wake(Waiting {
+            servers: Vec::new(),
+            storage: changed,
+        });
     }
 
     /// Holds the server's addresses from a pool of its hypervisor's zone

@@ -342,6 +342,11 @@ fn observation(name: &str, domain: Option<&SimDomain>) -> DomainObservation {
                 _ => Link::Up,
             },
             disk_disposal: None,
+            data_disks: d
+                .spec
+                .iter()
+                .flat_map(|spec| spec.data_disks.iter().map(|disk| disk.serial.clone()))
+                .collect(),
         },
         None => DomainObservation::absent(name),
     }

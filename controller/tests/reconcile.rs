@@ -251,6 +251,8 @@ impl Harness {
                 content: None,
                 verify_requests: 0,
                 restore_from: None,
+                attached_to: None,
+                written_by_guest: None,
             },
         );
         subscription.metadata.namespace = Some(NS.into());

@@ -45,6 +45,31 @@ pub struct DomainSpec {
     /// The cloud-init seed the guest reads at boot, attached as a CD-ROM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<crate::cloud_init::Seed>,
+    /// Storage subscriptions attached to the server: each a virtio disk,
+    /// hot-plugged into a running guest and unplugged when it leaves the
+    /// list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_disks: Vec<DataDisk>,
+}
+
+/// Most data disks one server may have attached at once (`vdb`…`vdz`).
+pub const MAX_DATA_DISKS: usize = 25;
+
+/// A storage subscription's primary copy attached to a server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataDisk {
+    /// The volume in the agent's pool (the copy's current version).
+    pub volume: String,
+    /// The subscription's id, given to the guest as the disk's serial
+    /// (`/dev/disk/by-id/virtio-<id>`), and how the agent recognises it.
+    pub serial: String,
+}
+
+/// Whether a disk serial names a storage subscription, so the agent
+/// manages it as a data disk (a disk it did not attach is left alone).
+pub fn is_storage_serial(serial: &str) -> bool {
+    crate::ids::StorageId::parse(serial).is_some()
 }
 
 /// A kernel, initrd and command line the guest boots from directly.
@@ -156,6 +181,10 @@ pub struct DomainObservation {
     /// deleted the disk (never on other answers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_disposal: Option<DiskDisposal>,
+    /// Serials of the data disks the domain has: those of the running
+    /// guest, or of the definition when it is off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_disks: Vec<String>,
 }
 
 impl DomainObservation {
@@ -166,6 +195,7 @@ impl DomainObservation {
             disk_present: false,
             link: Link::Up,
             disk_disposal: None,
+            data_disks: Vec::new(),
         }
     }
 }

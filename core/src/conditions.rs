@@ -72,6 +72,9 @@ pub enum ConditionType {
     /// Both copies of a storage subscription exist and hold the same
     /// verified bytes (R24, R26).
     ReplicasInSync,
+    /// A storage subscription's primary copy is a disk of the server it is
+    /// attached to.
+    Attached,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -133,6 +136,14 @@ named_enum!(
         Repaired,
         /// Both copies of the current content no longer match its checksum.
         ContentLost,
+        /// The primary copy is a disk of its server.
+        DiskAttached,
+        /// The primary copy is being attached to its server, or detached.
+        Attaching,
+        /// The subscription is attached to no server.
+        NotAttached,
+        /// The server it is attached to does not exist (any more).
+        ServerGone,
     }
 );
 

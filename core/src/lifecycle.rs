@@ -22,6 +22,9 @@ pub struct ServerFacts<'a> {
     /// How long a guest asked to shut down has before it is powered off
     /// (`policy.power.shutdownGrace`).
     pub shutdown_grace: crate::policy::PolicyDuration,
+    /// Ids of the storage subscriptions that must be disks of the server,
+    /// sorted.
+    pub data_disks: &'a [String],
 }
 
 /// What the controller learned from the hypervisor before deciding.
@@ -237,9 +240,14 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     let hold = server.spec.hold();
     let target = Target::of(server.spec.power, hold);
     let link_up = hold != Some(SuspensionMode::NetworkIsolated);
+    let mut attached = domain.data_disks.clone();
+    attached.sort();
+    let disks_match = attached == server.data_disks;
+    status.attached_storage = attached;
     let converged = domain
         .state
-        .is_some_and(|state| target.reached(state) && domain.link.matches(link_up));
+        .is_some_and(|state| target.reached(state) && domain.link.matches(link_up))
+        && disks_match;
     let mut recheck_in = None;
     let shutting_down = target == Target::Stopped
         && matches!(
@@ -602,7 +610,65 @@ mod tests {
             disk_present,
             link: Link::Up,
             disk_disposal: None,
+            data_disks: Vec::new(),
         })
+    }
+
+    #[test]
+    fn attached_storage_is_made_a_disk_and_its_detachment_followed() {
+        let spec = spec(PowerState::Running, 0);
+        let status = placed(ServerPhase::Running, true);
+        let wanted = vec!["st-00000000000000a1".to_owned()];
+        let decide_with = |observed_disks: Vec<String>| {
+            let observation = Observation::Domain(DomainObservation {
+                data_disks: observed_disks,
+                ..match observed(Some(DomainState::Running), true) {
+                    Observation::Domain(domain) => domain,
+                    _ => unreachable!(),
+                }
+            });
+            plan(
+                ServerFacts {
+                    data_disks: &wanted,
+                    ..facts_for(&spec, &status)
+                },
+                &observation,
+                now(),
+            )
+        };
+        let missing = decide_with(Vec::new());
+        assert!(
+            matches!(
+                missing.next,
+                Some(Action::EnsureDomain {
+                    power_off: false,
+                    ..
+                })
+            ),
+            "{missing:?}"
+        );
+        assert!(missing.status.attached_storage.is_empty());
+        let attached = decide_with(wanted.clone());
+        assert_eq!(attached.next, None);
+        assert_eq!(attached.status.attached_storage, wanted);
+        // Detached on the way (another's disk, or one no longer wanted).
+        let extra = decide_with(vec![wanted[0].clone(), "st-00000000000000b2".into()]);
+        assert!(matches!(extra.next, Some(Action::EnsureDomain { .. })));
+    }
+
+    fn facts_for<'a>(
+        spec: &'a VirtualServerSpec,
+        status: &'a VirtualServerStatus,
+    ) -> ServerFacts<'a> {
+        ServerFacts {
+            spec,
+            status,
+            generation: Some(1),
+            has_finalizer: true,
+            deleting: false,
+            shutdown_grace: GRACE,
+            data_disks: &[],
+        }
     }
 
     fn observed_link(state: DomainState, link: Link) -> Observation {
@@ -829,6 +895,7 @@ mod tests {
                 has_finalizer: finalizer,
                 deleting,
                 shutdown_grace: GRACE,
+                data_disks: &[],
             },
             obs,
             now(),
@@ -1336,6 +1403,7 @@ mod tests {
                 has_finalizer: true,
                 deleting: false,
                 shutdown_grace: GRACE,
+                data_disks: &[],
             }
         }
         let d = plan(facts(&spec, &status), &running, t0);

@@ -450,6 +450,8 @@ mod tests {
             content: None,
             verify_requests: 0,
             restore_from: None,
+            attached_to: None,
+            written_by_guest: None,
         }
     }
 

@@ -122,6 +122,8 @@ async fn validate_order(
         content: None,
         verify_requests: 0,
         restore_from: None,
+        attached_to: None,
+        written_by_guest: None,
     };
     Ok((spec, state.quota_of(&account)))
 }

@@ -253,6 +253,10 @@ pub struct VirtualServerStatus {
     /// powered off if still running a grace period later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_requested_at: Option<String>,
+    /// Storage subscriptions whose primary copy is a disk of the server,
+    /// as its agent last reported.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attached_storage: Vec<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

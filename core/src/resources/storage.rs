@@ -80,6 +80,12 @@ impl StorageEncryption {
         description = "Zones of the primary and the secondary copy"
     ),
     printcolumn(
+        name = "Attached",
+        type_ = "string",
+        json_path = ".spec.attachedTo",
+        description = "Server the primary copy is a disk of"
+    ),
+    printcolumn(
         name = "InSync",
         type_ = "boolean",
         json_path = ".status.replicasInSync",
@@ -118,6 +124,15 @@ pub struct StorageSubscriptionSpec {
     /// copies back once per increment, besides its schedule.
     #[serde(default)]
     pub verify_requests: u32,
+    /// The server (of the same account, on the primary copy's hypervisor)
+    /// the primary copy is a disk of; none: detached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attached_to: Option<String>,
+    /// Set when the primary copy was last a server's disk, until its
+    /// content is settled into a new version: the guest may have written
+    /// to it, so its recorded checksum no longer describes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written_by_guest: Option<String>,
 }
 
 /// A content a subscription holds, as its upload measured it.
