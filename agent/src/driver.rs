@@ -821,6 +821,24 @@ impl Driver {
         Ok(())
     }
 
+    /// A domain of this daemon with `volume` as a disk, in its definition
+    /// or its running guest, if any (whichever agent defined it).
+    pub(crate) fn domain_using(&self, volume: &str) -> Result<Option<String>, AgentError> {
+        let needle = format!("volume='{volume}'");
+        for domain in self.conn.list_all_domains(0)? {
+            let mut uses = domain
+                .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
+                .contains(&needle);
+            if !uses && domain.is_active()? {
+                uses = domain.xml_desc(0)?.contains(&needle);
+            }
+            if uses {
+                return Ok(Some(domain.name()?));
+            }
+        }
+        Ok(None)
+    }
+
     /// Every disk's volume must be in this agent's pool.
     fn check_data_volumes(&self, disks: &[DataDisk]) -> Result<(), AgentError> {
         let pool = self.pool()?;

@@ -69,6 +69,10 @@ pub fn router(state: AgentState) -> Router {
             "/v1/volumes/{name}/versions/{version}/checksum",
             get(checksum_version),
         )
+        .route(
+            "/v1/volumes/{name}/versions/{version}/copy",
+            post(copy_version),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -342,6 +346,28 @@ async fn checksum_version(
     let Query(ReadQuery { bytes }) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
     let stored = run(&state, "checksum_version", move |d| {
         d.read_version(&name, version, bytes, &mut |_| true)
+    })
+    .await?;
+    Ok(Json(stored).into_response())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CopyQuery {
+    from: u64,
+}
+
+/// Copies version `from` of the copy into the new `version` and answers its
+/// length and SHA-256.
+#[tracing::instrument(skip(state, query))]
+async fn copy_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+    query: Result<Query<CopyQuery>, QueryRejection>,
+) -> Result<Response, AgentError> {
+    let Query(CopyQuery { from }) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    let stored = run(&state, "copy_version", move |d| {
+        d.copy_version(&name, from, version)
     })
     .await?;
     Ok(Json(stored).into_response())

@@ -258,6 +258,72 @@ impl Driver {
         }
     }
 
+    /// Copies `from` of the copy of `name` into a new version `to` beside it
+    /// and measures the new one: how a primary copy a guest wrote to
+    /// becomes a content again, once no domain has it as a disk (refused
+    /// while one does: its bytes would not be one moment's). A failure
+    /// leaves no `to`; `from` is never changed.
+    pub fn copy_version(
+        &self,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<StoredContent, AgentError> {
+        check_managed_name(name)?;
+        if to <= from {
+            return Err(AgentError::BadRequest(format!(
+                "the new version {to} must be above {from}"
+            )));
+        }
+        let from_name = storage_volume_name(name, from);
+        let to_name = storage_volume_name(name, to);
+        let (copy, capacity) = {
+            let lock = self.lock(name);
+            let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = self.pool()?;
+            let source = Self::lookup_volume(&pool, &from_name)?.ok_or_else(|| {
+                AgentError::VersionConflict(format!("{from_name} does not exist"))
+            })?;
+            if let Some(domain) = self.domain_using(&from_name)? {
+                return Err(AgentError::VersionConflict(format!(
+                    "{from_name} is a disk of domain {domain}"
+                )));
+            }
+            if Self::lookup_volume(&pool, &to_name)?.is_some() {
+                return Err(AgentError::VersionConflict(format!(
+                    "{to_name} already exists"
+                )));
+            }
+            let capacity = source.info()?.capacity;
+            let size_gib = capacity.div_ceil(GIB);
+            let available = pool.refresh(0).and_then(|()| pool.info())?.available;
+            if !fits(available, size_gib) {
+                return Err(AgentError::NoSpace {
+                    pool: self.config.pool.clone(),
+                    needed_gib: size_gib,
+                });
+            }
+            let copy = StorageVol::create_xml_from(
+                &pool,
+                &xml::storage_volume(&to_name, size_gib),
+                &source,
+                0,
+            )?;
+            self.record_volume(&to_name, &copy)?;
+            (copy, capacity)
+        };
+        match self.read_version(name, to, capacity, &mut |_| true) {
+            Ok(stored) => {
+                tracing::info!(from = %from_name, to = %to_name, bytes = capacity, "copied a storage version");
+                Ok(stored)
+            }
+            Err(error) => {
+                self.dispose(&to_name, &copy)?;
+                Err(error)
+            }
+        }
+    }
+
     /// Streams the first `bytes` of `version` of the copy of `name` to
     /// `sink` (which answers false to stop early) and returns their SHA-256.
     pub fn read_version(

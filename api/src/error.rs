@@ -163,6 +163,13 @@ impl ApiError {
         .with_details(json!({ "limit_bytes": limit }))
     }
 
+    /// The subscription is, or was until its content is settled, a server's
+    /// disk: its content is the server's to write.
+    pub fn storage_attached(server: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "storage_attached", message)
+            .with_details(json!({ "server": server }))
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

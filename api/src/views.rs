@@ -520,6 +520,11 @@ pub struct StorageView {
     /// Verified versions the secondary copy keeps, newest first: what a
     /// restore can bring back.
     pub versions: Vec<StoredVersionView>,
+    /// The server the primary copy is attached to (see the `Attached`
+    /// condition for whether it is its disk yet).
+    pub attached_to: Option<String>,
+    /// Whether the primary copy is a disk of `attached_to` now.
+    pub attached: bool,
     pub conditions: Vec<ConditionView>,
     pub created_at: Option<String>,
 }
@@ -566,6 +571,9 @@ pub struct StoredVersionView {
 
 /// `{"type": "restore", "version": …}`: the version (one of `versions`,
 /// the newest when absent) becomes the content again.
+/// `{"type": "attach", "server": …}`: the primary copy becomes a disk of
+/// that server (of your account, on the hypervisor holding the copy).
+/// `{"type": "detach"}`: it stops being one.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StorageActionBody {
@@ -573,12 +581,16 @@ pub struct StorageActionBody {
     pub kind: StorageActionKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageActionKind {
     Restore,
+    Attach,
+    Detach,
 }
 
 /// One copy of a subscription's data.
@@ -632,6 +644,11 @@ impl StorageView {
                 })
                 .collect(),
             replicas_in_sync: status.replicas_in_sync,
+            attached_to: subscription.spec.attached_to.clone(),
+            attached: status.conditions.iter().any(|c| {
+                c.type_ == stratus_core::conditions::ConditionType::Attached
+                    && c.status == stratus_core::conditions::ConditionStatus::True
+            }),
             content: subscription
                 .spec
                 .content

@@ -139,6 +139,16 @@ pub trait AgentClient: Send + Sync + 'static {
         name: &str,
         version: u64,
     ) -> Result<VolumeObservation, AgentCallError>;
+    /// Copies version `from` of the copy into the new version `to` on the
+    /// same hypervisor and answers the new one's length and SHA-256;
+    /// refused (409) while a domain has `from` as a disk.
+    async fn copy_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<StoredContent, AgentCallError>;
 }
 
 /// How long an agent token read from the credential store is reused. Every
@@ -556,6 +566,22 @@ impl AgentClient for HttpAgentClient {
             .get(Self::url(
                 agent,
                 &format!("/v1/volumes/{name}/versions/{version}/checksum?bytes={bytes}"),
+            ))
+            .timeout(self.slow_timeout);
+        self.send(request, agent).await
+    }
+    async fn copy_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        let request = self
+            .http()
+            .post(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{to}/copy?from={from}"),
             ))
             .timeout(self.slow_timeout);
         self.send(request, agent).await

@@ -358,6 +358,17 @@ impl AgentClient for FencedAgents {
         self.inner.delete_version(agent, name, version).await
     }
 
+    async fn copy_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.check()?;
+        self.inner.copy_version(agent, name, from, to).await
+    }
+
     /// Reading changes nothing: any replica may.
     async fn checksum_version(
         &self,

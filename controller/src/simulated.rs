@@ -652,6 +652,57 @@ impl AgentClient for SimulatedAgent {
         })
     }
 
+    async fn copy_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        from: u64,
+        to: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.call(agent, "copy_version", name, |node| {
+            let volume = storage_volume_name(name, from);
+            let in_use = node.domains.iter().find(|(_, d)| {
+                d.spec
+                    .as_ref()
+                    .is_some_and(|spec| spec.data_disks.iter().any(|disk| disk.volume == volume))
+            });
+            if let Some((domain, _)) = in_use {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("{volume} is a disk of domain {domain}"),
+                });
+            }
+            let copy = node
+                .volumes
+                .get_mut(name)
+                .ok_or_else(|| AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("{volume} does not exist"),
+                })?;
+            if copy.versions.contains_key(&to) || to <= from {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("version {to} cannot be written"),
+                });
+            }
+            let content =
+                copy.versions
+                    .get(&from)
+                    .cloned()
+                    .ok_or_else(|| AgentCallError::Rejected {
+                        code: AgentErrorCode::VersionConflict,
+                        message: format!("{volume} does not exist"),
+                    })?;
+            let stored = StoredContent {
+                version: to,
+                bytes: content.len() as u64,
+                sha256: sha256_hex(&content),
+            };
+            copy.versions.insert(to, content);
+            Ok(stored)
+        })
+    }
+
     async fn checksum_version(
         &self,
         agent: &AgentEndpoint,

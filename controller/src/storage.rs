@@ -13,11 +13,11 @@ use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::policy::StoragePolicy;
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    Account, KeptVersion, STORAGE_FINALIZER, StoragePhase, StorageReplica, StorageSubscription,
-    StorageSubscriptionStatus, VirtualServer,
+    Account, KeptVersion, STORAGE_FINALIZER, StorageContent, StoragePhase, StorageReplica,
+    StorageSubscription, StorageSubscriptionStatus, VirtualServer,
 };
 use stratus_core::scheduling::{self, Candidate};
-use stratus_core::storage::{self, CopyObservation, StorageAction, StorageFacts};
+use stratus_core::storage::{self, CopyObservation, ServerFacts, StorageAction, StorageFacts};
 use stratus_store::Resources;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
@@ -26,7 +26,7 @@ use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
 use crate::notifier::Outbox;
-use crate::placements::{Placing, Scheduling};
+use crate::placements::{Placing, Scheduling, Waiting};
 use crate::runtime::{ObjectKey, Outcome, Reconcile};
 use crate::servers::UNSCHEDULABLE_RECHECK;
 
@@ -129,6 +129,7 @@ impl StorageReconciler {
             agents.push(agent);
             observed.push(observation);
         }
+        let servers = self.server_facts(subscription).await?;
         let facts = StorageFacts {
             spec: &subscription.spec,
             status: &current,
@@ -140,9 +141,11 @@ impl StorageReconciler {
             deleting: subscription.metadata.deletion_timestamp.is_some(),
             versions_kept: self.policy.versions,
             verify_interval: self.policy.verify_interval,
+            servers: &servers,
         };
         let decision = storage::plan(facts, &observed, self.ctx.clock.now());
         let next = decision.status;
+        self.wake_servers(subscription, &next, &servers);
         let Some(action) = decision.next else {
             self.record_status(subscription, &current, &next).await?;
             let unreachable = observed
@@ -260,6 +263,17 @@ impl StorageReconciler {
                     }
                 }
             }
+            StorageAction::ForgetAttachment => {
+                self.record_status(subscription, &current, &next).await?;
+                self.forget_attachment(subscription).await?;
+            }
+            StorageAction::Settle { version } => {
+                let agent = agent_of(0)?;
+                self.record_status(subscription, &current, &next).await?;
+                if let Err(error) = self.settle(subscription, &name, &agent, version).await {
+                    return self.agent_failed(subscription, &next, &agent, error).await;
+                }
+            }
             StorageAction::DeleteVersion { index, version } => {
                 let agent = agent_of(index)?;
                 self.record_status(subscription, &current, &next).await?;
@@ -270,6 +284,201 @@ impl StorageReconciler {
             }
         }
         Ok(None)
+    }
+
+    /// What the servers of the subscription's account say of its disk.
+    async fn server_facts(
+        &self,
+        subscription: &StorageSubscription,
+    ) -> Result<ServerFacts, ControllerError> {
+        let spec = &subscription.spec;
+        if spec.attached_to.is_none() && spec.written_by_guest.is_none() {
+            // Never attached since its content was last settled: no server
+            // of the account is read.
+            return Ok(ServerFacts::default());
+        }
+        let id = subscription.name_any();
+        let mut facts = ServerFacts::default();
+        for server in self
+            .servers
+            .list(subscription.namespace().as_deref())
+            .await?
+            .items
+        {
+            let name = server.name_any();
+            if spec.attached_to.as_deref() == Some(name.as_str())
+                && server.metadata.deletion_timestamp.is_none()
+            {
+                facts.attached_server_exists = true;
+            }
+            if server
+                .status
+                .as_ref()
+                .is_some_and(|s| s.attached_storage.contains(&id))
+            {
+                facts.holding.push(name);
+            }
+        }
+        facts.holding.sort();
+        Ok(facts)
+    }
+
+    /// Queues the servers that must attach or let go of the disk.
+    fn wake_servers(
+        &self,
+        subscription: &StorageSubscription,
+        next: &StorageSubscriptionStatus,
+        servers: &ServerFacts,
+    ) {
+        let attaching = next
+            .conditions
+            .iter()
+            .any(|c| c.type_ == ConditionType::Attached && c.reason == Reason::Attaching.as_str());
+        if !attaching {
+            return;
+        }
+        let namespace = subscription.namespace();
+        let mut keys: Vec<ObjectKey> = servers
+            .holding
+            .iter()
+            .chain(subscription.spec.attached_to.iter())
+            .map(|server| ObjectKey::new(namespace.as_deref(), server))
+            .collect();
+        keys.dedup();
+        self.scheduling.wake(Waiting {
+            servers: keys,
+            storage: Vec::new(),
+        });
+    }
+
+    /// The server the subscription was attached to is gone: it is detached.
+    async fn forget_attachment(
+        &self,
+        subscription: &StorageSubscription,
+    ) -> Result<(), ControllerError> {
+        let Some(server) = subscription.spec.attached_to.clone() else {
+            return Ok(());
+        };
+        let expected = server.clone();
+        let updated = self
+            .storage
+            .update(
+                subscription.namespace().as_deref(),
+                &subscription.name_any(),
+                move |s| {
+                    if s.spec.attached_to.as_deref() != Some(expected.as_str()) {
+                        return false;
+                    }
+                    s.spec.attached_to = None;
+                    true
+                },
+            )
+            .await?;
+        if updated.is_some_and(|s| s.spec.attached_to.is_none()) {
+            self.ctx
+                .audit(
+                    AuditAction::StorageDetach,
+                    AuditSubject::storage(subscription),
+                    json!({ "server": server, "cause": "server_gone" }),
+                )
+                .await;
+            self.ctx
+                .publish(
+                    subscription,
+                    EventType::Normal,
+                    EventReason::DiskDetached,
+                    &format!("detached: server {server} does not exist any more"),
+                )
+                .await;
+        }
+        Ok(())
+    }
+
+    /// Copies the primary's current version, which a guest may have
+    /// written, into `version` beside it, and records what it measured as
+    /// the subscription's content; the secondary then copies it like any
+    /// new content.
+    async fn settle(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        primary: &AgentEndpoint,
+        version: u64,
+    ) -> Result<(), AgentCallError> {
+        let Some(replica) = subscription
+            .status
+            .as_ref()
+            .and_then(|s| s.replicas.first())
+        else {
+            return Ok(());
+        };
+        let stored = self
+            .ctx
+            .agents
+            .copy_version(primary, name, replica.version, version)
+            .await?;
+        let content = StorageContent {
+            version,
+            bytes: stored.bytes,
+            sha256: stored.sha256.clone(),
+            written_at: self.ctx.clock.now().to_string(),
+        };
+        let recorded = content.clone();
+        let before = subscription.spec.content.clone();
+        let updated = self
+            .storage
+            .update(
+                subscription.namespace().as_deref(),
+                &subscription.name_any(),
+                move |s| {
+                    // Only what was decided on: attached again, or written
+                    // since, and the copy is left for deletion as unfinished.
+                    if s.spec.attached_to.is_some()
+                        || s.spec.written_by_guest.is_none()
+                        || s.spec.content != before
+                    {
+                        return false;
+                    }
+                    s.spec.content = Some(recorded.clone());
+                    s.spec.written_by_guest = None;
+                    true
+                },
+            )
+            .await;
+        let settled = matches!(&updated, Ok(Some(s)) if s.spec.content.as_ref() == Some(&content));
+        if !settled {
+            let _ = self.ctx.agents.delete_version(primary, name, version).await;
+            return match updated {
+                Err(error) => Err(AgentCallError::Unreachable(format!(
+                    "the settled content could not be recorded: {error}"
+                ))),
+                Ok(_) => Ok(()),
+            };
+        }
+        tracing::info!(
+            version,
+            bytes = stored.bytes,
+            "content left by a guest settled"
+        );
+        self.ctx
+            .audit(
+                AuditAction::StorageSettled,
+                AuditSubject::storage(subscription),
+                json!({ "from": replica.version, "version": version, "bytes": stored.bytes, "sha256": stored.sha256 }),
+            )
+            .await;
+        self.ctx
+            .publish(
+                subscription,
+                EventType::Normal,
+                EventReason::ContentSettled,
+                &format!(
+                    "the content its server left ({} bytes) is version {version}; it is being copied to the secondary",
+                    stored.bytes
+                ),
+            )
+            .await;
+        Ok(())
     }
 
     /// Writes the secondary's verified version `from` into `version` of

@@ -77,7 +77,8 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
     let ctx = Context::new(clock.clone(), sim.clone(), directory, ledger.clone())
         .with_events(events.clone());
     let pools = Resources::<IpPool>::new(store.clone());
-    // The default zone's documentation pool, and one for par1.
+    // The default zone's documentation pool, one for par1, and one for
+    // zone a (where storage tests attach to servers).
     let mut seeded = SeededPool::documentation();
     seeded.push(SeededPool {
         name: "par1".into(),
@@ -85,6 +86,16 @@ async fn harness_on(scratch: ScratchDatabase) -> Harness {
         ipv4: Ipv4Block {
             cidr: "198.51.100.0/24".into(),
             gateway: "198.51.100.1".into(),
+            excluded: Vec::new(),
+        },
+        ipv6: None,
+    });
+    seeded.push(SeededPool {
+        name: "zone-a".into(),
+        zone: "a".into(),
+        ipv4: Ipv4Block {
+            cidr: "100.64.10.0/24".into(),
+            gateway: "100.64.10.1".into(),
             excluded: Vec::new(),
         },
         ipv6: None,
@@ -2596,4 +2607,176 @@ async fn r26_the_customer_is_told_of_a_repaired_copy_once() {
         "{:?}",
         queued[0].message
     );
+}
+
+/// What the API does for an attach: the server recorded, and from then on
+/// the primary copy may be written by its guest.
+async fn attach(h: &Harness, server: Option<&str>) {
+    h.storage
+        .update(Some(NS), "st-1", |s| {
+            s.spec.attached_to = server.map(str::to_owned);
+            if let Some(server) = server {
+                s.spec.written_by_guest = Some(server.to_owned());
+            }
+            true
+        })
+        .await
+        .unwrap();
+}
+
+fn attached_condition(status: &StorageSubscriptionStatus) -> (bool, String) {
+    let condition = conditions::get(&status.conditions, ConditionType::Attached).unwrap();
+    (
+        conditions::is_true(&status.conditions, ConditionType::Attached),
+        condition.reason.clone(),
+    )
+}
+
+#[tokio::test]
+async fn attached_storage_is_a_disk_of_its_server_and_what_the_guest_left_is_settled_and_copied() {
+    use stratus_controller::AgentClient;
+    let h = harness().await;
+    let version = stored_and_in_sync(&h, b"before the attach").await;
+    h.order("vs-1", Some("a")).await;
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.hypervisor.unwrap().as_str(), "a1");
+
+    attach(&h, Some("vs-1")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(attached_condition(&status), (false, "Attaching".into()));
+    assert!(!status.replicas_in_sync, "the guest may write: {status:?}");
+    assert_eq!(status.phase, StoragePhase::Ready);
+
+    h.reconcile("vs-1").await.unwrap();
+    let disks = h.sim.spec_of("a1", DOMAIN).unwrap().data_disks;
+    assert_eq!(
+        disks,
+        [stratus_core::agent_api::DataDisk {
+            volume: stratus_core::agent_api::storage_volume_name(STORAGE, version),
+            serial: "st-1".into(),
+        }]
+    );
+    assert_eq!(h.status("vs-1").await.attached_storage, ["st-1"]);
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(attached_condition(&status), (true, "DiskAttached".into()));
+
+    // The guest writes; a copy it did not settle is never verified (and
+    // so never "repaired" back), however overdue.
+    h.sim.corrupt_version("a1", STORAGE, version);
+    let written = h.sim.versions("a1", STORAGE)[&version].clone();
+    h.clock.advance(jiff::SignedDuration::from_hours(48));
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(
+        !h.sim
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("checksum_version")),
+        "{:?}",
+        h.sim.calls()
+    );
+    assert_eq!(h.storage_status("st-1").await.repairs, 0);
+    // Nor copied while it is a disk.
+    let refused = h
+        .sim
+        .copy_version(&h.agent("a1"), STORAGE, version, version + 1)
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    // Detached: the guest lets go, then what it left becomes a version.
+    attach(&h, None).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    assert_eq!(
+        attached_condition(&h.storage_status("st-1").await),
+        (false, "Attaching".into()),
+        "waits for the guest to let go"
+    );
+    h.reconcile("vs-1").await.unwrap();
+    assert!(h.sim.spec_of("a1", DOMAIN).unwrap().data_disks.is_empty());
+    assert!(h.status("vs-1").await.attached_storage.is_empty());
+    h.reconcile_storage("st-1").await.unwrap();
+    let subscription = h.storage.get(Some(NS), "st-1").await.unwrap().unwrap();
+    assert_eq!(subscription.spec.written_by_guest, None);
+    let content = subscription.spec.content.unwrap();
+    assert!(content.version > version);
+    assert_eq!(
+        content.sha256,
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, &written))
+    );
+    let status = subscription.status.unwrap();
+    assert!(status.replicas_in_sync, "{status:?}");
+    assert_eq!(attached_condition(&status), (false, "NotAttached".into()));
+    for hypervisor in ["a1", "b1"] {
+        assert_eq!(
+            h.sim.versions(hypervisor, STORAGE).get(&content.version),
+            Some(&written),
+            "{hypervisor}"
+        );
+    }
+    assert!(
+        h.sim.versions("b1", STORAGE).contains_key(&version),
+        "the secondary still keeps the content from before the attach"
+    );
+    assert!(!h.sim.versions("a1", STORAGE).contains_key(&version));
+    let settled = h.audited_storage("st-1", AuditAction::StorageSettled).await;
+    assert_eq!(settled.len(), 1);
+    assert_eq!(settled[0]["from"], version);
+}
+
+#[tokio::test]
+async fn a_deleted_server_lets_go_of_its_storage_which_is_detached_and_settled() {
+    let h = harness().await;
+    let version = stored_and_in_sync(&h, b"before the attach").await;
+    h.order("vs-1", Some("a")).await;
+    h.reconcile("vs-1").await.unwrap();
+    attach(&h, Some("vs-1")).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(attached_condition(&h.storage_status("st-1").await).0);
+
+    // The subscription cannot go while the guest holds it.
+    h.storage.delete(Some(NS), "st-1").await.unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("detach"),
+        "{status:?}"
+    );
+    assert!(
+        h.sim.versions("a1", STORAGE).contains_key(&version),
+        "not wiped under its guest"
+    );
+
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    assert!(h.servers.get(Some(NS), "vs-1").await.unwrap().is_none());
+    assert_eq!(h.reconcile_storage("st-1").await.unwrap(), Outcome::Done);
+    assert!(h.storage.get(Some(NS), "st-1").await.unwrap().is_none());
+    assert!(h.sim.versions("a1", STORAGE).is_empty());
+    assert!(h.sim.versions("b1", STORAGE).is_empty());
+}
+
+#[tokio::test]
+async fn storage_attached_to_a_server_that_is_gone_is_detached_then_settled() {
+    let h = harness().await;
+    let version = stored_and_in_sync(&h, b"before the attach").await;
+    h.order("vs-1", Some("a")).await;
+    h.reconcile("vs-1").await.unwrap();
+    attach(&h, Some("vs-1")).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    let subscription = h.storage.get(Some(NS), "st-1").await.unwrap().unwrap();
+    assert_eq!(subscription.spec.attached_to, None);
+    assert!(subscription.spec.content.unwrap().version > version);
+    let detached = h.audited_storage("st-1", AuditAction::StorageDetach).await;
+    assert_eq!(detached.len(), 1);
+    assert_eq!(detached[0]["cause"], "server_gone");
+    assert!(subscription.status.unwrap().replicas_in_sync);
 }

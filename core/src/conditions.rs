@@ -164,6 +164,13 @@ named_enum!(
         Degraded,
         /// A storage copy no longer matched its checksum (repaired, or lost).
         CopyRepaired,
+        /// A storage subscription's primary copy became, or stopped being,
+        /// a server's disk.
+        DiskAttached,
+        DiskDetached,
+        /// The content a guest left on a detached primary copy became a
+        /// new version.
+        ContentSettled,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.

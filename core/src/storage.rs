@@ -21,6 +21,18 @@ pub struct StorageFacts<'a> {
     pub versions_kept: u32,
     /// How often both copies are read back and checked (`storage.verifyInterval`).
     pub verify_interval: crate::policy::PolicyDuration,
+    /// What the servers of the account say of the subscription's disk.
+    pub servers: &'a ServerFacts,
+}
+
+/// What the servers of a subscription's account say of its disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServerFacts {
+    /// Whether the server `attachedTo` names exists (and is not being
+    /// deleted); false when it names none.
+    pub attached_server_exists: bool,
+    /// Servers whose agent reports the primary copy as one of their disks.
+    pub holding: Vec<String>,
 }
 
 /// How long a version above the recorded content may be an upload in
@@ -76,6 +88,14 @@ pub enum StorageAction {
     /// checksums (R26); a copy that no longer matches is repaired from the
     /// other and reported.
     Verify,
+    /// The server `attachedTo` names is gone: the subscription is detached.
+    ForgetAttachment,
+    /// The primary copy was a server's disk and no server holds it any
+    /// more: its content is copied into `version` on the primary, measured,
+    /// and recorded as the subscription's content, then replicated.
+    Settle {
+        version: u64,
+    },
     /// Nothing is left on any hypervisor: give back the quota, let it go.
     RemoveFinalizer,
 }
@@ -144,6 +164,14 @@ pub fn plan(
             "both copies are being wiped and deleted",
             now,
         );
+        if !facts.servers.holding.is_empty() {
+            // Never wiped under a running guest: its server lets go first.
+            status.reason = Some(format!(
+                "waiting for server {} to detach the primary copy before it is wiped",
+                facts.servers.holding.join(", ")
+            ));
+            return decide(None, status);
+        }
         let reachable_left = left
             .iter()
             .copied()
@@ -206,10 +234,20 @@ pub fn plan(
     }
     let both_exist = status.replicas.iter().all(|r| r.created);
     let mut replicating = None;
+    let attached = attachment(&facts, &mut status, now);
     if both_exist && problems.is_empty() && next.is_none() {
-        let (step, lag) = content_step(&facts, &mut status, observed, now, &mut problems);
-        next = step;
-        replicating = lag;
+        if let Some(written) = &attached.written_by_guest {
+            // The guest may have written to the primary: the secondary
+            // holds the content as it was before, until it is settled.
+            replicating = Some(written.clone());
+            next = attached.next;
+        } else {
+            let (step, lag) = content_step(&facts, &mut status, observed, now, &mut problems);
+            next = step;
+            replicating = lag;
+        }
+    } else if attached.next == Some(StorageAction::ForgetAttachment) {
+        next = next.or(attached.next);
     }
     if let Some(lost) = &status.unrecoverable {
         problems.push(lost.clone());
@@ -219,6 +257,7 @@ pub fn plan(
     let (phase, reason) = match (next, problems.is_empty()) {
         (_, false) if both_exist => (StoragePhase::Degraded, Some(problems.join("; "))),
         (_, false) => (StoragePhase::Provisioning, Some(problems.join("; "))),
+        _ if attached.written_by_guest.is_some() => (StoragePhase::Ready, replicating.clone()),
         _ if replicating.is_some() => (StoragePhase::Degraded, replicating.clone()),
         (Some(_), true) if !both_exist => (StoragePhase::Provisioning, None),
         _ => (StoragePhase::Ready, None),
@@ -245,6 +284,8 @@ pub fn plan(
             Reason::Repaired
         } else if in_sync {
             Reason::CopiesAgree
+        } else if attached.written_by_guest.is_some() {
+            Reason::DiskAttached
         } else if replicating.is_some() {
             Reason::Replicating
         } else if both_exist {
@@ -276,7 +317,11 @@ pub fn plan(
     );
     // Due for verification: on schedule, or when an operator asked.
     let mut recheck_in = None;
-    if next.is_none() && phase == StoragePhase::Ready && facts.spec.content.is_some() {
+    if next.is_none()
+        && phase == StoragePhase::Ready
+        && facts.spec.content.is_some()
+        && attached.written_by_guest.is_none()
+    {
         match verification_due(&facts, &status, now) {
             Ok(()) => next = Some(StorageAction::Verify),
             Err(wait) => recheck_in = Some(wait),
@@ -286,6 +331,85 @@ pub fn plan(
         next,
         status,
         recheck_in,
+    }
+}
+
+/// What attaching the primary copy to a server asks for now.
+struct Attachment {
+    /// Why the secondary may differ: the primary is, or was, a disk.
+    written_by_guest: Option<String>,
+    next: Option<StorageAction>,
+}
+
+/// Sets the `Attached` condition, and says what attachment asks for: the
+/// subscription is detached from a server that is gone, and a primary
+/// copy no server holds any more is settled into a new version.
+fn attachment(
+    facts: &StorageFacts<'_>,
+    status: &mut StorageSubscriptionStatus,
+    now: Timestamp,
+) -> Attachment {
+    let spec = facts.spec;
+    let holding = &facts.servers.holding;
+    let (attached, reason, message) = match &spec.attached_to {
+        Some(server) if !facts.servers.attached_server_exists => (
+            false,
+            Reason::ServerGone,
+            format!("server {server} does not exist any more"),
+        ),
+        Some(server) if holding.contains(server) => (
+            true,
+            Reason::DiskAttached,
+            format!("the primary copy is a disk of server {server}"),
+        ),
+        Some(server) => (
+            false,
+            Reason::Attaching,
+            format!("the primary copy is being attached to server {server}"),
+        ),
+        None if !holding.is_empty() => (
+            false,
+            Reason::Attaching,
+            format!(
+                "the primary copy is being detached from server {}",
+                holding.join(", ")
+            ),
+        ),
+        None => (false, Reason::NotAttached, String::new()),
+    };
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Attached,
+        attached,
+        reason,
+        message,
+        now,
+    );
+    let next = if spec.attached_to.is_some() && !facts.servers.attached_server_exists {
+        Some(StorageAction::ForgetAttachment)
+    } else if spec.attached_to.is_none() && holding.is_empty() && spec.written_by_guest.is_some() {
+        let after = spec.content.as_ref().map_or(0, |c| c.version);
+        let version = u64::try_from(now.as_millisecond())
+            .unwrap_or(0)
+            .max(after + 1);
+        Some(StorageAction::Settle { version })
+    } else {
+        None
+    };
+    let written_by_guest = spec.written_by_guest.as_ref().map(|server| {
+        if spec.attached_to.is_some() || !holding.is_empty() {
+            format!(
+                "the primary copy is a disk of server {server}: the secondary holds the content from before it was attached, until it is detached"
+            )
+        } else {
+            format!(
+                "the primary copy was a disk of server {server}: its content is being copied into a new version, then to the secondary"
+            )
+        }
+    });
+    Attachment {
+        written_by_guest,
+        next,
     }
 }
 
@@ -483,6 +607,11 @@ mod tests {
         }
     }
 
+    static NO_SERVERS: ServerFacts = ServerFacts {
+        attached_server_exists: false,
+        holding: Vec::new(),
+    };
+
     fn facts<'a>(
         spec: &'a StorageSubscriptionSpec,
         status: &'a StorageSubscriptionStatus,
@@ -495,6 +624,7 @@ mod tests {
             deleting: false,
             versions_kept: 3,
             verify_interval: crate::policy::PolicyDuration::hours(24),
+            servers: &NO_SERVERS,
         }
     }
 
@@ -695,6 +825,101 @@ mod tests {
             }),
             ..spec()
         }
+    }
+
+    #[test]
+    fn an_attached_primary_is_not_verified_and_is_settled_into_a_new_version_once_detached() {
+        let v = 1_000;
+        let mut status = placed([true, true]);
+        for replica in &mut status.replicas {
+            replica.version = v;
+            replica.checksum = Some("ab".repeat(32));
+            replica.verified_at = Some("2020-01-01T00:00:00Z".into());
+        }
+        let observed = [versions(&[v]), versions(&[v])];
+        let server = "vs-00000000000000a1".to_owned();
+        let decide = |attached_to: Option<&str>, exists: bool, holding: &[&str]| {
+            let spec = StorageSubscriptionSpec {
+                attached_to: attached_to.map(str::to_owned),
+                written_by_guest: Some(server.clone()),
+                ..written(v)
+            };
+            let servers = ServerFacts {
+                attached_server_exists: exists,
+                holding: holding.iter().map(|s| (*s).to_owned()).collect(),
+            };
+            let mut f = facts(&spec, &status);
+            f.servers = &servers;
+            plan(f, &observed, test_time())
+        };
+        let attached_cond = |d: &StorageDecision| {
+            d.status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == ConditionType::Attached)
+                .map(|c| {
+                    (
+                        c.status == crate::conditions::ConditionStatus::True,
+                        c.reason.clone(),
+                    )
+                })
+                .unwrap()
+        };
+        // Asked for, not yet a disk: no verification (overdue since 2020)
+        // of a copy the guest may write, and nothing replicated.
+        let attaching = decide(Some(&server), true, &[]);
+        assert_eq!(attaching.next, None, "{attaching:?}");
+        assert_eq!(attached_cond(&attaching), (false, "Attaching".into()));
+        assert_eq!(attaching.status.phase, StoragePhase::Ready);
+        assert!(!attaching.status.replicas_in_sync);
+        let attached = decide(Some(&server), true, &[&server]);
+        assert_eq!(attached.next, None);
+        assert_eq!(attached_cond(&attached), (true, "DiskAttached".into()));
+        assert!(!attached.status.replicas_in_sync);
+        // Detached by the customer, the guest has not let go: wait.
+        let detaching = decide(None, true, &[&server]);
+        assert_eq!(detaching.next, None);
+        assert_eq!(attached_cond(&detaching), (false, "Attaching".into()));
+        // Let go: the content is settled into a newer version.
+        let settling = decide(None, true, &[]);
+        assert!(
+            matches!(settling.next, Some(StorageAction::Settle { version }) if version > v),
+            "{settling:?}"
+        );
+        assert_eq!(attached_cond(&settling), (false, "NotAttached".into()));
+        // Its server deleted: the attachment is forgotten, then settled.
+        let gone = decide(Some(&server), false, &[]);
+        assert_eq!(gone.next, Some(StorageAction::ForgetAttachment));
+        assert_eq!(attached_cond(&gone), (false, "ServerGone".into()));
+    }
+
+    #[test]
+    fn a_subscription_being_deleted_waits_for_its_server_to_let_go() {
+        let spec = spec();
+        let status = placed([true, true]);
+        let holding = ServerFacts {
+            attached_server_exists: true,
+            holding: vec!["vs-00000000000000a1".into()],
+        };
+        let mut f = facts(&spec, &status);
+        f.deleting = true;
+        f.servers = &holding;
+        let decision = plan(f, &[present(), present()], test_time());
+        assert_eq!(decision.next, None);
+        assert!(
+            decision
+                .status
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("detach"),
+            "{decision:?}"
+        );
+        f.servers = &NO_SERVERS;
+        assert_eq!(
+            plan(f, &[present(), present()], test_time()).next,
+            Some(StorageAction::DestroyCopy { index: 0 })
+        );
     }
 
     #[test]

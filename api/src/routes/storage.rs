@@ -7,7 +7,8 @@ use kube::core::ObjectMeta;
 use serde_json::json;
 use std::sync::Arc;
 
-use stratus_core::ids::{self, AccountId, StorageId};
+use stratus_core::agent_api::MAX_DATA_DISKS;
+use stratus_core::ids::{self, AccountId, ServerId, StorageId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     MAX_STORAGE_GIB, StorageContent, StorageEncryption, StoragePhase, StorageSubscription,
@@ -309,6 +310,29 @@ async fn refuse_while_held_for_abuse(
     Ok(())
 }
 
+/// The content of a subscription attached to a server, or not yet
+/// settled since it was, is the server's: neither written nor restored
+/// through the API.
+fn refuse_while_attached(subscription: &StorageSubscription) -> Result<(), ApiError> {
+    if let Some(server) = &subscription.spec.attached_to {
+        return Err(ApiError::storage_attached(
+            server,
+            format!(
+                "the subscription is attached to server {server}: its content is what the server writes; detach it first"
+            ),
+        ));
+    }
+    if let Some(server) = &subscription.spec.written_by_guest {
+        return Err(ApiError::storage_attached(
+            server,
+            format!(
+                "the subscription was detached from server {server} and what it left is being copied into a new version: try again once it is ready"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Deletes a storage subscription: both copies are wiped, then deleted,
 /// then it disappears (404).
 #[utoipa::path(delete, path = "/v1/storage/{id}", tag = "storage", params(("id" = String, Path)),
@@ -323,6 +347,12 @@ pub async fn delete_storage(
     let subscription = find_storage(&state, &principal, &id).await?;
     if let Principal::Customer { account_id, .. } = &principal {
         refuse_while_held_for_abuse(&state, account_id).await?;
+    }
+    if let Some(server) = &subscription.spec.attached_to {
+        return Err(ApiError::storage_attached(
+            server,
+            format!("the subscription is attached to server {server}: detach it first"),
+        ));
     }
     let namespace = subscription.namespace();
     // Before the delete: an order retried after it must not create it again.
@@ -418,6 +448,7 @@ pub async fn write_content(
         return Err(ApiError::conflict("the subscription is being deleted"));
     }
     refuse_writes_while_suspended(&state, &account_id).await?;
+    refuse_while_attached(&subscription)?;
     let status = subscription.status.clone().unwrap_or_default();
     let Some(primary) = status.replicas.first().filter(|r| r.created) else {
         return Err(ApiError::conflict(
@@ -619,7 +650,28 @@ pub async fn storage_action(
         return Err(ApiError::conflict("the subscription is being deleted"));
     }
     refuse_writes_while_suspended(&state, &account_id).await?;
-    let StorageActionKind::Restore = action.kind;
+    if action.version.is_some() && action.kind != StorageActionKind::Restore {
+        return Err(ApiError::bad_request(
+            "version",
+            "a version is given only to a restore",
+        ));
+    }
+    if action.server.is_some() && action.kind != StorageActionKind::Attach {
+        return Err(ApiError::bad_request(
+            "server",
+            "a server is given only to an attach",
+        ));
+    }
+    match action.kind {
+        StorageActionKind::Restore => {}
+        StorageActionKind::Attach => {
+            return attach(&state, &principal, &account_id, subscription, action.server).await;
+        }
+        StorageActionKind::Detach => {
+            return detach(&state, &principal, &account_id, subscription).await;
+        }
+    }
+    refuse_while_attached(&subscription)?;
     let status = subscription.status.clone().unwrap_or_default();
     let available = restorable(&status);
     let chosen = match action.version {
@@ -680,6 +732,171 @@ pub async fn storage_action(
     Ok((
         StatusCode::ACCEPTED,
         Json(StorageView::of(&updated, is_operator(&principal))),
+    )
+        .into_response())
+}
+
+/// Attaches the primary copy to a server of the same account on the
+/// hypervisor that holds it; the controller plugs it in (hot-plug when the
+/// server runs). Attaching it again to the same server changes nothing.
+async fn attach(
+    state: &ApiState,
+    principal: &Principal,
+    account_id: &AccountId,
+    subscription: StorageSubscription,
+    server: Option<String>,
+) -> Result<Response, ApiError> {
+    let raw = server.ok_or_else(|| {
+        ApiError::bad_request("server", "the id of the server to attach to is required")
+    })?;
+    let server_id = ServerId::parse(&raw).ok_or_else(|| {
+        ApiError::invalid(
+            "server",
+            format!("{raw:?} is not a server id (vs- and 16 hex digits)"),
+        )
+    })?;
+    let id = subscription.name_any();
+    match &subscription.spec.attached_to {
+        Some(attached) if attached == server_id.as_str() => {
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(StorageView::of(&subscription, is_operator(principal))),
+            )
+                .into_response());
+        }
+        Some(attached) => {
+            return Err(ApiError::storage_attached(
+                attached,
+                format!("the subscription is attached to server {attached}: detach it first"),
+            ));
+        }
+        None => {}
+    }
+    let target = state
+        .servers
+        .get(Some(account_id.as_str()), server_id.as_str())
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid("server", format!("your account has no server {server_id}"))
+        })?;
+    if target.metadata.deletion_timestamp.is_some() || target.spec.termination.is_some() {
+        return Err(ApiError::conflict(format!(
+            "server {server_id} is being deleted or terminated"
+        )));
+    }
+    let status = subscription.status.clone().unwrap_or_default();
+    let primary = status.replicas.first().filter(|r| r.created);
+    let settled = subscription.spec.written_by_guest.is_none()
+        && status.replicas_in_sync
+        && status.replicas.iter().all(|r| r.created);
+    let Some(primary) = primary.filter(|_| settled) else {
+        return Err(ApiError::conflict(
+            "the subscription's two copies are not in sync yet: attach it once it is ready",
+        ));
+    };
+    let server_host = target.status.as_ref().and_then(|s| s.hypervisor.clone());
+    if server_host.as_ref() != Some(&primary.hypervisor) {
+        let on = server_host.map_or_else(|| "no hypervisor yet".to_owned(), |h| h.to_string());
+        return Err(ApiError::invalid(
+            "server",
+            format!(
+                "server {server_id} runs on {on}, and the subscription's primary copy is on {} (zone {}): a disk is attached to a server on the hypervisor that holds it",
+                primary.hypervisor, primary.zone
+            ),
+        ));
+    }
+    let attached_there = state
+        .storage
+        .list(Some(account_id.as_str()))
+        .await?
+        .items
+        .iter()
+        .filter(|s| s.spec.attached_to.as_deref() == Some(server_id.as_str()))
+        .count();
+    if attached_there >= MAX_DATA_DISKS {
+        return Err(ApiError::conflict(format!(
+            "server {server_id} has {MAX_DATA_DISKS} subscriptions attached, the most it can have"
+        )));
+    }
+    let wanted = server_id.as_str().to_owned();
+    let updated = state
+        .storage
+        .update(Some(account_id.as_str()), &id, move |s| {
+            if s.spec.attached_to.is_some() || s.spec.written_by_guest.is_some() {
+                return false;
+            }
+            s.spec.attached_to = Some(wanted.clone());
+            // From now on the guest may write to the primary copy.
+            s.spec.written_by_guest = Some(wanted.clone());
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(WHAT, &id))?;
+    if updated.spec.attached_to.as_deref() != Some(server_id.as_str()) {
+        return Err(ApiError::conflict(
+            "the subscription changed while it was being attached; look at it again",
+        ));
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageAttach,
+            AuditSubject::storage(&updated),
+            json!({ "server": server_id.as_str(), "hypervisor": primary.hypervisor }),
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(StorageView::of(&updated, is_operator(principal))),
+    )
+        .into_response())
+}
+
+/// Detaches the primary copy from its server (unplugged from a running
+/// guest); what the guest left becomes a new version, copied to the
+/// secondary. Detaching a detached subscription changes nothing.
+async fn detach(
+    state: &ApiState,
+    principal: &Principal,
+    account_id: &AccountId,
+    subscription: StorageSubscription,
+) -> Result<Response, ApiError> {
+    let Some(server) = subscription.spec.attached_to.clone() else {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(StorageView::of(&subscription, is_operator(principal))),
+        )
+            .into_response());
+    };
+    let id = subscription.name_any();
+    let expected = server.clone();
+    let updated = state
+        .storage
+        .update(Some(account_id.as_str()), &id, move |s| {
+            if s.spec.attached_to.as_deref() != Some(expected.as_str()) {
+                return false;
+            }
+            s.spec.attached_to = None;
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found(WHAT, &id))?;
+    if updated.spec.attached_to.is_some() {
+        return Err(ApiError::conflict(
+            "the subscription changed while it was being detached; look at it again",
+        ));
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageDetach,
+            AuditSubject::storage(&updated),
+            json!({ "server": server, "cause": "customer" }),
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(StorageView::of(&updated, is_operator(principal))),
     )
         .into_response())
 }

@@ -93,6 +93,14 @@ audit_actions! {
     StorageRestored => "storage.restored",
     /// An operator asked for both copies to be verified now.
     StorageVerify => "storage.verify",
+    /// A customer attached a subscription to a server.
+    StorageAttach => "storage.attach",
+    /// A subscription was detached: by its customer, or because its server
+    /// went.
+    StorageDetach => "storage.detach",
+    /// The controller made what a guest left on a detached primary copy a
+    /// new version.
+    StorageSettled => "storage.settled",
     /// A customer wrote a new content (its version, length and SHA-256).
     StorageWrite => "storage.write",
     /// The controller moved a server to another phase.
