@@ -1083,3 +1083,201 @@ async fn r26_a_copy_corrupted_on_disk_is_found_repaired_and_reported() {
     assert_eq!(status, 202);
     stratus.process.terminate();
 }
+
+/// Written at the start of a subscription's content, read by the guest
+/// from its new disk.
+const CONTENT_MARKER: &str = "STRATUS-BACKUP-CONTENT";
+/// Written by the guest onto the attached disk, 4 KiB in.
+const GUEST_MARKER: &str = "GUEST-WROTE-THIS";
+
+/// The guest's script: wait for a hot-plugged disk, say what it sees,
+/// write to it, and say when it is unplugged; again for a second one.
+fn data_disk_user_data() -> String {
+    format!(
+        "#!/bin/sh
+(
+for round in 1 2; do
+    while [ ! -b /dev/vdb ]; do sleep 1; done
+    echo \"DATA-DISK serial=$(cat /sys/block/vdb/serial) sectors=$(cat /sys/block/vdb/size)\"
+    echo \"DATA-DISK head=$(dd if=/dev/vdb bs={len} count=1 2>/dev/null)\"
+    echo {GUEST_MARKER} | dd of=/dev/vdb bs=512 seek=8 conv=fsync 2>/dev/null && echo DATA-DISK-WRITTEN
+    while [ -b /dev/vdb ]; do sleep 1; done
+    echo DATA-DISK-GONE
+done
+) &
+",
+        len = CONTENT_MARKER.len()
+    )
+}
+
+fn head_of(file: &Path, bytes: usize) -> Vec<u8> {
+    let mut head = vec![0u8; bytes];
+    std::fs::File::open(file)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    head
+}
+
+#[tokio::test]
+async fn storage_is_hot_plugged_into_a_running_guest_and_what_it_wrote_reaches_both_copies() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let http = support::http_client();
+
+    let (status, order) = customer
+        .post(
+            "/v1/storage",
+            json!({"name": "data", "size_gib": 1, "zone": "a"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let storage = order["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/storage/{storage}");
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "db1", "plan": "micro", "image": "tiny", "zone": "a",
+                   "user_data": data_disk_user_data()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let server = order["id"].as_str().unwrap().to_owned();
+    customer
+        .wait_until(&path, "storage did not become ready", BOOT, |s| {
+            s["status"] == "ready"
+        })
+        .await;
+    let mut content = CONTENT_MARKER.as_bytes().to_vec();
+    content.resize(1 << 20, 0);
+    let reply = http
+        .put(format!("{}{path}/content", stratus.base))
+        .bearer_auth(&customer.token)
+        .body(content)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let uploaded: serde_json::Value = reply.json().await.unwrap();
+    customer
+        .wait_until(&path, "the content did not reach both copies", BOOT, |s| {
+            s["replicas_in_sync"] == true
+        })
+        .await;
+    customer.wait_status(&server, "running", BOOT).await;
+    wait_console(&customer, &server, "stratus-tiny: ready", 1).await;
+
+    // Hot-plugged into the running guest, which sees its serial, its size
+    // and the content, and writes to it.
+    let started = Instant::now();
+    let (status, body) = customer
+        .post(
+            &format!("{path}/actions"),
+            json!({"type": "attach", "server": server}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    customer
+        .wait_until(&path, "the disk was not attached", BOOT, |s| {
+            s["attached"] == true
+        })
+        .await;
+    let to_attached = started.elapsed();
+    let text = wait_console(&customer, &server, "DATA-DISK-WRITTEN", 1).await;
+    for expected in [
+        format!("DATA-DISK serial={storage} sectors={}", (1u64 << 30) / 512),
+        format!("DATA-DISK head={CONTENT_MARKER}"),
+    ] {
+        assert!(text.contains(&expected), "{expected} missing:\n{text}");
+    }
+    let attached = admin.get(&path).await.1;
+    assert_eq!(attached["replicas_in_sync"], false, "{attached}");
+    assert_eq!(attached["status"], "ready");
+
+    // Unplugged; what the guest wrote becomes a new version on both copies.
+    let started = Instant::now();
+    let (status, body) = customer
+        .post(&format!("{path}/actions"), json!({"type": "detach"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    wait_console(&customer, &server, "DATA-DISK-GONE", 1).await;
+    let settled = admin
+        .wait_until(
+            &path,
+            "what the guest wrote did not reach both copies",
+            BOOT,
+            |s| {
+                s["attached"] == false
+                    && s["replicas_in_sync"] == true
+                    && s["content"]["version"].as_u64() > uploaded["version"].as_u64()
+            },
+        )
+        .await;
+    let to_settled = started.elapsed();
+    let sha = settled["content"]["sha256"].as_str().unwrap();
+    assert_eq!(settled["content"]["bytes"], 1u64 << 30);
+    for replica in settled["replicas"].as_array().unwrap() {
+        let file = PathBuf::from(replica["path"].as_str().unwrap());
+        let head = head_of(&file, 8192);
+        assert!(
+            head.starts_with(CONTENT_MARKER.as_bytes()),
+            "{}",
+            file.display()
+        );
+        assert!(
+            head[4096..].starts_with(GUEST_MARKER.as_bytes()),
+            "{}",
+            file.display()
+        );
+        assert_eq!(sha256sum(&file), sha, "{}", file.display());
+    }
+    let console_before = console(&customer, &server).await;
+
+    // Attached again, then its server deleted: the guest lets go first,
+    // and the subscription outlives it, detached and settled.
+    let (status, body) = customer
+        .post(
+            &format!("{path}/actions"),
+            json!({"type": "attach", "server": server}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    customer
+        .wait_until(&path, "the disk was not attached again", BOOT, |s| {
+            s["attached"] == true
+        })
+        .await;
+    wait_console(&customer, &server, "DATA-DISK-WRITTEN", 2).await;
+    let (status, body) = customer.delete(&format!("/v1/storage/{storage}")).await;
+    assert_eq!(status, 409, "attached storage is not deleted: {body}");
+    let (status, _) = customer.delete(&format!("/v1/servers/{server}")).await;
+    assert_eq!(status, 202);
+    customer.wait_gone(&server, BOOT).await;
+    let after = admin
+        .wait_until(
+            &path,
+            "the subscription was not detached and settled",
+            BOOT,
+            |s| {
+                s["attached_to"].is_null()
+                    && s["replicas_in_sync"] == true
+                    && s["content"]["version"].as_u64() > settled["content"]["version"].as_u64()
+            },
+        )
+        .await;
+    assert_eq!(after["status"], "ready");
+    assert!(console_before.contains("DATA-DISK-GONE"));
+
+    let (status, _) = customer.delete(&path).await;
+    assert_eq!(status, 202);
+    println!(
+        "storage: attach -> disk of the running guest {:.1} s; detach -> guest's writes on both copies {:.1} s (1 GiB)",
+        to_attached.as_secs_f64(),
+        to_settled.as_secs_f64()
+    );
+    stratus.process.terminate();
+}

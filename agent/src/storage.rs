@@ -33,6 +33,17 @@ fn check_size(size_gib: u64) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// The room left in a pool. libvirt refuses to refresh a pool while a
+/// volume of it is being uploaded or wiped, so the figures of the last
+/// refresh are used then (the create that follows still fails cleanly on
+/// a full pool).
+fn available_bytes(pool: &virt::storage_pool::StoragePool) -> Result<u64, AgentError> {
+    if let Err(error) = pool.refresh(0) {
+        tracing::debug!(%error, "pool not refreshed; using its last figures");
+    }
+    Ok(pool.info()?.available)
+}
+
 fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -107,7 +118,7 @@ impl Driver {
     ) -> Result<StorageVol, AgentError> {
         let pool = self.pool()?;
         let volume_name = storage_volume_name(name, version);
-        let available = pool.refresh(0).and_then(|()| pool.info())?.available;
+        let available = available_bytes(&pool)?;
         if !fits(available, size_gib) {
             return Err(AgentError::NoSpace {
                 pool: self.config.pool.clone(),
@@ -296,7 +307,7 @@ impl Driver {
             }
             let capacity = source.info()?.capacity;
             let size_gib = capacity.div_ceil(GIB);
-            let available = pool.refresh(0).and_then(|()| pool.info())?.available;
+            let available = available_bytes(&pool)?;
             if !fits(available, size_gib) {
                 return Err(AgentError::NoSpace {
                     pool: self.config.pool.clone(),

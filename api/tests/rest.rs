@@ -3342,3 +3342,174 @@ async fn r26_restores_name_a_kept_version_or_are_refused_naming_it() {
     assert_eq!(subscription.spec.restore_from, Some(100));
     assert!(subscription.spec.content.unwrap().version > 300);
 }
+
+#[tokio::test]
+async fn storage_is_attached_only_to_a_server_of_its_account_on_the_hypervisor_holding_it() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (account, token) = api.customer("ACME").await;
+        let (other_account, other) = api.customer("Other").await;
+        let id = api.ready_storage(&account, &token, 1).await;
+        let server_on = |account: String, token: String, hypervisor: &'static str| {
+            let api = &api;
+            async move {
+                let ordered = api
+                    .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+                    .await;
+                let server = ordered.body["id"].as_str().unwrap().to_owned();
+                api.state
+                    .servers
+                    .patch_status(
+                        Some(&account),
+                        &server,
+                        &json!({ "hypervisor": hypervisor }),
+                    )
+                    .await
+                    .unwrap();
+                server
+            }
+        };
+        let near = server_on(account.clone(), token.clone(), "hv-a").await;
+        let far = server_on(account.clone(), token.clone(), "hv-b").await;
+        let foreign = server_on(other_account.clone(), other.clone(), "hv-a").await;
+        let path = format!("/v1/storage/{id}/actions");
+        for (body, status, field) in [
+            (json!({"type": "attach"}), StatusCode::BAD_REQUEST, "server"),
+            (
+                json!({"type": "attach", "server": "web1"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "server",
+            ),
+            (
+                json!({"type": "attach", "server": foreign}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "server",
+            ),
+            (
+                json!({"type": "attach", "server": far}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "server",
+            ),
+            (
+                json!({"type": "attach", "server": near, "version": 1}),
+                StatusCode::BAD_REQUEST,
+                "version",
+            ),
+            (
+                json!({"type": "detach", "server": near}),
+                StatusCode::BAD_REQUEST,
+                "server",
+            ),
+        ] {
+            let reply = api
+                .call(Method::POST, &path, &token, Some(body.clone()))
+                .await;
+            assert_eq!(reply.status, status, "{label} {body}: {}", reply.body);
+            assert_eq!(
+                reply.body["error"]["details"]["field"], field,
+                "{label} {body}"
+            );
+        }
+        // Another account cannot even see it.
+        let reply = api
+            .call(
+                Method::POST,
+                &path,
+                &other,
+                Some(json!({"type": "attach", "server": foreign})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::NOT_FOUND, "{label}");
+        let untouched = api
+            .state
+            .storage
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            untouched.spec.attached_to, None,
+            "{label}: refusals change nothing"
+        );
+        assert_eq!(untouched.spec.written_by_guest, None);
+
+        let attach = json!({"type": "attach", "server": near});
+        let attached = api
+            .call(Method::POST, &path, &token, Some(attach.clone()))
+            .await;
+        assert_eq!(
+            attached.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            attached.body
+        );
+        assert_eq!(attached.body["attached_to"], near.as_str());
+        assert_eq!(
+            attached.body["attached"], false,
+            "not a disk until the agent says"
+        );
+        let again = api.call(Method::POST, &path, &token, Some(attach)).await;
+        assert_eq!(
+            again.status,
+            StatusCode::ACCEPTED,
+            "{label}: attaching again is harmless"
+        );
+
+        // Its content is the server's now.
+        let content = format!("/v1/storage/{id}/content");
+        for (method, path, body) in [
+            (Method::PUT, content.as_str(), None),
+            (
+                Method::POST,
+                path.as_str(),
+                Some(json!({"type": "restore"})),
+            ),
+            (
+                Method::POST,
+                path.as_str(),
+                Some(json!({"type": "attach", "server": far})),
+            ),
+            (Method::DELETE, &format!("/v1/storage/{id}"), None),
+        ] {
+            let reply = api.call(method.clone(), path, &token, body).await;
+            assert_error(&reply, StatusCode::CONFLICT, "storage_attached", None);
+            assert_eq!(
+                reply.body["error"]["details"]["server"],
+                near.as_str(),
+                "{label} {method} {path}"
+            );
+        }
+
+        let detached = api
+            .call(Method::POST, &path, &token, Some(json!({"type": "detach"})))
+            .await;
+        assert_eq!(
+            detached.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            detached.body
+        );
+        assert_eq!(detached.body["attached_to"], Value::Null);
+        // Until what the guest left is settled, the content is not written.
+        let reply = api.call(Method::PUT, &content, &token, None).await;
+        assert_error(&reply, StatusCode::CONFLICT, "storage_attached", None);
+
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Storage {
+                account: account.clone(),
+                name: id.clone(),
+            })
+            .await
+            .unwrap();
+        let actions: Vec<&str> = trail
+            .iter()
+            .map(|e| e.action.as_str())
+            .filter(|a| a.starts_with("storage.attach") || a.starts_with("storage.detach"))
+            .collect();
+        assert_eq!(actions, ["storage.attach", "storage.detach"], "{label}");
+    }
+}

@@ -176,7 +176,7 @@ impl Client {
         let response = request
             .send()
             .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         (
@@ -311,7 +311,13 @@ pub fn mode_of(path: &Path) -> u32 {
 /// process default is set first.
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    // stratus closes a connection idle for 10 s (its header-read limit); a
+    // test that blocks its runtime meanwhile (hashing a file) would not see
+    // the close and send its next request on the dead connection.
+    reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
+        .build()
+        .expect("an HTTP client")
 }
 
 /// Runs `stratus tls …` (CA and certificates for the agent link).
