@@ -3513,3 +3513,84 @@ async fn storage_is_attached_only_to_a_server_of_its_account_on_the_hypervisor_h
         assert_eq!(actions, ["storage.attach", "storage.detach"], "{label}");
     }
 }
+
+#[tokio::test]
+async fn r3_operators_terminate_one_storage_subscription_and_held_storage_is_read_only() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let (other_account, other) = api.customer("Other").await;
+    let id = api.ready_storage(&account, &token, 1).await;
+    let theirs = api.ready_storage(&other_account, &other, 1).await;
+    for (event, field) in [
+        (
+            json!({"id": "t1", "type": "terminate", "storage": theirs, "reason": "operator", "notice": "immediate"}),
+            "storage",
+        ),
+        (
+            json!({"id": "t2", "type": "terminate", "storage": "st-1", "reason": "operator", "notice": "immediate"}),
+            "storage",
+        ),
+        (
+            json!({"id": "t3", "type": "terminate", "storage": id, "server": "vs-0000000000000001", "reason": "operator", "notice": "immediate"}),
+            "server",
+        ),
+    ] {
+        let reply = report(&api, &api.admin, &account, event.clone()).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{event}: {}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["details"]["field"], field, "{event}");
+    }
+    assert_eq!(facts_of(&api, &account).await, 0, "refusals record nothing");
+    let reply = report(
+        &api,
+        &api.admin,
+        &account,
+        json!({"id": "t4", "type": "terminate", "storage": id, "reason": "operator", "notice": "immediate"}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    let facts = api
+        .state
+        .ledger
+        .facts()
+        .of_account(&account, 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(facts.len(), 1);
+    assert_eq!(
+        facts[0].fact["server"],
+        id.as_str(),
+        "the standing names it"
+    );
+
+    // Held by the controller (as the deadline runner writes it): read-only.
+    api.state
+        .storage
+        .update(Some(&account), &id, |s| {
+            s.spec.termination = Some(stratus_core::resources::ServerTermination {
+                cause: stratus_core::standing::TerminationCause::Operator,
+                at: "2026-12-05T12:00:00Z".into(),
+                wipe_at: "2026-12-12T12:00:00Z".into(),
+                wipe: false,
+            });
+            true
+        })
+        .await
+        .unwrap();
+    for (method, path, body) in [
+        (Method::PUT, format!("/v1/storage/{id}/content"), None),
+        (
+            Method::POST,
+            format!("/v1/storage/{id}/actions"),
+            Some(json!({"type": "restore"})),
+        ),
+    ] {
+        let reply = api.call(method, &path, &token, body).await;
+        assert_error(&reply, StatusCode::CONFLICT, "account_suspended", None);
+        assert_eq!(reply.body["error"]["details"]["reason"], "operator");
+    }
+}

@@ -20,7 +20,8 @@ use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::notices;
 use stratus_core::policy::Policy;
 use stratus_core::resources::{
-    Account, AccountState, AccountStatus, AccountSuspension, ServerTermination, VirtualServer,
+    Account, AccountState, AccountStatus, AccountSuspension, ServerTermination,
+    StorageSubscription, VirtualServer,
 };
 use stratus_core::standing::{self, Cause, ChangeKind, Fact, FactKind, Standing, Subject};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Charge};
@@ -58,6 +59,8 @@ pub struct DeadlineRunner {
     poll: Duration,
     /// Where the account is told of its standing.
     outbox: Outbox,
+    /// Storage subscriptions, held and terminated like servers.
+    storage: Option<Resources<StorageSubscription>>,
 }
 
 /// What one pass did.
@@ -84,7 +87,14 @@ impl DeadlineRunner {
             policy,
             poll,
             outbox: Outbox::default(),
+            storage: None,
         }
+    }
+
+    /// Holds the account's storage subscriptions as its standing says too.
+    pub fn holding_storage(mut self, storage: Resources<StorageSubscription>) -> Self {
+        self.storage = Some(storage);
+        self
     }
 
     /// Queues each change and notice for the configured channels.
@@ -155,6 +165,7 @@ impl DeadlineRunner {
             return Ok(());
         };
         let next_forgotten = self.hold_servers(account, &standing, now).await?;
+        self.hold_storage(account, &standing, now).await?;
         self.record_charges(account, &standing).await?;
         self.audit_changes(&object, &standing).await;
         self.queue_notifications(&object, &standing, now).await?;
@@ -265,6 +276,68 @@ impl DeadlineRunner {
             tracing::info!(server = %name, suspension = ?suspension, termination = ?held_off, "server held as the account's standing says");
         }
         Ok(next_forgotten)
+    }
+
+    /// Writes each storage subscription's suspension and termination as the
+    /// standing has them now (the account's, or its own when a fact named
+    /// it). A terminated subscription whose data is due is deleted: the
+    /// controller wipes both copies, then lets it go (R3, R14).
+    async fn hold_storage(
+        &self,
+        account: &str,
+        standing: &Standing,
+        now: Timestamp,
+    ) -> Result<(), ControllerError> {
+        let Some(storage) = &self.storage else {
+            return Ok(());
+        };
+        for subscription in storage.list(Some(account)).await?.items {
+            if subscription.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let name = subscription.name_any();
+            let termination = standing.termination_of(&name).filter(|t| t.done);
+            if let Some(t) = termination
+                && (t.wiped || t.wipe_at <= now)
+            {
+                match storage.delete(Some(account), &name).await {
+                    Ok(Deletion::Pending(_) | Deletion::Deleted)
+                    | Err(StoreError::NotFound { .. }) => {}
+                    Err(other) => return Err(other.into()),
+                }
+                self.ctx
+                    .audit(
+                        AuditAction::StorageTerminated,
+                        AuditSubject::storage(&subscription),
+                        json!({ "cause": t.cause.as_str(), "at": t.at.to_string(), "wipe_at": t.wipe_at.to_string() }),
+                    )
+                    .await;
+                tracing::info!(storage = %name, "terminated storage's data is due: both copies are wiped");
+                continue;
+            }
+            let suspension = standing.suspension_of(&name, &self.policy);
+            let held_off = termination.map(|t| ServerTermination {
+                cause: t.cause,
+                at: t.at.to_string(),
+                wipe_at: t.wipe_at.to_string(),
+                wipe: false,
+            });
+            if subscription.spec.suspension == suspension
+                && subscription.spec.termination == held_off
+            {
+                continue;
+            }
+            storage
+                .update(Some(account), &name, |s| {
+                    let changed = s.spec.suspension != suspension || s.spec.termination != held_off;
+                    s.spec.suspension.clone_from(&suspension);
+                    s.spec.termination.clone_from(&held_off);
+                    changed
+                })
+                .await?;
+            tracing::info!(storage = %name, suspension = ?suspension, termination = ?held_off, "storage held as the account's standing says");
+        }
+        Ok(())
     }
 
     async fn record_charges(

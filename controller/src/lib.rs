@@ -96,7 +96,8 @@ pub fn controller(
         Arc::new(config.policy.clone()),
         settings.deadline_poll,
     )
-    .notifying(Outbox::new(&config.notifications));
+    .notifying(Outbox::new(&config.notifications))
+    .holding_storage(Resources::new(store.clone()));
     runtime.add_loop(move |shutdown| deadlines.run(shutdown));
     let notifications = &config.notifications;
     if notifications.any_account_channel() || notifications.billing_webhook.is_some() {

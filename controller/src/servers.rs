@@ -462,8 +462,9 @@ impl ServerReconciler {
 
     /// The primary copies of the storage subscriptions attached to the
     /// server that can be its disks: of its account, created, on its
-    /// hypervisor. None once it is being deleted: its disks are detached
-    /// before its domain goes.
+    /// hypervisor, not held by the account's standing. None once it is
+    /// being deleted (its disks are detached before its domain goes) or
+    /// while it is held.
     async fn data_disks(
         &self,
         server: &VirtualServer,
@@ -472,7 +473,9 @@ impl ServerReconciler {
         let Some(hypervisor) = &status.hypervisor else {
             return Ok(Vec::new());
         };
-        if server.metadata.deletion_timestamp.is_some() || server.spec.termination.is_some() {
+        // A suspended or terminated server holds no storage: it is
+        // plugged in again when the suspension is lifted.
+        if server.metadata.deletion_timestamp.is_some() || server.spec.hold().is_some() {
             return Ok(Vec::new());
         }
         let name = server.name_any();
@@ -485,6 +488,7 @@ impl ServerReconciler {
             .filter(|s| {
                 s.spec.attached_to.as_deref() == Some(name.as_str())
                     && s.metadata.deletion_timestamp.is_none()
+                    && s.spec.held().is_none()
             })
             .filter_map(|s| {
                 let primary = s.status.as_ref()?.replicas.first()?;

@@ -264,6 +264,8 @@ impl Harness {
                 restore_from: None,
                 attached_to: None,
                 written_by_guest: None,
+                suspension: None,
+                termination: None,
             },
         );
         subscription.metadata.namespace = Some(NS.into());
@@ -2779,4 +2781,130 @@ async fn storage_attached_to_a_server_that_is_gone_is_detached_then_settled() {
     assert_eq!(detached.len(), 1);
     assert_eq!(detached[0]["cause"], "server_gone");
     assert!(subscription.status.unwrap().replicas_in_sync);
+}
+
+#[tokio::test]
+async fn r1_r3_r14_storage_follows_its_accounts_standing_detached_read_only_then_wiped() {
+    let h = harness().await;
+    Resources::<Account>::new(h.store.clone())
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    let version = stored_and_in_sync(&h, b"customer data").await;
+    h.order("vs-1", Some("a")).await;
+    h.reconcile("vs-1").await.unwrap();
+    attach(&h, Some("vs-1")).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(attached_condition(&h.storage_status("st-1").await).0);
+    let mut policy = Policy::default();
+    policy.termination.data_retention = stratus_core::policy::PolicyDuration::days(7);
+    let runner = stratus_controller::deadlines::DeadlineRunner::new(
+        h.ctx.clone(),
+        Resources::new(h.store.clone()),
+        h.servers.clone(),
+        Arc::new(policy),
+        Duration::from_millis(50),
+    )
+    .holding_storage(h.storage.clone());
+
+    // Suspended: detached from its (also held) server, said suspended.
+    h.report("legal-1", FactKind::LegalHold).await;
+    runner.pass().await.unwrap();
+    let held = h.storage.get(Some(NS), "st-1").await.unwrap().unwrap();
+    assert_eq!(
+        held.spec.suspension.as_ref().map(|s| s.reasons.clone()),
+        Some(vec![SuspensionReason::Legal])
+    );
+    h.reconcile("vs-1").await.unwrap();
+    assert!(h.sim.spec_of("a1", DOMAIN).unwrap().data_disks.is_empty());
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Suspended, "{status:?}");
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("suspended (legal)")
+    );
+    assert!(!attached_condition(&status).0);
+
+    // Lifted: attached again.
+    h.report("legal-2", FactKind::LegalRelease).await;
+    runner.pass().await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.sim.spec_of("a1", DOMAIN).unwrap().data_disks.len(), 1);
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
+    assert!(attached_condition(&status).0);
+
+    // Terminated on its own: held (detached, read-only) until its data is
+    // due, then both copies are wiped and it goes.
+    h.report(
+        "terminate-st",
+        FactKind::Terminate {
+            server: "st-1".into(),
+            cause: TerminationCause::Operator,
+            immediate: true,
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    let held = h.storage.get(Some(NS), "st-1").await.unwrap().unwrap();
+    assert!(held.spec.termination.is_some());
+    assert!(
+        held.metadata.deletion_timestamp.is_none(),
+        "kept for dataRetention"
+    );
+    h.reconcile("vs-1").await.unwrap();
+    assert!(h.sim.spec_of("a1", DOMAIN).unwrap().data_disks.is_empty());
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Suspended);
+    assert!(
+        status
+            .reason
+            .as_deref()
+            .unwrap()
+            .starts_with("terminated (operator)"),
+        "{status:?}"
+    );
+    assert_eq!(
+        h.phase_of(NS, "vs-1").await,
+        ServerPhase::Running,
+        "its server is not"
+    );
+
+    h.clock.advance(jiff::SignedDuration::from_hours(7 * 24));
+    runner.pass().await.unwrap();
+    let terminated = h
+        .audited_storage("st-1", AuditAction::StorageTerminated)
+        .await;
+    assert_eq!(terminated.len(), 1);
+    assert_eq!(terminated[0]["cause"], "operator");
+    for _ in 0..3 {
+        h.reconcile("vs-1").await.unwrap();
+        let _ = h.reconcile_storage("st-1").await;
+    }
+    assert!(
+        h.storage.get(Some(NS), "st-1").await.unwrap().is_none(),
+        "gone"
+    );
+    assert!(h.sim.versions("a1", STORAGE).is_empty());
+    assert!(h.sim.versions("b1", STORAGE).is_empty());
+    assert!(!h.sim.versions("a1", STORAGE).contains_key(&version));
+    let destroyed = h
+        .audited_storage("st-1", AuditAction::StorageCopyDestroyed)
+        .await;
+    assert_eq!(destroyed.len(), 2, "{destroyed:?}");
+    runner.pass().await.unwrap();
+    assert_eq!(
+        h.audited_storage("st-1", AuditAction::StorageTerminated)
+            .await
+            .len(),
+        1,
+        "recorded once"
+    );
 }

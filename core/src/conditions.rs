@@ -235,6 +235,7 @@ impl EventReason {
             P::Provisioning => Self::Provisioning,
             P::Ready => Self::Ready,
             P::Degraded => Self::Degraded,
+            P::Suspended => Self::Suspended,
             P::Terminating => Self::Terminating,
             P::Error => Self::Error,
         }

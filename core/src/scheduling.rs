@@ -567,6 +567,8 @@ mod tests {
                 restore_from: None,
                 attached_to: None,
                 written_by_guest: None,
+                suspension: None,
+                termination: None,
             },
         );
         subscription.status = Some(StorageSubscriptionStatus {

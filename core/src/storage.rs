@@ -253,6 +253,7 @@ pub fn plan(
         problems.push(lost.clone());
     }
     let in_sync = both_exist && problems.is_empty() && replicating.is_none();
+    let problems_free = in_sync;
     status.replicas_in_sync = in_sync;
     let (phase, reason) = match (next, problems.is_empty()) {
         (_, false) if both_exist => (StoragePhase::Degraded, Some(problems.join("; "))),
@@ -261,6 +262,18 @@ pub fn plan(
         _ if replicating.is_some() => (StoragePhase::Degraded, replicating.clone()),
         (Some(_), true) if !both_exist => (StoragePhase::Provisioning, None),
         _ => (StoragePhase::Ready, None),
+    };
+    // Held by the account's standing: said first, whatever else is true;
+    // the copies are still kept in sync, verified and repaired meanwhile.
+    let (phase, reason) = match facts.spec.held() {
+        Some(held) => (
+            StoragePhase::Suspended,
+            Some(match reason {
+                Some(also) => format!("{held}; {also}"),
+                None => held,
+            }),
+        ),
+        None => (phase, reason),
     };
     status.phase = phase;
     status.reason = reason.clone();
@@ -318,7 +331,8 @@ pub fn plan(
     // Due for verification: on schedule, or when an operator asked.
     let mut recheck_in = None;
     if next.is_none()
-        && phase == StoragePhase::Ready
+        && matches!(phase, StoragePhase::Ready | StoragePhase::Suspended)
+        && problems_free
         && facts.spec.content.is_some()
         && attached.written_by_guest.is_none()
     {
@@ -576,6 +590,8 @@ mod tests {
             restore_from: None,
             attached_to: None,
             written_by_guest: None,
+            suspension: None,
+            termination: None,
         }
     }
 

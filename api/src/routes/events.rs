@@ -77,8 +77,12 @@ pub enum EventBody {
         /// RFC 3339; `from` plus `policy.maintenance.defaultWindow` when absent.
         until: Option<String>,
     },
+    /// One server, or one storage subscription (`storage`).
     Terminate {
-        server: String,
+        #[serde(default)]
+        server: Option<String>,
+        #[serde(default)]
+        storage: Option<String>,
         /// `abuse`, `non_payment` or `operator`.
         #[schema(value_type = String)]
         reason: TerminationCause,
@@ -363,6 +367,36 @@ async fn server_of(
     Ok((owner, server))
 }
 
+/// The account and name of the storage subscription `name`, checked
+/// against the path's account.
+async fn storage_of(
+    state: &ApiState,
+    account: Option<&AccountId>,
+    name: &str,
+) -> Result<(String, String), ApiError> {
+    let found = if stratus_core::ids::StorageId::parse(name).is_none() {
+        Vec::new()
+    } else {
+        state.storage.find_by_name(name).await?
+    };
+    let Some(subscription) = found.into_iter().next() else {
+        return Err(ApiError::invalid(
+            "storage",
+            format!("no storage subscription {name:?}"),
+        ));
+    };
+    let owner = subscription.namespace().unwrap_or_default();
+    if let Some(account) = account
+        && owner != account.as_str()
+    {
+        return Err(ApiError::invalid(
+            "storage",
+            format!("the storage subscription {name} is not of the account {account}"),
+        ));
+    }
+    Ok((owner, subscription.name_any()))
+}
+
 /// The fact(s) an event makes, by account: servers found, addresses
 /// resolved to who held them, every account checked against the path's.
 async fn resolve(
@@ -435,14 +469,27 @@ async fn resolve(
         }
         EventBody::Terminate {
             server,
+            storage,
             reason,
             notice,
         } => {
-            let (owner, found) = server_of(state, account, "server", server).await?;
+            let (owner, name) = match (server, storage) {
+                (Some(server), None) => {
+                    let (owner, found) = server_of(state, account, "server", server).await?;
+                    (owner, found.name_any())
+                }
+                (None, Some(storage)) => storage_of(state, account, storage).await?,
+                _ => {
+                    return Err(ApiError::invalid(
+                        "server",
+                        "a termination names either a server or a storage subscription",
+                    ));
+                }
+            };
             Ok(vec![(
                 owner,
                 FactKind::Terminate {
-                    server: found.name_any(),
+                    server: name,
                     cause: *reason,
                     immediate: matches!(notice, Notice::Immediate),
                 },

@@ -125,6 +125,8 @@ async fn validate_order(
         restore_from: None,
         attached_to: None,
         written_by_guest: None,
+        suspension: None,
+        termination: None,
     };
     Ok((spec, state.quota_of(&account)))
 }
@@ -276,7 +278,19 @@ pub async fn get_storage(
 async fn refuse_writes_while_suspended(
     state: &ApiState,
     account_id: &AccountId,
+    subscription: &StorageSubscription,
 ) -> Result<(), ApiError> {
+    // Held on its own (a fact named it), or terminated.
+    if let Some(suspension) = &subscription.spec.suspension
+        && let Some(reason) = suspension.reasons.first()
+    {
+        return Err(ApiError::read_only_while_suspended(reason.as_str()));
+    }
+    if let Some(termination) = &subscription.spec.termination {
+        return Err(ApiError::read_only_while_suspended(
+            termination.cause.as_str(),
+        ));
+    }
     let account = state.accounts.get(None, account_id.as_str()).await?;
     let suspensions = account
         .and_then(|a| a.status)
@@ -447,7 +461,7 @@ pub async fn write_content(
     if subscription.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the subscription is being deleted"));
     }
-    refuse_writes_while_suspended(&state, &account_id).await?;
+    refuse_writes_while_suspended(&state, &account_id, &subscription).await?;
     refuse_while_attached(&subscription)?;
     let status = subscription.status.clone().unwrap_or_default();
     let Some(primary) = status.replicas.first().filter(|r| r.created) else {
@@ -649,7 +663,7 @@ pub async fn storage_action(
     if subscription.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the subscription is being deleted"));
     }
-    refuse_writes_while_suspended(&state, &account_id).await?;
+    refuse_writes_while_suspended(&state, &account_id, &subscription).await?;
     if action.version.is_some() && action.kind != StorageActionKind::Restore {
         return Err(ApiError::bad_request(
             "version",

@@ -133,6 +133,34 @@ pub struct StorageSubscriptionSpec {
     /// to it, so its recorded checksum no longer describes it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written_by_guest: Option<String>,
+    /// How the account's standing holds it (R1, R5, R8), written by the
+    /// controller: read-only, and detached from its server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspension: Option<crate::standing::Suspension>,
+    /// Terminated (R3, R6), written by the controller: held like a
+    /// suspension until `wipeAt`, when both copies are wiped and it goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination: Option<super::ServerTermination>,
+}
+
+impl StorageSubscriptionSpec {
+    /// Why the account's standing holds it (read-only, detached), if it does.
+    pub fn held(&self) -> Option<String> {
+        if let Some(t) = &self.termination {
+            return Some(format!(
+                "terminated ({}): read-only and detached until both copies are wiped at {}",
+                t.cause.as_str(),
+                t.wipe_at
+            ));
+        }
+        self.suspension.as_ref().map(|s| {
+            let reasons: Vec<&str> = s.reasons.iter().map(|r| r.as_str()).collect();
+            format!(
+                "suspended ({}): read-only and detached until the suspension is lifted",
+                reasons.join(", ")
+            )
+        })
+    }
 }
 
 /// A content a subscription holds, as its upload measured it.
@@ -163,6 +191,9 @@ pub enum StoragePhase {
     Ready,
     /// One copy is missing, unreachable or being repaired.
     Degraded,
+    /// Held by the account's standing: read-only and detached; both copies
+    /// are still kept, verified and repaired.
+    Suspended,
     /// Being wiped and deleted.
     Terminating,
     Error,
@@ -176,6 +207,7 @@ impl StoragePhase {
             Self::Provisioning => "provisioning",
             Self::Ready => "ready",
             Self::Degraded => "degraded",
+            Self::Suspended => "suspended",
             Self::Terminating => "terminating",
             Self::Error => "error",
         }

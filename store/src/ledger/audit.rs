@@ -101,6 +101,9 @@ audit_actions! {
     /// The controller made what a guest left on a detached primary copy a
     /// new version.
     StorageSettled => "storage.settled",
+    /// The account's standing terminated a subscription and its data is
+    /// due: both copies are wiped, then it goes (R3, R14).
+    StorageTerminated => "storage.terminated",
     /// A customer wrote a new content (its version, length and SHA-256).
     StorageWrite => "storage.write",
     /// The controller moved a server to another phase.
