@@ -477,20 +477,11 @@ async fn r24_r14_storage_copies_are_files_in_two_zones_and_both_are_wiped() {
     let admin = stratus.client(&stratus.admin_token());
     let (_, customer) = admin.open_account("ACME").await;
     let started = Instant::now();
-    let (status, order) = customer
-        .post(
-            "/v1/storage",
-            json!({"name": "backup", "size_gib": 1, "zone": "b"}),
-        )
-        .await;
-    assert_eq!(status, 202, "{order}");
-    let id = order["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/storage/{id}");
-    customer
-        .wait_until(&path, "storage did not become ready", BOOT, |s| {
-            s["status"] == "ready"
-        })
-        .await;
+    let (id, path) = ready_storage(
+        &customer,
+        json!({"name": "backup", "size_gib": 1, "zone": "b"}),
+    )
+    .await;
     let to_ready = started.elapsed();
     let (_, seen) = admin.get(&path).await;
     let zones: Vec<&str> = seen["replicas"]
@@ -772,25 +763,11 @@ async fn r24_r27_content_uploaded_comes_back_and_both_copies_agree_on_disk() {
     let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
     let admin = stratus.client(&stratus.admin_token());
     let (_, customer) = admin.open_account("ACME").await;
-    let (status, order) = customer
-        .post("/v1/storage", json!({"name": "backup", "size_gib": 1}))
-        .await;
-    assert_eq!(status, 202, "{order}");
-    let id = order["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/storage/{id}");
-    customer
-        .wait_until(&path, "storage did not become ready", BOOT, |s| {
-            s["status"] == "ready"
-        })
-        .await;
+    let (_, path) = ready_storage(&customer, json!({"name": "backup", "size_gib": 1})).await;
 
     // 64 MiB of random bytes (as a customer's ciphertext looks).
     let file = dir.path().join("backup.enc");
-    let random = Command::new("head")
-        .args(["-c", "67108864", "/dev/urandom"])
-        .output()
-        .unwrap()
-        .stdout;
+    let random = random_bytes(64 << 20);
     std::fs::write(&file, &random).unwrap();
     let expected = sha256sum(&file);
     let url = format!("{}{path}/content", stratus.base);
@@ -954,6 +931,30 @@ async fn r24_r27_content_uploaded_comes_back_and_both_copies_agree_on_disk() {
     stratus.process.terminate();
 }
 
+/// Orders storage for `customer` and waits until both copies are ready:
+/// its id and its path in the API.
+async fn ready_storage(customer: &Client, order: serde_json::Value) -> (String, String) {
+    let (status, ordered) = customer.post("/v1/storage", order).await;
+    assert_eq!(status, 202, "{ordered}");
+    let id = ordered["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/storage/{id}");
+    customer
+        .wait_until(&path, "storage did not become ready", BOOT, |s| {
+            s["status"] == "ready"
+        })
+        .await;
+    (id, path)
+}
+
+/// `bytes` random bytes, as a customer's ciphertext looks.
+fn random_bytes(bytes: u64) -> Vec<u8> {
+    Command::new("head")
+        .args(["-c", &bytes.to_string(), "/dev/urandom"])
+        .output()
+        .unwrap()
+        .stdout
+}
+
 fn sha256sum(file: &Path) -> String {
     let output = Command::new("sha256sum").arg(file).output().unwrap();
     String::from_utf8(output.stdout)
@@ -976,22 +977,8 @@ async fn r26_a_copy_corrupted_on_disk_is_found_repaired_and_reported() {
     let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
     let admin = stratus.client(&stratus.admin_token());
     let (_, customer) = admin.open_account("ACME").await;
-    let (status, order) = customer
-        .post("/v1/storage", json!({"name": "archive", "size_gib": 1}))
-        .await;
-    assert_eq!(status, 202, "{order}");
-    let id = order["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/storage/{id}");
-    customer
-        .wait_until(&path, "storage did not become ready", BOOT, |s| {
-            s["status"] == "ready"
-        })
-        .await;
-    let content = Command::new("head")
-        .args(["-c", "1073741824", "/dev/urandom"])
-        .output()
-        .unwrap()
-        .stdout;
+    let (id, path) = ready_storage(&customer, json!({"name": "archive", "size_gib": 1})).await;
+    let content = random_bytes(1 << 30);
     let url = format!("{}{path}/content", stratus.base);
     let http = support::http_client();
     let started = Instant::now();
@@ -1292,26 +1279,12 @@ async fn r24_r26_a_kill_during_replication_converges_and_nothing_is_ready_out_of
     let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
     let admin = stratus.client(&stratus.admin_token());
     let (_, customer) = admin.open_account("ACME").await;
-    let (status, order) = customer
-        .post("/v1/storage", json!({"name": "backup", "size_gib": 1}))
-        .await;
-    assert_eq!(status, 202, "{order}");
-    let id = order["id"].as_str().unwrap().to_owned();
-    let path = format!("/v1/storage/{id}");
-    customer
-        .wait_until(&path, "storage did not become ready", BOOT, |s| {
-            s["status"] == "ready"
-        })
-        .await;
+    let (id, path) = ready_storage(&customer, json!({"name": "backup", "size_gib": 1})).await;
 
     // 512 MiB: its copy to the other zone takes a few seconds, and the
     // process is killed (SIGKILL) as soon as the upload is answered.
     let file = dir.path().join("backup.enc");
-    let random = Command::new("head")
-        .args(["-c", "536870912", "/dev/urandom"])
-        .output()
-        .unwrap()
-        .stdout;
+    let random = random_bytes(512 << 20);
     std::fs::write(&file, &random).unwrap();
     let expected = sha256sum(&file);
     let reply = support::http_client()

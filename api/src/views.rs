@@ -493,6 +493,10 @@ pub struct OrderStorage {
     /// stores opaque bytes and never sees a key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
+    /// A server of your account the new storage becomes a disk of: its
+    /// primary copy is placed on that server's hypervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_to: Option<String>,
 }
 
 /// A storage subscription.

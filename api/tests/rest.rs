@@ -3594,3 +3594,46 @@ async fn r3_operators_terminate_one_storage_subscription_and_held_storage_is_rea
         assert_eq!(reply.body["error"]["details"]["reason"], "operator");
     }
 }
+
+#[tokio::test]
+async fn storage_ordered_attached_to_a_server_names_one_of_its_account() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let (_, other) = api.customer("Other").await;
+    let ordered = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    let mine = ordered.body["id"].as_str().unwrap().to_owned();
+    let ordered = api
+        .call(Method::POST, "/v1/servers", &other, Some(order("web1")))
+        .await;
+    let theirs = ordered.body["id"].as_str().unwrap().to_owned();
+    for attach_to in ["web1", theirs.as_str()] {
+        let reply = api
+            .call(
+                Method::POST,
+                "/v1/storage",
+                &token,
+                Some(json!({"name": "data", "size_gib": 1, "attach_to": attach_to})),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{}",
+            reply.body
+        );
+        assert_eq!(reply.body["error"]["details"]["field"], "attach_to");
+    }
+    assert_eq!(api.storage_count().await, 0, "refusals create nothing");
+    let reply = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &token,
+            Some(json!({"name": "data", "size_gib": 1, "attach_to": mine})),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(reply.body["attached_to"], mine.as_str());
+}

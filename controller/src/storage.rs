@@ -37,6 +37,9 @@ const STILL_MOVING: Duration = Duration::from_millis(200);
 /// How soon a degraded subscription (a copy unreachable or missing) is
 /// looked at again.
 const DEGRADED_RECHECK: Duration = Duration::from_secs(30);
+/// How soon a subscription waiting for the server it is attached to to be
+/// placed looks again (servers are placed within seconds).
+const SERVER_PLACEMENT_RECHECK: Duration = Duration::from_secs(2);
 
 pub struct StorageReconciler {
     ctx: Context,
@@ -78,6 +81,14 @@ impl Reconcile for StorageReconciler {
         }
         Ok(Outcome::RequeueAfter(STILL_MOVING))
     }
+}
+
+/// Where a subscription's primary copy may be placed.
+enum PrimaryHost {
+    Any,
+    On(HypervisorName),
+    /// Attached to a server that has no hypervisor yet.
+    ServerUnplaced(String),
 }
 
 /// The name the agents manage the copies of `subscription` by.
@@ -284,6 +295,29 @@ impl StorageReconciler {
             }
         }
         Ok(None)
+    }
+
+    /// Where the primary copy must go: on the hypervisor of the server it
+    /// was ordered attached to, once that server is placed.
+    async fn primary_host(
+        &self,
+        subscription: &StorageSubscription,
+    ) -> Result<PrimaryHost, ControllerError> {
+        let Some(server) = &subscription.spec.attached_to else {
+            return Ok(PrimaryHost::Any);
+        };
+        let found = self
+            .servers
+            .get(subscription.namespace().as_deref(), server)
+            .await?;
+        Ok(match found {
+            // Gone: placed anywhere, and detached by the plan.
+            None => PrimaryHost::Any,
+            Some(found) => match found.status.and_then(|s| s.hypervisor) {
+                Some(host) => PrimaryHost::On(host),
+                None => PrimaryHost::ServerUnplaced(server.clone()),
+            },
+        })
     }
 
     /// What the servers of the subscription's account say of its disk.
@@ -871,7 +905,7 @@ impl StorageReconciler {
         let hypervisors = self.ctx.directory.hypervisors.list(None).await?.items;
         placements.refresh(&self.servers, &self.storage).await?;
         let load = placements.load(Placing::Storage(&key));
-        let candidates: Vec<Candidate<'_>> = hypervisors
+        let mut candidates: Vec<Candidate<'_>> = hypervisors
             .iter()
             .map(|hypervisor| {
                 let placed = load
@@ -881,12 +915,44 @@ impl StorageReconciler {
                 Candidate::of(hypervisor, placed)
             })
             .collect();
-        let chosen = scheduling::choose_replicas(
-            subscription.spec.size_gib,
-            subscription.spec.zone.as_deref(),
-            &candidates,
-        );
         let now = self.ctx.clock.now();
+        let mut zone = subscription.spec.zone.clone();
+        let pinned = match self.primary_host(subscription).await? {
+            PrimaryHost::Any => None,
+            PrimaryHost::On(host) => Some(host),
+            PrimaryHost::ServerUnplaced(server) => {
+                drop(placements);
+                let why = format!(
+                    "waiting for server {server}, which it is attached to, to be placed: its primary copy goes on the same hypervisor"
+                );
+                next.phase = StoragePhase::Pending;
+                next.reason = Some(why.clone());
+                conditions::set(
+                    &mut next.conditions,
+                    ConditionType::Scheduled,
+                    false,
+                    Reason::Pending,
+                    why,
+                    now,
+                );
+                self.record_status(subscription, current, &next).await?;
+                return Ok(Some(SERVER_PLACEMENT_RECHECK));
+            }
+        };
+        if let Some(host) = &pinned {
+            // The server's hypervisor is the only candidate of its zone for
+            // the primary; the secondary is in another zone anyway.
+            let host_zone = candidates
+                .iter()
+                .find(|c| c.name == host.as_str())
+                .map(|c| c.zone.to_owned());
+            if let Some(host_zone) = host_zone {
+                candidates.retain(|c| c.zone != host_zone || c.name == host.as_str());
+                zone = Some(host_zone);
+            }
+        }
+        let chosen =
+            scheduling::choose_replicas(subscription.spec.size_gib, zone.as_deref(), &candidates);
         match chosen {
             Ok(pair) => {
                 let volume = storage_volume_name(&managed_name(subscription), 0);

@@ -2908,3 +2908,29 @@ async fn r1_r3_r14_storage_follows_its_accounts_standing_detached_read_only_then
         "recorded once"
     );
 }
+
+#[tokio::test]
+async fn storage_ordered_attached_to_a_server_has_its_primary_on_that_servers_hypervisor() {
+    let h = harness().await;
+    h.add_hypervisor("a2", "a", 8, 16384).await;
+    h.order("vs-1", Some("a")).await;
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.hypervisor.unwrap().as_str(), "a2");
+    // a1 sorts first: unpinned, the primary would go there.
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, None).await;
+    attach(&h, Some("vs-1")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    let hosts: Vec<&str> = status
+        .replicas
+        .iter()
+        .map(|r| r.hypervisor.as_str())
+        .collect();
+    assert_eq!(hosts, ["a2", "b1"], "{status:?}");
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.sim.spec_of("a2", DOMAIN).unwrap().data_disks.len(), 1);
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(attached_condition(&h.storage_status("st-1").await).0);
+}

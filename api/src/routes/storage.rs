@@ -115,6 +115,9 @@ async fn validate_order(
     if let Some(zone) = &order.zone {
         check_zone(state, zone).await?;
     }
+    if let Some(server) = &order.attach_to {
+        check_attach_to(state, account_id, server, order.zone.as_deref()).await?;
+    }
     let spec = StorageSubscriptionSpec {
         name: order.name.clone(),
         size_gib: order.size_gib,
@@ -123,12 +126,61 @@ async fn validate_order(
         content: None,
         verify_requests: 0,
         restore_from: None,
-        attached_to: None,
-        written_by_guest: None,
+        // A disk from the start: the guest writes it from its creation.
+        attached_to: order.attach_to.clone(),
+        written_by_guest: order.attach_to.clone(),
         suspension: None,
         termination: None,
     };
     Ok((spec, state.quota_of(&account)))
+}
+
+/// The server an order attaches its storage to: of the account, not
+/// going away, and (when it is placed) in the zone the order asks for.
+async fn check_attach_to(
+    state: &ApiState,
+    account_id: &AccountId,
+    raw: &str,
+    zone: Option<&str>,
+) -> Result<(), ApiError> {
+    let id = ServerId::parse(raw).ok_or_else(|| {
+        ApiError::invalid(
+            "attach_to",
+            format!("{raw:?} is not a server id (vs- and 16 hex digits)"),
+        )
+    })?;
+    let server = state
+        .servers
+        .get(Some(account_id.as_str()), id.as_str())
+        .await?
+        .ok_or_else(|| {
+            ApiError::invalid("attach_to", format!("your account has no server {id}"))
+        })?;
+    if server.metadata.deletion_timestamp.is_some() || server.spec.termination.is_some() {
+        return Err(ApiError::invalid(
+            "attach_to",
+            format!("server {id} is being deleted or terminated"),
+        ));
+    }
+    let Some(hypervisor) = server.status.and_then(|s| s.hypervisor) else {
+        return Ok(());
+    };
+    let server_zone = state
+        .hypervisors
+        .get(None, hypervisor.as_str())
+        .await?
+        .map(|h| h.spec.zone);
+    if let (Some(wanted), Some(server_zone)) = (zone, server_zone)
+        && wanted != server_zone
+    {
+        return Err(ApiError::invalid(
+            "zone",
+            format!(
+                "server {id} runs in zone {server_zone}: storage attached to it has its primary copy there"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Orders storage: two copies of `size_gib` in two zones. With an
