@@ -274,6 +274,20 @@ impl StorageReconciler {
                     }
                 }
             }
+            StorageAction::RebuildCopy { index } => {
+                let agents = [agent_of(0)?, agent_of(1)?];
+                self.record_status(subscription, &current, &next).await?;
+                let mut rebuilt = next.clone();
+                match self
+                    .rebuild(subscription, &name, &agents, index, &mut rebuilt)
+                    .await
+                {
+                    Ok(()) => self.record_status(subscription, &next, &rebuilt).await?,
+                    Err((agent, error)) => {
+                        return self.agent_failed(subscription, &next, &agent, error).await;
+                    }
+                }
+            }
             StorageAction::ForgetAttachment => {
                 self.record_status(subscription, &current, &next).await?;
                 self.forget_attachment(subscription).await?;
@@ -705,6 +719,108 @@ impl StorageReconciler {
             seconds = started.elapsed().as_secs_f64(),
             "both copies verified"
         );
+        Ok(())
+    }
+
+    /// Makes copy `index`, lost whole, again from the other one: the
+    /// primary's current version written back from the secondary (checked
+    /// against its SHA-256), or an empty secondary that the next pass
+    /// brings to the content like any new copy. Reported like a repair.
+    async fn rebuild(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        agents: &[AgentEndpoint; 2],
+        index: usize,
+        status: &mut StorageSubscriptionStatus,
+    ) -> Result<(), (AgentEndpoint, AgentCallError)> {
+        let survivor = 1 - index;
+        let lost = &agents[index];
+        let current = status.replicas[0].version;
+        let content = subscription
+            .spec
+            .content
+            .as_ref()
+            .filter(|c| c.version == current && current > 0);
+        match (index, content) {
+            (0, Some(content)) => {
+                let stream = self
+                    .ctx
+                    .agents
+                    .read_version(&agents[1], name, content.version, content.bytes)
+                    .await
+                    .map_err(|e| (agents[1].clone(), e))?;
+                let written = self
+                    .ctx
+                    .agents
+                    .write_version(
+                        lost,
+                        name,
+                        content.version,
+                        subscription.spec.size_gib,
+                        stream,
+                    )
+                    .await
+                    .map_err(|e| (lost.clone(), e))?;
+                if written.sha256 != content.sha256 {
+                    let _ = self
+                        .ctx
+                        .agents
+                        .delete_version(lost, name, content.version)
+                        .await;
+                    return Err((
+                        lost.clone(),
+                        AgentCallError::Unreachable(format!(
+                            "the rebuilt copy reads {} instead of {}; tried again",
+                            written.sha256, content.sha256
+                        )),
+                    ));
+                }
+            }
+            _ => {
+                let spec = VolumeSpec {
+                    size_gib: subscription.spec.size_gib,
+                    create: true,
+                };
+                self.ctx
+                    .agents
+                    .ensure_volume(lost, name, &spec)
+                    .await
+                    .map_err(|e| (lost.clone(), e))?;
+                if index == 1 {
+                    let replica = &mut status.replicas[1];
+                    let dropped = replica.kept.len();
+                    replica.version = 0;
+                    replica.volume = storage_volume_name(name, 0);
+                    replica.bytes = 0;
+                    replica.checksum = None;
+                    replica.verified_at = None;
+                    replica.path = None;
+                    replica.kept.clear();
+                    if dropped > 0 {
+                        tracing::warn!(dropped, "the lost secondary's kept versions are gone");
+                    }
+                }
+            }
+        }
+        status.repairs += 1;
+        let message = format!(
+            "the copy on {} was lost whole; it was made again from the copy on {} at {}{}",
+            lost.hypervisor,
+            agents[survivor].hypervisor,
+            self.ctx.clock.now(),
+            if index == 1 {
+                " (the earlier versions it kept are gone; the current content is copied to it next)"
+            } else {
+                " and verified"
+            }
+        );
+        tracing::warn!(%message, "storage copy rebuilt");
+        self.ctx.metrics.storage_repaired();
+        status.last_repair = Some(message.clone());
+        self.tell_customer(subscription, status.repairs, true, &message)
+            .await;
+        self.report_damage(subscription, &message, Some(lost)).await;
         Ok(())
     }
 

@@ -2115,12 +2115,13 @@ async fn r24_storage_and_servers_share_the_room_of_each_pool() {
 }
 
 #[tokio::test]
-async fn r24_a_lost_copy_is_reported_degraded_and_never_recreated_empty() {
+async fn r24_copies_lost_on_both_sides_are_reported_degraded_and_never_recreated_empty() {
     let h = harness().await;
     h.add_hypervisor("a1", "a", 8, 16384).await;
     h.add_hypervisor("b1", "b", 8, 16384).await;
     h.order_storage("st-1", 10, Some("a")).await;
     h.reconcile_storage("st-1").await.unwrap();
+    h.sim.lose_volume("a1", STORAGE);
     h.sim.lose_volume("b1", STORAGE);
     h.reconcile_storage("st-1").await.unwrap();
     let status = h.storage_status("st-1").await;
@@ -2134,6 +2135,7 @@ async fn r24_a_lost_copy_is_reported_degraded_and_never_recreated_empty() {
         "{status:?}"
     );
     assert!(h.sim.volumes("b1").is_empty(), "never recreated empty");
+    assert!(h.sim.volumes("a1").is_empty(), "never recreated empty");
     assert!(!conditions::is_true(
         &status.conditions,
         ConditionType::ReplicasInSync
@@ -2933,4 +2935,44 @@ async fn storage_ordered_attached_to_a_server_has_its_primary_on_that_servers_hy
     assert_eq!(h.sim.spec_of("a2", DOMAIN).unwrap().data_disks.len(), 1);
     h.reconcile_storage("st-1").await.unwrap();
     assert!(attached_condition(&h.storage_status("st-1").await).0);
+}
+
+#[tokio::test]
+async fn r24_a_copy_lost_whole_is_rebuilt_from_the_other_and_reported() {
+    let h = harness().await;
+    let version = stored_and_in_sync(&h, b"customer ciphertext").await;
+    for (lost, repairs) in [("b1", 1), ("a1", 2)] {
+        h.sim.lose_volume(lost, STORAGE);
+        h.reconcile_storage("st-1").await.unwrap();
+        let status = h.storage_status("st-1").await;
+        assert!(status.replicas_in_sync, "{lost}: {status:?}");
+        assert_eq!(status.phase, StoragePhase::Ready);
+        assert_eq!(status.repairs, repairs);
+        for hypervisor in ["a1", "b1"] {
+            assert_eq!(
+                h.sim
+                    .versions(hypervisor, STORAGE)
+                    .get(&version)
+                    .map(Vec::as_slice),
+                Some(&b"customer ciphertext"[..]),
+                "{hypervisor} holds the content again (lost: {lost})"
+            );
+        }
+        let in_sync = conditions::get(&status.conditions, ConditionType::ReplicasInSync).unwrap();
+        assert_eq!(in_sync.reason, "Repaired");
+        assert!(in_sync.message.contains(lost), "{}", in_sync.message);
+    }
+    let reported = h
+        .audited_storage("st-1", AuditAction::StorageRepaired)
+        .await;
+    let hosts: Vec<&str> = reported
+        .iter()
+        .map(|r| r["hypervisor"].as_str().unwrap())
+        .collect();
+    assert_eq!(hosts, ["b1", "a1"]);
+    assert!(
+        h.events
+            .about("StorageSubscription", "st-1")
+            .contains(&EventReason::CopyRepaired)
+    );
 }

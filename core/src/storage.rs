@@ -63,6 +63,11 @@ pub enum StorageAction {
         index: usize,
         create: bool,
     },
+    /// Copy `index` was lost whole: made again from the other copy, which
+    /// holds the current content, and reported.
+    RebuildCopy {
+        index: usize,
+    },
     /// Wipe and delete copy `index`.
     DestroyCopy {
         index: usize,
@@ -218,10 +223,22 @@ pub fn plan(
                     create: true,
                 }));
             }
-            Some(CopyObservation::Absent) => problems.push(format!(
-                "the copy on {} is missing; it is not recreated empty",
-                replica.hypervisor
-            )),
+            Some(CopyObservation::Absent) => {
+                let other = 1 - index;
+                match rebuildable(&facts, observed, index) {
+                    true => {
+                        problems.push(format!(
+                            "the copy on {} was lost; it is being rebuilt from the copy on {}",
+                            replica.hypervisor, status.replicas[other].hypervisor
+                        ));
+                        next = next.or(Some(StorageAction::RebuildCopy { index }));
+                    }
+                    false => problems.push(format!(
+                        "the copy on {} is missing; it is not recreated empty",
+                        replica.hypervisor
+                    )),
+                }
+            }
             Some(CopyObservation::Unavailable(why)) => problems.push(format!(
                 "the hypervisor {} of a copy does not answer: {why}",
                 replica.hypervisor
@@ -345,6 +362,31 @@ pub fn plan(
         next,
         status,
         recheck_in,
+    }
+}
+
+/// Whether copy `lost` (absent, after it existed) can be made again from
+/// the other one: that one answers with the current content (the
+/// primary's version), and no guest may have written the primary since.
+/// A rebuilt secondary holds the current content only: the versions the
+/// lost one kept are gone (the report says so).
+fn rebuildable(facts: &StorageFacts<'_>, observed: &[CopyObservation], lost: usize) -> bool {
+    let status = facts.status;
+    if facts.spec.written_by_guest.is_some() || status.replicas.len() != REPLICAS {
+        return false;
+    }
+    // The current content is the primary's version; the secondary may
+    // only rebuild the primary once it holds that version too.
+    let current = status.replicas[0].version;
+    let survivor = 1 - lost;
+    if survivor == 1 && status.replicas[1].version != current {
+        return false;
+    }
+    match observed.get(survivor) {
+        Some(CopyObservation::Present { versions, .. }) => {
+            versions.iter().any(|v| v.version == current)
+        }
+        _ => false,
     }
 }
 
@@ -727,23 +769,74 @@ mod tests {
     fn r24_a_lost_or_unreachable_copy_is_degraded_never_recreated_empty() {
         let spec = spec();
         let status = placed([true, true]);
+        // Lost whole, the other holding the current content: rebuilt from
+        // it (and reported), never merely created empty.
+        for (observed, lost) in [
+            ([present(), CopyObservation::Absent], 1),
+            ([CopyObservation::Absent, present()], 0),
+        ] {
+            let decision = plan(facts(&spec, &status), &observed, test_time());
+            assert_eq!(
+                decision.next,
+                Some(StorageAction::RebuildCopy { index: lost })
+            );
+            assert_eq!(decision.status.phase, StoragePhase::Degraded);
+            assert!(!decision.status.replicas_in_sync);
+            let host = ["a1", "b1"][lost];
+            assert!(
+                decision
+                    .status
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains(host) && r.contains("rebuilt")),
+                "{:?}",
+                decision.status.reason
+            );
+        }
+        // Both lost, the survivor behind, or the primary written by a
+        // guest since: nothing to rebuild from, reported missing.
+        let mut behind = placed([true, true]);
+        behind.replicas[0].version = 5;
+        let guest_written = StorageSubscriptionSpec {
+            written_by_guest: Some("vs-00000000000000a1".into()),
+            ..spec.clone()
+        };
         let decision = plan(
-            facts(&spec, &status),
-            &[present(), CopyObservation::Absent],
+            facts(&spec, &behind),
+            &[versions(&[5]), CopyObservation::Absent],
             test_time(),
         );
-        assert_eq!(decision.next, None, "a lost copy is never created empty");
-        assert_eq!(decision.status.phase, StoragePhase::Degraded);
-        assert!(!decision.status.replicas_in_sync);
-        assert!(
-            decision
-                .status
-                .reason
-                .as_deref()
-                .is_some_and(|r| r.contains("b1") && r.contains("missing")),
-            "{:?}",
-            decision.status.reason
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::RebuildCopy { index: 1 }),
+            "a lagging secondary is rebuilt from the primary all the same"
         );
+        for (spec, status, observed) in [
+            (
+                &spec,
+                &status,
+                [CopyObservation::Absent, CopyObservation::Absent],
+            ),
+            (&spec, &behind, [CopyObservation::Absent, versions(&[0])]),
+            (
+                &guest_written,
+                &status,
+                [CopyObservation::Absent, present()],
+            ),
+        ] {
+            let decision = plan(facts(spec, status), &observed, test_time());
+            assert_eq!(decision.next, None, "{status:?} {observed:?}");
+            assert_eq!(decision.status.phase, StoragePhase::Degraded);
+            assert!(
+                decision
+                    .status
+                    .reason
+                    .as_deref()
+                    .is_some_and(|r| r.contains("missing")),
+                "{:?}",
+                decision.status.reason
+            );
+        }
 
         let decision = plan(
             facts(&spec, &status),
