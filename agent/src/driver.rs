@@ -794,7 +794,9 @@ impl Driver {
                 .filter(|base| storage_volume_version(base, &disk.volume).is_some());
             match copy_of {
                 Some(base) if check_managed_name(base).is_ok() => {
-                    if account_of(base) != account_of(name) {
+                    let same_account =
+                        account_of(base).is_some_and(|a| Some(a) == account_of(name));
+                    if !same_account {
                         return Err(AgentError::BadRequest(format!(
                             "data_disks[{index}].volume: {} belongs to another account than {name}",
                             disk.volume

@@ -38,7 +38,8 @@ const STILL_MOVING: Duration = Duration::from_millis(200);
 /// looked at again.
 const DEGRADED_RECHECK: Duration = Duration::from_secs(30);
 /// How soon a subscription waiting for the server it is attached to to be
-/// placed looks again (servers are placed within seconds).
+/// placed, or for its disk to be plugged or unplugged, looks again (both
+/// take seconds).
 const SERVER_PLACEMENT_RECHECK: Duration = Duration::from_secs(2);
 
 pub struct StorageReconciler {
@@ -162,7 +163,13 @@ impl StorageReconciler {
             let unreachable = observed
                 .iter()
                 .any(|o| matches!(o, CopyObservation::Unavailable(_)));
+            // A disk being plugged or unplugged: the server's status may
+            // lag its agent, so look again soon besides being woken.
+            let attaching = next.conditions.iter().any(|c| {
+                c.type_ == ConditionType::Attached && c.reason == Reason::Attaching.as_str()
+            });
             return Ok(Some(match next.phase {
+                _ if attaching => Outcome::RequeueAfter(SERVER_PLACEMENT_RECHECK),
                 _ if unreachable => Outcome::RequeueAfter(DEGRADED_RECHECK),
                 StoragePhase::Degraded => Outcome::RequeueAfter(DEGRADED_RECHECK),
                 _ => match decision.recheck_in.and_then(|d| Duration::try_from(d).ok()) {
