@@ -1097,6 +1097,23 @@ done
     )
 }
 
+/// Attaches the subscription at `path` to `server` and waits until it is
+/// the server's disk.
+async fn attach_and_wait(customer: &Client, path: &str, server: &str) {
+    let (status, body) = customer
+        .post(
+            &format!("{path}/actions"),
+            json!({"type": "attach", "server": server}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    customer
+        .wait_until(path, "the disk was not attached", BOOT, |s| {
+            s["attached"] == true
+        })
+        .await;
+}
+
 fn head_of(file: &Path, bytes: usize) -> Vec<u8> {
     let mut head = vec![0u8; bytes];
     std::fs::File::open(file)
@@ -1161,18 +1178,7 @@ async fn storage_is_hot_plugged_into_a_running_guest_and_what_it_wrote_reaches_b
     // Hot-plugged into the running guest, which sees its serial, its size
     // and the content, and writes to it.
     let started = Instant::now();
-    let (status, body) = customer
-        .post(
-            &format!("{path}/actions"),
-            json!({"type": "attach", "server": server}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    customer
-        .wait_until(&path, "the disk was not attached", BOOT, |s| {
-            s["attached"] == true
-        })
-        .await;
+    attach_and_wait(&customer, &path, &server).await;
     let to_attached = started.elapsed();
     let text = wait_console(&customer, &server, "DATA-DISK-WRITTEN", 1).await;
     for expected in [
@@ -1226,18 +1232,7 @@ async fn storage_is_hot_plugged_into_a_running_guest_and_what_it_wrote_reaches_b
 
     // Attached again, then its server deleted: the guest lets go first,
     // and the subscription outlives it, detached and settled.
-    let (status, body) = customer
-        .post(
-            &format!("{path}/actions"),
-            json!({"type": "attach", "server": server}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    customer
-        .wait_until(&path, "the disk was not attached again", BOOT, |s| {
-            s["attached"] == true
-        })
-        .await;
+    attach_and_wait(&customer, &path, &server).await;
     wait_console(&customer, &server, "DATA-DISK-WRITTEN", 2).await;
     let (status, body) = customer.delete(&format!("/v1/storage/{storage}")).await;
     assert_eq!(status, 409, "attached storage is not deleted: {body}");

@@ -218,19 +218,11 @@ fn account_of(managed: &str) -> Option<&str> {
 /// A domain's data disks, those of the running guest first, and every
 /// device name its definition or running guest uses.
 fn data_disks_of(domain: &Domain) -> Result<(Vec<xml::DefinedDataDisk>, Vec<String>), AgentError> {
-    let inactive = domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?;
-    let active = if domain.is_active()? {
-        Some(domain.xml_desc(0)?)
-    } else {
-        None
-    };
-    let mut disks = active
-        .as_deref()
-        .map(xml::data_disks_in)
-        .unwrap_or_default();
+    let DomainXml { inactive, live } = DomainXml::of(domain)?;
+    let mut disks = live.as_deref().map(xml::data_disks_in).unwrap_or_default();
     disks.extend(xml::data_disks_in(&inactive));
     let mut taken: Vec<String> = std::iter::once(&inactive)
-        .chain(active.as_ref())
+        .chain(live.as_ref())
         .flat_map(|xml| xml::disk_targets_in(xml))
         .collect();
     taken.sort();
@@ -260,19 +252,39 @@ fn link_down_in(domain_xml: &str) -> bool {
     domain_xml.contains("<link state='down'/>")
 }
 
+/// A domain's XML as observed: its definition, and its running instance
+/// when it runs; read once per observation.
+struct DomainXml {
+    inactive: String,
+    live: Option<String>,
+}
+
+impl DomainXml {
+    fn of(domain: &Domain) -> Result<Self, AgentError> {
+        Ok(Self {
+            inactive: domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?,
+            live: if domain.is_active()? {
+                Some(domain.xml_desc(0)?)
+            } else {
+                None
+            },
+        })
+    }
+}
+
 /// The NIC's link as the running guest has it, or as the definition says
 /// when the guest is off.
-fn observe_link(domain: &Domain) -> Result<Link, AgentError> {
-    let defined_down = link_down_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
-    if !domain.is_active()? {
-        return Ok(if defined_down { Link::Down } else { Link::Up });
-    }
-    Ok(match (link_down_in(&domain.xml_desc(0)?), defined_down) {
+fn observe_link(xml: &DomainXml) -> Link {
+    let defined_down = link_down_in(&xml.inactive);
+    let Some(live) = &xml.live else {
+        return if defined_down { Link::Down } else { Link::Up };
+    };
+    match (link_down_in(live), defined_down) {
         (true, true) => Link::Down,
         (true, false) => Link::UpAtNextStart,
         (false, true) => Link::DownAtNextStart,
         (false, false) => Link::Up,
-    })
+    }
 }
 
 /// Whether libvirt refused a call because this hypervisor cannot do it.
@@ -512,12 +524,13 @@ impl Driver {
             .as_ref()
             .map(|d| d.state().map(|(s, _)| map_state(s)))
             .transpose()?;
-        let link = domain.as_ref().map(observe_link).transpose()?;
+        let xml = domain.as_ref().map(DomainXml::of).transpose()?;
+        let link = xml.as_ref().map(observe_link);
         let disk_present = Self::lookup_volume(&self.pool()?, &disk_volume_name(name))?.is_some();
-        let data_disks = match &domain {
-            Some(domain) => self.observe_data_disks(domain)?,
-            None => Vec::new(),
-        };
+        let data_disks = xml
+            .as_ref()
+            .map(|xml| self.observe_data_disks(xml))
+            .unwrap_or_default();
         Ok(DomainObservation {
             name: name.to_owned(),
             state,
@@ -617,15 +630,15 @@ impl Driver {
     /// Serials of a domain's data disks: those of its definition and, where
     /// disks are hot-plugged, of its running guest too, so a disk a guest
     /// has not let go of yet still counts as attached.
-    fn observe_data_disks(&self, domain: &Domain) -> Result<Vec<String>, AgentError> {
-        let mut disks = xml::data_disks_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
-        if self.hot_plugs() && domain.is_active()? {
-            disks.extend(xml::data_disks_in(&domain.xml_desc(0)?));
+    fn observe_data_disks(&self, domain_xml: &DomainXml) -> Vec<String> {
+        let mut disks = xml::data_disks_in(&domain_xml.inactive);
+        if let Some(live) = domain_xml.live.as_deref().filter(|_| self.hot_plugs()) {
+            disks.extend(xml::data_disks_in(live));
         }
         let mut serials: Vec<String> = disks.into_iter().map(|d| d.serial).collect();
         serials.sort();
         serials.dedup();
-        Ok(serials)
+        serials
     }
 
     /// Whether disks are plugged into running guests: not on the test
