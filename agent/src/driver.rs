@@ -762,7 +762,8 @@ impl Driver {
             .as_ref()
             .filter(|_| self.writes_seeds())
             .map(|seed| crate::seed::volume_name(name, seed));
-        let data_disks = self.data_disk_targets(name, spec)?;
+        let mut data_disks = self.data_disk_targets(name, spec)?;
+        data_disks.retain(|(disk, _)| !disk.encrypted);
         let placement = xml::Placement {
             domain_type: &self.config.domain_type,
             pool: &self.config.pool,
@@ -902,9 +903,12 @@ impl Driver {
                 .iter()
                 .map(|d| (d.serial.as_str(), d.volume.as_deref()))
                 .collect();
+            // Without hot-plug there is no running guest to unlock a LUKS
+            // disk for: only plain disks are defined.
             let wanted: Vec<(&str, Option<&str>)> = spec
                 .data_disks
                 .iter()
+                .filter(|d| !d.encrypted)
                 .map(|d| (d.serial.as_str(), Some(d.volume.as_str())))
                 .collect();
             if defined.len() != wanted.len() || wanted.iter().any(|w| !defined.contains(w)) {
@@ -944,14 +948,22 @@ impl Driver {
                     target: leaving.target.clone(),
                     format: "raw".to_owned(),
                     serial: Some(leaving.serial.clone()),
+                    key_secret: None,
                 };
                 match domain.detach_device_flags(&device.element().render(), flag) {
-                    Ok(()) => tracing::info!(
-                        domain = name,
-                        storage = %leaving.serial,
-                        live = flag == virt::sys::VIR_DOMAIN_AFFECT_LIVE,
-                        "detached a data disk"
-                    ),
+                    Ok(()) => {
+                        tracing::info!(
+                            domain = name,
+                            storage = %leaving.serial,
+                            live = flag == virt::sys::VIR_DOMAIN_AFFECT_LIVE,
+                            "detached a data disk"
+                        );
+                        // QEMU read the key when it opened the disk; the
+                        // hypervisor keeps it no longer than the disk is used.
+                        if let Some(volume) = &leaving.volume {
+                            self.unload_key(volume)?;
+                        }
+                    }
                     // The guest has not let go yet: reported as still
                     // attached, tried again on the next call.
                     Err(error) if flag == virt::sys::VIR_DOMAIN_AFFECT_LIVE => tracing::warn!(
@@ -966,23 +978,42 @@ impl Driver {
         }
         let assigned = self.data_disk_targets(name, spec)?;
         for (disk, target) in &assigned {
-            let device = xml::Disk::data(&self.config.pool, disk, target.clone());
+            let mut device = xml::Disk::data(&self.config.pool, disk, target.clone());
             let present = |disks: &[xml::DefinedDataDisk]| {
                 disks
                     .iter()
                     .any(|d| d.serial == disk.serial && d.volume.as_ref() == Some(&disk.volume))
             };
             let mut flags = 0;
-            if !present(&config) {
+            // A LUKS disk is only ever plugged into the running guest, so
+            // a guest started again comes up without it until its key is
+            // given again.
+            if !present(&config) && !disk.encrypted {
                 flags |= virt::sys::VIR_DOMAIN_AFFECT_CONFIG;
             }
             if active && !present(&live) {
                 flags |= virt::sys::VIR_DOMAIN_AFFECT_LIVE;
             }
+            if disk.encrypted && !active {
+                self.unload_key(&disk.volume)?;
+            }
             if flags == 0 {
                 continue;
             }
             self.check_data_volumes(std::slice::from_ref(disk))?;
+            if disk.encrypted {
+                match self.key_secret_of(&disk.volume)? {
+                    Some(uuid) => device.key_secret = Some(uuid),
+                    None => {
+                        tracing::info!(
+                            domain = name,
+                            storage = %disk.serial,
+                            "a LUKS data disk waits for its key"
+                        );
+                        continue;
+                    }
+                }
+            }
             domain.attach_device_flags(&device.element().render(), flags)?;
             tracing::info!(
                 domain = name,

@@ -38,6 +38,10 @@ pub enum AgentError {
     DomainType { wanted: String, offered: String },
     #[error("this hypervisor must filter guest traffic and cannot, so it starts no guest: {0}")]
     AntiSpoofingUnavailable(String),
+    #[error("the key does not open the LUKS volume {0}")]
+    WrongKey(String),
+    #[error("this hypervisor cannot keep volume keys (libvirt secrets): {0}")]
+    KeysUnsupported(String),
 }
 
 impl AgentError {
@@ -56,6 +60,8 @@ impl AgentError {
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
             Self::BadRequest(_) | Self::OtherAgents { .. } => AgentErrorCode::BadRequest,
             Self::AntiSpoofingUnavailable(_) => AgentErrorCode::AntiSpoofingUnavailable,
+            Self::WrongKey(_) => AgentErrorCode::WrongKey,
+            Self::KeysUnsupported(_) => AgentErrorCode::KeysUnsupported,
         }
     }
 
@@ -77,6 +83,8 @@ impl AgentError {
             Self::Seed(_) => "seed",
             Self::DomainType { .. } => "domain_type",
             Self::AntiSpoofingUnavailable(_) => "anti_spoofing_unavailable",
+            Self::WrongKey(_) => "wrong_key",
+            Self::KeysUnsupported(_) => "keys_unsupported",
         }
     }
 }

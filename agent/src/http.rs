@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ring::digest::{SHA256, digest};
 use stratus_core::agent_api::{
-    AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec, VolumeSpec,
+    AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec, LuksFormat, VolumeSpec,
+    VolumeUnlock,
 };
 
 use crate::driver::Driver;
@@ -73,6 +74,14 @@ pub fn router(state: AgentState) -> Router {
             "/v1/volumes/{name}/versions/{version}/copy",
             post(copy_version),
         )
+        .route(
+            "/v1/volumes/{name}/versions/{version}/luks",
+            post(format_version),
+        )
+        .route(
+            "/v1/volumes/{name}/versions/{version}/unlock",
+            post(unlock_version),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
@@ -101,6 +110,8 @@ impl IntoResponse for AgentError {
             AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
             AgentErrorCode::Hypervisor => StatusCode::INTERNAL_SERVER_ERROR,
             AgentErrorCode::AntiSpoofingUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AgentErrorCode::WrongKey => StatusCode::FORBIDDEN,
+            AgentErrorCode::KeysUnsupported => StatusCode::NOT_IMPLEMENTED,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "agent call failed");
@@ -371,6 +382,43 @@ async fn copy_version(
     })
     .await?;
     Ok(Json(stored).into_response())
+}
+
+/// A body carrying a key is refused without repeating any of it.
+fn key_body<T>(body: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, AgentError> {
+    body.map(|Json(body)| body)
+        .map_err(|_| AgentError::BadRequest(format!("the body must be {expected}")))
+}
+
+/// Creates `version` of the copy as a LUKS volume formatted with the
+/// customer's key, and answers its length and SHA-256.
+#[tracing::instrument(skip(state, body))]
+async fn format_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+    body: Result<Json<LuksFormat>, JsonRejection>,
+) -> Result<Response, AgentError> {
+    let format = key_body(body, r#"{"size_gib": N, "key": "…"}"#)?;
+    let stored = run(&state, "format_version", move |d| {
+        d.format_version(&name, version, format.size_gib, &format.key)
+    })
+    .await?;
+    Ok(Json(stored).into_response())
+}
+
+/// Loads the customer's key to `version` of the copy once it opens it.
+#[tracing::instrument(skip(state, body))]
+async fn unlock_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+    body: Result<Json<VolumeUnlock>, JsonRejection>,
+) -> Result<Response, AgentError> {
+    let unlock = key_body(body, r#"{"key": "…"}"#)?;
+    run(&state, "unlock_version", move |d| {
+        d.unlock_version(&name, version, &unlock.key)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[tracing::instrument(skip(state))]

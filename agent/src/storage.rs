@@ -17,6 +17,7 @@ use virt::stream::Stream;
 
 use crate::driver::{Driver, check_managed_name, fits, wipe};
 use crate::error::AgentError;
+use crate::keys::{is_luks, loaded_secret, physical_bytes};
 use crate::xml;
 
 const GIB: u64 = 1 << 30;
@@ -59,12 +60,21 @@ impl Driver {
             let Some(version) = storage_volume_version(name, &volume_name) else {
                 continue;
             };
+            let path = volume.path().ok();
+            let encrypted = is_luks(&volume)?;
+            let unlocked = match (&path, encrypted) {
+                (Some(path), true) => loaded_secret(&self.conn, path)?.is_some(),
+                _ => false,
+            };
             found.push((
                 VolumeVersion {
                     version,
                     volume: volume_name,
-                    path: volume.path().ok(),
+                    path,
                     capacity_bytes: volume.info()?.capacity,
+                    physical_bytes: physical_bytes(&volume)?,
+                    encrypted,
+                    unlocked,
                 },
                 volume,
             ));
@@ -118,13 +128,7 @@ impl Driver {
     ) -> Result<StorageVol, AgentError> {
         let pool = self.pool()?;
         let volume_name = storage_volume_name(name, version);
-        let available = available_bytes(&pool)?;
-        if !fits(available, size_gib) {
-            return Err(AgentError::NoSpace {
-                pool: self.config.pool.clone(),
-                needed_gib: size_gib,
-            });
-        }
+        self.check_room(&pool, size_gib)?;
         let volume = StorageVol::create_xml(&pool, &xml::storage_volume(&volume_name, size_gib), 0)
             .map_err(|error| {
                 if Self::lookup_volume(&pool, &volume_name).is_ok_and(|v| v.is_some()) {
@@ -136,6 +140,21 @@ impl Driver {
         self.record_volume(&volume_name, &volume)?;
         tracing::info!(volume = %volume_name, size_gib, "created storage version");
         Ok(volume)
+    }
+
+    /// Refuses a new volume of `size_gib` the pool has no room for.
+    pub(crate) fn check_room(
+        &self,
+        pool: &virt::storage_pool::StoragePool,
+        size_gib: u64,
+    ) -> Result<(), AgentError> {
+        if fits(available_bytes(pool)?, size_gib) {
+            return Ok(());
+        }
+        Err(AgentError::NoSpace {
+            pool: self.config.pool.clone(),
+            needed_gib: size_gib,
+        })
     }
 
     /// Wipes and deletes every version of the copy of `name` (R14); what is
@@ -305,23 +324,24 @@ impl Driver {
                     "{to_name} already exists"
                 )));
             }
-            let capacity = source.info()?.capacity;
-            let size_gib = capacity.div_ceil(GIB);
-            let available = available_bytes(&pool)?;
-            if !fits(available, size_gib) {
-                return Err(AgentError::NoSpace {
-                    pool: self.config.pool.clone(),
-                    needed_gib: size_gib,
-                });
-            }
-            let copy = StorageVol::create_xml_from(
-                &pool,
-                &xml::storage_volume(&to_name, size_gib),
-                &source,
-                0,
-            )?;
+            let bytes = physical_bytes(&source)?;
+            let size_gib = bytes.max(source.info()?.capacity).div_ceil(GIB);
+            self.check_room(&pool, size_gib)?;
+            let target = xml::storage_volume(&to_name, size_gib);
+            let copy = if is_luks(&source)? {
+                // libvirt copies a LUKS volume only by decrypting it with
+                // its key; its bytes (ciphertext) are copied as they are.
+                let copy = StorageVol::create_xml(&pool, &target, 0)?;
+                if let Err(error) = self.stream_copy(&source, &copy, bytes) {
+                    self.dispose(&to_name, &copy)?;
+                    return Err(error);
+                }
+                copy
+            } else {
+                StorageVol::create_xml_from(&pool, &target, &source, 0)?
+            };
             self.record_volume(&to_name, &copy)?;
-            (copy, capacity)
+            (copy, bytes)
         };
         match self.read_version(name, to, capacity, &mut |_| true) {
             Ok(stored) => {
@@ -333,6 +353,52 @@ impl Driver {
                 Err(error)
             }
         }
+    }
+
+    /// Copies the first `bytes` of `source` into `target` through libvirt's
+    /// download and upload streams.
+    fn stream_copy(
+        &self,
+        source: &StorageVol,
+        target: &StorageVol,
+        bytes: u64,
+    ) -> Result<(), AgentError> {
+        let download = Stream::new(&self.conn, 0)?;
+        source.download(&download, 0, bytes, 0)?;
+        let mut read: u64 = 0;
+        let mut failed = None;
+        let mut chunks = std::iter::from_fn(|| {
+            if read >= bytes || failed.is_some() {
+                return None;
+            }
+            let mut buffer = vec![0u8; CHUNK];
+            match download.recv(&mut buffer) {
+                Ok(n) if n > 0 => {
+                    read += n as u64;
+                    buffer.truncate(n as usize);
+                    Some(Ok(buffer))
+                }
+                Ok(_) => None,
+                Err(error) => {
+                    let message = error.to_string();
+                    failed = Some(error);
+                    Some(Err(message))
+                }
+            }
+        });
+        let uploaded = self.upload(target, bytes, &mut chunks);
+        if let Some(error) = failed {
+            let _ = download.abort();
+            return Err(error.into());
+        }
+        uploaded?;
+        download.finish()?;
+        if read != bytes {
+            return Err(AgentError::BadRequest(format!(
+                "the source gave {read} of {bytes} bytes"
+            )));
+        }
+        Ok(())
     }
 
     /// Streams the first `bytes` of `version` of the copy of `name` to
@@ -348,10 +414,10 @@ impl Driver {
         let volume_name = storage_volume_name(name, version);
         let volume = Self::lookup_volume(&self.pool()?, &volume_name)?
             .ok_or_else(|| AgentError::VersionConflict(format!("{volume_name} does not exist")))?;
-        let capacity = volume.info()?.capacity;
-        if bytes > capacity {
+        let physical = physical_bytes(&volume)?;
+        if bytes > physical {
             return Err(AgentError::BadRequest(format!(
-                "{bytes} bytes asked of a {capacity}-byte volume"
+                "{bytes} bytes asked of a {physical}-byte volume"
             )));
         }
         let mut digest = Context::new(&SHA256);

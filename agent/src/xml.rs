@@ -136,6 +136,8 @@ pub struct Disk {
     /// The serial the guest sees; a storage subscription's id marks a
     /// data disk.
     pub serial: Option<String>,
+    /// The libvirt secret holding the key of a LUKS volume.
+    pub key_secret: Option<String>,
 }
 
 impl Disk {
@@ -152,7 +154,14 @@ impl Disk {
             .child(
                 Element::new("source")
                     .attr("pool", &self.pool)
-                    .attr("volume", &self.volume),
+                    .attr("volume", &self.volume)
+                    .children(self.key_secret.iter().map(|uuid| {
+                        Element::new("encryption").attr("format", "luks").child(
+                            Element::new("secret")
+                                .attr("type", "passphrase")
+                                .attr("uuid", uuid),
+                        )
+                    })),
             )
             .child(
                 Element::new("target")
@@ -174,6 +183,7 @@ impl Disk {
             target,
             format: "raw".to_owned(),
             serial: Some(disk.serial.clone()),
+            key_secret: None,
         }
     }
 }
@@ -541,6 +551,7 @@ pub fn domain(
             target: "vda".to_owned(),
             format: "qcow2".to_owned(),
             serial: None,
+            key_secret: None,
         })
         .chain(
             placement
@@ -723,6 +734,54 @@ pub fn storage_volume(name: &str, capacity_gib: u64) -> String {
         .render()
 }
 
+/// A LUKS volume of `capacity_bytes` for a guest, formatted by libvirt
+/// with the key in secret `secret_uuid`.
+pub fn luks_volume(name: &str, capacity_bytes: u64, secret_uuid: &str) -> String {
+    Element::new("volume")
+        .child(Element::with_text("name", name))
+        .child(Element::with_text("capacity", capacity_bytes).attr("unit", "bytes"))
+        .child(Element::with_text("allocation", 0))
+        .child(
+            Element::new("target")
+                .child(Element::new("format").attr("type", "raw"))
+                .child(
+                    Element::new("encryption").attr("format", "luks").child(
+                        Element::new("secret")
+                            .attr("type", "passphrase")
+                            .attr("uuid", secret_uuid),
+                    ),
+                ),
+        )
+        .render()
+}
+
+/// An ephemeral, private secret for the key of the volume at `path`:
+/// libvirt keeps it in memory only and never gives its value back.
+pub fn volume_secret(path: &str) -> String {
+    Element::new("secret")
+        .attr("ephemeral", "yes")
+        .attr("private", "yes")
+        .child(
+            Element::new("usage")
+                .attr("type", "volume")
+                .child(Element::with_text("volume", path)),
+        )
+        .render()
+}
+
+/// The directory of a pool, from its XML.
+pub fn pool_path(pool_xml: &str) -> Result<String, AgentError> {
+    let target = pool_xml
+        .split_once("<target>")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| AgentError::BadRequest("the pool has no target".into()))?;
+    target
+        .split_once("<path>")
+        .and_then(|(_, rest)| rest.split_once("</path>"))
+        .map(|(path, _)| unescape(path))
+        .ok_or_else(|| AgentError::BadRequest("the pool has no directory".into()))
+}
+
 /// An empty qcow2 image volume (used to seed simulated hypervisors).
 pub fn image_volume(name: &str, capacity_gib: u64) -> String {
     volume(name, capacity_gib).render()
@@ -771,6 +830,7 @@ mod tests {
         DataDisk {
             volume: format!("stratus-acc.{serial}-store-v0.raw"),
             serial: serial.to_owned(),
+            encrypted: false,
         }
     }
 
@@ -1124,6 +1184,7 @@ mod tests {
             target: "vdb".into(),
             format: "qcow2".into(),
             serial: None,
+            key_secret: None,
         });
         let xml = domain.render();
         assert!(xml.contains(

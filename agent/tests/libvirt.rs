@@ -573,6 +573,7 @@ fn data_disks_are_attached_and_detached_and_never_another_accounts() {
     let disk = DataDisk {
         volume: storage_volume_name(&base, 0),
         serial: serial.into(),
+        encrypted: false,
     };
     let mut wanted = spec(image, PowerState::Running, true);
     wanted.data_disks = vec![disk.clone()];
@@ -615,6 +616,7 @@ fn data_disks_are_attached_and_detached_and_never_another_accounts() {
         foreign.data_disks = vec![DataDisk {
             volume,
             serial: serial.into(),
+            encrypted: false,
         }];
         assert!(
             matches!(

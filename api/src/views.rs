@@ -3,6 +3,7 @@
 
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
+use stratus_core::agent_api::VolumeKey;
 use stratus_core::config::{Image, Plan};
 use stratus_core::quota::{Quota, Usage};
 use stratus_core::resources::{
@@ -490,13 +491,30 @@ pub struct OrderStorage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub zone: Option<String>,
     /// `client` (the default): you encrypt before uploading; stratus
-    /// stores opaque bytes and never sees a key.
+    /// stores opaque bytes and never sees a key. `luks`: a disk for your
+    /// servers, formatted as LUKS with `key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encryption: Option<String>,
     /// A server of your account the new storage becomes a disk of: its
     /// primary copy is placed on that server's hypervisor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach_to: Option<String>,
+    /// The key a `luks` subscription is formatted with (12 to 512 bytes):
+    /// stratus never stores it, so give it again at every attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub key: Option<VolumeKey>,
+}
+
+impl OrderStorage {
+    /// The order without its key: what an idempotent retry is compared
+    /// by, so not even a hash of the key is kept.
+    pub fn without_key(&self) -> Self {
+        Self {
+            key: None,
+            ..self.clone()
+        }
+    }
 }
 
 /// A storage subscription.
@@ -587,6 +605,10 @@ pub struct StorageActionBody {
     pub version: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<String>,
+    /// The key of a `luks` subscription, given to every attach.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub key: Option<VolumeKey>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, ToSchema)]

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, NodeReport, StoredContent,
-    VolumeObservation, VolumeSpec,
+    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, LuksFormat, NodeReport,
+    StoredContent, VolumeObservation, VolumeSpec, VolumeUnlock,
 };
 
 /// A content streaming to or from an agent, chunk by chunk.
@@ -149,6 +149,25 @@ pub trait AgentClient: Send + Sync + 'static {
         from: u64,
         to: u64,
     ) -> Result<StoredContent, AgentCallError>;
+    /// Creates `version` of the copy as a LUKS volume formatted with the
+    /// customer's key (which the agent unloads again) and answers its
+    /// length and SHA-256.
+    async fn format_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        format: &LuksFormat,
+    ) -> Result<StoredContent, AgentCallError>;
+    /// Loads the customer's key to `version` of the copy on its hypervisor,
+    /// once it opens it (refused with `wrong_key` otherwise).
+    async fn unlock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        unlock: &VolumeUnlock,
+    ) -> Result<(), AgentCallError>;
 }
 
 /// How long an agent token read from the credential store is reused. Every
@@ -585,5 +604,40 @@ impl AgentClient for HttpAgentClient {
             ))
             .timeout(self.slow_timeout);
         self.send(request, agent).await
+    }
+
+    async fn format_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        format: &LuksFormat,
+    ) -> Result<StoredContent, AgentCallError> {
+        let request = self
+            .http()
+            .post(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{version}/luks"),
+            ))
+            .json(format)
+            .timeout(self.slow_timeout);
+        self.send(request, agent).await
+    }
+
+    async fn unlock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        unlock: &VolumeUnlock,
+    ) -> Result<(), AgentCallError> {
+        let request = self
+            .http()
+            .post(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{version}/unlock"),
+            ))
+            .json(unlock);
+        self.send_raw(request, agent).await.map(drop)
     }
 }

@@ -24,7 +24,8 @@ use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use stratus_core::Clock;
 use stratus_core::agent_api::{
-    DomainObservation, DomainSpec, NodeReport, StoredContent, VolumeObservation, VolumeSpec,
+    DomainObservation, DomainSpec, LuksFormat, NodeReport, StoredContent, VolumeObservation,
+    VolumeSpec, VolumeUnlock,
 };
 use stratus_core::leadership::{self, LeaseDecision, LeaseState};
 use stratus_store::{Resources, StoreError};
@@ -367,6 +368,32 @@ impl AgentClient for FencedAgents {
     ) -> Result<StoredContent, AgentCallError> {
         self.check()?;
         self.inner.copy_version(agent, name, from, to).await
+    }
+
+    async fn format_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        format: &LuksFormat,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.check()?;
+        self.inner
+            .format_version(agent, name, version, format)
+            .await
+    }
+
+    async fn unlock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        unlock: &VolumeUnlock,
+    ) -> Result<(), AgentCallError> {
+        self.check()?;
+        self.inner
+            .unlock_version(agent, name, version, unlock)
+            .await
     }
 
     /// Reading changes nothing: any replica may.

@@ -15,8 +15,8 @@ use stratus_core::ids::{self, AccountId};
 use stratus_core::lifecycle::{self, Action, ListedAddress, Observation, ServerFacts};
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageSubscription, VirtualServer,
-    VirtualServerStatus,
+    DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageEncryption, StorageSubscription,
+    VirtualServer, VirtualServerStatus,
 };
 use stratus_core::scheduling;
 use stratus_store::Resources;
@@ -495,6 +495,7 @@ impl ServerReconciler {
                 (primary.created && primary.hypervisor == *hypervisor).then(|| DataDisk {
                     volume: primary.volume.clone(),
                     serial: s.name_any(),
+                    encrypted: s.spec.encryption == StorageEncryption::Luks,
                 })
             })
             .collect();

@@ -2,14 +2,14 @@
 //! the agent's semantics, and faults injected on demand (unreachable nodes,
 //! failing calls, vanished disks). End-to-end tests use real agents.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
-    NodeReport, PoolInfo, StoredContent, Target, VolumeObservation, VolumeSpec, VolumeVersion,
-    storage_volume_name,
+    LuksFormat, NodeReport, PoolInfo, StoredContent, Target, VolumeObservation, VolumeSpec,
+    VolumeUnlock, VolumeVersion, storage_volume_name,
 };
 
 use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};
@@ -39,6 +39,10 @@ struct SimNode {
     cannot_wipe: bool,
     /// Its guests ignore ACPI shutdown requests.
     guests_ignore_acpi: bool,
+    /// LUKS volumes, with the SHA-256 of the key they were formatted with.
+    luks_keys: BTreeMap<String, String>,
+    /// LUKS volumes whose key is loaded.
+    unlocked: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -95,6 +99,8 @@ impl SimulatedAgent {
                     reachable: true,
                     domains: BTreeMap::new(),
                     volumes: BTreeMap::new(),
+                    luks_keys: BTreeMap::new(),
+                    unlocked: BTreeSet::new(),
                     cannot_wipe: false,
                     guests_ignore_acpi: false,
                 },
@@ -304,7 +310,22 @@ impl SimulatedAgent {
     }
 }
 
-fn volume_observation(name: &str, copy: Option<&SimCopy>) -> VolumeObservation {
+/// What the simulated node knows of its LUKS volumes.
+struct SimKeys<'a> {
+    luks: &'a BTreeMap<String, String>,
+    unlocked: &'a BTreeSet<String>,
+}
+
+impl SimNode {
+    fn keys(&self) -> SimKeys<'_> {
+        SimKeys {
+            luks: &self.luks_keys,
+            unlocked: &self.unlocked,
+        }
+    }
+}
+
+fn volume_observation(name: &str, copy: Option<&SimCopy>, keys: SimKeys<'_>) -> VolumeObservation {
     VolumeObservation {
         pool: "default".into(),
         versions: copy
@@ -316,8 +337,11 @@ fn volume_observation(name: &str, copy: Option<&SimCopy>) -> VolumeObservation {
                         VolumeVersion {
                             version: *version,
                             path: Some(format!("/simulated/{volume}")),
-                            volume,
                             capacity_bytes: copy.size_gib << 30,
+                            physical_bytes: copy.size_gib << 30,
+                            encrypted: keys.luks.contains_key(&volume),
+                            unlocked: keys.unlocked.contains(&volume),
+                            volume,
                         }
                     })
                     .collect()
@@ -331,7 +355,11 @@ fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes))
 }
 
-fn observation(name: &str, domain: Option<&SimDomain>) -> DomainObservation {
+fn observation(
+    name: &str,
+    domain: Option<&SimDomain>,
+    unlocked: &BTreeSet<String>,
+) -> DomainObservation {
     match domain {
         Some(d) => DomainObservation {
             name: name.to_owned(),
@@ -345,7 +373,17 @@ fn observation(name: &str, domain: Option<&SimDomain>) -> DomainObservation {
             data_disks: d
                 .spec
                 .iter()
-                .flat_map(|spec| spec.data_disks.iter().map(|disk| disk.serial.clone()))
+                .flat_map(|spec| {
+                    // A LUKS disk is in a running guest only, with its key.
+                    spec.data_disks
+                        .iter()
+                        .filter(|disk| {
+                            !disk.encrypted
+                                || (d.state == Some(DomainState::Running)
+                                    && unlocked.contains(&disk.volume))
+                        })
+                        .map(|disk| disk.serial.clone())
+                })
                 .collect(),
         },
         None => DomainObservation::absent(name),
@@ -373,7 +411,11 @@ impl AgentClient for SimulatedAgent {
         domain: &str,
     ) -> Result<DomainObservation, AgentCallError> {
         self.call(agent, "observe", domain, |node| {
-            Ok(observation(domain, node.domains.get(domain)))
+            Ok(observation(
+                domain,
+                node.domains.get(domain),
+                &node.unlocked,
+            ))
         })
     }
 
@@ -428,7 +470,12 @@ impl AgentClient for SimulatedAgent {
                 Target::Stopped if ignored => DomainState::Running,
                 Target::Stopped => DomainState::Stopped,
             });
-            Ok(observation(domain, Some(entry)))
+            if entry.state != Some(DomainState::Running) {
+                for disk in spec.data_disks.iter().filter(|d| d.encrypted) {
+                    node.unlocked.remove(&disk.volume);
+                }
+            }
+            Ok(observation(domain, Some(entry), &node.unlocked))
         })
     }
 
@@ -440,7 +487,7 @@ impl AgentClient for SimulatedAgent {
         self.call(agent, "reboot", domain, |node| {
             match node.domains.get(domain) {
                 Some(d) if d.state == Some(DomainState::Running) => {
-                    Ok(observation(domain, Some(d)))
+                    Ok(observation(domain, Some(d), &node.unlocked))
                 }
                 _ => Err(AgentCallError::Rejected {
                     code: AgentErrorCode::BadRequest,
@@ -500,7 +547,11 @@ impl AgentClient for SimulatedAgent {
         name: &str,
     ) -> Result<VolumeObservation, AgentCallError> {
         self.call(agent, "observe_volume", name, |node| {
-            Ok(volume_observation(name, node.volumes.get(name)))
+            Ok(volume_observation(
+                name,
+                node.volumes.get(name),
+                node.keys(),
+            ))
         })
     }
 
@@ -514,7 +565,7 @@ impl AgentClient for SimulatedAgent {
             if let Some(copy) = node.volumes.get(name)
                 && !copy.versions.is_empty()
             {
-                return Ok(volume_observation(name, Some(copy)));
+                return Ok(volume_observation(name, Some(copy), node.keys()));
             }
             if !spec.create {
                 return Err(AgentCallError::Rejected {
@@ -526,7 +577,7 @@ impl AgentClient for SimulatedAgent {
                 size_gib: spec.size_gib,
                 versions: BTreeMap::from([(0, Vec::new())]),
             };
-            let answer = volume_observation(name, Some(&copy));
+            let answer = volume_observation(name, Some(&copy), node.keys());
             node.volumes.insert(name.to_owned(), copy);
             Ok(answer)
         })
@@ -539,7 +590,7 @@ impl AgentClient for SimulatedAgent {
     ) -> Result<VolumeObservation, AgentCallError> {
         self.call(agent, "destroy_volume", name, |node| {
             let existed = node.volumes.remove(name).is_some();
-            let mut answer = volume_observation(name, None);
+            let mut answer = volume_observation(name, None, node.keys());
             answer.disposal = existed.then(|| {
                 if node.cannot_wipe {
                     DiskDisposal::DeletedWithoutWipe {
@@ -648,7 +699,11 @@ impl AgentClient for SimulatedAgent {
             if let Some(copy) = node.volumes.get_mut(name) {
                 copy.versions.remove(&version);
             }
-            Ok(volume_observation(name, node.volumes.get(name)))
+            Ok(volume_observation(
+                name,
+                node.volumes.get(name),
+                node.keys(),
+            ))
         })
     }
 
@@ -700,6 +755,69 @@ impl AgentClient for SimulatedAgent {
             };
             copy.versions.insert(to, content);
             Ok(stored)
+        })
+    }
+
+    async fn format_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        format: &LuksFormat,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.call(agent, "format_version", name, |node| {
+            let copy = node.volumes.entry(name.to_owned()).or_insert(SimCopy {
+                size_gib: format.size_gib,
+                versions: BTreeMap::new(),
+            });
+            if copy.versions.contains_key(&version) {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("version {version} already exists"),
+                });
+            }
+            // A LUKS header: the magic, then what only the key opens.
+            let mut header = b"LUKS\xba\xbe".to_vec();
+            header.extend_from_slice(&[0u8; 506]);
+            let stored = StoredContent {
+                version,
+                bytes: header.len() as u64,
+                sha256: sha256_hex(&header),
+            };
+            copy.versions.insert(version, header);
+            node.luks_keys.insert(
+                storage_volume_name(name, version),
+                sha256_hex(format.key.expose().as_bytes()),
+            );
+            Ok(stored)
+        })
+    }
+
+    async fn unlock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+        unlock: &VolumeUnlock,
+    ) -> Result<(), AgentCallError> {
+        self.call(agent, "unlock_version", name, |node| {
+            let volume = storage_volume_name(name, version);
+            match node.luks_keys.get(&volume) {
+                None => Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::BadRequest,
+                    message: format!("{volume} is not a LUKS volume"),
+                }),
+                Some(digest) if *digest != sha256_hex(unlock.key.expose().as_bytes()) => {
+                    Err(AgentCallError::Rejected {
+                        code: AgentErrorCode::WrongKey,
+                        message: format!("the key does not open the LUKS volume {volume}"),
+                    })
+                }
+                Some(_) => {
+                    node.unlocked.insert(volume);
+                    Ok(())
+                }
+            }
         })
     }
 

@@ -875,6 +875,55 @@ impl StorageReconciler {
         }
     }
 
+    /// Tells the customer and operators that a LUKS disk is detached until
+    /// its key is given again; a failure to queue the notice is logged.
+    async fn ask_for_key(&self, subscription: &StorageSubscription) {
+        let server = subscription.spec.attached_to.clone().unwrap_or_default();
+        let message = format!(
+            "the LUKS disk is not plugged into server {server} until its key is given again (an attach action with the key)"
+        );
+        tracing::info!(%server, "a LUKS disk waits for its key");
+        self.ctx
+            .publish(
+                subscription,
+                EventType::Warning,
+                EventReason::KeyRequired,
+                &message,
+            )
+            .await;
+        let (Some(accounts), Some(namespace)) = (&self.accounts, subscription.namespace()) else {
+            return;
+        };
+        let email = match accounts.get(None, &namespace).await {
+            Ok(Some(account)) => account.spec.email,
+            Ok(None) => return,
+            Err(error) => {
+                tracing::warn!(%error, "the customer could not be asked for a key");
+                return;
+            }
+        };
+        let notice = stratus_core::notices::storage_key_required(
+            &namespace,
+            &subscription.name_any(),
+            &subscription.spec.name,
+            &server,
+            self.ctx.clock.now(),
+        );
+        if let Err(error) = self
+            .outbox
+            .queue(
+                &self.ctx,
+                &namespace,
+                &email,
+                vec![notice],
+                self.ctx.clock.now(),
+            )
+            .await
+        {
+            tracing::warn!(%error, "the customer could not be asked for a key");
+        }
+    }
+
     /// A Warning event and an audit row about damage found on a copy.
     async fn report_damage(
         &self,
@@ -1273,6 +1322,13 @@ impl StorageReconciler {
                 next,
             )
             .await?;
+        let waits_for_key = |status: &StorageSubscriptionStatus| {
+            conditions::get(&status.conditions, ConditionType::Attached)
+                .is_some_and(|c| c.reason == Reason::KeyRequired.as_str())
+        };
+        if waits_for_key(next) && !waits_for_key(current) {
+            self.ask_for_key(subscription).await;
+        }
         if current.phase != next.phase || subscription.status.is_none() {
             let phase = next.phase.api_name();
             self.ctx.metrics.storage_entered(phase);

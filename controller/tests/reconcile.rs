@@ -2659,6 +2659,7 @@ async fn attached_storage_is_a_disk_of_its_server_and_what_the_guest_left_is_set
         [stratus_core::agent_api::DataDisk {
             volume: stratus_core::agent_api::storage_volume_name(STORAGE, version),
             serial: "st-1".into(),
+            encrypted: false,
         }]
     );
     assert_eq!(h.status("vs-1").await.attached_storage, ["st-1"]);

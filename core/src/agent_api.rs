@@ -64,6 +64,72 @@ pub struct DataDisk {
     /// The subscription's id, given to the guest as the disk's serial
     /// (`/dev/disk/by-id/virtio-<id>`), and how the agent recognises it.
     pub serial: String,
+    /// A LUKS volume: plugged into the running guest only, and only while
+    /// its key is loaded on the hypervisor (see [`VolumeKey`]); never part
+    /// of the definition, so a guest started again comes up without it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+}
+
+/// A customer's key to a LUKS volume, on its way to the hypervisor. It is
+/// never written anywhere by stratus, never printed (its `Debug` hides
+/// it), and its memory is zeroed when dropped.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VolumeKey(zeroize::Zeroizing<String>);
+
+impl VolumeKey {
+    /// Fewest and most bytes a key may have.
+    pub const MIN_BYTES: usize = 12;
+    pub const MAX_BYTES: usize = 512;
+
+    pub fn new(key: String) -> Self {
+        Self(zeroize::Zeroizing::new(key))
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Why a key cannot be one, if it cannot.
+    pub fn check(&self) -> Result<(), String> {
+        let length = self.0.len();
+        if !(Self::MIN_BYTES..=Self::MAX_BYTES).contains(&length) {
+            return Err(format!(
+                "a key has {} to {} bytes, not {length}",
+                Self::MIN_BYTES,
+                Self::MAX_BYTES
+            ));
+        }
+        if self.0.chars().any(char::is_control) {
+            return Err("a key has no control characters".to_owned());
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for VolumeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VolumeKey(<hidden>)")
+    }
+}
+
+/// Formats a new version of a copy as LUKS with the customer's key
+/// (`POST /v1/volumes/{name}/versions/{version}/luks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LuksFormat {
+    pub size_gib: u64,
+    pub key: VolumeKey,
+}
+
+/// Loads the customer's key to a LUKS version on its hypervisor, once the
+/// agent checked it opens the volume
+/// (`POST /v1/volumes/{name}/versions/{version}/unlock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeUnlock {
+    pub key: VolumeKey,
 }
 
 /// Whether a disk serial names a storage subscription, so the agent
@@ -236,7 +302,17 @@ pub struct VolumeVersion {
     /// Its file on the hypervisor, when it is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// What a guest sees of it (a LUKS volume: less its header).
     pub capacity_bytes: u64,
+    /// Its bytes on the hypervisor, all of which a copy of it holds.
+    #[serde(default)]
+    pub physical_bytes: u64,
+    /// Formatted as LUKS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub encrypted: bool,
+    /// Its key is loaded on the hypervisor (a LUKS volume a guest may use).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unlocked: bool,
 }
 
 /// What the agent sees of one copy of a storage subscription.
@@ -372,6 +448,10 @@ pub enum AgentErrorCode {
     Hypervisor,
     /// The node must filter guest traffic (R19) and cannot: it starts no guest.
     AntiSpoofingUnavailable,
+    /// The key given does not open the LUKS volume.
+    WrongKey,
+    /// This hypervisor cannot keep keys (no libvirt secret driver).
+    KeysUnsupported,
 }
 
 /// Prefix of every domain and disk volume the agent manages.

@@ -144,6 +144,9 @@ named_enum!(
         NotAttached,
         /// The server it is attached to does not exist (any more).
         ServerGone,
+        /// A LUKS disk waits for its key: its server was started again,
+        /// its hypervisor restarted, or a suspension was lifted.
+        KeyRequired,
     }
 );
 
@@ -168,6 +171,8 @@ named_enum!(
         /// a server's disk.
         DiskAttached,
         DiskDetached,
+        /// A LUKS disk waits for its customer to give its key again.
+        KeyRequired,
         /// The content a guest left on a detached primary copy became a
         /// new version.
         ContentSettled,

@@ -288,6 +288,29 @@ pub fn storage_damage(
     }
 }
 
+/// A LUKS disk was unplugged from its server (the server stopped, its
+/// hypervisor restarted, or a suspension was lifted) and stays so until
+/// its customer gives the key again: stratus keeps no key (R25).
+pub fn storage_key_required(
+    account: &str,
+    id: &str,
+    name: &str,
+    server: &str,
+    at: Timestamp,
+) -> Message {
+    Message {
+        id: format!("storage/{id}:storage.key_required:{}", at.as_millisecond()),
+        account: account.to_owned(),
+        kind: "storage.key_required".to_owned(),
+        at,
+        subject: format!("Your storage {name} needs its key"),
+        text: format!(
+            "The encrypted disk {name} is not plugged into server {server}: its key is kept only while the server runs, and the server was started again, its hypervisor restarted, or a suspension was lifted. We never keep your key, so we cannot plug it in for you: attach it again with its key (POST /v1/storage/{id}/actions {{\"type\": \"attach\", \"server\": \"{server}\", \"key\": …}})."
+        ),
+        data: serde_json::json!({ "storage": id, "name": name, "server": server }),
+    }
+}
+
 /// The message a change of an account's standing becomes; `None` for a
 /// change only operators are told of.
 pub fn for_change(account: &str, change: &Change) -> Option<Message> {

@@ -35,6 +35,20 @@ pub struct ServerFacts {
     pub holding: Vec<String>,
 }
 
+/// Whether the primary's current version is a LUKS volume whose key is not
+/// loaded on its hypervisor, from what its agent reports.
+pub fn key_missing(status: &StorageSubscriptionStatus, observed: &[CopyObservation]) -> bool {
+    let Some(primary) = status.replicas.first() else {
+        return false;
+    };
+    match observed.first() {
+        Some(CopyObservation::Present { versions, .. }) => versions
+            .iter()
+            .any(|v| v.version == primary.version && v.encrypted && !v.unlocked),
+        _ => false,
+    }
+}
+
 /// How long a version above the recorded content may be an upload in
 /// progress; after that it is one that never completed, and is deleted.
 pub const UNFINISHED_UPLOAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
@@ -204,7 +218,7 @@ pub fn plan(
     for (index, replica) in status.replicas.iter().enumerate() {
         match observed.get(index) {
             Some(CopyObservation::Present { versions, .. }) => {
-                let wanted = facts.spec.size_gib << 30;
+                let wanted = facts.spec.encryption.usable_bytes(facts.spec.size_gib);
                 match versions.iter().find(|v| v.version == replica.version) {
                     None => problems.push(format!(
                         "the copy on {} lacks its version {}",
@@ -251,7 +265,8 @@ pub fn plan(
     }
     let both_exist = status.replicas.iter().all(|r| r.created);
     let mut replicating = None;
-    let attached = attachment(&facts, &mut status, now);
+    let locked = key_missing(&status, observed);
+    let attached = attachment(&facts, &mut status, locked, now);
     if both_exist && problems.is_empty() && next.is_none() {
         if let Some(written) = &attached.written_by_guest {
             // The guest may have written to the primary: the secondary
@@ -403,6 +418,7 @@ struct Attachment {
 fn attachment(
     facts: &StorageFacts<'_>,
     status: &mut StorageSubscriptionStatus,
+    locked: bool,
     now: Timestamp,
 ) -> Attachment {
     let spec = facts.spec;
@@ -417,6 +433,13 @@ fn attachment(
             true,
             Reason::DiskAttached,
             format!("the primary copy is a disk of server {server}"),
+        ),
+        Some(server) if locked => (
+            false,
+            Reason::KeyRequired,
+            format!(
+                "the LUKS disk waits for its key: give it with an attach to server {server} (its key is unloaded whenever the server stops, its hypervisor restarts or a suspension holds it)"
+            ),
         ),
         Some(server) => (
             false,
@@ -661,6 +684,9 @@ mod tests {
                 volume: "stratus-acc-1.st-1-store-v0.raw".into(),
                 path: Some("/pool/stratus-acc-1.st-1-store-v0.raw".into()),
                 capacity_bytes: 10 << 30,
+                physical_bytes: 10 << 30,
+                encrypted: false,
+                unlocked: false,
             }],
         }
     }
@@ -919,6 +945,9 @@ mod tests {
                     volume: crate::agent_api::storage_volume_name("stratus-acc-1.st-1", *v),
                     path: None,
                     capacity_bytes: 10 << 30,
+                    physical_bytes: 10 << 30,
+                    encrypted: false,
+                    unlocked: false,
                 })
                 .collect(),
         }

@@ -33,19 +33,41 @@ pub enum StorageEncryption {
     /// stores opaque bytes and never sees a key.
     #[default]
     Client,
+    /// An attachable disk: the agent formats the primary copy as LUKS with
+    /// the key the customer gives, which stratus never keeps; it is
+    /// unlocked on the hypervisor only while a running guest uses it.
+    Luks,
 }
+
+/// What a `luks` copy keeps back from its size for the LUKS header, so the
+/// formatted file never outgrows the copy (the guest sees the rest).
+pub const LUKS_RESERVED_BYTES: u64 = 4 << 20;
 
 impl StorageEncryption {
     /// The name the REST API uses.
     pub fn api_name(self) -> &'static str {
         match self {
             Self::Client => "client",
+            Self::Luks => "luks",
         }
     }
 
     /// The kind a REST order names.
     pub fn parse(raw: &str) -> Option<Self> {
-        (raw == "client").then_some(Self::Client)
+        match raw {
+            "client" => Some(Self::Client),
+            "luks" => Some(Self::Luks),
+            _ => None,
+        }
+    }
+
+    /// The least capacity a copy of `size_gib` offers its content.
+    pub fn usable_bytes(self, size_gib: u64) -> u64 {
+        let size = size_gib.saturating_mul(1 << 30);
+        match self {
+            Self::Client => size,
+            Self::Luks => size.saturating_sub(LUKS_RESERVED_BYTES),
+        }
     }
 }
 
