@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use prometheus_client::registry::Registry;
 use ring::rand::{SecureRandom, SystemRandom};
+use stratus_core::agent_api::VolumeKey;
 use stratus_core::quota::Quota;
 use stratus_core::resources::{Account, Hypervisor, IpPool, StorageSubscription, VirtualServer};
 use stratus_core::{Clock, Config};
@@ -37,6 +38,9 @@ pub struct ApiState {
     /// Writes and reads storage content on the agents; absent in a process
     /// that holds no agent credentials.
     pub contents: Option<Arc<dyn StorageContents>>,
+    /// `luks` subscriptions being formatted with a key held in memory
+    /// (never stored) until their primary copy exists.
+    pub formatting: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
     rng: SystemRandom,
 }
 
@@ -53,6 +57,8 @@ pub enum ContentError {
     Conflict(String),
     /// The agent could not be reached or failed.
     Unavailable(String),
+    /// The key does not open the LUKS volume.
+    WrongKey,
 }
 
 /// Storage content on the agents of the copies' hypervisors.
@@ -75,6 +81,23 @@ pub trait StorageContents: Send + Sync + 'static {
         version: u64,
         bytes: u64,
     ) -> Result<ContentStream, ContentError>;
+    /// Creates `version` as a LUKS volume formatted with `key`.
+    async fn format(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        key: &VolumeKey,
+    ) -> Result<stratus_core::agent_api::StoredContent, ContentError>;
+    /// Loads `key` for `version` on its hypervisor, once it opens it.
+    async fn unlock(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        key: &VolumeKey,
+    ) -> Result<(), ContentError>;
 }
 
 /// Reads the tail of a domain's serial console from its hypervisor's agent.
@@ -123,6 +146,7 @@ impl ApiState {
             rate_limiter: Arc::new(RateLimiter::new(config.limits)),
             consoles: None,
             contents: None,
+            formatting: Arc::default(),
             rng: SystemRandom::new(),
         }
     }

@@ -3038,6 +3038,16 @@ async fn r5_storage_of_an_account_held_for_abuse_cannot_be_deleted_by_its_custom
 #[derive(Default)]
 struct MemoryContents {
     stored: std::sync::Mutex<std::collections::HashMap<(String, u64), Vec<u8>>>,
+    /// LUKS versions, with the SHA-256 of the key they were formatted with.
+    luks: std::sync::Mutex<std::collections::HashMap<(String, u64), Vec<u8>>>,
+    /// Versions whose key was loaded, once per unlock.
+    unlocked: std::sync::Mutex<Vec<(String, u64)>>,
+}
+
+fn sha256(bytes: &[u8]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytes)
+        .as_ref()
+        .to_vec()
 }
 
 #[async_trait::async_trait]
@@ -3090,6 +3100,56 @@ impl stratus_api::StorageContents for MemoryContents {
             .cloned()
             .ok_or_else(|| stratus_api::ContentError::Conflict("no such version".into()))?;
         Ok(Box::pin(futures::stream::iter([Ok(bytes)])))
+    }
+
+    async fn format(
+        &self,
+        _hypervisor: &str,
+        name: &str,
+        version: u64,
+        _size_gib: u64,
+        key: &stratus_core::agent_api::VolumeKey,
+    ) -> Result<stratus_core::agent_api::StoredContent, stratus_api::ContentError> {
+        let mut header = b"LUKS\xba\xbe".to_vec();
+        header.resize(512, 0);
+        let stored = stratus_core::agent_api::StoredContent {
+            version,
+            bytes: header.len() as u64,
+            sha256: sha256(&header).iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        self.stored
+            .lock()
+            .unwrap()
+            .insert((name.to_owned(), version), header);
+        self.luks
+            .lock()
+            .unwrap()
+            .insert((name.to_owned(), version), sha256(key.expose().as_bytes()));
+        Ok(stored)
+    }
+
+    async fn unlock(
+        &self,
+        _hypervisor: &str,
+        name: &str,
+        version: u64,
+        key: &stratus_core::agent_api::VolumeKey,
+    ) -> Result<(), stratus_api::ContentError> {
+        let wanted = self
+            .luks
+            .lock()
+            .unwrap()
+            .get(&(name.to_owned(), version))
+            .cloned()
+            .ok_or_else(|| stratus_api::ContentError::Conflict("not a LUKS version".into()))?;
+        if wanted != sha256(key.expose().as_bytes()) {
+            return Err(stratus_api::ContentError::WrongKey);
+        }
+        self.unlocked
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), version));
+        Ok(())
     }
 }
 
@@ -3636,4 +3696,301 @@ async fn storage_ordered_attached_to_a_server_names_one_of_its_account() {
         .await;
     assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     assert_eq!(reply.body["attached_to"], mine.as_str());
+}
+
+/// The key of a `luks` subscription in the tests; it must appear nowhere
+/// stratus writes.
+const LUKS_KEY: &str = "correct horse battery staple 7f3a";
+
+#[tokio::test]
+async fn r25_a_luks_key_formats_and_unlocks_the_disk_and_is_never_kept() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let database_dir = scratch
+            .url
+            .strip_prefix("sqlite://")
+            .map(|file| std::path::PathBuf::from(file).with_file_name(""));
+        let mut api = api_on(scratch).await;
+        let contents = Arc::new(MemoryContents::default());
+        api.state = api.state.clone().with_contents(contents.clone());
+        api.router = app(api.state.clone());
+        let (account, token) = api.customer("ACME").await;
+        let luks = |extra: Value| {
+            let mut body =
+                json!({"name": "disk", "size_gib": 1, "encryption": "luks", "key": LUKS_KEY});
+            for (field, value) in extra.as_object().unwrap() {
+                if value.is_null() {
+                    body.as_object_mut().unwrap().remove(field);
+                } else {
+                    body[field] = value.clone();
+                }
+            }
+            body
+        };
+        for (body, status, field) in [
+            (luks(json!({"key": null})), StatusCode::BAD_REQUEST, "key"),
+            (
+                luks(json!({"encryption": null})),
+                StatusCode::BAD_REQUEST,
+                "key",
+            ),
+            (
+                luks(json!({"key": "too short"})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "key",
+            ),
+            (
+                luks(json!({"key": "x".repeat(513)})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "key",
+            ),
+            (
+                luks(json!({"attach_to": "vs-00000000000000aa"})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "attach_to",
+            ),
+            (
+                luks(json!({"encryption": "sealed"})),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "encryption",
+            ),
+        ] {
+            let reply = api
+                .call(Method::POST, "/v1/storage", &token, Some(body.clone()))
+                .await;
+            assert_eq!(reply.status, status, "{label} {body}: {}", reply.body);
+            assert_eq!(
+                reply.body["error"]["details"]["field"], field,
+                "{label} {body}"
+            );
+            assert!(
+                !reply.body.to_string().contains(LUKS_KEY),
+                "{label}: {}",
+                reply.body
+            );
+        }
+        assert_eq!(
+            api.storage_count().await,
+            0,
+            "{label}: refused orders change nothing"
+        );
+
+        let ordered = api
+            .call(Method::POST, "/v1/storage", &token, Some(luks(json!({}))))
+            .await;
+        assert_eq!(
+            ordered.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            ordered.body
+        );
+        assert_eq!(ordered.body["encryption"], "luks", "{label}");
+        assert!(!ordered.body.to_string().contains(LUKS_KEY), "{label}");
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        let name = stratus_core::ids::domain_name(&account, &id);
+        // Formatted once both copies exist, with the order's key.
+        let created = json!({"phase": "Provisioning", "replicas": [
+            {"hypervisor": "hv-a", "zone": "a", "volume": "v", "created": true},
+            {"hypervisor": "hv-b", "zone": "b", "volume": "v", "created": true}]});
+        api.state
+            .storage
+            .patch_status(Some(&account), &id, &created)
+            .await
+            .unwrap();
+        let mut content = None;
+        for _ in 0..100 {
+            let subscription = api
+                .state
+                .storage
+                .get(Some(&account), &id)
+                .await
+                .unwrap()
+                .unwrap();
+            if let Some(found) = subscription.spec.content {
+                content = Some(found);
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let content =
+            content.unwrap_or_else(|| panic!("{label}: the order's key formats the primary copy"));
+        assert_eq!(content.bytes, 512, "{label}");
+        assert!(
+            contents
+                .luks
+                .lock()
+                .unwrap()
+                .contains_key(&(name.clone(), content.version)),
+            "{label}: formatted on the primary's hypervisor"
+        );
+
+        // The content API is not a luks subscription's.
+        let path = format!("/v1/storage/{id}/content");
+        let put = api
+            .raw(Method::PUT, &path, Some(&token), &[], Some("bytes".into()))
+            .await;
+        assert_eq!(put.status, StatusCode::CONFLICT, "{label}");
+        let get = api.raw(Method::GET, &path, Some(&token), &[], None).await;
+        assert_eq!(get.status, StatusCode::CONFLICT, "{label}");
+
+        // Attached with its key only, to a running server.
+        let in_sync = json!({"phase": "Ready", "replicasInSync": true, "replicas": [
+            {"hypervisor": "hv-a", "zone": "a", "volume": "v", "created": true, "version": content.version},
+            {"hypervisor": "hv-b", "zone": "b", "volume": "v", "created": true, "version": content.version}]});
+        api.state
+            .storage
+            .patch_status(Some(&account), &id, &in_sync)
+            .await
+            .unwrap();
+        let server = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await
+            .body["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        api.state
+            .servers
+            .patch_status(
+                Some(&account),
+                &server,
+                &json!({ "hypervisor": "hv-a", "phase": "Stopped" }),
+            )
+            .await
+            .unwrap();
+        let actions = format!("/v1/storage/{id}/actions");
+        let attach = |key: Option<&str>| {
+            let mut body = json!({"type": "attach", "server": server});
+            if let Some(key) = key {
+                body["key"] = json!(key);
+            }
+            body
+        };
+        let wrong = "correct horse battery staple 7f3b";
+        for (body, status, field) in [
+            (attach(None), StatusCode::BAD_REQUEST, Some("key")),
+            (attach(Some(LUKS_KEY)), StatusCode::CONFLICT, None),
+            (
+                json!({"type": "restore", "key": LUKS_KEY}),
+                StatusCode::BAD_REQUEST,
+                Some("key"),
+            ),
+        ] {
+            let reply = api
+                .call(Method::POST, &actions, &token, Some(body.clone()))
+                .await;
+            assert_eq!(reply.status, status, "{label} {body}: {}", reply.body);
+            if let Some(field) = field {
+                assert_eq!(reply.body["error"]["details"]["field"], field, "{label}");
+            }
+        }
+        api.state
+            .servers
+            .patch_status(
+                Some(&account),
+                &server,
+                &json!({ "hypervisor": "hv-a", "phase": "Running" }),
+            )
+            .await
+            .unwrap();
+        let refused = api
+            .call(Method::POST, &actions, &token, Some(attach(Some(wrong))))
+            .await;
+        assert_eq!(
+            refused.status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{label}: {}",
+            refused.body
+        );
+        assert_eq!(refused.body["error"]["details"]["field"], "key", "{label}");
+        let unchanged = api
+            .state
+            .storage
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            unchanged.spec.attached_to, None,
+            "{label}: a wrong key changes nothing"
+        );
+        assert!(contents.unlocked.lock().unwrap().is_empty(), "{label}");
+
+        let attached = api
+            .call(Method::POST, &actions, &token, Some(attach(Some(LUKS_KEY))))
+            .await;
+        assert_eq!(
+            attached.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            attached.body
+        );
+        assert_eq!(attached.body["attached_to"], server.as_str(), "{label}");
+        // Given again (its server started again): loaded again.
+        let again = api
+            .call(Method::POST, &actions, &token, Some(attach(Some(LUKS_KEY))))
+            .await;
+        assert_eq!(
+            again.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            again.body
+        );
+        assert_eq!(
+            *contents.unlocked.lock().unwrap(),
+            [
+                (name.clone(), content.version),
+                (name.clone(), content.version)
+            ],
+            "{label}"
+        );
+
+        // Nowhere kept: not in the audit, not in the objects, not in the
+        // database's files.
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Storage {
+                account: account.clone(),
+                name: id.clone(),
+            })
+            .await
+            .unwrap();
+        let actions_audited: Vec<AuditAction> = trail.iter().map(|e| e.action).collect();
+        for wanted in [
+            AuditAction::StorageOrder,
+            AuditAction::StorageFormatted,
+            AuditAction::StorageUnlocked,
+            AuditAction::StorageAttach,
+        ] {
+            assert!(
+                actions_audited.contains(&wanted),
+                "{label}: {actions_audited:?}"
+            );
+        }
+        assert!(!format!("{trail:?}").contains(LUKS_KEY), "{label}");
+        let object = api
+            .state
+            .storage
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !serde_json::to_string(&object).unwrap().contains(LUKS_KEY),
+            "{label}"
+        );
+        if let Some(dir) = &database_dir {
+            for file in std::fs::read_dir(dir).unwrap() {
+                let bytes = std::fs::read(file.unwrap().path()).unwrap();
+                assert!(
+                    !bytes
+                        .windows(LUKS_KEY.len())
+                        .any(|w| w == LUKS_KEY.as_bytes()),
+                    "{label}: the key is in the database"
+                );
+            }
+        }
+    }
 }

@@ -17,6 +17,7 @@ use stratus_controller::{
     AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, Context as ControllerContext,
     ControllerConfig, HttpAgentClient, Runtime,
 };
+use stratus_core::agent_api::{LuksFormat, VolumeKey, VolumeUnlock};
 use stratus_core::config::SeededPool;
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{IpPool, IpPoolSpec};
@@ -323,6 +324,10 @@ fn content_error(error: AgentCallError) -> stratus_api::ContentError {
             code: AgentErrorCode::VersionConflict,
             message,
         } => ContentError::Conflict(message),
+        AgentCallError::Rejected {
+            code: AgentErrorCode::WrongKey,
+            ..
+        } => ContentError::WrongKey,
         other => ContentError::Unavailable(other.to_string()),
     }
 }
@@ -360,6 +365,46 @@ impl stratus_api::StorageContents for AgentsForApi {
             .map_err(stratus_api::ContentError::Unavailable)?;
         self.agents
             .read_version(&agent, name, version, bytes)
+            .await
+            .map_err(content_error)
+    }
+
+    async fn format(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        size_gib: u64,
+        key: &VolumeKey,
+    ) -> Result<stratus_core::agent_api::StoredContent, stratus_api::ContentError> {
+        let agent = self
+            .endpoint(hypervisor)
+            .await
+            .map_err(stratus_api::ContentError::Unavailable)?;
+        let format = LuksFormat {
+            size_gib,
+            key: key.clone(),
+        };
+        self.agents
+            .format_version(&agent, name, version, &format)
+            .await
+            .map_err(content_error)
+    }
+
+    async fn unlock(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+        key: &VolumeKey,
+    ) -> Result<(), stratus_api::ContentError> {
+        let agent = self
+            .endpoint(hypervisor)
+            .await
+            .map_err(stratus_api::ContentError::Unavailable)?;
+        let unlock = VolumeUnlock { key: key.clone() };
+        self.agents
+            .unlock_version(&agent, name, version, &unlock)
             .await
             .map_err(content_error)
     }

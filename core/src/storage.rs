@@ -6,7 +6,7 @@ use jiff::Timestamp;
 
 use crate::conditions::{self, ConditionType, Reason};
 use crate::resources::{
-    REPLICAS, StoragePhase, StorageSubscriptionSpec, StorageSubscriptionStatus,
+    REPLICAS, StorageEncryption, StoragePhase, StorageSubscriptionSpec, StorageSubscriptionStatus,
 };
 
 /// What the controller knows of a subscription object.
@@ -294,6 +294,18 @@ pub fn plan(
         _ if replicating.is_some() => (StoragePhase::Degraded, replicating.clone()),
         (Some(_), true) if !both_exist => (StoragePhase::Provisioning, None),
         _ => (StoragePhase::Ready, None),
+    };
+    // A luks subscription is ready once formatted with its customer's key.
+    let (phase, reason) = match (phase, &reason) {
+        (StoragePhase::Ready, None)
+            if facts.spec.encryption == StorageEncryption::Luks && facts.spec.content.is_none() =>
+        {
+            (
+                StoragePhase::Provisioning,
+                Some("the primary copy is being formatted with the key given at order (lost at a restart of the control plane: give it again with an attach)".to_owned()),
+            )
+        }
+        _ => (phase, reason),
     };
     // Held by the account's standing: said first, whatever else is true;
     // the copies are still kept in sync, verified and repaired meanwhile.
@@ -1029,6 +1041,81 @@ mod tests {
         let gone = decide(Some(&server), false, &[]);
         assert_eq!(gone.next, Some(StorageAction::ForgetAttachment));
         assert_eq!(attached_cond(&gone), (false, "ServerGone".into()));
+    }
+
+    #[test]
+    fn r25_a_luks_disk_is_ready_once_formatted_and_waits_for_its_key_when_unloaded() {
+        let v = 1_000;
+        let mut status = placed([true, true]);
+        let server = "vs-00000000000000a1".to_owned();
+        let luks_versions = |encrypted: bool, unlocked: bool| CopyObservation::Present {
+            pool: "p".into(),
+            versions: vec![crate::agent_api::VolumeVersion {
+                version: v,
+                volume: crate::agent_api::storage_volume_name("stratus-acc-1.st-1", v),
+                path: None,
+                capacity_bytes: (10 << 30) - crate::resources::LUKS_RESERVED_BYTES,
+                physical_bytes: (10 << 30) - (2 << 20),
+                encrypted,
+                unlocked,
+            }],
+        };
+        // Both (empty) copies exist, the key has not formatted the
+        // primary yet: not ready.
+        let unformatted = StorageSubscriptionSpec {
+            encryption: StorageEncryption::Luks,
+            ..spec()
+        };
+        let decision = plan(
+            facts(&unformatted, &status),
+            &[present(), present()],
+            test_time(),
+        );
+        assert_eq!(decision.status.phase, StoragePhase::Provisioning);
+        assert!(
+            decision
+                .status
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("formatted with the key"),
+            "{decision:?}"
+        );
+        // A LUKS copy holds its size less the header: not "too small".
+        for replica in &mut status.replicas {
+            replica.version = v;
+            replica.checksum = Some("ab".repeat(32));
+            replica.verified_at = Some(test_time().to_string());
+        }
+        let formatted = StorageSubscriptionSpec {
+            encryption: StorageEncryption::Luks,
+            ..written(v)
+        };
+        let observed = [luks_versions(true, false), luks_versions(true, false)];
+        let decision = plan(facts(&formatted, &status), &observed, test_time());
+        assert_eq!(decision.status.phase, StoragePhase::Ready, "{decision:?}");
+        // Attached, its key not loaded (the server started again): it waits
+        // for the key, and says so.
+        let attached = StorageSubscriptionSpec {
+            attached_to: Some(server.clone()),
+            written_by_guest: Some(server.clone()),
+            ..formatted.clone()
+        };
+        let servers = ServerFacts {
+            attached_server_exists: true,
+            holding: Vec::new(),
+        };
+        let attached_reason = |observed: &[CopyObservation]| {
+            let mut f = facts(&attached, &status);
+            f.servers = &servers;
+            let decision = plan(f, observed, test_time());
+            crate::conditions::get(&decision.status.conditions, ConditionType::Attached)
+                .map(|c| c.reason.clone())
+                .unwrap()
+        };
+        assert_eq!(attached_reason(&observed), "KeyRequired");
+        let unlocked = [luks_versions(true, true), luks_versions(true, false)];
+        assert_eq!(attached_reason(&unlocked), "Attaching");
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod ip;
 mod notifications;
 mod servers;
 mod storage;
+mod storage_keys;
 mod system;
 
 use axum::Router;

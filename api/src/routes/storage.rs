@@ -7,12 +7,12 @@ use kube::core::ObjectMeta;
 use serde_json::json;
 use std::sync::Arc;
 
-use stratus_core::agent_api::MAX_DATA_DISKS;
+use stratus_core::agent_api::{MAX_DATA_DISKS, VolumeKey};
 use stratus_core::ids::{self, AccountId, ServerId, StorageId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
-    MAX_STORAGE_GIB, StorageContent, StorageEncryption, StoragePhase, StorageSubscription,
-    StorageSubscriptionSpec,
+    MAX_STORAGE_GIB, ServerPhase, StorageContent, StorageEncryption, StoragePhase,
+    StorageSubscription, StorageSubscriptionSpec,
 };
 use stratus_core::standing::SuspensionReason;
 use stratus_core::validate;
@@ -22,6 +22,7 @@ use stratus_store::ledger::{AuditAction, AuditSubject};
 use super::customer_objects::{
     Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace, orderable_account,
 };
+use super::storage_keys;
 use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
@@ -107,11 +108,21 @@ async fn validate_order(
             ApiError::invalid(
                 "encryption",
                 format!(
-                    "unknown encryption {raw:?}: \"client\" (you encrypt before uploading) is offered"
+                    "unknown encryption {raw:?}: \"client\" (you encrypt before uploading) or \"luks\" (a disk formatted with your key)"
                 ),
             )
         })?,
     };
+    storage_keys::check_key(encryption, order.key.as_ref())?;
+    if encryption == StorageEncryption::Luks {
+        if order.attach_to.is_some() {
+            return Err(ApiError::invalid(
+                "attach_to",
+                "a luks subscription is attached with its key once it is ready: order it without attach_to, then attach it",
+            ));
+        }
+        contents(state)?;
+    }
     if let Some(zone) = &order.zone {
         check_zone(state, zone).await?;
     }
@@ -207,13 +218,17 @@ pub async fn order_storage(
         WHAT,
         &account_id,
         key.as_deref(),
-        &order,
+        // Never a digest of the key: a retry is recognised without it.
+        &order.without_key(),
         fresh,
         StorageId::parse,
     )
     .await?;
     let id = match claim {
-        Retry::Existing(subscription) => return Ok(accepted(&subscription, &principal)),
+        Retry::Existing(subscription) => {
+            format_with_order_key(&state, &principal, &account_id, &subscription, &order);
+            return Ok(accepted(&subscription, &principal));
+        }
         Retry::Create(id) => id,
     };
     // Charged with the limit check in one step before the object exists,
@@ -282,7 +297,28 @@ pub async fn order_storage(
         )
         .await;
     tracing::info!(storage = %id, account = %account_id, size_gib = order.size_gib, "storage ordered");
+    format_with_order_key(&state, &principal, &account_id, &created, &order);
     Ok(accepted(&created, &principal))
+}
+
+/// A `luks` order's key formats its primary copy once it exists.
+fn format_with_order_key(
+    state: &ApiState,
+    principal: &Principal,
+    account_id: &AccountId,
+    subscription: &StorageSubscription,
+    order: &OrderStorage,
+) {
+    let (Some(key), None) = (&order.key, &subscription.spec.content) else {
+        return;
+    };
+    if subscription.spec.encryption != StorageEncryption::Luks {
+        return;
+    }
+    let Some(id) = StorageId::parse(&subscription.name_any()) else {
+        return;
+    };
+    storage_keys::start_formatting(state, account_id, &id, key.clone(), principal.actor());
 }
 
 /// Lists the caller's storage subscriptions (operators: all, or `?account=`).
@@ -379,6 +415,17 @@ async fn refuse_while_held_for_abuse(
 /// The content of a subscription attached to a server, or not yet
 /// settled since it was, is the server's: neither written nor restored
 /// through the API.
+/// A `luks` subscription is a disk: its content is reached through the
+/// server it is attached to, never through the content API.
+fn refuse_for_luks(subscription: &StorageSubscription) -> Result<(), ApiError> {
+    if subscription.spec.encryption == StorageEncryption::Luks {
+        return Err(ApiError::conflict(
+            "a luks subscription is a disk of your servers: its content is read and written by the server it is attached to",
+        ));
+    }
+    Ok(())
+}
+
 fn refuse_while_attached(subscription: &StorageSubscription) -> Result<(), ApiError> {
     if let Some(server) = &subscription.spec.attached_to {
         return Err(ApiError::storage_attached(
@@ -479,6 +526,7 @@ fn content_error(error: ContentError, limit: u64) -> ApiError {
         ContentError::Unavailable(message) => ApiError::unavailable(format!(
             "the primary copy's hypervisor did not answer: {message}"
         )),
+        ContentError::WrongKey => ApiError::internal("a content takes no key"),
     }
 }
 
@@ -514,6 +562,7 @@ pub async fn write_content(
         return Err(ApiError::conflict("the subscription is being deleted"));
     }
     refuse_writes_while_suspended(&state, &account_id, &subscription).await?;
+    refuse_for_luks(&subscription)?;
     refuse_while_attached(&subscription)?;
     let status = subscription.status.clone().unwrap_or_default();
     let Some(primary) = status.replicas.first().filter(|r| r.created) else {
@@ -605,6 +654,7 @@ pub async fn read_content(
     principal.account()?;
     let id = storage_id(&id)?;
     let subscription = find_storage(&state, &principal, &id).await?;
+    refuse_for_luks(&subscription)?;
     let Some(content) = subscription.spec.content.clone() else {
         return Ok(StatusCode::NO_CONTENT.into_response());
     };
@@ -728,10 +778,25 @@ pub async fn storage_action(
             "a server is given only to an attach",
         ));
     }
+    if action.key.is_some() && action.kind != StorageActionKind::Attach {
+        return Err(ApiError::bad_request(
+            "key",
+            "a key is given only to an attach",
+        ));
+    }
     match action.kind {
         StorageActionKind::Restore => {}
         StorageActionKind::Attach => {
-            return attach(&state, &principal, &account_id, subscription, action.server).await;
+            storage_keys::check_key(subscription.spec.encryption, action.key.as_ref())?;
+            return attach(
+                &state,
+                &principal,
+                &account_id,
+                subscription,
+                action.server,
+                action.key,
+            )
+            .await;
         }
         StorageActionKind::Detach => {
             return detach(&state, &principal, &account_id, subscription).await;
@@ -811,6 +876,7 @@ async fn attach(
     account_id: &AccountId,
     subscription: StorageSubscription,
     server: Option<String>,
+    key: Option<VolumeKey>,
 ) -> Result<Response, ApiError> {
     let raw = server.ok_or_else(|| {
         ApiError::bad_request("server", "the id of the server to attach to is required")
@@ -824,6 +890,11 @@ async fn attach(
     let id = subscription.name_any();
     match &subscription.spec.attached_to {
         Some(attached) if attached == server_id.as_str() => {
+            // Attached already: a luks disk's key is given again (after
+            // its server started again, say) and loaded.
+            if let Some(key) = &key {
+                unlock(state, principal, &subscription, key).await?;
+            }
             return Ok((
                 StatusCode::ACCEPTED,
                 Json(StorageView::of(&subscription, is_operator(principal))),
@@ -849,6 +920,25 @@ async fn attach(
         return Err(ApiError::conflict(format!(
             "server {server_id} is being deleted or terminated"
         )));
+    }
+    if let Some(key) = &key
+        && subscription.spec.content.is_none()
+    {
+        // Its order's key was lost before it formatted the primary copy
+        // (a restart): this one formats it.
+        let storage = storage_id(&id)?;
+        if !storage_keys::formatting(state, &subscription) {
+            storage_keys::start_formatting(
+                state,
+                account_id,
+                &storage,
+                key.clone(),
+                principal.actor(),
+            );
+        }
+        return Err(ApiError::conflict(
+            "the subscription is being formatted with its key: attach it once it is ready",
+        ));
     }
     let status = subscription.status.clone().unwrap_or_default();
     let primary = status.replicas.first().filter(|r| r.created);
@@ -884,6 +974,18 @@ async fn attach(
             "server {server_id} has {MAX_DATA_DISKS} subscriptions attached, the most it can have"
         )));
     }
+    if let Some(key) = &key {
+        let running = target
+            .status
+            .as_ref()
+            .is_some_and(|s| s.phase == ServerPhase::Running);
+        if !running {
+            return Err(ApiError::conflict(format!(
+                "server {server_id} is not running: a luks disk is plugged into a running server only, with its key"
+            )));
+        }
+        unlock(state, principal, &subscription, key).await?;
+    }
     let wanted = server_id.as_str().to_owned();
     let updated = state
         .storage
@@ -916,6 +1018,39 @@ async fn attach(
         Json(StorageView::of(&updated, is_operator(principal))),
     )
         .into_response())
+}
+
+/// Loads the key of a `luks` subscription's current primary version on its
+/// hypervisor; a key that does not open it is refused (422, `key`).
+async fn unlock(
+    state: &ApiState,
+    principal: &Principal,
+    subscription: &StorageSubscription,
+    key: &VolumeKey,
+) -> Result<(), ApiError> {
+    let status = subscription.status.clone().unwrap_or_default();
+    let primary = status
+        .replicas
+        .first()
+        .filter(|r| r.created)
+        .ok_or_else(|| ApiError::conflict("the subscription's primary copy is not created yet"))?;
+    let name = ids::domain_name(
+        subscription.namespace().as_deref().unwrap_or_default(),
+        &subscription.name_any(),
+    );
+    contents(state)?
+        .unlock(primary.hypervisor.as_str(), &name, primary.version, key)
+        .await
+        .map_err(storage_keys::key_error)?;
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::StorageUnlocked,
+            AuditSubject::storage(subscription),
+            json!({ "hypervisor": primary.hypervisor, "version": primary.version }),
+        )
+        .await;
+    Ok(())
 }
 
 /// Detaches the primary copy from its server (unplugged from a running

@@ -106,6 +106,12 @@ audit_actions! {
     StorageTerminated => "storage.terminated",
     /// A customer wrote a new content (its version, length and SHA-256).
     StorageWrite => "storage.write",
+    /// A `luks` subscription's primary copy was formatted with the
+    /// customer's key (its version, length and SHA-256; never the key).
+    StorageFormatted => "storage.formatted",
+    /// A customer gave the key of a `luks` disk: loaded on its hypervisor
+    /// (the key itself is never recorded).
+    StorageUnlocked => "storage.unlocked",
     /// The controller moved a server to another phase.
     ServerPhase => "phase",
     /// The controller destroyed a server's domain and wiped its disk.
