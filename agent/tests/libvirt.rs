@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use stratus_agent::{AgentError, AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
 use stratus_core::agent_api::{
-    DataDisk, DiskDisposal, DomainSpec, DomainState, Link, VolumeSpec, storage_volume_name,
+    DataDisk, DiskDisposal, DomainSpec, DomainState, Link, VolumeKey, VolumeSpec,
+    storage_volume_name,
 };
 use stratus_core::policy::SuspensionMode;
 use stratus_core::resources::{PowerState, ServerAddress};
@@ -643,5 +644,60 @@ fn data_disks_are_attached_and_detached_and_never_another_accounts() {
     assert!(
         driver.observe_volume(&base).unwrap().present(),
         "the copy outlives the server"
+    );
+}
+
+/// The test driver keeps no libvirt secrets: a LUKS copy is refused there
+/// with a reason, never made without its key, and a plain copy is never
+/// "unlocked". An encrypted data disk is never defined into a domain.
+#[test]
+fn r25_luks_needs_a_hypervisor_that_keeps_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::open(DriverConfig::for_uri(&private_node(dir.path()), "z")).unwrap();
+    let base = "stratus-acc-0000000000000001.st-00000000000000e1";
+    let key = VolumeKey::new("correct horse battery staple".into());
+    let refused = driver.format_version(base, 5, 1, &key).unwrap_err();
+    assert!(
+        matches!(refused, AgentError::KeysUnsupported(_)),
+        "{refused:?}"
+    );
+    let observed = driver.observe_volume(base).unwrap();
+    assert!(observed.versions.is_empty(), "nothing is left of it");
+    let short = driver
+        .format_version(base, 5, 1, &VolumeKey::new("short".into()))
+        .unwrap_err();
+    assert!(matches!(short, AgentError::BadRequest(_)), "{short:?}");
+
+    driver
+        .ensure_volume(
+            base,
+            &VolumeSpec {
+                size_gib: 1,
+                create: true,
+            },
+        )
+        .unwrap();
+    let plain = driver.unlock_version(base, 0, &key).unwrap_err();
+    assert!(
+        matches!(&plain, AgentError::BadRequest(m) if m.contains("not a LUKS volume")),
+        "{plain:?}"
+    );
+    let observed = driver.observe_volume(base).unwrap();
+    assert!(!observed.versions[0].encrypted && !observed.versions[0].unlocked);
+    assert!(!format!("{refused:?}{short:?}{plain:?}").contains("correct horse"));
+
+    let name = "stratus-acc-0000000000000001.vs-00000000000000e2";
+    let image = "itest-luks.qcow2";
+    driver.seed_image(image, 2).unwrap();
+    let mut wanted = spec(image, PowerState::Running, true);
+    wanted.data_disks = vec![DataDisk {
+        volume: storage_volume_name(base, 0),
+        serial: "st-00000000000000e1".into(),
+        encrypted: true,
+    }];
+    let observed = driver.ensure(name, &wanted).unwrap();
+    assert!(
+        observed.data_disks.is_empty(),
+        "a LUKS disk without its key is not plugged in: {observed:?}"
     );
 }
