@@ -104,16 +104,9 @@ ip addr del {SPOOFED}/32 dev $nic
 }
 
 async fn console(client: &Client, id: &str) -> String {
-    loop {
-        let (status, body) = client.get(&format!("/v1/servers/{id}/console")).await;
-        // The polls of the status share the token's request rate.
-        if status == 429 {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        assert_eq!(status, 200, "{body}");
-        return body.as_str().unwrap_or_default().to_owned();
-    }
+    let (status, body) = client.get(&format!("/v1/servers/{id}/console")).await;
+    assert_eq!(status, 200, "{body}");
+    body.as_str().unwrap_or_default().to_owned()
 }
 
 /// Waits until the console shows `marker` `count` times.
@@ -1379,6 +1372,246 @@ async fn r24_r26_a_kill_during_replication_converges_and_nothing_is_ready_out_of
     println!(
         "storage: killed during a 512 MiB copy; restarted and both copies in sync {:.1} s later (phases seen: {seen:?})",
         to_converge.as_secs_f64()
+    );
+    stratus.process.terminate();
+}
+
+/// The customer's key to the `luks` subscription of the real-guest test.
+const LUKS_KEY: &str = "STRATUS-LUKS-KEY-correct-horse-7f3a";
+/// Written in plaintext by the guest onto its LUKS disk: never in a pool.
+const LUKS_PLAINTEXT: &str = "STRATUS-LUKS-PLAINTEXT-7f3a";
+
+/// The tiny guest reports each LUKS disk it is given (its serial and
+/// size), writes a marker onto it, and says when it is gone.
+fn luks_user_data() -> String {
+    format!(
+        "#!/bin/sh
+(
+round=0
+while true; do
+    while [ ! -b /dev/vdb ]; do sleep 1; done
+    round=$((round + 1))
+    echo \"LUKS-DISK serial=$(cat /sys/block/vdb/serial) sectors=$(cat /sys/block/vdb/size)\"
+    echo {LUKS_PLAINTEXT} | dd of=/dev/vdb bs=512 seek=8 conv=fsync 2>/dev/null
+    echo \"LUKS-DISK-READ $(dd if=/dev/vdb bs=512 skip=8 count=1 2>/dev/null | head -c {len})\"
+    echo LUKS-DISK-WRITTEN-$round
+    while [ -b /dev/vdb ]; do sleep 1; done
+    echo LUKS-DISK-GONE-$round
+done
+) &
+",
+        len = LUKS_PLAINTEXT.len()
+    )
+}
+
+async fn attach_with_key(
+    customer: &Client,
+    path: &str,
+    server: &str,
+    key: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut body = json!({"type": "attach", "server": server});
+    if let Some(key) = key {
+        body["key"] = json!(key);
+    }
+    customer.post(&format!("{path}/actions"), body).await
+}
+
+/// Every file under `dir` holding `needle`.
+fn files_holding(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(files_holding(&path, needle));
+        } else if path.is_file() && file_contains(&path, needle) {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_with_it() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (account, customer) = admin.open_account("ACME").await;
+
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "vault1", "plan": "micro", "image": "tiny", "zone": "a",
+                   "user_data": luks_user_data()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let server = order["id"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let (storage, path) = ready_storage(
+        &customer,
+        json!({"name": "vault", "size_gib": 1, "zone": "a", "encryption": "luks", "key": LUKS_KEY}),
+    )
+    .await;
+    let to_ready = started.elapsed();
+    let ready = admin.get(&path).await.1;
+    assert_eq!(ready["encryption"], "luks", "{ready}");
+    assert_eq!(ready["replicas_in_sync"], true, "{ready}");
+    for replica in ready["replicas"].as_array().unwrap() {
+        let file = PathBuf::from(replica["path"].as_str().unwrap());
+        assert_eq!(head_of(&file, 6), b"LUKS\xba\xbe", "{}", file.display());
+    }
+    // Its content is its server's, not the content API's.
+    let (status, _) = customer.get(&format!("{path}/content")).await;
+    assert_eq!(status, 409);
+
+    customer.wait_status(&server, "running", BOOT).await;
+    wait_console(&customer, &server, "stratus-tiny: ready", 1).await;
+    let (status, body) = attach_with_key(&customer, &path, &server, None).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["details"]["field"], "key");
+    let (status, body) = attach_with_key(
+        &customer,
+        &path,
+        &server,
+        Some("STRATUS-LUKS-KEY-wrong-horse-7f3a"),
+    )
+    .await;
+    assert_eq!(status, 422, "a wrong key is refused: {body}");
+    assert_eq!(body["error"]["details"]["field"], "key");
+    assert!(customer.get(&path).await.1["attached_to"].is_null());
+
+    // With its key: a disk of the running guest, of its size less the
+    // LUKS header, which reads back what it wrote.
+    let started = Instant::now();
+    let (status, body) = attach_with_key(&customer, &path, &server, Some(LUKS_KEY)).await;
+    assert_eq!(status, 202, "{body}");
+    customer
+        .wait_until(&path, "the LUKS disk was not attached", BOOT, |s| {
+            s["attached"] == true
+        })
+        .await;
+    let to_attached = started.elapsed();
+    let text = wait_console(&customer, &server, "LUKS-DISK-WRITTEN-1", 1).await;
+    let sectors = ((1u64 << 30) - (4 << 20)) / 512;
+    for expected in [
+        format!("LUKS-DISK serial={storage} sectors={sectors}"),
+        format!("LUKS-DISK-READ {LUKS_PLAINTEXT}"),
+    ] {
+        assert!(text.contains(&expected), "{expected} missing:\n{text}");
+    }
+
+    // Its server stopped and started again: the key is unloaded with the
+    // guest, so the disk waits for it, and comes back with it.
+    action(&customer, &server, "stop").await;
+    customer.wait_status(&server, "stopped", BOOT).await;
+    action(&customer, &server, "start").await;
+    customer.wait_status(&server, "running", BOOT).await;
+    let waiting = customer
+        .wait_until(&path, "the LUKS disk did not ask for its key", BOOT, |s| {
+            s["conditions"].as_array().is_some_and(|conditions| {
+                conditions
+                    .iter()
+                    .any(|c| c["type"] == "Attached" && c["reason"] == "KeyRequired")
+            })
+        })
+        .await;
+    assert_eq!(waiting["attached"], false, "{waiting}");
+    wait_console(&customer, &server, "stratus-tiny: ready", 2).await;
+    let (status, body) = attach_with_key(&customer, &path, &server, Some(LUKS_KEY)).await;
+    assert_eq!(status, 202, "{body}");
+    customer
+        .wait_until(
+            &path,
+            "the LUKS disk did not come back with its key",
+            BOOT,
+            |s| s["attached"] == true,
+        )
+        .await;
+    let text = wait_console(&customer, &server, "LUKS-DISK-WRITTEN-1", 2).await;
+    assert!(
+        text.contains(&format!("LUKS-DISK-READ {LUKS_PLAINTEXT}")),
+        "{text}"
+    );
+
+    // Detached: what the guest wrote reaches both copies as ciphertext.
+    let before = admin.get(&path).await.1;
+    let (status, body) = customer
+        .post(&format!("{path}/actions"), json!({"type": "detach"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let settled = admin
+        .wait_until(
+            &path,
+            "the LUKS disk was not settled on both copies",
+            BOOT,
+            |s| {
+                s["attached"] == false
+                    && s["replicas_in_sync"] == true
+                    && s["content"]["version"].as_u64() > before["content"]["version"].as_u64()
+            },
+        )
+        .await;
+    for replica in settled["replicas"].as_array().unwrap() {
+        let file = PathBuf::from(replica["path"].as_str().unwrap());
+        assert_eq!(head_of(&file, 6), b"LUKS\xba\xbe", "{}", file.display());
+        assert!(
+            !file_contains(&file, LUKS_PLAINTEXT.as_bytes()),
+            "{} holds plaintext",
+            file.display()
+        );
+    }
+    let bytes = settled["content"]["bytes"].as_u64().unwrap();
+    for replica in settled["replicas"].as_array().unwrap() {
+        let file = replica["path"].as_str().unwrap();
+        let output = Command::new("sh")
+            .args(["-c", &format!("head -c {bytes} '{file}' | sha256sum")])
+            .output()
+            .unwrap();
+        let sha = String::from_utf8(output.stdout).unwrap();
+        assert!(
+            sha.starts_with(settled["content"]["sha256"].as_str().unwrap()),
+            "{file} does not hold the settled content"
+        );
+    }
+
+    // The key is nowhere stratus writes: database, log, audit.
+    let (status, audit) = admin
+        .get(&format!("/v1/admin/accounts/{account}/audit?limit=1000"))
+        .await;
+    assert_eq!(status, 200, "{audit}");
+    assert!(
+        audit.to_string().contains("storage.unlocked"),
+        "the audit records each key given, never the key: {audit}"
+    );
+    assert!(
+        !audit.to_string().contains(LUKS_KEY),
+        "the audit holds the key"
+    );
+    let holding = files_holding(&data, LUKS_KEY.as_bytes());
+    assert!(holding.is_empty(), "the key is in {holding:?}");
+    assert!(
+        !stratus.process.log_text().contains(LUKS_KEY),
+        "the log holds the key"
+    );
+
+    let (status, _) = customer.delete(&path).await;
+    assert_eq!(status, 202);
+    let deadline = Instant::now() + BOOT;
+    while customer.get(&path).await.0 != 404 {
+        assert!(
+            Instant::now() < deadline,
+            "{storage} was not wiped and deleted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!(
+        "luks storage: order -> formatted and on both copies {:.1} s; attach with key -> disk of the running guest {:.1} s (1 GiB)",
+        to_ready.as_secs_f64(),
+        to_attached.as_secs_f64()
     );
     stratus.process.terminate();
 }

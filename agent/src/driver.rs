@@ -1005,7 +1005,7 @@ impl Driver {
                 match self.key_secret_of(&disk.volume)? {
                     Some(uuid) => device.key_secret = Some(uuid),
                     None => {
-                        tracing::info!(
+                        tracing::debug!(
                             domain = name,
                             storage = %disk.serial,
                             "a LUKS data disk waits for its key"

@@ -136,7 +136,7 @@ impl ServerReconciler {
         }
         let domain = domain_of(server, &current);
         let (agent, observation) = self.observe(&current, &domain, resolved).await;
-        let data_disks = self.data_disks(server, &current).await?;
+        let (data_disks, keyed_disks) = self.data_disks(server, &current).await?;
         let wanted_disks: Vec<String> = data_disks.iter().map(|d| d.serial.clone()).collect();
         let facts = ServerFacts {
             spec: &server.spec,
@@ -146,6 +146,7 @@ impl ServerReconciler {
             deleting: server.metadata.deletion_timestamp.is_some(),
             shutdown_grace: self.config.policy.power.shutdown_grace,
             data_disks: &wanted_disks,
+            keyed_disks: &keyed_disks,
         };
         let deleting = facts.deleting;
         let decision = lifecycle::plan(facts, &observation, self.ctx.clock.now());
@@ -465,20 +466,24 @@ impl ServerReconciler {
     /// hypervisor, not held by the account's standing. None once it is
     /// being deleted (its disks are detached before its domain goes) or
     /// while it is held.
+    ///
+    /// Also answers those of them that wait for their key (LUKS copies
+    /// whose key is not loaded): the server does without them until it is.
     async fn data_disks(
         &self,
         server: &VirtualServer,
         status: &VirtualServerStatus,
-    ) -> Result<Vec<DataDisk>, ControllerError> {
+    ) -> Result<(Vec<DataDisk>, Vec<String>), ControllerError> {
         let Some(hypervisor) = &status.hypervisor else {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         };
         // A suspended or terminated server holds no storage: it is
         // plugged in again when the suspension is lifted.
         if server.metadata.deletion_timestamp.is_some() || server.spec.hold().is_some() {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
         let name = server.name_any();
+        let mut waiting_for_key = Vec::new();
         let mut disks: Vec<DataDisk> = self
             .storage
             .list(server.namespace().as_deref())
@@ -491,17 +496,23 @@ impl ServerReconciler {
                     && s.spec.held().is_none()
             })
             .filter_map(|s| {
-                let primary = s.status.as_ref()?.replicas.first()?;
+                let status = s.status.as_ref()?;
+                let primary = status.replicas.first()?;
+                let encrypted = s.spec.encryption == StorageEncryption::Luks;
+                if encrypted && !status.key_loaded {
+                    waiting_for_key.push(s.name_any());
+                }
                 (primary.created && primary.hypervisor == *hypervisor).then(|| DataDisk {
                     volume: primary.volume.clone(),
                     serial: s.name_any(),
-                    encrypted: s.spec.encryption == StorageEncryption::Luks,
+                    encrypted,
                 })
             })
             .collect();
         disks.sort_by(|a, b| a.serial.cmp(&b.serial));
         disks.truncate(MAX_DATA_DISKS);
-        Ok(disks)
+        waiting_for_key.sort();
+        Ok((disks, waiting_for_key))
     }
 
     /// Queues the subscriptions whose disk the agent reported attached or

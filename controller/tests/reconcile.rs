@@ -261,6 +261,7 @@ impl Harness {
                 encryption: StorageEncryption::Client,
                 content: None,
                 verify_requests: 0,
+                keys_given: 0,
                 restore_from: None,
                 attached_to: None,
                 written_by_guest: None,

@@ -25,6 +25,9 @@ pub struct ServerFacts<'a> {
     /// Ids of the storage subscriptions that must be disks of the server,
     /// sorted.
     pub data_disks: &'a [String],
+    /// Those of `data_disks` that wait for their key to be loaded on the
+    /// hypervisor (LUKS): the server has converged without them.
+    pub keyed_disks: &'a [String],
 }
 
 /// What the controller learned from the hypervisor before deciding.
@@ -242,7 +245,15 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     let link_up = hold != Some(SuspensionMode::NetworkIsolated);
     let mut attached = domain.data_disks.clone();
     attached.sort();
-    let disks_match = attached == server.data_disks;
+    let required = |disks: &[String]| -> Vec<String> {
+        disks
+            .iter()
+            .filter(|d| !server.keyed_disks.contains(d))
+            .cloned()
+            .collect()
+    };
+    let disks_match = required(&attached) == required(server.data_disks)
+        && attached.iter().all(|d| server.data_disks.contains(d));
     status.attached_storage = attached;
     let converged = domain
         .state
@@ -630,6 +641,7 @@ mod tests {
             plan(
                 ServerFacts {
                     data_disks: &wanted,
+                    keyed_disks: &[],
                     ..facts_for(&spec, &status)
                 },
                 &observation,
@@ -668,6 +680,7 @@ mod tests {
             deleting: false,
             shutdown_grace: GRACE,
             data_disks: &[],
+            keyed_disks: &[],
         }
     }
 
@@ -896,6 +909,7 @@ mod tests {
                 deleting,
                 shutdown_grace: GRACE,
                 data_disks: &[],
+                keyed_disks: &[],
             },
             obs,
             now(),
@@ -1404,6 +1418,7 @@ mod tests {
                 deleting: false,
                 shutdown_grace: GRACE,
                 data_disks: &[],
+                keyed_disks: &[],
             }
         }
         let d = plan(facts(&spec, &status), &running, t0);

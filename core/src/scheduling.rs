@@ -564,6 +564,7 @@ mod tests {
                 encryption: Default::default(),
                 content: None,
                 verify_requests: 0,
+                keys_given: 0,
                 restore_from: None,
                 attached_to: None,
                 written_by_guest: None,

@@ -38,14 +38,19 @@ pub struct ServerFacts {
 /// Whether the primary's current version is a LUKS volume whose key is not
 /// loaded on its hypervisor, from what its agent reports.
 pub fn key_missing(status: &StorageSubscriptionStatus, observed: &[CopyObservation]) -> bool {
-    let Some(primary) = status.replicas.first() else {
-        return false;
-    };
+    primary_key(status, observed) == Some(false)
+}
+
+/// Whether the key of the primary's current version is loaded, when that
+/// version is a LUKS volume.
+fn primary_key(status: &StorageSubscriptionStatus, observed: &[CopyObservation]) -> Option<bool> {
+    let primary = status.replicas.first()?;
     match observed.first() {
         Some(CopyObservation::Present { versions, .. }) => versions
             .iter()
-            .any(|v| v.version == primary.version && v.encrypted && !v.unlocked),
-        _ => false,
+            .find(|v| v.version == primary.version && v.encrypted)
+            .map(|v| v.unlocked),
+        _ => None,
     }
 }
 
@@ -266,6 +271,7 @@ pub fn plan(
     let both_exist = status.replicas.iter().all(|r| r.created);
     let mut replicating = None;
     let locked = key_missing(&status, observed);
+    status.key_loaded = primary_key(&status, observed) == Some(true);
     let attached = attachment(&facts, &mut status, locked, now);
     if both_exist && problems.is_empty() && next.is_none() {
         if let Some(written) = &attached.written_by_guest {
@@ -664,6 +670,7 @@ mod tests {
             encryption: StorageEncryption::Client,
             content: None,
             verify_requests: 0,
+            keys_given: 0,
             restore_from: None,
             attached_to: None,
             written_by_guest: None,

@@ -160,23 +160,40 @@ impl Client {
         }
     }
 
+    /// One request; an answer of 429 (the polls of a test share their
+    /// token's request rate) is asked again after the pause it names.
     pub async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut request = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+        let mut refused = 0;
+        let response = loop {
+            let mut request = self
+                .http
+                .request(method.clone(), format!("{}{path}", self.base))
+                .bearer_auth(&self.token);
+            if let Some(body) = &body {
+                request = request.json(body);
+            }
+            let response = request
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{path}: {e:?}"));
+            if response.status() != reqwest::StatusCode::TOO_MANY_REQUESTS || refused == 30 {
+                break response;
+            }
+            refused += 1;
+            let pause = response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1)
+                .clamp(1, 2);
+            tokio::time::sleep(Duration::from_secs(pause)).await;
+        };
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         (

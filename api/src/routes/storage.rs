@@ -136,6 +136,7 @@ async fn validate_order(
         encryption,
         content: None,
         verify_requests: 0,
+        keys_given: 0,
         restore_from: None,
         // A disk from the start: the guest writes it from its creation.
         attached_to: order.attach_to.clone(),
@@ -1042,6 +1043,18 @@ async fn unlock(
         .unlock(primary.hypervisor.as_str(), &name, primary.version, key)
         .await
         .map_err(storage_keys::key_error)?;
+    // The controller learns of it and lets its server plug the disk in.
+    state
+        .storage
+        .update(
+            subscription.namespace().as_deref(),
+            &subscription.name_any(),
+            |s| {
+                s.spec.keys_given = s.spec.keys_given.saturating_add(1);
+                true
+            },
+        )
+        .await?;
     state
         .audit(
             principal.actor(),

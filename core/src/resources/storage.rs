@@ -71,6 +71,10 @@ impl StorageEncryption {
     }
 }
 
+fn is_zero(count: &u32) -> bool {
+    *count == 0
+}
+
 /// Storage a customer rents.
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
@@ -146,6 +150,11 @@ pub struct StorageSubscriptionSpec {
     /// copies back once per increment, besides its schedule.
     #[serde(default)]
     pub verify_requests: u32,
+    /// Times the customer gave the key of a `luks` subscription (the key
+    /// itself goes to the hypervisor only): the controller looks at its
+    /// primary copy again, whose key is now loaded.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub keys_given: u32,
     /// The server (of the same account, on the primary copy's hypervisor)
     /// the primary copy is a disk of; none: detached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +318,10 @@ pub struct StorageSubscriptionStatus {
     /// Whether both copies exist and hold the same verified bytes.
     #[serde(default)]
     pub replicas_in_sync: bool,
+    /// A `luks` primary whose key is loaded on its hypervisor, as its agent
+    /// reports: its server may plug it in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_loaded: bool,
     /// Set when both copies of the current content stopped matching its
     /// checksum: nothing can repair it; a restore of a kept version or a
     /// new content clears it.
