@@ -538,6 +538,7 @@ impl Driver {
             link: link.unwrap_or_default(),
             disk_disposal: None,
             data_disks,
+            waiting_for_key: Vec::new(),
         })
     }
 
@@ -621,10 +622,12 @@ impl Driver {
         };
         self.remove_stale_seeds(&pool, name, seed.as_deref())?;
         let domain = self.converge_link(name, domain, spec, &disk_name)?;
-        self.converge_data_disks(name, &domain, spec)?;
+        let waiting_for_key = self.converge_data_disks(name, &domain, spec)?;
         self.converge_power(name, &domain, spec.target(), spec.power_off)?;
         self.record_domain(name, &domain)?;
-        self.observe(name)
+        let mut observed = self.observe(name)?;
+        observed.waiting_for_key = waiting_for_key;
+        Ok(observed)
     }
 
     /// Serials of a domain's data disks: those of its definition and, where
@@ -889,13 +892,15 @@ impl Driver {
     /// Attaches the spec's data disks the domain lacks and detaches those
     /// it no longer lists: in the definition, and in the running guest
     /// (hot-plug). A guest may take a while to let a disk go; the next
-    /// call looks again.
+    /// call looks again. Answers the LUKS disks left out for want of their
+    /// key.
     fn converge_data_disks(
         &self,
         name: &str,
         domain: &Domain,
         spec: &DomainSpec,
-    ) -> Result<(), AgentError> {
+    ) -> Result<Vec<String>, AgentError> {
+        let mut waiting_for_key = Vec::new();
         let active = domain.is_active()?;
         let config = xml::data_disks_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
         if !self.hot_plugs() {
@@ -925,7 +930,13 @@ impl Driver {
                     "defined the data disks"
                 );
             }
-            return Ok(());
+            waiting_for_key.extend(
+                spec.data_disks
+                    .iter()
+                    .filter(|d| d.encrypted)
+                    .map(|d| d.serial.clone()),
+            );
+            return Ok(waiting_for_key);
         }
         let live = if active {
             xml::data_disks_in(&domain.xml_desc(0)?)
@@ -1010,6 +1021,7 @@ impl Driver {
                             storage = %disk.serial,
                             "a LUKS data disk waits for its key"
                         );
+                        waiting_for_key.push(disk.serial.clone());
                         continue;
                     }
                 }
@@ -1023,7 +1035,7 @@ impl Driver {
                 "attached a data disk"
             );
         }
-        Ok(())
+        Ok(waiting_for_key)
     }
 
     /// Whether a domain about to start (off, and wanted running) was

@@ -80,6 +80,8 @@ impl Reconcile for ServerReconciler {
     async fn reconcile(&self, key: &ObjectKey) -> Result<Outcome, ControllerError> {
         // The agent is resolved once per reconcile, not once per pass.
         let mut agent = None;
+        // The LUKS disks the agent last left out for want of their key.
+        let mut waiting_for_key = Vec::new();
         for _ in 0..MAX_PASSES {
             let Some(server) = self
                 .servers
@@ -94,7 +96,9 @@ impl Reconcile for ServerReconciler {
                     .remove(key);
                 return Ok(Outcome::Done);
             };
-            if let Pass::Finished(outcome) = self.pass(&server, &mut agent).await? {
+            if let Pass::Finished(outcome) =
+                self.pass(&server, &mut agent, &mut waiting_for_key).await?
+            {
                 return Ok(outcome);
             }
         }
@@ -127,6 +131,7 @@ impl ServerReconciler {
         &self,
         server: &VirtualServer,
         resolved: &mut Option<AgentEndpoint>,
+        waiting_for_key: &mut Vec<String>,
     ) -> Result<Pass, ControllerError> {
         let name = server.name_any();
         let current = server.status.clone().unwrap_or_default();
@@ -136,7 +141,10 @@ impl ServerReconciler {
         }
         let domain = domain_of(server, &current);
         let (agent, observation) = self.observe(&current, &domain, resolved).await;
-        let (data_disks, keyed_disks) = self.data_disks(server, &current).await?;
+        let (data_disks, mut keyed_disks) = self.data_disks(server, &current).await?;
+        keyed_disks.extend(waiting_for_key.iter().cloned());
+        keyed_disks.sort();
+        keyed_disks.dedup();
         let wanted_disks: Vec<String> = data_disks.iter().map(|d| d.serial.clone()).collect();
         let facts = ServerFacts {
             spec: &server.spec,
@@ -216,6 +224,9 @@ impl ServerReconciler {
                 let mut spec = self.domain_spec(server, &current, create_disk, power_off)?;
                 spec.data_disks = data_disks;
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
+                if let Ok(answer) = &result {
+                    waiting_for_key.clone_from(&answer.waiting_for_key);
+                }
                 let asked_to_stop =
                     result.is_ok() && next.stop_requested_at != current.stop_requested_at;
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))

@@ -385,6 +385,7 @@ fn observation(
                         .map(|disk| disk.serial.clone())
                 })
                 .collect(),
+            waiting_for_key: Vec::new(),
         },
         None => DomainObservation::absent(name),
     }
@@ -470,12 +471,18 @@ impl AgentClient for SimulatedAgent {
                 Target::Stopped if ignored => DomainState::Running,
                 Target::Stopped => DomainState::Stopped,
             });
-            if entry.state != Some(DomainState::Running) {
-                for disk in spec.data_disks.iter().filter(|d| d.encrypted) {
+            let running = entry.state == Some(DomainState::Running);
+            let mut waiting_for_key = Vec::new();
+            for disk in spec.data_disks.iter().filter(|d| d.encrypted) {
+                if !running {
                     node.unlocked.remove(&disk.volume);
+                } else if !node.unlocked.contains(&disk.volume) {
+                    waiting_for_key.push(disk.serial.clone());
                 }
             }
-            Ok(observation(domain, Some(entry), &node.unlocked))
+            let mut observed = observation(domain, Some(entry), &node.unlocked);
+            observed.waiting_for_key = waiting_for_key;
+            Ok(observed)
         })
     }
 

@@ -157,9 +157,11 @@ impl StorageReconciler {
         };
         let decision = storage::plan(facts, &observed, self.ctx.clock.now());
         let next = decision.status;
-        self.wake_servers(subscription, &next, &servers);
         let Some(action) = decision.next else {
             self.record_status(subscription, &current, &next).await?;
+            // Woken once the status they read says what changed (a key
+            // loaded, say).
+            self.wake_servers(subscription, &next, &servers);
             let unreachable = observed
                 .iter()
                 .any(|o| matches!(o, CopyObservation::Unavailable(_)));
@@ -178,6 +180,7 @@ impl StorageReconciler {
                 },
             }));
         };
+        self.wake_servers(subscription, &next, &servers);
         tracing::debug!(?action, "acting");
         let agent_of = |index: usize| {
             agents.get(index).cloned().flatten().ok_or_else(|| {

@@ -2978,3 +2978,157 @@ async fn r24_a_copy_lost_whole_is_rebuilt_from_the_other_and_reported() {
             .contains(&EventReason::CopyRepaired)
     );
 }
+
+#[tokio::test]
+async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() {
+    use stratus_controller::AgentClient;
+    use stratus_core::agent_api::{LuksFormat, VolumeKey, VolumeUnlock};
+    use stratus_core::notices::{Notifications, Webhook};
+    use stratus_store::ledger::DeliveryState;
+    let h = harness().await;
+    let accounts = Resources::<Account>::new(h.store.clone());
+    accounts
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    let channels = Notifications {
+        webhook: Some(Webhook {
+            url: "https://hooks.example.net/notices".into(),
+            secret_file: "/nonexistent".into(),
+        }),
+        ..Notifications::default()
+    };
+    let reconciler = StorageReconciler::new(
+        h.ctx.clone(),
+        h.storage.clone(),
+        h.servers.clone(),
+        Scheduling::shared(),
+        Policy::default().storage,
+    )
+    .notifying(
+        stratus_controller::notifier::Outbox::new(&channels),
+        accounts,
+    );
+    let storage_key = ObjectKey::new(Some(NS), "st-1");
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.storage
+        .update(Some(NS), "st-1", |s| {
+            s.spec.encryption = StorageEncryption::Luks;
+            true
+        })
+        .await
+        .unwrap();
+    reconciler.reconcile(&storage_key).await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Provisioning, "{status:?}");
+    assert!(status.reason.unwrap().contains("formatted with the key"));
+
+    // Formatted with the order's key, as the API does, then copied.
+    let key = VolumeKey::new("correct horse battery staple".into());
+    let version = 1_764_936_000_000;
+    let format = LuksFormat {
+        size_gib: 10,
+        key: key.clone(),
+    };
+    let stored = h
+        .sim
+        .format_version(&h.agent("a1"), STORAGE, version, &format)
+        .await
+        .unwrap();
+    h.storage
+        .update(Some(NS), "st-1", |s| {
+            s.spec.content = Some(stratus_core::resources::StorageContent {
+                version,
+                bytes: stored.bytes,
+                sha256: stored.sha256.clone(),
+                written_at: "2026-12-05T12:00:00Z".into(),
+            });
+            true
+        })
+        .await
+        .unwrap();
+    reconciler.reconcile(&storage_key).await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.phase, StoragePhase::Ready, "{status:?}");
+    assert!(status.replicas_in_sync && !status.key_loaded);
+
+    // Attached with its key to a running server: plugged in.
+    h.order("vs-1", Some("a")).await;
+    h.reconcile("vs-1").await.unwrap();
+    h.sim
+        .unlock_version(
+            &h.agent("a1"),
+            STORAGE,
+            version,
+            &VolumeUnlock { key: key.clone() },
+        )
+        .await
+        .unwrap();
+    attach(&h, Some("vs-1")).await;
+    reconciler.reconcile(&storage_key).await.unwrap();
+    assert!(h.storage_status("st-1").await.key_loaded);
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.attached_storage, ["st-1"]);
+    reconciler.reconcile(&storage_key).await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(attached_condition(&status), (true, "DiskAttached".into()));
+
+    // Stopped and started again: its key went with the guest, the server
+    // runs without the disk, and the customer is asked for the key once.
+    for power in [PowerState::Stopped, PowerState::Running] {
+        h.servers
+            .update(Some(NS), "vs-1", |s| {
+                s.spec.power = power;
+                true
+            })
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            h.reconcile("vs-1").await.unwrap();
+            h.clock.advance(jiff::SignedDuration::from_secs(120));
+        }
+    }
+    let status = h.status("vs-1").await;
+    assert_eq!(
+        status.phase,
+        ServerPhase::Running,
+        "{status:?} {:?}",
+        h.sim.calls()
+    );
+    for _ in 0..2 {
+        reconciler.reconcile(&storage_key).await.unwrap();
+    }
+    let status = h.storage_status("st-1").await;
+    assert_eq!(attached_condition(&status), (false, "KeyRequired".into()));
+    assert!(!status.key_loaded);
+    let queued = h
+        .ledger
+        .notifications()
+        .page(Some(DeliveryState::Pending), 0, 10)
+        .await
+        .unwrap();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0].message["type"], "storage.key_required");
+    assert!(!queued[0].message.to_string().contains("correct horse"));
+    // The server converged without it: nothing asked of its agent again.
+    let calls = h.sim.calls().len();
+    h.reconcile("vs-1").await.unwrap();
+    assert!(
+        !h.sim.calls()[calls..]
+            .iter()
+            .any(|c| c.starts_with("ensure")),
+        "{:?}",
+        &h.sim.calls()[calls..]
+    );
+
+    // The key given again: plugged in again.
+    h.sim
+        .unlock_version(&h.agent("a1"), STORAGE, version, &VolumeUnlock { key })
+        .await
+        .unwrap();
+    reconciler.reconcile(&storage_key).await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.attached_storage, ["st-1"]);
+}

@@ -251,6 +251,10 @@ pub struct DomainObservation {
     /// guest, or of the definition when it is off.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_disks: Vec<String>,
+    /// Serials of the spec's LUKS disks left out because their key is not
+    /// loaded on the hypervisor (in the answer to an ensure only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for_key: Vec<String>,
 }
 
 impl DomainObservation {
@@ -262,6 +266,7 @@ impl DomainObservation {
             link: Link::Up,
             disk_disposal: None,
             data_disks: Vec::new(),
+            waiting_for_key: Vec::new(),
         }
     }
 }

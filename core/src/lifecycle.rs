@@ -26,7 +26,8 @@ pub struct ServerFacts<'a> {
     /// sorted.
     pub data_disks: &'a [String],
     /// Those of `data_disks` that wait for their key to be loaded on the
-    /// hypervisor (LUKS): the server has converged without them.
+    /// hypervisor (LUKS), as their storage or the agent's last answer says:
+    /// the server has converged without them.
     pub keyed_disks: &'a [String],
 }
 
@@ -622,6 +623,7 @@ mod tests {
             link: Link::Up,
             disk_disposal: None,
             data_disks: Vec::new(),
+            waiting_for_key: Vec::new(),
         })
     }
 
@@ -666,6 +668,41 @@ mod tests {
         // Detached on the way (another's disk, or one no longer wanted).
         let extra = decide_with(vec![wanted[0].clone(), "st-00000000000000b2".into()]);
         assert!(matches!(extra.next, Some(Action::EnsureDomain { .. })));
+    }
+
+    #[test]
+    fn r25_a_luks_disk_without_its_key_does_not_keep_the_server_from_converging() {
+        let spec = spec(PowerState::Running, 0);
+        let status = placed(ServerPhase::Running, true);
+        let wanted = vec!["st-00000000000000a1".to_owned()];
+        let decide = |keyed: &[String], attached: Vec<String>| {
+            let observation = Observation::Domain(DomainObservation {
+                data_disks: attached,
+                ..match observed(Some(DomainState::Running), true) {
+                    Observation::Domain(domain) => domain,
+                    _ => unreachable!(),
+                }
+            });
+            plan(
+                ServerFacts {
+                    data_disks: &wanted,
+                    keyed_disks: keyed,
+                    ..facts_for(&spec, &status)
+                },
+                &observation,
+                now(),
+            )
+            .next
+        };
+        // Its key is not loaded: nothing to do without it.
+        assert_eq!(decide(&wanted, Vec::new()), None);
+        // The key is loaded: plugged in.
+        assert!(matches!(
+            decide(&[], Vec::new()),
+            Some(Action::EnsureDomain { .. })
+        ));
+        assert_eq!(decide(&[], wanted.clone()), None);
+        assert_eq!(decide(&wanted, wanted.clone()), None);
     }
 
     fn facts_for<'a>(
