@@ -45,8 +45,20 @@ const DUE_BATCH: u32 = 500;
 /// Accounts carried out at once: each is independent of the others.
 const SETTLE_CONCURRENCY: usize = 16;
 /// How long an account whose standing could not be carried out waits
-/// before it is tried again.
-const RETRY_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
+/// before it is tried again: a second after its first failure, doubling
+/// at each failure in a row up to this. Standings are due at an instant
+/// (a suspension, a notice), so a passing failure must not delay them long.
+const RETRY_AFTER_AT_MOST: jiff::SignedDuration = jiff::SignedDuration::from_secs(30);
+/// Failures in a row remembered per account (an account that failed more
+/// is tried every [`RETRY_AFTER_AT_MOST`]).
+const MAX_FAILURES_KEPT: usize = 10_000;
+
+/// The pause before the next attempt at an account that failed `failures`
+/// times in a row.
+fn retry_after(failures: u32) -> jiff::SignedDuration {
+    let seconds = 1_i64 << failures.saturating_sub(1).min(5);
+    jiff::SignedDuration::from_secs(seconds).min(RETRY_AFTER_AT_MOST)
+}
 
 /// Carries out accounts' standings when they are due.
 pub struct DeadlineRunner {
@@ -61,6 +73,8 @@ pub struct DeadlineRunner {
     outbox: Outbox,
     /// Storage subscriptions, held and terminated like servers.
     storage: Option<Resources<StorageSubscription>>,
+    /// Accounts whose standing failed, with their failures in a row.
+    failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// What one pass did.
@@ -88,6 +102,7 @@ impl DeadlineRunner {
             poll,
             outbox: Outbox::default(),
             storage: None,
+            failures: Default::default(),
         }
     }
 
@@ -134,12 +149,33 @@ impl DeadlineRunner {
                     .collect()
                     .await;
             for (account, outcome) in outcomes {
+                let failures = {
+                    let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+                    match &outcome {
+                        Ok(()) => {
+                            failures.remove(&account);
+                            0
+                        }
+                        Err(_)
+                            if failures.len() >= MAX_FAILURES_KEPT
+                                && !failures.contains_key(&account) =>
+                        {
+                            u32::MAX
+                        }
+                        Err(_) => {
+                            let count = failures.entry(account.clone()).or_insert(0);
+                            *count = count.saturating_add(1);
+                            *count
+                        }
+                    }
+                };
                 match outcome {
                     Ok(()) => report.settled += 1,
                     Err(error) => {
                         report.failed += 1;
-                        tracing::warn!(%account, %error, "could not carry out the account's standing; trying again later");
-                        let retry = (now + RETRY_AFTER).as_millisecond();
+                        let wait = retry_after(failures);
+                        tracing::warn!(%account, %error, failures, retry_in = %wait, "could not carry out the account's standing; trying again");
+                        let retry = (now + wait).as_millisecond();
                         self.ctx
                             .ledger
                             .facts()
@@ -503,5 +539,19 @@ impl DeadlineRunner {
                 .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_standing_is_tried_again_soon_then_less_often() {
+        let waits: Vec<i64> = [1, 2, 3, 4, 5, 6, 7, 100, u32::MAX]
+            .into_iter()
+            .map(|n| retry_after(n).as_secs())
+            .collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30, 30]);
     }
 }
