@@ -1120,7 +1120,10 @@ async fn storage_is_hot_plugged_into_a_running_guest_and_what_it_wrote_reaches_b
     let hypervisor = Hypervisor::from_env();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = hypervisor.config.display().to_string();
+    let config = hypervisor.config_with(
+        dir.path(),
+        "policy:\n  storage: { replicationInterval: 5s }\n",
+    );
     let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
     let admin = stratus.client(&stratus.admin_token());
     let (_, customer) = admin.open_account("ACME").await;
@@ -1183,6 +1186,64 @@ async fn storage_is_hot_plugged_into_a_running_guest_and_what_it_wrote_reaches_b
     let attached = admin.get(&path).await.1;
     assert_eq!(attached["replicas_in_sync"], false, "{attached}");
     assert_eq!(attached["status"], "ready");
+
+    // Still plugged in, what the guest wrote reaches the secondary on
+    // schedule: a crash-consistent copy, taken with the guest paused.
+    let snapshot = admin
+        .wait_until(
+            &path,
+            "the attached disk was not copied to the secondary",
+            BOOT,
+            |s| {
+                s["versions"].as_array().is_some_and(|versions| {
+                    versions
+                        .iter()
+                        .any(|v| v["version"].as_u64() > uploaded["version"].as_u64())
+                })
+            },
+        )
+        .await;
+    let copied = snapshot["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["version"].as_u64())
+        .max()
+        .unwrap();
+    let secondary_file = std::fs::read_dir(hypervisor.dir.join("pool-b"))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.path())
+        .find(|file| {
+            file.file_name().is_some_and(|n| {
+                n.to_string_lossy()
+                    .ends_with(&format!("-store-v{copied}.raw"))
+            })
+        })
+        .expect("the copy is a version on the secondary");
+    let head = head_of(&secondary_file, 8192);
+    assert!(head.starts_with(CONTENT_MARKER.as_bytes()));
+    assert!(
+        head[4096..].starts_with(GUEST_MARKER.as_bytes()),
+        "the secondary's copy holds what the guest wrote"
+    );
+    let reason = snapshot["status_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("crash-consistent copy of it as of"),
+        "{reason}"
+    );
+    let pauses: Vec<String> = stratus
+        .process
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("guest resumed after a copy of its disk"))
+        .filter_map(|l| {
+            l.split("seconds=")
+                .nth(1)
+                .map(|s| s.split_whitespace().next().unwrap_or("").to_owned())
+        })
+        .collect();
+    assert!(!pauses.is_empty(), "the guest was paused for the copy");
 
     // Unplugged; what the guest wrote becomes a new version on both copies.
     let started = Instant::now();
@@ -1250,9 +1311,10 @@ async fn storage_is_hot_plugged_into_a_running_guest_and_what_it_wrote_reaches_b
     let (status, _) = customer.delete(&path).await;
     assert_eq!(status, 202);
     println!(
-        "storage: attach -> disk of the running guest {:.1} s; detach -> guest's writes on both copies {:.1} s (1 GiB)",
+        "storage: attach -> disk of the running guest {:.1} s; detach -> guest's writes on both copies {:.1} s (1 GiB); guest paused {} s per scheduled copy",
         to_attached.as_secs_f64(),
-        to_settled.as_secs_f64()
+        to_settled.as_secs_f64(),
+        pauses.join(", ")
     );
     stratus.process.terminate();
 }

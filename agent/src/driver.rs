@@ -293,7 +293,7 @@ fn is_unsupported(error: &virt::error::Error) -> bool {
         || is_missing(error, ErrorNumber::OperationUnsupported)
 }
 
-fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
+pub(crate) fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
     use virt::domain::DomainState as S;
     match state {
         virt::enumutil::Enum::Known(S::Running | S::Blocked) => DomainState::Running,

@@ -366,6 +366,9 @@ async fn checksum_version(
 #[serde(deny_unknown_fields)]
 struct CopyQuery {
     from: u64,
+    /// Pause a running guest that has `from` as a disk for the copy.
+    #[serde(default)]
+    pause_guest: bool,
 }
 
 /// Copies version `from` of the copy into the new `version` and answers its
@@ -376,9 +379,10 @@ async fn copy_version(
     Path((name, version)): Path<(String, u64)>,
     query: Result<Query<CopyQuery>, QueryRejection>,
 ) -> Result<Response, AgentError> {
-    let Query(CopyQuery { from }) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    let Query(CopyQuery { from, pause_guest }) =
+        query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
     let stored = run(&state, "copy_version", move |d| {
-        d.copy_version(&name, from, version)
+        d.copy_version(&name, from, version, pause_guest)
     })
     .await?;
     Ok(Json(stored).into_response())

@@ -8,14 +8,14 @@
 
 use ring::digest::{Context, SHA256};
 use stratus_core::agent_api::{
-    DiskDisposal, StoredContent, VolumeObservation, VolumeSpec, VolumeVersion, storage_volume_name,
-    storage_volume_version,
+    DiskDisposal, DomainState, StoredContent, VolumeObservation, VolumeSpec, VolumeVersion,
+    storage_volume_name, storage_volume_version,
 };
 use stratus_core::resources::MAX_STORAGE_GIB;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
-use crate::driver::{Driver, check_managed_name, fits, wipe};
+use crate::driver::{Driver, check_managed_name, fits, map_state, wipe};
 use crate::error::AgentError;
 use crate::keys::{is_luks, loaded_secret, physical_bytes};
 use crate::xml;
@@ -290,14 +290,18 @@ impl Driver {
 
     /// Copies `from` of the copy of `name` into a new version `to` beside it
     /// and measures the new one: how a primary copy a guest wrote to
-    /// becomes a content again, once no domain has it as a disk (refused
-    /// while one does: its bytes would not be one moment's). A failure
+    /// becomes a content again. While a domain has `from` as a disk it is
+    /// refused (its bytes would not be one moment's), unless
+    /// `pause_guest`: a running guest is then paused for the copy, so the
+    /// copy is crash-consistent as of the pause (QEMU completes the disk
+    /// writes in flight when it pauses), and resumed at once. A failure
     /// leaves no `to`; `from` is never changed.
     pub fn copy_version(
         &self,
         name: &str,
         from: u64,
         to: u64,
+        pause_guest: bool,
     ) -> Result<StoredContent, AgentError> {
         check_managed_name(name)?;
         if to <= from {
@@ -307,14 +311,15 @@ impl Driver {
         }
         let from_name = storage_volume_name(name, from);
         let to_name = storage_volume_name(name, to);
-        let (copy, capacity) = {
+        let (copy, bytes) = {
             let lock = self.lock(name);
             let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
             let pool = self.pool()?;
             let source = Self::lookup_volume(&pool, &from_name)?.ok_or_else(|| {
                 AgentError::VersionConflict(format!("{from_name} does not exist"))
             })?;
-            if let Some(domain) = self.domain_using(&from_name)? {
+            let user = self.domain_using(&from_name)?;
+            if let Some(domain) = user.as_ref().filter(|_| !pause_guest) {
                 return Err(AgentError::VersionConflict(format!(
                     "{from_name} is a disk of domain {domain}"
                 )));
@@ -328,24 +333,30 @@ impl Driver {
             let size_gib = bytes.max(source.info()?.capacity).div_ceil(GIB);
             self.check_room(&pool, size_gib)?;
             let target = xml::storage_volume(&to_name, size_gib);
-            let copy = if is_luks(&source)? {
-                // libvirt copies a LUKS volume only by decrypting it with
-                // its key; its bytes (ciphertext) are copied as they are.
-                let copy = StorageVol::create_xml(&pool, &target, 0)?;
-                if let Err(error) = self.stream_copy(&source, &copy, bytes) {
-                    self.dispose(&to_name, &copy)?;
-                    return Err(error);
-                }
-                copy
-            } else {
-                StorageVol::create_xml_from(&pool, &target, &source, 0)?
+            // The domain's own calls (an ensure would resume it) wait for
+            // the copy.
+            let domain_lock = user.as_deref().map(|domain| self.lock(domain));
+            let _domain_guard = domain_lock
+                .as_ref()
+                .map(|lock| lock.lock().unwrap_or_else(|p| p.into_inner()));
+            let paused = match user {
+                Some(domain) => self.pause_for_copy(&domain)?,
+                None => None,
             };
+            let started = std::time::Instant::now();
+            let copied = self.copy_bytes(&pool, &source, &to_name, &target, bytes);
+            if let Some(domain) = paused {
+                let pause = started.elapsed();
+                domain.resume()?;
+                tracing::info!(volume = %from_name, seconds = pause.as_secs_f64(), "guest resumed after a copy of its disk");
+            }
+            let copy = copied?;
             self.record_volume(&to_name, &copy)?;
             (copy, bytes)
         };
-        match self.read_version(name, to, capacity, &mut |_| true) {
+        match self.read_version(name, to, bytes, &mut |_| true) {
             Ok(stored) => {
-                tracing::info!(from = %from_name, to = %to_name, bytes = capacity, "copied a storage version");
+                tracing::info!(from = %from_name, to = %to_name, bytes, "copied a storage version");
                 Ok(stored)
             }
             Err(error) => {
@@ -353,6 +364,40 @@ impl Driver {
                 Err(error)
             }
         }
+    }
+
+    /// Pauses the running domain `name` for a copy of one of its disks;
+    /// answers it to resume, or none when it does not run (nothing writes).
+    fn pause_for_copy(&self, name: &str) -> Result<Option<virt::domain::Domain>, AgentError> {
+        let domain = self.conn.lookup_domain_by_name(name)?;
+        if map_state(domain.state()?.0) != DomainState::Running {
+            return Ok(None);
+        }
+        domain.suspend()?;
+        Ok(Some(domain))
+    }
+
+    /// A new volume `to_name` (of `target`'s XML) holding the first `bytes`
+    /// of `source`; nothing is left of it when the copy fails.
+    fn copy_bytes(
+        &self,
+        pool: &virt::storage_pool::StoragePool,
+        source: &StorageVol,
+        to_name: &str,
+        target: &str,
+        bytes: u64,
+    ) -> Result<StorageVol, AgentError> {
+        if !is_luks(source)? {
+            return Ok(StorageVol::create_xml_from(pool, target, source, 0)?);
+        }
+        // libvirt copies a LUKS volume only by decrypting it with its key;
+        // its bytes (ciphertext) are copied as they are.
+        let copy = StorageVol::create_xml(pool, target, 0)?;
+        if let Err(error) = self.stream_copy(source, &copy, bytes) {
+            self.dispose(to_name, &copy)?;
+            return Err(error);
+        }
+        Ok(copy)
     }
 
     /// Copies the first `bytes` of `source` into `target` through libvirt's

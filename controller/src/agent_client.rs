@@ -141,13 +141,15 @@ pub trait AgentClient: Send + Sync + 'static {
     ) -> Result<VolumeObservation, AgentCallError>;
     /// Copies version `from` of the copy into the new version `to` on the
     /// same hypervisor and answers the new one's length and SHA-256;
-    /// refused (409) while a domain has `from` as a disk.
+    /// refused (409) while a domain has `from` as a disk, unless
+    /// `pause_guest`: a running guest is paused for the copy.
     async fn copy_version(
         &self,
         agent: &AgentEndpoint,
         name: &str,
         from: u64,
         to: u64,
+        pause_guest: bool,
     ) -> Result<StoredContent, AgentCallError>;
     /// Creates `version` of the copy as a LUKS volume formatted with the
     /// customer's key (which the agent unloads again) and answers its
@@ -595,12 +597,15 @@ impl AgentClient for HttpAgentClient {
         name: &str,
         from: u64,
         to: u64,
+        pause_guest: bool,
     ) -> Result<StoredContent, AgentCallError> {
         let request = self
             .http()
             .post(Self::url(
                 agent,
-                &format!("/v1/volumes/{name}/versions/{to}/copy?from={from}"),
+                &format!(
+                    "/v1/volumes/{name}/versions/{to}/copy?from={from}&pause_guest={pause_guest}"
+                ),
             ))
             .timeout(self.slow_timeout);
         self.send(request, agent).await

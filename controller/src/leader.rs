@@ -365,9 +365,12 @@ impl AgentClient for FencedAgents {
         name: &str,
         from: u64,
         to: u64,
+        pause_guest: bool,
     ) -> Result<StoredContent, AgentCallError> {
         self.check()?;
-        self.inner.copy_version(agent, name, from, to).await
+        self.inner
+            .copy_version(agent, name, from, to, pause_guest)
+            .await
     }
 
     async fn format_version(

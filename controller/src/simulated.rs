@@ -720,10 +720,11 @@ impl AgentClient for SimulatedAgent {
         name: &str,
         from: u64,
         to: u64,
+        pause_guest: bool,
     ) -> Result<StoredContent, AgentCallError> {
         self.call(agent, "copy_version", name, |node| {
             let volume = storage_volume_name(name, from);
-            let in_use = node.domains.iter().find(|(_, d)| {
+            let in_use = node.domains.iter().filter(|_| !pause_guest).find(|(_, d)| {
                 d.spec
                     .as_ref()
                     .is_some_and(|spec| spec.data_disks.iter().any(|disk| disk.volume == volume))

@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use kube::ResourceExt;
 use serde_json::json;
-use stratus_core::agent_api::{AgentErrorCode, DiskDisposal, VolumeSpec, storage_volume_name};
+use stratus_core::agent_api::{
+    AgentErrorCode, DiskDisposal, StoredContent, VolumeSpec, storage_volume_name,
+};
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::policy::StoragePolicy;
@@ -153,6 +155,7 @@ impl StorageReconciler {
             deleting: subscription.metadata.deletion_timestamp.is_some(),
             versions_kept: self.policy.versions,
             verify_interval: self.policy.verify_interval,
+            replication_interval: self.policy.replication_interval,
             servers: &servers,
         };
         let decision = storage::plan(facts, &observed, self.ctx.clock.now());
@@ -301,6 +304,27 @@ impl StorageReconciler {
             StorageAction::ForgetAttachment => {
                 self.record_status(subscription, &current, &next).await?;
                 self.forget_attachment(subscription).await?;
+            }
+            StorageAction::Snapshot { version } => {
+                let (primary, secondary) = (agent_of(0)?, agent_of(1)?);
+                self.record_status(subscription, &current, &next).await?;
+                let mut copied = next.clone();
+                match self
+                    .snapshot(
+                        subscription,
+                        &name,
+                        version,
+                        &primary,
+                        &secondary,
+                        &mut copied,
+                    )
+                    .await
+                {
+                    Ok(()) => self.record_status(subscription, &next, &copied).await?,
+                    Err((agent, error)) => {
+                        return self.agent_failed(subscription, &next, &agent, error).await;
+                    }
+                }
             }
             StorageAction::Settle { version } => {
                 let agent = agent_of(0)?;
@@ -473,7 +497,7 @@ impl StorageReconciler {
         let stored = self
             .ctx
             .agents
-            .copy_version(primary, name, replica.version, version)
+            .copy_version(primary, name, replica.version, version, false)
             .await?;
         let content = StorageContent {
             version,
@@ -973,10 +997,61 @@ impl StorageReconciler {
             return Ok(());
         };
         let started = std::time::Instant::now();
+        let stored = self
+            .relay(
+                subscription,
+                name,
+                version,
+                (&content.sha256, content.bytes),
+                primary,
+                secondary,
+            )
+            .await?;
+        let now = self.ctx.clock.now().to_string();
+        let copy = &mut status.replicas[1];
+        if copy.version > 0
+            && let Some(checksum) = copy.checksum.clone()
+        {
+            copy.kept.push(KeptVersion {
+                version: copy.version,
+                bytes: copy.bytes,
+                sha256: checksum,
+                verified_at: copy.verified_at.clone().unwrap_or_else(|| now.clone()),
+            });
+        }
+        copy.version = version;
+        copy.bytes = content.bytes;
+        copy.volume = storage_volume_name(name, version);
+        copy.path = None;
+        copy.checksum = Some(stored.sha256);
+        copy.verified_at = Some(now);
+        tracing::info!(
+            version,
+            bytes = content.bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "content copied to the secondary and verified"
+        );
+        Ok(())
+    }
+
+    /// Streams `version` (of `expected` SHA-256 and length) from the
+    /// primary to the secondary and checks what arrived; a version that
+    /// arrived wrong, or an earlier attempt's, is deleted from the
+    /// secondary and the copy is tried again later.
+    async fn relay(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        version: u64,
+        expected: (&str, u64),
+        primary: &AgentEndpoint,
+        secondary: &AgentEndpoint,
+    ) -> Result<StoredContent, (AgentEndpoint, AgentCallError)> {
+        let (sha256, bytes) = expected;
         let stream = self
             .ctx
             .agents
-            .read_version(primary, name, version, content.bytes)
+            .read_version(primary, name, version, bytes)
             .await
             .map_err(|e| (primary.clone(), e))?;
         let stored = match self
@@ -1005,7 +1080,7 @@ impl StorageReconciler {
             }
             Err(error) => return Err((secondary.clone(), error)),
         };
-        if stored.sha256 != content.sha256 || stored.bytes != content.bytes {
+        if stored.sha256 != sha256 || stored.bytes != bytes {
             let _ = self
                 .ctx
                 .agents
@@ -1014,35 +1089,90 @@ impl StorageReconciler {
             return Err((
                 secondary.clone(),
                 AgentCallError::Unreachable(format!(
-                    "version {version} arrived with SHA-256 {} and {} bytes, not {} and {}; it was deleted and is copied again",
-                    stored.sha256, stored.bytes, content.sha256, content.bytes
+                    "version {version} arrived with SHA-256 {} and {} bytes, not {sha256} and {bytes}; it was deleted and is copied again",
+                    stored.sha256, stored.bytes
                 )),
             ));
         }
-        let now = self.ctx.clock.now().to_string();
-        let copy = &mut status.replicas[1];
-        if copy.version > 0
-            && let Some(checksum) = copy.checksum.clone()
-        {
-            copy.kept.push(KeptVersion {
-                version: copy.version,
-                bytes: copy.bytes,
-                sha256: checksum,
-                verified_at: copy.verified_at.clone().unwrap_or_else(|| now.clone()),
-            });
+        Ok(stored)
+    }
+
+    /// Copies the primary, a disk of its server, into `version` with its
+    /// guest paused (crash-consistent as of the pause), relays that to the
+    /// secondary as a kept version, and deletes it from the primary. The
+    /// secondary keeps `storage.versions` of them, the oldest going first.
+    async fn snapshot(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        version: u64,
+        primary: &AgentEndpoint,
+        secondary: &AgentEndpoint,
+        status: &mut StorageSubscriptionStatus,
+    ) -> Result<(), (AgentEndpoint, AgentCallError)> {
+        let Some(from) = status.replicas.first().map(|r| r.version) else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let copied = self
+            .ctx
+            .agents
+            .copy_version(primary, name, from, version, true)
+            .await
+            .map_err(|e| (primary.clone(), e))?;
+        let relayed = self
+            .relay(
+                subscription,
+                name,
+                version,
+                (&copied.sha256, copied.bytes),
+                primary,
+                secondary,
+            )
+            .await;
+        // The primary's copy was only the way to the secondary.
+        if let Err(error) = self.ctx.agents.delete_version(primary, name, version).await {
+            tracing::warn!(%error, version, "a snapshot left on the primary is deleted later");
         }
-        copy.version = version;
-        copy.bytes = content.bytes;
-        copy.volume = storage_volume_name(name, version);
-        copy.path = None;
-        copy.checksum = Some(stored.sha256);
-        copy.verified_at = Some(now);
+        let stored = relayed?;
+        let now = self.ctx.clock.now().to_string();
+        let Some(copy) = status.replicas.get_mut(1) else {
+            return Ok(());
+        };
+        copy.kept.push(KeptVersion {
+            version,
+            bytes: stored.bytes,
+            sha256: stored.sha256.clone(),
+            verified_at: now.clone(),
+        });
+        let keep = usize::try_from(self.policy.versions).unwrap_or(usize::MAX);
+        while copy.kept.len() > keep {
+            let oldest = copy.kept[0].version;
+            if let Err(error) = self
+                .ctx
+                .agents
+                .delete_version(secondary, name, oldest)
+                .await
+            {
+                tracing::warn!(%error, version = oldest, "an old kept version is deleted later");
+                break;
+            }
+            copy.kept.remove(0);
+        }
+        status.last_snapshot_at = Some(now);
         tracing::info!(
             version,
-            bytes = content.bytes,
+            bytes = stored.bytes,
             seconds = started.elapsed().as_secs_f64(),
-            "content copied to the secondary and verified"
+            "attached primary copied to the secondary"
         );
+        self.ctx
+            .audit(
+                AuditAction::StorageSnapshot,
+                AuditSubject::storage(subscription),
+                json!({ "from": from, "version": version, "bytes": stored.bytes, "sha256": stored.sha256 }),
+            )
+            .await;
         Ok(())
     }
 

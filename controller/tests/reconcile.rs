@@ -2686,7 +2686,7 @@ async fn attached_storage_is_a_disk_of_its_server_and_what_the_guest_left_is_set
     // Nor copied while it is a disk.
     let refused = h
         .sim
-        .copy_version(&h.agent("a1"), STORAGE, version, version + 1)
+        .copy_version(&h.agent("a1"), STORAGE, version, version + 1, false)
         .await;
     assert!(refused.is_err(), "{refused:?}");
 
@@ -3131,4 +3131,75 @@ async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() 
     reconciler.reconcile(&storage_key).await.unwrap();
     h.reconcile("vs-1").await.unwrap();
     assert_eq!(h.status("vs-1").await.attached_storage, ["st-1"]);
+}
+
+#[tokio::test]
+async fn r26_an_attached_primary_is_copied_to_the_secondary_on_schedule_and_kept() {
+    let h = harness().await;
+    let version = stored_and_in_sync(&h, b"before the attach").await;
+    h.order("vs-1", Some("a")).await;
+    h.reconcile("vs-1").await.unwrap();
+    attach(&h, Some("vs-1")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(attached_condition(&h.storage_status("st-1").await).0);
+
+    // The guest writes; an interval later its disk is copied (the guest
+    // paused for it) to the secondary, kept there, and gone from the primary.
+    h.sim.corrupt_version("a1", STORAGE, version);
+    let written = h.sim.versions("a1", STORAGE)[&version].clone();
+    h.clock.advance(jiff::SignedDuration::from_mins(30));
+    h.reconcile_storage("st-1").await.unwrap();
+    assert!(h.storage_status("st-1").await.last_snapshot_at.is_none());
+    h.clock.advance(jiff::SignedDuration::from_mins(31));
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert!(status.last_snapshot_at.is_some(), "{status:?}");
+    let kept = status.replicas[1].kept.last().cloned().unwrap();
+    assert!(kept.version > version);
+    assert_eq!(h.sim.versions("b1", STORAGE)[&kept.version], written);
+    assert!(
+        !h.sim.versions("a1", STORAGE).contains_key(&kept.version),
+        "the primary keeps only the disk"
+    );
+    assert_eq!(status.replicas[0].version, version, "the disk is unchanged");
+    assert!(
+        h.sim
+            .calls()
+            .iter()
+            .any(|c| c.starts_with("copy_version a1")),
+        "{:?}",
+        h.sim.calls()
+    );
+    assert_eq!(
+        h.audited_storage("st-1", AuditAction::StorageSnapshot)
+            .await
+            .len(),
+        1
+    );
+    // Not again before the next interval.
+    h.reconcile_storage("st-1").await.unwrap();
+    assert_eq!(
+        h.storage_status("st-1").await.replicas[1].kept.len(),
+        status.replicas[1].kept.len()
+    );
+
+    // Detached later: settled as usual, the copies taken meanwhile stay
+    // restorable.
+    attach(&h, None).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    for _ in 0..4 {
+        h.reconcile_storage("st-1").await.unwrap();
+    }
+    let status = h.storage_status("st-1").await;
+    assert!(status.replicas_in_sync, "{status:?}");
+    assert!(
+        status.replicas[1]
+            .kept
+            .iter()
+            .any(|k| k.version == kept.version),
+        "{status:?}"
+    );
 }

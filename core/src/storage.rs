@@ -21,6 +21,9 @@ pub struct StorageFacts<'a> {
     pub versions_kept: u32,
     /// How often both copies are read back and checked (`storage.verifyInterval`).
     pub verify_interval: crate::policy::PolicyDuration,
+    /// How often a primary that is a server's disk is copied to the
+    /// secondary (`storage.replicationInterval`).
+    pub replication_interval: crate::policy::PolicyDuration,
     /// What the servers of the account say of the subscription's disk.
     pub servers: &'a ServerFacts,
 }
@@ -118,6 +121,13 @@ pub enum StorageAction {
     /// more: its content is copied into `version` on the primary, measured,
     /// and recorded as the subscription's content, then replicated.
     Settle {
+        version: u64,
+    },
+    /// The primary copy is a server's disk and its last copy to the
+    /// secondary is `storage.replicationInterval` old: it is copied into
+    /// `version` with its guest paused, relayed to the secondary as a kept
+    /// version (checked on the way), and deleted from the primary.
+    Snapshot {
         version: u64,
     },
     /// Nothing is left on any hypervisor: give back the quota, let it go.
@@ -270,15 +280,23 @@ pub fn plan(
     }
     let both_exist = status.replicas.iter().all(|r| r.created);
     let mut replicating = None;
+    let mut snapshot_recheck = None;
     let locked = key_missing(&status, observed);
     status.key_loaded = primary_key(&status, observed) == Some(true);
     let attached = attachment(&facts, &mut status, locked, now);
     if both_exist && problems.is_empty() && next.is_none() {
         if let Some(written) = &attached.written_by_guest {
             // The guest may have written to the primary: the secondary
-            // holds the content as it was before, until it is settled.
+            // holds the content as it was before, until it is settled, and
+            // a copy taken on schedule.
             replicating = Some(written.clone());
             next = attached.next;
+            if next.is_none() {
+                match snapshot_due(&facts, &status, now) {
+                    Ok(version) => next = Some(StorageAction::Snapshot { version }),
+                    Err(wait) => snapshot_recheck = wait,
+                }
+            }
         } else {
             let (step, lag) = content_step(&facts, &mut status, observed, now, &mut problems);
             next = step;
@@ -394,8 +412,61 @@ pub fn plan(
     StorageDecision {
         next,
         status,
-        recheck_in,
+        recheck_in: recheck_in.or(snapshot_recheck),
     }
+}
+
+/// `Ok(version)` when the primary, a disk of its server, is due to be
+/// copied to the secondary (`storage.replicationInterval` after the last
+/// copy, or after it became the disk); else how long until it is, if it is
+/// a disk at all.
+fn snapshot_due(
+    facts: &StorageFacts<'_>,
+    status: &StorageSubscriptionStatus,
+    now: Timestamp,
+) -> Result<u64, Option<jiff::SignedDuration>> {
+    let attached = conditions::get(&status.conditions, ConditionType::Attached)
+        .filter(|c| c.status == conditions::ConditionStatus::True);
+    let Some(attached) = attached else {
+        return Err(None);
+    };
+    let since = status
+        .last_snapshot_at
+        .as_deref()
+        .unwrap_or(&attached.last_transition_time);
+    let Ok(since) = since.parse::<Timestamp>() else {
+        return Err(None);
+    };
+    let due = facts.replication_interval.after(since);
+    if due > now {
+        return Err(Some(now.duration_until(due)));
+    }
+    Ok(new_version(facts, status, now))
+}
+
+/// The number of a version made now: its time in Unix milliseconds, above
+/// every version the subscription has or keeps.
+fn new_version(
+    facts: &StorageFacts<'_>,
+    status: &StorageSubscriptionStatus,
+    now: Timestamp,
+) -> u64 {
+    let after = status
+        .replicas
+        .iter()
+        .map(|r| r.version)
+        .chain(facts.spec.content.as_ref().map(|c| c.version))
+        .chain(
+            status
+                .replicas
+                .iter()
+                .flat_map(|r| r.kept.iter().map(|k| k.version)),
+        )
+        .max()
+        .unwrap_or(0);
+    u64::try_from(now.as_millisecond())
+        .unwrap_or(0)
+        .max(after + 1)
 }
 
 /// Whether copy `lost` (absent, after it existed) can be made again from
@@ -485,19 +556,24 @@ fn attachment(
     let next = if spec.attached_to.is_some() && !facts.servers.attached_server_exists {
         Some(StorageAction::ForgetAttachment)
     } else if spec.attached_to.is_none() && holding.is_empty() && spec.written_by_guest.is_some() {
-        let after = spec.content.as_ref().map_or(0, |c| c.version);
-        let version = u64::try_from(now.as_millisecond())
-            .unwrap_or(0)
-            .max(after + 1);
-        Some(StorageAction::Settle { version })
+        Some(StorageAction::Settle {
+            version: new_version(facts, status, now),
+        })
     } else {
         None
     };
     let written_by_guest = spec.written_by_guest.as_ref().map(|server| {
         if spec.attached_to.is_some() || !holding.is_empty() {
-            format!(
-                "the primary copy is a disk of server {server}: the secondary holds the content from before it was attached, until it is detached"
-            )
+            match &status.last_snapshot_at {
+                Some(at) => format!(
+                    "the primary copy is a disk of server {server}: the secondary holds a crash-consistent copy of it as of {at}, taken every {}, until it is detached",
+                    facts.replication_interval
+                ),
+                None => format!(
+                    "the primary copy is a disk of server {server}: the secondary holds the content from before it was attached, and a crash-consistent copy every {} it stays attached",
+                    facts.replication_interval
+                ),
+            }
         } else {
             format!(
                 "the primary copy was a disk of server {server}: its content is being copied into a new version, then to the secondary"
@@ -727,6 +803,7 @@ mod tests {
             deleting: false,
             versions_kept: 3,
             verify_interval: crate::policy::PolicyDuration::hours(24),
+            replication_interval: crate::policy::PolicyDuration::hours(1),
             servers: &NO_SERVERS,
         }
     }
@@ -1123,6 +1200,71 @@ mod tests {
         assert_eq!(attached_reason(&observed), "KeyRequired");
         let unlocked = [luks_versions(true, true), luks_versions(true, false)];
         assert_eq!(attached_reason(&unlocked), "Attaching");
+    }
+
+    #[test]
+    fn r26_an_attached_primary_is_copied_to_the_secondary_every_replication_interval() {
+        let v = 1_000;
+        let mut status = placed([true, true]);
+        for replica in &mut status.replicas {
+            replica.version = v;
+            replica.checksum = Some("ab".repeat(32));
+            replica.verified_at = Some(test_time().to_string());
+        }
+        let observed = [versions(&[v]), versions(&[v])];
+        let server = "vs-00000000000000a1".to_owned();
+        let spec = StorageSubscriptionSpec {
+            attached_to: Some(server.clone()),
+            written_by_guest: Some(server.clone()),
+            ..written(v)
+        };
+        let servers = ServerFacts {
+            attached_server_exists: true,
+            holding: vec![server.clone()],
+        };
+        let decide = |status: &StorageSubscriptionStatus, at: Timestamp| {
+            let mut f = facts(&spec, status);
+            f.servers = &servers;
+            plan(f, &observed, at)
+        };
+        // Just plugged in: the first copy is an interval away.
+        let attached = decide(&status, test_time());
+        assert_eq!(attached.next, None);
+        assert_eq!(
+            attached.recheck_in,
+            Some(jiff::SignedDuration::from_hours(1))
+        );
+        let status = attached.status;
+        let later = test_time() + jiff::SignedDuration::from_mins(61);
+        let due = decide(&status, later);
+        assert!(
+            matches!(due.next, Some(StorageAction::Snapshot { version }) if version > v),
+            "{due:?}"
+        );
+        // Copied: the next one an interval after it, and the reason says
+        // how old the secondary's copy is.
+        let mut copied = due.status.clone();
+        copied.last_snapshot_at = Some(later.to_string());
+        let after = decide(&copied, later + jiff::SignedDuration::from_mins(5));
+        assert_eq!(after.next, None);
+        assert!(
+            after
+                .status
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("crash-consistent copy of it as of"),
+            "{after:?}"
+        );
+        // Not a disk (yet): nothing is copied, however long.
+        let mut not_held = ServerFacts {
+            attached_server_exists: true,
+            holding: Vec::new(),
+        };
+        not_held.holding.clear();
+        let mut f = facts(&spec, &status);
+        f.servers = &not_held;
+        assert_eq!(plan(f, &observed, later).next, None);
     }
 
     #[test]

@@ -337,6 +337,10 @@ pub struct StorageSubscriptionStatus {
     /// other, over the subscription's life.
     #[serde(default)]
     pub repairs: u32,
+    /// RFC 3339: when the primary, a disk of a server, was last copied to
+    /// the secondary (crash-consistent: its guest paused for the copy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_snapshot_at: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

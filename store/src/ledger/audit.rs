@@ -106,6 +106,9 @@ audit_actions! {
     StorageTerminated => "storage.terminated",
     /// A customer wrote a new content (its version, length and SHA-256).
     StorageWrite => "storage.write",
+    /// The primary, a disk of a running server, was copied to the
+    /// secondary with its guest paused (version, length, SHA-256).
+    StorageSnapshot => "storage.snapshot",
     /// A `luks` subscription's primary copy was formatted with the
     /// customer's key (its version, length and SHA-256; never the key).
     StorageFormatted => "storage.formatted",
