@@ -1454,6 +1454,7 @@ while true; do
     while [ ! -b /dev/vdb ]; do sleep 1; done
     round=$((round + 1))
     echo \"LUKS-DISK serial=$(cat /sys/block/vdb/serial) sectors=$(cat /sys/block/vdb/size)\"
+    echo \"LUKS-DISK-BEFORE-$round $(dd if=/dev/vdb bs=512 skip=8 count=1 2>/dev/null | head -c {len} | tr -cd 'A-Za-z0-9-')\"
     echo {LUKS_PLAINTEXT} | dd of=/dev/vdb bs=512 seek=8 conv=fsync 2>/dev/null
     echo \"LUKS-DISK-READ $(dd if=/dev/vdb bs=512 skip=8 count=1 2>/dev/null | head -c {len})\"
     echo LUKS-DISK-WRITTEN-$round
@@ -1639,6 +1640,30 @@ async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_wit
             "{file} does not hold the settled content"
         );
     }
+
+    // Attached again with its key: the settled version (a copy of the
+    // ciphertext) opens, and holds what the guest wrote before.
+    let (status, body) = attach_with_key(&customer, &path, &server, Some(LUKS_KEY)).await;
+    assert_eq!(status, 202, "{body}");
+    customer
+        .wait_until(&path, "the settled LUKS disk was not attached", BOOT, |s| {
+            s["attached"] == true
+        })
+        .await;
+    let text = wait_console(&customer, &server, "LUKS-DISK-WRITTEN-2", 1).await;
+    assert!(
+        text.contains(&format!("LUKS-DISK-BEFORE-2 {LUKS_PLAINTEXT}")),
+        "{text}"
+    );
+    let (status, body) = customer
+        .post(&format!("{path}/actions"), json!({"type": "detach"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    admin
+        .wait_until(&path, "the LUKS disk was not detached", BOOT, |s| {
+            s["attached"] == false && s["replicas_in_sync"] == true && s["attached_to"].is_null()
+        })
+        .await;
 
     // The key is nowhere stratus writes: database, log, audit.
     let (status, audit) = admin

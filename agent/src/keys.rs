@@ -183,7 +183,9 @@ impl Driver {
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let volume = Self::lookup_volume(&self.pool()?, &volume_name)?
             .ok_or_else(|| AgentError::VersionConflict(format!("{volume_name} does not exist")))?;
-        if !is_luks(&volume)? {
+        // libvirt learns a volume is LUKS when it next refreshes the pool;
+        // a version just written may not be known as one yet.
+        if !is_luks(&volume)? && !self.has_luks_header(&volume)? {
             return Err(AgentError::BadRequest(format!(
                 "{volume_name} is not a LUKS volume"
             )));
@@ -195,6 +197,27 @@ impl Driver {
         load(&self.conn, &path, key)?;
         tracing::info!(volume = %volume_name, "loaded the key of a LUKS volume");
         Ok(())
+    }
+
+    /// Whether the volume starts with a LUKS header, read through libvirt.
+    fn has_luks_header(&self, volume: &StorageVol) -> Result<bool, AgentError> {
+        const MAGIC: &[u8] = b"LUKS\xba\xbe";
+        let stream = virt::stream::Stream::new(&self.conn, 0)?;
+        volume.download(&stream, 0, MAGIC.len() as u64, 0)?;
+        let mut head = Vec::with_capacity(MAGIC.len());
+        let mut buffer = [0u8; 64];
+        while head.len() < MAGIC.len() {
+            match stream.recv(&mut buffer) {
+                Ok(n) if n > 0 => head.extend_from_slice(&buffer[..n as usize]),
+                Ok(_) => break,
+                Err(error) => {
+                    let _ = stream.abort();
+                    return Err(error.into());
+                }
+            }
+        }
+        stream.finish()?;
+        Ok(head.starts_with(MAGIC))
     }
 
     /// The secret holding the loaded key of the volume `volume_name`.

@@ -61,11 +61,13 @@ impl Driver {
                 continue;
             };
             let path = volume.path().ok();
-            let encrypted = is_luks(&volume)?;
-            let unlocked = match (&path, encrypted) {
-                (Some(path), true) => loaded_secret(&self.conn, path)?.is_some(),
-                _ => false,
+            // A key is loaded only for a volume it opened: LUKS, even when
+            // libvirt has not refreshed the pool since it was written.
+            let unlocked = match &path {
+                Some(path) => loaded_secret(&self.conn, path)?.is_some(),
+                None => false,
             };
+            let encrypted = unlocked || is_luks(&volume)?;
             found.push((
                 VolumeVersion {
                     version,
@@ -140,6 +142,15 @@ impl Driver {
         self.record_volume(&volume_name, &volume)?;
         tracing::info!(volume = %volume_name, size_gib, "created storage version");
         Ok(volume)
+    }
+
+    /// Has libvirt look at the pool's volumes again, so one just written
+    /// is known for what its bytes are (a LUKS volume, say); when libvirt
+    /// refuses (another volume is being written), the next refresh does.
+    fn refresh_pool(&self) {
+        if let Err(error) = self.pool().and_then(|pool| Ok(pool.refresh(0)?)) {
+            tracing::debug!(%error, "pool not refreshed after a write");
+        }
     }
 
     /// Refuses a new volume of `size_gib` the pool has no room for.
@@ -229,6 +240,7 @@ impl Driver {
         let volume_name = storage_volume_name(name, version);
         match self.upload(&volume, size_gib * GIB, chunks) {
             Ok((bytes, sha256)) => {
+                self.refresh_pool();
                 tracing::info!(volume = %volume_name, bytes, "stored a content");
                 Ok(StoredContent {
                     version,
@@ -356,6 +368,7 @@ impl Driver {
         };
         match self.read_version(name, to, bytes, &mut |_| true) {
             Ok(stored) => {
+                self.refresh_pool();
                 tracing::info!(from = %from_name, to = %to_name, bytes, "copied a storage version");
                 Ok(stored)
             }
