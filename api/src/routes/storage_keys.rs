@@ -19,8 +19,10 @@ use crate::state::{ApiState, ContentError};
 /// placed and created before it is dropped (the first attach then gives
 /// it again).
 const FORMAT_WAIT: Duration = Duration::from_secs(30 * 60);
-/// How often a waiting format looks at its subscription again.
-const FORMAT_POLL: Duration = Duration::from_millis(500);
+/// How often a waiting format looks at its subscription again: soon
+/// after the order, then less often (many orders may wait for room).
+const FORMAT_POLL_FIRST: Duration = Duration::from_millis(250);
+const FORMAT_POLL_AT_MOST: Duration = Duration::from_secs(5);
 /// The pause after a hypervisor did not answer a format.
 const FORMAT_RETRY: Duration = Duration::from_secs(5);
 
@@ -114,6 +116,7 @@ async fn format_when_placed(
         .clone()
         .ok_or("this process cannot reach the agents")?;
     let deadline = tokio::time::Instant::now() + FORMAT_WAIT;
+    let mut poll = FORMAT_POLL_FIRST;
     loop {
         if tokio::time::Instant::now() >= deadline {
             return Err("its copies were not created in time".to_owned());
@@ -136,7 +139,8 @@ async fn format_when_placed(
             .first()
             .filter(|_| status.replicas.iter().all(|r| r.created));
         let Some(primary) = primary else {
-            tokio::time::sleep(FORMAT_POLL).await;
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(FORMAT_POLL_AT_MOST);
             continue;
         };
         let version = u64::try_from(state.now_millis()).unwrap_or(0).max(1);
