@@ -77,7 +77,9 @@ pub fn placements_of(
 
 /// Adds the disk the copies of storage subscriptions take to what is
 /// placed on each hypervisor, so servers and storage share one account of
-/// each pool.
+/// each pool: a copy takes its size for its current version and again for
+/// each verified version it keeps (a kept version may differ from the
+/// current one in every byte).
 pub fn add_storage_load(
     placed: &mut HashMap<HypervisorName, Placed>,
     subscriptions: &[StorageSubscription],
@@ -87,8 +89,12 @@ pub fn add_storage_load(
             continue;
         };
         for replica in &status.replicas {
+            let versions = 1 + u64::try_from(replica.kept.len()).unwrap_or(u64::MAX);
             let entry = placed.entry(replica.hypervisor.clone()).or_default();
-            entry.load.disk_gib += subscription.spec.size_gib;
+            entry.load.disk_gib = entry
+                .load
+                .disk_gib
+                .saturating_add(subscription.spec.size_gib.saturating_mul(versions));
         }
     }
 }
@@ -577,6 +583,7 @@ mod tests {
             ..Default::default()
         });
         let pending = StorageSubscription::new("st-2", subscription.spec.clone());
+        let spec = subscription.spec.clone();
         let mut placed = placed_load([(&HypervisorName::parse("a1").unwrap(), &SMALL)]);
         add_storage_load(&mut placed, &[subscription, pending]);
         assert_eq!(
@@ -589,5 +596,31 @@ mod tests {
             300
         );
         assert_eq!(placed[&HypervisorName::parse("b1").unwrap()].servers, 0);
+
+        // The versions the secondary keeps take room there too.
+        let mut keeping = StorageSubscription::new("st-3", spec);
+        let mut secondary = replica("b1", "b");
+        secondary.kept = (1..=2)
+            .map(|version| crate::resources::KeptVersion {
+                version,
+                bytes: 1,
+                sha256: "ab".repeat(32),
+                verified_at: "2026-12-06T00:00:00Z".into(),
+            })
+            .collect();
+        keeping.status = Some(StorageSubscriptionStatus {
+            replicas: vec![replica("a1", "a"), secondary],
+            ..Default::default()
+        });
+        let mut placed = placed_load([(&HypervisorName::parse("a1").unwrap(), &SMALL)]);
+        add_storage_load(&mut placed, &[keeping]);
+        assert_eq!(
+            placed[&HypervisorName::parse("a1").unwrap()].load.disk_gib,
+            325
+        );
+        assert_eq!(
+            placed[&HypervisorName::parse("b1").unwrap()].load.disk_gib,
+            900
+        );
     }
 }
