@@ -599,26 +599,35 @@ async fn r1_r5_r6_billing_and_abuse_enforcement_end_to_end_across_a_kill() {
 
     // R6: terminated with 8 s notice; the notice is out before the kill.
     report(json!({"id": "term-1", "type": "terminate", "server": web, "reason": "abuse", "notice": "policy"})).await;
-    admin
-        .wait_until(
-            "/v1/admin/notifications?state=delivered&limit=1000",
-            "the termination announced",
-            WAIT,
-            |page| {
-                page["items"].as_array().is_some_and(|items| {
-                    items
-                        .iter()
-                        .filter(|n| {
-                            n["subject"]
-                                .as_str()
-                                .is_some_and(|s| s.contains("will be terminated"))
-                        })
-                        .count()
-                        >= 4
+    let announced = |page: &serde_json::Value| {
+        page["items"].as_array().is_some_and(|items| {
+            items
+                .iter()
+                .filter(|n| {
+                    n["subject"]
+                        .as_str()
+                        .is_some_and(|s| s.contains("will be terminated"))
                 })
-            },
-        )
-        .await;
+                .count()
+                >= 4
+        })
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let (_, page) = admin
+            .get("/v1/admin/notifications?state=delivered&limit=1000")
+            .await;
+        if announced(&page) {
+            break;
+        }
+        // What the process did meanwhile says why, should it not come.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the termination was not announced: {page}\n{}",
+            notable_lines(&stratus.process.log_text())
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     stratus.process.crash();
     let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
     let admin = stratus.client(&stratus.admin_token());
@@ -765,4 +774,17 @@ async fn r1_r5_r6_billing_and_abuse_enforcement_end_to_end_across_a_kill() {
         assert!(trail.contains(step), "{step} missing from the audit log");
     }
     stratus.process.terminate();
+}
+
+/// The lines of a process's log that say what it decided or what failed.
+fn notable_lines(log: &str) -> String {
+    log.lines()
+        .filter(|l| {
+            l.contains(" WARN ")
+                || l.contains(" ERROR ")
+                || l.contains("standing")
+                || l.contains("notification")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
