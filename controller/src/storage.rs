@@ -867,6 +867,29 @@ impl StorageReconciler {
         repaired: bool,
         detail: &str,
     ) {
+        self.notify_customer(subscription, "damage on its storage", |namespace, now| {
+            stratus_core::notices::storage_damage(
+                namespace,
+                &subscription.name_any(),
+                &subscription.spec.name,
+                repairs,
+                repaired,
+                detail,
+                now,
+            )
+        })
+        .await;
+    }
+
+    /// Queues the message `notice` makes for the subscription's account, to
+    /// its e-mail and webhook; a failure is logged (about `what`), never
+    /// stops the reconcile.
+    async fn notify_customer(
+        &self,
+        subscription: &StorageSubscription,
+        what: &str,
+        notice: impl FnOnce(&str, jiff::Timestamp) -> stratus_core::notices::Message,
+    ) {
         let (Some(accounts), Some(namespace)) = (&self.accounts, subscription.namespace()) else {
             return;
         };
@@ -874,31 +897,18 @@ impl StorageReconciler {
             Ok(Some(account)) => account.spec.email,
             Ok(None) => return,
             Err(error) => {
-                tracing::warn!(%error, "the customer could not be told of damage on its storage");
+                tracing::warn!(%error, "the customer could not be told of {what}");
                 return;
             }
         };
-        let message = stratus_core::notices::storage_damage(
-            &namespace,
-            &subscription.name_any(),
-            &subscription.spec.name,
-            repairs,
-            repaired,
-            detail,
-            self.ctx.clock.now(),
-        );
+        let now = self.ctx.clock.now();
+        let message = notice(&namespace, now);
         if let Err(error) = self
             .outbox
-            .queue(
-                &self.ctx,
-                &namespace,
-                &email,
-                vec![message],
-                self.ctx.clock.now(),
-            )
+            .queue(&self.ctx, &namespace, &email, vec![message], now)
             .await
         {
-            tracing::warn!(%error, "the customer could not be told of damage on its storage");
+            tracing::warn!(%error, "the customer could not be told of {what}");
         }
     }
 
@@ -918,37 +928,20 @@ impl StorageReconciler {
                 &message,
             )
             .await;
-        let (Some(accounts), Some(namespace)) = (&self.accounts, subscription.namespace()) else {
-            return;
-        };
-        let email = match accounts.get(None, &namespace).await {
-            Ok(Some(account)) => account.spec.email,
-            Ok(None) => return,
-            Err(error) => {
-                tracing::warn!(%error, "the customer could not be asked for a key");
-                return;
-            }
-        };
-        let notice = stratus_core::notices::storage_key_required(
-            &namespace,
-            &subscription.name_any(),
-            &subscription.spec.name,
-            &server,
-            self.ctx.clock.now(),
-        );
-        if let Err(error) = self
-            .outbox
-            .queue(
-                &self.ctx,
-                &namespace,
-                &email,
-                vec![notice],
-                self.ctx.clock.now(),
-            )
-            .await
-        {
-            tracing::warn!(%error, "the customer could not be asked for a key");
-        }
+        self.notify_customer(
+            subscription,
+            "a key its LUKS disk waits for",
+            |namespace, now| {
+                stratus_core::notices::storage_key_required(
+                    namespace,
+                    &subscription.name_any(),
+                    &subscription.spec.name,
+                    &server,
+                    now,
+                )
+            },
+        )
+        .await;
     }
 
     /// A Warning event and an audit row about damage found on a copy.
