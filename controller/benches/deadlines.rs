@@ -97,11 +97,6 @@ async fn main() {
                         .await
                         .expect("record");
                 }
-                ledger
-                    .facts()
-                    .set_deadline(&id, Some(now.as_millisecond()))
-                    .await
-                    .expect("deadline");
             }
         }))
         .await;

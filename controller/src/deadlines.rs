@@ -24,7 +24,7 @@ use stratus_core::resources::{
     StorageSubscription, VirtualServer,
 };
 use stratus_core::standing::{self, Cause, ChangeKind, Fact, FactKind, Standing, Subject};
-use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Charge};
+use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Charge, DueAccount};
 use stratus_store::objects::Deletion;
 use stratus_store::{Resources, StoreError};
 use tokio::sync::watch;
@@ -42,6 +42,9 @@ const FACTS_PAGE: u32 = 1_000;
 const MAX_FACTS: usize = 100_000;
 /// Due accounts taken per query.
 const DUE_BATCH: u32 = 500;
+/// Times one pass settles again the accounts that got a fact during
+/// their settle, before leaving them to the next pass.
+const MAX_SUPERSEDED_ROUNDS: usize = 8;
 /// Accounts carried out at once: each is independent of the others.
 const SETTLE_CONCURRENCY: usize = 16;
 /// How long an account whose standing could not be carried out waits
@@ -77,11 +80,23 @@ pub struct DeadlineRunner {
     failures: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
+/// What one settle came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    /// Carried out, and the next deadline stored.
+    Done,
+    /// Carried out as far as the facts it read say, but a fact was
+    /// recorded meanwhile: no deadline stored, the account stays due.
+    Superseded,
+}
+
 /// What one pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PassReport {
     /// Accounts whose standing was carried out.
     pub settled: usize,
+    /// Settles overtaken by a fact recorded meanwhile (settled again).
+    pub superseded: usize,
     /// Accounts that failed and will be tried again.
     pub failed: usize,
 }
@@ -126,6 +141,10 @@ impl DeadlineRunner {
     /// Carries out every account due by now.
     pub async fn pass(&self) -> Result<PassReport, ControllerError> {
         let mut report = PassReport::default();
+        // A fact reported during a settle leaves its account due: it is
+        // settled again within this pass, a bounded number of times (a
+        // stream of facts is then left to the next pass).
+        let mut superseded_rounds = 0;
         loop {
             let now = self.ctx.clock.now();
             let due = self
@@ -138,21 +157,22 @@ impl DeadlineRunner {
                 return Ok(report);
             }
             let batch = due.len();
-            let accounts: Vec<String> = due.into_iter().map(|(account, _)| account).collect();
-            let outcomes: Vec<(String, Result<(), ControllerError>)> =
-                futures::stream::iter(accounts)
-                    .map(|account| async move {
-                        let outcome = self.settle(&account, now).await;
-                        (account, outcome)
+            let outcomes: Vec<(DueAccount, Result<Settled, ControllerError>)> =
+                futures::stream::iter(due)
+                    .map(|due| async move {
+                        let outcome = self.settle(&due, now).await;
+                        (due, outcome)
                     })
                     .buffer_unordered(SETTLE_CONCURRENCY)
                     .collect()
                     .await;
-            for (account, outcome) in outcomes {
+            let mut superseded = false;
+            for (due, outcome) in outcomes {
+                let account = due.account;
                 let failures = {
                     let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
                     match &outcome {
-                        Ok(()) => {
+                        Ok(_) => {
                             failures.remove(&account);
                             0
                         }
@@ -170,19 +190,28 @@ impl DeadlineRunner {
                     }
                 };
                 match outcome {
-                    Ok(()) => report.settled += 1,
+                    Ok(Settled::Done) => report.settled += 1,
+                    Ok(Settled::Superseded) => {
+                        report.superseded += 1;
+                        superseded = true;
+                    }
                     Err(error) => {
                         report.failed += 1;
                         let wait = retry_after(failures);
                         tracing::warn!(%account, %error, failures, retry_in = %wait, "could not carry out the account's standing; trying again");
                         let retry = (now + wait).as_millisecond();
+                        // A fact reported meanwhile keeps the account due now.
                         self.ctx
                             .ledger
                             .facts()
-                            .set_deadline(&account, Some(retry))
+                            .settle_deadline(&account, Some(retry), due.revision)
                             .await?;
                     }
                 }
+            }
+            if superseded && superseded_rounds < MAX_SUPERSEDED_ROUNDS {
+                superseded_rounds += 1;
+                continue;
             }
             if batch < DUE_BATCH as usize {
                 return Ok(report);
@@ -190,15 +219,23 @@ impl DeadlineRunner {
         }
     }
 
-    /// Carries out `account`'s standing at `now` and stores its next deadline.
-    #[tracing::instrument(skip(self), fields(account = %account))]
-    pub async fn settle(&self, account: &str, now: Timestamp) -> Result<(), ControllerError> {
+    /// Carries out the standing of the account `due` names at `now` and
+    /// stores its next deadline, unless a fact was recorded after the
+    /// facts it read ([`Settled::Superseded`]: the account stays due).
+    #[tracing::instrument(skip(self, due), fields(account = %due.account, revision = due.revision))]
+    pub async fn settle(
+        &self,
+        due: &DueAccount,
+        now: Timestamp,
+    ) -> Result<Settled, ControllerError> {
+        let account = due.account.as_str();
+        // The revision was read before the facts: any fact missing from
+        // them bumped it, and the deadline written below names it.
         let facts = self.facts_of(account).await?;
         let standing = standing::standing(&facts, &self.policy, now);
         let Some(object) = self.accounts.get(None, account).await? else {
             tracing::warn!("facts name an account that does not exist; nothing to carry out");
-            self.ctx.ledger.facts().set_deadline(account, None).await?;
-            return Ok(());
+            return self.store_deadline(due, None).await;
         };
         let next_forgotten = self.hold_servers(account, &standing, now).await?;
         self.hold_storage(account, &standing, now).await?;
@@ -206,19 +243,34 @@ impl DeadlineRunner {
         self.audit_changes(&object, &standing).await;
         self.queue_notifications(&object, &standing, now).await?;
         self.record_account_status(&object, &standing, now).await?;
-        self.ctx
+        let next = [standing.next_deadline, next_forgotten]
+            .into_iter()
+            .flatten()
+            .min();
+        self.store_deadline(due, next).await
+    }
+
+    async fn store_deadline(
+        &self,
+        due: &DueAccount,
+        next: Option<Timestamp>,
+    ) -> Result<Settled, ControllerError> {
+        let written = self
+            .ctx
             .ledger
             .facts()
-            .set_deadline(
-                account,
-                [standing.next_deadline, next_forgotten]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .map(Timestamp::as_millisecond),
+            .settle_deadline(
+                &due.account,
+                next.map(Timestamp::as_millisecond),
+                due.revision,
             )
             .await?;
-        Ok(())
+        if written {
+            Ok(Settled::Done)
+        } else {
+            tracing::info!("a fact was reported during the settle: the account is settled again");
+            Ok(Settled::Superseded)
+        }
     }
 
     async fn facts_of(&self, account: &str) -> Result<Vec<Fact>, ControllerError> {

@@ -488,7 +488,7 @@ impl Notifier {
                         retry_at
                     };
                     self.ctx.metrics.delivery("billing_webhook", "retrying");
-                    tracing::warn!(%error, %retry_at, position, "billing events not taken by the billing webhook; trying again");
+                    tracing::warn!(%error, %retry_at, %position, "billing events not taken by the billing webhook; trying again");
                     return Ok(pushed);
                 }
             }

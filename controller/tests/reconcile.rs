@@ -1371,11 +1371,6 @@ impl Harness {
             .await
             .unwrap();
         assert!(matches!(recorded, Recorded::New(_)), "{recorded:?}");
-        self.ledger
-            .facts()
-            .set_deadline(NS, Some(now))
-            .await
-            .unwrap();
     }
 
     /// Two running servers of `NS` and one of `OTHER`, and both accounts.
@@ -1527,7 +1522,7 @@ async fn r1_r2_r4_suspend_after_passes_every_server_of_the_account_stops_once_an
         assert!(changes >= 1);
         h.ledger
             .facts()
-            .set_deadline(NS, Some(h.clock.now().as_millisecond()))
+            .make_due(NS, h.clock.now().as_millisecond())
             .await
             .unwrap();
         runner.pass().await.unwrap();
@@ -1608,7 +1603,7 @@ async fn r5_r7_an_abuse_report_cuts_one_servers_network_at_once_and_charges_once
     for _ in 0..2 {
         h.ledger
             .facts()
-            .set_deadline(NS, Some(h.clock.now().as_millisecond()))
+            .make_due(NS, h.clock.now().as_millisecond())
             .await
             .unwrap();
         runner.pass().await.unwrap();
@@ -1876,7 +1871,7 @@ async fn r6_notices_reach_smtp_and_webhook_once_and_refusals_are_retried() {
         // Worked out again, as after a restart: nothing new is queued.
         h.ledger
             .facts()
-            .set_deadline(NS, Some(h.clock.now().as_millisecond()))
+            .make_due(NS, h.clock.now().as_millisecond())
             .await
             .unwrap();
         runner.pass().await.unwrap();

@@ -1,7 +1,7 @@
 //! Account facts and deadlines (issue 9's ledger), on SQLite and PostgreSQL.
 
 use serde_json::json;
-use stratus_store::ledger::{Ledger, NewFact, Recorded};
+use stratus_store::ledger::{ChargeCursor, Ledger, NewFact, Recorded};
 use stratus_store::testing;
 
 fn overdue<'a>(id: &'a str, account: &'a str, body: &'a serde_json::Value, at: i64) -> NewFact<'a> {
@@ -75,7 +75,7 @@ async fn r10_facts_are_append_only_and_idempotent_by_id() {
 }
 
 /// Deadlines survive in the database; the due ones come most overdue
-/// first, and a cleared one is gone.
+/// first, and one settled with nothing pending is no longer due.
 #[tokio::test]
 async fn deadlines_are_durable_and_come_due_in_order() {
     for scratch in testing::both().await {
@@ -83,36 +83,222 @@ async fn deadlines_are_durable_and_come_due_in_order() {
         let ledger = Ledger::new(scratch.db.clone());
         let facts = ledger.facts();
         assert_eq!(facts.next_deadline().await.unwrap(), None, "{label}");
-        facts.set_deadline("acc-1", Some(300)).await.unwrap();
-        facts.set_deadline("acc-2", Some(100)).await.unwrap();
-        facts.set_deadline("acc-3", Some(900)).await.unwrap();
-        facts.set_deadline("acc-1", Some(200)).await.unwrap();
+        assert_eq!(facts.deadline_of("acc-1").await.unwrap(), (None, 0));
+        facts.make_due("acc-1", 300).await.unwrap();
+        facts.make_due("acc-2", 100).await.unwrap();
+        facts.make_due("acc-3", 900).await.unwrap();
+        facts.make_due("acc-1", 200).await.unwrap();
         assert_eq!(facts.next_deadline().await.unwrap(), Some(100));
-        let due = facts.due(500, 10).await.unwrap();
+        let due: Vec<(String, i64, i64)> = facts
+            .due(500, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| (d.account, d.due_at, d.revision))
+            .collect();
         assert_eq!(
             due,
-            [("acc-2".to_owned(), 100), ("acc-1".to_owned(), 200)],
-            "{label}"
+            [("acc-2".to_owned(), 100, 1), ("acc-1".to_owned(), 200, 2)],
+            "{label}: each new fact is one revision"
         );
         assert_eq!(facts.due(500, 1).await.unwrap().len(), 1);
-        facts.set_deadline("acc-2", None).await.unwrap();
+        assert!(facts.settle_deadline("acc-2", None, 1).await.unwrap());
         let reopened = Ledger::new(scratch.db.clone());
+        let due: Vec<String> = reopened
+            .facts()
+            .due(1_000, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.account)
+            .collect();
+        assert_eq!(due, ["acc-1", "acc-3"], "{label}");
+        assert_eq!(facts.next_deadline().await.unwrap(), Some(200));
         assert_eq!(
-            reopened.facts().due(1_000, 10).await.unwrap(),
-            [("acc-1".to_owned(), 200), ("acc-3".to_owned(), 900)],
+            facts.deadline_of("acc-2").await.unwrap(),
+            (None, 1),
+            "{label}: the row stays, so its revision never goes back"
+        );
+    }
+}
+
+/// R1–R9: a fact recorded while a settle carries out the facts it read
+/// keeps its account due: the settle's deadline, worked out without it,
+/// is not stored (defect 1 of issue 25: a fact answered 202 and never
+/// carried out).
+#[tokio::test]
+async fn r1_a_fact_recorded_during_a_settle_keeps_its_account_due() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let facts = ledger.facts();
+        let body = json!({"type": "legal_hold"});
+        facts
+            .record(&overdue("hold-1", "acc-1", &body, 100))
+            .await
+            .unwrap();
+        // A settle takes the account and reads its facts...
+        let taken = facts.due(150, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "{label}: a new fact makes it due");
+        let read = facts.of_account("acc-1", 0, 100).await.unwrap();
+        assert_eq!(read.len(), 1);
+        // ...a second hold is reported meanwhile...
+        let Recorded::New(_) = facts
+            .record(&overdue("hold-2", "acc-1", &body, 120))
+            .await
+            .unwrap()
+        else {
+            panic!("{label}: new");
+        };
+        // ...and the settle's deadline, worked out without it, is refused.
+        assert!(
+            !facts
+                .settle_deadline("acc-1", None, taken[0].revision)
+                .await
+                .unwrap(),
+            "{label}: superseded"
+        );
+        let again = facts.due(150, 10).await.unwrap();
+        assert_eq!(again.len(), 1, "{label}: still due for the second hold");
+        assert_eq!(again[0].due_at, 120);
+        assert!(
+            facts
+                .settle_deadline("acc-1", Some(9_000), again[0].revision)
+                .await
+                .unwrap(),
+            "{label}: a settle that read both stores its deadline"
+        );
+        assert!(facts.due(150, 10).await.unwrap().is_empty(), "{label}");
+        // The same report again changes nothing: not a new revision.
+        let repeated = facts
+            .record(&overdue("hold-2", "acc-1", &body, 130))
+            .await
+            .unwrap();
+        assert!(matches!(repeated, Recorded::Repeated(_)), "{label}");
+        assert_eq!(
+            facts.deadline_of("acc-1").await.unwrap(),
+            (Some(9_000), again[0].revision),
             "{label}"
         );
     }
 }
 
-/// PostgreSQL hands out ids before commit: a charge written by a slower
-/// transaction with a smaller id must not be skipped by a reader that
-/// already moved its cursor past a faster one's.
-#[tokio::test]
-async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
-    let scratch = stratus_store::testing::postgres().await;
-    let ledger = stratus_store::ledger::Ledger::new(scratch.db.clone());
-    let charge = |key: &str| stratus_store::ledger::Charge {
+/// One step of the deadline protocol, as the API and deadline runners
+/// (one or two controllers) take them in any order.
+#[derive(Debug, Clone)]
+enum Step {
+    /// The API records a new fact about account `n`.
+    Report(usize),
+    /// A runner takes account `n` if due and reads its facts.
+    Take(usize),
+    /// The `k`-th settle in flight stores its deadline (`pending`: a
+    /// later one, else none).
+    Store { k: usize, pending: bool },
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        (0..3usize).prop_map(Step::Report),
+        (0..3usize).prop_map(Step::Take),
+        (0..4usize, any::<bool>()).prop_map(|(k, pending)| Step::Store { k, pending }),
+    ]
+}
+
+/// Any interleaving of reports and settles (two runners at once too):
+/// whenever an account is not due, the last deadline stored came from a
+/// settle that had read every one of its facts; after the runners drain
+/// what is due, every fact was read by a settle.
+#[test]
+fn r1_no_interleaving_of_reports_and_settles_loses_a_fact() {
+    use proptest::prelude::*;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let databases = runtime.block_on(testing::both());
+    let case = std::sync::atomic::AtomicUsize::new(0);
+    const NOW: i64 = 1_000;
+    let config = ProptestConfig {
+        cases: 48,
+        ..ProptestConfig::default()
+    };
+    proptest!(config, |(steps in proptest::collection::vec(step(), 1..40))| {
+        for scratch in &databases {
+            let label = scratch.label;
+            let case = case.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let ledger = Ledger::new(scratch.db.clone());
+            runtime.block_on(async {
+                let facts = ledger.facts();
+                let account = |n: usize| format!("acc-{case}-{n}");
+                let mut reported = [0usize; 3];
+                let mut settled = [0usize; 3];
+                // Settles in flight: (account, revision, facts read).
+                let mut flight: Vec<(usize, i64, usize)> = Vec::new();
+                let body = json!({"type": "legal_hold"});
+                let mut next_fact = 0;
+                for step in &steps {
+                    match *step {
+                        Step::Report(n) => {
+                            next_fact += 1;
+                            let id = format!("{case}-{next_fact}");
+                            let recorded = facts
+                                .record(&overdue(&id, &account(n), &body, NOW))
+                                .await
+                                .unwrap();
+                            prop_assert!(matches!(recorded, Recorded::New(_)));
+                            reported[n] += 1;
+                        }
+                        Step::Take(n) => {
+                            let due = facts.due(NOW, 1_000).await.unwrap();
+                            if let Some(d) = due.iter().find(|d| d.account == account(n)) {
+                                let read = facts.of_account(&account(n), 0, 1_000).await.unwrap();
+                                flight.push((n, d.revision, read.len()));
+                            }
+                        }
+                        Step::Store { k, pending } => {
+                            if flight.is_empty() {
+                                continue;
+                            }
+                            let (n, revision, read) = flight.remove(k % flight.len());
+                            let next = pending.then_some(NOW + 10_000);
+                            if facts.settle_deadline(&account(n), next, revision).await.unwrap() {
+                                settled[n] = read;
+                            }
+                        }
+                    }
+                    let due = facts.due(NOW, 1_000).await.unwrap();
+                    for n in 0..3 {
+                        if !due.iter().any(|d| d.account == account(n)) {
+                            prop_assert_eq!(settled[n], reported[n],
+                                "{}: account {} not due with a fact no settle read", label, n);
+                        }
+                    }
+                }
+                // The runners drain what is due.
+                flight.clear();
+                loop {
+                    let due = facts.due(NOW, 1_000).await.unwrap();
+                    let ours: Vec<_> = due.into_iter()
+                        .filter(|d| d.account.starts_with(&format!("acc-{case}-")))
+                        .collect();
+                    if ours.is_empty() {
+                        break;
+                    }
+                    for d in ours {
+                        let n: usize = d.account.rsplit('-').next().unwrap().parse().unwrap();
+                        let read = facts.of_account(&d.account, 0, 1_000).await.unwrap();
+                        if facts.settle_deadline(&d.account, None, d.revision).await.unwrap() {
+                            settled[n] = read.len();
+                        }
+                    }
+                }
+                prop_assert_eq!(settled, reported, "{}: every fact read by a settle", label);
+                Ok(())
+            })?;
+        }
+    });
+}
+
+fn abuse_charge(key: &str) -> stratus_store::ledger::Charge {
+    stratus_store::ledger::Charge {
         key: key.into(),
         account: "acc-0000000000000001".into(),
         kind: "abuse_report".into(),
@@ -121,39 +307,145 @@ async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
         subject: "server/acc-0000000000000001/vs-0000000000000001".into(),
         detail: serde_json::json!({}),
         created_at: 1,
-    };
-    let mut slow = scratch.db.pool().begin().await.unwrap();
-    sqlx::query(
-        "INSERT INTO billing_charges (charge_key, account, kind, amount, currency, subject, detail, created_at) \
-         VALUES ('slow', 'acc-0000000000000001', 'abuse_report', 1, 'EUR', 's', '{}', 1)",
-    )
-    .execute(&mut *slow)
-    .await
-    .unwrap();
-    assert!(ledger.charges().record(&charge("fast")).await.unwrap());
-    let while_open = ledger.charges().since(0, 10).await.unwrap();
-    assert!(
-        while_open.is_empty(),
-        "nothing is shown past a running writer: {while_open:?}"
-    );
-    slow.commit().await.unwrap();
-    // Other tests' transactions on the same server hold the horizon back
-    // for a moment too: a reader polls, as a billing consumer does.
+    }
+}
+
+/// Reads every charge after `cursor` a reader can see within 10 s (other
+/// tests' transactions on the same server hold the horizon back for a
+/// moment, as a billing consumer's poll would wait).
+async fn read_until(
+    ledger: &Ledger,
+    mut cursor: ChargeCursor,
+    want: usize,
+) -> (Vec<String>, ChargeCursor) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let keys: Vec<String> = ledger
+    let mut keys = Vec::new();
+    while keys.len() < want && std::time::Instant::now() < deadline {
+        let page = ledger.charges().since(cursor, 2).await.unwrap();
+        if page.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        for (at, charge) in page {
+            assert!(
+                at > cursor || matches!(cursor, ChargeCursor::Id(_)),
+                "{at:?} after {cursor:?}"
+            );
+            cursor = at;
+            keys.push(charge.key);
+        }
+    }
+    (keys, cursor)
+}
+
+/// R7: PostgreSQL hands out ids before commit, so a charge with a smaller
+/// id can commit after one with a larger id. A reader whose cursor passed
+/// the larger one must still get the smaller one (defect 2 of issue 25:
+/// the cursor paged by id and skipped it for ever).
+#[tokio::test]
+async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
+    let scratch = stratus_store::testing::postgres().await;
+    let ledger = Ledger::new(scratch.db.clone());
+    // The older transaction takes its id last; the younger one first.
+    let mut older = scratch.db.pool().begin().await.unwrap();
+    sqlx::query("SELECT CAST(pg_current_xact_id() AS TEXT)")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let mut younger = scratch.db.pool().begin().await.unwrap();
+    let insert = |key: &'static str| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO billing_charges (charge_key, account, kind, amount, currency, subject, detail, created_at) \
+             VALUES ('{key}', 'acc-0000000000000001', 'abuse_report', 1, 'EUR', 's', '{{}}', 1)"
+        )))
+    };
+    insert("smaller-id").execute(&mut *younger).await.unwrap();
+    insert("larger-id").execute(&mut *older).await.unwrap();
+    older.commit().await.unwrap();
+    let (first, cursor) = read_until(&ledger, ChargeCursor::Start, 1).await;
+    assert_eq!(first, ["larger-id"], "the older writer's charge is final");
+    assert!(
+        ledger.charges().since(cursor, 10).await.unwrap().is_empty(),
+        "nothing is shown past a running writer"
+    );
+    younger.commit().await.unwrap();
+    let (then, _) = read_until(&ledger, cursor, 1).await;
+    assert_eq!(then, ["smaller-id"], "committed late, read after");
+
+    // A cursor stored in the integer form before positions existed keeps
+    // working: what came after that id.
+    assert!(
+        ledger
             .charges()
-            .since(0, 10)
+            .record(&abuse_charge("after"))
             .await
             .unwrap()
-            .into_iter()
-            .map(|(_, c)| c.key)
-            .collect();
-        if keys.len() == 2 || std::time::Instant::now() > deadline {
-            assert_eq!(keys, ["slow", "fast"]);
-            break;
+    );
+    let all = ledger
+        .charges()
+        .since(ChargeCursor::Start, 10)
+        .await
+        .unwrap();
+    let ids: Vec<i64> = all
+        .iter()
+        .map(|(c, _)| match c {
+            ChargeCursor::Written { id, .. } => *id,
+            other => panic!("PostgreSQL hands out written positions, not {other:?}"),
+        })
+        .collect();
+    let largest_before = ids[..2].iter().copied().max().unwrap();
+    let (legacy, _) = read_until(&ledger, ChargeCursor::Id(largest_before), 1).await;
+    assert_eq!(legacy, ["after"]);
+}
+
+/// R7: sixteen writers record charges while a reader pages by cursor:
+/// every charge is read exactly once, on both databases.
+#[tokio::test]
+async fn r7_charges_from_concurrent_writers_are_each_read_exactly_once() {
+    const WRITERS: usize = 16;
+    const EACH: usize = 40;
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let writers = futures::future::join_all((0..WRITERS).map(|w| {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    let key = format!("w{w}-{n}");
+                    assert!(ledger.charges().record(&abuse_charge(&key)).await.unwrap());
+                    if n % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+            })
+        }));
+        let reader = {
+            let ledger = ledger.clone();
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut cursor = ChargeCursor::Start;
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while seen.len() < WRITERS * EACH && std::time::Instant::now() < deadline {
+                    let page = ledger.charges().since(cursor, 7).await.unwrap();
+                    if page.is_empty() {
+                        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    }
+                    for (at, charge) in page {
+                        cursor = at;
+                        seen.push(charge.key);
+                    }
+                }
+                seen
+            })
+        };
+        for writer in writers.await {
+            writer.unwrap();
         }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let seen = reader.await.unwrap();
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), seen.len(), "{label}: a charge read twice");
+        assert_eq!(seen.len(), WRITERS * EACH, "{label}: a charge skipped");
     }
 }
 
@@ -257,15 +549,27 @@ async fn feed_positions_only_move_forward() {
         let label = scratch.label;
         let ledger = Ledger::new(scratch.db.clone());
         let outbox = ledger.notifications();
-        assert_eq!(outbox.feed_position("billing_webhook").await.unwrap(), 0);
-        outbox.advance_feed("billing_webhook", 7).await.unwrap();
-        outbox.advance_feed("billing_webhook", 3).await.unwrap();
         assert_eq!(
             outbox.feed_position("billing_webhook").await.unwrap(),
-            7,
+            ChargeCursor::Start
+        );
+        outbox
+            .advance_feed("billing_webhook", ChargeCursor::Id(7))
+            .await
+            .unwrap();
+        outbox
+            .advance_feed("billing_webhook", ChargeCursor::Id(3))
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox.feed_position("billing_webhook").await.unwrap(),
+            ChargeCursor::Id(7),
             "{label}"
         );
-        outbox.advance_feed("billing_webhook", 9).await.unwrap();
+        outbox
+            .advance_feed("billing_webhook", ChargeCursor::Id(9))
+            .await
+            .unwrap();
         let reopened = Ledger::new(scratch.db.clone());
         assert_eq!(
             reopened
@@ -273,7 +577,35 @@ async fn feed_positions_only_move_forward() {
                 .feed_position("billing_webhook")
                 .await
                 .unwrap(),
-            9
+            ChargeCursor::Id(9)
+        );
+        // A position stored as an id (before positions had a writer) is
+        // followed by a written one, which then never moves back.
+        let written = |writer, id| ChargeCursor::Written { writer, id };
+        for position in [
+            written(50, 4),
+            written(49, 8),
+            written(50, 3),
+            ChargeCursor::Id(20),
+        ] {
+            outbox
+                .advance_feed("billing_webhook", position)
+                .await
+                .unwrap();
+        }
+        assert_eq!(
+            outbox.feed_position("billing_webhook").await.unwrap(),
+            written(50, 4),
+            "{label}"
+        );
+        outbox
+            .advance_feed("billing_webhook", written(51, 1))
+            .await
+            .unwrap();
+        assert_eq!(
+            outbox.feed_position("billing_webhook").await.unwrap(),
+            written(51, 1),
+            "{label}"
         );
         assert_eq!(
             reopened
@@ -281,7 +613,7 @@ async fn feed_positions_only_move_forward() {
                 .feed_position("other")
                 .await
                 .unwrap(),
-            0,
+            ChargeCursor::Start,
             "{label}"
         );
     }

@@ -18,7 +18,7 @@ use stratus_core::ids::AccountId;
 use stratus_core::resources::VirtualServer;
 use stratus_core::standing::{FactKind, TerminationCause};
 use stratus_store::ledger::{
-    AuditAction, AuditSubject, BillingEvent, NewFact, Recorded, StoredFact,
+    AuditAction, AuditSubject, BillingEvent, ChargeCursor, NewFact, Recorded, StoredFact,
 };
 use utoipa::ToSchema;
 
@@ -249,12 +249,8 @@ async fn report(
             })
             .await?;
         match outcome {
+            // Recording a new fact made its account due at once.
             Recorded::New(stored) => {
-                state
-                    .ledger
-                    .facts()
-                    .set_deadline(&account, Some(now.as_millisecond()))
-                    .await?;
                 state
                     .audit(
                         principal.actor(),
@@ -671,6 +667,17 @@ impl CursorQuery {
         }
     }
 
+    /// The position among billing events (`0`, an id, or `XID.ID` as
+    /// handed out on PostgreSQL).
+    pub(crate) fn charge_cursor(&self) -> Result<ChargeCursor, ApiError> {
+        match &self.since {
+            None => Ok(ChargeCursor::Start),
+            Some(raw) => ChargeCursor::parse(raw).ok_or_else(|| {
+                ApiError::bad_request("since", "since is the next_cursor of an earlier page")
+            }),
+        }
+    }
+
     pub(crate) fn limit(&self) -> Result<u32, ApiError> {
         match &self.limit {
             None => Ok(100),
@@ -704,7 +711,7 @@ pub async fn list_billing_events(
     axum::extract::Query(query): axum::extract::Query<CursorQuery>,
 ) -> Result<Json<CursorPage<BillingEvent>>, ApiError> {
     principal.require_billing()?;
-    let cursor = query.cursor()?;
+    let cursor = query.charge_cursor()?;
     let rows = state.ledger.charges().since(cursor, query.limit()?).await?;
     let next_cursor = rows.last().map_or(cursor, |(c, _)| *c).to_string();
     Ok(Json(CursorPage {

@@ -51,12 +51,26 @@ pub enum Recorded {
     Conflicting(StoredFact),
 }
 
+/// An account whose standing is due, as the deadline runner takes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueAccount {
+    pub account: String,
+    pub due_at: i64,
+    /// Bumped by every new fact; the settle's write names it.
+    pub revision: i64,
+}
+
 const COLUMNS: &str = "seq, fact_id, account, kind, fact, body, actor, recorded_at";
 
 impl AccountFacts<'_> {
     /// Records `new` once: a second report with its id changes nothing and
-    /// says whether it was the same report.
+    /// says whether it was the same report. A new fact makes its account
+    /// due at `recorded_at` and bumps its revision in the same transaction,
+    /// so a settle that read the facts before it cannot store a deadline
+    /// computed without it ([`Self::settle_deadline`]), and a crash cannot
+    /// keep the fact without making it due.
     pub async fn record(&self, new: &NewFact<'_>) -> Result<Recorded> {
+        let mut tx = self.db.pool().begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO account_facts (fact_id, account, kind, fact, body, actor, recorded_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (fact_id) DO NOTHING",
@@ -68,10 +82,21 @@ impl AccountFacts<'_> {
         .bind(new.body.to_string())
         .bind(new.actor)
         .bind(new.recorded_at)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?
         .rows_affected();
-        let stored = self.by_id(new.id).await?.ok_or_else(|| {
+        if inserted == 1 {
+            make_due(&mut *tx, new.account, new.recorded_at).await?;
+        }
+        // Only the constant column list is formatted in.
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM account_facts WHERE fact_id = $1"
+        )))
+        .bind(new.id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let stored = row.as_ref().map(stored_fact).transpose()?.ok_or_else(|| {
             StoreError::Invalid(format!("fact {} vanished after it was recorded", new.id))
         })?;
         Ok(if inserted == 1 {
@@ -114,35 +139,43 @@ impl AccountFacts<'_> {
         rows.iter().map(stored_fact).collect()
     }
 
-    /// Sets when `account`'s standing next changes by itself; `None` when
-    /// nothing is pending.
-    pub async fn set_deadline(&self, account: &str, due_at: Option<i64>) -> Result<()> {
-        match due_at {
-            Some(due_at) => {
-                sqlx::query(
-                    "INSERT INTO account_deadlines (account, due_at) VALUES ($1, $2) \
-                     ON CONFLICT (account) DO UPDATE SET due_at = excluded.due_at",
-                )
-                .bind(account)
-                .bind(due_at)
-                .execute(self.db.pool())
-                .await?;
-            }
-            None => {
-                sqlx::query("DELETE FROM account_deadlines WHERE account = $1")
-                    .bind(account)
-                    .execute(self.db.pool())
-                    .await?;
-            }
-        }
-        Ok(())
+    /// Makes `account` due at `at` whatever its deadline was, as a new
+    /// fact does: a settle running meanwhile will not overwrite it.
+    pub async fn make_due(&self, account: &str, at: i64) -> Result<()> {
+        make_due(self.db.pool(), account, at).await
+    }
+
+    /// Stores when `account`'s standing next changes by itself (`None`:
+    /// nothing pending), as worked out by a settle that read its facts
+    /// after seeing `revision` ([`DueAccount::revision`]). A fact recorded
+    /// since then bumped the revision: nothing is written and the account
+    /// stays due as that fact made it (false).
+    pub async fn settle_deadline(
+        &self,
+        account: &str,
+        due_at: Option<i64>,
+        revision: i64,
+    ) -> Result<bool> {
+        let written = sqlx::query(
+            "INSERT INTO account_deadlines (account, due_at, revision) VALUES ($1, $2, $3) \
+             ON CONFLICT (account) DO UPDATE SET due_at = excluded.due_at \
+             WHERE account_deadlines.revision = excluded.revision",
+        )
+        .bind(account)
+        .bind(due_at)
+        .bind(revision)
+        .execute(self.db.pool())
+        .await?
+        .rows_affected();
+        Ok(written == 1)
     }
 
     /// Up to `limit` accounts whose deadline is at or before `now`, the
-    /// most overdue first.
-    pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<(String, i64)>> {
+    /// most overdue first, each with the revision its settle must name.
+    pub async fn due(&self, now: i64, limit: u32) -> Result<Vec<DueAccount>> {
         let rows = sqlx::query(
-            "SELECT account, due_at FROM account_deadlines WHERE due_at <= $1 \
+            "SELECT account, due_at, revision FROM account_deadlines \
+             WHERE due_at IS NOT NULL AND due_at <= $1 \
              ORDER BY due_at, account LIMIT $2",
         )
         .bind(now)
@@ -150,8 +183,27 @@ impl AccountFacts<'_> {
         .fetch_all(self.db.pool())
         .await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("account")?, row.try_get("due_at")?)))
+            .map(|row| {
+                Ok(DueAccount {
+                    account: row.try_get("account")?,
+                    due_at: row.try_get("due_at")?,
+                    revision: row.try_get("revision")?,
+                })
+            })
             .collect()
+    }
+
+    /// `account`'s deadline and revision (revision 0 and no deadline before
+    /// its first fact).
+    pub async fn deadline_of(&self, account: &str) -> Result<(Option<i64>, i64)> {
+        let row = sqlx::query("SELECT due_at, revision FROM account_deadlines WHERE account = $1")
+            .bind(account)
+            .fetch_optional(self.db.pool())
+            .await?;
+        match row {
+            Some(row) => Ok((row.try_get("due_at")?, row.try_get("revision")?)),
+            None => Ok((None, 0)),
+        }
     }
 
     /// The earliest deadline of any account (to sleep until it).
@@ -161,6 +213,23 @@ impl AccountFacts<'_> {
             .await?;
         Ok(row.try_get::<Option<i64>, _>("due_at")?)
     }
+}
+
+/// Due at `at` and one revision further: the write of a new fact.
+async fn make_due<'e, E>(executor: E, account: &str, at: i64) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO account_deadlines (account, due_at, revision) VALUES ($1, $2, 1) \
+         ON CONFLICT (account) DO UPDATE SET due_at = excluded.due_at, \
+         revision = account_deadlines.revision + 1",
+    )
+    .bind(account)
+    .bind(at)
+    .execute(executor)
+    .await?;
+    Ok(())
 }
 
 fn stored_fact(row: &AnyRow) -> Result<StoredFact> {

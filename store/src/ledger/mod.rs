@@ -19,8 +19,8 @@ pub mod quotas;
 pub mod tokens;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
-pub use charges::{BillingEvent, Charge, Charges};
-pub use facts::{AccountFacts, NewFact, Recorded, StoredFact};
+pub use charges::{BillingEvent, Charge, ChargeCursor, Charges};
+pub use facts::{AccountFacts, DueAccount, NewFact, Recorded, StoredFact};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use ips::{Check, CheckRequest, CheckResult, Holding, IpLedger, Listing, NewHolding, Override};
 pub use macs::MacAddresses;

@@ -10,6 +10,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use super::charges::ChargeCursor;
 use crate::db::Database;
 use crate::error::{Result, StoreError};
 
@@ -270,27 +271,45 @@ impl Notifications<'_> {
         u64::try_from(count).map_err(|_| super::malformed("count", &count.to_string()))
     }
 
-    /// How far the outbound feed `feed` got (0 before it started).
-    pub async fn feed_position(&self, feed: &str) -> Result<i64> {
-        let row = sqlx::query("SELECT position FROM feed_positions WHERE feed = $1")
+    /// How far the outbound feed `feed` got (the start before it started).
+    pub async fn feed_position(&self, feed: &str) -> Result<ChargeCursor> {
+        let row = sqlx::query("SELECT position, writer FROM feed_positions WHERE feed = $1")
             .bind(feed)
             .fetch_optional(self.db.pool())
             .await?;
-        Ok(match row {
-            Some(row) => row.try_get("position")?,
-            None => 0,
+        let Some(row) = row else {
+            return Ok(ChargeCursor::Start);
+        };
+        let id: i64 = row.try_get("position")?;
+        Ok(match row.try_get::<Option<i64>, _>("writer")? {
+            Some(writer) => ChargeCursor::Written { writer, id },
+            None if id == 0 => ChargeCursor::Start,
+            None => ChargeCursor::Id(id),
         })
     }
 
     /// Moves `feed` forward to `position`; never back.
-    pub async fn advance_feed(&self, feed: &str, position: i64) -> Result<()> {
+    pub async fn advance_feed(&self, feed: &str, position: ChargeCursor) -> Result<()> {
+        let (writer, id) = match position {
+            ChargeCursor::Start => return Ok(()),
+            ChargeCursor::Id(id) => (None, id),
+            ChargeCursor::Written { writer, id } => (Some(writer), id),
+        };
+        // An id position is only ever followed by a written one (PostgreSQL
+        // after an upgrade) or by a larger id (SQLite).
         sqlx::query(
-            "INSERT INTO feed_positions (feed, position) VALUES ($1, $2) \
-             ON CONFLICT (feed) DO UPDATE SET position = excluded.position \
-             WHERE feed_positions.position < excluded.position",
+            "INSERT INTO feed_positions (feed, position, writer) VALUES ($1, $2, $3) \
+             ON CONFLICT (feed) DO UPDATE SET position = excluded.position, writer = excluded.writer \
+             WHERE (excluded.writer IS NULL AND feed_positions.writer IS NULL \
+                    AND feed_positions.position < excluded.position) \
+                OR (excluded.writer IS NOT NULL AND (feed_positions.writer IS NULL \
+                    OR feed_positions.writer < excluded.writer \
+                    OR (feed_positions.writer = excluded.writer \
+                        AND feed_positions.position < excluded.position)))",
         )
         .bind(feed)
-        .bind(position)
+        .bind(id)
+        .bind(writer)
         .execute(self.db.pool())
         .await?;
         Ok(())
