@@ -6,6 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use serde_json::{Value, json};
 use stratus_core::quota::QuotaExceeded;
+use stratus_core::standing::SuspensionReason;
 use stratus_store::StoreError;
 use utoipa::ToSchema;
 
@@ -134,15 +135,21 @@ impl ApiError {
 
     /// R5: what an account suspended for abuse holds is evidence; its
     /// customer cannot destroy it.
-    pub fn held_as_evidence(what: &str) -> Self {
+    pub fn held_as_evidence(what: &str, reason: SuspensionReason) -> Self {
+        let code = if what == "server" {
+            "server_suspended"
+        } else {
+            "account_suspended"
+        };
         Self::new(
             StatusCode::CONFLICT,
-            "account_suspended",
+            code,
             format!(
-                "the account is suspended for abuse: its {what} is kept as evidence until an operator releases or terminates it"
+                "suspended {}: the {what} is kept as evidence until an operator lifts the hold or terminates it",
+                reason.describe()
             ),
         )
-        .with_details(json!({ "reason": "abuse" }))
+        .with_details(json!({ "reason": reason.as_str(), "reasons": [reason.as_str()] }))
     }
 
     /// A suspended server refuses the customer's actions; `reasons` say why.

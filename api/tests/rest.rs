@@ -2592,6 +2592,117 @@ async fn failed_notifications_are_listed_for_operators_and_queued_again() {
     assert!(failed.body["items"].as_array().unwrap().is_empty());
 }
 
+/// R29 (defect 8 of issue 25): only an operator, or a customer for its own
+/// account's tokens, revokes a token; a billing token revokes none, an
+/// operator's least of all. A customer's history names operators and the
+/// billing system by their role, never by a token id of the provider's.
+#[tokio::test]
+async fn r29_a_billing_token_revokes_nothing_and_customers_never_see_provider_token_ids() {
+    let api = api().await;
+    let (acme, customer) = api.customer("ACME").await;
+    let issue = |name: &'static str, role: &'static str| {
+        api.call(
+            Method::POST,
+            "/v1/admin/tokens",
+            &api.admin,
+            Some(json!({"name": name, "role": role})),
+        )
+    };
+    let billing = issue("billing-system", "billing").await;
+    let (billing_id, billing) = (
+        billing.body["id"].as_str().unwrap().to_owned(),
+        billing.body["token"].as_str().unwrap().to_owned(),
+    );
+    let operator = issue("alice", "operator").await;
+    let (operator_id, operator) = (
+        operator.body["id"].as_str().unwrap().to_owned(),
+        operator.body["token"].as_str().unwrap().to_owned(),
+    );
+    let own = api
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{acme}/tokens"),
+            &api.admin,
+            None,
+        )
+        .await;
+    let customer_id = own.body["items"][0]["id"].as_str().unwrap().to_owned();
+    for target in [&operator_id, &customer_id, &billing_id] {
+        let refused = api
+            .call(
+                Method::DELETE,
+                &format!("/v1/tokens/{target}"),
+                &billing,
+                None,
+            )
+            .await;
+        assert_error(&refused, StatusCode::FORBIDDEN, "forbidden", None);
+    }
+    let theirs = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{operator_id}"),
+            &customer,
+            None,
+        )
+        .await;
+    assert_error(&theirs, StatusCode::NOT_FOUND, "not_found", None);
+    for token in [&operator, &billing, &customer] {
+        let still = api.call(Method::GET, "/v1/plans", token, None).await;
+        assert_eq!(still.status, StatusCode::OK, "nothing was revoked");
+    }
+
+    // Facts reported by the billing system and an operator, a server
+    // ordered by the customer: the customer's history says who by role.
+    for (id, token, body) in [
+        (
+            "inv-1",
+            &billing,
+            json!({"type": "invoice_overdue", "invoice_id": "inv-1", "due_at": "2026-01-01T00:00:00Z"}),
+        ),
+        ("kyc-1", &operator, json!({"type": "kyc_incomplete"})),
+    ] {
+        let mut body = body;
+        body["id"] = json!(id);
+        let reply = report(&api, token, &acme, body).await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    let ordered = api
+        .call(Method::POST, "/v1/servers", &customer, Some(order("web1")))
+        .await;
+    assert_eq!(ordered.status, StatusCode::ACCEPTED, "{}", ordered.body);
+    let history = api
+        .call(Method::GET, "/v1/account/events", &customer, None)
+        .await;
+    assert_eq!(history.status, StatusCode::OK, "{}", history.body);
+    let text = history.body.to_string();
+    for provider in [&billing_id, &operator_id] {
+        assert!(
+            !text.contains(provider.as_str()),
+            "{provider} shown: {text}"
+        );
+    }
+    let actors: Vec<&str> = history.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["actor"].as_str().unwrap())
+        .collect();
+    assert!(actors.contains(&"billing"), "{actors:?}");
+    assert!(actors.contains(&"operator"), "{actors:?}");
+    assert!(
+        actors.contains(&format!("token:{customer_id}").as_str()),
+        "the account's own token by its id: {actors:?}"
+    );
+    assert!(
+        actors
+            .iter()
+            .all(|a| ["billing", "operator", "controller"].contains(a)
+                || *a == format!("token:{customer_id}")),
+        "{actors:?}"
+    );
+}
+
 /// Operators make billing tokens through the API as through the CLI; a
 /// bad role or name is refused naming it and issues nothing; customers
 /// and billing tokens cannot make any.
@@ -2989,6 +3100,85 @@ async fn storage_idempotency_keys_return_the_same_subscription_and_never_serve_t
         Some("Idempotency-Key"),
     );
     assert_eq!(api.server_count().await, 0);
+}
+
+/// R8 (defect 9 of issue 25): a hold for an authority's request or an
+/// incomplete identity file keeps the account's data as evidence as abuse
+/// does: its customer deletes neither servers nor storage (409 naming the
+/// hold), nothing changes; once the hold is lifted, both can be deleted;
+/// non-payment alone holds nothing as evidence.
+#[tokio::test]
+async fn r8_every_hold_keeps_servers_and_storage_as_evidence() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let server = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    let server = server.body["id"].as_str().unwrap().to_owned();
+    let storage = api
+        .call(
+            Method::POST,
+            "/v1/storage",
+            &token,
+            Some(storage_order("files", 5)),
+        )
+        .await;
+    let storage = storage.body["id"].as_str().unwrap().to_owned();
+    let hold = |reason: &str| json!({"state": "Suspended", "suspensions": [{"reason": reason, "since": "2026-11-01T00:00:00Z"}]});
+    for reason in ["legal", "kyc"] {
+        api.state
+            .accounts
+            .patch_status(None, &account, &hold(reason))
+            .await
+            .unwrap();
+        for (path, code) in [
+            (format!("/v1/servers/{server}"), "server_suspended"),
+            (format!("/v1/storage/{storage}"), "account_suspended"),
+        ] {
+            let refused = api.call(Method::DELETE, &path, &token, None).await;
+            assert_error(&refused, StatusCode::CONFLICT, code, None);
+            assert_eq!(refused.body["error"]["details"]["reason"], reason, "{path}");
+        }
+        let server_kept = api
+            .state
+            .servers
+            .get(Some(&account), &server)
+            .await
+            .unwrap()
+            .unwrap();
+        let storage_kept = api
+            .state
+            .storage
+            .get(Some(&account), &storage)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            server_kept.metadata.deletion_timestamp.is_none(),
+            "{reason}"
+        );
+        assert!(
+            storage_kept.metadata.deletion_timestamp.is_none(),
+            "{reason}"
+        );
+    }
+    api.state
+        .accounts
+        .patch_status(None, &account, &hold("non_payment"))
+        .await
+        .unwrap();
+    for path in [
+        format!("/v1/servers/{server}"),
+        format!("/v1/storage/{storage}"),
+    ] {
+        let deleted = api.call(Method::DELETE, &path, &token, None).await;
+        assert_eq!(
+            deleted.status,
+            StatusCode::ACCEPTED,
+            "{path}: {}",
+            deleted.body
+        );
+    }
 }
 
 #[tokio::test]

@@ -52,6 +52,13 @@ impl SuspensionReason {
         }
     }
 
+    /// Whether a service held for this reason is evidence: its customer
+    /// cannot destroy it until an operator lifts the hold or terminates it
+    /// (R5 for abuse, R8 for an authority's request or an identity file).
+    pub fn keeps_evidence(self) -> bool {
+        matches!(self, Self::Abuse | Self::Legal | Self::Kyc)
+    }
+
     /// Completes "suspended …" as customers read it.
     pub fn describe(self) -> &'static str {
         match self {

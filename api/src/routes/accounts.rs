@@ -277,10 +277,18 @@ pub async fn revoke_token(
         .get(&token_id)
         .await?
         .ok_or_else(|| ApiError::not_found("token", &id))?;
-    if let Principal::Customer { account_id, .. } = &principal
-        && record.account_id.as_ref() != Some(account_id)
-    {
-        return Err(ApiError::not_found("token", &id));
+    // Only an operator, or a customer for its own account's tokens: the
+    // billing system reports facts and reads charges, it revokes nothing.
+    match &principal {
+        Principal::Admin { .. } => {}
+        Principal::Customer { account_id, .. }
+            if record.account_id.as_ref() == Some(account_id) => {}
+        Principal::Customer { .. } => return Err(ApiError::not_found("token", &id)),
+        Principal::Billing { .. } => {
+            return Err(ApiError::forbidden(
+                "a billing token revokes no token: an operator or the account's own token does",
+            ));
+        }
     }
     state
         .ledger

@@ -8,6 +8,7 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use stratus_core::ids::AccountId;
 use stratus_core::resources::{Account, AccountState};
+use stratus_core::standing::SuspensionReason;
 use stratus_store::Resources;
 use stratus_store::ledger::IdempotencyClaim;
 use stratus_store::objects::StoredKind;
@@ -175,5 +176,33 @@ pub fn listed_namespace(
             )),
             None => Ok(None),
         },
+    }
+}
+
+/// A customer's server or storage is evidence while it, or its account, is
+/// held for abuse, an authority's request or an incomplete identity file
+/// (R5, R8): its customer cannot destroy it (409 naming the hold) until an
+/// operator lifts the hold or terminates it. `own` are the object's own
+/// suspension reasons; the account's are read too, since the deadline
+/// runner writes them onto the object only once it has carried them out.
+pub async fn refuse_while_held_as_evidence(
+    state: &ApiState,
+    account_id: &AccountId,
+    what: &str,
+    own: &[SuspensionReason],
+) -> Result<(), ApiError> {
+    let account = state.accounts.get(None, account_id.as_str()).await?;
+    let held: Vec<SuspensionReason> = account
+        .and_then(|a| a.status)
+        .map(|s| s.suspensions)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.reason)
+        .chain(own.iter().copied())
+        .filter(|r| r.keeps_evidence())
+        .collect();
+    match held.first() {
+        Some(reason) => Err(ApiError::held_as_evidence(what, *reason)),
+        None => Ok(()),
     }
 }

@@ -3,7 +3,7 @@
 //! idempotent by the reporter's id, and acted on by the controller's
 //! deadline runner at once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use axum::Json;
@@ -14,11 +14,12 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use stratus_core::ids::AccountId;
+use stratus_core::ids::{AccountId, TokenId};
 use stratus_core::resources::VirtualServer;
 use stratus_core::standing::{FactKind, TerminationCause};
 use stratus_store::ledger::{
     AuditAction, AuditSubject, BillingEvent, ChargeCursor, NewFact, Recorded, StoredFact,
+    TokenScope,
 };
 use utoipa::ToSchema;
 
@@ -768,12 +769,52 @@ pub async fn own_account_events(
     axum::extract::Query(query): axum::extract::Query<CursorQuery>,
 ) -> Result<Json<CursorPage<HistoryEntryView>>, ApiError> {
     let account = principal.account()?.clone();
-    history(&state, &account, &query, |entry| match entry.action {
+    let mut page = history(&state, &account, &query, |entry| match entry.action {
         AuditAction::StandingChange => json!({ "change": entry.detail["change"] }),
         AuditAction::AccountFact => json!({ "type": entry.detail["type"] }),
         _ => json!({}),
     })
-    .await
+    .await?;
+    // A customer sees its own tokens by id; every other principal only by
+    // its role, never by a token id of the provider's.
+    let mut roles: HashMap<String, &'static str> = HashMap::new();
+    for item in &mut page.items {
+        let shown = match roles.get(&item.actor) {
+            Some(shown) => *shown,
+            None => {
+                let shown = actor_as_seen_by(&state, &account, &item.actor).await?;
+                roles.insert(item.actor.clone(), shown);
+                shown
+            }
+        };
+        if !shown.is_empty() {
+            item.actor = shown.to_owned();
+        }
+    }
+    Ok(page)
+}
+
+/// How `actor` appears in `account`'s own history: empty when as it is
+/// (one of the account's own tokens, or the controller), else the role
+/// that stands for it (`operator`, `billing`).
+async fn actor_as_seen_by(
+    state: &ApiState,
+    account: &AccountId,
+    actor: &str,
+) -> Result<&'static str, ApiError> {
+    if actor == "controller" {
+        return Ok("");
+    }
+    let Some(token) = actor.strip_prefix("token:").and_then(TokenId::parse) else {
+        // A command at the operator's console (`stratus up`, …).
+        return Ok("operator");
+    };
+    let record = state.ledger.tokens().get(&token).await?;
+    Ok(match record {
+        Some(record) if record.account_id.as_ref() == Some(account) => "",
+        Some(record) if record.scope == TokenScope::Billing => "billing",
+        _ => "operator",
+    })
 }
 
 async fn history(

@@ -9,13 +9,14 @@ use stratus_core::cloud_init;
 use stratus_core::ids::{AccountId, ServerId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{PowerState, ServerPhase, VirtualServer, VirtualServerSpec};
-use stratus_core::standing::{Suspension, SuspensionReason};
+use stratus_core::standing::Suspension;
 use stratus_core::validate;
 use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
 use super::customer_objects::{
     Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace, orderable_account,
+    refuse_while_held_as_evidence,
 };
 use crate::auth::Principal;
 use crate::body::JsonBody;
@@ -314,13 +315,14 @@ pub async fn delete_server(
 ) -> Result<Response, ApiError> {
     let id = server_id(&id)?;
     let server = find_server(&state, &principal, &id).await?;
-    if let (Principal::Customer { .. }, Some(suspension)) = (&principal, &server.spec.suspension)
-        && suspension.reasons.contains(&SuspensionReason::Abuse)
-    {
-        return Err(ApiError::server_suspended(
-            &reason_names(suspension),
-            "the server is suspended for abuse: its disk is kept as evidence until an operator releases or terminates it",
-        ));
+    if let Principal::Customer { account_id, .. } = &principal {
+        let own: Vec<_> = server
+            .spec
+            .suspension
+            .iter()
+            .flat_map(|s| s.reasons.iter().copied())
+            .collect();
+        refuse_while_held_as_evidence(&state, account_id, "server", &own).await?;
     }
     let namespace = server.namespace();
     // Before the delete: an order retried after it must not create it again.

@@ -14,13 +14,13 @@ use stratus_core::resources::{
     MAX_STORAGE_GIB, ServerPhase, StorageContent, StorageEncryption, StoragePhase,
     StorageSubscription, StorageSubscriptionSpec,
 };
-use stratus_core::standing::SuspensionReason;
 use stratus_core::validate;
 use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
 use super::customer_objects::{
     Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace, orderable_account,
+    refuse_while_held_as_evidence,
 };
 use super::storage_keys;
 use crate::auth::Principal;
@@ -393,26 +393,6 @@ async fn refuse_writes_while_suspended(
     }
 }
 
-/// Data of an account suspended for abuse is evidence (R5): its customer
-/// cannot destroy it until an operator releases or terminates it.
-async fn refuse_while_held_for_abuse(
-    state: &ApiState,
-    account_id: &AccountId,
-) -> Result<(), ApiError> {
-    let account = state.accounts.get(None, account_id.as_str()).await?;
-    let suspensions = account
-        .and_then(|a| a.status)
-        .map(|s| s.suspensions)
-        .unwrap_or_default();
-    if suspensions
-        .iter()
-        .any(|s| s.reason == SuspensionReason::Abuse)
-    {
-        return Err(ApiError::held_as_evidence("storage"));
-    }
-    Ok(())
-}
-
 /// The content of a subscription attached to a server, or not yet
 /// settled since it was, is the server's: neither written nor restored
 /// through the API.
@@ -460,7 +440,13 @@ pub async fn delete_storage(
     let id = storage_id(&id)?;
     let subscription = find_storage(&state, &principal, &id).await?;
     if let Principal::Customer { account_id, .. } = &principal {
-        refuse_while_held_for_abuse(&state, account_id).await?;
+        let own: Vec<_> = subscription
+            .spec
+            .suspension
+            .iter()
+            .flat_map(|s| s.reasons.iter().copied())
+            .collect();
+        refuse_while_held_as_evidence(&state, account_id, "storage", &own).await?;
     }
     if let Some(server) = &subscription.spec.attached_to {
         return Err(ApiError::storage_attached(
