@@ -618,3 +618,27 @@ async fn feed_positions_only_move_forward() {
         );
     }
 }
+
+/// R1–R9 (defect 11 of issue 25): a fact answered 202 must survive a power
+/// cut, not only a crash of the process: the embedded database syncs its
+/// log at every commit (`synchronous=FULL`; NORMAL loses the last
+/// transactions of a WAL database when the machine loses power).
+#[tokio::test]
+async fn r1_an_answered_fact_is_synced_to_disk_at_commit() {
+    let scratch = testing::sqlite().await;
+    for _ in 0..6 {
+        // Every connection of the pool, not only the first.
+        let mut connections = Vec::new();
+        for _ in 0..4 {
+            connections.push(scratch.db.pool().acquire().await.unwrap());
+        }
+        for connection in &mut connections {
+            let row = sqlx::query("PRAGMA synchronous")
+                .fetch_one(&mut **connection)
+                .await
+                .unwrap();
+            let level: i64 = sqlx::Row::try_get(&row, 0).unwrap();
+            assert_eq!(level, 2, "PRAGMA synchronous is FULL (2)");
+        }
+    }
+}
