@@ -704,16 +704,46 @@ async fn r27_an_agent_stores_content_in_versions_and_refuses_more_than_the_size(
         .unwrap();
     let versions: Vec<u64> = seen.versions.iter().map(|v| v.version).collect();
     assert_eq!(versions, [0, 1], "nothing of the refused content stays");
-    let checked: StoredContent = http
-        .get(format!("{copy}/versions/1/checksum?bytes={}", 64 << 20))
+    // A checksum is a job of the agent: started once, asked about until
+    // done; asking to start it again answers the same job.
+    let job = json!({"kind": "checksum", "version": 1, "bytes": 64u64 << 20});
+    let job_url = format!("{copy}/jobs/checksum-v1-{}", 64u64 << 20);
+    let mut status: serde_json::Value = http
+        .put(&job_url)
         .bearer_auth(token)
+        .json(&job)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(checked.sha256, expected);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while status["state"] == "running" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = http
+            .get(&job_url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    }
+    assert_eq!(status["state"], "succeeded", "{status}");
+    assert_eq!(status["result"]["sha256"], expected.as_str(), "{status}");
+    let again: serde_json::Value = http
+        .put(&job_url)
+        .bearer_auth(token)
+        .json(&job)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, status, "the finished job's result, not a second run");
     // Writing a version that exists is refused.
     let reply = http
         .put(format!("{copy}/versions/1?size_gib=1"))

@@ -42,6 +42,10 @@ pub enum AgentError {
     WrongKey(String),
     #[error("this hypervisor cannot keep volume keys (libvirt secrets): {0}")]
     KeysUnsupported(String),
+    #[error("busy: {0}")]
+    Busy(String),
+    #[error("no job {0} is known here (never started, or its result was fetched long ago)")]
+    UnknownJob(String),
 }
 
 impl AgentError {
@@ -62,6 +66,8 @@ impl AgentError {
             Self::AntiSpoofingUnavailable(_) => AgentErrorCode::AntiSpoofingUnavailable,
             Self::WrongKey(_) => AgentErrorCode::WrongKey,
             Self::KeysUnsupported(_) => AgentErrorCode::KeysUnsupported,
+            Self::Busy(_) => AgentErrorCode::Busy,
+            Self::UnknownJob(_) => AgentErrorCode::UnknownJob,
         }
     }
 
@@ -85,6 +91,8 @@ impl AgentError {
             Self::AntiSpoofingUnavailable(_) => "anti_spoofing_unavailable",
             Self::WrongKey(_) => "wrong_key",
             Self::KeysUnsupported(_) => "keys_unsupported",
+            Self::Busy(_) => "busy",
+            Self::UnknownJob(_) => "unknown_job",
         }
     }
 }

@@ -14,12 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ring::digest::{SHA256, digest};
 use stratus_core::agent_api::{
-    AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec, LuksFormat, VolumeSpec,
-    VolumeUnlock,
+    AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec, JobStatus, LuksFormat, VolumeJob,
+    VolumeSpec, VolumeUnlock,
 };
 
 use crate::driver::Driver;
 use crate::error::AgentError;
+use crate::jobs::{Jobs, Started};
 use crate::metrics::AgentMetrics;
 
 #[derive(Clone)]
@@ -27,6 +28,7 @@ pub struct AgentState {
     driver: Arc<Driver>,
     token_digest: Arc<[u8]>,
     metrics: Arc<AgentMetrics>,
+    jobs: Jobs,
 }
 
 impl AgentState {
@@ -35,6 +37,7 @@ impl AgentState {
             driver,
             token_digest: digest(&SHA256, token.as_bytes()).as_ref().into(),
             metrics: Arc::new(AgentMetrics::default()),
+            jobs: Jobs::default(),
         }
     }
 
@@ -66,14 +69,7 @@ pub fn router(state: AgentState) -> Router {
             "/v1/volumes/{name}/versions/{version}",
             get(read_version).put(write_version).delete(delete_version),
         )
-        .route(
-            "/v1/volumes/{name}/versions/{version}/checksum",
-            get(checksum_version),
-        )
-        .route(
-            "/v1/volumes/{name}/versions/{version}/copy",
-            post(copy_version),
-        )
+        .route("/v1/volumes/{name}/jobs/{id}", get(job).put(start_job))
         .route(
             "/v1/volumes/{name}/versions/{version}/luks",
             post(format_version),
@@ -112,6 +108,8 @@ impl IntoResponse for AgentError {
             AgentErrorCode::AntiSpoofingUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AgentErrorCode::WrongKey => StatusCode::FORBIDDEN,
             AgentErrorCode::KeysUnsupported => StatusCode::NOT_IMPLEMENTED,
+            AgentErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            AgentErrorCode::UnknownJob => StatusCode::NOT_FOUND,
         };
         if status.is_server_error() {
             tracing::error!(error = %self, "agent call failed");
@@ -244,6 +242,7 @@ async fn destroy_volume(
     State(state): State<AgentState>,
     Path(name): Path<String>,
 ) -> Result<Response, AgentError> {
+    state.jobs.forget(&name, None);
     Ok(
         Json(run(&state, "destroy_volume", move |d| d.destroy_volume(&name)).await?)
             .into_response(),
@@ -284,6 +283,7 @@ async fn write_version(
     if declared.is_some_and(|length| length > limit) {
         return Err(AgentError::ContentTooLarge { limit });
     }
+    state.jobs.forget(&name, Some(version));
     let (sender, mut receiver) =
         tokio::sync::mpsc::channel::<Result<Vec<u8>, String>>(CHUNKS_IN_FLIGHT);
     let reader = tokio::spawn(async move {
@@ -347,45 +347,81 @@ async fn read_version(
         .into_response())
 }
 
-/// Reads the first `bytes` of `version` of the copy and answers their SHA-256.
-#[tracing::instrument(skip(state, query))]
-async fn checksum_version(
+/// Starts job `id` of the copy `name` unless it is known, and answers where
+/// it stands: 202 while under way, 200 with its result or failure.
+#[tracing::instrument(skip(state, body))]
+async fn start_job(
     State(state): State<AgentState>,
-    Path((name, version)): Path<(String, u64)>,
-    query: Result<Query<ReadQuery>, QueryRejection>,
+    Path((name, id)): Path<(String, String)>,
+    body: Result<Json<VolumeJob>, JsonRejection>,
 ) -> Result<Response, AgentError> {
-    let Query(ReadQuery { bytes }) = query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
-    let stored = run(&state, "checksum_version", move |d| {
-        d.read_version(&name, version, bytes, &mut |_| true)
-    })
-    .await?;
-    Ok(Json(stored).into_response())
+    let Json(job) = body.map_err(|e| AgentError::BadRequest(e.body_text()))?;
+    if job.id() != id {
+        return Err(AgentError::BadRequest(format!(
+            "the job at {id} is {}, not this one",
+            job.id()
+        )));
+    }
+    match state.jobs.start(&name, &job)? {
+        Started::Known(status) => Ok(job_response(status)),
+        Started::New => {
+            tracing::info!(volume = %name, job = %id, "storage job started");
+            let (worker, volume, job_id) = (state.clone(), name.clone(), id.clone());
+            tokio::spawn(async move {
+                let outcome = match job {
+                    VolumeJob::Checksum { version, bytes } => {
+                        let volume = volume.clone();
+                        run(&worker, "checksum_version", move |d| {
+                            d.read_version(&volume, version, bytes, &mut |_| true)
+                        })
+                        .await
+                    }
+                    VolumeJob::Copy {
+                        from,
+                        to,
+                        pause_guest,
+                    } => {
+                        let volume = volume.clone();
+                        run(&worker, "copy_version", move |d| {
+                            d.copy_version(&volume, from, to, pause_guest)
+                        })
+                        .await
+                    }
+                };
+                if let Err(error) = &outcome {
+                    tracing::warn!(%volume, job = %job_id, %error, "storage job failed");
+                }
+                worker.jobs.finish(&volume, &job_id, outcome);
+            });
+            let status = state
+                .jobs
+                .status(&name, &id)
+                .unwrap_or(JobStatus::Running { elapsed_ms: 0 });
+            Ok(job_response(status))
+        }
+    }
 }
 
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CopyQuery {
-    from: u64,
-    /// Pause a running guest that has `from` as a disk for the copy.
-    #[serde(default)]
-    pause_guest: bool,
+/// Where job `id` of the copy `name` stands (404 `unknown_job` when this
+/// agent does not know it: never started, restarted since, or fetched
+/// long ago).
+#[tracing::instrument(skip(state))]
+async fn job(
+    State(state): State<AgentState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, AgentError> {
+    match state.jobs.status(&name, &id) {
+        Some(status) => Ok(job_response(status)),
+        None => Err(AgentError::UnknownJob(id)),
+    }
 }
 
-/// Copies version `from` of the copy into the new `version` and answers its
-/// length and SHA-256.
-#[tracing::instrument(skip(state, query))]
-async fn copy_version(
-    State(state): State<AgentState>,
-    Path((name, version)): Path<(String, u64)>,
-    query: Result<Query<CopyQuery>, QueryRejection>,
-) -> Result<Response, AgentError> {
-    let Query(CopyQuery { from, pause_guest }) =
-        query.map_err(|e| AgentError::BadRequest(e.body_text()))?;
-    let stored = run(&state, "copy_version", move |d| {
-        d.copy_version(&name, from, version, pause_guest)
-    })
-    .await?;
-    Ok(Json(stored).into_response())
+fn job_response(status: JobStatus) -> Response {
+    let code = match status {
+        JobStatus::Running { .. } => StatusCode::ACCEPTED,
+        JobStatus::Succeeded { .. } | JobStatus::Failed { .. } => StatusCode::OK,
+    };
+    (code, Json(status)).into_response()
 }
 
 /// A body carrying a key is refused without repeating any of it.
@@ -403,6 +439,7 @@ async fn format_version(
     body: Result<Json<LuksFormat>, JsonRejection>,
 ) -> Result<Response, AgentError> {
     let format = key_body(body, r#"{"size_gib": N, "key": "…"}"#)?;
+    state.jobs.forget(&name, Some(version));
     let stored = run(&state, "format_version", move |d| {
         d.format_version(&name, version, format.size_gib, &format.key)
     })
@@ -430,6 +467,7 @@ async fn delete_version(
     State(state): State<AgentState>,
     Path((name, version)): Path<(String, u64)>,
 ) -> Result<Response, AgentError> {
+    state.jobs.forget(&name, Some(version));
     Ok(Json(
         run(&state, "delete_version", move |d| {
             d.delete_version(&name, version)

@@ -9,6 +9,7 @@
 pub mod driver;
 pub mod error;
 pub mod http;
+pub mod jobs;
 pub mod keys;
 pub mod metrics;
 pub mod replay;

@@ -182,3 +182,67 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(body["error"]["code"], "image_missing");
 }
+
+/// Defect 3 of issue 25: long storage work is a job of the agent, started
+/// by PUT under an id that says what it does and asked about by GET; a
+/// job whose body does not match its id, or one never started, is refused
+/// clearly; a failed job says why, and asking for it again answers the
+/// same failure rather than running it a second time.
+#[tokio::test]
+async fn storage_work_runs_as_jobs_asked_about_by_id() {
+    let app = app();
+    let volume = "stratus-acc-0000000000000001.st-jobs";
+    let checksum = json!({"kind": "checksum", "version": 1, "bytes": 1024});
+    let path = format!("/v1/volumes/{volume}/jobs/checksum-v1-1024");
+
+    let (status, body) = call(&app, Method::GET, &path, Some(TOKEN), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["error"]["code"], "unknown_job");
+
+    let wrong = format!("/v1/volumes/{volume}/jobs/checksum-v2-1024");
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        &wrong,
+        Some(TOKEN),
+        Some(checksum.clone()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        &path,
+        Some(TOKEN),
+        Some(json!({"kind": "format", "version": 1})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    // The volume does not exist: the job fails, and says so.
+    let (status, started) = call(
+        &app,
+        Method::PUT,
+        &path,
+        Some(TOKEN),
+        Some(checksum.clone()),
+    )
+    .await;
+    assert!(
+        status == StatusCode::ACCEPTED || status == StatusCode::OK,
+        "{status}: {started}"
+    );
+    let mut outcome = started;
+    for _ in 0..100 {
+        if outcome["state"] != "running" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        outcome = call(&app, Method::GET, &path, Some(TOKEN), None).await.1;
+    }
+    assert_eq!(outcome["state"], "failed", "{outcome}");
+    assert!(outcome["error"]["code"].is_string(), "{outcome}");
+    let (status, again) = call(&app, Method::PUT, &path, Some(TOKEN), Some(checksum)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again, outcome, "the same job's outcome, not a second run");
+}

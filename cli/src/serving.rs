@@ -1,28 +1,56 @@
 //! The HTTP server of the API and the agent, bounded against slow and
 //! greedy clients: a client must finish its request headers in time, a
-//! request must finish in time, and only so many connections are served at
-//! once (more wait in the kernel's accept backlog).
+//! request must finish in time (a content stream instead must keep moving:
+//! it takes as long as its size needs), and only so many connections are
+//! served at once (more wait in the kernel's accept backlog).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use axum::extract::Request;
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
-use tower_http::timeout::TimeoutLayer;
 
 /// How much a server gives one client.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// A client that has not sent its whole request head by then is dropped.
     pub header_read: Duration,
-    /// A request still running after this is answered 408.
+    /// A request still running after this is answered 408 (content
+    /// streams excepted).
     pub request: Duration,
     /// Connections served at once.
     pub connections: usize,
+    /// The requests that carry a content stream (an upload or a download
+    /// of a customer's data): never cut by `request`, only when no byte of
+    /// their body arrives for `stream_idle`.
+    pub streams: fn(&Method, &str) -> bool,
+    pub stream_idle: Duration,
+}
+
+fn no_streams(_: &Method, _: &str) -> bool {
+    false
+}
+
+/// `PUT`/`GET /v1/storage/{id}/content`.
+fn api_streams(method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    (method == Method::PUT || method == Method::GET)
+        && matches!(segments.as_slice(), ["v1", "storage", _, "content"])
+}
+
+/// `PUT`/`GET /v1/volumes/{name}/versions/{version}`.
+fn agent_streams(method: &Method, path: &str) -> bool {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    (method == Method::PUT || method == Method::GET)
+        && matches!(segments.as_slice(), ["v1", "volumes", _, "versions", _])
 }
 
 impl Limits {
@@ -31,6 +59,8 @@ impl Limits {
         header_read: Duration::from_secs(10),
         request: Duration::from_secs(60),
         connections: 1024,
+        streams: api_streams,
+        stream_idle: Duration::from_secs(120),
     };
     /// The agent: one controller, but libvirt calls (creating a disk) can
     /// take a while on a real hypervisor.
@@ -38,13 +68,54 @@ impl Limits {
         header_read: Duration::from_secs(10),
         request: Duration::from_secs(300),
         connections: 256,
+        streams: agent_streams,
+        stream_idle: Duration::from_secs(120),
     };
     /// Metrics and health endpoints.
     pub const METRICS: Self = Self {
         header_read: Duration::from_secs(10),
         request: Duration::from_secs(30),
         connections: 64,
+        streams: no_streams,
+        stream_idle: Duration::from_secs(30),
     };
+}
+
+/// Holds a request to its limits: a total time, or for a content stream a
+/// request body that keeps moving.
+async fn bounded(limits: Limits, request: Request, next: Next) -> Response {
+    if (limits.streams)(request.method(), request.uri().path()) {
+        let idle = limits.stream_idle;
+        let request = request.map(|body| axum::body::Body::from_stream(idle_body(body, idle)));
+        return next.run(request).await;
+    }
+    match tokio::time::timeout(limits.request, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => StatusCode::REQUEST_TIMEOUT.into_response(),
+    }
+}
+
+/// The data of `body`, failing when no byte comes for `idle`.
+fn idle_body(
+    body: axum::body::Body,
+    idle: Duration,
+) -> impl futures::Stream<Item = Result<axum::body::Bytes, std::io::Error>> + Send {
+    use futures::StreamExt;
+    futures::stream::unfold(Some(body.into_data_stream()), move |data| async move {
+        let mut data = data?;
+        match tokio::time::timeout(idle, data.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(data))),
+            Ok(Some(Err(error))) => Some((Err(std::io::Error::other(error)), None)),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no byte of the body came for {} s", idle.as_secs()),
+                )),
+                None,
+            )),
+        }
+    })
 }
 
 /// How long open connections get to finish at shutdown.
@@ -63,9 +134,8 @@ pub async fn serve(
     tls: Option<ServerTls>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let router = router.layer(TimeoutLayer::with_status_code(
-        axum::http::StatusCode::REQUEST_TIMEOUT,
-        limits.request,
+    let router = router.layer(axum::middleware::from_fn(
+        move |request: Request, next: Next| bounded(limits, request, next),
     ));
     let permits = Arc::new(Semaphore::new(limits.connections));
     let graceful = GracefulShutdown::new();
@@ -151,6 +221,8 @@ mod tests {
         header_read: Duration::from_millis(300),
         request: Duration::from_millis(300),
         connections: 1,
+        streams: |_, path| path == "/upload",
+        stream_idle: Duration::from_millis(400),
     };
 
     async fn start(limits: Limits) -> (std::net::SocketAddr, watch::Sender<bool>) {
@@ -163,6 +235,15 @@ mod tests {
                 axum::routing::get(|| async {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     "late"
+                }),
+            )
+            .route(
+                "/upload",
+                axum::routing::put(|body: axum::body::Body| async move {
+                    match axum::body::to_bytes(body, usize::MAX).await {
+                        Ok(bytes) => format!("stored {}", bytes.len()).into_response(),
+                        Err(error) => (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+                    }
                 }),
             );
         let (stop, stopped) = watch::channel(false);
@@ -228,5 +309,48 @@ mod tests {
             .await
             .unwrap();
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    /// Sends a chunked upload of `chunks` chunks of 1 KiB, `gap` apart,
+    /// then waits for the answer.
+    async fn upload(address: std::net::SocketAddr, chunks: usize, gap: Duration) -> String {
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(
+                b"PUT /upload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        for _ in 0..chunks {
+            tokio::time::sleep(gap).await;
+            let mut chunk = b"400\r\n".to_vec();
+            chunk.extend_from_slice(&[7u8; 1024]);
+            chunk.extend_from_slice(b"\r\n");
+            if client.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = client.write_all(b"0\r\n\r\n").await;
+        read_until_closed(&mut client, Duration::from_secs(10))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Defect 3 of issue 25: a content stream takes as long as its size
+    /// needs (here three times the request limit), as long as it moves.
+    #[tokio::test]
+    async fn a_content_stream_that_keeps_moving_is_never_cut() {
+        let (address, _stop) = start(TIGHT).await;
+        let answer = upload(address, 10, Duration::from_millis(100)).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.ends_with("stored 10240"), "{answer}");
+    }
+
+    /// A content stream that stops moving for the idle limit is cut.
+    #[tokio::test]
+    async fn a_content_stream_that_stalls_is_cut() {
+        let (address, _stop) = start(TIGHT).await;
+        let answer = upload(address, 2, Duration::from_millis(900)).await;
+        assert!(!answer.contains("stored"), "{answer}");
     }
 }

@@ -10,8 +10,9 @@ use tokio::time::Instant;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorBody, AgentErrorCode, DomainObservation, DomainSpec, LuksFormat, NodeReport,
-    StoredContent, VolumeObservation, VolumeSpec, VolumeUnlock,
+    AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainObservation, DomainSpec, JobStatus,
+    LuksFormat, NodeReport, StoredContent, VolumeJob, VolumeObservation, VolumeSpec, VolumeUnlock,
+    volume_job_path,
 };
 
 /// A content streaming to or from an agent, chunk by chunk.
@@ -269,6 +270,73 @@ impl AgentDirectory {
     }
 }
 
+/// A short call (an observation, a report, an unlock) answers within this.
+pub const QUICK_CALL: Duration = Duration::from_secs(15);
+/// A content stream, to or from an agent, that moves no byte for this long
+/// is cut. Never a total timeout: 100 GiB take what they take.
+pub const STREAM_IDLE: Duration = Duration::from_secs(120);
+/// How long an agent gets to answer an upload once its last byte was sent
+/// (it syncs the version and says its SHA-256), or to begin a download.
+pub const STREAM_ANSWER: Duration = Duration::from_secs(120);
+/// Polls of an agent job: soon at first, then less often.
+const JOB_POLL_FIRST: Duration = Duration::from_millis(200);
+const JOB_POLL_MAX: Duration = Duration::from_secs(5);
+/// Polls of a job in a row that reach no agent before the call gives up
+/// (the job goes on; the next attempt asks for the same one).
+const JOB_POLL_FAILURES: u32 = 5;
+
+/// `stream` cut with an error when no chunk comes for `idle`; `ended` is
+/// told when the stream ends, well or not.
+pub fn idle_guarded(
+    stream: ContentStream,
+    idle: Duration,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+) -> ContentStream {
+    use futures::StreamExt;
+    struct Guard {
+        stream: ContentStream,
+        ended: Option<tokio::sync::oneshot::Sender<()>>,
+        done: bool,
+    }
+    impl Guard {
+        fn end(&mut self) {
+            self.done = true;
+            if let Some(ended) = self.ended.take() {
+                let _ = ended.send(());
+            }
+        }
+    }
+    let guard = Guard {
+        stream,
+        ended,
+        done: false,
+    };
+    futures::stream::unfold(guard, move |mut guard| async move {
+        if guard.done {
+            return None;
+        }
+        match tokio::time::timeout(idle, guard.stream.next()).await {
+            Ok(Some(Ok(chunk))) => Some((Ok(chunk), guard)),
+            Ok(Some(Err(error))) => {
+                guard.end();
+                Some((Err(error), guard))
+            }
+            Ok(None) => {
+                guard.end();
+                None
+            }
+            Err(_) => {
+                guard.end();
+                Some((
+                    Err(format!("no byte moved for {} s", idle.as_secs())),
+                    guard,
+                ))
+            }
+        }
+    })
+    .boxed()
+}
+
 /// The agent client: HTTPS with mutual TLS, plus the agent's bearer token.
 #[derive(Clone)]
 pub struct HttpAgentClient {
@@ -300,7 +368,10 @@ impl HttpAgentClient {
             .use_preconfigured_tls(tls)
             .https_only(true)
             .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(15))
+            // No total timeout on the client: a content stream takes as
+            // long as its size needs. Short calls set their own
+            // ([`QUICK_CALL`]); streams fail when idle ([`STREAM_IDLE`]).
+            .tcp_keepalive(Duration::from_secs(30))
             .pool_max_idle_per_host(32)
             .build()
             .map_err(|e| AgentCallError::Unreachable(format!("cannot build HTTP client: {e}")))
@@ -324,6 +395,58 @@ impl HttpAgentClient {
             .map_err(|e| AgentCallError::Unreachable(format!("malformed answer: {e}")))
     }
 
+    /// Runs `job` on the agent and waits for its end, asking every few
+    /// seconds: each call is short, the work takes what it takes. A job
+    /// already under way (a retry, a controller that restarted) is joined,
+    /// never started twice; one the agent forgot (it restarted) is started
+    /// again.
+    async fn job(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        job: &VolumeJob,
+    ) -> Result<StoredContent, AgentCallError> {
+        let url = Self::url(agent, &volume_job_path(name, &job.id()));
+        let mut status: JobStatus = self
+            .send(self.http().put(&url).timeout(QUICK_CALL).json(job), agent)
+            .await?;
+        let (mut pause, mut unreachable) = (JOB_POLL_FIRST, 0);
+        loop {
+            match status {
+                JobStatus::Succeeded { result } => return Ok(result),
+                JobStatus::Failed { error } => return Err(refused_by_agent(error)),
+                JobStatus::Running { .. } => {}
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(JOB_POLL_MAX);
+            let asked = self
+                .send::<JobStatus>(self.http().get(&url).timeout(QUICK_CALL), agent)
+                .await;
+            status = match asked {
+                Ok(status) => {
+                    unreachable = 0;
+                    status
+                }
+                Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::UnknownJob,
+                    ..
+                }) => {
+                    tracing::info!(job = %job.id(), volume = %name, "the agent forgot the job: started again");
+                    self.send(self.http().put(&url).timeout(QUICK_CALL).json(job), agent)
+                        .await?
+                }
+                Err(error @ AgentCallError::Unreachable(_)) => {
+                    unreachable += 1;
+                    if unreachable >= JOB_POLL_FAILURES {
+                        return Err(error);
+                    }
+                    JobStatus::Running { elapsed_ms: 0 }
+                }
+                Err(error) => return Err(error),
+            };
+        }
+    }
+
     /// The body of a successful answer, as bytes.
     async fn send_raw(
         &self,
@@ -344,9 +467,25 @@ impl HttpAgentClient {
     }
 }
 
+/// What a failure the agent reported means to the caller.
+fn refused_by_agent(error: AgentErrorDetail) -> AgentCallError {
+    match error.code {
+        AgentErrorCode::Hypervisor | AgentErrorCode::Busy => {
+            AgentCallError::Unreachable(error.message)
+        }
+        code => AgentCallError::Rejected {
+            code,
+            message: error.message,
+        },
+    }
+}
+
 /// What an agent's non-2xx answer means to the caller.
 fn refusal(status: reqwest::StatusCode, body: &[u8]) -> AgentCallError {
     match serde_json::from_slice::<AgentErrorBody>(body).ok() {
+        Some(body) if body.error.code == AgentErrorCode::Busy => {
+            AgentCallError::Unreachable(format!("HTTP {status}: {}", body.error.message))
+        }
         Some(body) if status.is_client_error() || body.error.code != AgentErrorCode::Hypervisor => {
             AgentCallError::Rejected {
                 code: body.error.code,
@@ -409,8 +548,13 @@ fn describe(error: &reqwest::Error) -> String {
 #[async_trait]
 impl AgentClient for HttpAgentClient {
     async fn node(&self, agent: &AgentEndpoint) -> Result<NodeReport, AgentCallError> {
-        self.send(self.http().get(Self::url(agent, "/v1/node")), agent)
-            .await
+        self.send(
+            self.http()
+                .get(Self::url(agent, "/v1/node"))
+                .timeout(QUICK_CALL),
+            agent,
+        )
+        .await
     }
 
     async fn observe(
@@ -420,7 +564,8 @@ impl AgentClient for HttpAgentClient {
     ) -> Result<DomainObservation, AgentCallError> {
         self.send(
             self.http()
-                .get(Self::url(agent, &format!("/v1/domains/{domain}"))),
+                .get(Self::url(agent, &format!("/v1/domains/{domain}")))
+                .timeout(QUICK_CALL),
             agent,
         )
         .await
@@ -471,7 +616,8 @@ impl AgentClient for HttpAgentClient {
     ) -> Result<Vec<u8>, AgentCallError> {
         let request = self
             .http()
-            .get(Self::url(agent, &format!("/v1/domains/{domain}/console")));
+            .get(Self::url(agent, &format!("/v1/domains/{domain}/console")))
+            .timeout(QUICK_CALL);
         self.send_raw(request, agent).await
     }
 
@@ -482,7 +628,8 @@ impl AgentClient for HttpAgentClient {
     ) -> Result<VolumeObservation, AgentCallError> {
         let request = self
             .http()
-            .get(Self::url(agent, &format!("/v1/volumes/{name}")));
+            .get(Self::url(agent, &format!("/v1/volumes/{name}")))
+            .timeout(QUICK_CALL);
         self.send(request, agent).await
     }
 
@@ -520,14 +667,29 @@ impl AgentClient for HttpAgentClient {
         size_gib: u64,
         content: ContentStream,
     ) -> Result<StoredContent, AgentCallError> {
+        let (sent, all_sent) = tokio::sync::oneshot::channel();
+        let body = idle_guarded(content, STREAM_IDLE, Some(sent));
         let request = self
             .http()
             .put(Self::url(
                 agent,
                 &format!("/v1/volumes/{name}/versions/{version}?size_gib={size_gib}"),
             ))
-            .body(reqwest::Body::wrap_stream(content));
-        self.send(request, agent).await
+            .body(reqwest::Body::wrap_stream(body));
+        let call = self.send(request, agent);
+        // However long the stream, once its last byte left the agent has
+        // STREAM_ANSWER to answer.
+        let answer_overdue = async {
+            let _ = all_sent.await;
+            tokio::time::sleep(STREAM_ANSWER).await;
+        };
+        tokio::select! {
+            answer = call => answer,
+            () = answer_overdue => Err(AgentCallError::Unreachable(format!(
+                "no answer {} s after the whole content was sent",
+                STREAM_ANSWER.as_secs()
+            ))),
+        }
     }
 
     async fn read_version(
@@ -538,25 +700,33 @@ impl AgentClient for HttpAgentClient {
         bytes: u64,
     ) -> Result<ContentStream, AgentCallError> {
         use futures::StreamExt;
-        let response = self
+        let request = self
             .http()
             .get(Self::url(
                 agent,
                 &format!("/v1/volumes/{name}/versions/{version}?bytes={bytes}"),
             ))
             .bearer_auth(&agent.token)
-            .send()
+            .send();
+        let response = tokio::time::timeout(STREAM_ANSWER, request)
             .await
+            .map_err(|_| {
+                AgentCallError::Unreachable(format!(
+                    "the download did not begin within {} s",
+                    STREAM_ANSWER.as_secs()
+                ))
+            })?
             .map_err(|e| AgentCallError::Unreachable(describe(&e)))?;
         if !response.status().is_success() {
             let status = response.status();
             let body = read_bounded(response).await?;
             return Err(refusal(status, &body));
         }
-        Ok(response
+        let chunks = response
             .bytes_stream()
             .map(|chunk| chunk.map(|c| c.to_vec()).map_err(|e| describe(&e)))
-            .boxed())
+            .boxed();
+        Ok(idle_guarded(chunks, STREAM_IDLE, None))
     }
 
     async fn delete_version(
@@ -582,15 +752,10 @@ impl AgentClient for HttpAgentClient {
         version: u64,
         bytes: u64,
     ) -> Result<StoredContent, AgentCallError> {
-        let request = self
-            .http()
-            .get(Self::url(
-                agent,
-                &format!("/v1/volumes/{name}/versions/{version}/checksum?bytes={bytes}"),
-            ))
-            .timeout(self.slow_timeout);
-        self.send(request, agent).await
+        self.job(agent, name, &VolumeJob::Checksum { version, bytes })
+            .await
     }
+
     async fn copy_version(
         &self,
         agent: &AgentEndpoint,
@@ -599,16 +764,16 @@ impl AgentClient for HttpAgentClient {
         to: u64,
         pause_guest: bool,
     ) -> Result<StoredContent, AgentCallError> {
-        let request = self
-            .http()
-            .post(Self::url(
-                agent,
-                &format!(
-                    "/v1/volumes/{name}/versions/{to}/copy?from={from}&pause_guest={pause_guest}"
-                ),
-            ))
-            .timeout(self.slow_timeout);
-        self.send(request, agent).await
+        self.job(
+            agent,
+            name,
+            &VolumeJob::Copy {
+                from,
+                to,
+                pause_guest,
+            },
+        )
+        .await
     }
 
     async fn format_version(
@@ -642,6 +807,7 @@ impl AgentClient for HttpAgentClient {
                 agent,
                 &format!("/v1/volumes/{name}/versions/{version}/unlock"),
             ))
+            .timeout(self.slow_timeout)
             .json(unlock);
         self.send_raw(request, agent).await.map(drop)
     }

@@ -353,6 +353,74 @@ pub struct StoredContent {
     pub sha256: String,
 }
 
+/// Long work on a storage copy that the agent runs in the background: the
+/// controller starts it with `PUT /v1/volumes/{name}/jobs/{id}` and asks
+/// again with `GET` until it is done. Its id says what it does, so a
+/// controller that restarted, or retried after losing the connection, asks
+/// for the same id and finds the work under way (or its result) instead of
+/// starting it a second time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VolumeJob {
+    /// Reads the first `bytes` of `version` and answers their SHA-256.
+    Checksum { version: u64, bytes: u64 },
+    /// Copies version `from` into the new version `to` (pausing a running
+    /// guest that has `from` as a disk when `pause_guest`).
+    Copy {
+        from: u64,
+        to: u64,
+        #[serde(default)]
+        pause_guest: bool,
+    },
+}
+
+impl VolumeJob {
+    /// The job's id: the same work always has the same id.
+    pub fn id(&self) -> String {
+        match self {
+            Self::Checksum { version, bytes } => format!("checksum-v{version}-{bytes}"),
+            Self::Copy {
+                from,
+                to,
+                pause_guest,
+            } => format!(
+                "copy-v{from}-v{to}{}",
+                if *pause_guest { "-paused" } else { "" }
+            ),
+        }
+    }
+
+    /// The versions the job reads or writes: a job whose version is
+    /// rewritten or deleted is forgotten, never answered from the past.
+    pub fn touches(&self, version: u64) -> bool {
+        match self {
+            Self::Checksum { version: v, .. } => *v == version,
+            Self::Copy { from, to, .. } => *from == version || *to == version,
+        }
+    }
+}
+
+/// Where a [`VolumeJob`] stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobStatus {
+    /// Under way for `elapsed_ms`.
+    Running {
+        elapsed_ms: u64,
+    },
+    Succeeded {
+        result: StoredContent,
+    },
+    Failed {
+        error: AgentErrorDetail,
+    },
+}
+
+/// The path of job `id` of volume `name`.
+pub fn volume_job_path(name: &str, id: &str) -> String {
+    format!("/v1/volumes/{name}/jobs/{id}")
+}
+
 /// A storage pool on the node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PoolInfo {
@@ -457,6 +525,11 @@ pub enum AgentErrorCode {
     WrongKey,
     /// This hypervisor cannot keep keys (no libvirt secret driver).
     KeysUnsupported,
+    /// Too much under way: try again later.
+    Busy,
+    /// The job asked about is not known (the agent restarted, or its
+    /// result expired): start it again.
+    UnknownJob,
 }
 
 /// Prefix of every domain and disk volume the agent manages.
