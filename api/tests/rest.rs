@@ -3124,6 +3124,39 @@ async fn r8_every_hold_keeps_servers_and_storage_as_evidence() {
         )
         .await;
     let storage = storage.body["id"].as_str().unwrap().to_owned();
+    // Reported, not yet carried out by any controller: already held.
+    let reply = report(
+        &api,
+        &api.admin,
+        &account,
+        json!({"id": "court-1", "type": "legal_hold"}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    for path in [
+        format!("/v1/servers/{server}"),
+        format!("/v1/storage/{storage}"),
+    ] {
+        let refused = api.call(Method::DELETE, &path, &token, None).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::CONFLICT,
+            "{path}: {}",
+            refused.body
+        );
+        assert_eq!(
+            refused.body["error"]["details"]["reason"], "legal",
+            "{path}"
+        );
+    }
+    let reply = report(
+        &api,
+        &api.admin,
+        &account,
+        json!({"id": "court-2", "type": "legal_release"}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
     let hold = |reason: &str| json!({"state": "Suspended", "suspensions": [{"reason": reason, "since": "2026-11-01T00:00:00Z"}]});
     for reason in ["legal", "kyc"] {
         api.state

@@ -23,7 +23,7 @@ use stratus_core::resources::{
     Account, AccountState, AccountStatus, AccountSuspension, ServerTermination,
     StorageSubscription, VirtualServer,
 };
-use stratus_core::standing::{self, Cause, ChangeKind, Fact, FactKind, Standing, Subject};
+use stratus_core::standing::{self, Cause, ChangeKind, Standing, Subject};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Charge, DueAccount};
 use stratus_store::objects::Deletion;
 use stratus_store::{Resources, StoreError};
@@ -35,8 +35,6 @@ use crate::events::EventType;
 use crate::notifier::Outbox;
 use crate::runtime;
 
-/// Facts read per query while an account's history is loaded.
-const FACTS_PAGE: u32 = 1_000;
 /// An account with more facts than this is refused rather than read
 /// without bound; no real account comes near it.
 const MAX_FACTS: usize = 100_000;
@@ -231,7 +229,12 @@ impl DeadlineRunner {
         let account = due.account.as_str();
         // The revision was read before the facts: any fact missing from
         // them bumped it, and the deadline written below names it.
-        let facts = self.facts_of(account).await?;
+        let facts = self
+            .ctx
+            .ledger
+            .facts()
+            .standing_facts(account, MAX_FACTS)
+            .await?;
         let standing = standing::standing(&facts, &self.policy, now);
         let Some(object) = self.accounts.get(None, account).await? else {
             tracing::warn!("facts name an account that does not exist; nothing to carry out");
@@ -270,43 +273,6 @@ impl DeadlineRunner {
         } else {
             tracing::info!("a fact was reported during the settle: the account is settled again");
             Ok(Settled::Superseded)
-        }
-    }
-
-    async fn facts_of(&self, account: &str) -> Result<Vec<Fact>, ControllerError> {
-        let mut facts = Vec::new();
-        let mut after = 0;
-        loop {
-            let page = self
-                .ctx
-                .ledger
-                .facts()
-                .of_account(account, after, FACTS_PAGE)
-                .await?;
-            let full = page.len() == FACTS_PAGE as usize;
-            for stored in page {
-                after = stored.seq;
-                let kind: FactKind = serde_json::from_value(stored.fact).map_err(|e| {
-                    ControllerError::Malformed(stored.id.clone(), format!("stored fact: {e}"))
-                })?;
-                let recorded_at = Timestamp::from_millisecond(stored.recorded_at).map_err(|e| {
-                    ControllerError::Malformed(stored.id.clone(), format!("recorded_at: {e}"))
-                })?;
-                facts.push(Fact {
-                    id: stored.id,
-                    recorded_at,
-                    kind,
-                });
-            }
-            if facts.len() > MAX_FACTS {
-                return Err(ControllerError::Malformed(
-                    account.to_owned(),
-                    format!("more than {MAX_FACTS} facts"),
-                ));
-            }
-            if !full {
-                return Ok(facts);
-            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! Account facts and deadlines (issue 9's ledger), on SQLite and PostgreSQL.
 
 use serde_json::json;
-use stratus_store::ledger::{ChargeCursor, Ledger, NewFact, Recorded};
+use stratus_store::ledger::{Ledger, NewFact, Position, Recorded};
 use stratus_store::testing;
 
 fn overdue<'a>(id: &'a str, account: &'a str, body: &'a serde_json::Value, at: i64) -> NewFact<'a> {
@@ -160,7 +160,7 @@ async fn r1_a_fact_recorded_during_a_settle_keeps_its_account_due() {
         );
         let again = facts.due(150, 10).await.unwrap();
         assert_eq!(again.len(), 1, "{label}: still due for the second hold");
-        assert_eq!(again[0].due_at, 120);
+        assert_eq!(again[0].due_at, 100, "{label}: due since the first hold");
         assert!(
             facts
                 .settle_deadline("acc-1", Some(9_000), again[0].revision)
@@ -313,11 +313,7 @@ fn abuse_charge(key: &str) -> stratus_store::ledger::Charge {
 /// Reads every charge after `cursor` a reader can see within 10 s (other
 /// tests' transactions on the same server hold the horizon back for a
 /// moment, as a billing consumer's poll would wait).
-async fn read_until(
-    ledger: &Ledger,
-    mut cursor: ChargeCursor,
-    want: usize,
-) -> (Vec<String>, ChargeCursor) {
+async fn read_until(ledger: &Ledger, mut cursor: Position, want: usize) -> (Vec<String>, Position) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut keys = Vec::new();
     while keys.len() < want && std::time::Instant::now() < deadline {
@@ -327,7 +323,7 @@ async fn read_until(
         }
         for (at, charge) in page {
             assert!(
-                at > cursor || matches!(cursor, ChargeCursor::Id(_)),
+                at > cursor || matches!(cursor, Position::Id(_)),
                 "{at:?} after {cursor:?}"
             );
             cursor = at;
@@ -361,7 +357,7 @@ async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
     insert("smaller-id").execute(&mut *younger).await.unwrap();
     insert("larger-id").execute(&mut *older).await.unwrap();
     older.commit().await.unwrap();
-    let (first, cursor) = read_until(&ledger, ChargeCursor::Start, 1).await;
+    let (first, cursor) = read_until(&ledger, Position::Start, 1).await;
     assert_eq!(first, ["larger-id"], "the older writer's charge is final");
     assert!(
         ledger.charges().since(cursor, 10).await.unwrap().is_empty(),
@@ -372,7 +368,26 @@ async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
     assert_eq!(then, ["smaller-id"], "committed late, read after");
 
     // A cursor stored in the integer form before positions existed keeps
-    // working: what came after that id.
+    // working, even past a charge with a smaller id still being written
+    // when it was handed out: that one comes after it too.
+    let mut older = scratch.db.pool().begin().await.unwrap();
+    sqlx::query("SELECT CAST(pg_current_xact_id() AS TEXT)")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let mut younger = scratch.db.pool().begin().await.unwrap();
+    insert("late-small").execute(&mut *younger).await.unwrap();
+    insert("early-large").execute(&mut *older).await.unwrap();
+    older.commit().await.unwrap();
+    let handed_out: i64 = sqlx::Row::try_get(
+        &sqlx::query("SELECT id FROM billing_charges WHERE charge_key = 'early-large'")
+            .fetch_one(scratch.db.pool())
+            .await
+            .unwrap(),
+        "id",
+    )
+    .unwrap();
+    younger.commit().await.unwrap();
     assert!(
         ledger
             .charges()
@@ -380,21 +395,8 @@ async fn r7_a_billing_reader_never_skips_a_charge_committed_late() {
             .await
             .unwrap()
     );
-    let all = ledger
-        .charges()
-        .since(ChargeCursor::Start, 10)
-        .await
-        .unwrap();
-    let ids: Vec<i64> = all
-        .iter()
-        .map(|(c, _)| match c {
-            ChargeCursor::Written { id, .. } => *id,
-            other => panic!("PostgreSQL hands out written positions, not {other:?}"),
-        })
-        .collect();
-    let largest_before = ids[..2].iter().copied().max().unwrap();
-    let (legacy, _) = read_until(&ledger, ChargeCursor::Id(largest_before), 1).await;
-    assert_eq!(legacy, ["after"]);
+    let (legacy, _) = read_until(&ledger, Position::Id(handed_out), 2).await;
+    assert_eq!(legacy, ["late-small", "after"]);
 }
 
 /// R7: sixteen writers record charges while a reader pages by cursor:
@@ -422,7 +424,7 @@ async fn r7_charges_from_concurrent_writers_are_each_read_exactly_once() {
             let ledger = ledger.clone();
             tokio::spawn(async move {
                 let mut seen = Vec::new();
-                let mut cursor = ChargeCursor::Start;
+                let mut cursor = Position::Start;
                 let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
                 while seen.len() < WRITERS * EACH && std::time::Instant::now() < deadline {
                     let page = ledger.charges().since(cursor, 7).await.unwrap();
@@ -551,23 +553,23 @@ async fn feed_positions_only_move_forward() {
         let outbox = ledger.notifications();
         assert_eq!(
             outbox.feed_position("billing_webhook").await.unwrap(),
-            ChargeCursor::Start
+            Position::Start
         );
         outbox
-            .advance_feed("billing_webhook", ChargeCursor::Id(7))
+            .advance_feed("billing_webhook", Position::Id(7))
             .await
             .unwrap();
         outbox
-            .advance_feed("billing_webhook", ChargeCursor::Id(3))
+            .advance_feed("billing_webhook", Position::Id(3))
             .await
             .unwrap();
         assert_eq!(
             outbox.feed_position("billing_webhook").await.unwrap(),
-            ChargeCursor::Id(7),
+            Position::Id(7),
             "{label}"
         );
         outbox
-            .advance_feed("billing_webhook", ChargeCursor::Id(9))
+            .advance_feed("billing_webhook", Position::Id(9))
             .await
             .unwrap();
         let reopened = Ledger::new(scratch.db.clone());
@@ -577,16 +579,16 @@ async fn feed_positions_only_move_forward() {
                 .feed_position("billing_webhook")
                 .await
                 .unwrap(),
-            ChargeCursor::Id(9)
+            Position::Id(9)
         );
         // A position stored as an id (before positions had a writer) is
         // followed by a written one, which then never moves back.
-        let written = |writer, id| ChargeCursor::Written { writer, id };
+        let written = |writer, id| Position::Written { writer, id };
         for position in [
             written(50, 4),
             written(49, 8),
             written(50, 3),
-            ChargeCursor::Id(20),
+            Position::Id(20),
         ] {
             outbox
                 .advance_feed("billing_webhook", position)
@@ -613,7 +615,7 @@ async fn feed_positions_only_move_forward() {
                 .feed_position("other")
                 .await
                 .unwrap(),
-            ChargeCursor::Start,
+            Position::Start,
             "{label}"
         );
     }
@@ -641,4 +643,82 @@ async fn r1_an_answered_fact_is_synced_to_disk_at_commit() {
             assert_eq!(level, 2, "PRAGMA synchronous is FULL (2)");
         }
     }
+}
+
+/// R10: an account's history is read by position like the billing events:
+/// an entry written by a transaction that commits late is read after the
+/// entries a reader already passed, on PostgreSQL, and on both databases a
+/// reader paging from its last position sees every entry once.
+#[tokio::test]
+async fn r10_an_accounts_history_never_skips_an_entry_committed_late() {
+    use stratus_core::ids::AccountId;
+    let account = AccountId::parse("acc-00000000000000a1").unwrap();
+    let insert = |action: &'static str| {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO audit_log (at, actor, action, subject, detail) \
+             VALUES (1, 'controller', '{action}', 'account/{account}', '{{}}')"
+        )))
+    };
+    async fn read_all(
+        ledger: &Ledger,
+        account: &AccountId,
+        want: usize,
+    ) -> (Vec<String>, Position) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let (mut seen, mut cursor) = (Vec::new(), Position::Start);
+        while seen.len() < want && std::time::Instant::now() < deadline {
+            let page = ledger
+                .audit()
+                .account_page(account, cursor, 2)
+                .await
+                .unwrap();
+            if page.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            for (at, entry) in page {
+                cursor = at;
+                seen.push(entry.action.as_str().to_owned());
+            }
+        }
+        (seen, cursor)
+    }
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        for action in ["account.fact", "standing.change", "server.order"] {
+            insert(action).execute(scratch.db.pool()).await.unwrap();
+        }
+        let (seen, _) = read_all(&ledger, &account, 3).await;
+        assert_eq!(
+            seen,
+            ["account.fact", "standing.change", "server.order"],
+            "{label}"
+        );
+    }
+    let scratch = testing::postgres().await;
+    let ledger = Ledger::new(scratch.db.clone());
+    let mut older = scratch.db.pool().begin().await.unwrap();
+    sqlx::query("SELECT CAST(pg_current_xact_id() AS TEXT)")
+        .execute(&mut *older)
+        .await
+        .unwrap();
+    let mut younger = scratch.db.pool().begin().await.unwrap();
+    insert("server.stop").execute(&mut *younger).await.unwrap();
+    insert("server.start").execute(&mut *older).await.unwrap();
+    older.commit().await.unwrap();
+    let (first, cursor) = read_all(&ledger, &account, 1).await;
+    assert_eq!(first, ["server.start"]);
+    younger.commit().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut then = Vec::new();
+    while then.is_empty() && std::time::Instant::now() < deadline {
+        then = ledger
+            .audit()
+            .account_page(&account, cursor, 10)
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let actions: Vec<&str> = then.iter().map(|(_, e)| e.action.as_str()).collect();
+    assert_eq!(actions, ["server.stop"], "committed late, read after");
 }

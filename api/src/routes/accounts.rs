@@ -271,6 +271,12 @@ pub async fn revoke_token(
 ) -> Result<StatusCode, ApiError> {
     let token_id = TokenId::parse(&id)
         .ok_or_else(|| ApiError::malformed_id("token", &id, "tok-<16 hex digits>"))?;
+    // Before any lookup: a billing token learns nothing of which ids exist.
+    if let Principal::Billing { .. } = &principal {
+        return Err(ApiError::forbidden(
+            "a billing token revokes no token: an operator or the account's own token does",
+        ));
+    }
     let record = state
         .ledger
         .tokens()
@@ -283,11 +289,8 @@ pub async fn revoke_token(
         Principal::Admin { .. } => {}
         Principal::Customer { account_id, .. }
             if record.account_id.as_ref() == Some(account_id) => {}
-        Principal::Customer { .. } => return Err(ApiError::not_found("token", &id)),
-        Principal::Billing { .. } => {
-            return Err(ApiError::forbidden(
-                "a billing token revokes no token: an operator or the account's own token does",
-            ));
+        Principal::Customer { .. } | Principal::Billing { .. } => {
+            return Err(ApiError::not_found("token", &id));
         }
     }
     state

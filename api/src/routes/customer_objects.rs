@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use serde::Serialize;
 use stratus_core::ids::AccountId;
 use stratus_core::resources::{Account, AccountState};
-use stratus_core::standing::SuspensionReason;
+use stratus_core::standing::{self, SuspensionReason};
 use stratus_store::Resources;
 use stratus_store::ledger::IdempotencyClaim;
 use stratus_store::objects::StoredKind;
@@ -179,18 +179,36 @@ pub fn listed_namespace(
     }
 }
 
-/// A customer's server or storage is evidence while it, or its account, is
-/// held for abuse, an authority's request or an incomplete identity file
-/// (R5, R8): its customer cannot destroy it (409 naming the hold) until an
-/// operator lifts the hold or terminates it. `own` are the object's own
-/// suspension reasons; the account's are read too, since the deadline
-/// runner writes them onto the object only once it has carried them out.
+/// Facts read to know whether an object is held (no real account comes
+/// near it; beyond it the check refuses rather than reads without bound).
+const MAX_FACTS: usize = 100_000;
+
+/// A customer's server or storage `name` is evidence while it, or its
+/// account, is held for abuse, an authority's request or an incomplete
+/// identity file (R5, R8): its customer cannot destroy it (409 naming the
+/// hold) until an operator lifts the hold or terminates it. The hold is
+/// worked out from the facts as recorded, not from what the deadline
+/// runner has carried out yet, so a customer who sees a hold reported in
+/// its history cannot delete ahead of the runner; `own` are the reasons
+/// already written on the object.
 pub async fn refuse_while_held_as_evidence(
     state: &ApiState,
     account_id: &AccountId,
     what: &str,
+    name: &str,
     own: &[SuspensionReason],
 ) -> Result<(), ApiError> {
+    let facts = state
+        .ledger
+        .facts()
+        .standing_facts(account_id.as_str(), MAX_FACTS)
+        .await?;
+    let policy = &state.config.policy;
+    let standing = standing::standing(&facts, policy, state.clock.now());
+    let by_facts = standing
+        .suspension_of(name, policy)
+        .map(|s| s.reasons)
+        .unwrap_or_default();
     let account = state.accounts.get(None, account_id.as_str()).await?;
     let held: Vec<SuspensionReason> = account
         .and_then(|a| a.status)
@@ -198,6 +216,7 @@ pub async fn refuse_while_held_as_evidence(
         .unwrap_or_default()
         .iter()
         .map(|s| s.reason)
+        .chain(by_facts)
         .chain(own.iter().copied())
         .filter(|r| r.keeps_evidence())
         .collect();

@@ -18,8 +18,7 @@ use stratus_core::ids::{AccountId, TokenId};
 use stratus_core::resources::VirtualServer;
 use stratus_core::standing::{FactKind, TerminationCause};
 use stratus_store::ledger::{
-    AuditAction, AuditSubject, BillingEvent, ChargeCursor, NewFact, Recorded, StoredFact,
-    TokenScope,
+    AuditAction, AuditSubject, BillingEvent, NewFact, Position, Recorded, StoredFact, TokenScope,
 };
 use utoipa::ToSchema;
 
@@ -668,12 +667,12 @@ impl CursorQuery {
         }
     }
 
-    /// The position among billing events (`0`, an id, or `XID.ID` as
-    /// handed out on PostgreSQL).
-    pub(crate) fn charge_cursor(&self) -> Result<ChargeCursor, ApiError> {
+    /// The position among billing events or history entries (`0`, an id,
+    /// or `XID.ID` as handed out on PostgreSQL).
+    pub(crate) fn position(&self) -> Result<Position, ApiError> {
         match &self.since {
-            None => Ok(ChargeCursor::Start),
-            Some(raw) => ChargeCursor::parse(raw).ok_or_else(|| {
+            None => Ok(Position::Start),
+            Some(raw) => Position::parse(raw).ok_or_else(|| {
                 ApiError::bad_request("since", "since is the next_cursor of an earlier page")
             }),
         }
@@ -712,7 +711,7 @@ pub async fn list_billing_events(
     axum::extract::Query(query): axum::extract::Query<CursorQuery>,
 ) -> Result<Json<CursorPage<BillingEvent>>, ApiError> {
     principal.require_billing()?;
-    let cursor = query.charge_cursor()?;
+    let cursor = query.position()?;
     let rows = state.ledger.charges().since(cursor, query.limit()?).await?;
     let next_cursor = rows.last().map_or(cursor, |(c, _)| *c).to_string();
     Ok(Json(CursorPage {
@@ -826,7 +825,7 @@ async fn history(
     if state.accounts.get(None, account.as_str()).await?.is_none() {
         return Err(ApiError::not_found("account", account.as_str()));
     }
-    let cursor = query.cursor()?;
+    let cursor = query.position()?;
     let rows = state
         .ledger
         .audit()

@@ -322,7 +322,8 @@ pub async fn delete_server(
             .iter()
             .flat_map(|s| s.reasons.iter().copied())
             .collect();
-        refuse_while_held_as_evidence(&state, account_id, "server", &own).await?;
+        refuse_while_held_as_evidence(&state, account_id, "server", &server.name_any(), &own)
+            .await?;
     }
     let namespace = server.namespace();
     // Before the delete: an order retried after it must not create it again.

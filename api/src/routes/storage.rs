@@ -446,7 +446,14 @@ pub async fn delete_storage(
             .iter()
             .flat_map(|s| s.reasons.iter().copied())
             .collect();
-        refuse_while_held_as_evidence(&state, account_id, "storage", &own).await?;
+        refuse_while_held_as_evidence(
+            &state,
+            account_id,
+            "storage",
+            &subscription.name_any(),
+            &own,
+        )
+        .await?;
     }
     if let Some(server) = &subscription.spec.attached_to {
         return Err(ApiError::storage_attached(

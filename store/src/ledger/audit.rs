@@ -8,6 +8,7 @@ use sqlx::Row;
 use stratus_core::ids::{AccountId, TokenId};
 
 use super::malformed;
+use super::position::Position;
 use crate::db::Database;
 use crate::error::Result;
 
@@ -277,19 +278,26 @@ impl AuditLog<'_> {
     }
 
     /// Up to `limit` entries about `account` and everything in it after
-    /// `cursor` (0: from the first), oldest first, each with its cursor.
+    /// `cursor`, oldest first, each with its own position ([`Position`]:
+    /// never one skipped, on PostgreSQL too).
     pub async fn account_page(
         &self,
         account: &AccountId,
-        cursor: i64,
+        cursor: Position,
         limit: u32,
-    ) -> Result<Vec<(i64, AuditEntry)>> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, subject, detail FROM audit_log \
+    ) -> Result<Vec<(Position, AuditEntry)>> {
+        let backend = self.db.backend();
+        let (paging, binds) = cursor.paging(backend, "audit_log", 7);
+        // Only constant SQL is formatted in; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, {writer}, at, actor, action, subject, detail FROM audit_log \
              WHERE (subject = $1 OR (subject >= $2 AND subject < $3) \
-             OR (subject >= $4 AND subject < $5)) AND id > $6 \
-             ORDER BY id LIMIT $7",
-        )
+             OR (subject >= $4 AND subject < $5)) AND {after} \
+             ORDER BY {order} LIMIT $6",
+            writer = paging.writer,
+            after = paging.after,
+            order = paging.order,
+        )))
         .bind(AuditSubject::account(account).to_string())
         // `server/<account>/` up to the next string after every name in it
         // ('0' follows '/'): an index range in both databases.
@@ -297,12 +305,13 @@ impl AuditLog<'_> {
         .bind(format!("server/{account}0"))
         .bind(format!("storage/{account}/"))
         .bind(format!("storage/{account}0"))
-        .bind(cursor)
-        .bind(i64::from(limit))
-        .fetch_all(self.db.pool())
-        .await?;
+        .bind(i64::from(limit));
+        for value in binds {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(self.db.pool()).await?;
         rows.iter()
-            .map(|row| Ok((row.try_get("id")?, from_row(row)?)))
+            .map(|row| Ok((Position::of_row(backend, row)?, from_row(row)?)))
             .collect()
     }
 

@@ -5,7 +5,8 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use crate::db::{Backend, Database};
+use super::position::Position;
+use crate::db::Database;
 use crate::error::Result;
 
 pub struct Charges<'a> {
@@ -52,65 +53,9 @@ pub struct BillingEvent {
     pub at: String,
 }
 
-/// Where a reader of the billing events stands: every charge before it was
-/// shown, and every charge shown after it sorts after it.
-///
-/// On SQLite charges become visible in the order of their ids (one writer
-/// commits at a time), so the position is the id, written as an integer.
-/// On PostgreSQL ids are handed out before commit, so a charge with a
-/// smaller id can become visible after a larger one: the position is the
-/// writing transaction and the id, `"{xid}.{id}"`, and only charges of
-/// transactions older than every one still running are shown, a set that
-/// never grows below the position once seen. An integer cursor handed out
-/// before (the id alone) still works there: the charges after that id, then
-/// positions; a charge written concurrently with the last one it covered
-/// may be shown once more (never skipped), recognisable by its stable id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub enum ChargeCursor {
-    /// Before the first charge.
-    #[default]
-    Start,
-    /// After the charge with this id (SQLite's position; on PostgreSQL a
-    /// cursor stored before positions existed).
-    Id(i64),
-    /// After the charge `id` written by transaction `writer` (PostgreSQL).
-    Written { writer: i64, id: i64 },
-}
-
-impl ChargeCursor {
-    /// Reads a cursor this ledger handed out (`0`, `N`, or `XID.N`).
-    pub fn parse(raw: &str) -> Option<Self> {
-        let number = |part: &str| {
-            (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| part.parse::<i64>().ok())
-                .flatten()
-        };
-        match raw.split_once('.') {
-            None => match number(raw)? {
-                0 => Some(Self::Start),
-                id => Some(Self::Id(id)),
-            },
-            Some((writer, id)) => Some(Self::Written {
-                writer: number(writer)?,
-                id: number(id)?,
-            }),
-        }
-    }
-}
-
-impl std::fmt::Display for ChargeCursor {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Start => f.write_str("0"),
-            Self::Id(id) => write!(f, "{id}"),
-            Self::Written { writer, id } => write!(f, "{writer}.{id}"),
-        }
-    }
-}
-
 impl Charge {
     /// The charge as billing reads it, at `cursor`.
-    pub fn into_event(self, cursor: ChargeCursor) -> BillingEvent {
+    pub fn into_event(self, cursor: Position) -> BillingEvent {
         BillingEvent {
             id: self.key,
             cursor: cursor.to_string(),
@@ -153,66 +98,24 @@ impl Charges<'_> {
 
     /// Up to `limit` charges after `cursor`, in order, each with its own
     /// cursor. A reader that resumes from the last cursor it saw sees every
-    /// charge exactly once ([`ChargeCursor`]).
-    pub async fn since(
-        &self,
-        cursor: ChargeCursor,
-        limit: u32,
-    ) -> Result<Vec<(ChargeCursor, Charge)>> {
-        let limit = i64::from(limit);
-        let rows = match self.db.backend() {
-            Backend::Sqlite => {
-                let after = match cursor {
-                    ChargeCursor::Start => 0,
-                    ChargeCursor::Id(id) | ChargeCursor::Written { id, .. } => id,
-                };
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT id, 0 AS writer, {COLUMNS} FROM billing_charges WHERE id > $1 \
-                     ORDER BY id LIMIT $2"
-                )))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(self.db.pool())
-                .await?
-            }
-            Backend::Postgres => {
-                // Only the constant column list and the cursor's form are
-                // formatted in; its values are bound.
-                let after = match cursor {
-                    ChargeCursor::Start | ChargeCursor::Id(_) => "id > $2",
-                    ChargeCursor::Written { .. } => {
-                        "(writer_xid, id) > (CAST(CAST($2 AS TEXT) AS xid8), $3)"
-                    }
-                };
-                let query = sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT id, CAST(CAST(writer_xid AS TEXT) AS BIGINT) AS writer, {COLUMNS} \
-                     FROM billing_charges \
-                     WHERE writer_xid < pg_snapshot_xmin(pg_current_snapshot()) AND {after} \
-                     ORDER BY writer_xid, id LIMIT $1"
-                )))
-                .bind(limit);
-                let query = match cursor {
-                    ChargeCursor::Start => query.bind(0_i64),
-                    ChargeCursor::Id(id) => query.bind(id),
-                    ChargeCursor::Written { writer, id } => query.bind(writer).bind(id),
-                };
-                query.fetch_all(self.db.pool()).await?
-            }
-        };
-        let sqlite = self.db.backend() == Backend::Sqlite;
+    /// charge exactly once ([`Position`]).
+    pub async fn since(&self, cursor: Position, limit: u32) -> Result<Vec<(Position, Charge)>> {
+        let backend = self.db.backend();
+        let (paging, binds) = cursor.paging(backend, "billing_charges", 2);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT id, {writer}, {COLUMNS} FROM billing_charges WHERE {after} \
+             ORDER BY {order} LIMIT $1",
+            writer = paging.writer,
+            after = paging.after,
+            order = paging.order,
+        )))
+        .bind(i64::from(limit));
+        for value in binds {
+            query = query.bind(value);
+        }
+        let rows = query.fetch_all(self.db.pool()).await?;
         rows.iter()
-            .map(|row| {
-                let id: i64 = row.try_get("id")?;
-                let cursor = if sqlite {
-                    ChargeCursor::Id(id)
-                } else {
-                    ChargeCursor::Written {
-                        writer: row.try_get("writer")?,
-                        id,
-                    }
-                };
-                Ok((cursor, charge(row)?))
-            })
+            .map(|row| Ok((Position::of_row(backend, row)?, charge(row)?)))
             .collect()
     }
 

@@ -5,6 +5,8 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
+use stratus_core::standing::{Fact, FactKind};
+
 use crate::db::Database;
 use crate::error::{Result, StoreError};
 
@@ -139,7 +141,40 @@ impl AccountFacts<'_> {
         rows.iter().map(stored_fact).collect()
     }
 
-    /// Makes `account` due at `at` whatever its deadline was, as a new
+    /// Every fact of `account` as its standing reads them, in the order
+    /// they were recorded; more than `max` is refused rather than read
+    /// without bound.
+    pub async fn standing_facts(&self, account: &str, max: usize) -> Result<Vec<Fact>> {
+        const PAGE: u32 = 1_000;
+        let mut facts = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.of_account(account, after, PAGE).await?;
+            let full = page.len() == PAGE as usize;
+            for stored in page {
+                after = stored.seq;
+                let kind: FactKind = serde_json::from_value(stored.fact)
+                    .map_err(|e| StoreError::Invalid(format!("stored fact {}: {e}", stored.id)))?;
+                let recorded_at = jiff::Timestamp::from_millisecond(stored.recorded_at)
+                    .map_err(|e| StoreError::Invalid(format!("fact {}: {e}", stored.id)))?;
+                facts.push(Fact {
+                    id: stored.id,
+                    recorded_at,
+                    kind,
+                });
+            }
+            if facts.len() > max {
+                return Err(StoreError::Invalid(format!(
+                    "account {account} has more than {max} facts"
+                )));
+            }
+            if !full {
+                return Ok(facts);
+            }
+        }
+    }
+
+    /// Makes `account` due at `at` (unless it was due earlier), as a new
     /// fact does: a settle running meanwhile will not overwrite it.
     pub async fn make_due(&self, account: &str, at: i64) -> Result<()> {
         make_due(self.db.pool(), account, at).await
@@ -215,14 +250,20 @@ impl AccountFacts<'_> {
     }
 }
 
-/// Due at `at` and one revision further: the write of a new fact.
+/// Due at `at` (or earlier, if it already was) and one revision further:
+/// the write of a new fact.
 async fn make_due<'e, E>(executor: E, account: &str, at: i64) -> Result<()>
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
+    // The earlier of the two: a deadline already due stays due (clocks of
+    // API and controller processes may differ a little).
     sqlx::query(
         "INSERT INTO account_deadlines (account, due_at, revision) VALUES ($1, $2, 1) \
-         ON CONFLICT (account) DO UPDATE SET due_at = excluded.due_at, \
+         ON CONFLICT (account) DO UPDATE SET \
+         due_at = CASE WHEN account_deadlines.due_at IS NOT NULL \
+                        AND account_deadlines.due_at < excluded.due_at \
+                       THEN account_deadlines.due_at ELSE excluded.due_at END, \
          revision = account_deadlines.revision + 1",
     )
     .bind(account)

@@ -15,16 +15,18 @@ pub mod idempotency;
 pub mod ips;
 pub mod macs;
 pub mod notifications;
+pub mod position;
 pub mod quotas;
 pub mod tokens;
 
 pub use audit::{Actor, AuditAction, AuditEntry, AuditLog, AuditSubject};
-pub use charges::{BillingEvent, Charge, ChargeCursor, Charges};
+pub use charges::{BillingEvent, Charge, Charges};
 pub use facts::{AccountFacts, DueAccount, NewFact, Recorded, StoredFact};
 pub use idempotency::{IdempotencyClaim, IdempotencyKeys};
 pub use ips::{Check, CheckRequest, CheckResult, Holding, IpLedger, Listing, NewHolding, Override};
 pub use macs::MacAddresses;
 pub use notifications::{Channel, DeliveryState, NewNotification, Notification, Notifications};
+pub use position::Position;
 pub use quotas::Quotas;
 pub use tokens::{TokenRecord, TokenScope, Tokens};
 

@@ -10,7 +10,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use super::charges::ChargeCursor;
+use super::position::Position;
 use crate::db::Database;
 use crate::error::{Result, StoreError};
 
@@ -272,28 +272,28 @@ impl Notifications<'_> {
     }
 
     /// How far the outbound feed `feed` got (the start before it started).
-    pub async fn feed_position(&self, feed: &str) -> Result<ChargeCursor> {
+    pub async fn feed_position(&self, feed: &str) -> Result<Position> {
         let row = sqlx::query("SELECT position, writer FROM feed_positions WHERE feed = $1")
             .bind(feed)
             .fetch_optional(self.db.pool())
             .await?;
         let Some(row) = row else {
-            return Ok(ChargeCursor::Start);
+            return Ok(Position::Start);
         };
         let id: i64 = row.try_get("position")?;
         Ok(match row.try_get::<Option<i64>, _>("writer")? {
-            Some(writer) => ChargeCursor::Written { writer, id },
-            None if id == 0 => ChargeCursor::Start,
-            None => ChargeCursor::Id(id),
+            Some(writer) => Position::Written { writer, id },
+            None if id == 0 => Position::Start,
+            None => Position::Id(id),
         })
     }
 
     /// Moves `feed` forward to `position`; never back.
-    pub async fn advance_feed(&self, feed: &str, position: ChargeCursor) -> Result<()> {
+    pub async fn advance_feed(&self, feed: &str, position: Position) -> Result<()> {
         let (writer, id) = match position {
-            ChargeCursor::Start => return Ok(()),
-            ChargeCursor::Id(id) => (None, id),
-            ChargeCursor::Written { writer, id } => (Some(writer), id),
+            Position::Start => return Ok(()),
+            Position::Id(id) => (None, id),
+            Position::Written { writer, id } => (Some(writer), id),
         };
         // An id position is only ever followed by a written one (PostgreSQL
         // after an upgrade) or by a larger id (SQLite).
