@@ -287,6 +287,14 @@ fn observe_link(xml: &DomainXml) -> Link {
     }
 }
 
+/// The MAC address of the first NIC a domain's XML defines.
+fn defined_mac(xml: &str) -> Option<String> {
+    let start = xml.find("<mac address=")? + "<mac address=".len();
+    let quote = xml[start..].chars().next()?;
+    let rest = &xml[start + 1..];
+    rest.find(quote).map(|end| rest[..end].to_ascii_lowercase())
+}
+
 /// Whether libvirt refused a call because this hypervisor cannot do it.
 fn is_unsupported(error: &virt::error::Error) -> bool {
     is_missing(error, ErrorNumber::NoSupport)
@@ -407,6 +415,13 @@ impl Driver {
     pub(crate) fn lock(&self, name: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// The lock of one volume, held while it is attached to a domain or
+    /// checked and wiped: always taken last (after a domain's or a copy's
+    /// lock), so it never waits for one of them.
+    pub(crate) fn volume_lock(&self, volume: &str) -> Arc<Mutex<()>> {
+        self.lock(&format!("volume:{volume}"))
     }
 
     /// The domain `name`, if it is defined and this agent's: another
@@ -531,6 +546,7 @@ impl Driver {
             .as_ref()
             .map(|xml| self.observe_data_disks(xml))
             .unwrap_or_default();
+        let mac_address = xml.as_ref().and_then(|xml| defined_mac(&xml.inactive));
         Ok(DomainObservation {
             name: name.to_owned(),
             state,
@@ -539,6 +555,7 @@ impl Driver {
             disk_disposal: None,
             data_disks,
             waiting_for_key: Vec::new(),
+            mac_address,
         })
     }
 
@@ -1011,6 +1028,10 @@ impl Driver {
             if flags == 0 {
                 continue;
             }
+            // Held until it is attached: a wipe of this volume waits, then
+            // sees the domain using it.
+            let volume_lock = self.volume_lock(&disk.volume);
+            let _volume_guard = volume_lock.lock().unwrap_or_else(|p| p.into_inner());
             self.check_data_volumes(std::slice::from_ref(disk))?;
             if disk.encrypted {
                 match self.key_secret_of(&disk.volume)? {

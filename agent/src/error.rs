@@ -44,6 +44,10 @@ pub enum AgentError {
     KeysUnsupported(String),
     #[error("busy: {0}")]
     Busy(String),
+    #[error(
+        "the volume {volume} is a disk of domain {domain}: it is never wiped, deleted or overwritten under it"
+    )]
+    VolumeInUse { volume: String, domain: String },
     #[error("no job {0} is known here (never started, or its result was fetched long ago)")]
     UnknownJob(String),
 }
@@ -67,6 +71,7 @@ impl AgentError {
             Self::WrongKey(_) => AgentErrorCode::WrongKey,
             Self::KeysUnsupported(_) => AgentErrorCode::KeysUnsupported,
             Self::Busy(_) => AgentErrorCode::Busy,
+            Self::VolumeInUse { .. } => AgentErrorCode::VolumeInUse,
             Self::UnknownJob(_) => AgentErrorCode::UnknownJob,
         }
     }
@@ -92,6 +97,7 @@ impl AgentError {
             Self::WrongKey(_) => "wrong_key",
             Self::KeysUnsupported(_) => "keys_unsupported",
             Self::Busy(_) => "busy",
+            Self::VolumeInUse { .. } => "volume_in_use",
             Self::UnknownJob(_) => "unknown_job",
         }
     }

@@ -100,7 +100,8 @@ impl IntoResponse for AgentError {
             AgentErrorCode::Unauthorized => StatusCode::UNAUTHORIZED,
             AgentErrorCode::DiskMissing
             | AgentErrorCode::VolumeMissing
-            | AgentErrorCode::VersionConflict => StatusCode::CONFLICT,
+            | AgentErrorCode::VersionConflict
+            | AgentErrorCode::VolumeInUse => StatusCode::CONFLICT,
             AgentErrorCode::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,
             AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,

@@ -205,6 +205,16 @@ impl Driver {
     }
 
     fn dispose(&self, volume_name: &str, volume: &StorageVol) -> Result<DiskDisposal, AgentError> {
+        // Held while checked and wiped: an attach of this volume waits.
+        let lock = self.volume_lock(volume_name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(domain) = self.domain_using(volume_name)? {
+            tracing::warn!(volume = %volume_name, %domain, "refused to wipe a volume a domain uses");
+            return Err(AgentError::VolumeInUse {
+                volume: volume_name.to_owned(),
+                domain,
+            });
+        }
         let disposed = wipe(volume)?;
         volume.delete(0)?;
         self.forget(None, Some(volume_name))?;

@@ -701,3 +701,74 @@ fn r25_luks_needs_a_hypervisor_that_keeps_keys() {
         "a LUKS disk without its key is not plugged in: {observed:?}"
     );
 }
+
+/// R26 (defect 4 of issue 25): a storage version that is a disk of a
+/// domain is never wiped or deleted under it, whoever asks (a repair that
+/// judged it bad, a pruning, a deletion of the copy): refused as in use,
+/// and the volume and the domain's disk are untouched. Once detached, it
+/// can go.
+#[test]
+fn r26_a_repair_never_touches_a_volume_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::open(DriverConfig::for_uri(&private_node(dir.path()), "z")).unwrap();
+    let name = "stratus-acc-0000000000000001.vs-00000000000000e1";
+    let image = "itest-in-use.qcow2";
+    driver.seed_image(image, 2).unwrap();
+    let serial = "st-00000000000000e2";
+    let base = format!("stratus-acc-0000000000000001.{serial}");
+    driver
+        .ensure_volume(
+            &base,
+            &VolumeSpec {
+                size_gib: 1,
+                create: true,
+            },
+        )
+        .unwrap();
+    let volume = storage_volume_name(&base, 0);
+    let mut wanted = spec(image, PowerState::Running, true);
+    wanted.data_disks = vec![DataDisk {
+        volume: volume.clone(),
+        serial: serial.into(),
+        encrypted: false,
+    }];
+    assert_eq!(
+        driver.ensure(name, &wanted).unwrap().data_disks,
+        vec![serial.to_owned()]
+    );
+    for attempt in ["delete_version", "destroy_volume"] {
+        let refused = match attempt {
+            "delete_version" => driver.delete_version(&base, 0),
+            _ => driver.destroy_volume(&base),
+        };
+        match refused {
+            Err(AgentError::VolumeInUse { volume: v, domain }) => {
+                assert_eq!((v.as_str(), domain.as_str()), (volume.as_str(), name));
+            }
+            other => panic!("{attempt}: expected a refusal, got {other:?}"),
+        }
+        let seen = driver.observe_volume(&base).unwrap();
+        assert!(seen.version(0).is_some(), "{attempt}: the version stays");
+        assert_eq!(
+            driver.observe(name).unwrap().data_disks,
+            vec![serial.to_owned()],
+            "{attempt}: still the domain's disk"
+        );
+    }
+    // Stopped, it is still the domain's disk (its definition has it).
+    let mut stopped = wanted.clone();
+    stopped.power = PowerState::Stopped;
+    stopped.power_off = true;
+    stopped.create_disk = false;
+    driver.ensure(name, &stopped).unwrap();
+    assert!(matches!(
+        driver.delete_version(&base, 0),
+        Err(AgentError::VolumeInUse { .. })
+    ));
+    stopped.data_disks.clear();
+    driver.ensure(name, &stopped).unwrap();
+    let deleted = driver.delete_version(&base, 0).unwrap();
+    assert!(deleted.version(0).is_none(), "{deleted:?}");
+    driver.destroy(name).unwrap();
+    driver.destroy_volume(&base).unwrap();
+}

@@ -98,14 +98,30 @@ impl FromRequestParts<ApiState> for Principal {
             .ok_or_else(|| {
                 ApiError::unauthorized("Authorization header must be `Bearer <token>`")
             })?;
+        // A client that sent too many invalid tokens is answered before its
+        // token costs a lookup.
+        let client = client_key(parts, &state.trusted_proxies);
+        let now = std::time::Instant::now();
+        if let Some(client) = &client {
+            state
+                .invalid_tokens
+                .peek(client, now)
+                .map_err(ApiError::rate_limited)?;
+        }
+        let refused = |message: &'static str| {
+            if let Some(client) = &client {
+                let _ = state.invalid_tokens.take(client, now);
+            }
+            ApiError::unauthorized(message)
+        };
         let record = state
             .ledger
             .tokens()
             .by_hash(&hash_token(token))
             .await?
-            .ok_or_else(|| ApiError::unauthorized("unknown token"))?;
+            .ok_or_else(|| refused("unknown token"))?;
         if record.revoked_at.is_some() {
-            return Err(ApiError::unauthorized("this token has been revoked"));
+            return Err(refused("this token has been revoked"));
         }
         state
             .rate_limiter
@@ -127,4 +143,45 @@ impl FromRequestParts<ApiState> for Principal {
             }
         })
     }
+}
+
+/// The client a request comes from, as a rate-limit key: the connection's
+/// address, or behind a trusted proxy the last address of
+/// `X-Forwarded-For` that is not a trusted proxy. IPv6 clients are keyed
+/// by their /64 (one customer's LAN has billions of addresses). None when
+/// the server did not say (requests made in-process).
+pub fn client_key(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<String> {
+    use std::net::IpAddr;
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()?
+        .0
+        .ip();
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut client = peer;
+    if is_trusted(&peer) {
+        let forwarded: Vec<IpAddr> = parts
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|a| a.trim().parse().ok())
+            .collect();
+        for hop in forwarded.iter().rev() {
+            client = *hop;
+            if !is_trusted(hop) {
+                break;
+            }
+        }
+    }
+    Some(match client {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => ipnet::Ipv6Net::new(v6, 64)
+                .map(|n| n.trunc().to_string())
+                .unwrap_or_else(|_| v6.to_string()),
+        },
+    })
 }

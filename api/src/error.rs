@@ -152,6 +152,23 @@ impl ApiError {
         .with_details(json!({ "reason": reason.as_str(), "reasons": [reason.as_str()] }))
     }
 
+    /// Too many content streams in flight (R27's transfers are bounded
+    /// per account and per hypervisor): try again when one ends.
+    pub fn too_many_streams(full: crate::stream_slots::Full) -> Self {
+        let (message, limit) = match full {
+            crate::stream_slots::Full::Account => (
+                "your account has as many content transfers in flight as it may: try again when one ends",
+                crate::stream_slots::PER_ACCOUNT,
+            ),
+            crate::stream_slots::Full::Hypervisor => (
+                "the hypervisor of this copy has as many content transfers in flight as it serves: try again shortly",
+                crate::stream_slots::PER_HYPERVISOR,
+            ),
+        };
+        Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_transfers", message)
+            .with_details(json!({ "limit": limit }))
+    }
+
     /// A suspended server refuses the customer's actions; `reasons` say why.
     pub fn server_suspended(reasons: &[&str], message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "server_suspended", message)

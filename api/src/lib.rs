@@ -10,6 +10,7 @@ pub mod pagination;
 pub mod rate_limit;
 pub mod routes;
 pub mod state;
+pub mod stream_slots;
 pub mod views;
 
 pub use error::ApiError;

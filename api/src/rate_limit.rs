@@ -1,5 +1,7 @@
-//! Per-token request rate limits: a token bucket each, so one customer's
-//! script cannot starve the API for the others.
+//! Request rate limits: a token bucket per API token, so one customer's
+//! script cannot starve the API for the others, and one per client address
+//! for requests with a token that is not valid, so guessing costs the
+//! database nothing beyond a trickle.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -9,7 +11,7 @@ use stratus_core::config::Limits;
 
 /// Buckets kept before full (idle) ones are forgotten: a full bucket holds
 /// no information, so forgetting it changes no answer. Keys are the ids of
-/// valid tokens, so the map never holds more than the tokens in use.
+/// valid tokens or client addresses, and never more than [`MAX_KEYS`].
 const PRUNE_ABOVE: usize = 4096;
 /// Pruning scans every bucket: at most once per this.
 const PRUNE_EVERY: Duration = Duration::from_secs(1);
@@ -33,15 +35,57 @@ struct Buckets {
     pruned: Option<Instant>,
 }
 
+/// Keys tracked at most: beyond, keys not tracked yet share one bucket
+/// (addresses are chosen by clients, so their number is not ours to bound).
+const MAX_KEYS: usize = 65_536;
+const OVERFLOW_KEY: &str = "(more keys than tracked)";
+
 impl RateLimiter {
     pub fn new(limits: Limits) -> Self {
+        Self::with_rate(
+            f64::from(limits.requests_per_second),
+            f64::from(limits.burst),
+        )
+    }
+
+    /// `per_minute` a key, in a burst of as many.
+    pub fn per_minute(per_minute: u32) -> Self {
+        Self::with_rate(f64::from(per_minute) / 60.0, f64::from(per_minute))
+    }
+
+    fn with_rate(per_second: f64, burst: f64) -> Self {
         Self {
-            per_second: f64::from(limits.requests_per_second),
-            burst: f64::from(limits.burst),
+            per_second,
+            burst,
             buckets: Mutex::new(Buckets {
                 by_key: HashMap::new(),
                 pruned: None,
             }),
+        }
+    }
+
+    /// Whether `key`'s bucket holds a request at `now`, without taking it;
+    /// when empty, how long until it does.
+    pub fn peek(&self, key: &str, now: Instant) -> Result<(), Duration> {
+        let buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = if buckets.by_key.contains_key(key) || buckets.by_key.len() < MAX_KEYS {
+            key
+        } else {
+            OVERFLOW_KEY
+        };
+        match buckets.by_key.get(key) {
+            Some(bucket) => {
+                let tokens = self.refilled(bucket, now);
+                if tokens >= 1.0 {
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs_f64((1.0 - tokens) / self.per_second))
+                }
+            }
+            None => Ok(()),
         }
     }
 
@@ -61,6 +105,11 @@ impl RateLimiter {
                 .retain(|_, bucket| self.refilled(bucket, now) < self.burst);
             buckets.pruned = Some(now);
         }
+        let key = if buckets.by_key.contains_key(key) || buckets.by_key.len() < MAX_KEYS {
+            key
+        } else {
+            OVERFLOW_KEY
+        };
         // Looked up by reference first: only a token's first request
         // allocates its key.
         if !buckets.by_key.contains_key(key) {
@@ -110,6 +159,7 @@ mod tests {
         RateLimiter::new(Limits {
             requests_per_second: per_second,
             burst,
+            ..Limits::default()
         })
     }
 

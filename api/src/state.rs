@@ -32,6 +32,12 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     /// Per-token request rate (the configuration's `limits:`).
     pub rate_limiter: Arc<RateLimiter>,
+    /// Requests with an invalid token, per client address.
+    pub invalid_tokens: Arc<RateLimiter>,
+    /// `trustedProxies`, parsed.
+    pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
+    /// Content streams in flight, per account and per hypervisor.
+    pub streams: crate::stream_slots::StreamSlots,
     /// Reads guests' serial consoles from their agents; absent in a process
     /// that holds no agent credentials.
     pub consoles: Option<Arc<dyn ServerConsoles>>,
@@ -144,6 +150,11 @@ impl ApiState {
             metrics,
             registry: Arc::new(registry),
             rate_limiter: Arc::new(RateLimiter::new(config.limits)),
+            invalid_tokens: Arc::new(RateLimiter::per_minute(
+                config.limits.invalid_tokens_per_minute,
+            )),
+            trusted_proxies: Arc::new(config.trusted_proxy_networks()),
+            streams: Default::default(),
             consoles: None,
             contents: None,
             formatting: Arc::default(),

@@ -264,6 +264,8 @@ pub struct ServerView {
     pub name: String,
     pub plan: String,
     pub image: String,
+    /// The zone the server runs in once placed (order storage beside it
+    /// there); before, the zone it was ordered in, if any.
     pub zone: Option<String>,
     /// `pending`, `provisioning`, `running`, `stopped`, `suspended`, `terminated`, `terminating` or `error`.
     pub status: String,
@@ -359,7 +361,7 @@ impl From<&VirtualServer> for ServerView {
             name: server.spec.hostname.clone(),
             plan: server.spec.plan.clone(),
             image: server.spec.image.clone(),
-            zone: server.spec.zone.clone(),
+            zone: status.zone.clone().or_else(|| server.spec.zone.clone()),
             status: phase.api_name().to_owned(),
             status_reason,
             suspension: suspension.map(SuspensionView::from),

@@ -1418,6 +1418,7 @@ async fn a_token_beyond_its_rate_is_answered_429_with_retry_after_and_others_are
             requests_per_second: 1,
             // The operator opens both accounts within it too.
             burst: 5,
+            ..Default::default()
         },
         ..Config::default()
     };
@@ -4240,4 +4241,165 @@ async fn r25_a_luks_key_formats_and_unlocks_the_disk_and_is_never_kept() {
             }
         }
     }
+}
+
+/// Defect 12 of issue 25: in Kubernetes mode two accounts (namespaces) may
+/// each have a server of the same name. An abuse report naming only the
+/// server is refused as ambiguous, naming the accounts, and records
+/// nothing; reported under its account, it reaches that account's server.
+#[tokio::test]
+async fn r5_an_abuse_report_by_a_server_name_two_accounts_share_is_refused_not_guessed() {
+    let api = api().await;
+    let (acme, _) = api.customer("ACME").await;
+    let (globex, _) = api.customer("Globex").await;
+    let name = "vs-00000000000000aa";
+    for account in [&acme, &globex] {
+        let mut server =
+            stratus_core::resources::VirtualServer::new(name, stratus_core::testing::server_spec());
+        server.metadata.namespace = Some(account.clone());
+        api.state.servers.create(&server).await.unwrap();
+    }
+    let reply = api
+        .call(
+            Method::POST,
+            "/v1/admin/events",
+            &api.admin,
+            Some(json!({"id": "abuse-shared", "type": "abuse_report", "server": name})),
+        )
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("server"),
+    );
+    let message = reply.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&acme) && message.contains(&globex),
+        "{message}"
+    );
+    assert_eq!(
+        facts_of(&api, &acme).await + facts_of(&api, &globex).await,
+        0
+    );
+
+    let reply = report(
+        &api,
+        &api.admin,
+        &globex,
+        json!({"id": "abuse-globex", "type": "abuse_report", "server": name}),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    assert_eq!(
+        reply.body["facts"][0]["account_id"],
+        globex.as_str(),
+        "{}",
+        reply.body
+    );
+    assert_eq!(
+        (facts_of(&api, &acme).await, facts_of(&api, &globex).await),
+        (0, 1)
+    );
+}
+
+/// Sends a GET from `peer` (as the server's connection layer says) with
+/// `headers`; the status.
+async fn from_peer(api: &Api, peer: &str, token: &str, headers: &[(&str, &str)]) -> StatusCode {
+    let mut request = Request::builder()
+        .uri("/v1/plans")
+        .header("authorization", format!("Bearer {token}"));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    request.extensions_mut().insert(axum::extract::ConnectInfo(
+        peer.parse::<std::net::SocketAddr>().unwrap(),
+    ));
+    api.router.clone().oneshot(request).await.unwrap().status()
+}
+
+/// R29 (defect 12 of issue 25): a client guessing tokens gets
+/// `limits.invalidTokensPerMinute` tries, then 429 without its token being
+/// looked up, while other clients and valid tokens go on. Behind a trusted
+/// proxy the client is the one `X-Forwarded-For` names; anyone else's
+/// `X-Forwarded-For` is ignored.
+#[tokio::test]
+async fn r29_invalid_tokens_are_limited_per_client_address() {
+    let mut config = Config::default();
+    config.limits.invalid_tokens_per_minute = 5;
+    config.trusted_proxies = vec!["10.0.0.0/8".into()];
+    let api = api_configured(testing::sqlite().await, config).await;
+    let (_, customer) = api.customer("ACME").await;
+    let guess = "stratus_not-a-token";
+    for _ in 0..5 {
+        assert_eq!(
+            from_peer(&api, "198.51.100.7:4000", guess, &[]).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    assert_eq!(
+        from_peer(&api, "198.51.100.7:4001", guess, &[]).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the sixth guess is not looked up"
+    );
+    // Spoofing X-Forwarded-For from an untrusted address changes nothing.
+    assert_eq!(
+        from_peer(
+            &api,
+            "198.51.100.7:4002",
+            guess,
+            &[("x-forwarded-for", "203.0.113.9")]
+        )
+        .await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        from_peer(&api, "198.51.100.8:4000", &customer, &[]).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        from_peer(&api, "198.51.100.8:4000", guess, &[]).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // Behind the load balancer, each client is counted apart.
+    for _ in 0..5 {
+        let status = from_peer(
+            &api,
+            "10.1.1.1:443",
+            guess,
+            &[("x-forwarded-for", "203.0.113.50, 10.2.2.2")],
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(
+        from_peer(
+            &api,
+            "10.1.1.1:443",
+            guess,
+            &[("x-forwarded-for", "203.0.113.50")]
+        )
+        .await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        from_peer(
+            &api,
+            "10.1.1.1:443",
+            guess,
+            &[("x-forwarded-for", "203.0.113.51")]
+        )
+        .await,
+        StatusCode::UNAUTHORIZED,
+        "another client behind the same proxy"
+    );
+    // IPv6 clients are one per /64.
+    for _ in 0..5 {
+        from_peer(&api, "[2001:db8:1:2::10]:1", guess, &[]).await;
+    }
+    assert_eq!(
+        from_peer(&api, "[2001:db8:1:2::99]:1", guess, &[]).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
 }

@@ -160,7 +160,12 @@ pub async fn serve(
             () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(router.clone());
+        // Handlers and the API's per-client limits see who connected.
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .layer(axum::Extension(axum::extract::ConnectInfo(peer))),
+        );
         let (http, watcher) = (http.clone(), graceful.watcher());
         let acceptor = tls
             .as_ref()

@@ -12,7 +12,9 @@ use stratus_core::agent_api::{AgentErrorCode, DataDisk, DiskDisposal, DomainSpec
 use stratus_core::cloud_init::Seed;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId};
-use stratus_core::lifecycle::{self, Action, ListedAddress, Observation, ServerFacts};
+use stratus_core::lifecycle::{
+    self, Action, LegacyDomain, ListedAddress, Observation, ServerFacts,
+};
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
     DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageEncryption, StorageSubscription,
@@ -136,7 +138,8 @@ impl ServerReconciler {
         let name = server.name_any();
         let current = server.status.clone().unwrap_or_default();
         if current.hypervisor.is_some() && current.domain.is_none() {
-            self.adopt_legacy_placement(server, &current).await?;
+            self.adopt_legacy_placement(server, &current, resolved)
+                .await?;
             return Ok(Pass::Again);
         }
         let domain = domain_of(server, &current);
@@ -645,11 +648,22 @@ impl ServerReconciler {
                     &placements.load(Placing::Server(&key)),
                 )
                 .map_err(|e| e.to_string())
+                .and_then(|chosen| {
+                    let zone = hypervisors
+                        .iter()
+                        .find(|h| h.name_any() == chosen.as_str())
+                        .map(|h| h.spec.zone.clone())
+                        .ok_or_else(|| format!("hypervisor {chosen} vanished while chosen"))?;
+                    Ok((chosen, zone))
+                })
             }
         };
         lifecycle::record_placement(
             &mut next,
-            placement.as_ref().map_err(Clone::clone),
+            placement
+                .as_ref()
+                .map(|(name, zone)| (name, zone.as_str()))
+                .map_err(Clone::clone),
             &domain_of(server, current),
             &mac,
             self.ctx.clock.now(),
@@ -725,23 +739,54 @@ impl ServerReconciler {
         &self,
         server: &VirtualServer,
         current: &VirtualServerStatus,
+        resolved: &mut Option<AgentEndpoint>,
     ) -> Result<(), ControllerError> {
         let mut next = current.clone();
         let legacy = ids::legacy_domain_name(&server.name_any());
-        if let Some(mac) = &current.mac_address {
-            let (uid, subject) = ledger_holder(server)?;
-            let adopted = self
-                .ctx
-                .ledger
-                .macs()
-                .adopt(&uid, &subject, mac, self.now_millis())
-                .await?;
-            if !adopted {
-                tracing::warn!(%mac, "the MAC of this server is held by another server too: one of them needs a new one");
+        let observed = match self.observe(current, &legacy, resolved).await {
+            (_, Observation::Domain(observed)) => observed,
+            (_, Observation::AgentUnavailable(why)) => {
+                // Which domain is the server's is decided only on what its
+                // agent says: never guessed.
+                return Err(ControllerError::Hypervisor(
+                    current
+                        .hypervisor
+                        .as_ref()
+                        .map(|h| h.to_string())
+                        .unwrap_or_default(),
+                    format!("cannot tell whether {legacy} is this server's domain: {why}"),
+                ));
+            }
+            (_, Observation::NotPlaced) => return Ok(()),
+        };
+        match lifecycle::legacy_domain(current.mac_address.as_deref(), &observed) {
+            LegacyDomain::Adopt => {
+                if let Some(mac) = &current.mac_address {
+                    let (uid, subject) = ledger_holder(server)?;
+                    let adopted = self
+                        .ctx
+                        .ledger
+                        .macs()
+                        .adopt(&uid, &subject, mac, self.now_millis())
+                        .await?;
+                    if !adopted {
+                        tracing::warn!(%mac, "the MAC of this server is held by another server too: one of them needs a new one");
+                    }
+                }
+                tracing::info!(domain = %legacy, "domain of a server placed by an earlier release recorded");
+                next.domain = Some(legacy);
+            }
+            found => {
+                let domain = ids::domain_name(
+                    server.namespace().as_deref().unwrap_or_default(),
+                    &server.name_any(),
+                );
+                if found == LegacyDomain::NotOurs {
+                    tracing::warn!(legacy = %legacy, %domain, "a domain named after this server by an earlier release carries another MAC: it is another account's, left alone");
+                }
+                next.domain = Some(domain);
             }
         }
-        tracing::info!(domain = %legacy, "domain of a server placed by an earlier release recorded");
-        next.domain = Some(legacy);
         self.record_status(server, current, &next).await
     }
 

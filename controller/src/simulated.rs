@@ -317,6 +317,18 @@ struct SimKeys<'a> {
 }
 
 impl SimNode {
+    /// The domain that has `volume` as a data disk, if any.
+    fn domain_using(&self, volume: &str) -> Option<String> {
+        self.domains
+            .iter()
+            .find(|(_, d)| {
+                d.spec
+                    .as_ref()
+                    .is_some_and(|spec| spec.data_disks.iter().any(|disk| disk.volume == volume))
+            })
+            .map(|(name, _)| name.clone())
+    }
+
     fn keys(&self) -> SimKeys<'_> {
         SimKeys {
             luks: &self.luks_keys,
@@ -386,6 +398,7 @@ fn observation(
                 })
                 .collect(),
             waiting_for_key: Vec::new(),
+            mac_address: d.spec.as_ref().map(|spec| spec.mac_address.clone()),
         },
         None => DomainObservation::absent(name),
     }
@@ -596,6 +609,17 @@ impl AgentClient for SimulatedAgent {
         name: &str,
     ) -> Result<VolumeObservation, AgentCallError> {
         self.call(agent, "destroy_volume", name, |node| {
+            let in_use = node.volumes.get(name).and_then(|copy| {
+                copy.versions
+                    .keys()
+                    .find_map(|v| node.domain_using(&storage_volume_name(name, *v)))
+            });
+            if let Some(domain) = in_use {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VolumeInUse,
+                    message: format!("a version of {name} is a disk of domain {domain}"),
+                });
+            }
             let existed = node.volumes.remove(name).is_some();
             let mut answer = volume_observation(name, None, node.keys());
             answer.disposal = existed.then(|| {
@@ -703,6 +727,14 @@ impl AgentClient for SimulatedAgent {
         version: u64,
     ) -> Result<VolumeObservation, AgentCallError> {
         self.call(agent, "delete_version", name, |node| {
+            // As the real agent: never wiped under a domain that uses it.
+            let volume = storage_volume_name(name, version);
+            if let Some(domain) = node.domain_using(&volume) {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VolumeInUse,
+                    message: format!("{volume} is a disk of domain {domain}"),
+                });
+            }
             if let Some(copy) = node.volumes.get_mut(name) {
                 copy.versions.remove(&version);
             }
@@ -724,12 +756,8 @@ impl AgentClient for SimulatedAgent {
     ) -> Result<StoredContent, AgentCallError> {
         self.call(agent, "copy_version", name, |node| {
             let volume = storage_volume_name(name, from);
-            let in_use = node.domains.iter().filter(|_| !pause_guest).find(|(_, d)| {
-                d.spec
-                    .as_ref()
-                    .is_some_and(|spec| spec.data_disks.iter().any(|disk| disk.volume == volume))
-            });
-            if let Some((domain, _)) = in_use {
+            let in_use = node.domain_using(&volume).filter(|_| !pause_guest);
+            if let Some(domain) = in_use {
                 return Err(AgentCallError::Rejected {
                     code: AgentErrorCode::VersionConflict,
                     message: format!("{volume} is a disk of domain {domain}"),

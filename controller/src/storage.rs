@@ -668,6 +668,16 @@ impl StorageReconciler {
             }
             (primary_good, _) => {
                 let (bad, from) = if primary_good { (1, 0) } else { (0, 1) };
+                // The reads took a while: a customer may have made the
+                // primary a disk meanwhile, and a guest's writes are no
+                // damage. Looked at again before anything is rewritten (the
+                // agent refuses to wipe a volume a domain uses, too).
+                if self.became_a_disk(subscription).await {
+                    tracing::info!(
+                        "the copy became a server's disk during its verification: no repair; verified again once it is settled"
+                    );
+                    return Ok(());
+                }
                 self.ctx
                     .agents
                     .delete_version(&agents[bad], name, content.version)
@@ -754,6 +764,24 @@ impl StorageReconciler {
             "both copies verified"
         );
         Ok(())
+    }
+
+    /// Whether `subscription` is, or was since it was read, attached to a
+    /// server (or cannot be read back to tell).
+    async fn became_a_disk(&self, subscription: &StorageSubscription) -> bool {
+        let namespace = subscription.namespace();
+        match self
+            .storage
+            .get(namespace.as_deref(), &subscription.name_any())
+            .await
+        {
+            Ok(Some(now)) => now.spec.attached_to.is_some() || now.spec.written_by_guest.is_some(),
+            Ok(None) => true,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the subscription again before a repair");
+                true
+            }
+        }
     }
 
     /// Makes copy `index`, lost whole, again from the other one: the

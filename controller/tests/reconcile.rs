@@ -706,8 +706,8 @@ async fn a_server_placed_by_an_earlier_release_keeps_its_domain_and_mac() {
     let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
     let uid = server.metadata.uid.clone().unwrap();
     let mut legacy = server.status.clone().unwrap();
+    let mac = legacy.mac_address.clone().unwrap();
     legacy.domain = None;
-    legacy.mac_address = Some("52:54:00:aa:bb:cc".into());
     h.servers
         .patch_status(Some(NS), "vs-1", &legacy)
         .await
@@ -718,13 +718,61 @@ async fn a_server_placed_by_an_earlier_release_keeps_its_domain_and_mac() {
     let status = h.status("vs-1").await;
     assert_eq!(status.domain.as_deref(), Some("stratus-vs-1"));
     assert_eq!(status.phase, ServerPhase::Running, "{status:?}");
-    assert_eq!(status.mac_address.as_deref(), Some("52:54:00:aa:bb:cc"));
+    assert_eq!(status.mac_address.as_deref(), Some(mac.as_str()));
     assert_eq!(
         h.ledger.macs().held_by(&uid).await.unwrap().as_deref(),
-        Some("52:54:00:aa:bb:cc")
+        Some(mac.as_str())
     );
     let domains: Vec<String> = h.sim.domains("hv1").into_iter().map(|d| d.0).collect();
     assert_eq!(domains, ["stratus-vs-1"], "no second domain was created");
+}
+
+/// Defect 12 of issue 25: an earlier release named domains after the
+/// server alone, so same-named servers of two accounts on one hypervisor
+/// share that name. A server whose domain was never recorded adopts the
+/// legacy domain only when it carries its own MAC; another account's is
+/// never adopted (deleting one would have wiped the other's disk), and
+/// the server is told its own disk is missing rather than given a new one.
+#[tokio::test]
+async fn a_legacy_domain_of_another_account_is_never_adopted() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    // The other account's server of the same name holds the legacy name.
+    h.sim.rename_domain("hv1", DOMAIN, "stratus-vs-1");
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    let mut legacy = server.status.clone().unwrap();
+    legacy.domain = None;
+    legacy.mac_address = Some("52:54:00:aa:bb:cc".into());
+    h.servers
+        .patch_status(Some(NS), "vs-1", &legacy)
+        .await
+        .unwrap();
+    let _ = h.reconcile("vs-1").await;
+    let status = h.status("vs-1").await;
+    assert_eq!(
+        status.domain.as_deref(),
+        Some(DOMAIN),
+        "today's name, never the other account's domain"
+    );
+    assert_ne!(status.phase, ServerPhase::Running, "{status:?}");
+    let domains: Vec<String> = h.sim.domains("hv1").into_iter().map(|d| d.0).collect();
+    assert_eq!(
+        domains,
+        ["stratus-vs-1"],
+        "the other domain is untouched and no empty disk was made"
+    );
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    for _ in 0..4 {
+        let _ = h.reconcile("vs-1").await;
+    }
+    let domains: Vec<String> = h.sim.domains("hv1").into_iter().map(|d| d.0).collect();
+    assert_eq!(
+        domains,
+        ["stratus-vs-1"],
+        "deleting this server leaves the other's domain"
+    );
 }
 
 #[tokio::test]
@@ -1012,6 +1060,11 @@ async fn scheduling_respects_zone_and_capacity() {
                 .as_ref()
                 .map(HypervisorName::as_str),
             Some("par-a")
+        );
+        assert_eq!(
+            h.status(name).await.zone.as_deref(),
+            Some("par1"),
+            "the zone it runs in is recorded with the placement"
         );
     }
     assert_eq!(

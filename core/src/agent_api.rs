@@ -255,6 +255,11 @@ pub struct DomainObservation {
     /// loaded on the hypervisor (in the answer to an ensure only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for_key: Vec<String>,
+    /// The MAC address of the domain's NIC as defined: how a domain named
+    /// by an earlier release is recognised as a server's own (MACs are
+    /// unique across servers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
 }
 
 impl DomainObservation {
@@ -267,6 +272,7 @@ impl DomainObservation {
             disk_disposal: None,
             data_disks: Vec::new(),
             waiting_for_key: Vec::new(),
+            mac_address: None,
         }
     }
 }
@@ -527,6 +533,9 @@ pub enum AgentErrorCode {
     KeysUnsupported,
     /// Too much under way: try again later.
     Busy,
+    /// The volume is a disk of a domain: it is not wiped, deleted or
+    /// overwritten under it (R26).
+    VolumeInUse,
     /// The job asked about is not known (the agent restarted, or its
     /// result expired): start it again.
     UnknownJob,

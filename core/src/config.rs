@@ -192,6 +192,11 @@ pub struct Config {
     /// How fast one API token may call.
     #[serde(default)]
     pub limits: Limits,
+    /// Load balancers and proxies in front of the API (CIDRs), whose
+    /// `X-Forwarded-For` says which client a request is from; anyone
+    /// else's is ignored (it could say anything).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<String>,
     /// Durations, fees and modes of the business rules (RULES.md).
     #[serde(default)]
     pub policy: Policy,
@@ -267,13 +272,55 @@ pub enum ZoneMode {
     Informational,
 }
 
-/// One DNS blacklist zone (`zen.spamhaus.org`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+/// One DNS blacklist zone: `{name: zen.spamhaus.org, mode: informational}`,
+/// or its name alone (`zen.spamhaus.org`), a blocking zone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct DnsblZone {
     pub name: String,
-    #[serde(default)]
     pub mode: ZoneMode,
+}
+
+/// The long form of a zone.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct ZoneFields {
+    name: String,
+    #[serde(default)]
+    mode: ZoneMode,
+}
+
+impl<'de> Deserialize<'de> for DnsblZone {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Zone;
+        impl<'de> serde::de::Visitor<'de> for Zone {
+            type Value = DnsblZone;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a zone name, or {name, mode}")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<DnsblZone, E> {
+                Ok(DnsblZone {
+                    name: name.to_owned(),
+                    mode: ZoneMode::Blocking,
+                })
+            }
+
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                map: M,
+            ) -> Result<DnsblZone, M::Error> {
+                let fields =
+                    ZoneFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(DnsblZone {
+                    name: fields.name,
+                    mode: fields.mode,
+                })
+            }
+        }
+        deserializer.deserialize_any(Zone)
+    }
 }
 
 /// Most zones the configuration may list: every check asks each.
@@ -369,6 +416,16 @@ pub struct Limits {
     pub requests_per_second: u32,
     #[serde(default = "default_burst")]
     pub burst: u32,
+    /// Requests with a token that is unknown or revoked one client address
+    /// may make per minute (a burst of as many); beyond, it is answered 429
+    /// without the token being looked up. The address is the connection's,
+    /// or the `X-Forwarded-For` client's behind a `trustedProxies` entry.
+    #[serde(default = "default_invalid_tokens_per_minute")]
+    pub invalid_tokens_per_minute: u32,
+}
+
+fn default_invalid_tokens_per_minute() -> u32 {
+    60
 }
 
 fn default_requests_per_second() -> u32 {
@@ -384,6 +441,7 @@ impl Default for Limits {
         Self {
             requests_per_second: default_requests_per_second(),
             burst: default_burst(),
+            invalid_tokens_per_minute: default_invalid_tokens_per_minute(),
         }
     }
 }
@@ -395,6 +453,7 @@ impl Default for Config {
             images: default_images(),
             quotas: Quota::default(),
             limits: Limits::default(),
+            trusted_proxies: Vec::new(),
             policy: Policy::default(),
             ip_pools: None,
             dnsbl: Dnsbl::default(),
@@ -438,6 +497,18 @@ fn default_images() -> Vec<Image> {
 }
 
 impl Config {
+    /// `trustedProxies` as networks (a bare address is a network of one).
+    pub fn trusted_proxy_networks(&self) -> Vec<ipnet::IpNet> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|p| {
+                p.parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| p.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect()
+    }
+
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
         // The path names the key in error, however deep (`policy.billing.suspendAfter`).
         let config: Config = serde_path_to_error::deserialize(serde_yaml::Deserializer::from_str(
@@ -515,6 +586,24 @@ impl Config {
                 "limits.requestsPerSecond".into(),
                 "must be at least 1",
             ));
+        }
+        if self.limits.invalid_tokens_per_minute == 0 {
+            return Err(invalid(
+                "limits.invalidTokensPerMinute".into(),
+                "must be at least 1",
+            ));
+        }
+        if self.trusted_proxies.len() > 1_000 {
+            return Err(invalid("trustedProxies".into(), "at most 1000 entries"));
+        }
+        for (i, proxy) in self.trusted_proxies.iter().enumerate() {
+            if proxy.parse::<ipnet::IpNet>().is_err() && proxy.parse::<std::net::IpAddr>().is_err()
+            {
+                return Err(invalid(
+                    format!("trustedProxies[{i}]"),
+                    "not an address or a CIDR (10.0.0.0/8, 2001:db8::/32)",
+                ));
+            }
         }
         if self.limits.burst == 0 {
             return Err(invalid("limits.burst".into(), "must be at least 1"));
@@ -738,6 +827,8 @@ mod tests {
                 "ipPools[0].ipv4.exclude",
             ),
             ("dnsbl: {zones: [{name: 'not a zone'}]}\n".into(), "dnsbl.zones[0].name"),
+            ("dnsbl: {zones: ['not a zone']}\n".into(), "dnsbl.zones[0].name"),
+            ("dnsbl: {zones: [{name: bl.test, weight: 2}]}\n".into(), "dnsbl.zones[0].weight"),
             ("dnsbl: {zones: [{name: bl.test, mode: loud}]}\n".into(), "dnsbl.zones[0].mode"),
             ("dnsbl: {resolver: localhost}\n".into(), "dnsbl.resolver"),
             ("dnsbl: {concurrency: 0}\n".into(), "dnsbl.concurrency"),
@@ -755,6 +846,25 @@ mod tests {
         .dnsbl;
         assert_eq!(dnsbl.zones[0].mode, ZoneMode::Blocking);
         assert_eq!(dnsbl.zones[1].mode, ZoneMode::Informational);
+        // The plain form users write first: a blocking zone by its name.
+        let plain = Config::from_yaml(
+            "dnsbl: {zones: [zen.spamhaus.org, {name: info.test, mode: informational}]}\n",
+        )
+        .unwrap()
+        .dnsbl;
+        assert_eq!(
+            plain.zones,
+            [
+                DnsblZone {
+                    name: "zen.spamhaus.org".into(),
+                    mode: ZoneMode::Blocking
+                },
+                DnsblZone {
+                    name: "info.test".into(),
+                    mode: ZoneMode::Informational
+                },
+            ]
+        );
         assert_eq!(
             dnsbl.resolver_address(),
             Some("127.0.0.1:5353".parse().unwrap())

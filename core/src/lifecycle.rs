@@ -524,17 +524,44 @@ pub fn record_no_clean_address(status: &mut VirtualServerStatus, why: String, no
     );
 }
 
-/// Records the hypervisor chosen by the scheduler (or why there is none).
+/// What the domain an earlier release named after a server alone
+/// (`stratus-{name}`, shared by same-named servers of every account) is to
+/// a server placed then, whose domain was never recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegacyDomain {
+    /// It carries the server's own MAC (unique across servers): its domain.
+    Adopt,
+    /// Another server's (another account's same-named server): never
+    /// adopted, or deleting one would wipe the other's disk.
+    NotOurs,
+    /// There is none: the server gets a domain named as today's are.
+    Absent,
+}
+
+/// Whether the legacy domain `observed` is the server's, by its MAC.
+pub fn legacy_domain(server_mac: Option<&str>, observed: &DomainObservation) -> LegacyDomain {
+    if observed.state.is_none() {
+        return LegacyDomain::Absent;
+    }
+    match (server_mac, observed.mac_address.as_deref()) {
+        (Some(ours), Some(theirs)) if ours.eq_ignore_ascii_case(theirs) => LegacyDomain::Adopt,
+        _ => LegacyDomain::NotOurs,
+    }
+}
+
+/// Records the hypervisor chosen by the scheduler, and its zone (or why
+/// there is none).
 pub fn record_placement(
     status: &mut VirtualServerStatus,
-    placement: Result<&HypervisorName, String>,
+    placement: Result<(&HypervisorName, &str), String>,
     domain: &str,
     mac: &str,
     now: Timestamp,
 ) {
     match placement {
-        Ok(hypervisor) => {
+        Ok((hypervisor, zone)) => {
             status.hypervisor = Some(hypervisor.clone());
+            status.zone = Some(zone.to_owned());
             status.domain = Some(domain.to_owned());
             status.mac_address = Some(mac.to_owned());
             status.phase = ServerPhase::Provisioning;
@@ -624,6 +651,7 @@ mod tests {
             disk_disposal: None,
             data_disks: Vec::new(),
             waiting_for_key: Vec::new(),
+            mac_address: None,
         })
     }
 
@@ -1406,6 +1434,31 @@ mod tests {
     }
 
     #[test]
+    fn a_legacy_domain_is_adopted_only_with_the_servers_own_mac() {
+        let mut domain = DomainObservation::absent("stratus-vs-1");
+        assert_eq!(
+            legacy_domain(Some("52:54:00:00:00:01"), &domain),
+            LegacyDomain::Absent
+        );
+        domain.state = Some(DomainState::Running);
+        domain.mac_address = Some("52:54:00:00:00:01".into());
+        assert_eq!(
+            legacy_domain(Some("52:54:00:00:00:01"), &domain),
+            LegacyDomain::Adopt
+        );
+        assert_eq!(
+            legacy_domain(Some("52:54:00:00:00:02"), &domain),
+            LegacyDomain::NotOurs
+        );
+        assert_eq!(legacy_domain(None, &domain), LegacyDomain::NotOurs);
+        domain.mac_address = None;
+        assert_eq!(
+            legacy_domain(Some("52:54:00:00:00:01"), &domain),
+            LegacyDomain::NotOurs
+        );
+    }
+
+    #[test]
     fn placement_is_recorded_with_reason_when_impossible() {
         let mut status = VirtualServerStatus::default();
         record_placement(
@@ -1422,12 +1475,13 @@ mod tests {
         let hv1 = HypervisorName::parse("hv1").unwrap();
         record_placement(
             &mut status,
-            Ok(&hv1),
+            Ok((&hv1, "par1")),
             "stratus-acc-1.vs-1",
             "52:54:00:00:00:01",
             now(),
         );
         assert_eq!(status.hypervisor, Some(hv1));
+        assert_eq!(status.zone.as_deref(), Some("par1"), "where it runs");
         assert_eq!(status.domain.as_deref(), Some("stratus-acc-1.vs-1"));
         assert_eq!(status.phase, ServerPhase::Provisioning);
         assert!(status.reason.is_none());

@@ -42,25 +42,59 @@ pub enum Retry<K, Id> {
     Existing(Box<K>),
 }
 
+/// An order, as its idempotency key binds it.
+pub struct Order<'a, Id> {
+    /// Names the kind in messages (`server`, `storage subscription`); it is
+    /// also hashed with the body, so one key never serves two kinds.
+    pub what: &'a str,
+    pub account: &'a AccountId,
+    /// The order's `Idempotency-Key`, if it has one.
+    pub key: Option<&'a str>,
+    /// The order as it is hashed (never with a secret in it).
+    pub body: String,
+    /// The id a first attempt gives the object.
+    pub fresh: Id,
+    pub parse: fn(&str) -> Option<Id>,
+}
+
+impl<'a, Id> Order<'a, Id> {
+    pub fn new(
+        what: &'a str,
+        account: &'a AccountId,
+        key: Option<&'a str>,
+        body: &impl Serialize,
+        fresh: Id,
+        parse: fn(&str) -> Option<Id>,
+    ) -> Result<Self, ApiError> {
+        Ok(Self {
+            what,
+            account,
+            key,
+            body: serde_json::to_string(body).map_err(|e| ApiError::internal(e.to_string()))?,
+            fresh,
+            parse,
+        })
+    }
+}
+
 /// Binds the order's idempotency key (if any) to the id the object gets:
-/// `fresh` for a first attempt, the first attempt's id for a retry.
-/// `what` names the kind in messages (`server`, `storage subscription`);
-/// it is also hashed with the body, so one key never serves two kinds.
-#[allow(clippy::too_many_arguments)]
+/// its fresh id for a first attempt, the first attempt's id for a retry.
 pub async fn claim_idempotency_key<K: StoredKind, Id: std::fmt::Display>(
     state: &ApiState,
     objects: &Resources<K>,
-    what: &str,
-    account_id: &AccountId,
-    key: Option<&str>,
-    order: &impl Serialize,
-    fresh: Id,
-    parse: fn(&str) -> Option<Id>,
+    order: Order<'_, Id>,
 ) -> Result<Retry<K, Id>, ApiError> {
+    let Order {
+        what,
+        account: account_id,
+        key,
+        body,
+        fresh,
+        parse,
+    } = order;
     let Some(key) = key else {
         return Ok(Retry::Create(fresh));
     };
-    let body = serde_json::to_string(order).map_err(|e| ApiError::internal(e.to_string()))?;
     // Servers' orders were hashed bare before other kinds existed.
     let request_hash = if what == "server" {
         hash_token(&body)

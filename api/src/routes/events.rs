@@ -348,9 +348,7 @@ async fn server_of(
     } else {
         state.servers.find_by_name(name).await?
     };
-    let Some(server) = found.into_iter().next() else {
-        return Err(ApiError::invalid(field, format!("no server {name:?}")));
-    };
+    let server = one_of(found, account, field, "server", name)?;
     let owner = server.namespace().unwrap_or_default();
     if let Some(account) = account
         && owner != account.as_str()
@@ -361,6 +359,48 @@ async fn server_of(
         ));
     }
     Ok((owner, server))
+}
+
+/// The one object named `name`: in Kubernetes mode objects of several
+/// accounts (namespaces) may share a name, so the account the report is
+/// posted under picks it, and without one a shared name is refused as
+/// ambiguous (never guessed: the wrong account would be suspended).
+fn one_of<K: kube::Resource>(
+    found: Vec<K>,
+    account: Option<&AccountId>,
+    field: &str,
+    what: &str,
+    name: &str,
+) -> Result<K, ApiError> {
+    if found.len() > 1 {
+        if let Some(account) = account {
+            let ours = found
+                .into_iter()
+                .find(|o| o.meta().namespace.as_deref() == Some(account.as_str()));
+            return ours.ok_or_else(|| {
+                ApiError::invalid(
+                    field,
+                    format!("the {what} {name} is not of the account {account}"),
+                )
+            });
+        }
+        let mut accounts: Vec<String> = found
+            .iter()
+            .filter_map(|o| o.meta().namespace.clone())
+            .collect();
+        accounts.sort();
+        return Err(ApiError::invalid(
+            field,
+            format!(
+                "several accounts have a {what} named {name} ({}): report it under its account, POST /v1/admin/accounts/{{id}}/events",
+                accounts.join(", ")
+            ),
+        ));
+    }
+    found
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::invalid(field, format!("no {what} {name:?}")))
 }
 
 /// The account and name of the storage subscription `name`, checked
@@ -375,12 +415,7 @@ async fn storage_of(
     } else {
         state.storage.find_by_name(name).await?
     };
-    let Some(subscription) = found.into_iter().next() else {
-        return Err(ApiError::invalid(
-            "storage",
-            format!("no storage subscription {name:?}"),
-        ));
-    };
+    let subscription = one_of(found, account, "storage", "storage subscription", name)?;
     let owner = subscription.namespace().unwrap_or_default();
     if let Some(account) = account
         && owner != account.as_str()

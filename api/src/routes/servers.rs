@@ -15,8 +15,8 @@ use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
 use super::customer_objects::{
-    Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace, orderable_account,
-    refuse_while_held_as_evidence,
+    Order, Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace,
+    orderable_account, refuse_while_held_as_evidence,
 };
 use crate::auth::Principal;
 use crate::body::JsonBody;
@@ -153,12 +153,14 @@ pub async fn order_server(
     let claim = claim_idempotency_key(
         &state,
         &state.servers,
-        "server",
-        &account_id,
-        key.as_deref(),
-        &order,
-        fresh,
-        ServerId::parse,
+        Order::new(
+            "server",
+            &account_id,
+            key.as_deref(),
+            &order,
+            fresh,
+            ServerId::parse,
+        )?,
     )
     .await?;
     let id = match claim {

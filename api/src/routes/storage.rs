@@ -19,8 +19,8 @@ use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
 use super::customer_objects::{
-    Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace, orderable_account,
-    refuse_while_held_as_evidence,
+    Order, Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace,
+    orderable_account, refuse_while_held_as_evidence,
 };
 use super::storage_keys;
 use crate::auth::Principal;
@@ -216,13 +216,15 @@ pub async fn order_storage(
     let claim = claim_idempotency_key(
         &state,
         &state.storage,
-        WHAT,
-        &account_id,
-        key.as_deref(),
-        // Never a digest of the key: a retry is recognised without it.
-        &order.without_key(),
-        fresh,
-        StorageId::parse,
+        Order::new(
+            WHAT,
+            &account_id,
+            key.as_deref(),
+            // Never a digest of the key: a retry is recognised without it.
+            &order.without_key(),
+            fresh,
+            StorageId::parse,
+        )?,
     )
     .await?;
     let id = match claim {
@@ -573,6 +575,10 @@ pub async fn write_content(
         return Err(ApiError::content_too_large(limit));
     }
     let contents = contents(&state)?;
+    let _slot = state
+        .streams
+        .take(account_id.as_str(), primary.hypervisor.as_str())
+        .map_err(ApiError::too_many_streams)?;
     let current = subscription.spec.content.as_ref().map_or(0, |c| c.version);
     let version = u64::try_from(state.now_millis())
         .unwrap_or(0)
@@ -661,6 +667,14 @@ pub async fn read_content(
         subscription.namespace().as_deref().unwrap_or_default(),
         id.as_str(),
     );
+    // Held until the body is sent or dropped.
+    let slot = state
+        .streams
+        .take(
+            subscription.namespace().as_deref().unwrap_or_default(),
+            primary.hypervisor.as_str(),
+        )
+        .map_err(ApiError::too_many_streams)?;
     let stream = contents(&state)?
         .read(
             primary.hypervisor.as_str(),
@@ -672,7 +686,8 @@ pub async fn read_content(
         .map_err(|e| content_error(e, subscription.spec.size_gib << 30))?;
     let body = {
         use futures::StreamExt;
-        axum::body::Body::from_stream(stream.map(|chunk| {
+        axum::body::Body::from_stream(stream.map(move |chunk| {
+            let _held = &slot;
             chunk
                 .map(axum::body::Bytes::from)
                 .map_err(std::io::Error::other)

@@ -224,6 +224,10 @@ pub struct VirtualServerStatus {
     /// Hypervisor chosen for the server; recorded before anything is created there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorName>,
+    /// The zone of that hypervisor: where the server runs (its spec's
+    /// zone is only what was asked for, maybe none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
     /// The libvirt domain of the server on its hypervisor; recorded with the
     /// placement and never changed afterwards.
     #[serde(default, skip_serializing_if = "Option::is_none")]
