@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use stratus_core::agent_api::{
     AntiSpoofing, CONSOLE_TAIL_BYTES, DataDisk, DiskDisposal, DomainObservation, DomainSpec,
     DomainState, Link, MANAGED_PREFIX, MAX_DATA_DISKS, NodeReport, PoolInfo, Target,
-    disk_volume_name, is_storage_serial, storage_volume_version,
+    disk_volume_name, guest_failure, is_storage_serial, storage_volume_version,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -547,6 +547,15 @@ impl Driver {
             .map(|xml| self.observe_data_disks(xml))
             .unwrap_or_default();
         let mac_address = xml.as_ref().and_then(|xml| defined_mac(&xml.inactive));
+        let guest_failure = match (&self.config.console_dir, state) {
+            (Some(dir), Some(DomainState::Running)) => {
+                let path = crate::seed::console_log(dir, name);
+                crate::seed::tail(&path, CONSOLE_TAIL_BYTES)
+                    .ok()
+                    .and_then(|tail| guest_failure(&String::from_utf8_lossy(&tail)))
+            }
+            _ => None,
+        };
         Ok(DomainObservation {
             name: name.to_owned(),
             state,
@@ -555,6 +564,7 @@ impl Driver {
             disk_disposal: None,
             data_disks,
             waiting_for_key: Vec::new(),
+            guest_failure,
             mac_address,
         })
     }

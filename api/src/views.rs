@@ -225,6 +225,9 @@ impl From<&Plan> for PlanView {
 pub struct ImageView {
     pub name: String,
     pub description: String,
+    /// The smallest disk a server started from it can have: a plan with a
+    /// smaller one is refused for it.
+    pub min_disk_gib: u64,
 }
 
 impl From<&Image> for ImageView {
@@ -232,6 +235,7 @@ impl From<&Image> for ImageView {
         Self {
             name: image.name.clone(),
             description: image.description.clone(),
+            min_disk_gib: image.size_gib,
         }
     }
 }

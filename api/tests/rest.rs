@@ -4403,3 +4403,56 @@ async fn r29_invalid_tokens_are_limited_per_client_address() {
         StatusCode::TOO_MANY_REQUESTS
     );
 }
+
+/// Defect 10 of issue 25: a plan whose disk is smaller than the image's
+/// file system cannot boot it. Such an order is refused naming `plan`,
+/// with both sizes, and creates nothing; the catalogue shows each image's
+/// smallest disk.
+#[tokio::test]
+async fn an_order_whose_disk_cannot_hold_its_image_is_refused_naming_the_plan() {
+    let mut config = Config::default();
+    config.plans[0].disk_gib = 1;
+    let micro = config.plans[0].name.clone();
+    config.images[0].size_gib = 3;
+    let image = config.images[0].name.clone();
+    let api = api_configured(testing::sqlite().await, config).await;
+    let (acme, token) = api.customer("ACME").await;
+    let images = api.call(Method::GET, "/v1/images", &token, None).await;
+    let shown = images.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == image.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(shown["min_disk_gib"], 3, "{shown}");
+    let refused = api
+        .call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(json!({"name": "web1", "plan": micro, "image": image})),
+        )
+        .await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("plan"),
+    );
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 GiB") && message.contains("3 GiB"),
+        "{message}"
+    );
+    assert!(
+        api.state
+            .servers
+            .list(Some(&acme))
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing created"
+    );
+}

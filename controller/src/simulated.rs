@@ -19,6 +19,8 @@ struct SimDomain {
     state: Option<DomainState>,
     disk: bool,
     spec: Option<DomainSpec>,
+    /// What its console would show of a boot that failed.
+    boot_failure: Option<String>,
 }
 
 /// A storage copy: its size and the content of each version.
@@ -248,6 +250,20 @@ impl SimulatedAgent {
         });
     }
 
+    /// The guest of `domain` stops booting (its console shows why) until
+    /// it is started again.
+    pub fn fail_boot(&self, hypervisor: &str, domain: &str, why: &str) {
+        self.with(|s| {
+            if let Some(d) = s
+                .nodes
+                .get_mut(hypervisor)
+                .and_then(|n| n.domains.get_mut(domain))
+            {
+                d.boot_failure = Some(why.to_owned());
+            }
+        });
+    }
+
     pub fn domains(&self, hypervisor: &str) -> Vec<(String, Option<DomainState>, bool)> {
         self.with(|s| {
             s.nodes
@@ -398,6 +414,10 @@ fn observation(
                 })
                 .collect(),
             waiting_for_key: Vec::new(),
+            guest_failure: d
+                .boot_failure
+                .clone()
+                .filter(|_| d.state == Some(DomainState::Running)),
             mac_address: d.spec.as_ref().map(|spec| spec.mac_address.clone()),
         },
         None => DomainObservation::absent(name),
@@ -445,6 +465,7 @@ impl AgentClient for SimulatedAgent {
                 state: None,
                 disk: false,
                 spec: None,
+                boot_failure: None,
             });
             if !entry.disk {
                 if !spec.create_disk {

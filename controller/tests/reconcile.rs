@@ -916,6 +916,43 @@ async fn a_guest_ignoring_shutdown_is_powered_off_after_the_grace_period() {
     assert_eq!(status.stop_requested_at, None);
 }
 
+/// Defect 10 of issue 25: a domain that runs while its guest stopped
+/// booting (its console shows why) is not called running and ready: the
+/// server says the guest did not come up, with what its console showed.
+#[tokio::test]
+async fn a_guest_that_did_not_come_up_is_said_so_not_called_ready() {
+    let h = harness().await;
+    h.add_hypervisor("hv1", "default", 8, 16384).await;
+    h.order("vs-1", None).await;
+    h.reconcile("vs-1").await.unwrap();
+    let status = h.status("vs-1").await;
+    assert_eq!(status.phase, ServerPhase::Running);
+    assert!(conditions::is_true(
+        &status.conditions,
+        ConditionType::GuestBooted
+    ));
+    h.sim.fail_boot(
+        "hv1",
+        DOMAIN,
+        "its root file system is larger than its disk (EXT4-fs (vda): bad geometry)",
+    );
+    h.reconcile("vs-1").await.unwrap();
+    let status = h.status("vs-1").await;
+    let reason = status.reason.clone().unwrap_or_default();
+    assert!(
+        reason.starts_with("the guest did not come up: its root file system is larger"),
+        "{status:?}"
+    );
+    assert!(!conditions::is_true(
+        &status.conditions,
+        ConditionType::GuestBooted
+    ));
+    assert!(!conditions::is_true(
+        &status.conditions,
+        ConditionType::Ready
+    ));
+}
+
 #[tokio::test]
 async fn power_changes_follow_the_spec() {
     let h = harness().await;

@@ -255,6 +255,10 @@ pub struct DomainObservation {
     /// loaded on the hypervisor (in the answer to an ensure only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub waiting_for_key: Vec<String>,
+    /// Why the running guest did not come up, when its serial console
+    /// since its last boot shows a known failure ([`guest_failure`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_failure: Option<String>,
     /// The MAC address of the domain's NIC as defined: how a domain named
     /// by an earlier release is recognised as a server's own (MACs are
     /// unique across servers).
@@ -272,6 +276,7 @@ impl DomainObservation {
             disk_disposal: None,
             data_disks: Vec::new(),
             waiting_for_key: Vec::new(),
+            guest_failure: None,
             mac_address: None,
         }
     }
@@ -420,6 +425,39 @@ pub enum JobStatus {
     Failed {
         error: AgentErrorDetail,
     },
+}
+
+/// Why a guest did not come up, from the tail of its serial console: the
+/// text since its kernel last started, searched for failures that stop a
+/// boot for good. `None` when none is seen (which proves nothing: a guest
+/// may also hang silently).
+pub fn guest_failure(console: &str) -> Option<String> {
+    const MARKERS: [(&str, &str); 6] = [
+        ("Kernel panic - not syncing", "its kernel panicked"),
+        (
+            "bad geometry: block count",
+            "its root file system is larger than its disk",
+        ),
+        ("Dropping to a shell", "it stopped in its initramfs"),
+        ("You are in emergency mode", "it stopped in emergency mode"),
+        (
+            "Give root password for maintenance",
+            "it stopped in maintenance mode",
+        ),
+        ("No bootable device", "it found no bootable device"),
+    ];
+    let since_boot = console
+        .rfind("Linux version ")
+        .map_or(console, |start| &console[start..]);
+    MARKERS.iter().find_map(|(marker, meaning)| {
+        let at = since_boot.find(marker)?;
+        let line = since_boot[..at]
+            .rfind('\n')
+            .map_or(since_boot, |start| &since_boot[start + 1..]);
+        let line = line.lines().next().unwrap_or_default().trim();
+        let line: String = line.chars().filter(|c| !c.is_control()).take(200).collect();
+        Some(format!("{meaning} ({line})"))
+    })
 }
 
 /// The path of job `id` of volume `name`.
@@ -594,6 +632,27 @@ pub fn storage_volume_version(base: &str, volume: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_guest_that_stopped_booting_is_told_by_its_console_since_its_last_boot() {
+        let failed = "[    0.000000] Linux version 6.1.0-57-amd64\n[    2.1] EXT4-fs (vda): bad geometry: block count 786432 exceeds size of device (262144 blocks)\n";
+        let why = guest_failure(failed).unwrap();
+        assert!(
+            why.starts_with("its root file system is larger than its disk"),
+            "{why}"
+        );
+        assert!(why.contains("EXT4-fs (vda)"), "{why}");
+        // A boot after it that went well: only the last boot counts.
+        let rebooted = format!("{failed}[    0.000000] Linux version 6.1.0-57-amd64\nWelcome\n");
+        assert_eq!(guest_failure(&rebooted), None);
+        assert!(
+            guest_failure("Linux version 6\n---[ end Kernel panic - not syncing: VFS: Unable to mount root fs ]---")
+                .unwrap()
+                .starts_with("its kernel panicked")
+        );
+        assert_eq!(guest_failure(""), None);
+        assert_eq!(guest_failure("Linux version 6\nlogin:"), None);
+    }
 
     #[test]
     fn storage_versions_are_named_one_way_only() {

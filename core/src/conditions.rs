@@ -75,6 +75,9 @@ pub enum ConditionType {
     /// A storage subscription's primary copy is a disk of the server it is
     /// attached to.
     Attached,
+    /// The guest came up: its serial console shows no known boot failure
+    /// (a running domain whose guest stopped booting is not ready).
+    GuestBooted,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -147,6 +150,11 @@ named_enum!(
         /// A LUKS disk waits for its key: its server was started again,
         /// its hypervisor restarted, or a suspension was lifted.
         KeyRequired,
+        /// The guest's console shows no known boot failure.
+        Booted,
+        /// The guest's console shows it stopped booting (a kernel panic, a
+        /// root file system larger than its disk, an emergency shell).
+        BootFailed,
     }
 );
 

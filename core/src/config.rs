@@ -50,7 +50,9 @@ pub struct Image {
     pub volume: String,
     #[serde(default)]
     pub description: String,
-    /// Virtual size of the image in GiB (used when a test hypervisor creates it).
+    /// Virtual size of the image in GiB: the smallest disk a server started
+    /// from it can have (an order of a plan with a smaller disk is refused),
+    /// and the size of the empty image a test hypervisor creates.
     #[serde(default = "default_image_size_gib")]
     pub size_gib: u64,
     /// Direct kernel boot: the kernel's path on every hypervisor. Without

@@ -343,8 +343,39 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
             termination.wipe_at
         ));
     }
-    let ready = status.phase == ServerPhase::Running;
+    // A running domain whose guest stopped booting is not what a customer
+    // calls running: said on the server, and it is not ready.
+    let boot_failure = domain
+        .guest_failure
+        .as_ref()
+        .filter(|_| status.phase == ServerPhase::Running);
+    match boot_failure {
+        Some(why) => {
+            status.reason = Some(format!("the guest did not come up: {why}"));
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::GuestBooted,
+                false,
+                Reason::BootFailed,
+                why.clone(),
+                now,
+            );
+        }
+        None if status.phase == ServerPhase::Running => {
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::GuestBooted,
+                true,
+                Reason::Booted,
+                "",
+                now,
+            );
+        }
+        None => {}
+    }
+    let ready = status.phase == ServerPhase::Running && boot_failure.is_none();
     let ready_reason = match status.phase {
+        ServerPhase::Running if boot_failure.is_some() => Reason::BootFailed,
         ServerPhase::Running => Reason::Running,
         ServerPhase::Stopped => Reason::Stopped,
         ServerPhase::Error => Reason::Crashed,
@@ -651,6 +682,7 @@ mod tests {
             disk_disposal: None,
             data_disks: Vec::new(),
             waiting_for_key: Vec::new(),
+            guest_failure: None,
             mac_address: None,
         })
     }

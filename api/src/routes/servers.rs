@@ -94,10 +94,21 @@ async fn validate_order(
             format!("unknown plan {:?}; see GET /v1/plans", order.plan),
         )
     })?;
-    if state.config.image(&order.image).is_none() {
+    let Some(image) = state.config.image(&order.image) else {
         return Err(ApiError::invalid(
             "image",
             format!("unknown image {:?}; see GET /v1/images", order.image),
+        ));
+    };
+    // A disk smaller than the image's file system cannot boot it: the
+    // guest would stop in its initramfs while the server said running.
+    if plan.disk_gib < image.size_gib {
+        return Err(ApiError::invalid(
+            "plan",
+            format!(
+                "plan {} has a {} GiB disk and image {} needs at least {} GiB: choose a larger plan (GET /v1/images shows each image's min_disk_gib)",
+                plan.name, plan.disk_gib, image.name, image.size_gib
+            ),
         ));
     }
     if order.ssh_keys.len() > cloud_init::MAX_SSH_KEYS {
