@@ -727,6 +727,7 @@ pub fn restorable(
             bytes: secondary.bytes,
             sha256: sha256.clone(),
             verified_at: secondary.verified_at.clone().unwrap_or_default(),
+            missing: None,
         });
     }
     versions.sort_by_key(|k| std::cmp::Reverse(k.version));

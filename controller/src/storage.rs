@@ -159,6 +159,10 @@ impl StorageReconciler {
             servers: &servers,
         };
         let decision = storage::plan(facts, &observed, self.ctx.clock.now());
+        for loss in &decision.lost {
+            tracing::error!(%loss, "storage loss confirmed");
+            self.report_damage(subscription, loss, None).await;
+        }
         let next = decision.status;
         let Some(action) = decision.next else {
             self.record_status(subscription, &current, &next).await?;
@@ -727,6 +731,12 @@ impl StorageReconciler {
         // Earlier versions the secondary keeps: only it holds them.
         let mut kept = Vec::new();
         for version in std::mem::take(&mut status.replicas[1].kept) {
+            // Not seen by the last observation: nothing to read; the plan
+            // forgets it only once its loss is confirmed.
+            if version.missing.is_some() {
+                kept.push(version);
+                continue;
+            }
             let read = self
                 .ctx
                 .agents
@@ -1038,6 +1048,7 @@ impl StorageReconciler {
                 bytes: copy.bytes,
                 sha256: checksum,
                 verified_at: copy.verified_at.clone().unwrap_or_else(|| now.clone()),
+                missing: None,
             });
         }
         copy.version = version;
@@ -1082,11 +1093,22 @@ impl StorageReconciler {
             .await
         {
             Ok(stored) => stored,
-            // An earlier attempt stored it: its checksum decides.
+            // An earlier attempt stored it: its checksum decides, and a
+            // version holding the right bytes is kept, never deleted.
             Err(AgentCallError::Rejected {
                 code: AgentErrorCode::VersionConflict,
                 ..
             }) => {
+                let there = self
+                    .ctx
+                    .agents
+                    .checksum_version(secondary, name, version, bytes)
+                    .await
+                    .map_err(|e| (secondary.clone(), e))?;
+                if there.sha256 == sha256 && there.bytes == bytes {
+                    tracing::info!(version, "the secondary already held this version, checked");
+                    return Ok(there);
+                }
                 let _ = self
                     .ctx
                     .agents
@@ -1095,7 +1117,8 @@ impl StorageReconciler {
                 return Err((
                     secondary.clone(),
                     AgentCallError::Unreachable(format!(
-                        "an unverified version {version} was on the secondary; it was deleted and is copied again"
+                        "a version {version} holding other bytes (SHA-256 {}) was on the secondary; it was deleted and is copied again",
+                        there.sha256
                     )),
                 ));
             }
@@ -1165,6 +1188,7 @@ impl StorageReconciler {
             bytes: stored.bytes,
             sha256: stored.sha256.clone(),
             verified_at: now.clone(),
+            missing: None,
         });
         let keep = usize::try_from(self.policy.versions).unwrap_or(usize::MAX);
         while copy.kept.len() > keep {
@@ -1300,6 +1324,7 @@ impl StorageReconciler {
                             checksum: None,
                             verified_at: None,
                             kept: Vec::new(),
+                            missing: None,
                         })
                     })
                     .collect();

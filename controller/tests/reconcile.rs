@@ -279,6 +279,17 @@ impl Harness {
             .await
     }
 
+    /// Reconciles `name` as often and as long apart as confirms that a copy
+    /// the agents stopped showing is gone (one empty listing is not).
+    async fn confirm_storage_loss(&self, name: &str) {
+        let step = stratus_core::storage::CONFIRM_AFTER / 2 + jiff::SignedDuration::from_secs(1);
+        for _ in 0..stratus_core::storage::CONFIRM_OBSERVATIONS {
+            let _ = self.reconcile_storage(name).await;
+            self.clock.advance(step);
+        }
+        let _ = self.reconcile_storage(name).await;
+    }
+
     async fn storage_status(&self, name: &str) -> StorageSubscriptionStatus {
         self.storage
             .get(Some(NS), name)
@@ -2210,6 +2221,16 @@ async fn r24_copies_lost_on_both_sides_are_reported_degraded_and_never_recreated
     h.sim.lose_volume("a1", STORAGE);
     h.sim.lose_volume("b1", STORAGE);
     h.reconcile_storage("st-1").await.unwrap();
+    let first = h.storage_status("st-1").await;
+    assert_eq!(first.phase, StoragePhase::Degraded);
+    assert!(
+        first
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("not seen")),
+        "one empty listing is not yet a loss: {first:?}"
+    );
+    h.confirm_storage_loss("st-1").await;
     let status = h.storage_status("st-1").await;
     assert_eq!(status.phase, StoragePhase::Degraded);
     assert!(!status.replicas_in_sync);
@@ -2490,6 +2511,96 @@ async fn stored_and_in_sync(h: &Harness, content: &[u8]) -> u64 {
     h.reconcile_storage("st-1").await.unwrap();
     assert!(h.storage_status("st-1").await.replicas_in_sync);
     version
+}
+
+/// R26 (defect 5 of issue 25): a repair that deleted the bad copy and
+/// then failed to write it again does not leave that copy without its
+/// current version for ever: once the loss is confirmed it is brought to
+/// the content again and the subscription is in sync; replication and
+/// verification go on.
+#[tokio::test]
+async fn r26_a_repair_that_fails_midway_is_made_whole_again() {
+    for corrupted in ["b1", "a1"] {
+        let h = harness().await;
+        let version = stored_and_in_sync(&h, b"customer ciphertext").await;
+        h.sim.corrupt_version(corrupted, STORAGE, version);
+        h.sim.fail_next(corrupted, "write_version", 1);
+        h.clock.advance(jiff::SignedDuration::from_hours(25));
+        let _ = h.reconcile_storage("st-1").await;
+        assert!(
+            !h.sim.versions(corrupted, STORAGE).contains_key(&version),
+            "{corrupted}: the bad version was deleted and its rewrite failed"
+        );
+        h.confirm_storage_loss("st-1").await;
+        for _ in 0..3 {
+            let _ = h.reconcile_storage("st-1").await;
+        }
+        for hypervisor in ["a1", "b1"] {
+            assert_eq!(
+                h.sim
+                    .versions(hypervisor, STORAGE)
+                    .get(&version)
+                    .map(Vec::as_slice),
+                Some(&b"customer ciphertext"[..]),
+                "{hypervisor} holds the content again (corrupted: {corrupted})"
+            );
+        }
+        let status = h.storage_status("st-1").await;
+        assert!(status.replicas_in_sync, "{corrupted}: {status:?}");
+        assert_eq!(status.phase, StoragePhase::Ready, "{corrupted}");
+    }
+}
+
+/// R26 (defect 6 of issue 25): a replication that finds its version
+/// already on the secondary (an earlier attempt stored it, then the
+/// controller stopped) checks its SHA-256 and keeps it when it holds the
+/// content, rather than deleting it unseen.
+#[tokio::test]
+async fn r26_a_version_already_on_the_secondary_is_checked_not_deleted() {
+    use stratus_controller::AgentClient;
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let version = 1_764_936_000_000;
+    let content = b"customer ciphertext";
+    let chunks: Vec<Result<Vec<u8>, String>> = vec![Ok(content.to_vec())];
+    h.sim
+        .write_version(
+            &h.agent("b1"),
+            STORAGE,
+            version,
+            10,
+            Box::pin(futures::stream::iter(chunks)),
+        )
+        .await
+        .unwrap();
+    h.upload("a1", version, content).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert!(status.replicas_in_sync, "{status:?}");
+    assert_eq!(status.replicas[1].version, version);
+    let calls = h.sim.calls();
+    assert!(
+        calls.iter().any(|c| c.starts_with("checksum_version b1")),
+        "its SHA-256 was checked: {calls:?}"
+    );
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c.starts_with("read_version a1"))
+            .count(),
+        1,
+        "never deleted and copied again: {calls:?}"
+    );
+    assert_eq!(
+        h.sim
+            .versions("b1", STORAGE)
+            .get(&version)
+            .map(Vec::as_slice),
+        Some(&content[..])
+    );
 }
 
 #[tokio::test]
@@ -3031,6 +3142,13 @@ async fn r24_a_copy_lost_whole_is_rebuilt_from_the_other_and_reported() {
     for (lost, repairs) in [("b1", 1), ("a1", 2)] {
         h.sim.lose_volume(lost, STORAGE);
         h.reconcile_storage("st-1").await.unwrap();
+        let seen_once = h.storage_status("st-1").await;
+        assert_eq!(
+            seen_once.repairs,
+            repairs - 1,
+            "{lost}: not rebuilt on one observation"
+        );
+        h.confirm_storage_loss("st-1").await;
         let status = h.storage_status("st-1").await;
         assert!(status.replicas_in_sync, "{lost}: {status:?}");
         assert_eq!(status.phase, StoragePhase::Ready);

@@ -560,6 +560,7 @@ mod tests {
             checksum: None,
             verified_at: None,
             kept: Vec::new(),
+            missing: None,
         };
         let mut subscription = StorageSubscription::new(
             "st-1",
@@ -606,6 +607,7 @@ mod tests {
                 bytes: 1,
                 sha256: "ab".repeat(32),
                 verified_at: "2026-12-06T00:00:00Z".into(),
+                missing: None,
             })
             .collect();
         keeping.status = Some(StorageSubscriptionStatus {

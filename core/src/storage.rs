@@ -6,7 +6,8 @@ use jiff::Timestamp;
 
 use crate::conditions::{self, ConditionType, Reason};
 use crate::resources::{
-    REPLICAS, StorageEncryption, StoragePhase, StorageSubscriptionSpec, StorageSubscriptionStatus,
+    Missing, REPLICAS, StorageEncryption, StoragePhase, StorageSubscriptionSpec,
+    StorageSubscriptionStatus,
 };
 
 /// What the controller knows of a subscription object.
@@ -60,6 +61,39 @@ fn primary_key(status: &StorageSubscriptionStatus, observed: &[CopyObservation])
 /// How long a version above the recorded content may be an upload in
 /// progress; after that it is one that never completed, and is deleted.
 pub const UNFINISHED_UPLOAD: jiff::SignedDuration = jiff::SignedDuration::from_hours(1);
+
+/// Observations in a row that must not show a copy, its current version
+/// or a kept version, and how long since the first, before it counts as
+/// lost: one empty listing (a pool's file system mounted late, an agent
+/// restarting) never rebuilds a copy or forgets a restore point.
+pub const CONFIRM_OBSERVATIONS: u32 = 3;
+pub const CONFIRM_AFTER: jiff::SignedDuration = jiff::SignedDuration::from_mins(5);
+
+/// Records one more observation that did not show something; true once
+/// its loss is confirmed.
+fn not_seen(missing: &mut Option<Missing>, now: Timestamp) -> bool {
+    let entry = missing.get_or_insert_with(|| Missing {
+        since: now.to_string(),
+        seen: 0,
+    });
+    entry.seen = entry.seen.saturating_add(1);
+    let since = entry.since.parse::<Timestamp>().unwrap_or(now);
+    entry.seen >= CONFIRM_OBSERVATIONS
+        && since
+            .checked_add(CONFIRM_AFTER)
+            .is_ok_and(|confirmed_at| confirmed_at <= now)
+}
+
+/// How a loss not yet confirmed is said.
+fn unconfirmed(missing: Option<&Missing>) -> String {
+    match missing {
+        Some(m) => format!(
+            "not seen in {} observation(s) since {}; acted on once that is confirmed",
+            m.seen, m.since
+        ),
+        None => String::new(),
+    }
+}
 
 /// What the agent of one copy's hypervisor reports of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -140,6 +174,9 @@ pub struct StorageDecision {
     pub status: StorageSubscriptionStatus,
     /// With nothing to do now: when the next verification is due.
     pub recheck_in: Option<jiff::SignedDuration>,
+    /// Losses confirmed by this observation (a kept version gone for
+    /// good), to report.
+    pub lost: Vec<String>,
 }
 
 /// `observed[i]` is what the agent says of `status.replicas[i]`; it is
@@ -167,6 +204,7 @@ pub fn plan(
         next,
         status,
         recheck_in: None,
+        lost: Vec::new(),
     };
 
     if facts.deleting {
@@ -230,20 +268,61 @@ pub fn plan(
 
     let mut problems = Vec::new();
     let mut next = None;
-    for (index, replica) in status.replicas.iter().enumerate() {
+    for index in 0..status.replicas.len() {
+        let replica = status.replicas[index].clone();
+        let other = 1 - index;
         match observed.get(index) {
             Some(CopyObservation::Present { versions, .. }) => {
                 let wanted = facts.spec.encryption.usable_bytes(facts.spec.size_gib);
+                // A secondary behind the content is brought to it anyway:
+                // the version it had is no loss to confirm.
+                let lagging = index == 1
+                    && facts
+                        .spec
+                        .content
+                        .as_ref()
+                        .is_some_and(|c| replica.version < c.version);
                 match versions.iter().find(|v| v.version == replica.version) {
+                    None if lagging => status.replicas[index].missing = None,
+                    None if !not_seen(&mut status.replicas[index].missing, now) => {
+                        problems.push(format!(
+                            "the copy on {} does not show its version {}: {}",
+                            replica.hypervisor,
+                            replica.version,
+                            unconfirmed(status.replicas[index].missing.as_ref())
+                        ));
+                    }
+                    None if index == 1 && secondary_refillable(&facts, observed) => {
+                        // The primary holds the current content: the
+                        // secondary is brought to it again, as after its
+                        // creation; the versions it keeps stay.
+                        let secondary = &mut status.replicas[1];
+                        secondary.version = 0;
+                        secondary.bytes = 0;
+                        secondary.checksum = None;
+                        secondary.verified_at = None;
+                        secondary.missing = None;
+                    }
+                    None if index == 0 && rebuildable(&facts, observed, 0) => {
+                        problems.push(format!(
+                            "the copy on {} lost its version {}; it is being rebuilt from the copy on {}",
+                            replica.hypervisor, replica.version, status.replicas[other].hypervisor
+                        ));
+                        next = next.or(Some(StorageAction::RebuildCopy { index }));
+                    }
                     None => problems.push(format!(
                         "the copy on {} lacks its version {}",
                         replica.hypervisor, replica.version
                     )),
-                    Some(current) if current.capacity_bytes < wanted => problems.push(format!(
-                        "the copy on {} holds {} bytes, less than {wanted}",
-                        replica.hypervisor, current.capacity_bytes
-                    )),
-                    Some(_) => {}
+                    Some(current) => {
+                        status.replicas[index].missing = None;
+                        if current.capacity_bytes < wanted {
+                            problems.push(format!(
+                                "the copy on {} holds {} bytes, less than {wanted}",
+                                replica.hypervisor, current.capacity_bytes
+                            ));
+                        }
+                    }
                 }
             }
             Some(CopyObservation::Absent) if !replica.created => {
@@ -253,7 +332,14 @@ pub fn plan(
                 }));
             }
             Some(CopyObservation::Absent) => {
-                let other = 1 - index;
+                if !not_seen(&mut status.replicas[index].missing, now) {
+                    problems.push(format!(
+                        "the copy on {} is not seen: {}",
+                        replica.hypervisor,
+                        unconfirmed(status.replicas[index].missing.as_ref())
+                    ));
+                    continue;
+                }
                 match rebuildable(&facts, observed, index) {
                     true => {
                         problems.push(format!(
@@ -279,6 +365,7 @@ pub fn plan(
         }
     }
     let both_exist = status.replicas.iter().all(|r| r.created);
+    let mut lost = Vec::new();
     let mut replicating = None;
     let mut snapshot_recheck = None;
     let locked = key_missing(&status, observed);
@@ -298,7 +385,8 @@ pub fn plan(
                 }
             }
         } else {
-            let (step, lag) = content_step(&facts, &mut status, observed, now, &mut problems);
+            let (step, lag) =
+                content_step(&facts, &mut status, observed, now, &mut problems, &mut lost);
             next = step;
             replicating = lag;
         }
@@ -413,6 +501,7 @@ pub fn plan(
         next,
         status,
         recheck_in: recheck_in.or(snapshot_recheck),
+        lost,
     }
 }
 
@@ -476,7 +565,12 @@ fn new_version(
 /// lost one kept are gone (the report says so).
 fn rebuildable(facts: &StorageFacts<'_>, observed: &[CopyObservation], lost: usize) -> bool {
     let status = facts.status;
-    if facts.spec.written_by_guest.is_some() || status.replicas.len() != REPLICAS {
+    // A volume a domain uses is never written (nor is one the guest may
+    // have written since).
+    if facts.spec.written_by_guest.is_some()
+        || !facts.servers.holding.is_empty()
+        || status.replicas.len() != REPLICAS
+    {
         return false;
     }
     // The current content is the primary's version; the secondary may
@@ -489,6 +583,29 @@ fn rebuildable(facts: &StorageFacts<'_>, observed: &[CopyObservation], lost: usi
     match observed.get(survivor) {
         Some(CopyObservation::Present { versions, .. }) => {
             versions.iter().any(|v| v.version == current)
+        }
+        _ => false,
+    }
+}
+
+/// Whether the secondary, present but without its current version, can
+/// be brought to the content again from the primary: no guest writes the
+/// primary, and the primary answers with the recorded content's version.
+fn secondary_refillable(facts: &StorageFacts<'_>, observed: &[CopyObservation]) -> bool {
+    let status = facts.status;
+    let Some(content) = &facts.spec.content else {
+        return false;
+    };
+    if facts.spec.written_by_guest.is_some()
+        || !facts.servers.holding.is_empty()
+        || status.replicas.len() != REPLICAS
+        || status.replicas[0].version != content.version
+    {
+        return false;
+    }
+    match observed.first() {
+        Some(CopyObservation::Present { versions, .. }) => {
+            versions.iter().any(|v| v.version == content.version)
         }
         _ => false,
     }
@@ -626,6 +743,7 @@ fn content_step(
     observed: &[CopyObservation],
     now: Timestamp,
     problems: &mut Vec<String>,
+    lost: &mut Vec<String>,
 ) -> (Option<StorageAction>, Option<String>) {
     let versions_of = |index: usize| -> Vec<u64> {
         match observed.get(index) {
@@ -716,11 +834,26 @@ fn content_step(
             }
         }
     }
-    // Forget kept versions already deleted.
+    // Kept versions deleted as pruned are forgotten; one the listing does
+    // not show is forgotten only once its loss is confirmed (and said).
     let present = versions_of(1);
-    status.replicas[1]
-        .kept
-        .retain(|k| present.contains(&k.version) && !pruned.contains(&k.version));
+    let hypervisor = status.replicas[1].hypervisor.clone();
+    let mut gone = Vec::new();
+    for kept in &mut status.replicas[1].kept {
+        if present.contains(&kept.version) {
+            kept.missing = None;
+        } else if !pruned.contains(&kept.version) && not_seen(&mut kept.missing, now) {
+            gone.push(kept.version);
+            lost.push(format!(
+                "the kept version {} is gone from the copy on {hypervisor} ({}): that restore point is lost",
+                kept.version,
+                unconfirmed(kept.missing.as_ref())
+            ));
+        }
+    }
+    status.replicas[1].kept.retain(|k| {
+        (present.contains(&k.version) || !pruned.contains(&k.version)) && !gone.contains(&k.version)
+    });
     (None, None)
 }
 
@@ -768,6 +901,7 @@ mod tests {
             checksum: None,
             verified_at: None,
             kept: Vec::new(),
+            missing: None,
         }
     }
 
@@ -887,6 +1021,19 @@ mod tests {
         ));
     }
 
+    /// `status` with copy `index` already not seen as often and as long
+    /// as confirms its loss at the next observation that does not show it.
+    fn missing_long_enough(
+        mut status: StorageSubscriptionStatus,
+        index: usize,
+    ) -> StorageSubscriptionStatus {
+        status.replicas[index].missing = Some(Missing {
+            since: (test_time() - CONFIRM_AFTER).to_string(),
+            seen: CONFIRM_OBSERVATIONS - 1,
+        });
+        status
+    }
+
     #[test]
     fn r24_a_lost_or_unreachable_copy_is_degraded_never_recreated_empty() {
         let spec = spec();
@@ -897,6 +1044,7 @@ mod tests {
             ([present(), CopyObservation::Absent], 1),
             ([CopyObservation::Absent, present()], 0),
         ] {
+            let status = missing_long_enough(status.clone(), lost);
             let decision = plan(facts(&spec, &status), &observed, test_time());
             assert_eq!(
                 decision.next,
@@ -919,6 +1067,8 @@ mod tests {
         // guest since: nothing to rebuild from, reported missing.
         let mut behind = placed([true, true]);
         behind.replicas[0].version = 5;
+        let behind = missing_long_enough(missing_long_enough(behind, 0), 1);
+        let status = missing_long_enough(missing_long_enough(status, 0), 1);
         let guest_written = StorageSubscriptionSpec {
             written_by_guest: Some("vs-00000000000000a1".into()),
             ..spec.clone()
@@ -1453,5 +1603,247 @@ mod tests {
         assert_eq!(decision.next, None);
         assert_eq!(decision.status.phase, StoragePhase::Degraded);
         assert!(!decision.status.replicas_in_sync);
+    }
+
+    /// Both copies hold content version 100; the secondary keeps 90 and 80.
+    fn in_sync_with_kept() -> (StorageSubscriptionSpec, StorageSubscriptionStatus) {
+        let spec = written(100);
+        let mut status = placed([true, true]);
+        for replica in &mut status.replicas {
+            replica.version = 100;
+            replica.bytes = 5;
+            replica.checksum = Some("ab".repeat(32));
+            replica.verified_at = Some(test_time().to_string());
+        }
+        status.replicas[1].kept = [80, 90]
+            .into_iter()
+            .map(|version| crate::resources::KeptVersion {
+                version,
+                bytes: 5,
+                sha256: "cd".repeat(32),
+                verified_at: test_time().to_string(),
+                missing: None,
+            })
+            .collect();
+        (spec, status)
+    }
+
+    /// R26 (defect 6 of issue 25): one empty listing of the secondary (its
+    /// pool's file system mounted late) neither rebuilds it nor forgets a
+    /// restore point; when the volumes show again, nothing was lost.
+    #[test]
+    fn r26_an_absent_observation_never_loses_a_kept_version() {
+        let (spec, mut status) = in_sync_with_kept();
+        let mut now = test_time();
+        for observed in [
+            [versions(&[100]), versions(&[])],
+            [versions(&[100]), CopyObservation::Absent],
+            [versions(&[100]), versions(&[100])],
+        ] {
+            let decision = plan(facts(&spec, &status), &observed, now);
+            assert!(
+                !matches!(
+                    decision.next,
+                    Some(StorageAction::RebuildCopy { .. } | StorageAction::DeleteVersion { .. })
+                ),
+                "{:?} on {observed:?}",
+                decision.next
+            );
+            assert!(decision.lost.is_empty());
+            let kept: Vec<u64> = decision.status.replicas[1]
+                .kept
+                .iter()
+                .map(|k| k.version)
+                .collect();
+            assert_eq!(kept, [80, 90], "{observed:?}");
+            status = decision.status;
+            now += jiff::SignedDuration::from_secs(30);
+        }
+        // Shown again, whole.
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[100]), versions(&[80, 90, 100])],
+            now,
+        );
+        assert!(decision.status.replicas.iter().all(|r| r.missing.is_none()));
+        assert!(
+            decision.status.replicas[1]
+                .kept
+                .iter()
+                .all(|k| k.missing.is_none())
+        );
+        assert_eq!(decision.status.replicas[1].kept.len(), 2);
+        // A kept version gone for good is forgotten once that is confirmed,
+        // and said.
+        let mut status = decision.status;
+        let mut said = Vec::new();
+        for _ in 0..CONFIRM_OBSERVATIONS + 1 {
+            now += CONFIRM_AFTER;
+            let decision = plan(
+                facts(&spec, &status),
+                &[versions(&[100]), versions(&[90, 100])],
+                now,
+            );
+            said.extend(decision.lost);
+            status = decision.status;
+        }
+        let kept: Vec<u64> = status.replicas[1].kept.iter().map(|k| k.version).collect();
+        assert_eq!(kept, [90]);
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(said[0].contains("kept version 80"), "{said:?}");
+    }
+
+    /// R26 (defect 5 of issue 25): a copy present but without its current
+    /// version (a repair that failed after deleting it) is not left so for
+    /// ever: once confirmed, the secondary is brought to the content again
+    /// from the primary (its kept versions stay), the primary rebuilt from
+    /// the secondary.
+    #[test]
+    fn r26_a_copy_that_lost_its_current_version_is_made_whole_again() {
+        let (spec, status) = in_sync_with_kept();
+        let status = missing_long_enough(status, 1);
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[100]), versions(&[80, 90])],
+            test_time(),
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::Replicate { version: 100 })
+        );
+        assert_eq!(
+            decision.status.replicas[1].kept.len(),
+            2,
+            "its restore points stay"
+        );
+        let (spec, status) = in_sync_with_kept();
+        let status = missing_long_enough(status, 0);
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[]), versions(&[80, 90, 100])],
+            test_time(),
+        );
+        assert_eq!(decision.next, Some(StorageAction::RebuildCopy { index: 0 }));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Seen {
+        /// Everything the copy holds.
+        All,
+        /// An empty listing.
+        Empty,
+        /// Some of it.
+        Some(Vec<bool>),
+        Absent,
+        Unavailable,
+    }
+
+    fn seen() -> impl proptest::strategy::Strategy<Value = Seen> {
+        use proptest::prelude::*;
+        prop_oneof![
+            3 => Just(Seen::All),
+            1 => Just(Seen::Empty),
+            1 => proptest::collection::vec(any::<bool>(), 3).prop_map(Seen::Some),
+            1 => Just(Seen::Absent),
+            1 => Just(Seen::Unavailable),
+        ]
+    }
+
+    fn observe(holds: &[u64], seen: &Seen) -> CopyObservation {
+        match seen {
+            Seen::All => versions(holds),
+            Seen::Empty => versions(&[]),
+            Seen::Some(mask) => versions(
+                &holds
+                    .iter()
+                    .zip(mask.iter().cycle())
+                    .filter(|(_, shown)| **shown)
+                    .map(|(v, _)| *v)
+                    .collect::<Vec<_>>(),
+            ),
+            Seen::Absent => CopyObservation::Absent,
+            Seen::Unavailable => CopyObservation::Unavailable("timeout".into()),
+        }
+    }
+
+    proptest::proptest! {
+        /// R26: whatever the agents' listings say, in any order and at any
+        /// pace, while the copies really hold what they should: no copy is
+        /// rebuilt and no kept version forgotten unless it went unseen in
+        /// every one of the last CONFIRM_OBSERVATIONS observations over at
+        /// least CONFIRM_AFTER; no version is deleted that is a copy's
+        /// current one, kept, or the content's on the copy that alone shows
+        /// it; and a primary a server holds is never written.
+        #[test]
+        fn r26_no_sequence_of_observations_loses_what_the_copies_hold(
+            steps in proptest::collection::vec((seen(), seen(), 0u64..240, proptest::bool::ANY), 1..40)
+        ) {
+            let (spec, mut status) = in_sync_with_kept();
+            let holds = [vec![100u64], vec![80, 90, 100]];
+            let held = ServerFacts { attached_server_exists: false, holding: vec!["vs-00000000000000a1".into()] };
+            let mut now = test_time();
+            // Per copy, per version: times it went unseen in a row since.
+            let mut unseen: std::collections::HashMap<(usize, u64), (u32, Timestamp)> = Default::default();
+            for (primary, secondary, seconds, holding) in steps {
+                now += jiff::SignedDuration::from_secs(seconds as i64);
+                let observed = [observe(&holds[0], &primary), observe(&holds[1], &secondary)];
+                for (index, observation) in observed.iter().enumerate() {
+                    let listed: Option<Vec<u64>> = match observation {
+                        CopyObservation::Present { versions, .. } => Some(versions.iter().map(|v| v.version).collect()),
+                        CopyObservation::Absent => Some(Vec::new()),
+                        CopyObservation::Unavailable(_) => None,
+                    };
+                    let Some(listed) = listed else { continue };
+                    for version in &holds[index] {
+                        if listed.contains(version) {
+                            unseen.remove(&(index, *version));
+                        } else {
+                            let entry = unseen.entry((index, *version)).or_insert((0, now));
+                            entry.0 += 1;
+                        }
+                    }
+                }
+                let confirmed = |index: usize, version: u64| {
+                    unseen.get(&(index, version)).is_some_and(|(count, since)| {
+                        *count >= CONFIRM_OBSERVATIONS && *since + CONFIRM_AFTER <= now
+                    })
+                };
+                let mut f = facts(&spec, &status);
+                if holding {
+                    f.servers = &held;
+                }
+                let kept_before: Vec<u64> = status.replicas[1].kept.iter().map(|k| k.version).collect();
+                let decision = plan(f, &observed, now);
+                match decision.next {
+                    Some(StorageAction::RebuildCopy { index }) => {
+                        proptest::prop_assert!(confirmed(index, 100),
+                            "copy {} rebuilt on an unconfirmed absence", index);
+                    }
+                    Some(StorageAction::DeleteVersion { index, version }) => {
+                        proptest::prop_assert!(version != status.replicas[index].version);
+                        proptest::prop_assert!(!kept_before.contains(&version) || index == 0);
+                        proptest::prop_assert!(version != 100, "the content's version deleted");
+                    }
+                    _ => {}
+                }
+                if holding {
+                    proptest::prop_assert!(!matches!(
+                        decision.next,
+                        Some(StorageAction::DeleteVersion { index: 0, .. }
+                            | StorageAction::RebuildCopy { index: 0 }
+                            | StorageAction::Restore { .. }
+                            | StorageAction::Verify)
+                    ), "{:?} while a server holds the primary", decision.next);
+                }
+                let kept_after: Vec<u64> = decision.status.replicas[1].kept.iter().map(|k| k.version).collect();
+                for version in kept_before {
+                    if !kept_after.contains(&version) {
+                        proptest::prop_assert!(confirmed(1, version),
+                            "kept version {} forgotten on an unconfirmed absence", version);
+                    }
+                }
+                status = decision.status;
+            }
+        }
     }
 }

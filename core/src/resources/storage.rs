@@ -282,6 +282,11 @@ pub struct StorageReplica {
     /// (the secondary keeps `storage.versions` in all), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<KeptVersion>,
+    /// Since when, and in how many observations in a row, the copy or its
+    /// current version was not seen: a copy is rebuilt only once its loss
+    /// is confirmed, never on one empty listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Missing>,
 }
 
 /// A verified version a copy keeps.
@@ -296,6 +301,20 @@ pub struct KeptVersion {
     pub sha256: String,
     /// RFC 3339.
     pub verified_at: String,
+    /// Since when, and how often, the copy's listing did not show it: its
+    /// record is dropped only once the loss is confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Missing>,
+}
+
+/// Something stratus holds that its agent's listing did not show.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Missing {
+    /// The first observation that did not show it, RFC 3339.
+    pub since: String,
+    /// Observations in a row that did not show it.
+    pub seen: u32,
 }
 
 /// What the controller knows and did about a subscription.
