@@ -943,8 +943,7 @@ async fn r24_r27_content_uploaded_comes_back_and_both_copies_agree_on_disk() {
         .unwrap();
     assert_eq!(reply.status(), 404);
 
-    let (status, _) = customer.delete(&path).await;
-    assert_eq!(status, 202);
+    customer.delete_and_wait(&path, BOOT).await;
     println!(
         "content via REST: 64 MiB upload {:.0} MiB/s, download {:.0} MiB/s; copied to the other zone and verified within {:.2} s",
         64.0 / upload.as_secs_f64(),
@@ -1089,8 +1088,7 @@ async fn r26_a_copy_corrupted_on_disk_is_found_repaired_and_reported() {
         replicate.as_secs_f64(),
         verify_and_repair.as_secs_f64()
     );
-    let (status, _) = customer.delete(&path).await;
-    assert_eq!(status, 202);
+    customer.delete_and_wait(&path, BOOT).await;
     stratus.process.terminate();
 }
 
@@ -1337,8 +1335,7 @@ async fn storage_is_hot_plugged_into_a_running_guest_and_what_it_wrote_reaches_b
     assert_eq!(after["status"], "ready");
     assert!(console_before.contains("DATA-DISK-GONE"));
 
-    let (status, _) = customer.delete(&path).await;
-    assert_eq!(status, 202);
+    customer.delete_and_wait(&path, BOOT).await;
     println!(
         "storage: attach -> disk of the running guest {:.1} s; detach -> guest's writes on both copies {:.1} s (1 GiB); guest paused {} s per scheduled copy",
         to_attached.as_secs_f64(),
@@ -1458,8 +1455,7 @@ async fn r24_r26_a_kill_during_replication_converges_and_nothing_is_ready_out_of
             );
         }
     }
-    let (status, _) = customer.delete(&path).await;
-    assert_eq!(status, 202);
+    customer.delete_and_wait(&path, BOOT).await;
     println!(
         "storage: killed during a 512 MiB copy; restarted and both copies in sync {:.1} s later (phases seen: {seen:?})",
         to_converge.as_secs_f64()
@@ -1714,16 +1710,11 @@ async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_wit
         "the log holds the key"
     );
 
-    let (status, _) = customer.delete(&path).await;
-    assert_eq!(status, 202);
-    let deadline = Instant::now() + BOOT;
-    while customer.get(&path).await.0 != 404 {
-        assert!(
-            Instant::now() < deadline,
-            "{storage} was not wiped and deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    // Its server lets go of the disk first; neither is left behind.
+    customer
+        .delete_and_wait(&format!("/v1/servers/{server}"), BOOT)
+        .await;
+    customer.delete_and_wait(&path, BOOT).await;
     println!(
         "luks storage: order -> formatted and on both copies {:.1} s; attach with key -> disk of the running guest {:.1} s (1 GiB)",
         to_ready.as_secs_f64(),

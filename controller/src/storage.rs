@@ -1158,12 +1158,32 @@ impl StorageReconciler {
             return Ok(());
         };
         let started = std::time::Instant::now();
-        let copied = self
+        // An agent job, joined by a retry of this same copy (its version is
+        // its due time's): the guest is paused once per scheduled copy.
+        let copied = match self
             .ctx
             .agents
             .copy_version(primary, name, from, version, true)
             .await
-            .map_err(|e| (primary.clone(), e))?;
+        {
+            Ok(copied) => copied,
+            // Finished long ago, its result forgotten by the agent: what it
+            // left is not known to be whole, so it goes and the next pass
+            // copies again.
+            Err(AgentCallError::Rejected {
+                code: AgentErrorCode::VersionConflict,
+                message,
+            }) if message.contains("already exists") => {
+                let _ = self.ctx.agents.delete_version(primary, name, version).await;
+                return Err((
+                    primary.clone(),
+                    AgentCallError::Unreachable(format!(
+                        "an earlier copy {version} of unknown outcome was on the primary; it was deleted and the copy is made again"
+                    )),
+                ));
+            }
+            Err(error) => return Err((primary.clone(), error)),
+        };
         let relayed = self
             .relay(
                 subscription,

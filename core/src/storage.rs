@@ -267,12 +267,17 @@ pub fn plan(
     }
 
     let mut problems = Vec::new();
+    let mut lost = Vec::new();
     let mut next = None;
     for index in 0..status.replicas.len() {
         let replica = status.replicas[index].clone();
         let other = 1 - index;
         match observed.get(index) {
             Some(CopyObservation::Present { versions, .. }) => {
+                if index == 1 {
+                    let listed: Vec<u64> = versions.iter().map(|v| v.version).collect();
+                    watch_kept(&mut status, &listed, facts.versions_kept, now, &mut lost);
+                }
                 let wanted = facts.spec.encryption.usable_bytes(facts.spec.size_gib);
                 // A secondary behind the content is brought to it anyway:
                 // the version it had is no loss to confirm.
@@ -365,7 +370,6 @@ pub fn plan(
         }
     }
     let both_exist = status.replicas.iter().all(|r| r.created);
-    let mut lost = Vec::new();
     let mut replicating = None;
     let mut snapshot_recheck = None;
     let locked = key_missing(&status, observed);
@@ -378,15 +382,22 @@ pub fn plan(
             // a copy taken on schedule.
             replicating = Some(written.clone());
             next = attached.next;
+            let snapshot = snapshot_due(&facts, &status, now);
             if next.is_none() {
-                match snapshot_due(&facts, &status, now) {
+                // What a snapshot that failed midway left behind goes
+                // first: never the in-flight one (its agent job may still
+                // finish), never a copy's current or kept version.
+                let in_flight = snapshot.as_ref().ok().copied();
+                next = orphan(&status, observed, in_flight, now);
+            }
+            if next.is_none() {
+                match snapshot {
                     Ok(version) => next = Some(StorageAction::Snapshot { version }),
                     Err(wait) => snapshot_recheck = wait,
                 }
             }
         } else {
-            let (step, lag) =
-                content_step(&facts, &mut status, observed, now, &mut problems, &mut lost);
+            let (step, lag) = content_step(&facts, &mut status, observed, now, &mut problems);
             next = step;
             replicating = lag;
         }
@@ -505,10 +516,43 @@ pub fn plan(
     }
 }
 
+/// A version on either copy that nobody needs while the primary is a
+/// disk: not the copy's current one, not one the secondary keeps, not the
+/// snapshot in flight, and older than an upload may take.
+fn orphan(
+    status: &StorageSubscriptionStatus,
+    observed: &[CopyObservation],
+    in_flight: Option<u64>,
+    now: Timestamp,
+) -> Option<StorageAction> {
+    let old_before = now
+        .checked_sub(UNFINISHED_UPLOAD)
+        .map_or(0, |t| u64::try_from(t.as_millisecond()).unwrap_or(0));
+    for (index, replica) in status.replicas.iter().enumerate() {
+        let Some(CopyObservation::Present { versions, .. }) = observed.get(index) else {
+            continue;
+        };
+        for listed in versions {
+            let version = listed.version;
+            let needed = version == replica.version
+                || replica.kept.iter().any(|k| k.version == version)
+                || Some(version) == in_flight
+                || version >= old_before;
+            if !needed {
+                return Some(StorageAction::DeleteVersion { index, version });
+            }
+        }
+    }
+    None
+}
+
 /// `Ok(version)` when the primary, a disk of its server, is due to be
 /// copied to the secondary (`storage.replicationInterval` after the last
 /// copy, or after it became the disk); else how long until it is, if it is
-/// a disk at all.
+/// a disk at all. The version is the due time's (or above every version the
+/// subscription has): the same for every attempt at one snapshot, so the
+/// agent's copy job is joined by a retry, never started again under
+/// another number with the guest paused again.
 fn snapshot_due(
     facts: &StorageFacts<'_>,
     status: &StorageSubscriptionStatus,
@@ -530,7 +574,7 @@ fn snapshot_due(
     if due > now {
         return Err(Some(now.duration_until(due)));
     }
-    Ok(new_version(facts, status, now))
+    Ok(new_version(facts, status, due))
 }
 
 /// The number of a version made now: its time in Unix milliseconds, above
@@ -743,7 +787,6 @@ fn content_step(
     observed: &[CopyObservation],
     now: Timestamp,
     problems: &mut Vec<String>,
-    lost: &mut Vec<String>,
 ) -> (Option<StorageAction>, Option<String>) {
     let versions_of = |index: usize| -> Vec<u64> {
         match observed.get(index) {
@@ -834,13 +877,41 @@ fn content_step(
             }
         }
     }
-    // Kept versions deleted as pruned are forgotten; one the listing does
-    // not show is forgotten only once its loss is confirmed (and said).
+    // Kept versions deleted as pruned are forgotten (one merely not shown
+    // is forgotten only once its loss is confirmed: `watch_kept`).
     let present = versions_of(1);
-    let hypervisor = status.replicas[1].hypervisor.clone();
+    status.replicas[1]
+        .kept
+        .retain(|k| present.contains(&k.version) || !pruned.contains(&k.version));
+    (None, None)
+}
+
+/// Every observation of the secondary that lists its versions: a kept
+/// version it shows is no longer missing; one it does not show is counted,
+/// and forgotten once its loss is confirmed (said in `lost`). Versions
+/// beyond what is kept are pruned by stratus itself: no loss.
+fn watch_kept(
+    status: &mut StorageSubscriptionStatus,
+    listed: &[u64],
+    versions_kept: u32,
+    now: Timestamp,
+    lost: &mut Vec<String>,
+) {
+    let Some(secondary) = status.replicas.get_mut(1) else {
+        return;
+    };
+    let keep = versions_kept.max(1) as usize - 1;
+    let excess = secondary.kept.len().saturating_sub(keep);
+    let pruned: Vec<u64> = secondary
+        .kept
+        .iter()
+        .take(excess)
+        .map(|k| k.version)
+        .collect();
+    let hypervisor = secondary.hypervisor.clone();
     let mut gone = Vec::new();
-    for kept in &mut status.replicas[1].kept {
-        if present.contains(&kept.version) {
+    for kept in &mut secondary.kept {
+        if listed.contains(&kept.version) {
             kept.missing = None;
         } else if !pruned.contains(&kept.version) && not_seen(&mut kept.missing, now) {
             gone.push(kept.version);
@@ -851,10 +922,7 @@ fn content_step(
             ));
         }
     }
-    status.replicas[1].kept.retain(|k| {
-        (present.contains(&k.version) || !pruned.contains(&k.version)) && !gone.contains(&k.version)
-    });
-    (None, None)
+    secondary.kept.retain(|k| !gone.contains(&k.version));
 }
 
 /// The managed name a copy's volume name starts with.
@@ -1776,9 +1844,16 @@ mod tests {
         /// it; and a primary a server holds is never written.
         #[test]
         fn r26_no_sequence_of_observations_loses_what_the_copies_hold(
-            steps in proptest::collection::vec((seen(), seen(), 0u64..240, proptest::bool::ANY), 1..40)
+            steps in proptest::collection::vec((seen(), seen(), 0u64..240, proptest::bool::ANY), 1..40),
+            attached in proptest::bool::ANY,
         ) {
-            let (spec, mut status) = in_sync_with_kept();
+            let (mut spec, mut status) = in_sync_with_kept();
+            if attached {
+                // The primary is a server's disk: copied on schedule,
+                // what a failed copy left is cleaned up.
+                spec.attached_to = Some("vs-00000000000000a1".into());
+                spec.written_by_guest = Some("vs-00000000000000a1".into());
+            }
             let holds = [vec![100u64], vec![80, 90, 100]];
             let held = ServerFacts { attached_server_exists: false, holding: vec!["vs-00000000000000a1".into()] };
             let mut now = test_time();
@@ -1845,5 +1920,71 @@ mod tests {
                 status = decision.status;
             }
         }
+    }
+
+    /// R26 (defect 7 of issue 25): every attempt at one scheduled copy of
+    /// an attached disk has the same version (its due time's), so a retry
+    /// joins the agent's copy job rather than pausing the guest again under
+    /// a new number; what a failed copy left on either copy is deleted
+    /// first, never the copy in flight, a current or a kept version.
+    #[test]
+    fn r26_a_scheduled_copy_of_an_attached_disk_is_one_job_and_its_leftovers_go() {
+        let (mut spec, mut status) = in_sync_with_kept();
+        spec.attached_to = Some("vs-00000000000000a1".into());
+        spec.written_by_guest = Some("vs-00000000000000a1".into());
+        let servers = ServerFacts {
+            attached_server_exists: true,
+            holding: vec!["vs-00000000000000a1".into()],
+        };
+        status.last_snapshot_at = Some(test_time().to_string());
+        let plan_at =
+            |status: &StorageSubscriptionStatus, observed: &[CopyObservation], at: Timestamp| {
+                let mut f = facts(&spec, status);
+                f.servers = &servers;
+                plan(f, observed, at)
+            };
+        let both = [versions(&[100]), versions(&[80, 90, 100])];
+        // Attached now (the condition records when).
+        status = plan_at(&status, &both, test_time()).status;
+        let due = test_time() + jiff::SignedDuration::from_hours(1);
+        let later = due + jiff::SignedDuration::from_mins(7);
+        let first = plan_at(&status, &both, due + jiff::SignedDuration::from_secs(1)).next;
+        let again = plan_at(&status, &both, later).next;
+        let version = u64::try_from(due.as_millisecond()).unwrap();
+        assert_eq!(first, Some(StorageAction::Snapshot { version }));
+        assert_eq!(again, first, "a retry is the same copy");
+        // A copy that failed an interval ago left a version on the primary
+        // and one on the secondary: both go before the next copy; the one
+        // in flight stays.
+        let stale =
+            u64::try_from((test_time() - jiff::SignedDuration::from_hours(3)).as_millisecond())
+                .unwrap();
+        let leftovers = [
+            versions(&[100, stale, version]),
+            versions(&[80, 90, 100, stale]),
+        ];
+        let decision = plan_at(&status, &leftovers, later);
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::DeleteVersion {
+                index: 0,
+                version: stale
+            })
+        );
+        let leftovers = [versions(&[100, version]), versions(&[80, 90, 100, stale])];
+        let decision = plan_at(&status, &leftovers, later);
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::DeleteVersion {
+                index: 1,
+                version: stale
+            })
+        );
+        let decision = plan_at(
+            &status,
+            &[versions(&[100, version]), versions(&[80, 90, 100])],
+            later,
+        );
+        assert_eq!(decision.next, Some(StorageAction::Snapshot { version }));
     }
 }

@@ -232,6 +232,29 @@ impl Client {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Deletes `path` and waits until it answers 404: what it held on the
+    /// hypervisors (domains, volumes) is wiped and gone, so a test leaves
+    /// nothing running or filling the pools behind it.
+    pub async fn delete_and_wait(&self, path: &str, timeout: Duration) {
+        let (status, body) = self.delete(path).await;
+        assert!(
+            status == 202 || status == 404,
+            "DELETE {path}: HTTP {status} {body}"
+        );
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.get(path).await;
+            if status == 404 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} was not deleted: HTTP {status} {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Opens an account with the admin client; returns (account id, customer client).
     pub async fn open_account(&self, name: &str) -> (String, Client) {
         let (status, account) = self
