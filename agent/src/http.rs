@@ -76,7 +76,7 @@ pub fn router(state: AgentState) -> Router {
         )
         .route(
             "/v1/volumes/{name}/versions/{version}/unlock",
-            post(unlock_version),
+            post(unlock_version).delete(lock_version),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
@@ -458,6 +458,19 @@ async fn unlock_version(
     let unlock = key_body(body, r#"{"key": "…"}"#)?;
     run(&state, "unlock_version", move |d| {
         d.unlock_version(&name, version, &unlock.key)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Unloads the key of `version` of the copy (nothing when none is loaded).
+#[tracing::instrument(skip(state))]
+async fn lock_version(
+    State(state): State<AgentState>,
+    Path((name, version)): Path<(String, u64)>,
+) -> Result<Response, AgentError> {
+    run(&state, "lock_version", move |d| {
+        d.lock_version(&name, version)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())

@@ -199,6 +199,16 @@ impl Driver {
         Ok(())
     }
 
+    /// Unloads the key of `version` of the copy of `name`: a key given for
+    /// an attach that did not happen is not left loaded in libvirtd. A
+    /// guest that has the disk plugged keeps it (QEMU holds what it opened).
+    pub fn lock_version(&self, name: &str, version: u64) -> Result<(), AgentError> {
+        check_managed_name(name)?;
+        let lock = self.lock(name);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.unload_key(&storage_volume_name(name, version))
+    }
+
     /// Whether the volume starts with a LUKS header, read through libvirt.
     fn has_luks_header(&self, volume: &StorageVol) -> Result<bool, AgentError> {
         const MAGIC: &[u8] = b"LUKS\xba\xbe";

@@ -96,6 +96,8 @@ pub trait StorageContents: Send + Sync + 'static {
         size_gib: u64,
         key: &VolumeKey,
     ) -> Result<stratus_core::agent_api::StoredContent, ContentError>;
+    /// Unloads the key of `version` on its hypervisor.
+    async fn lock(&self, hypervisor: &str, name: &str, version: u64) -> Result<(), ContentError>;
     /// Loads `key` for `version` on its hypervisor, once it opens it.
     async fn unlock(
         &self,

@@ -3376,6 +3376,19 @@ impl stratus_api::StorageContents for MemoryContents {
         Ok(stored)
     }
 
+    async fn lock(
+        &self,
+        _hypervisor: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<(), stratus_api::ContentError> {
+        self.unlocked
+            .lock()
+            .unwrap()
+            .retain(|unlocked| *unlocked != (name.to_owned(), version));
+        Ok(())
+    }
+
     async fn unlock(
         &self,
         _hypervisor: &str,

@@ -391,6 +391,22 @@ impl stratus_api::StorageContents for AgentsForApi {
             .map_err(content_error)
     }
 
+    async fn lock(
+        &self,
+        hypervisor: &str,
+        name: &str,
+        version: u64,
+    ) -> Result<(), stratus_api::ContentError> {
+        let agent = self
+            .endpoint(hypervisor)
+            .await
+            .map_err(stratus_api::ContentError::Unavailable)?;
+        self.agents
+            .lock_version(&agent, name, version)
+            .await
+            .map_err(content_error)
+    }
+
     async fn unlock(
         &self,
         hypervisor: &str,

@@ -162,6 +162,14 @@ pub trait AgentClient: Send + Sync + 'static {
         version: u64,
         format: &LuksFormat,
     ) -> Result<StoredContent, AgentCallError>;
+    /// Unloads the key of `version` of the copy on its hypervisor (an
+    /// attach that lost a race does not leave it loaded).
+    async fn lock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+    ) -> Result<(), AgentCallError>;
     /// Loads the customer's key to `version` of the copy on its hypervisor,
     /// once it opens it (refused with `wrong_key` otherwise).
     async fn unlock_version(
@@ -792,6 +800,22 @@ impl AgentClient for HttpAgentClient {
             .json(format)
             .timeout(self.slow_timeout);
         self.send(request, agent).await
+    }
+
+    async fn lock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+    ) -> Result<(), AgentCallError> {
+        let request = self
+            .http()
+            .delete(Self::url(
+                agent,
+                &format!("/v1/volumes/{name}/versions/{version}/unlock"),
+            ))
+            .timeout(QUICK_CALL);
+        self.send_raw(request, agent).await.map(drop)
     }
 
     async fn unlock_version(

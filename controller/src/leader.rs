@@ -386,6 +386,16 @@ impl AgentClient for FencedAgents {
             .await
     }
 
+    async fn lock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+    ) -> Result<(), AgentCallError> {
+        self.check()?;
+        self.inner.lock_version(agent, name, version).await
+    }
+
     async fn unlock_version(
         &self,
         agent: &AgentEndpoint,

@@ -878,6 +878,18 @@ impl AgentClient for SimulatedAgent {
         })
     }
 
+    async fn lock_version(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        version: u64,
+    ) -> Result<(), AgentCallError> {
+        self.call(agent, "lock_version", name, |node| {
+            node.unlocked.remove(&storage_volume_name(name, version));
+            Ok(())
+        })
+    }
+
     async fn checksum_version(
         &self,
         agent: &AgentEndpoint,

@@ -1010,6 +1010,17 @@ async fn attach(
         .await?
         .ok_or_else(|| ApiError::not_found(WHAT, &id))?;
     if updated.spec.attached_to.as_deref() != Some(server_id.as_str()) {
+        // The key this attach loaded is not left in libvirtd, unless
+        // another attach won and needs it to plug the disk in.
+        if key.is_some() && updated.spec.attached_to.is_none() {
+            let name = ids::domain_name(account_id.as_str(), id.as_str());
+            if let Err(error) = contents(state)?
+                .lock(primary.hypervisor.as_str(), &name, primary.version)
+                .await
+            {
+                tracing::warn!(?error, storage = %id, "the key of an attach that lost a race could not be unloaded");
+            }
+        }
         return Err(ApiError::conflict(
             "the subscription changed while it was being attached; look at it again",
         ));
