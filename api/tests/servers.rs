@@ -1,0 +1,833 @@
+//! The REST API of servers: orders, their refusals (status, body naming
+//! the field, nothing created), idempotency, actions, listings, consoles.
+
+mod support;
+
+use support::*;
+
+#[tokio::test]
+async fn an_order_is_accepted_and_visible_to_its_account_only() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other) = api.customer("Globex").await;
+        let reply = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            reply.body
+        );
+        let id = reply.body["id"].as_str().unwrap().to_owned();
+        assert!(id.starts_with("vs-"));
+        assert_eq!(
+            reply.headers["location"],
+            format!("/v1/servers/{id}").as_str()
+        );
+        assert_eq!(reply.body["status"], "pending");
+        assert_eq!(reply.body["name"], "web1");
+        assert_eq!(reply.body["account_id"], account.as_str());
+        assert_eq!(
+            (
+                reply.body["vcpus"].clone(),
+                reply.body["memory_mib"].clone()
+            ),
+            (json!(1), json!(1024))
+        );
+
+        let mine = api.call(Method::GET, "/v1/servers", &token, None).await;
+        assert_eq!(mine.body["items"].as_array().unwrap().len(), 1, "{label}");
+        assert_eq!(mine.body["next_cursor"], Value::Null);
+        let theirs = api.call(Method::GET, "/v1/servers", &other, None).await;
+        assert!(
+            theirs.body["items"].as_array().unwrap().is_empty(),
+            "{label}"
+        );
+        for (method, path, body) in [
+            (Method::GET, format!("/v1/servers/{id}"), None),
+            (Method::DELETE, format!("/v1/servers/{id}"), None),
+            (
+                Method::POST,
+                format!("/v1/servers/{id}/actions"),
+                Some(json!({"type": "stop"})),
+            ),
+        ] {
+            let reply = api.call(method, &path, &other, body).await;
+            assert_error(&reply, StatusCode::NOT_FOUND, "not_found", None);
+        }
+        let still = api
+            .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+            .await;
+        assert_eq!(
+            still.body["desired_power"], "running",
+            "{label}: another account changed nothing"
+        );
+        // Operators see everything.
+        let all = api
+            .call(
+                Method::GET,
+                &format!("/v1/servers?account={account}"),
+                &api.admin,
+                None,
+            )
+            .await;
+        assert_eq!(all.body["items"].as_array().unwrap().len(), 1);
+        let one = api
+            .call(Method::GET, &format!("/v1/servers/{id}"), &api.admin, None)
+            .await;
+        assert_eq!(one.status, StatusCode::OK, "{label}: {}", one.body);
+        assert_eq!(one.body["account_id"], account.as_str());
+    }
+}
+
+/// Path ids are parsed before anything is looked up, so nothing a client
+/// writes in a path reaches a store or an API-server URL.
+#[tokio::test]
+async fn malformed_path_ids_are_refused_naming_the_id() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let created = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    let upper = id.to_uppercase();
+    for (who, path) in [
+        (&token, "/v1/servers/web1".to_owned()),
+        (&api.admin, "/v1/servers/vs-..%2F..%2Fnamespaces".to_owned()),
+        (&api.admin, format!("/v1/servers/{upper}")),
+        (&api.admin, format!("/v1/servers/{id}%3FfieldSelector=x")),
+        (&api.admin, "/v1/accounts/..".to_owned()),
+        (&api.admin, format!("/v1/accounts/{account}x/tokens")),
+        (&api.admin, "/v1/admin/hypervisors/Hv1".to_owned()),
+    ] {
+        let reply = api.call(Method::GET, &path, who, None).await;
+        assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    }
+    let reply = api
+        .call(Method::DELETE, "/v1/tokens/tok-1", &api.admin, None)
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    let reply = api
+        .call(
+            Method::POST,
+            &format!("/v1/servers/{upper}/actions"),
+            &token,
+            Some(json!({"type": "stop"})),
+        )
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    let reply = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/servers/{id}x"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", Some("id"));
+    let still = api
+        .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_eq!(still.body["desired_power"], "running");
+}
+
+#[tokio::test]
+async fn bad_orders_are_refused_and_create_nothing() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    api.register_zone("par1").await;
+    let cases = [
+        (
+            json!({"name": "web1", "plan": "huge", "image": "debian-12"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "plan",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "windows"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "image",
+        ),
+        (
+            json!({"name": "-bad_host-", "plan": "small", "image": "debian-12"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "name",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12", "zone": "mars"}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "zone",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12", "gpu": 1}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "gpu",
+        ),
+        (
+            json!({"name": "web1", "image": "debian-12"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "plan",
+        ),
+        (
+            json!({"name": ["web1"], "plan": "small", "image": "debian-12"}),
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "name",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12",
+                   "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDzg+mxjK55LTh28if62H9cXsAdVZ4XgsP9smAh/3m4D a", "ssh-rsa not-a-key"]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "ssh_keys[1]",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12",
+                   "ssh_keys": vec!["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDzg+mxjK55LTh28if62H9cXsAdVZ4XgsP9smAh/3m4D"; 17]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "ssh_keys",
+        ),
+        (
+            json!({"name": "web1", "plan": "small", "image": "debian-12",
+                   "user_data": "#!/bin/sh\n".repeat(2000)}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            "user_data",
+        ),
+    ];
+    for (body, status, code, field) in cases {
+        let reply = api
+            .call(Method::POST, "/v1/servers", &token, Some(body.clone()))
+            .await;
+        assert_error(&reply, status, code, Some(field));
+    }
+    let huge = format!(
+        "{{\"name\": \"{}\", \"plan\": \"small\", \"image\": \"debian-12\"}}",
+        "a".repeat(100_000)
+    );
+    let reply = api
+        .raw(Method::POST, "/v1/servers", Some(&token), &[], Some(huge))
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        None,
+    );
+    let empty = api
+        .raw(
+            Method::POST,
+            "/v1/servers",
+            Some(&token),
+            &[],
+            Some(String::new()),
+        )
+        .await;
+    assert_error(&empty, StatusCode::BAD_REQUEST, "bad_request", Some("body"));
+    let admin_order = api
+        .call(Method::POST, "/v1/servers", &api.admin, Some(order("web1")))
+        .await;
+    assert_error(&admin_order, StatusCode::FORBIDDEN, "forbidden", None);
+    assert_eq!(
+        api.server_count().await,
+        0,
+        "no refused order created anything"
+    );
+    let zoned = api
+        .call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(json!({"name": "web1", "plan": "small", "image": "debian-12", "zone": "par1"})),
+        )
+        .await;
+    assert_eq!(zoned.status, StatusCode::ACCEPTED, "{}", zoned.body);
+    assert_eq!(zoned.body["zone"], "par1");
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_same_server_and_refuses_another_body() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let key = "order-42";
+    let first = api.order_keyed(&token, key, "web1").await;
+    let again = api.order_keyed(&token, key, "web1").await;
+    assert_eq!(first.status, StatusCode::ACCEPTED);
+    assert_eq!(again.status, StatusCode::ACCEPTED);
+    assert_eq!(first.body["id"], again.body["id"]);
+    let other = api.order_keyed(&token, key, "web2").await;
+    assert_error(
+        &other,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("Idempotency-Key"),
+    );
+    assert_eq!(api.server_count().await, 1);
+
+    // Concurrent retries with one key still make one server.
+    let replies = futures_join(&api, &token, &[("idempotency-key", "burst")]).await;
+    let ids: std::collections::BTreeSet<String> = replies
+        .iter()
+        .map(|r| r.body["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(api.server_count().await, 2);
+
+    // After deletion the key does not resurrect the server.
+    let id = first.body["id"].as_str().unwrap();
+    api.call(Method::DELETE, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    let replay = api.order_keyed(&token, "order-42", "web1").await;
+    assert_error(&replay, StatusCode::CONFLICT, "conflict", None);
+    let bad_key = api.order_keyed(&token, "has space", "web1").await;
+    assert_error(
+        &bad_key,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("Idempotency-Key"),
+    );
+}
+
+/// The first attempt claimed its key and stopped before creating the server
+/// (a crash, a timeout): the retry creates it under the claimed id, and once
+/// created and deleted the key refuses to bring it back.
+/// Consoles answered as an agent would, recording which domain was asked for.
+#[derive(Default)]
+struct RecordedConsoles(std::sync::Mutex<Vec<(String, String)>>);
+
+#[async_trait::async_trait]
+impl stratus_api::ServerConsoles for RecordedConsoles {
+    async fn tail(&self, hypervisor: &str, domain: &str) -> Result<Vec<u8>, String> {
+        self.0
+            .lock()
+            .unwrap()
+            .push((hypervisor.to_owned(), domain.to_owned()));
+        if hypervisor == "hv-down" {
+            return Err("connection refused".into());
+        }
+        Ok(b"stratus-tiny: hostname=web1\n\xff".to_vec())
+    }
+}
+
+#[tokio::test]
+async fn a_servers_console_is_read_from_its_agent_by_its_owner_only() {
+    let mut api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let (_, other) = api.customer("Other").await;
+    let ordered = api
+        .call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(json!({"name": "web1", "plan": "small", "image": "debian-12",
+                        "ssh_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDzg+mxjK55LTh28if62H9cXsAdVZ4XgsP9smAh/3m4D ops@acme"],
+                        "user_data": "#cloud-config\n{}\n"})),
+        )
+        .await;
+    assert_eq!(ordered.status, StatusCode::ACCEPTED, "{}", ordered.body);
+    let id = ordered.body["id"].as_str().unwrap().to_owned();
+    let stored = api
+        .state
+        .servers
+        .get(Some(&account), &id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.spec.ssh_keys.len(), 1);
+    assert_eq!(
+        stored.spec.user_data.as_deref(),
+        Some("#cloud-config\n{}\n")
+    );
+    let path = format!("/v1/servers/{id}/console");
+
+    // A process without agent credentials says so.
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
+
+    let consoles = Arc::new(RecordedConsoles::default());
+    api.router = app(api.state.clone().with_consoles(consoles.clone()));
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_error(&reply, StatusCode::CONFLICT, "conflict", None);
+    let placed = |hypervisor: &str| stratus_core::resources::VirtualServerStatus {
+        hypervisor: stratus_core::ids::HypervisorName::parse(hypervisor),
+        domain: Some(format!("stratus-{account}.{id}")),
+        ..Default::default()
+    };
+    api.state
+        .servers
+        .patch_status(Some(&account), &id, &placed("hv-a"))
+        .await
+        .unwrap();
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.headers["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(reply.body, "stratus-tiny: hostname=web1\n\u{fffd}");
+    assert_eq!(
+        consoles.0.lock().unwrap().last().unwrap(),
+        &("hv-a".to_owned(), format!("stratus-{account}.{id}"))
+    );
+    let reply = api.call(Method::GET, &path, &api.admin, None).await;
+    assert_eq!(reply.status, StatusCode::OK, "operators read it too");
+    let asked = consoles.0.lock().unwrap().len();
+    let reply = api.call(Method::GET, &path, &other, None).await;
+    assert_error(&reply, StatusCode::NOT_FOUND, "not_found", None);
+    assert_eq!(
+        consoles.0.lock().unwrap().len(),
+        asked,
+        "no agent asked for a stranger"
+    );
+
+    api.state
+        .servers
+        .patch_status(Some(&account), &id, &placed("hv-down"))
+        .await
+        .unwrap();
+    let reply = api.call(Method::GET, &path, &token, None).await;
+    assert_error(&reply, StatusCode::SERVICE_UNAVAILABLE, "unavailable", None);
+    assert!(
+        reply.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connection refused")
+    );
+}
+
+#[tokio::test]
+async fn a_retry_after_an_interrupted_order_creates_the_claimed_server_once() {
+    let api = api().await;
+    let (account, token) = api.customer("ACME").await;
+    let account = AccountId::parse(&account).unwrap();
+    let key = "interrupted";
+    let claimed = api
+        .claim_as_a_first_attempt(&account, key, "web1", 0xab)
+        .await;
+    let retry = api.order_keyed(&token, key, "web1").await;
+    assert_eq!(retry.status, StatusCode::ACCEPTED, "{}", retry.body);
+    assert_eq!(retry.body["id"], claimed.as_str());
+    api.call(
+        Method::DELETE,
+        &format!("/v1/servers/{claimed}"),
+        &token,
+        None,
+    )
+    .await;
+    let replay = api.order_keyed(&token, key, "web1").await;
+    assert_error(&replay, StatusCode::CONFLICT, "conflict", None);
+    assert_eq!(api.server_count().await, 0);
+}
+
+/// A crash after the server was created but before its key was marked
+/// fulfilled, then a deletion: a retry with the key must not bring it back.
+#[tokio::test]
+async fn a_server_deleted_after_an_interrupted_order_is_not_recreated_by_a_retry() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (account, token) = api.customer("ACME").await;
+        let account = AccountId::parse(&account).unwrap();
+        let claimed = api
+            .claim_as_a_first_attempt(&account, "crashed", "web1", 0xcd)
+            .await;
+        // What the crashed attempt did: the server exists, the key is unfulfilled.
+        api.state
+            .servers
+            .create(
+                &stratus_core::testing::server(claimed.as_str())
+                    .in_account(account.as_str())
+                    .build(),
+            )
+            .await
+            .unwrap();
+        let deleted = api
+            .call(
+                Method::DELETE,
+                &format!("/v1/servers/{claimed}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(
+            deleted.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            deleted.body
+        );
+        let retry = api.order_keyed(&token, "crashed", "web1").await;
+        assert_error(&retry, StatusCode::CONFLICT, "conflict", None);
+        assert_eq!(api.server_count().await, 0, "{label}");
+    }
+}
+
+/// Sends six identical keyed orders at once, so they race on the database.
+async fn futures_join(api: &Api, token: &str, key: &[(&str, &str)]) -> Vec<Reply> {
+    let calls = (0..6).map(|_| {
+        api.raw(
+            Method::POST,
+            "/v1/servers",
+            Some(token),
+            key,
+            Some(order("burst").to_string()),
+        )
+    });
+    let replies = futures::future::join_all(calls).await;
+    for reply in &replies {
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    replies
+}
+
+#[tokio::test]
+async fn actions_change_the_desired_state() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    let id = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await
+        .body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let path = format!("/v1/servers/{id}/actions");
+    let stop = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "stop"})))
+        .await;
+    assert_eq!(stop.status, StatusCode::ACCEPTED);
+    assert_eq!(stop.body["desired_power"], "stopped");
+    let reboot = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "reboot"})))
+        .await;
+    assert_error(&reboot, StatusCode::CONFLICT, "conflict", None);
+    let start = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "start"})))
+        .await;
+    assert_eq!(start.body["desired_power"], "running");
+    let reboot = api
+        .call(Method::POST, &path, &token, Some(json!({"type": "reboot"})))
+        .await;
+    assert_eq!(reboot.status, StatusCode::ACCEPTED);
+    let server = api.state.servers.list(None).await.unwrap().items.remove(0);
+    assert_eq!(server.spec.reboot_requests, 1);
+    let unknown = api
+        .call(
+            Method::POST,
+            &path,
+            &token,
+            Some(json!({"type": "hibernate"})),
+        )
+        .await;
+    assert_error(
+        &unknown,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("type"),
+    );
+    let extra = api
+        .call(
+            Method::POST,
+            &path,
+            &token,
+            Some(json!({"type": "stop", "force": true})),
+        )
+        .await;
+    assert_error(
+        &extra,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("force"),
+    );
+
+    let deleted = api
+        .call(Method::DELETE, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_eq!(deleted.status, StatusCode::ACCEPTED);
+    assert_eq!(deleted.body["status"], "terminating");
+    // No controller ran, so no finalizer held it: it is gone already.
+    let gone = api
+        .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+        .await;
+    assert_error(&gone, StatusCode::NOT_FOUND, "not_found", None);
+}
+
+#[tokio::test]
+async fn servers_are_listed_page_by_page() {
+    let api = api().await;
+    let (_, token) = api.customer("ACME").await;
+    for i in 0..5 {
+        api.call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(order(&format!("web{i}"))),
+        )
+        .await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/servers?limit=2".to_owned();
+    loop {
+        let page = api.call(Method::GET, &path, &token, None).await;
+        assert_eq!(page.status, StatusCode::OK);
+        let items = page.body["items"].as_array().unwrap();
+        assert!(items.len() <= 2);
+        seen.extend(items.iter().map(|s| s["id"].as_str().unwrap().to_owned()));
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/servers?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5);
+    let bad = api
+        .call(Method::GET, "/v1/servers?limit=0", &token, None)
+        .await;
+    assert_error(&bad, StatusCode::BAD_REQUEST, "bad_request", Some("limit"));
+
+    // A cursor is read back, never trusted: a forged one, or one pointing
+    // into another account's servers, is refused naming `cursor`.
+    let (other_account, other_token) = api.customer("Globex").await;
+    let mine = api
+        .call(Method::GET, "/v1/servers?limit=2", &token, None)
+        .await;
+    let cursor = mine.body["next_cursor"].as_str().unwrap().to_owned();
+    let elsewhere = api
+        .call(
+            Method::GET,
+            &format!("/v1/servers?limit=2&cursor={cursor}"),
+            &other_token,
+            None,
+        )
+        .await;
+    assert_error(
+        &elsewhere,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("cursor"),
+    );
+    for forged in ["%2E%2E", "bm90LWEtdG9rZW4", "_w"] {
+        let refused = api
+            .call(
+                Method::GET,
+                &format!("/v1/servers?cursor={forged}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_error(
+            &refused,
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            Some("cursor"),
+        );
+    }
+    let by_operator = api
+        .call(
+            Method::GET,
+            &format!("/v1/servers?account={other_account}"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(by_operator.status, StatusCode::OK);
+    assert_eq!(by_operator.body["items"], json!([]));
+    let bad_account = api
+        .call(Method::GET, "/v1/servers?account=..%2Fx", &api.admin, None)
+        .await;
+    assert_error(
+        &bad_account,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+        Some("account"),
+    );
+}
+
+#[tokio::test]
+async fn orders_beyond_the_quota_are_refused_naming_it_and_create_nothing() {
+    let config = Config {
+        quotas: stratus_core::quota::Quota {
+            servers: Some(2),
+            ..Default::default()
+        },
+        ..Config::default()
+    };
+    let api = api_configured(testing::sqlite().await, config).await;
+    let (account, token) = api.customer("ACME").await;
+    for name in ["web1", "web2"] {
+        let reply = api
+            .call(Method::POST, "/v1/servers", &token, Some(order(name)))
+            .await;
+        assert_eq!(reply.status, StatusCode::ACCEPTED, "{}", reply.body);
+    }
+    let refused = api.order_keyed(&token, "third-order", "web3").await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "quota_exceeded",
+        None,
+    );
+    assert_eq!(
+        refused.body["error"]["details"],
+        json!({"quota": "servers", "limit": 2, "used": 2, "requested": 1})
+    );
+    assert_eq!(
+        api.server_count().await,
+        2,
+        "a refused order creates nothing"
+    );
+
+    let shown = api
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{account}"),
+            &token,
+            None,
+        )
+        .await;
+    assert_eq!(shown.status, StatusCode::OK);
+    assert_eq!(
+        shown.body["quota"],
+        json!({"servers": 2, "vcpus": null, "memoryMib": null, "diskGib": null, "storageGib": null})
+    );
+    assert_eq!(
+        shown.body["usage"],
+        json!({"servers": 2, "vcpus": 2, "memoryMib": 2048, "diskGib": 50, "storageGib": 0})
+    );
+
+    // Bad quotas are refused naming the field, and change nothing.
+    let path = format!("/v1/admin/accounts/{account}/quota");
+    for (body, field) in [
+        (json!({"servers": -1}), "servers"),
+        (json!({"gpus": 4}), "gpus"),
+        (json!({"vcpus": "many"}), "vcpus"),
+    ] {
+        let reply = api.call(Method::PUT, &path, &api.admin, Some(body)).await;
+        assert_error(&reply, StatusCode::BAD_REQUEST, "bad_request", Some(field));
+    }
+    let customer = api
+        .call(Method::PUT, &path, &token, Some(json!({"servers": 100})))
+        .await;
+    assert_eq!(customer.status, StatusCode::FORBIDDEN, "{}", customer.body);
+    let nobody = api
+        .call(
+            Method::PUT,
+            "/v1/admin/accounts/acc-00000000000000ff/quota",
+            &api.admin,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(nobody.status, StatusCode::NOT_FOUND, "{}", nobody.body);
+
+    // The account's own quota: more servers, but at most 3 vCPUs.
+    let set = api
+        .call(
+            Method::PUT,
+            &path,
+            &api.admin,
+            Some(json!({"servers": 10, "vcpus": 3})),
+        )
+        .await;
+    assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+    assert_eq!(set.body["quota"]["servers"], 10);
+    // The refused key was forgotten: the same key orders now.
+    let retried = api.order_keyed(&token, "third-order", "web3").await;
+    assert_eq!(retried.status, StatusCode::ACCEPTED, "{}", retried.body);
+    let over = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web4")))
+        .await;
+    assert_error(
+        &over,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "quota_exceeded",
+        None,
+    );
+    assert_eq!(over.body["error"]["details"]["quota"], "vcpus");
+
+    // Racing orders cannot overshoot: room for 4 more servers, 12 race.
+    api.call(Method::PUT, &path, &api.admin, Some(json!({"servers": 7})))
+        .await;
+    let racing = (0..12).map(|i| {
+        api.call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(order(&format!("race{i}"))),
+        )
+    });
+    let replies = futures::future::join_all(racing).await;
+    let accepted = replies
+        .iter()
+        .filter(|r| r.status == StatusCode::ACCEPTED)
+        .count();
+    assert_eq!(accepted, 4);
+    assert_eq!(api.server_count().await, 7);
+    let audit = api
+        .state
+        .ledger
+        .audit()
+        .trail(&AuditSubject::Account(account.clone()))
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().any(|e| e.action == AuditAction::AccountQuota),
+        "{audit:?}"
+    );
+}
+
+/// Defect 10 of issue 25: a plan whose disk is smaller than the image's
+/// file system cannot boot it. Such an order is refused naming `plan`,
+/// with both sizes, and creates nothing; the catalogue shows each image's
+/// smallest disk.
+#[tokio::test]
+async fn an_order_whose_disk_cannot_hold_its_image_is_refused_naming_the_plan() {
+    let mut config = Config::default();
+    config.plans[0].disk_gib = 1;
+    let micro = config.plans[0].name.clone();
+    config.images[0].size_gib = 3;
+    let image = config.images[0].name.clone();
+    let api = api_configured(testing::sqlite().await, config).await;
+    let (acme, token) = api.customer("ACME").await;
+    let images = api.call(Method::GET, "/v1/images", &token, None).await;
+    let shown = images.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["name"] == image.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(shown["min_disk_gib"], 3, "{shown}");
+    let refused = api
+        .call(
+            Method::POST,
+            "/v1/servers",
+            &token,
+            Some(json!({"name": "web1", "plan": micro, "image": image})),
+        )
+        .await;
+    assert_error(
+        &refused,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+        Some("plan"),
+    );
+    let message = refused.body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("1 GiB") && message.contains("3 GiB"),
+        "{message}"
+    );
+    assert!(
+        api.state
+            .servers
+            .list(Some(&acme))
+            .await
+            .unwrap()
+            .items
+            .is_empty(),
+        "nothing created"
+    );
+}
