@@ -151,6 +151,9 @@ pub struct Driver {
     /// One lock per domain name: calls for one domain run one at a time,
     /// different domains in parallel.
     locks: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Volumes being written (an upload, a copy): never wiped under the
+    /// writer, however long it takes.
+    writing: Mutex<std::collections::HashSet<String>>,
 }
 
 fn is_missing(error: &virt::error::Error, number: ErrorNumber) -> bool {
@@ -295,6 +298,25 @@ fn defined_mac(xml: &str) -> Option<String> {
     rest.find(quote).map(|end| rest[..end].to_ascii_lowercase())
 }
 
+/// Locks kept before unused ones are dropped.
+const LOCKS_KEPT: usize = 4096;
+
+/// A volume being written; the mark goes when this is dropped.
+pub(crate) struct Writing<'a> {
+    driver: &'a Driver,
+    volume: String,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.driver
+            .writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.volume);
+    }
+}
+
 /// Whether libvirt refused a call because this hypervisor cannot do it.
 fn is_unsupported(error: &virt::error::Error) -> bool {
     is_missing(error, ErrorNumber::NoSupport)
@@ -362,6 +384,7 @@ impl Driver {
             definitions,
             anti_spoofing,
             locks: Mutex::new(HashMap::new()),
+            writing: Mutex::new(std::collections::HashSet::new()),
         };
         let pool = driver.pool()?;
         if !pool.is_active()? {
@@ -414,7 +437,30 @@ impl Driver {
 
     pub(crate) fn lock(&self, name: &str) -> Arc<Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Names come and go (every version has its own): locks nobody holds
+        // or waits for are dropped once there are many.
+        if locks.len() > LOCKS_KEPT {
+            locks.retain(|_, lock| Arc::strong_count(lock) > 1);
+        }
         locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// Marks `volume` as being written until the guard is dropped; `None`
+    /// when something writes it already.
+    pub(crate) fn writing(&self, volume: &str) -> Option<Writing<'_>> {
+        let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        writing.insert(volume.to_owned()).then(|| Writing {
+            driver: self,
+            volume: volume.to_owned(),
+        })
+    }
+
+    /// Whether `volume` is being written.
+    pub(crate) fn is_being_written(&self, volume: &str) -> bool {
+        self.writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(volume)
     }
 
     /// The lock of one volume, held while it is attached to a domain or
@@ -1042,6 +1088,12 @@ impl Driver {
             // sees the domain using it.
             let volume_lock = self.volume_lock(&disk.volume);
             let _volume_guard = volume_lock.lock().unwrap_or_else(|p| p.into_inner());
+            if self.is_being_written(&disk.volume) {
+                // A repair or a copy is writing it: plugged in once done
+                // (the server's next ensure), never half-written.
+                tracing::info!(domain = name, volume = %disk.volume, "a data disk waits for its volume to be written");
+                continue;
+            }
             self.check_data_volumes(std::slice::from_ref(disk))?;
             if disk.encrypted {
                 match self.key_secret_of(&disk.volume)? {

@@ -16,16 +16,29 @@ use crate::error::AgentError;
 /// Jobs known at once (under way or finished and kept): beyond it a new job
 /// is refused as busy until some finish or expire.
 pub const MAX_JOBS: usize = 256;
-/// How long a finished job's result is kept for its caller to fetch.
+/// How long a finished copy's result is kept for its caller to fetch.
 pub const KEPT_FOR: Duration = Duration::from_secs(10 * 60);
+/// A checksum's result is kept shorter: a verification asked for later
+/// reads the volume again rather than getting an old answer.
+pub const CHECKSUM_KEPT_FOR: Duration = Duration::from_secs(2 * 60);
 
 struct Entry {
     job: VolumeJob,
     started: Instant,
     outcome: Option<(Instant, Result<StoredContent, AgentErrorDetail>)>,
+    /// Its version was rewritten or deleted while it ran: its result, when
+    /// it comes, says nothing and is dropped.
+    stale: bool,
 }
 
 impl Entry {
+    fn kept_for(&self) -> Duration {
+        match self.job {
+            VolumeJob::Checksum { .. } => CHECKSUM_KEPT_FOR,
+            VolumeJob::Copy { .. } => KEPT_FOR,
+        }
+    }
+
     fn status(&self) -> JobStatus {
         match &self.outcome {
             None => JobStatus::Running {
@@ -66,10 +79,11 @@ impl Jobs {
         let mut entries = self.lock();
         let now = Instant::now();
         entries.retain(|_, entry| {
+            let kept_for = entry.kept_for();
             entry
                 .outcome
                 .as_ref()
-                .is_none_or(|(at, _)| now.duration_since(*at) < KEPT_FOR)
+                .is_none_or(|(at, _)| now.duration_since(*at) < kept_for)
         });
         let key = (volume.to_owned(), job.id());
         if let Some(entry) = entries.get(&key) {
@@ -86,6 +100,7 @@ impl Jobs {
                 job: job.clone(),
                 started: now,
                 outcome: None,
+                stale: false,
             },
         );
         Ok(Started::New)
@@ -94,7 +109,12 @@ impl Jobs {
     /// Records how job `id` of `volume` ended.
     pub fn finish(&self, volume: &str, id: &str, outcome: Result<StoredContent, AgentError>) {
         let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(&(volume.to_owned(), id.to_owned())) {
+        let key = (volume.to_owned(), id.to_owned());
+        if entries.get(&key).is_some_and(|e| e.stale) {
+            entries.remove(&key);
+            return;
+        }
+        if let Some(entry) = entries.get_mut(&key) {
             let outcome = outcome.map_err(|error| AgentErrorDetail {
                 code: error.code(),
                 message: error.to_string(),
@@ -114,11 +134,16 @@ impl Jobs {
     /// (`None`: any version): that version is being rewritten or deleted,
     /// so their results no longer say anything about it.
     pub fn forget(&self, volume: &str, version: Option<u64>) {
-        self.lock().retain(|(name, _), entry| {
-            entry.outcome.is_none()
-                || name != volume
-                || version.is_some_and(|version| !entry.job.touches(version))
-        });
+        let concerned = |name: &String, entry: &Entry| {
+            name == volume && version.is_none_or(|version| entry.job.touches(version))
+        };
+        let mut entries = self.lock();
+        for ((name, _), entry) in entries.iter_mut() {
+            if entry.outcome.is_none() && concerned(name, entry) {
+                entry.stale = true;
+            }
+        }
+        entries.retain(|(name, _), entry| entry.outcome.is_none() || !concerned(name, entry));
     }
 
     /// Jobs under way.
@@ -165,6 +190,23 @@ mod tests {
         jobs.forget("s", Some(3));
         assert_eq!(jobs.status("s", &checksum.id()), None);
         assert_eq!(jobs.start("s", &checksum).unwrap(), Started::New);
+    }
+
+    #[test]
+    fn a_job_whose_version_changed_while_it_ran_leaves_no_result() {
+        let jobs = Jobs::default();
+        let checksum = VolumeJob::Checksum {
+            version: 3,
+            bytes: 10,
+        };
+        jobs.start("s", &checksum).unwrap();
+        jobs.forget("s", Some(3));
+        jobs.finish("s", &checksum.id(), Ok(stored(3)));
+        assert_eq!(
+            jobs.status("s", &checksum.id()),
+            None,
+            "asked again, it runs again"
+        );
     }
 
     #[test]

@@ -68,6 +68,7 @@ impl Driver {
                 None => false,
             };
             let encrypted = unlocked || is_luks(&volume)?;
+            let writing = self.is_being_written(&volume_name);
             found.push((
                 VolumeVersion {
                     version,
@@ -77,6 +78,7 @@ impl Driver {
                     physical_bytes: physical_bytes(&volume)?,
                     encrypted,
                     unlocked,
+                    writing,
                 },
                 volume,
             ));
@@ -205,9 +207,25 @@ impl Driver {
     }
 
     fn dispose(&self, volume_name: &str, volume: &StorageVol) -> Result<DiskDisposal, AgentError> {
+        self.dispose_as(volume_name, volume, false)
+    }
+
+    /// Wipes and deletes a volume; `by_its_writer` when the writer of a
+    /// volume being written gives up on it (anyone else is refused).
+    fn dispose_as(
+        &self,
+        volume_name: &str,
+        volume: &StorageVol,
+        by_its_writer: bool,
+    ) -> Result<DiskDisposal, AgentError> {
         // Held while checked and wiped: an attach of this volume waits.
         let lock = self.volume_lock(volume_name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if !by_its_writer && self.is_being_written(volume_name) {
+            return Err(AgentError::VersionConflict(format!(
+                "{volume_name} is being written: it is not wiped under its writer"
+            )));
+        }
         if let Some(domain) = self.domain_using(volume_name)? {
             tracing::warn!(volume = %volume_name, %domain, "refused to wipe a volume a domain uses");
             return Err(AgentError::VolumeInUse {
@@ -242,13 +260,18 @@ impl Driver {
     ) -> Result<StoredContent, AgentError> {
         check_managed_name(name)?;
         check_size(size_gib)?;
-        let volume = {
+        let volume_name = storage_volume_name(name, version);
+        let (volume, writing) = {
             let lock = self.lock(name);
             let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-            self.create_version(name, version, size_gib)?
+            let volume = self.create_version(name, version, size_gib)?;
+            // Marked under the copy's lock, before anyone can see it: a
+            // pruning of "unfinished uploads" never wipes it mid-stream.
+            (volume, self.writing(&volume_name))
         };
-        let volume_name = storage_volume_name(name, version);
-        match self.upload(&volume, size_gib * GIB, chunks) {
+        let uploaded = self.upload(&volume, size_gib * GIB, chunks);
+        drop(writing);
+        match uploaded {
             Ok((bytes, sha256)) => {
                 self.refresh_pool();
                 tracing::info!(volume = %volume_name, bytes, "stored a content");
@@ -333,7 +356,7 @@ impl Driver {
         }
         let from_name = storage_volume_name(name, from);
         let to_name = storage_volume_name(name, to);
-        let (copy, bytes) = {
+        let (copy, bytes, writing) = {
             let lock = self.lock(name);
             let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
             let pool = self.pool()?;
@@ -355,6 +378,9 @@ impl Driver {
             let size_gib = bytes.max(source.info()?.capacity).div_ceil(GIB);
             self.check_room(&pool, size_gib)?;
             let target = xml::storage_volume(&to_name, size_gib);
+            let writing = self.writing(&to_name).ok_or_else(|| {
+                AgentError::VersionConflict(format!("{to_name} is being written"))
+            })?;
             // The domain's own calls (an ensure would resume it) wait for
             // the copy.
             let domain_lock = user.as_deref().map(|domain| self.lock(domain));
@@ -374,9 +400,11 @@ impl Driver {
             }
             let copy = copied?;
             self.record_volume(&to_name, &copy)?;
-            (copy, bytes)
+            (copy, bytes, writing)
         };
-        match self.read_version(name, to, bytes, &mut |_| true) {
+        let checked = self.read_version(name, to, bytes, &mut |_| true);
+        drop(writing);
+        match checked {
             Ok(stored) => {
                 self.refresh_pool();
                 tracing::info!(from = %from_name, to = %to_name, bytes, "copied a storage version");
@@ -417,7 +445,7 @@ impl Driver {
         // its bytes (ciphertext) are copied as they are.
         let copy = StorageVol::create_xml(pool, target, 0)?;
         if let Err(error) = self.stream_copy(source, &copy, bytes) {
-            self.dispose(to_name, &copy)?;
+            self.dispose_as(to_name, &copy, true)?;
             return Err(error);
         }
         Ok(copy)

@@ -99,10 +99,16 @@ impl FromRequestParts<ApiState> for Principal {
                 ApiError::unauthorized("Authorization header must be `Bearer <token>`")
             })?;
         // A client that sent too many invalid tokens is answered before its
-        // token costs a lookup.
+        // token costs a lookup, unless the token was valid lately: clients
+        // sharing its address (behind one NAT or an ingress not listed in
+        // trustedProxies) keep working, and a revoked token is still
+        // refused at once, since a known token is always looked up.
         let client = client_key(parts, &state.trusted_proxies);
         let now = std::time::Instant::now();
-        if let Some(client) = &client {
+        let digest = hash_token(token);
+        if let Some(client) = &client
+            && !state.recently_valid.contains(&digest)
+        {
             state
                 .invalid_tokens
                 .peek(client, now)
@@ -117,12 +123,13 @@ impl FromRequestParts<ApiState> for Principal {
         let record = state
             .ledger
             .tokens()
-            .by_hash(&hash_token(token))
+            .by_hash(&digest)
             .await?
             .ok_or_else(|| refused("unknown token"))?;
         if record.revoked_at.is_some() {
             return Err(refused("this token has been revoked"));
         }
+        state.recently_valid.insert(digest);
         state
             .rate_limiter
             .take(record.id.as_str(), std::time::Instant::now())
@@ -160,17 +167,21 @@ pub fn client_key(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<String> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut client = peer;
     if is_trusted(&peer) {
-        let forwarded: Vec<IpAddr> = parts
+        let forwarded: Vec<&str> = parts
             .headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|a| a.trim().parse().ok())
             .collect();
         for hop in forwarded.iter().rev() {
-            client = *hop;
-            if !is_trusted(hop) {
+            // A hop a trusted proxy wrote that does not read as an address
+            // (even without a port) leaves the client at that proxy.
+            let Some(hop) = forwarded_address(hop) else {
+                break;
+            };
+            client = hop;
+            if !is_trusted(&hop) {
                 break;
             }
         }
@@ -184,4 +195,13 @@ pub fn client_key(parts: &Parts, trusted: &[ipnet::IpNet]) -> Option<String> {
                 .unwrap_or_else(|_| v6.to_string()),
         },
     })
+}
+
+/// One `X-Forwarded-For` entry as an address: `203.0.113.7`, `2001:db8::1`,
+/// or with a port (`203.0.113.7:4711`, `[2001:db8::1]:4711`).
+fn forwarded_address(hop: &str) -> Option<std::net::IpAddr> {
+    let hop = hop.trim();
+    hop.parse()
+        .ok()
+        .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|s| s.ip()))
 }

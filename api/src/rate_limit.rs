@@ -151,6 +151,43 @@ impl RateLimiter {
     }
 }
 
+/// Digests of tokens that authenticated lately (bounded; the oldest half
+/// is dropped when full): their requests are looked up even from an
+/// address over its invalid-token limit.
+#[derive(Debug, Default)]
+pub struct RecentlyValid {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+/// Tokens remembered at most, and for how long.
+const RECENT_TOKENS: usize = 65_536;
+const RECENT_FOR: Duration = Duration::from_secs(3600);
+
+impl RecentlyValid {
+    pub fn insert(&self, digest: String) {
+        let now = Instant::now();
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if seen.len() >= RECENT_TOKENS && !seen.contains_key(&digest) {
+            seen.retain(|_, at| now.saturating_duration_since(*at) < RECENT_FOR / 2);
+            if seen.len() >= RECENT_TOKENS {
+                seen.clear();
+            }
+        }
+        seen.insert(digest, now);
+    }
+
+    pub fn contains(&self, digest: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(digest)
+            .is_some_and(|at| at.elapsed() < RECENT_FOR)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

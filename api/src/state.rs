@@ -34,6 +34,8 @@ pub struct ApiState {
     pub rate_limiter: Arc<RateLimiter>,
     /// Requests with an invalid token, per client address.
     pub invalid_tokens: Arc<RateLimiter>,
+    /// Tokens that authenticated lately: never held back by the above.
+    pub recently_valid: Arc<crate::rate_limit::RecentlyValid>,
     /// `trustedProxies`, parsed.
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// Content streams in flight, per account and per hypervisor.
@@ -156,6 +158,7 @@ impl ApiState {
                 config.limits.invalid_tokens_per_minute,
             )),
             trusted_proxies: Arc::new(config.trusted_proxy_networks()),
+            recently_valid: Arc::default(),
             streams: Default::default(),
             consoles: None,
             contents: None,

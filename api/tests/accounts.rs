@@ -710,7 +710,7 @@ async fn r29_invalid_tokens_are_limited_per_client_address() {
     config.limits.invalid_tokens_per_minute = 5;
     config.trusted_proxies = vec!["10.0.0.0/8".into()];
     let api = api_configured(testing::sqlite().await, config).await;
-    let (_, customer) = api.customer("ACME").await;
+    let (acme, customer) = api.customer("ACME").await;
     let guess = "stratus_not-a-token";
     for _ in 0..5 {
         assert_eq!(
@@ -722,6 +722,17 @@ async fn r29_invalid_tokens_are_limited_per_client_address() {
         from_peer(&api, "198.51.100.7:4001", guess, &[]).await,
         StatusCode::TOO_MANY_REQUESTS,
         "the sixth guess is not looked up"
+    );
+    // A customer behind the same address, whose token was valid lately,
+    // goes on working; its token revoked, it is refused at once.
+    assert_eq!(
+        from_peer(&api, "198.51.100.9:1", &customer, &[]).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        from_peer(&api, "198.51.100.7:4003", &customer, &[]).await,
+        StatusCode::OK,
+        "a token valid lately is not held back by its neighbours' guesses"
     );
     // Spoofing X-Forwarded-For from an untrusted address changes nothing.
     assert_eq!(
@@ -781,5 +792,28 @@ async fn r29_invalid_tokens_are_limited_per_client_address() {
     assert_eq!(
         from_peer(&api, "[2001:db8:1:2::99]:1", guess, &[]).await,
         StatusCode::TOO_MANY_REQUESTS
+    );
+    let tokens = api
+        .call(
+            Method::GET,
+            &format!("/v1/accounts/{acme}/tokens"),
+            &api.admin,
+            None,
+        )
+        .await;
+    let token_id = tokens.body["items"][0]["id"].as_str().unwrap().to_owned();
+    let revoked = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/tokens/{token_id}"),
+            &api.admin,
+            None,
+        )
+        .await;
+    assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        from_peer(&api, "198.51.100.7:4004", &customer, &[]).await,
+        StatusCode::UNAUTHORIZED,
+        "revoked at once, whatever its address"
     );
 }

@@ -681,6 +681,43 @@ async fn storage_is_attached_only_to_a_server_of_its_account_on_the_hypervisor_h
         assert_eq!(untouched.spec.written_by_guest, None);
 
         let attach = json!({"type": "attach", "server": near});
+        // Defect 4 of issue 25: work on the copies under way (here a
+        // verification) holds an attach back until it ends.
+        let stored = api
+            .state
+            .storage
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut busy = stored.status.clone().unwrap_or_default();
+        busy.busy = Some(stratus_core::resources::Busy {
+            what: "verifying both copies".into(),
+            since: "2026-12-07T00:00:00Z".into(),
+        });
+        api.state
+            .storage
+            .patch_status(Some(&account), &id, &busy)
+            .await
+            .unwrap();
+        let held = api
+            .call(Method::POST, &path, &token, Some(attach.clone()))
+            .await;
+        assert_eq!(held.status, StatusCode::CONFLICT, "{label}: {}", held.body);
+        assert!(
+            held.body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("verifying both copies"),
+            "{label}: {}",
+            held.body
+        );
+        busy.busy = None;
+        api.state
+            .storage
+            .patch_status(Some(&account), &id, &busy)
+            .await
+            .unwrap();
         let attached = api
             .call(Method::POST, &path, &token, Some(attach.clone()))
             .await;

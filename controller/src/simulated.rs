@@ -369,6 +369,7 @@ fn volume_observation(name: &str, copy: Option<&SimCopy>, keys: SimKeys<'_>) -> 
                             physical_bytes: copy.size_gib << 30,
                             encrypted: keys.luks.contains_key(&volume),
                             unlocked: keys.unlocked.contains(&volume),
+                            writing: false,
                             volume,
                         }
                     })

@@ -15,7 +15,7 @@ use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::policy::StoragePolicy;
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    Account, KeptVersion, STORAGE_FINALIZER, StorageContent, StoragePhase, StorageReplica,
+    Account, Busy, KeptVersion, STORAGE_FINALIZER, StorageContent, StoragePhase, StorageReplica,
     StorageSubscription, StorageSubscriptionStatus, VirtualServer,
 };
 use stratus_core::scheduling::{self, Candidate};
@@ -269,7 +269,8 @@ impl StorageReconciler {
             }
             StorageAction::Restore { from, version } => {
                 let (primary, secondary) = (agent_of(0)?, agent_of(1)?);
-                self.record_status(subscription, &current, &next).await?;
+                let (busy, next) = self.busy(next, "restoring a kept version");
+                self.record_status(subscription, &current, &busy).await?;
                 if let Err((agent, error)) = self
                     .restore(subscription, &name, from, version, &primary, &secondary)
                     .await
@@ -279,13 +280,14 @@ impl StorageReconciler {
             }
             StorageAction::Verify => {
                 let agents = [agent_of(0)?, agent_of(1)?];
-                self.record_status(subscription, &current, &next).await?;
+                let (busy, next) = self.busy(next, "verifying both copies");
+                self.record_status(subscription, &current, &busy).await?;
                 let mut verified = next.clone();
                 match self
                     .verify(subscription, &name, &agents, &mut verified)
                     .await
                 {
-                    Ok(()) => self.record_status(subscription, &next, &verified).await?,
+                    Ok(()) => self.record_status(subscription, &busy, &verified).await?,
                     Err((agent, error)) => {
                         return self.agent_failed(subscription, &next, &agent, error).await;
                     }
@@ -293,13 +295,14 @@ impl StorageReconciler {
             }
             StorageAction::RebuildCopy { index } => {
                 let agents = [agent_of(0)?, agent_of(1)?];
-                self.record_status(subscription, &current, &next).await?;
+                let (busy, next) = self.busy(next, "rebuilding a lost copy");
+                self.record_status(subscription, &current, &busy).await?;
                 let mut rebuilt = next.clone();
                 match self
                     .rebuild(subscription, &name, &agents, index, &mut rebuilt)
                     .await
                 {
-                    Ok(()) => self.record_status(subscription, &next, &rebuilt).await?,
+                    Ok(()) => self.record_status(subscription, &busy, &rebuilt).await?,
                     Err((agent, error)) => {
                         return self.agent_failed(subscription, &next, &agent, error).await;
                     }
@@ -776,6 +779,21 @@ impl StorageReconciler {
         Ok(())
     }
 
+    /// `next` saying `what` is under way since now (to record before the
+    /// work), and `next` as it is (to record the work's outcome on).
+    fn busy(
+        &self,
+        next: StorageSubscriptionStatus,
+        what: &str,
+    ) -> (StorageSubscriptionStatus, StorageSubscriptionStatus) {
+        let mut busy = next.clone();
+        busy.busy = Some(Busy {
+            what: what.to_owned(),
+            since: self.ctx.clock.now().to_string(),
+        });
+        (busy, next)
+    }
+
     /// Whether `subscription` is, or was since it was read, attached to a
     /// server (or cannot be read back to tell).
     async fn became_a_disk(&self, subscription: &StorageSubscription) -> bool {
@@ -876,6 +894,7 @@ impl StorageReconciler {
             }
         }
         status.repairs += 1;
+        status.replicas[index].missing = None;
         let message = format!(
             "the copy on {} was lost whole; it was made again from the copy on {} at {}{}",
             lost.hypervisor,

@@ -542,7 +542,9 @@ async fn r26_an_operator_can_ask_for_a_verification_and_it_runs_once() {
         .unwrap();
     h.reconcile_storage("st-1").await.unwrap();
     assert_eq!(checks(&h), 2, "both copies read back once");
-    assert_eq!(h.storage_status("st-1").await.verifications_done, 1);
+    let done = h.storage_status("st-1").await;
+    assert_eq!(done.verifications_done, 1);
+    assert_eq!(done.busy, None, "no longer holding attaches back");
     h.reconcile_storage("st-1").await.unwrap();
     assert_eq!(checks(&h), 2);
 }

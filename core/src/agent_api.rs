@@ -329,6 +329,10 @@ pub struct VolumeVersion {
     /// Its key is loaded on the hypervisor (a LUKS volume a guest may use).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub unlocked: bool,
+    /// Being written now (an upload or a copy, however long it takes): it
+    /// is no unfinished upload to clean up, and the agent refuses to wipe it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub writing: bool,
 }
 
 /// What the agent sees of one copy of a storage subscription.

@@ -188,6 +188,10 @@ pub fn plan(
 ) -> StorageDecision {
     let mut status = facts.status.clone();
     status.observed_generation = facts.generation;
+    // Work under way is said by the controller while it does it; a new
+    // observation starts from none (work a crash cut short is not left
+    // holding attaches back).
+    status.busy = None;
     status.zones = StorageSubscriptionStatus::zones_of(&status.replicas);
     // What the agents say of each copy is recorded whatever is done next.
     for (replica, observation) in status.replicas.iter_mut().zip(observed) {
@@ -279,14 +283,19 @@ pub fn plan(
                     watch_kept(&mut status, &listed, facts.versions_kept, now, &mut lost);
                 }
                 let wanted = facts.spec.encryption.usable_bytes(facts.spec.size_gib);
-                // A secondary behind the content is brought to it anyway:
-                // the version it had is no loss to confirm.
-                let lagging = index == 1
-                    && facts
-                        .spec
-                        .content
-                        .as_ref()
-                        .is_some_and(|c| replica.version < c.version);
+                // A secondary behind the content is brought to it anyway,
+                // and a primary that holds a newer content takes it (its
+                // upload wrote it there): the version it had is no loss.
+                let newer = facts
+                    .spec
+                    .content
+                    .as_ref()
+                    .filter(|c| replica.version < c.version);
+                let lagging = match newer {
+                    Some(_) if index == 1 => true,
+                    Some(content) => versions.iter().any(|v| v.version == content.version),
+                    None => false,
+                };
                 match versions.iter().find(|v| v.version == replica.version) {
                     None if lagging => status.replicas[index].missing = None,
                     None if !not_seen(&mut status.replicas[index].missing, now) => {
@@ -308,7 +317,10 @@ pub fn plan(
                         secondary.verified_at = None;
                         secondary.missing = None;
                     }
-                    None if index == 0 && rebuildable(&facts, observed, 0) => {
+                    None if index == 0
+                        && facts.spec.content.is_some()
+                        && rebuildable(&facts, observed, 0) =>
+                    {
                         problems.push(format!(
                             "the copy on {} lost its version {}; it is being rebuilt from the copy on {}",
                             replica.hypervisor, replica.version, status.replicas[other].hypervisor
@@ -516,6 +528,16 @@ pub fn plan(
     }
 }
 
+/// Whether copy `index`'s agent says it is writing `version` now.
+fn being_written(observed: &[CopyObservation], index: usize, version: u64) -> bool {
+    match observed.get(index) {
+        Some(CopyObservation::Present { versions, .. }) => {
+            versions.iter().any(|v| v.version == version && v.writing)
+        }
+        _ => false,
+    }
+}
+
 /// A version on either copy that nobody needs while the primary is a
 /// disk: not the copy's current one, not one the secondary keeps, not the
 /// snapshot in flight, and older than an upload may take.
@@ -537,7 +559,8 @@ fn orphan(
             let needed = version == replica.version
                 || replica.kept.iter().any(|k| k.version == version)
                 || Some(version) == in_flight
-                || version >= old_before;
+                || version >= old_before
+                || listed.writing;
             if !needed {
                 return Some(StorageAction::DeleteVersion { index, version });
             }
@@ -618,9 +641,15 @@ fn rebuildable(facts: &StorageFacts<'_>, observed: &[CopyObservation], lost: usi
         return false;
     }
     // The current content is the primary's version; the secondary may
-    // only rebuild the primary once it holds that version too.
+    // only rebuild the primary once it holds that version too, and only
+    // as the recorded content (a primary with none is made again empty,
+    // when it was lost whole).
     let current = status.replicas[0].version;
     let survivor = 1 - lost;
+    let recorded = facts.spec.content.as_ref().map(|c| c.version);
+    if lost == 0 && recorded != Some(current) && (recorded.is_some() || current != 0) {
+        return false;
+    }
     if survivor == 1 && status.replicas[1].version != current {
         return false;
     }
@@ -717,8 +746,13 @@ fn attachment(
     let next = if spec.attached_to.is_some() && !facts.servers.attached_server_exists {
         Some(StorageAction::ForgetAttachment)
     } else if spec.attached_to.is_none() && holding.is_empty() && spec.written_by_guest.is_some() {
+        // Numbered by when it was let go: every attempt at one settle has
+        // the same version, so a retry joins the agent's copy job.
+        let let_go = conditions::get(&status.conditions, ConditionType::Attached)
+            .and_then(|c| c.last_transition_time.parse::<Timestamp>().ok())
+            .unwrap_or(now);
         Some(StorageAction::Settle {
-            version: new_version(facts, status, now),
+            version: new_version(facts, status, let_go),
         })
     } else {
         None
@@ -870,8 +904,10 @@ fn content_step(
             let kept = version == replica.version
                 || (replica.kept.iter().any(|k| k.version == version)
                     && !pruned.contains(&version));
-            // Above the recorded content: an upload, unless it is old.
-            let uploading = version > wanted_version && version >= unfinished_before;
+            // Above the recorded content: an upload, unless it is old and
+            // its agent writes it no more.
+            let uploading = version > wanted_version
+                && (version >= unfinished_before || being_written(observed, index, version));
             if !kept && !uploading {
                 return (Some(StorageAction::DeleteVersion { index, version }), None);
             }
@@ -984,6 +1020,7 @@ mod tests {
                 physical_bytes: 10 << 30,
                 encrypted: false,
                 unlocked: false,
+                writing: false,
             }],
         }
     }
@@ -1262,6 +1299,7 @@ mod tests {
                     physical_bytes: 10 << 30,
                     encrypted: false,
                     unlocked: false,
+                    writing: false,
                 })
                 .collect(),
         }
@@ -1360,6 +1398,7 @@ mod tests {
                 physical_bytes: (10 << 30) - (2 << 20),
                 encrypted,
                 unlocked,
+                writing: false,
             }],
         };
         // Both (empty) copies exist, the key has not formatted the
@@ -1986,5 +2025,73 @@ mod tests {
             later,
         );
         assert_eq!(decision.next, Some(StorageAction::Snapshot { version }));
+    }
+
+    /// An upload that takes longer than an hour (no total timeout on a
+    /// stream) is not taken for one that never completed while its agent
+    /// says it is still writing it.
+    #[test]
+    fn r27_an_upload_still_being_written_is_never_cleaned_up() {
+        let (spec, status) = in_sync_with_kept();
+        let started =
+            u64::try_from((test_time() - jiff::SignedDuration::from_hours(3)).as_millisecond())
+                .unwrap();
+        let mut primary = versions(&[100, started]);
+        let CopyObservation::Present {
+            versions: listed, ..
+        } = &mut primary
+        else {
+            unreachable!()
+        };
+        listed[1].version = started;
+        listed.sort_by_key(|v| v.version);
+        let writing = listed.iter_mut().find(|v| v.version == started).unwrap();
+        writing.writing = true;
+        let decision = plan(
+            facts(&spec, &status),
+            &[primary.clone(), versions(&[80, 90, 100])],
+            test_time(),
+        );
+        assert!(
+            !matches!(decision.next, Some(StorageAction::DeleteVersion { .. })),
+            "{:?}",
+            decision.next
+        );
+        // Written no more after three hours: an upload that never completed.
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[100, started]), versions(&[80, 90, 100])],
+            test_time(),
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::DeleteVersion {
+                index: 0,
+                version: started
+            })
+        );
+    }
+
+    /// A primary that lost the version it had while a newer content was
+    /// uploaded to it takes the newer one; nothing is "rebuilt" in a loop.
+    #[test]
+    fn r26_a_primary_holding_a_newer_content_is_not_rebuilt() {
+        let (mut spec, status) = in_sync_with_kept();
+        spec.content.as_mut().unwrap().version = 200;
+        let status = missing_long_enough(status, 0);
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[200]), versions(&[80, 90, 100])],
+            test_time(),
+        );
+        assert_ne!(decision.next, Some(StorageAction::RebuildCopy { index: 0 }));
+        assert_eq!(
+            decision.status.replicas[0].version, 200,
+            "the newer content is the primary's"
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::Replicate { version: 200 })
+        );
     }
 }

@@ -950,6 +950,12 @@ async fn attach(
         ));
     }
     let status = subscription.status.clone().unwrap_or_default();
+    if let Some(busy) = &status.busy {
+        return Err(ApiError::conflict(format!(
+            "{} since {}: attach it once that ends (no guest writes a copy while it is checked or rewritten)",
+            busy.what, busy.since
+        )));
+    }
     let primary = status.replicas.first().filter(|r| r.created);
     let settled = subscription.spec.written_by_guest.is_none()
         && status.replicas_in_sync

@@ -307,6 +307,16 @@ pub struct KeptVersion {
     pub missing: Option<Missing>,
 }
 
+/// Work on a subscription's copies under way.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Busy {
+    /// What, as customers read it ("verifying both copies").
+    pub what: String,
+    /// Since when, RFC 3339.
+    pub since: String,
+}
+
 /// Something stratus holds that its agent's listing did not show.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -352,6 +362,11 @@ pub struct StorageSubscriptionStatus {
     /// Verification requests carried out.
     #[serde(default)]
     pub verifications_done: u32,
+    /// Work on both copies under way (a verification, a repair, a rebuild,
+    /// a restore): an attach waits for it to end, so no guest writes a copy
+    /// while it is judged or rewritten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub busy: Option<Busy>,
     /// Copies found not to match their checksum and repaired from the
     /// other, over the subscription's life.
     #[serde(default)]
