@@ -160,6 +160,7 @@ pub async fn serve(
             () = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
+        let stream = WriteStall::new(stream, limits.stream_idle);
         // Handlers and the API's per-client limits see who connected.
         let service = TowerToHyperService::new(
             router
@@ -210,6 +211,108 @@ pub async fn serve(
     Ok(())
 }
 
+/// A connection whose writes may not stall: a peer that takes no byte of
+/// an answer for `limit` (it stopped reading a download, its window is
+/// zero) is dropped, and with it the stream's slot and whatever produced
+/// the body. Reads are not bounded here (request heads and bodies have
+/// their own limits).
+struct WriteStall<T> {
+    inner: T,
+    limit: Duration,
+    stalled: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<T> WriteStall<T> {
+    fn new(inner: T, limit: Duration) -> Self {
+        Self {
+            inner,
+            limit,
+            stalled: None,
+        }
+    }
+
+    fn guard<R>(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        poll: std::task::Poll<std::io::Result<R>>,
+    ) -> std::task::Poll<std::io::Result<R>> {
+        use std::future::Future;
+        match poll {
+            std::task::Poll::Pending => {
+                let limit = self.limit;
+                let timer = self
+                    .stalled
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("the peer took no byte for {} s", limit.as_secs()),
+                    )));
+                }
+                std::task::Poll::Pending
+            }
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for WriteStall<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteStall<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.guard(cx, poll)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.guard(cx, poll)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_flush(cx);
+        this.guard(cx, poll)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.guard(cx, poll)
+    }
+}
+
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns must not live across an await.
     let _ = shutdown.wait_for(|stop| *stop).await;
@@ -240,6 +343,24 @@ mod tests {
                 axum::routing::get(|| async {
                     tokio::time::sleep(Duration::from_secs(30)).await;
                     "late"
+                }),
+            )
+            .route(
+                "/download",
+                axum::routing::get(|| async {
+                    // 256 MiB, produced as it is taken; says when dropped.
+                    struct Produced;
+                    impl Drop for Produced {
+                        fn drop(&mut self) {
+                            DOWNLOAD_DROPPED.store(true, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                    let produced = Produced;
+                    let chunks = futures::stream::iter((0..256).map(move |_| {
+                        let _held = &produced;
+                        Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![0u8; 1 << 20]))
+                    }));
+                    axum::body::Body::from_stream(chunks)
                 }),
             )
             .route(
@@ -357,5 +478,34 @@ mod tests {
         let (address, _stop) = start(TIGHT).await;
         let answer = upload(address, 2, Duration::from_millis(900)).await;
         assert!(!answer.contains("stored"), "{answer}");
+    }
+
+    static DOWNLOAD_DROPPED: std::sync::atomic::AtomicBool =
+        std::sync::atomic::AtomicBool::new(false);
+
+    /// Defect 12 of issue 25: a client that stops reading a download (its
+    /// window fills) does not hold its connection, and what produces the
+    /// body, for ever: dropped once it took no byte for the idle limit.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_a_download_is_dropped() {
+        let (address, _stop) = start(TIGHT).await;
+        let mut client = TcpStream::connect(address).await.unwrap();
+        client
+            .write_all(b"GET /download HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = client.read(&mut head).await.unwrap();
+        assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+        // Reads nothing more.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !DOWNLOAD_DROPPED.load(std::sync::atomic::Ordering::SeqCst) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stalled download was still held after 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(client);
     }
 }
