@@ -204,9 +204,19 @@ impl Driver {
     /// guest that has the disk plugged keeps it (QEMU holds what it opened).
     pub fn lock_version(&self, name: &str, version: u64) -> Result<(), AgentError> {
         check_managed_name(name)?;
+        let volume = storage_volume_name(name, version);
         let lock = self.lock(name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        self.unload_key(&storage_volume_name(name, version))
+        // Never between an attach's look at the key and its plugging in
+        // (it holds this lock for that), nor under a domain that has the
+        // disk: that attach won and keeps what it needs.
+        let volume_lock = self.volume_lock(&volume);
+        let _volume_guard = volume_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(domain) = self.domain_using(&volume)? {
+            tracing::info!(%volume, %domain, "the key stays: a domain has the disk");
+            return Ok(());
+        }
+        self.unload_key(&volume)
     }
 
     /// Whether the volume starts with a LUKS header, read through libvirt.

@@ -246,3 +246,41 @@ async fn storage_work_runs_as_jobs_asked_about_by_id() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again, outcome, "the same job's outcome, not a second run");
 }
+
+/// Unloading the key of a version holding none (or a version that is not
+/// there) changes nothing and says so plainly: an attach that lost a race
+/// may ask for it whatever the volume is.
+#[tokio::test]
+async fn unloading_a_key_that_is_not_loaded_changes_nothing() {
+    let app = app();
+    let volume = "stratus-acc-0000000000000001.st-unlock";
+    let (status, _) = call(
+        &app,
+        Method::PUT,
+        &format!("/v1/volumes/{volume}"),
+        Some(TOKEN),
+        Some(json!({"size_gib": 1, "create": true})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for version in [0, 7] {
+        let (status, body) = call(
+            &app,
+            Method::DELETE,
+            &format!("/v1/volumes/{volume}/versions/{version}/unlock"),
+            Some(TOKEN),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{version}: {body}");
+    }
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        "/v1/volumes/not-managed/versions/0/unlock",
+        Some(TOKEN),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "only managed names");
+}
