@@ -977,6 +977,23 @@ fn random_bytes(bytes: u64) -> Vec<u8> {
         .stdout
 }
 
+/// Overwrites 4 KiB block `block` of `file` with random bytes, in place.
+fn corrupt_block(file: &str, block: u64) {
+    let status = Command::new("dd")
+        .args([
+            "if=/dev/urandom",
+            &format!("of={file}"),
+            "bs=4096",
+            "count=1",
+            &format!("seek={block}"),
+            "conv=notrunc",
+            "status=none",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success(), "dd into {file}");
+}
+
 fn sha256sum(file: &Path) -> String {
     let output = Command::new("sha256sum").arg(file).output().unwrap();
     String::from_utf8(output.stdout)
@@ -1028,19 +1045,7 @@ async fn r26_a_copy_corrupted_on_disk_is_found_repaired_and_reported() {
 
     // Flip 4 KiB in the middle of the secondary's file.
     let secondary = seen["replicas"][1]["path"].as_str().unwrap().to_owned();
-    let status = Command::new("dd")
-        .args([
-            "if=/dev/urandom",
-            &format!("of={secondary}"),
-            "bs=4096",
-            "count=1",
-            "seek=131072",
-            "conv=notrunc",
-            "status=none",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    corrupt_block(&secondary, 131072);
     let started = Instant::now();
     let (status, asked) = admin
         .post(&format!("/v1/admin/storage/{id}/verify"), json!({}))
@@ -1978,19 +1983,7 @@ async fn r24_r26_r27_several_gib_are_copied_verified_downloaded_restored_and_rep
 
     // One block of the secondary's file corrupted: found and repaired.
     let secondary = back["replicas"][1]["path"].as_str().unwrap().to_owned();
-    let status = Command::new("dd")
-        .args([
-            "if=/dev/urandom",
-            &format!("of={secondary}"),
-            "bs=4096",
-            "count=1",
-            &format!("seek={}", size / 4096 / 2),
-            "conv=notrunc",
-            "status=none",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    corrupt_block(&secondary, size / 4096 / 2);
     let started = Instant::now();
     let (status, _) = admin
         .post(&format!("/v1/admin/storage/{id}/verify"), json!({}))

@@ -13,6 +13,8 @@ pub enum AgentError {
     ContentTooLarge { limit: u64 },
     #[error("storage version: {0}")]
     VersionConflict(String),
+    #[error("storage version {0} already exists")]
+    VersionExists(String),
     #[error("the content stream was cut: {0}")]
     UploadAborted(String),
     #[error("the storage volume {0} is missing and creating it was not allowed")]
@@ -63,6 +65,7 @@ impl AgentError {
             Self::VolumeMissing(_) => AgentErrorCode::VolumeMissing,
             Self::ContentTooLarge { .. } => AgentErrorCode::ContentTooLarge,
             Self::VersionConflict(_) => AgentErrorCode::VersionConflict,
+            Self::VersionExists(_) => AgentErrorCode::VersionExists,
             Self::UploadAborted(_) => AgentErrorCode::BadRequest,
             Self::ImageMissing(_) => AgentErrorCode::ImageMissing,
             Self::NoSpace { .. } => AgentErrorCode::NoSpace,
@@ -84,6 +87,7 @@ impl AgentError {
             Self::VolumeMissing(_) => "volume_missing",
             Self::ContentTooLarge { .. } => "content_too_large",
             Self::VersionConflict(_) => "version_conflict",
+            Self::VersionExists(_) => "version_exists",
             Self::UploadAborted(_) => "upload_aborted",
             Self::ImageMissing(_) => "image_missing",
             Self::NoSpace { .. } => "no_space",

@@ -101,6 +101,7 @@ impl IntoResponse for AgentError {
             AgentErrorCode::DiskMissing
             | AgentErrorCode::VolumeMissing
             | AgentErrorCode::VersionConflict
+            | AgentErrorCode::VersionExists
             | AgentErrorCode::VolumeInUse => StatusCode::CONFLICT,
             AgentErrorCode::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,

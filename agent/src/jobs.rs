@@ -192,6 +192,30 @@ mod tests {
         assert_eq!(jobs.start("s", &checksum).unwrap(), Started::New);
     }
 
+    /// Controllers asking for one job at once (a retry racing the first
+    /// call, a second replica): it is started exactly once.
+    #[test]
+    fn a_job_asked_for_by_many_at_once_is_started_once() {
+        for _ in 0..50 {
+            let jobs = Jobs::default();
+            let copy = VolumeJob::Copy {
+                from: 1,
+                to: 2,
+                pause_guest: true,
+            };
+            let started: usize = std::thread::scope(|scope| {
+                let askers: Vec<_> = (0..8)
+                    .map(|_| scope.spawn(|| jobs.start("s", &copy).unwrap() == Started::New))
+                    .collect();
+                askers
+                    .into_iter()
+                    .map(|a| usize::from(a.join().unwrap()))
+                    .sum()
+            });
+            assert_eq!(started, 1);
+        }
+    }
+
     #[test]
     fn a_job_whose_version_changed_while_it_ran_leaves_no_result() {
         let jobs = Jobs::default();

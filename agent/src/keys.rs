@@ -132,9 +132,7 @@ impl Driver {
             let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
             let pool = self.pool()?;
             if Self::lookup_volume(&pool, &volume_name)?.is_some() {
-                return Err(AgentError::VersionConflict(format!(
-                    "{volume_name} already exists"
-                )));
+                return Err(AgentError::VersionExists(volume_name.clone()));
             }
             self.check_room(&pool, size_gib)?;
             let path = format!("{}/{volume_name}", xml::pool_path(&pool.xml_desc(0)?)?);

@@ -136,7 +136,7 @@ impl Driver {
         let volume = StorageVol::create_xml(&pool, &xml::storage_volume(&volume_name, size_gib), 0)
             .map_err(|error| {
                 if Self::lookup_volume(&pool, &volume_name).is_ok_and(|v| v.is_some()) {
-                    AgentError::VersionConflict(format!("{volume_name} already exists"))
+                    AgentError::VersionExists(volume_name.clone())
                 } else {
                     AgentError::Libvirt(error)
                 }
@@ -370,9 +370,7 @@ impl Driver {
                 )));
             }
             if Self::lookup_volume(&pool, &to_name)?.is_some() {
-                return Err(AgentError::VersionConflict(format!(
-                    "{to_name} already exists"
-                )));
+                return Err(AgentError::VersionExists(to_name));
             }
             let bytes = physical_bytes(&source)?;
             let size_gib = bytes.max(source.info()?.capacity).div_ceil(GIB);

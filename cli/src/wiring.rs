@@ -321,7 +321,7 @@ fn content_error(error: AgentCallError) -> stratus_api::ContentError {
             ..
         } => ContentError::TooLarge,
         AgentCallError::Rejected {
-            code: AgentErrorCode::VersionConflict,
+            code: AgentErrorCode::VersionConflict | AgentErrorCode::VersionExists,
             message,
         } => ContentError::Conflict(message),
         AgentCallError::Rejected {

@@ -699,7 +699,7 @@ impl AgentClient for SimulatedAgent {
             });
             if copy.versions.contains_key(&version) {
                 return Err(AgentCallError::Rejected {
-                    code: AgentErrorCode::VersionConflict,
+                    code: AgentErrorCode::VersionExists,
                     message: format!("version {version} exists"),
                 });
             }
@@ -792,7 +792,13 @@ impl AgentClient for SimulatedAgent {
                     code: AgentErrorCode::VersionConflict,
                     message: format!("{volume} does not exist"),
                 })?;
-            if copy.versions.contains_key(&to) || to <= from {
+            if copy.versions.contains_key(&to) {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionExists,
+                    message: format!("version {to} already exists"),
+                });
+            }
+            if to <= from {
                 return Err(AgentCallError::Rejected {
                     code: AgentErrorCode::VersionConflict,
                     message: format!("version {to} cannot be written"),
@@ -830,7 +836,7 @@ impl AgentClient for SimulatedAgent {
             });
             if copy.versions.contains_key(&version) {
                 return Err(AgentCallError::Rejected {
-                    code: AgentErrorCode::VersionConflict,
+                    code: AgentErrorCode::VersionExists,
                     message: format!("version {version} already exists"),
                 });
             }

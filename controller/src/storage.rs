@@ -1115,7 +1115,7 @@ impl StorageReconciler {
             // An earlier attempt stored it: its checksum decides, and a
             // version holding the right bytes is kept, never deleted.
             Err(AgentCallError::Rejected {
-                code: AgentErrorCode::VersionConflict,
+                code: AgentErrorCode::VersionExists,
                 ..
             }) => {
                 let there = self
@@ -1190,9 +1190,9 @@ impl StorageReconciler {
             // left is not known to be whole, so it goes and the next pass
             // copies again.
             Err(AgentCallError::Rejected {
-                code: AgentErrorCode::VersionConflict,
-                message,
-            }) if message.contains("already exists") => {
+                code: AgentErrorCode::VersionExists,
+                ..
+            }) => {
                 let _ = self.ctx.agents.delete_version(primary, name, version).await;
                 return Err((
                     primary.clone(),

@@ -559,8 +559,11 @@ pub enum AgentErrorCode {
     VolumeMissing,
     /// A content longer than the copy's size (R27); nothing was kept of it.
     ContentTooLarge,
-    /// The version asked for is not there (or, to write, already is).
+    /// The version asked for is not there, or cannot be written now.
     VersionConflict,
+    /// The version to write already exists (an earlier attempt wrote it):
+    /// its checksum says whether it is the one wanted.
+    VersionExists,
     /// The image volume is not in the pool.
     ImageMissing,
     /// The pool has no room for the disk.

@@ -662,26 +662,16 @@ fn rebuildable(facts: &StorageFacts<'_>, observed: &[CopyObservation], lost: usi
 }
 
 /// Whether the secondary, present but without its current version, can
-/// be brought to the content again from the primary: no guest writes the
-/// primary, and the primary answers with the recorded content's version.
+/// be brought to the content again from the primary: it could be rebuilt
+/// from it, and the primary's version is the recorded content's.
 fn secondary_refillable(facts: &StorageFacts<'_>, observed: &[CopyObservation]) -> bool {
-    let status = facts.status;
-    let Some(content) = &facts.spec.content else {
-        return false;
-    };
-    if facts.spec.written_by_guest.is_some()
-        || !facts.servers.holding.is_empty()
-        || status.replicas.len() != REPLICAS
-        || status.replicas[0].version != content.version
-    {
-        return false;
-    }
-    match observed.first() {
-        Some(CopyObservation::Present { versions, .. }) => {
-            versions.iter().any(|v| v.version == content.version)
-        }
-        _ => false,
-    }
+    let primary = facts.status.replicas.first().map(|r| r.version);
+    rebuildable(facts, observed, 1)
+        && facts
+            .spec
+            .content
+            .as_ref()
+            .is_some_and(|c| Some(c.version) == primary)
 }
 
 /// What attaching the primary copy to a server asks for now.
