@@ -114,7 +114,14 @@ pub struct DriverConfig {
     /// defines: agents sharing one libvirt daemon (one per pool) each touch
     /// only their own. Domains without the mark are taken as this agent's.
     pub agent_name: Option<String>,
+    /// The longest a guest is paused for a copy of its disk where libvirt
+    /// has no backup job (or the disk is LUKS); a copy that would take
+    /// longer is dropped and the guest resumed at this limit.
+    pub max_guest_pause: std::time::Duration,
 }
+
+/// Default of [`DriverConfig::max_guest_pause`].
+pub const DEFAULT_MAX_GUEST_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl DriverConfig {
     /// Sensible defaults for a URI: the test driver has `default-pool` and
@@ -138,6 +145,7 @@ impl DriverConfig {
             console_dir: None,
             cpu_overcommit: 1.0,
             agent_name: None,
+            max_guest_pause: DEFAULT_MAX_GUEST_PAUSE,
         }
     }
 }
@@ -1485,6 +1493,80 @@ pub fn overwrite_data_extents(path: &std::path::Path) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// Gives back to the file system every block of `path` that reads as
+/// zeros: a backup job writes a disk's holes out as zeros (or allocated,
+/// unwritten extents), and a copy must take on disk what its data takes.
+/// The bytes read are unchanged.
+pub fn release_zero_runs(path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    const BLOCK: u64 = 1 << 20;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)?;
+    let fd = file.as_raw_fd();
+    let punch = |start: u64, length: u64| -> std::io::Result<()> {
+        if length == 0 {
+            return Ok(());
+        }
+        // SAFETY: fallocate on a file descriptor owned by `file`, which
+        // outlives the closure; KEEP_SIZE leaves the file's length alone.
+        let done = unsafe {
+            libc::fallocate(
+                fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                start as libc::off_t,
+                length as libc::off_t,
+            )
+        };
+        if done < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let length = file.metadata()?.len();
+    let mut buffer = vec![0u8; BLOCK as usize];
+    let mut offset: u64 = 0;
+    while offset < length {
+        // SAFETY: lseek on `file`'s descriptor, alive for the whole loop.
+        let data = unsafe { libc::lseek(fd, offset as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ENXIO) {
+                // What is left reads as zeros: allocated or not, it goes.
+                punch(offset, length - offset)?;
+                break;
+            }
+            return Err(error);
+        }
+        let data = data as u64;
+        // Reads as zeros (a hole, or an unwritten extent that still holds
+        // blocks): given back.
+        punch(offset, data - offset)?;
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let end = (hole as u64).min(length);
+        let mut at = data;
+        while at < end {
+            // Whole blocks aligned on BLOCK, so punched ranges are the file
+            // system's whole blocks.
+            let n = (end - at).min(BLOCK - at % BLOCK);
+            let chunk = &mut buffer[..n as usize];
+            file.read_exact_at(chunk, at)?;
+            if chunk.iter().all(|b| *b == 0) {
+                punch(at, n)?;
+            }
+            at += n;
+        }
+        offset = end;
+    }
+    file.sync_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1511,6 +1593,39 @@ mod tests {
         assert!(
             blocks_after <= blocks_before + 8,
             "holes were not filled: {blocks_before} -> {blocks_after} blocks"
+        );
+    }
+
+    #[test]
+    fn zero_runs_are_given_back_and_every_byte_reads_the_same() {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy.raw");
+        let mut file = std::fs::File::create(&path).unwrap();
+        // 64 MiB written as zeros (what a backup job leaves), with data at
+        // an unaligned offset and at the very end.
+        file.write_all(&vec![0u8; 64 << 20]).unwrap();
+        file.seek(SeekFrom::Start((3 << 20) + 17)).unwrap();
+        file.write_all(b"customer data").unwrap();
+        file.set_len((96 << 20) + 5).unwrap();
+        file.seek(SeekFrom::Start(96 << 20)).unwrap();
+        file.write_all(b"tail!").unwrap();
+        file.sync_all().unwrap();
+        drop(file);
+        let before = std::fs::read(&path).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().blocks() * 512 >= 64 << 20);
+
+        release_zero_runs(&path).unwrap();
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            before,
+            "not one byte changed"
+        );
+        let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+        assert!(
+            allocated <= 3 << 20,
+            "{allocated} bytes still allocated for 18 bytes of data"
         );
     }
 

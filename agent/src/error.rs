@@ -52,6 +52,12 @@ pub enum AgentError {
     VolumeInUse { volume: String, domain: String },
     #[error("no job {0} is known here (never started, or its result was fetched long ago)")]
     UnknownJob(String),
+    #[error(
+        "copying {volume} needed its guest paused longer than the {limit_ms} ms allowed: the guest was resumed and the copy dropped"
+    )]
+    PauseLimit { volume: String, limit_ms: u64 },
+    #[error("the backup job copying {volume} failed: {message}")]
+    BackupFailed { volume: String, message: String },
 }
 
 impl AgentError {
@@ -76,6 +82,8 @@ impl AgentError {
             Self::Busy(_) => AgentErrorCode::Busy,
             Self::VolumeInUse { .. } => AgentErrorCode::VolumeInUse,
             Self::UnknownJob(_) => AgentErrorCode::UnknownJob,
+            Self::PauseLimit { .. } => AgentErrorCode::PauseLimit,
+            Self::BackupFailed { .. } => AgentErrorCode::Hypervisor,
         }
     }
 
@@ -103,6 +111,8 @@ impl AgentError {
             Self::Busy(_) => "busy",
             Self::VolumeInUse { .. } => "volume_in_use",
             Self::UnknownJob(_) => "unknown_job",
+            Self::PauseLimit { .. } => "pause_limit",
+            Self::BackupFailed { .. } => "backup_failed",
         }
     }
 }

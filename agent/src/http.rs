@@ -102,7 +102,8 @@ impl IntoResponse for AgentError {
             | AgentErrorCode::VolumeMissing
             | AgentErrorCode::VersionConflict
             | AgentErrorCode::VersionExists
-            | AgentErrorCode::VolumeInUse => StatusCode::CONFLICT,
+            | AgentErrorCode::VolumeInUse
+            | AgentErrorCode::PauseLimit => StatusCode::CONFLICT,
             AgentErrorCode::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,
             AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,

@@ -161,6 +161,7 @@ mod tests {
             version,
             bytes: 1,
             sha256: "00".into(),
+            live_copy: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! and its disk. It never decides policy and holds no control-plane
 //! credentials.
 
+mod backup;
 pub mod driver;
 pub mod error;
 pub mod http;

@@ -7,20 +7,41 @@
 //! it passes.
 
 use ring::digest::{Context, SHA256};
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
+
 use stratus_core::agent_api::{
-    DiskDisposal, DomainState, StoredContent, VolumeObservation, VolumeSpec, VolumeVersion,
-    storage_volume_name, storage_volume_version,
+    DiskDisposal, DomainState, LiveCopy, LiveCopyMethod, StoredContent, VolumeObservation,
+    VolumeSpec, VolumeVersion, storage_volume_name, storage_volume_version,
 };
 use stratus_core::resources::MAX_STORAGE_GIB;
 use virt::storage_vol::StorageVol;
 use virt::stream::Stream;
 
-use crate::driver::{Driver, check_managed_name, fits, map_state, wipe};
+use crate::backup;
+use crate::driver::{Driver, check_managed_name, fits, map_state, release_zero_runs, wipe};
 use crate::error::AgentError;
 use crate::keys::{is_luks, loaded_secret, physical_bytes};
 use crate::xml;
 
 const GIB: u64 = 1 << 30;
+
+/// A backup job that copies no byte for this long is aborted.
+const BACKUP_STALL: Duration = Duration::from_secs(600);
+/// How often a backup job is asked where it stands.
+const BACKUP_POLL: Duration = Duration::from_millis(100);
+
+/// One copy of a version into a new one.
+struct Copying<'a> {
+    pool: &'a virt::storage_pool::StoragePool,
+    source: &'a StorageVol,
+    from_name: &'a str,
+    to_name: &'a str,
+    /// The new volume's XML.
+    target: String,
+    /// What is copied: the source's first bytes.
+    bytes: u64,
+}
 
 /// Bytes moved per libvirt stream call.
 pub const CHUNK: usize = 1 << 20;
@@ -279,6 +300,7 @@ impl Driver {
                     version,
                     bytes,
                     sha256,
+                    live_copy: None,
                 })
             }
             Err(error) => {
@@ -337,10 +359,11 @@ impl Driver {
     /// and measures the new one: how a primary copy a guest wrote to
     /// becomes a content again. While a domain has `from` as a disk it is
     /// refused (its bytes would not be one moment's), unless
-    /// `pause_guest`: a running guest is then paused for the copy, so the
-    /// copy is crash-consistent as of the pause (QEMU completes the disk
-    /// writes in flight when it pauses), and resumed at once. A failure
-    /// leaves no `to`; `from` is never changed.
+    /// `pause_guest`: a running guest's disk is then copied as of one
+    /// moment, by a backup job while the guest runs on, or where libvirt
+    /// has none (or the disk is LUKS) with the guest paused for at most
+    /// `max_guest_pause` (QEMU completes the disk writes in flight when it
+    /// pauses). A failure leaves no `to`; `from` is never changed.
     pub fn copy_version(
         &self,
         name: &str,
@@ -356,7 +379,7 @@ impl Driver {
         }
         let from_name = storage_volume_name(name, from);
         let to_name = storage_volume_name(name, to);
-        let (copy, bytes, writing) = {
+        let (copy, bytes, writing, live_copy) = {
             let lock = self.lock(name);
             let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
             let pool = self.pool()?;
@@ -375,43 +398,208 @@ impl Driver {
             let bytes = physical_bytes(&source)?;
             let size_gib = bytes.max(source.info()?.capacity).div_ceil(GIB);
             self.check_room(&pool, size_gib)?;
-            let target = xml::storage_volume(&to_name, size_gib);
+            let copying = Copying {
+                pool: &pool,
+                source: &source,
+                from_name: &from_name,
+                to_name: &to_name,
+                target: xml::storage_volume(&to_name, size_gib),
+                bytes,
+            };
             let writing = self.writing(&to_name).ok_or_else(|| {
                 AgentError::VersionConflict(format!("{to_name} is being written"))
             })?;
-            // The domain's own calls (an ensure would resume it) wait for
-            // the copy.
-            let domain_lock = user.as_deref().map(|domain| self.lock(domain));
-            let _domain_guard = domain_lock
-                .as_ref()
-                .map(|lock| lock.lock().unwrap_or_else(|p| p.into_inner()));
-            let paused = match user {
-                Some(domain) => self.pause_for_copy(&domain)?,
-                None => None,
+            let (copy, live_copy) = match user {
+                Some(domain) => self.copy_of_a_disk(&domain, &copying)?,
+                None => (self.copy_bytes(&copying)?, None),
             };
-            let started = std::time::Instant::now();
-            let copied = self.copy_bytes(&pool, &source, &to_name, &target, bytes);
-            if let Some(domain) = paused {
-                let pause = started.elapsed();
-                domain.resume()?;
-                tracing::info!(volume = %from_name, seconds = pause.as_secs_f64(), "guest resumed after a copy of its disk");
-            }
-            let copy = copied?;
             self.record_volume(&to_name, &copy)?;
-            (copy, bytes, writing)
+            (copy, bytes, writing, live_copy)
         };
         let checked = self.read_version(name, to, bytes, &mut |_| true);
         drop(writing);
         match checked {
             Ok(stored) => {
                 self.refresh_pool();
-                tracing::info!(from = %from_name, to = %to_name, bytes, "copied a storage version");
-                Ok(stored)
+                tracing::info!(from = %from_name, to = %to_name, bytes, ?live_copy, "copied a storage version");
+                Ok(StoredContent {
+                    live_copy,
+                    ..stored
+                })
             }
             Err(error) => {
                 self.dispose(&to_name, &copy)?;
                 Err(error)
             }
+        }
+    }
+
+    /// Copies `copying.source`, a disk of `domain`: plainly while the
+    /// domain does not run (its calls wait, so it is not started meanwhile),
+    /// else as of one moment while it runs.
+    fn copy_of_a_disk(
+        &self,
+        domain: &str,
+        copying: &Copying<'_>,
+    ) -> Result<(StorageVol, Option<LiveCopy>), AgentError> {
+        if !is_luks(copying.source)? {
+            match self.backup_copy(domain, copying) {
+                Ok(Some(copy)) => {
+                    return Ok((
+                        copy,
+                        Some(LiveCopy {
+                            method: LiveCopyMethod::Backup,
+                            guest_paused_ms: 0,
+                        }),
+                    ));
+                }
+                Ok(None) => {}
+                Err(AgentError::Libvirt(error)) if backup::unsupported(&error) => {
+                    tracing::debug!(%error, "no backup jobs here: the guest is paused for the copy");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let lock = self.lock(domain);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(running) = self.pause_for_copy(domain)? else {
+            return Ok((self.copy_bytes(copying)?, None));
+        };
+        let limit = self.config.max_guest_pause;
+        let started = Instant::now();
+        // The watchdog resumes the guest at the limit, whatever the copy is
+        // doing (a copy cannot be cut short): the copy made is then dropped.
+        let (copied, resumed_at_limit) = std::thread::scope(|scope| {
+            let (done, finished) = std::sync::mpsc::channel::<()>();
+            let guest = &running;
+            let watchdog = scope.spawn(move || {
+                if let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
+                    if let Err(error) = guest.resume() {
+                        tracing::error!(%error, domain, "the guest paused for a copy could not be resumed at the limit");
+                    }
+                    return true;
+                }
+                false
+            });
+            let copied = self.copy_bytes(copying);
+            let _ = done.send(());
+            (copied, watchdog.join().unwrap_or(true))
+        });
+        let paused = started.elapsed();
+        let resumed = if resumed_at_limit {
+            Ok(())
+        } else {
+            running.resume()
+        };
+        tracing::info!(volume = %copying.from_name, seconds = paused.as_secs_f64(), "guest resumed after a copy of its disk");
+        let copy = copied?;
+        let dropped = resumed_at_limit || paused > limit;
+        if let Err(error) = resumed {
+            self.dispose_as(copying.to_name, &copy, true)?;
+            return Err(error.into());
+        }
+        if dropped {
+            self.dispose_as(copying.to_name, &copy, true)?;
+            return Err(AgentError::PauseLimit {
+                volume: copying.from_name.to_owned(),
+                limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            });
+        }
+        Ok((
+            copy,
+            Some(LiveCopy {
+                method: LiveCopyMethod::Paused,
+                guest_paused_ms: u64::try_from(paused.as_millis()).unwrap_or(u64::MAX),
+            }),
+        ))
+    }
+
+    /// Copies `copying.source`, a disk of the running `domain`, by a
+    /// push-mode backup job into a new volume, then gives back the blocks
+    /// the job wrote as zeros. None when the domain does not run (it may
+    /// be copied plainly); a libvirt error saying so when this hypervisor
+    /// has no backup jobs.
+    fn backup_copy(
+        &self,
+        domain: &str,
+        copying: &Copying<'_>,
+    ) -> Result<Option<StorageVol>, AgentError> {
+        // libvirt runs one backup job per domain: two disks of one server
+        // are copied one after the other. The domain's own calls go on (a
+        // stop ends the job, and this copy fails and is made again).
+        let lock = self.lock(&format!("{domain}#backup"));
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let guest = self.conn.lookup_domain_by_name(domain)?;
+        if map_state(guest.state()?.0) != DomainState::Running {
+            return Ok(None);
+        }
+        let live = guest.xml_desc(0)?;
+        let device = xml::data_disks_in(&live)
+            .into_iter()
+            .find(|disk| disk.volume.as_deref() == Some(copying.from_name))
+            .map(|disk| disk.target)
+            .ok_or_else(|| {
+                AgentError::VersionConflict(format!(
+                    "{} is not a disk of the running domain {domain}",
+                    copying.from_name
+                ))
+            })?;
+        if backup::running(&guest)?.is_some() {
+            return Err(AgentError::Busy(format!(
+                "domain {domain} runs another job; the copy of {} waits for it",
+                copying.from_name
+            )));
+        }
+        let copy = StorageVol::create_xml(copying.pool, &copying.target, 0)?;
+        let copied = (|| {
+            let path = copy.path()?;
+            let description = xml::push_backup(&device, &path, &xml::disk_targets_in(&live));
+            backup::begin(&guest, &description)?;
+            self.wait_for_backup(&guest, copying.from_name)?;
+            release_zero_runs(std::path::Path::new(&path))
+                .map_err(|source| AgentError::Persist { path, source })
+        })();
+        if let Err(error) = copied {
+            self.dispose_as(copying.to_name, &copy, true)?;
+            return Err(error);
+        }
+        Ok(Some(copy))
+    }
+
+    /// Waits for the backup job copying `volume` to end. It has no time
+    /// limit (a disk can be large) but must move: a job that processes no
+    /// byte for `BACKUP_STALL` is aborted.
+    fn wait_for_backup(
+        &self,
+        guest: &virt::domain::Domain,
+        volume: &str,
+    ) -> Result<(), AgentError> {
+        let mut progress = (0u64, Instant::now());
+        while let Some(processed) = backup::running(guest)? {
+            if processed != progress.0 {
+                progress = (processed, Instant::now());
+            } else if progress.1.elapsed() > BACKUP_STALL {
+                let _ = backup::abort(guest);
+                return Err(AgentError::BackupFailed {
+                    volume: volume.to_owned(),
+                    message: format!(
+                        "no byte copied for {} s; the job was aborted",
+                        BACKUP_STALL.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(BACKUP_POLL);
+        }
+        match backup::ended(guest)? {
+            backup::Ended::Completed => Ok(()),
+            backup::Ended::Failed(message) => Err(AgentError::BackupFailed {
+                volume: volume.to_owned(),
+                message,
+            }),
+            backup::Ended::Unknown => Err(AgentError::BackupFailed {
+                volume: volume.to_owned(),
+                message: "libvirt kept no outcome of the job".into(),
+            }),
         }
     }
 
@@ -428,21 +616,22 @@ impl Driver {
 
     /// A new volume `to_name` (of `target`'s XML) holding the first `bytes`
     /// of `source`; nothing is left of it when the copy fails.
-    fn copy_bytes(
-        &self,
-        pool: &virt::storage_pool::StoragePool,
-        source: &StorageVol,
-        to_name: &str,
-        target: &str,
-        bytes: u64,
-    ) -> Result<StorageVol, AgentError> {
+    fn copy_bytes(&self, copying: &Copying<'_>) -> Result<StorageVol, AgentError> {
+        let Copying {
+            pool,
+            source,
+            to_name,
+            target,
+            bytes,
+            ..
+        } = copying;
         if !is_luks(source)? {
             return Ok(StorageVol::create_xml_from(pool, target, source, 0)?);
         }
         // libvirt copies a LUKS volume only by decrypting it with its key;
         // its bytes (ciphertext) are copied as they are.
         let copy = StorageVol::create_xml(pool, target, 0)?;
-        if let Err(error) = self.stream_copy(source, &copy, bytes) {
+        if let Err(error) = self.stream_copy(source, &copy, *bytes) {
             self.dispose_as(to_name, &copy, true)?;
             return Err(error);
         }
@@ -547,6 +736,7 @@ impl Driver {
             version,
             bytes,
             sha256: hex(digest.finish().as_ref()),
+            live_copy: None,
         })
     }
 }

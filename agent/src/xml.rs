@@ -734,6 +734,32 @@ pub fn storage_volume(name: &str, capacity_gib: u64) -> String {
         .render()
 }
 
+/// A push-mode backup of the domain's disk `device` into the raw file
+/// `target_path` (which exists: the pool's volume), every other disk of
+/// `all_devices` left out.
+pub fn push_backup(device: &str, target_path: &str, all_devices: &[String]) -> String {
+    let mut disks = Element::new("disks");
+    for other in all_devices.iter().filter(|d| d.as_str() != device) {
+        disks = disks.child(
+            Element::new("disk")
+                .attr("name", other)
+                .attr("backup", "no"),
+        );
+    }
+    disks = disks.child(
+        Element::new("disk")
+            .attr("name", device)
+            .attr("backup", "yes")
+            .attr("type", "file")
+            .child(Element::new("driver").attr("type", "raw"))
+            .child(Element::new("target").attr("file", target_path)),
+    );
+    Element::new("domainbackup")
+        .attr("mode", "push")
+        .child(disks)
+        .render()
+}
+
 /// A LUKS volume of `capacity_bytes` for a guest, formatted by libvirt
 /// with the key in secret `secret_uuid`.
 pub fn luks_volume(name: &str, capacity_bytes: u64, secret_uuid: &str) -> String {

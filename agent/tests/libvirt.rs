@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use stratus_agent::{AgentError, AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
 use stratus_core::agent_api::{
-    DataDisk, DiskDisposal, DomainSpec, DomainState, Link, VolumeKey, VolumeSpec,
+    AgentErrorCode, DataDisk, DiskDisposal, DomainSpec, DomainState, Link, VolumeKey, VolumeSpec,
     storage_volume_name,
 };
 use stratus_core::policy::SuspensionMode;
@@ -771,4 +771,74 @@ fn r26_a_repair_never_touches_a_volume_in_use() {
     assert!(deleted.version(0).is_none(), "{deleted:?}");
     driver.destroy(name).unwrap();
     driver.destroy_volume(&base).unwrap();
+}
+
+/// A server of `image` running on `driver` with a 1 GiB storage copy
+/// `base` (version 0) as its data disk.
+fn running_with_a_data_disk(driver: &Driver, name: &str, image: &str, base: &str, serial: &str) {
+    driver.seed_image(image, 2).unwrap();
+    driver
+        .ensure_volume(
+            base,
+            &VolumeSpec {
+                size_gib: 1,
+                create: true,
+            },
+        )
+        .unwrap();
+    let mut wanted = spec(image, PowerState::Running, true);
+    wanted.data_disks = vec![DataDisk {
+        volume: storage_volume_name(base, 0),
+        serial: serial.into(),
+        encrypted: false,
+    }];
+    assert_eq!(
+        driver.ensure(name, &wanted).unwrap().data_disks,
+        vec![serial.to_owned()]
+    );
+}
+
+/// R26 (defect 7 of issue 25): where libvirt has no backup job (the test
+/// driver has none; `tests/real_guests.rs` proves a real hypervisor copies
+/// while the guest runs), the guest is paused for a copy of its disk, and
+/// the pause is bounded: a copy that keeps the guest paused past
+/// `max_guest_pause` is dropped, nothing of it stays, the guest runs
+/// again, and the failure says why.
+#[test]
+fn r26_a_copy_that_would_pause_the_guest_too_long_is_dropped_and_the_guest_resumed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = DriverConfig::for_uri(&private_node(dir.path()), "z");
+    config.max_guest_pause = std::time::Duration::ZERO;
+    let driver = Driver::open(config).unwrap();
+    let name = "stratus-acc-0000000000000001.vs-00000000000000f3";
+    let base = "stratus-acc-0000000000000001.st-00000000000000f4";
+    running_with_a_data_disk(
+        &driver,
+        name,
+        "itest-pause-limit.qcow2",
+        base,
+        "st-00000000000000f4",
+    );
+
+    match driver.copy_version(base, 0, 1, true) {
+        Err(error @ AgentError::PauseLimit { .. }) => {
+            assert_eq!(error.code(), AgentErrorCode::PauseLimit);
+            assert!(error.to_string().contains("0 ms"), "{error}");
+        }
+        other => panic!("expected the pause limit, got {other:?}"),
+    }
+    assert_eq!(
+        driver.observe(name).unwrap().state,
+        Some(DomainState::Running)
+    );
+    assert!(
+        driver.observe_volume(base).unwrap().version(1).is_none(),
+        "the copy made past the limit is gone"
+    );
+    // Without `pause_guest` a disk in use is refused outright.
+    assert!(matches!(
+        driver.copy_version(base, 0, 2, false),
+        Err(AgentError::VersionConflict(_))
+    ));
+    driver.destroy(name).unwrap();
 }

@@ -234,6 +234,11 @@ pub struct AgentArgs {
     /// there: labs only, never customers' servers.
     #[arg(long)]
     anti_spoofing: Option<AntiSpoofingMode>,
+    /// The longest, in seconds, a guest is paused for a copy of its disk
+    /// where libvirt has no backup job (a LUKS disk): a copy that would
+    /// take longer is dropped, the guest resumed, and the failure reported.
+    #[arg(long, default_value_t = stratus_agent::driver::DEFAULT_MAX_GUEST_PAUSE.as_secs())]
+    max_guest_pause_seconds: u64,
     #[command(flatten)]
     tls: AgentServerTlsArgs,
 }
@@ -913,6 +918,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     if let Some(mode) = args.anti_spoofing {
         config.anti_spoofing = mode;
     }
+    config.max_guest_pause = std::time::Duration::from_secs(args.max_guest_pause_seconds);
     let test_driver = args.libvirt_uri.starts_with("test:");
     if !args.seed_image.is_empty() && !test_driver {
         bail!("--seed-image creates empty images and is only for libvirt's test driver");

@@ -710,6 +710,7 @@ impl AgentClient for SimulatedAgent {
                 version,
                 bytes: bytes.len() as u64,
                 sha256: sha256_hex(&bytes),
+                live_copy: None,
             };
             copy.versions.insert(version, bytes);
             Ok(stored)
@@ -816,6 +817,7 @@ impl AgentClient for SimulatedAgent {
                 version: to,
                 bytes: content.len() as u64,
                 sha256: sha256_hex(&content),
+                live_copy: None,
             };
             copy.versions.insert(to, content);
             Ok(stored)
@@ -847,6 +849,7 @@ impl AgentClient for SimulatedAgent {
                 version,
                 bytes: header.len() as u64,
                 sha256: sha256_hex(&header),
+                live_copy: None,
             };
             copy.versions.insert(version, header);
             node.luks_keys.insert(
@@ -919,6 +922,7 @@ impl AgentClient for SimulatedAgent {
                 version,
                 bytes,
                 sha256: sha256_hex(&content),
+                live_copy: None,
             })
         })
     }

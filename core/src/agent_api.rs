@@ -366,6 +366,30 @@ pub struct StoredContent {
     pub bytes: u64,
     /// Lower-case hex.
     pub sha256: String,
+    /// For a copy of a running guest's disk: how it was taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_copy: Option<LiveCopy>,
+}
+
+/// How a copy of a running guest's disk was taken, and what it cost the
+/// guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LiveCopy {
+    pub method: LiveCopyMethod,
+    /// How long the guest was paused for it (0 for a backup job).
+    pub guest_paused_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LiveCopyMethod {
+    /// libvirt's push-mode backup job: QEMU copies the disk as of the
+    /// job's start while the guest runs on.
+    Backup,
+    /// The guest was paused for the copy (where the hypervisor has no
+    /// backup job, or the disk is LUKS), at most the agent's
+    /// `--max-guest-pause`.
+    Paused,
 }
 
 /// Long work on a storage copy that the agent runs in the background: the
@@ -379,8 +403,10 @@ pub struct StoredContent {
 pub enum VolumeJob {
     /// Reads the first `bytes` of `version` and answers their SHA-256.
     Checksum { version: u64, bytes: u64 },
-    /// Copies version `from` into the new version `to` (pausing a running
-    /// guest that has `from` as a disk when `pause_guest`).
+    /// Copies version `from` into the new version `to`. With
+    /// `pause_guest`, `from` may be a running guest's disk: it is copied by
+    /// a backup job while the guest runs, or with the guest paused (for at
+    /// most the agent's limit) where libvirt has no backup job.
     Copy {
         from: u64,
         to: u64,
@@ -584,6 +610,9 @@ pub enum AgentErrorCode {
     /// The job asked about is not known (the agent restarted, or its
     /// result expired): start it again.
     UnknownJob,
+    /// A copy of a running guest's disk needed the guest paused longer
+    /// than the agent allows: the guest was resumed and the copy dropped.
+    PauseLimit,
 }
 
 /// Prefix of every domain and disk volume the agent manages.

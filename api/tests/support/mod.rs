@@ -296,6 +296,7 @@ impl stratus_api::StorageContents for MemoryContents {
             version,
             bytes: length,
             sha256,
+            live_copy: None,
         })
     }
 
@@ -330,6 +331,7 @@ impl stratus_api::StorageContents for MemoryContents {
             version,
             bytes: header.len() as u64,
             sha256: sha256(&header).iter().map(|b| format!("{b:02x}")).collect(),
+            live_copy: None,
         };
         self.stored
             .lock()
