@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
-    LuksFormat, NodeReport, PoolInfo, StoredContent, Target, VolumeObservation, VolumeSpec,
+    LiveCopy, LiveCopyMethod, LuksFormat, NodeReport, PoolInfo, StoredContent, Target, VolumeObservation, VolumeSpec,
     VolumeUnlock, VolumeVersion, storage_volume_name,
 };
 
@@ -45,6 +45,8 @@ struct SimNode {
     luks_keys: BTreeMap<String, String>,
     /// LUKS volumes whose key is loaded.
     unlocked: BTreeSet<String>,
+    /// Copies of a running guest's disk need the guest paused too long.
+    copies_need_long_pauses: bool,
 }
 
 #[derive(Default)]
@@ -105,6 +107,7 @@ impl SimulatedAgent {
                     unlocked: BTreeSet::new(),
                     cannot_wipe: false,
                     guests_ignore_acpi: false,
+                    copies_need_long_pauses: false,
                 },
             )
         });
@@ -141,6 +144,17 @@ impl SimulatedAgent {
     /// The next `times` calls of `operation` (`ensure`, `observe`, …) on `hypervisor` fail.
     pub fn fail_next(&self, hypervisor: &str, operation: &'static str, times: usize) {
         self.with(|s| s.failures.insert((hypervisor.to_owned(), operation), times));
+    }
+
+    /// Copies of a running guest's disk on `hypervisor` need the guest
+    /// paused longer than its agent allows (no backup job there, a large
+    /// LUKS disk): they fail as the agent fails them.
+    pub fn set_copies_need_long_pauses(&self, hypervisor: &str, long: bool) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.copies_need_long_pauses = long;
+            }
+        });
     }
 
     /// The disk of `domain` disappears (operator error, storage failure).
@@ -779,11 +793,19 @@ impl AgentClient for SimulatedAgent {
     ) -> Result<StoredContent, AgentCallError> {
         self.call(agent, "copy_version", name, |node| {
             let volume = storage_volume_name(name, from);
-            let in_use = node.domain_using(&volume).filter(|_| !pause_guest);
-            if let Some(domain) = in_use {
+            let user = node.domain_using(&volume);
+            if let Some(domain) = user.as_ref().filter(|_| !pause_guest) {
                 return Err(AgentCallError::Rejected {
                     code: AgentErrorCode::VersionConflict,
                     message: format!("{volume} is a disk of domain {domain}"),
+                });
+            }
+            if user.is_some() && node.copies_need_long_pauses {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::PauseLimit,
+                    message: format!(
+                        "copying {volume} needed its guest paused longer than the 30000 ms allowed: the guest was resumed and the copy dropped"
+                    ),
                 });
             }
             let copy = node
@@ -813,11 +835,15 @@ impl AgentClient for SimulatedAgent {
                         code: AgentErrorCode::VersionConflict,
                         message: format!("{volume} does not exist"),
                     })?;
+            // Like a hypervisor with backup jobs: the guest runs on.
             let stored = StoredContent {
                 version: to,
                 bytes: content.len() as u64,
                 sha256: sha256_hex(&content),
-                live_copy: None,
+                live_copy: user.map(|_| LiveCopy {
+                    method: LiveCopyMethod::Backup,
+                    guest_paused_ms: 0,
+                }),
             };
             copy.versions.insert(to, content);
             Ok(stored)

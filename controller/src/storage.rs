@@ -15,7 +15,7 @@ use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::policy::StoragePolicy;
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    Account, Busy, KeptVersion, STORAGE_FINALIZER, StorageContent, StoragePhase, StorageReplica,
+    Account, Busy, KeptVersion, SkippedSnapshot, STORAGE_FINALIZER, StorageContent, StoragePhase, StorageReplica,
     StorageSubscription, StorageSubscriptionStatus, VirtualServer,
 };
 use stratus_core::scheduling::{self, Candidate};
@@ -1201,6 +1201,36 @@ impl StorageReconciler {
                     )),
                 ));
             }
+            // Where the guest must be paused for the copy and it would take
+            // too long: this copy is skipped (said on the object, as an
+            // event and in the audit), the next is an interval later.
+            Err(AgentCallError::Rejected {
+                code: AgentErrorCode::PauseLimit,
+                message,
+            }) => {
+                let at = self.ctx.clock.now().to_string();
+                tracing::warn!(version, %message, "a scheduled copy of an attached disk was skipped");
+                self.ctx
+                    .publish(
+                        subscription,
+                        EventType::Warning,
+                        EventReason::SnapshotSkipped,
+                        &format!("the scheduled copy to the secondary was skipped: {message}"),
+                    )
+                    .await;
+                self.ctx
+                    .audit(
+                        AuditAction::StorageSnapshotSkipped,
+                        AuditSubject::storage(subscription),
+                        json!({ "from": from, "version": version, "reason": message }),
+                    )
+                    .await;
+                status.snapshot_skipped = Some(SkippedSnapshot {
+                    at,
+                    reason: message,
+                });
+                return Ok(());
+            }
             Err(error) => return Err((primary.clone(), error)),
         };
         let relayed = self
@@ -1244,17 +1274,28 @@ impl StorageReconciler {
             copy.kept.remove(0);
         }
         status.last_snapshot_at = Some(now);
+        status.snapshot_skipped = None;
+        let live = copied.live_copy.as_ref();
         tracing::info!(
             version,
             bytes = stored.bytes,
             seconds = started.elapsed().as_secs_f64(),
+            method = ?live.map(|l| l.method),
+            guest_paused_ms = live.map(|l| l.guest_paused_ms),
             "attached primary copied to the secondary"
         );
         self.ctx
             .audit(
                 AuditAction::StorageSnapshot,
                 AuditSubject::storage(subscription),
-                json!({ "from": from, "version": version, "bytes": stored.bytes, "sha256": stored.sha256 }),
+                json!({
+                    "from": from,
+                    "version": version,
+                    "bytes": stored.bytes,
+                    "sha256": stored.sha256,
+                    "method": live.map(|l| l.method),
+                    "guest_paused_ms": live.map(|l| l.guest_paused_ms),
+                }),
             )
             .await;
         Ok(())

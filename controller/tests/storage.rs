@@ -1180,7 +1180,7 @@ async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() 
 }
 
 #[tokio::test]
-async fn r26_an_attached_primary_is_copied_to_the_secondary_on_schedule_and_kept() {
+async fn r26_an_attached_primary_is_copied_to_the_secondary_on_schedule_and_kept_or_the_skip_said() {
     let h = harness().await;
     let version = stored_and_in_sync(&h, b"before the attach").await;
     h.order("vs-1", Some("a")).await;
@@ -1218,17 +1218,67 @@ async fn r26_an_attached_primary_is_copied_to_the_secondary_on_schedule_and_kept
         "{:?}",
         h.sim.calls()
     );
-    assert_eq!(
-        h.audited_storage("st-1", AuditAction::StorageSnapshot)
-            .await
-            .len(),
-        1
-    );
+    let snapshots = h
+        .audited_storage("st-1", AuditAction::StorageSnapshot)
+        .await;
+    assert_eq!(snapshots.len(), 1);
+    // How it was taken is on record: by a backup job, the guest unpaused.
+    assert_eq!(snapshots[0]["method"], "backup", "{snapshots:?}");
+    assert_eq!(snapshots[0]["guest_paused_ms"], 0, "{snapshots:?}");
     // Not again before the next interval.
     h.reconcile_storage("st-1").await.unwrap();
     assert_eq!(
         h.storage_status("st-1").await.replicas[1].kept.len(),
         status.replicas[1].kept.len()
+    );
+
+    // Defect 7 of issue 25: where the copy would need the guest paused
+    // longer than its hypervisor allows, the scheduled copy is skipped,
+    // said (status, event, audit), and not tried again (pausing the guest
+    // again in vain) before the next interval.
+    h.sim.set_copies_need_long_pauses("a1", true);
+    h.clock.advance(jiff::SignedDuration::from_mins(61));
+    h.reconcile_storage("st-1").await.unwrap();
+    let skipped = h.storage_status("st-1").await;
+    let why = skipped.snapshot_skipped.clone().expect("the skip is on the object");
+    assert!(why.reason.contains("paused longer than"), "{why:?}");
+    assert_eq!(skipped.last_snapshot_at, status.last_snapshot_at);
+    assert_eq!(skipped.replicas[1].kept.len(), status.replicas[1].kept.len());
+    assert!(
+        h.events
+            .about("StorageSubscription", "st-1")
+            .contains(&EventReason::SnapshotSkipped)
+    );
+    assert_eq!(
+        h.audited_storage("st-1", AuditAction::StorageSnapshotSkipped)
+            .await
+            .len(),
+        1
+    );
+    let copies = |h: &Harness| {
+        h.sim
+            .calls()
+            .iter()
+            .filter(|c| c.starts_with("copy_version a1"))
+            .count()
+    };
+    let tried = copies(&h);
+    h.clock.advance(jiff::SignedDuration::from_mins(30));
+    h.reconcile_storage("st-1").await.unwrap();
+    let reason = h.storage_status("st-1").await.reason.unwrap_or_default();
+    assert!(reason.contains("was skipped"), "{reason}");
+    assert_eq!(copies(&h), tried, "not tried again within the interval");
+    // Possible again: the next copy is made and the skip forgotten.
+    h.sim.set_copies_need_long_pauses("a1", false);
+    h.clock.advance(jiff::SignedDuration::from_mins(31));
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(status.snapshot_skipped, None, "{status:?}");
+    assert_eq!(
+        h.audited_storage("st-1", AuditAction::StorageSnapshot)
+            .await
+            .len(),
+        2
     );
 
     // Detached later: settled as usual, the copies taken meanwhile stay

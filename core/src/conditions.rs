@@ -184,6 +184,9 @@ named_enum!(
         /// The content a guest left on a detached primary copy became a
         /// new version.
         ContentSettled,
+        /// A scheduled copy of a server's disk was not made (it needed the
+        /// guest paused longer than its hypervisor allows).
+        SnapshotSkipped,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.

@@ -593,6 +593,13 @@ fn snapshot_due(
     let Ok(since) = since.parse::<Timestamp>() else {
         return Err(None);
     };
+    // A skipped copy counts as one: the next is an interval later, so a
+    // guest is not paused in vain again and again.
+    let since = status
+        .snapshot_skipped
+        .as_ref()
+        .and_then(|skipped| skipped.at.parse::<Timestamp>().ok())
+        .map_or(since, |skipped| skipped.max(since));
     let due = facts.replication_interval.after(since);
     if due > now {
         return Err(Some(now.duration_until(due)));
@@ -749,7 +756,7 @@ fn attachment(
     };
     let written_by_guest = spec.written_by_guest.as_ref().map(|server| {
         if spec.attached_to.is_some() || !holding.is_empty() {
-            match &status.last_snapshot_at {
+            let held = match &status.last_snapshot_at {
                 Some(at) => format!(
                     "the primary copy is a disk of server {server}: the secondary holds a crash-consistent copy of it as of {at}, taken every {}, until it is detached",
                     facts.replication_interval
@@ -758,6 +765,13 @@ fn attachment(
                     "the primary copy is a disk of server {server}: the secondary holds the content from before it was attached, and a crash-consistent copy every {} it stays attached",
                     facts.replication_interval
                 ),
+            };
+            match &status.snapshot_skipped {
+                Some(skipped) => format!(
+                    "{held}; the copy due at {} was skipped: {}",
+                    skipped.at, skipped.reason
+                ),
+                None => held,
             }
         } else {
             format!(
@@ -1502,6 +1516,29 @@ mod tests {
                 .unwrap_or_default()
                 .contains("crash-consistent copy of it as of"),
             "{after:?}"
+        );
+        // Skipped (the copy would have paused the guest too long): not
+        // tried again at once, the reason says so, and the next one is an
+        // interval later.
+        let mut skipped = due.status.clone();
+        skipped.snapshot_skipped = Some(crate::resources::SkippedSnapshot {
+            at: later.to_string(),
+            reason: "the guest would be paused too long".into(),
+        });
+        let soon = decide(&skipped, later + jiff::SignedDuration::from_mins(5));
+        assert_eq!(soon.next, None, "{soon:?}");
+        assert!(
+            soon.status
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("was skipped: the guest would be paused too long"),
+            "{soon:?}"
+        );
+        let next = decide(&skipped, later + jiff::SignedDuration::from_mins(61));
+        assert!(
+            matches!(next.next, Some(StorageAction::Snapshot { .. })),
+            "{next:?}"
         );
         // Not a disk (yet): nothing is copied, however long.
         let mut not_held = ServerFacts {

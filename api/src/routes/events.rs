@@ -806,6 +806,14 @@ pub async fn own_account_events(
     let mut page = history(&state, &account, &query, |entry| match entry.action {
         AuditAction::StandingChange => json!({ "change": entry.detail["change"] }),
         AuditAction::AccountFact => json!({ "type": entry.detail["type"] }),
+        // How each copy of its attached disks was taken, and what it cost
+        // its guest; a skipped one and why.
+        AuditAction::StorageSnapshot => json!({
+            "version": entry.detail["version"],
+            "method": entry.detail["method"],
+            "guest_paused_ms": entry.detail["guest_paused_ms"],
+        }),
+        AuditAction::StorageSnapshotSkipped => json!({ "reason": entry.detail["reason"] }),
         _ => json!({}),
     })
     .await?;

@@ -317,6 +317,17 @@ pub struct Busy {
     pub since: String,
 }
 
+/// A scheduled copy of a server's disk that was not made.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SkippedSnapshot {
+    /// When, RFC 3339.
+    pub at: String,
+    /// Why, as customers read it (the copy needed the guest paused longer
+    /// than its hypervisor allows).
+    pub reason: String,
+}
+
 /// Something stratus holds that its agent's listing did not show.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -372,9 +383,14 @@ pub struct StorageSubscriptionStatus {
     #[serde(default)]
     pub repairs: u32,
     /// RFC 3339: when the primary, a disk of a server, was last copied to
-    /// the secondary (crash-consistent: its guest paused for the copy).
+    /// the secondary (crash-consistent: as of one moment, by a backup job
+    /// while the guest ran, or with the guest paused).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_snapshot_at: Option<String>,
+    /// The last scheduled copy of the primary (a disk of a server) that was
+    /// skipped, and why; the next one is due a replication interval later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_skipped: Option<SkippedSnapshot>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -108,8 +108,12 @@ audit_actions! {
     /// A customer wrote a new content (its version, length and SHA-256).
     StorageWrite => "storage.write",
     /// The primary, a disk of a running server, was copied to the
-    /// secondary with its guest paused (version, length, SHA-256).
+    /// secondary as of one moment (version, length, SHA-256, and how: a
+    /// backup job while the guest ran, or the guest paused and for how
+    /// long).
     StorageSnapshot => "storage.snapshot",
+    /// A scheduled copy of a server's disk was not made, and why.
+    StorageSnapshotSkipped => "storage.snapshot_skipped",
     /// A `luks` subscription's primary copy was formatted with the
     /// customer's key (its version, length and SHA-256; never the key).
     StorageFormatted => "storage.formatted",
