@@ -8,8 +8,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use stratus_core::agent_api::{
     AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
-    LiveCopy, LiveCopyMethod, LuksFormat, NodeReport, PoolInfo, StoredContent, Target, VolumeObservation, VolumeSpec,
-    VolumeUnlock, VolumeVersion, storage_volume_name,
+    LiveCopy, LiveCopyMethod, LuksFormat, NodeReport, PoolInfo, StoredContent, Target,
+    VolumeObservation, VolumeSpec, VolumeUnlock, VolumeVersion, storage_volume_name,
 };
 
 use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};

@@ -15,8 +15,8 @@ use stratus_core::ids::{self, AccountId, HypervisorName};
 use stratus_core::policy::StoragePolicy;
 use stratus_core::quota::charged_object;
 use stratus_core::resources::{
-    Account, Busy, KeptVersion, SkippedSnapshot, STORAGE_FINALIZER, StorageContent, StoragePhase, StorageReplica,
-    StorageSubscription, StorageSubscriptionStatus, VirtualServer,
+    Account, Busy, KeptVersion, STORAGE_FINALIZER, SkippedSnapshot, StorageContent, StoragePhase,
+    StorageReplica, StorageSubscription, StorageSubscriptionStatus, VirtualServer,
 };
 use stratus_core::scheduling::{self, Candidate};
 use stratus_core::storage::{self, CopyObservation, ServerFacts, StorageAction, StorageFacts};

@@ -1180,7 +1180,8 @@ async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() 
 }
 
 #[tokio::test]
-async fn r26_an_attached_primary_is_copied_to_the_secondary_on_schedule_and_kept_or_the_skip_said() {
+async fn r26_an_attached_primary_is_copied_to_the_secondary_on_schedule_and_kept_or_the_skip_said()
+{
     let h = harness().await;
     let version = stored_and_in_sync(&h, b"before the attach").await;
     h.order("vs-1", Some("a")).await;
@@ -1240,10 +1241,16 @@ async fn r26_an_attached_primary_is_copied_to_the_secondary_on_schedule_and_kept
     h.clock.advance(jiff::SignedDuration::from_mins(61));
     h.reconcile_storage("st-1").await.unwrap();
     let skipped = h.storage_status("st-1").await;
-    let why = skipped.snapshot_skipped.clone().expect("the skip is on the object");
+    let why = skipped
+        .snapshot_skipped
+        .clone()
+        .expect("the skip is on the object");
     assert!(why.reason.contains("paused longer than"), "{why:?}");
     assert_eq!(skipped.last_snapshot_at, status.last_snapshot_at);
-    assert_eq!(skipped.replicas[1].kept.len(), status.replicas[1].kept.len());
+    assert_eq!(
+        skipped.replicas[1].kept.len(),
+        status.replicas[1].kept.len()
+    );
     assert!(
         h.events
             .about("StorageSubscription", "st-1")
