@@ -205,6 +205,30 @@ impl SimulatedAgent {
         })
     }
 
+    /// Takes version `version` of a copy away (a storage file system
+    /// unmounted), answering its bytes.
+    pub fn take_version(&self, hypervisor: &str, name: &str, version: u64) -> Option<Vec<u8>> {
+        self.with(|s| {
+            s.nodes
+                .get_mut(hypervisor)
+                .and_then(|n| n.volumes.get_mut(name))
+                .and_then(|copy| copy.versions.remove(&version))
+        })
+    }
+
+    /// Puts bytes back as version `version` of a copy (mounted again).
+    pub fn put_version(&self, hypervisor: &str, name: &str, version: u64, bytes: Vec<u8>) {
+        self.with(|s| {
+            if let Some(copy) = s
+                .nodes
+                .get_mut(hypervisor)
+                .and_then(|n| n.volumes.get_mut(name))
+            {
+                copy.versions.insert(version, bytes);
+            }
+        });
+    }
+
     /// Changes bytes of a version in place (a failing disk, ransomware).
     pub fn corrupt_version(&self, hypervisor: &str, name: &str, version: u64) {
         self.with(|s| {

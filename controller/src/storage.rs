@@ -340,6 +340,18 @@ impl StorageReconciler {
                     return self.agent_failed(subscription, &next, &agent, error).await;
                 }
             }
+            StorageAction::RecoverVersion { version } => {
+                let agent = agent_of(1)?;
+                self.record_status(subscription, &current, &next).await?;
+                let mut recovered = next.clone();
+                if let Err(error) = self
+                    .recover_version(subscription, &name, &agent, version, &mut recovered)
+                    .await
+                {
+                    return self.agent_failed(subscription, &next, &agent, error).await;
+                }
+                self.record_status(subscription, &next, &recovered).await?;
+            }
             StorageAction::DeleteVersion { index, version } => {
                 let agent = agent_of(index)?;
                 self.record_status(subscription, &current, &next).await?;
@@ -776,6 +788,72 @@ impl StorageReconciler {
             seconds = started.elapsed().as_secs_f64(),
             "both copies verified"
         );
+        Ok(())
+    }
+
+    /// A kept version whose loss was confirmed shows on the secondary
+    /// again (its storage mounted late): kept again if it still has its
+    /// recorded SHA-256, else deleted and said.
+    async fn recover_version(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        secondary: &AgentEndpoint,
+        version: u64,
+        status: &mut StorageSubscriptionStatus,
+    ) -> Result<(), AgentCallError> {
+        let Some(copy) = status.replicas.get_mut(1) else {
+            return Ok(());
+        };
+        let Some(at) = copy.lost.iter().position(|l| l.version == version) else {
+            return Ok(());
+        };
+        let record = copy.lost[at].clone();
+        let read = match self
+            .ctx
+            .agents
+            .checksum_version(secondary, name, version, record.bytes)
+            .await
+        {
+            Ok(read) => Some(read.sha256),
+            // Shorter than its record, or no longer there: not it.
+            Err(AgentCallError::Rejected { .. }) => None,
+            Err(error) => return Err(error),
+        };
+        if read.as_deref() == Some(record.sha256.as_str()) {
+            copy.lost.remove(at);
+            copy.kept.push(KeptVersion {
+                verified_at: self.ctx.clock.now().to_string(),
+                missing: None,
+                ..record
+            });
+            copy.kept.sort_by_key(|k| k.version);
+            let message = format!(
+                "the kept version {version} on {} showed up again with its SHA-256: that restore point is back",
+                secondary.hypervisor
+            );
+            tracing::info!(version, "{message}");
+            self.ctx
+                .publish(
+                    subscription,
+                    EventType::Normal,
+                    EventReason::VersionRecovered,
+                    &message,
+                )
+                .await;
+            return Ok(());
+        }
+        self.ctx
+            .agents
+            .delete_version(secondary, name, version)
+            .await?;
+        copy.lost.remove(at);
+        let message = format!(
+            "the kept version {version} on {} showed up again without its recorded SHA-256 and was deleted",
+            secondary.hypervisor
+        );
+        self.report_damage(subscription, &message, Some(secondary))
+            .await;
         Ok(())
     }
 
@@ -1404,6 +1482,7 @@ impl StorageReconciler {
                             checksum: None,
                             verified_at: None,
                             kept: Vec::new(),
+                            lost: Vec::new(),
                             missing: None,
                         })
                     })

@@ -318,6 +318,60 @@ async fn r26_the_secondary_keeps_the_last_verified_versions_the_primary_only_its
     assert!(status.replicas[1].kept.iter().all(|k| k.sha256.len() == 64));
 }
 
+/// R26 (defect 6 of issue 25): restore points whose loss was confirmed
+/// (their storage unmounted for long) are remembered; when their volumes
+/// show up again each is read: kept again when it has its recorded
+/// SHA-256, deleted and said when not, never deleted unread as an unknown
+/// volume.
+#[tokio::test]
+async fn r26_restore_points_that_show_up_again_are_read_and_kept_never_deleted_unread() {
+    let h = harness().await;
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order_storage("st-1", 10, Some("a")).await;
+    h.reconcile_storage("st-1").await.unwrap();
+    let base = 1_764_936_000_000;
+    for n in 0..4u64 {
+        h.upload("a1", base + n, format!("version {n}").as_bytes())
+            .await;
+        h.reconcile_storage("st-1").await.unwrap();
+    }
+    let kept = |status: &StorageSubscriptionStatus| -> Vec<u64> {
+        status.replicas[1].kept.iter().map(|k| k.version).collect()
+    };
+    assert_eq!(
+        kept(&h.storage_status("st-1").await),
+        [base, base + 1, base + 2]
+    );
+    let whole = h.sim.take_version("b1", STORAGE, base).unwrap();
+    let mut damaged = h.sim.take_version("b1", STORAGE, base + 1).unwrap();
+    h.confirm_storage_loss("st-1").await;
+    let status = h.storage_status("st-1").await;
+    assert_eq!(kept(&status), [base + 2], "{status:?}");
+    let lost: Vec<u64> = status.replicas[1].lost.iter().map(|l| l.version).collect();
+    assert_eq!(lost, [base, base + 1]);
+
+    // A day later the volumes are back, one of them changed meanwhile.
+    h.clock.advance(jiff::SignedDuration::from_hours(24));
+    h.sim.put_version("b1", STORAGE, base, whole.clone());
+    damaged[0] ^= 0xff;
+    h.sim.put_version("b1", STORAGE, base + 1, damaged);
+    for _ in 0..4 {
+        let _ = h.reconcile_storage("st-1").await;
+    }
+    let status = h.storage_status("st-1").await;
+    assert_eq!(kept(&status), [base, base + 2], "{status:?}");
+    assert!(status.replicas[1].lost.is_empty(), "{status:?}");
+    let on_b1 = h.sim.versions("b1", STORAGE);
+    assert_eq!(on_b1.get(&base), Some(&whole), "the restore point is back");
+    assert!(!on_b1.contains_key(&(base + 1)), "the changed one is gone");
+    assert!(
+        h.events
+            .about("StorageSubscription", "st-1")
+            .contains(&EventReason::VersionRecovered)
+    );
+}
+
 #[tokio::test]
 async fn r26_a_copy_that_arrives_different_is_deleted_and_never_called_in_sync() {
     let h = harness().await;

@@ -187,6 +187,8 @@ named_enum!(
         /// A scheduled copy of a server's disk was not made (it needed the
         /// guest paused longer than its hypervisor allows).
         SnapshotSkipped,
+        /// A restore point whose loss was confirmed showed up again, whole.
+        VersionRecovered,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.

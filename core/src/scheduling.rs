@@ -560,6 +560,7 @@ mod tests {
             checksum: None,
             verified_at: None,
             kept: Vec::new(),
+            lost: Vec::new(),
             missing: None,
         };
         let mut subscription = StorageSubscription::new(

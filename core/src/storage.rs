@@ -6,8 +6,8 @@ use jiff::Timestamp;
 
 use crate::conditions::{self, ConditionType, Reason};
 use crate::resources::{
-    Missing, REPLICAS, StorageEncryption, StoragePhase, StorageSubscriptionSpec,
-    StorageSubscriptionStatus,
+    KeptVersion, LOST_VERSIONS_REMEMBERED, Missing, REPLICAS, StorageEncryption, StoragePhase,
+    StorageSubscriptionSpec, StorageSubscriptionStatus,
 };
 
 /// What the controller knows of a subscription object.
@@ -137,6 +137,12 @@ pub enum StorageAction {
     /// the secondary keeps, or left by an upload that never completed.
     DeleteVersion {
         index: usize,
+        version: u64,
+    },
+    /// A kept version whose loss was confirmed shows on the secondary
+    /// again: its SHA-256 is read; the recorded one keeps it again (a
+    /// restore point back), any other deletes it.
+    RecoverVersion {
         version: u64,
     },
     /// Rebuild `version` (the content a restore recorded) on the primary
@@ -556,6 +562,9 @@ fn orphan(
         };
         for listed in versions {
             let version = listed.version;
+            if replica.lost.iter().any(|l| l.version == version) {
+                return Some(StorageAction::RecoverVersion { version });
+            }
             let needed = version == replica.version
                 || replica.kept.iter().any(|k| k.version == version)
                 || Some(version) == in_flight
@@ -905,6 +914,9 @@ fn content_step(
         .collect();
     for (index, replica) in status.replicas.iter().enumerate() {
         for version in versions_of(index) {
+            if replica.lost.iter().any(|l| l.version == version) {
+                return (Some(StorageAction::RecoverVersion { version }), None);
+            }
             let kept = version == replica.version
                 || (replica.kept.iter().any(|k| k.version == version)
                     && !pruned.contains(&version));
@@ -962,7 +974,21 @@ fn watch_kept(
             ));
         }
     }
-    secondary.kept.retain(|k| !gone.contains(&k.version));
+    let (lost_now, kept): (Vec<KeptVersion>, Vec<KeptVersion>) =
+        std::mem::take(&mut secondary.kept)
+            .into_iter()
+            .partition(|k| gone.contains(&k.version));
+    secondary.kept = kept;
+    // Remembered, should the volumes come back (a late mount).
+    for version in lost_now {
+        secondary.lost.retain(|l| l.version != version.version);
+        secondary.lost.push(version);
+    }
+    let excess = secondary
+        .lost
+        .len()
+        .saturating_sub(LOST_VERSIONS_REMEMBERED);
+    secondary.lost.drain(..excess);
 }
 
 /// The managed name a copy's volume name starts with.
@@ -1009,6 +1035,7 @@ mod tests {
             checksum: None,
             verified_at: None,
             kept: Vec::new(),
+            lost: Vec::new(),
             missing: None,
         }
     }
@@ -1825,6 +1852,50 @@ mod tests {
         assert_eq!(kept, [90]);
         assert_eq!(said.len(), 1, "{said:?}");
         assert!(said[0].contains("kept version 80"), "{said:?}");
+        // Remembered: should it show up again much later (a storage
+        // mounted after the loss was confirmed), it is read, not deleted as
+        // an unknown volume.
+        assert_eq!(status.replicas[1].lost.len(), 1);
+        assert_eq!(status.replicas[1].lost[0].sha256, "cd".repeat(32));
+        now += jiff::SignedDuration::from_hours(48);
+        let decision = plan(
+            facts(&spec, &status),
+            &[versions(&[100]), versions(&[80, 90, 100])],
+            now,
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::RecoverVersion { version: 80 })
+        );
+        // At most LOST_VERSIONS_REMEMBERED are remembered, the latest.
+        let mut many = status.clone();
+        many.replicas[1].kept = (1..=40)
+            .map(|version| crate::resources::KeptVersion {
+                version,
+                bytes: 5,
+                sha256: "ef".repeat(32),
+                verified_at: test_time().to_string(),
+                missing: None,
+            })
+            .collect();
+        let spec_many = StorageSubscriptionSpec { ..spec.clone() };
+        let mut f = facts(&spec_many, &many);
+        f.versions_kept = 100;
+        let mut later = now;
+        let mut decision = plan(f, &[versions(&[100]), versions(&[100])], later);
+        for _ in 0..CONFIRM_OBSERVATIONS + 1 {
+            later += CONFIRM_AFTER;
+            let mut f = facts(&spec_many, &decision.status);
+            f.versions_kept = 100;
+            decision = plan(f, &[versions(&[100]), versions(&[100])], later);
+        }
+        let lost: Vec<u64> = decision.status.replicas[1]
+            .lost
+            .iter()
+            .map(|l| l.version)
+            .collect();
+        assert_eq!(lost.len(), LOST_VERSIONS_REMEMBERED);
+        assert_eq!(lost.last(), Some(&40));
     }
 
     /// R26 (defect 5 of issue 25): a copy present but without its current
@@ -1964,6 +2035,16 @@ mod tests {
                         proptest::prop_assert!(version != status.replicas[index].version);
                         proptest::prop_assert!(!kept_before.contains(&version) || index == 0);
                         proptest::prop_assert!(version != 100, "the content's version deleted");
+                        proptest::prop_assert!(
+                            !status.replicas[index].lost.iter().any(|l| l.version == version),
+                            "a lost restore point that came back deleted unread: {}", version
+                        );
+                    }
+                    Some(StorageAction::RecoverVersion { version }) => {
+                        proptest::prop_assert!(
+                            status.replicas[1].lost.iter().any(|l| l.version == version),
+                            "recovering {} that was never lost", version
+                        );
                     }
                     _ => {}
                 }
@@ -1981,6 +2062,10 @@ mod tests {
                     if !kept_after.contains(&version) {
                         proptest::prop_assert!(confirmed(1, version),
                             "kept version {} forgotten on an unconfirmed absence", version);
+                        proptest::prop_assert!(
+                            decision.status.replicas[1].lost.iter().any(|l| l.version == version),
+                            "kept version {} lost and not remembered", version
+                        );
                     }
                 }
                 status = decision.status;

@@ -282,6 +282,12 @@ pub struct StorageReplica {
     /// (the secondary keeps `storage.versions` in all), oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub kept: Vec<KeptVersion>,
+    /// Kept versions whose loss was confirmed, the latest last (at most
+    /// [`LOST_VERSIONS_REMEMBERED`]): one that shows up again (a storage
+    /// file system mounted late) is checked against its SHA-256 and kept
+    /// again, never deleted as unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lost: Vec<KeptVersion>,
     /// Since when, and in how many observations in a row, the copy or its
     /// current version was not seen: a copy is rebuilt only once its loss
     /// is confirmed, never on one empty listing.
@@ -316,6 +322,10 @@ pub struct Busy {
     /// Since when, RFC 3339.
     pub since: String,
 }
+
+/// How many lost kept versions a copy remembers, to take back any that
+/// shows up again.
+pub const LOST_VERSIONS_REMEMBERED: usize = 16;
 
 /// A scheduled copy of a server's disk that was not made.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
