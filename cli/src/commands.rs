@@ -239,6 +239,11 @@ pub struct AgentArgs {
     /// take longer is dropped, the guest resumed, and the failure reported.
     #[arg(long, default_value_t = stratus_agent::driver::DEFAULT_MAX_GUEST_PAUSE.as_secs())]
     max_guest_pause_seconds: u64,
+    /// This agent's hypervisor name, marked on every domain it defines:
+    /// agents sharing one libvirt daemon (one per pool) each touch only
+    /// their own domains. Unset, it takes unmarked domains as its own.
+    #[arg(long)]
+    agent_name: Option<String>,
     #[command(flatten)]
     tls: AgentServerTlsArgs,
 }
@@ -919,6 +924,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         config.anti_spoofing = mode;
     }
     config.max_guest_pause = std::time::Duration::from_secs(args.max_guest_pause_seconds);
+    config.agent_name = args.agent_name;
     let test_driver = args.libvirt_uri.starts_with("test:");
     if !args.seed_image.is_empty() && !test_driver {
         bail!("--seed-image creates empty images and is only for libvirt's test driver");
