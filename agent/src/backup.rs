@@ -54,7 +54,8 @@ pub(crate) fn begin(domain: &Domain, backup_xml: &str) -> Result<(), AgentError>
     Ok(())
 }
 
-/// Aborts the domain's running job (a backup left by an agent that died).
+/// Asks libvirt to abort the domain's running job; it is over when
+/// [`running`] says none runs.
 pub(crate) fn abort(domain: &Domain) -> Result<(), Error> {
     // SAFETY: a live virDomainPtr for the borrow of `domain`.
     if unsafe { sys::virDomainAbortJob(domain.as_ptr()) } < 0 {

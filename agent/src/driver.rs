@@ -480,7 +480,7 @@ impl Driver {
 
     /// The domain `name`, if it is defined and this agent's: another
     /// agent's domain on the same daemon is refused, never touched.
-    fn lookup_domain(&self, name: &str) -> Result<Option<Domain>, AgentError> {
+    pub(crate) fn lookup_domain(&self, name: &str) -> Result<Option<Domain>, AgentError> {
         let domain = match self.conn.lookup_domain_by_name(name) {
             Ok(domain) => domain,
             Err(e) if is_missing(&e, ErrorNumber::NoDomain) => return Ok(None),
@@ -924,7 +924,13 @@ impl Driver {
     /// A domain of this daemon with `volume` as a disk, in its definition
     /// or its running guest, if any (whichever agent defined it).
     pub(crate) fn domain_using(&self, volume: &str) -> Result<Option<String>, AgentError> {
-        let needle = format!("volume='{volume}'");
+        // This agent's pool: agents sharing a daemon have volumes of one
+        // name (the two copies of a subscription) in their own pools.
+        let needle = format!(
+            "pool='{}' volume='{}'",
+            xml::escape(&self.config.pool),
+            xml::escape(volume)
+        );
         for domain in self.conn.list_all_domains(0)? {
             let mut uses = domain
                 .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?

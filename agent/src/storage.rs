@@ -7,7 +7,7 @@
 //! it passes.
 
 use ring::digest::{Context, SHA256};
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use stratus_core::agent_api::{
@@ -30,6 +30,19 @@ const GIB: u64 = 1 << 30;
 const BACKUP_STALL: Duration = Duration::from_secs(600);
 /// How often a backup job is asked where it stands.
 const BACKUP_POLL: Duration = Duration::from_millis(100);
+/// How long an aborted backup job may take to be over.
+const BACKUP_ABORT_WAIT: Duration = Duration::from_secs(60);
+
+/// What the watchdog of a paused copy did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watchdog {
+    /// The copy ended within the limit.
+    Quiet,
+    /// The limit came: it resumed the guest.
+    Resumed,
+    /// The limit came and its resume failed (or it died).
+    ResumeFailed,
+}
 
 /// One copy of a version into a new one.
 struct Copying<'a> {
@@ -39,6 +52,8 @@ struct Copying<'a> {
     to_name: &'a str,
     /// The new volume's XML.
     target: String,
+    /// Its capacity.
+    size_gib: u64,
     /// What is copied: the source's first bytes.
     bytes: u64,
 }
@@ -404,6 +419,7 @@ impl Driver {
                 from_name: &from_name,
                 to_name: &to_name,
                 target: xml::storage_volume(&to_name, size_gib),
+                size_gib,
                 bytes,
             };
             let writing = self.writing(&to_name).ok_or_else(|| {
@@ -411,7 +427,7 @@ impl Driver {
             })?;
             let (copy, live_copy) = match user {
                 Some(domain) => self.copy_of_a_disk(&domain, &copying)?,
-                None => (self.copy_bytes(&copying)?, None),
+                None => (self.copy_bytes(&copying, &AtomicBool::new(false))?, None),
             };
             self.record_volume(&to_name, &copy)?;
             (copy, bytes, writing, live_copy)
@@ -434,79 +450,87 @@ impl Driver {
         }
     }
 
-    /// Copies `copying.source`, a disk of `domain`: plainly while the
-    /// domain does not run (its calls wait, so it is not started meanwhile),
-    /// else as of one moment while it runs.
+    /// Copies `copying.source`, a disk of `domain`: by a backup job while
+    /// it runs; else with the guest paused for at most `max_guest_pause`;
+    /// plainly while it does not run (its calls wait meanwhile, so it is
+    /// not started under the copy).
     fn copy_of_a_disk(
         &self,
         domain: &str,
         copying: &Copying<'_>,
     ) -> Result<(StorageVol, Option<LiveCopy>), AgentError> {
-        if !is_luks(copying.source)? {
-            match self.backup_copy(domain, copying) {
-                Ok(Some(copy)) => {
-                    return Ok((
-                        copy,
-                        Some(LiveCopy {
-                            method: LiveCopyMethod::Backup,
-                            guest_paused_ms: 0,
-                        }),
-                    ));
-                }
-                Ok(None) => {}
-                Err(AgentError::Libvirt(error)) if backup::unsupported(&error) => {
-                    tracing::debug!(%error, "no backup jobs here: the guest is paused for the copy");
-                }
-                Err(error) => return Err(error),
+        match self.backup_copy(domain, copying) {
+            Ok(Some(copy)) => {
+                return Ok((
+                    copy,
+                    Some(LiveCopy {
+                        method: LiveCopyMethod::Backup,
+                        guest_paused_ms: 0,
+                    }),
+                ));
             }
+            Ok(None) => {}
+            Err(AgentError::Libvirt(error)) if backup::unsupported(&error) => {
+                tracing::debug!(%error, "no backup jobs here: the guest is paused for the copy");
+            }
+            Err(error) => return Err(error),
         }
         let lock = self.lock(domain);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let never = AtomicBool::new(false);
         let Some(running) = self.pause_for_copy(domain)? else {
-            return Ok((self.copy_bytes(copying)?, None));
+            return Ok((self.copy_bytes(copying, &never)?, None));
         };
         let limit = self.config.max_guest_pause;
         let started = Instant::now();
-        // The watchdog resumes the guest at the limit, whatever the copy is
-        // doing (a copy cannot be cut short): the copy made is then dropped.
-        let (copied, resumed_at_limit) = std::thread::scope(|scope| {
+        // At the limit the watchdog resumes the guest and stops the copy
+        // (a stream copy stops at its next chunk; libvirt's own copy runs
+        // to its end): what was copied is then dropped.
+        let cancel = AtomicBool::new(false);
+        let (copied, watchdog) = std::thread::scope(|scope| {
             let (done, finished) = std::sync::mpsc::channel::<()>();
-            let guest = &running;
-            let watchdog = scope.spawn(move || {
-                if let Err(RecvTimeoutError::Timeout) = finished.recv_timeout(limit) {
-                    if let Err(error) = guest.resume() {
-                        tracing::error!(%error, domain, "the guest paused for a copy could not be resumed at the limit");
+            let (guest, cancel) = (&running, &cancel);
+            let watchdog = scope.spawn(move || match finished.recv_timeout(limit) {
+                Ok(()) => Watchdog::Quiet,
+                // Timeout, or the copy panicked (its sender dropped).
+                Err(_) => {
+                    cancel.store(true, Ordering::SeqCst);
+                    match guest.resume() {
+                        Ok(()) => Watchdog::Resumed,
+                        Err(error) => {
+                            tracing::error!(%error, domain, "the guest paused for a copy could not be resumed at the limit");
+                            Watchdog::ResumeFailed
+                        }
                     }
-                    return true;
                 }
-                false
             });
-            let copied = self.copy_bytes(copying);
+            let copied = self.copy_bytes(copying, cancel);
             let _ = done.send(());
-            (copied, watchdog.join().unwrap_or(true))
+            (copied, watchdog.join().unwrap_or(Watchdog::ResumeFailed))
         });
         let paused = started.elapsed();
-        let resumed = if resumed_at_limit {
-            Ok(())
-        } else {
-            running.resume()
+        // Resumed whatever else happened; a resume that failed is the
+        // first thing said.
+        let resumed = match watchdog {
+            Watchdog::Resumed => Ok(()),
+            Watchdog::Quiet | Watchdog::ResumeFailed => running.resume(),
         };
         tracing::info!(volume = %copying.from_name, seconds = paused.as_secs_f64(), "guest resumed after a copy of its disk");
-        let copy = copied?;
-        let dropped = resumed_at_limit || paused > limit;
-        if let Err(error) = resumed {
-            self.dispose_as(copying.to_name, &copy, true)?;
-            return Err(error.into());
+        let dropped = watchdog != Watchdog::Quiet || paused > limit;
+        if (resumed.is_err() || dropped)
+            && let Ok(copy) = &copied
+        {
+            self.dispose_as(copying.to_name, copy, true)?;
         }
+        resumed?;
         if dropped {
-            self.dispose_as(copying.to_name, &copy, true)?;
             return Err(AgentError::PauseLimit {
                 volume: copying.from_name.to_owned(),
                 limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
             });
         }
         Ok((
-            copy,
+            copied?,
             Some(LiveCopy {
                 method: LiveCopyMethod::Paused,
                 guest_paused_ms: u64::try_from(paused.as_millis()).unwrap_or(u64::MAX),
@@ -516,9 +540,10 @@ impl Driver {
 
     /// Copies `copying.source`, a disk of the running `domain`, by a
     /// push-mode backup job into a new volume, then gives back the blocks
-    /// the job wrote as zeros. None when the domain does not run (it may
-    /// be copied plainly); a libvirt error saying so when this hypervisor
-    /// has no backup jobs.
+    /// the job wrote as zeros. None when a backup job does not suit: the
+    /// domain does not run, the disk is LUKS (QEMU would copy what the
+    /// guest sees: plaintext), not plugged in, or not a whole-GiB file;
+    /// a libvirt error saying so when this hypervisor has no backup jobs.
     fn backup_copy(
         &self,
         domain: &str,
@@ -529,21 +554,26 @@ impl Driver {
         // stop ends the job, and this copy fails and is made again).
         let lock = self.lock(&format!("{domain}#backup"));
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let guest = self.conn.lookup_domain_by_name(domain)?;
-        if map_state(guest.state()?.0) != DomainState::Running {
+        let Some(guest) = self.lookup_domain(domain)? else {
+            return Ok(None);
+        };
+        if map_state(guest.state()?.0) != DomainState::Running || is_luks(copying.source)? {
             return Ok(None);
         }
         let live = guest.xml_desc(0)?;
-        let device = xml::data_disks_in(&live)
-            .into_iter()
-            .find(|disk| disk.volume.as_deref() == Some(copying.from_name))
-            .map(|disk| disk.target)
-            .ok_or_else(|| {
-                AgentError::VersionConflict(format!(
-                    "{} is not a disk of the running domain {domain}",
-                    copying.from_name
-                ))
-            })?;
+        let Some(disk) = xml::plugged_disk(&live, &self.config.pool, copying.from_name) else {
+            return Ok(None);
+        };
+        let capacity = copying.source.info()?.capacity;
+        let source_path = copying.source.path()?;
+        let regular = std::fs::metadata(&source_path).is_ok_and(|m| m.is_file());
+        if disk.encrypted
+            || !regular
+            || capacity % GIB != 0
+            || capacity.div_ceil(GIB) != copying.size_gib
+        {
+            return Ok(None);
+        }
         if backup::running(&guest)?.is_some() {
             return Err(AgentError::Busy(format!(
                 "domain {domain} runs another job; the copy of {} waits for it",
@@ -551,16 +581,36 @@ impl Driver {
             )));
         }
         let copy = StorageVol::create_xml(copying.pool, &copying.target, 0)?;
-        let copied = (|| {
-            let path = copy.path()?;
-            let description = xml::push_backup(&device, &path, &xml::disk_targets_in(&live));
-            backup::begin(&guest, &description)?;
-            self.wait_for_backup(&guest, copying.from_name)?;
-            release_zero_runs(std::path::Path::new(&path))
-                .map_err(|source| AgentError::Persist { path, source })
-        })();
-        if let Err(error) = copied {
+        let path = match copy.path() {
+            Ok(path) => path,
+            Err(error) => {
+                self.dispose_as(copying.to_name, &copy, true)?;
+                return Err(error.into());
+            }
+        };
+        let description = xml::push_backup(&disk.target, &path, &xml::disk_targets_in(&live));
+        if let Err(error) = backup::begin(&guest, &description) {
             self.dispose_as(copying.to_name, &copy, true)?;
+            return Err(error);
+        }
+        let copied = self
+            .wait_for_backup(&guest, copying.from_name)
+            .and_then(|()| {
+                release_zero_runs(std::path::Path::new(&path)).map_err(|source| {
+                    AgentError::Persist {
+                        path: path.clone(),
+                        source,
+                    }
+                })
+            });
+        if let Err(error) = copied {
+            // QEMU may still write the target: it goes only once the job
+            // is over, else it stays for the orphan cleanup.
+            if self.stop_backup(&guest) {
+                self.dispose_as(copying.to_name, &copy, true)?;
+            } else {
+                tracing::error!(volume = %copying.to_name, "a backup job would not stop; its target is left for a later cleanup");
+            }
             return Err(error);
         }
         Ok(Some(copy))
@@ -568,7 +618,7 @@ impl Driver {
 
     /// Waits for the backup job copying `volume` to end. It has no time
     /// limit (a disk can be large) but must move: a job that processes no
-    /// byte for `BACKUP_STALL` is aborted.
+    /// byte for `BACKUP_STALL` fails.
     fn wait_for_backup(
         &self,
         guest: &virt::domain::Domain,
@@ -579,13 +629,9 @@ impl Driver {
             if processed != progress.0 {
                 progress = (processed, Instant::now());
             } else if progress.1.elapsed() > BACKUP_STALL {
-                let _ = backup::abort(guest);
                 return Err(AgentError::BackupFailed {
                     volume: volume.to_owned(),
-                    message: format!(
-                        "no byte copied for {} s; the job was aborted",
-                        BACKUP_STALL.as_secs()
-                    ),
+                    message: format!("no byte copied for {} s", BACKUP_STALL.as_secs()),
                 });
             }
             std::thread::sleep(BACKUP_POLL);
@@ -603,10 +649,38 @@ impl Driver {
         }
     }
 
+    /// Aborts the domain's backup job (this agent's: it holds the domain's
+    /// backup lock) and waits for it to be over; false if it still runs
+    /// after `BACKUP_ABORT_WAIT`.
+    fn stop_backup(&self, guest: &virt::domain::Domain) -> bool {
+        let deadline = Instant::now() + BACKUP_ABORT_WAIT;
+        let mut asked = false;
+        loop {
+            match backup::running(guest) {
+                Ok(None) => return true,
+                // The domain is gone: so is its job.
+                Err(_) if !guest.is_active().unwrap_or(false) => return true,
+                _ => {}
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            if !asked {
+                if let Err(error) = backup::abort(guest) {
+                    tracing::warn!(%error, "aborting a backup job");
+                }
+                asked = true;
+            }
+            std::thread::sleep(BACKUP_POLL);
+        }
+    }
+
     /// Pauses the running domain `name` for a copy of one of its disks;
     /// answers it to resume, or none when it does not run (nothing writes).
     fn pause_for_copy(&self, name: &str) -> Result<Option<virt::domain::Domain>, AgentError> {
-        let domain = self.conn.lookup_domain_by_name(name)?;
+        let Some(domain) = self.lookup_domain(name)? else {
+            return Ok(None);
+        };
         if map_state(domain.state()?.0) != DomainState::Running {
             return Ok(None);
         }
@@ -616,7 +690,11 @@ impl Driver {
 
     /// A new volume `to_name` (of `target`'s XML) holding the first `bytes`
     /// of `source`; nothing is left of it when the copy fails.
-    fn copy_bytes(&self, copying: &Copying<'_>) -> Result<StorageVol, AgentError> {
+    fn copy_bytes(
+        &self,
+        copying: &Copying<'_>,
+        cancel: &AtomicBool,
+    ) -> Result<StorageVol, AgentError> {
         let Copying {
             pool,
             source,
@@ -631,7 +709,7 @@ impl Driver {
         // libvirt copies a LUKS volume only by decrypting it with its key;
         // its bytes (ciphertext) are copied as they are.
         let copy = StorageVol::create_xml(pool, target, 0)?;
-        if let Err(error) = self.stream_copy(source, &copy, *bytes) {
+        if let Err(error) = self.stream_copy(source, &copy, *bytes, cancel) {
             self.dispose_as(to_name, &copy, true)?;
             return Err(error);
         }
@@ -645,6 +723,7 @@ impl Driver {
         source: &StorageVol,
         target: &StorageVol,
         bytes: u64,
+        cancel: &AtomicBool,
     ) -> Result<(), AgentError> {
         let download = Stream::new(&self.conn, 0)?;
         source.download(&download, 0, bytes, 0)?;
@@ -653,6 +732,9 @@ impl Driver {
         let mut chunks = std::iter::from_fn(|| {
             if read >= bytes || failed.is_some() {
                 return None;
+            }
+            if cancel.load(Ordering::SeqCst) {
+                return Some(Err("the copy was stopped".to_owned()));
             }
             let mut buffer = vec![0u8; CHUNK];
             match download.recv(&mut buffer) {

@@ -238,6 +238,31 @@ pub fn data_disks_in(domain_xml: &str) -> Vec<DefinedDataDisk> {
         .collect()
 }
 
+/// A disk of a running domain, as its live XML says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluggedDisk {
+    /// Its device name (`vdb`).
+    pub target: String,
+    /// Opened by QEMU with a key (LUKS): QEMU reads it decrypted.
+    pub encrypted: bool,
+}
+
+/// The disk of `domain_xml` whose source is `volume` of `pool`, if any.
+pub fn plugged_disk(domain_xml: &str, pool: &str, volume: &str) -> Option<PluggedDisk> {
+    domain_xml.split("<disk ").skip(1).find_map(|rest| {
+        let block = &rest[..rest.find("</disk>")?];
+        let source_volume = element_attribute(block, "source", "volume").map(unescape)?;
+        let source_pool = element_attribute(block, "source", "pool").map(unescape)?;
+        if source_volume != volume || source_pool != pool {
+            return None;
+        }
+        Some(PluggedDisk {
+            target: unescape(element_attribute(block, "target", "dev")?),
+            encrypted: block.contains("<encryption"),
+        })
+    })
+}
+
 /// Every disk device name (`dev='…'` of a `<target>`) in a domain's XML.
 pub fn disk_targets_in(domain_xml: &str) -> Vec<String> {
     domain_xml
@@ -816,6 +841,55 @@ pub fn image_volume(name: &str, capacity_gib: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A backup copies only a disk of this agent's pool, and never one QEMU
+    /// opens with a key (it would copy plaintext); every other disk of the
+    /// domain stays out of the backup.
+    #[test]
+    fn a_backup_names_the_plugged_disk_of_this_pool_and_leaves_the_others_out() {
+        let live = "<domain><devices>\
+            <disk type='volume' device='disk'><source pool='default' volume='stratus-vs-1-disk.qcow2'/><target dev='vda' bus='virtio'/></disk>\
+            <disk type='volume' device='disk'><source pool='other' volume='stratus-acc.st-1-store-v5.raw'/><target dev='vdc' bus='virtio'/></disk>\
+            <disk type='volume' device='disk'><source pool='default' volume='stratus-acc.st-1-store-v5.raw'/><target dev='vdb' bus='virtio'/><serial>st-1</serial></disk>\
+            <disk type='volume' device='disk'><source pool='default' volume='stratus-acc.st-2-store-v7.raw'><encryption format='luks'><secret type='passphrase' uuid='u'/></encryption></source><target dev='vdd' bus='virtio'/></disk>\
+            </devices></domain>";
+        assert_eq!(
+            plugged_disk(live, "default", "stratus-acc.st-1-store-v5.raw"),
+            Some(PluggedDisk {
+                target: "vdb".into(),
+                encrypted: false
+            })
+        );
+        assert_eq!(
+            plugged_disk(live, "default", "stratus-acc.st-2-store-v7.raw").map(|d| d.encrypted),
+            Some(true)
+        );
+        assert_eq!(
+            plugged_disk(live, "third", "stratus-acc.st-1-store-v5.raw"),
+            None
+        );
+        let backup = push_backup(
+            "vdb",
+            "/pool/stratus-acc.st-1-store-v9.raw",
+            &disk_targets_in(live),
+        );
+        assert!(
+            backup.starts_with("<domainbackup mode=\"push\">")
+                || backup.starts_with("<domainbackup mode='push'>"),
+            "{backup}"
+        );
+        for other in ["vda", "vdc", "vdd"] {
+            assert!(
+                backup.contains(&format!("name='{other}' backup='no'"))
+                    || backup.contains(&format!("name=\"{other}\" backup=\"no\"")),
+                "{backup}"
+            );
+        }
+        assert!(
+            backup.contains("/pool/stratus-acc.st-1-store-v9.raw"),
+            "{backup}"
+        );
+    }
     use stratus_core::resources::{PowerState, ServerAddress};
 
     fn spec() -> DomainSpec {

@@ -728,6 +728,7 @@ pub fn restorable(
             sha256: sha256.clone(),
             verified_at: secondary.verified_at.clone().unwrap_or_default(),
             missing: None,
+            recover_after: None,
         });
     }
     versions.sort_by_key(|k| std::cmp::Reverse(k.version));

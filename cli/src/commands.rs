@@ -237,7 +237,8 @@ pub struct AgentArgs {
     /// The longest, in seconds, a guest is paused for a copy of its disk
     /// where libvirt has no backup job (a LUKS disk): a copy that would
     /// take longer is dropped, the guest resumed, and the failure reported.
-    #[arg(long, default_value_t = stratus_agent::driver::DEFAULT_MAX_GUEST_PAUSE.as_secs())]
+    #[arg(long, default_value_t = stratus_agent::driver::DEFAULT_MAX_GUEST_PAUSE.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=600))]
     max_guest_pause_seconds: u64,
     /// This agent's hypervisor name, marked on every domain it defines:
     /// agents sharing one libvirt daemon (one per pool) each touch only

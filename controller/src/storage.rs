@@ -33,6 +33,9 @@ use crate::runtime::{ObjectKey, Outcome, Reconcile};
 use crate::servers::UNSCHEDULABLE_RECHECK;
 
 /// Observe→plan→act rounds in one reconcile before yielding to other keys.
+/// A lost kept version that showed up again and could not be read is
+/// read again after this long.
+const LOST_VERSION_RETRY: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
 const MAX_PASSES: usize = 8;
 /// How soon a subscription still moving after [`MAX_PASSES`] is looked at again.
 const STILL_MOVING: Duration = Duration::from_millis(200);
@@ -816,15 +819,27 @@ impl StorageReconciler {
             .await
         {
             Ok(read) => Some(read.sha256),
-            // Shorter than its record, or no longer there: not it.
-            Err(AgentCallError::Rejected { .. }) => None,
-            Err(error) => return Err(error),
+            // Shorter than its record: not it.
+            Err(AgentCallError::Rejected {
+                code: AgentErrorCode::BadRequest,
+                ..
+            }) => None,
+            // Gone again, or unreadable now (its storage flapping): left
+            // alone for a while, still remembered, neither read in a loop
+            // nor holding back the subscription's other work.
+            Err(error) => {
+                let after = self.ctx.clock.now() + LOST_VERSION_RETRY;
+                tracing::warn!(version, %error, %after, "a lost kept version that showed up again could not be read");
+                copy.lost[at].recover_after = Some(after.to_string());
+                return Ok(());
+            }
         };
         if read.as_deref() == Some(record.sha256.as_str()) {
             copy.lost.remove(at);
             copy.kept.push(KeptVersion {
                 verified_at: self.ctx.clock.now().to_string(),
                 missing: None,
+                recover_after: None,
                 ..record
             });
             copy.kept.sort_by_key(|k| k.version);
@@ -964,7 +979,10 @@ impl StorageReconciler {
                     replica.checksum = None;
                     replica.verified_at = None;
                     replica.path = None;
-                    replica.kept.clear();
+                    // Remembered: should its storage come back after all,
+                    // they are read and kept again.
+                    let kept = std::mem::take(&mut replica.kept);
+                    replica.remember_lost(kept, self.policy.versions);
                     if dropped > 0 {
                         tracing::warn!(dropped, "the lost secondary's kept versions are gone");
                     }
@@ -1146,6 +1164,7 @@ impl StorageReconciler {
                 sha256: checksum,
                 verified_at: copy.verified_at.clone().unwrap_or_else(|| now.clone()),
                 missing: None,
+                recover_after: None,
             });
         }
         copy.version = version;
@@ -1286,6 +1305,9 @@ impl StorageReconciler {
                 code: AgentErrorCode::PauseLimit,
                 message,
             }) => {
+                // The agent's words, bounded: they go into the status, an
+                // event and the audit.
+                let message: String = message.chars().take(500).collect();
                 let at = self.ctx.clock.now().to_string();
                 tracing::warn!(version, %message, "a scheduled copy of an attached disk was skipped");
                 self.ctx
@@ -1336,6 +1358,7 @@ impl StorageReconciler {
             sha256: stored.sha256.clone(),
             verified_at: now.clone(),
             missing: None,
+            recover_after: None,
         });
         let keep = usize::try_from(self.policy.versions).unwrap_or(usize::MAX);
         while copy.kept.len() > keep {

@@ -356,6 +356,20 @@ async fn r26_restore_points_that_show_up_again_are_read_and_kept_never_deleted_u
     h.sim.put_version("b1", STORAGE, base, whole.clone());
     damaged[0] ^= 0xff;
     h.sim.put_version("b1", STORAGE, base + 1, damaged);
+    // Its first reading fails (the storage still flapping): left alone
+    // for a while, still remembered, neither deleted nor read in a loop.
+    h.sim.fail_next("b1", "checksum_version", 1);
+    let _ = h.reconcile_storage("st-1").await;
+    let status = h.storage_status("st-1").await;
+    let lost: Vec<(u64, bool)> = status.replicas[1]
+        .lost
+        .iter()
+        .map(|l| (l.version, l.recover_after.is_some()))
+        .collect();
+    assert_eq!(lost, [(base, true)], "the other one was read: {status:?}");
+    assert!(h.sim.versions("b1", STORAGE).contains_key(&base));
+    assert!(status.replicas_in_sync, "the rest of the work goes on");
+    h.clock.advance(jiff::SignedDuration::from_mins(16));
     for _ in 0..4 {
         let _ = h.reconcile_storage("st-1").await;
     }

@@ -609,6 +609,7 @@ mod tests {
                 sha256: "ab".repeat(32),
                 verified_at: "2026-12-06T00:00:00Z".into(),
                 missing: None,
+                recover_after: None,
             })
             .collect();
         keeping.status = Some(StorageSubscriptionStatus {

@@ -6,8 +6,8 @@ use jiff::Timestamp;
 
 use crate::conditions::{self, ConditionType, Reason};
 use crate::resources::{
-    KeptVersion, LOST_VERSIONS_REMEMBERED, Missing, REPLICAS, StorageEncryption, StoragePhase,
-    StorageSubscriptionSpec, StorageSubscriptionStatus,
+    KeptVersion, Missing, REPLICAS, StorageEncryption, StoragePhase, StorageSubscriptionSpec,
+    StorageSubscriptionStatus,
 };
 
 /// What the controller knows of a subscription object.
@@ -562,8 +562,10 @@ fn orphan(
         };
         for listed in versions {
             let version = listed.version;
-            if replica.lost.iter().any(|l| l.version == version) {
-                return Some(StorageAction::RecoverVersion { version });
+            match lost_and_found(&replica.lost, version, now) {
+                Some(true) => return Some(StorageAction::RecoverVersion { version }),
+                Some(false) => continue,
+                None => {}
             }
             let needed = version == replica.version
                 || replica.kept.iter().any(|k| k.version == version)
@@ -777,7 +779,7 @@ fn attachment(
             };
             match &status.snapshot_skipped {
                 Some(skipped) => format!(
-                    "{held}; the copy due at {} was skipped: {}",
+                    "{held}; the scheduled copy of {} was skipped: {}",
                     skipped.at, skipped.reason
                 ),
                 None => held,
@@ -914,8 +916,10 @@ fn content_step(
         .collect();
     for (index, replica) in status.replicas.iter().enumerate() {
         for version in versions_of(index) {
-            if replica.lost.iter().any(|l| l.version == version) {
-                return (Some(StorageAction::RecoverVersion { version }), None);
+            match lost_and_found(&replica.lost, version, now) {
+                Some(true) => return (Some(StorageAction::RecoverVersion { version }), None),
+                Some(false) => continue,
+                None => {}
             }
             let kept = version == replica.version
                 || (replica.kept.iter().any(|k| k.version == version)
@@ -980,15 +984,21 @@ fn watch_kept(
             .partition(|k| gone.contains(&k.version));
     secondary.kept = kept;
     // Remembered, should the volumes come back (a late mount).
-    for version in lost_now {
-        secondary.lost.retain(|l| l.version != version.version);
-        secondary.lost.push(version);
-    }
-    let excess = secondary
-        .lost
-        .len()
-        .saturating_sub(LOST_VERSIONS_REMEMBERED);
-    secondary.lost.drain(..excess);
+    secondary.remember_lost(lost_now, versions_kept);
+}
+
+/// What to do with `version`, listed on a copy that lost it once: read it
+/// (`Some(true)`), leave it for now (`Some(false)`: its last reading failed
+/// lately), or nothing to say (`None`: it was never lost).
+fn lost_and_found(lost: &[KeptVersion], version: u64, now: Timestamp) -> Option<bool> {
+    let record = lost.iter().find(|l| l.version == version)?;
+    Some(
+        record
+            .recover_after
+            .as_deref()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .is_none_or(|after| after <= now),
+    )
 }
 
 /// The managed name a copy's volume name starts with.
@@ -1784,6 +1794,7 @@ mod tests {
                 sha256: "cd".repeat(32),
                 verified_at: test_time().to_string(),
                 missing: None,
+                recover_after: None,
             })
             .collect();
         (spec, status)
@@ -1794,6 +1805,7 @@ mod tests {
     /// restore point; when the volumes show again, nothing was lost.
     #[test]
     fn r26_an_absent_observation_never_loses_a_kept_version() {
+        use crate::resources::LOST_VERSIONS_REMEMBERED;
         let (spec, mut status) = in_sync_with_kept();
         let mut now = test_time();
         for observed in [
@@ -1867,35 +1879,75 @@ mod tests {
             decision.next,
             Some(StorageAction::RecoverVersion { version: 80 })
         );
-        // At most LOST_VERSIONS_REMEMBERED are remembered, the latest.
-        let mut many = status.clone();
-        many.replicas[1].kept = (1..=40)
-            .map(|version| crate::resources::KeptVersion {
+        // One whose reading failed lately (its storage flapping) is left
+        // alone for a while: neither read again at once nor deleted.
+        let mut flapping = status.clone();
+        flapping.replicas[1].lost[0].recover_after =
+            Some((now + jiff::SignedDuration::from_mins(10)).to_string());
+        let decision = plan(
+            facts(&spec, &flapping),
+            &[versions(&[100]), versions(&[80, 90, 100])],
+            now,
+        );
+        assert!(
+            !matches!(
+                decision.next,
+                Some(StorageAction::RecoverVersion { .. } | StorageAction::DeleteVersion { .. })
+            ),
+            "{decision:?}"
+        );
+        let decision = plan(
+            facts(&spec, &flapping),
+            &[versions(&[100]), versions(&[80, 90, 100])],
+            now + jiff::SignedDuration::from_mins(11),
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::RecoverVersion { version: 80 })
+        );
+        // Every version lost at once is remembered when the policy keeps
+        // many; at least LOST_VERSIONS_REMEMBERED, the latest, otherwise.
+        let many = |n: u64| {
+            (1..=n).map(|version| crate::resources::KeptVersion {
                 version,
                 bytes: 5,
                 sha256: "ef".repeat(32),
                 verified_at: test_time().to_string(),
                 missing: None,
+                recover_after: None,
             })
-            .collect();
-        let spec_many = StorageSubscriptionSpec { ..spec.clone() };
-        let mut f = facts(&spec_many, &many);
-        f.versions_kept = 100;
+        };
+        let mut copy = status.replicas[1].clone();
+        copy.lost.clear();
+        copy.remember_lost(many(40), 7);
+        assert_eq!(copy.lost.len(), LOST_VERSIONS_REMEMBERED);
+        assert_eq!(copy.lost.last().map(|l| l.version), Some(40));
+        copy.lost.clear();
+        copy.remember_lost(many(40), 100);
+        assert_eq!(copy.lost.len(), 40);
+        let mut policy_many = status.clone();
+        policy_many.replicas[1].kept = many(60).collect();
+        let mut decision = plan(
+            StorageFacts {
+                versions_kept: 100,
+                ..facts(&spec, &policy_many)
+            },
+            &[versions(&[100]), versions(&[100])],
+            now,
+        );
         let mut later = now;
-        let mut decision = plan(f, &[versions(&[100]), versions(&[100])], later);
         for _ in 0..CONFIRM_OBSERVATIONS + 1 {
             later += CONFIRM_AFTER;
-            let mut f = facts(&spec_many, &decision.status);
-            f.versions_kept = 100;
-            decision = plan(f, &[versions(&[100]), versions(&[100])], later);
+            decision = plan(
+                StorageFacts {
+                    versions_kept: 100,
+                    ..facts(&spec, &decision.status)
+                },
+                &[versions(&[100]), versions(&[100])],
+                later,
+            );
         }
-        let lost: Vec<u64> = decision.status.replicas[1]
-            .lost
-            .iter()
-            .map(|l| l.version)
-            .collect();
-        assert_eq!(lost.len(), LOST_VERSIONS_REMEMBERED);
-        assert_eq!(lost.last(), Some(&40));
+        assert_eq!(decision.status.replicas[1].lost.len(), 61, "60 and 80");
     }
 
     /// R26 (defect 5 of issue 25): a copy present but without its current

@@ -311,6 +311,33 @@ pub struct KeptVersion {
     /// record is dropped only once the loss is confirmed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub missing: Option<Missing>,
+    /// Of a lost one that showed up again and could not be read (its
+    /// storage flapping): not read again before this time, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_after: Option<String>,
+}
+
+impl StorageReplica {
+    /// Remembers kept versions this copy lost (the latest last, at most
+    /// the policy's `versions` or [`LOST_VERSIONS_REMEMBERED`], whichever
+    /// is more), so any that shows up again is read, not deleted unread.
+    pub fn remember_lost(
+        &mut self,
+        lost: impl IntoIterator<Item = KeptVersion>,
+        versions_kept: u32,
+    ) {
+        for version in lost {
+            self.lost.retain(|l| l.version != version.version);
+            self.lost.push(KeptVersion {
+                recover_after: None,
+                ..version
+            });
+        }
+        let cap =
+            LOST_VERSIONS_REMEMBERED.max(usize::try_from(versions_kept).unwrap_or(usize::MAX));
+        let excess = self.lost.len().saturating_sub(cap);
+        self.lost.drain(..excess);
+    }
 }
 
 /// Work on a subscription's copies under way.
@@ -323,8 +350,8 @@ pub struct Busy {
     pub since: String,
 }
 
-/// How many lost kept versions a copy remembers, to take back any that
-/// shows up again.
+/// How many lost kept versions a copy remembers at least (more when the
+/// policy keeps more), to take back any that shows up again.
 pub const LOST_VERSIONS_REMEMBERED: usize = 16;
 
 /// A scheduled copy of a server's disk that was not made.
