@@ -1539,7 +1539,13 @@ async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_wit
     let hypervisor = Hypervisor::from_env();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let config = hypervisor.config.display().to_string();
+    // Copied to the secondary every 10 s it is attached: QEMU opens a LUKS
+    // disk with its key, so its copy pauses the guest (a backup job would
+    // copy plaintext).
+    let config = hypervisor.config_with(
+        dir.path(),
+        "policy:\n  storage: { replicationInterval: 10s }\n",
+    );
     let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
     let admin = stratus.client(&stratus.admin_token());
     let (account, customer) = admin.open_account("ACME").await;
@@ -1606,6 +1612,45 @@ async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_wit
     ] {
         assert!(text.contains(&expected), "{expected} missing:\n{text}");
     }
+
+    // Copied to the secondary as ciphertext, the guest paused (briefly:
+    // the bound is 30 s), and the customer's history says for how long.
+    let history = customer
+        .wait_until(
+            "/v1/account/events?limit=1000",
+            "no copy of the attached LUKS disk was taken",
+            BOOT,
+            |h| {
+                h["items"]
+                    .as_array()
+                    .is_some_and(|items| items.iter().any(|e| e["action"] == "storage.snapshot"))
+            },
+        )
+        .await;
+    let snapshot = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "storage.snapshot")
+        .unwrap()
+        .clone();
+    assert_eq!(snapshot["detail"]["method"], "paused", "{snapshot}");
+    let paused_ms = snapshot["detail"]["guest_paused_ms"].as_u64().unwrap();
+    assert!(paused_ms < 30_000, "{snapshot}");
+    let copied = snapshot["detail"]["version"].as_u64().unwrap();
+    let kept = std::fs::read_dir(hypervisor.dir.join("pool-b"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.contains(&storage) && n.ends_with(&format!("-store-v{copied}.raw"))
+            })
+        })
+        .expect("the copy is kept on the secondary");
+    assert_eq!(head_of(&kept, 6), b"LUKS\xba\xbe", "{}", kept.display());
+    println!("luks storage: attached disk copied with the guest paused {paused_ms} ms (1 GiB)");
 
     // Its server stopped and started again: the key is unloaded with the
     // guest, so the disk waits for it, and comes back with it.
