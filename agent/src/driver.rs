@@ -164,6 +164,11 @@ pub struct Driver {
     writing: Mutex<std::collections::HashSet<String>>,
 }
 
+/// The mark of a volume whose writer may still write it after giving up.
+fn stuck_mark(volume: &str) -> String {
+    format!("stuck:{volume}")
+}
+
 fn is_missing(error: &virt::error::Error, number: ErrorNumber) -> bool {
     matches!(error.code(), virt::error::ErrorNumberEnum::Known(n) if n == number)
 }
@@ -457,6 +462,9 @@ impl Driver {
     /// when something writes it already.
     pub(crate) fn writing(&self, volume: &str) -> Option<Writing<'_>> {
         let mut writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        if writing.contains(&stuck_mark(volume)) {
+            return None;
+        }
         writing.insert(volume.to_owned()).then(|| Writing {
             driver: self,
             volume: volume.to_owned(),
@@ -465,10 +473,18 @@ impl Driver {
 
     /// Whether `volume` is being written.
     pub(crate) fn is_being_written(&self, volume: &str) -> bool {
+        let writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        writing.contains(volume) || writing.contains(&stuck_mark(volume))
+    }
+
+    /// Keeps `volume` marked as written after its writer gave up (a backup
+    /// job that would not stop may still write it): nothing wipes or
+    /// rewrites it until the agent restarts.
+    pub(crate) fn keep_marked_written(&self, volume: &str) {
         self.writing
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .contains(volume)
+            .insert(stuck_mark(volume));
     }
 
     /// The lock of one volume, held while it is attached to a domain or
@@ -1600,6 +1616,20 @@ mod tests {
             blocks_after <= blocks_before + 8,
             "holes were not filled: {blocks_before} -> {blocks_after} blocks"
         );
+    }
+
+    /// A backup target whose job would not stop stays marked as written:
+    /// never wiped or rewritten under QEMU, until the agent restarts.
+    #[test]
+    fn a_target_left_by_a_backup_that_would_not_stop_is_never_rewritten() {
+        let driver = Driver::open(DriverConfig::for_uri("test:///default", "z")).unwrap();
+        let volume = "stratus-acc.st-1-store-v9.raw";
+        drop(driver.writing(volume).expect("nothing writes it"));
+        assert!(!driver.is_being_written(volume));
+        driver.keep_marked_written(volume);
+        assert!(driver.is_being_written(volume));
+        assert!(driver.writing(volume).is_none(), "never written again");
+        assert!(!driver.is_being_written("stratus-acc.st-1-store-v10.raw"));
     }
 
     #[test]

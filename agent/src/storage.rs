@@ -33,6 +33,33 @@ const BACKUP_POLL: Duration = Duration::from_millis(100);
 /// How long an aborted backup job may take to be over.
 const BACKUP_ABORT_WAIT: Duration = Duration::from_secs(60);
 
+/// How a running guest's disk is copied.
+enum LiveRoute {
+    /// By a backup job: done.
+    Copied(StorageVol),
+    /// The guest is paused for it.
+    Pause,
+    /// As it is: the domain does not run, or runs without it plugged in.
+    Plain,
+}
+
+/// Resumes a guest paused for a copy, trying again briefly: a guest left
+/// paused is an outage.
+fn resume(guest: &virt::domain::Domain) -> Result<(), virt::error::Error> {
+    let mut attempt = 0;
+    loop {
+        match guest.resume() {
+            Ok(()) => return Ok(()),
+            Err(error) if attempt >= 2 => return Err(error),
+            Err(error) => {
+                tracing::warn!(%error, attempt, "resuming a guest paused for a copy");
+                attempt += 1;
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
+}
+
 /// What the watchdog of a paused copy did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Watchdog {
@@ -427,7 +454,7 @@ impl Driver {
             })?;
             let (copy, live_copy) = match user {
                 Some(domain) => self.copy_of_a_disk(&domain, &copying)?,
-                None => (self.copy_bytes(&copying, &AtomicBool::new(false))?, None),
+                None => (self.copy_bytes(&copying, None)?, None),
             };
             self.record_volume(&to_name, &copy)?;
             (copy, bytes, writing, live_copy)
@@ -459,8 +486,8 @@ impl Driver {
         domain: &str,
         copying: &Copying<'_>,
     ) -> Result<(StorageVol, Option<LiveCopy>), AgentError> {
-        match self.backup_copy(domain, copying) {
-            Ok(Some(copy)) => {
+        let pause = match self.backup_copy(domain, copying) {
+            Ok(LiveRoute::Copied(copy)) => {
                 return Ok((
                     copy,
                     Some(LiveCopy {
@@ -469,17 +496,24 @@ impl Driver {
                     }),
                 ));
             }
-            Ok(None) => {}
+            Ok(LiveRoute::Pause) => true,
+            Ok(LiveRoute::Plain) => false,
             Err(AgentError::Libvirt(error)) if backup::unsupported(&error) => {
                 tracing::debug!(%error, "no backup jobs here: the guest is paused for the copy");
+                true
             }
             Err(error) => return Err(error),
-        }
+        };
         let lock = self.lock(domain);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let never = AtomicBool::new(false);
-        let Some(running) = self.pause_for_copy(domain)? else {
-            return Ok((self.copy_bytes(copying, &never)?, None));
+        // Not plugged into the running guest: it writes nothing there, and
+        // a plug-in waits for this lock.
+        let running = match pause {
+            true => self.pause_for_copy(domain)?,
+            false => None,
+        };
+        let Some(running) = running else {
+            return Ok((self.copy_bytes(copying, None)?, None));
         };
         let limit = self.config.max_guest_pause;
         let started = Instant::now();
@@ -504,7 +538,7 @@ impl Driver {
                     }
                 }
             });
-            let copied = self.copy_bytes(copying, cancel);
+            let copied = self.copy_bytes(copying, Some(cancel));
             let _ = done.send(());
             (copied, watchdog.join().unwrap_or(Watchdog::ResumeFailed))
         });
@@ -513,14 +547,22 @@ impl Driver {
         // first thing said.
         let resumed = match watchdog {
             Watchdog::Resumed => Ok(()),
-            Watchdog::Quiet | Watchdog::ResumeFailed => running.resume(),
+            Watchdog::Quiet | Watchdog::ResumeFailed => resume(&running),
         };
-        tracing::info!(volume = %copying.from_name, seconds = paused.as_secs_f64(), "guest resumed after a copy of its disk");
+        match &resumed {
+            Ok(()) => {
+                tracing::info!(volume = %copying.from_name, seconds = paused.as_secs_f64(), "guest resumed after a copy of its disk");
+            }
+            Err(error) => {
+                tracing::error!(%error, domain, "a guest paused for a copy of its disk could not be resumed");
+            }
+        }
         let dropped = watchdog != Watchdog::Quiet || paused > limit;
         if (resumed.is_err() || dropped)
             && let Ok(copy) = &copied
+            && let Err(error) = self.dispose_as(copying.to_name, copy, true)
         {
-            self.dispose_as(copying.to_name, copy, true)?;
+            tracing::error!(%error, volume = %copying.to_name, "a dropped copy is left for a later cleanup");
         }
         resumed?;
         if dropped {
@@ -544,35 +586,32 @@ impl Driver {
     /// domain does not run, the disk is LUKS (QEMU would copy what the
     /// guest sees: plaintext), not plugged in, or not a whole-GiB file;
     /// a libvirt error saying so when this hypervisor has no backup jobs.
-    fn backup_copy(
-        &self,
-        domain: &str,
-        copying: &Copying<'_>,
-    ) -> Result<Option<StorageVol>, AgentError> {
+    fn backup_copy(&self, domain: &str, copying: &Copying<'_>) -> Result<LiveRoute, AgentError> {
         // libvirt runs one backup job per domain: two disks of one server
         // are copied one after the other. The domain's own calls go on (a
         // stop ends the job, and this copy fails and is made again).
         let lock = self.lock(&format!("{domain}#backup"));
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let Some(guest) = self.lookup_domain(domain)? else {
-            return Ok(None);
+            return Ok(LiveRoute::Plain);
         };
-        if map_state(guest.state()?.0) != DomainState::Running || is_luks(copying.source)? {
-            return Ok(None);
+        if map_state(guest.state()?.0) != DomainState::Running {
+            return Ok(LiveRoute::Plain);
         }
         let live = guest.xml_desc(0)?;
         let Some(disk) = xml::plugged_disk(&live, &self.config.pool, copying.from_name) else {
-            return Ok(None);
+            return Ok(LiveRoute::Plain);
         };
         let capacity = copying.source.info()?.capacity;
         let source_path = copying.source.path()?;
         let regular = std::fs::metadata(&source_path).is_ok_and(|m| m.is_file());
         if disk.encrypted
+            || is_luks(copying.source)?
             || !regular
             || capacity % GIB != 0
             || capacity.div_ceil(GIB) != copying.size_gib
         {
-            return Ok(None);
+            return Ok(LiveRoute::Pause);
         }
         if backup::running(&guest)?.is_some() {
             return Err(AgentError::Busy(format!(
@@ -605,15 +644,17 @@ impl Driver {
             });
         if let Err(error) = copied {
             // QEMU may still write the target: it goes only once the job
-            // is over, else it stays for the orphan cleanup.
+            // is over; else it stays marked as written, so nothing wipes
+            // it under QEMU, until the agent restarts.
             if self.stop_backup(&guest) {
                 self.dispose_as(copying.to_name, &copy, true)?;
             } else {
-                tracing::error!(volume = %copying.to_name, "a backup job would not stop; its target is left for a later cleanup");
+                tracing::error!(volume = %copying.to_name, "a backup job would not stop; its target stays until the agent restarts");
+                self.keep_marked_written(copying.to_name);
             }
             return Err(error);
         }
-        Ok(Some(copy))
+        Ok(LiveRoute::Copied(copy))
     }
 
     /// Waits for the backup job copying `volume` to end. It has no time
@@ -659,7 +700,7 @@ impl Driver {
             match backup::running(guest) {
                 Ok(None) => return true,
                 // The domain is gone: so is its job.
-                Err(_) if !guest.is_active().unwrap_or(false) => return true,
+                Err(_) if matches!(guest.is_active(), Ok(false)) => return true,
                 _ => {}
             }
             if Instant::now() > deadline {
@@ -690,10 +731,13 @@ impl Driver {
 
     /// A new volume `to_name` (of `target`'s XML) holding the first `bytes`
     /// of `source`; nothing is left of it when the copy fails.
+    /// `stoppable`: the bytes are streamed (a guest is paused meanwhile),
+    /// so the copy stops at its next chunk once it is set; else libvirt
+    /// copies a plain volume itself, to its end.
     fn copy_bytes(
         &self,
         copying: &Copying<'_>,
-        cancel: &AtomicBool,
+        stoppable: Option<&AtomicBool>,
     ) -> Result<StorageVol, AgentError> {
         let Copying {
             pool,
@@ -703,13 +747,18 @@ impl Driver {
             bytes,
             ..
         } = copying;
-        if !is_luks(source)? {
-            return Ok(StorageVol::create_xml_from(pool, target, source, 0)?);
-        }
-        // libvirt copies a LUKS volume only by decrypting it with its key;
-        // its bytes (ciphertext) are copied as they are.
+        let never = AtomicBool::new(false);
+        let stop = match stoppable {
+            Some(stop) => stop,
+            None if !is_luks(source)? => {
+                return Ok(StorageVol::create_xml_from(pool, target, source, 0)?);
+            }
+            // libvirt copies a LUKS volume only by decrypting it with its
+            // key; its bytes (ciphertext) are copied as they are.
+            None => &never,
+        };
         let copy = StorageVol::create_xml(pool, target, 0)?;
-        if let Err(error) = self.stream_copy(source, &copy, *bytes, cancel) {
+        if let Err(error) = self.stream_copy(source, &copy, *bytes, stop) {
             self.dispose_as(to_name, &copy, true)?;
             return Err(error);
         }
@@ -808,8 +857,10 @@ impl Driver {
                 }
             }
             stream.finish()?;
+            // The volume is long enough (checked above): the hypervisor's
+            // trouble, worth trying again, never "not this content".
             if read != bytes {
-                return Err(AgentError::BadRequest(format!(
+                return Err(AgentError::Worker(format!(
                     "{volume_name} gave {read} of {bytes} bytes"
                 )));
             }

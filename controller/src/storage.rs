@@ -32,10 +32,10 @@ use crate::placements::{Placing, Scheduling, Waiting};
 use crate::runtime::{ObjectKey, Outcome, Reconcile};
 use crate::servers::UNSCHEDULABLE_RECHECK;
 
-/// Observe→plan→act rounds in one reconcile before yielding to other keys.
 /// A lost kept version that showed up again and could not be read is
 /// read again after this long.
 const LOST_VERSION_RETRY: jiff::SignedDuration = jiff::SignedDuration::from_mins(15);
+/// Observe→plan→act rounds in one reconcile before yielding to other keys.
 const MAX_PASSES: usize = 8;
 /// How soon a subscription still moving after [`MAX_PASSES`] is looked at again.
 const STILL_MOVING: Duration = Duration::from_millis(200);
@@ -997,7 +997,7 @@ impl StorageReconciler {
             agents[survivor].hypervisor,
             self.ctx.clock.now(),
             if index == 1 {
-                " (the earlier versions it kept are gone; the current content is copied to it next)"
+                " (the earlier versions it kept are gone, and remembered should they show up again; the current content is copied to it next)"
             } else {
                 " and verified"
             }

@@ -562,7 +562,8 @@ fn orphan(
         };
         for listed in versions {
             let version = listed.version;
-            match lost_and_found(&replica.lost, version, now) {
+            // Only the secondary keeps versions, and loses them.
+            match lost_and_found(&replica.lost, version, now).filter(|_| index == 1) {
                 Some(true) => return Some(StorageAction::RecoverVersion { version }),
                 Some(false) => continue,
                 None => {}
@@ -916,7 +917,8 @@ fn content_step(
         .collect();
     for (index, replica) in status.replicas.iter().enumerate() {
         for version in versions_of(index) {
-            match lost_and_found(&replica.lost, version, now) {
+            // Only the secondary keeps versions, and loses them.
+            match lost_and_found(&replica.lost, version, now).filter(|_| index == 1) {
                 Some(true) => return (Some(StorageAction::RecoverVersion { version }), None),
                 Some(false) => continue,
                 None => {}
