@@ -172,38 +172,53 @@ async fn r22_a_crash_during_allocation_neither_doubles_nor_leaks_an_address() {
     let order =
         |i: usize| json!({"name": format!("vs-{i}"), "plan": "small", "image": "debian-12"});
 
-    // Orders stream in; the process dies once a few are numbered.
-    let ordering = tokio::spawn({
-        let customer = customer.clone();
-        async move {
-            let mut accepted = 0;
-            while accepted < ORDERS {
-                match customer.try_post("/v1/servers", order(accepted)).await {
-                    Some((202, _)) => accepted += 1,
-                    Some((status, body)) => panic!("order refused: {status} {body}"),
-                    None => break,
+    // Orders stream in from several clients at once (more than the
+    // controller numbers meanwhile); the process dies once a few are
+    // numbered and others accepted are still waiting for addresses.
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (customer, next, accepted) = (customer.clone(), next.clone(), accepted.clone());
+            tokio::spawn(async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                loop {
+                    let i = next.fetch_add(1, SeqCst);
+                    if i >= ORDERS {
+                        break;
+                    }
+                    match customer.try_post("/v1/servers", order(i)).await {
+                        Some((202, _)) => {
+                            accepted.fetch_add(1, SeqCst);
+                        }
+                        Some((status, body)) => panic!("order refused: {status} {body}"),
+                        None => break,
+                    }
                 }
-            }
-            accepted
-        }
-    });
+            })
+        })
+        .collect();
     let numbering = std::time::Instant::now() + WAIT;
     let allocated_at_crash = loop {
         let (_, pool) = admin.get("/v1/admin/ip-pools/crash").await;
         let allocated = pool["ipv4_counts"]["allocated"]
             .as_u64()
             .unwrap_or_default();
-        if allocated >= 5 {
+        let waiting = accepted.load(std::sync::atomic::Ordering::SeqCst) as u64 > allocated;
+        if allocated >= 5 && waiting {
             break allocated;
         }
         assert!(
             std::time::Instant::now() < numbering,
-            "no order was numbered: {pool}"
+            "no moment with orders numbered and others waiting: {pool}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
     stratus.process.crash();
-    let accepted = ordering.await.unwrap();
+    for client in clients {
+        client.await.unwrap();
+    }
+    let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
     eprintln!("killed with {allocated_at_crash} of {accepted} accepted orders numbered");
     assert!(
         accepted as u64 > allocated_at_crash,
@@ -211,13 +226,27 @@ async fn r22_a_crash_during_allocation_neither_doubles_nor_leaks_an_address() {
     );
 
     let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
-    // An order in flight at the kill may have been stored unanswered.
+    // An order in flight at the kill (one per client) may have been
+    // stored unanswered; the others are ordered again.
     let (_, list) = customer.get("/v1/servers?limit=100").await;
-    let stored = list["items"].as_array().map_or(0, Vec::len);
-    assert!((accepted..=accepted + 1).contains(&stored), "{list}");
-    for i in stored..ORDERS {
-        let (status, body) = customer.post("/v1/servers", order(i)).await;
-        assert_eq!(status, 202, "{body}");
+    let names: Vec<String> = list["items"]
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        (accepted..=accepted + 8).contains(&names.len()),
+        "{accepted} accepted: {list}"
+    );
+    for i in 0..ORDERS {
+        if !names.contains(&format!("vs-{i}")) {
+            let (status, body) = customer.post("/v1/servers", order(i)).await;
+            assert_eq!(status, 202, "{body}");
+        }
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let servers = loop {
