@@ -506,11 +506,13 @@ impl Driver {
         };
         let lock = self.lock(domain);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
-        // Not plugged into the running guest: it writes nothing there, and
-        // a plug-in waits for this lock.
-        let running = match pause {
-            true => self.pause_for_copy(domain)?,
-            false => None,
+        // Looked at again under the domain's lock (a start or a plug-in
+        // waits for it): a guest that does not run, or runs without the
+        // disk, writes nothing there while it is copied as it is.
+        let running = if pause || self.writes_to(domain, copying.from_name)? {
+            self.pause_for_copy(domain)?
+        } else {
+            None
         };
         let Some(running) = running else {
             return Ok((self.copy_bytes(copying, None)?, None));
@@ -582,10 +584,11 @@ impl Driver {
 
     /// Copies `copying.source`, a disk of the running `domain`, by a
     /// push-mode backup job into a new volume, then gives back the blocks
-    /// the job wrote as zeros. None when a backup job does not suit: the
-    /// domain does not run, the disk is LUKS (QEMU would copy what the
-    /// guest sees: plaintext), not plugged in, or not a whole-GiB file;
-    /// a libvirt error saying so when this hypervisor has no backup jobs.
+    /// the job wrote as zeros. Else says how to copy it: with the guest
+    /// paused (the disk is LUKS: QEMU would copy what the guest sees,
+    /// plaintext; or not a whole-GiB file), or as it is (the domain does
+    /// not run, or runs without it plugged in); a libvirt error saying so
+    /// when this hypervisor has no backup jobs.
     fn backup_copy(&self, domain: &str, copying: &Copying<'_>) -> Result<LiveRoute, AgentError> {
         // libvirt runs one backup job per domain: two disks of one server
         // are copied one after the other. The domain's own calls go on (a
@@ -714,6 +717,17 @@ impl Driver {
             }
             std::thread::sleep(BACKUP_POLL);
         }
+    }
+
+    /// Whether `domain` runs with `volume` of this pool plugged in.
+    fn writes_to(&self, domain: &str, volume: &str) -> Result<bool, AgentError> {
+        let Some(guest) = self.lookup_domain(domain)? else {
+            return Ok(false);
+        };
+        if map_state(guest.state()?.0) != DomainState::Running {
+            return Ok(false);
+        }
+        Ok(xml::plugged_disk(&guest.xml_desc(0)?, &self.config.pool, volume).is_some())
     }
 
     /// Pauses the running domain `name` for a copy of one of its disks;
