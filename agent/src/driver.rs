@@ -7,8 +7,8 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 
 use stratus_core::agent_api::{
-    AntiSpoofing, CONSOLE_TAIL_BYTES, DataDisk, DiskDisposal, DomainObservation, DomainSpec,
-    DomainState, Link, MANAGED_PREFIX, MAX_DATA_DISKS, NodeReport, PoolInfo, Target,
+    AntiSpoofing, CONSOLE_TAIL_BYTES, DataDisk, DiskDisposal, DomainObservation, DomainResources,
+    DomainSpec, DomainState, Link, MANAGED_PREFIX, MAX_DATA_DISKS, NodeReport, PoolInfo, Target,
     disk_volume_name, guest_failure, is_storage_serial, storage_volume_version,
 };
 use virt::connect::Connect;
@@ -336,6 +336,34 @@ fn is_unsupported(error: &virt::error::Error) -> bool {
         || is_missing(error, ErrorNumber::OperationUnsupported)
 }
 
+/// The size of `domain` as the hypervisor has it: the running guest's vCPUs
+/// and memory (its definition's when off) and `disk`'s capacity.
+fn domain_resources(
+    domain: &Domain,
+    disk: Option<&StorageVol>,
+) -> Result<DomainResources, AgentError> {
+    let info = domain.info()?;
+    let disk_bytes = disk
+        .map(StorageVol::info)
+        .transpose()?
+        .map_or(0, |i| i.capacity);
+    Ok(DomainResources {
+        vcpus: info.nr_virt_cpu,
+        memory_mib: info.max_mem / 1024,
+        disk_gib: disk_bytes.div_ceil(GIB),
+    })
+}
+
+/// Whether `domain` is off and defined with other vCPUs or memory than
+/// `spec`: it is defined again with the spec's (R23).
+fn resized(domain: &Domain, spec: &DomainSpec) -> Result<bool, AgentError> {
+    if domain.is_active()? {
+        return Ok(false);
+    }
+    let info = domain.info()?;
+    Ok(info.nr_virt_cpu != spec.vcpus || info.max_mem / 1024 != spec.memory_mib)
+}
+
 pub(crate) fn map_state(state: virt::domain::DomainStateEnum) -> DomainState {
     use virt::domain::DomainState as S;
     match state {
@@ -611,7 +639,12 @@ impl Driver {
             .transpose()?;
         let xml = domain.as_ref().map(DomainXml::of).transpose()?;
         let link = xml.as_ref().map(observe_link);
-        let disk_present = Self::lookup_volume(&self.pool()?, &disk_volume_name(name))?.is_some();
+        let disk = Self::lookup_volume(&self.pool()?, &disk_volume_name(name))?;
+        let disk_present = disk.is_some();
+        let resources = domain
+            .as_ref()
+            .map(|domain| domain_resources(domain, disk.as_ref()))
+            .transpose()?;
         let data_disks = xml
             .as_ref()
             .map(|xml| self.observe_data_disks(xml))
@@ -636,6 +669,7 @@ impl Driver {
             waiting_for_key: Vec::new(),
             guest_failure,
             mac_address,
+            resources,
         })
     }
 
@@ -682,6 +716,7 @@ impl Driver {
             self.record_volume(&disk_name, &disk)?;
             tracing::info!(domain = name, volume = %disk_name, image = %spec.image_volume, "created disk overlay");
         }
+        self.grow_disk(&pool, name, &disk_name, spec)?;
         let seed = self.ensure_seed(&pool, name, spec)?;
         let domain = match self.lookup_domain(name)? {
             None => {
@@ -701,6 +736,19 @@ impl Driver {
                 tracing::info!(
                     domain = name,
                     "defined domain again with a new cloud-init seed"
+                );
+                domain
+            }
+            Some(domain) if resized(&domain, spec)? => {
+                // Another plan (R23): made again while it is off; the
+                // controller stops a running guest first.
+                let uuid = domain.uuid_string()?;
+                let domain = self.define(name, spec, &disk_name, Some(uuid))?;
+                tracing::info!(
+                    domain = name,
+                    vcpus = spec.vcpus,
+                    memory_mib = spec.memory_mib,
+                    "defined domain again with another plan"
                 );
                 domain
             }
@@ -725,6 +773,54 @@ impl Driver {
         let mut observed = self.observe(name)?;
         observed.waiting_for_key = waiting_for_key;
         Ok(observed)
+    }
+
+    /// Grows the system disk of a domain that is off to the spec's size
+    /// (R23); a disk never shrinks, and a running guest's disk is left
+    /// alone (the controller stops it first). libvirt's test driver cannot
+    /// resize volumes, so there the empty volume is made again at the new
+    /// size.
+    fn grow_disk(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+        disk_name: &str,
+        spec: &DomainSpec,
+    ) -> Result<(), AgentError> {
+        let Some(disk) = Self::lookup_volume(pool, disk_name)? else {
+            return Ok(());
+        };
+        let wanted = spec.disk_gib.saturating_mul(GIB);
+        if disk.info()?.capacity >= wanted {
+            return Ok(());
+        }
+        let running = match self.lookup_domain(name)? {
+            Some(domain) => domain.is_active()?,
+            None => false,
+        };
+        if running {
+            return Ok(());
+        }
+        let available = pool.refresh(0).and_then(|()| pool.info())?.available;
+        let growth_gib = wanted.saturating_sub(disk.info()?.capacity).div_ceil(GIB);
+        if !fits(available, growth_gib) {
+            return Err(AgentError::NoSpace {
+                pool: self.config.pool.clone(),
+                needed_gib: growth_gib,
+            });
+        }
+        if self.config.uri.starts_with("test:") {
+            let image = Self::lookup_volume(pool, &spec.image_volume)?
+                .ok_or_else(|| AgentError::ImageMissing(spec.image_volume.clone()))?;
+            disk.delete(0)?;
+            let xml = xml::overlay_volume(disk_name, spec.disk_gib, &image.path()?);
+            let made = StorageVol::create_xml(pool, &xml, 0)?;
+            self.record_volume(disk_name, &made)?;
+        } else {
+            disk.resize(wanted, 0)?;
+        }
+        tracing::info!(domain = name, volume = %disk_name, disk_gib = spec.disk_gib, "grew the system disk");
+        Ok(())
     }
 
     /// Serials of a domain's data disks: those of its definition and, where

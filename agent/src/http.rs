@@ -13,6 +13,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use ring::digest::{SHA256, digest};
+use stratus_core::agent_api::paths::{self, ReadQuery, WriteQuery};
 use stratus_core::agent_api::{
     AgentErrorBody, AgentErrorCode, AgentErrorDetail, DomainSpec, JobStatus, LuksFormat, VolumeJob,
     VolumeSpec, VolumeUnlock,
@@ -52,30 +53,24 @@ impl AgentState {
 
 pub fn router(state: AgentState) -> Router {
     let authenticated = Router::new()
-        .route("/v1/node", get(node))
+        .route(paths::NODE, get(node))
+        .route(paths::DOMAIN, get(observe).put(ensure).delete(destroy))
+        .route(paths::DOMAIN_REBOOT, post(reboot))
+        .route(paths::DOMAIN_CONSOLE, get(console))
         .route(
-            "/v1/domains/{name}",
-            get(observe).put(ensure).delete(destroy),
-        )
-        .route("/v1/domains/{name}/reboot", post(reboot))
-        .route("/v1/domains/{name}/console", get(console))
-        .route(
-            "/v1/volumes/{name}",
+            paths::VOLUME,
             get(observe_volume)
                 .put(ensure_volume)
                 .delete(destroy_volume),
         )
         .route(
-            "/v1/volumes/{name}/versions/{version}",
+            paths::VOLUME_VERSION,
             get(read_version).put(write_version).delete(delete_version),
         )
-        .route("/v1/volumes/{name}/jobs/{id}", get(job).put(start_job))
+        .route(paths::VOLUME_JOB, get(job).put(start_job))
+        .route(paths::VERSION_LUKS, post(format_version))
         .route(
-            "/v1/volumes/{name}/versions/{version}/luks",
-            post(format_version),
-        )
-        .route(
-            "/v1/volumes/{name}/versions/{version}/unlock",
+            paths::VERSION_UNLOCK,
             post(unlock_version).delete(lock_version),
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
@@ -107,7 +102,9 @@ impl IntoResponse for AgentError {
             AgentErrorCode::ContentTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             AgentErrorCode::ImageMissing => StatusCode::UNPROCESSABLE_ENTITY,
             AgentErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
-            AgentErrorCode::Hypervisor => StatusCode::INTERNAL_SERVER_ERROR,
+            AgentErrorCode::Hypervisor | AgentErrorCode::Unknown => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             AgentErrorCode::AntiSpoofingUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AgentErrorCode::WrongKey => StatusCode::FORBIDDEN,
             AgentErrorCode::KeysUnsupported => StatusCode::NOT_IMPLEMENTED,
@@ -250,16 +247,6 @@ async fn destroy_volume(
         Json(run(&state, "destroy_volume", move |d| d.destroy_volume(&name)).await?)
             .into_response(),
     )
-}
-
-#[derive(serde::Deserialize)]
-struct WriteQuery {
-    size_gib: u64,
-}
-
-#[derive(serde::Deserialize)]
-struct ReadQuery {
-    bytes: u64,
 }
 
 /// Chunks of a request body in flight between the async reader and the

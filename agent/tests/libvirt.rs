@@ -842,3 +842,74 @@ fn r26_a_copy_that_would_pause_the_guest_too_long_is_dropped_and_the_guest_resum
     ));
     driver.destroy(name).unwrap();
 }
+
+/// R23 on the test driver: a domain is made again with another plan only
+/// while it is off, and its disk only grows (the test driver cannot resize
+/// volumes, so the empty volume is made again at the new size).
+#[test]
+fn r23_another_plan_is_applied_only_while_the_domain_is_off_and_the_disk_only_grows() {
+    let driver = default_driver();
+    let name = "stratus-itest-resize";
+    let image = "itest-resize.qcow2";
+    driver.seed_image(image, 2).unwrap();
+    let small = spec(image, PowerState::Running, true);
+    let running = driver.ensure(name, &small).unwrap();
+    let resources = running.resources.expect("the agent says the domain's size");
+    assert_eq!(
+        (resources.vcpus, resources.memory_mib, resources.disk_gib),
+        (2, 2048, 25)
+    );
+
+    let bigger = DomainSpec {
+        vcpus: 4,
+        memory_mib: 4096,
+        disk_gib: 40,
+        create_disk: false,
+        ..small.clone()
+    };
+    // Running: nothing changes under the guest.
+    let unchanged = driver.ensure(name, &bigger).unwrap();
+    assert_eq!(unchanged.resources, Some(resources));
+    assert_eq!(unchanged.state, Some(DomainState::Running));
+
+    // Off: made again and grown, and it stays off as asked.
+    let off = DomainSpec {
+        power: PowerState::Stopped,
+        power_off: true,
+        ..bigger.clone()
+    };
+    driver.ensure(name, &off).unwrap();
+    let remade = driver.ensure(name, &off).unwrap();
+    let grown = remade.resources.unwrap();
+    assert_eq!(
+        (grown.vcpus, grown.memory_mib, grown.disk_gib),
+        (4, 4096, 40)
+    );
+    assert_eq!(remade.state, Some(DomainState::Stopped));
+    assert!(remade.disk_present);
+    // Down in vCPUs and memory; a smaller disk never shrinks it.
+    let down = DomainSpec {
+        vcpus: 1,
+        memory_mib: 1024,
+        disk_gib: 10,
+        ..off.clone()
+    };
+    let shrunk = driver.ensure(name, &down).unwrap().resources.unwrap();
+    assert_eq!(
+        (shrunk.vcpus, shrunk.memory_mib, shrunk.disk_gib),
+        (1, 1024, 40)
+    );
+    let started = driver
+        .ensure(
+            name,
+            &DomainSpec {
+                power: PowerState::Running,
+                power_off: false,
+                ..down
+            },
+        )
+        .unwrap();
+    assert_eq!(started.state, Some(DomainState::Running));
+    assert_eq!(started.resources, Some(shrunk));
+    driver.destroy(name).unwrap();
+}

@@ -194,6 +194,36 @@ impl ApiError {
             .with_details(json!({ "server": server }))
     }
 
+    /// R23: the server's hypervisor has no room for the plan asked for;
+    /// `missing` says how much of what it lacks.
+    pub fn insufficient_capacity(
+        hypervisor: &str,
+        missing: stratus_core::scheduling::Load,
+    ) -> Self {
+        Self::new(
+            StatusCode::CONFLICT,
+            "insufficient_capacity",
+            format!(
+                "the server's hypervisor {hypervisor} has no room for this plan: it lacks {missing}; nothing was changed"
+            ),
+        )
+        .with_details(json!({
+            "field": "plan",
+            "hypervisor": hypervisor,
+            "missing": {
+                "vcpus": missing.vcpus,
+                "memory_mib": missing.memory_mib,
+                "disk_gib": missing.disk_gib,
+            },
+        }))
+    }
+
+    /// The server is busy with another action, named in `action`.
+    pub fn server_busy(action: &str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "server_busy", message)
+            .with_details(json!({ "action": action }))
+    }
+
     pub fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }

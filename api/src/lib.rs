@@ -2,6 +2,7 @@
 //! manage accounts, tokens and hypervisors. Handlers only validate, translate
 //! to resources and record; the controller does the work.
 
+pub mod agents;
 pub mod auth;
 pub mod body;
 pub mod error;

@@ -52,9 +52,9 @@ pub struct ApiState {
     rng: SystemRandom,
 }
 
-/// A content streaming through the API, chunk by chunk.
-pub type ContentStream =
-    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Vec<u8>, String>> + Send>>;
+/// A content streaming through the API, chunk by chunk: the agent
+/// client's own, so a stream passes from a customer to an agent as it is.
+pub use stratus_agent_client::ContentStream;
 
 /// Why an agent did not store or serve a content.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -292,6 +292,69 @@ pub struct ServerView {
     /// The IPv6 prefix held (`prefix`), the address of it on the NIC and the routing.
     pub ipv6: Option<AddressView>,
     pub created_at: Option<String>,
+    /// An action under way (a resize), or the last one's result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<ActionView>,
+}
+
+/// An action on a server: under way, or how the last one ended.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ActionView {
+    /// `resize`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `in_progress`, `waiting_for_capacity` or `done`.
+    pub state: String,
+    /// Resize: the plan it leaves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Resize: the plan it moves to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// When the controller took it up (in progress), or when it ended.
+    pub since: String,
+    /// What it is doing or waiting for; how long the guest was down.
+    pub message: String,
+}
+
+impl ActionView {
+    /// The resize of `server` under way, or the last one's result.
+    fn resize_of(server: &VirtualServer) -> Option<Self> {
+        let status = server.status.as_ref()?;
+        let condition = stratus_core::conditions::get(
+            &status.conditions,
+            stratus_core::conditions::ConditionType::Resized,
+        );
+        let asked = server.resizing();
+        let (state, from, since) = match (&status.resize, condition) {
+            (_, Some(c)) if !asked => ("done", None, c.last_transition_time.clone()),
+            (Some(progress), Some(c)) if c.reason == "InsufficientCapacity" => (
+                "waiting_for_capacity",
+                Some(progress.from.clone()),
+                progress.started_at.clone(),
+            ),
+            (Some(progress), _) => (
+                "in_progress",
+                Some(progress.from.clone()),
+                progress.started_at.clone(),
+            ),
+            // Asked for, not taken up by the controller yet.
+            (None, _) if asked => (
+                "in_progress",
+                status.applied.as_ref().map(|a| a.plan.clone()),
+                String::new(),
+            ),
+            _ => return None,
+        };
+        Some(Self {
+            kind: "resize".into(),
+            state: state.into(),
+            from,
+            to: asked.then(|| server.spec.plan.clone()),
+            since,
+            message: condition.map(|c| c.message.clone()).unwrap_or_default(),
+        })
+    }
 }
 
 /// How a suspended server is held.
@@ -359,11 +422,16 @@ impl From<&VirtualServer> for ServerView {
             (_, Some(reason)) => Some(reason.as_str().to_owned()),
             _ => status.reason,
         };
+        // The plan it runs with: the one asked for shows once a resize is done.
+        let running_with = status
+            .applied
+            .clone()
+            .unwrap_or_else(|| stratus_core::resources::AppliedPlan::of(&server.spec));
         Self {
             id: server.name_any(),
             account_id: server.namespace().unwrap_or_default(),
             name: server.spec.hostname.clone(),
-            plan: server.spec.plan.clone(),
+            plan: running_with.plan.clone(),
             image: server.spec.image.clone(),
             zone: status.zone.clone().or_else(|| server.spec.zone.clone()),
             status: phase.api_name().to_owned(),
@@ -375,9 +443,9 @@ impl From<&VirtualServer> for ServerView {
             }
             .to_owned(),
             hypervisor: status.hypervisor.map(|h| h.to_string()),
-            vcpus: server.spec.resources.vcpus,
-            memory_mib: server.spec.resources.memory_mib,
-            disk_gib: server.spec.resources.disk_gib,
+            vcpus: running_with.resources.vcpus,
+            memory_mib: running_with.resources.memory_mib,
+            disk_gib: running_with.resources.disk_gib,
             ipv4: status.ipv4.as_ref().map(AddressView::from),
             ipv6: status.ipv6.as_ref().map(AddressView::from),
             mac_address: status.mac_address,
@@ -386,24 +454,38 @@ impl From<&VirtualServer> for ServerView {
                 .creation_timestamp
                 .as_ref()
                 .map(|t| t.0.to_string()),
+            action: ActionView::resize_of(server),
         }
     }
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ServerAction {
-    #[serde(rename = "type")]
-    pub kind: ServerActionKind,
+/// What a customer can do to a server (`{"type": "stop"}`, `{"type":
+/// "resize", "plan": "small"}`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ServerAction {
+    // Braces, so an unknown field beside `type` is refused as for the others.
+    Stop {},
+    Start {},
+    Reboot {},
+    /// Moves the server to another plan (R23): up or down in vCPUs and
+    /// memory; the disk only grows.
+    Resize {
+        /// The plan to move to.
+        plan: String,
+    },
 }
 
-/// What a customer can do to a server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum ServerActionKind {
-    Stop,
-    Start,
-    Reboot,
+impl ServerAction {
+    /// Its name, as the request's `type` says it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Stop {} => "stop",
+            Self::Start {} => "start",
+            Self::Reboot {} => "reboot",
+            Self::Resize { .. } => "resize",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -831,3 +831,322 @@ async fn an_order_whose_disk_cannot_hold_its_image_is_refused_naming_the_plan() 
         "nothing created"
     );
 }
+
+/// The server `id` placed on `hv-default` and running plan `small`, as the
+/// controller would record it, on a hypervisor with `vcpus` and
+/// `memory_mib`.
+async fn placed_and_running(api: &Api, account: &str, id: &str, vcpus: u32, memory_mib: u64) {
+    use stratus_core::resources::{
+        AppliedPlan, HypervisorCapacity, HypervisorStatus, ServerPhase, VirtualServerStatus,
+    };
+    let hypervisor = stratus_core::ids::HypervisorName::parse("hv-default").unwrap();
+    api.state
+        .hypervisors
+        .patch_status(
+            None,
+            "hv-default",
+            &HypervisorStatus {
+                reachable: true,
+                capacity: Some(HypervisorCapacity {
+                    vcpus,
+                    memory_mib,
+                    disk_gib: 1000,
+                    images: vec!["debian-12.qcow2".into()],
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let server = api
+        .state
+        .servers
+        .get(Some(account), id)
+        .await
+        .unwrap()
+        .unwrap();
+    api.state
+        .servers
+        .patch_status(
+            Some(account),
+            id,
+            &VirtualServerStatus {
+                phase: ServerPhase::Running,
+                hypervisor: Some(hypervisor),
+                provisioned: true,
+                applied: Some(AppliedPlan::of(&server.spec)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn r23_a_resize_is_checked_charged_and_asked_for_in_one_step_on_both_databases() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let mut config = Config::default();
+        config.plans.push(stratus_core::config::Plan {
+            name: "tiny".into(),
+            vcpus: 1,
+            memory_mib: 512,
+            disk_gib: 10,
+        });
+        let api = api_configured(scratch, config).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let ordered = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        assert_eq!(
+            ordered.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            ordered.body
+        );
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        let actions = format!("/v1/servers/{id}/actions");
+        let resize = |plan: &str| json!({"type": "resize", "plan": plan});
+
+        // Not provisioned yet: nothing to resize.
+        let early = api
+            .call(Method::POST, &actions, &token, Some(resize("medium")))
+            .await;
+        assert_error(&early, StatusCode::CONFLICT, "server_busy", None);
+        assert_eq!(early.body["error"]["details"]["action"], "provisioning");
+
+        // 4 vCPU and 8 GiB on its hypervisor.
+        placed_and_running(&api, &account, &id, 4, 8192).await;
+        let usage = || async { api.state.ledger.quotas().usage(&account).await.unwrap() };
+        let before = usage().await;
+        let spec_before = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+
+        // Refusals name the field and change nothing.
+        for (body, status, code, field) in [
+            (
+                json!({"type": "resize"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+            ),
+            (
+                resize("gigantic"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("plan"),
+            ),
+            (
+                resize("small"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("plan"),
+            ),
+            (
+                resize("tiny"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("plan"),
+            ),
+            (
+                json!({"type": "resize", "plan": "medium", "gpu": 1}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+            ),
+            (
+                json!({"type": "explode"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("type"),
+            ),
+            (
+                resize("xlarge"),
+                StatusCode::CONFLICT,
+                "insufficient_capacity",
+                Some("plan"),
+            ),
+        ] {
+            let reply = api
+                .call(Method::POST, &actions, &token, Some(body.clone()))
+                .await;
+            assert_error(&reply, status, code, field);
+            let _ = label;
+        }
+        let short = api
+            .call(Method::POST, &actions, &token, Some(resize("xlarge")))
+            .await;
+        assert_eq!(
+            short.body["error"]["details"]["missing"],
+            json!({"vcpus": 4, "memory_mib": 8192, "disk_gib": 0}),
+            "{label}"
+        );
+        // Over the quota: at most 3 vCPUs for this account.
+        let quota = format!("/v1/admin/accounts/{account}/quota");
+        let set = api
+            .call(Method::PUT, &quota, &api.admin, Some(json!({"vcpus": 3})))
+            .await;
+        assert_eq!(set.status, StatusCode::OK, "{}", set.body);
+        let over = api
+            .call(Method::POST, &actions, &token, Some(resize("large")))
+            .await;
+        assert_error(
+            &over,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quota_exceeded",
+            None,
+        );
+        assert_eq!(over.body["error"]["details"]["quota"], "vcpus");
+        assert_eq!(
+            usage().await,
+            before,
+            "{label}: a refusal charged something"
+        );
+        let spec_now = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+        assert_eq!(
+            spec_now, spec_before,
+            "{label}: a refusal changed the server"
+        );
+
+        // Accepted: charged at once, shown in progress, audited with its actor.
+        let accepted = api
+            .call(Method::POST, &actions, &token, Some(resize("medium")))
+            .await;
+        assert_eq!(
+            accepted.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            accepted.body
+        );
+        assert_eq!(
+            accepted.body["plan"], "small",
+            "the view shows the plan it runs with"
+        );
+        assert_eq!(accepted.body["vcpus"], 1);
+        assert_eq!(accepted.body["action"]["type"], "resize");
+        assert_eq!(accepted.body["action"]["state"], "in_progress");
+        assert_eq!(accepted.body["action"]["to"], "medium");
+        let after = usage().await;
+        assert_eq!(
+            (after.vcpus, after.memory_mib, after.disk_gib),
+            (2, 4096, 80),
+            "{label}"
+        );
+        assert_eq!(after.servers, before.servers);
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Server {
+                account: account.clone(),
+                name: id.clone(),
+            })
+            .await
+            .unwrap();
+        let audited = trail
+            .iter()
+            .find(|e| e.action == AuditAction::ServerResize)
+            .expect("audited");
+        assert_eq!(audited.detail["from"], "small");
+        assert_eq!(audited.detail["to"], "medium");
+
+        // Busy until it is done: every other action is refused, naming it.
+        for body in [
+            resize("large"),
+            json!({"type": "stop"}),
+            json!({"type": "reboot"}),
+        ] {
+            let reply = api.call(Method::POST, &actions, &token, Some(body)).await;
+            assert_error(&reply, StatusCode::CONFLICT, "server_busy", None);
+            assert_eq!(reply.body["error"]["details"]["action"], "resize");
+        }
+        assert_eq!(usage().await, after, "{label}");
+
+        // Another account's token cannot even see it.
+        let (_, other) = api.customer("Other").await;
+        let foreign = api
+            .call(Method::POST, &actions, &other, Some(resize("large")))
+            .await;
+        assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{label}");
+    }
+}
+
+#[tokio::test]
+async fn r23_racing_resizes_charge_the_quota_exactly_once_each() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let mut ids = Vec::new();
+        for i in 0..6 {
+            let ordered = api
+                .call(
+                    Method::POST,
+                    "/v1/servers",
+                    &token,
+                    Some(order(&format!("web{i}"))),
+                )
+                .await;
+            ids.push(ordered.body["id"].as_str().unwrap().to_owned());
+        }
+        for id in &ids {
+            placed_and_running(&api, &account, id, 64, 1 << 20).await;
+        }
+        // Room in the quota for three of the six to grow from 1 to 2 vCPUs.
+        let quota = format!("/v1/admin/accounts/{account}/quota");
+        api.call(Method::PUT, &quota, &api.admin, Some(json!({"vcpus": 9})))
+            .await;
+        let racing = ids.iter().flat_map(|id| {
+            // Each twice at once: a retry racing its original.
+            (0..2).map(move |_| (id.clone(), json!({"type": "resize", "plan": "medium"})))
+        });
+        let replies = futures::future::join_all(racing.map(|(id, body)| {
+            let api = &api;
+            let token = &token;
+            async move {
+                api.call(
+                    Method::POST,
+                    &format!("/v1/servers/{id}/actions"),
+                    token,
+                    Some(body),
+                )
+                .await
+            }
+        }))
+        .await;
+        let accepted = replies
+            .iter()
+            .filter(|r| r.status == StatusCode::ACCEPTED)
+            .count();
+        let usage = api.state.ledger.quotas().usage(&account).await.unwrap();
+        let servers = api.state.servers.list(Some(&account)).await.unwrap().items;
+        let medium = servers.iter().filter(|s| s.spec.plan == "medium").count();
+        assert_eq!(accepted, medium, "{label}: one 202 per server moved");
+        assert_eq!(
+            medium,
+            3,
+            "{label}: {replies:?}",
+            replies = replies
+                .iter()
+                .map(|r| r.body.to_string())
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(usage.vcpus, 9, "{label}");
+        assert_eq!(usage.memory_mib, 3 * 4096 + 3 * 1024, "{label}");
+    }
+}

@@ -11,7 +11,7 @@ use kube::CustomResourceExt;
 use kube::core::ObjectMeta;
 use prometheus_client::registry::Registry;
 use stratus_agent::{AntiSpoofingMode, CapacityOverride, Driver, DriverConfig};
-use stratus_controller::leader::{FencedAgents, LeaderElector};
+use stratus_controller::leader::LeaderElector;
 use stratus_controller::{ControllerConfig, RuntimeConfig};
 use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{
@@ -436,7 +436,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     let agents: Arc<dyn stratus_controller::AgentClient> =
         Arc::new(wiring::agent_client(controller_tls, &mut registry)?);
-    let agents_for_api = Arc::new(wiring::AgentsForApi::new(&core, agents.clone()));
+    let agents_for_api = Arc::new(stratus_api::agents::AgentsForApi::new(
+        core.objects(),
+        core.secrets.clone(),
+        agents.clone(),
+    ));
     let controller = core.controller(
         &mut registry,
         ControllerConfig {
@@ -826,10 +830,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     // Agents answer only while this replica leads (see `leader`).
     let (leading_tx, mut leading) = tokio::sync::watch::channel(false);
-    let agents = FencedAgents::new(
-        Arc::new(wiring::agent_client(agent_tls, &mut registry)?),
-        leading.clone(),
-    );
+    let agents = wiring::agent_client(agent_tls, &mut registry)?.fenced(leading.clone());
     let controller = core.controller(
         &mut registry,
         ControllerConfig {

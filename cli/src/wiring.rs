@@ -14,12 +14,10 @@ use stratus_api::{ApiDeps, ApiState};
 use stratus_controller::events::KubeEvents;
 use stratus_controller::metrics::ControllerMetrics;
 use stratus_controller::{
-    AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, Context as ControllerContext,
-    ControllerConfig, HttpAgentClient, Runtime,
+    AgentClient, AgentDirectory, Context as ControllerContext, ControllerConfig, HttpAgentClient,
+    Runtime,
 };
-use stratus_core::agent_api::{LuksFormat, VolumeKey, VolumeUnlock};
 use stratus_core::config::SeededPool;
-use stratus_core::ids::HypervisorName;
 use stratus_core::resources::{IpPool, IpPoolSpec};
 use stratus_core::{Clock, Config, SystemClock};
 use stratus_store::ledger::Ledger;
@@ -274,158 +272,6 @@ pub fn agent_service(
 
 /// The controller's client of the agents, over mutual TLS with `files`
 /// (reloaded when they change); the certificate's expiry joins `registry`.
-/// What the API asks of agents (guests' consoles, storage content),
-/// through the controller's agent client: the agent's URL and token come
-/// from the Hypervisor object and the credential store, as for every
-/// other agent call.
-pub struct AgentsForApi {
-    directory: AgentDirectory,
-    agents: Arc<dyn AgentClient>,
-}
-
-impl AgentsForApi {
-    pub fn new(core: &Core, agents: Arc<dyn AgentClient>) -> Self {
-        Self {
-            directory: AgentDirectory::new(Resources::new(core.objects()), core.secrets.clone()),
-            agents,
-        }
-    }
-}
-
-#[async_trait::async_trait]
-impl stratus_api::ServerConsoles for AgentsForApi {
-    async fn tail(&self, hypervisor: &str, domain: &str) -> Result<Vec<u8>, String> {
-        let agent = self.endpoint(hypervisor).await?;
-        self.agents
-            .console(&agent, domain)
-            .await
-            .map_err(|error| error.to_string())
-    }
-}
-
-impl AgentsForApi {
-    async fn endpoint(&self, hypervisor: &str) -> Result<AgentEndpoint, String> {
-        let name = HypervisorName::parse(hypervisor)
-            .ok_or_else(|| format!("{hypervisor:?} is not a hypervisor name"))?;
-        self.directory.by_name(&name).await
-    }
-}
-
-/// What an agent's refusal of a content means to the API.
-fn content_error(error: AgentCallError) -> stratus_api::ContentError {
-    use stratus_api::ContentError;
-    use stratus_core::agent_api::AgentErrorCode;
-    match error {
-        AgentCallError::Rejected {
-            code: AgentErrorCode::ContentTooLarge,
-            ..
-        } => ContentError::TooLarge,
-        AgentCallError::Rejected {
-            code: AgentErrorCode::VersionConflict | AgentErrorCode::VersionExists,
-            message,
-        } => ContentError::Conflict(message),
-        AgentCallError::Rejected {
-            code: AgentErrorCode::WrongKey,
-            ..
-        } => ContentError::WrongKey,
-        other => ContentError::Unavailable(other.to_string()),
-    }
-}
-
-#[async_trait::async_trait]
-impl stratus_api::StorageContents for AgentsForApi {
-    async fn write(
-        &self,
-        hypervisor: &str,
-        name: &str,
-        version: u64,
-        size_gib: u64,
-        content: stratus_api::ContentStream,
-    ) -> Result<stratus_core::agent_api::StoredContent, stratus_api::ContentError> {
-        let agent = self
-            .endpoint(hypervisor)
-            .await
-            .map_err(stratus_api::ContentError::Unavailable)?;
-        self.agents
-            .write_version(&agent, name, version, size_gib, content)
-            .await
-            .map_err(content_error)
-    }
-
-    async fn read(
-        &self,
-        hypervisor: &str,
-        name: &str,
-        version: u64,
-        bytes: u64,
-    ) -> Result<stratus_api::ContentStream, stratus_api::ContentError> {
-        let agent = self
-            .endpoint(hypervisor)
-            .await
-            .map_err(stratus_api::ContentError::Unavailable)?;
-        self.agents
-            .read_version(&agent, name, version, bytes)
-            .await
-            .map_err(content_error)
-    }
-
-    async fn format(
-        &self,
-        hypervisor: &str,
-        name: &str,
-        version: u64,
-        size_gib: u64,
-        key: &VolumeKey,
-    ) -> Result<stratus_core::agent_api::StoredContent, stratus_api::ContentError> {
-        let agent = self
-            .endpoint(hypervisor)
-            .await
-            .map_err(stratus_api::ContentError::Unavailable)?;
-        let format = LuksFormat {
-            size_gib,
-            key: key.clone(),
-        };
-        self.agents
-            .format_version(&agent, name, version, &format)
-            .await
-            .map_err(content_error)
-    }
-
-    async fn lock(
-        &self,
-        hypervisor: &str,
-        name: &str,
-        version: u64,
-    ) -> Result<(), stratus_api::ContentError> {
-        let agent = self
-            .endpoint(hypervisor)
-            .await
-            .map_err(stratus_api::ContentError::Unavailable)?;
-        self.agents
-            .lock_version(&agent, name, version)
-            .await
-            .map_err(content_error)
-    }
-
-    async fn unlock(
-        &self,
-        hypervisor: &str,
-        name: &str,
-        version: u64,
-        key: &VolumeKey,
-    ) -> Result<(), stratus_api::ContentError> {
-        let agent = self
-            .endpoint(hypervisor)
-            .await
-            .map_err(stratus_api::ContentError::Unavailable)?;
-        let unlock = VolumeUnlock { key: key.clone() };
-        self.agents
-            .unlock_version(&agent, name, version, &unlock)
-            .await
-            .map_err(content_error)
-    }
-}
-
 pub fn agent_client(files: TlsFiles, registry: &mut Registry) -> anyhow::Result<HttpAgentClient> {
     let expiry = Gauge::default();
     registry.register(

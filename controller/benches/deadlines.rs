@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use stratus_agent_client::simulated::SimulatedAgent;
 use stratus_controller::deadlines::DeadlineRunner;
 use stratus_controller::notifier::{Notifier, Outbox};
 use stratus_controller::receivers::WebhookReceiver;
-use stratus_controller::simulated::SimulatedAgent;
 use stratus_controller::{AgentDirectory, Context};
 use stratus_core::notices::{Notifications, Webhook};
 use stratus_core::policy::Policy;

@@ -8,9 +8,9 @@ use stratus_core::Clock;
 use stratus_core::conditions::EventReason;
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Ledger};
 
-use crate::agent_client::{AgentClient, AgentDirectory};
 use crate::events::{EventType, Events, NoEvents, Regarding};
 use crate::metrics::ControllerMetrics;
+use stratus_agent_client::{AgentClient, AgentDirectory};
 
 #[derive(Clone)]
 pub struct Context {

@@ -1,6 +1,6 @@
 use stratus_core::ids::HypervisorName;
 
-use crate::agent_client::AgentCallError;
+use stratus_agent_client::AgentCallError;
 
 /// Why a reconcile did not finish; every variant is retried with backoff.
 #[derive(Debug, thiserror::Error)]

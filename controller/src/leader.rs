@@ -11,27 +11,21 @@
 //!   lease duration on its own monotonic clock (clock skew does not matter);
 //! * the leader stops acting at its renew deadline (shorter than the lease)
 //!   after the start of its last successful renewal, by a local timer, even
-//!   when a renewal hangs; [`FencedAgents`] refuses agent calls from then on,
-//!   so a reconcile already running cannot act for a deposed leader.
+//!   when a renewal hangs; the agent client (`HttpAgentClient::fenced`)
+//!   refuses calls from then on, so a reconcile already running cannot act
+//!   for a deposed leader.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
 use kube::api::ObjectMeta;
 use stratus_core::Clock;
-use stratus_core::agent_api::{
-    DomainObservation, DomainSpec, LuksFormat, NodeReport, StoredContent, VolumeObservation,
-    VolumeSpec, VolumeUnlock,
-};
 use stratus_core::leadership::{self, LeaseDecision, LeaseState};
 use stratus_store::{Resources, StoreError};
 use tokio::sync::watch;
-
-use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};
 
 pub struct LeaderElector {
     pub leases: Resources<Lease>,
@@ -217,208 +211,5 @@ impl LeaderElector {
                 }
             }
         }
-    }
-}
-
-/// The agents, reachable only while this replica leads: a reconcile that
-/// started before leadership ended cannot act on a hypervisor after it.
-pub struct FencedAgents {
-    inner: Arc<dyn AgentClient>,
-    leading: watch::Receiver<bool>,
-}
-
-impl FencedAgents {
-    pub fn new(inner: Arc<dyn AgentClient>, leading: watch::Receiver<bool>) -> Self {
-        Self { inner, leading }
-    }
-
-    fn check(&self) -> Result<(), AgentCallError> {
-        if *self.leading.borrow() {
-            Ok(())
-        } else {
-            Err(AgentCallError::Unreachable(
-                "this controller replica no longer leads; the new leader acts".into(),
-            ))
-        }
-    }
-}
-
-#[async_trait]
-impl AgentClient for FencedAgents {
-    async fn node(&self, agent: &AgentEndpoint) -> Result<NodeReport, AgentCallError> {
-        self.check()?;
-        self.inner.node(agent).await
-    }
-
-    async fn observe(
-        &self,
-        agent: &AgentEndpoint,
-        domain: &str,
-    ) -> Result<DomainObservation, AgentCallError> {
-        self.check()?;
-        self.inner.observe(agent, domain).await
-    }
-
-    async fn ensure(
-        &self,
-        agent: &AgentEndpoint,
-        domain: &str,
-        spec: &DomainSpec,
-    ) -> Result<DomainObservation, AgentCallError> {
-        self.check()?;
-        self.inner.ensure(agent, domain, spec).await
-    }
-
-    async fn reboot(
-        &self,
-        agent: &AgentEndpoint,
-        domain: &str,
-    ) -> Result<DomainObservation, AgentCallError> {
-        self.check()?;
-        self.inner.reboot(agent, domain).await
-    }
-
-    async fn destroy(
-        &self,
-        agent: &AgentEndpoint,
-        domain: &str,
-    ) -> Result<DomainObservation, AgentCallError> {
-        self.check()?;
-        self.inner.destroy(agent, domain).await
-    }
-
-    /// Reading a console changes nothing: any replica may.
-    async fn console(
-        &self,
-        agent: &AgentEndpoint,
-        domain: &str,
-    ) -> Result<Vec<u8>, AgentCallError> {
-        self.inner.console(agent, domain).await
-    }
-
-    async fn observe_volume(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-    ) -> Result<VolumeObservation, AgentCallError> {
-        self.check()?;
-        self.inner.observe_volume(agent, name).await
-    }
-
-    async fn ensure_volume(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        spec: &VolumeSpec,
-    ) -> Result<VolumeObservation, AgentCallError> {
-        self.check()?;
-        self.inner.ensure_volume(agent, name, spec).await
-    }
-
-    async fn destroy_volume(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-    ) -> Result<VolumeObservation, AgentCallError> {
-        self.check()?;
-        self.inner.destroy_volume(agent, name).await
-    }
-
-    async fn write_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        version: u64,
-        size_gib: u64,
-        content: ContentStream,
-    ) -> Result<StoredContent, AgentCallError> {
-        self.check()?;
-        self.inner
-            .write_version(agent, name, version, size_gib, content)
-            .await
-    }
-
-    /// Reading changes nothing: any replica may.
-    async fn read_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        version: u64,
-        bytes: u64,
-    ) -> Result<ContentStream, AgentCallError> {
-        self.inner.read_version(agent, name, version, bytes).await
-    }
-
-    async fn delete_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        version: u64,
-    ) -> Result<VolumeObservation, AgentCallError> {
-        self.check()?;
-        self.inner.delete_version(agent, name, version).await
-    }
-
-    async fn copy_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        from: u64,
-        to: u64,
-        pause_guest: bool,
-    ) -> Result<StoredContent, AgentCallError> {
-        self.check()?;
-        self.inner
-            .copy_version(agent, name, from, to, pause_guest)
-            .await
-    }
-
-    async fn format_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        version: u64,
-        format: &LuksFormat,
-    ) -> Result<StoredContent, AgentCallError> {
-        self.check()?;
-        self.inner
-            .format_version(agent, name, version, format)
-            .await
-    }
-
-    async fn lock_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        version: u64,
-    ) -> Result<(), AgentCallError> {
-        self.check()?;
-        self.inner.lock_version(agent, name, version).await
-    }
-
-    async fn unlock_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        version: u64,
-        unlock: &VolumeUnlock,
-    ) -> Result<(), AgentCallError> {
-        self.check()?;
-        self.inner
-            .unlock_version(agent, name, version, unlock)
-            .await
-    }
-
-    /// Reading changes nothing: any replica may.
-    async fn checksum_version(
-        &self,
-        agent: &AgentEndpoint,
-        name: &str,
-        version: u64,
-        bytes: u64,
-    ) -> Result<StoredContent, AgentCallError> {
-        self.inner
-            .checksum_version(agent, name, version, bytes)
-            .await
     }
 }

@@ -1,13 +1,12 @@
 //! The stratus controller: reconcilers that make hypervisors match the
-//! resources, the generic runtime they run on, the agent client they act
-//! through, and leader election.
+//! resources, the generic runtime they run on, and leader election. They
+//! act on hypervisors through `stratus_agent_client`.
 //!
 //! A new reconciler: a struct holding a [`Context`] and the
 //! [`stratus_store::Resources`] of its kind, an `impl runtime::Reconcile`,
 //! and one `runtime.add(...)` line in [`controller`].
 
 pub mod addresses;
-pub mod agent_client;
 pub mod context;
 pub mod deadlines;
 pub mod dnsbl;
@@ -23,18 +22,17 @@ pub mod placements;
 pub mod receivers;
 pub mod runtime;
 pub mod servers;
-pub mod simulated;
 pub mod storage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use agent_client::{
-    AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, HttpAgentClient,
-};
 pub use context::Context;
 pub use error::ControllerError;
 pub use runtime::{Runtime, RuntimeConfig};
+pub use stratus_agent_client::{
+    AgentCallError, AgentClient, AgentDirectory, AgentEndpoint, HttpAgentClient,
+};
 use stratus_core::Config;
 use stratus_store::{ObjectStore, Resources};
 

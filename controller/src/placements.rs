@@ -99,7 +99,7 @@ impl Placements {
             .into_iter()
             .filter_map(|s| {
                 let hypervisor = s.status.as_ref()?.hypervisor.clone()?;
-                Some((ObjectKey::of(&s), (hypervisor, s.spec.resources)))
+                Some((ObjectKey::of(&s), (hypervisor, s.held_resources())))
             })
             .collect();
         self.storage = storage
@@ -125,7 +125,7 @@ impl Placements {
             self.servers
                 .iter()
                 .filter(|(key, _)| !matches!(placing, Placing::Server(k) if k == *key))
-                .map(|(_, (hypervisor, resources))| (hypervisor, resources)),
+                .map(|(_, (hypervisor, resources))| (hypervisor, *resources)),
         );
         for (key, (hypervisors, size_gib)) in &self.storage {
             if matches!(placing, Placing::Storage(k) if k == key) {

@@ -22,15 +22,15 @@ use stratus_core::resources::{
 };
 use stratus_core::scheduling;
 use stratus_store::Resources;
-use stratus_store::ledger::{AuditAction, AuditSubject};
+use stratus_store::ledger::{AuditAction, AuditSubject, Charge};
 
 use crate::addresses::{Addresses, Allocation, Holder};
-use crate::agent_client::{AgentCallError, AgentEndpoint};
 use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
 use crate::placements::{Placing, Scheduling, Waiting};
 use crate::runtime::{ObjectKey, Outcome, Reconcile};
+use stratus_agent_client::{AgentCallError, AgentEndpoint};
 
 /// Observe→plan→act rounds in one reconcile before yielding to other keys.
 const MAX_PASSES: usize = 8;
@@ -216,6 +216,14 @@ impl ServerReconciler {
                 self.release_terminated(server, &current, next).await?;
                 return Ok(Pass::Finished(Outcome::Done));
             }
+            Action::ReserveRoom => {
+                if let Some(retry) = self.reserve_room(server, &current, next).await? {
+                    return Ok(Pass::Finished(Outcome::RequeueAfter(retry)));
+                }
+            }
+            Action::FinishResize => {
+                self.finish_resize(server, &current, next).await?;
+            }
             Action::EnsureDomain {
                 create_disk,
                 power_off,
@@ -224,7 +232,7 @@ impl ServerReconciler {
                 if power_off {
                     tracing::warn!(grace = %self.config.policy.power.shutdown_grace, "guest did not shut down in time; powering it off");
                 }
-                let mut spec = self.domain_spec(server, &current, create_disk, power_off)?;
+                let mut spec = self.domain_spec(server, &next, create_disk, power_off)?;
                 spec.data_disks = data_disks;
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
                 if let Ok(answer) = &result {
@@ -456,14 +464,15 @@ impl ServerReconciler {
             ssh_keys: server.spec.ssh_keys.clone(),
             user_data: server.spec.user_data.clone(),
         };
+        let (resources, power) = lifecycle::domain_shape(&server.spec, status);
         Ok(DomainSpec {
             hostname: server.spec.hostname.clone(),
-            vcpus: server.spec.resources.vcpus,
-            memory_mib: server.spec.resources.memory_mib,
-            disk_gib: server.spec.resources.disk_gib,
+            vcpus: resources.vcpus,
+            memory_mib: resources.memory_mib,
+            disk_gib: resources.disk_gib,
             image_volume: image.volume.clone(),
             mac_address,
-            power: server.spec.power,
+            power,
             create_disk,
             power_off,
             ipv4: status.ipv4.clone(),
@@ -670,7 +679,7 @@ impl ServerReconciler {
         );
         self.record_status(server, current, &next).await?;
         if let Some(hypervisor) = &next.hypervisor {
-            placements.place_server(key.clone(), hypervisor.clone(), server.spec.resources);
+            placements.place_server(key.clone(), hypervisor.clone(), server.held_resources());
         }
         if placement.is_ok() {
             return Ok(None);
@@ -685,6 +694,131 @@ impl ServerReconciler {
             );
         }
         Ok(Some(UNSCHEDULABLE_RECHECK))
+    }
+
+    /// Holds room for the plan a resize moves to (R23) on the server's own
+    /// hypervisor, under the placements' lock so no order is placed into
+    /// it meanwhile; or says what is missing and waits for room to be
+    /// freed. Returns a retry delay while it waits.
+    async fn reserve_room(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        mut next: VirtualServerStatus,
+    ) -> Result<Option<Duration>, ControllerError> {
+        let Some(hypervisor) = next.hypervisor.clone() else {
+            return Ok(None);
+        };
+        let now = self.ctx.clock.now();
+        let key = ObjectKey::of(server);
+        let mut placements = self.scheduling.placements.lock().await;
+        placements.refresh(&self.servers, &self.storage).await?;
+        let capacity = self
+            .ctx
+            .directory
+            .hypervisors
+            .get(None, hypervisor.as_str())
+            .await?
+            .and_then(|h| h.status.and_then(|s| s.capacity));
+        let others = placements
+            .load(Placing::Server(&key))
+            .get(&hypervisor)
+            .map(|p| p.load)
+            .unwrap_or_default();
+        let held = server.held_resources();
+        let missing = match &capacity {
+            None => Some(format!(
+                "hypervisor {hypervisor} has not reported its capacity"
+            )),
+            Some(capacity) => scheduling::shortfall(capacity, others, &held)
+                .map(|lacking| format!("hypervisor {hypervisor} lacks {lacking}")),
+        };
+        let Some(missing) = missing else {
+            if let Some(progress) = next.resize.as_mut() {
+                progress.room_reserved = true;
+            }
+            self.record_status(server, current, &next).await?;
+            placements.place_server(key, hypervisor, held);
+            tracing::info!(plan = %server.spec.plan, "room held for a resize");
+            return Ok(None);
+        };
+        let message = format!(
+            "moving to plan {} waits for room: {missing}",
+            server.spec.plan
+        );
+        let said_before = conditions::get(&current.conditions, ConditionType::Resized)
+            .is_some_and(|c| c.message == message);
+        conditions::set(
+            &mut next.conditions,
+            ConditionType::Resized,
+            false,
+            Reason::InsufficientCapacity,
+            message.clone(),
+            now,
+        );
+        self.record_status(server, current, &next).await?;
+        placements.waiting_servers.insert(key);
+        drop(placements);
+        if !said_before {
+            tracing::info!(%message, "resize waits for room");
+            self.ctx
+                .publish(
+                    server,
+                    EventType::Warning,
+                    EventReason::ResizeWaiting,
+                    &message,
+                )
+                .await;
+        }
+        Ok(Some(UNSCHEDULABLE_RECHECK))
+    }
+
+    /// The server runs with its new plan: the plan change goes to billing
+    /// (once, whatever retries), then the resize is recorded as done.
+    async fn finish_resize(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        mut next: VirtualServerStatus,
+    ) -> Result<(), ControllerError> {
+        let now = self.ctx.clock.now();
+        let Some(progress) = next.resize.clone() else {
+            return Ok(());
+        };
+        let account = server.namespace().unwrap_or_default();
+        let name = server.name_any();
+        let charge = Charge {
+            key: format!("plan_changed:{account}/{name}:{}", progress.started_at),
+            account: account.clone(),
+            kind: "plan_changed".into(),
+            amount: 0,
+            currency: self.config.policy.currency.clone(),
+            subject: name.clone(),
+            detail: json!({
+                "server": name,
+                "from": progress.from,
+                "to": server.spec.plan,
+                "at": now.to_string(),
+                "requested_at": progress.started_at,
+            }),
+            created_at: now.as_millisecond(),
+        };
+        self.ctx.ledger.charges().record(&charge).await?;
+        let downtime = lifecycle::record_resized(&mut next, now);
+        self.record_status(server, current, &next).await?;
+        let message = conditions::get(&next.conditions, ConditionType::Resized)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        tracing::info!(
+            from = %progress.from,
+            to = %server.spec.plan,
+            downtime_ms = downtime.map(|d| d.as_millis()),
+            "resized"
+        );
+        self.ctx
+            .publish(server, EventType::Normal, EventReason::Resized, &message)
+            .await;
+        Ok(())
     }
 
     /// Event and audit row of a destroyed domain, saying honestly what became

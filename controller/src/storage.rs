@@ -23,7 +23,6 @@ use stratus_core::storage::{self, CopyObservation, ServerFacts, StorageAction, S
 use stratus_store::Resources;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
-use crate::agent_client::{AgentCallError, AgentEndpoint};
 use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
@@ -31,6 +30,7 @@ use crate::notifier::Outbox;
 use crate::placements::{Placing, Scheduling, Waiting};
 use crate::runtime::{ObjectKey, Outcome, Reconcile};
 use crate::servers::UNSCHEDULABLE_RECHECK;
+use stratus_agent_client::{AgentCallError, AgentEndpoint};
 
 /// A lost kept version that showed up again and could not be read is
 /// read again after this long.

@@ -700,3 +700,121 @@ async fn servers_and_hypervisors_explain_themselves_in_events() {
         "one event per change, not per probe"
     );
 }
+
+/// Moves `name` to a plan of 2 vCPU, 4 GiB memory and a 50 GiB disk.
+async fn ask_resize(h: &Harness, name: &str) {
+    h.edit(name, |spec| {
+        spec.plan = "medium".into();
+        spec.resources = ServerResources {
+            vcpus: 2,
+            memory_mib: 4096,
+            disk_gib: 50,
+        };
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn r23_a_resize_stops_remakes_and_starts_the_server_and_bills_the_change_once() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.add_hypervisor("hv1", "default", 8, 16384).await;
+        h.order("vs-1", None).await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let before = h.status("vs-1").await;
+        assert_eq!(
+            before.applied.as_ref().map(|a| a.plan.as_str()),
+            Some("small")
+        );
+
+        ask_resize(&h, "vs-1").await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let status = h.status("vs-1").await;
+        assert_eq!(status.resize, None, "{label}: {status:?}");
+        assert_eq!(
+            status.applied.as_ref().map(|a| a.plan.as_str()),
+            Some("medium")
+        );
+        assert_eq!(status.phase, ServerPhase::Running, "{label}");
+        let resized = conditions::get(&status.conditions, ConditionType::Resized).unwrap();
+        assert_eq!(resized.status, ConditionStatus::True, "{label}");
+        assert!(resized.message.contains("was down"), "{}", resized.message);
+        let spec = h.sim.spec_of("hv1", DOMAIN).unwrap();
+        assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gib), (2, 4096, 50));
+        assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Running));
+        // Stopped before it was made again, started after.
+        let calls = h.sim.calls();
+        assert!(
+            calls.iter().any(|c| c.starts_with("ensure")),
+            "{label}: {calls:?}"
+        );
+        assert!(
+            h.events
+                .about("VirtualServer", "vs-1")
+                .contains(&EventReason::Resized),
+            "{label}"
+        );
+        // Billing hears of the change once, however often it is looked at.
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+        let charges = h.ledger.charges().of_account(NS, 100).await.unwrap();
+        let changes: Vec<_> = charges
+            .iter()
+            .filter(|c| c.kind == "plan_changed")
+            .collect();
+        assert_eq!(changes.len(), 1, "{label}: {charges:?}");
+        assert_eq!(changes[0].detail["from"], "small");
+        assert_eq!(changes[0].detail["to"], "medium");
+        assert_eq!(changes[0].amount, 0);
+    }
+}
+
+#[tokio::test]
+async fn r23_a_resize_without_room_waits_with_the_server_running_until_room_is_freed() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        // Room for two small servers (1 vCPU each), not for a medium beside one.
+        h.add_hypervisor("hv1", "default", 2, 16384).await;
+        h.order("vs-1", None).await;
+        h.order("vs-2", None).await;
+        h.reconcile("vs-1").await.unwrap();
+        h.reconcile("vs-2").await.unwrap();
+
+        ask_resize(&h, "vs-1").await;
+        let outcome = h.reconcile("vs-1").await.unwrap();
+        assert!(
+            matches!(outcome, Outcome::RequeueAfter(_)),
+            "{label}: {outcome:?}"
+        );
+        let status = h.status("vs-1").await;
+        let waiting = conditions::get(&status.conditions, ConditionType::Resized).unwrap();
+        assert_eq!(waiting.reason, "InsufficientCapacity", "{label}");
+        assert!(
+            waiting.message.contains("lacks 1 vCPU"),
+            "{}",
+            waiting.message
+        );
+        assert_eq!(status.applied.as_ref().unwrap().plan, "small");
+        assert_eq!(status.phase, ServerPhase::Running);
+        let spec = h.sim.spec_of("hv1", DOMAIN).unwrap();
+        assert_eq!(
+            spec.vcpus, 1,
+            "{label}: the domain keeps its plan while it waits"
+        );
+        assert!(
+            h.events
+                .about("VirtualServer", "vs-1")
+                .contains(&EventReason::ResizeWaiting)
+        );
+        // The other server goes: room is freed and the resize goes on.
+        h.servers.delete(Some(NS), "vs-2").await.unwrap();
+        for _ in 0..3 {
+            h.reconcile("vs-2").await.unwrap();
+        }
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let status = h.status("vs-1").await;
+        assert_eq!(status.applied.as_ref().unwrap().plan, "medium", "{label}");
+        assert_eq!(status.resize, None);
+    }
+}

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use stratus_agent_client::simulated::SimulatedAgent;
 use stratus_controller::deadlines::DeadlineRunner;
-use stratus_controller::simulated::SimulatedAgent;
 use stratus_controller::{AgentDirectory, Context};
 use stratus_core::policy::Policy;
 use stratus_core::resources::{Account, Hypervisor, VirtualServer};

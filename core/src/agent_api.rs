@@ -264,6 +264,30 @@ pub struct DomainObservation {
     /// unique across servers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
+    /// What the domain has: the running guest's vCPUs and memory (its
+    /// definition's when it is off) and its system disk's size. A resize
+    /// (R23) is done when these are the spec's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<DomainResources>,
+}
+
+/// The size of a domain as the hypervisor has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainResources {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    /// The system disk's capacity, whole GiB rounded up; 0 without one.
+    pub disk_gib: u64,
+}
+
+impl DomainResources {
+    /// Whether these are `wanted`: vCPUs and memory exactly, the disk at
+    /// least (a disk never shrinks).
+    pub fn are(&self, wanted: &crate::resources::ServerResources) -> bool {
+        self.vcpus == wanted.vcpus
+            && self.memory_mib == wanted.memory_mib
+            && self.disk_gib >= wanted.disk_gib
+    }
 }
 
 impl DomainObservation {
@@ -278,6 +302,7 @@ impl DomainObservation {
             waiting_for_key: Vec::new(),
             guest_failure: None,
             mac_address: None,
+            resources: None,
         }
     }
 }
@@ -490,9 +515,130 @@ pub fn guest_failure(console: &str) -> Option<String> {
     })
 }
 
-/// The path of job `id` of volume `name`.
-pub fn volume_job_path(name: &str, id: &str) -> String {
-    format!("/v1/volumes/{name}/jobs/{id}")
+/// The agent's routes: the templates its router is built from and the
+/// paths its clients call, made from the same strings so the two never
+/// drift apart.
+pub mod paths {
+    use serde::{Deserialize, Serialize};
+
+    pub const NODE: &str = "/v1/node";
+    pub const DOMAIN: &str = "/v1/domains/{name}";
+    pub const DOMAIN_REBOOT: &str = "/v1/domains/{name}/reboot";
+    pub const DOMAIN_CONSOLE: &str = "/v1/domains/{name}/console";
+    pub const VOLUME: &str = "/v1/volumes/{name}";
+    pub const VOLUME_VERSION: &str = "/v1/volumes/{name}/versions/{version}";
+    pub const VOLUME_JOB: &str = "/v1/volumes/{name}/jobs/{id}";
+    pub const VERSION_LUKS: &str = "/v1/volumes/{name}/versions/{version}/luks";
+    pub const VERSION_UNLOCK: &str = "/v1/volumes/{name}/versions/{version}/unlock";
+
+    /// The query of a version's upload (`PUT` [`VOLUME_VERSION`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct WriteQuery {
+        pub size_gib: u64,
+    }
+
+    /// The query of a version's download (`GET` [`VOLUME_VERSION`]).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct ReadQuery {
+        pub bytes: u64,
+    }
+
+    /// `template` with each `{key}` replaced by its value. Values are the
+    /// agent's managed names and numbers, which need no escaping; one that
+    /// would change the path's shape is refused by the agent's router.
+    fn fill(template: &str, values: &[(&str, &str)]) -> String {
+        values
+            .iter()
+            .fold(template.to_owned(), |path, (key, value)| {
+                path.replace(&format!("{{{key}}}"), value)
+            })
+    }
+
+    pub fn domain(name: &str) -> String {
+        fill(DOMAIN, &[("name", name)])
+    }
+
+    pub fn domain_reboot(name: &str) -> String {
+        fill(DOMAIN_REBOOT, &[("name", name)])
+    }
+
+    pub fn domain_console(name: &str) -> String {
+        fill(DOMAIN_CONSOLE, &[("name", name)])
+    }
+
+    pub fn volume(name: &str) -> String {
+        fill(VOLUME, &[("name", name)])
+    }
+
+    pub fn volume_version(name: &str, version: u64) -> String {
+        fill(
+            VOLUME_VERSION,
+            &[("name", name), ("version", &version.to_string())],
+        )
+    }
+
+    /// [`volume_version`] with the upload's query.
+    pub fn version_upload(name: &str, version: u64, query: WriteQuery) -> String {
+        format!(
+            "{}?size_gib={}",
+            volume_version(name, version),
+            query.size_gib
+        )
+    }
+
+    /// [`volume_version`] with the download's query.
+    pub fn version_download(name: &str, version: u64, query: ReadQuery) -> String {
+        format!("{}?bytes={}", volume_version(name, version), query.bytes)
+    }
+
+    pub fn volume_job(name: &str, id: &str) -> String {
+        fill(VOLUME_JOB, &[("name", name), ("id", id)])
+    }
+
+    pub fn version_luks(name: &str, version: u64) -> String {
+        fill(
+            VERSION_LUKS,
+            &[("name", name), ("version", &version.to_string())],
+        )
+    }
+
+    pub fn version_unlock(name: &str, version: u64) -> String {
+        fill(
+            VERSION_UNLOCK,
+            &[("name", name), ("version", &version.to_string())],
+        )
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn every_placeholder_is_filled() {
+            let paths = [
+                domain("stratus-a"),
+                domain_reboot("stratus-a"),
+                domain_console("stratus-a"),
+                volume("stratus-v"),
+                version_upload("stratus-v", 3, WriteQuery { size_gib: 2 }),
+                version_download("stratus-v", 3, ReadQuery { bytes: 9 }),
+                volume_job("stratus-v", "copy-1-2"),
+                version_luks("stratus-v", 3),
+                version_unlock("stratus-v", 3),
+            ];
+            for path in paths {
+                assert!(!path.contains('{') && !path.contains('}'), "{path}");
+                assert!(path.starts_with("/v1/"), "{path}");
+            }
+            assert_eq!(
+                version_upload("stratus-v", 3, WriteQuery { size_gib: 2 }),
+                "/v1/volumes/stratus-v/versions/3?size_gib=2"
+            );
+            assert_eq!(volume_job("stratus-v", "j"), "/v1/volumes/stratus-v/jobs/j");
+        }
+    }
 }
 
 /// A storage pool on the node.
@@ -613,6 +759,10 @@ pub enum AgentErrorCode {
     /// A copy of a running guest's disk needed the guest paused longer
     /// than the agent allows: the guest was resumed and the copy dropped.
     PauseLimit,
+    /// A code this build does not know (a newer agent's): the message says
+    /// what happened.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Prefix of every domain and disk volume the agent manages.

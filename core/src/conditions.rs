@@ -78,6 +78,9 @@ pub enum ConditionType {
     /// The guest came up: its serial console shows no known boot failure
     /// (a running domain whose guest stopped booting is not ready).
     GuestBooted,
+    /// The server runs with the plan its spec asks for (R23); false while
+    /// it moves to another one, with the step or what it waits for.
+    Resized,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -96,6 +99,12 @@ named_enum!(
         Stopped,
         Crashed,
         Terminating,
+        /// A move to another plan is under way (R23).
+        Resizing,
+        /// Its hypervisor has no room for the plan asked for (R23).
+        InsufficientCapacity,
+        /// The server runs with the plan it asked for (R23).
+        PlanApplied,
         Answered,
         AgentAnswered,
         AgentUnavailable,
@@ -189,6 +198,10 @@ named_enum!(
         SnapshotSkipped,
         /// A restore point whose loss was confirmed showed up again, whole.
         VersionRecovered,
+        /// A resize (R23) is waiting for room on the server's hypervisor.
+        ResizeWaiting,
+        /// A server runs with the plan it moved to (R23).
+        Resized,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.

@@ -8,7 +8,10 @@ use crate::conditions::{self, ConditionType, Reason};
 use crate::ids::HypervisorName;
 use crate::ip::{Assignment, Family};
 use crate::policy::SuspensionMode;
-use crate::resources::{ServerAddress, ServerPhase, VirtualServerSpec, VirtualServerStatus};
+use crate::resources::{
+    AppliedPlan, PowerState, ResizeProgress, ServerAddress, ServerPhase, ServerResources,
+    VirtualServerSpec, VirtualServerStatus,
+};
 use crate::standing::Suspension;
 
 /// The server as stored: desired state, last status and object metadata that matters.
@@ -66,6 +69,13 @@ pub enum Action {
     /// any hypervisor; give back its addresses and record the wipe, and
     /// keep the object listed as terminated.
     ReleaseTerminated,
+    /// A resize was asked for (R23): hold room for the new plan on the
+    /// server's hypervisor, under the lock placements are made under, or
+    /// say what is missing.
+    ReserveRoom,
+    /// The server runs with its new plan: record the plan change for
+    /// billing (`plan_changed`) and report the downtime.
+    FinishResize,
 }
 
 /// The decision: the status to record and, unless the server has converged
@@ -231,6 +241,8 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         );
     }
 
+    let resize = resize_step(server.spec, &mut status, domain, now);
+
     if status.ipv4.is_none() && !status.provisioned {
         next = Some(Action::AssignAddresses);
         return Decision {
@@ -242,7 +254,11 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
 
     let suspension = server.spec.suspension.as_ref();
     let hold = server.spec.hold();
-    let target = Target::of(server.spec.power, hold);
+    let target = if resize.hold {
+        Target::Stopped
+    } else {
+        Target::of(server.spec.power, hold)
+    };
     let link_up = hold != Some(SuspensionMode::NetworkIsolated);
     let mut attached = domain.data_disks.clone();
     attached.sort();
@@ -296,11 +312,25 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
                 }
             }
         }
-    } else if !converged {
+    } else if !converged || (resize.hold && domain.state == Some(DomainState::Stopped)) {
+        // Held off for a resize, the domain is made again with the new
+        // plan and its disk grown.
         next = Some(Action::EnsureDomain {
             create_disk: !status.provisioned,
             power_off: false,
         });
+    }
+    if resize.hold
+        && shutting_down
+        && let Some(progress) = status.resize.as_mut().filter(|p| p.stopped_at.is_none())
+    {
+        progress.stopped_at.clone_from(&status.stop_requested_at);
+    }
+    if resize.reserve && next.is_none() {
+        next = Some(Action::ReserveRoom);
+    }
+    if status.resize.is_some() && !resize.hold && !resize.reserve && converged && next.is_none() {
+        next = Some(Action::FinishResize);
     }
 
     if server.spec.reboot_requests > status.reboots_done {
@@ -401,6 +431,143 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
 
 /// A suspended server whose domain exists is `Suspended`, whatever its
 /// power: customers read why; the condition says how it is held.
+/// Where a server stands in a move to another plan.
+#[derive(Debug, Clone, Copy, Default)]
+struct ResizeStep {
+    /// Room for the new plan must be held first.
+    reserve: bool,
+    /// Room is held and the domain is not made with the new plan yet: it
+    /// is stopped (if it runs) and made again.
+    hold: bool,
+}
+
+/// Follows a resize (R23) from what the agent observed: records the
+/// plan a provisioned server runs with, takes up a plan change the spec
+/// asks for, and marks it applied once the domain has the new size.
+fn resize_step(
+    spec: &VirtualServerSpec,
+    status: &mut VirtualServerStatus,
+    domain: &DomainObservation,
+    now: Timestamp,
+) -> ResizeStep {
+    if !status.provisioned {
+        return ResizeStep::default();
+    }
+    let wanted = AppliedPlan::of(spec);
+    let applied = status.applied.get_or_insert_with(|| wanted.clone()).clone();
+    if applied == wanted {
+        return ResizeStep::default();
+    }
+    let progress = status.resize.get_or_insert_with(|| ResizeProgress {
+        from: applied.plan.clone(),
+        started_at: now.to_string(),
+        room_reserved: false,
+        was_running: domain.state == Some(DomainState::Running),
+        stopped_at: None,
+    });
+    if !progress.room_reserved {
+        if conditions::get(&status.conditions, ConditionType::Resized)
+            .is_none_or(|c| c.reason != Reason::InsufficientCapacity.as_str())
+        {
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::Resized,
+                false,
+                Reason::Resizing,
+                format!(
+                    "moving from plan {} to {}: holding room",
+                    applied.plan, wanted.plan
+                ),
+                now,
+            );
+        }
+        return ResizeStep {
+            reserve: true,
+            hold: false,
+        };
+    }
+    let made = domain.state == Some(DomainState::Stopped)
+        && domain
+            .resources
+            .is_some_and(|resources| resources.are(&wanted.resources));
+    if made {
+        status.applied = Some(wanted.clone());
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Resized,
+            false,
+            Reason::Resizing,
+            format!("made with plan {}; starting again", wanted.plan),
+            now,
+        );
+        return ResizeStep::default();
+    }
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Resized,
+        false,
+        Reason::Resizing,
+        format!(
+            "moving from plan {} to {}: stopping and making it again",
+            applied.plan, wanted.plan
+        ),
+        now,
+    );
+    ResizeStep {
+        reserve: false,
+        hold: true,
+    }
+}
+
+/// What the domain is made with now: the plan it runs with until room for
+/// a new one is held (so nothing grows into room held for others), then
+/// the new one; and powered off while it is being resized.
+pub fn domain_shape(
+    spec: &VirtualServerSpec,
+    status: &VirtualServerStatus,
+) -> (ServerResources, PowerState) {
+    let reserved = status.resize.as_ref().is_some_and(|r| r.room_reserved);
+    let applied = status.applied.as_ref();
+    match applied {
+        Some(applied) if !reserved => (applied.resources, spec.power),
+        Some(applied) if *applied != AppliedPlan::of(spec) => (spec.resources, PowerState::Stopped),
+        _ => (spec.resources, spec.power),
+    }
+}
+
+/// Records that a resize is finished: the condition says so, with the
+/// downtime of a guest that was running.
+pub fn record_resized(status: &mut VirtualServerStatus, now: Timestamp) -> Option<SignedDuration> {
+    let progress = status.resize.take()?;
+    let downtime = progress
+        .stopped_at
+        .as_deref()
+        .and_then(|at| at.parse::<Timestamp>().ok())
+        .filter(|_| progress.was_running)
+        .map(|stopped| now.duration_since(stopped));
+    let plan = status
+        .applied
+        .as_ref()
+        .map_or_else(String::new, |a| a.plan.clone());
+    let message = match downtime {
+        Some(downtime) => format!(
+            "moved from plan {} to {plan}; the guest was down {} s",
+            progress.from,
+            downtime.as_secs()
+        ),
+        None => format!("moved from plan {} to {plan}", progress.from),
+    };
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Resized,
+        true,
+        Reason::PlanApplied,
+        message,
+        now,
+    );
+    downtime
+}
+
 fn record_suspension(
     status: &mut VirtualServerStatus,
     suspension: Option<&Suspension>,
@@ -684,7 +851,222 @@ mod tests {
             waiting_for_key: Vec::new(),
             guest_failure: None,
             mac_address: None,
+            resources: None,
         })
+    }
+
+    /// A hypervisor as the resize walk sees it: one domain, its power and
+    /// its size, and the room the controller held.
+    #[derive(Debug, Clone)]
+    struct SimulatedHost {
+        state: DomainState,
+        resources: crate::agent_api::DomainResources,
+    }
+
+    const MICRO: ServerResources = ServerResources {
+        vcpus: 1,
+        memory_mib: 512,
+        disk_gib: 10,
+    };
+
+    fn resized_spec(power: PowerState) -> VirtualServerSpec {
+        VirtualServerSpec {
+            plan: "small".into(),
+            resources: ServerResources {
+                vcpus: 2,
+                memory_mib: 2048,
+                disk_gib: 20,
+            },
+            power,
+            ..crate::testing::server_spec()
+        }
+    }
+
+    fn micro_status() -> VirtualServerStatus {
+        VirtualServerStatus {
+            applied: Some(AppliedPlan {
+                plan: "micro".into(),
+                resources: MICRO,
+            }),
+            ..placed(ServerPhase::Running, true)
+        }
+    }
+
+    fn domain_resources(r: ServerResources) -> crate::agent_api::DomainResources {
+        crate::agent_api::DomainResources {
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            disk_gib: r.disk_gib,
+        }
+    }
+
+    /// Walks a resize from micro to small through the plan, carrying out
+    /// each action as the controller and the agent would, except those
+    /// `lost` says fail (the agent unreachable, or the controller killed
+    /// before it wrote anything). Checks at each step that the domain is
+    /// only ever changed while it is off and never grows before room is
+    /// held; answers the final status, the host and the steps taken.
+    fn walk_resize(
+        power: PowerState,
+        room: bool,
+        lost: &[bool],
+    ) -> (VirtualServerStatus, SimulatedHost, usize) {
+        let spec = resized_spec(power);
+        let mut status = micro_status();
+        let mut host = SimulatedHost {
+            state: if power == PowerState::Running {
+                DomainState::Running
+            } else {
+                DomainState::Stopped
+            },
+            resources: domain_resources(MICRO),
+        };
+        let mut at = now();
+        for step in 0..200 {
+            at += SignedDuration::from_secs(1);
+            let observation = Observation::Domain(DomainObservation {
+                resources: Some(host.resources),
+                ..match observed(Some(host.state), true) {
+                    Observation::Domain(domain) => domain,
+                    _ => unreachable!(),
+                }
+            });
+            let decision = plan(facts_for(&spec, &status), &observation, at);
+            let Some(action) = decision.next else {
+                if decision.recheck_in.is_some() {
+                    continue;
+                }
+                return (decision.status, host, step);
+            };
+            if lost.get(step).copied().unwrap_or(false) {
+                continue;
+            }
+            status = decision.status;
+            match action {
+                Action::ReserveRoom if room => {
+                    status.resize.as_mut().unwrap().room_reserved = true;
+                }
+                Action::ReserveRoom => return (status, host, step),
+                Action::EnsureDomain { .. } => {
+                    let (resources, power) = domain_shape(&spec, &status);
+                    let reserved = status.resize.as_ref().is_some_and(|r| r.room_reserved);
+                    if resources != MICRO {
+                        assert!(
+                            reserved || status.resize.is_none(),
+                            "grown before room was held"
+                        );
+                    }
+                    if host.state == DomainState::Stopped {
+                        // The agent defines a domain that is off again.
+                        let disk_gib = host.resources.disk_gib.max(resources.disk_gib);
+                        host.resources = crate::agent_api::DomainResources {
+                            disk_gib,
+                            ..domain_resources(resources)
+                        };
+                    }
+                    let before = host.resources;
+                    host.state = match power {
+                        PowerState::Stopped => DomainState::Stopped,
+                        PowerState::Running => DomainState::Running,
+                    };
+                    assert!(
+                        host.state == DomainState::Stopped || before == host.resources,
+                        "resized while running"
+                    );
+                }
+                Action::FinishResize => {
+                    record_resized(&mut status, at);
+                }
+                other => panic!("unexpected {other:?} during a resize"),
+            }
+        }
+        panic!("the resize did not finish in 200 steps: {status:?}");
+    }
+
+    #[test]
+    fn r23_a_running_server_is_stopped_made_again_with_its_new_plan_and_started() {
+        let (status, host, _) = walk_resize(PowerState::Running, true, &[]);
+        assert_eq!(
+            status.applied,
+            Some(AppliedPlan::of(&resized_spec(PowerState::Running)))
+        );
+        assert_eq!(status.resize, None);
+        assert_eq!(host.state, DomainState::Running);
+        assert_eq!(
+            host.resources,
+            domain_resources(resized_spec(PowerState::Running).resources)
+        );
+        let resized = conditions::get(&status.conditions, ConditionType::Resized).unwrap();
+        assert_eq!(resized.status, ConditionStatus::True);
+        assert!(resized.message.contains("was down"), "{}", resized.message);
+    }
+
+    #[test]
+    fn r23_a_stopped_server_is_resized_and_left_stopped_without_downtime() {
+        let (status, host, _) = walk_resize(PowerState::Stopped, true, &[]);
+        assert_eq!(status.resize, None);
+        assert_eq!(host.state, DomainState::Stopped);
+        assert_eq!(host.resources.vcpus, 2);
+        let resized = conditions::get(&status.conditions, ConditionType::Resized).unwrap();
+        assert!(!resized.message.contains("was down"), "{}", resized.message);
+    }
+
+    #[test]
+    fn r23_without_room_the_server_runs_on_unchanged() {
+        let (status, host, _) = walk_resize(PowerState::Running, false, &[]);
+        assert_eq!(host.state, DomainState::Running);
+        assert_eq!(host.resources, domain_resources(MICRO));
+        assert_eq!(status.applied.unwrap().plan, "micro");
+        assert!(status.resize.is_some_and(|r| !r.room_reserved));
+        // The shape an agent is given keeps the old plan and the power.
+        let mut waiting = micro_status();
+        waiting.resize = Some(ResizeProgress {
+            from: "micro".into(),
+            started_at: now().to_string(),
+            room_reserved: false,
+            was_running: true,
+            stopped_at: None,
+        });
+        assert_eq!(
+            domain_shape(&resized_spec(PowerState::Running), &waiting),
+            (MICRO, PowerState::Running)
+        );
+    }
+
+    #[test]
+    fn r23_a_server_older_than_resizes_records_the_plan_it_runs_with() {
+        let spec = spec(PowerState::Running, 0);
+        let status = placed(ServerPhase::Running, true);
+        let decision = plan(
+            facts_for(&spec, &status),
+            &observed(Some(DomainState::Running), true),
+            now(),
+        );
+        assert_eq!(decision.status.applied, Some(AppliedPlan::of(&spec)));
+        assert_eq!(decision.status.resize, None);
+        assert_eq!(decision.next, None);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Lost actions (an unreachable agent, a controller killed between
+        /// deciding and writing) anywhere in a resize: it still finishes,
+        /// the domain only ever changes while off, and the guest ends as
+        /// the customer wants it, with the new plan.
+        #[test]
+        fn r23_a_resize_survives_lost_steps_anywhere(
+            running in proptest::bool::ANY,
+            lost in proptest::collection::vec(proptest::bool::weighted(0.3), 0..40),
+        ) {
+            let power = if running { PowerState::Running } else { PowerState::Stopped };
+            let (status, host, _) = walk_resize(power, true, &lost);
+            let spec = resized_spec(power);
+            proptest::prop_assert_eq!(status.applied, Some(AppliedPlan::of(&spec)));
+            proptest::prop_assert_eq!(status.resize, None);
+            proptest::prop_assert_eq!(host.resources, domain_resources(spec.resources));
+            let wanted = if running { DomainState::Running } else { DomainState::Stopped };
+            proptest::prop_assert_eq!(host.state, wanted);
+        }
     }
 
     #[test]

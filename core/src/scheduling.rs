@@ -54,25 +54,66 @@ pub struct Placed {
 /// pairs: the one place placed load is counted, for the scheduler and for
 /// what operators are shown.
 pub fn placed_load<'a>(
-    placements: impl IntoIterator<Item = (&'a HypervisorName, &'a ServerResources)>,
+    placements: impl IntoIterator<Item = (&'a HypervisorName, ServerResources)>,
 ) -> HashMap<HypervisorName, Placed> {
     let mut placed: HashMap<HypervisorName, Placed> = HashMap::new();
     for (hypervisor, resources) in placements {
         let entry = placed.entry(hypervisor.clone()).or_default();
-        entry.load.add(resources);
+        entry.load.add(&resources);
         entry.servers += 1;
     }
     placed
 }
 
-/// The placements recorded on servers.
+/// The placements recorded on servers, each with what it holds.
 pub fn placements_of(
     servers: &[VirtualServer],
-) -> impl Iterator<Item = (&HypervisorName, &ServerResources)> {
+) -> impl Iterator<Item = (&HypervisorName, ServerResources)> {
     servers.iter().filter_map(|server| {
         let hypervisor = server.status.as_ref()?.hypervisor.as_ref()?;
-        Some((hypervisor, &server.spec.resources))
+        Some((hypervisor, server.held_resources()))
     })
+}
+
+/// What a hypervisor lacks to hold `request` besides `placed` (what
+/// everything else there holds); `None` when it fits. Growing a server in
+/// place (R23) asks this of its own hypervisor.
+pub fn shortfall(
+    capacity: &HypervisorCapacity,
+    placed: Load,
+    request: &ServerResources,
+) -> Option<Load> {
+    let lacking = |have: u64, held: u64, wanted: u64| (held + wanted).saturating_sub(have);
+    let missing = Load {
+        vcpus: lacking(
+            u64::from(capacity.vcpus),
+            placed.vcpus,
+            u64::from(request.vcpus),
+        ),
+        memory_mib: lacking(capacity.memory_mib, placed.memory_mib, request.memory_mib),
+        disk_gib: lacking(capacity.disk_gib, placed.disk_gib, request.disk_gib),
+    };
+    (missing != Load::default()).then_some(missing)
+}
+
+impl std::fmt::Display for Load {
+    /// The non-zero amounts, e.g. `2 vCPU and 1024 MiB memory`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            (self.vcpus, "vCPU"),
+            (self.memory_mib, "MiB memory"),
+            (self.disk_gib, "GiB disk"),
+        ]
+        .into_iter()
+        .filter(|(amount, _)| *amount > 0)
+        .map(|(amount, unit)| format!("{amount} {unit}"))
+        .collect();
+        match parts.as_slice() {
+            [] => f.write_str("nothing"),
+            [one] => f.write_str(one),
+            [first @ .., last] => write!(f, "{} and {last}", first.join(", ")),
+        }
+    }
 }
 
 /// Adds the disk the copies of storage subscriptions take to what is
@@ -586,7 +627,7 @@ mod tests {
         });
         let pending = StorageSubscription::new("st-2", subscription.spec.clone());
         let spec = subscription.spec.clone();
-        let mut placed = placed_load([(&HypervisorName::parse("a1").unwrap(), &SMALL)]);
+        let mut placed = placed_load([(&HypervisorName::parse("a1").unwrap(), SMALL)]);
         add_storage_load(&mut placed, &[subscription, pending]);
         assert_eq!(
             placed[&HypervisorName::parse("a1").unwrap()].load.disk_gib,
@@ -616,7 +657,7 @@ mod tests {
             replicas: vec![replica("a1", "a"), secondary],
             ..Default::default()
         });
-        let mut placed = placed_load([(&HypervisorName::parse("a1").unwrap(), &SMALL)]);
+        let mut placed = placed_load([(&HypervisorName::parse("a1").unwrap(), SMALL)]);
         add_storage_load(&mut placed, &[keeping]);
         assert_eq!(
             placed[&HypervisorName::parse("a1").unwrap()].load.disk_gib,
@@ -626,5 +667,36 @@ mod tests {
             placed[&HypervisorName::parse("b1").unwrap()].load.disk_gib,
             900
         );
+    }
+
+    #[test]
+    fn r23_a_shortfall_names_only_what_is_missing() {
+        let capacity = cap(8, 16384, 200);
+        let placed = Load {
+            vcpus: 6,
+            memory_mib: 8192,
+            disk_gib: 150,
+        };
+        let fits = ServerResources {
+            vcpus: 2,
+            memory_mib: 8192,
+            disk_gib: 50,
+        };
+        assert_eq!(shortfall(&capacity, placed, &fits), None);
+        let too_big = ServerResources {
+            vcpus: 4,
+            memory_mib: 8192,
+            disk_gib: 60,
+        };
+        let missing = shortfall(&capacity, placed, &too_big).expect("does not fit");
+        assert_eq!(
+            missing,
+            Load {
+                vcpus: 2,
+                memory_mib: 0,
+                disk_gib: 10,
+            }
+        );
+        assert_eq!(missing.to_string(), "2 vCPU and 10 GiB disk");
     }
 }

@@ -12,7 +12,7 @@ use stratus_core::resources::{PowerState, ServerPhase, VirtualServer, VirtualSer
 use stratus_core::standing::Suspension;
 use stratus_core::validate;
 use stratus_store::StoreError;
-use stratus_store::ledger::{AuditAction, AuditSubject};
+use stratus_store::ledger::{AuditAction, AuditSubject, RechargeRefused};
 
 use super::customer_objects::{
     Order, Retry, check_zone, claim_idempotency_key, idempotency_key, listed_namespace,
@@ -23,7 +23,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::pagination::{Page, PageQuery};
 use crate::state::ApiState;
-use crate::views::{OrderServer, ServerAction, ServerActionKind, ServerView};
+use crate::views::{OrderServer, ServerAction, ServerView};
 
 fn accepted(server: &VirtualServer) -> Response {
     let mut response = (StatusCode::ACCEPTED, Json(ServerView::from(server))).into_response();
@@ -372,7 +372,7 @@ pub async fn delete_server(
     Ok((StatusCode::ACCEPTED, Json(ServerView::from(&view))).into_response())
 }
 
-/// Stops, starts or reboots a server.
+/// Stops, starts, reboots or resizes a server.
 #[utoipa::path(post, path = "/v1/servers/{id}/actions", tag = "servers", params(("id" = String, Path)), request_body = ServerAction,
     responses((status = 202, body = ServerView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
@@ -384,6 +384,53 @@ pub async fn server_action(
 ) -> Result<Response, ApiError> {
     let id = server_id(&id)?;
     let server = find_server(&state, &principal, &id).await?;
+    refuse_unless_actionable(&server, &action)?;
+    if let ServerAction::Resize { plan } = &action {
+        return resize_server(&state, &principal, &server, plan).await;
+    }
+    if action == (ServerAction::Reboot {}) && server.spec.power == PowerState::Stopped {
+        return Err(ApiError::conflict(
+            "the server is stopped: start it instead of rebooting",
+        ));
+    }
+    let namespace = server.namespace();
+    let updated = state
+        .servers
+        .update(namespace.as_deref(), id.as_str(), |s| match action {
+            ServerAction::Stop {} if s.spec.power != PowerState::Stopped => {
+                s.spec.power = PowerState::Stopped;
+                true
+            }
+            ServerAction::Start {} if s.spec.power != PowerState::Running => {
+                s.spec.power = PowerState::Running;
+                true
+            }
+            ServerAction::Reboot {} => {
+                s.spec.reboot_requests = s.spec.reboot_requests.saturating_add(1);
+                true
+            }
+            _ => false,
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("server", id.as_str()))?;
+    state
+        .audit(
+            principal.actor(),
+            match action {
+                ServerAction::Stop {} => AuditAction::ServerStop,
+                ServerAction::Start {} => AuditAction::ServerStart,
+                _ => AuditAction::ServerReboot,
+            },
+            AuditSubject::server(&updated),
+            json!({}),
+        )
+        .await;
+    Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
+}
+
+/// Why `server` takes no `action` now: being deleted, terminated,
+/// suspended (naming the reasons) or busy with a resize.
+fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Result<(), ApiError> {
     if server.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the server is being deleted"));
     }
@@ -398,47 +445,209 @@ pub async fn server_action(
         return Err(ApiError::server_suspended(
             &reason_names(suspension),
             format!(
-                "the server is {}: it cannot be started, stopped or rebooted until the suspension is lifted",
-                suspension.describe()
+                "the server is {}: it takes no {} until the suspension is lifted",
+                suspension.describe(),
+                action.name()
             ),
         ));
     }
-    if action.kind == ServerActionKind::Reboot && server.spec.power == PowerState::Stopped {
-        return Err(ApiError::conflict(
-            "the server is stopped: start it instead of rebooting",
+    if server.resizing() {
+        return Err(ApiError::server_busy(
+            "resize",
+            format!(
+                "the server is moving to plan {}: it takes no {} until that is done",
+                server.spec.plan,
+                action.name()
+            ),
         ));
     }
+    Ok(())
+}
+
+/// Moves a server to another plan (R23): checked against the catalogue,
+/// its hypervisor's room and the account's quota (charged in the same
+/// step), then asked of the controller, which stops the server, makes it
+/// again with the new plan and starts it.
+async fn resize_server(
+    state: &ApiState,
+    principal: &Principal,
+    server: &VirtualServer,
+    plan_name: &str,
+) -> Result<Response, ApiError> {
+    let plan = state.config.plan(plan_name).ok_or_else(|| {
+        ApiError::invalid(
+            "plan",
+            format!("unknown plan {plan_name:?}; see GET /v1/plans"),
+        )
+    })?;
+    let wanted = plan.resources();
+    let current = server.spec.resources;
+    if plan.name == server.spec.plan {
+        return Err(ApiError::invalid(
+            "plan",
+            format!("the server is on plan {} already", plan.name),
+        ));
+    }
+    if wanted.disk_gib < current.disk_gib {
+        return Err(ApiError::invalid(
+            "plan",
+            format!(
+                "plan {} has a {} GiB disk and the server's is {} GiB: a disk only grows, choose a plan with at least {} GiB",
+                plan.name, wanted.disk_gib, current.disk_gib, current.disk_gib
+            ),
+        ));
+    }
+    let status = server.status.clone().unwrap_or_default();
+    let (Some(hypervisor), Some(applied)) = (status.hypervisor.clone(), status.applied.clone())
+    else {
+        return Err(ApiError::server_busy(
+            "provisioning",
+            "the server is still being provisioned: resize it once it runs",
+        ));
+    };
+    check_room(
+        state,
+        server,
+        &hypervisor,
+        wanted.larger_of(applied.resources),
+    )
+    .await?;
+
+    let account_id = server.namespace().unwrap_or_default();
+    let account = state
+        .accounts
+        .get(None, &account_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account", &account_id))?;
+    let charged_as = charged_object(&account_id, &server.name_any());
+    let charge = state
+        .ledger
+        .quotas()
+        .recharge(
+            &account_id,
+            &charged_as,
+            Usage::of_server(&current),
+            Usage::of_server(&wanted),
+            state.quota_of(&account),
+            state.now_millis(),
+        )
+        .await?;
+    match charge {
+        Ok(()) => {}
+        Err(RechargeRefused::Exceeded(exceeded)) => {
+            return Err(ApiError::quota_exceeded(exceeded));
+        }
+        Err(RechargeRefused::ChargedOtherwise) => {
+            return Err(ApiError::server_busy(
+                "resize",
+                "another change of this server's plan came first",
+            ));
+        }
+    }
+    // Asked of the object in one compare-and-set: a suspension, a
+    // termination, a deletion or another resize that came since the
+    // checks above wins, and the charge goes back.
+    let mut refused = None;
     let namespace = server.namespace();
+    let from = server.spec.plan.clone();
     let updated = state
         .servers
-        .update(namespace.as_deref(), id.as_str(), |s| match action.kind {
-            ServerActionKind::Stop if s.spec.power != PowerState::Stopped => {
-                s.spec.power = PowerState::Stopped;
-                true
+        .update(namespace.as_deref(), &server.name_any(), |s| {
+            let action = ServerAction::Resize {
+                plan: plan.name.clone(),
+            };
+            match refuse_unless_actionable(s, &action) {
+                Err(error) => {
+                    refused = Some(error);
+                    false
+                }
+                Ok(()) if s.spec.plan != from => {
+                    refused = Some(ApiError::server_busy(
+                        "resize",
+                        format!("the server moved to plan {} meanwhile", s.spec.plan),
+                    ));
+                    false
+                }
+                Ok(()) => {
+                    s.spec.plan = plan.name.clone();
+                    s.spec.resources = wanted;
+                    refused = None;
+                    true
+                }
             }
-            ServerActionKind::Start if s.spec.power != PowerState::Running => {
-                s.spec.power = PowerState::Running;
-                true
-            }
-            ServerActionKind::Reboot => {
-                s.spec.reboot_requests = s.spec.reboot_requests.saturating_add(1);
-                true
-            }
-            ServerActionKind::Stop | ServerActionKind::Start => false,
         })
-        .await?
-        .ok_or_else(|| ApiError::not_found("server", id.as_str()))?;
-    state
-        .audit(
-            principal.actor(),
-            match action.kind {
-                ServerActionKind::Stop => AuditAction::ServerStop,
-                ServerActionKind::Start => AuditAction::ServerStart,
-                ServerActionKind::Reboot => AuditAction::ServerReboot,
-            },
-            AuditSubject::server(&updated),
-            json!({}),
+        .await;
+    let refusal = match updated {
+        Ok(Some(updated)) if refused.is_none() => {
+            state
+                .audit(
+                    principal.actor(),
+                    AuditAction::ServerResize,
+                    AuditSubject::server(&updated),
+                    json!({ "from": from, "to": plan.name, "resources": {
+                        "vcpus": wanted.vcpus, "memory_mib": wanted.memory_mib, "disk_gib": wanted.disk_gib,
+                    }}),
+                )
+                .await;
+            tracing::info!(server = %updated.name_any(), %from, to = %plan.name, "resize asked");
+            return Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response());
+        }
+        Ok(Some(_)) => refused.unwrap_or_else(|| ApiError::conflict("the server changed")),
+        Ok(None) => ApiError::not_found("server", &server.name_any()),
+        Err(error) => error.into(),
+    };
+    let back = state
+        .ledger
+        .quotas()
+        .recharge(
+            &account_id,
+            &charged_as,
+            Usage::of_server(&wanted),
+            Usage::of_server(&current),
+            stratus_core::quota::Quota::default(),
+            state.now_millis(),
         )
         .await;
-    Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
+    if let Err(error) = back {
+        tracing::warn!(%error, resource = %charged_as, "could not return the charge of a refused resize");
+    }
+    Err(refusal)
+}
+
+/// Refuses a resize whose plan does not fit on the server's hypervisor
+/// beside everything else placed there. The controller checks again under
+/// its placement lock before it stops the server; this answers at once.
+async fn check_room(
+    state: &ApiState,
+    server: &VirtualServer,
+    hypervisor: &stratus_core::ids::HypervisorName,
+    held: stratus_core::resources::ServerResources,
+) -> Result<(), ApiError> {
+    use stratus_core::scheduling;
+    let capacity = state
+        .hypervisors
+        .get(None, hypervisor.as_str())
+        .await?
+        .and_then(|h| h.status.and_then(|s| s.capacity))
+        .ok_or_else(|| {
+            ApiError::unavailable(format!(
+                "hypervisor {hypervisor} has not reported its capacity: try again later"
+            ))
+        })?;
+    let servers = state.servers.list(None).await?.items;
+    let others: Vec<VirtualServer> = servers
+        .into_iter()
+        .filter(|s| s.name_any() != server.name_any() || s.namespace() != server.namespace())
+        .collect();
+    let mut placed = scheduling::placed_load(scheduling::placements_of(&others));
+    let storage = state.storage.list(None).await?.items;
+    scheduling::add_storage_load(&mut placed, &storage);
+    let load = placed.get(hypervisor).map(|p| p.load).unwrap_or_default();
+    match scheduling::shortfall(&capacity, load, &held) {
+        Some(missing) => Err(ApiError::insufficient_capacity(
+            hypervisor.as_str(),
+            missing,
+        )),
+        None => Ok(()),
+    }
 }

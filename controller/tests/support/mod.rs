@@ -7,6 +7,7 @@
 pub use std::collections::HashMap;
 pub use std::sync::Arc;
 pub use std::time::Duration;
+pub use stratus_agent_client::simulated::SimulatedAgent;
 pub use stratus_controller::addresses::Addresses;
 pub use stratus_controller::dnsbl::BlacklistChecker;
 pub use stratus_controller::events::{EventType, Events, Regarding};
@@ -15,7 +16,6 @@ pub use stratus_controller::ip_pools::IpPoolReconciler;
 pub use stratus_controller::placements::Scheduling;
 pub use stratus_controller::runtime::{ObjectKey, Outcome, Reconcile, RuntimeConfig};
 pub use stratus_controller::servers::{ServerReconciler, UNSCHEDULABLE_RECHECK};
-pub use stratus_controller::simulated::SimulatedAgent;
 pub use stratus_controller::storage::StorageReconciler;
 pub use stratus_controller::{AgentDirectory, Context, ControllerConfig, ControllerError};
 pub use stratus_core::agent_api::{AntiSpoofing, DomainState};
@@ -27,8 +27,8 @@ pub use stratus_core::lifecycle;
 pub use stratus_core::policy::{Policy, SuspensionMode};
 pub use stratus_core::quota::{Quota, Usage, charged_object};
 pub use stratus_core::resources::{
-    Account, AccountState, Hypervisor, PowerState, ServerPhase, VirtualServer, VirtualServerSpec,
-    VirtualServerStatus,
+    Account, AccountState, Hypervisor, PowerState, ServerPhase, ServerResources, VirtualServer,
+    VirtualServerSpec, VirtualServerStatus,
 };
 pub use stratus_core::resources::{
     IpPool, Ipv4Block, StorageEncryption, StoragePhase, StorageSubscription,

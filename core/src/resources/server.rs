@@ -41,6 +41,58 @@ pub struct ServerResources {
     pub disk_gib: u64,
 }
 
+impl ServerResources {
+    /// Each of the two at its larger: what a server holds on its
+    /// hypervisor while it moves from one plan to another.
+    pub fn larger_of(self, other: Self) -> Self {
+        Self {
+            vcpus: self.vcpus.max(other.vcpus),
+            memory_mib: self.memory_mib.max(other.memory_mib),
+            disk_gib: self.disk_gib.max(other.disk_gib),
+        }
+    }
+}
+
+/// A plan as a server's domain was made with it.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedPlan {
+    pub plan: String,
+    pub resources: ServerResources,
+}
+
+impl AppliedPlan {
+    /// The plan the spec asks for.
+    pub fn of(spec: &VirtualServerSpec) -> Self {
+        Self {
+            plan: spec.plan.clone(),
+            resources: spec.resources,
+        }
+    }
+}
+
+/// A move to another plan under way (R23).
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ResizeProgress {
+    /// The plan it leaves.
+    pub from: String,
+    /// When the controller took it up, RFC 3339.
+    pub started_at: String,
+    /// Room for the new plan is held on the server's hypervisor; until
+    /// then the server runs on unchanged.
+    #[serde(default)]
+    pub room_reserved: bool,
+    /// The guest was running when the resize stopped it: it is started
+    /// again, and its downtime reported.
+    #[serde(default)]
+    pub was_running: bool,
+    /// When the guest was asked to stop for the resize, RFC 3339: the
+    /// start of its downtime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+}
+
 /// A customer's virtual private server.
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
@@ -142,6 +194,31 @@ pub struct ServerTermination {
     pub wipe: bool,
 }
 
+impl VirtualServer {
+    /// What the server holds on its hypervisor: its spec's resources, and
+    /// while it moves to another plan the larger of the old and the new
+    /// of each, so neither plan's room is ever given to another server.
+    pub fn held_resources(&self) -> ServerResources {
+        let applied = self.status.as_ref().and_then(|s| s.applied.as_ref());
+        match applied {
+            Some(applied) => self.spec.resources.larger_of(applied.resources),
+            None => self.spec.resources,
+        }
+    }
+
+    /// A resize asked for and not finished: the spec's plan is not the one
+    /// the domain runs with, or the controller is still at it.
+    pub fn resizing(&self) -> bool {
+        self.status.as_ref().is_some_and(|status| {
+            status.resize.is_some()
+                || status
+                    .applied
+                    .as_ref()
+                    .is_some_and(|applied| *applied != AppliedPlan::of(&self.spec))
+        })
+    }
+}
+
 impl VirtualServerSpec {
     /// How the control plane holds the server, whatever the customer's
     /// power choice: off once terminated, else as its suspension says.
@@ -221,6 +298,13 @@ pub struct VirtualServerStatus {
     /// Human-readable explanation of the phase (always set in `Error`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The plan the server's domain runs with; the spec's differs while a
+    /// resize is under way. Absent until its disk exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedPlan>,
+    /// A resize under way (R23).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<ResizeProgress>,
     /// Hypervisor chosen for the server; recorded before anything is created there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorName>,

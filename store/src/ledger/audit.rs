@@ -85,6 +85,8 @@ audit_actions! {
     ServerStop => "server.stop",
     ServerStart => "server.start",
     ServerReboot => "server.reboot",
+    /// A customer or an operator moved a server to another plan (R23).
+    ServerResize => "server.resize",
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",

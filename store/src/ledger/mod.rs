@@ -27,7 +27,7 @@ pub use ips::{Check, CheckRequest, CheckResult, Holding, IpLedger, Listing, NewH
 pub use macs::MacAddresses;
 pub use notifications::{Channel, DeliveryState, NewNotification, Notification, Notifications};
 pub use position::Position;
-pub use quotas::Quotas;
+pub use quotas::{Quotas, RechargeRefused};
 pub use tokens::{TokenRecord, TokenScope, Tokens};
 
 use crate::db::Database;

@@ -9,6 +9,16 @@ use stratus_core::quota::{Quota, QuotaExceeded, Usage};
 use crate::db::Database;
 use crate::error::{Result, StoreError};
 
+/// Why a resource's charge was not moved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RechargeRefused {
+    /// The growth does not fit the account's quota.
+    Exceeded(QuotaExceeded),
+    /// It is not charged what the caller expected: another change came
+    /// first.
+    ChargedOtherwise,
+}
+
 pub struct Quotas<'a> {
     pub(super) db: &'a Database,
 }
@@ -125,6 +135,127 @@ impl Quotas<'_> {
             name: account.into(),
             expected: format!("the one seen while charging {resource}"),
         })
+    }
+
+    /// Charges `resource` `wanted` instead of `expected`, if the growth fits
+    /// within `limits` (shrinking always fits) and it is charged `expected`
+    /// now: a compare-and-set, so of two racing resizes of one server only
+    /// one moves its charge, and a refused one can give back exactly what
+    /// it took. Check and change are one transaction, so racing resizes
+    /// and orders cannot overshoot. A resource never charged is charged as
+    /// new.
+    pub async fn recharge(
+        &self,
+        account: &str,
+        resource: &str,
+        expected: Usage,
+        wanted: Usage,
+        limits: Quota,
+        at: i64,
+    ) -> Result<std::result::Result<(), RechargeRefused>> {
+        let wanted_amounts = [
+            column(wanted.servers)?,
+            column(wanted.vcpus)?,
+            column(wanted.memory_mib)?,
+            column(wanted.disk_gib)?,
+            column(wanted.storage_gib)?,
+        ];
+        let mut tx = self.db.pool().begin().await?;
+        // A write first, so the row is this transaction's until it ends
+        // (PostgreSQL's row lock, SQLite's write lock).
+        let held = sqlx::query(
+            "UPDATE quota_charges SET charged_at = charged_at WHERE resource = $1 AND account = $2 \
+             RETURNING servers, vcpus, memory_mib, disk_gib, storage_gib",
+        )
+        .bind(resource)
+        .bind(account)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(held) = held else {
+            tx.rollback().await?;
+            return Ok(self
+                .charge(account, resource, wanted, limits, at)
+                .await?
+                .map_err(RechargeRefused::Exceeded));
+        };
+        let names = ["servers", "vcpus", "memory_mib", "disk_gib", "storage_gib"];
+        let held_usage = Usage {
+            servers: amount(&held, names[0]),
+            vcpus: amount(&held, names[1]),
+            memory_mib: amount(&held, names[2]),
+            disk_gib: amount(&held, names[3]),
+            storage_gib: amount(&held, names[4]),
+        };
+        if held_usage != expected {
+            tx.rollback().await?;
+            return Ok(Err(RechargeRefused::ChargedOtherwise));
+        }
+        let mut delta = [0i64; 5];
+        for (i, name) in names.iter().enumerate() {
+            delta[i] = wanted_amounts[i] - held.get::<i64, _>(*name);
+        }
+        if delta == [0; 5] {
+            tx.commit().await?;
+            return Ok(Ok(()));
+        }
+        let changed = sqlx::query(
+            "UPDATE quota_usage SET servers = servers + $2, vcpus = vcpus + $3, \
+             memory_mib = memory_mib + $4, disk_gib = disk_gib + $5, \
+             storage_gib = storage_gib + $6 \
+             WHERE account = $1 AND ($2 <= 0 OR servers + $2 <= $7) AND ($3 <= 0 OR vcpus + $3 <= $8) \
+             AND ($4 <= 0 OR memory_mib + $4 <= $9) AND ($5 <= 0 OR disk_gib + $5 <= $10) \
+             AND ($6 <= 0 OR storage_gib + $6 <= $11)",
+        )
+        .bind(account)
+        .bind(delta[0])
+        .bind(delta[1])
+        .bind(delta[2])
+        .bind(delta[3])
+        .bind(delta[4])
+        .bind(bound(limits.servers))
+        .bind(bound(limits.vcpus))
+        .bind(bound(limits.memory_mib))
+        .bind(bound(limits.disk_gib))
+        .bind(bound(limits.storage_gib))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 1 {
+            sqlx::query(
+                "UPDATE quota_charges SET servers = $2, vcpus = $3, memory_mib = $4, \
+                 disk_gib = $5, storage_gib = $6, charged_at = $7 WHERE resource = $1",
+            )
+            .bind(resource)
+            .bind(wanted_amounts[0])
+            .bind(wanted_amounts[1])
+            .bind(wanted_amounts[2])
+            .bind(wanted_amounts[3])
+            .bind(wanted_amounts[4])
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            return Ok(Ok(()));
+        }
+        tx.rollback().await?;
+        let growth = |i: usize| u64::try_from(delta[i]).unwrap_or(0);
+        let requested = Usage {
+            servers: growth(0),
+            vcpus: growth(1),
+            memory_mib: growth(2),
+            disk_gib: growth(3),
+            storage_gib: growth(4),
+        };
+        match limits.check(self.usage(account).await?, requested) {
+            Err(exceeded) => Ok(Err(RechargeRefused::Exceeded(exceeded))),
+            // The usage row moved under it (a release): a refusal that no
+            // longer holds is no refusal; the caller may ask again.
+            Ok(()) => Err(StoreError::Conflict {
+                kind: "quota use of account".into(),
+                name: account.into(),
+                expected: format!("the one seen while charging {resource} again"),
+            }),
+        }
     }
 
     /// Returns what `resource` was charged; a second call changes nothing.

@@ -1,8 +1,8 @@
 //! The HTTP agent client against hostile agents on 127.0.0.1.
 
 use std::sync::Arc;
-use stratus_controller::agent_client::MAX_AGENT_RESPONSE;
-use stratus_controller::{AgentCallError, AgentClient, AgentEndpoint, HttpAgentClient};
+use stratus_agent_client::MAX_AGENT_RESPONSE;
+use stratus_agent_client::{AgentCallError, AgentClient, AgentEndpoint, HttpAgentClient};
 
 use rcgen::{CertificateParams, CertifiedKey, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -162,7 +162,7 @@ impl stratus_store::secrets::Secrets for CountedSecrets {
 #[tokio::test]
 async fn agent_tokens_are_read_once_and_again_when_forgotten_or_renamed() {
     use std::sync::atomic::Ordering;
-    use stratus_controller::agent_client::AgentDirectory;
+    use stratus_agent_client::AgentDirectory;
     use stratus_store::secrets::Secrets;
 
     let scratch = stratus_store::testing::sqlite().await;
@@ -218,4 +218,74 @@ async fn agent_tokens_are_read_once_and_again_when_forgotten_or_renamed() {
     assert!(directory.by_name(&hv1).await.is_err());
     assert!(directory.by_name(&hv1).await.is_err());
     assert_eq!(secrets.reads.load(Ordering::SeqCst), 5);
+}
+
+/// A listener that counts the connections made to it.
+async fn counting_listener() -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (format!("https://{address}"), connections)
+}
+
+#[tokio::test]
+async fn a_replica_that_no_longer_leads_reaches_no_agent() {
+    use std::sync::atomic::Ordering;
+    let (_, client) = link();
+    let (leading_tx, leading) = tokio::sync::watch::channel(true);
+    let client = client.fenced(leading);
+    let (url, connections) = counting_listener().await;
+    let agent = AgentEndpoint {
+        hypervisor: HypervisorName::parse("hv1").unwrap(),
+        url,
+        token: "t".into(),
+    };
+
+    // While leading, calls go out (this listener answers nothing useful).
+    assert!(client.node(&agent).await.is_err());
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+
+    leading_tx.send(false).unwrap();
+    let spec_free_calls = [
+        client.node(&agent).await.map(drop),
+        client.observe(&agent, "stratus-a").await.map(drop),
+        client.destroy(&agent, "stratus-a").await.map(drop),
+        client.destroy_volume(&agent, "stratus-v").await.map(drop),
+        client
+            .delete_version(&agent, "stratus-v", 1)
+            .await
+            .map(drop),
+        client
+            .checksum_version(&agent, "stratus-v", 1, 1)
+            .await
+            .map(drop),
+        client
+            .copy_version(&agent, "stratus-v", 1, 2, false)
+            .await
+            .map(drop),
+        client
+            .read_version(&agent, "stratus-v", 1, 1)
+            .await
+            .map(drop),
+    ];
+    for answer in spec_free_calls {
+        match answer {
+            Err(AgentCallError::Unreachable(why)) => {
+                assert!(why.contains("no longer leads"), "{why}");
+            }
+            other => panic!("a deposed replica's call went through: {other:?}"),
+        }
+    }
+    assert_eq!(
+        connections.load(Ordering::SeqCst),
+        1,
+        "a deposed replica connected to an agent"
+    );
 }

@@ -7,12 +7,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use stratus_core::agent_api::{
-    AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainSpec, DomainState, Link,
-    LiveCopy, LiveCopyMethod, LuksFormat, NodeReport, PoolInfo, StoredContent, Target,
-    VolumeObservation, VolumeSpec, VolumeUnlock, VolumeVersion, storage_volume_name,
+    AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainResources, DomainSpec,
+    DomainState, Link, LiveCopy, LiveCopyMethod, LuksFormat, NodeReport, PoolInfo, StoredContent,
+    Target, VolumeObservation, VolumeSpec, VolumeUnlock, VolumeVersion, storage_volume_name,
 };
 
-use crate::agent_client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};
+use crate::client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};
 
 #[derive(Debug, Clone)]
 struct SimDomain {
@@ -21,6 +21,9 @@ struct SimDomain {
     spec: Option<DomainSpec>,
     /// What its console would show of a boot that failed.
     boot_failure: Option<String>,
+    /// Its vCPUs, memory and disk as made: changed only while it is off,
+    /// as a real agent does (R23).
+    resources: Option<DomainResources>,
 }
 
 /// A storage copy: its size and the content of each version.
@@ -458,6 +461,7 @@ fn observation(
                 .clone()
                 .filter(|_| d.state == Some(DomainState::Running)),
             mac_address: d.spec.as_ref().map(|spec| spec.mac_address.clone()),
+            resources: d.resources,
         },
         None => DomainObservation::absent(name),
     }
@@ -505,6 +509,7 @@ impl AgentClient for SimulatedAgent {
                 disk: false,
                 spec: None,
                 boot_failure: None,
+                resources: None,
             });
             if !entry.disk {
                 if !spec.create_disk {
@@ -534,6 +539,18 @@ impl AgentClient for SimulatedAgent {
                 });
             }
             entry.spec = Some(spec.clone());
+            let off = !matches!(
+                entry.state,
+                Some(DomainState::Running | DomainState::Paused)
+            );
+            if off || entry.resources.is_none() {
+                let disk_gib = entry.resources.map_or(0, |r| r.disk_gib);
+                entry.resources = Some(DomainResources {
+                    vcpus: spec.vcpus,
+                    memory_mib: spec.memory_mib,
+                    disk_gib: disk_gib.max(spec.disk_gib),
+                });
+            }
             let ignored = node.guests_ignore_acpi
                 && !spec.power_off
                 && entry.state == Some(DomainState::Running);
