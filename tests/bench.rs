@@ -45,6 +45,11 @@ struct Args {
     /// machine this polling competes with stratus for the CPU.
     #[arg(long, default_value_t = 10)]
     poll_ms: u64,
+    /// Once all run, move every server to this plan at once (R23) and
+    /// measure each resize until the server runs with it again; the
+    /// accounts' quota use is then checked against the plan.
+    #[arg(long)]
+    resize_to: Option<String>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -103,6 +108,81 @@ async fn customer_run(
     latencies
 }
 
+/// Moves every server of `client` to `plan` at once and waits until each
+/// runs with it; returns the latencies and how many servers were moved.
+async fn resize_run(
+    client: Client,
+    plan: String,
+    timeout: Duration,
+    poll: Duration,
+) -> Vec<Duration> {
+    let (status, list) = client.get("/v1/servers?limit=500").await;
+    assert_eq!(status, 200, "{list}");
+    let ids: Vec<String> = list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s["id"].as_str().map(str::to_owned))
+        .collect();
+    let asks = ids.iter().map(|id| {
+        let client = client.clone();
+        let plan = plan.clone();
+        async move {
+            let sent = Instant::now();
+            let (status, body) = client
+                .post(
+                    &format!("/v1/servers/{id}/actions"),
+                    json!({"type": "resize", "plan": plan}),
+                )
+                .await;
+            assert_eq!(status, 202, "resize refused: {body}");
+            (id.clone(), sent)
+        }
+    });
+    let mut pending: HashMap<String, Instant> =
+        futures::future::join_all(asks).await.into_iter().collect();
+    let deadline = Instant::now() + timeout;
+    let mut latencies = Vec::with_capacity(ids.len());
+    while !pending.is_empty() {
+        let (status, list) = client.get("/v1/servers?limit=500").await;
+        assert_eq!(status, 200, "{list}");
+        let now = Instant::now();
+        for server in list["items"].as_array().into_iter().flatten() {
+            let id = server["id"].as_str().unwrap_or_default();
+            if server["plan"] == plan.as_str()
+                && server["status"] == "running"
+                && server["action"]["state"] == "done"
+                && let Some(sent) = pending.remove(id)
+            {
+                latencies.push(now - sent);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} servers still not resized",
+            pending.len()
+        );
+        tokio::time::sleep(poll).await;
+    }
+    latencies
+}
+
+fn report(what: &str, latencies: &mut [Duration], total: usize, elapsed: Duration) {
+    latencies.sort();
+    println!("{what}: {}/{total}", latencies.len());
+    println!(
+        "{what} latency: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        percentile(latencies, 50.0).as_secs_f64() * 1e3,
+        percentile(latencies, 99.0).as_secs_f64() * 1e3,
+        percentile(latencies, 100.0).as_secs_f64() * 1e3,
+    );
+    println!(
+        "{what} throughput: {:.1}/s ({total} in {:.2} s)",
+        total as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -153,8 +233,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let admin = stratus.client(&token);
     let mut customers = Vec::new();
+    let mut account_ids = Vec::new();
     for i in 0..args.customers {
-        customers.push(admin.open_account(&format!("Bench customer {i}")).await.1);
+        let (id, client) = admin.open_account(&format!("Bench customer {i}")).await;
+        account_ids.push(id);
+        customers.push(client);
     }
 
     let total = args.customers * args.servers;
@@ -169,7 +252,7 @@ async fn main() -> anyhow::Result<()> {
         args.servers
     );
     let started = Instant::now();
-    let runs = customers.into_iter().enumerate().map(|(i, client)| {
+    let runs = customers.iter().cloned().enumerate().map(|(i, client)| {
         tokio::spawn(customer_run(
             client,
             i,
@@ -196,6 +279,50 @@ async fn main() -> anyhow::Result<()> {
         total as f64 / elapsed.as_secs_f64(),
         elapsed.as_secs_f64()
     );
+    if let Some(plan) = &args.resize_to {
+        println!("resizing all {total} servers to {plan} at once");
+        let started = Instant::now();
+        let runs = customers.iter().cloned().map(|client| {
+            tokio::spawn(resize_run(
+                client,
+                plan.clone(),
+                Duration::from_secs(args.timeout),
+                Duration::from_millis(args.poll_ms),
+            ))
+        });
+        let mut latencies = Vec::with_capacity(total);
+        for run in futures::future::join_all(runs).await {
+            latencies.extend(run?);
+        }
+        report("resized", &mut latencies, total, started.elapsed());
+        let (_, plans) = admin.get("/v1/plans").await;
+        let wanted = plans["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["name"] == plan.as_str())
+            .cloned()
+            .unwrap_or_default();
+        for id in &account_ids {
+            let (status, account) = admin.get(&format!("/v1/accounts/{id}")).await;
+            anyhow::ensure!(status == 200, "{account}");
+            let usage = &account["usage"];
+            // The plan says `memory_mib`, the quota `memoryMib`.
+            for (plan_key, usage_key) in [
+                ("vcpus", "vcpus"),
+                ("memory_mib", "memoryMib"),
+                ("disk_gib", "diskGib"),
+            ] {
+                let expected = wanted[plan_key].as_u64().unwrap_or_default() * args.servers as u64;
+                anyhow::ensure!(
+                    usage[usage_key].as_u64() == Some(expected),
+                    "account {id}: {usage_key} used {} instead of {expected}",
+                    usage[usage_key]
+                );
+            }
+        }
+        println!("quota use exact in all {} accounts", account_ids.len());
+    }
     stratus.process.terminate();
     std::fs::remove_dir_all(&data_dir).ok();
     Ok(())

@@ -247,6 +247,134 @@ async fn r19_a_tiny_guest_boots_configured_from_its_seed_cannot_spoof_and_is_wip
     stratus.process.terminate();
 }
 
+/// The guest's script for a resize: say its size at every boot, and keep
+/// a marker on its disk (written once, then found again).
+fn size_user_data() -> String {
+    format!(
+        "#!/bin/sh
+if dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | grep -q {DISK_MARKER}; then echo MARKER-KEPT; else echo {DISK_MARKER} | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null && echo DISK-WRITTEN; fi
+echo \"GUEST-SIZE cpus=$(nproc) mem-kib=$(awk '/MemTotal/ {{print $2}}' /proc/meminfo) disk-sectors=$(cat /sys/block/vda/size) end\"
+"
+    )
+}
+
+/// The numbers of the `n`th (from 1) GUEST-SIZE line of `console`.
+fn guest_size(console: &str, n: usize) -> (u64, u64, u64) {
+    let line = console
+        .lines()
+        .filter(|l| l.contains("GUEST-SIZE cpus="))
+        .nth(n - 1)
+        .unwrap_or_else(|| panic!("no GUEST-SIZE line {n}:\n{console}"));
+    let field = |name: &str| -> u64 {
+        let start = line
+            .find(name)
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+            + name.len();
+        line[start..]
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {line}"))
+    };
+    (field("cpus="), field("mem-kib="), field("disk-sectors="))
+}
+
+/// R23 on a real guest: micro (256 MiB, 1 GiB) to small (1 GiB, 4 GiB):
+/// stopped, made again, its disk grown, started; the guest sees the new
+/// memory and disk and still has what it wrote.
+#[tokio::test]
+async fn r23_a_resized_guest_sees_more_memory_and_a_bigger_disk_and_keeps_its_data() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "grow1", "plan": "micro", "image": "tiny", "zone": "a",
+                   "user_data": size_user_data()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    customer.wait_status(&id, "running", BOOT).await;
+    let first = wait_console(&customer, &id, "GUEST-SIZE cpus=", 1).await;
+    assert!(first.contains("DISK-WRITTEN"), "{first}");
+    let (cpus, memory_kib, sectors) = guest_size(&first, 1);
+    assert_eq!(
+        (cpus, sectors),
+        (1, 2 * 1024 * 1024),
+        "micro: 1 vCPU, 1 GiB"
+    );
+
+    let started = Instant::now();
+    let (status, asked) = customer
+        .post(
+            &format!("/v1/servers/{id}/actions"),
+            json!({"type": "resize", "plan": "small"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["plan"], "micro", "{asked}");
+    assert_eq!(asked["action"]["state"], "in_progress", "{asked}");
+    let done = customer
+        .wait_until(
+            &format!("/v1/servers/{id}"),
+            "the resize did not finish",
+            BOOT * 2,
+            |server| server["action"]["state"] == "done" && server["status"] == "running",
+        )
+        .await;
+    let took = started.elapsed();
+    assert_eq!(done["plan"], "small", "{done}");
+    assert_eq!(
+        (&done["vcpus"], &done["memory_mib"], &done["disk_gib"]),
+        (&json!(1), &json!(1024), &json!(4)),
+        "{done}"
+    );
+    let message = done["action"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("was down"), "{done}");
+
+    let second = wait_console(&customer, &id, "GUEST-SIZE cpus=", 2).await;
+    let (_, grown_kib, grown_sectors) = guest_size(&second, 2);
+    assert_eq!(
+        grown_sectors,
+        8 * 1024 * 1024,
+        "the guest sees a 4 GiB disk"
+    );
+    assert!(
+        grown_kib > memory_kib + 600 * 1024,
+        "the guest sees about 1 GiB of memory: {memory_kib} KiB -> {grown_kib} KiB"
+    );
+    assert!(
+        second.contains("MARKER-KEPT"),
+        "its data survived:\n{second}"
+    );
+    println!(
+        "resize micro -> small on a running tiny guest: {:.1} s to running again; {message}",
+        took.as_secs_f64()
+    );
+    // Stopped once (an ACPI shutdown it honours), not powered off after
+    // the grace period, and not stopped again after it was made anew.
+    let log = stratus.process.log_text();
+    assert_eq!(
+        log.matches("asked the guest to shut down").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("did not shut down in time"), "{log}");
+    customer
+        .delete_and_wait(&format!("/v1/servers/{id}"), BOOT)
+        .await;
+    stratus.process.terminate();
+}
+
 fn seed_files(hypervisor: &Hypervisor, domain: &str) -> Vec<PathBuf> {
     std::fs::read_dir(hypervisor.dir.join("pool"))
         .unwrap()

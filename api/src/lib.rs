@@ -8,6 +8,7 @@ pub mod body;
 pub mod error;
 pub mod metrics;
 pub mod pagination;
+pub mod placed;
 pub mod rate_limit;
 pub mod routes;
 pub mod state;

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub trusted_proxies: Arc<Vec<ipnet::IpNet>>,
     /// Content streams in flight, per account and per hypervisor.
     pub streams: crate::stream_slots::StreamSlots,
+    /// What is placed on each hypervisor, listed once for many requests.
+    pub placed: crate::placed::PlacedCache,
     /// Reads guests' serial consoles from their agents; absent in a process
     /// that holds no agent credentials.
     pub consoles: Option<Arc<dyn ServerConsoles>>,
@@ -160,6 +162,7 @@ impl ApiState {
             trusted_proxies: Arc::new(config.trusted_proxy_networks()),
             recently_valid: Arc::default(),
             streams: Default::default(),
+            placed: Default::default(),
             consoles: None,
             contents: None,
             formatting: Arc::default(),

@@ -238,12 +238,15 @@ impl ServerReconciler {
                 if let Ok(answer) = &result {
                     waiting_for_key.clone_from(&answer.waiting_for_key);
                 }
-                let asked_to_stop =
-                    result.is_ok() && next.stop_requested_at != current.stop_requested_at;
+                // The shutdown request is made once, and a resize's steps
+                // are kept: recorded before looking again.
+                let asked_to_stop = result.is_ok()
+                    && (next.stop_requested_at != current.stop_requested_at
+                        || next.applied != current.applied
+                        || next.resize != current.resize);
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
                     .await?;
                 if asked_to_stop {
-                    // The shutdown request is made once: record it before looking again.
                     self.record_status(server, &current, &next).await?;
                 }
             }

@@ -615,8 +615,9 @@ async fn resize_server(
 }
 
 /// Refuses a resize whose plan does not fit on the server's hypervisor
-/// beside everything else placed there. The controller checks again under
-/// its placement lock before it stops the server; this answers at once.
+/// beside everything else placed there (as listed a moment ago). The
+/// controller checks again under its placement lock before it stops the
+/// server; this answers at once.
 async fn check_room(
     state: &ApiState,
     server: &VirtualServer,
@@ -634,15 +635,13 @@ async fn check_room(
                 "hypervisor {hypervisor} has not reported its capacity: try again later"
             ))
         })?;
-    let servers = state.servers.list(None).await?.items;
-    let others: Vec<VirtualServer> = servers
-        .into_iter()
-        .filter(|s| s.name_any() != server.name_any() || s.namespace() != server.namespace())
-        .collect();
-    let mut placed = scheduling::placed_load(scheduling::placements_of(&others));
-    let storage = state.storage.list(None).await?.items;
-    scheduling::add_storage_load(&mut placed, &storage);
-    let load = placed.get(hypervisor).map(|p| p.load).unwrap_or_default();
+    let placed = state.placed.load(&state.servers, &state.storage).await?;
+    // Everything there but this server, which holds its current plan.
+    let mut load = placed.get(hypervisor).map(|p| p.load).unwrap_or_default();
+    let own = server.held_resources();
+    load.vcpus = load.vcpus.saturating_sub(u64::from(own.vcpus));
+    load.memory_mib = load.memory_mib.saturating_sub(own.memory_mib);
+    load.disk_gib = load.disk_gib.saturating_sub(own.disk_gib);
     match scheduling::shortfall(&capacity, load, &held) {
         Some(missing) => Err(ApiError::insufficient_capacity(
             hypervisor.as_str(),
