@@ -791,8 +791,19 @@ impl Driver {
             return Ok(());
         };
         let wanted = spec.disk_gib.saturating_mul(GIB);
-        if disk.info()?.capacity >= wanted {
+        let capacity = disk.info()?.capacity;
+        if capacity >= wanted {
             return Ok(());
+        }
+        // Refused while the guest still runs, so a pool without room never
+        // leaves it stopped for a resize that cannot be done.
+        let available = pool.refresh(0).and_then(|()| pool.info())?.available;
+        let growth_gib = wanted.saturating_sub(capacity).div_ceil(GIB);
+        if !fits(available, growth_gib) {
+            return Err(AgentError::NoSpace {
+                pool: self.config.pool.clone(),
+                needed_gib: growth_gib,
+            });
         }
         let running = match self.lookup_domain(name)? {
             Some(domain) => domain.is_active()?,
@@ -800,14 +811,6 @@ impl Driver {
         };
         if running {
             return Ok(());
-        }
-        let available = pool.refresh(0).and_then(|()| pool.info())?.available;
-        let growth_gib = wanted.saturating_sub(disk.info()?.capacity).div_ceil(GIB);
-        if !fits(available, growth_gib) {
-            return Err(AgentError::NoSpace {
-                pool: self.config.pool.clone(),
-                needed_gib: growth_gib,
-            });
         }
         if self.config.uri.starts_with("test:") {
             let image = Self::lookup_volume(pool, &spec.image_volume)?

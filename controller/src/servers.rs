@@ -15,7 +15,7 @@ use stratus_core::ids::{self, AccountId};
 use stratus_core::lifecycle::{
     self, Action, LegacyDomain, ListedAddress, Observation, ServerFacts,
 };
-use stratus_core::quota::charged_object;
+use stratus_core::quota::{Usage, charged_object};
 use stratus_core::resources::{
     DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageEncryption, StorageSubscription,
     VirtualServer, VirtualServerStatus,
@@ -710,7 +710,7 @@ impl ServerReconciler {
         mut next: VirtualServerStatus,
     ) -> Result<Option<Duration>, ControllerError> {
         let Some(hypervisor) = next.hypervisor.clone() else {
-            return Ok(None);
+            return Ok(Some(UNSCHEDULABLE_RECHECK));
         };
         let now = self.ctx.clock.now();
         let key = ObjectKey::of(server);
@@ -729,12 +729,18 @@ impl ServerReconciler {
             .map(|p| p.load)
             .unwrap_or_default();
         let held = server.held_resources();
+        let from = next
+            .applied
+            .as_ref()
+            .map_or(server.spec.resources, |a| a.resources);
         let missing = match &capacity {
             None => Some(format!(
                 "hypervisor {hypervisor} has not reported its capacity"
             )),
-            Some(capacity) => scheduling::shortfall(capacity, others, &held)
-                .map(|lacking| format!("hypervisor {hypervisor} lacks {lacking}")),
+            Some(capacity) => {
+                scheduling::growth_shortfall(capacity, others, &from, &server.spec.resources)
+                    .map(|lacking| format!("hypervisor {hypervisor} lacks {lacking}"))
+            }
         };
         let Some(missing) = missing else {
             if let Some(progress) = next.resize.as_mut() {
@@ -807,6 +813,30 @@ impl ServerReconciler {
             created_at: now.as_millisecond(),
         };
         self.ctx.ledger.charges().record(&charge).await?;
+        // The quota was charged the larger of both plans while it moved:
+        // now only the new one. Another change of the charge that came
+        // first (a new resize, the server's deletion) is left as it is.
+        if let Some(from) = progress.from_resources {
+            let during = from.larger_of(server.spec.resources);
+            if during != server.spec.resources {
+                let settled = self
+                    .ctx
+                    .ledger
+                    .quotas()
+                    .recharge(
+                        &account,
+                        &charged_object(&account, &name),
+                        Usage::of_server(&during),
+                        Usage::of_server(&server.spec.resources),
+                        stratus_core::quota::Quota::default(),
+                        now.as_millisecond(),
+                    )
+                    .await?;
+                if settled.is_err() {
+                    tracing::info!("the quota charge changed during the resize; left as it is");
+                }
+            }
+        }
         let downtime = lifecycle::record_resized(&mut next, now);
         self.record_status(server, current, &next).await?;
         let message = conditions::get(&next.conditions, ConditionType::Resized)

@@ -329,7 +329,8 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     if resize.reserve && next.is_none() {
         next = Some(Action::ReserveRoom);
     }
-    if status.resize.is_some() && !resize.hold && !resize.reserve && converged && next.is_none() {
+    let resized = status.applied.as_ref() == Some(&AppliedPlan::of(server.spec));
+    if status.resize.is_some() && resized && converged && next.is_none() {
         next = Some(Action::FinishResize);
     }
 
@@ -443,7 +444,10 @@ struct ResizeStep {
 
 /// Follows a resize (R23) from what the agent observed: records the
 /// plan a provisioned server runs with, takes up a plan change the spec
-/// asks for, and marks it applied once the domain has the new size.
+/// asks for, and marks it applied once the domain has the new size. The
+/// guest is only stopped once room is held, while no suspension holds it
+/// and when its agent says sizes; a spec that goes back to the plan it
+/// runs with before that withdraws the resize.
 fn resize_step(
     spec: &VirtualServerSpec,
     status: &mut VirtualServerStatus,
@@ -456,16 +460,60 @@ fn resize_step(
     let wanted = AppliedPlan::of(spec);
     let applied = status.applied.get_or_insert_with(|| wanted.clone()).clone();
     if applied == wanted {
+        let withdrawn = status
+            .resize
+            .as_ref()
+            .is_some_and(|p| p.to.as_ref().is_some_and(|to| *to != wanted));
+        if withdrawn {
+            let from = status.resize.take().map(|p| p.from).unwrap_or_default();
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::Resized,
+                true,
+                Reason::PlanApplied,
+                format!(
+                    "the move away from plan {from} was withdrawn; it runs on plan {}",
+                    wanted.plan
+                ),
+                now,
+            );
+        }
+        return ResizeStep::default();
+    }
+    if wanted.resources.disk_gib < applied.resources.disk_gib {
+        // Only a spec edited by hand can ask this (the API refuses it).
+        status.resize = None;
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Resized,
+            false,
+            Reason::Invalid,
+            format!(
+                "plan {} has a {} GiB disk and the server's is {} GiB: a disk never shrinks; it runs on plan {}",
+                wanted.plan, wanted.resources.disk_gib, applied.resources.disk_gib, applied.plan
+            ),
+            now,
+        );
         return ResizeStep::default();
     }
     let progress = status.resize.get_or_insert_with(|| ResizeProgress {
         from: applied.plan.clone(),
+        from_resources: Some(applied.resources),
+        to: Some(wanted.clone()),
         started_at: now.to_string(),
         room_reserved: false,
+        stopping: false,
         was_running: domain.state == Some(DomainState::Running),
         stopped_at: None,
     });
+    if progress.to.as_ref() != Some(&wanted) {
+        // Asked for another plan meanwhile: room is held for that one.
+        progress.to = Some(wanted.clone());
+        progress.room_reserved = false;
+        progress.stopping = false;
+    }
     if !progress.room_reserved {
+        progress.stopping = false;
         if conditions::get(&status.conditions, ConditionType::Resized)
             .is_none_or(|c| c.reason != Reason::InsufficientCapacity.as_str())
         {
@@ -492,7 +540,32 @@ fn resize_step(
     let made = domain
         .resources
         .is_some_and(|resources| resources.are(&wanted.resources));
+    let waits_for = if made {
+        None
+    } else if domain.resources.is_none() {
+        Some("the agent of its hypervisor does not say domain sizes (upgrade it)")
+    } else if spec.hold().is_some() {
+        Some("the suspension or termination holding it to end")
+    } else {
+        None
+    };
+    if let Some(why) = waits_for {
+        progress.stopping = false;
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Resized,
+            false,
+            Reason::Resizing,
+            format!(
+                "moving from plan {} to {} waits for {why}; it runs on unchanged",
+                applied.plan, wanted.plan
+            ),
+            now,
+        );
+        return ResizeStep::default();
+    }
     if made {
+        progress.stopping = false;
         status.applied = Some(wanted.clone());
         conditions::set(
             &mut status.conditions,
@@ -504,6 +577,7 @@ fn resize_step(
         );
         return ResizeStep::default();
     }
+    progress.stopping = true;
     conditions::set(
         &mut status.conditions,
         ConditionType::Resized,
@@ -521,18 +595,18 @@ fn resize_step(
     }
 }
 
-/// What the domain is made with now: the plan it runs with until room for
-/// a new one is held (so nothing grows into room held for others), then
-/// the new one; and powered off while it is being resized.
+/// What the domain is made with now: the plan it runs with until the
+/// resize stops it (so nothing grows into room not held, and a guest is
+/// never stopped while a resize waits), then the new one, powered off
+/// while it is made again.
 pub fn domain_shape(
     spec: &VirtualServerSpec,
     status: &VirtualServerStatus,
 ) -> (ServerResources, PowerState) {
-    let reserved = status.resize.as_ref().is_some_and(|r| r.room_reserved);
-    let applied = status.applied.as_ref();
-    match applied {
-        Some(applied) if !reserved => (applied.resources, spec.power),
-        Some(applied) if *applied != AppliedPlan::of(spec) => (spec.resources, PowerState::Stopped),
+    let stopping = status.resize.as_ref().is_some_and(|r| r.stopping);
+    match status.applied.as_ref() {
+        Some(_) if stopping => (spec.resources, PowerState::Stopped),
+        Some(applied) if *applied != AppliedPlan::of(spec) => (applied.resources, spec.power),
         _ => (spec.resources, spec.power),
     }
 }
@@ -1046,8 +1120,11 @@ mod tests {
         let mut waiting = micro_status();
         waiting.resize = Some(ResizeProgress {
             from: "micro".into(),
+            from_resources: Some(MICRO),
+            to: Some(AppliedPlan::of(&resized_spec(PowerState::Running))),
             started_at: now().to_string(),
             room_reserved: false,
+            stopping: false,
             was_running: true,
             stopped_at: None,
         });
@@ -1055,6 +1132,115 @@ mod tests {
             domain_shape(&resized_spec(PowerState::Running), &waiting),
             (MICRO, PowerState::Running)
         );
+    }
+
+    /// One decision on a server resizing from micro to small whose room
+    /// is held, as `observed` shows its domain.
+    fn decide_reserved(
+        spec: &VirtualServerSpec,
+        observed_resources: Option<ServerResources>,
+    ) -> Decision {
+        let mut status = micro_status();
+        status.resize = Some(ResizeProgress {
+            from: "micro".into(),
+            from_resources: Some(MICRO),
+            to: Some(AppliedPlan::of(spec)),
+            started_at: now().to_string(),
+            room_reserved: true,
+            stopping: false,
+            was_running: true,
+            stopped_at: None,
+        });
+        let observation = Observation::Domain(DomainObservation {
+            resources: observed_resources.map(domain_resources),
+            ..match observed(Some(DomainState::Running), true) {
+                Observation::Domain(domain) => domain,
+                _ => unreachable!(),
+            }
+        });
+        plan(facts_for(spec, &status), &observation, now())
+    }
+
+    #[test]
+    fn r23_a_guest_is_not_stopped_for_a_resize_while_suspended_or_by_an_old_agent() {
+        let mut held = resized_spec(PowerState::Running);
+        held.suspension = suspended(
+            &[crate::standing::SuspensionReason::NonPayment],
+            SuspensionMode::Paused,
+        )
+        .suspension;
+        let old_agent = resized_spec(PowerState::Running);
+        for (spec, resources) in [(&held, Some(MICRO)), (&old_agent, None)] {
+            let decision = decide_reserved(spec, resources);
+            let progress = decision.status.resize.as_ref().unwrap();
+            assert!(!progress.stopping, "{decision:?}");
+            assert_ne!(decision.next, Some(Action::FinishResize));
+            let shape = domain_shape(spec, &decision.status);
+            assert_eq!(shape.0, MICRO, "the domain keeps its plan");
+            let message = &conditions::get(&decision.status.conditions, ConditionType::Resized)
+                .unwrap()
+                .message;
+            assert!(message.contains("waits for"), "{message}");
+        }
+        // Not powered off by a pass that ensures the domain: the spec's
+        // power stands (the suspension pauses it).
+        let decision = decide_reserved(&old_agent, None);
+        assert_eq!(
+            domain_shape(&old_agent, &decision.status).1,
+            PowerState::Running
+        );
+    }
+
+    #[test]
+    fn r23_going_back_to_the_plan_it_runs_with_withdraws_the_resize() {
+        let spec = spec(PowerState::Running, 0);
+        let mut status = placed(ServerPhase::Running, true);
+        status.applied = Some(AppliedPlan::of(&spec));
+        status.resize = Some(ResizeProgress {
+            from: spec.plan.clone(),
+            from_resources: Some(spec.resources),
+            to: Some(AppliedPlan {
+                plan: "large".into(),
+                resources: ServerResources {
+                    vcpus: 8,
+                    memory_mib: 8192,
+                    disk_gib: 100,
+                },
+            }),
+            started_at: now().to_string(),
+            room_reserved: false,
+            stopping: false,
+            was_running: true,
+            stopped_at: None,
+        });
+        let decision = plan(
+            facts_for(&spec, &status),
+            &observed(Some(DomainState::Running), true),
+            now(),
+        );
+        assert_eq!(decision.status.resize, None);
+        assert_eq!(decision.next, None, "no plan change is billed");
+        let resized = conditions::get(&decision.status.conditions, ConditionType::Resized).unwrap();
+        assert!(resized.message.contains("withdrawn"), "{}", resized.message);
+    }
+
+    #[test]
+    fn r23_a_spec_edited_to_a_smaller_disk_is_refused_and_the_server_runs_on() {
+        let mut spec = resized_spec(PowerState::Running);
+        spec.resources.disk_gib = 5;
+        let decision = plan(
+            facts_for(&spec, &micro_status()),
+            &observed(Some(DomainState::Running), true),
+            now(),
+        );
+        assert_eq!(decision.status.resize, None);
+        assert_eq!(decision.next, None);
+        assert_eq!(
+            domain_shape(&spec, &decision.status),
+            (MICRO, PowerState::Running)
+        );
+        let resized = conditions::get(&decision.status.conditions, ConditionType::Resized).unwrap();
+        assert_eq!(resized.reason, Reason::Invalid.as_str());
     }
 
     #[test]

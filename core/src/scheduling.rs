@@ -96,6 +96,46 @@ pub fn shortfall(
     (missing != Load::default()).then_some(missing)
 }
 
+/// What a hypervisor lacks for a server to move from `from` to `to` in
+/// place (R23), `others` being what everything else there holds: only
+/// what grows must fit, so a move down always fits, even on a hypervisor
+/// that holds more than it has (its capacity shrank, copies grew).
+pub fn growth_shortfall(
+    capacity: &HypervisorCapacity,
+    others: Load,
+    from: &ServerResources,
+    to: &ServerResources,
+) -> Option<Load> {
+    let lacking = |grows: bool, have: u64, held: u64, wanted: u64| {
+        if grows {
+            (held + wanted).saturating_sub(have)
+        } else {
+            0
+        }
+    };
+    let missing = Load {
+        vcpus: lacking(
+            to.vcpus > from.vcpus,
+            u64::from(capacity.vcpus),
+            others.vcpus,
+            u64::from(to.vcpus),
+        ),
+        memory_mib: lacking(
+            to.memory_mib > from.memory_mib,
+            capacity.memory_mib,
+            others.memory_mib,
+            to.memory_mib,
+        ),
+        disk_gib: lacking(
+            to.disk_gib > from.disk_gib,
+            capacity.disk_gib,
+            others.disk_gib,
+            to.disk_gib,
+        ),
+    };
+    (missing != Load::default()).then_some(missing)
+}
+
 impl std::fmt::Display for Load {
     /// The non-zero amounts, e.g. `2 vCPU and 1024 MiB memory`.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -698,5 +738,41 @@ mod tests {
             }
         );
         assert_eq!(missing.to_string(), "2 vCPU and 10 GiB disk");
+    }
+
+    #[test]
+    fn r23_only_what_grows_must_fit() {
+        // A hypervisor holding more than it has (its capacity shrank).
+        let capacity = cap(4, 4096, 100);
+        let others = Load {
+            vcpus: 6,
+            memory_mib: 2048,
+            disk_gib: 50,
+        };
+        let from = ServerResources {
+            vcpus: 2,
+            memory_mib: 2048,
+            disk_gib: 25,
+        };
+        let down = ServerResources {
+            vcpus: 1,
+            memory_mib: 1024,
+            disk_gib: 25,
+        };
+        assert_eq!(growth_shortfall(&capacity, others, &from, &down), None);
+        // Memory grows beyond the room, vCPUs go down: only memory lacks.
+        let more_memory = ServerResources {
+            vcpus: 1,
+            memory_mib: 3072,
+            disk_gib: 25,
+        };
+        assert_eq!(
+            growth_shortfall(&capacity, others, &from, &more_memory),
+            Some(Load {
+                vcpus: 0,
+                memory_mib: 1024,
+                disk_gib: 0,
+            })
+        );
     }
 }

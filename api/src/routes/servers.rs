@@ -394,25 +394,37 @@ pub async fn server_action(
         ));
     }
     let namespace = server.namespace();
+    // Checked again on the object written, in one compare-and-set: a
+    // suspension, termination or resize that came meanwhile wins.
+    let mut refused = None;
     let updated = state
         .servers
-        .update(namespace.as_deref(), id.as_str(), |s| match action {
-            ServerAction::Stop {} if s.spec.power != PowerState::Stopped => {
-                s.spec.power = PowerState::Stopped;
-                true
+        .update(namespace.as_deref(), id.as_str(), |s| {
+            refused = refuse_unless_actionable(s, &action).err();
+            if refused.is_some() {
+                return false;
             }
-            ServerAction::Start {} if s.spec.power != PowerState::Running => {
-                s.spec.power = PowerState::Running;
-                true
+            match action {
+                ServerAction::Stop {} if s.spec.power != PowerState::Stopped => {
+                    s.spec.power = PowerState::Stopped;
+                    true
+                }
+                ServerAction::Start {} if s.spec.power != PowerState::Running => {
+                    s.spec.power = PowerState::Running;
+                    true
+                }
+                ServerAction::Reboot {} => {
+                    s.spec.reboot_requests = s.spec.reboot_requests.saturating_add(1);
+                    true
+                }
+                _ => false,
             }
-            ServerAction::Reboot {} => {
-                s.spec.reboot_requests = s.spec.reboot_requests.saturating_add(1);
-                true
-            }
-            _ => false,
         })
         .await?
         .ok_or_else(|| ApiError::not_found("server", id.as_str()))?;
+    if let Some(refusal) = refused {
+        return Err(refusal);
+    }
     state
         .audit(
             principal.actor(),
@@ -451,7 +463,11 @@ fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Re
             ),
         ));
     }
-    if server.resizing() {
+    let status = server.status.as_ref();
+    let withdraws = matches!(action, ServerAction::Resize { plan }
+        if status.and_then(|s| s.applied.as_ref()).is_some_and(|a| a.plan == *plan)
+            && !status.and_then(|s| s.resize.as_ref()).is_some_and(|r| r.stopping));
+    if server.resizing() && !withdraws {
         return Err(ApiError::server_busy(
             "resize",
             format!(
@@ -481,20 +497,10 @@ async fn resize_server(
         )
     })?;
     let wanted = plan.resources();
-    let current = server.spec.resources;
     if plan.name == server.spec.plan {
         return Err(ApiError::invalid(
             "plan",
             format!("the server is on plan {} already", plan.name),
-        ));
-    }
-    if wanted.disk_gib < current.disk_gib {
-        return Err(ApiError::invalid(
-            "plan",
-            format!(
-                "plan {} has a {} GiB disk and the server's is {} GiB: a disk only grows, choose a plan with at least {} GiB",
-                plan.name, wanted.disk_gib, current.disk_gib, current.disk_gib
-            ),
         ));
     }
     let status = server.status.clone().unwrap_or_default();
@@ -505,29 +511,45 @@ async fn resize_server(
             "the server is still being provisioned: resize it once it runs",
         ));
     };
-    check_room(
-        state,
-        server,
-        &hypervisor,
-        wanted.larger_of(applied.resources),
-    )
-    .await?;
-
+    let disk = applied.resources.disk_gib;
+    if wanted.disk_gib < disk {
+        return Err(ApiError::invalid(
+            "plan",
+            format!(
+                "plan {} has a {} GiB disk and the server's is {disk} GiB: a disk only grows, choose a plan with at least {disk} GiB",
+                plan.name, wanted.disk_gib
+            ),
+        ));
+    }
     let account_id = server.namespace().unwrap_or_default();
-    let account = state
-        .accounts
-        .get(None, &account_id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("account", &account_id))?;
+    let grows = wanted.larger_of(applied.resources) != applied.resources;
+    let account = if grows {
+        // A suspended or closed account grows nothing.
+        let id = AccountId::parse(&account_id)
+            .ok_or_else(|| ApiError::not_found("account", &account_id))?;
+        orderable_account(state, &id).await?
+    } else {
+        state
+            .accounts
+            .get(None, &account_id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("account", &account_id))?
+    };
+    check_room(state, server, &hypervisor, &applied.resources, &wanted).await?;
+
+    // Charged the larger of both plans until the controller finishes (the
+    // guest runs on the old one until then), which settles the charge.
     let charged_as = charged_object(&account_id, &server.name_any());
+    let before = Usage::of_server(&server.held_resources());
+    let during = Usage::of_server(&wanted.larger_of(applied.resources));
     let charge = state
         .ledger
         .quotas()
         .recharge(
             &account_id,
             &charged_as,
-            Usage::of_server(&current),
-            Usage::of_server(&wanted),
+            before,
+            during,
             state.quota_of(&account),
             state.now_millis(),
         )
@@ -540,7 +562,7 @@ async fn resize_server(
         Err(RechargeRefused::ChargedOtherwise) => {
             return Err(ApiError::server_busy(
                 "resize",
-                "another change of this server's plan came first",
+                "another change of this server's plan, or its deletion, came first",
             ));
         }
     }
@@ -594,16 +616,32 @@ async fn resize_server(
         }
         Ok(Some(_)) => refused.unwrap_or_else(|| ApiError::conflict("the server changed")),
         Ok(None) => ApiError::not_found("server", &server.name_any()),
-        Err(error) => error.into(),
+        Err(error) => {
+            // Perhaps written all the same (a timeout after the commit):
+            // the charge goes back only if the server does not ask for it.
+            let written = state
+                .servers
+                .get(namespace.as_deref(), &server.name_any())
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.spec.plan == plan.name);
+            if written {
+                return Err(error.into());
+            }
+            error.into()
+        }
     };
+    // Exactly what this request took, if it is still charged so; a charge
+    // already released (the server went) stays released.
     let back = state
         .ledger
         .quotas()
         .recharge(
             &account_id,
             &charged_as,
-            Usage::of_server(&wanted),
-            Usage::of_server(&current),
+            during,
+            before,
             stratus_core::quota::Quota::default(),
             state.now_millis(),
         )
@@ -622,7 +660,8 @@ async fn check_room(
     state: &ApiState,
     server: &VirtualServer,
     hypervisor: &stratus_core::ids::HypervisorName,
-    held: stratus_core::resources::ServerResources,
+    from: &stratus_core::resources::ServerResources,
+    to: &stratus_core::resources::ServerResources,
 ) -> Result<(), ApiError> {
     use stratus_core::scheduling;
     let capacity = state
@@ -642,7 +681,7 @@ async fn check_room(
     load.vcpus = load.vcpus.saturating_sub(u64::from(own.vcpus));
     load.memory_mib = load.memory_mib.saturating_sub(own.memory_mib);
     load.disk_gib = load.disk_gib.saturating_sub(own.disk_gib);
-    match scheduling::shortfall(&capacity, load, &held) {
+    match scheduling::growth_shortfall(&capacity, load, from, to) {
         Some(missing) => Err(ApiError::insufficient_capacity(
             hypervisor.as_str(),
             missing,

@@ -77,12 +77,24 @@ impl AppliedPlan {
 pub struct ResizeProgress {
     /// The plan it leaves.
     pub from: String,
+    /// What that plan reserved: the quota is charged the larger of it and
+    /// the new one until the resize is done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_resources: Option<ServerResources>,
+    /// The plan it moves to; a spec that asks for another one meanwhile
+    /// starts over (room is held again).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<AppliedPlan>,
     /// When the controller took it up, RFC 3339.
     pub started_at: String,
     /// Room for the new plan is held on the server's hypervisor; until
     /// then the server runs on unchanged.
     #[serde(default)]
     pub room_reserved: bool,
+    /// The guest is being stopped and the domain made again; false while
+    /// a suspension holds the server or the agent cannot say sizes.
+    #[serde(default)]
+    pub stopping: bool,
     /// The guest was running when the resize stopped it: it is started
     /// again, and its downtime reported.
     #[serde(default)]

@@ -15,7 +15,7 @@ pub enum RechargeRefused {
     /// The growth does not fit the account's quota.
     Exceeded(QuotaExceeded),
     /// It is not charged what the caller expected: another change came
-    /// first.
+    /// first, or it is not charged at all (its object is gone).
     ChargedOtherwise,
 }
 
@@ -142,8 +142,8 @@ impl Quotas<'_> {
     /// now: a compare-and-set, so of two racing resizes of one server only
     /// one moves its charge, and a refused one can give back exactly what
     /// it took. Check and change are one transaction, so racing resizes
-    /// and orders cannot overshoot. A resource never charged is charged as
-    /// new.
+    /// and orders cannot overshoot. A resource not charged at all (its
+    /// object is gone) is left alone.
     pub async fn recharge(
         &self,
         account: &str,
@@ -172,11 +172,9 @@ impl Quotas<'_> {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(held) = held else {
+            // Released (the object is gone), or never charged: nothing to move.
             tx.rollback().await?;
-            return Ok(self
-                .charge(account, resource, wanted, limits, at)
-                .await?
-                .map_err(RechargeRefused::Exceeded));
+            return Ok(Err(RechargeRefused::ChargedOtherwise));
         };
         let names = ["servers", "vcpus", "memory_mib", "disk_gib", "storage_gib"];
         let held_usage = Usage {
