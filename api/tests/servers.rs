@@ -1078,10 +1078,19 @@ async fn r23_a_resize_is_checked_charged_and_asked_for_in_one_step_on_both_datab
 
         // Until the controller stops it for the resize, going back to the
         // plan it runs with withdraws the resize and gives the charge back.
-        let back = api.call(Method::POST, &actions, &token, Some(resize("small"))).await;
+        let back = api
+            .call(Method::POST, &actions, &token, Some(resize("small")))
+            .await;
         assert_eq!(back.status, StatusCode::ACCEPTED, "{label}: {}", back.body);
         assert_eq!(usage().await, before, "{label}");
-        let stop = api.call(Method::POST, &actions, &token, Some(json!({"type": "stop"}))).await;
+        let stop = api
+            .call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "stop"})),
+            )
+            .await;
         assert_eq!(stop.status, StatusCode::ACCEPTED, "{label}: {}", stop.body);
 
         // Another account's token cannot even see it.
