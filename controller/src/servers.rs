@@ -142,6 +142,29 @@ impl ServerReconciler {
                 .await?;
             return Ok(Pass::Again);
         }
+        let offered = self
+            .config
+            .plan(&server.spec.plan)
+            .map(stratus_core::config::Plan::resources);
+        if let Some(resources) =
+            lifecycle::resources_for_edited_plan(&server.spec, &current, offered)
+        {
+            // Kubernetes mode: `spec.plan` edited alone moves the server to
+            // that plan as the catalogue offers it (R23).
+            let asked = server.spec.clone();
+            self.servers
+                .update(server.namespace().as_deref(), &name, |s| {
+                    let unchanged =
+                        s.spec.plan == asked.plan && s.spec.resources == asked.resources;
+                    if unchanged {
+                        s.spec.resources = resources;
+                    }
+                    unchanged
+                })
+                .await?;
+            tracing::info!(plan = %asked.plan, "spec.plan edited alone: its resources filled in from the catalogue");
+            return Ok(Pass::Again);
+        }
         let domain = domain_of(server, &current);
         let (agent, observation) = self.observe(&current, &domain, resolved).await;
         let (data_disks, mut keyed_disks) = self.data_disks(server, &current).await?;
@@ -158,6 +181,7 @@ impl ServerReconciler {
             shutdown_grace: self.config.policy.power.shutdown_grace,
             data_disks: &wanted_disks,
             keyed_disks: &keyed_disks,
+            offered,
         };
         let deleting = facts.deleting;
         let decision = lifecycle::plan(facts, &observation, self.ctx.clock.now());
@@ -813,28 +837,36 @@ impl ServerReconciler {
             created_at: now.as_millisecond(),
         };
         self.ctx.ledger.charges().record(&charge).await?;
-        // The quota was charged the larger of both plans while it moved:
-        // now only the new one. Another change of the charge that came
-        // first (a new resize, the server's deletion) is left as it is.
+        // The quota was charged the larger of both plans while it moved
+        // (asked through the API), or still the old plan (a spec edited
+        // in Kubernetes mode charges nothing when asked): now the new one.
+        // A charge changed otherwise meanwhile (a new resize, the server's
+        // deletion) is left as it is.
         if let Some(from) = progress.from_resources {
-            let during = from.larger_of(server.spec.resources);
-            if during != server.spec.resources {
-                let settled = self
+            let charged_as = charged_object(&account, &name);
+            let new = Usage::of_server(&server.spec.resources);
+            let mut settled = false;
+            for charged in [from.larger_of(server.spec.resources), from] {
+                let moved = self
                     .ctx
                     .ledger
                     .quotas()
                     .recharge(
                         &account,
-                        &charged_object(&account, &name),
-                        Usage::of_server(&during),
-                        Usage::of_server(&server.spec.resources),
+                        &charged_as,
+                        Usage::of_server(&charged),
+                        new,
                         stratus_core::quota::Quota::default(),
                         now.as_millisecond(),
                     )
                     .await?;
-                if settled.is_err() {
-                    tracing::info!("the quota charge changed during the resize; left as it is");
+                if moved.is_ok() {
+                    settled = true;
+                    break;
                 }
+            }
+            if !settled {
+                tracing::info!("the quota charge changed during the resize; left as it is");
             }
         }
         let downtime = lifecycle::record_resized(&mut next, now);

@@ -818,3 +818,41 @@ async fn r23_a_resize_without_room_waits_with_the_server_running_until_room_is_f
         assert_eq!(status.resize, None);
     }
 }
+
+#[tokio::test]
+async fn r23_kubernetes_mode_a_plan_edited_alone_takes_the_catalogues_size() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.add_hypervisor("hv1", "default", 8, 16384).await;
+        h.order("vs-1", None).await;
+        h.reconcile("vs-1").await.unwrap();
+
+        // A plan the catalogue does not offer: refused, it runs on.
+        h.edit("vs-1", |spec| spec.plan = "gigantic".into()).await;
+        h.reconcile("vs-1").await.unwrap();
+        let status = h.status("vs-1").await;
+        let refused = conditions::get(&status.conditions, ConditionType::Resized).unwrap();
+        assert_eq!(refused.reason, "Invalid", "{label}");
+        assert_eq!(status.applied.as_ref().unwrap().plan, "small");
+        assert_eq!(h.sim.spec_of("hv1", DOMAIN).unwrap().vcpus, 1);
+
+        // `kubectl edit` of spec.plan alone: sized as the catalogue says.
+        h.edit("vs-1", |spec| spec.plan = "medium".into()).await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+        assert_eq!(
+            (
+                server.spec.resources.vcpus,
+                server.spec.resources.memory_mib,
+                server.spec.resources.disk_gib
+            ),
+            (2, 4096, 80),
+            "{label}"
+        );
+        let status = h.status("vs-1").await;
+        assert_eq!(status.applied.as_ref().unwrap().plan, "medium", "{label}");
+        let spec = h.sim.spec_of("hv1", DOMAIN).unwrap();
+        assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gib), (2, 4096, 80));
+    }
+}

@@ -32,6 +32,9 @@ pub struct ServerFacts<'a> {
     /// hypervisor (LUKS), as their storage or the agent's last answer says:
     /// the server has converged without them.
     pub keyed_disks: &'a [String],
+    /// What the provider's catalogue offers as the spec's plan; `None`
+    /// when it offers no such plan (a server is never moved to one).
+    pub offered: Option<ServerResources>,
 }
 
 /// What the controller learned from the hypervisor before deciding.
@@ -241,7 +244,7 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         );
     }
 
-    let resize = resize_step(server.spec, &mut status, domain, now);
+    let resize = resize_step(server.spec, server.offered, &mut status, domain, now);
 
     if status.ipv4.is_none() && !status.provisioned {
         next = Some(Action::AssignAddresses);
@@ -450,6 +453,7 @@ struct ResizeStep {
 /// runs with before that withdraws the resize.
 fn resize_step(
     spec: &VirtualServerSpec,
+    offered: Option<ServerResources>,
     status: &mut VirtualServerStatus,
     domain: &DomainObservation,
     now: Timestamp,
@@ -478,6 +482,22 @@ fn resize_step(
                 now,
             );
         }
+        return ResizeStep::default();
+    }
+    if wanted.plan != applied.plan && offered.is_none() {
+        // Only a spec edited by hand can ask this (the API refuses it).
+        status.resize = None;
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Resized,
+            false,
+            Reason::Invalid,
+            format!(
+                "plan {} is not offered; it runs on plan {}",
+                wanted.plan, applied.plan
+            ),
+            now,
+        );
         return ResizeStep::default();
     }
     if wanted.resources.disk_gib < applied.resources.disk_gib {
@@ -593,6 +613,20 @@ fn resize_step(
         reserve: false,
         hold: true,
     }
+}
+
+/// The resources to write into a spec whose plan was changed by hand
+/// (Kubernetes mode: `kubectl edit` of `spec.plan` alone), from the
+/// catalogue's `offered` for that plan; `None` when the spec asks for
+/// nothing of the sort.
+pub fn resources_for_edited_plan(
+    spec: &VirtualServerSpec,
+    status: &VirtualServerStatus,
+    offered: Option<ServerResources>,
+) -> Option<ServerResources> {
+    let applied = status.applied.as_ref()?;
+    let edited_alone = spec.plan != applied.plan && spec.resources == applied.resources;
+    offered.filter(|resources| edited_alone && *resources != spec.resources)
 }
 
 /// What the domain is made with now: the plan it runs with until the
@@ -1244,6 +1278,42 @@ mod tests {
     }
 
     #[test]
+    fn r23_a_plan_edited_by_hand_takes_the_catalogues_resources_or_is_refused() {
+        let status = micro_status();
+        // kubectl edit of spec.plan alone: the resources come from the catalogue.
+        let edited = VirtualServerSpec {
+            plan: "small".into(),
+            resources: MICRO,
+            ..resized_spec(PowerState::Running)
+        };
+        let small = resized_spec(PowerState::Running).resources;
+        assert_eq!(
+            resources_for_edited_plan(&edited, &status, Some(small)),
+            Some(small)
+        );
+        // Both edited (or asked through the API): nothing to fill in.
+        let both = resized_spec(PowerState::Running);
+        assert_eq!(resources_for_edited_plan(&both, &status, Some(small)), None);
+        // A plan the catalogue does not offer: never moved to it.
+        let decision = plan(
+            ServerFacts {
+                offered: None,
+                ..facts_for(&both, &status)
+            },
+            &observed(Some(DomainState::Running), true),
+            now(),
+        );
+        assert_eq!(decision.status.resize, None);
+        assert_eq!(decision.next, None);
+        let resized = conditions::get(&decision.status.conditions, ConditionType::Resized).unwrap();
+        assert!(
+            resized.message.contains("not offered"),
+            "{}",
+            resized.message
+        );
+    }
+
+    #[test]
     fn r23_a_server_older_than_resizes_records_the_plan_it_runs_with() {
         let spec = spec(PowerState::Running, 0);
         let status = placed(ServerPhase::Running, true);
@@ -1372,6 +1442,7 @@ mod tests {
             shutdown_grace: GRACE,
             data_disks: &[],
             keyed_disks: &[],
+            offered: Some(spec.resources),
         }
     }
 
@@ -1601,6 +1672,7 @@ mod tests {
                 shutdown_grace: GRACE,
                 data_disks: &[],
                 keyed_disks: &[],
+                offered: Some(spec.resources),
             },
             obs,
             now(),
@@ -2136,6 +2208,7 @@ mod tests {
                 shutdown_grace: GRACE,
                 data_disks: &[],
                 keyed_disks: &[],
+                offered: Some(spec.resources),
             }
         }
         let d = plan(facts(&spec, &status), &running, t0);

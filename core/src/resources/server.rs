@@ -57,7 +57,9 @@ impl ServerResources {
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AppliedPlan {
+    /// The plan's name in the catalogue.
     pub plan: String,
+    /// What it reserves.
     pub resources: ServerResources,
 }
 
