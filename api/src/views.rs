@@ -328,11 +328,15 @@ impl ActionView {
         let asked = server.resizing();
         let (state, from, since) = match (&status.resize, condition) {
             (_, Some(c)) if !asked => ("done", None, c.last_transition_time.clone()),
-            (Some(progress), Some(c)) if c.reason == "InsufficientCapacity" => (
-                "waiting_for_capacity",
-                Some(progress.from.clone()),
-                progress.started_at.clone(),
-            ),
+            (Some(progress), Some(c))
+                if c.reason == stratus_core::conditions::Reason::InsufficientCapacity.as_str() =>
+            {
+                (
+                    "waiting_for_capacity",
+                    Some(progress.from.clone()),
+                    progress.started_at.clone(),
+                )
+            }
             (Some(progress), _) => (
                 "in_progress",
                 Some(progress.from.clone()),

@@ -846,7 +846,13 @@ impl ServerReconciler {
             let charged_as = charged_object(&account, &name);
             let new = Usage::of_server(&server.spec.resources);
             let mut settled = false;
-            for charged in [from.larger_of(server.spec.resources), from] {
+            let during = from.larger_of(server.spec.resources);
+            let tried = if during == from {
+                &[during][..]
+            } else {
+                &[during, from][..]
+            };
+            for charged in tried {
                 let moved = self
                     .ctx
                     .ledger
@@ -854,7 +860,7 @@ impl ServerReconciler {
                     .recharge(
                         &account,
                         &charged_as,
-                        Usage::of_server(&charged),
+                        Usage::of_server(charged),
                         new,
                         stratus_core::quota::Quota::default(),
                         now.as_millisecond(),

@@ -75,27 +75,6 @@ pub fn placements_of(
     })
 }
 
-/// What a hypervisor lacks to hold `request` besides `placed` (what
-/// everything else there holds); `None` when it fits. Growing a server in
-/// place (R23) asks this of its own hypervisor.
-pub fn shortfall(
-    capacity: &HypervisorCapacity,
-    placed: Load,
-    request: &ServerResources,
-) -> Option<Load> {
-    let lacking = |have: u64, held: u64, wanted: u64| (held + wanted).saturating_sub(have);
-    let missing = Load {
-        vcpus: lacking(
-            u64::from(capacity.vcpus),
-            placed.vcpus,
-            u64::from(request.vcpus),
-        ),
-        memory_mib: lacking(capacity.memory_mib, placed.memory_mib, request.memory_mib),
-        disk_gib: lacking(capacity.disk_gib, placed.disk_gib, request.disk_gib),
-    };
-    (missing != Load::default()).then_some(missing)
-}
-
 /// What a hypervisor lacks for a server to move from `from` to `to` in
 /// place (R23), `others` being what everything else there holds: only
 /// what grows must fit, so a move down always fits, even on a hypervisor
@@ -222,6 +201,15 @@ impl Load {
         self.vcpus += u64::from(resources.vcpus);
         self.memory_mib += resources.memory_mib;
         self.disk_gib += resources.disk_gib;
+    }
+
+    /// This load without what `resources` holds (never below nothing).
+    pub fn without(self, resources: &ServerResources) -> Self {
+        Self {
+            vcpus: self.vcpus.saturating_sub(u64::from(resources.vcpus)),
+            memory_mib: self.memory_mib.saturating_sub(resources.memory_mib),
+            disk_gib: self.disk_gib.saturating_sub(resources.disk_gib),
+        }
     }
 }
 
@@ -722,13 +710,20 @@ mod tests {
             memory_mib: 8192,
             disk_gib: 50,
         };
-        assert_eq!(shortfall(&capacity, placed, &fits), None);
+        // Growing in every dimension: all of `to` must fit.
+        let from = ServerResources {
+            vcpus: 1,
+            memory_mib: 1,
+            disk_gib: 1,
+        };
+        let shortfall = |to: &ServerResources| growth_shortfall(&capacity, placed, &from, to);
+        assert_eq!(shortfall(&fits), None);
         let too_big = ServerResources {
             vcpus: 4,
             memory_mib: 8192,
             disk_gib: 60,
         };
-        let missing = shortfall(&capacity, placed, &too_big).expect("does not fit");
+        let missing = shortfall(&too_big).expect("does not fit");
         assert_eq!(
             missing,
             Load {

@@ -197,7 +197,7 @@ impl Driver {
         if running {
             return Ok(());
         }
-        if self.config.uri.starts_with("test:") {
+        if self.on_test_driver() {
             let image = Self::lookup_volume(pool, &spec.image_volume)?
                 .ok_or_else(|| AgentError::ImageMissing(spec.image_volume.clone()))?;
             disk.delete(0)?;
@@ -229,13 +229,19 @@ impl Driver {
     /// driver, which cannot change a running domain's devices (a change of
     /// disks is defined, for its next start).
     pub(super) fn hot_plugs(&self) -> bool {
-        !self.config.uri.starts_with("test:")
+        !self.on_test_driver()
     }
 
     /// Whether seeds are written: not on the test driver, which runs no
     /// guest to read one and cannot upload into its volumes.
     pub(super) fn writes_seeds(&self) -> bool {
-        !self.config.uri.starts_with("test:")
+        !self.on_test_driver()
+    }
+
+    /// libvirt's built-in test driver (`test:///default`, `test:///path`):
+    /// a simulated hypervisor, never a real one.
+    pub(super) fn on_test_driver(&self) -> bool {
+        self.config.uri.starts_with("test:")
     }
 
     /// The volume of the spec's cloud-init seed, made when missing: the ISO

@@ -100,7 +100,7 @@ impl Driver {
     /// and on the test driver, which keeps the filter in the definition
     /// (there to be read) and has no traffic to filter.
     pub(super) fn filters_nics(&self) -> bool {
-        self.anti_spoofing.enforced || self.config.uri.starts_with("test:")
+        self.anti_spoofing.enforced || self.on_test_driver()
     }
 
     /// Refuses to start a guest that would send unfiltered on a hypervisor

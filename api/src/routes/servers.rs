@@ -676,11 +676,11 @@ async fn check_room(
         })?;
     let placed = state.placed.load(&state.servers, &state.storage).await?;
     // Everything there but this server, which holds its current plan.
-    let mut load = placed.get(hypervisor).map(|p| p.load).unwrap_or_default();
-    let own = server.held_resources();
-    load.vcpus = load.vcpus.saturating_sub(u64::from(own.vcpus));
-    load.memory_mib = load.memory_mib.saturating_sub(own.memory_mib);
-    load.disk_gib = load.disk_gib.saturating_sub(own.disk_gib);
+    let load = placed
+        .get(hypervisor)
+        .map(|p| p.load)
+        .unwrap_or_default()
+        .without(&server.held_resources());
     match scheduling::growth_shortfall(&capacity, load, from, to) {
         Some(missing) => Err(ApiError::insufficient_capacity(
             hypervisor.as_str(),

@@ -32,6 +32,18 @@ fn column(value: u64) -> Result<i64> {
     i64::try_from(value).map_err(|_| StoreError::Invalid(format!("quota amount {value} too large")))
 }
 
+/// `usage` as the columns store it: servers, vcpus, memory_mib, disk_gib,
+/// storage_gib.
+fn columns(usage: Usage) -> Result<[i64; 5]> {
+    Ok([
+        column(usage.servers)?,
+        column(usage.vcpus)?,
+        column(usage.memory_mib)?,
+        column(usage.disk_gib)?,
+        column(usage.storage_gib)?,
+    ])
+}
+
 /// A stored amount; negative only if the ledger was edited by hand.
 fn amount(row: &sqlx::any::AnyRow, name: &str) -> u64 {
     u64::try_from(row.get::<i64, _>(name)).unwrap_or(0)
@@ -54,13 +66,7 @@ impl Quotas<'_> {
         limits: Quota,
         at: i64,
     ) -> Result<std::result::Result<(), QuotaExceeded>> {
-        let amounts = [
-            column(requested.servers)?,
-            column(requested.vcpus)?,
-            column(requested.memory_mib)?,
-            column(requested.disk_gib)?,
-            column(requested.storage_gib)?,
-        ];
+        let amounts = columns(requested)?;
         for _ in 0..ATTEMPTS {
             let mut tx = self.db.pool().begin().await?;
             let new = sqlx::query(
@@ -153,13 +159,7 @@ impl Quotas<'_> {
         limits: Quota,
         at: i64,
     ) -> Result<std::result::Result<(), RechargeRefused>> {
-        let wanted_amounts = [
-            column(wanted.servers)?,
-            column(wanted.vcpus)?,
-            column(wanted.memory_mib)?,
-            column(wanted.disk_gib)?,
-            column(wanted.storage_gib)?,
-        ];
+        let wanted_amounts = columns(wanted)?;
         let mut tx = self.db.pool().begin().await?;
         // A write first, so the row is this transaction's until it ends
         // (PostgreSQL's row lock, SQLite's write lock).
