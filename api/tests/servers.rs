@@ -1167,3 +1167,97 @@ async fn r23_racing_resizes_charge_the_quota_exactly_once_each() {
         assert_eq!(usage.memory_mib, 3 * 4096 + 3 * 1024, "{label}");
     }
 }
+
+/// The deadline runner suspends servers by writing `spec.suspension` while
+/// customers act on them: a resize racing it either loses (409, nothing
+/// charged) or wins and the suspension still lands; the quota charged is
+/// always what the specs ask for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r23_a_resize_racing_a_suspension_never_loses_it_and_charges_what_the_spec_says() {
+    use stratus_core::policy::SuspensionMode;
+    use stratus_core::standing::{Suspension, SuspensionReason};
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let quota = format!("/v1/admin/accounts/{account}/quota");
+        api.call(
+            Method::PUT,
+            &quota,
+            &api.admin,
+            Some(json!({"servers": 100, "vcpus": 1000})),
+        )
+        .await;
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..20 {
+            let ordered = api
+                .call(
+                    Method::POST,
+                    "/v1/servers",
+                    &token,
+                    Some(order(&format!("race{round}"))),
+                )
+                .await;
+            let id = ordered.body["id"].as_str().unwrap().to_owned();
+            placed_and_running(&api, &account, &id, 4096, 1 << 22).await;
+            let actions = format!("/v1/servers/{id}/actions");
+            let resize = api.call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "resize", "plan": "medium"})),
+            );
+            // Each round lets the resize get further before the
+            // suspension is written, so the race lands at every step.
+            let suspend = async {
+                for _ in 0..round * 25 {
+                    tokio::task::yield_now().await;
+                }
+                api.state
+                    .servers
+                    .update(Some(&account), &id, |s| {
+                        s.spec.suspension = Some(Suspension {
+                            reasons: vec![SuspensionReason::NonPayment],
+                            mode: SuspensionMode::Stopped,
+                        });
+                        true
+                    })
+                    .await
+            };
+            let (reply, suspended) = tokio::join!(resize, suspend);
+            suspended.unwrap();
+            match reply.status {
+                StatusCode::ACCEPTED => accepted += 1,
+                StatusCode::CONFLICT => {
+                    assert_eq!(reply.body["error"]["code"], "server_suspended", "{label}");
+                    refused += 1;
+                }
+                other => panic!("{label}: {other} {}", reply.body),
+            }
+            let server = api
+                .state
+                .servers
+                .get(Some(&account), &id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                server.spec.suspension.is_some(),
+                "{label}: the suspension was lost"
+            );
+        }
+        let servers = api.state.servers.list(Some(&account)).await.unwrap().items;
+        let asked: u64 = servers
+            .iter()
+            .map(|s| u64::from(s.spec.resources.vcpus))
+            .sum();
+        let usage = api.state.ledger.quotas().usage(&account).await.unwrap();
+        assert_eq!(
+            usage.vcpus, asked,
+            "{label}: charged what the specs ask for"
+        );
+        assert_eq!(accepted + refused, 20);
+        println!("{label}: {accepted} resizes won the race, {refused} lost it");
+    }
+}
