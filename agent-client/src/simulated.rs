@@ -24,6 +24,22 @@ struct SimDomain {
     /// Its vCPUs, memory and disk as made: changed only while it is off,
     /// as a real agent does (R23).
     resources: Option<DomainResources>,
+    /// The system disk's generation and the image it was made from:
+    /// replaced only while it is off, as a real agent does.
+    disk_generation: u32,
+    disk_image: Option<String>,
+    /// Generations of system disks replaced by a rebuild and not wiped yet.
+    leftover_disks: BTreeSet<u32>,
+}
+
+/// A simulated domain's system disk, as tests read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SimDisk {
+    pub generation: u32,
+    /// The image volume it was made from.
+    pub image: Option<String>,
+    /// Older generations still on the hypervisor (not wiped yet).
+    pub leftovers: Vec<u32>,
 }
 
 /// A storage copy: its size and the content of each version.
@@ -171,6 +187,18 @@ impl SimulatedAgent {
                 d.disk = false;
             }
         });
+    }
+
+    /// The system disk of `domain` on `hypervisor`, if it has one.
+    pub fn disk_of(&self, hypervisor: &str, domain: &str) -> Option<SimDisk> {
+        self.with(|s| {
+            let d = s.nodes.get(hypervisor)?.domains.get(domain)?;
+            d.disk.then(|| SimDisk {
+                generation: d.disk_generation,
+                image: d.disk_image.clone(),
+                leftovers: d.leftover_disks.iter().copied().collect(),
+            })
+        })
     }
 
     /// The storage copy of `name` disappears (operator error, storage failure).
@@ -462,6 +490,7 @@ fn observation(
                 .filter(|_| d.state == Some(DomainState::Running)),
             mac_address: d.spec.as_ref().map(|spec| spec.mac_address.clone()),
             resources: d.resources,
+            disk_generation: d.disk.then_some(d.disk_generation),
         },
         None => DomainObservation::absent(name),
     }
@@ -510,7 +539,36 @@ impl AgentClient for SimulatedAgent {
                 spec: None,
                 boot_failure: None,
                 resources: None,
+                disk_generation: spec.disk_generation,
+                disk_image: None,
+                leftover_disks: BTreeSet::new(),
             });
+            let off = !matches!(
+                entry.state,
+                Some(DomainState::Running | DomainState::Paused)
+            );
+            if entry.disk && off && entry.disk_generation != spec.disk_generation {
+                // A rebuild: the new disk beside the old, then the domain
+                // defined with it.
+                if !has_image {
+                    return Err(AgentCallError::Rejected {
+                        code: AgentErrorCode::ImageMissing,
+                        message: format!("image {} missing", spec.image_volume),
+                    });
+                }
+                entry.leftover_disks.insert(entry.disk_generation);
+                entry.disk_generation = spec.disk_generation;
+                entry.disk_image = Some(spec.image_volume.clone());
+                if let Some(resources) = entry.resources.as_mut() {
+                    resources.disk_gib = spec.disk_gib;
+                }
+            }
+            if let Some(retired) = spec.retired_disk_generation
+                && entry.disk_generation == spec.disk_generation
+                && retired != spec.disk_generation
+            {
+                entry.leftover_disks.remove(&retired);
+            }
             if !entry.disk {
                 if !spec.create_disk {
                     return Err(AgentCallError::Rejected {
@@ -525,6 +583,8 @@ impl AgentClient for SimulatedAgent {
                     });
                 }
                 entry.disk = true;
+                entry.disk_generation = spec.disk_generation;
+                entry.disk_image = Some(spec.image_volume.clone());
             }
             let target = spec.target();
             let starting = target == Target::Running
@@ -539,10 +599,6 @@ impl AgentClient for SimulatedAgent {
                 });
             }
             entry.spec = Some(spec.clone());
-            let off = !matches!(
-                entry.state,
-                Some(DomainState::Running | DomainState::Paused)
-            );
             if off || entry.resources.is_none() {
                 let disk_gib = entry.resources.map_or(0, |r| r.disk_gib);
                 entry.resources = Some(DomainResources {

@@ -263,6 +263,17 @@ pub fn plugged_disk(domain_xml: &str, pool: &str, volume: &str) -> Option<Plugge
     })
 }
 
+/// The volume of a domain's system disk (`vda`) as its XML has it.
+pub fn system_disk_in(domain_xml: &str) -> Option<String> {
+    domain_xml.split("<disk ").skip(1).find_map(|rest| {
+        let block = &rest[..rest.find("</disk>")?];
+        let target = element_attribute(block, "target", "dev")?;
+        (target == "vda")
+            .then(|| element_attribute(block, "source", "volume").map(unescape))
+            .flatten()
+    })
+}
+
 /// Every disk device name (`dev='…'` of a `<target>`) in a domain's XML.
 pub fn disk_targets_in(domain_xml: &str) -> Vec<String> {
     domain_xml
@@ -899,6 +910,8 @@ mod tests {
             memory_mib: 4096,
             disk_gib: 80,
             image_volume: "debian-12.qcow2".into(),
+            disk_generation: 0,
+            retired_disk_generation: None,
             mac_address: "52:54:00:aa:bb:cc".into(),
             power: PowerState::Running,
             create_disk: true,

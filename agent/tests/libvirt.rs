@@ -41,6 +41,8 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         memory_mib: 2048,
         disk_gib: 25,
         image_volume: image.into(),
+        disk_generation: 0,
+        retired_disk_generation: None,
         mac_address: "52:54:00:12:34:56".into(),
         power,
         create_disk,
@@ -912,4 +914,130 @@ fn r23_another_plan_is_applied_only_while_the_domain_is_off_and_the_disk_only_gr
     assert_eq!(started.state, Some(DomainState::Running));
     assert_eq!(started.resources, Some(shrunk));
     driver.destroy(name).unwrap();
+}
+
+/// The system disks of `domain` in the shared test hypervisor's pool.
+fn system_disks(domain: &str) -> Vec<String> {
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let pool = conn.lookup_storage_pool_by_name("default-pool").unwrap();
+    let mut disks: Vec<String> = pool
+        .list_volumes()
+        .unwrap()
+        .into_iter()
+        .filter(|v| stratus_core::agent_api::system_disk_generation(domain, v).is_some())
+        .collect();
+    disks.sort();
+    disks
+}
+
+#[test]
+fn a_rebuild_puts_a_new_disk_in_only_while_off_and_wipes_the_old_one_after() {
+    let driver = default_driver();
+    let name = "stratus-itest-rebuild";
+    let (old_image, new_image) = ("itest-rebuild-a.qcow2", "itest-rebuild-b.qcow2");
+    driver.seed_image(old_image, 2).unwrap();
+    driver.seed_image(new_image, 2).unwrap();
+    let first = spec(old_image, PowerState::Running, true);
+    let running = driver.ensure(name, &first).unwrap();
+    assert_eq!(running.disk_generation, Some(0));
+    assert_eq!(system_disks(name), [format!("{name}-disk.qcow2")]);
+
+    let rebuilt = DomainSpec {
+        image_volume: new_image.into(),
+        disk_generation: 1,
+        retired_disk_generation: Some(0),
+        create_disk: false,
+        ..first.clone()
+    };
+    // Running: the guest keeps its disk, and no new one is made yet.
+    let unchanged = driver.ensure(name, &rebuilt).unwrap();
+    assert_eq!(unchanged.disk_generation, Some(0));
+    assert_eq!(unchanged.state, Some(DomainState::Running));
+    assert_eq!(system_disks(name), [format!("{name}-disk.qcow2")]);
+
+    // Off: the new disk goes in and the old one is wiped.
+    let off = DomainSpec {
+        power: PowerState::Stopped,
+        power_off: true,
+        ..rebuilt.clone()
+    };
+    driver.ensure(name, &off).unwrap();
+    let swapped = driver.ensure(name, &off).unwrap();
+    assert_eq!(swapped.disk_generation, Some(1));
+    assert!(swapped.disk_present);
+    assert_eq!(swapped.state, Some(DomainState::Stopped));
+    assert_eq!(system_disks(name), [format!("{name}-disk-1.qcow2")]);
+    let conn = virt::connect::Connect::open(Some("test:///default")).unwrap();
+    let definition = conn
+        .lookup_domain_by_name(name)
+        .unwrap()
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+        .unwrap();
+    assert!(
+        definition.contains(&format!("volume='{name}-disk-1.qcow2'")),
+        "{definition}"
+    );
+
+    // A second rebuild cut short: its disk was made but never put in the
+    // domain (the agent killed). It is made afresh, and a kill after the
+    // definition leaves the old disk to the next call, which wipes it.
+    let pool = conn.lookup_storage_pool_by_name("default-pool").unwrap();
+    let image_path = pool
+        .lookup_storage_vol_by_name(new_image)
+        .unwrap()
+        .path()
+        .unwrap();
+    virt::storage_vol::StorageVol::create_xml(
+        &pool,
+        &format!(
+            "<volume><name>{name}-disk-2.qcow2</name><capacity unit='G'>25</capacity>\
+             <target><format type='qcow2'/></target>\
+             <backingStore><path>{image_path}</path><format type='qcow2'/></backingStore></volume>"
+        ),
+        0,
+    )
+    .unwrap();
+    let second = DomainSpec {
+        disk_generation: 2,
+        retired_disk_generation: None,
+        ..off.clone()
+    };
+    let defined = driver.ensure(name, &second).unwrap();
+    assert_eq!(defined.disk_generation, Some(2));
+    assert_eq!(
+        system_disks(name),
+        [
+            format!("{name}-disk-1.qcow2"),
+            format!("{name}-disk-2.qcow2")
+        ],
+        "without a retired generation nothing is wiped"
+    );
+    let started = driver
+        .ensure(
+            name,
+            &DomainSpec {
+                retired_disk_generation: Some(1),
+                power: PowerState::Running,
+                power_off: false,
+                ..second.clone()
+            },
+        )
+        .unwrap();
+    assert_eq!(started.state, Some(DomainState::Running));
+    assert_eq!(system_disks(name), [format!("{name}-disk-2.qcow2")]);
+
+    // A leftover of any generation goes with the domain.
+    virt::storage_vol::StorageVol::create_xml(
+        &pool,
+        &format!(
+            "<volume><name>{name}-disk-7.qcow2</name><capacity unit='G'>1</capacity>\
+             <target><format type='qcow2'/></target></volume>"
+        ),
+        0,
+    )
+    .unwrap();
+    let destroyed = driver.destroy(name).unwrap();
+    assert!(destroyed.disk_disposal.is_some());
+    assert_eq!(destroyed.disk_generation, None);
+    assert!(system_disks(name).is_empty());
 }

@@ -248,6 +248,9 @@ impl ServerReconciler {
             Action::FinishResize => {
                 self.finish_resize(server, &current, next).await?;
             }
+            Action::FinishRebuild => {
+                self.finish_rebuild(server, &current, next).await?;
+            }
             Action::EnsureDomain {
                 create_disk,
                 power_off,
@@ -261,13 +264,18 @@ impl ServerReconciler {
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
                 if let Ok(answer) = &result {
                     waiting_for_key.clone_from(&answer.waiting_for_key);
+                    if spec.retired_disk_generation.is_some() {
+                        lifecycle::record_disk_replaced(&mut next, answer.disk_generation);
+                    }
                 }
-                // The shutdown request is made once, and a resize's steps
-                // are kept: recorded before looking again.
+                // The shutdown request is made once, and a resize's or
+                // rebuild's steps are kept: recorded before looking again.
                 let asked_to_stop = result.is_ok()
                     && (next.stop_requested_at != current.stop_requested_at
                         || next.applied != current.applied
-                        || next.resize != current.resize);
+                        || next.resize != current.resize
+                        || next.rebuild != current.rebuild
+                        || next.disk_generation != current.disk_generation);
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
                     .await?;
                 if asked_to_stop {
@@ -472,17 +480,18 @@ impl ServerReconciler {
         power_off: bool,
     ) -> Result<DomainSpec, ControllerError> {
         let name = server.name_any();
-        let image = self.config.image(&server.spec.image).ok_or_else(|| {
+        let disk = lifecycle::disk_shape(&server.spec, status);
+        let image = self.config.image(disk.image).ok_or_else(|| {
             ControllerError::Malformed(
                 name.clone(),
-                format!("image {} is not in the configuration", server.spec.image),
+                format!("image {} is not in the configuration", disk.image),
             )
         })?;
         let mac_address = status.mac_address.clone().ok_or_else(|| {
             ControllerError::Malformed(name.clone(), "placed without a MAC address".into())
         })?;
         let seed = Seed {
-            instance_id: name.clone(),
+            instance_id: lifecycle::instance_id(&name, disk.generation),
             hostname: server.spec.hostname.clone(),
             mac_address: mac_address.clone(),
             ipv4: status.ipv4.clone(),
@@ -498,6 +507,8 @@ impl ServerReconciler {
             memory_mib: resources.memory_mib,
             disk_gib: resources.disk_gib,
             image_volume: image.volume.clone(),
+            disk_generation: disk.generation,
+            retired_disk_generation: disk.retired,
             mac_address,
             power,
             create_disk,
@@ -888,6 +899,35 @@ impl ServerReconciler {
         );
         self.ctx
             .publish(server, EventType::Normal, EventReason::Resized, &message)
+            .await;
+        Ok(())
+    }
+
+    /// The server runs on its new disk and the old one is wiped: the
+    /// rebuild is recorded as done.
+    async fn finish_rebuild(
+        &self,
+        server: &VirtualServer,
+        current: &VirtualServerStatus,
+        mut next: VirtualServerStatus,
+    ) -> Result<(), ControllerError> {
+        let Some(progress) = next.rebuild.clone() else {
+            return Ok(());
+        };
+        let downtime = lifecycle::record_rebuilt(&mut next, self.ctx.clock.now());
+        self.record_status(server, current, &next).await?;
+        let message = conditions::get(&next.conditions, ConditionType::Rebuilt)
+            .map(|c| c.message.clone())
+            .unwrap_or_default();
+        tracing::info!(
+            from = %progress.from_image,
+            to = %progress.image,
+            generation = progress.generation,
+            downtime_ms = downtime.map(|d| d.as_millis()),
+            "rebuilt"
+        );
+        self.ctx
+            .publish(server, EventType::Normal, EventReason::Rebuilt, &message)
             .await;
         Ok(())
     }

@@ -18,6 +18,15 @@ pub struct DomainSpec {
     pub disk_gib: u64,
     /// Volume in the agent's storage pool the disk is an overlay of.
     pub image_volume: String,
+    /// The system disk's generation: raised by each rebuild. A domain off
+    /// and defined with another generation's disk gets a new disk of this
+    /// one, made from `image_volume`; a running one keeps its disk.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disk_generation: u32,
+    /// The generation a rebuild replaces: wiped and deleted once the
+    /// domain is defined with `disk_generation`'s disk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_disk_generation: Option<u32>,
     pub mac_address: String,
     pub power: PowerState,
     /// Whether the agent may create the system disk when it is missing. The
@@ -269,6 +278,11 @@ pub struct DomainObservation {
     /// (R23) is done when these are the spec's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<DomainResources>,
+    /// The generation of the system disk the domain is defined with (of
+    /// the first disk, when no domain is defined); an agent too old to
+    /// say reports nothing, and no rebuild is started on its hypervisor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_generation: Option<u32>,
 }
 
 /// The size of a domain as the hypervisor has it.
@@ -303,6 +317,7 @@ impl DomainObservation {
             guest_failure: None,
             mac_address: None,
             resources: None,
+            disk_generation: None,
         }
     }
 }
@@ -768,9 +783,36 @@ pub enum AgentErrorCode {
 /// Prefix of every domain and disk volume the agent manages.
 pub const MANAGED_PREFIX: &str = "stratus-";
 
-/// Disk volume name of a domain.
+/// Disk volume name of a domain, as it was first made.
 pub fn disk_volume_name(domain: &str) -> String {
-    format!("{domain}-disk.qcow2")
+    system_disk_name(domain, 0)
+}
+
+/// The volume of a domain's system disk of `generation`: the first disk
+/// keeps the name it always had; each rebuild makes a disk of a new name
+/// beside the old one, so a crash leaves one or the other, never none.
+pub fn system_disk_name(domain: &str, generation: u32) -> String {
+    match generation {
+        0 => format!("{domain}-disk.qcow2"),
+        generation => format!("{domain}-disk-{generation}.qcow2"),
+    }
+}
+
+/// The generation of `volume` if it is a system disk of `domain`; only the
+/// canonical spelling (no other domain's disk reads as one).
+pub fn system_disk_generation(domain: &str, volume: &str) -> Option<u32> {
+    let rest = volume.strip_prefix(domain)?.strip_prefix("-disk")?;
+    let rest = rest.strip_suffix(".qcow2")?;
+    if rest.is_empty() {
+        return Some(0);
+    }
+    let digits = rest.strip_prefix('-')?;
+    let generation: u32 = digits.parse().ok()?;
+    (generation > 0 && generation.to_string() == digits).then_some(generation)
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }
 
 /// Prefix of the cloud-init seed volumes of a domain; the seed's content
@@ -818,6 +860,27 @@ pub fn storage_volume_version(base: &str, volume: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn system_disks_are_told_apart_from_other_domains_volumes() {
+        let domain = "stratus-acct.vs-1";
+        for generation in [0, 1, 7, 4_000_000_000] {
+            let name = system_disk_name(domain, generation);
+            assert_eq!(system_disk_generation(domain, &name), Some(generation));
+        }
+        for other in [
+            "stratus-acct.vs-1-disk-01.qcow2",
+            "stratus-acct.vs-1-disk-0.qcow2",
+            "stratus-acct.vs-1-disk-x.qcow2",
+            "stratus-acct.vs-1-disk-5-disk.qcow2",
+            "stratus-acct.vs-1-seed-0123456789ab.iso",
+            "stratus-acct.vs-10-disk.qcow2",
+            "stratus-acct.vs-1-disk.raw",
+        ] {
+            assert_eq!(system_disk_generation(domain, other), None, "{other}");
+        }
+        assert_eq!(disk_volume_name(domain), system_disk_name(domain, 0));
+    }
 
     #[test]
     fn a_guest_that_stopped_booting_is_told_by_its_console_since_its_last_boot() {

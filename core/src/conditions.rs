@@ -81,6 +81,9 @@ pub enum ConditionType {
     /// The server runs with the plan its spec asks for (R23); false while
     /// it moves to another one, with the step or what it waits for.
     Resized,
+    /// The system disk was made afresh from the image last asked for;
+    /// false while a rebuild is under way, with the step or what it waits for.
+    Rebuilt,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -105,6 +108,10 @@ named_enum!(
         InsufficientCapacity,
         /// The server runs with the plan it asked for (R23).
         PlanApplied,
+        /// A reinstall is under way.
+        Rebuilding,
+        /// The system disk was made afresh from the image asked for.
+        ImageApplied,
         Answered,
         AgentAnswered,
         AgentUnavailable,
@@ -202,6 +209,8 @@ named_enum!(
         ResizeWaiting,
         /// A server runs with the plan it moved to (R23).
         Resized,
+        /// A server runs on a system disk made afresh from an image.
+        Rebuilt,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.

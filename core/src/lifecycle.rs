@@ -9,8 +9,8 @@ use crate::ids::HypervisorName;
 use crate::ip::{Assignment, Family};
 use crate::policy::SuspensionMode;
 use crate::resources::{
-    AppliedPlan, PowerState, ResizeProgress, ServerAddress, ServerPhase, ServerResources,
-    VirtualServerSpec, VirtualServerStatus,
+    AppliedPlan, PowerState, RebuildProgress, ResizeProgress, ServerAddress, ServerPhase,
+    ServerResources, VirtualServerSpec, VirtualServerStatus,
 };
 use crate::standing::Suspension;
 
@@ -79,6 +79,9 @@ pub enum Action {
     /// The server runs with its new plan: record the plan change for
     /// billing (`plan_changed`) and report the downtime.
     FinishResize,
+    /// The server runs on its new system disk and the old one is wiped:
+    /// record the rebuild as done and report the downtime.
+    FinishRebuild,
 }
 
 /// The decision: the status to record and, unless the server has converged
@@ -244,7 +247,13 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         );
     }
 
-    let resize = resize_step(server.spec, server.offered, &mut status, domain, now);
+    // One of resize and rebuild at a time: the one under way first.
+    let resize = if status.rebuild.is_some() {
+        ResizeStep::default()
+    } else {
+        resize_step(server.spec, server.offered, &mut status, domain, now)
+    };
+    let rebuild = rebuild_step(server.spec, &mut status, domain, now);
 
     if status.ipv4.is_none() && !status.provisioned {
         next = Some(Action::AssignAddresses);
@@ -257,7 +266,8 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
 
     let suspension = server.spec.suspension.as_ref();
     let hold = server.spec.hold();
-    let target = if resize.hold {
+    let holds = resize.hold || rebuild.hold;
+    let target = if holds {
         Target::Stopped
     } else {
         Target::of(server.spec.power, hold)
@@ -315,19 +325,24 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
                 }
             }
         }
-    } else if !converged || (resize.hold && domain.state == Some(DomainState::Stopped)) {
+    } else if !converged || (holds && domain.state == Some(DomainState::Stopped)) || rebuild.replace
+    {
         // Held off for a resize, the domain is made again with the new
-        // plan and its disk grown.
+        // plan and its disk grown; for a rebuild, with its new disk, and
+        // the old disk is wiped.
         next = Some(Action::EnsureDomain {
             create_disk: !status.provisioned,
             power_off: false,
         });
     }
-    if resize.hold
-        && shutting_down
-        && let Some(progress) = status.resize.as_mut().filter(|p| p.stopped_at.is_none())
-    {
-        progress.stopped_at.clone_from(&status.stop_requested_at);
+    if holds && shutting_down {
+        let stop_requested_at = status.stop_requested_at.clone();
+        if let Some(progress) = status.resize.as_mut().filter(|p| p.stopped_at.is_none()) {
+            progress.stopped_at.clone_from(&stop_requested_at);
+        }
+        if let Some(progress) = status.rebuild.as_mut().filter(|p| p.stopped_at.is_none()) {
+            progress.stopped_at = stop_requested_at;
+        }
     }
     if resize.reserve && next.is_none() {
         next = Some(Action::ReserveRoom);
@@ -335,6 +350,13 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     let resized = status.applied.as_ref() == Some(&AppliedPlan::of(server.spec));
     if status.resize.is_some() && resized && converged && next.is_none() {
         next = Some(Action::FinishResize);
+    }
+    let rebuilt = status
+        .rebuild
+        .as_ref()
+        .is_some_and(|p| p.replaced && p.generation == status.disk_generation);
+    if rebuilt && converged && next.is_none() {
+        next = Some(Action::FinishRebuild);
     }
 
     if server.spec.reboot_requests > status.reboots_done {
@@ -638,8 +660,11 @@ pub fn domain_shape(
     status: &VirtualServerStatus,
 ) -> (ServerResources, PowerState) {
     let stopping = status.resize.as_ref().is_some_and(|r| r.stopping);
+    let rebuilding = status.rebuild.as_ref().is_some_and(|r| r.stopping);
     match status.applied.as_ref() {
         Some(_) if stopping => (spec.resources, PowerState::Stopped),
+        Some(applied) if rebuilding => (applied.resources, PowerState::Stopped),
+        None if rebuilding => (spec.resources, PowerState::Stopped),
         Some(applied) if *applied != AppliedPlan::of(spec) => (applied.resources, spec.power),
         _ => (spec.resources, spec.power),
     }
@@ -672,6 +697,239 @@ pub fn record_resized(status: &mut VirtualServerStatus, now: Timestamp) -> Optio
         ConditionType::Resized,
         true,
         Reason::PlanApplied,
+        message,
+        now,
+    );
+    downtime
+}
+
+/// Where a server stands in a rebuild.
+#[derive(Debug, Clone, Copy, Default)]
+struct RebuildStep {
+    /// The guest is held off while its disk is made afresh.
+    hold: bool,
+    /// The domain has its new disk: the agent is asked again, with the
+    /// old one to wipe, until it says it did.
+    replace: bool,
+}
+
+/// Follows a rebuild from what the agent observed: takes up a rebuild the
+/// spec asks for, stops the guest (while no suspension holds it and when
+/// its agent says disk generations), and marks the new disk made once the
+/// domain is defined with it. A resize under way goes first.
+fn rebuild_step(
+    spec: &VirtualServerSpec,
+    status: &mut VirtualServerStatus,
+    domain: &DomainObservation,
+    now: Timestamp,
+) -> RebuildStep {
+    if !status.provisioned {
+        return RebuildStep::default();
+    }
+    let current_image = status
+        .image
+        .get_or_insert_with(|| spec.image.clone())
+        .clone();
+    let asked = spec
+        .rebuild
+        .as_ref()
+        .filter(|r| r.generation > status.disk_generation);
+    if let Some(asked) = asked {
+        let progress = status.rebuild.get_or_insert_with(|| RebuildProgress {
+            image: asked.image.clone(),
+            generation: asked.generation,
+            from_image: current_image.clone(),
+            from_generation: status.disk_generation,
+            started_at: now.to_string(),
+            stopping: false,
+            swapping: false,
+            replaced: false,
+            was_running: domain.state == Some(DomainState::Running),
+            stopped_at: None,
+        });
+        let made = domain.disk_generation == Some(progress.generation);
+        if !made && (progress.generation, &progress.image) != (asked.generation, &asked.image) {
+            // Asked again before the disk was made: that one is made.
+            progress.generation = asked.generation;
+            progress.image.clone_from(&asked.image);
+            progress.swapping = false;
+        }
+    }
+    let Some(progress) = status.rebuild.as_mut() else {
+        return RebuildStep::default();
+    };
+    if let Some(resize) = &status.resize {
+        progress.stopping = false;
+        progress.swapping = false;
+        let message = format!(
+            "reinstalling from image {} waits for the move to plan {} to finish",
+            progress.image,
+            resize.to.as_ref().map_or("", |to| to.plan.as_str())
+        );
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Rebuilt,
+            false,
+            Reason::Rebuilding,
+            message,
+            now,
+        );
+        return RebuildStep::default();
+    }
+    if domain.disk_generation == Some(progress.generation) {
+        progress.stopping = false;
+        progress.swapping = false;
+        status.disk_generation = progress.generation;
+        status.image = Some(progress.image.clone());
+        let message = if progress.replaced {
+            format!("made afresh from image {}; starting", progress.image)
+        } else {
+            format!(
+                "made afresh from image {}; wiping the old disk",
+                progress.image
+            )
+        };
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Rebuilt,
+            false,
+            Reason::Rebuilding,
+            message,
+            now,
+        );
+        return RebuildStep {
+            hold: false,
+            replace: !progress.replaced,
+        };
+    }
+    let waits_for = if domain.disk_generation.is_none() {
+        Some("the agent of its hypervisor does not say disk generations (upgrade it)")
+    } else if spec.hold().is_some() {
+        Some("the suspension or termination holding it to end")
+    } else {
+        None
+    };
+    if let Some(why) = waits_for {
+        progress.stopping = false;
+        progress.swapping = false;
+        let message = format!(
+            "reinstalling from image {} waits for {why}; it runs on unchanged",
+            progress.image
+        );
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Rebuilt,
+            false,
+            Reason::Rebuilding,
+            message,
+            now,
+        );
+        return RebuildStep::default();
+    }
+    progress.stopping = true;
+    // The new disk and seed go to the agent only once the guest is seen
+    // off: a guest still shutting down keeps its disk and instance id.
+    progress.swapping = domain.state == Some(DomainState::Stopped);
+    let message = format!(
+        "reinstalling from image {}: stopping and making its disk afresh",
+        progress.image
+    );
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Rebuilt,
+        false,
+        Reason::Rebuilding,
+        message,
+        now,
+    );
+    RebuildStep {
+        hold: true,
+        replace: false,
+    }
+}
+
+/// The system disk the domain is made with now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskShape<'a> {
+    /// The image it is (or is to be) made from.
+    pub image: &'a str,
+    pub generation: u32,
+    /// The generation to wipe once the domain uses this one.
+    pub retired: Option<u32>,
+}
+
+/// The disk the domain is made with: the one it has, until a rebuild has
+/// seen the guest off; then the new one, with the old one to wipe.
+pub fn disk_shape<'a>(
+    spec: &'a VirtualServerSpec,
+    status: &'a VirtualServerStatus,
+) -> DiskShape<'a> {
+    let current = DiskShape {
+        image: status.image.as_deref().unwrap_or(&spec.image),
+        generation: status.disk_generation,
+        retired: None,
+    };
+    match &status.rebuild {
+        Some(progress) if progress.swapping || progress.generation == status.disk_generation => {
+            DiskShape {
+                image: &progress.image,
+                generation: progress.generation,
+                retired: (progress.from_generation != progress.generation)
+                    .then_some(progress.from_generation),
+            }
+        }
+        _ => current,
+    }
+}
+
+/// The cloud-init instance id of a server's guest: a new one with each
+/// disk generation, so cloud-init runs its first-boot modules again on a
+/// rebuilt disk.
+pub fn instance_id(name: &str, disk_generation: u32) -> String {
+    match disk_generation {
+        0 => name.to_owned(),
+        generation => format!("{name}-rebuild-{generation}"),
+    }
+}
+
+/// Records that the agent has defined the domain with the rebuild's disk
+/// and wiped the old one.
+pub fn record_disk_replaced(status: &mut VirtualServerStatus, answered_generation: Option<u32>) {
+    if let Some(progress) = status.rebuild.as_mut()
+        && answered_generation == Some(progress.generation)
+        && status.disk_generation == progress.generation
+    {
+        progress.replaced = true;
+    }
+}
+
+/// Records that a rebuild is finished: the condition says so, with the
+/// downtime of a guest that was running.
+pub fn record_rebuilt(status: &mut VirtualServerStatus, now: Timestamp) -> Option<SignedDuration> {
+    let progress = status.rebuild.take()?;
+    let downtime = progress
+        .stopped_at
+        .as_deref()
+        .and_then(|at| at.parse::<Timestamp>().ok())
+        .filter(|_| progress.was_running)
+        .map(|stopped| now.duration_since(stopped));
+    let message = match downtime {
+        Some(downtime) => format!(
+            "reinstalled from image {} (was {}); the guest was down {} s",
+            progress.image,
+            progress.from_image,
+            downtime.as_secs()
+        ),
+        None => format!(
+            "reinstalled from image {} (was {})",
+            progress.image, progress.from_image
+        ),
+    };
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Rebuilt,
+        true,
+        Reason::ImageApplied,
         message,
         now,
     );
@@ -962,7 +1220,339 @@ mod tests {
             guest_failure: None,
             mac_address: None,
             resources: None,
+            disk_generation: disk_present.then_some(0),
         })
+    }
+
+    /// A hypervisor as the rebuild walk sees it: what the agent keeps of
+    /// one domain (its definition's disk and seed, the disks in its pool)
+    /// and how it was asked to power it.
+    #[derive(Debug, Clone)]
+    struct RebuildHost {
+        state: DomainState,
+        defined: u32,
+        /// The disk generation the seed in the definition was made for.
+        seed_for: u32,
+        /// Disks in the pool: generation → image.
+        disks: std::collections::BTreeMap<u32, String>,
+    }
+
+    impl RebuildHost {
+        /// The agent's `ensure`, cut short after `steps` of its steps when
+        /// given (the agent killed): new disk beside the old, definition
+        /// with it, the retired one wiped, then power.
+        fn ensure(&mut self, shape: &DiskShape<'_>, power: PowerState, steps: Option<usize>) {
+            let limit = steps.unwrap_or(usize::MAX);
+            let running = self.state == DomainState::Running;
+            let generation = if running {
+                self.defined
+            } else {
+                shape.generation
+            };
+            let replacing = generation != self.defined;
+            if limit == 0 {
+                return;
+            }
+            if replacing {
+                self.disks.insert(generation, shape.image.to_owned());
+            }
+            if limit == 1 {
+                return;
+            }
+            // The definition (with the spec's seed) is written.
+            if replacing || !running {
+                self.defined = generation;
+            }
+            // A running guest's definition takes the new seed for its next
+            // boot too; its disk stays.
+            self.seed_for = shape.generation;
+            if limit == 2 {
+                return;
+            }
+            if let Some(retired) = shape.retired
+                && retired != generation
+                && generation == shape.generation
+            {
+                self.disks.remove(&retired);
+            }
+            if limit == 3 {
+                return;
+            }
+            self.state = match power {
+                PowerState::Running => DomainState::Running,
+                PowerState::Stopped => DomainState::Stopped,
+            };
+        }
+
+        fn observation(&self) -> Observation {
+            Observation::Domain(DomainObservation {
+                disk_generation: Some(self.defined),
+                ..match observed(Some(self.state), self.disks.contains_key(&self.defined)) {
+                    Observation::Domain(domain) => domain,
+                    _ => unreachable!(),
+                }
+            })
+        }
+    }
+
+    fn rebuild_spec(power: PowerState) -> VirtualServerSpec {
+        VirtualServerSpec {
+            power,
+            rebuild: Some(crate::resources::RebuildRequest {
+                image: "tiny".into(),
+                generation: 1,
+            }),
+            ..crate::testing::server_spec()
+        }
+    }
+
+    /// Walks a rebuild through the plan, carrying out each action as the
+    /// controller and the agent would, except where `lost` says the
+    /// action is lost, `cut` that the agent is killed after that many of
+    /// its steps, and `unwritten` that the controller is killed after the
+    /// agent answered. Checks at every step that the domain always has a
+    /// disk, changes disk only while off, and boots a disk with the seed
+    /// made for it; answers the final status, the host and how often the
+    /// guest was stopped.
+    fn walk_rebuild(
+        power: PowerState,
+        lost: &[bool],
+        cut: &[Option<usize>],
+        unwritten: &[bool],
+    ) -> (VirtualServerStatus, RebuildHost, usize) {
+        let spec = rebuild_spec(power);
+        let mut status = placed(ServerPhase::Running, true);
+        let mut host = RebuildHost {
+            state: if power == PowerState::Running {
+                DomainState::Running
+            } else {
+                DomainState::Stopped
+            },
+            defined: 0,
+            seed_for: 0,
+            disks: [(0, spec.image.clone())].into(),
+        };
+        let mut at = now();
+        let mut stops = 0;
+        for step in 0..300 {
+            at += SignedDuration::from_secs(1);
+            let decision = plan(facts_for(&spec, &status), &host.observation(), at);
+            let Some(action) = decision.next else {
+                if decision.recheck_in.is_some() {
+                    continue;
+                }
+                return (decision.status, host, stops);
+            };
+            if lost.get(step).copied().unwrap_or(false) {
+                continue;
+            }
+            let previous = status.clone();
+            status = decision.status;
+            let before = host.clone();
+            match action {
+                Action::EnsureDomain { .. } => {
+                    let shape = disk_shape(&spec, &status);
+                    let (_, power) = domain_shape(&spec, &status);
+                    let steps = cut.get(step).copied().flatten();
+                    host.ensure(&shape, power, steps);
+                    if steps.is_none() && shape.retired.is_some() {
+                        record_disk_replaced(&mut status, Some(host.defined));
+                    }
+                }
+                Action::FinishRebuild => {
+                    record_rebuilt(&mut status, at);
+                }
+                other => panic!("unexpected {other:?} during a rebuild"),
+            }
+            assert!(
+                host.disks.contains_key(&host.defined),
+                "the domain was left without its disk: {host:?}"
+            );
+            assert!(
+                before.defined == host.defined || before.state != DomainState::Running,
+                "the disk was changed under a running guest"
+            );
+            if host.state == DomainState::Running {
+                assert_eq!(
+                    host.seed_for, host.defined,
+                    "a guest booted a disk with another disk's seed"
+                );
+            }
+            if before.state == DomainState::Running && host.state == DomainState::Stopped {
+                stops += 1;
+            }
+            if unwritten.get(step).copied().unwrap_or(false) {
+                status = previous;
+            }
+        }
+        panic!("the rebuild did not finish in 300 steps: {status:?} {host:?}");
+    }
+
+    #[test]
+    fn rebuild_a_running_server_gets_a_fresh_disk_of_the_new_image_and_runs_again() {
+        let (status, host, stops) = walk_rebuild(PowerState::Running, &[], &[], &[]);
+        assert_eq!(status.rebuild, None);
+        assert_eq!(status.disk_generation, 1);
+        assert_eq!(status.image.as_deref(), Some("tiny"));
+        assert_eq!(host.state, DomainState::Running);
+        assert_eq!(host.defined, 1);
+        assert_eq!(
+            host.disks,
+            [(1, "tiny".to_owned())].into(),
+            "the old disk is gone"
+        );
+        assert_eq!(stops, 1);
+        let rebuilt = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
+        assert_eq!(rebuilt.status, ConditionStatus::True);
+        assert!(rebuilt.message.contains("was down"), "{}", rebuilt.message);
+        assert!(rebuilt.message.contains("tiny"), "{}", rebuilt.message);
+        // The seed of the new disk has a new instance id.
+        let spec = rebuild_spec(PowerState::Running);
+        assert_eq!(disk_shape(&spec, &status).generation, 1);
+        assert_ne!(instance_id("vs-1", 1), instance_id("vs-1", 0));
+        assert_eq!(
+            instance_id("vs-1", 0),
+            "vs-1",
+            "servers as ordered keep theirs"
+        );
+    }
+
+    #[test]
+    fn rebuild_a_stopped_server_stays_stopped() {
+        let (status, host, stops) = walk_rebuild(PowerState::Stopped, &[], &[], &[]);
+        assert_eq!(status.rebuild, None);
+        assert_eq!(host.state, DomainState::Stopped);
+        assert_eq!(host.defined, 1);
+        assert_eq!(stops, 0);
+        let rebuilt = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
+        assert!(!rebuilt.message.contains("was down"), "{}", rebuilt.message);
+    }
+
+    #[test]
+    fn rebuild_waits_for_a_suspension_an_old_agent_and_a_resize() {
+        let mut held = rebuild_spec(PowerState::Running);
+        held.suspension = suspended(
+            &[crate::standing::SuspensionReason::NonPayment],
+            SuspensionMode::Paused,
+        )
+        .suspension;
+        let status = placed(ServerPhase::Running, true);
+        let decision = plan(
+            facts_for(&held, &status),
+            &RebuildHost {
+                state: DomainState::Paused,
+                defined: 0,
+                seed_for: 0,
+                disks: [(0, "debian-12".to_owned())].into(),
+            }
+            .observation(),
+            now(),
+        );
+        let progress = decision.status.rebuild.as_ref().unwrap();
+        assert!(!progress.stopping);
+        assert_eq!(disk_shape(&held, &decision.status).generation, 0);
+        // An agent that does not say disk generations.
+        let spec = rebuild_spec(PowerState::Running);
+        let decision = plan(
+            facts_for(&spec, &status),
+            &observed(Some(DomainState::Running), true),
+            now(),
+        );
+        let decision = plan(
+            facts_for(&spec, &decision.status),
+            &Observation::Domain(DomainObservation {
+                disk_generation: None,
+                ..match observed(Some(DomainState::Running), true) {
+                    Observation::Domain(domain) => domain,
+                    _ => unreachable!(),
+                }
+            }),
+            now(),
+        );
+        assert!(!decision.status.rebuild.as_ref().unwrap().stopping);
+        assert_eq!(domain_shape(&spec, &decision.status).1, PowerState::Running);
+        let message = &conditions::get(&decision.status.conditions, ConditionType::Rebuilt)
+            .unwrap()
+            .message;
+        assert!(message.contains("waits for"), "{message}");
+        // A resize under way goes first; the rebuild waits for it.
+        let mut resizing = micro_status();
+        resizing.resize = Some(ResizeProgress {
+            from: "micro".into(),
+            from_resources: Some(MICRO),
+            to: Some(AppliedPlan::of(&spec)),
+            started_at: now().to_string(),
+            room_reserved: false,
+            stopping: false,
+            was_running: true,
+            stopped_at: None,
+        });
+        let decision = plan(
+            facts_for(&spec, &resizing),
+            &RebuildHost {
+                state: DomainState::Running,
+                defined: 0,
+                seed_for: 0,
+                disks: [(0, "debian-12".to_owned())].into(),
+            }
+            .observation(),
+            now(),
+        );
+        assert!(!decision.status.rebuild.as_ref().unwrap().stopping);
+        let message = &conditions::get(&decision.status.conditions, ConditionType::Rebuilt)
+            .unwrap()
+            .message;
+        assert!(message.contains("move to plan"), "{message}");
+    }
+
+    #[test]
+    fn rebuild_asked_again_before_the_disk_was_made_makes_the_last_one() {
+        let mut spec = rebuild_spec(PowerState::Stopped);
+        let status = placed(ServerPhase::Stopped, true);
+        let host = RebuildHost {
+            state: DomainState::Running,
+            defined: 0,
+            seed_for: 0,
+            disks: [(0, "debian-12".to_owned())].into(),
+        };
+        let first = plan(facts_for(&spec, &status), &host.observation(), now());
+        spec.rebuild = Some(crate::resources::RebuildRequest {
+            image: "alpine".into(),
+            generation: 2,
+        });
+        let second = plan(facts_for(&spec, &first.status), &host.observation(), now());
+        let progress = second.status.rebuild.unwrap();
+        assert_eq!(
+            (progress.image.as_str(), progress.generation),
+            ("alpine", 2)
+        );
+        assert_eq!(progress.from_generation, 0);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// A rebuild with lost actions, an agent killed at any of its
+        /// steps and statuses never written, anywhere: the domain always
+        /// has the old disk or the new one, never none, never a disk
+        /// changed under a running guest or booted with another disk's
+        /// seed; it ends on the new disk alone, as the customer wants it.
+        #[test]
+        fn rebuild_survives_kills_and_lost_steps_anywhere(
+            running in proptest::bool::ANY,
+            lost in proptest::collection::vec(proptest::bool::weighted(0.25), 0..40),
+            cut in proptest::collection::vec(proptest::option::weighted(0.25, 0usize..4), 0..40),
+            unwritten in proptest::collection::vec(proptest::bool::weighted(0.25), 0..40),
+        ) {
+            let power = if running { PowerState::Running } else { PowerState::Stopped };
+            let (status, host, stops) = walk_rebuild(power, &lost, &cut, &unwritten);
+            proptest::prop_assert_eq!(status.rebuild, None);
+            proptest::prop_assert_eq!(status.disk_generation, 1);
+            proptest::prop_assert_eq!(host.defined, 1);
+            proptest::prop_assert_eq!(host.disks, [(1, "tiny".to_owned())].into());
+            let wanted = if running { DomainState::Running } else { DomainState::Stopped };
+            proptest::prop_assert_eq!(host.state, wanted);
+            proptest::prop_assert!(stops <= 1, "stopped {} times", stops);
+        }
     }
 
     /// A hypervisor as the resize walk sees it: one domain, its power and

@@ -52,6 +52,7 @@ pub fn server_spec() -> VirtualServerSpec {
         termination: None,
         ssh_keys: Vec::new(),
         user_data: None,
+        rebuild: None,
     }
 }
 

@@ -160,6 +160,61 @@ pub fn release_zero_runs(path: &std::path::Path) -> std::io::Result<()> {
 }
 
 impl Driver {
+    /// Creates the system disk `disk_name` of domain `name`: an overlay of
+    /// the spec's image at the spec's size.
+    pub(super) fn create_system_disk(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+        disk_name: &str,
+        spec: &DomainSpec,
+    ) -> Result<(), AgentError> {
+        let image = Self::lookup_volume(pool, &spec.image_volume)?
+            .ok_or_else(|| AgentError::ImageMissing(spec.image_volume.clone()))?;
+        let xml = xml::overlay_volume(disk_name, spec.disk_gib, &image.path()?);
+        let disk = StorageVol::create_xml(pool, &xml, 0).map_err(|error| {
+            // libvirt reports a full pool with a generic error number, so
+            // the pool's own figures decide, not the message text.
+            let available = pool
+                .refresh(0)
+                .and_then(|()| pool.info())
+                .map(|i| i.available);
+            match available {
+                Ok(available) if !fits(available, spec.disk_gib) => AgentError::NoSpace {
+                    pool: self.config.pool.clone(),
+                    needed_gib: spec.disk_gib,
+                },
+                _ => AgentError::Libvirt(error),
+            }
+        })?;
+        self.record_volume(disk_name, &disk)?;
+        tracing::info!(domain = name, volume = %disk_name, image = %spec.image_volume, "created disk overlay");
+        Ok(())
+    }
+
+    /// Wipes and deletes a system disk of a domain (a rebuild's old one,
+    /// or any of a destroyed domain's), if it is there; says how its data
+    /// went.
+    pub(super) fn dispose_of_disk(
+        &self,
+        pool: &StoragePool,
+        disk_name: &str,
+    ) -> Result<Option<DiskDisposal>, AgentError> {
+        let Some(disk) = Self::lookup_volume(pool, disk_name)? else {
+            return Ok(None);
+        };
+        let disposed = wipe(&disk)?;
+        disk.delete(0)?;
+        match &disposed {
+            DiskDisposal::Wiped => tracing::info!(volume = %disk_name, "wiped and deleted disk"),
+            DiskDisposal::DeletedWithoutWipe { reason } => {
+                tracing::warn!(volume = %disk_name, %reason, "deleted disk WITHOUT wiping it")
+            }
+        }
+        self.forget(None, Some(disk_name))?;
+        Ok(Some(disposed))
+    }
+
     /// Grows the system disk of a domain that is off to the spec's size
     /// (R23); a disk never shrinks, and a running guest's disk is left
     /// alone (the controller stops it first). libvirt's test driver cannot
@@ -401,6 +456,7 @@ impl Driver {
         name: &str,
         domain: &Domain,
         spec: &DomainSpec,
+        disk_volume: &str,
     ) -> Result<Vec<String>, AgentError> {
         let mut waiting_for_key = Vec::new();
         let active = domain.is_active()?;
@@ -420,12 +476,7 @@ impl Driver {
                 .collect();
             if defined.len() != wanted.len() || wanted.iter().any(|w| !defined.contains(w)) {
                 self.check_data_volumes(&spec.data_disks)?;
-                self.define(
-                    name,
-                    spec,
-                    &disk_volume_name(name),
-                    Some(domain.uuid_string()?),
-                )?;
+                self.define(name, spec, disk_volume, Some(domain.uuid_string()?))?;
                 tracing::info!(
                     domain = name,
                     disks = wanted.len(),

@@ -23,6 +23,13 @@ impl DomainXml {
     }
 }
 
+/// The generation of the system disk a domain is defined with, if it is
+/// one of its own.
+pub(super) fn defined_disk_generation(name: &str, xml: &DomainXml) -> Option<u32> {
+    xml::system_disk_in(&xml.inactive)
+        .and_then(|volume| stratus_core::agent_api::system_disk_generation(name, &volume))
+}
+
 /// The MAC address of the first NIC a domain's XML defines.
 pub(super) fn defined_mac(xml: &str) -> Option<String> {
     let start = xml.find("<mac address=")? + "<mac address=".len();

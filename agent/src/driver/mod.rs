@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use stratus_core::agent_api::{
     AntiSpoofing, CONSOLE_TAIL_BYTES, DataDisk, DiskDisposal, DomainObservation, DomainResources,
     DomainSpec, DomainState, Link, MANAGED_PREFIX, MAX_DATA_DISKS, NodeReport, PoolInfo, Target,
-    disk_volume_name, guest_failure, is_storage_serial, storage_volume_version,
+    guest_failure, is_storage_serial, storage_volume_version, system_disk_generation,
+    system_disk_name,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -29,8 +30,8 @@ mod power;
 pub(crate) use disks::wipe;
 pub use disks::{overwrite_data_extents, release_zero_runs};
 use domains::{
-    DomainXml, account_of, defined_mac, defined_with_volume, domain_agent, domain_resources,
-    resized,
+    DomainXml, account_of, defined_disk_generation, defined_mac, defined_with_volume, domain_agent,
+    domain_resources, resized,
 };
 use filters::{install_filters, observe_link};
 pub(crate) use power::map_state;
@@ -486,8 +487,13 @@ impl Driver {
             .transpose()?;
         let xml = domain.as_ref().map(DomainXml::of).transpose()?;
         let link = xml.as_ref().map(observe_link);
-        let disk = Self::lookup_volume(&self.pool()?, &disk_volume_name(name))?;
+        let generation = xml
+            .as_ref()
+            .and_then(|xml| defined_disk_generation(name, xml));
+        let disk_name = system_disk_name(name, generation.unwrap_or(0));
+        let disk = Self::lookup_volume(&self.pool()?, &disk_name)?;
         let disk_present = disk.is_some();
+        let disk_generation = generation.or(disk_present.then_some(0));
         let resources = domain
             .as_ref()
             .map(|domain| domain_resources(domain, disk.as_ref()))
@@ -517,6 +523,7 @@ impl Driver {
             guest_failure,
             mac_address,
             resources,
+            disk_generation,
         })
     }
 
@@ -534,34 +541,42 @@ impl Driver {
         let lock = self.lock(name);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let pool = self.pool()?;
-        let disk_name = disk_volume_name(name);
-        if Self::lookup_volume(&pool, &disk_name)?.is_none() {
+        let existing = self.lookup_domain(name)?;
+        let defined = existing
+            .as_ref()
+            .map(DomainXml::of)
+            .transpose()?
+            .and_then(|xml| defined_disk_generation(name, &xml));
+        let running = match &existing {
+            Some(domain) => domain.is_active()?,
+            None => false,
+        };
+        // A running guest keeps its disk: a rebuild's new one goes in only
+        // while it is off (the controller stops it first).
+        let generation = match defined {
+            Some(generation) if running => generation,
+            _ => spec.disk_generation,
+        };
+        let replacing = defined.is_some_and(|defined| defined != generation);
+        let disk_name = system_disk_name(name, generation);
+        if replacing {
+            // The old disk stays until the domain is defined with the new
+            // one: a crash leaves one or the other. A disk of the new
+            // generation the domain does not use was never booted (a
+            // rebuild cut short): it is made afresh.
+            if let Some(stale) = Self::lookup_volume(&pool, &disk_name)? {
+                stale.delete(0)?;
+                self.forget(None, Some(&disk_name))?;
+            }
+            self.create_system_disk(&pool, name, &disk_name, spec)?;
+        } else if Self::lookup_volume(&pool, &disk_name)?.is_none() {
             if !spec.create_disk {
                 return Err(AgentError::DiskMissing {
                     domain: name.to_owned(),
                     volume: disk_name,
                 });
             }
-            let image = Self::lookup_volume(&pool, &spec.image_volume)?
-                .ok_or_else(|| AgentError::ImageMissing(spec.image_volume.clone()))?;
-            let xml = xml::overlay_volume(&disk_name, spec.disk_gib, &image.path()?);
-            let disk = StorageVol::create_xml(&pool, &xml, 0).map_err(|error| {
-                // libvirt reports a full pool with a generic error number, so
-                // the pool's own figures decide, not the message text.
-                let available = pool
-                    .refresh(0)
-                    .and_then(|()| pool.info())
-                    .map(|i| i.available);
-                match available {
-                    Ok(available) if !fits(available, spec.disk_gib) => AgentError::NoSpace {
-                        pool: self.config.pool.clone(),
-                        needed_gib: spec.disk_gib,
-                    },
-                    _ => AgentError::Libvirt(error),
-                }
-            })?;
-            self.record_volume(&disk_name, &disk)?;
-            tracing::info!(domain = name, volume = %disk_name, image = %spec.image_volume, "created disk overlay");
+            self.create_system_disk(&pool, name, &disk_name, spec)?;
         }
         self.grow_disk(&pool, name, &disk_name, spec)?;
         let seed = self.ensure_seed(&pool, name, spec)?;
@@ -569,6 +584,17 @@ impl Driver {
             None => {
                 let domain = self.define(name, spec, &disk_name, None)?;
                 tracing::info!(domain = name, "defined domain");
+                domain
+            }
+            Some(domain) if replacing => {
+                let uuid = domain.uuid_string()?;
+                let domain = self.define(name, spec, &disk_name, Some(uuid))?;
+                tracing::info!(
+                    domain = name,
+                    volume = %disk_name,
+                    image = %spec.image_volume,
+                    "defined domain again with a new system disk (rebuild)"
+                );
                 domain
             }
             Some(domain)
@@ -614,7 +640,14 @@ impl Driver {
         };
         self.remove_stale_seeds(&pool, name, seed.as_deref())?;
         let domain = self.converge_link(name, domain, spec, &disk_name)?;
-        let waiting_for_key = self.converge_data_disks(name, &domain, spec)?;
+        let waiting_for_key = self.converge_data_disks(name, &domain, spec, &disk_name)?;
+        if let Some(retired) = spec
+            .retired_disk_generation
+            .filter(|retired| *retired != generation && generation == spec.disk_generation)
+        {
+            // Only once the domain is defined with its new disk.
+            self.dispose_of_disk(&pool, &system_disk_name(name, retired))?;
+        }
         self.converge_power(name, &domain, spec.target(), spec.power_off)?;
         self.record_domain(name, &domain)?;
         let mut observed = self.observe(name)?;
@@ -677,22 +710,23 @@ impl Driver {
             tracing::info!(domain = name, "destroyed and undefined domain");
         }
         self.forget(Some(name), None)?;
-        let disk_name = disk_volume_name(name);
+        // Every generation of its system disk: a rebuild cut short may
+        // have left the old one or a new one beside the disk in use.
+        let pool = self.pool()?;
+        let mut disks: Vec<String> = pool
+            .list_volumes()?
+            .into_iter()
+            .filter(|volume| system_disk_generation(name, volume).is_some())
+            .collect();
+        disks.sort();
         let mut disposal = None;
-        if let Some(disk) = Self::lookup_volume(&self.pool()?, &disk_name)? {
-            let disposed = wipe(&disk)?;
-            disk.delete(0)?;
-            match &disposed {
-                DiskDisposal::Wiped => {
-                    tracing::info!(volume = %disk_name, "wiped and deleted disk")
-                }
-                DiskDisposal::DeletedWithoutWipe { reason } => {
-                    tracing::warn!(volume = %disk_name, %reason, "deleted disk WITHOUT wiping it")
-                }
+        for disk_name in &disks {
+            let disposed = self.dispose_of_disk(&pool, disk_name)?;
+            // A disk left unwiped is what the answer says, whichever it was.
+            if !matches!(disposal, Some(DiskDisposal::DeletedWithoutWipe { .. })) {
+                disposal = disposed.or(disposal);
             }
-            disposal = Some(disposed);
         }
-        self.forget(None, Some(&disk_name))?;
         self.remove_stale_seeds(&self.pool()?, name, None)?;
         if let Some(dir) = &self.config.console_dir {
             let log = crate::seed::console_log(dir, name);

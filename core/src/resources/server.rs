@@ -107,6 +107,56 @@ pub struct ResizeProgress {
     pub stopped_at: Option<String>,
 }
 
+/// A reinstall asked for: the system disk is made afresh from an image.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildRequest {
+    /// Image the new system disk is made from.
+    #[schemars(length(min = 1, max = 63))]
+    pub image: String,
+    /// Raised for each reinstall: the controller makes the disk afresh
+    /// whenever it is higher than the status's `diskGeneration`.
+    #[schemars(range(min = 1))]
+    pub generation: u32,
+}
+
+/// A reinstall under way: the guest is stopped, a new system disk made
+/// from the image beside the old one, the domain defined with it, the old
+/// one wiped, and the guest started again.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildProgress {
+    /// The image the new disk is made from.
+    pub image: String,
+    /// The disk generation it makes.
+    pub generation: u32,
+    /// The image of the disk it replaces.
+    pub from_image: String,
+    /// The disk generation it replaces, wiped once the domain uses the new one.
+    #[serde(default)]
+    pub from_generation: u32,
+    /// When the controller took it up, RFC 3339.
+    pub started_at: String,
+    /// The guest is being stopped for the new disk; false while a
+    /// suspension holds it or the agent cannot say disk generations.
+    #[serde(default)]
+    pub stopping: bool,
+    /// The guest was seen off while stopping: the new disk (and its
+    /// cloud-init seed) may be put in the domain.
+    #[serde(default)]
+    pub swapping: bool,
+    /// The agent said the domain uses the new disk and the old one is wiped.
+    #[serde(default)]
+    pub replaced: bool,
+    /// The guest was running when the rebuild stopped it: its downtime is
+    /// reported.
+    #[serde(default)]
+    pub was_running: bool,
+    /// When the guest was asked to stop for the rebuild, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_at: Option<String>,
+}
+
 /// A customer's virtual private server.
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
@@ -190,6 +240,11 @@ pub struct VirtualServerSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16384))]
     pub user_data: Option<String>,
+    /// A reinstall: the system disk is made afresh from `rebuild.image`
+    /// (wiping the old one) each time `rebuild.generation` is raised; the
+    /// server keeps its addresses, MAC and filter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildRequest>,
 }
 
 /// A terminated server, held off until its disk is wiped.
@@ -209,6 +264,27 @@ pub struct ServerTermination {
 }
 
 impl VirtualServer {
+    /// A rebuild asked for and not finished.
+    pub fn rebuilding(&self) -> bool {
+        let status = self.status.as_ref();
+        let done = status.map_or(0, |s| s.disk_generation);
+        status.is_some_and(|s| s.rebuild.is_some())
+            || self
+                .spec
+                .rebuild
+                .as_ref()
+                .is_some_and(|r| r.generation > done)
+    }
+
+    /// The image its system disk was made from (the one asked for while
+    /// it is not made yet).
+    pub fn image(&self) -> &str {
+        self.status
+            .as_ref()
+            .and_then(|s| s.image.as_deref())
+            .unwrap_or_else(|| self.spec.wanted_image())
+    }
+
     /// What the server holds on its hypervisor: its spec's resources, and
     /// while it moves to another plan the larger of the old and the new
     /// of each, so neither plan's room is ever given to another server.
@@ -234,6 +310,12 @@ impl VirtualServer {
 }
 
 impl VirtualServerSpec {
+    /// The image its system disk is to be made from: the last rebuild's,
+    /// else the one ordered.
+    pub fn wanted_image(&self) -> &str {
+        self.rebuild.as_ref().map_or(&self.image, |r| &r.image)
+    }
+
     /// How the control plane holds the server, whatever the customer's
     /// power choice: off once terminated, else as its suspension says.
     pub fn hold(&self) -> Option<crate::policy::SuspensionMode> {
@@ -319,6 +401,15 @@ pub struct VirtualServerStatus {
     /// A resize under way (R23).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resize: Option<ResizeProgress>,
+    /// The image the system disk was made from; absent until it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The rebuild generation the system disk was made for (0: as ordered).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub disk_generation: u32,
+    /// A rebuild under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildProgress>,
     /// Hypervisor chosen for the server; recorded before anything is created there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorName>,
@@ -365,4 +456,8 @@ pub struct VirtualServerStatus {
     /// Detailed conditions (Scheduled, Provisioned, AgentReachable, Ready).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(value: &u32) -> bool {
+    *value == 0
 }

@@ -87,6 +87,8 @@ audit_actions! {
     ServerReboot => "server.reboot",
     /// A customer or an operator moved a server to another plan (R23).
     ServerResize => "server.resize",
+    /// A customer or an operator reinstalled a server from an image.
+    ServerRebuild => "server.rebuild",
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",
