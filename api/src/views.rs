@@ -292,7 +292,7 @@ pub struct ServerView {
     /// The IPv6 prefix held (`prefix`), the address of it on the NIC and the routing.
     pub ipv6: Option<AddressView>,
     pub created_at: Option<String>,
-    /// An action under way (a resize), or the last one's result.
+    /// An action under way (a resize, a rebuild), or the last one's result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<ActionView>,
 }
@@ -300,15 +300,15 @@ pub struct ServerView {
 /// An action on a server: under way, or how the last one ended.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionView {
-    /// `resize`.
+    /// `resize` or `rebuild`.
     #[serde(rename = "type")]
     pub kind: String,
     /// `in_progress`, `waiting_for_capacity` or `done`.
     pub state: String,
-    /// Resize: the plan it leaves.
+    /// The plan it leaves (resize), the image it replaces (rebuild).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// Resize: the plan it moves to.
+    /// The plan it moves to (resize), the image it installs (rebuild).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// When the controller took it up (in progress), or when it ended.
@@ -318,6 +318,57 @@ pub struct ActionView {
 }
 
 impl ActionView {
+    /// The action under way on `server`, else the one that ended last.
+    fn of(server: &VirtualServer) -> Option<Self> {
+        let rebuild = Self::rebuild_of(server);
+        let resize = Self::resize_of(server);
+        match (rebuild, resize) {
+            (Some(rebuild), _) if rebuild.state != "done" => Some(rebuild),
+            (_, Some(resize)) if resize.state != "done" => Some(resize),
+            (Some(rebuild), Some(resize)) => Some(if rebuild.since >= resize.since {
+                rebuild
+            } else {
+                resize
+            }),
+            (rebuild, resize) => rebuild.or(resize),
+        }
+    }
+
+    /// The rebuild of `server` under way, or the last one's result.
+    fn rebuild_of(server: &VirtualServer) -> Option<Self> {
+        let status = server.status.as_ref()?;
+        let condition = stratus_core::conditions::get(
+            &status.conditions,
+            stratus_core::conditions::ConditionType::Rebuilt,
+        );
+        let asked = server.rebuilding();
+        let (state, from, to, since) = match (&status.rebuild, condition, &server.spec.rebuild) {
+            (_, Some(c), _) if !asked => ("done", None, None, c.last_transition_time.clone()),
+            (Some(progress), _, _) => (
+                "in_progress",
+                Some(progress.from_image.clone()),
+                Some(progress.image.clone()),
+                progress.started_at.clone(),
+            ),
+            // Asked for, not taken up by the controller yet.
+            (None, _, Some(request)) if asked => (
+                "in_progress",
+                Some(server.image().to_owned()),
+                Some(request.image.clone()),
+                String::new(),
+            ),
+            _ => return None,
+        };
+        Some(Self {
+            kind: "rebuild".into(),
+            state: state.into(),
+            from,
+            to,
+            since,
+            message: condition.map(|c| c.message.clone()).unwrap_or_default(),
+        })
+    }
+
     /// The resize of `server` under way, or the last one's result.
     fn resize_of(server: &VirtualServer) -> Option<Self> {
         let status = server.status.as_ref()?;
@@ -436,7 +487,8 @@ impl From<&VirtualServer> for ServerView {
             account_id: server.namespace().unwrap_or_default(),
             name: server.spec.hostname.clone(),
             plan: running_with.plan.clone(),
-            image: server.spec.image.clone(),
+            // The image its disk was made from: a rebuild's shows once done.
+            image: server.image().to_owned(),
             zone: status.zone.clone().or_else(|| server.spec.zone.clone()),
             status: phase.api_name().to_owned(),
             status_reason,
@@ -458,7 +510,7 @@ impl From<&VirtualServer> for ServerView {
                 .creation_timestamp
                 .as_ref()
                 .map(|t| t.0.to_string()),
-            action: ActionView::resize_of(server),
+            action: ActionView::of(server),
         }
     }
 }
@@ -478,6 +530,21 @@ pub enum ServerAction {
         /// The plan to move to.
         plan: String,
     },
+    /// Reinstalls the server from an image: its system disk is wiped and
+    /// made afresh; it keeps its id, addresses and MAC, and cloud-init
+    /// runs again (a new instance id).
+    Rebuild {
+        /// The image to install, see `GET /v1/images`.
+        image: String,
+        /// OpenSSH public keys for the new system; the server's own when
+        /// absent.
+        #[serde(default)]
+        ssh_keys: Option<Vec<String>>,
+        /// cloud-init user data for the new system; the server's own when
+        /// absent.
+        #[serde(default)]
+        user_data: Option<String>,
+    },
 }
 
 impl ServerAction {
@@ -488,6 +555,7 @@ impl ServerAction {
             Self::Start {} => "start",
             Self::Reboot {} => "reboot",
             Self::Resize { .. } => "resize",
+            Self::Rebuild { .. } => "rebuild",
         }
     }
 }

@@ -1261,3 +1261,329 @@ async fn r23_a_resize_racing_a_suspension_never_loses_it_and_charges_what_the_sp
         println!("{label}: {accepted} resizes won the race, {refused} lost it");
     }
 }
+
+#[tokio::test]
+async fn a_rebuild_is_checked_asked_for_in_one_step_and_audited_on_both_databases() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let mut config = Config::default();
+        config.images.push(stratus_core::config::Image {
+            name: "huge".into(),
+            volume: "huge.qcow2".into(),
+            description: String::new(),
+            size_gib: 100,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+        });
+        let api = api_configured(scratch, config).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other_token) = api.customer("Other").await;
+        let ordered = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        let actions = format!("/v1/servers/{id}/actions");
+        let rebuild = |image: &str| json!({"type": "rebuild", "image": image});
+
+        // Not provisioned yet: nothing to rebuild.
+        let early = api
+            .call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(rebuild("ubuntu-24.04")),
+            )
+            .await;
+        assert_error(&early, StatusCode::CONFLICT, "server_busy", None);
+        assert_eq!(early.body["error"]["details"]["action"], "provisioning");
+        placed_and_running(&api, &account, &id, 4, 8192).await;
+        let spec_before = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+
+        // Refusals name the field and change nothing; another account's
+        // server is not found.
+        for (body, status, code, field) in [
+            (
+                json!({"type": "rebuild"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+            ),
+            (
+                rebuild("windows-95"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("image"),
+            ),
+            (
+                rebuild("huge"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("image"),
+            ),
+            (
+                json!({"type": "rebuild", "image": "alma-9", "ssh_keys": ["not a key"]}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("ssh_keys[0]"),
+            ),
+            (
+                json!({"type": "rebuild", "image": "alma-9", "user_data": "x".repeat(20_000)}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("user_data"),
+            ),
+            (
+                json!({"type": "rebuild", "image": "alma-9", "disk": 1}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+            ),
+        ] {
+            let reply = api
+                .call(Method::POST, &actions, &token, Some(body.clone()))
+                .await;
+            assert_error(&reply, status, code, field);
+        }
+        let foreign = api
+            .call(
+                Method::POST,
+                &actions,
+                &other_token,
+                Some(rebuild("alma-9")),
+            )
+            .await;
+        assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{label}");
+        let server = api.state.servers.get(Some(&account), &id).await.unwrap();
+        assert_eq!(
+            server.unwrap().spec,
+            spec_before,
+            "{label}: a refusal changed the server"
+        );
+
+        // Accepted: asked in the spec, the view keeps the image it runs
+        // until done, the audit names the actor and both images.
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl rebuild@example";
+        let accepted = api
+            .call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "rebuild", "image": "alma-9", "ssh_keys": [key], "user_data": "#!/bin/sh\necho again\n"})),
+            )
+            .await;
+        assert_eq!(
+            accepted.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            accepted.body
+        );
+        assert_eq!(accepted.body["image"], "debian-12");
+        assert_eq!(accepted.body["action"]["type"], "rebuild");
+        assert_eq!(accepted.body["action"]["state"], "in_progress");
+        assert_eq!(accepted.body["action"]["from"], "debian-12");
+        assert_eq!(accepted.body["action"]["to"], "alma-9");
+        let spec = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+        let request = spec.rebuild.clone().unwrap();
+        assert_eq!((request.image.as_str(), request.generation), ("alma-9", 1));
+        assert_eq!(spec.ssh_keys, [key]);
+        assert_eq!(spec.user_data.as_deref(), Some("#!/bin/sh\necho again\n"));
+        assert_eq!(spec.resources, spec_before.resources);
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Server {
+                account: account.clone(),
+                name: id.clone(),
+            })
+            .await
+            .unwrap();
+        let audited = trail
+            .iter()
+            .find(|e| e.action == AuditAction::ServerRebuild)
+            .expect("audited");
+        assert_eq!(audited.detail["from"], "debian-12");
+        assert_eq!(audited.detail["to"], "alma-9");
+        assert_eq!(audited.detail["generation"], 1);
+        assert!(
+            matches!(audited.actor, stratus_store::ledger::Actor::Token(_)),
+            "{label}: {:?}",
+            audited.actor
+        );
+
+        // Busy until it is done: every other action is refused, naming it.
+        for body in [
+            rebuild("ubuntu-24.04"),
+            json!({"type": "resize", "plan": "medium"}),
+            json!({"type": "stop"}),
+            json!({"type": "reboot"}),
+        ] {
+            let reply = api.call(Method::POST, &actions, &token, Some(body)).await;
+            assert_error(&reply, StatusCode::CONFLICT, "server_busy", None);
+            assert_eq!(reply.body["error"]["details"]["action"], "rebuild");
+        }
+
+        // Done (as the controller records it): the view shows the new
+        // image and the result, and a second rebuild raises the generation.
+        let mut status = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            .unwrap();
+        status.disk_generation = 1;
+        status.image = Some("alma-9".into());
+        stratus_core::conditions::set(
+            &mut status.conditions,
+            stratus_core::conditions::ConditionType::Rebuilt,
+            true,
+            stratus_core::conditions::Reason::ImageApplied,
+            "reinstalled from image alma-9 (was debian-12)",
+            jiff::Timestamp::now(),
+        );
+        api.state
+            .servers
+            .patch_status(Some(&account), &id, &status)
+            .await
+            .unwrap();
+        let view = api
+            .call(Method::GET, &format!("/v1/servers/{id}"), &token, None)
+            .await;
+        assert_eq!(view.body["image"], "alma-9", "{label}");
+        assert_eq!(view.body["action"]["type"], "rebuild");
+        assert_eq!(view.body["action"]["state"], "done");
+        let again = api
+            .call(Method::POST, &actions, &token, Some(rebuild("debian-12")))
+            .await;
+        assert_eq!(again.status, StatusCode::ACCEPTED, "{}", again.body);
+        let spec = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+        assert_eq!(spec.rebuild.unwrap().generation, 2);
+        assert_eq!(spec.ssh_keys, [key], "keys not given are kept");
+    }
+}
+
+/// Two rebuilds racing each other and the deadline runner's suspension:
+/// at most one wins, and a suspension written meanwhile is never lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_rebuilds_and_a_suspension_leave_one_rebuild_and_the_suspension() {
+    use stratus_core::policy::SuspensionMode;
+    use stratus_core::standing::{Suspension, SuspensionReason};
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let quota = format!("/v1/admin/accounts/{account}/quota");
+        api.call(
+            Method::PUT,
+            &quota,
+            &api.admin,
+            Some(json!({"servers": 100, "vcpus": 1000})),
+        )
+        .await;
+        let mut outcomes = std::collections::BTreeMap::<String, usize>::new();
+        for round in 0..20 {
+            let ordered = api
+                .call(
+                    Method::POST,
+                    "/v1/servers",
+                    &token,
+                    Some(order(&format!("race{round}"))),
+                )
+                .await;
+            let id = ordered.body["id"].as_str().unwrap().to_owned();
+            placed_and_running(&api, &account, &id, 4096, 1 << 22).await;
+            let actions = format!("/v1/servers/{id}/actions");
+            let first = api.call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "rebuild", "image": "alma-9"})),
+            );
+            let second = api.call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "rebuild", "image": "ubuntu-24.04"})),
+            );
+            let suspend = async {
+                for _ in 0..round * 25 {
+                    tokio::task::yield_now().await;
+                }
+                api.state
+                    .servers
+                    .update(Some(&account), &id, |s| {
+                        s.spec.suspension = Some(Suspension {
+                            reasons: vec![SuspensionReason::NonPayment],
+                            mode: SuspensionMode::Stopped,
+                        });
+                        true
+                    })
+                    .await
+            };
+            let (first, second, suspended) = tokio::join!(first, second, suspend);
+            suspended.unwrap();
+            let won: Vec<&Reply> = [&first, &second]
+                .into_iter()
+                .filter(|r| r.status == StatusCode::ACCEPTED)
+                .collect();
+            for reply in [&first, &second] {
+                let outcome = match reply.status {
+                    StatusCode::ACCEPTED => "accepted".to_owned(),
+                    StatusCode::CONFLICT => {
+                        reply.body["error"]["code"].as_str().unwrap().to_owned()
+                    }
+                    other => panic!("{label}: {other} {}", reply.body),
+                };
+                *outcomes.entry(outcome).or_default() += 1;
+            }
+            assert!(won.len() <= 1, "{label}: both rebuilds were accepted");
+            let server = api
+                .state
+                .servers
+                .get(Some(&account), &id)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(
+                server.spec.suspension.is_some(),
+                "{label}: the suspension was lost"
+            );
+            match won.first() {
+                Some(reply) => {
+                    let request = server.spec.rebuild.expect("the accepted rebuild is asked");
+                    assert_eq!(request.generation, 1, "{label}");
+                    assert_eq!(reply.body["action"]["to"], request.image.as_str());
+                }
+                None => assert_eq!(server.spec.rebuild, None, "{label}"),
+            }
+        }
+        println!("{label}: {outcomes:?}");
+    }
+}

@@ -8,7 +8,9 @@ use serde_json::json;
 use stratus_core::cloud_init;
 use stratus_core::ids::{AccountId, ServerId};
 use stratus_core::quota::{Quota, Usage, charged_object};
-use stratus_core::resources::{PowerState, ServerPhase, VirtualServer, VirtualServerSpec};
+use stratus_core::resources::{
+    PowerState, RebuildRequest, ServerPhase, VirtualServer, VirtualServerSpec,
+};
 use stratus_core::standing::Suspension;
 use stratus_core::validate;
 use stratus_store::StoreError;
@@ -111,20 +113,7 @@ async fn validate_order(
             ),
         ));
     }
-    if order.ssh_keys.len() > cloud_init::MAX_SSH_KEYS {
-        return Err(ApiError::invalid(
-            "ssh_keys",
-            format!("at most {} keys", cloud_init::MAX_SSH_KEYS),
-        ));
-    }
-    for (i, key) in order.ssh_keys.iter().enumerate() {
-        cloud_init::check_ssh_key(key.trim())
-            .map_err(|message| ApiError::invalid(&format!("ssh_keys[{i}]"), message))?;
-    }
-    if let Some(user_data) = &order.user_data {
-        cloud_init::check_user_data(user_data)
-            .map_err(|message| ApiError::invalid("user_data", message))?;
-    }
+    check_guest_inputs(&order.ssh_keys, order.user_data.as_deref())?;
     if let Some(zone) = &order.zone {
         check_zone(state, zone).await?;
     }
@@ -143,6 +132,26 @@ async fn validate_order(
         rebuild: None,
     };
     Ok((spec, state.quota_of(&account)))
+}
+
+/// Refuses SSH keys or user data cloud-init would not take, naming the
+/// field.
+fn check_guest_inputs(ssh_keys: &[String], user_data: Option<&str>) -> Result<(), ApiError> {
+    if ssh_keys.len() > cloud_init::MAX_SSH_KEYS {
+        return Err(ApiError::invalid(
+            "ssh_keys",
+            format!("at most {} keys", cloud_init::MAX_SSH_KEYS),
+        ));
+    }
+    for (i, key) in ssh_keys.iter().enumerate() {
+        cloud_init::check_ssh_key(key.trim())
+            .map_err(|message| ApiError::invalid(&format!("ssh_keys[{i}]"), message))?;
+    }
+    if let Some(user_data) = user_data {
+        cloud_init::check_user_data(user_data)
+            .map_err(|message| ApiError::invalid("user_data", message))?;
+    }
+    Ok(())
 }
 
 /// Orders a server. With an `Idempotency-Key`, repeating the same request
@@ -389,6 +398,19 @@ pub async fn server_action(
     if let ServerAction::Resize { plan } = &action {
         return resize_server(&state, &principal, &server, plan).await;
     }
+    if let ServerAction::Rebuild {
+        image,
+        ssh_keys,
+        user_data,
+    } = &action
+    {
+        let asked = RebuildAsked {
+            image,
+            ssh_keys: ssh_keys.as_deref(),
+            user_data: user_data.as_deref(),
+        };
+        return rebuild_server(&state, &principal, &server, asked).await;
+    }
     if action == (ServerAction::Reboot {}) && server.spec.power == PowerState::Stopped {
         return Err(ApiError::conflict(
             "the server is stopped: start it instead of rebooting",
@@ -468,6 +490,20 @@ fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Re
     let withdraws = matches!(action, ServerAction::Resize { plan }
         if status.and_then(|s| s.applied.as_ref()).is_some_and(|a| a.plan == *plan)
             && !status.and_then(|s| s.resize.as_ref()).is_some_and(|r| r.stopping));
+    if server.rebuilding() {
+        let image = server
+            .spec
+            .rebuild
+            .as_ref()
+            .map_or("", |r| r.image.as_str());
+        return Err(ApiError::server_busy(
+            "rebuild",
+            format!(
+                "the server is being reinstalled from image {image}: it takes no {} until that is done",
+                action.name()
+            ),
+        ));
+    }
     if server.resizing() && !withdraws {
         return Err(ApiError::server_busy(
             "resize",
@@ -651,6 +687,107 @@ async fn resize_server(
         tracing::warn!(%error, resource = %charged_as, "could not return the charge of a refused resize");
     }
     Err(refusal)
+}
+
+/// A rebuild as asked.
+struct RebuildAsked<'a> {
+    image: &'a str,
+    ssh_keys: Option<&'a [String]>,
+    user_data: Option<&'a str>,
+}
+
+/// Reinstalls a server from an image: checked against the catalogue and
+/// the server's disk, then asked of the controller in one compare-and-set
+/// on the object, which stops the server, makes its disk afresh beside
+/// the old one, wipes the old one and starts it again.
+async fn rebuild_server(
+    state: &ApiState,
+    principal: &Principal,
+    server: &VirtualServer,
+    asked: RebuildAsked<'_>,
+) -> Result<Response, ApiError> {
+    let image = state.config.image(asked.image).ok_or_else(|| {
+        ApiError::invalid(
+            "image",
+            format!("unknown image {:?}; see GET /v1/images", asked.image),
+        )
+    })?;
+    let status = server.status.clone().unwrap_or_default();
+    if !status.provisioned {
+        return Err(ApiError::server_busy(
+            "provisioning",
+            "the server is still being provisioned: rebuild it once it runs",
+        ));
+    }
+    let disk_gib = status
+        .applied
+        .as_ref()
+        .map_or(server.spec.resources.disk_gib, |a| a.resources.disk_gib);
+    if disk_gib < image.size_gib {
+        return Err(ApiError::invalid(
+            "image",
+            format!(
+                "image {} needs a disk of at least {} GiB and the server's is {disk_gib} GiB: resize it first",
+                image.name, image.size_gib
+            ),
+        ));
+    }
+    check_guest_inputs(asked.ssh_keys.unwrap_or_default(), asked.user_data)?;
+    let ssh_keys: Option<Vec<String>> = asked
+        .ssh_keys
+        .map(|keys| keys.iter().map(|k| k.trim().to_owned()).collect());
+    let action = ServerAction::Rebuild {
+        image: image.name.clone(),
+        ssh_keys: ssh_keys.clone(),
+        user_data: asked.user_data.map(str::to_owned),
+    };
+    let from = server.image().to_owned();
+    let namespace = server.namespace();
+    // Checked again on the object written: a suspension, termination,
+    // deletion, resize or another rebuild that came meanwhile wins.
+    let mut refused = None;
+    let updated = state
+        .servers
+        .update(namespace.as_deref(), &server.name_any(), |s| {
+            refused = refuse_unless_actionable(s, &action).err();
+            if refused.is_some() {
+                return false;
+            }
+            let done = s.status.as_ref().map_or(0, |st| st.disk_generation);
+            let asked_before = s.spec.rebuild.as_ref().map_or(0, |r| r.generation);
+            s.spec.rebuild = Some(RebuildRequest {
+                image: image.name.clone(),
+                generation: done.max(asked_before).saturating_add(1),
+            });
+            if let Some(keys) = &ssh_keys {
+                s.spec.ssh_keys.clone_from(keys);
+            }
+            if let Some(user_data) = asked.user_data {
+                s.spec.user_data = Some(user_data.to_owned());
+            }
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("server", &server.name_any()))?;
+    if let Some(refusal) = refused {
+        return Err(refusal);
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::ServerRebuild,
+            AuditSubject::server(&updated),
+            json!({
+                "from": from,
+                "to": image.name,
+                "generation": updated.spec.rebuild.as_ref().map(|r| r.generation),
+                "ssh_keys": ssh_keys.as_ref().map(Vec::len),
+                "user_data": asked.user_data.is_some(),
+            }),
+        )
+        .await;
+    tracing::info!(server = %updated.name_any(), %from, to = %image.name, "rebuild asked");
+    Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
 }
 
 /// Refuses a resize whose plan does not fit on the server's hypervisor

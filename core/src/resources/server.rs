@@ -276,13 +276,13 @@ impl VirtualServer {
                 .is_some_and(|r| r.generation > done)
     }
 
-    /// The image its system disk was made from (the one asked for while
-    /// it is not made yet).
+    /// The image its system disk was made from (the one ordered until
+    /// the status says otherwise: a disk is first made from it).
     pub fn image(&self) -> &str {
         self.status
             .as_ref()
             .and_then(|s| s.image.as_deref())
-            .unwrap_or_else(|| self.spec.wanted_image())
+            .unwrap_or(&self.spec.image)
     }
 
     /// What the server holds on its hypervisor: its spec's resources, and
@@ -310,12 +310,6 @@ impl VirtualServer {
 }
 
 impl VirtualServerSpec {
-    /// The image its system disk is to be made from: the last rebuild's,
-    /// else the one ordered.
-    pub fn wanted_image(&self) -> &str {
-        self.rebuild.as_ref().map_or(&self.image, |r| &r.image)
-    }
-
     /// How the control plane holds the server, whatever the customer's
     /// power choice: off once terminated, else as its suspension says.
     pub fn hold(&self) -> Option<crate::policy::SuspensionMode> {
