@@ -73,6 +73,9 @@ struct SimState {
     nodes: HashMap<String, SimNode>,
     /// (hypervisor, operation) → number of calls still to fail.
     failures: HashMap<(String, &'static str), usize>,
+    /// Calls carried out whose answer is lost (the agent killed after
+    /// acting, the connection cut): they fail as unreachable.
+    lost_answers: HashMap<(String, &'static str), usize>,
     calls: Vec<String>,
 }
 
@@ -163,6 +166,24 @@ impl SimulatedAgent {
     /// The next `times` calls of `operation` (`ensure`, `observe`, …) on `hypervisor` fail.
     pub fn fail_next(&self, hypervisor: &str, operation: &'static str, times: usize) {
         self.with(|s| s.failures.insert((hypervisor.to_owned(), operation), times));
+    }
+
+    /// An image volume appears in `hypervisor`'s pool.
+    pub fn add_image(&self, hypervisor: &str, volume: &str) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.report.images.push(volume.to_owned());
+            }
+        });
+    }
+
+    /// The next `times` calls of `operation` on `hypervisor` are carried
+    /// out and their answer lost.
+    pub fn lose_next_answers(&self, hypervisor: &str, operation: &'static str, times: usize) {
+        self.with(|s| {
+            s.lost_answers
+                .insert((hypervisor.to_owned(), operation), times)
+        });
     }
 
     /// Copies of a running guest's disk on `hypervisor` need the guest
@@ -390,7 +411,16 @@ impl SimulatedAgent {
             if !node.reachable {
                 return Err(AgentCallError::Unreachable("connection refused".into()));
             }
-            f(node)
+            let answer = f(node);
+            if let Some(left) = s
+                .lost_answers
+                .get_mut(&(agent.hypervisor.to_string(), operation))
+                && *left > 0
+            {
+                *left -= 1;
+                return Err(AgentCallError::Unreachable("answer lost".into()));
+            }
+            answer
         })
     }
 }

@@ -856,3 +856,115 @@ async fn r23_kubernetes_mode_a_plan_edited_alone_takes_the_catalogues_size() {
         assert_eq!((spec.vcpus, spec.memory_mib, spec.disk_gib), (2, 4096, 80));
     }
 }
+
+fn ask_rebuild(
+    spec: &mut stratus_core::resources::VirtualServerSpec,
+    image: &str,
+    generation: u32,
+) {
+    spec.rebuild = Some(stratus_core::resources::RebuildRequest {
+        image: image.into(),
+        generation,
+    });
+}
+
+#[tokio::test]
+async fn a_rebuild_stops_the_server_gives_it_a_fresh_disk_and_a_new_seed_and_starts_it() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.add_hypervisor("hv1", "default", 8, 16384).await;
+        h.sim.add_image("hv1", "alma-9.qcow2");
+        h.order("vs-1", None).await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let before = h.status("vs-1").await;
+        assert_eq!(before.image.as_deref(), Some("debian-12"), "{label}");
+        let seed_before = h.sim.spec_of("hv1", DOMAIN).unwrap().seed.unwrap();
+        let mac_before = before.mac_address.clone();
+
+        h.edit("vs-1", |spec| ask_rebuild(spec, "alma-9", 1)).await;
+        // The answer of the call that put the new disk in is lost (the
+        // agent killed after acting): looked at again, the rebuild goes on.
+        h.sim.lose_next_answers("hv1", "ensure", 2);
+        for _ in 0..3 {
+            if h.reconcile("vs-1").await.is_ok() {
+                break;
+            }
+        }
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let status = h.status("vs-1").await;
+        assert_eq!(status.rebuild, None, "{label}: {status:?}");
+        assert_eq!(status.disk_generation, 1);
+        assert_eq!(status.image.as_deref(), Some("alma-9"));
+        assert_eq!(status.phase, ServerPhase::Running, "{label}");
+        assert_eq!(status.mac_address, mac_before, "the MAC is kept");
+        assert_eq!(status.ipv4, before.ipv4, "the address is kept");
+        let rebuilt = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
+        assert_eq!(rebuilt.status, ConditionStatus::True, "{label}");
+        assert!(rebuilt.message.contains("alma-9"), "{}", rebuilt.message);
+        let disk = h.sim.disk_of("hv1", DOMAIN).unwrap();
+        assert_eq!(disk.generation, 1);
+        assert_eq!(disk.image.as_deref(), Some("alma-9.qcow2"));
+        assert!(disk.leftovers.is_empty(), "{label}: the old disk is wiped");
+        let spec = h.sim.spec_of("hv1", DOMAIN).unwrap();
+        let seed = spec.seed.unwrap();
+        assert_ne!(
+            seed.instance_id, seed_before.instance_id,
+            "cloud-init runs again"
+        );
+        assert_eq!(spec.retired_disk_generation, Some(0));
+        assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Running));
+        assert!(
+            h.events
+                .about("VirtualServer", "vs-1")
+                .contains(&EventReason::Rebuilt),
+            "{label}"
+        );
+        // Nothing more to do, however often it is looked at.
+        let calls = h.sim.calls().len();
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+        assert!(
+            !h.sim.calls()[calls..]
+                .iter()
+                .any(|c| c.starts_with("ensure")),
+            "{label}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_rebuild_waits_while_the_server_is_suspended_and_its_guest_runs_on_its_disk() {
+    use stratus_core::policy::SuspensionMode;
+    use stratus_core::standing::{Suspension, SuspensionReason};
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.add_hypervisor("hv1", "default", 8, 16384).await;
+        h.sim.add_image("hv1", "alma-9.qcow2");
+        h.order("vs-1", None).await;
+        h.reconcile("vs-1").await.unwrap();
+        h.edit("vs-1", |spec| {
+            ask_rebuild(spec, "alma-9", 1);
+            spec.suspension = Some(Suspension {
+                reasons: vec![SuspensionReason::Abuse],
+                mode: SuspensionMode::Paused,
+            });
+        })
+        .await;
+        h.reconcile("vs-1").await.unwrap();
+        let status = h.status("vs-1").await;
+        let waiting = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
+        assert!(
+            waiting.message.contains("waits for"),
+            "{label}: {}",
+            waiting.message
+        );
+        assert_eq!(h.sim.disk_of("hv1", DOMAIN).unwrap().generation, 0);
+        // Lifted: the rebuild goes on.
+        h.edit("vs-1", |spec| spec.suspension = None).await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let status = h.status("vs-1").await;
+        assert_eq!(status.disk_generation, 1, "{label}");
+        assert_eq!(h.sim.disk_of("hv1", DOMAIN).unwrap().generation, 1);
+    }
+}
