@@ -375,6 +375,144 @@ async fn r23_a_resized_guest_sees_more_memory_and_a_bigger_disk_and_keeps_its_da
     stratus.process.terminate();
 }
 
+/// The guest's script for a rebuild: say which system it is and its
+/// cloud-init instance id, find (or write) the marker on its disk, and
+/// try its own address and a spoofed one.
+fn rebuild_user_data(tag: &str) -> String {
+    format!(
+        "#!/bin/sh
+echo \"REBUILD-TAG {tag} $(grep instance-id /seed/meta-data)\"
+if dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | grep -q {DISK_MARKER}; then echo MARKER-KEPT; else echo {DISK_MARKER} | dd of=/dev/vda bs=512 seek=4096 conv=fsync 2>/dev/null && echo DISK-WRITTEN; fi
+ping -c 3 -W 2 {GATEWAY} >/dev/null && echo OWN-ADDRESS-PING-OK
+nic=$(ls /sys/class/net | grep -v '^lo$' | head -n 1)
+ip addr add {SPOOFED}/32 dev $nic
+if ping -c 3 -W 2 -I {SPOOFED} {GATEWAY} >/dev/null; then echo SPOOFED-PING-ANSWERED; else echo SPOOFED-PING-DROPPED; fi
+ip addr del {SPOOFED}/32 dev $nic
+echo REBUILD-DONE {tag}
+"
+    )
+}
+
+/// What the guest said between `REBUILD-TAG {tag}` and `REBUILD-DONE {tag}`.
+fn rebuild_report<'c>(console: &'c str, tag: &str) -> &'c str {
+    let start = console
+        .find(&format!("REBUILD-TAG {tag}"))
+        .unwrap_or_else(|| panic!("no REBUILD-TAG {tag}:\n{console}"));
+    let rest = &console[start..];
+    let end = rest
+        .find(&format!("REBUILD-DONE {tag}"))
+        .unwrap_or(rest.len());
+    &rest[..end]
+}
+
+/// A rebuild on a real guest: the disk it wrote to is wiped and replaced
+/// by a fresh one from the image, the new user data runs under a new
+/// instance id, and the server keeps its addresses, MAC and anti-spoofing.
+#[tokio::test]
+async fn a_rebuilt_guest_boots_a_fresh_disk_with_new_user_data_and_keeps_its_addresses() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "again1", "plan": "micro", "image": "tiny", "zone": "a",
+                   "user_data": rebuild_user_data("first")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", BOOT).await;
+    let first = wait_console(&customer, &id, "REBUILD-DONE first", 1).await;
+    let first = rebuild_report(&first, "first").to_owned();
+    assert!(first.contains("DISK-WRITTEN"), "{first}");
+    let account = running["account_id"].as_str().unwrap().to_owned();
+    let domain = format!("stratus-{account}.{id}");
+    let old_disk = hypervisor.pool_file(&format!("{domain}-disk.qcow2"));
+    assert!(file_contains(&old_disk, DISK_MARKER.as_bytes()));
+    // Held open: its last bytes can be read after it is deleted.
+    let mut held = std::fs::File::open(&old_disk).unwrap();
+
+    let started = Instant::now();
+    let (status, asked) = customer
+        .post(
+            &format!("/v1/servers/{id}/actions"),
+            json!({"type": "rebuild", "image": "tiny", "user_data": rebuild_user_data("second")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["action"]["type"], "rebuild", "{asked}");
+    let done = customer
+        .wait_until(
+            &format!("/v1/servers/{id}"),
+            "the rebuild did not finish",
+            BOOT * 2,
+            |server| server["action"]["state"] == "done" && server["status"] == "running",
+        )
+        .await;
+    let took = started.elapsed();
+    for field in ["ipv4", "ipv6", "mac_address", "hypervisor"] {
+        assert_eq!(done[field], running[field], "{field} is kept: {done}");
+    }
+    assert_eq!(done["image"], "tiny");
+    let message = done["action"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("was down"), "{done}");
+
+    let console = wait_console(&customer, &id, "REBUILD-DONE second", 1).await;
+    let second = rebuild_report(&console, "second");
+    assert!(
+        second.contains("DISK-WRITTEN") && !second.contains("MARKER-KEPT"),
+        "the new disk does not have the old one's marker:\n{second}"
+    );
+    for expected in ["OWN-ADDRESS-PING-OK", "SPOOFED-PING-DROPPED"] {
+        assert!(
+            second.contains(expected),
+            "{expected} after the rebuild:\n{second}"
+        );
+    }
+    let instance = |report: &str| {
+        report
+            .lines()
+            .next()
+            .and_then(|line| line.split("instance-id:").nth(1))
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_else(|| panic!("no instance id in {report}"))
+    };
+    assert_ne!(
+        instance(&first),
+        instance(second),
+        "cloud-init sees a new instance"
+    );
+
+    // The old disk is gone, overwritten before it was deleted; the new
+    // one replaced it.
+    assert!(!old_disk.exists(), "{} is deleted", old_disk.display());
+    let mut after = Vec::new();
+    held.read_to_end(&mut after).unwrap();
+    assert!(
+        !after.is_empty() && after.iter().all(|b| *b == 0),
+        "every byte of the replaced disk was overwritten"
+    );
+    let new_disk = hypervisor.pool_file(&format!("{domain}-disk-1.qcow2"));
+    assert!(new_disk.exists());
+    println!(
+        "rebuild of a running tiny guest: {:.1} s to running again; {message}",
+        took.as_secs_f64()
+    );
+    customer
+        .delete_and_wait(&format!("/v1/servers/{id}"), BOOT)
+        .await;
+    assert!(!new_disk.exists(), "the rebuilt disk goes with the server");
+    stratus.process.terminate();
+}
+
 fn seed_files(hypervisor: &Hypervisor, domain: &str) -> Vec<PathBuf> {
     std::fs::read_dir(hypervisor.dir.join("pool"))
         .unwrap()
