@@ -30,6 +30,8 @@ struct SimDomain {
     disk_image: Option<String>,
     /// Generations of system disks replaced by a rebuild and not wiped yet.
     leftover_disks: BTreeSet<u32>,
+    /// Defined in rescue mode, booting this image (changed only while off).
+    rescue_image: Option<String>,
 }
 
 /// A simulated domain's system disk, as tests read it.
@@ -208,6 +210,19 @@ impl SimulatedAgent {
                 d.disk = false;
             }
         });
+    }
+
+    /// The rescue image `domain` on `hypervisor` is defined to boot, if
+    /// it is in rescue mode.
+    pub fn rescue_of(&self, hypervisor: &str, domain: &str) -> Option<String> {
+        self.with(|s| {
+            s.nodes
+                .get(hypervisor)?
+                .domains
+                .get(domain)?
+                .rescue_image
+                .clone()
+        })
     }
 
     /// The system disk of `domain` on `hypervisor`, if it has one.
@@ -521,6 +536,7 @@ fn observation(
             mac_address: d.spec.as_ref().map(|spec| spec.mac_address.clone()),
             resources: d.resources,
             disk_generation: d.disk.then_some(d.disk_generation),
+            rescued: Some(d.rescue_image.is_some()),
         },
         None => DomainObservation::absent(name),
     }
@@ -572,11 +588,15 @@ impl AgentClient for SimulatedAgent {
                 disk_generation: spec.disk_generation,
                 disk_image: None,
                 leftover_disks: BTreeSet::new(),
+                rescue_image: None,
             });
             let off = !matches!(
                 entry.state,
                 Some(DomainState::Running | DomainState::Paused)
             );
+            if off {
+                entry.rescue_image = spec.rescue.as_ref().map(|r| r.image_volume.clone());
+            }
             if entry.disk && off && entry.disk_generation != spec.disk_generation {
                 // A rebuild: the new disk beside the old, then the domain
                 // defined with it.

@@ -263,15 +263,19 @@ pub fn plugged_disk(domain_xml: &str, pool: &str, volume: &str) -> Option<Plugge
     })
 }
 
-/// The volume of a domain's system disk (`vda`) as its XML has it.
-pub fn system_disk_in(domain_xml: &str) -> Option<String> {
-    domain_xml.split("<disk ").skip(1).find_map(|rest| {
-        let block = &rest[..rest.find("</disk>")?];
-        let target = element_attribute(block, "target", "dev")?;
-        (target == "vda")
-            .then(|| element_attribute(block, "source", "volume").map(unescape))
-            .flatten()
-    })
+/// The volumes of a domain's disks (not its CD-ROMs) as its XML has them.
+pub fn disk_volumes_in(domain_xml: &str) -> Vec<String> {
+    domain_xml
+        .split("<disk ")
+        .skip(1)
+        .filter_map(|rest| {
+            let block = &rest[..rest.find("</disk>")?];
+            if !block.contains("device='disk'") && !block.contains("device=\"disk\"") {
+                return None;
+            }
+            element_attribute(block, "source", "volume").map(unescape)
+        })
+        .collect()
 }
 
 /// Every disk device name (`dev='…'` of a `<target>`) in a domain's XML.
@@ -285,6 +289,10 @@ pub fn disk_targets_in(domain_xml: &str) -> Vec<String> {
         })
         .collect()
 }
+
+/// The device name of the system disk in rescue mode (the rescue disk is
+/// `vda`).
+pub const SYSTEM_DISK_IN_RESCUE: &str = "vdb";
 
 /// Guest device names of data disks: `vda` is the system disk.
 const DATA_DISK_TARGETS: std::ops::RangeInclusive<u8> = b'b'..=b'z';
@@ -564,6 +572,9 @@ pub struct Placement<'a> {
     pub agent: Option<&'a str>,
     /// The spec's data disks with their device names.
     pub data_disks: &'a [(DataDisk, String)],
+    /// Rescue mode: the rescue disk, booted as `vda`; the system disk is
+    /// then `vdb`.
+    pub rescue_volume: Option<&'a str>,
 }
 
 /// The domain of a server: its system disk and one NIC, whose traffic
@@ -581,21 +592,36 @@ pub fn domain(
         hostname: spec.hostname.clone(),
         memory_mib: spec.memory_mib,
         vcpus: spec.vcpus,
-        disks: std::iter::once(Disk {
-            pool: placement.pool.to_owned(),
-            volume: placement.disk_volume.to_owned(),
-            target: "vda".to_owned(),
-            format: "qcow2".to_owned(),
-            serial: None,
-            key_secret: None,
-        })
-        .chain(
-            placement
-                .data_disks
-                .iter()
-                .map(|(disk, target)| Disk::data(placement.pool, disk, target.clone())),
-        )
-        .collect(),
+        disks: placement
+            .rescue_volume
+            .map(|rescue| Disk {
+                pool: placement.pool.to_owned(),
+                volume: rescue.to_owned(),
+                target: "vda".to_owned(),
+                format: "qcow2".to_owned(),
+                serial: None,
+                key_secret: None,
+            })
+            .into_iter()
+            .chain(std::iter::once(Disk {
+                pool: placement.pool.to_owned(),
+                volume: placement.disk_volume.to_owned(),
+                target: if placement.rescue_volume.is_some() {
+                    SYSTEM_DISK_IN_RESCUE.to_owned()
+                } else {
+                    "vda".to_owned()
+                },
+                format: "qcow2".to_owned(),
+                serial: None,
+                key_secret: None,
+            }))
+            .chain(
+                placement
+                    .data_disks
+                    .iter()
+                    .map(|(disk, target)| Disk::data(placement.pool, disk, target.clone())),
+            )
+            .collect(),
         cdroms: placement
             .seed_volume
             .iter()
@@ -605,7 +631,10 @@ pub fn domain(
                 target: "hdc".to_owned(),
             })
             .collect(),
-        boot: spec.boot.clone(),
+        boot: match (&spec.rescue, placement.rescue_volume) {
+            (Some(rescue), Some(_)) => rescue.boot.clone(),
+            _ => spec.boot.clone(),
+        },
         console_log: placement.console_log.clone(),
         agent: placement.agent.map(str::to_owned),
         interfaces: vec![Interface {
@@ -921,6 +950,7 @@ mod tests {
             suspension: None,
             boot: None,
             seed: None,
+            rescue: None,
             data_disks: Vec::new(),
         }
     }
@@ -936,6 +966,7 @@ mod tests {
             console_log: None,
             agent: None,
             data_disks: &[],
+            rescue_volume: None,
         }
     }
 

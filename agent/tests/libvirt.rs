@@ -52,6 +52,7 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         suspension: None,
         boot: None,
         seed: None,
+        rescue: None,
         data_disks: Vec::new(),
     }
 }

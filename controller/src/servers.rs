@@ -8,7 +8,9 @@ use async_trait::async_trait;
 use kube::ResourceExt;
 use serde_json::json;
 use stratus_core::Config;
-use stratus_core::agent_api::{AgentErrorCode, DataDisk, DiskDisposal, DomainSpec, MAX_DATA_DISKS};
+use stratus_core::agent_api::{
+    AgentErrorCode, DataDisk, DiskDisposal, DomainSpec, MAX_DATA_DISKS, RescueBoot,
+};
 use stratus_core::cloud_init::Seed;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
 use stratus_core::ids::{self, AccountId};
@@ -251,6 +253,24 @@ impl ServerReconciler {
             Action::FinishRebuild => {
                 self.finish_rebuild(server, &current, next).await?;
             }
+            Action::FinishRescue => {
+                let now = self.ctx.clock.now();
+                if let Some(enabled) = lifecycle::record_rescue_changed(&mut next, now) {
+                    self.record_status(server, &current, &next).await?;
+                    let (reason, message) = if enabled {
+                        (EventReason::RescueEnabled, "booted the rescue system")
+                    } else {
+                        (
+                            EventReason::RescueDisabled,
+                            "booted from its own disk again",
+                        )
+                    };
+                    tracing::info!(rescue = enabled, "rescue mode changed");
+                    self.ctx
+                        .publish(server, EventType::Normal, reason, message)
+                        .await;
+                }
+            }
             Action::EnsureDomain {
                 create_disk,
                 power_off,
@@ -275,7 +295,8 @@ impl ServerReconciler {
                         || next.applied != current.applied
                         || next.resize != current.resize
                         || next.rebuild != current.rebuild
-                        || next.disk_generation != current.disk_generation);
+                        || next.disk_generation != current.disk_generation
+                        || next.rescue_change != current.rescue_change);
                 self.after_agent_call(server, &current, &mut next, &agent, result.map(drop))
                     .await?;
                 if asked_to_stop {
@@ -490,7 +511,7 @@ impl ServerReconciler {
         let mac_address = status.mac_address.clone().ok_or_else(|| {
             ControllerError::Malformed(name.clone(), "placed without a MAC address".into())
         })?;
-        let seed = Seed {
+        let mut seed = Seed {
             instance_id: lifecycle::instance_id(&name, disk.generation),
             hostname: server.spec.hostname.clone(),
             mac_address: mac_address.clone(),
@@ -499,6 +520,31 @@ impl ServerReconciler {
             dns_servers: self.config.cloud_init.dns_servers.clone(),
             ssh_keys: server.spec.ssh_keys.clone(),
             user_data: server.spec.user_data.clone(),
+        };
+        let rescue = match lifecycle::rescue_layout(&server.spec, status) {
+            Some(request) => {
+                let rescue_image = self
+                    .config
+                    .rescue_image
+                    .as_deref()
+                    .and_then(|name| self.config.image(name))
+                    .ok_or_else(|| {
+                        ControllerError::Malformed(
+                            name.clone(),
+                            "in rescue mode and the configuration names no rescueImage".into(),
+                        )
+                    })?;
+                // The rescue system is another instance, with the keys and
+                // user data given for it.
+                seed.instance_id = format!("{}-rescue", seed.instance_id);
+                seed.ssh_keys.clone_from(&request.ssh_keys);
+                seed.user_data.clone_from(&request.user_data);
+                Some(RescueBoot {
+                    image_volume: rescue_image.volume.clone(),
+                    boot: rescue_image.kernel_boot(),
+                })
+            }
+            None => None,
         };
         let (resources, power) = lifecycle::domain_shape(&server.spec, status);
         Ok(DomainSpec {
@@ -518,6 +564,7 @@ impl ServerReconciler {
             suspension: server.spec.hold(),
             boot: image.kernel_boot(),
             seed: Some(seed),
+            rescue,
             data_disks: Vec::new(),
         })
     }

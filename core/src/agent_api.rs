@@ -54,11 +54,27 @@ pub struct DomainSpec {
     /// The cloud-init seed the guest reads at boot, attached as a CD-ROM.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seed: Option<crate::cloud_init::Seed>,
+    /// Rescue mode: the domain boots this image from a fresh disk of its
+    /// own (`vda`), the system disk attached as `vdb`, untouched. Changed
+    /// only while the domain is off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<RescueBoot>,
     /// Storage subscriptions attached to the server: each a virtio disk,
     /// hot-plugged into a running guest and unplugged when it leaves the
     /// list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub data_disks: Vec<DataDisk>,
+}
+
+/// The rescue system a domain boots in rescue mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RescueBoot {
+    /// Volume in the agent's storage pool the rescue disk is an overlay of.
+    pub image_volume: String,
+    /// Direct kernel boot from files on the hypervisor (the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<KernelBoot>,
 }
 
 /// Most data disks one server may have attached at once (`vdb`…`vdz`).
@@ -283,6 +299,10 @@ pub struct DomainObservation {
     /// say reports nothing, and no rebuild is started on its hypervisor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_generation: Option<u32>,
+    /// Whether the domain is defined in rescue mode; an agent too old to
+    /// say reports nothing, and no server on it is moved to rescue mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescued: Option<bool>,
 }
 
 /// The size of a domain as the hypervisor has it.
@@ -318,6 +338,7 @@ impl DomainObservation {
             mac_address: None,
             resources: None,
             disk_generation: None,
+            rescued: None,
         }
     }
 }
@@ -796,6 +817,12 @@ pub fn system_disk_name(domain: &str, generation: u32) -> String {
         0 => format!("{domain}-disk.qcow2"),
         generation => format!("{domain}-disk-{generation}.qcow2"),
     }
+}
+
+/// The volume of a domain's rescue disk, made afresh each time it enters
+/// rescue mode.
+pub fn rescue_disk_name(domain: &str) -> String {
+    format!("{domain}-rescue.qcow2")
 }
 
 /// The generation of `volume` if it is a system disk of `domain`; only the

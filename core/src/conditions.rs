@@ -84,6 +84,9 @@ pub enum ConditionType {
     /// The system disk was made afresh from the image last asked for;
     /// false while a rebuild is under way, with the step or what it waits for.
     Rebuilt,
+    /// The server boots the rescue system (true) or its own (false);
+    /// the reason says while it moves from one to the other.
+    Rescue,
     /// The resource does what it is for (a server runs; a hypervisor answers).
     Ready,
 }
@@ -112,6 +115,12 @@ named_enum!(
         Rebuilding,
         /// The system disk was made afresh from the image asked for.
         ImageApplied,
+        /// Moving into or out of rescue mode.
+        RescueChanging,
+        /// Booted in rescue mode.
+        RescueEnabled,
+        /// Booted from its own disk again.
+        RescueDisabled,
         Answered,
         AgentAnswered,
         AgentUnavailable,
@@ -211,6 +220,10 @@ named_enum!(
         Resized,
         /// A server runs on a system disk made afresh from an image.
         Rebuilt,
+        /// A server boots its rescue system.
+        RescueEnabled,
+        /// A server boots its own system again.
+        RescueDisabled,
         /// The domain and disk were destroyed on the hypervisor.
         Destroyed,
         /// The disk was deleted but its storage could not overwrite it first.

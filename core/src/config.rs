@@ -187,6 +187,10 @@ pub struct Config {
     pub plans: Vec<Plan>,
     #[serde(default = "default_images")]
     pub images: Vec<Image>,
+    /// The image servers boot in rescue mode (one of `images`), their own
+    /// disk attached beside it; absent: no rescue mode is offered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue_image: Option<String>,
     /// Every account's quota unless the account has its own (key by key);
     /// a key absent here is unlimited.
     #[serde(default)]
@@ -453,6 +457,7 @@ impl Default for Config {
         Self {
             plans: default_plans(),
             images: default_images(),
+            rescue_image: None,
             quotas: Quota::default(),
             limits: Limits::default(),
             trusted_proxies: Vec::new(),
@@ -659,6 +664,11 @@ impl Config {
                 .validate(&format!("images[{i}]"))
                 .map_err(|(field, message)| invalid(field, &message))?;
         }
+        if let Some(rescue) = &self.rescue_image
+            && self.image(rescue).is_none()
+        {
+            return Err(invalid("rescueImage".into(), "must name one of `images`"));
+        }
         self.cloud_init
             .validate()
             .map_err(|(field, message)| invalid(field, &message))?;
@@ -679,6 +689,15 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_rescue_image_must_be_one_of_the_images() {
+        let config = Config::from_yaml("rescueImage: debian-12\n").unwrap();
+        assert_eq!(config.rescue_image.as_deref(), Some("debian-12"));
+        assert_eq!(Config::default().rescue_image, None);
+        let error = Config::from_yaml("rescueImage: nope\n").unwrap_err();
+        assert!(error.to_string().contains("rescueImage"), "{error}");
+    }
 
     #[test]
     fn local_hypervisors_and_kernel_boot_images_are_read_and_checked() {

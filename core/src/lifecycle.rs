@@ -9,8 +9,8 @@ use crate::ids::HypervisorName;
 use crate::ip::{Assignment, Family};
 use crate::policy::SuspensionMode;
 use crate::resources::{
-    AppliedPlan, PowerState, RebuildProgress, ResizeProgress, ServerAddress, ServerPhase,
-    ServerResources, VirtualServerSpec, VirtualServerStatus,
+    AppliedPlan, PowerState, RebuildProgress, RescueProgress, RescueRequest, ResizeProgress,
+    ServerAddress, ServerPhase, ServerResources, VirtualServerSpec, VirtualServerStatus,
 };
 use crate::standing::Suspension;
 
@@ -82,6 +82,8 @@ pub enum Action {
     /// The server runs on its new system disk and the old one is wiped:
     /// record the rebuild as done and report the downtime.
     FinishRebuild,
+    /// The server boots the rescue system, or its own again: record it.
+    FinishRescue,
 }
 
 /// The decision: the status to record and, unless the server has converged
@@ -254,6 +256,7 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         resize_step(server.spec, server.offered, &mut status, domain, now)
     };
     let rebuild = rebuild_step(server.spec, &mut status, domain, now);
+    let rescue = rescue_step(server.spec, &mut status, domain, now);
 
     if status.ipv4.is_none() && !status.provisioned {
         next = Some(Action::AssignAddresses);
@@ -266,7 +269,7 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
 
     let suspension = server.spec.suspension.as_ref();
     let hold = server.spec.hold();
-    let holds = resize.hold || rebuild.hold;
+    let holds = resize.hold || rebuild.hold || rescue.hold;
     let target = if holds {
         Target::Stopped
     } else {
@@ -357,6 +360,9 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
         .is_some_and(|p| p.replaced && p.generation == status.disk_generation);
     if rebuilt && converged && next.is_none() {
         next = Some(Action::FinishRebuild);
+    }
+    if rescue.done && converged && next.is_none() {
+        next = Some(Action::FinishRescue);
     }
 
     if server.spec.reboot_requests > status.reboots_done {
@@ -660,7 +666,8 @@ pub fn domain_shape(
     status: &VirtualServerStatus,
 ) -> (ServerResources, PowerState) {
     let stopping = status.resize.as_ref().is_some_and(|r| r.stopping);
-    let rebuilding = status.rebuild.as_ref().is_some_and(|r| r.stopping);
+    let rebuilding = status.rebuild.as_ref().is_some_and(|r| r.stopping)
+        || status.rescue_change.as_ref().is_some_and(|r| r.stopping);
     match status.applied.as_ref() {
         Some(_) if stopping => (spec.resources, PowerState::Stopped),
         Some(applied) if rebuilding => (applied.resources, PowerState::Stopped),
@@ -804,6 +811,8 @@ fn rebuild_step(
     }
     let waits_for = if domain.disk_generation.is_none() {
         Some("the agent of its hypervisor does not say disk generations (upgrade it)")
+    } else if spec.rescue.is_some() || status.rescue.is_some() || status.rescue_change.is_some() {
+        Some("rescue mode to be disabled")
     } else if spec.hold().is_some() {
         Some("the suspension or termination holding it to end")
     } else {
@@ -846,6 +855,148 @@ fn rebuild_step(
         hold: true,
         replace: false,
     }
+}
+
+/// Where a server stands in a move into or out of rescue mode.
+#[derive(Debug, Clone, Copy, Default)]
+struct RescueStep {
+    /// The guest is held off while the domain is defined again.
+    hold: bool,
+    /// The domain boots what was asked: record it once converged.
+    done: bool,
+}
+
+/// Follows rescue mode from what the agent observed: records the rescue
+/// system the domain is defined with, and moves it into or out of rescue
+/// mode as the spec asks (stopping the guest first, while no suspension
+/// holds it, no resize or rebuild is under way and its agent says).
+fn rescue_step(
+    spec: &VirtualServerSpec,
+    status: &mut VirtualServerStatus,
+    domain: &DomainObservation,
+    now: Timestamp,
+) -> RescueStep {
+    if !status.provisioned {
+        return RescueStep::default();
+    }
+    let wanted = spec.rescue.is_some();
+    let Some(rescued) = domain.rescued else {
+        if wanted {
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::Rescue,
+                false,
+                Reason::RescueChanging,
+                "rescue mode waits for the agent of its hypervisor to say rescue modes (upgrade it)",
+                now,
+            );
+        }
+        return RescueStep::default();
+    };
+    status.rescue = if rescued {
+        // What it boots with: the one asked for, kept while it moves out.
+        spec.rescue
+            .clone()
+            .or_else(|| status.rescue.take())
+            .or_else(|| Some(RescueRequest::default()))
+    } else {
+        None
+    };
+    if wanted == rescued {
+        let Some(progress) = status.rescue_change.as_mut() else {
+            return RescueStep::default();
+        };
+        progress.stopping = false;
+        progress.swapping = false;
+        return RescueStep {
+            hold: false,
+            done: true,
+        };
+    }
+    let busy = if status.resize.is_some() {
+        Some("the resize under way to finish")
+    } else if status.rebuild.is_some() {
+        Some("the rebuild under way to finish")
+    } else if spec.hold().is_some() {
+        Some("the suspension or termination holding it to end")
+    } else {
+        None
+    };
+    let progress = status.rescue_change.get_or_insert_with(|| RescueProgress {
+        enable: wanted,
+        started_at: now.to_string(),
+        stopping: false,
+        swapping: false,
+        was_running: domain.state == Some(DomainState::Running),
+    });
+    if progress.enable != wanted {
+        // Asked back before the domain was defined again.
+        progress.enable = wanted;
+        progress.swapping = false;
+    }
+    let into = if wanted { "into" } else { "out of" };
+    if let Some(why) = busy {
+        progress.stopping = false;
+        progress.swapping = false;
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Rescue,
+            rescued,
+            Reason::RescueChanging,
+            format!("moving {into} rescue mode waits for {why}"),
+            now,
+        );
+        return RescueStep::default();
+    }
+    progress.stopping = true;
+    progress.swapping = domain.state == Some(DomainState::Stopped);
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Rescue,
+        rescued,
+        Reason::RescueChanging,
+        format!("moving {into} rescue mode: stopping and defining it again"),
+        now,
+    );
+    RescueStep {
+        hold: true,
+        done: false,
+    }
+}
+
+/// The rescue system the domain is defined with now: the one it has until
+/// a move into or out of rescue mode has seen the guest off, then the one
+/// asked for (none: its own system).
+pub fn rescue_layout<'a>(
+    spec: &'a VirtualServerSpec,
+    status: &'a VirtualServerStatus,
+) -> Option<&'a RescueRequest> {
+    match &status.rescue_change {
+        Some(progress) if progress.swapping => spec.rescue.as_ref(),
+        _ => status.rescue.as_ref(),
+    }
+}
+
+/// Records that a server boots what was asked, rescue system or its own.
+pub fn record_rescue_changed(status: &mut VirtualServerStatus, now: Timestamp) -> Option<bool> {
+    let progress = status.rescue_change.take()?;
+    let (message, reason) = if progress.enable {
+        (
+            "booted the rescue system; its own disk is the second disk",
+            Reason::RescueEnabled,
+        )
+    } else {
+        ("booted from its own disk again", Reason::RescueDisabled)
+    };
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Rescue,
+        progress.enable,
+        reason,
+        message,
+        now,
+    );
+    Some(progress.enable)
 }
 
 /// The system disk the domain is made with now.
@@ -1221,6 +1372,7 @@ mod tests {
             mac_address: None,
             resources: None,
             disk_generation: disk_present.then_some(0),
+            rescued: Some(false),
         })
     }
 

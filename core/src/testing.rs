@@ -53,6 +53,7 @@ pub fn server_spec() -> VirtualServerSpec {
         ssh_keys: Vec::new(),
         user_data: None,
         rebuild: None,
+        rescue: None,
     }
 }
 

@@ -192,6 +192,27 @@ impl Driver {
         Ok(())
     }
 
+    /// Makes domain `name`'s rescue disk afresh: an overlay of the rescue
+    /// image (a rescue disk left from an earlier rescue is deleted first:
+    /// each rescue boots a clean system).
+    pub(super) fn create_rescue_disk(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+        rescue: &stratus_core::agent_api::RescueBoot,
+    ) -> Result<String, AgentError> {
+        let disk_name = stratus_core::agent_api::rescue_disk_name(name);
+        self.dispose_of_disk(pool, &disk_name)?;
+        let image = Self::lookup_volume(pool, &rescue.image_volume)?
+            .ok_or_else(|| AgentError::ImageMissing(rescue.image_volume.clone()))?;
+        let size_gib = image.info()?.capacity.div_ceil(GIB).max(1);
+        let xml = xml::overlay_volume(&disk_name, size_gib, &image.path()?);
+        let disk = StorageVol::create_xml(pool, &xml, 0)?;
+        self.record_volume(&disk_name, &disk)?;
+        tracing::info!(domain = name, volume = %disk_name, image = %rescue.image_volume, "created rescue disk");
+        Ok(disk_name)
+    }
+
     /// Wipes and deletes a system disk of a domain (a rebuild's old one,
     /// or any of a destroyed domain's), if it is there; says how its data
     /// went.
@@ -439,10 +460,16 @@ impl Driver {
         if spec.data_disks.is_empty() {
             return Ok(Vec::new());
         }
-        let (defined, taken) = match self.lookup_domain(name)? {
+        let (mut defined, mut taken) = match self.lookup_domain(name)? {
             Some(domain) => data_disks_of(&domain)?,
             None => (Vec::new(), Vec::new()),
         };
+        if spec.rescue.is_some() {
+            // The system disk takes `vdb` in rescue mode: a data disk that
+            // had it gets another name.
+            defined.retain(|d| d.target != xml::SYSTEM_DISK_IN_RESCUE);
+            taken.push(xml::SYSTEM_DISK_IN_RESCUE.to_owned());
+        }
         xml::data_disk_targets(&spec.data_disks, &defined, &taken)
     }
 

@@ -26,8 +26,15 @@ impl DomainXml {
 /// The generation of the system disk a domain is defined with, if it is
 /// one of its own.
 pub(super) fn defined_disk_generation(name: &str, xml: &DomainXml) -> Option<u32> {
-    xml::system_disk_in(&xml.inactive)
-        .and_then(|volume| stratus_core::agent_api::system_disk_generation(name, &volume))
+    xml::disk_volumes_in(&xml.inactive)
+        .iter()
+        .find_map(|volume| stratus_core::agent_api::system_disk_generation(name, volume))
+}
+
+/// Whether a domain is defined in rescue mode (its rescue disk is a disk).
+pub(super) fn defined_in_rescue(name: &str, xml: &DomainXml) -> bool {
+    let rescue = stratus_core::agent_api::rescue_disk_name(name);
+    xml::disk_volumes_in(&xml.inactive).contains(&rescue)
 }
 
 /// The MAC address of the first NIC a domain's XML defines.
@@ -123,6 +130,10 @@ impl Driver {
             .map(|seed| crate::seed::volume_name(name, seed));
         let mut data_disks = self.data_disk_targets(name, spec)?;
         data_disks.retain(|(disk, _)| !disk.encrypted);
+        let rescue_volume = spec
+            .rescue
+            .as_ref()
+            .map(|_| stratus_core::agent_api::rescue_disk_name(name));
         let placement = xml::Placement {
             domain_type: &self.config.domain_type,
             pool: &self.config.pool,
@@ -132,6 +143,7 @@ impl Driver {
             seed_volume: seed_volume.as_deref(),
             agent: self.config.agent_name.as_deref(),
             data_disks: &data_disks,
+            rescue_volume: rescue_volume.as_deref(),
             console_log: self
                 .config
                 .console_dir

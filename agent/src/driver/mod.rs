@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use stratus_core::agent_api::{
     AntiSpoofing, CONSOLE_TAIL_BYTES, DataDisk, DiskDisposal, DomainObservation, DomainResources,
     DomainSpec, DomainState, Link, MANAGED_PREFIX, MAX_DATA_DISKS, NodeReport, PoolInfo, Target,
-    guest_failure, is_storage_serial, storage_volume_version, system_disk_generation,
-    system_disk_name,
+    guest_failure, is_storage_serial, rescue_disk_name, storage_volume_version,
+    system_disk_generation, system_disk_name,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -30,8 +30,8 @@ mod power;
 pub(crate) use disks::wipe;
 pub use disks::{overwrite_data_extents, release_zero_runs};
 use domains::{
-    DomainXml, account_of, defined_disk_generation, defined_mac, defined_with_volume, domain_agent,
-    domain_resources, resized,
+    DomainXml, account_of, defined_disk_generation, defined_in_rescue, defined_mac,
+    defined_with_volume, domain_agent, domain_resources, resized,
 };
 use filters::{install_filters, observe_link};
 pub(crate) use power::map_state;
@@ -494,6 +494,7 @@ impl Driver {
         let disk = Self::lookup_volume(&self.pool()?, &disk_name)?;
         let disk_present = disk.is_some();
         let disk_generation = generation.or(disk_present.then_some(0));
+        let rescued = xml.as_ref().map(|xml| defined_in_rescue(name, xml));
         let resources = domain
             .as_ref()
             .map(|domain| domain_resources(domain, disk.as_ref()))
@@ -524,6 +525,7 @@ impl Driver {
             mac_address,
             resources,
             disk_generation,
+            rescued: Some(rescued.unwrap_or(false)),
         })
     }
 
@@ -542,11 +544,13 @@ impl Driver {
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let pool = self.pool()?;
         let existing = self.lookup_domain(name)?;
-        let defined = existing
+        let existing_xml = existing.as_ref().map(DomainXml::of).transpose()?;
+        let defined = existing_xml
             .as_ref()
-            .map(DomainXml::of)
-            .transpose()?
-            .and_then(|xml| defined_disk_generation(name, &xml));
+            .and_then(|xml| defined_disk_generation(name, xml));
+        let rescue_defined = existing_xml
+            .as_ref()
+            .is_some_and(|xml| defined_in_rescue(name, xml));
         let running = match &existing {
             Some(domain) => domain.is_active()?,
             None => false,
@@ -578,12 +582,38 @@ impl Driver {
             }
             self.create_system_disk(&pool, name, &disk_name, spec)?;
         }
+        // Into or out of rescue mode only while off; a running guest keeps
+        // what it booted (and its definition, until it is off).
+        let relayout = existing.is_some() && rescue_defined != spec.rescue.is_some();
+        let layout_waits = relayout && running;
+        if relayout
+            && !running
+            && let Some(rescue) = &spec.rescue
+        {
+            self.create_rescue_disk(&pool, name, rescue)?;
+        }
+        if existing.is_none()
+            && let Some(rescue) = &spec.rescue
+        {
+            self.create_rescue_disk(&pool, name, rescue)?;
+        }
         self.grow_disk(&pool, name, &disk_name, spec)?;
         let seed = self.ensure_seed(&pool, name, spec)?;
         let domain = match self.lookup_domain(name)? {
             None => {
                 let domain = self.define(name, spec, &disk_name, None)?;
                 tracing::info!(domain = name, "defined domain");
+                domain
+            }
+            Some(domain) if layout_waits => domain,
+            Some(domain) if relayout => {
+                let uuid = domain.uuid_string()?;
+                let domain = self.define(name, spec, &disk_name, Some(uuid))?;
+                tracing::info!(
+                    domain = name,
+                    rescue = spec.rescue.is_some(),
+                    "defined domain again into or out of rescue mode"
+                );
                 domain
             }
             Some(domain) if replacing => {
@@ -641,6 +671,10 @@ impl Driver {
         self.remove_stale_seeds(&pool, name, seed.as_deref())?;
         let domain = self.converge_link(name, domain, spec, &disk_name)?;
         let waiting_for_key = self.converge_data_disks(name, &domain, spec, &disk_name)?;
+        if spec.rescue.is_none() && !layout_waits {
+            // Out of rescue mode: what the rescue system wrote goes.
+            self.dispose_of_disk(&pool, &rescue_disk_name(name))?;
+        }
         if let Some(retired) = spec
             .retired_disk_generation
             .filter(|retired| *retired != generation && generation == spec.disk_generation)
@@ -716,7 +750,9 @@ impl Driver {
         let mut disks: Vec<String> = pool
             .list_volumes()?
             .into_iter()
-            .filter(|volume| system_disk_generation(name, volume).is_some())
+            .filter(|volume| {
+                system_disk_generation(name, volume).is_some() || *volume == rescue_disk_name(name)
+            })
             .collect();
         disks.sort();
         let mut disposal = None;

@@ -130,6 +130,7 @@ async fn validate_order(
         ssh_keys: order.ssh_keys.iter().map(|k| k.trim().to_owned()).collect(),
         user_data: order.user_data.clone(),
         rebuild: None,
+        rescue: None,
     };
     Ok((spec, state.quota_of(&account)))
 }

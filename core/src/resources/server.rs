@@ -157,6 +157,42 @@ pub struct RebuildProgress {
     pub stopped_at: Option<String>,
 }
 
+/// Rescue mode asked for: the server boots the provider's rescue image,
+/// its own disk attached as the second disk, untouched.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RescueRequest {
+    /// OpenSSH public keys the rescue system lets in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user data the rescue system runs at boot (a repair
+    /// without logging in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub user_data: Option<String>,
+}
+
+/// The move of a server into rescue mode or out of it: the guest is
+/// stopped, the domain defined again with the other disks, and started.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RescueProgress {
+    /// Into rescue mode (true) or out of it.
+    pub enable: bool,
+    /// When the controller took it up, RFC 3339.
+    pub started_at: String,
+    /// The guest is being stopped for it.
+    #[serde(default)]
+    pub stopping: bool,
+    /// The guest was seen off: the domain may be defined again.
+    #[serde(default)]
+    pub swapping: bool,
+    /// The guest was running when it was stopped for it.
+    #[serde(default)]
+    pub was_running: bool,
+}
+
 /// A customer's virtual private server.
 #[derive(CustomResource, Serialize, Deserialize, Debug, Clone, PartialEq, JsonSchema)]
 #[kube(
@@ -245,6 +281,11 @@ pub struct VirtualServerSpec {
     /// server keeps its addresses, MAC and filter.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildRequest>,
+    /// Rescue mode: while present the server boots the provider's rescue
+    /// image with its own disk as the second disk; removed, it boots its
+    /// own system again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<RescueRequest>,
 }
 
 /// A terminated server, held off until its disk is wiped.
@@ -264,6 +305,15 @@ pub struct ServerTermination {
 }
 
 impl VirtualServer {
+    /// In rescue mode, asked for or still in it, or moving in or out.
+    pub fn in_rescue(&self) -> bool {
+        self.spec.rescue.is_some()
+            || self
+                .status
+                .as_ref()
+                .is_some_and(|s| s.rescue.is_some() || s.rescue_change.is_some())
+    }
+
     /// A rebuild asked for and not finished.
     pub fn rebuilding(&self) -> bool {
         let status = self.status.as_ref();
@@ -404,6 +454,13 @@ pub struct VirtualServerStatus {
     /// A rebuild under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildProgress>,
+    /// The rescue system the domain is defined with, as last observed:
+    /// present while the server is in rescue mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue: Option<RescueRequest>,
+    /// A move into or out of rescue mode under way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rescue_change: Option<RescueProgress>,
     /// Hypervisor chosen for the server; recorded before anything is created there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hypervisor: Option<HypervisorName>,

@@ -89,6 +89,10 @@ audit_actions! {
     ServerResize => "server.resize",
     /// A customer or an operator reinstalled a server from an image.
     ServerRebuild => "server.rebuild",
+    /// A customer or an operator booted a server in rescue mode.
+    ServerRescueEnable => "server.rescue_enable",
+    /// A customer or an operator booted a server from its own disk again.
+    ServerRescueDisable => "server.rescue_disable",
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",
