@@ -1042,3 +1042,136 @@ fn a_rebuild_puts_a_new_disk_in_only_while_off_and_wipes_the_old_one_after() {
     assert_eq!(destroyed.disk_generation, None);
     assert!(system_disks(name).is_empty());
 }
+
+/// The targets of a domain's disks as its definition has them: volume → device.
+fn disk_targets(uri: &str, name: &str) -> Vec<(String, String)> {
+    let conn = virt::connect::Connect::open(Some(uri)).unwrap();
+    let xml = conn
+        .lookup_domain_by_name(name)
+        .unwrap()
+        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)
+        .unwrap();
+    xml.split("<disk ")
+        .skip(1)
+        .filter_map(|rest| {
+            let block = &rest[..rest.find("</disk>")?];
+            let volume = block.split("volume='").nth(1)?.split('\'').next()?;
+            let target = block.split("dev='").nth(1)?.split('\'').next()?;
+            Some((volume.to_owned(), target.to_owned()))
+        })
+        .collect()
+}
+
+#[test]
+fn rescue_mode_boots_a_fresh_rescue_disk_with_the_system_disk_second_only_while_off() {
+    // The shared test hypervisor: a second connection sees its domains.
+    let uri = "test:///default".to_owned();
+    let driver = default_driver();
+    let name = "stratus-acc-0000000000000001.vs-00000000000000e1";
+    let (image, rescue_image) = ("itest-rescue-os.qcow2", "itest-rescue.qcow2");
+    driver.seed_image(image, 2).unwrap();
+    driver.seed_image(rescue_image, 1).unwrap();
+    let serial = "st-00000000000000e2";
+    let base = format!("stratus-acc-0000000000000001.{serial}");
+    driver
+        .ensure_volume(
+            &base,
+            &VolumeSpec {
+                size_gib: 1,
+                create: true,
+            },
+        )
+        .unwrap();
+    let mut normal = spec(image, PowerState::Running, true);
+    normal.data_disks = vec![DataDisk {
+        volume: storage_volume_name(&base, 0),
+        serial: serial.into(),
+        encrypted: false,
+    }];
+    let running = driver.ensure(name, &normal).unwrap();
+    assert_eq!(running.rescued, Some(false));
+    let system = format!("{name}-disk.qcow2");
+    let data = storage_volume_name(&base, 0);
+    assert_eq!(
+        disk_targets(&uri, name),
+        [(system.clone(), "vda".into()), (data.clone(), "vdb".into())]
+    );
+
+    let rescue = DomainSpec {
+        rescue: Some(stratus_core::agent_api::RescueBoot {
+            image_volume: rescue_image.into(),
+            boot: None,
+        }),
+        create_disk: false,
+        ..normal.clone()
+    };
+    // Running: nothing changes under the guest.
+    let unchanged = driver.ensure(name, &rescue).unwrap();
+    assert_eq!(unchanged.rescued, Some(false));
+    assert_eq!(unchanged.state, Some(DomainState::Running));
+
+    // Off: the rescue disk is vda, the system disk vdb, the data disk moves on.
+    let off = DomainSpec {
+        power: PowerState::Stopped,
+        power_off: true,
+        ..rescue.clone()
+    };
+    driver.ensure(name, &off).unwrap();
+    let rescued = driver.ensure(name, &off).unwrap();
+    assert_eq!(rescued.rescued, Some(true));
+    assert_eq!(
+        rescued.disk_generation,
+        Some(0),
+        "its own disk is still its disk"
+    );
+    assert_eq!(rescued.data_disks, vec![serial.to_owned()]);
+    let rescue_disk = format!("{name}-rescue.qcow2");
+    assert_eq!(
+        disk_targets(&uri, name),
+        [
+            (rescue_disk.clone(), "vda".into()),
+            (system.clone(), "vdb".into()),
+            (data.clone(), "vdc".into()),
+        ]
+    );
+    let started = driver
+        .ensure(
+            name,
+            &DomainSpec {
+                power: PowerState::Running,
+                power_off: false,
+                ..rescue.clone()
+            },
+        )
+        .unwrap();
+    assert_eq!(started.state, Some(DomainState::Running));
+    assert_eq!(started.rescued, Some(true));
+
+    // Out again, while off: its own disk boots as vda and the rescue disk goes.
+    let normal_off = DomainSpec {
+        power: PowerState::Stopped,
+        power_off: true,
+        create_disk: false,
+        ..normal.clone()
+    };
+    let still = driver.ensure(name, &normal_off).unwrap();
+    assert_eq!(still.rescued, Some(true), "it was running when asked");
+    let back = driver.ensure(name, &normal_off).unwrap();
+    assert_eq!(back.rescued, Some(false));
+    let targets = disk_targets(&uri, name);
+    assert_eq!(targets[0], (system.clone(), "vda".into()));
+    assert!(!targets.iter().any(|(volume, _)| *volume == rescue_disk));
+    let conn = virt::connect::Connect::open(Some(uri.as_str())).unwrap();
+    let pool = conn.lookup_storage_pool_by_name("default-pool").unwrap();
+    assert!(
+        pool.lookup_storage_vol_by_name(&rescue_disk).is_err(),
+        "rescue disk deleted"
+    );
+
+    // A rescue disk left by a crash goes with the domain.
+    driver.ensure(name, &off).unwrap();
+    assert!(pool.lookup_storage_vol_by_name(&rescue_disk).is_ok());
+    driver.destroy(name).unwrap();
+    assert!(pool.lookup_storage_vol_by_name(&rescue_disk).is_err());
+    assert!(pool.lookup_storage_vol_by_name(&system).is_err());
+}

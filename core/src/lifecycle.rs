@@ -1707,6 +1707,195 @@ mod tests {
         }
     }
 
+    /// A hypervisor as the rescue walk sees it: whether the domain is
+    /// defined in rescue mode and whether its seed is the rescue one.
+    #[derive(Debug, Clone)]
+    struct RescueHost {
+        state: DomainState,
+        rescued: bool,
+        rescue_seed: bool,
+    }
+
+    impl RescueHost {
+        fn ensure(&mut self, rescue: bool, power: PowerState) {
+            let running = self.state == DomainState::Running;
+            if !running {
+                self.rescued = rescue;
+            }
+            // The seed is written into the definition either way.
+            self.rescue_seed = rescue;
+            self.state = match power {
+                PowerState::Running => DomainState::Running,
+                PowerState::Stopped => DomainState::Stopped,
+            };
+        }
+
+        fn observation(&self) -> Observation {
+            Observation::Domain(DomainObservation {
+                rescued: Some(self.rescued),
+                ..match observed(Some(self.state), true) {
+                    Observation::Domain(domain) => domain,
+                    _ => unreachable!(),
+                }
+            })
+        }
+    }
+
+    /// Walks a server into rescue mode (`enable`) or out of it, with
+    /// lost actions and unwritten statuses; checks the domain changes
+    /// mode only while off and never boots one mode with the other's
+    /// seed. Answers the final status, host and number of stops.
+    fn walk_rescue(
+        enable: bool,
+        power: PowerState,
+        lost: &[bool],
+        unwritten: &[bool],
+    ) -> (VirtualServerStatus, RescueHost, usize) {
+        let spec = VirtualServerSpec {
+            power,
+            rescue: enable.then(RescueRequest::default),
+            ..crate::testing::server_spec()
+        };
+        let mut status = placed(ServerPhase::Running, true);
+        let running = power == PowerState::Running;
+        let state = if running {
+            DomainState::Running
+        } else {
+            DomainState::Stopped
+        };
+        if !enable {
+            status.rescue = Some(RescueRequest::default());
+        }
+        let mut host = RescueHost {
+            state,
+            rescued: !enable,
+            rescue_seed: !enable,
+        };
+        let mut at = now();
+        let mut stops = 0;
+        for step in 0..200 {
+            at += SignedDuration::from_secs(1);
+            let decision = plan(facts_for(&spec, &status), &host.observation(), at);
+            let Some(action) = decision.next else {
+                if decision.recheck_in.is_some() {
+                    continue;
+                }
+                return (decision.status, host, stops);
+            };
+            if lost.get(step).copied().unwrap_or(false) {
+                continue;
+            }
+            let previous = status.clone();
+            status = decision.status;
+            let before = host.clone();
+            match action {
+                Action::EnsureDomain { .. } => {
+                    let layout = rescue_layout(&spec, &status).is_some();
+                    let (_, power) = domain_shape(&spec, &status);
+                    host.ensure(layout, power);
+                }
+                Action::FinishRescue => {
+                    record_rescue_changed(&mut status, at);
+                }
+                other => panic!("unexpected {other:?} in a move to rescue mode"),
+            }
+            assert!(
+                before.rescued == host.rescued || before.state != DomainState::Running,
+                "the mode changed under a running guest"
+            );
+            if host.state == DomainState::Running {
+                assert_eq!(
+                    host.rescue_seed, host.rescued,
+                    "booted with the other mode's seed"
+                );
+            }
+            if before.state == DomainState::Running && host.state == DomainState::Stopped {
+                stops += 1;
+            }
+            if unwritten.get(step).copied().unwrap_or(false) {
+                status = previous;
+            }
+        }
+        panic!("the move to rescue mode did not finish: {status:?} {host:?}");
+    }
+
+    #[test]
+    fn rescue_a_running_server_boots_the_rescue_system_and_then_its_own_again() {
+        for enable in [true, false] {
+            let (status, host, stops) = walk_rescue(enable, PowerState::Running, &[], &[]);
+            assert_eq!(host.rescued, enable);
+            assert_eq!(host.state, DomainState::Running);
+            assert_eq!(stops, 1);
+            assert_eq!(status.rescue_change, None);
+            assert_eq!(status.rescue.is_some(), enable);
+            let condition = conditions::get(&status.conditions, ConditionType::Rescue).unwrap();
+            assert_eq!(condition.status == ConditionStatus::True, enable);
+        }
+    }
+
+    #[test]
+    fn rescue_waits_for_a_suspension_and_an_old_agent() {
+        let mut spec = VirtualServerSpec {
+            rescue: Some(RescueRequest::default()),
+            ..crate::testing::server_spec()
+        };
+        spec.suspension = suspended(
+            &[crate::standing::SuspensionReason::Abuse],
+            SuspensionMode::Paused,
+        )
+        .suspension;
+        let status = placed(ServerPhase::Running, true);
+        let host = RescueHost {
+            state: DomainState::Paused,
+            rescued: false,
+            rescue_seed: false,
+        };
+        let decision = plan(facts_for(&spec, &status), &host.observation(), now());
+        assert!(!decision.status.rescue_change.as_ref().unwrap().stopping);
+        assert!(rescue_layout(&spec, &decision.status).is_none());
+        spec.suspension = None;
+        let old_agent = plan(
+            facts_for(&spec, &status),
+            &Observation::Domain(DomainObservation {
+                rescued: None,
+                ..match observed(Some(DomainState::Running), true) {
+                    Observation::Domain(domain) => domain,
+                    _ => unreachable!(),
+                }
+            }),
+            now(),
+        );
+        assert_eq!(old_agent.status.rescue_change, None);
+        assert_eq!(old_agent.next, None);
+        let message = &conditions::get(&old_agent.status.conditions, ConditionType::Rescue)
+            .unwrap()
+            .message;
+        assert!(message.contains("upgrade"), "{message}");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// Into and out of rescue mode with lost actions and unwritten
+        /// statuses anywhere: it gets there, stops the guest at most once,
+        /// never changes mode under a running guest or boots a mode with
+        /// the other's seed.
+        #[test]
+        fn rescue_survives_lost_steps_anywhere(
+            enable in proptest::bool::ANY,
+            running in proptest::bool::ANY,
+            lost in proptest::collection::vec(proptest::bool::weighted(0.3), 0..40),
+            unwritten in proptest::collection::vec(proptest::bool::weighted(0.3), 0..40),
+        ) {
+            let power = if running { PowerState::Running } else { PowerState::Stopped };
+            let (status, host, stops) = walk_rescue(enable, power, &lost, &unwritten);
+            proptest::prop_assert_eq!(host.rescued, enable);
+            proptest::prop_assert_eq!(status.rescue_change, None);
+            let wanted = if running { DomainState::Running } else { DomainState::Stopped };
+            proptest::prop_assert_eq!(host.state, wanted);
+            proptest::prop_assert!(stops <= 1);
+        }
+    }
+
     /// A hypervisor as the resize walk sees it: one domain, its power and
     /// its size, and the room the controller held.
     #[derive(Debug, Clone)]
