@@ -513,6 +513,116 @@ async fn a_rebuilt_guest_boots_a_fresh_disk_with_new_user_data_and_keeps_its_add
     stratus.process.terminate();
 }
 
+/// Rescue mode on a real guest: the rescue system boots with the server's
+/// disk as its second disk and finds what the server wrote there; disabled,
+/// the server boots its own system again, its disk untouched.
+#[tokio::test]
+async fn a_rescued_guest_sees_its_own_disk_second_and_boots_it_again_after() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "saved1", "plan": "micro", "image": "tiny", "zone": "a",
+                   "user_data": rebuild_user_data("own")}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", BOOT).await;
+    let first = wait_console(&customer, &id, "REBUILD-DONE own", 1).await;
+    assert!(
+        rebuild_report(&first, "own").contains("DISK-WRITTEN"),
+        "{first}"
+    );
+    let account = running["account_id"].as_str().unwrap().to_owned();
+    let domain = format!("stratus-{account}.{id}");
+    let own_disk = hypervisor.pool_file(&format!("{domain}-disk.qcow2"));
+    let rescue_disk = hypervisor.pool_file(&format!("{domain}-rescue.qcow2"));
+
+    let rescue_script = format!(
+        "#!/bin/sh
+if dd if=/dev/vdb bs=512 skip=4096 count=1 2>/dev/null | grep -q {DISK_MARKER}; then echo RESCUE-SEES-MARKER; else echo RESCUE-MISSES-MARKER; fi
+echo RESCUE-DONE
+"
+    );
+    let started = Instant::now();
+    let (status, asked) = customer
+        .post(
+            &format!("/v1/servers/{id}/actions"),
+            json!({"type": "enable_rescue", "ssh_keys": [SSH_KEY], "user_data": rescue_script}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["rescue"], true);
+    let rescued = customer
+        .wait_until(
+            &format!("/v1/servers/{id}"),
+            "rescue mode was not entered",
+            BOOT * 2,
+            |server| server["action"]["state"] == "done" && server["status"] == "running",
+        )
+        .await;
+    let to_rescue = started.elapsed();
+    assert_eq!(rescued["action"]["type"], "enable_rescue", "{rescued}");
+    assert_eq!(rescued["ipv4"], running["ipv4"]);
+    let console = wait_console(&customer, &id, "RESCUE-DONE", 1).await;
+    let rescue_boot = &console[console.rfind("stratus-tiny: booted kernel").unwrap()..];
+    assert!(
+        rescue_boot.contains("RESCUE-SEES-MARKER"),
+        "the rescue system reads the server's disk as vdb:\n{rescue_boot}"
+    );
+    assert!(
+        rescue_boot.contains("stratus-tiny: ssh-keys=1"),
+        "{rescue_boot}"
+    );
+    assert!(rescue_disk.exists(), "{} exists", rescue_disk.display());
+
+    let started = Instant::now();
+    let (status, asked) = customer
+        .post(
+            &format!("/v1/servers/{id}/actions"),
+            json!({"type": "disable_rescue"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    customer
+        .wait_until(
+            &format!("/v1/servers/{id}"),
+            "rescue mode was not left",
+            BOOT * 2,
+            |server| {
+                server["action"]["type"] == "disable_rescue"
+                    && server["action"]["state"] == "done"
+                    && server["status"] == "running"
+            },
+        )
+        .await;
+    let from_rescue = started.elapsed();
+    let console = wait_console(&customer, &id, "REBUILD-DONE own", 2).await;
+    let own_again = &console[console.rfind("REBUILD-TAG own").unwrap()..];
+    assert!(
+        own_again.contains("MARKER-KEPT"),
+        "its own system finds its disk untouched:\n{own_again}"
+    );
+    assert!(!rescue_disk.exists(), "the rescue disk is deleted");
+    assert!(file_contains(&own_disk, DISK_MARKER.as_bytes()));
+    println!(
+        "rescue mode of a running tiny guest: in {:.1} s, out {:.1} s",
+        to_rescue.as_secs_f64(),
+        from_rescue.as_secs_f64()
+    );
+    customer
+        .delete_and_wait(&format!("/v1/servers/{id}"), BOOT)
+        .await;
+    stratus.process.terminate();
+}
+
 fn seed_files(hypervisor: &Hypervisor, domain: &str) -> Vec<PathBuf> {
     std::fs::read_dir(hypervisor.dir.join("pool"))
         .unwrap()

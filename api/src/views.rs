@@ -292,7 +292,10 @@ pub struct ServerView {
     /// The IPv6 prefix held (`prefix`), the address of it on the NIC and the routing.
     pub ipv6: Option<AddressView>,
     pub created_at: Option<String>,
-    /// An action under way (a resize, a rebuild), or the last one's result.
+    /// Rescue mode asked for: the server boots the rescue system (see
+    /// `action` while it moves into or out of it).
+    pub rescue: bool,
+    /// An action under way (a resize, a rebuild, rescue mode), or the last one's result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<ActionView>,
 }
@@ -300,7 +303,7 @@ pub struct ServerView {
 /// An action on a server: under way, or how the last one ended.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionView {
-    /// `resize` or `rebuild`.
+    /// `resize`, `rebuild`, `enable_rescue` or `disable_rescue`.
     #[serde(rename = "type")]
     pub kind: String,
     /// `in_progress`, `waiting_for_capacity` or `done`.
@@ -320,18 +323,54 @@ pub struct ActionView {
 impl ActionView {
     /// The action under way on `server`, else the one that ended last.
     fn of(server: &VirtualServer) -> Option<Self> {
-        let rebuild = Self::rebuild_of(server);
-        let resize = Self::resize_of(server);
-        match (rebuild, resize) {
-            (Some(rebuild), _) if rebuild.state != "done" => Some(rebuild),
-            (_, Some(resize)) if resize.state != "done" => Some(resize),
-            (Some(rebuild), Some(resize)) => Some(if rebuild.since >= resize.since {
-                rebuild
-            } else {
-                resize
-            }),
-            (rebuild, resize) => rebuild.or(resize),
-        }
+        let views = [
+            Self::rescue_of(server),
+            Self::rebuild_of(server),
+            Self::resize_of(server),
+        ];
+        let mut views = views.into_iter().flatten();
+        let (under_way, ended): (Vec<Self>, Vec<Self>) =
+            views.by_ref().partition(|v| v.state != "done");
+        under_way
+            .into_iter()
+            .next()
+            .or_else(|| ended.into_iter().max_by(|a, b| a.since.cmp(&b.since)))
+    }
+
+    /// A move into or out of rescue mode under way, or the last one's result.
+    fn rescue_of(server: &VirtualServer) -> Option<Self> {
+        let status = server.status.as_ref();
+        let condition = status.and_then(|s| {
+            stratus_core::conditions::get(
+                &s.conditions,
+                stratus_core::conditions::ConditionType::Rescue,
+            )
+        });
+        let wanted = server.spec.rescue.is_some();
+        let kind = if wanted {
+            "enable_rescue"
+        } else {
+            "disable_rescue"
+        };
+        let rescued = status.is_some_and(|s| s.rescue.is_some());
+        let progress = status.and_then(|s| s.rescue_change.as_ref());
+        let (state, since) = match (progress, condition) {
+            (Some(progress), _) => ("in_progress", progress.started_at.clone()),
+            // Asked for, not taken up by the controller yet.
+            (None, _) if wanted != rescued && (wanted || condition.is_some()) => {
+                ("in_progress", String::new())
+            }
+            (None, Some(c)) => ("done", c.last_transition_time.clone()),
+            (None, None) => return None,
+        };
+        Some(Self {
+            kind: kind.into(),
+            state: state.into(),
+            from: None,
+            to: None,
+            since,
+            message: condition.map(|c| c.message.clone()).unwrap_or_default(),
+        })
     }
 
     /// The rebuild of `server` under way, or the last one's result.
@@ -510,6 +549,7 @@ impl From<&VirtualServer> for ServerView {
                 .creation_timestamp
                 .as_ref()
                 .map(|t| t.0.to_string()),
+            rescue: server.spec.rescue.is_some(),
             action: ActionView::of(server),
         }
     }
@@ -545,6 +585,17 @@ pub enum ServerAction {
         #[serde(default)]
         user_data: Option<String>,
     },
+    /// Boots the provider's rescue system, the server's own disk attached
+    /// as the second disk (`vdb`), untouched.
+    EnableRescue {
+        /// OpenSSH public keys the rescue system lets in.
+        ssh_keys: Vec<String>,
+        /// cloud-init user data the rescue system runs at boot.
+        #[serde(default)]
+        user_data: Option<String>,
+    },
+    /// Boots the server's own system again.
+    DisableRescue {},
 }
 
 impl ServerAction {
@@ -556,6 +607,8 @@ impl ServerAction {
             Self::Reboot {} => "reboot",
             Self::Resize { .. } => "resize",
             Self::Rebuild { .. } => "rebuild",
+            Self::EnableRescue { .. } => "enable_rescue",
+            Self::DisableRescue {} => "disable_rescue",
         }
     }
 }

@@ -1587,3 +1587,186 @@ async fn racing_rebuilds_and_a_suspension_leave_one_rebuild_and_the_suspension()
         println!("{label}: {outcomes:?}");
     }
 }
+
+#[tokio::test]
+async fn rescue_mode_is_checked_asked_for_and_audited_on_both_databases() {
+    for scratch in testing::both().await {
+        // Without a rescue image configured, nothing is offered.
+        let plain = api_on(scratch).await;
+        plain.register_zone("default").await;
+        let (account, token) = plain.customer("ACME").await;
+        let ordered = plain
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        placed_and_running(&plain, &account, &id, 4, 8192).await;
+        let actions = format!("/v1/servers/{id}/actions");
+        let enable = |keys: serde_json::Value| json!({"type": "enable_rescue", "ssh_keys": keys});
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl rescue@example";
+        let reply = plain
+            .call(Method::POST, &actions, &token, Some(enable(json!([key]))))
+            .await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("type"),
+        );
+        drop(plain);
+    }
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let config = Config {
+            rescue_image: Some("debian-12".into()),
+            ..Config::default()
+        };
+        let api = api_configured(scratch, config).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other_token) = api.customer("Other").await;
+        let ordered = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        let actions = format!("/v1/servers/{id}/actions");
+        let enable = |keys: serde_json::Value| json!({"type": "enable_rescue", "ssh_keys": keys});
+        let key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl rescue@example";
+
+        let early = api
+            .call(Method::POST, &actions, &token, Some(enable(json!([key]))))
+            .await;
+        assert_error(&early, StatusCode::CONFLICT, "server_busy", None);
+        placed_and_running(&api, &account, &id, 4, 8192).await;
+        let spec_before = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+        for (body, status, code, field) in [
+            (
+                json!({"type": "enable_rescue"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+            ),
+            (
+                enable(json!(["not a key"])),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("ssh_keys[0]"),
+            ),
+            (
+                json!({"type": "disable_rescue"}),
+                StatusCode::CONFLICT,
+                "conflict",
+                None,
+            ),
+        ] {
+            let reply = api
+                .call(Method::POST, &actions, &token, Some(body.clone()))
+                .await;
+            assert_error(&reply, status, code, field);
+        }
+        let foreign = api
+            .call(
+                Method::POST,
+                &actions,
+                &other_token,
+                Some(enable(json!([key]))),
+            )
+            .await;
+        assert_eq!(foreign.status, StatusCode::NOT_FOUND, "{label}");
+        let server = api.state.servers.get(Some(&account), &id).await.unwrap();
+        assert_eq!(
+            server.unwrap().spec,
+            spec_before,
+            "{label}: a refusal changed it"
+        );
+
+        let accepted = api
+            .call(Method::POST, &actions, &token, Some(enable(json!([key]))))
+            .await;
+        assert_eq!(
+            accepted.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            accepted.body
+        );
+        assert_eq!(accepted.body["rescue"], true);
+        assert_eq!(accepted.body["action"]["type"], "enable_rescue");
+        assert_eq!(accepted.body["action"]["state"], "in_progress");
+        let spec = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+        assert_eq!(spec.rescue.unwrap().ssh_keys, [key]);
+        assert_eq!(
+            spec.ssh_keys, spec_before.ssh_keys,
+            "the server's own keys stay"
+        );
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Server {
+                account: account.clone(),
+                name: id.clone(),
+            })
+            .await
+            .unwrap();
+        let audited = trail
+            .iter()
+            .find(|e| e.action == AuditAction::ServerRescueEnable)
+            .expect("audited");
+        assert_eq!(audited.detail["ssh_keys"], 1);
+
+        // In rescue mode: no resize or rebuild, no second enable.
+        for (body, code) in [
+            (json!({"type": "resize", "plan": "medium"}), "server_busy"),
+            (json!({"type": "rebuild", "image": "alma-9"}), "server_busy"),
+            (enable(json!([key])), "conflict"),
+        ] {
+            let reply = api.call(Method::POST, &actions, &token, Some(body)).await;
+            assert_error(&reply, StatusCode::CONFLICT, code, None);
+        }
+        let disabled = api
+            .call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "disable_rescue"})),
+            )
+            .await;
+        assert_eq!(
+            disabled.status,
+            StatusCode::ACCEPTED,
+            "{label}: {}",
+            disabled.body
+        );
+        assert_eq!(disabled.body["rescue"], false);
+        let server = api.state.servers.get(Some(&account), &id).await.unwrap();
+        assert_eq!(server.unwrap().spec.rescue, None);
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::Server {
+                account: account.clone(),
+                name: id.clone(),
+            })
+            .await
+            .unwrap();
+        assert!(
+            trail
+                .iter()
+                .any(|e| e.action == AuditAction::ServerRescueDisable)
+        );
+    }
+}

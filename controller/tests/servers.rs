@@ -968,3 +968,57 @@ async fn a_rebuild_waits_while_the_server_is_suspended_and_its_guest_runs_on_its
         assert_eq!(h.sim.disk_of("hv1", DOMAIN).unwrap().generation, 1);
     }
 }
+
+#[tokio::test]
+async fn rescue_mode_boots_the_rescue_image_with_its_own_seed_and_back() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        h.add_hypervisor("hv1", "default", 8, 16384).await;
+        h.order("vs-1", None).await;
+        h.reconcile("vs-1").await.unwrap();
+        let normal_seed = h.sim.spec_of("hv1", DOMAIN).unwrap().seed.unwrap();
+        h.edit("vs-1", |spec| {
+            spec.rescue = Some(stratus_core::resources::RescueRequest {
+                ssh_keys: vec!["ssh-ed25519 AAAA rescue".into()],
+                user_data: None,
+            })
+        })
+        .await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        assert_eq!(
+            h.sim.rescue_of("hv1", DOMAIN).as_deref(),
+            Some("debian-12.qcow2"),
+            "{label}"
+        );
+        let spec = h.sim.spec_of("hv1", DOMAIN).unwrap();
+        let seed = spec.seed.unwrap();
+        assert_eq!(seed.ssh_keys, ["ssh-ed25519 AAAA rescue"]);
+        assert_ne!(seed.instance_id, normal_seed.instance_id);
+        let status = h.status("vs-1").await;
+        assert!(status.rescue.is_some(), "{label}");
+        assert_eq!(status.rescue_change, None);
+        assert_eq!(status.phase, ServerPhase::Running);
+        let rescue = conditions::get(&status.conditions, ConditionType::Rescue).unwrap();
+        assert_eq!(rescue.status, ConditionStatus::True, "{label}");
+        assert!(
+            h.events
+                .about("VirtualServer", "vs-1")
+                .contains(&EventReason::RescueEnabled)
+        );
+
+        h.edit("vs-1", |spec| spec.rescue = None).await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        assert_eq!(h.sim.rescue_of("hv1", DOMAIN), None, "{label}");
+        let seed = h.sim.spec_of("hv1", DOMAIN).unwrap().seed.unwrap();
+        assert_eq!(seed, normal_seed, "its own system boots as before");
+        let status = h.status("vs-1").await;
+        assert_eq!(status.rescue, None);
+        assert_eq!(h.sim.domains("hv1")[0].1, Some(DomainState::Running));
+        assert!(
+            h.events
+                .about("VirtualServer", "vs-1")
+                .contains(&EventReason::RescueDisabled)
+        );
+    }
+}

@@ -9,7 +9,7 @@ use stratus_core::cloud_init;
 use stratus_core::ids::{AccountId, ServerId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
-    PowerState, RebuildRequest, ServerPhase, VirtualServer, VirtualServerSpec,
+    PowerState, RebuildRequest, RescueRequest, ServerPhase, VirtualServer, VirtualServerSpec,
 };
 use stratus_core::standing::Suspension;
 use stratus_core::validate;
@@ -412,6 +412,25 @@ pub async fn server_action(
         };
         return rebuild_server(&state, &principal, &server, asked).await;
     }
+    if let ServerAction::EnableRescue {
+        ssh_keys,
+        user_data,
+    } = &action
+    {
+        if state.config.rescue_image.is_none() {
+            return Err(ApiError::invalid(
+                "type",
+                "this provider offers no rescue system (no rescueImage is configured)",
+            ));
+        }
+        if !server.status.as_ref().is_some_and(|s| s.provisioned) {
+            return Err(ApiError::server_busy(
+                "provisioning",
+                "the server is still being provisioned: rescue it once it runs",
+            ));
+        }
+        check_guest_inputs(ssh_keys, user_data.as_deref())?;
+    }
     if action == (ServerAction::Reboot {}) && server.spec.power == PowerState::Stopped {
         return Err(ApiError::conflict(
             "the server is stopped: start it instead of rebooting",
@@ -441,6 +460,17 @@ pub async fn server_action(
                     s.spec.reboot_requests = s.spec.reboot_requests.saturating_add(1);
                     true
                 }
+                ServerAction::EnableRescue {
+                    ref ssh_keys,
+                    ref user_data,
+                } => {
+                    s.spec.rescue = Some(RescueRequest {
+                        ssh_keys: ssh_keys.iter().map(|k| k.trim().to_owned()).collect(),
+                        user_data: user_data.clone(),
+                    });
+                    true
+                }
+                ServerAction::DisableRescue {} => s.spec.rescue.take().is_some(),
                 _ => false,
             }
         })
@@ -455,10 +485,20 @@ pub async fn server_action(
             match action {
                 ServerAction::Stop {} => AuditAction::ServerStop,
                 ServerAction::Start {} => AuditAction::ServerStart,
+                ServerAction::EnableRescue { .. } => AuditAction::ServerRescueEnable,
+                ServerAction::DisableRescue {} => AuditAction::ServerRescueDisable,
                 _ => AuditAction::ServerReboot,
             },
             AuditSubject::server(&updated),
-            json!({}),
+            match &action {
+                ServerAction::EnableRescue {
+                    ssh_keys,
+                    user_data,
+                } => {
+                    json!({"ssh_keys": ssh_keys.len(), "user_data": user_data.is_some()})
+                }
+                _ => json!({}),
+            },
         )
         .await;
     Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
@@ -491,6 +531,43 @@ fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Re
     let withdraws = matches!(action, ServerAction::Resize { plan }
         if status.and_then(|s| s.applied.as_ref()).is_some_and(|a| a.plan == *plan)
             && !status.and_then(|s| s.resize.as_ref()).is_some_and(|r| r.stopping));
+    let rescue_change = server
+        .status
+        .as_ref()
+        .is_some_and(|s| s.rescue_change.is_some());
+    match action {
+        ServerAction::EnableRescue { .. } if server.spec.rescue.is_some() => {
+            return Err(ApiError::conflict("the server is in rescue mode already"));
+        }
+        ServerAction::DisableRescue {} if server.spec.rescue.is_none() => {
+            return Err(ApiError::conflict("the server is not in rescue mode"));
+        }
+        ServerAction::Resize { .. } | ServerAction::Rebuild { .. } if server.in_rescue() => {
+            return Err(ApiError::server_busy(
+                "rescue",
+                format!(
+                    "the server is in rescue mode: disable it before a {}",
+                    action.name()
+                ),
+            ));
+        }
+        // Stop, start and reboot act on the rescue system once it runs.
+        _ if rescue_change
+            && !matches!(
+                action,
+                ServerAction::EnableRescue { .. } | ServerAction::DisableRescue {}
+            ) =>
+        {
+            return Err(ApiError::server_busy(
+                "rescue",
+                format!(
+                    "the server is moving into or out of rescue mode: it takes no {} until that is done",
+                    action.name()
+                ),
+            ));
+        }
+        _ => {}
+    }
     if server.rebuilding() {
         let image = server
             .spec

@@ -122,7 +122,7 @@ pub async fn harness_on(scratch: ScratchDatabase) -> Harness {
         ctx.clone(),
         servers.clone(),
         storage.clone(),
-        Arc::new(Config::default()),
+        Arc::new(harness_config()),
         addresses.clone(),
         scheduling.clone(),
     ));
@@ -232,7 +232,7 @@ impl Harness {
         let runtime = stratus_controller::controller(
             self.ctx.clone(),
             self.store.clone(),
-            Arc::new(Config::default()),
+            Arc::new(harness_config()),
             settings,
         )
         .unwrap();
@@ -597,4 +597,13 @@ pub fn attached_condition(status: &StorageSubscriptionStatus) -> (bool, String) 
         conditions::is_true(&status.conditions, ConditionType::Attached),
         condition.reason.clone(),
     )
+}
+
+/// The catalogue the harness's controller runs with: the default one,
+/// with a rescue system.
+pub fn harness_config() -> Config {
+    Config {
+        rescue_image: Some("debian-12".into()),
+        ..Config::default()
+    }
 }
