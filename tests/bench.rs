@@ -50,6 +50,10 @@ struct Args {
     /// accounts' quota use is then checked against the plan.
     #[arg(long)]
     resize_to: Option<String>,
+    /// Then reinstall every server from this image at once and measure
+    /// each rebuild until the server runs on its new disk.
+    #[arg(long)]
+    rebuild_to: Option<String>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -110,9 +114,12 @@ async fn customer_run(
 
 /// Moves every server of `client` to `plan` at once and waits until each
 /// runs with it; returns the latencies and how many servers were moved.
-async fn resize_run(
+/// Asks `action` of every server of `client` at once and answers how long
+/// each took until the list shows it `done` (as `done` says) and running.
+async fn action_run(
     client: Client,
-    plan: String,
+    action: serde_json::Value,
+    done: fn(&serde_json::Value, &serde_json::Value) -> bool,
     timeout: Duration,
     poll: Duration,
 ) -> Vec<Duration> {
@@ -126,16 +133,13 @@ async fn resize_run(
         .collect();
     let asks = ids.iter().map(|id| {
         let client = client.clone();
-        let plan = plan.clone();
+        let action = action.clone();
         async move {
             let sent = Instant::now();
             let (status, body) = client
-                .post(
-                    &format!("/v1/servers/{id}/actions"),
-                    json!({"type": "resize", "plan": plan}),
-                )
+                .post(&format!("/v1/servers/{id}/actions"), action)
                 .await;
-            assert_eq!(status, 202, "resize refused: {body}");
+            assert_eq!(status, 202, "action refused: {body}");
             (id.clone(), sent)
         }
     });
@@ -149,7 +153,7 @@ async fn resize_run(
         let now = Instant::now();
         for server in list["items"].as_array().into_iter().flatten() {
             let id = server["id"].as_str().unwrap_or_default();
-            if server["plan"] == plan.as_str()
+            if done(server, &action)
                 && server["status"] == "running"
                 && server["action"]["state"] == "done"
                 && let Some(sent) = pending.remove(id)
@@ -159,7 +163,7 @@ async fn resize_run(
         }
         assert!(
             Instant::now() < deadline,
-            "{} servers still not resized",
+            "{} servers still not done with {action}",
             pending.len()
         );
         tokio::time::sleep(poll).await;
@@ -283,9 +287,10 @@ async fn main() -> anyhow::Result<()> {
         println!("resizing all {total} servers to {plan} at once");
         let started = Instant::now();
         let runs = customers.iter().cloned().map(|client| {
-            tokio::spawn(resize_run(
+            tokio::spawn(action_run(
                 client,
-                plan.clone(),
+                json!({"type": "resize", "plan": plan}),
+                |server, action| server["plan"] == action["plan"],
                 Duration::from_secs(args.timeout),
                 Duration::from_millis(args.poll_ms),
             ))
@@ -322,6 +327,26 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         println!("quota use exact in all {} accounts", account_ids.len());
+    }
+    if let Some(image) = &args.rebuild_to {
+        println!("rebuilding all {total} servers from {image} at once");
+        let started = Instant::now();
+        let runs = customers.iter().cloned().map(|client| {
+            tokio::spawn(action_run(
+                client,
+                json!({"type": "rebuild", "image": image}),
+                |server, action| {
+                    server["image"] == action["image"] && server["action"]["type"] == "rebuild"
+                },
+                Duration::from_secs(args.timeout),
+                Duration::from_millis(args.poll_ms),
+            ))
+        });
+        let mut latencies = Vec::with_capacity(total);
+        for run in futures::future::join_all(runs).await {
+            latencies.extend(run?);
+        }
+        report("rebuilt", &mut latencies, total, started.elapsed());
     }
     stratus.process.terminate();
     std::fs::remove_dir_all(&data_dir).ok();
