@@ -214,6 +214,10 @@ pub struct Config {
     /// The DNS blacklists addresses are checked against (R20, R21).
     #[serde(default)]
     pub dnsbl: Dnsbl,
+    /// Reverse DNS: the PTRs customers set, served authoritatively for the
+    /// pools' reverse zones.
+    #[serde(default)]
+    pub rdns: Rdns,
     /// How accounts are told of their standing, and the billing webhook.
     #[serde(default)]
     pub notifications: Notifications,
@@ -411,6 +415,182 @@ impl Dnsbl {
     }
 }
 
+/// Reverse DNS (`rdns:`); every key optional.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rdns {
+    /// Where the authoritative server listens, UDP and TCP (`0.0.0.0:53`);
+    /// absent: no DNS server runs (`stratus up`; `stratus dns` needs it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
+    /// The zones' NS records; absent: the SOA's own name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nameservers: Vec<String>,
+    /// The zones' SOA record.
+    #[serde(default)]
+    pub soa: Soa,
+    /// The PTR of an address nobody set one for, `{ip-dashed}` replaced
+    /// by the address with dashes (`static-{ip-dashed}.example.net`);
+    /// absent: no PTR is answered until one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_template: Option<String>,
+    /// A PTR is accepted only when its name resolves to the address (through
+    /// the resolver of `dnsbl:`).
+    #[serde(default = "default_true")]
+    pub require_forward_match: bool,
+    /// The provider's secondary servers (addresses): allowed zone transfers
+    /// and told of changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secondaries: Vec<String>,
+}
+
+impl Default for Rdns {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            nameservers: Vec::new(),
+            soa: Soa::default(),
+            default_template: None,
+            require_forward_match: true,
+            secondaries: Vec::new(),
+        }
+    }
+}
+
+/// The SOA of the reverse zones; times in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Soa {
+    /// The primary server's name.
+    #[serde(default = "default_soa_mname")]
+    pub mname: String,
+    /// The zone's contact, as a name (`hostmaster.example.net`).
+    #[serde(default = "default_soa_rname")]
+    pub rname: String,
+    #[serde(default = "default_soa_refresh")]
+    pub refresh: u32,
+    #[serde(default = "default_soa_retry")]
+    pub retry: u32,
+    #[serde(default = "default_soa_expire")]
+    pub expire: u32,
+    /// Also the TTL of every answer, positive and negative.
+    #[serde(default = "default_soa_minimum")]
+    pub minimum: u32,
+}
+
+impl Default for Soa {
+    fn default() -> Self {
+        Self {
+            mname: default_soa_mname(),
+            rname: default_soa_rname(),
+            refresh: default_soa_refresh(),
+            retry: default_soa_retry(),
+            expire: default_soa_expire(),
+            minimum: default_soa_minimum(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_soa_mname() -> String {
+    "ns1.stratus.invalid".into()
+}
+fn default_soa_rname() -> String {
+    "hostmaster.stratus.invalid".into()
+}
+fn default_soa_refresh() -> u32 {
+    3600
+}
+fn default_soa_retry() -> u32 {
+    600
+}
+fn default_soa_expire() -> u32 {
+    1_209_600
+}
+fn default_soa_minimum() -> u32 {
+    300
+}
+
+/// Most secondaries and name servers `rdns:` may list.
+const MAX_RDNS_SERVERS: usize = 16;
+
+impl Rdns {
+    /// Where the DNS server listens, when configured and valid.
+    pub fn listen_address(&self) -> Option<std::net::SocketAddr> {
+        self.listen.as_deref().and_then(|l| l.parse().ok())
+    }
+
+    /// The secondaries' addresses.
+    pub fn secondary_addresses(&self) -> Vec<std::net::IpAddr> {
+        self.secondaries
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect()
+    }
+
+    /// The NS records' names: the configured ones, else the SOA's own.
+    pub fn nameserver_names(&self) -> Vec<String> {
+        if self.nameservers.is_empty() {
+            vec![self.soa.mname.clone()]
+        } else {
+            self.nameservers.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |field: String, message: &str| Err((field, message.to_owned()));
+        if self.listen.is_some() && self.listen_address().is_none() {
+            return invalid(
+                "rdns.listen".into(),
+                "must be an address and port such as 0.0.0.0:53",
+            );
+        }
+        let name = |name: &str| {
+            let bare = name.trim_end_matches('.');
+            validate::is_hostname(bare) && bare.contains('.')
+        };
+        if self.nameservers.len() > MAX_RDNS_SERVERS {
+            return invalid("rdns.nameservers".into(), "lists at most 16 names");
+        }
+        for (i, server) in self.nameservers.iter().enumerate() {
+            if !name(server) {
+                return invalid(format!("rdns.nameservers[{i}]"), "must be a DNS name");
+            }
+        }
+        for (field, value) in [("mname", &self.soa.mname), ("rname", &self.soa.rname)] {
+            if !name(value) {
+                return invalid(format!("rdns.soa.{field}"), "must be a DNS name");
+            }
+        }
+        if self.soa.refresh == 0 || self.soa.retry == 0 || self.soa.expire == 0 {
+            return invalid(
+                "rdns.soa".into(),
+                "refresh, retry and expire must be positive",
+            );
+        }
+        if let Some(template) = &self.default_template {
+            let example = template.replace("{ip-dashed}", "2001-db8-0-0-0-0-0-1");
+            if !template.contains("{ip-dashed}") || crate::rdns::check_hostname(&example).is_err() {
+                return invalid(
+                    "rdns.defaultTemplate".into(),
+                    "must be a DNS name containing {ip-dashed}, such as static-{ip-dashed}.example.net",
+                );
+            }
+        }
+        if self.secondaries.len() > MAX_RDNS_SERVERS {
+            return invalid("rdns.secondaries".into(), "lists at most 16 addresses");
+        }
+        for (i, secondary) in self.secondaries.iter().enumerate() {
+            if secondary.parse::<std::net::IpAddr>().is_err() {
+                return invalid(format!("rdns.secondaries[{i}]"), "must be an IP address");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Request rate limits of the REST API, per token: a bucket of `burst`
 /// requests refilled at `requestsPerSecond`. A token that empties it is
 /// answered 429 with `Retry-After` until the bucket refills, so one
@@ -461,6 +641,7 @@ impl Default for Config {
             quotas: Quota::default(),
             limits: Limits::default(),
             trusted_proxies: Vec::new(),
+            rdns: Rdns::default(),
             policy: Policy::default(),
             ip_pools: None,
             dnsbl: Dnsbl::default(),
@@ -621,6 +802,9 @@ impl Config {
         self.dnsbl
             .validate()
             .map_err(|(field, message)| invalid(field, &message))?;
+        self.rdns
+            .validate()
+            .map_err(|(field, message)| invalid(field, &message))?;
         self.notifications
             .validate()
             .map_err(|(field, message)| invalid(field, &message))?;
@@ -689,6 +873,39 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rdns_is_read_with_its_defaults_and_checked() {
+        let config = Config::from_yaml(
+            "rdns:\n  listen: 127.0.0.1:5300\n  defaultTemplate: static-{ip-dashed}.example.net\n  secondaries: [192.0.2.53]\n  soa: {mname: ns1.example.net, rname: hostmaster.example.net}\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.rdns.listen_address(),
+            Some("127.0.0.1:5300".parse().unwrap())
+        );
+        assert!(config.rdns.require_forward_match);
+        assert_eq!(config.rdns.nameserver_names(), ["ns1.example.net"]);
+        assert_eq!(config.rdns.soa.minimum, 300);
+        assert_eq!(Config::default().rdns.listen, None);
+        for (yaml, field) in [
+            ("rdns: {listen: port53}\n", "rdns.listen"),
+            (
+                "rdns: {defaultTemplate: static.example.net}\n",
+                "rdns.defaultTemplate",
+            ),
+            (
+                "rdns: {secondaries: [ns2.example.net]}\n",
+                "rdns.secondaries[0]",
+            ),
+            ("rdns: {nameservers: [ns1]}\n", "rdns.nameservers[0]"),
+            ("rdns: {soa: {rname: 'a b'}}\n", "rdns.soa.rname"),
+            ("rdns: {servers: []}\n", "servers"),
+        ] {
+            let error = Config::from_yaml(yaml).unwrap_err().to_string();
+            assert!(error.contains(field), "{yaml}: {error}");
+        }
+    }
 
     #[test]
     fn the_rescue_image_must_be_one_of_the_images() {

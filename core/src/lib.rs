@@ -17,6 +17,7 @@ pub mod lifecycle;
 pub mod notices;
 pub mod policy;
 pub mod quota;
+pub mod rdns;
 pub mod resources;
 pub mod scheduling;
 pub mod standing;
