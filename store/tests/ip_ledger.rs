@@ -315,3 +315,139 @@ async fn r20_the_sweep_schedule_is_kept_per_holding() {
         assert!(ips.listings_held_by("uid-2").await.unwrap().is_empty());
     }
 }
+
+#[tokio::test]
+async fn r22_a_ptr_lives_with_its_holding_and_every_change_is_kept() {
+    use stratus_store::ledger::SetPtr;
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let ips = ledger.ips();
+        let ptrs = ledger.ptrs();
+        assert!(
+            ips.try_hold(&v4("192.0.2.7", 7, "uid-1", 100))
+                .await
+                .unwrap()
+        );
+        let holding = ips.held_by("uid-1").await.unwrap()[0].id;
+        assert_eq!(ptrs.last_change().await.unwrap(), 0);
+        let set = |hostname: Option<&'static str>, actor: &'static str, at: i64| SetPtr {
+            address: "192.0.2.7",
+            hostname,
+            holding_id: holding,
+            holder: "uid-1",
+            actor,
+            at,
+        };
+        assert!(
+            ptrs.set(&set(Some("mail.example.com"), "token:t1", 200))
+                .await
+                .unwrap()
+        );
+        let first = ptrs.last_change().await.unwrap();
+        assert!(first > 0, "{label}");
+        // The same name again changes nothing, not even the serial.
+        assert!(
+            ptrs.set(&set(Some("mail.example.com"), "token:t1", 201))
+                .await
+                .unwrap()
+        );
+        assert_eq!(ptrs.last_change().await.unwrap(), first, "{label}");
+        assert!(
+            ptrs.set(&set(Some("mx.example.com"), "token:t2", 300))
+                .await
+                .unwrap()
+        );
+        assert!(ptrs.last_change().await.unwrap() > first);
+        let served = ptrs.page(None, 100).await.unwrap();
+        assert_eq!(served.len(), 1);
+        assert_eq!(served[0].hostname, "mx.example.com");
+        assert_eq!(ptrs.of_holder("uid-1").await.unwrap(), served);
+        // Another holder, or a holding that is not current, sets nothing.
+        let foreign = SetPtr {
+            holder: "uid-2",
+            ..set(Some("evil.example.com"), "token:t3", 301)
+        };
+        assert!(!ptrs.set(&foreign).await.unwrap(), "{label}");
+
+        // Released: the PTR goes with it, recorded as the controller's.
+        ips.release("uid-1", 400, 1_000).await.unwrap();
+        assert!(ptrs.page(None, 100).await.unwrap().is_empty(), "{label}");
+        assert!(
+            !ptrs
+                .set(&set(Some("late.example.com"), "token:t1", 401))
+                .await
+                .unwrap()
+        );
+        let history = ptrs.history("192.0.2.7").await.unwrap();
+        let said: Vec<(Option<&str>, &str, i64)> = history
+            .iter()
+            .map(|c| (c.hostname.as_deref(), c.actor.as_str(), c.changed_at))
+            .collect();
+        assert_eq!(
+            said,
+            [
+                (Some("mail.example.com"), "token:t1", 200),
+                (Some("mx.example.com"), "token:t2", 300),
+                (None, "controller", 400),
+            ],
+            "{label}"
+        );
+        assert!(
+            history
+                .iter()
+                .all(|c| c.subject == "acc-1/web" && c.holder == "uid-1")
+        );
+    }
+}
+
+/// A customer setting a PTR while the controller releases the address:
+/// whichever order they land in, no PTR is left on the released address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r22_a_ptr_set_racing_the_release_of_its_address_is_never_left_behind() {
+    use stratus_store::ledger::SetPtr;
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let ledger = Ledger::new(scratch.db.clone());
+        let (mut won, mut lost) = (0, 0);
+        for round in 0..40u64 {
+            let holder = format!("uid-race-{round}");
+            let address = format!("198.51.100.{round}");
+            let ips = ledger.ips();
+            assert!(
+                ips.try_hold(&v4(&address, round, &holder, 100))
+                    .await
+                    .unwrap()
+            );
+            let holding = ips.held_by(&holder).await.unwrap()[0].id;
+            let ptrs = ledger.ptrs();
+            let asked = SetPtr {
+                address: &address,
+                hostname: Some("mail.example.com"),
+                holding_id: holding,
+                holder: &holder,
+                actor: "token:t1",
+                at: 200,
+            };
+            let set = ptrs.set(&asked);
+            let release = async {
+                for _ in 0..(round % 8) * 10 {
+                    tokio::task::yield_now().await;
+                }
+                ips.release(&holder, 200, 1_000).await
+            };
+            let (set, released) = tokio::join!(set, release);
+            released.unwrap();
+            if set.unwrap() {
+                won += 1;
+            } else {
+                lost += 1;
+            }
+            assert!(
+                ptrs.of_holder(&holder).await.unwrap().is_empty(),
+                "{label}: a PTR was left on a released address"
+            );
+        }
+        println!("{label}: {won} PTRs set before the release, {lost} refused after it");
+    }
+}

@@ -321,7 +321,10 @@ impl IpLedger<'_> {
 
     /// Ends the holdings of `holder`: their addresses wait in quarantine
     /// until `quarantine_until`. A second call changes nothing.
+    /// The PTRs of its addresses are removed in the same step (R22: a
+    /// released address answers no customer's name).
     pub async fn release(&self, holder: &str, at: i64, quarantine_until: i64) -> Result<()> {
+        let mut tx = self.db.pool().begin().await?;
         sqlx::query(
             "UPDATE ip_holdings SET released_at = $2, quarantine_until = $3 \
              WHERE holder = $1 AND released_at IS NULL",
@@ -329,8 +332,10 @@ impl IpLedger<'_> {
         .bind(holder)
         .bind(at)
         .bind(quarantine_until)
-        .execute(self.db.pool())
+        .execute(&mut *tx)
         .await?;
+        super::ptrs::remove_all_of(&mut tx, holder, "controller", at).await?;
+        tx.commit().await?;
         Ok(())
     }
 

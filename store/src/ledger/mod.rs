@@ -6,7 +6,8 @@
 //! checks), [`charges`] (chargeable events for the provider's billing),
 //! [`facts`] (what the billing system and operators reported about each
 //! account, and each account's next deadline), [`notifications`] (the
-//! outbox of notices to accounts and the positions of outbound feeds).
+//! outbox of notices to accounts and the positions of outbound feeds),
+//! [`ptrs`] (reverse DNS records and their history).
 
 pub mod audit;
 pub mod charges;
@@ -16,6 +17,7 @@ pub mod ips;
 pub mod macs;
 pub mod notifications;
 pub mod position;
+pub mod ptrs;
 pub mod quotas;
 pub mod tokens;
 
@@ -27,6 +29,7 @@ pub use ips::{Check, CheckRequest, CheckResult, Holding, IpLedger, Listing, NewH
 pub use macs::MacAddresses;
 pub use notifications::{Channel, DeliveryState, NewNotification, Notification, Notifications};
 pub use position::Position;
+pub use ptrs::{PtrChange, PtrRecord, PtrRecords, SetPtr};
 pub use quotas::{Quotas, RechargeRefused};
 pub use tokens::{TokenRecord, TokenScope, Tokens};
 
@@ -54,6 +57,10 @@ impl Ledger {
 
     pub fn macs(&self) -> MacAddresses<'_> {
         MacAddresses { db: &self.db }
+    }
+
+    pub fn ptrs(&self) -> PtrRecords<'_> {
+        PtrRecords { db: &self.db }
     }
 
     pub fn ips(&self) -> IpLedger<'_> {
