@@ -6,6 +6,7 @@ pub mod agents;
 pub mod auth;
 pub mod body;
 pub mod error;
+pub mod forward;
 pub mod metrics;
 pub mod pagination;
 pub mod placed;

@@ -51,6 +51,9 @@ pub struct ApiState {
     /// `luks` subscriptions being formatted with a key held in memory
     /// (never stored) until their primary copy exists.
     pub formatting: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    /// Checks that a PTR's name resolves to its address, through the
+    /// resolver of `dnsbl:`; absent without one.
+    pub forward: Option<Arc<crate::forward::ForwardLookup>>,
     rng: SystemRandom,
 }
 
@@ -166,6 +169,13 @@ impl ApiState {
             consoles: None,
             contents: None,
             formatting: Arc::default(),
+            forward: config.dnsbl.resolver_address().and_then(|address| {
+                let timeout = std::time::Duration::from_millis(config.dnsbl.timeout_ms);
+                crate::forward::ForwardLookup::new(address, timeout)
+                    .map_err(|error| tracing::warn!(%error, "PTR names cannot be checked"))
+                    .ok()
+                    .map(Arc::new)
+            }),
             rng: SystemRandom::new(),
         }
     }

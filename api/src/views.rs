@@ -941,3 +941,30 @@ pub fn restorable(
     versions.sort_by_key(|k| std::cmp::Reverse(k.version));
     versions
 }
+
+/// Sets the PTR of an address a server holds (`hostname: null` removes it).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetPtrBody {
+    /// The server's IPv4 address, or any address of its IPv6 prefix.
+    pub ip: String,
+    /// The name the address is to resolve back to (`mail.example.com`);
+    /// `null` goes back to the provider's default.
+    pub hostname: Option<String>,
+}
+
+/// The reverse DNS of one address of a server.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PtrView {
+    pub ip: String,
+    /// What the address resolves back to; `null` when none is served.
+    pub hostname: Option<String>,
+    /// True when it is the provider's default, not one set for it.
+    pub default: bool,
+}
+
+/// The reverse DNS of a server's addresses.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PtrList {
+    pub items: Vec<PtrView>,
+}

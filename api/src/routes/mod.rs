@@ -8,6 +8,7 @@ mod events;
 pub mod hypervisors;
 mod ip;
 mod notifications;
+mod ptr;
 mod servers;
 mod storage;
 mod storage_keys;
@@ -78,6 +79,7 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(servers::get_server, servers::delete_server))
         .routes(routes!(servers::server_action))
         .routes(routes!(servers::server_console))
+        .routes(routes!(ptr::set_ptr, ptr::list_ptrs))
         .routes(routes!(storage::order_storage, storage::list_storage))
         .routes(routes!(storage::get_storage, storage::delete_storage))
         .routes(routes!(storage::write_content, storage::read_content))

@@ -37,7 +37,7 @@ fn accepted(server: &VirtualServer) -> Response {
 
 /// The server `id` as the caller may see it: customers only their own
 /// account's (others are "not found", so ids do not leak), operators any.
-async fn find_server(
+pub(super) async fn find_server(
     state: &ApiState,
     principal: &Principal,
     id: &ServerId,
@@ -65,7 +65,7 @@ async fn find_server(
 }
 
 /// A server id from a request path.
-fn server_id(raw: &str) -> Result<ServerId, ApiError> {
+pub(super) fn server_id(raw: &str) -> Result<ServerId, ApiError> {
     ServerId::parse(raw).ok_or_else(|| ApiError::malformed_id("server", raw, "vs-<16 hex digits>"))
 }
 

@@ -93,6 +93,8 @@ audit_actions! {
     ServerRescueEnable => "server.rescue_enable",
     /// A customer or an operator booted a server from its own disk again.
     ServerRescueDisable => "server.rescue_disable",
+    /// A customer set (or removed) the PTR of an address of its server.
+    ServerPtr => "server.ptr",
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",
