@@ -597,6 +597,15 @@ impl AgentClient for SimulatedAgent {
             if off {
                 entry.rescue_image = spec.rescue.as_ref().map(|r| r.image_volume.clone());
             }
+            if entry.disk && entry.disk_generation > spec.disk_generation {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::BadRequest,
+                    message: format!(
+                        "disk_generation: the domain has generation {} and {} is older",
+                        entry.disk_generation, spec.disk_generation
+                    ),
+                });
+            }
             if entry.disk && off && entry.disk_generation != spec.disk_generation {
                 // A rebuild: the new disk beside the old, then the domain
                 // defined with it.

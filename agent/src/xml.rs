@@ -290,9 +290,16 @@ pub fn disk_targets_in(domain_xml: &str) -> Vec<String> {
         .collect()
 }
 
-/// The device name of the system disk in rescue mode (the rescue disk is
-/// `vda`).
-pub const SYSTEM_DISK_IN_RESCUE: &str = "vdb";
+/// The serial of the system disk in rescue mode.
+pub const SYSTEM_DISK_SERIAL: &str = "stratus-system";
+
+/// The first device name of the data range none of `used` has.
+pub fn first_free_target(used: &[String]) -> Result<String, AgentError> {
+    DATA_DISK_TARGETS
+        .map(|letter| format!("vd{}", char::from(letter)))
+        .find(|name| !used.contains(name))
+        .ok_or_else(|| AgentError::BadRequest("no device name left for the system disk".into()))
+}
 
 /// Guest device names of data disks: `vda` is the system disk.
 const DATA_DISK_TARGETS: std::ops::RangeInclusive<u8> = b'b'..=b'z';
@@ -572,9 +579,11 @@ pub struct Placement<'a> {
     pub agent: Option<&'a str>,
     /// The spec's data disks with their device names.
     pub data_disks: &'a [(DataDisk, String)],
-    /// Rescue mode: the rescue disk, booted as `vda`; the system disk is
-    /// then `vdb`.
+    /// Rescue mode: the rescue disk, booted as `vda`.
     pub rescue_volume: Option<&'a str>,
+    /// The system disk's device name: `vda`, or in rescue mode the first
+    /// one after the data disks.
+    pub system_target: &'a str,
 }
 
 /// The domain of a server: its system disk and one NIC, whose traffic
@@ -606,13 +615,13 @@ pub fn domain(
             .chain(std::iter::once(Disk {
                 pool: placement.pool.to_owned(),
                 volume: placement.disk_volume.to_owned(),
-                target: if placement.rescue_volume.is_some() {
-                    SYSTEM_DISK_IN_RESCUE.to_owned()
-                } else {
-                    "vda".to_owned()
-                },
+                target: placement.system_target.to_owned(),
                 format: "qcow2".to_owned(),
-                serial: None,
+                // Found by the rescue system as
+                // /dev/disk/by-id/virtio-stratus-system.
+                serial: placement
+                    .rescue_volume
+                    .map(|_| SYSTEM_DISK_SERIAL.to_owned()),
                 key_secret: None,
             }))
             .chain(
@@ -967,6 +976,7 @@ mod tests {
             agent: None,
             data_disks: &[],
             rescue_volume: None,
+            system_target: "vda",
         }
     }
 

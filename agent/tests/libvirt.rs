@@ -1027,6 +1027,24 @@ fn a_rebuild_puts_a_new_disk_in_only_while_off_and_wipes_the_old_one_after() {
     assert_eq!(started.state, Some(DomainState::Running));
     assert_eq!(system_disks(name), [format!("{name}-disk-2.qcow2")]);
 
+    // A request from before the last rebuild never takes the domain back
+    // to an old disk.
+    let stale = driver.ensure(
+        name,
+        &DomainSpec {
+            disk_generation: 1,
+            retired_disk_generation: Some(0),
+            power: PowerState::Stopped,
+            power_off: true,
+            ..second.clone()
+        },
+    );
+    assert!(
+        matches!(stale, Err(AgentError::BadRequest(ref m)) if m.contains("disk_generation")),
+        "{stale:?}"
+    );
+    assert_eq!(system_disks(name), [format!("{name}-disk-2.qcow2")]);
+
     // A leftover of any generation goes with the domain.
     virt::storage_vol::StorageVol::create_xml(
         &pool,
@@ -1043,7 +1061,8 @@ fn a_rebuild_puts_a_new_disk_in_only_while_off_and_wipes_the_old_one_after() {
     assert!(system_disks(name).is_empty());
 }
 
-/// The targets of a domain's disks as its definition has them: volume → device.
+/// The targets of a domain's disks as its definition has them: volume →
+/// device, by volume.
 fn disk_targets(uri: &str, name: &str) -> Vec<(String, String)> {
     let conn = virt::connect::Connect::open(Some(uri)).unwrap();
     let xml = conn
@@ -1059,6 +1078,8 @@ fn disk_targets(uri: &str, name: &str) -> Vec<(String, String)> {
             let target = block.split("dev='").nth(1)?.split('\'').next()?;
             Some((volume.to_owned(), target.to_owned()))
         })
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
         .collect()
 }
 
@@ -1094,7 +1115,7 @@ fn rescue_mode_boots_a_fresh_rescue_disk_with_the_system_disk_second_only_while_
     let data = storage_volume_name(&base, 0);
     assert_eq!(
         disk_targets(&uri, name),
-        [(system.clone(), "vda".into()), (data.clone(), "vdb".into())]
+        [(data.clone(), "vdb".into()), (system.clone(), "vda".into())]
     );
 
     let rescue = DomainSpec {
@@ -1110,7 +1131,8 @@ fn rescue_mode_boots_a_fresh_rescue_disk_with_the_system_disk_second_only_while_
     assert_eq!(unchanged.rescued, Some(false));
     assert_eq!(unchanged.state, Some(DomainState::Running));
 
-    // Off: the rescue disk is vda, the system disk vdb, the data disk moves on.
+    // Off: the rescue disk is vda, the data disk keeps its name, the
+    // system disk follows it.
     let off = DomainSpec {
         power: PowerState::Stopped,
         power_off: true,
@@ -1129,9 +1151,9 @@ fn rescue_mode_boots_a_fresh_rescue_disk_with_the_system_disk_second_only_while_
     assert_eq!(
         disk_targets(&uri, name),
         [
+            (data.clone(), "vdb".into()),
+            (system.clone(), "vdc".into()),
             (rescue_disk.clone(), "vda".into()),
-            (system.clone(), "vdb".into()),
-            (data.clone(), "vdc".into()),
         ]
     );
     let started = driver
@@ -1158,9 +1180,11 @@ fn rescue_mode_boots_a_fresh_rescue_disk_with_the_system_disk_second_only_while_
     assert_eq!(still.rescued, Some(true), "it was running when asked");
     let back = driver.ensure(name, &normal_off).unwrap();
     assert_eq!(back.rescued, Some(false));
-    let targets = disk_targets(&uri, name);
-    assert_eq!(targets[0], (system.clone(), "vda".into()));
-    assert!(!targets.iter().any(|(volume, _)| *volume == rescue_disk));
+    assert_eq!(
+        disk_targets(&uri, name),
+        [(data.clone(), "vdb".into()), (system.clone(), "vda".into())],
+        "every disk has its name from before the rescue"
+    );
     let conn = virt::connect::Connect::open(Some(uri.as_str())).unwrap();
     let pool = conn.lookup_storage_pool_by_name("default-pool").unwrap();
     assert!(

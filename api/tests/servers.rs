@@ -851,7 +851,11 @@ async fn placed_and_running(api: &Api, account: &str, id: &str, vcpus: u32, memo
                     vcpus,
                     memory_mib,
                     disk_gib: 1000,
-                    images: vec!["debian-12.qcow2".into()],
+                    images: vec![
+                        "debian-12.qcow2".into(),
+                        "ubuntu-24.04.qcow2".into(),
+                        "alma-9.qcow2".into(),
+                    ],
                 }),
                 ..Default::default()
             },
@@ -1276,6 +1280,15 @@ async fn a_rebuild_is_checked_asked_for_in_one_step_and_audited_on_both_database
             initrd: None,
             cmdline: None,
         });
+        config.images.push(stratus_core::config::Image {
+            name: "fresh".into(),
+            volume: "fresh.qcow2".into(),
+            description: String::new(),
+            size_gib: 1,
+            kernel: None,
+            initrd: None,
+            cmdline: None,
+        });
         let api = api_configured(scratch, config).await;
         api.register_zone("default").await;
         let (account, token) = api.customer("ACME").await;
@@ -1325,6 +1338,13 @@ async fn a_rebuild_is_checked_asked_for_in_one_step_and_audited_on_both_database
             ),
             (
                 rebuild("huge"),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("image"),
+            ),
+            // Not on the server's hypervisor (yet).
+            (
+                rebuild("fresh"),
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation_failed",
                 Some("image"),
@@ -1401,8 +1421,14 @@ async fn a_rebuild_is_checked_asked_for_in_one_step_and_audited_on_both_database
             .spec;
         let request = spec.rebuild.clone().unwrap();
         assert_eq!((request.image.as_str(), request.generation), ("alma-9", 1));
-        assert_eq!(spec.ssh_keys, [key]);
-        assert_eq!(spec.user_data.as_deref(), Some("#!/bin/sh\necho again\n"));
+        // For the new system only: the running one keeps its own.
+        assert_eq!(request.ssh_keys.as_deref(), Some(&[key.to_owned()][..]));
+        assert_eq!(
+            request.user_data.as_deref(),
+            Some("#!/bin/sh\necho again\n")
+        );
+        assert_eq!(spec.ssh_keys, spec_before.ssh_keys);
+        assert_eq!(spec.user_data, spec_before.user_data);
         assert_eq!(spec.resources, spec_before.resources);
         let trail = api
             .state
@@ -1483,8 +1509,13 @@ async fn a_rebuild_is_checked_asked_for_in_one_step_and_audited_on_both_database
             .unwrap()
             .unwrap()
             .spec;
-        assert_eq!(spec.rebuild.unwrap().generation, 2);
-        assert_eq!(spec.ssh_keys, [key], "keys not given are kept");
+        let request = spec.rebuild.unwrap();
+        assert_eq!(request.generation, 2);
+        assert_eq!(
+            request.ssh_keys.as_deref(),
+            Some(&[key.to_owned()][..]),
+            "keys not given are those the system runs with"
+        );
     }
 }
 
@@ -1663,6 +1694,12 @@ async fn rescue_mode_is_checked_asked_for_and_audited_on_both_databases() {
                 StatusCode::CONFLICT,
                 "conflict",
                 None,
+            ),
+            (
+                enable(json!([])),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("ssh_keys"),
             ),
         ] {
             let reply = api

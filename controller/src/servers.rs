@@ -284,6 +284,9 @@ impl ServerReconciler {
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
                 if let Ok(answer) = &result {
                     waiting_for_key.clone_from(&answer.waiting_for_key);
+                    if let Some(disposal) = &answer.disk_disposal {
+                        self.report_replaced_disk(server, &agent, disposal).await;
+                    }
                     if spec.retired_disk_generation.is_some() {
                         lifecycle::record_disk_replaced(&mut next, answer.disk_generation);
                     }
@@ -518,9 +521,12 @@ impl ServerReconciler {
             ipv4: status.ipv4.clone(),
             ipv6: status.ipv6.clone(),
             dns_servers: self.config.cloud_init.dns_servers.clone(),
-            ssh_keys: server.spec.ssh_keys.clone(),
-            user_data: server.spec.user_data.clone(),
+            ssh_keys: Vec::new(),
+            user_data: None,
         };
+        let (ssh_keys, user_data) = lifecycle::guest_inputs(&server.spec, disk.generation);
+        seed.ssh_keys = ssh_keys.to_vec();
+        seed.user_data = user_data.map(str::to_owned);
         let rescue = match lifecycle::rescue_layout(&server.spec, status) {
             Some(request) => {
                 let rescue_image = self
@@ -977,6 +983,34 @@ impl ServerReconciler {
             .publish(server, EventType::Normal, EventReason::Rebuilt, &message)
             .await;
         Ok(())
+    }
+
+    /// Event and audit row of a disk a rebuild replaced, or of a rescue
+    /// disk, deleted while the server stays: honest about its wipe.
+    async fn report_replaced_disk(
+        &self,
+        server: &VirtualServer,
+        agent: &AgentEndpoint,
+        disposal: &DiskDisposal,
+    ) {
+        if let DiskDisposal::DeletedWithoutWipe { reason } = disposal {
+            tracing::warn!(%reason, hypervisor = %agent.hypervisor, "a replaced disk was deleted without being wiped");
+            self.ctx
+                .publish(
+                    server,
+                    EventType::Warning,
+                    EventReason::DiskNotWiped,
+                    reason,
+                )
+                .await;
+        }
+        self.ctx
+            .audit(
+                AuditAction::ServerDiskReplaced,
+                AuditSubject::server(server),
+                json!({ "hypervisor": agent.hypervisor, "disposal": disposal }),
+            )
+            .await;
     }
 
     /// Event and audit row of a destroyed domain, saying honestly what became

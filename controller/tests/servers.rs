@@ -865,6 +865,8 @@ fn ask_rebuild(
     spec.rebuild = Some(stratus_core::resources::RebuildRequest {
         image: image.into(),
         generation,
+        ssh_keys: None,
+        user_data: None,
     });
 }
 

@@ -250,7 +250,7 @@ pub fn plan(server: ServerFacts<'_>, observed: &Observation, now: Timestamp) -> 
     }
 
     // One of resize and rebuild at a time: the one under way first.
-    let resize = if status.rebuild.is_some() {
+    let resize = if status.rebuild.is_some() || status.rescue_change.is_some() {
         ResizeStep::default()
     } else {
         resize_step(server.spec, server.offered, &mut status, domain, now)
@@ -741,48 +741,78 @@ fn rebuild_step(
         .rebuild
         .as_ref()
         .filter(|r| r.generation > status.disk_generation);
-    if let Some(asked) = asked {
-        let progress = status.rebuild.get_or_insert_with(|| RebuildProgress {
-            image: asked.image.clone(),
-            generation: asked.generation,
-            from_image: current_image.clone(),
-            from_generation: status.disk_generation,
-            started_at: now.to_string(),
-            stopping: false,
-            swapping: false,
-            replaced: false,
-            was_running: domain.state == Some(DomainState::Running),
-            stopped_at: None,
-        });
-        let made = domain.disk_generation == Some(progress.generation);
-        if !made && (progress.generation, &progress.image) != (asked.generation, &asked.image) {
+    let made = |generation: u32| domain.disk_generation == Some(generation);
+    // One change of the domain at a time: a rebuild is taken up only
+    // while no resize or move into or out of rescue mode is under way, and
+    // once under way those wait for it (they never wait for each other).
+    let busy = if status.resize.is_some() {
+        Some("the resize under way to finish")
+    } else if status.rescue_change.is_some() || status.rescue.is_some() || spec.rescue.is_some() {
+        Some("rescue mode to be disabled")
+    } else {
+        None
+    };
+    match (asked, status.rebuild.as_mut()) {
+        (None, Some(progress))
+            if !made(progress.generation) && status.disk_generation < progress.generation =>
+        {
+            // Withdrawn (spec.rebuild removed or lowered by hand) before
+            // the new disk went in: the server runs on as it is.
+            let image = progress.image.clone();
+            status.rebuild = None;
+            conditions::set(
+                &mut status.conditions,
+                ConditionType::Rebuilt,
+                true,
+                Reason::ImageApplied,
+                format!("the reinstall from image {image} was withdrawn"),
+                now,
+            );
+            return RebuildStep::default();
+        }
+        (Some(asked), None) => {
+            if let Some(why) = busy {
+                let message = format!(
+                    "reinstalling from image {} waits for {why}; it runs on unchanged",
+                    asked.image
+                );
+                conditions::set(
+                    &mut status.conditions,
+                    ConditionType::Rebuilt,
+                    false,
+                    Reason::Rebuilding,
+                    message,
+                    now,
+                );
+                return RebuildStep::default();
+            }
+            status.rebuild = Some(RebuildProgress {
+                image: asked.image.clone(),
+                generation: asked.generation,
+                from_image: current_image.clone(),
+                from_generation: status.disk_generation,
+                started_at: now.to_string(),
+                stopping: false,
+                swapping: false,
+                replaced: false,
+                was_running: domain.state == Some(DomainState::Running),
+                stopped_at: None,
+            });
+        }
+        (Some(asked), Some(progress))
+            if !made(progress.generation)
+                && (progress.generation, &progress.image) != (asked.generation, &asked.image) =>
+        {
             // Asked again before the disk was made: that one is made.
             progress.generation = asked.generation;
             progress.image.clone_from(&asked.image);
             progress.swapping = false;
         }
+        _ => {}
     }
     let Some(progress) = status.rebuild.as_mut() else {
         return RebuildStep::default();
     };
-    if let Some(resize) = &status.resize {
-        progress.stopping = false;
-        progress.swapping = false;
-        let message = format!(
-            "reinstalling from image {} waits for the move to plan {} to finish",
-            progress.image,
-            resize.to.as_ref().map_or("", |to| to.plan.as_str())
-        );
-        conditions::set(
-            &mut status.conditions,
-            ConditionType::Rebuilt,
-            false,
-            Reason::Rebuilding,
-            message,
-            now,
-        );
-        return RebuildStep::default();
-    }
     if domain.disk_generation == Some(progress.generation) {
         progress.stopping = false;
         progress.swapping = false;
@@ -811,8 +841,6 @@ fn rebuild_step(
     }
     let waits_for = if domain.disk_generation.is_none() {
         Some("the agent of its hypervisor does not say disk generations (upgrade it)")
-    } else if spec.rescue.is_some() || status.rescue.is_some() || status.rescue_change.is_some() {
-        Some("rescue mode to be disabled")
     } else if spec.hold().is_some() {
         Some("the suspension or termination holding it to end")
     } else {
@@ -922,6 +950,21 @@ fn rescue_step(
     } else {
         None
     };
+    let into = if wanted { "into" } else { "out of" };
+    if status.rescue_change.is_none()
+        && let Some(why) = busy.filter(|_| status.resize.is_some() || status.rebuild.is_some())
+    {
+        // Taken up once the other change is done; never both waiting.
+        conditions::set(
+            &mut status.conditions,
+            ConditionType::Rescue,
+            rescued,
+            Reason::RescueChanging,
+            format!("moving {into} rescue mode waits for {why}"),
+            now,
+        );
+        return RescueStep::default();
+    }
     let progress = status.rescue_change.get_or_insert_with(|| RescueProgress {
         enable: wanted,
         started_at: now.to_string(),
@@ -934,7 +977,6 @@ fn rescue_step(
         progress.enable = wanted;
         progress.swapping = false;
     }
-    let into = if wanted { "into" } else { "out of" };
     if let Some(why) = busy {
         progress.stopping = false;
         progress.swapping = false;
@@ -1030,6 +1072,20 @@ pub fn disk_shape<'a>(
             }
         }
         _ => current,
+    }
+}
+
+/// The SSH keys and user data the seed of disk `generation` gives its
+/// guest: a rebuild's, where it gave them, for the disk it made; the
+/// server's own otherwise (so a rebuild that has not happened yet changes
+/// nothing of the running system).
+pub fn guest_inputs(spec: &VirtualServerSpec, generation: u32) -> (&[String], Option<&str>) {
+    match spec.rebuild.as_ref().filter(|r| r.generation == generation) {
+        Some(rebuild) => (
+            rebuild.ssh_keys.as_deref().unwrap_or(&spec.ssh_keys),
+            rebuild.user_data.as_deref().or(spec.user_data.as_deref()),
+        ),
+        None => (&spec.ssh_keys, spec.user_data.as_deref()),
     }
 }
 
@@ -1453,6 +1509,8 @@ mod tests {
             rebuild: Some(crate::resources::RebuildRequest {
                 image: "tiny".into(),
                 generation: 1,
+                ssh_keys: None,
+                user_data: None,
             }),
             ..crate::testing::server_spec()
         }
@@ -1650,11 +1708,133 @@ mod tests {
             .observation(),
             now(),
         );
-        assert!(!decision.status.rebuild.as_ref().unwrap().stopping);
+        assert_eq!(decision.status.rebuild, None, "not taken up yet");
         let message = &conditions::get(&decision.status.conditions, ConditionType::Rebuilt)
             .unwrap()
             .message;
-        assert!(message.contains("move to plan"), "{message}");
+        assert!(message.contains("resize under way"), "{message}");
+    }
+
+    #[test]
+    fn rebuild_resize_and_rescue_never_wait_for_each_other() {
+        let host = RebuildHost {
+            state: DomainState::Running,
+            defined: 0,
+            seed_for: 0,
+            disks: [(0, "debian-12".to_owned())].into(),
+        };
+        // Asked during a resize: not taken up until it is done.
+        let spec = VirtualServerSpec {
+            rebuild: rebuild_spec(PowerState::Running).rebuild,
+            ..resized_spec(PowerState::Running)
+        };
+        let mut resizing = micro_status();
+        resizing.resize = Some(ResizeProgress {
+            from: "micro".into(),
+            from_resources: Some(MICRO),
+            to: Some(AppliedPlan::of(&spec)),
+            started_at: now().to_string(),
+            room_reserved: true,
+            stopping: true,
+            was_running: true,
+            stopped_at: None,
+        });
+        let decision = plan(facts_for(&spec, &resizing), &host.observation(), now());
+        assert_eq!(
+            decision.status.rebuild, None,
+            "not taken up during a resize"
+        );
+        assert!(decision.status.resize.is_some(), "the resize goes on");
+        // The resize done: taken up.
+        let mut done = decision.status.clone();
+        done.resize = None;
+        done.applied = Some(AppliedPlan::of(&spec));
+        let decision = plan(facts_for(&spec, &done), &host.observation(), now());
+        assert!(decision.status.rebuild.as_ref().is_some_and(|r| r.stopping));
+
+        // Rescue asked during a rebuild: the rebuild goes on, rescue waits.
+        let with_rescue = VirtualServerSpec {
+            rescue: Some(RescueRequest::default()),
+            ..spec.clone()
+        };
+        let decision = plan(
+            facts_for(&with_rescue, &decision.status),
+            &host.observation(),
+            now(),
+        );
+        assert!(decision.status.rebuild.as_ref().is_some_and(|r| r.stopping));
+        assert_eq!(decision.status.rescue_change, None);
+        // A rebuild asked in rescue mode waits for it to be disabled.
+        let mut rescued = placed(ServerPhase::Running, true);
+        rescued.rescue = Some(RescueRequest::default());
+        let rescued_host = RescueHost {
+            state: DomainState::Running,
+            rescued: true,
+            rescue_seed: true,
+        };
+        let both = VirtualServerSpec {
+            rescue: Some(RescueRequest::default()),
+            ..rebuild_spec(PowerState::Running)
+        };
+        let decision = plan(
+            facts_for(&both, &rescued),
+            &rescued_host.observation(),
+            now(),
+        );
+        assert_eq!(decision.status.rebuild, None);
+        let message = &conditions::get(&decision.status.conditions, ConditionType::Rebuilt)
+            .unwrap()
+            .message;
+        assert!(message.contains("rescue mode"), "{message}");
+    }
+
+    #[test]
+    fn rebuild_withdrawn_before_the_disk_went_in_leaves_the_server_as_it_was() {
+        let spec = rebuild_spec(PowerState::Running);
+        let host = RebuildHost {
+            state: DomainState::Running,
+            defined: 0,
+            seed_for: 0,
+            disks: [(0, "debian-12".to_owned())].into(),
+        };
+        let status = placed(ServerPhase::Running, true);
+        let taken = plan(facts_for(&spec, &status), &host.observation(), now());
+        assert!(taken.status.rebuild.is_some());
+        let withdrawn = VirtualServerSpec {
+            rebuild: None,
+            ..spec.clone()
+        };
+        let decision = plan(
+            facts_for(&withdrawn, &taken.status),
+            &host.observation(),
+            now(),
+        );
+        assert_eq!(decision.status.rebuild, None);
+        assert_eq!(disk_shape(&withdrawn, &decision.status).generation, 0);
+        assert_eq!(
+            domain_shape(&withdrawn, &decision.status).1,
+            PowerState::Running
+        );
+    }
+
+    #[test]
+    fn a_rebuilds_keys_and_user_data_reach_only_the_disk_it_makes() {
+        let mut spec = rebuild_spec(PowerState::Running);
+        spec.ssh_keys = vec!["ssh-ed25519 OLD".into()];
+        spec.user_data = Some("old".into());
+        if let Some(rebuild) = spec.rebuild.as_mut() {
+            rebuild.ssh_keys = Some(vec!["ssh-ed25519 NEW".into()]);
+        }
+        let (keys, user_data) = guest_inputs(&spec, 0);
+        assert_eq!(
+            (keys, user_data),
+            (&["ssh-ed25519 OLD".to_owned()][..], Some("old"))
+        );
+        let (keys, user_data) = guest_inputs(&spec, 1);
+        assert_eq!(
+            (keys, user_data),
+            (&["ssh-ed25519 NEW".to_owned()][..], Some("old"))
+        );
     }
 
     #[test]
@@ -1671,6 +1851,8 @@ mod tests {
         spec.rebuild = Some(crate::resources::RebuildRequest {
             image: "alpine".into(),
             generation: 2,
+            ssh_keys: None,
+            user_data: None,
         });
         let second = plan(facts_for(&spec, &first.status), &host.observation(), now());
         let progress = second.status.rebuild.unwrap();

@@ -192,6 +192,25 @@ impl Driver {
         Ok(())
     }
 
+    /// The system disks of domain `name` in `pool`, by generation (the
+    /// allocating listing: `list_volumes` stops at 1 024 names).
+    pub(super) fn system_disks(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+    ) -> Result<Vec<(u32, String)>, AgentError> {
+        let mut disks = Vec::new();
+        for volume in pool.list_all_volumes(0)? {
+            let volume = volume.name()?;
+            if let Some(generation) = stratus_core::agent_api::system_disk_generation(name, &volume)
+            {
+                disks.push((generation, volume));
+            }
+        }
+        disks.sort();
+        Ok(disks)
+    }
+
     /// Makes domain `name`'s rescue disk afresh: an overlay of the rescue
     /// image (a rescue disk left from an earlier rescue is deleted first:
     /// each rescue boots a clean system).
@@ -460,16 +479,10 @@ impl Driver {
         if spec.data_disks.is_empty() {
             return Ok(Vec::new());
         }
-        let (mut defined, mut taken) = match self.lookup_domain(name)? {
+        let (defined, taken) = match self.lookup_domain(name)? {
             Some(domain) => data_disks_of(&domain)?,
             None => (Vec::new(), Vec::new()),
         };
-        if spec.rescue.is_some() {
-            // The system disk takes `vdb` in rescue mode: a data disk that
-            // had it gets another name.
-            defined.retain(|d| d.target != xml::SYSTEM_DISK_IN_RESCUE);
-            taken.push(xml::SYSTEM_DISK_IN_RESCUE.to_owned());
-        }
         xml::data_disk_targets(&spec.data_disks, &defined, &taken)
     }
 

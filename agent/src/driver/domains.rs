@@ -134,6 +134,18 @@ impl Driver {
             .rescue
             .as_ref()
             .map(|_| stratus_core::agent_api::rescue_disk_name(name));
+        // In rescue mode the system disk follows the data disks, which
+        // keep their names (a guest's fstab may use them): `vdb` when the
+        // server has none.
+        let system_target = match rescue_volume {
+            Some(_) => xml::first_free_target(
+                &data_disks
+                    .iter()
+                    .map(|(_, target)| target.clone())
+                    .collect::<Vec<_>>(),
+            )?,
+            None => "vda".to_owned(),
+        };
         let placement = xml::Placement {
             domain_type: &self.config.domain_type,
             pool: &self.config.pool,
@@ -144,6 +156,7 @@ impl Driver {
             agent: self.config.agent_name.as_deref(),
             data_disks: &data_disks,
             rescue_volume: rescue_volume.as_deref(),
+            system_target: &system_target,
             console_log: self
                 .config
                 .console_dir

@@ -9,8 +9,7 @@ use std::sync::{Arc, Mutex};
 use stratus_core::agent_api::{
     AntiSpoofing, CONSOLE_TAIL_BYTES, DataDisk, DiskDisposal, DomainObservation, DomainResources,
     DomainSpec, DomainState, Link, MANAGED_PREFIX, MAX_DATA_DISKS, NodeReport, PoolInfo, Target,
-    guest_failure, is_storage_serial, rescue_disk_name, storage_volume_version,
-    system_disk_generation, system_disk_name,
+    guest_failure, is_storage_serial, rescue_disk_name, storage_volume_version, system_disk_name,
 };
 use virt::connect::Connect;
 use virt::domain::Domain;
@@ -487,9 +486,14 @@ impl Driver {
             .transpose()?;
         let xml = domain.as_ref().map(DomainXml::of).transpose()?;
         let link = xml.as_ref().map(observe_link);
-        let generation = xml
-            .as_ref()
-            .and_then(|xml| defined_disk_generation(name, xml));
+        let generation = match &xml {
+            Some(xml) => defined_disk_generation(name, xml),
+            // No definition (lost, or not made yet): the newest disk there.
+            None => self
+                .system_disks(&self.pool()?, name)?
+                .last()
+                .map(|(generation, _)| *generation),
+        };
         let disk_name = system_disk_name(name, generation.unwrap_or(0));
         let disk = Self::lookup_volume(&self.pool()?, &disk_name)?;
         let disk_present = disk.is_some();
@@ -561,17 +565,23 @@ impl Driver {
             Some(generation) if running => generation,
             _ => spec.disk_generation,
         };
+        if let Some(defined) = defined.filter(|defined| *defined > spec.disk_generation) {
+            // A request from before the last rebuild (a retry, a controller
+            // that lost its leadership): never a way back to an old disk.
+            return Err(AgentError::BadRequest(format!(
+                "disk_generation: the domain has generation {defined} and {} is older",
+                spec.disk_generation
+            )));
+        }
         let replacing = defined.is_some_and(|defined| defined != generation);
         let disk_name = system_disk_name(name, generation);
         if replacing {
             // The old disk stays until the domain is defined with the new
             // one: a crash leaves one or the other. A disk of the new
             // generation the domain does not use was never booted (a
-            // rebuild cut short): it is made afresh.
-            if let Some(stale) = Self::lookup_volume(&pool, &disk_name)? {
-                stale.delete(0)?;
-                self.forget(None, Some(&disk_name))?;
-            }
+            // rebuild cut short): it is made afresh, wiped first all the
+            // same.
+            self.dispose_of_disk(&pool, &disk_name)?;
             self.create_system_disk(&pool, name, &disk_name, spec)?;
         } else if Self::lookup_volume(&pool, &disk_name)?.is_none() {
             if !spec.create_disk {
@@ -585,7 +595,11 @@ impl Driver {
         // Into or out of rescue mode only while off; a running guest keeps
         // what it booted (and its definition, until it is off).
         let relayout = existing.is_some() && rescue_defined != spec.rescue.is_some();
-        let layout_waits = relayout && running;
+        // A running guest asked for another disk or mode keeps its
+        // definition as it is until it is off: nothing is defined for it
+        // (its seed neither), only its power is converged.
+        let layout_waits =
+            running && (relayout || defined.is_some_and(|d| d != spec.disk_generation));
         if relayout
             && !running
             && let Some(rescue) = &spec.rescue
@@ -668,24 +682,34 @@ impl Driver {
             }
             Some(domain) => domain,
         };
+        if layout_waits {
+            self.converge_power(name, &domain, spec.target(), spec.power_off)?;
+            self.record_domain(name, &domain)?;
+            return self.observe(name);
+        }
         self.remove_stale_seeds(&pool, name, seed.as_deref())?;
         let domain = self.converge_link(name, domain, spec, &disk_name)?;
         let waiting_for_key = self.converge_data_disks(name, &domain, spec, &disk_name)?;
-        if spec.rescue.is_none() && !layout_waits {
+        let mut disposal = None;
+        if spec.rescue.is_none() {
             // Out of rescue mode: what the rescue system wrote goes.
-            self.dispose_of_disk(&pool, &rescue_disk_name(name))?;
+            disposal = self.dispose_of_disk(&pool, &rescue_disk_name(name))?;
         }
         if let Some(retired) = spec
             .retired_disk_generation
             .filter(|retired| *retired != generation && generation == spec.disk_generation)
         {
             // Only once the domain is defined with its new disk.
-            self.dispose_of_disk(&pool, &system_disk_name(name, retired))?;
+            let retired = self.dispose_of_disk(&pool, &system_disk_name(name, retired))?;
+            if !matches!(disposal, Some(DiskDisposal::DeletedWithoutWipe { .. })) {
+                disposal = retired.or(disposal);
+            }
         }
         self.converge_power(name, &domain, spec.target(), spec.power_off)?;
         self.record_domain(name, &domain)?;
         let mut observed = self.observe(name)?;
         observed.waiting_for_key = waiting_for_key;
+        observed.disk_disposal = disposal;
         Ok(observed)
     }
 
@@ -747,14 +771,12 @@ impl Driver {
         // Every generation of its system disk: a rebuild cut short may
         // have left the old one or a new one beside the disk in use.
         let pool = self.pool()?;
-        let mut disks: Vec<String> = pool
-            .list_volumes()?
+        let mut disks: Vec<String> = self
+            .system_disks(&pool, name)?
             .into_iter()
-            .filter(|volume| {
-                system_disk_generation(name, volume).is_some() || *volume == rescue_disk_name(name)
-            })
+            .map(|(_, volume)| volume)
             .collect();
-        disks.sort();
+        disks.push(rescue_disk_name(name));
         let mut disposal = None;
         for disk_name in &disks {
             let disposed = self.dispose_of_disk(&pool, disk_name)?;

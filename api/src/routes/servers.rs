@@ -430,6 +430,31 @@ pub async fn server_action(
             ));
         }
         check_guest_inputs(ssh_keys, user_data.as_deref())?;
+        if ssh_keys.is_empty() && user_data.is_none() {
+            return Err(ApiError::invalid(
+                "ssh_keys",
+                "give at least one key (or user data): nobody could use the rescue system",
+            ));
+        }
+        let rescue_volume = state
+            .config
+            .rescue_image
+            .as_deref()
+            .and_then(|name| state.config.image(name))
+            .map(|image| image.volume.clone())
+            .unwrap_or_default();
+        let hypervisor = server
+            .status
+            .as_ref()
+            .and_then(|s| s.hypervisor.as_ref())
+            .map(|h| h.as_str().to_owned());
+        if let Some(hypervisor) = hypervisor
+            && !image_on(&state, &hypervisor, &rescue_volume).await?
+        {
+            return Err(ApiError::conflict(
+                "the rescue system is not on the server's hypervisor yet: try again later",
+            ));
+        }
     }
     if action == (ServerAction::Reboot {}) && server.spec.power == PowerState::Stopped {
         return Err(ApiError::conflict(
@@ -767,6 +792,17 @@ async fn resize_server(
     Err(refusal)
 }
 
+/// Whether `hypervisor` says it has the image volume `volume` (one that
+/// has not reported its images yet is given the benefit of the doubt).
+async fn image_on(state: &ApiState, hypervisor: &str, volume: &str) -> Result<bool, ApiError> {
+    let found = state.hypervisors.get(None, hypervisor).await?;
+    let images = found
+        .and_then(|h| h.status)
+        .and_then(|s| s.capacity)
+        .map(|c| c.images);
+    Ok(images.is_none_or(|images| images.iter().any(|i| i == volume)))
+}
+
 /// A rebuild as asked.
 struct RebuildAsked<'a> {
     image: &'a str,
@@ -810,6 +846,17 @@ async fn rebuild_server(
             ),
         ));
     }
+    if let Some(hypervisor) = &status.hypervisor
+        && !image_on(state, hypervisor.as_str(), &image.volume).await?
+    {
+        return Err(ApiError::invalid(
+            "image",
+            format!(
+                "image {} is not on the server's hypervisor yet; choose another (GET /v1/images)",
+                image.name
+            ),
+        ));
+    }
     check_guest_inputs(asked.ssh_keys.unwrap_or_default(), asked.user_data)?;
     let ssh_keys: Option<Vec<String>> = asked
         .ssh_keys
@@ -832,17 +879,19 @@ async fn rebuild_server(
                 return false;
             }
             let done = s.status.as_ref().map_or(0, |st| st.disk_generation);
-            let asked_before = s.spec.rebuild.as_ref().map_or(0, |r| r.generation);
+            let before = s.spec.rebuild.take();
+            let asked_before = before.as_ref().map_or(0, |r| r.generation);
+            // Keys and user data not given are those the system runs
+            // with: an earlier rebuild's, else the server's own.
+            let (keys_before, user_data_before) = before
+                .map(|r| (r.ssh_keys, r.user_data))
+                .unwrap_or_default();
             s.spec.rebuild = Some(RebuildRequest {
                 image: image.name.clone(),
                 generation: done.max(asked_before).saturating_add(1),
+                ssh_keys: ssh_keys.clone().or(keys_before),
+                user_data: asked.user_data.map(str::to_owned).or(user_data_before),
             });
-            if let Some(keys) = &ssh_keys {
-                s.spec.ssh_keys.clone_from(keys);
-            }
-            if let Some(user_data) = asked.user_data {
-                s.spec.user_data = Some(user_data.to_owned());
-            }
             true
         })
         .await?

@@ -118,6 +118,14 @@ pub struct RebuildRequest {
     /// whenever it is higher than the status's `diskGeneration`.
     #[schemars(range(min = 1))]
     pub generation: u32,
+    /// OpenSSH public keys for the new system, instead of `spec.sshKeys`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub ssh_keys: Option<Vec<String>>,
+    /// cloud-init user data for the new system, instead of `spec.userData`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    pub user_data: Option<String>,
 }
 
 /// A reinstall under way: the guest is stopped, a new system disk made

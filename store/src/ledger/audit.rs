@@ -93,6 +93,9 @@ audit_actions! {
     ServerRescueEnable => "server.rescue_enable",
     /// A customer or an operator booted a server from its own disk again.
     ServerRescueDisable => "server.rescue_disable",
+    /// A disk a rebuild replaced, or a rescue disk, was deleted (wiped or
+    /// not, as the detail says).
+    ServerDiskReplaced => "server.disk_replaced",
     /// A customer set (or removed) the PTR of an address of its server.
     ServerPtr => "server.ptr",
     ServerDelete => "server.delete",
