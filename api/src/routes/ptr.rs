@@ -32,7 +32,7 @@ fn holder_of(server: &VirtualServer) -> Result<String, ApiError> {
 
 /// The holding of `server` that `ip` belongs to: its IPv4 address, or an
 /// address of its IPv6 prefix.
-fn holding_of<'h>(holdings: &'h [Holding], ip: IpAddr) -> Option<&'h Holding> {
+fn holding_of(holdings: &[Holding], ip: IpAddr) -> Option<&Holding> {
     holdings.iter().find(|holding| match (holding.family, ip) {
         (Family::V4, IpAddr::V4(_)) => holding.address.parse::<IpAddr>().ok() == Some(ip),
         (Family::V6, IpAddr::V6(_)) => holding
