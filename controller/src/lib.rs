@@ -18,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod notifier;
 pub mod placements;
+pub mod rdns;
 #[cfg(any(test, feature = "testing"))]
 pub mod receivers;
 pub mod runtime;

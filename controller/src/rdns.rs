@@ -1,0 +1,362 @@
+//! The authoritative DNS server of the pools' reverse zones (R20–R22):
+//! PTRs customers set, else the provider's default, SOA and NS at each
+//! zone's apex, over UDP and TCP. It serves a snapshot of the store,
+//! taken again when a PTR changes or a pool appears or goes; each new
+//! snapshot moves the SOA serial. What is answered is decided by
+//! `stratus_core::rdns`; this module only speaks DNS.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
+use hickory_resolver::proto::rr::rdata::{NS, PTR, SOA};
+use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
+use stratus_core::config::Rdns;
+use stratus_core::rdns::{ReverseAnswer, ReverseZones, reverse_zones};
+use stratus_core::resources::IpPool;
+use stratus_store::Resources;
+use stratus_store::ledger::Ledger;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+
+use crate::error::ControllerError;
+
+/// How often the store is asked whether anything changed.
+const REFRESH: Duration = Duration::from_secs(1);
+/// TCP connections served at once; more wait to be accepted.
+const MAX_TCP_CONNECTIONS: usize = 256;
+/// A TCP client that sends nothing for this long is dropped.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// PTRs read from the store per page.
+const PAGE: u32 = 5_000;
+
+/// What is served: the zones' content and their SOA serial.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub zones: ReverseZones,
+    pub serial: u32,
+}
+
+/// The served snapshot, swapped whole when the store changes.
+#[derive(Clone, Default)]
+pub struct Served(Arc<RwLock<Arc<Snapshot>>>);
+
+impl Served {
+    pub fn get(&self) -> Arc<Snapshot> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, snapshot: Snapshot) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+    }
+}
+
+/// The reverse DNS server: its configuration and where it reads.
+pub struct ReverseDns {
+    pub config: Rdns,
+    pub ledger: Ledger,
+    pub pools: Resources<IpPool>,
+    pub served: Served,
+}
+
+/// What the snapshot was taken from: a new one is taken when it changes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Source {
+    last_change: i64,
+    pools: Vec<(String, String, Option<String>)>,
+}
+
+impl ReverseDns {
+    /// Serves on `config.listen` (UDP and TCP) until `shutdown`.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ControllerError> {
+        let Some(listen) = self.config.listen_address() else {
+            return Err(ControllerError::Config(
+                "rdns.listen is not set: the DNS server has nowhere to listen".into(),
+            ));
+        };
+        let udp = UdpSocket::bind(listen).await.map_err(|e| {
+            ControllerError::Config(format!("the DNS server cannot listen on {listen}/udp: {e}"))
+        })?;
+        let tcp = TcpListener::bind(listen).await.map_err(|e| {
+            ControllerError::Config(format!("the DNS server cannot listen on {listen}/tcp: {e}"))
+        })?;
+        tracing::info!(%listen, "serving the reverse zones");
+        let config = Arc::new(self.config.clone());
+        let udp = tokio::spawn(serve_udp(udp, self.served.clone(), config.clone()));
+        let tcp = tokio::spawn(serve_tcp(tcp, self.served.clone(), config));
+        let mut source = None;
+        loop {
+            if let Err(error) = self.refresh(&mut source).await {
+                tracing::warn!(%error, "the reverse zones could not be read; serving the last ones");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(REFRESH) => {}
+                _ = shutdown.changed() => break,
+            }
+        }
+        udp.abort();
+        tcp.abort();
+        Ok(())
+    }
+
+    /// Takes a new snapshot when a PTR or a pool changed.
+    async fn refresh(&self, source: &mut Option<Source>) -> Result<(), ControllerError> {
+        let ptrs = self.ledger.ptrs();
+        let mut pools: Vec<(String, String, Option<String>)> = self
+            .pools
+            .list(None)
+            .await?
+            .items
+            .into_iter()
+            .map(|pool| {
+                (
+                    pool.metadata.name.clone().unwrap_or_default(),
+                    pool.spec.ipv4.cidr.clone(),
+                    pool.spec.ipv6.as_ref().map(|v6| v6.prefix.clone()),
+                )
+            })
+            .collect();
+        pools.sort();
+        let now = Source {
+            last_change: ptrs.last_change().await?,
+            pools,
+        };
+        if source.as_ref() == Some(&now) {
+            return Ok(());
+        }
+        let mut records = HashMap::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = ptrs.page(after.as_deref(), PAGE).await?;
+            let full = page.len() == PAGE as usize;
+            for record in page {
+                if let Ok(address) = record.address.parse::<IpAddr>() {
+                    records.insert(address, record.hostname.clone());
+                }
+                after = Some(record.address);
+            }
+            if !full {
+                break;
+            }
+        }
+        let mut zones = Vec::new();
+        let mut networks = Vec::new();
+        for (_, v4, v6) in &now.pools {
+            for network in std::iter::once(v4).chain(v6.iter()) {
+                if let Ok(network) = network.parse::<ipnet::IpNet>() {
+                    zones.extend(reverse_zones(network));
+                    networks.push(network);
+                }
+            }
+        }
+        zones.sort();
+        zones.dedup();
+        let previous = self.served.get().serial;
+        // Time-based, moved on every new snapshot: secondaries see each
+        // change, and a restart never goes back.
+        let clock = u32::try_from(jiff::Timestamp::now().as_second()).unwrap_or(u32::MAX);
+        let serial = clock.max(previous.wrapping_add(1));
+        let count = records.len();
+        self.served.set(Snapshot {
+            zones: ReverseZones {
+                zones,
+                networks,
+                records,
+                default_template: self.config.default_template.clone(),
+            },
+            serial,
+        });
+        tracing::info!(
+            serial,
+            ptrs = count,
+            pools = now.pools.len(),
+            "reverse zones loaded"
+        );
+        *source = Some(now);
+        Ok(())
+    }
+}
+
+async fn serve_udp(socket: UdpSocket, served: Served, config: Arc<Rdns>) {
+    let mut buffer = vec![0u8; 4096];
+    loop {
+        let Ok((len, peer)) = socket.recv_from(&mut buffer).await else {
+            continue;
+        };
+        let Some(response) = respond(&buffer[..len], &served.get(), &config) else {
+            continue;
+        };
+        let mut bytes = response;
+        if bytes.len() > 512 {
+            // Too long for UDP without EDNS: truncated, the client asks
+            // again over TCP.
+            bytes = truncated(&buffer[..len]).unwrap_or_default();
+        }
+        if !bytes.is_empty() {
+            let _ = socket.send_to(&bytes, peer).await;
+        }
+    }
+}
+
+async fn serve_tcp(listener: TcpListener, served: Served, config: Arc<Rdns>) {
+    let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    loop {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let served = served.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = serve_connection(stream, served, config).await;
+        });
+    }
+}
+
+/// Length-prefixed messages (RFC 1035 4.2.2), one answer per question,
+/// until the client goes quiet.
+async fn serve_connection(
+    mut stream: TcpStream,
+    served: Served,
+    config: Arc<Rdns>,
+) -> std::io::Result<()> {
+    loop {
+        let mut length = [0u8; 2];
+        match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut length)).await {
+            Ok(Ok(_)) => {}
+            _ => return Ok(()),
+        }
+        let mut message = vec![0u8; usize::from(u16::from_be_bytes(length))];
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut message))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
+        let Some(response) = respond(&message, &served.get(), &config) else {
+            return Ok(());
+        };
+        let Ok(length) = u16::try_from(response.len()) else {
+            return Ok(());
+        };
+        stream.write_all(&length.to_be_bytes()).await?;
+        stream.write_all(&response).await?;
+    }
+}
+
+fn truncated(request: &[u8]) -> Option<Vec<u8>> {
+    let request = Message::from_vec(request).ok()?;
+    let mut response = Message::response(request.metadata.id, OpCode::Query);
+    response.metadata.truncation = true;
+    response.metadata.authoritative = true;
+    if let Some(query) = request.queries.first() {
+        response.add_query(query.clone());
+    }
+    response.to_vec().ok()
+}
+
+/// The encoded answer to an encoded request; `None` for what is no DNS
+/// question at all (dropped, never answered).
+pub fn respond(request: &[u8], snapshot: &Snapshot, config: &Rdns) -> Option<Vec<u8>> {
+    let request = Message::from_vec(request).ok()?;
+    if request.metadata.message_type != hickory_resolver::proto::op::MessageType::Query {
+        return None;
+    }
+    let id = request.metadata.id;
+    if request.metadata.op_code != OpCode::Query {
+        return Message::error_msg(id, request.metadata.op_code, ResponseCode::NotImp)
+            .to_vec()
+            .ok();
+    }
+    let Some(query) = request
+        .queries
+        .first()
+        .filter(|_| request.queries.len() == 1)
+    else {
+        return Message::error_msg(id, OpCode::Query, ResponseCode::FormErr)
+            .to_vec()
+            .ok();
+    };
+    let name = query.name().clone();
+    let ascii = name.to_ascii().to_ascii_lowercase();
+    let qtype = query.query_type();
+    let ttl = config.soa.minimum;
+    let mut response = Message::response(id, OpCode::Query);
+    response.metadata.recursion_desired = request.metadata.recursion_desired;
+    response.add_query(query.clone());
+    let answer = snapshot.zones.answer(&ascii, qtype == RecordType::PTR);
+    let zone = match &answer {
+        ReverseAnswer::Refused => {
+            response.metadata.response_code = ResponseCode::Refused;
+            return response.to_vec().ok();
+        }
+        ReverseAnswer::Apex { zone }
+        | ReverseAnswer::Ptr { zone, .. }
+        | ReverseAnswer::NoData { zone }
+        | ReverseAnswer::NxDomain { zone } => zone.clone(),
+    };
+    response.metadata.authoritative = true;
+    let origin = Name::from_ascii(&zone).ok()?;
+    let soa = soa_record(&origin, snapshot.serial, config)?;
+    match answer {
+        ReverseAnswer::Apex { .. } => match qtype {
+            RecordType::SOA => {
+                response.add_answer(soa);
+            }
+            RecordType::NS => {
+                for ns in ns_records(&origin, config) {
+                    response.add_answer(ns);
+                }
+            }
+            _ => {
+                response.add_authority(soa);
+            }
+        },
+        ReverseAnswer::Ptr { target, .. } => {
+            let target = Name::from_ascii(&target).ok()?;
+            response.add_answer(Record::from_rdata(name, ttl, RData::PTR(PTR(target))));
+        }
+        ReverseAnswer::NoData { .. } => {
+            response.add_authority(soa);
+        }
+        ReverseAnswer::NxDomain { .. } => {
+            response.metadata.response_code = ResponseCode::NXDomain;
+            response.add_authority(soa);
+        }
+        ReverseAnswer::Refused => {}
+    }
+    response.to_vec().ok()
+}
+
+fn fqdn(name: &str) -> Option<Name> {
+    Name::from_ascii(format!("{}.", name.trim_end_matches('.'))).ok()
+}
+
+fn soa_record(origin: &Name, serial: u32, config: &Rdns) -> Option<Record> {
+    let soa = SOA::new(
+        fqdn(&config.soa.mname)?,
+        fqdn(&config.soa.rname)?,
+        serial,
+        i32::try_from(config.soa.refresh).unwrap_or(i32::MAX),
+        i32::try_from(config.soa.retry).unwrap_or(i32::MAX),
+        i32::try_from(config.soa.expire).unwrap_or(i32::MAX),
+        config.soa.minimum,
+    );
+    Some(Record::from_rdata(
+        origin.clone(),
+        config.soa.minimum,
+        RData::SOA(soa),
+    ))
+}
+
+fn ns_records(origin: &Name, config: &Rdns) -> Vec<Record> {
+    config
+        .nameserver_names()
+        .iter()
+        .filter_map(|name| fqdn(name))
+        .map(|name| Record::from_rdata(origin.clone(), config.soa.minimum, RData::NS(NS(name))))
+        .collect()
+}

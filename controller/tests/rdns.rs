@@ -1,0 +1,216 @@
+//! The reverse zones served by stratus's authoritative DNS server, asked
+//! through a real resolver over UDP and TCP on 127.0.0.1, on both databases.
+
+mod support;
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use stratus_controller::rdns::{ReverseDns, Served};
+use stratus_core::config::{Rdns, SeededPool};
+use stratus_core::ip::Family;
+use stratus_core::resources::IpPool;
+use stratus_core::resources::{Ipv4Block, Ipv6Block};
+use stratus_store::Resources;
+use stratus_store::ledger::{NewHolding, SetPtr};
+use support::*;
+
+/// A port free for both UDP and TCP on 127.0.0.1.
+fn free_port() -> u16 {
+    loop {
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn resolver(server: SocketAddr, tcp: bool) -> TokioResolver {
+    let mut connection = if tcp {
+        ConnectionConfig::tcp()
+    } else {
+        ConnectionConfig::udp()
+    };
+    connection.port = server.port();
+    let server = NameServerConfig::new(server.ip(), true, vec![connection]);
+    let mut options = ResolverOpts::default();
+    options.cache_size = 0;
+    options.attempts = 1;
+    options.timeout = Duration::from_secs(2);
+    TokioResolver::builder_with_config(
+        ResolverConfig::from_parts(None, Vec::new(), vec![server]),
+        TokioRuntimeProvider::default(),
+    )
+    .with_options(options)
+    .build()
+    .unwrap()
+}
+
+/// The PTR names `resolver` finds for `address` (none: NXDOMAIN or empty).
+async fn ptr_of(resolver: &TokioResolver, address: &str) -> Vec<String> {
+    let ip: IpAddr = address.parse().unwrap();
+    match resolver.reverse_lookup(ip).await {
+        Ok(found) => found
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::PTR(ptr) => Some(ptr.0.to_ascii()),
+                _ => None,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+async fn serial_of(resolver: &TokioResolver, zone: &str) -> u32 {
+    let found = resolver.lookup(zone, RecordType::SOA).await.unwrap();
+    found
+        .answers()
+        .iter()
+        .find_map(|r| match &r.data {
+            RData::SOA(soa) => Some(soa.serial),
+            _ => None,
+        })
+        .unwrap()
+}
+
+#[tokio::test]
+async fn r22_ptrs_set_and_defaults_are_served_authoritatively_and_the_serial_moves() {
+    for scratch in stratus_store::testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        Resources::<IpPool>::new(h.store.clone())
+            .create(&IpPool::new(
+                "doc",
+                SeededPool {
+                    name: "doc".into(),
+                    zone: "default".into(),
+                    ipv4: Ipv4Block {
+                        cidr: "192.0.2.0/24".into(),
+                        gateway: "192.0.2.1".into(),
+                        excluded: Vec::new(),
+                    },
+                    ipv6: Some(Ipv6Block {
+                        prefix: "2001:db8:100::/48".into(),
+                        gateway: "2001:db8:100::1".into(),
+                        server_prefix_length: 64,
+                        excluded: Vec::new(),
+                    }),
+                }
+                .spec(),
+            ))
+            .await
+            .unwrap();
+        let ips = h.ledger.ips();
+        assert!(
+            ips.try_hold(&NewHolding {
+                pool: "doc",
+                family: Family::V4,
+                slot: 7,
+                address: "192.0.2.7",
+                prefix_len: 32,
+                holder: "uid-1",
+                account: "acc-1",
+                subject: "acc-1/web",
+                at: 1,
+                next_check_at: 2,
+            })
+            .await
+            .unwrap()
+        );
+        let holding = ips.held_by("uid-1").await.unwrap()[0].id;
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = Rdns {
+            listen: Some(listen.to_string()),
+            default_template: Some("static-{ip-dashed}.example.net".into()),
+            nameservers: vec!["ns1.example.net".into(), "ns2.example.net".into()],
+            ..Rdns::default()
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let served = Served::default();
+        let server = tokio::spawn(
+            ReverseDns {
+                config,
+                ledger: h.ledger.clone(),
+                pools: Resources::new(h.store.clone()),
+                served: served.clone(),
+            }
+            .run(stopped),
+        );
+        let udp = resolver(listen, false);
+        let tcp = resolver(listen, true);
+        let zone = "2.0.192.in-addr.arpa.";
+        let mut first_serial = 0;
+        for _ in 0..100 {
+            if let Ok(found) = udp.lookup(zone, RecordType::SOA).await
+                && !found.answers().is_empty()
+            {
+                first_serial = serial_of(&udp, zone).await;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(first_serial > 0, "{label}: the zone is served");
+
+        // No PTR set: the default, for addresses of the pool only.
+        assert_eq!(
+            ptr_of(&udp, "192.0.2.7").await,
+            ["static-192-0-2-7.example.net."],
+            "{label}"
+        );
+        assert_eq!(
+            ptr_of(&tcp, "2001:db8:100::5").await,
+            ["static-2001-db8-100-0-0-0-0-5.example.net."],
+            "{label}: over TCP, and IPv6"
+        );
+        let foreign = ptr_of(&udp, "100.64.0.1").await;
+        assert!(foreign.is_empty(), "not ours: {foreign:?}");
+        let ns = udp.lookup(zone, RecordType::NS).await.unwrap();
+        assert_eq!(ns.answers().len(), 2, "{label}");
+
+        // Set: served within the refresh, and the serial moves.
+        assert!(
+            h.ledger
+                .ptrs()
+                .set(&SetPtr {
+                    address: "192.0.2.7",
+                    hostname: Some("mail.example.com"),
+                    holding_id: holding,
+                    holder: "uid-1",
+                    actor: "token:t",
+                    at: 10,
+                })
+                .await
+                .unwrap()
+        );
+        let mut answered = Vec::new();
+        for _ in 0..100 {
+            answered = ptr_of(&udp, "192.0.2.7").await;
+            if answered == ["mail.example.com."] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(answered, ["mail.example.com."], "{label}");
+        assert!(serial_of(&tcp, zone).await > first_serial, "{label}");
+
+        // Released: the PTR goes, the default answers again.
+        ips.release("uid-1", 20, 1_000).await.unwrap();
+        for _ in 0..100 {
+            answered = ptr_of(&udp, "192.0.2.7").await;
+            if answered == ["static-192-0-2-7.example.net."] {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(answered, ["static-192-0-2-7.example.net."], "{label}");
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+        assert!(served.get().serial > first_serial);
+    }
+}
