@@ -199,6 +199,12 @@ pub struct ControllerArgs {
 }
 
 #[derive(Args)]
+pub struct DnsArgs {
+    #[command(flatten)]
+    shared: SharedArgs,
+}
+
+#[derive(Args)]
 pub struct AgentArgs {
     #[arg(long, default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
@@ -476,6 +482,13 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         })
         .collect();
     let controller_task = tokio::spawn(controller.run(shutdown.clone()));
+    let dns_task = match core.config.rdns.listen {
+        Some(_) => {
+            let bound = reverse_dns(&core).bind().await?;
+            Some(tokio::spawn(bound.serve(shutdown.clone())))
+        }
+        None => None,
+    };
     let api_task = tokio::spawn(serving::serve(
         api_listener,
         api,
@@ -502,6 +515,9 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         agent_task.await??;
     }
     controller_task.await?;
+    if let Some(dns_task) = dns_task {
+        dns_task.await??;
+    }
     core.db.close().await;
     Ok(())
 }
@@ -813,6 +829,28 @@ pub async fn api(args: ApiArgs) -> anyhow::Result<()> {
     let listener = wiring::bind(args.listen, "REST API").await?;
     tracing::info!(listen = %args.listen, backend = ?args.shared.backend, "stratus API serving");
     serving::serve(listener, app, Limits::API, None, shutdown).await
+}
+
+/// The reverse DNS server of the configuration's `rdns:` section over the
+/// store: PTRs customers set, the provider's defaults, SOA and NS.
+fn reverse_dns(core: &Core) -> stratus_controller::rdns::ReverseDns {
+    stratus_controller::rdns::ReverseDns {
+        config: core.config.rdns.clone(),
+        ledger: core.ledger.clone(),
+        pools: Resources::new(core.objects()),
+        served: Default::default(),
+    }
+}
+
+pub async fn dns(args: DnsArgs) -> anyhow::Result<()> {
+    let core = args.shared.open("stratus-dns").await?;
+    if core.config.rdns.listen.is_none() {
+        bail!("rdns.listen is not set in the configuration: the DNS server has nowhere to listen");
+    }
+    let shutdown = wiring::shutdown_signal();
+    reverse_dns(&core).run(shutdown).await?;
+    core.db.close().await;
+    Ok(())
 }
 
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<()> {

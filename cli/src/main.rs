@@ -27,6 +27,9 @@ enum Command {
     Controller(commands::ControllerArgs),
     /// The node agent of one hypervisor.
     Agent(commands::AgentArgs),
+    /// The authoritative DNS server of the pools' reverse zones (`rdns:`
+    /// of the configuration; `rdns.listen` must be set).
+    Dns(commands::DnsArgs),
     /// Issues a new operator (admin) token and prints it.
     AdminToken(commands::AdminTokenArgs),
     /// Certificates for the mutual TLS between the controller and the agents.
@@ -71,6 +74,7 @@ fn main() -> anyhow::Result<()> {
                     Command::Api(args) => commands::api(args).await,
                     Command::Controller(args) => commands::controller(args).await,
                     Command::Agent(args) => commands::agent(args).await,
+                    Command::Dns(args) => commands::dns(args).await,
                     Command::AdminToken(args) => commands::admin_token(args).await,
                     Command::Crds | Command::Tls(_) | Command::CheckConfig { .. } => Ok(()),
                 }

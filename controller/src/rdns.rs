@@ -69,9 +69,17 @@ struct Source {
     pools: Vec<(String, String, Option<String>)>,
 }
 
+/// A reverse DNS server bound to its address, not serving yet.
+pub struct BoundReverseDns {
+    dns: ReverseDns,
+    udp: UdpSocket,
+    tcp: TcpListener,
+}
+
 impl ReverseDns {
-    /// Serves on `config.listen` (UDP and TCP) until `shutdown`.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ControllerError> {
+    /// Binds `config.listen` (UDP and TCP): a port taken or not allowed
+    /// is said at once.
+    pub async fn bind(self) -> Result<BoundReverseDns, ControllerError> {
         let Some(listen) = self.config.listen_address() else {
             return Err(ControllerError::Config(
                 "rdns.listen is not set: the DNS server has nowhere to listen".into(),
@@ -83,13 +91,32 @@ impl ReverseDns {
         let tcp = TcpListener::bind(listen).await.map_err(|e| {
             ControllerError::Config(format!("the DNS server cannot listen on {listen}/tcp: {e}"))
         })?;
-        tracing::info!(%listen, "serving the reverse zones");
-        let config = Arc::new(self.config.clone());
-        let udp = tokio::spawn(serve_udp(udp, self.served.clone(), config.clone()));
-        let tcp = tokio::spawn(serve_tcp(tcp, self.served.clone(), config));
+        Ok(BoundReverseDns {
+            dns: self,
+            udp,
+            tcp,
+        })
+    }
+
+    /// Binds, then serves until `shutdown`.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), ControllerError> {
+        self.bind().await?.serve(shutdown).await
+    }
+}
+
+impl BoundReverseDns {
+    /// Serves until `shutdown`.
+    pub async fn serve(self, mut shutdown: watch::Receiver<bool>) -> Result<(), ControllerError> {
+        let Self { dns, udp, tcp } = self;
+        if let Ok(listen) = udp.local_addr() {
+            tracing::info!(%listen, "serving the reverse zones");
+        }
+        let config = Arc::new(dns.config.clone());
+        let udp = tokio::spawn(serve_udp(udp, dns.served.clone(), config.clone()));
+        let tcp = tokio::spawn(serve_tcp(tcp, dns.served.clone(), config));
         let mut source = None;
         loop {
-            if let Err(error) = self.refresh(&mut source).await {
+            if let Err(error) = dns.refresh(&mut source).await {
                 tracing::warn!(%error, "the reverse zones could not be read; serving the last ones");
             }
             tokio::select! {
@@ -101,7 +128,9 @@ impl ReverseDns {
         tcp.abort();
         Ok(())
     }
+}
 
+impl ReverseDns {
     /// Takes a new snapshot when a PTR or a pool changed.
     async fn refresh(&self, source: &mut Option<Source>) -> Result<(), ControllerError> {
         let ptrs = self.ledger.ptrs();
