@@ -10,7 +10,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Message, OpCode, ResponseCode};
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_resolver::proto::rr::rdata::{NS, PTR, SOA};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use stratus_core::config::Rdns;
@@ -189,6 +189,7 @@ impl ReverseDns {
         let clock = u32::try_from(jiff::Timestamp::now().as_second()).unwrap_or(u32::MAX);
         let serial = clock.max(previous.wrapping_add(1));
         let count = records.len();
+        let notified = zones.clone();
         self.served.set(Snapshot {
             zones: ReverseZones {
                 zones,
@@ -204,6 +205,9 @@ impl ReverseDns {
             pools = now.pools.len(),
             "reverse zones loaded"
         );
+        if source.is_some() {
+            notify_secondaries(&notified, serial, &self.config);
+        }
         *source = Some(now);
         Ok(())
     }
@@ -236,14 +240,14 @@ async fn serve_tcp(listener: TcpListener, served: Served, config: Arc<Rdns>) {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
         };
-        let Ok((stream, _)) = listener.accept().await else {
+        let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let served = served.clone();
         let config = config.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = serve_connection(stream, served, config).await;
+            let _ = serve_connection(stream, peer.ip(), served, config).await;
         });
     }
 }
@@ -252,6 +256,7 @@ async fn serve_tcp(listener: TcpListener, served: Served, config: Arc<Rdns>) {
 /// until the client goes quiet.
 async fn serve_connection(
     mut stream: TcpStream,
+    peer: IpAddr,
     served: Served,
     config: Arc<Rdns>,
 ) -> std::io::Result<()> {
@@ -265,15 +270,147 @@ async fn serve_connection(
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut message))
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
-        let Some(response) = respond(&message, &served.get(), &config) else {
-            return Ok(());
+        let responses = match transfer(&message, peer, &served.get(), &config) {
+            Some(messages) => messages,
+            None => match respond(&message, &served.get(), &config) {
+                Some(response) => vec![response],
+                None => return Ok(()),
+            },
         };
-        let Ok(length) = u16::try_from(response.len()) else {
-            return Ok(());
-        };
-        stream.write_all(&length.to_be_bytes()).await?;
-        stream.write_all(&response).await?;
+        for response in responses {
+            let Ok(length) = u16::try_from(response.len()) else {
+                return Ok(());
+            };
+            stream.write_all(&length.to_be_bytes()).await?;
+            stream.write_all(&response).await?;
+        }
     }
+}
+
+/// PTRs per message of a zone transfer.
+const TRANSFER_CHUNK: usize = 500;
+
+/// The answer to a zone transfer (AXFR) request: the zone's SOA, NS and
+/// every PTR (`records_of_zone`), then its SOA again, in as many messages
+/// as it takes; refused to anyone but a configured secondary. `None` when
+/// `request` asks no transfer.
+pub fn transfer(
+    request: &[u8],
+    peer: IpAddr,
+    snapshot: &Snapshot,
+    config: &Rdns,
+) -> Option<Vec<Vec<u8>>> {
+    let request = Message::from_vec(request).ok()?;
+    let query = request.queries.first()?;
+    if query.query_type() != RecordType::AXFR {
+        return None;
+    }
+    let id = request.metadata.id;
+    let refused = || {
+        Message::error_msg(id, OpCode::Query, ResponseCode::Refused)
+            .to_vec()
+            .ok()
+            .map(|bytes| vec![bytes])
+    };
+    let allowed = config
+        .secondary_addresses()
+        .iter()
+        .any(|secondary| secondary.ip() == peer);
+    let ascii = query.name().to_ascii().to_ascii_lowercase();
+    let Some(zone) = snapshot
+        .zones
+        .zones
+        .iter()
+        .find(|zone| **zone == ascii)
+        .filter(|_| allowed)
+    else {
+        tracing::info!(%peer, zone = %ascii, allowed, "zone transfer refused");
+        return refused();
+    };
+    let origin = Name::from_ascii(zone).ok()?;
+    let soa = soa_record(&origin, snapshot.serial, config)?;
+    let ttl = config.soa.minimum;
+    let mut records = vec![soa.clone()];
+    records.extend(ns_records(&origin, config));
+    for (address, target) in snapshot.zones.records_of_zone(zone) {
+        let (Ok(name), Ok(target)) = (
+            Name::from_ascii(stratus_core::rdns::reverse_name(address)),
+            Name::from_ascii(format!("{}.", target.trim_end_matches('.'))),
+        ) else {
+            continue;
+        };
+        records.push(Record::from_rdata(name, ttl, RData::PTR(PTR(target))));
+    }
+    records.push(soa);
+    let mut messages = Vec::new();
+    for chunk in records.chunks(TRANSFER_CHUNK) {
+        let mut response = Message::response(id, OpCode::Query);
+        response.metadata.authoritative = true;
+        response.add_query(query.clone());
+        for record in chunk {
+            response.add_answer(record.clone());
+        }
+        messages.push(response.to_vec().ok()?);
+    }
+    tracing::info!(%peer, zone = %zone, records = records.len(), "zone transferred");
+    Some(messages)
+}
+
+/// Tells every secondary that the zones changed (NOTIFY, RFC 1996): each
+/// zone is sent again until it is answered, at most 3 times a second apart.
+fn notify_secondaries(zones: &[String], serial: u32, config: &Rdns) {
+    for secondary in config.secondary_addresses() {
+        for zone in zones {
+            let Ok(origin) = Name::from_ascii(zone) else {
+                continue;
+            };
+            let Some(soa) = soa_record(&origin, serial, config) else {
+                continue;
+            };
+            let id = unguessable_id();
+            let mut notify = Message::new(id, MessageType::Query, OpCode::Notify);
+            notify.metadata.authoritative = true;
+            notify.add_query(Query::query(origin, RecordType::SOA));
+            notify.add_answer(soa);
+            let Ok(bytes) = notify.to_vec() else {
+                continue;
+            };
+            let zone = zone.clone();
+            tokio::spawn(async move {
+                let bind = if secondary.is_ipv4() {
+                    "0.0.0.0:0"
+                } else {
+                    "[::]:0"
+                };
+                let Ok(socket) = UdpSocket::bind(bind).await else {
+                    return;
+                };
+                let mut buffer = vec![0u8; 512];
+                for _ in 0..3 {
+                    if socket.send_to(&bytes, secondary).await.is_err() {
+                        continue;
+                    }
+                    let answered =
+                        tokio::time::timeout(Duration::from_secs(1), socket.recv_from(&mut buffer))
+                            .await;
+                    if let Ok(Ok((len, from))) = answered
+                        && from == secondary
+                        && Message::from_vec(&buffer[..len]).is_ok_and(|m| m.metadata.id == id)
+                    {
+                        tracing::debug!(%secondary, %zone, serial, "secondary notified");
+                        return;
+                    }
+                }
+                tracing::warn!(%secondary, %zone, serial, "a secondary did not acknowledge NOTIFY");
+            });
+        }
+    }
+}
+
+/// A message id no one can guess (a NOTIFY's answer is matched on it).
+fn unguessable_id() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_be_bytes([bytes[0], bytes[1]])
 }
 
 fn truncated(request: &[u8]) -> Option<Vec<u8>> {
@@ -291,7 +428,7 @@ fn truncated(request: &[u8]) -> Option<Vec<u8>> {
 /// question at all (dropped, never answered).
 pub fn respond(request: &[u8], snapshot: &Snapshot, config: &Rdns) -> Option<Vec<u8>> {
     let request = Message::from_vec(request).ok()?;
-    if request.metadata.message_type != hickory_resolver::proto::op::MessageType::Query {
+    if request.metadata.message_type != MessageType::Query {
         return None;
     }
     let id = request.metadata.id;
@@ -312,6 +449,12 @@ pub fn respond(request: &[u8], snapshot: &Snapshot, config: &Rdns) -> Option<Vec
     let name = query.name().clone();
     let ascii = name.to_ascii().to_ascii_lowercase();
     let qtype = query.query_type();
+    if matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
+        // Transfers only over TCP, to secondaries (`transfer`).
+        return Message::error_msg(id, OpCode::Query, ResponseCode::Refused)
+            .to_vec()
+            .ok();
+    }
     let ttl = config.soa.minimum;
     let mut response = Message::response(id, OpCode::Query);
     response.metadata.recursion_desired = request.metadata.recursion_desired;

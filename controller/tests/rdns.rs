@@ -214,3 +214,177 @@ async fn r22_ptrs_set_and_defaults_are_served_authoritatively_and_the_serial_mov
         assert!(served.get().serial > first_serial);
     }
 }
+
+/// Reads one length-prefixed DNS message from `stream`.
+async fn read_message(stream: &mut tokio::net::TcpStream) -> hickory_resolver::proto::op::Message {
+    use tokio::io::AsyncReadExt;
+    let mut length = [0u8; 2];
+    stream.read_exact(&mut length).await.unwrap();
+    let mut bytes = vec![0u8; usize::from(u16::from_be_bytes(length))];
+    stream.read_exact(&mut bytes).await.unwrap();
+    hickory_resolver::proto::op::Message::from_vec(&bytes).unwrap()
+}
+
+#[tokio::test]
+async fn r22_secondaries_are_notified_of_changes_and_transfer_the_zone() {
+    use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+    use hickory_resolver::proto::rr::Name;
+    use tokio::io::AsyncWriteExt;
+    for scratch in stratus_store::testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        // The harness's pools include 198.51.100.0/24.
+        let ips = h.ledger.ips();
+        assert!(
+            ips.try_hold(&NewHolding {
+                pool: "test",
+                family: Family::V4,
+                slot: 9,
+                address: "198.51.100.9",
+                prefix_len: 32,
+                holder: "uid-9",
+                account: "acc-1",
+                subject: "acc-1/mx",
+                at: 1,
+                next_check_at: 2,
+            })
+            .await
+            .unwrap()
+        );
+        let holding = ips.held_by("uid-9").await.unwrap()[0].id;
+        // The secondary: hears NOTIFY on its own port and acknowledges it.
+        let secondary = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let secondary_address = secondary.local_addr().unwrap();
+        let (heard_tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buffer = vec![0u8; 4096];
+            loop {
+                let Ok((len, peer)) = secondary.recv_from(&mut buffer).await else {
+                    return;
+                };
+                let Ok(notify) = Message::from_vec(&buffer[..len]) else {
+                    continue;
+                };
+                let zone = notify.queries[0].name().to_ascii();
+                let _ = heard_tx.send((notify.metadata.op_code, zone));
+                let ack = Message::response(notify.metadata.id, OpCode::Notify);
+                let _ = secondary.send_to(&ack.to_vec().unwrap(), peer).await;
+            }
+        });
+        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = Rdns {
+            listen: Some(listen.to_string()),
+            default_template: Some("h-{ip-dashed}.example.net".into()),
+            secondaries: vec![secondary_address.to_string()],
+            ..Rdns::default()
+        };
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let served = Served::default();
+        let server = tokio::spawn(
+            ReverseDns {
+                config: config.clone(),
+                ledger: h.ledger.clone(),
+                pools: Resources::new(h.store.clone()),
+                served: served.clone(),
+            }
+            .run(stopped),
+        );
+        let zone = "100.51.198.in-addr.arpa.";
+        for _ in 0..100 {
+            if served.get().zones.zones.iter().any(|z| z == zone) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            h.ledger
+                .ptrs()
+                .set(&SetPtr {
+                    address: "198.51.100.9",
+                    hostname: Some("mx.example.com"),
+                    holding_id: holding,
+                    holder: "uid-9",
+                    actor: "token:t",
+                    at: 10,
+                })
+                .await
+                .unwrap()
+        );
+        let (op_code, notified) = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let heard = heard.recv().await.unwrap();
+                if heard.1 == zone {
+                    return heard;
+                }
+            }
+        })
+        .await
+        .expect("the secondary was notified");
+        assert_eq!(
+            (op_code, notified.as_str()),
+            (OpCode::Notify, zone),
+            "{label}"
+        );
+
+        // The secondary transfers the zone over TCP.
+        let mut stream = tokio::net::TcpStream::connect(listen).await.unwrap();
+        let mut request = Message::new(7, MessageType::Query, OpCode::Query);
+        request.add_query(Query::query(
+            Name::from_ascii(zone).unwrap(),
+            RecordType::AXFR,
+        ));
+        let bytes = request.to_vec().unwrap();
+        stream
+            .write_all(&(bytes.len() as u16).to_be_bytes())
+            .await
+            .unwrap();
+        stream.write_all(&bytes).await.unwrap();
+        let mut records = Vec::new();
+        let mut soas = 0;
+        while soas < 2 {
+            let message = read_message(&mut stream).await;
+            assert_eq!(
+                message.metadata.response_code,
+                ResponseCode::NoError,
+                "{label}"
+            );
+            for record in message.answers {
+                match &record.data {
+                    RData::SOA(_) => soas += 1,
+                    RData::PTR(ptr) => records.push((record.name.to_ascii(), ptr.0.to_ascii())),
+                    _ => {}
+                }
+            }
+        }
+        assert!(
+            records.contains(&(
+                "9.100.51.198.in-addr.arpa.".to_owned(),
+                "mx.example.com.".to_owned()
+            )),
+            "{label}"
+        );
+        assert!(records.contains(&(
+            "10.100.51.198.in-addr.arpa.".to_owned(),
+            "h-198-51-100-10.example.net.".to_owned()
+        )));
+        assert_eq!(records.len(), 254, "{label}: every host of the /24, once");
+
+        // Anyone else is refused, over TCP as over UDP.
+        let refused = stratus_controller::rdns::transfer(
+            &bytes,
+            "192.0.2.99".parse().unwrap(),
+            &served.get(),
+            &config,
+        )
+        .unwrap();
+        let refused = Message::from_vec(&refused[0]).unwrap();
+        assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+        let over_udp = stratus_controller::rdns::respond(&bytes, &served.get(), &config).unwrap();
+        assert_eq!(
+            Message::from_vec(&over_udp).unwrap().metadata.response_code,
+            ResponseCode::Refused
+        );
+        stop.send(true).unwrap();
+        server.await.unwrap().unwrap();
+    }
+}

@@ -438,8 +438,9 @@ pub struct Rdns {
     /// the resolver of `dnsbl:`).
     #[serde(default = "default_true")]
     pub require_forward_match: bool,
-    /// The provider's secondary servers (addresses): allowed zone transfers
-    /// and told of changes.
+    /// The provider's secondary servers (addresses, `192.0.2.53`, or with
+    /// the port they hear NOTIFY on): allowed zone transfers (AXFR, over
+    /// TCP) and told of every change (NOTIFY).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secondaries: Vec<String>,
 }
@@ -522,11 +523,12 @@ impl Rdns {
         self.listen.as_deref().and_then(|l| l.parse().ok())
     }
 
-    /// The secondaries' addresses.
-    pub fn secondary_addresses(&self) -> Vec<std::net::IpAddr> {
+    /// The secondaries: where each hears NOTIFY (its address is the one
+    /// allowed zone transfers).
+    pub fn secondary_addresses(&self) -> Vec<std::net::SocketAddr> {
         self.secondaries
             .iter()
-            .filter_map(|s| s.parse().ok())
+            .filter_map(|s| crate::rdns::secondary(s))
             .collect()
     }
 
@@ -583,8 +585,11 @@ impl Rdns {
             return invalid("rdns.secondaries".into(), "lists at most 16 addresses");
         }
         for (i, secondary) in self.secondaries.iter().enumerate() {
-            if secondary.parse::<std::net::IpAddr>().is_err() {
-                return invalid(format!("rdns.secondaries[{i}]"), "must be an IP address");
+            if crate::rdns::secondary(secondary).is_none() {
+                return invalid(
+                    format!("rdns.secondaries[{i}]"),
+                    "must be an IP address, or an address and the port it hears NOTIFY on",
+                );
             }
         }
         Ok(())

@@ -247,9 +247,98 @@ impl ReverseZones {
     }
 }
 
+/// Most default PTRs one zone transfer enumerates: a zone whose pools
+/// hold more addresses (a /8) transfers only the PTRs set in it.
+pub const MAX_TRANSFERRED_DEFAULTS: u64 = 65_536;
+
+impl ReverseZones {
+    /// Every PTR of `zone` a zone transfer carries, by address: those set,
+    /// and the default of each IPv4 address of a pool in it (IPv6 pools
+    /// are too large to list: secondaries answer only the PTRs set there).
+    pub fn records_of_zone(&self, zone: &str) -> Vec<(IpAddr, String)> {
+        let mut records: std::collections::BTreeMap<IpAddr, String> = self
+            .records
+            .iter()
+            .filter(|(address, _)| self.zone_of(&reverse_name(**address)) == Some(zone))
+            .map(|(address, name)| (*address, name.clone()))
+            .collect();
+        if let Some(template) = &self.default_template {
+            for network in &self.networks {
+                let IpNet::V4(v4) = network else {
+                    continue;
+                };
+                if 1u64 << (32 - u32::from(v4.prefix_len())) > MAX_TRANSFERRED_DEFAULTS {
+                    continue;
+                }
+                for address in v4.hosts() {
+                    let address = IpAddr::V4(address);
+                    if self.zone_of(&reverse_name(address)) == Some(zone) {
+                        records
+                            .entry(address)
+                            .or_insert_with(|| default_ptr(template, address));
+                    }
+                }
+            }
+        }
+        records.into_iter().collect()
+    }
+}
+
+/// A secondary as configured: its address, and where it hears NOTIFY
+/// (port 53 unless given, `192.0.2.53:5353`).
+pub fn secondary(text: &str) -> Option<std::net::SocketAddr> {
+    text.parse::<std::net::SocketAddr>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(|ip| (ip, 53).into()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zone_transfer_lists_the_ptrs_set_and_the_ipv4_defaults_of_its_zone() {
+        let mut zones = ReverseZones {
+            zones: reverse_zones("10.64.0.0/23".parse().unwrap()),
+            networks: vec!["10.64.0.0/23".parse().unwrap()],
+            records: HashMap::new(),
+            default_template: None,
+        };
+        zones
+            .records
+            .insert("10.64.1.9".parse().unwrap(), "mail.example.com".into());
+        assert_eq!(
+            zones.records_of_zone("1.64.10.in-addr.arpa."),
+            [("10.64.1.9".parse().unwrap(), "mail.example.com".to_owned())]
+        );
+        assert!(zones.records_of_zone("0.64.10.in-addr.arpa.").is_empty());
+        zones.default_template = Some("h-{ip-dashed}.example.net".into());
+        let first = zones.records_of_zone("0.64.10.in-addr.arpa.");
+        assert_eq!(
+            first.len(),
+            255,
+            "the hosts of 10.64.0.0/23 in the first /24"
+        );
+        let second = zones.records_of_zone("1.64.10.in-addr.arpa.");
+        assert_eq!(second.len(), 255);
+        assert!(second.contains(&("10.64.1.9".parse().unwrap(), "mail.example.com".to_owned())));
+        let big = ReverseZones {
+            zones: reverse_zones("10.0.0.0/8".parse().unwrap()),
+            networks: vec!["10.0.0.0/8".parse().unwrap()],
+            records: HashMap::new(),
+            default_template: Some("h-{ip-dashed}.example.net".into()),
+        };
+        assert!(big.records_of_zone("10.in-addr.arpa.").is_empty());
+        assert_eq!(
+            secondary("192.0.2.53"),
+            Some("192.0.2.53:53".parse().unwrap())
+        );
+        assert_eq!(
+            secondary("127.0.0.1:5353"),
+            Some("127.0.0.1:5353".parse().unwrap())
+        );
+        assert_eq!(secondary("ns2"), None);
+    }
 
     #[test]
     fn reverse_names_go_both_ways() {
