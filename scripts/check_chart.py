@@ -21,6 +21,8 @@ VALUE_SETS = {
         "controller": {"agentTls": {"existingSecret": "controller-agent-link"}, "replicas": 3},
         "api": {"replicas": 3, "service": {"type": "LoadBalancer"}},
         "image": {"tag": "v0.1.0"},
+        "dns": {"enabled": True},
+        "config": {"rdns": {"defaultTemplate": "static-{ip-dashed}.example.net", "secondaries": ["192.0.2.53"]}},
     },
 }
 
@@ -51,7 +53,7 @@ def main() -> int:
             failures.append(f"{name}: the chart rendered no objects")
         if name == "tls-and-secrets":
             text = "\n".join(rendered.values())
-            for wanted in ("secretName: controller-agent-link", "--agent-client-key=", "name: pg-credentials"):
+            for wanted in ("secretName: controller-agent-link", "--agent-client-key=", "name: pg-credentials", "- dns\n", "port: 53"):
                 if wanted not in text:
                     failures.append(f"{name}: rendered chart lacks {wanted!r}")
         print(f"chart [{name}]: {objects} objects rendered and valid for Kubernetes {KUBERNETES}")

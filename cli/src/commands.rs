@@ -202,6 +202,10 @@ pub struct ControllerArgs {
 pub struct DnsArgs {
     #[command(flatten)]
     shared: SharedArgs,
+    /// Where to listen, UDP and TCP (default: the configuration's
+    /// `rdns.listen`).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Args)]
@@ -844,11 +848,17 @@ fn reverse_dns(core: &Core) -> stratus_controller::rdns::ReverseDns {
 
 pub async fn dns(args: DnsArgs) -> anyhow::Result<()> {
     let core = args.shared.open("stratus-dns").await?;
-    if core.config.rdns.listen.is_none() {
-        bail!("rdns.listen is not set in the configuration: the DNS server has nowhere to listen");
+    let mut dns = reverse_dns(&core);
+    if let Some(listen) = args.listen {
+        dns.config.listen = Some(listen.to_string());
+    }
+    if dns.config.listen.is_none() {
+        bail!(
+            "--listen or the configuration's rdns.listen is required: the DNS server has nowhere to listen"
+        );
     }
     let shutdown = wiring::shutdown_signal();
-    reverse_dns(&core).run(shutdown).await?;
+    dns.run(shutdown).await?;
     core.db.close().await;
     Ok(())
 }
