@@ -817,3 +817,86 @@ fn notable_lines(log: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// `dig -x address @127.0.0.1 -p port +short`: what stratus's DNS server
+/// answers for the address's PTR.
+fn dig_ptr(address: &str, port: u16) -> String {
+    let output = std::process::Command::new("dig")
+        .args([
+            "-x",
+            address,
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+short",
+            "+tries=1",
+            "+time=2",
+        ])
+        .output()
+        .expect("dig (Debian's bind9-dnsutils) runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+async fn wait_dig(address: &str, port: u16, want: &str) {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let answer = dig_ptr(address, port);
+        if answer == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dig -x {address} answers {answer:?}, not {want:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// R22 end to end: `stratus up` serves the reverse zone of its pool; a PTR
+/// set through the API is what `dig -x` gets from it, the default before
+/// and again once the server is gone.
+#[tokio::test]
+async fn r22_a_ptr_set_through_the_api_is_what_dig_gets_from_stratus_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let dns_port = free_port();
+    let config = dir.path().join("stratus.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "rdns:\n  listen: 127.0.0.1:{dns_port}\n  defaultTemplate: static-{{ip-dashed}}.example.net\n  requireForwardMatch: false\n"
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, port, &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let (_, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "mail", "plan": "small", "image": "debian-12"}),
+        )
+        .await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    let running = customer.wait_status(&id, "running", WAIT).await;
+    let ipv4 = running["ipv4"]["address"].as_str().unwrap().to_owned();
+    let dashed = ipv4.replace('.', "-");
+    wait_dig(&ipv4, dns_port, &format!("static-{dashed}.example.net.")).await;
+
+    let (status, body) = customer
+        .put(
+            &format!("/v1/servers/{id}/ptr"),
+            json!({"ip": ipv4, "hostname": "mail.example.com"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    wait_dig(&ipv4, dns_port, "mail.example.com.").await;
+
+    customer
+        .delete_and_wait(&format!("/v1/servers/{id}"), WAIT)
+        .await;
+    wait_dig(&ipv4, dns_port, &format!("static-{dashed}.example.net.")).await;
+    stratus.process.terminate();
+}
