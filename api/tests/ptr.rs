@@ -245,6 +245,53 @@ async fn r22_a_ptr_is_set_only_on_an_address_the_server_holds_and_kept_in_the_le
         assert_eq!(reset.status, StatusCode::OK, "{}", reset.body);
         assert_eq!(reset.body["hostname"], "static-192-0-2-7.example.net");
         assert_eq!(reset.body["default"], true);
+        // At most 64 PTRs in one IPv6 prefix.
+        for i in 0..63u32 {
+            let reply = api
+                .call(
+                    Method::PUT,
+                    &path,
+                    &token,
+                    Some(json!({"ip": format!("2001:db8:0:7::1:{i:x}"), "hostname": format!("h{i}.example.com")})),
+                )
+                .await;
+            assert_eq!(reply.status, StatusCode::OK, "{label}: {}", reply.body);
+        }
+        let over = api
+            .call(
+                Method::PUT,
+                &path,
+                &token,
+                Some(json!({"ip": "2001:db8:0:7::2:1", "hostname": "one-too-many.example.com"})),
+            )
+            .await;
+        assert_error(
+            &over,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("ip"),
+        );
+        // A suspended server's reverse DNS stays as it is.
+        api.state
+            .servers
+            .update(Some(&account), &id, |s| {
+                s.spec.suspension = Some(stratus_core::standing::Suspension {
+                    reasons: vec![stratus_core::standing::SuspensionReason::Abuse],
+                    mode: stratus_core::policy::SuspensionMode::Stopped,
+                });
+                true
+            })
+            .await
+            .unwrap();
+        let held = api
+            .call(
+                Method::PUT,
+                &path,
+                &token,
+                Some(json!({"ip": "192.0.2.7", "hostname": "spam.example.com"})),
+            )
+            .await;
+        assert_error(&held, StatusCode::CONFLICT, "server_suspended", None);
         let history = api.state.ledger.ptrs().history("192.0.2.7").await.unwrap();
         let said: Vec<Option<&str>> = history.iter().map(|c| c.hostname.as_deref()).collect();
         assert_eq!(said, [Some("mail.example.com"), None], "{label}");
@@ -264,7 +311,7 @@ async fn r22_a_ptr_is_set_only_on_an_address_the_server_holds_and_kept_in_the_le
                 .iter()
                 .filter(|e| e.action == AuditAction::ServerPtr)
                 .count(),
-            3,
+            66,
             "{label}"
         );
     }
@@ -318,8 +365,8 @@ async fn r22_a_ptr_must_resolve_forward_to_its_address_when_the_provider_says_so
             .await;
         assert_eq!(set.status, StatusCode::OK, "{label}: {}", set.body);
     }
-    // Without a resolver to ask, a provider that asks for the check
-    // refuses, saying why.
+    // Without a resolver to ask, a provider that asks for the check cannot
+    // take PTRs: unavailable, saying why.
     for scratch in testing::both().await {
         let api = api_on(scratch).await;
         api.register_zone("default").await;
@@ -333,11 +380,11 @@ async fn r22_a_ptr_must_resolve_forward_to_its_address_when_the_provider_says_so
                 Some(json!({"ip": "192.0.2.7", "hostname": "mail.example.com"})),
             )
             .await;
-        assert_error(
-            &reply,
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            Some("hostname"),
+        assert_eq!(
+            reply.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{}",
+            reply.body
         );
         assert!(
             reply.body["error"]["message"]

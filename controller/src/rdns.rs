@@ -28,8 +28,13 @@ use crate::error::ControllerError;
 const REFRESH: Duration = Duration::from_secs(1);
 /// TCP connections served at once; more wait to be accepted.
 const MAX_TCP_CONNECTIONS: usize = 256;
-/// A TCP client that sends nothing for this long is dropped.
+/// A TCP client that sends nothing for this long is dropped, and one that
+/// reads nothing for as long (a full window) too.
 const TCP_IDLE: Duration = Duration::from_secs(10);
+/// TCP connections one address may hold at once.
+const MAX_TCP_CONNECTIONS_PER_PEER: usize = 16;
+/// The longest a TCP connection lives, however busy.
+const TCP_LIFETIME: Duration = Duration::from_secs(120);
 /// PTRs read from the store per page.
 const PAGE: u32 = 5_000;
 
@@ -189,7 +194,32 @@ impl ReverseDns {
         let clock = u32::try_from(jiff::Timestamp::now().as_second()).unwrap_or(u32::MAX);
         let serial = clock.max(previous.wrapping_add(1));
         let count = records.len();
-        let notified = zones.clone();
+        // The zones whose content changed: every one when the pools did.
+        let before = self.served.get();
+        let notified: Vec<String> = if source.as_ref().is_some_and(|s| s.pools == now.pools) {
+            let mut changed: Vec<String> = records
+                .iter()
+                .filter(|(address, name)| before.zones.records.get(*address) != Some(*name))
+                .chain(
+                    before
+                        .zones
+                        .records
+                        .iter()
+                        .filter(|(address, _)| !records.contains_key(*address)),
+                )
+                .filter_map(|(address, _)| {
+                    before
+                        .zones
+                        .zone_of(&stratus_core::rdns::reverse_name(*address))
+                        .map(str::to_owned)
+                })
+                .collect();
+            changed.sort();
+            changed.dedup();
+            changed
+        } else {
+            zones.clone()
+        };
         self.served.set(Snapshot {
             zones: ReverseZones {
                 zones,
@@ -236,6 +266,7 @@ async fn serve_udp(socket: UdpSocket, served: Served, config: Arc<Rdns>) {
 
 async fn serve_tcp(listener: TcpListener, served: Served, config: Arc<Rdns>) {
     let permits = Arc::new(Semaphore::new(MAX_TCP_CONNECTIONS));
+    let per_peer: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>> = Arc::default();
     loop {
         let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
@@ -243,11 +274,31 @@ async fn serve_tcp(listener: TcpListener, served: Served, config: Arc<Rdns>) {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
+        let peer = peer.ip();
+        {
+            let mut open = per_peer.lock().unwrap_or_else(|e| e.into_inner());
+            let count = open.entry(peer).or_default();
+            if *count >= MAX_TCP_CONNECTIONS_PER_PEER {
+                // One host never holds every connection.
+                continue;
+            }
+            *count += 1;
+        }
         let served = served.clone();
         let config = config.clone();
+        let per_peer = per_peer.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _ = serve_connection(stream, peer.ip(), served, config).await;
+            let _ =
+                tokio::time::timeout(TCP_LIFETIME, serve_connection(stream, peer, served, config))
+                    .await;
+            let mut open = per_peer.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = open.get_mut(&peer) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    open.remove(&peer);
+                }
+            }
         });
     }
 }
@@ -281,14 +332,19 @@ async fn serve_connection(
             let Ok(length) = u16::try_from(response.len()) else {
                 return Ok(());
             };
-            stream.write_all(&length.to_be_bytes()).await?;
-            stream.write_all(&response).await?;
+            let mut framed = Vec::with_capacity(response.len() + 2);
+            framed.extend_from_slice(&length.to_be_bytes());
+            framed.extend_from_slice(&response);
+            tokio::time::timeout(TCP_IDLE, stream.write_all(&framed))
+                .await
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         }
     }
 }
 
-/// PTRs per message of a zone transfer.
-const TRANSFER_CHUNK: usize = 500;
+/// Records per message of a zone transfer: two names of at most 255
+/// bytes each, 100 of them stay well under a message's 64 KiB.
+const TRANSFER_CHUNK: usize = 100;
 
 /// The answer to a zone transfer (AXFR) request: the zone's SOA, NS and
 /// every PTR (`records_of_zone`), then its SOA again, in as many messages
@@ -324,7 +380,7 @@ pub fn transfer(
         .find(|zone| **zone == ascii)
         .filter(|_| allowed)
     else {
-        tracing::info!(%peer, zone = %ascii, allowed, "zone transfer refused");
+        tracing::debug!(%peer, zone = %ascii, allowed, "zone transfer refused");
         return refused();
     };
     let origin = Name::from_ascii(zone).ok()?;
@@ -459,7 +515,18 @@ pub fn respond(request: &[u8], snapshot: &Snapshot, config: &Rdns) -> Option<Vec
     let mut response = Message::response(id, OpCode::Query);
     response.metadata.recursion_desired = request.metadata.recursion_desired;
     response.add_query(query.clone());
-    let answer = snapshot.zones.answer(&ascii, qtype == RecordType::PTR);
+    if snapshot.serial == 0 {
+        // Not loaded yet: a resolver asks another server or again.
+        response.metadata.response_code = ResponseCode::ServFail;
+        return response.to_vec().ok();
+    }
+    if query.query_class() != hickory_resolver::proto::rr::DNSClass::IN {
+        response.metadata.response_code = ResponseCode::Refused;
+        return response.to_vec().ok();
+    }
+    let answer = snapshot
+        .zones
+        .answer(&ascii, matches!(qtype, RecordType::PTR | RecordType::ANY));
     let zone = match &answer {
         ReverseAnswer::Refused => {
             response.metadata.response_code = ResponseCode::Refused;

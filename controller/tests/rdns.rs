@@ -388,3 +388,77 @@ async fn r22_secondaries_are_notified_of_changes_and_transfer_the_zone() {
         server.await.unwrap().unwrap();
     }
 }
+
+/// One question to the server's answering code, as a resolver asks it.
+fn ask(
+    snapshot: &stratus_controller::rdns::Snapshot,
+    name: &str,
+    record_type: RecordType,
+) -> hickory_resolver::proto::op::Message {
+    use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_resolver::proto::rr::Name;
+    let mut request = Message::new(42, MessageType::Query, OpCode::Query);
+    request.add_query(Query::query(Name::from_ascii(name).unwrap(), record_type));
+    let answer =
+        stratus_controller::rdns::respond(&request.to_vec().unwrap(), snapshot, &Rdns::default())
+            .unwrap();
+    Message::from_vec(&answer).unwrap()
+}
+
+#[test]
+fn answers_are_authoritative_negative_ones_carry_the_soa_and_nothing_is_served_before_the_zones_load()
+ {
+    use hickory_resolver::proto::op::ResponseCode;
+    use stratus_core::rdns::{ReverseZones, reverse_zones};
+    let mut zones = ReverseZones {
+        zones: reverse_zones("192.0.2.0/24".parse().unwrap()),
+        networks: vec!["192.0.2.0/24".parse().unwrap()],
+        records: Default::default(),
+        default_template: None,
+    };
+    zones
+        .records
+        .insert("192.0.2.7".parse().unwrap(), "mail.example.com".into());
+    let loading = stratus_controller::rdns::Snapshot {
+        zones: zones.clone(),
+        serial: 0,
+    };
+    assert_eq!(
+        ask(&loading, "7.2.0.192.in-addr.arpa.", RecordType::PTR)
+            .metadata
+            .response_code,
+        ResponseCode::ServFail,
+        "not loaded yet"
+    );
+    let snapshot = stratus_controller::rdns::Snapshot { zones, serial: 7 };
+    let found = ask(&snapshot, "7.2.0.192.IN-ADDR.arpa.", RecordType::PTR);
+    assert!(found.metadata.authoritative);
+    assert_eq!(found.answers.len(), 1);
+    for (name, code) in [
+        ("8.2.0.192.in-addr.arpa.", ResponseCode::NXDomain),
+        ("x.7.2.0.192.in-addr.arpa.", ResponseCode::NXDomain),
+    ] {
+        let negative = ask(&snapshot, name, RecordType::PTR);
+        assert_eq!(negative.metadata.response_code, code, "{name}");
+        assert!(negative.metadata.authoritative);
+        assert!(negative.answers.is_empty());
+        assert!(
+            matches!(negative.authorities.first().map(|r| &r.data), Some(RData::SOA(soa)) if soa.serial == 7),
+            "{name}: the SOA makes it cacheable"
+        );
+    }
+    // Another type of an existing name: no data, with the SOA.
+    let nodata = ask(&snapshot, "7.2.0.192.in-addr.arpa.", RecordType::A);
+    assert_eq!(nodata.metadata.response_code, ResponseCode::NoError);
+    assert!(nodata.answers.is_empty() && !nodata.authorities.is_empty());
+    // ANY gets the PTR; another zone is refused, never resolved.
+    assert_eq!(
+        ask(&snapshot, "7.2.0.192.in-addr.arpa.", RecordType::ANY)
+            .answers
+            .len(),
+        1
+    );
+    let foreign = ask(&snapshot, "example.com.", RecordType::A);
+    assert_eq!(foreign.metadata.response_code, ResponseCode::Refused);
+    assert!(!foreign.metadata.authoritative);
+}

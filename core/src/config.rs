@@ -573,8 +573,13 @@ impl Rdns {
             );
         }
         if let Some(template) = &self.default_template {
-            let example = template.replace("{ip-dashed}", "2001-db8-0-0-0-0-0-1");
-            if !template.contains("{ip-dashed}") || crate::rdns::check_hostname(&example).is_err() {
+            // The longest addresses it will be filled with must make names.
+            let too_long = ["ffff-ffff-ffff-ffff-ffff-ffff-ffff-ffff", "255-255-255-255"]
+                .iter()
+                .any(|dashed| {
+                    crate::rdns::check_hostname(&template.replace("{ip-dashed}", dashed)).is_err()
+                });
+            if !template.contains("{ip-dashed}") || too_long {
                 return invalid(
                     "rdns.defaultTemplate".into(),
                     "must be a DNS name containing {ip-dashed}, such as static-{ip-dashed}.example.net",

@@ -215,7 +215,7 @@ impl ReverseZones {
         let template = self.default_template.as_deref()?;
         self.networks
             .iter()
-            .any(|net| net.contains(&address))
+            .any(|net| has_default(net, address))
             .then(|| default_ptr(template, address))
     }
 
@@ -232,9 +232,14 @@ impl ReverseZones {
             return ReverseAnswer::Apex { zone };
         }
         let Some(address) = address_of(name) else {
-            // An inner label (`2.0.192.in-addr.arpa.` of a /16 zone):
-            // names below it may exist.
-            return ReverseAnswer::NoData { zone };
+            // An inner name (`2.0.192.in-addr.arpa.` of a /16 zone) has
+            // names below it: it exists, with no data. Anything else in the
+            // zone (below an address, or no address at all) does not.
+            return if is_inner_reverse_name(name) {
+                ReverseAnswer::NoData { zone }
+            } else {
+                ReverseAnswer::NxDomain { zone }
+            };
         };
         match self.ptr_of(address) {
             Some(target) if ptr => ReverseAnswer::Ptr {
@@ -247,9 +252,62 @@ impl ReverseZones {
     }
 }
 
-/// Most default PTRs one zone transfer enumerates: a zone whose pools
-/// hold more addresses (a /8) transfers only the PTRs set in it.
+/// Most addresses an IPv4 pool may have for its addresses to have default
+/// PTRs (they are listed in zone transfers, so secondaries answer what
+/// stratus answers): a larger pool (a /8) answers only the PTRs set.
 pub const MAX_TRANSFERRED_DEFAULTS: u64 = 65_536;
+
+/// Whether `address` of `network` gets the default PTR: an IPv4 host of a
+/// pool of at most [`MAX_TRANSFERRED_DEFAULTS`] addresses (not its network
+/// or broadcast address), or any address of an IPv6 pool (too many to
+/// transfer: stratus's own servers answer those).
+fn has_default(network: &IpNet, address: IpAddr) -> bool {
+    match (network, address) {
+        (IpNet::V4(net), IpAddr::V4(v4)) => {
+            net.contains(&v4)
+                && 1u64 << (32 - u32::from(net.prefix_len())) <= MAX_TRANSFERRED_DEFAULTS
+                && (net.prefix_len() >= 31 || (v4 != net.network() && v4 != net.broadcast()))
+        }
+        (IpNet::V6(net), IpAddr::V6(v6)) => net.contains(&v6),
+        _ => false,
+    }
+}
+
+/// Whether `name` is a proper prefix of reverse names (fewer labels than
+/// an address, each a valid octet or nibble): it has names below it.
+fn is_inner_reverse_name(name: &str) -> bool {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(labels) = name.strip_suffix(".in-addr.arpa") {
+        let labels: Vec<&str> = labels.split('.').collect();
+        return labels.len() < 4
+            && labels
+                .iter()
+                .all(|l| l.parse::<u8>().is_ok_and(|o| o.to_string() == *l));
+    }
+    if let Some(labels) = name.strip_suffix(".ip6.arpa") {
+        let labels: Vec<&str> = labels.split('.').collect();
+        return labels.len() < 32
+            && labels
+                .iter()
+                .all(|l| l.len() == 1 && l.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+    false
+}
+
+/// The network an IPv4 reverse zone's apex stands for
+/// (`2.0.192.in-addr.arpa.` is 192.0.2.0/24).
+fn v4_zone_network(zone: &str) -> Option<ipnet::Ipv4Net> {
+    let labels = zone.trim_end_matches('.').strip_suffix(".in-addr.arpa")?;
+    let mut octets: Vec<u8> = labels
+        .split('.')
+        .map(|l| l.parse().ok())
+        .collect::<Option<_>>()?;
+    octets.reverse();
+    let length = u8::try_from(octets.len() * 8).ok()?;
+    octets.resize(4, 0);
+    let [a, b, c, d] = <[u8; 4]>::try_from(octets).ok()?;
+    ipnet::Ipv4Net::new(std::net::Ipv4Addr::new(a, b, c, d), length).ok()
+}
 
 impl ReverseZones {
     /// Every PTR of `zone` a zone transfer carries, by address: those set,
@@ -262,17 +320,25 @@ impl ReverseZones {
             .filter(|(address, _)| self.zone_of(&reverse_name(**address)) == Some(zone))
             .map(|(address, name)| (*address, name.clone()))
             .collect();
-        if let Some(template) = &self.default_template {
+        if let (Some(template), Some(zone_net)) = (&self.default_template, v4_zone_network(zone)) {
             for network in &self.networks {
                 let IpNet::V4(v4) = network else {
                     continue;
                 };
-                if 1u64 << (32 - u32::from(v4.prefix_len())) > MAX_TRANSFERRED_DEFAULTS {
+                // Only where the pool and the zone overlap: the smaller of
+                // the two, when one holds the other.
+                let span = if v4.contains(&zone_net) {
+                    zone_net
+                } else if zone_net.contains(v4) {
+                    *v4
+                } else {
                     continue;
-                }
-                for address in v4.hosts() {
+                };
+                for address in span.hosts().chain([span.network(), span.broadcast()]) {
                     let address = IpAddr::V4(address);
-                    if self.zone_of(&reverse_name(address)) == Some(zone) {
+                    if has_default(network, address)
+                        && self.zone_of(&reverse_name(address)) == Some(zone)
+                    {
                         records
                             .entry(address)
                             .or_insert_with(|| default_ptr(template, address));

@@ -11,6 +11,7 @@ use serde_json::json;
 use stratus_core::ip::Family;
 use stratus_core::rdns;
 use stratus_core::resources::VirtualServer;
+use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject, Holding, SetPtr};
 
 use super::servers::{find_server, server_id};
@@ -60,6 +61,17 @@ pub async fn set_ptr(
             "the server is being deleted or was terminated: its addresses are being given back",
         ));
     }
+    if let Some(suspension) = &server.spec.suspension {
+        // A server suspended for spam or abuse does not rename itself.
+        let reasons: Vec<&str> = suspension.reasons.iter().map(|r| r.as_str()).collect();
+        return Err(ApiError::server_suspended(
+            &reasons,
+            format!(
+                "the server is {}: its reverse DNS stays as it is until the suspension is lifted",
+                suspension.describe()
+            ),
+        ));
+    }
     let ip: IpAddr = body
         .ip
         .trim()
@@ -83,9 +95,8 @@ pub async fn set_ptr(
         && state.config.rdns.require_forward_match
     {
         let Some(forward) = &state.forward else {
-            return Err(ApiError::invalid(
-                "hostname",
-                "the provider checks that a PTR's name resolves to its address and has no resolver to ask (dnsbl.resolver)",
+            return Err(ApiError::unavailable(
+                "the provider checks that a PTR's name resolves to its address and has no resolver to ask (dnsbl.resolver): reverse DNS cannot be set until it is configured",
             ));
         };
         match forward.addresses(name, ip).await {
@@ -127,7 +138,11 @@ pub async fn set_ptr(
             actor: &actor,
             at: state.now_millis(),
         })
-        .await?;
+        .await
+        .map_err(|error| match error {
+            StoreError::Invalid(message) => ApiError::invalid("ip", message),
+            other => other.into(),
+        })?;
     if !set {
         return Err(ApiError::conflict(format!(
             "{ip} was given back meanwhile: the server no longer holds it"

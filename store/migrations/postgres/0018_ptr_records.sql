@@ -1,8 +1,7 @@
 -- Reverse DNS (R20-R22): the PTR set for an address a server holds, and
 -- every change of one, for ever (who said this address was which name,
 -- when). A record lives only while its holding does: releasing the
--- holding removes it, in the same transaction. The largest change id is
--- the reverse zones' SOA serial.
+-- holding removes it, in the same transaction.
 CREATE TABLE ip_ptr_records (
     -- The address (an IPv4 address, or one address of an IPv6 prefix).
     address TEXT PRIMARY KEY,
@@ -29,3 +28,12 @@ CREATE TABLE ip_ptr_changes (
     changed_at BIGINT NOT NULL
 );
 CREATE INDEX ip_ptr_changes_by_address ON ip_ptr_changes (address, id);
+
+-- Bumped by every transaction that changes a PTR, under its row lock: its
+-- value moves in commit order (an id of ip_ptr_changes does not on
+-- PostgreSQL), so a server that saw it move never misses a change.
+CREATE TABLE ip_ptr_version (
+    id INTEGER PRIMARY KEY,
+    version BIGINT NOT NULL
+);
+INSERT INTO ip_ptr_version (id, version) VALUES (1, 0);

@@ -99,8 +99,24 @@ pub(super) async fn remove_all_of(
         .bind(holder)
         .execute(&mut **tx)
         .await?;
+    if recorded > 0 {
+        bump_version(tx).await?;
+    }
     Ok(recorded)
 }
+
+/// Moves the PTRs' version, in commit order (the row stays locked until
+/// the caller's transaction ends).
+async fn bump_version(tx: &mut sqlx::Transaction<'_, sqlx::Any>) -> Result<()> {
+    sqlx::query("UPDATE ip_ptr_version SET version = version + 1 WHERE id = 1")
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Most PTRs one holding may have (an IPv6 prefix holds many addresses;
+/// an IPv4 holding has one).
+pub const MAX_PTRS_PER_HOLDING: i64 = 64;
 
 impl PtrRecords<'_> {
     /// Sets (or with no hostname removes) the PTR of an address of a
@@ -140,6 +156,19 @@ impl PtrRecords<'_> {
             // Nothing changes: no history row, and the zone's serial stays.
             return Ok(true);
         }
+        if previous.is_none() && ptr.hostname.is_some() {
+            let held: i64 =
+                sqlx::query("SELECT COUNT(*) AS held FROM ip_ptr_records WHERE holding_id = $1")
+                    .bind(ptr.holding_id)
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("held")?;
+            if held >= MAX_PTRS_PER_HOLDING {
+                return Err(crate::error::StoreError::Invalid(format!(
+                    "at most {MAX_PTRS_PER_HOLDING} PTRs per address or prefix"
+                )));
+            }
+        }
         match ptr.hostname {
             Some(hostname) => {
                 sqlx::query(
@@ -178,6 +207,7 @@ impl PtrRecords<'_> {
         .bind(ptr.at)
         .execute(&mut *tx)
         .await?;
+        bump_version(&mut tx).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -207,13 +237,14 @@ impl PtrRecords<'_> {
         rows.iter().map(record).collect()
     }
 
-    /// The id of the last change: moves with every change (the zones' SOA
-    /// serial), 0 before the first.
+    /// The PTRs' version: moves with every committed change, in commit
+    /// order (a reader that saw it never misses a change), 0 before the
+    /// first.
     pub async fn last_change(&self) -> Result<i64> {
-        let row = sqlx::query("SELECT COALESCE(MAX(id), 0) AS last FROM ip_ptr_changes")
+        let row = sqlx::query("SELECT version FROM ip_ptr_version WHERE id = 1")
             .fetch_one(self.db.pool())
             .await?;
-        Ok(row.try_get("last")?)
+        Ok(row.try_get("version")?)
     }
 
     /// Every change of `address`'s PTR, oldest first.
