@@ -843,6 +843,7 @@ fn reverse_dns(core: &Core) -> stratus_controller::rdns::ReverseDns {
         ledger: core.ledger.clone(),
         pools: Resources::new(core.objects()),
         served: Default::default(),
+        clock: core.clock.clone(),
     }
 }
 

@@ -65,6 +65,8 @@ pub struct ReverseDns {
     pub ledger: Ledger,
     pub pools: Resources<IpPool>,
     pub served: Served,
+    /// The SOA serial is the time of the snapshot, from this clock.
+    pub clock: Arc<dyn stratus_core::Clock>,
 }
 
 /// What the snapshot was taken from: a new one is taken when it changes.
@@ -191,7 +193,7 @@ impl ReverseDns {
         let previous = self.served.get().serial;
         // Time-based, moved on every new snapshot: secondaries see each
         // change, and a restart never goes back.
-        let clock = u32::try_from(jiff::Timestamp::now().as_second()).unwrap_or(u32::MAX);
+        let clock = u32::try_from(self.clock.now().as_second()).unwrap_or(u32::MAX);
         let serial = clock.max(previous.wrapping_add(1));
         let count = records.len();
         // The zones whose content changed: every one when the pools did.

@@ -139,6 +139,7 @@ async fn r22_ptrs_set_and_defaults_are_served_authoritatively_and_the_serial_mov
                 ledger: h.ledger.clone(),
                 pools: Resources::new(h.store.clone()),
                 served: served.clone(),
+                clock: h.clock.clone(),
             }
             .run(stopped),
         );
@@ -286,6 +287,7 @@ async fn r22_secondaries_are_notified_of_changes_and_transfer_the_zone() {
                 ledger: h.ledger.clone(),
                 pools: Resources::new(h.store.clone()),
                 served: served.clone(),
+                clock: h.clock.clone(),
             }
             .run(stopped),
         );
