@@ -143,6 +143,16 @@ pub trait AgentClient: Send + Sync + 'static {
         to: u64,
         pause_guest: bool,
     ) -> Result<StoredContent, AgentCallError>;
+    /// Copies the system disk of `domain` (of the copy's account, on this
+    /// hypervisor) into the new version `to` of the copy, as of one moment,
+    /// and answers its length and SHA-256: a snapshot of a server.
+    async fn capture_disk(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        domain: &str,
+        to: u64,
+    ) -> Result<StoredContent, AgentCallError>;
     /// Creates `version` of the copy as a LUKS volume formatted with the
     /// customer's key (which the agent unloads again) and answers its
     /// length and SHA-256.

@@ -448,6 +448,24 @@ impl AgentClient for HttpAgentClient {
         .await
     }
 
+    async fn capture_disk(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        domain: &str,
+        to: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.job(
+            agent,
+            name,
+            &VolumeJob::Capture {
+                domain: domain.to_owned(),
+                to,
+            },
+        )
+        .await
+    }
+
     async fn format_version(
         &self,
         agent: &AgentEndpoint,

@@ -10,6 +10,7 @@ use stratus_core::agent_api::{
     AgentErrorCode, AntiSpoofing, DiskDisposal, DomainObservation, DomainResources, DomainSpec,
     DomainState, Link, LiveCopy, LiveCopyMethod, LuksFormat, NodeReport, PoolInfo, StoredContent,
     Target, VolumeObservation, VolumeSpec, VolumeUnlock, VolumeVersion, storage_volume_name,
+    storage_volume_version,
 };
 
 use crate::client::{AgentCallError, AgentClient, AgentEndpoint, ContentStream};
@@ -32,6 +33,8 @@ struct SimDomain {
     leftover_disks: BTreeSet<u32>,
     /// Defined in rescue mode, booting this image (changed only while off).
     rescue_image: Option<String>,
+    /// What the guest sees on its system disk.
+    disk_content: Vec<u8>,
 }
 
 /// A simulated domain's system disk, as tests read it.
@@ -42,6 +45,9 @@ pub struct SimDisk {
     pub image: Option<String>,
     /// Older generations still on the hypervisor (not wiped yet).
     pub leftovers: Vec<u32>,
+    /// What the guest sees on it: `image:{volume}` as made from an image,
+    /// what a test wrote, or a snapshot's content after a restore.
+    pub content: Vec<u8>,
 }
 
 /// A storage copy: its size and the content of each version.
@@ -233,7 +239,22 @@ impl SimulatedAgent {
                 generation: d.disk_generation,
                 image: d.disk_image.clone(),
                 leftovers: d.leftover_disks.iter().copied().collect(),
+                content: d.disk_content.clone(),
             })
+        })
+    }
+
+    /// The guest of `domain` on `hypervisor` writes `content` to its
+    /// system disk.
+    pub fn write_disk(&self, hypervisor: &str, domain: &str, content: &[u8]) {
+        self.with(|s| {
+            if let Some(d) = s
+                .nodes
+                .get_mut(hypervisor)
+                .and_then(|n| n.domains.get_mut(domain))
+            {
+                d.disk_content = content.to_vec();
+            }
         })
     }
 
@@ -579,6 +600,24 @@ impl AgentClient for SimulatedAgent {
     ) -> Result<DomainObservation, AgentCallError> {
         self.call(agent, "ensure", domain, |node| {
             let has_image = node.report.images.contains(&spec.image_volume);
+            // A restore's disk is a copy of a snapshot's version here.
+            let restored = match &spec.disk_source {
+                Some(source) => Some(
+                    source
+                        .rsplit_once("-store-v")
+                        .and_then(|(base, _)| {
+                            let version = storage_volume_version(base, source)?;
+                            node.volumes.get(base)?.versions.get(&version).cloned()
+                        })
+                        .ok_or_else(|| AgentCallError::Rejected {
+                            code: AgentErrorCode::VersionConflict,
+                            message: format!("disk_source: {source} does not exist"),
+                        })?,
+                ),
+                None => None,
+            };
+            let made_content =
+                restored.unwrap_or_else(|| format!("image:{}", spec.image_volume).into_bytes());
             let entry = node.domains.entry(domain.to_owned()).or_insert(SimDomain {
                 state: None,
                 disk: false,
@@ -589,6 +628,7 @@ impl AgentClient for SimulatedAgent {
                 disk_image: None,
                 leftover_disks: BTreeSet::new(),
                 rescue_image: None,
+                disk_content: Vec::new(),
             });
             let off = !matches!(
                 entry.state,
@@ -618,6 +658,7 @@ impl AgentClient for SimulatedAgent {
                 entry.leftover_disks.insert(entry.disk_generation);
                 entry.disk_generation = spec.disk_generation;
                 entry.disk_image = Some(spec.image_volume.clone());
+                entry.disk_content = made_content.clone();
                 if let Some(resources) = entry.resources.as_mut() {
                     resources.disk_gib = spec.disk_gib;
                 }
@@ -644,6 +685,7 @@ impl AgentClient for SimulatedAgent {
                 entry.disk = true;
                 entry.disk_generation = spec.disk_generation;
                 entry.disk_image = Some(spec.image_volume.clone());
+                entry.disk_content = made_content;
             }
             let target = spec.target();
             let starting = target == Target::Running
@@ -997,6 +1039,59 @@ impl AgentClient for SimulatedAgent {
                 bytes: content.len() as u64,
                 sha256: sha256_hex(&content),
                 live_copy: user.map(|_| LiveCopy {
+                    method: LiveCopyMethod::Backup,
+                    guest_paused_ms: 0,
+                }),
+            };
+            copy.versions.insert(to, content);
+            Ok(stored)
+        })
+    }
+
+    async fn capture_disk(
+        &self,
+        agent: &AgentEndpoint,
+        name: &str,
+        domain: &str,
+        to: u64,
+    ) -> Result<StoredContent, AgentCallError> {
+        self.call(agent, "capture_disk", name, |node| {
+            let guest = node
+                .domains
+                .get(domain)
+                .filter(|d| d.disk)
+                .ok_or_else(|| AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("domain {domain} is not defined here"),
+                })?;
+            let content = guest.disk_content.clone();
+            let running = guest.state == Some(DomainState::Running);
+            if running && node.copies_need_long_pauses {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::PauseLimit,
+                    message: format!(
+                        "copying the disk of {domain} needed its guest paused longer than the 30000 ms allowed: the guest was resumed and the copy dropped"
+                    ),
+                });
+            }
+            let copy = node
+                .volumes
+                .get_mut(name)
+                .ok_or_else(|| AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionConflict,
+                    message: format!("{name} does not exist"),
+                })?;
+            if copy.versions.contains_key(&to) {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::VersionExists,
+                    message: format!("version {to} already exists"),
+                });
+            }
+            let stored = StoredContent {
+                version: to,
+                bytes: content.len() as u64,
+                sha256: sha256_hex(&content),
+                live_copy: running.then_some(LiveCopy {
                     method: LiveCopyMethod::Backup,
                     guest_paused_ms: 0,
                 }),

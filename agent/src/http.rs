@@ -377,6 +377,13 @@ async fn start_job(
                         })
                         .await
                     }
+                    VolumeJob::Capture { domain, to } => {
+                        let volume = volume.clone();
+                        run(&worker, "capture_disk", move |d| {
+                            d.capture_disk(&volume, &domain, to)
+                        })
+                        .await
+                    }
                 };
                 if let Err(error) = &outcome {
                     tracing::warn!(%volume, job = %job_id, %error, "storage job failed");

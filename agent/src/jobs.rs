@@ -35,7 +35,7 @@ impl Entry {
     fn kept_for(&self) -> Duration {
         match self.job {
             VolumeJob::Checksum { .. } => CHECKSUM_KEPT_FOR,
-            VolumeJob::Copy { .. } => KEPT_FOR,
+            VolumeJob::Copy { .. } | VolumeJob::Capture { .. } => KEPT_FOR,
         }
     }
 

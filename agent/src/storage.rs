@@ -83,6 +83,9 @@ struct Copying<'a> {
     size_gib: u64,
     /// What is copied: the source's first bytes.
     bytes: u64,
+    /// The source is an image of another format (a server's qcow2 system
+    /// disk): libvirt converts it, so its file is never streamed as bytes.
+    convert: bool,
 }
 
 /// Bytes moved per libvirt stream call.
@@ -448,6 +451,7 @@ impl Driver {
                 target: xml::storage_volume(&to_name, size_gib),
                 size_gib,
                 bytes,
+                convert: false,
             };
             let writing = self.writing(&to_name).ok_or_else(|| {
                 AgentError::VersionConflict(format!("{to_name} is being written"))
@@ -465,6 +469,78 @@ impl Driver {
             Ok(stored) => {
                 self.refresh_pool();
                 tracing::info!(from = %from_name, to = %to_name, bytes, ?live_copy, "copied a storage version");
+                Ok(StoredContent {
+                    live_copy,
+                    ..stored
+                })
+            }
+            Err(error) => {
+                self.dispose(&to_name, &copy)?;
+                Err(error)
+            }
+        }
+    }
+
+    /// Copies the system disk of domain `domain` into the new version `to`
+    /// of the copy of `name` (a snapshot of the server, of the same
+    /// account) and measures it: the disk as the guest sees it, raw, as of
+    /// one moment (a backup job while the guest runs on; where libvirt has
+    /// none, the guest paused for at most `max_guest_pause`; a guest that
+    /// does not run is copied as it is). A failure leaves no `to`.
+    pub fn capture_disk(
+        &self,
+        name: &str,
+        domain: &str,
+        to: u64,
+    ) -> Result<StoredContent, AgentError> {
+        check_managed_name(name)?;
+        check_managed_name(domain)?;
+        if crate::driver::account_of(name) != crate::driver::account_of(domain) {
+            return Err(AgentError::BadRequest(format!(
+                "domain {domain} is not of the account of {name}"
+            )));
+        }
+        let to_name = storage_volume_name(name, to);
+        let (copy, bytes, writing, live_copy) = {
+            let lock = self.lock(name);
+            let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+            let pool = self.pool()?;
+            let from_name = self.system_disk_of(domain)?.ok_or_else(|| {
+                AgentError::VersionConflict(format!("domain {domain} is not defined here"))
+            })?;
+            let source = Self::lookup_volume(&pool, &from_name)?.ok_or_else(|| {
+                AgentError::VersionConflict(format!("{from_name} does not exist"))
+            })?;
+            if Self::lookup_volume(&pool, &to_name)?.is_some() {
+                return Err(AgentError::VersionExists(to_name));
+            }
+            let size_gib = source.info()?.capacity.div_ceil(GIB).max(1);
+            check_size(size_gib)?;
+            self.check_room(&pool, size_gib)?;
+            let bytes = size_gib.saturating_mul(GIB);
+            let copying = Copying {
+                pool: &pool,
+                source: &source,
+                from_name: &from_name,
+                to_name: &to_name,
+                target: xml::storage_volume(&to_name, size_gib),
+                size_gib,
+                bytes,
+                convert: true,
+            };
+            let writing = self.writing(&to_name).ok_or_else(|| {
+                AgentError::VersionConflict(format!("{to_name} is being written"))
+            })?;
+            let (copy, live_copy) = self.copy_of_a_disk(domain, &copying)?;
+            self.record_volume(&to_name, &copy)?;
+            (copy, bytes, writing, live_copy)
+        };
+        let checked = self.read_version(name, to, bytes, &mut |_| true);
+        drop(writing);
+        match checked {
+            Ok(stored) => {
+                self.refresh_pool();
+                tracing::info!(%domain, to = %to_name, bytes, ?live_copy, "copied a server's disk");
                 Ok(StoredContent {
                     live_copy,
                     ..stored
@@ -761,6 +837,11 @@ impl Driver {
             bytes,
             ..
         } = copying;
+        if copying.convert {
+            // libvirt's own conversion runs to its end: a guest paused for
+            // it is resumed at the limit by the watchdog all the same.
+            return Ok(StorageVol::create_xml_from(pool, target, source, 0)?);
+        }
         let never = AtomicBool::new(false);
         let stop = match stoppable {
             Some(stop) => stop,

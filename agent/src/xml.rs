@@ -950,6 +950,7 @@ mod tests {
             image_volume: "debian-12.qcow2".into(),
             disk_generation: 0,
             retired_disk_generation: None,
+            disk_source: None,
             mac_address: "52:54:00:aa:bb:cc".into(),
             power: PowerState::Running,
             create_disk: true,

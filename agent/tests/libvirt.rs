@@ -43,6 +43,7 @@ fn spec(image: &str, power: PowerState, create_disk: bool) -> DomainSpec {
         image_volume: image.into(),
         disk_generation: 0,
         retired_disk_generation: None,
+        disk_source: None,
         mac_address: "52:54:00:12:34:56".into(),
         power,
         create_disk,

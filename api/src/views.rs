@@ -69,6 +69,8 @@ pub struct QuotaBody {
     pub memory_mib: Option<u64>,
     pub disk_gib: Option<u64>,
     pub storage_gib: Option<u64>,
+    /// Snapshots of servers' disks, GiB (each counts its server's disk).
+    pub snapshot_gib: Option<u64>,
 }
 
 impl From<Quota> for QuotaBody {
@@ -79,6 +81,7 @@ impl From<Quota> for QuotaBody {
             memory_mib: quota.memory_mib,
             disk_gib: quota.disk_gib,
             storage_gib: quota.storage_gib,
+            snapshot_gib: quota.snapshot_gib,
         }
     }
 }
@@ -91,6 +94,7 @@ impl From<QuotaBody> for Quota {
             memory_mib: body.memory_mib,
             disk_gib: body.disk_gib,
             storage_gib: body.storage_gib,
+            snapshot_gib: body.snapshot_gib,
         }
     }
 }
@@ -104,6 +108,7 @@ pub struct UsageView {
     pub memory_mib: u64,
     pub disk_gib: u64,
     pub storage_gib: u64,
+    pub snapshot_gib: u64,
 }
 
 impl From<Usage> for UsageView {
@@ -114,6 +119,7 @@ impl From<Usage> for UsageView {
             memory_mib: usage.memory_mib,
             disk_gib: usage.disk_gib,
             storage_gib: usage.storage_gib,
+            snapshot_gib: usage.snapshot_gib,
         }
     }
 }
@@ -303,7 +309,7 @@ pub struct ServerView {
 /// An action on a server: under way, or how the last one ended.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActionView {
-    /// `resize`, `rebuild`, `enable_rescue` or `disable_rescue`.
+    /// `resize`, `rebuild`, `restore`, `enable_rescue` or `disable_rescue`.
     #[serde(rename = "type")]
     pub kind: String,
     /// `in_progress`, `waiting_for_capacity` or `done`.
@@ -311,7 +317,8 @@ pub struct ActionView {
     /// The plan it leaves (resize), the image it replaces (rebuild).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    /// The plan it moves to (resize), the image it installs (rebuild).
+    /// The plan it moves to (resize), the image it installs (rebuild), the
+    /// snapshot it restores (restore).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// When the controller took it up (in progress), or when it ended.
@@ -381,25 +388,36 @@ impl ActionView {
             stratus_core::conditions::ConditionType::Rebuilt,
         );
         let asked = server.rebuilding();
-        let (state, from, to, since) = match (&status.rebuild, condition, &server.spec.rebuild) {
-            (_, Some(c), _) if !asked => ("done", None, None, c.last_transition_time.clone()),
-            (Some(progress), _, _) => (
-                "in_progress",
-                Some(progress.from_image.clone()),
-                Some(progress.image.clone()),
-                progress.started_at.clone(),
-            ),
-            // Asked for, not taken up by the controller yet.
-            (None, _, Some(request)) if asked => (
-                "in_progress",
-                Some(server.image().to_owned()),
-                Some(request.image.clone()),
-                String::new(),
-            ),
-            _ => return None,
-        };
+        // A restore is a rebuild whose disk is a snapshot's copy: named so,
+        // its target the snapshot.
+        let (state, from, to, since, restore) =
+            match (&status.rebuild, condition, &server.spec.rebuild) {
+                (_, Some(c), request) if !asked => (
+                    "done",
+                    None,
+                    None,
+                    c.last_transition_time.clone(),
+                    request.as_ref().is_some_and(|r| r.snapshot.is_some()),
+                ),
+                (Some(progress), _, _) => (
+                    "in_progress",
+                    Some(progress.from_image.clone()),
+                    Some(progress.snapshot.clone().unwrap_or(progress.image.clone())),
+                    progress.started_at.clone(),
+                    progress.snapshot.is_some(),
+                ),
+                // Asked for, not taken up by the controller yet.
+                (None, _, Some(request)) if asked => (
+                    "in_progress",
+                    Some(server.image().to_owned()),
+                    Some(request.snapshot.clone().unwrap_or(request.image.clone())),
+                    String::new(),
+                    request.snapshot.is_some(),
+                ),
+                _ => return None,
+            };
         Some(Self {
-            kind: "rebuild".into(),
+            kind: if restore { "restore" } else { "rebuild" }.into(),
             state: state.into(),
             from,
             to,
@@ -596,6 +614,13 @@ pub enum ServerAction {
     },
     /// Boots the server's own system again.
     DisableRescue {},
+    /// Makes the server's disk a snapshot's content: the server is
+    /// stopped, its disk replaced by a copy of the snapshot (what it held
+    /// is wiped, not kept, unless snapshotted first), and started again.
+    Restore {
+        /// The snapshot's id (`GET /v1/servers/{id}/snapshots`), ready.
+        snapshot: String,
+    },
 }
 
 impl ServerAction {
@@ -609,6 +634,7 @@ impl ServerAction {
             Self::Rebuild { .. } => "rebuild",
             Self::EnableRescue { .. } => "enable_rescue",
             Self::DisableRescue {} => "disable_rescue",
+            Self::Restore { .. } => "restore",
         }
     }
 }
@@ -728,6 +754,83 @@ impl OrderStorage {
             ..self.clone()
         }
     }
+}
+
+/// A snapshot asked for.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TakeSnapshot {
+    /// Your name for it (a DNS label, 1-63).
+    pub name: String,
+}
+
+/// A snapshot of a server's disk: copied as of one moment, then kept as
+/// two verified copies in two zones, apart from the server.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotView {
+    /// `st-…`: the id a restore names.
+    pub id: String,
+    pub name: String,
+    /// The server whose disk it copies.
+    pub server: String,
+    /// The image the server's system was made from when it was taken.
+    pub image: String,
+    /// Its size: the server's disk when it was taken, GiB (what the
+    /// `snapshotGib` quota counts).
+    pub size_gib: u64,
+    /// `pending`, `copying`, `ready` or `failed`.
+    pub state: String,
+    /// Why it is not ready (always set when `failed`).
+    pub reason: Option<String>,
+    /// Zones of its two copies, `a,b`, once placed.
+    pub zones: Option<String>,
+    /// Length and SHA-256 of the disk's bytes, once copied.
+    pub content: Option<StoredVersionView>,
+    /// Being deleted: both copies are wiped.
+    pub deleting: bool,
+    /// RFC 3339.
+    pub created_at: Option<String>,
+}
+
+impl SnapshotView {
+    /// The view of `subscription`, a snapshot (none otherwise).
+    pub fn of(subscription: &StorageSubscription) -> Option<Self> {
+        let of = subscription.spec.snapshot_of.as_ref()?;
+        let (state, reason) =
+            stratus_core::storage::snapshot_state(&subscription.spec, subscription.status.as_ref());
+        Some(Self {
+            id: subscription.name_any(),
+            name: subscription.spec.name.clone(),
+            server: of.server.clone(),
+            image: of.image.clone(),
+            size_gib: subscription.spec.size_gib,
+            state: state.api_name().to_owned(),
+            reason,
+            zones: subscription.status.as_ref().and_then(|s| s.zones.clone()),
+            content: subscription
+                .spec
+                .content
+                .as_ref()
+                .map(|c| StoredVersionView {
+                    version: c.version,
+                    bytes: c.bytes,
+                    sha256: c.sha256.clone(),
+                    at: Some(c.written_at.clone()),
+                }),
+            deleting: subscription.metadata.deletion_timestamp.is_some(),
+            created_at: subscription
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0.to_string()),
+        })
+    }
+}
+
+/// A server's snapshots, oldest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SnapshotList {
+    pub items: Vec<SnapshotView>,
 }
 
 /// A storage subscription.

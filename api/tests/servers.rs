@@ -692,11 +692,13 @@ async fn orders_beyond_the_quota_are_refused_naming_it_and_create_nothing() {
     assert_eq!(shown.status, StatusCode::OK);
     assert_eq!(
         shown.body["quota"],
-        json!({"servers": 2, "vcpus": null, "memoryMib": null, "diskGib": null, "storageGib": null})
+        json!({"servers": 2, "vcpus": null, "memoryMib": null, "diskGib": null, "storageGib": null,
+               "snapshotGib": null})
     );
     assert_eq!(
         shown.body["usage"],
-        json!({"servers": 2, "vcpus": 2, "memoryMib": 2048, "diskGib": 50, "storageGib": 0})
+        json!({"servers": 2, "vcpus": 2, "memoryMib": 2048, "diskGib": 50, "storageGib": 0,
+               "snapshotGib": 0})
     );
 
     // Bad quotas are refused naming the field, and change nothing.
@@ -835,57 +837,6 @@ async fn an_order_whose_disk_cannot_hold_its_image_is_refused_naming_the_plan() 
 /// The server `id` placed on `hv-default` and running plan `small`, as the
 /// controller would record it, on a hypervisor with `vcpus` and
 /// `memory_mib`.
-async fn placed_and_running(api: &Api, account: &str, id: &str, vcpus: u32, memory_mib: u64) {
-    use stratus_core::resources::{
-        AppliedPlan, HypervisorCapacity, HypervisorStatus, ServerPhase, VirtualServerStatus,
-    };
-    let hypervisor = stratus_core::ids::HypervisorName::parse("hv-default").unwrap();
-    api.state
-        .hypervisors
-        .patch_status(
-            None,
-            "hv-default",
-            &HypervisorStatus {
-                reachable: true,
-                capacity: Some(HypervisorCapacity {
-                    vcpus,
-                    memory_mib,
-                    disk_gib: 1000,
-                    images: vec![
-                        "debian-12.qcow2".into(),
-                        "ubuntu-24.04.qcow2".into(),
-                        "alma-9.qcow2".into(),
-                    ],
-                }),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    let server = api
-        .state
-        .servers
-        .get(Some(account), id)
-        .await
-        .unwrap()
-        .unwrap();
-    api.state
-        .servers
-        .patch_status(
-            Some(account),
-            id,
-            &VirtualServerStatus {
-                phase: ServerPhase::Running,
-                hypervisor: Some(hypervisor),
-                provisioned: true,
-                applied: Some(AppliedPlan::of(&server.spec)),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-}
-
 #[tokio::test]
 async fn r23_a_resize_is_checked_charged_and_asked_for_in_one_step_on_both_databases() {
     for scratch in testing::both().await {

@@ -10,6 +10,7 @@ use serde_json::json;
 use stratus_core::Config;
 use stratus_core::agent_api::{
     AgentErrorCode, DataDisk, DiskDisposal, DomainSpec, MAX_DATA_DISKS, RescueBoot,
+    storage_volume_name,
 };
 use stratus_core::cloud_init::Seed;
 use stratus_core::conditions::{self, ConditionStatus, ConditionType, EventReason, Reason};
@@ -38,6 +39,9 @@ use stratus_agent_client::{AgentCallError, AgentEndpoint};
 const MAX_PASSES: usize = 8;
 /// How soon a server still moving after [`MAX_PASSES`] is looked at again.
 const STILL_MOVING: Duration = Duration::from_millis(200);
+/// How soon a restore that waits for its snapshot looks again (the
+/// snapshot's own changes wake it sooner only through the server's).
+const RESTORE_SOURCE_RECHECK: Duration = Duration::from_secs(10);
 /// How soon a server that cannot be placed is tried again when nothing
 /// wakes it before: a change that could place it (room freed here, a
 /// hypervisor that becomes reachable or reports other capacity or images)
@@ -281,6 +285,28 @@ impl ServerReconciler {
                 }
                 let mut spec = self.domain_spec(server, &next, create_disk, power_off)?;
                 spec.data_disks = data_disks;
+                if let Some(snapshot) = lifecycle::disk_shape(&server.spec, &next).snapshot {
+                    match self.restore_source(server, &next, snapshot).await? {
+                        Ok(volume) => spec.disk_source = Some(volume),
+                        Err(why) => {
+                            // The new disk is never made from the image
+                            // instead: the restore waits, said on the server.
+                            tracing::warn!(%snapshot, %why, "a restore waits for its snapshot");
+                            conditions::set(
+                                &mut next.conditions,
+                                ConditionType::Rebuilt,
+                                false,
+                                Reason::Rebuilding,
+                                why,
+                                self.ctx.clock.now(),
+                            );
+                            self.record_status(server, &current, &next).await?;
+                            return Ok(Pass::Finished(Outcome::RequeueAfter(
+                                RESTORE_SOURCE_RECHECK,
+                            )));
+                        }
+                    }
+                }
                 let result = self.ctx.agents.ensure(&agent, &domain, &spec).await;
                 if let Ok(answer) = &result {
                     waiting_for_key.clone_from(&answer.waiting_for_key);
@@ -515,7 +541,7 @@ impl ServerReconciler {
             ControllerError::Malformed(name.clone(), "placed without a MAC address".into())
         })?;
         let mut seed = Seed {
-            instance_id: lifecycle::instance_id(&name, disk.generation),
+            instance_id: lifecycle::instance_id(&name, disk.instance_generation),
             hostname: server.spec.hostname.clone(),
             mac_address: mac_address.clone(),
             ipv4: status.ipv4.clone(),
@@ -561,6 +587,7 @@ impl ServerReconciler {
             image_volume: image.volume.clone(),
             disk_generation: disk.generation,
             retired_disk_generation: disk.retired,
+            disk_source: None,
             mac_address,
             power,
             create_disk,
@@ -573,6 +600,53 @@ impl ServerReconciler {
             rescue,
             data_disks: Vec::new(),
         })
+    }
+
+    /// The volume a restore's new disk is a copy of: the current version
+    /// of the primary copy of `snapshot`, a snapshot of the server's
+    /// account whose disk was copied and whose primary copy is on the
+    /// server's hypervisor. Else why the restore waits.
+    async fn restore_source(
+        &self,
+        server: &VirtualServer,
+        status: &VirtualServerStatus,
+        snapshot: &str,
+    ) -> Result<Result<String, String>, ControllerError> {
+        let found = self
+            .storage
+            .get(server.namespace().as_deref(), snapshot)
+            .await?;
+        let Some(found) = found.filter(|s| s.spec.snapshot_of.is_some()) else {
+            return Ok(Err(format!(
+                "the restore waits: snapshot {snapshot} does not exist"
+            )));
+        };
+        let (Some(content), Some(primary)) = (
+            found.spec.content.as_ref(),
+            found.status.as_ref().and_then(|s| s.replicas.first()),
+        ) else {
+            return Ok(Err(format!(
+                "the restore waits for snapshot {snapshot} to be copied"
+            )));
+        };
+        if status.hypervisor.as_ref() != Some(&primary.hypervisor) {
+            return Ok(Err(format!(
+                "the restore waits: snapshot {snapshot} is kept on {}, not on the server's hypervisor",
+                primary.hypervisor
+            )));
+        }
+        if primary.version != content.version {
+            return Ok(Err(format!(
+                "the restore waits for the primary copy of snapshot {snapshot} to be whole again"
+            )));
+        }
+        Ok(Ok(storage_volume_name(
+            &ids::domain_name(
+                found.namespace().as_deref().unwrap_or_default(),
+                &found.name_any(),
+            ),
+            content.version,
+        )))
     }
 
     /// The primary copies of the storage subscriptions attached to the
@@ -1260,7 +1334,7 @@ fn no_clean_address_recheck(status: &VirtualServerStatus, now: jiff::Timestamp) 
 
 /// The domain of a server: the one recorded at placement, else the one it
 /// will get.
-fn domain_of(server: &VirtualServer, status: &VirtualServerStatus) -> String {
+pub(crate) fn domain_of(server: &VirtualServer, status: &VirtualServerStatus) -> String {
     status.domain.clone().unwrap_or_else(|| {
         ids::domain_name(
             server.namespace().as_deref().unwrap_or_default(),

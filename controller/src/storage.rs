@@ -98,6 +98,23 @@ enum PrimaryHost {
 }
 
 /// The name the agents manage the copies of `subscription` by.
+/// Whether `server`'s restore from snapshot `id` is asked for or under way
+/// and its new disk not made yet.
+fn restores_from(server: &VirtualServer, id: &str) -> bool {
+    let made = server.status.as_ref().map_or(0, |s| s.disk_generation);
+    let asked = server
+        .spec
+        .rebuild
+        .as_ref()
+        .is_some_and(|r| r.snapshot.as_deref() == Some(id) && r.generation > made);
+    let under_way = server
+        .status
+        .as_ref()
+        .and_then(|s| s.rebuild.as_ref())
+        .is_some_and(|p| p.snapshot.as_deref() == Some(id) && p.generation > made);
+    asked || under_way
+}
+
 fn managed_name(subscription: &StorageSubscription) -> String {
     ids::domain_name(
         subscription.namespace().as_deref().unwrap_or_default(),
@@ -355,6 +372,23 @@ impl StorageReconciler {
                 }
                 self.record_status(subscription, &next, &recovered).await?;
             }
+            StorageAction::Capture { version } => {
+                let agent = agent_of(0)?;
+                let (busy, next) = self.busy(next, "copying the server's disk");
+                self.record_status(subscription, &current, &busy).await?;
+                match self.capture(subscription, &name, &agent, version).await {
+                    Ok(None) => {}
+                    Ok(Some(failed)) => {
+                        let mut failed_status = next.clone();
+                        failed_status.capture_failed = Some(failed);
+                        self.record_status(subscription, &busy, &failed_status)
+                            .await?;
+                    }
+                    Err(error) => {
+                        return self.agent_failed(subscription, &next, &agent, error).await;
+                    }
+                }
+            }
             StorageAction::DeleteVersion { index, version } => {
                 let agent = agent_of(index)?;
                 self.record_status(subscription, &current, &next).await?;
@@ -373,7 +407,14 @@ impl StorageReconciler {
         &self,
         subscription: &StorageSubscription,
     ) -> Result<PrimaryHost, ControllerError> {
-        let Some(server) = &subscription.spec.attached_to else {
+        // A snapshot's primary copy is made by its server's hypervisor.
+        let pinned_to = subscription
+            .spec
+            .snapshot_of
+            .as_ref()
+            .map(|of| &of.server)
+            .or(subscription.spec.attached_to.as_ref());
+        let Some(server) = pinned_to else {
             return Ok(PrimaryHost::Any);
         };
         let found = self
@@ -396,6 +437,9 @@ impl StorageReconciler {
         subscription: &StorageSubscription,
     ) -> Result<ServerFacts, ControllerError> {
         let spec = &subscription.spec;
+        if let Some(of) = &spec.snapshot_of {
+            return self.snapshot_facts(subscription, of).await;
+        }
         if spec.attached_to.is_none() && spec.written_by_guest.is_none() {
             // Never attached since its content was last settled: no server
             // of the account is read.
@@ -424,6 +468,40 @@ impl StorageReconciler {
             }
         }
         facts.holding.sort();
+        Ok(facts)
+    }
+
+    /// What the servers of a snapshot's account say of it: where the server
+    /// it copies is, while its disk is not copied yet; and, while it is
+    /// being deleted, the servers whose restore from it is not done (their
+    /// new disk is made from its primary copy, which is not wiped under
+    /// them).
+    async fn snapshot_facts(
+        &self,
+        subscription: &StorageSubscription,
+        of: &stratus_core::resources::SnapshotOf,
+    ) -> Result<ServerFacts, ControllerError> {
+        let namespace = subscription.namespace();
+        let mut facts = ServerFacts::default();
+        if subscription.spec.content.is_none() {
+            facts.snapshot_source = self
+                .servers
+                .get(namespace.as_deref(), &of.server)
+                .await?
+                .filter(|server| server.metadata.deletion_timestamp.is_none())
+                .and_then(|server| server.status)
+                .filter(|status| status.provisioned)
+                .and_then(|status| status.hypervisor);
+        }
+        if subscription.metadata.deletion_timestamp.is_some() {
+            let id = subscription.name_any();
+            for server in self.servers.list(namespace.as_deref()).await?.items {
+                if restores_from(&server, &id) {
+                    facts.holding.push(server.name_any());
+                }
+            }
+            facts.holding.sort();
+        }
         Ok(facts)
     }
 
@@ -502,6 +580,135 @@ impl StorageReconciler {
     /// written, into `version` beside it, and records what it measured as
     /// the subscription's content; the secondary then copies it like any
     /// new content.
+    /// Copies the disk of the snapshot's server into `version` of the
+    /// primary and records it as the content, once (a compare-and-set on
+    /// the spec: a content recorded meanwhile is kept, this copy deleted).
+    /// Answers why the disk cannot be copied, when it cannot (the server
+    /// went, or the copy would pause its guest too long): the snapshot
+    /// failed.
+    async fn capture(
+        &self,
+        subscription: &StorageSubscription,
+        name: &str,
+        primary: &AgentEndpoint,
+        version: u64,
+    ) -> Result<Option<String>, AgentCallError> {
+        let Some(of) = subscription.spec.snapshot_of.clone() else {
+            return Ok(None);
+        };
+        let namespace = subscription.namespace();
+        let server = match self.servers.get(namespace.as_deref(), &of.server).await {
+            Ok(Some(server)) if server.metadata.deletion_timestamp.is_none() => server,
+            Ok(_) => {
+                return Ok(Some(format!(
+                    "server {} was deleted before its disk was copied",
+                    of.server
+                )));
+            }
+            Err(error) => {
+                return Err(AgentCallError::Unreachable(format!(
+                    "the server could not be read: {error}"
+                )));
+            }
+        };
+        let domain = crate::servers::domain_of(&server, &server.status.clone().unwrap_or_default());
+        let stored = match self
+            .ctx
+            .agents
+            .capture_disk(primary, name, &domain, version)
+            .await
+        {
+            Ok(stored) => stored,
+            // Finished long ago, its result forgotten by the agent: what it
+            // left is not known to be whole, so it goes and the disk is
+            // copied again.
+            Err(AgentCallError::Rejected {
+                code: AgentErrorCode::VersionExists,
+                ..
+            }) => {
+                let _ = self.ctx.agents.delete_version(primary, name, version).await;
+                return Err(AgentCallError::Unreachable(format!(
+                    "an earlier copy {version} of unknown outcome was on the primary; it was deleted and the disk is copied again"
+                )));
+            }
+            Err(AgentCallError::Rejected {
+                code: AgentErrorCode::PauseLimit,
+                message,
+            }) => {
+                let message: String = message.chars().take(500).collect();
+                self.ctx
+                    .publish(
+                        subscription,
+                        EventType::Warning,
+                        EventReason::SnapshotFailed,
+                        &format!("the disk of server {} was not copied: {message}", of.server),
+                    )
+                    .await;
+                self.ctx
+                    .audit(
+                        AuditAction::ServerSnapshotFailed,
+                        AuditSubject::storage(subscription),
+                        json!({ "server": of.server, "version": version, "reason": message }),
+                    )
+                    .await;
+                return Ok(Some(message));
+            }
+            Err(error) => return Err(error),
+        };
+        let content = StorageContent {
+            version,
+            bytes: stored.bytes,
+            sha256: stored.sha256.clone(),
+            written_at: self.ctx.clock.now().to_string(),
+        };
+        let recorded = content.clone();
+        let updated = self
+            .storage
+            .update(namespace.as_deref(), &subscription.name_any(), move |s| {
+                if s.spec.content.is_some() || s.metadata.deletion_timestamp.is_some() {
+                    return false;
+                }
+                s.spec.content = Some(recorded.clone());
+                true
+            })
+            .await;
+        let captured = matches!(&updated, Ok(Some(s)) if s.spec.content.as_ref() == Some(&content));
+        if !captured {
+            let _ = self.ctx.agents.delete_version(primary, name, version).await;
+            return match updated {
+                Err(error) => Err(AgentCallError::Unreachable(format!(
+                    "the copied disk could not be recorded: {error}"
+                ))),
+                Ok(_) => Ok(None),
+            };
+        }
+        tracing::info!(version, bytes = stored.bytes, server = %of.server, "server disk copied into a snapshot");
+        let (method, guest_paused_ms) = match &stored.live_copy {
+            Some(live) => (serde_json::to_value(live.method).ok(), live.guest_paused_ms),
+            None => (None, 0),
+        };
+        self.ctx
+            .audit(
+                AuditAction::ServerSnapshotCaptured,
+                AuditSubject::storage(subscription),
+                json!({ "server": of.server, "version": version, "bytes": stored.bytes,
+                        "sha256": stored.sha256, "method": method, "guest_paused_ms": guest_paused_ms }),
+            )
+            .await;
+        self.ctx
+            .publish(
+                subscription,
+                EventType::Normal,
+                EventReason::SnapshotTaken,
+                &format!(
+                    "the disk of server {} ({} bytes) was copied; it is being copied to the second zone",
+                    of.server, stored.bytes
+                ),
+            )
+            .await;
+        Ok(None)
+    }
+
     async fn settle(
         &self,
         subscription: &StorageSubscription,

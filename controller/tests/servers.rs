@@ -436,6 +436,7 @@ async fn deletion_destroys_then_releases_the_object() {
         memory_mib: 1024,
         disk_gib: 25,
         storage_gib: 0,
+        snapshot_gib: 0,
     };
     let charged = charged_object(NS, "vs-1");
     quotas
@@ -864,6 +865,8 @@ fn ask_rebuild(
 ) {
     spec.rebuild = Some(stratus_core::resources::RebuildRequest {
         image: image.into(),
+        snapshot: None,
+        instance_generation: None,
         generation,
         ssh_keys: None,
         user_data: None,

@@ -27,6 +27,11 @@ pub struct DomainSpec {
     /// domain is defined with `disk_generation`'s disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_disk_generation: Option<u32>,
+    /// Of a restore: the volume in the agent's pool (a snapshot's copy,
+    /// raw) the disk of `disk_generation` is made as a copy of, instead of
+    /// an overlay of the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_source: Option<String>,
     pub mac_address: String,
     pub power: PowerState,
     /// Whether the agent may create the system disk when it is missing. The
@@ -474,6 +479,9 @@ pub enum VolumeJob {
         #[serde(default)]
         pause_guest: bool,
     },
+    /// Copies the system disk of `domain` (of the same account) into the
+    /// new version `to`: a snapshot of the server, as of one moment.
+    Capture { domain: String, to: u64 },
 }
 
 impl VolumeJob {
@@ -489,6 +497,7 @@ impl VolumeJob {
                 "copy-v{from}-v{to}{}",
                 if *pause_guest { "-paused" } else { "" }
             ),
+            Self::Capture { domain, to } => format!("capture-{domain}-v{to}"),
         }
     }
 
@@ -498,6 +507,7 @@ impl VolumeJob {
         match self {
             Self::Checksum { version: v, .. } => *v == version,
             Self::Copy { from, to, .. } => *from == version || *to == version,
+            Self::Capture { to, .. } => *to == version,
         }
     }
 }

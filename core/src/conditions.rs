@@ -162,6 +162,8 @@ named_enum!(
         Replicating,
         /// A copy no longer matched its checksum and was rewritten from the other.
         Repaired,
+        /// A snapshot's server disk could not be copied.
+        CaptureFailed,
         /// Both copies of the current content no longer match its checksum.
         ContentLost,
         /// The primary copy is a disk of its server.
@@ -214,6 +216,9 @@ named_enum!(
         SnapshotSkipped,
         /// A restore point whose loss was confirmed showed up again, whole.
         VersionRecovered,
+        /// A snapshot's server disk was copied, or could not be.
+        SnapshotTaken,
+        SnapshotFailed,
         /// A resize (R23) is waiting for room on the server's hypervisor.
         ResizeWaiting,
         /// A server runs with the plan it moved to (R23).

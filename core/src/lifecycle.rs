@@ -758,14 +758,14 @@ fn rebuild_step(
         {
             // Withdrawn (spec.rebuild removed or lowered by hand) before
             // the new disk went in: the server runs on as it is.
-            let image = progress.image.clone();
+            let source = progress.source();
             status.rebuild = None;
             conditions::set(
                 &mut status.conditions,
                 ConditionType::Rebuilt,
                 true,
                 Reason::ImageApplied,
-                format!("the reinstall from image {image} was withdrawn"),
+                format!("the reinstall {source} was withdrawn"),
                 now,
             );
             return RebuildStep::default();
@@ -773,8 +773,8 @@ fn rebuild_step(
         (Some(asked), None) => {
             if let Some(why) = busy {
                 let message = format!(
-                    "reinstalling from image {} waits for {why}; it runs on unchanged",
-                    asked.image
+                    "reinstalling {} waits for {why}; it runs on unchanged",
+                    asked.source()
                 );
                 conditions::set(
                     &mut status.conditions,
@@ -789,6 +789,8 @@ fn rebuild_step(
             status.rebuild = Some(RebuildProgress {
                 image: asked.image.clone(),
                 generation: asked.generation,
+                snapshot: asked.snapshot.clone(),
+                instance_generation: asked.instance_generation,
                 from_image: current_image.clone(),
                 from_generation: status.disk_generation,
                 started_at: now.to_string(),
@@ -801,11 +803,14 @@ fn rebuild_step(
         }
         (Some(asked), Some(progress))
             if !made(progress.generation)
-                && (progress.generation, &progress.image) != (asked.generation, &asked.image) =>
+                && (progress.generation, &progress.image, &progress.snapshot)
+                    != (asked.generation, &asked.image, &asked.snapshot) =>
         {
             // Asked again before the disk was made: that one is made.
             progress.generation = asked.generation;
             progress.image.clone_from(&asked.image);
+            progress.snapshot.clone_from(&asked.snapshot);
+            progress.instance_generation = asked.instance_generation;
             progress.swapping = false;
         }
         _ => {}
@@ -817,14 +822,12 @@ fn rebuild_step(
         progress.stopping = false;
         progress.swapping = false;
         status.disk_generation = progress.generation;
+        status.instance_generation = progress.instance_generation;
         status.image = Some(progress.image.clone());
         let message = if progress.replaced {
-            format!("made afresh from image {}; starting", progress.image)
+            format!("made afresh {}; starting", progress.source())
         } else {
-            format!(
-                "made afresh from image {}; wiping the old disk",
-                progress.image
-            )
+            format!("made afresh {}; wiping the old disk", progress.source())
         };
         conditions::set(
             &mut status.conditions,
@@ -850,8 +853,8 @@ fn rebuild_step(
         progress.stopping = false;
         progress.swapping = false;
         let message = format!(
-            "reinstalling from image {} waits for {why}; it runs on unchanged",
-            progress.image
+            "reinstalling {} waits for {why}; it runs on unchanged",
+            progress.source()
         );
         conditions::set(
             &mut status.conditions,
@@ -868,8 +871,8 @@ fn rebuild_step(
     // off: a guest still shutting down keeps its disk and instance id.
     progress.swapping = domain.state == Some(DomainState::Stopped);
     let message = format!(
-        "reinstalling from image {}: stopping and making its disk afresh",
-        progress.image
+        "reinstalling {}: stopping and making its disk afresh",
+        progress.source()
     );
     conditions::set(
         &mut status.conditions,
@@ -1049,6 +1052,11 @@ pub struct DiskShape<'a> {
     pub generation: u32,
     /// The generation to wipe once the domain uses this one.
     pub retired: Option<u32>,
+    /// Of a restore's disk: the snapshot it is a copy of (the image only
+    /// names what the system is).
+    pub snapshot: Option<&'a str>,
+    /// The disk generation whose cloud-init instance it carries.
+    pub instance_generation: u32,
 }
 
 /// The disk the domain is made with: the one it has, until a rebuild has
@@ -1061,6 +1069,8 @@ pub fn disk_shape<'a>(
         image: status.image.as_deref().unwrap_or(&spec.image),
         generation: status.disk_generation,
         retired: None,
+        snapshot: None,
+        instance_generation: status.instance_generation.unwrap_or(status.disk_generation),
     };
     match &status.rebuild {
         Some(progress) if progress.swapping || progress.generation == status.disk_generation => {
@@ -1069,6 +1079,13 @@ pub fn disk_shape<'a>(
                 generation: progress.generation,
                 retired: (progress.from_generation != progress.generation)
                     .then_some(progress.from_generation),
+                // Only until the new disk is made: a snapshot deleted
+                // after the restore made it holds nothing back.
+                snapshot: progress
+                    .snapshot
+                    .as_deref()
+                    .filter(|_| status.disk_generation != progress.generation),
+                instance_generation: progress.instance_generation.unwrap_or(progress.generation),
             }
         }
         _ => current,
@@ -1122,14 +1139,15 @@ pub fn record_rebuilt(status: &mut VirtualServerStatus, now: Timestamp) -> Optio
         .map(|stopped| now.duration_since(stopped));
     let message = match downtime {
         Some(downtime) => format!(
-            "reinstalled from image {} (was {}); the guest was down {} s",
-            progress.image,
+            "reinstalled {} (was image {}); the guest was down {} s",
+            progress.source(),
             progress.from_image,
             downtime.as_secs()
         ),
         None => format!(
-            "reinstalled from image {} (was {})",
-            progress.image, progress.from_image
+            "reinstalled {} (was image {})",
+            progress.source(),
+            progress.from_image
         ),
     };
     conditions::set(
@@ -1508,6 +1526,8 @@ mod tests {
             power,
             rebuild: Some(crate::resources::RebuildRequest {
                 image: "tiny".into(),
+                snapshot: None,
+                instance_generation: None,
                 generation: 1,
                 ssh_keys: None,
                 user_data: None,
@@ -1850,6 +1870,8 @@ mod tests {
         let first = plan(facts_for(&spec, &status), &host.observation(), now());
         spec.rebuild = Some(crate::resources::RebuildRequest {
             image: "alpine".into(),
+            snapshot: None,
+            instance_generation: None,
             generation: 2,
             ssh_keys: None,
             user_data: None,

@@ -31,6 +31,10 @@ pub struct Quota {
     /// Storage subscriptions, GiB (R27).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_gib: Option<u64>,
+    /// Snapshots and backups of servers' disks, GiB: each counts its
+    /// server's disk size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_gib: Option<u64>,
 }
 
 /// What an account holds (or an order asks for), in the units of [`Quota`].
@@ -42,6 +46,8 @@ pub struct Usage {
     pub memory_mib: u64,
     pub disk_gib: u64,
     pub storage_gib: u64,
+    #[serde(default)]
+    pub snapshot_gib: u64,
 }
 
 impl Usage {
@@ -53,6 +59,7 @@ impl Usage {
             memory_mib: resources.memory_mib,
             disk_gib: resources.disk_gib,
             storage_gib: 0,
+            snapshot_gib: 0,
         }
     }
 
@@ -64,6 +71,14 @@ impl Usage {
         }
     }
 
+    /// What one snapshot of a disk of `disk_gib` counts.
+    pub fn of_snapshot(disk_gib: u64) -> Self {
+        Self {
+            snapshot_gib: disk_gib,
+            ..Self::default()
+        }
+    }
+
     fn get(&self, kind: QuotaKind) -> u64 {
         match kind {
             QuotaKind::Servers => self.servers,
@@ -71,6 +86,7 @@ impl Usage {
             QuotaKind::MemoryMib => self.memory_mib,
             QuotaKind::DiskGib => self.disk_gib,
             QuotaKind::StorageGib => self.storage_gib,
+            QuotaKind::SnapshotGib => self.snapshot_gib,
         }
     }
 }
@@ -83,15 +99,17 @@ pub enum QuotaKind {
     MemoryMib,
     DiskGib,
     StorageGib,
+    SnapshotGib,
 }
 
 impl QuotaKind {
-    pub const ALL: [Self; 5] = [
+    pub const ALL: [Self; 6] = [
         Self::Servers,
         Self::Vcpus,
         Self::MemoryMib,
         Self::DiskGib,
         Self::StorageGib,
+        Self::SnapshotGib,
     ];
 
     /// The key as the configuration and the API spell it.
@@ -102,6 +120,7 @@ impl QuotaKind {
             Self::MemoryMib => "memoryMib",
             Self::DiskGib => "diskGib",
             Self::StorageGib => "storageGib",
+            Self::SnapshotGib => "snapshotGib",
         }
     }
 }
@@ -136,6 +155,7 @@ impl Quota {
             QuotaKind::MemoryMib => self.memory_mib,
             QuotaKind::DiskGib => self.disk_gib,
             QuotaKind::StorageGib => self.storage_gib,
+            QuotaKind::SnapshotGib => self.snapshot_gib,
         }
     }
 
@@ -147,6 +167,7 @@ impl Quota {
             memory_mib: self.memory_mib.or(defaults.memory_mib),
             disk_gib: self.disk_gib.or(defaults.disk_gib),
             storage_gib: self.storage_gib.or(defaults.storage_gib),
+            snapshot_gib: self.snapshot_gib.or(defaults.snapshot_gib),
         }
     }
 
@@ -196,6 +217,7 @@ mod tests {
             memory_mib: 8192,
             disk_gib: 160,
             storage_gib: 0,
+            snapshot_gib: 0,
         };
         assert_eq!(
             quota.check(two, one),
@@ -258,6 +280,7 @@ mod tests {
                 memory_mib: None,
                 disk_gib: Some(500),
                 storage_gib: None,
+                snapshot_gib: None,
             }
         );
     }

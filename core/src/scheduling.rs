@@ -643,6 +643,7 @@ mod tests {
                 verify_requests: 0,
                 keys_given: 0,
                 restore_from: None,
+                snapshot_of: None,
                 attached_to: None,
                 written_by_guest: None,
                 suspension: None,

@@ -37,6 +37,10 @@ pub struct ServerFacts {
     pub attached_server_exists: bool,
     /// Servers whose agent reports the primary copy as one of their disks.
     pub holding: Vec<String>,
+    /// Of a snapshot whose disk is not copied yet: the hypervisor of the
+    /// server it copies, while that server exists, is not being deleted
+    /// and is placed.
+    pub snapshot_source: Option<crate::ids::HypervisorName>,
 }
 
 /// Whether the primary's current version is a LUKS volume whose key is not
@@ -93,6 +97,54 @@ fn unconfirmed(missing: Option<&Missing>) -> String {
         ),
         None => String::new(),
     }
+}
+
+/// Where a snapshot of a server's disk stands, as customers read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotState {
+    /// Waiting for two zones with room (the reason says why).
+    Pending,
+    /// The disk is being copied, or the copy brought to the second zone.
+    Copying,
+    /// Both copies hold the disk as of one moment: it can be restored.
+    Ready,
+    /// The disk could not be copied (the reason says why).
+    Failed,
+}
+
+impl SnapshotState {
+    /// The name the REST API uses.
+    pub fn api_name(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Copying => "copying",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+/// Where the snapshot `spec` describes stands, and why when it is not
+/// ready. Ready means both copies are made and agree: only then is it
+/// restored from. A snapshot held by the account's standing keeps the state
+/// its copies have.
+pub fn snapshot_state(
+    spec: &StorageSubscriptionSpec,
+    status: Option<&StorageSubscriptionStatus>,
+) -> (SnapshotState, Option<String>) {
+    let Some(status) = status else {
+        return (SnapshotState::Pending, None);
+    };
+    if let Some(failed) = &status.capture_failed {
+        return (SnapshotState::Failed, Some(failed.clone()));
+    }
+    if status.replicas.len() != REPLICAS {
+        return (SnapshotState::Pending, status.reason.clone());
+    }
+    if spec.content.is_some() && status.replicas_in_sync {
+        return (SnapshotState::Ready, None);
+    }
+    (SnapshotState::Copying, status.reason.clone())
 }
 
 /// What the agent of one copy's hypervisor reports of it.
@@ -168,6 +220,14 @@ pub enum StorageAction {
     /// `version` with its guest paused, relayed to the secondary as a kept
     /// version (checked on the way), and deleted from the primary.
     Snapshot {
+        version: u64,
+    },
+    /// A snapshot's content: the system disk of its server, copied by the
+    /// server's hypervisor (the primary copy's) into `version` of the
+    /// primary as of one moment (a backup job while the guest runs on, or
+    /// the guest paused where libvirt has none), measured, and recorded as
+    /// the content; the secondary is then brought to it.
+    Capture {
         version: u64,
     },
     /// Nothing is left on any hypervisor: give back the quota, let it go.
@@ -271,6 +331,14 @@ pub fn plan(
         return decide(Some(StorageAction::AddFinalizer), status);
     }
     if status.replicas.len() != REPLICAS {
+        if let Some(of) = &facts.spec.snapshot_of
+            && facts.spec.content.is_none()
+            && (status.capture_failed.is_some() || facts.servers.snapshot_source.is_none())
+        {
+            // Nothing to copy any more: no copy is placed for it.
+            capture_failed(&mut status, of, None, now);
+            return decide(None, status);
+        }
         // Never one copy alone: both are placed together or not at all.
         status.phase = StoragePhase::Pending;
         return decide(Some(StorageAction::Schedule), status);
@@ -389,6 +457,9 @@ pub fn plan(
     }
     let both_exist = status.replicas.iter().all(|r| r.created);
     let mut replicating = None;
+    // A snapshot whose disk is not copied yet: never in sync, never
+    // verified.
+    let mut capturing = false;
     let mut snapshot_recheck = None;
     let locked = key_missing(&status, observed);
     status.key_loaded = primary_key(&status, observed) == Some(true);
@@ -414,6 +485,27 @@ pub fn plan(
                     Err(wait) => snapshot_recheck = wait,
                 }
             }
+        } else if let Some(of) = facts.spec.snapshot_of.as_ref()
+            && facts.spec.content.is_none()
+        {
+            capturing = true;
+            let host = &status.replicas[0].hypervisor;
+            match &facts.servers.snapshot_source {
+                _ if status.capture_failed.is_some() => {}
+                Some(source) if source == host => {
+                    next = Some(StorageAction::Capture {
+                        version: of.version,
+                    });
+                    replicating = Some(format!(
+                        "the disk of server {} is being copied on {host}",
+                        of.server
+                    ));
+                }
+                source => {
+                    let source = source.clone();
+                    capture_failed(&mut status, of, source.as_ref(), now);
+                }
+            }
         } else {
             let (step, lag) = content_step(&facts, &mut status, observed, now, &mut problems);
             next = step;
@@ -425,13 +517,17 @@ pub fn plan(
     if let Some(lost) = &status.unrecoverable {
         problems.push(lost.clone());
     }
-    let in_sync = both_exist && problems.is_empty() && replicating.is_none();
+    let in_sync = both_exist && problems.is_empty() && replicating.is_none() && !capturing;
     let problems_free = in_sync;
     status.replicas_in_sync = in_sync;
     let (phase, reason) = match (next, problems.is_empty()) {
         (_, false) if both_exist => (StoragePhase::Degraded, Some(problems.join("; "))),
         (_, false) => (StoragePhase::Provisioning, Some(problems.join("; "))),
         _ if attached.written_by_guest.is_some() => (StoragePhase::Ready, replicating.clone()),
+        _ if status.capture_failed.is_some() => {
+            (StoragePhase::Error, status.capture_failed.clone())
+        }
+        _ if capturing => (StoragePhase::Provisioning, replicating.clone()),
         _ if replicating.is_some() => (StoragePhase::Degraded, replicating.clone()),
         (Some(_), true) if !both_exist => (StoragePhase::Provisioning, None),
         _ => (StoragePhase::Ready, None),
@@ -532,6 +628,37 @@ pub fn plan(
         recheck_in: recheck_in.or(snapshot_recheck),
         lost,
     }
+}
+
+/// Records that a snapshot's disk cannot be copied (its server is gone, or
+/// on another hypervisor than the primary copy), once, with the reason.
+fn capture_failed(
+    status: &mut StorageSubscriptionStatus,
+    of: &crate::resources::SnapshotOf,
+    source: Option<&crate::ids::HypervisorName>,
+    now: Timestamp,
+) {
+    let why = status.capture_failed.get_or_insert_with(|| match source {
+        Some(source) => format!(
+            "server {} is on {source}, not on the hypervisor of the snapshot's primary copy: its disk was not copied",
+            of.server
+        ),
+        None => format!(
+            "server {} was deleted before its disk was copied",
+            of.server
+        ),
+    });
+    let why = why.clone();
+    status.phase = StoragePhase::Error;
+    status.reason = Some(why.clone());
+    conditions::set(
+        &mut status.conditions,
+        ConditionType::Ready,
+        false,
+        Reason::CaptureFailed,
+        why,
+        now,
+    );
 }
 
 /// Whether copy `index`'s agent says it is writing `version` now.
@@ -1027,6 +1154,7 @@ mod tests {
             verify_requests: 0,
             keys_given: 0,
             restore_from: None,
+            snapshot_of: None,
             attached_to: None,
             written_by_guest: None,
             suspension: None,
@@ -1071,6 +1199,7 @@ mod tests {
     static NO_SERVERS: ServerFacts = ServerFacts {
         attached_server_exists: false,
         holding: Vec::new(),
+        snapshot_source: None,
     };
 
     fn facts<'a>(
@@ -1098,6 +1227,162 @@ mod tests {
             ],
             ..Default::default()
         }
+    }
+
+    fn snapshot_spec() -> StorageSubscriptionSpec {
+        StorageSubscriptionSpec {
+            snapshot_of: Some(crate::resources::SnapshotOf {
+                server: "vs-1".into(),
+                image: "debian-12".into(),
+                instance_generation: 0,
+                version: 5_000,
+            }),
+            ..spec()
+        }
+    }
+
+    fn holding(versions: &[u64]) -> CopyObservation {
+        CopyObservation::Present {
+            pool: "stratus-a".into(),
+            versions: versions
+                .iter()
+                .map(|&version| crate::agent_api::VolumeVersion {
+                    version,
+                    volume: crate::agent_api::storage_volume_name("stratus-acc-1.st-1", version),
+                    path: None,
+                    capacity_bytes: 10 << 30,
+                    physical_bytes: 10 << 30,
+                    encrypted: false,
+                    unlocked: false,
+                    writing: false,
+                })
+                .collect(),
+        }
+    }
+
+    fn on(hypervisor: &str) -> ServerFacts {
+        ServerFacts {
+            snapshot_source: Some(HypervisorName::parse(hypervisor).unwrap()),
+            ..ServerFacts::default()
+        }
+    }
+
+    #[test]
+    fn r18_a_snapshot_is_copied_on_its_servers_hypervisor_then_into_the_second_zone() {
+        let now = test_time();
+        let mut spec = snapshot_spec();
+        let server_on_a1 = on("a1");
+        let status = StorageSubscriptionStatus::default();
+        let mut f = facts(&spec, &status);
+        f.servers = &server_on_a1;
+        assert_eq!(plan(f, &[], now).next, Some(StorageAction::Schedule));
+        assert_eq!(
+            snapshot_state(&spec, Some(&status)).0,
+            SnapshotState::Pending
+        );
+
+        let status = placed([true, true]);
+        let mut f = facts(&spec, &status);
+        f.servers = &server_on_a1;
+        let decision = plan(f, &[present(), present()], now);
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::Capture { version: 5_000 })
+        );
+        assert_eq!(decision.status.phase, StoragePhase::Provisioning);
+        assert!(!decision.status.replicas_in_sync);
+        assert_eq!(
+            snapshot_state(&spec, Some(&decision.status)).0,
+            SnapshotState::Copying
+        );
+        // However overdue, a copy not made is never "verified".
+        let mut late = decision.status.clone();
+        late.verifications_done = 0;
+        let mut f = facts(&spec, &late);
+        f.servers = &server_on_a1;
+        f.verify_interval = crate::policy::PolicyDuration::seconds(0);
+        assert_ne!(
+            plan(f, &[present(), present()], now).next,
+            Some(StorageAction::Verify)
+        );
+
+        // Copied and recorded: the server no longer matters (it may go);
+        // the secondary is brought to the copy.
+        spec.content = Some(crate::resources::StorageContent {
+            version: 5_000,
+            bytes: 10 << 30,
+            sha256: "ab".repeat(32),
+            written_at: now.to_string(),
+        });
+        let status = decision.status;
+        let decision = plan(
+            facts(&spec, &status),
+            &[holding(&[0, 5_000]), present()],
+            now,
+        );
+        assert_eq!(
+            decision.next,
+            Some(StorageAction::Replicate { version: 5_000 })
+        );
+        assert_eq!(
+            snapshot_state(&spec, Some(&decision.status)).0,
+            SnapshotState::Copying
+        );
+        let mut status = decision.status;
+        let secondary = &mut status.replicas[1];
+        secondary.version = 5_000;
+        secondary.volume = crate::agent_api::storage_volume_name("stratus-acc-1.st-1", 5_000);
+        secondary.bytes = 10 << 30;
+        secondary.checksum = Some("ab".repeat(32));
+        secondary.verified_at = Some(now.to_string());
+        let decision = plan(
+            facts(&spec, &status),
+            &[holding(&[5_000]), holding(&[5_000])],
+            now,
+        );
+        assert!(decision.status.replicas_in_sync, "{decision:?}");
+        assert_eq!(
+            snapshot_state(&spec, Some(&decision.status)),
+            (SnapshotState::Ready, None)
+        );
+    }
+
+    #[test]
+    fn r18_a_snapshot_whose_server_went_or_moved_fails_once_and_is_never_copied() {
+        let now = test_time();
+        let spec = snapshot_spec();
+        // Gone before its copies were placed: none is.
+        let status = StorageSubscriptionStatus::default();
+        let decision = plan(facts(&spec, &status), &[], now);
+        assert_eq!(decision.next, None);
+        assert_eq!(decision.status.phase, StoragePhase::Error);
+        let (state, reason) = snapshot_state(&spec, Some(&decision.status));
+        assert_eq!(state, SnapshotState::Failed);
+        assert!(reason.unwrap().contains("vs-1 was deleted"));
+
+        // On another hypervisor than the primary copy's: not copied.
+        let status = placed([true, true]);
+        let server_on_b1 = on("b1");
+        let mut f = facts(&spec, &status);
+        f.servers = &server_on_b1;
+        let decision = plan(f, &[present(), present()], now);
+        assert_eq!(decision.next, None);
+        let failed = decision.status.capture_failed.clone().unwrap();
+        assert!(failed.contains("is on b1"), "{failed}");
+        // Back where it was, it stays failed: the customer asks again.
+        let server_on_a1 = on("a1");
+        let mut f = facts(&spec, &decision.status);
+        f.servers = &server_on_a1;
+        let again = plan(f, &[present(), present()], now);
+        assert_eq!(again.next, None);
+        assert_eq!(again.status.capture_failed, Some(failed));
+        // Its copies are wiped when it is deleted.
+        let mut f = facts(&spec, &again.status);
+        f.deleting = true;
+        assert_eq!(
+            plan(f, &[present(), present()], now).next,
+            Some(StorageAction::DestroyCopy { index: 0 })
+        );
     }
 
     #[test]
@@ -1380,6 +1665,7 @@ mod tests {
             let servers = ServerFacts {
                 attached_server_exists: exists,
                 holding: holding.iter().map(|s| (*s).to_owned()).collect(),
+                snapshot_source: None,
             };
             let mut f = facts(&spec, &status);
             f.servers = &servers;
@@ -1488,6 +1774,7 @@ mod tests {
         let servers = ServerFacts {
             attached_server_exists: true,
             holding: Vec::new(),
+            snapshot_source: None,
         };
         let attached_reason = |observed: &[CopyObservation]| {
             let mut f = facts(&attached, &status);
@@ -1521,6 +1808,7 @@ mod tests {
         let servers = ServerFacts {
             attached_server_exists: true,
             holding: vec![server.clone()],
+            snapshot_source: None,
         };
         let decide = |status: &StorageSubscriptionStatus, at: Timestamp| {
             let mut f = facts(&spec, status);
@@ -1583,6 +1871,7 @@ mod tests {
         let mut not_held = ServerFacts {
             attached_server_exists: true,
             holding: Vec::new(),
+            snapshot_source: None,
         };
         not_held.holding.clear();
         let mut f = facts(&spec, &status);
@@ -1597,6 +1886,7 @@ mod tests {
         let holding = ServerFacts {
             attached_server_exists: true,
             holding: vec!["vs-00000000000000a1".into()],
+            snapshot_source: None,
         };
         let mut f = facts(&spec, &status);
         f.deleting = true;
@@ -2046,7 +2336,7 @@ mod tests {
                 spec.written_by_guest = Some("vs-00000000000000a1".into());
             }
             let holds = [vec![100u64], vec![80, 90, 100]];
-            let held = ServerFacts { attached_server_exists: false, holding: vec!["vs-00000000000000a1".into()] };
+            let held = ServerFacts { attached_server_exists: false, holding: vec!["vs-00000000000000a1".into()], snapshot_source: None };
             let mut now = test_time();
             // Per copy, per version: times it went unseen in a row since.
             let mut unseen: std::collections::HashMap<(usize, u64), (u32, Timestamp)> = Default::default();
@@ -2140,6 +2430,7 @@ mod tests {
         let servers = ServerFacts {
             attached_server_exists: true,
             holding: vec!["vs-00000000000000a1".into()],
+            snapshot_source: None,
         };
         status.last_snapshot_at = Some(test_time().to_string());
         let plan_at =

@@ -892,6 +892,7 @@ async fn concurrent_orders_never_take_an_account_past_its_quota() {
             memory_mib: 2048,
             disk_gib: 25,
             storage_gib: 0,
+            snapshot_gib: 0,
         };
         let limits = Quota {
             servers: Some(10),
@@ -927,6 +928,7 @@ async fn concurrent_orders_never_take_an_account_past_its_quota() {
                 memory_mib: 7 * 2048,
                 disk_gib: 7 * 25,
                 storage_gib: 0,
+                snapshot_gib: 0,
             },
             "{label}"
         );
@@ -983,6 +985,7 @@ async fn r27_storage_is_charged_against_its_own_quota_and_given_back() {
             memory_mib: 1024,
             disk_gib: 25,
             storage_gib: 0,
+            snapshot_gib: 0,
         };
         quotas
             .charge("acc-1", "acc-1/vs-1", server, limits, 1)

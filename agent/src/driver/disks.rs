@@ -169,6 +169,9 @@ impl Driver {
         disk_name: &str,
         spec: &DomainSpec,
     ) -> Result<(), AgentError> {
+        if let Some(source) = &spec.disk_source {
+            return self.restore_system_disk(pool, name, disk_name, spec, source);
+        }
         let image = Self::lookup_volume(pool, &spec.image_volume)?
             .ok_or_else(|| AgentError::ImageMissing(spec.image_volume.clone()))?;
         let xml = xml::overlay_volume(disk_name, spec.disk_gib, &image.path()?);
@@ -189,6 +192,51 @@ impl Driver {
         })?;
         self.record_volume(disk_name, &disk)?;
         tracing::info!(domain = name, volume = %disk_name, image = %spec.image_volume, "created disk overlay");
+        Ok(())
+    }
+
+    /// Makes the system disk `disk_name` of domain `name` a copy of
+    /// `source`, a version of a snapshot's copy of the same account in this
+    /// pool (a restore): a whole qcow2 image of the spec's size, libvirt
+    /// converting the raw bytes. The source is never changed.
+    fn restore_system_disk(
+        &self,
+        pool: &StoragePool,
+        name: &str,
+        disk_name: &str,
+        spec: &DomainSpec,
+        source: &str,
+    ) -> Result<(), AgentError> {
+        let snapshot = source
+            .rsplit_once("-store-v")
+            .map(|(base, _)| base)
+            .filter(|base| {
+                stratus_core::agent_api::storage_volume_version(base, source).is_some()
+                    && check_managed_name(base).is_ok()
+            })
+            .ok_or_else(|| {
+                AgentError::BadRequest(format!(
+                    "disk_source: {source} is not a version of a storage copy"
+                ))
+            })?;
+        if account_of(snapshot).is_none() || account_of(snapshot) != account_of(name) {
+            return Err(AgentError::BadRequest(format!(
+                "disk_source: {source} is not of the account of domain {name}"
+            )));
+        }
+        let source_volume = Self::lookup_volume(pool, source)?.ok_or_else(|| {
+            AgentError::VersionConflict(format!("disk_source: {source} does not exist"))
+        })?;
+        let capacity_gib = source_volume
+            .info()?
+            .capacity
+            .div_ceil(GIB)
+            .max(spec.disk_gib);
+        self.check_room(pool, capacity_gib)?;
+        let xml = xml::image_volume(disk_name, capacity_gib);
+        let disk = StorageVol::create_xml_from(pool, &xml, &source_volume, 0)?;
+        self.record_volume(disk_name, &disk)?;
+        tracing::info!(domain = name, volume = %disk_name, %source, "made the disk a copy of a snapshot");
         Ok(())
     }
 

@@ -94,7 +94,7 @@ pub(super) fn domain_agent(domain: &Domain) -> Result<Option<String>, AgentError
 }
 
 /// The account (namespace) part of a managed domain or volume base name.
-pub(super) fn account_of(managed: &str) -> Option<&str> {
+pub(crate) fn account_of(managed: &str) -> Option<&str> {
     managed
         .strip_prefix(MANAGED_PREFIX)?
         .split_once('.')

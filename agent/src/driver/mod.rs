@@ -28,9 +28,10 @@ mod power;
 
 pub(crate) use disks::wipe;
 pub use disks::{overwrite_data_extents, release_zero_runs};
+pub(crate) use domains::account_of;
 use domains::{
-    DomainXml, account_of, defined_disk_generation, defined_in_rescue, defined_mac,
-    defined_with_volume, domain_agent, domain_resources, resized,
+    DomainXml, defined_disk_generation, defined_in_rescue, defined_mac, defined_with_volume,
+    domain_agent, domain_resources, resized,
 };
 use filters::{install_filters, observe_link};
 pub(crate) use power::map_state;
@@ -711,6 +712,19 @@ impl Driver {
         observed.waiting_for_key = waiting_for_key;
         observed.disk_disposal = disposal;
         Ok(observed)
+    }
+
+    /// The system disk volume domain `name` is defined with, if it is
+    /// defined.
+    pub(crate) fn system_disk_of(&self, name: &str) -> Result<Option<String>, AgentError> {
+        let Some(domain) = self.lookup_domain(name)? else {
+            return Ok(None);
+        };
+        let xml = DomainXml::of(&domain)?;
+        Ok(
+            defined_disk_generation(name, &xml)
+                .map(|generation| system_disk_name(name, generation)),
+        )
     }
 
     /// A domain of this daemon with `volume` as a disk, in its definition

@@ -10,6 +10,7 @@ mod ip;
 mod notifications;
 mod ptr;
 mod servers;
+mod snapshots;
 mod storage;
 mod storage_keys;
 mod system;
@@ -80,6 +81,8 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(servers::server_action))
         .routes(routes!(servers::server_console))
         .routes(routes!(ptr::set_ptr, ptr::list_ptrs))
+        .routes(routes!(snapshots::take_snapshot, snapshots::list_snapshots))
+        .routes(routes!(snapshots::delete_snapshot))
         .routes(routes!(storage::order_storage, storage::list_storage))
         .routes(routes!(storage::get_storage, storage::delete_storage))
         .routes(routes!(storage::write_content, storage::read_content))

@@ -6,7 +6,7 @@ use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
 use stratus_core::cloud_init;
-use stratus_core::ids::{AccountId, ServerId};
+use stratus_core::ids::{AccountId, ServerId, StorageId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     PowerState, RebuildRequest, RescueRequest, ServerPhase, VirtualServer, VirtualServerSpec,
@@ -412,6 +412,9 @@ pub async fn server_action(
         };
         return rebuild_server(&state, &principal, &server, asked).await;
     }
+    if let ServerAction::Restore { snapshot } = &action {
+        return restore_server(&state, &principal, &server, snapshot).await;
+    }
     if let ServerAction::EnableRescue {
         ssh_keys,
         user_data,
@@ -529,9 +532,9 @@ pub async fn server_action(
     Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
 }
 
-/// Why `server` takes no `action` now: being deleted, terminated,
-/// suspended (naming the reasons) or busy with a resize.
-fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Result<(), ApiError> {
+/// Why `server` takes no `what` (an action, a snapshot) now: being
+/// deleted, terminated, or suspended (naming the reasons).
+pub(super) fn refuse_while_held(server: &VirtualServer, what: &str) -> Result<(), ApiError> {
     if server.metadata.deletion_timestamp.is_some() {
         return Err(ApiError::conflict("the server is being deleted"));
     }
@@ -546,12 +549,18 @@ fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Re
         return Err(ApiError::server_suspended(
             &reason_names(suspension),
             format!(
-                "the server is {}: it takes no {} until the suspension is lifted",
+                "the server is {}: it takes no {what} until the suspension is lifted",
                 suspension.describe(),
-                action.name()
             ),
         ));
     }
+    Ok(())
+}
+
+/// Why `server` takes no `action` now: being deleted, terminated,
+/// suspended (naming the reasons) or busy with a resize.
+fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Result<(), ApiError> {
+    refuse_while_held(server, action.name())?;
     let status = server.status.as_ref();
     let withdraws = matches!(action, ServerAction::Resize { plan }
         if status.and_then(|s| s.applied.as_ref()).is_some_and(|a| a.plan == *plan)
@@ -567,7 +576,11 @@ fn refuse_unless_actionable(server: &VirtualServer, action: &ServerAction) -> Re
         ServerAction::DisableRescue {} if server.spec.rescue.is_none() => {
             return Err(ApiError::conflict("the server is not in rescue mode"));
         }
-        ServerAction::Resize { .. } | ServerAction::Rebuild { .. } if server.in_rescue() => {
+        ServerAction::Resize { .. }
+        | ServerAction::Rebuild { .. }
+        | ServerAction::Restore { .. }
+            if server.in_rescue() =>
+        {
             return Err(ApiError::server_busy(
                 "rescue",
                 format!(
@@ -675,6 +688,7 @@ async fn resize_server(
             .await?
             .ok_or_else(|| ApiError::not_found("account", &account_id))?
     };
+    super::snapshots::refuse_while_copying(state, server).await?;
     check_room(state, server, &hypervisor, &applied.resources, &wanted).await?;
 
     // Charged the larger of both plans until the controller finishes (the
@@ -858,6 +872,7 @@ async fn rebuild_server(
         ));
     }
     check_guest_inputs(asked.ssh_keys.unwrap_or_default(), asked.user_data)?;
+    super::snapshots::refuse_while_copying(state, server).await?;
     let ssh_keys: Option<Vec<String>> = asked
         .ssh_keys
         .map(|keys| keys.iter().map(|k| k.trim().to_owned()).collect());
@@ -891,6 +906,8 @@ async fn rebuild_server(
                 generation: done.max(asked_before).saturating_add(1),
                 ssh_keys: ssh_keys.clone().or(keys_before),
                 user_data: asked.user_data.map(str::to_owned).or(user_data_before),
+                snapshot: None,
+                instance_generation: None,
             });
             true
         })
@@ -914,6 +931,148 @@ async fn rebuild_server(
         )
         .await;
     tracing::info!(server = %updated.name_any(), %from, to = %image.name, "rebuild asked");
+    Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
+}
+
+/// Makes a server's disk the content of one of its account's snapshots:
+/// checked (ready, kept on the server's hypervisor, no bigger than the
+/// server's disk, its image still offered), then asked of the controller
+/// in one compare-and-set on the object, as a rebuild whose new disk is a
+/// copy of the snapshot: the server is stopped, the copy made beside the
+/// old disk, the old disk wiped, and the server started again. The guest
+/// keeps the cloud-init instance the snapshot carries.
+async fn restore_server(
+    state: &ApiState,
+    principal: &Principal,
+    server: &VirtualServer,
+    snapshot_id: &str,
+) -> Result<Response, ApiError> {
+    let status = server.status.clone().unwrap_or_default();
+    if !status.provisioned {
+        return Err(ApiError::server_busy(
+            "provisioning",
+            "the server is still being provisioned: restore it once it runs",
+        ));
+    }
+    let namespace = server.namespace();
+    let not_one = || {
+        ApiError::invalid(
+            "snapshot",
+            format!(
+                "no snapshot {snapshot_id:?} of this account; see GET /v1/servers/{{id}}/snapshots"
+            ),
+        )
+    };
+    let id = StorageId::parse(snapshot_id).ok_or_else(not_one)?;
+    let snapshot = state
+        .storage
+        .get(namespace.as_deref(), id.as_str())
+        .await?
+        .filter(|s| s.spec.snapshot_of.is_some())
+        .ok_or_else(not_one)?;
+    let Some(of) = snapshot.spec.snapshot_of.clone() else {
+        return Err(not_one());
+    };
+    if snapshot.metadata.deletion_timestamp.is_some() {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!("snapshot {id} is being deleted"),
+        ));
+    }
+    let (ready, reason) =
+        stratus_core::storage::snapshot_state(&snapshot.spec, snapshot.status.as_ref());
+    if ready != stratus_core::storage::SnapshotState::Ready {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!(
+                "snapshot {id} is {}{}: only a ready one is restored",
+                ready.api_name(),
+                reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+        ));
+    }
+    let kept_on = snapshot
+        .status
+        .as_ref()
+        .and_then(|s| s.replicas.first())
+        .map(|r| r.hypervisor.clone());
+    if kept_on.is_none() || kept_on != status.hypervisor {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!(
+                "snapshot {id} is kept on another hypervisor than the server's: it restores the server it was taken of"
+            ),
+        ));
+    }
+    let disk_gib = status
+        .applied
+        .as_ref()
+        .map_or(server.spec.resources.disk_gib, |a| a.resources.disk_gib);
+    if snapshot.spec.size_gib > disk_gib {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!(
+                "snapshot {id} holds a {} GiB disk and the server's is {disk_gib} GiB: resize it first",
+                snapshot.spec.size_gib
+            ),
+        ));
+    }
+    if state.config.image(&of.image).is_none() {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!(
+                "snapshot {id} is of image {}, which this provider no longer offers",
+                of.image
+            ),
+        ));
+    }
+    super::snapshots::refuse_while_copying(state, server).await?;
+    let action = ServerAction::Restore {
+        snapshot: id.to_string(),
+    };
+    let mut refused = None;
+    let updated = state
+        .servers
+        .update(namespace.as_deref(), &server.name_any(), |s| {
+            refused = refuse_unless_actionable(s, &action).err();
+            if refused.is_some() {
+                return false;
+            }
+            let done = s.status.as_ref().map_or(0, |st| st.disk_generation);
+            let before = s.spec.rebuild.take();
+            let asked_before = before.as_ref().map_or(0, |r| r.generation);
+            let (ssh_keys, user_data) = before
+                .map(|r| (r.ssh_keys, r.user_data))
+                .unwrap_or_default();
+            s.spec.rebuild = Some(RebuildRequest {
+                image: of.image.clone(),
+                generation: done.max(asked_before).saturating_add(1),
+                ssh_keys,
+                user_data,
+                snapshot: Some(id.to_string()),
+                instance_generation: Some(of.instance_generation),
+            });
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("server", &server.name_any()))?;
+    if let Some(refusal) = refused {
+        return Err(refusal);
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::ServerRestore,
+            AuditSubject::server(&updated),
+            json!({
+                "snapshot": id.as_str(),
+                "snapshot_name": snapshot.spec.name,
+                "sha256": snapshot.spec.content.as_ref().map(|c| c.sha256.clone()),
+                "generation": updated.spec.rebuild.as_ref().map(|r| r.generation),
+            }),
+        )
+        .await;
+    tracing::info!(server = %updated.name_any(), snapshot = %id, "restore asked");
     Ok((StatusCode::ACCEPTED, Json(ServerView::from(&updated))).into_response())
 }
 

@@ -76,7 +76,10 @@ async fn find_storage(
             .into_iter()
             .next(),
     };
-    found.ok_or_else(|| ApiError::not_found(WHAT, id.as_str()))
+    // A snapshot is a server's, reached through its server's routes.
+    found
+        .filter(|s| s.spec.snapshot_of.is_none() || matches!(principal, Principal::Admin { .. }))
+        .ok_or_else(|| ApiError::not_found(WHAT, id.as_str()))
 }
 
 /// Checks an order against the account's standing; answers the spec of
@@ -138,6 +141,7 @@ async fn validate_order(
         verify_requests: 0,
         keys_given: 0,
         restore_from: None,
+        snapshot_of: None,
         // A disk from the start: the guest writes it from its creation.
         attached_to: order.attach_to.clone(),
         written_by_guest: order.attach_to.clone(),
@@ -342,9 +346,14 @@ pub async fn list_storage(
             query.store_cursor()?.as_deref(),
         )
         .await?;
-    Ok(Json(Page::from_store(page, |s| {
-        StorageView::of(s, operator)
-    })))
+    let mut page = Page::from_store(page, |s| {
+        (s.spec.snapshot_of.is_none() || operator).then(|| StorageView::of(s, operator))
+    });
+    // Snapshots are listed with their server; a page may hold fewer items.
+    Ok(Json(Page {
+        items: page.items.drain(..).flatten().collect(),
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Shows one storage subscription.

@@ -405,3 +405,56 @@ impl Api {
         id
     }
 }
+
+/// The server `id` as the controller leaves it once it runs on
+/// `hv-default`, a hypervisor with the given room and the usual images.
+pub async fn placed_and_running(api: &Api, account: &str, id: &str, vcpus: u32, memory_mib: u64) {
+    use stratus_core::resources::{
+        AppliedPlan, HypervisorCapacity, HypervisorStatus, ServerPhase, VirtualServerStatus,
+    };
+    let hypervisor = stratus_core::ids::HypervisorName::parse("hv-default").unwrap();
+    api.state
+        .hypervisors
+        .patch_status(
+            None,
+            "hv-default",
+            &HypervisorStatus {
+                reachable: true,
+                capacity: Some(HypervisorCapacity {
+                    vcpus,
+                    memory_mib,
+                    disk_gib: 1000,
+                    images: vec![
+                        "debian-12.qcow2".into(),
+                        "ubuntu-24.04.qcow2".into(),
+                        "alma-9.qcow2".into(),
+                    ],
+                }),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let server = api
+        .state
+        .servers
+        .get(Some(account), id)
+        .await
+        .unwrap()
+        .unwrap();
+    api.state
+        .servers
+        .patch_status(
+            Some(account),
+            id,
+            &VirtualServerStatus {
+                phase: ServerPhase::Running,
+                hypervisor: Some(hypervisor),
+                provisioned: true,
+                applied: Some(AppliedPlan::of(&server.spec)),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+}

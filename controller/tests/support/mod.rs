@@ -266,6 +266,7 @@ impl Harness {
                 verify_requests: 0,
                 keys_given: 0,
                 restore_from: None,
+                snapshot_of: None,
                 attached_to: None,
                 written_by_guest: None,
                 suspension: None,

@@ -126,6 +126,38 @@ pub struct RebuildRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16384))]
     pub user_data: Option<String>,
+    /// A restore: the new system disk is a copy of this snapshot (of the
+    /// same account, ready, its primary copy on the server's hypervisor)
+    /// instead of the image, which is then the snapshot's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub snapshot: Option<String>,
+    /// Of a restore: the disk generation whose cloud-init instance the
+    /// snapshot carries, given to the guest again so cloud-init does not
+    /// take the restored system for a new one (absent: a new instance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_generation: Option<u32>,
+}
+
+impl RebuildRequest {
+    /// What the new disk is made from, as messages say it.
+    pub fn source(&self) -> String {
+        rebuild_source(&self.image, self.snapshot.as_deref())
+    }
+}
+
+fn rebuild_source(image: &str, snapshot: Option<&str>) -> String {
+    match snapshot {
+        Some(snapshot) => format!("from snapshot {snapshot}"),
+        None => format!("from image {image}"),
+    }
+}
+
+impl RebuildProgress {
+    /// What the new disk is made from, as messages say it.
+    pub fn source(&self) -> String {
+        rebuild_source(&self.image, self.snapshot.as_deref())
+    }
 }
 
 /// A reinstall under way: the guest is stopped, a new system disk made
@@ -138,6 +170,13 @@ pub struct RebuildProgress {
     pub image: String,
     /// The disk generation it makes.
     pub generation: u32,
+    /// A restore: the snapshot the new disk is a copy of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
+    /// Of a restore: the disk generation whose cloud-init instance the new
+    /// disk carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_generation: Option<u32>,
     /// The image of the disk it replaces.
     pub from_image: String,
     /// The disk generation it replaces, wiped once the domain uses the new one.
@@ -459,6 +498,10 @@ pub struct VirtualServerStatus {
     /// The rebuild generation the system disk was made for (0: as ordered).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub disk_generation: u32,
+    /// The disk generation whose cloud-init instance the system disk
+    /// carries, when a restore made it (absent: its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_generation: Option<u32>,
     /// A rebuild under way.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<RebuildProgress>,

@@ -172,6 +172,12 @@ pub struct StorageSubscriptionSpec {
     /// suspension until `wipeAt`, when both copies are wiped and it goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub termination: Option<super::ServerTermination>,
+    /// Set when it is a snapshot of a server's system disk (R3, R18): its
+    /// content is a copy of that disk made by the server's hypervisor,
+    /// never uploaded, never attached; its primary copy is on that
+    /// hypervisor, so a restore never moves the disk over the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot_of: Option<SnapshotOf>,
 }
 
 impl StorageSubscriptionSpec {
@@ -192,6 +198,28 @@ impl StorageSubscriptionSpec {
             )
         })
     }
+}
+
+/// What a snapshot copies.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotOf {
+    /// The server (of the same account) whose system disk it copies.
+    #[schemars(length(min = 1, max = 63))]
+    pub server: String,
+    /// The image the server's system was made from when it was taken.
+    #[schemars(length(min = 1, max = 63))]
+    pub image: String,
+    /// The disk generation whose cloud-init instance the copy carries: a
+    /// restore gives the guest that instance again, so cloud-init does not
+    /// take the restored system for a new one.
+    #[serde(default)]
+    pub instance_generation: u32,
+    /// The version its content gets: when it was asked for, in Unix
+    /// milliseconds (the agent's copy job is named by it, so a retry joins
+    /// the copy under way instead of starting another).
+    #[schemars(range(min = 1))]
+    pub version: u64,
 }
 
 /// A content a subscription holds, as its upload measured it.
@@ -428,6 +456,11 @@ pub struct StorageSubscriptionStatus {
     /// skipped, and why; the next one is due a replication interval later.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub snapshot_skipped: Option<SkippedSnapshot>,
+    /// Of a snapshot of a server: why its disk could not be copied (the
+    /// server went first, or the copy would have paused its guest longer
+    /// than its hypervisor allows). Nothing more is tried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture_failed: Option<String>,
     /// Generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -98,6 +98,16 @@ audit_actions! {
     ServerDiskReplaced => "server.disk_replaced",
     /// A customer set (or removed) the PTR of an address of its server.
     ServerPtr => "server.ptr",
+    /// A customer asked for a snapshot of a server's disk.
+    ServerSnapshot => "server.snapshot",
+    /// A snapshot's disk was copied (its version, length, SHA-256 and how),
+    /// or could not be (why).
+    ServerSnapshotCaptured => "server.snapshot_captured",
+    ServerSnapshotFailed => "server.snapshot_failed",
+    /// A customer deleted a snapshot: both copies are wiped.
+    ServerSnapshotDelete => "server.snapshot_delete",
+    /// A customer asked for a server's disk to become a snapshot's content.
+    ServerRestore => "server.restore",
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",

@@ -33,15 +33,37 @@ fn column(value: u64) -> Result<i64> {
 }
 
 /// `usage` as the columns store it: servers, vcpus, memory_mib, disk_gib,
-/// storage_gib.
-fn columns(usage: Usage) -> Result<[i64; 5]> {
+/// storage_gib, snapshot_gib.
+fn columns(usage: Usage) -> Result<[i64; 6]> {
     Ok([
         column(usage.servers)?,
         column(usage.vcpus)?,
         column(usage.memory_mib)?,
         column(usage.disk_gib)?,
         column(usage.storage_gib)?,
+        column(usage.snapshot_gib)?,
     ])
+}
+
+/// The columns of a charge, in the order of [`columns`].
+const NAMES: [&str; 6] = [
+    "servers",
+    "vcpus",
+    "memory_mib",
+    "disk_gib",
+    "storage_gib",
+    "snapshot_gib",
+];
+
+fn usage_of(row: &sqlx::any::AnyRow) -> Usage {
+    Usage {
+        servers: amount(row, NAMES[0]),
+        vcpus: amount(row, NAMES[1]),
+        memory_mib: amount(row, NAMES[2]),
+        disk_gib: amount(row, NAMES[3]),
+        storage_gib: amount(row, NAMES[4]),
+        snapshot_gib: amount(row, NAMES[5]),
+    }
 }
 
 /// A stored amount; negative only if the ledger was edited by hand.
@@ -71,7 +93,8 @@ impl Quotas<'_> {
             let mut tx = self.db.pool().begin().await?;
             let new = sqlx::query(
                 "INSERT INTO quota_charges (resource, account, servers, vcpus, memory_mib, disk_gib, \
-                 storage_gib, charged_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+                 storage_gib, snapshot_gib, charged_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                 ON CONFLICT DO NOTHING",
             )
             .bind(resource)
             .bind(account)
@@ -80,6 +103,7 @@ impl Quotas<'_> {
             .bind(amounts[2])
             .bind(amounts[3])
             .bind(amounts[4])
+            .bind(amounts[5])
             .bind(at)
             .execute(&mut *tx)
             .await?
@@ -95,9 +119,10 @@ impl Quotas<'_> {
                 charged = sqlx::query(
                     "UPDATE quota_usage SET servers = servers + $2, vcpus = vcpus + $3, \
                      memory_mib = memory_mib + $4, disk_gib = disk_gib + $5, \
-                     storage_gib = storage_gib + $6 \
-                     WHERE account = $1 AND servers + $2 <= $7 AND vcpus + $3 <= $8 \
-                     AND memory_mib + $4 <= $9 AND disk_gib + $5 <= $10 AND storage_gib + $6 <= $11",
+                     storage_gib = storage_gib + $6, snapshot_gib = snapshot_gib + $7 \
+                     WHERE account = $1 AND servers + $2 <= $8 AND vcpus + $3 <= $9 \
+                     AND memory_mib + $4 <= $10 AND disk_gib + $5 <= $11 AND storage_gib + $6 <= $12 \
+                     AND snapshot_gib + $7 <= $13",
                 )
                 .bind(account)
                 .bind(amounts[0])
@@ -105,11 +130,13 @@ impl Quotas<'_> {
                 .bind(amounts[2])
                 .bind(amounts[3])
                 .bind(amounts[4])
+                .bind(amounts[5])
                 .bind(bound(limits.servers))
                 .bind(bound(limits.vcpus))
                 .bind(bound(limits.memory_mib))
                 .bind(bound(limits.disk_gib))
                 .bind(bound(limits.storage_gib))
+                .bind(bound(limits.snapshot_gib))
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
@@ -165,7 +192,7 @@ impl Quotas<'_> {
         // (PostgreSQL's row lock, SQLite's write lock).
         let held = sqlx::query(
             "UPDATE quota_charges SET charged_at = charged_at WHERE resource = $1 AND account = $2 \
-             RETURNING servers, vcpus, memory_mib, disk_gib, storage_gib",
+             RETURNING servers, vcpus, memory_mib, disk_gib, storage_gib, snapshot_gib",
         )
         .bind(resource)
         .bind(account)
@@ -176,33 +203,25 @@ impl Quotas<'_> {
             tx.rollback().await?;
             return Ok(Err(RechargeRefused::ChargedOtherwise));
         };
-        let names = ["servers", "vcpus", "memory_mib", "disk_gib", "storage_gib"];
-        let held_usage = Usage {
-            servers: amount(&held, names[0]),
-            vcpus: amount(&held, names[1]),
-            memory_mib: amount(&held, names[2]),
-            disk_gib: amount(&held, names[3]),
-            storage_gib: amount(&held, names[4]),
-        };
-        if held_usage != expected {
+        if usage_of(&held) != expected {
             tx.rollback().await?;
             return Ok(Err(RechargeRefused::ChargedOtherwise));
         }
-        let mut delta = [0i64; 5];
-        for (i, name) in names.iter().enumerate() {
+        let mut delta = [0i64; 6];
+        for (i, name) in NAMES.iter().enumerate() {
             delta[i] = wanted_amounts[i] - held.get::<i64, _>(*name);
         }
-        if delta == [0; 5] {
+        if delta == [0; 6] {
             tx.commit().await?;
             return Ok(Ok(()));
         }
         let changed = sqlx::query(
             "UPDATE quota_usage SET servers = servers + $2, vcpus = vcpus + $3, \
              memory_mib = memory_mib + $4, disk_gib = disk_gib + $5, \
-             storage_gib = storage_gib + $6 \
-             WHERE account = $1 AND ($2 <= 0 OR servers + $2 <= $7) AND ($3 <= 0 OR vcpus + $3 <= $8) \
-             AND ($4 <= 0 OR memory_mib + $4 <= $9) AND ($5 <= 0 OR disk_gib + $5 <= $10) \
-             AND ($6 <= 0 OR storage_gib + $6 <= $11)",
+             storage_gib = storage_gib + $6, snapshot_gib = snapshot_gib + $7 \
+             WHERE account = $1 AND ($2 <= 0 OR servers + $2 <= $8) AND ($3 <= 0 OR vcpus + $3 <= $9) \
+             AND ($4 <= 0 OR memory_mib + $4 <= $10) AND ($5 <= 0 OR disk_gib + $5 <= $11) \
+             AND ($6 <= 0 OR storage_gib + $6 <= $12) AND ($7 <= 0 OR snapshot_gib + $7 <= $13)",
         )
         .bind(account)
         .bind(delta[0])
@@ -210,18 +229,20 @@ impl Quotas<'_> {
         .bind(delta[2])
         .bind(delta[3])
         .bind(delta[4])
+        .bind(delta[5])
         .bind(bound(limits.servers))
         .bind(bound(limits.vcpus))
         .bind(bound(limits.memory_mib))
         .bind(bound(limits.disk_gib))
         .bind(bound(limits.storage_gib))
+        .bind(bound(limits.snapshot_gib))
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if changed == 1 {
             sqlx::query(
                 "UPDATE quota_charges SET servers = $2, vcpus = $3, memory_mib = $4, \
-                 disk_gib = $5, storage_gib = $6, charged_at = $7 WHERE resource = $1",
+                 disk_gib = $5, storage_gib = $6, snapshot_gib = $7, charged_at = $8 WHERE resource = $1",
             )
             .bind(resource)
             .bind(wanted_amounts[0])
@@ -229,6 +250,7 @@ impl Quotas<'_> {
             .bind(wanted_amounts[2])
             .bind(wanted_amounts[3])
             .bind(wanted_amounts[4])
+            .bind(wanted_amounts[5])
             .bind(at)
             .execute(&mut *tx)
             .await?;
@@ -243,6 +265,7 @@ impl Quotas<'_> {
             memory_mib: growth(2),
             disk_gib: growth(3),
             storage_gib: growth(4),
+            snapshot_gib: growth(5),
         };
         match limits.check(self.usage(account).await?, requested) {
             Err(exceeded) => Ok(Err(RechargeRefused::Exceeded(exceeded))),
@@ -261,7 +284,7 @@ impl Quotas<'_> {
         let mut tx = self.db.pool().begin().await?;
         let charge = sqlx::query(
             "DELETE FROM quota_charges WHERE resource = $1 \
-             RETURNING account, servers, vcpus, memory_mib, disk_gib, storage_gib",
+             RETURNING account, servers, vcpus, memory_mib, disk_gib, storage_gib, snapshot_gib",
         )
         .bind(resource)
         .fetch_optional(&mut *tx)
@@ -270,7 +293,7 @@ impl Quotas<'_> {
             sqlx::query(
                 "UPDATE quota_usage SET servers = servers - $2, vcpus = vcpus - $3, \
                  memory_mib = memory_mib - $4, disk_gib = disk_gib - $5, \
-                 storage_gib = storage_gib - $6 WHERE account = $1",
+                 storage_gib = storage_gib - $6, snapshot_gib = snapshot_gib - $7 WHERE account = $1",
             )
             .bind(charge.get::<String, _>("account"))
             .bind(charge.get::<i64, _>("servers"))
@@ -278,6 +301,7 @@ impl Quotas<'_> {
             .bind(charge.get::<i64, _>("memory_mib"))
             .bind(charge.get::<i64, _>("disk_gib"))
             .bind(charge.get::<i64, _>("storage_gib"))
+            .bind(charge.get::<i64, _>("snapshot_gib"))
             .execute(&mut *tx)
             .await?;
         }
@@ -288,18 +312,12 @@ impl Quotas<'_> {
     /// What `account` holds now.
     pub async fn usage(&self, account: &str) -> Result<Usage> {
         let row = sqlx::query(
-            "SELECT servers, vcpus, memory_mib, disk_gib, storage_gib FROM quota_usage \
+            "SELECT servers, vcpus, memory_mib, disk_gib, storage_gib, snapshot_gib FROM quota_usage \
              WHERE account = $1",
         )
         .bind(account)
         .fetch_optional(self.db.pool())
         .await?;
-        Ok(row.map_or_else(Usage::default, |row| Usage {
-            servers: amount(&row, "servers"),
-            vcpus: amount(&row, "vcpus"),
-            memory_mib: amount(&row, "memory_mib"),
-            disk_gib: amount(&row, "disk_gib"),
-            storage_gib: amount(&row, "storage_gib"),
-        }))
+        Ok(row.map_or_else(Usage::default, |row| usage_of(&row)))
     }
 }

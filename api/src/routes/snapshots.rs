@@ -1,0 +1,282 @@
+//! Snapshots of servers' disks (R3, R18, R26): the disk copied as of one
+//! moment by the server's hypervisor, then kept by the storage machinery
+//! as two verified copies in two zones, apart from the server. A snapshot
+//! is a storage subscription that says what it copies (`snapshotOf`); the
+//! storage routes do not show it to customers.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use kube::ResourceExt;
+use kube::core::ObjectMeta;
+use serde_json::json;
+use stratus_core::ids::{AccountId, StorageId};
+use stratus_core::quota::{Usage, charged_object};
+use stratus_core::resources::{
+    SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec, VirtualServer,
+};
+use stratus_core::validate;
+use stratus_store::StoreError;
+use stratus_store::ledger::{AuditAction, AuditSubject};
+
+use super::customer_objects::orderable_account;
+use super::servers::{find_server, refuse_while_held, server_id};
+use crate::auth::Principal;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ErrorBody};
+use crate::state::ApiState;
+use crate::views::{SnapshotList, SnapshotView, TakeSnapshot};
+
+/// Snapshots one server keeps at most (its account's `snapshotGib` quota
+/// bounds them too).
+pub const MAX_SNAPSHOTS_PER_SERVER: usize = 64;
+
+/// The snapshots of `server`, oldest first (its account's storage read
+/// whole: bounded by the account's quotas).
+async fn snapshots_of(
+    state: &ApiState,
+    server: &VirtualServer,
+) -> Result<Vec<StorageSubscription>, ApiError> {
+    let name = server.name_any();
+    let mut found: Vec<StorageSubscription> = state
+        .storage
+        .list(server.namespace().as_deref())
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| {
+            s.spec
+                .snapshot_of
+                .as_ref()
+                .is_some_and(|of| of.server == name)
+        })
+        .collect();
+    found.sort_by_key(|s| s.spec.snapshot_of.as_ref().map_or(0, |of| of.version));
+    Ok(found)
+}
+
+/// Refuses a change of `server`'s disk (a rebuild, a restore, a resize)
+/// while one of its snapshots is being copied from it: the copy would
+/// take the disk as the change left it, or fail.
+pub(super) async fn refuse_while_copying(
+    state: &ApiState,
+    server: &VirtualServer,
+) -> Result<(), ApiError> {
+    let copying = snapshots_of(state, server).await?.into_iter().find(|s| {
+        s.spec.content.is_none()
+            && s.metadata.deletion_timestamp.is_none()
+            && s.status
+                .as_ref()
+                .is_none_or(|st| st.capture_failed.is_none())
+    });
+    match copying {
+        Some(snapshot) => Err(ApiError::server_busy(
+            "snapshot",
+            format!(
+                "snapshot {} ({}) is being copied from the server's disk: try again once it is",
+                snapshot.name_any(),
+                snapshot.spec.name
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Takes a snapshot of the server's disk: charged to the account's
+/// `snapshotGib` quota (by the server's disk size) in one step with the
+/// check, then copied by the controller.
+#[utoipa::path(post, path = "/v1/servers/{id}/snapshots", tag = "servers", params(("id" = String, Path)), request_body = TakeSnapshot,
+    responses((status = 202, body = SnapshotView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn take_snapshot(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<TakeSnapshot>,
+) -> Result<Response, ApiError> {
+    let id = server_id(&id)?;
+    let server = find_server(&state, &principal, &id).await?;
+    if !validate::is_dns_label(&body.name) {
+        return Err(ApiError::invalid(
+            "name",
+            format!(
+                "{:?} is not a valid name (1-63 lower-case letters, digits and '-', not at either end)",
+                body.name
+            ),
+        ));
+    }
+    refuse_while_held(&server, "snapshot")?;
+    let status = server.status.clone().unwrap_or_default();
+    if !status.provisioned || status.hypervisor.is_none() {
+        return Err(ApiError::server_busy(
+            "provisioning",
+            "the server is still being provisioned: take a snapshot once it runs",
+        ));
+    }
+    if server.rebuilding() || server.resizing() || server.in_rescue() {
+        return Err(ApiError::server_busy(
+            "disk_change",
+            "the server's disk is being changed (a rebuild, restore, resize or rescue mode): take a snapshot once that is done",
+        ));
+    }
+    let existing = snapshots_of(&state, &server).await?;
+    if existing.len() >= MAX_SNAPSHOTS_PER_SERVER {
+        return Err(ApiError::conflict(format!(
+            "the server keeps {MAX_SNAPSHOTS_PER_SERVER} snapshots already: delete one first"
+        )));
+    }
+    let account_id = server
+        .namespace()
+        .and_then(|ns| AccountId::parse(&ns))
+        .ok_or_else(|| ApiError::internal("the server is in no account"))?;
+    let account = orderable_account(&state, &account_id).await?;
+    let disk_gib = status
+        .applied
+        .as_ref()
+        .map_or(server.spec.resources.disk_gib, |a| a.resources.disk_gib);
+    let snapshot_id = StorageId::from_random(state.random_u64()?);
+    let charged_as = charged_object(account_id.as_str(), snapshot_id.as_str());
+    let charge = state
+        .ledger
+        .quotas()
+        .charge(
+            account_id.as_str(),
+            &charged_as,
+            Usage::of_snapshot(disk_gib),
+            state.quota_of(&account),
+            state.now_millis(),
+        )
+        .await?;
+    if let Err(exceeded) = charge {
+        return Err(ApiError::quota_exceeded(exceeded));
+    }
+    let version = u64::try_from(state.now_millis()).unwrap_or(1).max(1);
+    let snapshot = StorageSubscription {
+        metadata: ObjectMeta {
+            name: Some(snapshot_id.to_string()),
+            namespace: Some(account_id.to_string()),
+            ..Default::default()
+        },
+        spec: StorageSubscriptionSpec {
+            name: body.name.clone(),
+            size_gib: disk_gib,
+            zone: None,
+            encryption: StorageEncryption::Client,
+            content: None,
+            restore_from: None,
+            verify_requests: 0,
+            keys_given: 0,
+            attached_to: None,
+            written_by_guest: None,
+            suspension: None,
+            termination: None,
+            snapshot_of: Some(SnapshotOf {
+                server: server.name_any(),
+                image: server.image().to_owned(),
+                instance_generation: status.instance_generation.unwrap_or(status.disk_generation),
+                version,
+            }),
+        },
+        status: None,
+    };
+    let created = match state.storage.create(&snapshot).await {
+        Ok(created) => created,
+        Err(error) => {
+            if let Err(error) = state.ledger.quotas().release(&charged_as).await {
+                tracing::warn!(%error, resource = %charged_as, "could not return the charge of a failed snapshot");
+            }
+            return Err(error.into());
+        }
+    };
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::ServerSnapshot,
+            AuditSubject::server(&server),
+            json!({ "snapshot": created.name_any(), "name": body.name, "size_gib": disk_gib,
+                    "image": server.image() }),
+        )
+        .await;
+    tracing::info!(server = %id, snapshot = %snapshot_id, disk_gib, "snapshot asked");
+    let view = SnapshotView::of(&created)
+        .ok_or_else(|| ApiError::internal("a snapshot was stored without what it copies"))?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Lists the server's snapshots, oldest first (at most
+/// [`MAX_SNAPSHOTS_PER_SERVER`]).
+#[utoipa::path(get, path = "/v1/servers/{id}/snapshots", tag = "servers", params(("id" = String, Path)),
+    responses((status = 200, body = SnapshotList), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_snapshots(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<SnapshotList>, ApiError> {
+    let id = server_id(&id)?;
+    let server = find_server(&state, &principal, &id).await?;
+    let items = snapshots_of(&state, &server)
+        .await?
+        .iter()
+        .filter_map(SnapshotView::of)
+        .collect();
+    Ok(Json(SnapshotList { items }))
+}
+
+/// Deletes a snapshot: both copies are wiped, then its quota is given
+/// back. One that a restore is being made from is wiped once that restore
+/// made its disk.
+#[utoipa::path(delete, path = "/v1/servers/{id}/snapshots/{snapshot}", tag = "servers",
+    params(("id" = String, Path), ("snapshot" = String, Path)),
+    responses((status = 202, body = SnapshotView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn delete_snapshot(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path((id, snapshot)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let id = server_id(&id)?;
+    let server = find_server(&state, &principal, &id).await?;
+    let not_found = || ApiError::not_found("snapshot", &snapshot);
+    let snapshot_id = StorageId::parse(&snapshot).ok_or_else(not_found)?;
+    let namespace = server.namespace();
+    let found = state
+        .storage
+        .get(namespace.as_deref(), snapshot_id.as_str())
+        .await?
+        .filter(|s| {
+            s.spec
+                .snapshot_of
+                .as_ref()
+                .is_some_and(|of| of.server == server.name_any())
+        })
+        .ok_or_else(not_found)?;
+    if let Some(termination) = &found.spec.termination {
+        return Err(ApiError::conflict(format!(
+            "the snapshot was terminated with its account's services: it is wiped at {}",
+            termination.wipe_at
+        )));
+    }
+    let deletion = state
+        .storage
+        .delete(namespace.as_deref(), snapshot_id.as_str())
+        .await;
+    let left = match deletion {
+        Ok(stratus_store::objects::Deletion::Pending(pending)) => pending,
+        Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => {
+            found.clone()
+        }
+        Err(other) => return Err(other.into()),
+    };
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::ServerSnapshotDelete,
+            AuditSubject::server(&server),
+            json!({ "snapshot": snapshot_id.as_str(), "name": found.spec.name }),
+        )
+        .await;
+    let mut view = SnapshotView::of(&left).ok_or_else(not_found)?;
+    view.deleting = true;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}

@@ -1,0 +1,314 @@
+//! Snapshots of servers' disks through the REST API (R18, R26): checked,
+//! charged to `snapshotGib`, listed with their server only, restored, and
+//! deleted; every refusal names its field and changes nothing.
+
+mod support;
+
+use stratus_core::resources::{StorageContent, StorageSubscriptionStatus};
+use support::*;
+
+/// What the controller records once the snapshot's disk was copied and
+/// both copies agree: the first on `hv-default`, the server's hypervisor.
+async fn ready(api: &Api, account: &str, snapshot: &str) {
+    let replica = |hypervisor: &str, zone: &str| {
+        json!({"hypervisor": hypervisor, "zone": zone, "volume": format!("stratus-{account}.{snapshot}-store-v5.raw"),
+               "version": 5, "created": true, "bytes": 8, "checksum": "ab".repeat(32)})
+    };
+    let status: StorageSubscriptionStatus = serde_json::from_value(json!({
+        "phase": "Ready",
+        "replicas": [replica("hv-default", "default"), replica("hv-b", "b")],
+        "zones": "default,b",
+        "replicasInSync": true,
+    }))
+    .unwrap();
+    api.state
+        .storage
+        .update(Some(account), snapshot, |s| {
+            s.spec.content = Some(StorageContent {
+                version: 5,
+                bytes: 8,
+                sha256: "ab".repeat(32),
+                written_at: "2026-12-07T12:00:00Z".into(),
+            });
+            true
+        })
+        .await
+        .unwrap();
+    api.state
+        .storage
+        .patch_status(Some(account), snapshot, &status)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn r18_snapshots_are_checked_charged_listed_restored_and_deleted_on_both_databases() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other_token) = api.customer("Other").await;
+        let ordered = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        let disk_gib = ordered.body["disk_gib"].as_u64().unwrap();
+        api.call(
+            Method::PUT,
+            &format!("/v1/admin/accounts/{account}/quota"),
+            &api.admin,
+            Some(json!({"snapshotGib": disk_gib})),
+        )
+        .await;
+        let snapshots = format!("/v1/servers/{id}/snapshots");
+        let actions = format!("/v1/servers/{id}/actions");
+
+        let early = api
+            .call(
+                Method::POST,
+                &snapshots,
+                &token,
+                Some(json!({"name": "early"})),
+            )
+            .await;
+        assert_error(&early, StatusCode::CONFLICT, "server_busy", None);
+        placed_and_running(&api, &account, &id, 4, 8192).await;
+
+        // Refusals name the field and change nothing.
+        for (path, who, body, status, code, field) in [
+            (
+                snapshots.clone(),
+                &token,
+                json!({"name": "Not A Label"}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("name"),
+            ),
+            (
+                snapshots.clone(),
+                &token,
+                json!({"name": "ok", "extra": 1}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+            ),
+            (
+                snapshots.clone(),
+                &other_token,
+                json!({"name": "theirs"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                None,
+            ),
+            (
+                "/v1/servers/nope/snapshots".to_owned(),
+                &token,
+                json!({"name": "ok"}),
+                StatusCode::NOT_FOUND,
+                "not_found",
+                Some("id"),
+            ),
+        ] {
+            let reply = api.call(Method::POST, &path, who, Some(body)).await;
+            assert_error(&reply, status, code, field);
+        }
+        assert_eq!(api.storage_count().await, 0, "{label}");
+
+        let taken = api
+            .call(
+                Method::POST,
+                &snapshots,
+                &token,
+                Some(json!({"name": "before-upgrade"})),
+            )
+            .await;
+        assert_eq!(taken.status, StatusCode::ACCEPTED, "{}", taken.body);
+        assert_eq!(taken.body["state"], "pending");
+        assert_eq!(taken.body["server"], id.as_str());
+        assert_eq!(taken.body["image"], "debian-12");
+        assert_eq!(taken.body["size_gib"], disk_gib);
+        let sid = taken.body["id"].as_str().unwrap().to_owned();
+        let listed = api.call(Method::GET, &snapshots, &token, None).await;
+        assert_eq!(listed.body["items"][0]["id"], sid.as_str(), "{label}");
+        let theirs = api.call(Method::GET, &snapshots, &other_token, None).await;
+        assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+        // Not storage the customer rents: never listed or reached there.
+        let storage = api.call(Method::GET, "/v1/storage", &token, None).await;
+        assert_eq!(storage.body["items"], json!([]), "{label}");
+        let direct = api
+            .call(Method::GET, &format!("/v1/storage/{sid}"), &token, None)
+            .await;
+        assert_eq!(direct.status, StatusCode::NOT_FOUND);
+        let account_view = api
+            .call(
+                Method::GET,
+                &format!("/v1/accounts/{account}"),
+                &api.admin,
+                None,
+            )
+            .await;
+        assert_eq!(account_view.body["usage"]["snapshotGib"], disk_gib);
+        let server = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::server(&server))
+            .await
+            .unwrap();
+        assert!(
+            trail
+                .iter()
+                .any(|e| e.action == AuditAction::ServerSnapshot
+                    && e.detail["snapshot"] == sid.as_str()),
+            "{label}: {trail:?}"
+        );
+
+        // The quota counts the disk of each.
+        let beyond = api
+            .call(
+                Method::POST,
+                &snapshots,
+                &token,
+                Some(json!({"name": "second"})),
+            )
+            .await;
+        assert_error(
+            &beyond,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "quota_exceeded",
+            None,
+        );
+        assert_eq!(beyond.body["error"]["details"]["quota"], "snapshotGib");
+
+        // While it is copied the disk is not changed under it.
+        for body in [
+            json!({"type": "rebuild", "image": "alma-9"}),
+            json!({"type": "resize", "plan": "medium"}),
+        ] {
+            let reply = api.call(Method::POST, &actions, &token, Some(body)).await;
+            assert_error(&reply, StatusCode::CONFLICT, "server_busy", None);
+            assert_eq!(reply.body["error"]["details"]["action"], "snapshot");
+        }
+
+        // Restores: only a ready snapshot of this account.
+        for snapshot in ["st-00000000000000ff", "xyz", sid.as_str()] {
+            let reply = api
+                .call(
+                    Method::POST,
+                    &actions,
+                    &token,
+                    Some(json!({"type": "restore", "snapshot": snapshot})),
+                )
+                .await;
+            assert_error(
+                &reply,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("snapshot"),
+            );
+        }
+        ready(&api, &account, &sid).await;
+        let listed = api.call(Method::GET, &snapshots, &token, None).await;
+        assert_eq!(listed.body["items"][0]["state"], "ready", "{label}");
+        assert_eq!(listed.body["items"][0]["content"]["bytes"], 8);
+        let restored = api
+            .call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "restore", "snapshot": sid})),
+            )
+            .await;
+        assert_eq!(restored.status, StatusCode::ACCEPTED, "{}", restored.body);
+        assert_eq!(restored.body["action"]["type"], "restore");
+        assert_eq!(restored.body["action"]["to"], sid.as_str());
+        let request = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .rebuild
+            .unwrap();
+        assert_eq!(request.snapshot.as_deref(), Some(sid.as_str()));
+        assert_eq!(request.instance_generation, Some(0));
+        assert_eq!(
+            (request.image.as_str(), request.generation),
+            ("debian-12", 1)
+        );
+        // Busy with it: no other action, no snapshot meanwhile.
+        let busy = api
+            .call(
+                Method::POST,
+                &snapshots,
+                &token,
+                Some(json!({"name": "meanwhile"})),
+            )
+            .await;
+        assert_error(&busy, StatusCode::CONFLICT, "server_busy", None);
+        let again = api
+            .call(
+                Method::POST,
+                &actions,
+                &token,
+                Some(json!({"type": "restore", "snapshot": sid})),
+            )
+            .await;
+        assert_error(&again, StatusCode::CONFLICT, "server_busy", None);
+
+        // Deleted by its owner only.
+        let path = format!("{snapshots}/{sid}");
+        let theirs = api.call(Method::DELETE, &path, &other_token, None).await;
+        assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+        let deleted = api.call(Method::DELETE, &path, &token, None).await;
+        assert_eq!(deleted.status, StatusCode::ACCEPTED, "{}", deleted.body);
+        assert_eq!(deleted.body["deleting"], true);
+        let gone = api.call(Method::DELETE, &path, &token, None).await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND, "{label}");
+    }
+}
+
+#[tokio::test]
+async fn a_suspended_or_terminated_server_takes_no_snapshot() {
+    use stratus_core::policy::SuspensionMode;
+    use stratus_core::standing::{Suspension, SuspensionReason};
+    let api = api().await;
+    api.register_zone("default").await;
+    let (account, token) = api.customer("ACME").await;
+    let ordered = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    let id = ordered.body["id"].as_str().unwrap().to_owned();
+    placed_and_running(&api, &account, &id, 4, 8192).await;
+    api.state
+        .servers
+        .update(Some(&account), &id, |s| {
+            s.spec.suspension = Some(Suspension {
+                reasons: vec![SuspensionReason::Abuse],
+                mode: SuspensionMode::Paused,
+            });
+            true
+        })
+        .await
+        .unwrap();
+    let reply = api
+        .call(
+            Method::POST,
+            &format!("/v1/servers/{id}/snapshots"),
+            &token,
+            Some(json!({"name": "evidence"})),
+        )
+        .await;
+    assert_error(&reply, StatusCode::CONFLICT, "server_suspended", None);
+    assert_eq!(api.storage_count().await, 0);
+}

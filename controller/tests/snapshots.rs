@@ -1,0 +1,295 @@
+//! Snapshots of servers' disks against simulated agents (R3, R18, R26):
+//! copied by the server's hypervisor as of one moment, kept as two copies
+//! in two zones, restored into the server, never wiped under a restore.
+
+mod support;
+
+use stratus_core::resources::{SnapshotOf, StorageEncryption};
+use stratus_core::storage::{SnapshotState, snapshot_state};
+use support::*;
+
+/// The managed name of snapshot `st-5` on the agents.
+const SNAPSHOT_COPY: &str = "stratus-acc-0000000000000001.st-5";
+const TAKEN_AT: u64 = 1_765_000_000_000;
+
+/// What the API does for `POST /v1/servers/{server}/snapshots`.
+async fn take_snapshot(h: &Harness, name: &str, server: &str) {
+    let mut snapshot = StorageSubscription::new(
+        name,
+        StorageSubscriptionSpec {
+            name: "before-upgrade".into(),
+            size_gib: 25,
+            zone: None,
+            encryption: StorageEncryption::Client,
+            content: None,
+            verify_requests: 0,
+            keys_given: 0,
+            restore_from: None,
+            attached_to: None,
+            written_by_guest: None,
+            suspension: None,
+            termination: None,
+            snapshot_of: Some(SnapshotOf {
+                server: server.into(),
+                image: "debian-12".into(),
+                instance_generation: 0,
+                version: TAKEN_AT,
+            }),
+        },
+    );
+    snapshot.metadata.namespace = Some(NS.into());
+    h.storage.create(&snapshot).await.unwrap();
+}
+
+/// What the API does for `{"type": "restore", "snapshot": …}`.
+fn ask_restore(spec: &mut VirtualServerSpec, snapshot: &str, generation: u32) {
+    spec.rebuild = Some(stratus_core::resources::RebuildRequest {
+        image: "debian-12".into(),
+        generation,
+        ssh_keys: None,
+        user_data: None,
+        snapshot: Some(snapshot.into()),
+        instance_generation: Some(0),
+    });
+}
+
+async fn running_server_in_zone_a(h: &Harness) {
+    h.add_hypervisor("a1", "a", 8, 16384).await;
+    h.add_hypervisor("b1", "b", 8, 16384).await;
+    h.order("vs-1", Some("a")).await;
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    assert_eq!(h.status("vs-1").await.hypervisor.unwrap().as_str(), "a1");
+}
+
+/// Reconciles the snapshot until nothing is left to do now (a
+/// verification may be due later).
+async fn settle(h: &Harness, name: &str) {
+    for _ in 0..5 {
+        match h.reconcile_storage(name).await.unwrap() {
+            Outcome::RequeueAfter(soon) if soon <= Duration::from_secs(1) => {}
+            _ => return,
+        }
+    }
+    panic!("{name} still moves: {:?}", h.storage_status(name).await);
+}
+
+async fn snapshot_of(h: &Harness, name: &str) -> StorageSubscription {
+    h.storage.get(Some(NS), name).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn r18_a_snapshot_copies_the_disk_into_two_zones_and_a_restore_brings_it_back() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        running_server_in_zone_a(&h).await;
+        h.sim.write_disk("a1", DOMAIN, b"marker A");
+        let seed_before = h.sim.spec_of("a1", DOMAIN).unwrap().seed.unwrap();
+
+        take_snapshot(&h, "st-5", "vs-1").await;
+        settle(&h, "st-5").await;
+        let snapshot = snapshot_of(&h, "st-5").await;
+        let status = snapshot.status.clone().unwrap();
+        assert_eq!(
+            snapshot_state(&snapshot.spec, Some(&status)),
+            (SnapshotState::Ready, None),
+            "{label}: {status:?}"
+        );
+        let zones: Vec<&str> = status.replicas.iter().map(|r| r.zone.as_str()).collect();
+        assert_eq!(zones, ["a", "b"], "made on the server's hypervisor first");
+        assert_eq!(status.replicas[0].hypervisor.as_str(), "a1");
+        let content = snapshot.spec.content.clone().unwrap();
+        assert_eq!(content.version, TAKEN_AT);
+        assert_eq!(content.bytes, 8);
+        for hypervisor in ["a1", "b1"] {
+            assert_eq!(
+                h.sim.versions(hypervisor, SNAPSHOT_COPY)[&TAKEN_AT],
+                b"marker A",
+                "{label}: the copy on {hypervisor}"
+            );
+        }
+        let captured = h
+            .audited_storage("st-5", AuditAction::ServerSnapshotCaptured)
+            .await;
+        assert_eq!(captured.len(), 1, "{label}: {captured:?}");
+        assert_eq!(captured[0]["method"], "backup", "the guest ran on");
+        assert_eq!(captured[0]["sha256"], content.sha256.as_str());
+        assert!(
+            h.events
+                .about("StorageSubscription", "st-5")
+                .contains(&EventReason::SnapshotTaken)
+        );
+        // Looked at again: nothing is copied again.
+        let calls = h.sim.calls().len();
+        h.reconcile_storage("st-5").await.unwrap();
+        assert!(
+            !h.sim.calls()[calls..]
+                .iter()
+                .any(|c| c.starts_with("capture_disk")),
+            "{label}"
+        );
+
+        // The guest writes on; the restore brings the disk of the snapshot
+        // back, beside the one it replaces, which is wiped.
+        h.sim.write_disk("a1", DOMAIN, b"marker B");
+        h.edit("vs-1", |spec| ask_restore(spec, "st-5", 1)).await;
+        assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done, "{label}");
+        let status = h.status("vs-1").await;
+        assert_eq!(status.rebuild, None, "{label}: {status:?}");
+        assert_eq!(status.disk_generation, 1);
+        assert_eq!(status.instance_generation, Some(0));
+        assert_eq!(status.phase, ServerPhase::Running);
+        let disk = h.sim.disk_of("a1", DOMAIN).unwrap();
+        assert_eq!(disk.content, b"marker A", "{label}");
+        assert!(disk.leftovers.is_empty(), "{label}: the old disk is wiped");
+        let seed = h.sim.spec_of("a1", DOMAIN).unwrap().seed.unwrap();
+        assert_eq!(
+            seed.instance_id, seed_before.instance_id,
+            "the restored system is the same cloud-init instance"
+        );
+        let rebuilt = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
+        assert!(
+            rebuilt.message.contains("from snapshot st-5"),
+            "{}",
+            rebuilt.message
+        );
+        // The snapshot is as it was: restored from, never written.
+        assert_eq!(h.sim.versions("a1", SNAPSHOT_COPY)[&TAKEN_AT], b"marker A");
+
+        // Deleted: both copies are wiped and it goes.
+        h.storage.delete(Some(NS), "st-5").await.unwrap();
+        settle(&h, "st-5").await;
+        assert!(
+            h.storage.get(Some(NS), "st-5").await.unwrap().is_none(),
+            "{label}"
+        );
+        for hypervisor in ["a1", "b1"] {
+            assert!(
+                !h.sim
+                    .volumes(hypervisor)
+                    .iter()
+                    .any(|(name, _)| name == SNAPSHOT_COPY),
+                "{label}: {hypervisor}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn r18_a_snapshot_being_deleted_is_not_wiped_under_a_restore_that_needs_it() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    h.sim.write_disk("a1", DOMAIN, b"marker A");
+    take_snapshot(&h, "st-5", "vs-1").await;
+    settle(&h, "st-5").await;
+    h.sim.write_disk("a1", DOMAIN, b"marker B");
+    h.edit("vs-1", |spec| ask_restore(spec, "st-5", 1)).await;
+
+    h.storage.delete(Some(NS), "st-5").await.unwrap();
+    h.reconcile_storage("st-5").await.unwrap();
+    let waiting = snapshot_of(&h, "st-5").await.status.unwrap();
+    assert!(
+        waiting
+            .reason
+            .as_deref()
+            .unwrap_or_default()
+            .contains("vs-1"),
+        "{waiting:?}"
+    );
+    assert!(
+        h.sim
+            .volumes("a1")
+            .iter()
+            .any(|(name, _)| name == SNAPSHOT_COPY)
+    );
+
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    assert_eq!(
+        h.sim.disk_of("a1", DOMAIN).unwrap().content,
+        b"marker A",
+        "restored from the snapshot being deleted"
+    );
+    settle(&h, "st-5").await;
+    assert!(h.storage.get(Some(NS), "st-5").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn r18_a_restore_never_makes_the_disk_from_the_image_when_its_snapshot_is_missing() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    h.sim.write_disk("a1", DOMAIN, b"marker B");
+    h.edit("vs-1", |spec| ask_restore(spec, "st-404", 1)).await;
+    let outcome = h.reconcile("vs-1").await.unwrap();
+    assert!(matches!(outcome, Outcome::RequeueAfter(_)), "{outcome:?}");
+    let status = h.status("vs-1").await;
+    let waiting = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
+    assert!(
+        waiting.message.contains("st-404 does not exist"),
+        "{}",
+        waiting.message
+    );
+    let disk = h.sim.disk_of("a1", DOMAIN).unwrap();
+    assert_eq!(
+        (disk.generation, disk.content.as_slice()),
+        (0, &b"marker B"[..])
+    );
+    // Withdrawn: the server runs on its own disk again.
+    h.edit("vs-1", |spec| spec.rebuild = None).await;
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    let status = h.status("vs-1").await;
+    assert_eq!(status.phase, ServerPhase::Running, "{status:?}");
+    assert_eq!(h.sim.disk_of("a1", DOMAIN).unwrap().content, b"marker B");
+}
+
+#[tokio::test]
+async fn r18_a_snapshot_of_a_server_that_went_first_fails_and_places_no_copy() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    take_snapshot(&h, "st-5", "vs-9").await;
+    h.reconcile_storage("st-5").await.unwrap();
+    let snapshot = snapshot_of(&h, "st-5").await;
+    let status = snapshot.status.clone().unwrap();
+    let (state, reason) = snapshot_state(&snapshot.spec, Some(&status));
+    assert_eq!(state, SnapshotState::Failed);
+    assert!(reason.unwrap().contains("vs-9 was deleted"), "{status:?}");
+    assert!(status.replicas.is_empty());
+    assert!(h.sim.volumes("a1").is_empty() && h.sim.volumes("b1").is_empty());
+    // Deleted as any other.
+    h.storage.delete(Some(NS), "st-5").await.unwrap();
+    h.reconcile_storage("st-5").await.unwrap();
+    assert!(h.storage.get(Some(NS), "st-5").await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn r26_a_snapshot_that_would_pause_its_guest_too_long_fails_and_is_not_tried_again() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    h.sim.set_copies_need_long_pauses("a1", true);
+    take_snapshot(&h, "st-5", "vs-1").await;
+    h.reconcile_storage("st-5").await.unwrap();
+    let snapshot = snapshot_of(&h, "st-5").await;
+    let (state, reason) = snapshot_state(&snapshot.spec, snapshot.status.as_ref());
+    assert_eq!(state, SnapshotState::Failed, "{snapshot:?}");
+    assert!(reason.unwrap().contains("paused longer"));
+    assert!(snapshot.spec.content.is_none());
+    assert!(
+        h.events
+            .about("StorageSubscription", "st-5")
+            .contains(&EventReason::SnapshotFailed)
+    );
+    assert_eq!(
+        h.audited_storage("st-5", AuditAction::ServerSnapshotFailed)
+            .await
+            .len(),
+        1
+    );
+    let calls = h.sim.calls().len();
+    h.sim.set_copies_need_long_pauses("a1", false);
+    h.reconcile_storage("st-5").await.unwrap();
+    assert!(
+        !h.sim.calls()[calls..]
+            .iter()
+            .any(|c| c.starts_with("capture_disk")),
+        "a failed snapshot is not taken again behind the customer's back"
+    );
+}
