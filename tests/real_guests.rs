@@ -513,6 +513,204 @@ async fn a_rebuilt_guest_boots_a_fresh_disk_with_new_user_data_and_keeps_its_add
     stratus.process.terminate();
 }
 
+/// The guest's script for snapshots: says what it finds 2 MiB into its
+/// disk and the cloud-init instance, then writes marker A on a blank disk
+/// and marker B over A.
+fn snapshot_user_data() -> String {
+    "#!/bin/sh
+seen=$(dd if=/dev/vda bs=512 skip=4096 count=1 2>/dev/null | tr -dc 'A-Z-')
+echo \"SNAP-SEEN [$seen] $(grep instance-id /seed/meta-data)\"
+case \"$seen\" in
+  *MARKER-A*) echo SNAPSHOT-MARKER-B | dd of=/dev/vda bs=512 seek=4096 conv=notrunc,fsync 2>/dev/null ;;
+  *MARKER-B*) ;;
+  *) echo SNAPSHOT-MARKER-A | dd of=/dev/vda bs=512 seek=4096 conv=notrunc,fsync 2>/dev/null ;;
+esac
+echo SNAP-DONE
+"
+    .to_owned()
+}
+
+/// The `n`-th `SNAP-SEEN` line of the console (from 1).
+fn snap_seen(console: &str, n: usize) -> String {
+    console
+        .lines()
+        .filter(|line| line.contains("SNAP-SEEN ["))
+        .nth(n - 1)
+        .unwrap_or_else(|| panic!("no SNAP-SEEN #{n}:\n{console}"))
+        .to_owned()
+}
+
+/// Snapshots on a real guest (R18, R26): the disk of the running guest is
+/// copied without pausing it (a backup job) and kept in both zones; the
+/// copy on the server's hypervisor damaged on disk is repaired from the
+/// other zone; written over and restored, the guest finds the snapshot's
+/// marker again, as the same cloud-init instance.
+#[tokio::test]
+async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data() {
+    let hypervisor = Hypervisor::from_env();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hypervisor.config.display().to_string();
+    let stratus = Stratus::up(Path::new(BIN), &data, free_port(), &["--config", &config]).await;
+    let admin = stratus.client(&stratus.admin_token());
+    let (_, customer) = admin.open_account("ACME").await;
+    let (status, order) = customer
+        .post(
+            "/v1/servers",
+            json!({"name": "snap1", "plan": "micro", "image": "tiny", "zone": "a",
+                   "user_data": snapshot_user_data()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/servers/{id}");
+    customer.wait_status(&id, "running", BOOT).await;
+    let first = wait_console(&customer, &id, "SNAP-DONE", 1).await;
+    assert!(snap_seen(&first, 1).contains("SNAP-SEEN []"), "{first}");
+
+    // Taken while the guest runs on.
+    let started = Instant::now();
+    let (status, taken) = customer
+        .post(&format!("{path}/snapshots"), json!({"name": "with-a"}))
+        .await;
+    assert_eq!(status, 202, "{taken}");
+    let sid = taken["id"].as_str().unwrap().to_owned();
+    let snapshot_path = format!("/v1/storage/{sid}");
+    customer
+        .wait_until(
+            &format!("{path}/snapshots"),
+            "the snapshot did not become ready",
+            BOOT * 2,
+            |list| list["items"][0]["state"] == "ready",
+        )
+        .await;
+    let to_ready = started.elapsed();
+    assert_eq!(
+        hypervisor.domain_state(&format!(
+            "stratus-{}.{id}",
+            order["account_id"].as_str().unwrap()
+        )),
+        "running",
+        "the guest ran on"
+    );
+    let (_, seen) = admin.get(&snapshot_path).await;
+    let files: Vec<PathBuf> = seen["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| PathBuf::from(r["path"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        files[0].parent(),
+        Some(hypervisor.dir.join("pool").as_path())
+    );
+    assert_eq!(
+        files[1].parent(),
+        Some(hypervisor.dir.join("pool-b").as_path())
+    );
+    for file in &files {
+        assert!(
+            file_contains(file, b"SNAPSHOT-MARKER-A"),
+            "{} holds the disk as of the snapshot",
+            file.display()
+        );
+    }
+    let (status, history) = customer.get("/v1/account/events?limit=1000").await;
+    assert_eq!(status, 200, "{history}");
+    let captured = history["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["action"] == "server.snapshot_captured")
+        .unwrap_or_else(|| panic!("no server.snapshot_captured in {history}"))
+        .clone();
+    assert_eq!(captured["detail"]["method"], "backup", "{captured}");
+    assert_eq!(captured["detail"]["guest_paused_ms"], 0, "{captured}");
+
+    // The guest writes B over A.
+    action(&customer, &id, "reboot").await;
+    let second = wait_console(&customer, &id, "SNAP-DONE", 2).await;
+    assert!(snap_seen(&second, 2).contains("MARKER-A"), "{second}");
+
+    // The copy on the server's hypervisor is damaged where the marker is:
+    // a verification repairs it from the other zone.
+    corrupt_block(files[0].to_str().unwrap(), 512);
+    let (status, asked) = admin
+        .post(&format!("/v1/admin/storage/{sid}/verify"), json!({}))
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    admin
+        .wait_until(
+            &snapshot_path,
+            "the damaged copy was not repaired",
+            BOOT,
+            |s| {
+                s["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "ReplicasInSync" && c["reason"] == "Repaired")
+                })
+            },
+        )
+        .await;
+    assert!(file_contains(&files[0], b"SNAPSHOT-MARKER-A"));
+
+    // Restored: the guest finds A again, as the same instance.
+    let started = Instant::now();
+    let (status, asked) = customer
+        .post(
+            &format!("{path}/actions"),
+            json!({"type": "restore", "snapshot": sid}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    assert_eq!(asked["action"]["type"], "restore");
+    customer
+        .wait_until(&path, "the restore did not finish", BOOT * 2, |server| {
+            server["action"]["state"] == "done" && server["status"] == "running"
+        })
+        .await;
+    let restored_in = started.elapsed();
+    let third = wait_console(&customer, &id, "SNAP-DONE", 3).await;
+    let after = snap_seen(&third, 3);
+    assert!(
+        after.contains("MARKER-A"),
+        "the snapshot's data is back: {third}"
+    );
+    let instance = |line: &str| {
+        line.split("instance-id:")
+            .nth(1)
+            .map(str::trim)
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        instance(&after),
+        instance(&snap_seen(&third, 1)),
+        "the restored system is the same cloud-init instance"
+    );
+    println!(
+        "snapshot of a running tiny guest ready in both zones: {:.1} s; restore to running again: {:.1} s",
+        to_ready.as_secs_f64(),
+        restored_in.as_secs_f64()
+    );
+
+    // It outlives its server, listed with the account's, until deleted.
+    customer.delete_and_wait(&path, BOOT).await;
+    let (_, list) = customer.get("/v1/snapshots").await;
+    assert_eq!(list["items"][0]["id"], sid.as_str(), "{list}");
+    assert_eq!(list["items"][0]["state"], "ready", "{list}");
+    let (status, body) = customer.delete(&format!("/v1/snapshots/{sid}")).await;
+    assert_eq!(status, 202, "{body}");
+    let deadline = Instant::now() + BOOT;
+    while admin.get(&snapshot_path).await.0 != 404 {
+        assert!(Instant::now() < deadline, "snapshot {sid} was not deleted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for file in &files {
+        assert!(!file.exists(), "{} is wiped and deleted", file.display());
+    }
+    stratus.process.terminate();
+}
+
 /// Rescue mode on a real guest: the rescue system boots with the server's
 /// disk as its second disk and finds what the server wrote there; disabled,
 /// the server boots its own system again, its disk untouched.

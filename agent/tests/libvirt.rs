@@ -1200,3 +1200,109 @@ fn rescue_mode_boots_a_fresh_rescue_disk_with_the_system_disk_second_only_while_
     assert!(pool.lookup_storage_vol_by_name(&rescue_disk).is_err());
     assert!(pool.lookup_storage_vol_by_name(&system).is_err());
 }
+
+/// A snapshot on the test driver (R18): the system disk of a running
+/// guest is copied into a version of the snapshot's copy with the guest
+/// paused for it (the test driver has no backup job) and resumed after; a
+/// copy of another account's domain is refused.
+#[test]
+fn a_snapshot_copies_the_system_disk_of_its_own_accounts_domain_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::open(DriverConfig::for_uri(&private_node(dir.path()), "z")).unwrap();
+    let name = "stratus-acc-0000000000000001.vs-00000000000000c1";
+    let base = "stratus-acc-0000000000000001.st-00000000000000c2";
+    driver.seed_image("itest-capture.qcow2", 2).unwrap();
+    let running = spec("itest-capture.qcow2", PowerState::Running, true);
+    driver.ensure(name, &running).unwrap();
+    driver
+        .ensure_volume(
+            base,
+            &VolumeSpec {
+                size_gib: 25,
+                create: true,
+            },
+        )
+        .unwrap();
+    let theirs = "stratus-acc-0000000000000002.st-00000000000000c3";
+    assert!(matches!(
+        driver.capture_disk(theirs, name, 7),
+        Err(AgentError::BadRequest(_))
+    ));
+    // The test driver cannot read volumes back: the copy is made (with
+    // the guest paused), then its measurement fails and nothing of it is
+    // left; `tests/real_guests.rs` measures real copies.
+    let error = driver.capture_disk(base, name, 7).unwrap_err();
+    assert!(
+        error.to_string().contains("virStorageVolDownload"),
+        "{error}"
+    );
+    assert!(driver.observe_volume(base).unwrap().version(7).is_none());
+    assert_eq!(
+        driver.observe(name).unwrap().state,
+        Some(DomainState::Running),
+        "the guest runs on"
+    );
+    driver.destroy(name).unwrap();
+    driver.destroy_volume(base).unwrap();
+}
+
+/// A restore on the test driver (R18): while the domain is off its new
+/// disk generation is made a copy of the snapshot's version (of the same
+/// account only), and the old disk is wiped after.
+#[test]
+fn a_restore_makes_the_new_disk_a_copy_of_a_snapshot_of_the_same_account_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let driver = Driver::open(DriverConfig::for_uri(&private_node(dir.path()), "z")).unwrap();
+    let name = "stratus-acc-0000000000000001.vs-00000000000000d1";
+    let base = "stratus-acc-0000000000000001.st-00000000000000d2";
+    let theirs = "stratus-acc-0000000000000002.st-00000000000000d3";
+    driver.seed_image("itest-restore.qcow2", 2).unwrap();
+    for copy in [base, theirs] {
+        driver
+            .ensure_volume(
+                copy,
+                &VolumeSpec {
+                    size_gib: 25,
+                    create: true,
+                },
+            )
+            .unwrap();
+    }
+    let off = DomainSpec {
+        power: PowerState::Stopped,
+        ..spec("itest-restore.qcow2", PowerState::Stopped, true)
+    };
+    driver.ensure(name, &off).unwrap();
+    let restore = |source: &str| DomainSpec {
+        disk_generation: 1,
+        retired_disk_generation: Some(0),
+        disk_source: Some(source.to_owned()),
+        create_disk: false,
+        ..off.clone()
+    };
+    for (source, refusal) in [
+        (storage_volume_name(theirs, 0), "not of the account"),
+        (format!("{name}-disk.qcow2"), "not a version"),
+        (storage_volume_name(base, 9), "does not exist"),
+    ] {
+        let error = driver.ensure(name, &restore(&source)).unwrap_err();
+        assert!(error.to_string().contains(refusal), "{source}: {error}");
+        assert_eq!(
+            driver.observe(name).unwrap().disk_generation,
+            Some(0),
+            "{source}: the old disk stays"
+        );
+    }
+    let restored = driver
+        .ensure(name, &restore(&storage_volume_name(base, 0)))
+        .unwrap();
+    assert_eq!(restored.disk_generation, Some(1));
+    assert!(
+        driver.observe_volume(base).unwrap().version(0).is_some(),
+        "the snapshot is never changed by a restore"
+    );
+    driver.destroy(name).unwrap();
+    for copy in [base, theirs] {
+        driver.destroy_volume(copy).unwrap();
+    }
+}

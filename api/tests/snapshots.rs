@@ -266,6 +266,23 @@ async fn r18_snapshots_are_checked_charged_listed_restored_and_deleted_on_both_d
             .await;
         assert_error(&again, StatusCode::CONFLICT, "server_busy", None);
 
+        // Listed with the account's too (those of deleted servers as well).
+        let all = api.call(Method::GET, "/v1/snapshots", &token, None).await;
+        assert_eq!(all.body["items"][0]["id"], sid.as_str(), "{label}");
+        let none = api
+            .call(Method::GET, "/v1/snapshots", &other_token, None)
+            .await;
+        assert_eq!(none.body["items"], json!([]));
+        let theirs = api
+            .call(
+                Method::DELETE,
+                &format!("/v1/snapshots/{sid}"),
+                &other_token,
+                None,
+            )
+            .await;
+        assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+
         // Deleted by its owner only.
         let path = format!("{snapshots}/{sid}");
         let theirs = api.call(Method::DELETE, &path, &other_token, None).await;
@@ -275,6 +292,27 @@ async fn r18_snapshots_are_checked_charged_listed_restored_and_deleted_on_both_d
         assert_eq!(deleted.body["deleting"], true);
         let gone = api.call(Method::DELETE, &path, &token, None).await;
         assert_eq!(gone.status, StatusCode::NOT_FOUND, "{label}");
+        let gone = api
+            .call(
+                Method::DELETE,
+                &format!("/v1/snapshots/{sid}"),
+                &token,
+                None,
+            )
+            .await;
+        assert_eq!(gone.status, StatusCode::NOT_FOUND, "{label}");
+        let usage = api
+            .call(
+                Method::GET,
+                &format!("/v1/accounts/{account}"),
+                &api.admin,
+                None,
+            )
+            .await;
+        assert_eq!(
+            usage.body["usage"]["snapshotGib"], 0,
+            "{label}: deleted before the controller made anything of it, its charge is given back at once"
+        );
     }
 }
 

@@ -259,3 +259,13 @@ pub async fn refuse_while_held_as_evidence(
         None => Ok(()),
     }
 }
+
+/// Gives back the quota charge of `namespace/name`, an object the store
+/// deleted outright: it had no finalizer yet, so the controller had made
+/// nothing of it, and nothing else would ever give its charge back.
+pub async fn release_deleted_outright(state: &ApiState, namespace: Option<&str>, name: &str) {
+    let charged_as = stratus_core::quota::charged_object(namespace.unwrap_or_default(), name);
+    if let Err(error) = state.ledger.quotas().release(&charged_as).await {
+        tracing::warn!(%error, resource = %charged_as, "could not give back the charge of an object deleted outright");
+    }
+}

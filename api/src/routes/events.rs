@@ -814,6 +814,21 @@ pub async fn own_account_events(
             "guest_paused_ms": entry.detail["guest_paused_ms"],
         }),
         AuditAction::StorageSnapshotSkipped => json!({ "reason": entry.detail["reason"] }),
+        // A server's snapshot: which, how its disk was copied and what it
+        // cost the guest, or why it was not.
+        AuditAction::ServerSnapshot
+        | AuditAction::ServerSnapshotDelete
+        | AuditAction::ServerRestore => json!({ "snapshot": entry.detail["snapshot"] }),
+        AuditAction::ServerSnapshotCaptured => json!({
+            "server": entry.detail["server"],
+            "bytes": entry.detail["bytes"],
+            "sha256": entry.detail["sha256"],
+            "method": entry.detail["method"],
+            "guest_paused_ms": entry.detail["guest_paused_ms"],
+        }),
+        AuditAction::ServerSnapshotFailed => {
+            json!({ "server": entry.detail["server"], "reason": entry.detail["reason"] })
+        }
         _ => json!({}),
     })
     .await?;

@@ -364,9 +364,16 @@ pub async fn delete_server(
         .await;
     let mut view = match deletion {
         Ok(stratus_store::objects::Deletion::Pending(pending)) => pending,
-        Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => {
+        Ok(stratus_store::objects::Deletion::Deleted) => {
+            super::customer_objects::release_deleted_outright(
+                &state,
+                namespace.as_deref(),
+                id.as_str(),
+            )
+            .await;
             server.clone()
         }
+        Err(StoreError::NotFound { .. }) => server.clone(),
         Err(other) => return Err(other.into()),
     };
     if view.metadata.deletion_timestamp.is_none() {

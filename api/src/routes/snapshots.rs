@@ -20,7 +20,7 @@ use stratus_core::validate;
 use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
-use super::customer_objects::orderable_account;
+use super::customer_objects::{orderable_account, refuse_while_held_as_evidence};
 use super::servers::{find_server, refuse_while_held, server_id};
 use crate::auth::Principal;
 use crate::body::JsonBody;
@@ -223,6 +223,50 @@ pub async fn list_snapshots(
     Ok(Json(SnapshotList { items }))
 }
 
+/// Lists the account's snapshots, of every server, those whose server was
+/// deleted too, oldest first.
+#[utoipa::path(get, path = "/v1/snapshots", tag = "servers",
+    responses((status = 200, body = SnapshotList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn list_account_snapshots(
+    principal: Principal,
+    State(state): State<ApiState>,
+) -> Result<Json<SnapshotList>, ApiError> {
+    let account = principal.account()?.clone();
+    let mut found: Vec<StorageSubscription> = state
+        .storage
+        .list(Some(account.as_str()))
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| s.spec.snapshot_of.is_some())
+        .collect();
+    found.sort_by_key(|s| s.spec.snapshot_of.as_ref().map_or(0, |of| of.version));
+    Ok(Json(SnapshotList {
+        items: found.iter().filter_map(SnapshotView::of).collect(),
+    }))
+}
+
+/// Deletes one of the account's snapshots, its server there or not.
+#[utoipa::path(delete, path = "/v1/snapshots/{snapshot}", tag = "servers", params(("snapshot" = String, Path)),
+    responses((status = 202, body = SnapshotView), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody)))]
+pub async fn delete_account_snapshot(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(snapshot): Path<String>,
+) -> Result<Response, ApiError> {
+    let account = principal.account()?.clone();
+    let not_found = || ApiError::not_found("snapshot", &snapshot);
+    let snapshot_id = StorageId::parse(&snapshot).ok_or_else(not_found)?;
+    let found = state
+        .storage
+        .get(Some(account.as_str()), snapshot_id.as_str())
+        .await?
+        .filter(|s| s.spec.snapshot_of.is_some())
+        .ok_or_else(not_found)?;
+    delete_found(&state, &principal, found).await
+}
+
 /// Deletes a snapshot: both copies are wiped, then its quota is given
 /// back. One that a restore is being made from is wiped once that restore
 /// made its disk.
@@ -251,32 +295,60 @@ pub async fn delete_snapshot(
                 .is_some_and(|of| of.server == server.name_any())
         })
         .ok_or_else(not_found)?;
+    delete_found(&state, &principal, found).await
+}
+
+/// Deletes `found`, a snapshot the caller may reach.
+async fn delete_found(
+    state: &ApiState,
+    principal: &Principal,
+    found: StorageSubscription,
+) -> Result<Response, ApiError> {
+    let namespace = found.namespace();
+    let id = found.name_any();
+    if let Principal::Customer { account_id, .. } = principal {
+        // A snapshot of a server held for abuse is evidence too (R5, R8).
+        let own: Vec<_> = found
+            .spec
+            .suspension
+            .iter()
+            .flat_map(|s| s.reasons.iter().copied())
+            .collect();
+        let server = found
+            .spec
+            .snapshot_of
+            .as_ref()
+            .map_or(id.as_str(), |of| of.server.as_str());
+        refuse_while_held_as_evidence(state, account_id, "snapshot", server, &own).await?;
+    }
     if let Some(termination) = &found.spec.termination {
         return Err(ApiError::conflict(format!(
             "the snapshot was terminated with its account's services: it is wiped at {}",
             termination.wipe_at
         )));
     }
-    let deletion = state
-        .storage
-        .delete(namespace.as_deref(), snapshot_id.as_str())
-        .await;
+    let deletion = state.storage.delete(namespace.as_deref(), &id).await;
     let left = match deletion {
         Ok(stratus_store::objects::Deletion::Pending(pending)) => pending,
-        Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => {
+        Ok(stratus_store::objects::Deletion::Deleted) => {
+            super::customer_objects::release_deleted_outright(state, namespace.as_deref(), &id)
+                .await;
             found.clone()
         }
+        Err(StoreError::NotFound { .. }) => found.clone(),
         Err(other) => return Err(other.into()),
     };
     state
         .audit(
             principal.actor(),
             AuditAction::ServerSnapshotDelete,
-            AuditSubject::server(&server),
-            json!({ "snapshot": snapshot_id.as_str(), "name": found.spec.name }),
+            AuditSubject::storage(&found),
+            json!({ "snapshot": id, "name": found.spec.name,
+                    "server": found.spec.snapshot_of.as_ref().map(|of| of.server.clone()) }),
         )
         .await;
-    let mut view = SnapshotView::of(&left).ok_or_else(not_found)?;
+    let mut view = SnapshotView::of(&left)
+        .ok_or_else(|| ApiError::internal("a snapshot was stored without what it copies"))?;
     view.deleting = true;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
 }

@@ -487,9 +487,16 @@ pub async fn delete_storage(
         .await;
     let mut view = match deletion {
         Ok(stratus_store::objects::Deletion::Pending(pending)) => pending,
-        Ok(stratus_store::objects::Deletion::Deleted) | Err(StoreError::NotFound { .. }) => {
+        Ok(stratus_store::objects::Deletion::Deleted) => {
+            super::customer_objects::release_deleted_outright(
+                &state,
+                namespace.as_deref(),
+                id.as_str(),
+            )
+            .await;
             subscription.clone()
         }
+        Err(StoreError::NotFound { .. }) => subscription.clone(),
         Err(other) => return Err(other.into()),
     };
     if view.metadata.deletion_timestamp.is_none() {
