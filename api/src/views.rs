@@ -304,6 +304,27 @@ pub struct ServerView {
     /// An action under way (a resize, a rebuild, rescue mode), or the last one's result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub action: Option<ActionView>,
+    /// Daily backups: whether they are taken and how many are kept.
+    pub backups: BackupsView,
+}
+
+/// Daily backups of a server, in the provider's window (`GET /v1/plans`
+/// does not change it; the operator's `policy.backups.window`, UTC).
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct BackupsView {
+    pub enabled: bool,
+    /// How many are kept: the oldest beyond them is deleted.
+    pub keep: Option<u32>,
+}
+
+/// `PUT /v1/servers/{id}/backups`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetBackups {
+    pub enabled: bool,
+    /// 1 to 30, required when `enabled`.
+    #[serde(default)]
+    pub keep: Option<u32>,
 }
 
 /// An action on a server: under way, or how the last one ended.
@@ -569,6 +590,10 @@ impl From<&VirtualServer> for ServerView {
                 .map(|t| t.0.to_string()),
             rescue: server.spec.rescue.is_some(),
             action: ActionView::of(server),
+            backups: BackupsView {
+                enabled: server.spec.backups.is_some(),
+                keep: server.spec.backups.map(|b| b.keep),
+            },
         }
     }
 }
@@ -775,6 +800,9 @@ pub struct SnapshotView {
     pub server: String,
     /// The image the server's system was made from when it was taken.
     pub image: String,
+    /// `snapshot` (asked for) or `backup` (taken daily, pruned beyond the
+    /// server's `keep`).
+    pub kind: String,
     /// Its size: the server's disk when it was taken, GiB (what the
     /// `snapshotGib` quota counts).
     pub size_gib: u64,
@@ -803,6 +831,7 @@ impl SnapshotView {
             name: subscription.spec.name.clone(),
             server: of.server.clone(),
             image: of.image.clone(),
+            kind: if of.backup { "backup" } else { "snapshot" }.into(),
             size_gib: subscription.spec.size_gib,
             state: state.api_name().to_owned(),
             reason,

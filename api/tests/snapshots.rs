@@ -350,3 +350,117 @@ async fn a_suspended_or_terminated_server_takes_no_snapshot() {
     assert_error(&reply, StatusCode::CONFLICT, "server_suspended", None);
     assert_eq!(api.storage_count().await, 0);
 }
+
+#[tokio::test]
+async fn r18_daily_backups_are_turned_on_and_off_checked_and_audited_on_both_databases() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other_token) = api.customer("Other").await;
+        let ordered = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            ordered.body["backups"],
+            json!({"enabled": false, "keep": null})
+        );
+        let path = format!("/v1/servers/{id}/backups");
+        for (body, status, code, field) in [
+            (
+                json!({"enabled": true}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("keep"),
+            ),
+            (
+                json!({"enabled": true, "keep": 0}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("keep"),
+            ),
+            (
+                json!({"enabled": true, "keep": 31}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("keep"),
+            ),
+            (
+                json!({"enabled": false, "keep": 3}),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("keep"),
+            ),
+            (
+                json!({"enabled": "yes"}),
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                None,
+            ),
+        ] {
+            let reply = api.call(Method::PUT, &path, &token, Some(body)).await;
+            assert_error(&reply, status, code, field);
+        }
+        let theirs = api
+            .call(
+                Method::PUT,
+                &path,
+                &other_token,
+                Some(json!({"enabled": true, "keep": 3})),
+            )
+            .await;
+        assert_eq!(theirs.status, StatusCode::NOT_FOUND);
+        let server = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            server.spec.backups, None,
+            "{label}: refusals change nothing"
+        );
+
+        let on = api
+            .call(
+                Method::PUT,
+                &path,
+                &token,
+                Some(json!({"enabled": true, "keep": 7})),
+            )
+            .await;
+        assert_eq!(on.status, StatusCode::OK, "{}", on.body);
+        assert_eq!(on.body["backups"], json!({"enabled": true, "keep": 7}));
+        let server = api
+            .state
+            .servers
+            .get(Some(&account), &id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            server.spec.backups,
+            Some(stratus_core::resources::BackupSchedule { keep: 7 })
+        );
+        let off = api
+            .call(Method::PUT, &path, &token, Some(json!({"enabled": false})))
+            .await;
+        assert_eq!(off.body["backups"]["enabled"], false, "{label}");
+        let trail = api
+            .state
+            .ledger
+            .audit()
+            .trail(&AuditSubject::server(&server))
+            .await
+            .unwrap();
+        let changes: Vec<&Value> = trail
+            .iter()
+            .filter(|e| e.action == AuditAction::ServerBackups)
+            .map(|e| &e.detail)
+            .collect();
+        assert_eq!(changes.len(), 2, "{label}: {changes:?}");
+    }
+}

@@ -23,7 +23,7 @@ use stratus_core::resources::{
     Account, AccountState, AccountStatus, AccountSuspension, ServerTermination,
     StorageSubscription, VirtualServer,
 };
-use stratus_core::standing::{self, Cause, ChangeKind, Standing, Subject};
+use stratus_core::standing::{self, Cause, ChangeKind, Standing, Subject, TerminationCause};
 use stratus_store::ledger::{Actor, AuditAction, AuditEntry, AuditSubject, Charge, DueAccount};
 use stratus_store::objects::Deletion;
 use stratus_store::{Resources, StoreError};
@@ -241,12 +241,12 @@ impl DeadlineRunner {
             return self.store_deadline(due, None).await;
         };
         let next_forgotten = self.hold_servers(account, &standing, now).await?;
-        self.hold_storage(account, &standing, now).await?;
+        let next_backup_wipe = self.hold_storage(account, &standing, now).await?;
         self.record_charges(account, &standing).await?;
         self.audit_changes(&object, &standing).await;
         self.queue_notifications(&object, &standing, now).await?;
         self.record_account_status(&object, &standing, now).await?;
-        let next = [standing.next_deadline, next_forgotten]
+        let next = [standing.next_deadline, next_forgotten, next_backup_wipe]
             .into_iter()
             .flatten()
             .min();
@@ -335,24 +335,49 @@ impl DeadlineRunner {
     /// Writes each storage subscription's suspension and termination as the
     /// standing has them now (the account's, or its own when a fact named
     /// it). A terminated subscription whose data is due is deleted: the
-    /// controller wipes both copies, then lets it go (R3, R14).
+    /// controller wipes both copies, then lets it go (R3, R14). A server's
+    /// backup outlives a destruction for non-payment by
+    /// `backups.keepAfterDestruction` (R3, R18); answers the instant the
+    /// next of those is due.
     async fn hold_storage(
         &self,
         account: &str,
         standing: &Standing,
         now: Timestamp,
-    ) -> Result<(), ControllerError> {
+    ) -> Result<Option<Timestamp>, ControllerError> {
         let Some(storage) = &self.storage else {
-            return Ok(());
+            return Ok(None);
         };
+        let mut next_wipe: Option<Timestamp> = None;
         for subscription in storage.list(Some(account)).await?.items {
             if subscription.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let name = subscription.name_any();
             let termination = standing.termination_of(&name).filter(|t| t.done);
+            let kept_longer = |t: &standing::Termination| {
+                subscription
+                    .spec
+                    .snapshot_of
+                    .as_ref()
+                    .is_some_and(|of| of.backup)
+                    && t.cause == TerminationCause::NonPayment
+                    && !self.policy.backups.keep_after_destruction.is_zero()
+            };
+            // The instant its copies are wiped, and whether that came.
+            let wipe = termination.map(|t| {
+                if kept_longer(&t) {
+                    let at = self.policy.backups.keep_after_destruction.after(t.wipe_at);
+                    (at, at <= now)
+                } else {
+                    (t.wipe_at, t.wiped || t.wipe_at <= now)
+                }
+            });
+            if let Some((at, false)) = wipe {
+                next_wipe = Some(next_wipe.map_or(at, |n| n.min(at)));
+            }
             if let Some(t) = termination
-                && (t.wiped || t.wipe_at <= now)
+                && let Some((_, true)) = wipe
             {
                 match storage.delete(Some(account), &name).await {
                     Ok(Deletion::Pending(_) | Deletion::Deleted)
@@ -373,7 +398,7 @@ impl DeadlineRunner {
             let held_off = termination.map(|t| ServerTermination {
                 cause: t.cause,
                 at: t.at.to_string(),
-                wipe_at: t.wipe_at.to_string(),
+                wipe_at: wipe.map_or(t.wipe_at, |(at, _)| at).to_string(),
                 wipe: false,
             });
             if subscription.spec.suspension == suspension
@@ -391,7 +416,7 @@ impl DeadlineRunner {
                 .await?;
             tracing::info!(storage = %name, suspension = ?suspension, termination = ?held_off, "storage held as the account's standing says");
         }
-        Ok(())
+        Ok(next_wipe)
     }
 
     async fn record_charges(

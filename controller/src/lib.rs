@@ -7,6 +7,7 @@
 //! and one `runtime.add(...)` line in [`controller`].
 
 pub mod addresses;
+pub mod backups;
 pub mod context;
 pub mod deadlines;
 pub mod dnsbl;
@@ -106,14 +107,17 @@ pub fn controller(
     let scheduling = Scheduling::shared();
     let storage_policy = config.policy.storage.clone();
     let storage_outbox = Outbox::new(&config.notifications);
-    let servers = Arc::new(ServerReconciler::new(
-        ctx.clone(),
-        Resources::new(store.clone()),
-        Resources::new(store.clone()),
-        config,
-        addresses.clone(),
-        scheduling.clone(),
-    ));
+    let servers = Arc::new(
+        ServerReconciler::new(
+            ctx.clone(),
+            Resources::new(store.clone()),
+            Resources::new(store.clone()),
+            config,
+            addresses.clone(),
+            scheduling.clone(),
+        )
+        .with_accounts(Resources::new(store.clone())),
+    );
     let waiting_servers = runtime.add(servers);
     let waiting_storage = runtime.add(Arc::new(
         StorageReconciler::new(

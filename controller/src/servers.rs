@@ -20,7 +20,7 @@ use stratus_core::lifecycle::{
 };
 use stratus_core::quota::{Usage, charged_object};
 use stratus_core::resources::{
-    DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageEncryption, StorageSubscription,
+    Account, DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageEncryption, StorageSubscription,
     VirtualServer, VirtualServerStatus,
 };
 use stratus_core::scheduling;
@@ -75,6 +75,8 @@ pub struct ServerReconciler {
     /// Placement decisions are taken one at a time, servers and storage
     /// alike, so two never count the same free capacity.
     scheduling: Arc<Scheduling>,
+    /// Accounts, for their own quotas (backups are charged to them).
+    accounts: Option<Resources<Account>>,
 }
 
 #[async_trait]
@@ -107,7 +109,18 @@ impl Reconcile for ServerReconciler {
             if let Pass::Finished(outcome) =
                 self.pass(&server, &mut agent, &mut waiting_for_key).await?
             {
-                return Ok(outcome);
+                let backups = crate::backups::BackupTaker {
+                    ctx: &self.ctx,
+                    servers: &self.servers,
+                    storage: &self.storage,
+                    accounts: self.accounts.as_ref(),
+                    defaults: self.config.quotas,
+                    window: self.config.policy.backups.window,
+                };
+                return Ok(match backups.run(&server).await? {
+                    Some(next) => outcome.no_later_than(next, self.ctx.clock.now()),
+                    None => outcome,
+                });
             }
         }
         // Still moving: let other keys run and come back soon.
@@ -131,7 +144,14 @@ impl ServerReconciler {
             storage,
             config,
             scheduling,
+            accounts: None,
         }
+    }
+
+    /// Charges backups to the accounts' own quotas, not only the defaults.
+    pub fn with_accounts(mut self, accounts: Resources<Account>) -> Self {
+        self.accounts = Some(accounts);
+        self
     }
 
     /// Observes, plans, and takes the one next action.

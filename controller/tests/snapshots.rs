@@ -34,6 +34,7 @@ async fn take_snapshot(h: &Harness, name: &str, server: &str) {
                 image: "debian-12".into(),
                 instance_generation: 0,
                 version: TAKEN_AT,
+                backup: false,
             }),
         },
     );
@@ -291,5 +292,241 @@ async fn r26_a_snapshot_that_would_pause_its_guest_too_long_fails_and_is_not_tri
             .iter()
             .any(|c| c.starts_with("capture_disk")),
         "a failed snapshot is not taken again behind the customer's back"
+    );
+}
+
+/// The server's backups, oldest first: (name, version, being deleted).
+async fn backups_of(h: &Harness, server: &str) -> Vec<(String, u64, bool)> {
+    let mut found: Vec<(String, u64, bool)> = h
+        .storage
+        .list(Some(NS))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| {
+            let of = s.spec.snapshot_of.as_ref()?;
+            (of.backup && of.server == server).then(|| {
+                (
+                    s.metadata.name.clone().unwrap_or_default(),
+                    of.version,
+                    s.metadata.deletion_timestamp.is_some(),
+                )
+            })
+        })
+        .collect();
+    found.sort_by_key(|b| b.1);
+    found
+}
+
+fn at(text: &str) -> jiff::Timestamp {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn r18_daily_backups_are_taken_once_in_the_window_copied_and_the_oldest_beyond_keep_go() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        running_server_in_zone_a(&h).await;
+        h.clock.set(at("2026-12-07T00:00:00Z"));
+        h.edit("vs-1", |spec| {
+            spec.backups = Some(stratus_core::resources::BackupSchedule { keep: 2 })
+        })
+        .await;
+        // Before the window: nothing, and a look again at the server's minute.
+        let slot = match h.reconcile("vs-1").await.unwrap() {
+            Outcome::RequeueAt(slot) => slot,
+            other => panic!("{label}: {other:?}"),
+        };
+        assert!(
+            slot >= at("2026-12-07T02:00:00Z") && slot < at("2026-12-07T05:00:00Z"),
+            "{slot}"
+        );
+        assert!(backups_of(&h, "vs-1").await.is_empty());
+
+        // Its minute: taken once, however often it is looked at, and
+        // copied like any snapshot.
+        h.clock.set(slot);
+        h.sim.write_disk("a1", DOMAIN, b"day one");
+        h.reconcile("vs-1").await.unwrap();
+        h.reconcile("vs-1").await.unwrap();
+        let taken = backups_of(&h, "vs-1").await;
+        assert_eq!(taken.len(), 1, "{label}: {taken:?}");
+        let first = taken[0].0.clone();
+        settle(&h, &first).await;
+        let backup = snapshot_of(&h, &first).await;
+        assert_eq!(
+            snapshot_state(&backup.spec, backup.status.as_ref()).0,
+            SnapshotState::Ready,
+            "{label}"
+        );
+        assert!(
+            backup.spec.name.starts_with("backup-2026-12-07-"),
+            "{}",
+            backup.spec.name
+        );
+        assert_eq!(
+            h.ctx.ledger.quotas().usage(NS).await.unwrap().snapshot_gib,
+            25,
+            "{label}: charged the server's disk"
+        );
+
+        // Deleted by its customer inside the window: not taken again.
+        h.storage.delete(Some(NS), &first).await.unwrap();
+        settle(&h, &first).await;
+        h.reconcile("vs-1").await.unwrap();
+        assert!(backups_of(&h, "vs-1").await.is_empty(), "{label}");
+
+        // Three more days: the newest two stay.
+        for day in 0..3 {
+            h.clock.advance(jiff::SignedDuration::from_hours(24));
+            h.reconcile("vs-1").await.unwrap();
+            let newest = backups_of(&h, "vs-1").await.last().unwrap().0.clone();
+            settle(&h, &newest).await;
+            assert!(
+                backups_of(&h, "vs-1").await.len() <= 3,
+                "{label}: day {day}"
+            );
+        }
+        let left: Vec<bool> = backups_of(&h, "vs-1").await.iter().map(|b| b.2).collect();
+        assert_eq!(
+            left,
+            [true, false, false],
+            "{label}: the oldest is being deleted"
+        );
+        let pruned = h.audited("vs-1", AuditAction::ServerSnapshotDelete).await;
+        assert_eq!(pruned.len(), 1, "{label}: {pruned:?}");
+        assert_eq!(pruned[0]["pruned"], true);
+    }
+}
+
+#[tokio::test]
+async fn r18_a_backup_beyond_the_snapshot_quota_is_skipped_and_said() {
+    let h = harness().await;
+    let mut account = fixtures::account(NS).build();
+    account.spec.quota = Some(Quota {
+        snapshot_gib: Some(10),
+        ..Quota::default()
+    });
+    Resources::<Account>::new(h.store.clone())
+        .create(&account)
+        .await
+        .unwrap();
+    running_server_in_zone_a(&h).await;
+    h.clock.set(at("2026-12-07T00:00:00Z"));
+    h.edit("vs-1", |spec| {
+        spec.backups = Some(stratus_core::resources::BackupSchedule { keep: 7 })
+    })
+    .await;
+    let Outcome::RequeueAt(slot) = h.reconcile("vs-1").await.unwrap() else {
+        panic!("no slot");
+    };
+    h.clock.set(slot);
+    h.reconcile("vs-1").await.unwrap();
+    assert!(backups_of(&h, "vs-1").await.is_empty());
+    let skipped = h.audited("vs-1", AuditAction::ServerSnapshotFailed).await;
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(
+        skipped[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("snapshotGib"),
+        "{skipped:?}"
+    );
+    assert!(
+        h.events
+            .about("VirtualServer", "vs-1")
+            .contains(&EventReason::SnapshotFailed)
+    );
+    assert_eq!(
+        h.ctx.ledger.quotas().usage(NS).await.unwrap().snapshot_gib,
+        0
+    );
+    // Said once per slot, not at every look.
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(
+        h.audited("vs-1", AuditAction::ServerSnapshotFailed)
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
+async fn r3_r18_backups_outlive_a_destruction_for_non_payment_by_the_policys_time_only() {
+    let h = harness().await;
+    Resources::<Account>::new(h.store.clone())
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    running_server_in_zone_a(&h).await;
+    take_snapshot(&h, "st-5", "vs-1").await;
+    h.storage
+        .update(Some(NS), "st-5", |s| {
+            if let Some(of) = s.spec.snapshot_of.as_mut() {
+                of.backup = true;
+            }
+            true
+        })
+        .await
+        .unwrap();
+    take_snapshot(&h, "st-6", "vs-1").await;
+    settle(&h, "st-5").await;
+    settle(&h, "st-6").await;
+    let mut policy = Policy::default();
+    policy.backups.keep_after_destruction = stratus_core::policy::PolicyDuration::days(30);
+    let runner = stratus_controller::deadlines::DeadlineRunner::new(
+        h.ctx.clone(),
+        Resources::new(h.store.clone()),
+        h.servers.clone(),
+        Arc::new(policy),
+        Duration::from_millis(50),
+    )
+    .holding_storage(h.storage.clone());
+    let due_at = h.clock.now();
+    h.report(
+        "inv-1-overdue",
+        FactKind::InvoiceOverdue {
+            invoice: invoice("inv-1"),
+            due_at,
+        },
+    )
+    .await;
+    h.report(
+        "inv-1-reminder",
+        FactKind::ReminderSent {
+            invoice: invoice("inv-1"),
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    // Suspended after 15 days, destroyed 15 days later (R1, R3).
+    h.clock.advance(jiff::SignedDuration::from_hours(15 * 24));
+    runner.pass().await.unwrap();
+    h.clock.advance(jiff::SignedDuration::from_hours(15 * 24));
+    runner.pass().await.unwrap();
+    let destroyed_at = h.clock.now();
+    let snapshot = h.storage.get(Some(NS), "st-6").await.unwrap();
+    assert!(
+        snapshot.is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
+        "a customer's snapshot goes with the destroyed data"
+    );
+    let backup = snapshot_of(&h, "st-5").await;
+    assert!(backup.metadata.deletion_timestamp.is_none(), "{backup:?}");
+    let held = backup.spec.termination.expect("held as terminated");
+    let wipe_at: jiff::Timestamp = held.wipe_at.parse().unwrap();
+    assert_eq!(
+        wipe_at.duration_since(destroyed_at),
+        jiff::SignedDuration::from_hours(30 * 24),
+        "kept for keepAfterDestruction: {held:?}"
+    );
+
+    h.clock.advance(jiff::SignedDuration::from_hours(30 * 24));
+    runner.pass().await.unwrap();
+    let gone = h.storage.get(Some(NS), "st-5").await.unwrap();
+    assert!(
+        gone.is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
+        "wiped once its time passed"
     );
 }

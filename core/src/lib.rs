@@ -5,6 +5,7 @@
 //! the time), so it can be tested exhaustively without a hypervisor.
 
 pub mod agent_api;
+pub mod backups;
 pub mod clock;
 pub mod cloud_init;
 pub mod conditions;

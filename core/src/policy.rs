@@ -242,6 +242,7 @@ pub struct Policy {
     pub notice: NoticePolicy,
     pub maintenance: MaintenancePolicy,
     pub power: PowerPolicy,
+    pub backups: BackupsPolicy,
 }
 
 impl Default for Policy {
@@ -263,6 +264,7 @@ impl Default for Policy {
             notice: NoticePolicy::default(),
             maintenance: MaintenancePolicy::default(),
             power: PowerPolicy::default(),
+            backups: BackupsPolicy::default(),
         }
     }
 }
@@ -523,6 +525,28 @@ impl Default for MaintenancePolicy {
     }
 }
 
+/// Daily backups of servers' disks (R3, R18).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BackupsPolicy {
+    /// When daily backups start, UTC (`02:00-05:00`); each server has its
+    /// own minute in it.
+    pub window: crate::backups::DailyWindow,
+    /// How long a server's backups outlive the destruction of its data
+    /// for non-payment (R3), so that an operator's restore (R18) brings it
+    /// back with its data; 0s: they go with it.
+    pub keep_after_destruction: PolicyDuration,
+}
+
+impl Default for BackupsPolicy {
+    fn default() -> Self {
+        Self {
+            window: crate::backups::DailyWindow::default(),
+            keep_after_destruction: PolicyDuration::seconds(0),
+        }
+    }
+}
+
 /// How guests are stopped.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -690,6 +714,23 @@ mod tests {
             .map(ToString::to_string)
             .collect();
         assert_eq!(notices, ["72h", "24h"]);
+        assert_eq!(policy.backups.window.to_string(), "02:00-05:00");
+        assert_eq!(policy.backups.keep_after_destruction.to_string(), "0s");
+    }
+
+    #[test]
+    fn r18_backup_keys_are_read_and_a_bad_window_is_refused() {
+        let policy: Policy =
+            serde_yaml::from_str("backups: {window: '22:00-01:30', keepAfterDestruction: 30d}\n")
+                .unwrap();
+        assert_eq!(policy.backups.window.to_string(), "22:00-01:30");
+        assert_eq!(
+            policy.backups.keep_after_destruction,
+            PolicyDuration::days(30)
+        );
+        for bad in ["backups: {window: '5-6'}", "backups: {keep: 3}"] {
+            assert!(serde_yaml::from_str::<Policy>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

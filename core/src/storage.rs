@@ -1236,6 +1236,7 @@ mod tests {
                 image: "debian-12".into(),
                 instance_generation: 0,
                 version: 5_000,
+                backup: false,
             }),
             ..spec()
         }

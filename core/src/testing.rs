@@ -54,6 +54,7 @@ pub fn server_spec() -> VirtualServerSpec {
         user_data: None,
         rebuild: None,
         rescue: None,
+        backups: None,
     }
 }
 

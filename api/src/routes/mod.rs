@@ -85,6 +85,7 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
         .routes(routes!(snapshots::delete_snapshot))
         .routes(routes!(snapshots::list_account_snapshots))
         .routes(routes!(snapshots::delete_account_snapshot))
+        .routes(routes!(snapshots::set_backups))
         .routes(routes!(storage::order_storage, storage::list_storage))
         .routes(routes!(storage::get_storage, storage::delete_storage))
         .routes(routes!(storage::write_content, storage::read_content))

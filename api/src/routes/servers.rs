@@ -131,6 +131,7 @@ async fn validate_order(
         user_data: order.user_data.clone(),
         rebuild: None,
         rescue: None,
+        backups: None,
     };
     Ok((spec, state.quota_of(&account)))
 }

@@ -11,10 +11,12 @@ use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
+use stratus_core::backups::MAX_KEEP;
 use stratus_core::ids::{AccountId, StorageId};
 use stratus_core::quota::{Usage, charged_object};
 use stratus_core::resources::{
-    SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec, VirtualServer,
+    BackupSchedule, SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec,
+    VirtualServer,
 };
 use stratus_core::validate;
 use stratus_store::StoreError;
@@ -26,7 +28,7 @@ use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
 use crate::state::ApiState;
-use crate::views::{SnapshotList, SnapshotView, TakeSnapshot};
+use crate::views::{ServerView, SetBackups, SnapshotList, SnapshotView, TakeSnapshot};
 
 /// Snapshots one server keeps at most (its account's `snapshotGib` quota
 /// bounds them too).
@@ -176,6 +178,7 @@ pub async fn take_snapshot(
                 image: server.image().to_owned(),
                 instance_generation: status.instance_generation.unwrap_or(status.disk_generation),
                 version,
+                backup: false,
             }),
         },
         status: None,
@@ -351,4 +354,62 @@ async fn delete_found(
         .ok_or_else(|| ApiError::internal("a snapshot was stored without what it copies"))?;
     view.deleting = true;
     Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+/// Turns daily backups of the server's disk on (keeping the newest `keep`)
+/// or off (those taken stay until deleted), in one compare-and-set on the
+/// server.
+#[utoipa::path(put, path = "/v1/servers/{id}/backups", tag = "servers", params(("id" = String, Path)), request_body = SetBackups,
+    responses((status = 200, body = ServerView), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_backups(
+    principal: Principal,
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SetBackups>,
+) -> Result<Json<ServerView>, ApiError> {
+    let id = server_id(&id)?;
+    let server = find_server(&state, &principal, &id).await?;
+    let wanted = match (body.enabled, body.keep) {
+        (false, None) => None,
+        (false, Some(_)) => {
+            return Err(ApiError::invalid(
+                "keep",
+                "backups that are off keep nothing: leave keep out",
+            ));
+        }
+        (true, Some(keep)) if (1..=MAX_KEEP).contains(&keep) => Some(BackupSchedule { keep }),
+        (true, _) => {
+            return Err(ApiError::invalid(
+                "keep",
+                format!("how many backups are kept: 1 to {MAX_KEEP}"),
+            ));
+        }
+    };
+    refuse_while_held(&server, "backups change")?;
+    let mut refused = None;
+    let updated = state
+        .servers
+        .update(server.namespace().as_deref(), &server.name_any(), |s| {
+            refused = refuse_while_held(s, "backups change").err();
+            if refused.is_some() || s.spec.backups == wanted {
+                return false;
+            }
+            s.spec.backups = wanted;
+            true
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("server", id.as_str()))?;
+    if let Some(refusal) = refused {
+        return Err(refusal);
+    }
+    state
+        .audit(
+            principal.actor(),
+            AuditAction::ServerBackups,
+            AuditSubject::server(&updated),
+            json!({ "enabled": body.enabled, "keep": body.keep }),
+        )
+        .await;
+    Ok(Json(ServerView::from(&updated)))
 }

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::StreamExt;
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use kube::Resource;
 use stratus_core::Clock;
 use stratus_store::objects::StoredKind;
@@ -98,6 +98,23 @@ pub enum Outcome {
     RequeueAfter(Duration),
     /// Look again when the clock reaches this time (a deadline).
     RequeueAt(Timestamp),
+}
+
+impl Outcome {
+    /// This outcome, or a look at `at` when that comes first.
+    pub fn no_later_than(self, at: Timestamp, now: Timestamp) -> Self {
+        match self {
+            Self::Done => Self::RequeueAt(at),
+            Self::RequeueAt(t) => Self::RequeueAt(t.min(at)),
+            Self::RequeueAfter(after) => {
+                let sooner = SignedDuration::try_from(after)
+                    .ok()
+                    .and_then(|after| now.checked_add(after).ok())
+                    .is_some_and(|then| then <= at);
+                if sooner { self } else { Self::RequeueAt(at) }
+            }
+        }
+    }
 }
 
 /// What the runtime does with a key after a failed reconcile.

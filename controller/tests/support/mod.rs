@@ -118,14 +118,17 @@ pub async fn harness_on(scratch: ScratchDatabase) -> Harness {
     ));
     let storage = Resources::<StorageSubscription>::new(store.clone());
     let scheduling = Scheduling::shared();
-    let reconciler = Arc::new(ServerReconciler::new(
-        ctx.clone(),
-        servers.clone(),
-        storage.clone(),
-        Arc::new(harness_config()),
-        addresses.clone(),
-        scheduling.clone(),
-    ));
+    let reconciler = Arc::new(
+        ServerReconciler::new(
+            ctx.clone(),
+            servers.clone(),
+            storage.clone(),
+            Arc::new(harness_config()),
+            addresses.clone(),
+            scheduling.clone(),
+        )
+        .with_accounts(Resources::new(store.clone())),
+    );
     let storage_reconciler = Arc::new(StorageReconciler::new(
         ctx.clone(),
         storage.clone(),

@@ -333,6 +333,20 @@ pub struct VirtualServerSpec {
     /// own system again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rescue: Option<RescueRequest>,
+    /// Daily backups of its disk in the provider's window (R18), the
+    /// newest `keep` kept; absent: none are taken (those taken stay until
+    /// deleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backups: Option<BackupSchedule>,
+}
+
+/// Daily backups asked for.
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupSchedule {
+    /// How many backups are kept: the oldest beyond them is deleted.
+    #[schemars(range(min = 1, max = 30))]
+    pub keep: u32,
 }
 
 /// A terminated server, held off until its disk is wiped.
@@ -498,6 +512,10 @@ pub struct VirtualServerStatus {
     /// The rebuild generation the system disk was made for (0: as ordered).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub disk_generation: u32,
+    /// The slot (Unix milliseconds) of the last daily backup taken: one
+    /// deleted inside its window is not taken again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_backup_version: Option<u64>,
     /// The disk generation whose cloud-init instance the system disk
     /// carries, when a restore made it (absent: its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -220,6 +220,11 @@ pub struct SnapshotOf {
     /// the copy under way instead of starting another).
     #[schemars(range(min = 1))]
     pub version: u64,
+    /// Taken by the daily schedule (a backup), not asked for by its
+    /// customer: pruned beyond the server's `backups.keep`, and kept
+    /// `backups.keepAfterDestruction` after an R3 destruction.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub backup: bool,
 }
 
 /// A content a subscription holds, as its upload measured it.

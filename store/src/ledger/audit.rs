@@ -108,6 +108,8 @@ audit_actions! {
     ServerSnapshotDelete => "server.snapshot_delete",
     /// A customer asked for a server's disk to become a snapshot's content.
     ServerRestore => "server.restore",
+    /// A customer turned daily backups of a server on (how many kept) or off.
+    ServerBackups => "server.backups",
     ServerDelete => "server.delete",
     StorageOrder => "storage.order",
     StorageDelete => "storage.delete",
