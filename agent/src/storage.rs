@@ -495,7 +495,8 @@ impl Driver {
     ) -> Result<StoredContent, AgentError> {
         check_managed_name(name)?;
         check_managed_name(domain)?;
-        if crate::driver::account_of(name) != crate::driver::account_of(domain) {
+        let account = crate::driver::account_of(name);
+        if account.is_none() || account != crate::driver::account_of(domain) {
             return Err(AgentError::BadRequest(format!(
                 "domain {domain} is not of the account of {name}"
             )));

@@ -7,6 +7,25 @@ mod support;
 use stratus_core::resources::{StorageContent, StorageSubscriptionStatus};
 use support::*;
 
+/// What the controller records once it placed the snapshot's copies, the
+/// first on `hv-default` (the server's hypervisor), before the disk is
+/// copied.
+async fn placed(api: &Api, account: &str, snapshot: &str) {
+    let status: StorageSubscriptionStatus = serde_json::from_value(json!({
+        "phase": "Provisioning",
+        "replicas": [
+            {"hypervisor": "hv-default", "zone": "default", "volume": "v", "created": true},
+            {"hypervisor": "hv-b", "zone": "b", "volume": "v", "created": true},
+        ],
+    }))
+    .unwrap();
+    api.state
+        .storage
+        .patch_status(Some(account), snapshot, &status)
+        .await
+        .unwrap();
+}
+
 /// What the controller records once the snapshot's disk was copied and
 /// both copies agree: the first on `hv-default`, the server's hypervisor.
 async fn ready(api: &Api, account: &str, snapshot: &str) {
@@ -188,7 +207,9 @@ async fn r18_snapshots_are_checked_charged_listed_restored_and_deleted_on_both_d
         );
         assert_eq!(beyond.body["error"]["details"]["quota"], "snapshotGib");
 
-        // While it is copied the disk is not changed under it.
+        // Not placed yet, it holds nothing back; placed and being copied,
+        // the disk is not changed under it.
+        placed(&api, &account, &sid).await;
         for body in [
             json!({"type": "rebuild", "image": "alma-9"}),
             json!({"type": "resize", "plan": "medium"}),

@@ -9,23 +9,25 @@ use jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 use kube::core::ObjectMeta;
 use serde_json::json;
-use stratus_core::backups::{Kept, Slot, prune};
+use stratus_core::backups::{Kept, KeptState, Slot, prune};
 use stratus_core::conditions::EventReason;
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
     Account, SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec,
     VirtualServer,
 };
+use stratus_core::storage::{SnapshotState, snapshot_state};
 use stratus_store::ledger::{AuditAction, AuditSubject};
+use stratus_store::objects::Deletion;
 use stratus_store::{Resources, StoreError};
 
 use crate::context::Context;
 use crate::error::ControllerError;
 use crate::events::EventType;
 
-/// A backup due while the server's disk changes is looked at again this
-/// soon (inside its window).
-const CHANGE_RECHECK: SignedDuration = SignedDuration::from_secs(60);
+/// Inside its window, a server whose backup waits (its disk changing) or
+/// is being copied is looked at again this soon.
+const RECHECK_IN_WINDOW: SignedDuration = SignedDuration::from_secs(120);
 
 /// What the server reconciler needs to take backups.
 pub struct BackupTaker<'a> {
@@ -58,6 +60,11 @@ impl BackupTaker<'_> {
         let name = server.name_any();
         let now = self.ctx.clock.now();
         let (due, next) = self.window.due(&format!("{namespace}/{name}"), now);
+        // Outside its window nothing is read: a server is looked at once a
+        // day for its backups, and pruned then.
+        let Some(slot) = due else {
+            return Ok(Some(next));
+        };
         let mut backups: Vec<StorageSubscription> = self
             .storage
             .list(Some(&namespace))
@@ -74,8 +81,7 @@ impl BackupTaker<'_> {
         // Its disk is not copied while it changes; the slot is taken late,
         // within the window, once the change is over.
         let changing = server.rebuilding() || server.resizing() || server.in_rescue();
-        if let Some(slot) = due
-            && !changing
+        if !changing
             && status.last_backup_version < Some(slot.version())
             && !backups
                 .iter()
@@ -92,15 +98,28 @@ impl BackupTaker<'_> {
             .map(|b| Kept {
                 name: b.name_any(),
                 version: b.spec.snapshot_of.as_ref().map_or(0, |of| of.version),
-                failed: b
-                    .status
-                    .as_ref()
-                    .is_some_and(|s| s.capture_failed.is_some()),
+                state: match snapshot_state(&b.spec, b.status.as_ref()).0 {
+                    SnapshotState::Ready => KeptState::Ready,
+                    SnapshotState::Failed => KeptState::Failed,
+                    SnapshotState::Pending | SnapshotState::Copying => KeptState::Copying,
+                },
             })
             .collect();
+        let copying_today = kept
+            .iter()
+            .any(|k| k.version == slot.version() && k.state == KeptState::Copying);
         for old in prune(kept, schedule.keep) {
             match self.storage.delete(Some(&namespace), &old).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => {}
+                Ok(Deletion::Deleted) => {
+                    // No finalizer yet: nothing was made of it, and nothing
+                    // else gives its charge back.
+                    self.ctx
+                        .ledger
+                        .quotas()
+                        .release(&charged_object(&namespace, &old))
+                        .await?;
+                }
+                Ok(Deletion::Pending(_)) | Err(StoreError::NotFound { .. }) => {}
                 Err(other) => return Err(other.into()),
             }
             tracing::info!(server = %name, backup = %old, keep = schedule.keep, "an old backup is deleted");
@@ -112,8 +131,12 @@ impl BackupTaker<'_> {
                 )
                 .await;
         }
-        Ok(Some(if changing {
-            now.checked_add(CHANGE_RECHECK).unwrap_or(next)
+        // Looked at again within the window while today's backup waits for
+        // the disk to stop changing or is being copied (the oldest goes
+        // once it is ready); else at tomorrow's slot.
+        let soon = now.checked_add(RECHECK_IN_WINDOW).unwrap_or(next);
+        Ok(Some(if (changing || copying_today) && soon < slot.until {
+            soon
         } else {
             next
         }))

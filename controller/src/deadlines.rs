@@ -19,6 +19,7 @@ use serde_json::json;
 use stratus_core::conditions::{self, ConditionType, EventReason, Reason};
 use stratus_core::notices;
 use stratus_core::policy::Policy;
+use stratus_core::quota::charged_object;
 use stratus_core::resources::{
     Account, AccountState, AccountStatus, AccountSuspension, ServerTermination,
     StorageSubscription, VirtualServer,
@@ -354,7 +355,14 @@ impl DeadlineRunner {
                 continue;
             }
             let name = subscription.name_any();
-            let termination = standing.termination_of(&name).filter(|t| t.done);
+            // A snapshot follows its server: a fact that named the server
+            // (an abuse termination, a legal hold) holds its copies too.
+            let subject = subscription
+                .spec
+                .snapshot_of
+                .as_ref()
+                .map_or(name.clone(), |of| of.server.clone());
+            let termination = standing.termination_of(&subject).filter(|t| t.done);
             let kept_longer = |t: &standing::Termination| {
                 subscription
                     .spec
@@ -380,8 +388,16 @@ impl DeadlineRunner {
                 && let Some((_, true)) = wipe
             {
                 match storage.delete(Some(account), &name).await {
-                    Ok(Deletion::Pending(_) | Deletion::Deleted)
-                    | Err(StoreError::NotFound { .. }) => {}
+                    Ok(Deletion::Deleted) => {
+                        // No finalizer yet: nothing was made of it, and
+                        // nothing else gives its charge back.
+                        self.ctx
+                            .ledger
+                            .quotas()
+                            .release(&charged_object(account, &name))
+                            .await?;
+                    }
+                    Ok(Deletion::Pending(_)) | Err(StoreError::NotFound { .. }) => {}
                     Err(other) => return Err(other.into()),
                 }
                 self.ctx
@@ -394,7 +410,7 @@ impl DeadlineRunner {
                 tracing::info!(storage = %name, "terminated storage's data is due: both copies are wiped");
                 continue;
             }
-            let suspension = standing.suspension_of(&name, &self.policy);
+            let suspension = standing.suspension_of(&subject, &self.policy);
             let held_off = termination.map(|t| ServerTermination {
                 cause: t.cause,
                 at: t.at.to_string(),

@@ -39,6 +39,15 @@ use stratus_agent_client::{AgentCallError, AgentEndpoint};
 const MAX_PASSES: usize = 8;
 /// How soon a server still moving after [`MAX_PASSES`] is looked at again.
 const STILL_MOVING: Duration = Duration::from_millis(200);
+/// Why a restore's snapshot cannot be copied from now.
+enum RestoreSource {
+    /// Soon it can (its primary copy is being made whole again).
+    Waits(String),
+    /// It never will (deleted, held, never copied, elsewhere): the
+    /// restore is withdrawn rather than left holding the server stopped.
+    Gone(String),
+}
+
 /// How soon a restore that waits for its snapshot looks again (the
 /// snapshot's own changes wake it sooner only through the server's).
 const RESTORE_SOURCE_RECHECK: Duration = Duration::from_secs(10);
@@ -117,9 +126,20 @@ impl Reconcile for ServerReconciler {
                     defaults: self.config.quotas,
                     window: self.config.policy.backups.window,
                 };
-                return Ok(match backups.run(&server).await? {
-                    Some(next) => outcome.no_later_than(next, self.ctx.clock.now()),
-                    None => outcome,
+                let now = self.ctx.clock.now();
+                return Ok(match backups.run(&server).await {
+                    Ok(Some(next)) => outcome.no_later_than(next, now),
+                    Ok(None) => outcome,
+                    // The server itself is as it should be: its backup is
+                    // tried again soon, its reconcile not failed for it.
+                    Err(error) => {
+                        tracing::warn!(%error, "daily backup not dealt with; tried again in a minute");
+                        outcome.no_later_than(
+                            now.checked_add(jiff::SignedDuration::from_secs(60))
+                                .unwrap_or(now),
+                            now,
+                        )
+                    }
                 });
             }
         }
@@ -308,7 +328,13 @@ impl ServerReconciler {
                 if let Some(snapshot) = lifecycle::disk_shape(&server.spec, &next).snapshot {
                     match self.restore_source(server, &next, snapshot).await? {
                         Ok(volume) => spec.disk_source = Some(volume),
-                        Err(why) => {
+                        Err(RestoreSource::Gone(why)) => {
+                            // Never a disk from anything else: the restore
+                            // is withdrawn and the server runs on as it was.
+                            self.withdraw_restore(server, snapshot, &why).await?;
+                            return Ok(Pass::Again);
+                        }
+                        Err(RestoreSource::Waits(why)) => {
                             // The new disk is never made from the image
                             // instead: the restore waits, said on the server.
                             tracing::warn!(%snapshot, %why, "a restore waits for its snapshot");
@@ -624,41 +650,54 @@ impl ServerReconciler {
 
     /// The volume a restore's new disk is a copy of: the current version
     /// of the primary copy of `snapshot`, a snapshot of the server's
-    /// account whose disk was copied and whose primary copy is on the
-    /// server's hypervisor. Else why the restore waits.
+    /// account whose disk was copied, not being deleted, and whose primary
+    /// copy is on the server's hypervisor. Else why the restore waits, or
+    /// why it can never be made. A snapshot being deleted is never copied
+    /// from: its copies may be being wiped (a deletion asked after the
+    /// restore waits for it instead, see `StorageReconciler`).
     async fn restore_source(
         &self,
         server: &VirtualServer,
         status: &VirtualServerStatus,
         snapshot: &str,
-    ) -> Result<Result<String, String>, ControllerError> {
+    ) -> Result<Result<String, RestoreSource>, ControllerError> {
         let found = self
             .storage
             .get(server.namespace().as_deref(), snapshot)
             .await?;
         let Some(found) = found.filter(|s| s.spec.snapshot_of.is_some()) else {
-            return Ok(Err(format!(
-                "the restore waits: snapshot {snapshot} does not exist"
-            )));
+            return Ok(Err(RestoreSource::Gone(format!(
+                "snapshot {snapshot} does not exist"
+            ))));
         };
+        if found.metadata.deletion_timestamp.is_some() {
+            return Ok(Err(RestoreSource::Gone(format!(
+                "snapshot {snapshot} is being deleted"
+            ))));
+        }
+        if let Some(held) = found.spec.held() {
+            return Ok(Err(RestoreSource::Gone(format!(
+                "snapshot {snapshot} is {held}"
+            ))));
+        }
         let (Some(content), Some(primary)) = (
             found.spec.content.as_ref(),
             found.status.as_ref().and_then(|s| s.replicas.first()),
         ) else {
-            return Ok(Err(format!(
-                "the restore waits for snapshot {snapshot} to be copied"
-            )));
+            return Ok(Err(RestoreSource::Gone(format!(
+                "snapshot {snapshot} holds no copied disk"
+            ))));
         };
         if status.hypervisor.as_ref() != Some(&primary.hypervisor) {
-            return Ok(Err(format!(
-                "the restore waits: snapshot {snapshot} is kept on {}, not on the server's hypervisor",
+            return Ok(Err(RestoreSource::Gone(format!(
+                "snapshot {snapshot} is kept on {}, not on the server's hypervisor",
                 primary.hypervisor
-            )));
+            ))));
         }
         if primary.version != content.version {
-            return Ok(Err(format!(
+            return Ok(Err(RestoreSource::Waits(format!(
                 "the restore waits for the primary copy of snapshot {snapshot} to be whole again"
-            )));
+            ))));
         }
         Ok(Ok(storage_volume_name(
             &ids::domain_name(
@@ -667,6 +706,45 @@ impl ServerReconciler {
             ),
             content.version,
         )))
+    }
+
+    /// Withdraws the restore from `snapshot` the spec asks for, in one
+    /// compare-and-set (a restore or rebuild asked since is kept): the
+    /// lifecycle then gives the server back its own disk, as when a
+    /// customer withdraws it.
+    async fn withdraw_restore(
+        &self,
+        server: &VirtualServer,
+        snapshot: &str,
+        why: &str,
+    ) -> Result<(), ControllerError> {
+        let asked = server.spec.rebuild.clone();
+        let withdrawn = self
+            .servers
+            .update(server.namespace().as_deref(), &server.name_any(), |s| {
+                let same = s.spec.rebuild == asked
+                    && asked.as_ref().and_then(|r| r.snapshot.as_deref()) == Some(snapshot);
+                if same {
+                    s.spec.rebuild = None;
+                }
+                same
+            })
+            .await?;
+        if withdrawn.is_some_and(|s| s.spec.rebuild.is_none()) {
+            let message = format!("the restore was withdrawn: {why}; the server keeps its disk");
+            tracing::warn!(%snapshot, %why, "restore withdrawn");
+            self.ctx
+                .publish(server, EventType::Warning, EventReason::Rebuilt, &message)
+                .await;
+            self.ctx
+                .audit(
+                    AuditAction::ServerRestore,
+                    AuditSubject::server(server),
+                    json!({ "snapshot": snapshot, "withdrawn": why }),
+                )
+                .await;
+        }
+        Ok(())
     }
 
     /// The primary copies of the storage subscriptions attached to the

@@ -611,7 +611,28 @@ impl StorageReconciler {
                 )));
             }
         };
-        let domain = crate::servers::domain_of(&server, &server.status.clone().unwrap_or_default());
+        let status = server.status.clone().unwrap_or_default();
+        // Looked at again now: its disk is copied as it is, never while it
+        // changes, and the snapshot says what it holds as copied.
+        if server.rebuilding() || server.resizing() || server.in_rescue() {
+            return Err(AgentCallError::Unreachable(format!(
+                "server {} is changing its disk (a rebuild, restore, resize or rescue mode): its copy waits",
+                of.server
+            )));
+        }
+        let disk_gib = status
+            .applied
+            .as_ref()
+            .map_or(server.spec.resources.disk_gib, |a| a.resources.disk_gib);
+        if disk_gib != subscription.spec.size_gib {
+            return Ok(Some(format!(
+                "server {} has a {disk_gib} GiB disk now, not the {} GiB it had when the snapshot was asked for: take a new one",
+                of.server, subscription.spec.size_gib
+            )));
+        }
+        let image = server.image().to_owned();
+        let instance_generation = status.instance_generation.unwrap_or(status.disk_generation);
+        let domain = crate::servers::domain_of(&server, &status);
         let stored = match self
             .ctx
             .agents
@@ -668,6 +689,12 @@ impl StorageReconciler {
                 if s.spec.content.is_some() || s.metadata.deletion_timestamp.is_some() {
                     return false;
                 }
+                let Some(of) = s.spec.snapshot_of.as_mut() else {
+                    return false;
+                };
+                // What the copy holds, as of the copy.
+                of.image.clone_from(&image);
+                of.instance_generation = instance_generation;
                 s.spec.content = Some(recorded.clone());
                 true
             })

@@ -177,7 +177,7 @@ async fn r18_a_snapshot_copies_the_disk_into_two_zones_and_a_restore_brings_it_b
 }
 
 #[tokio::test]
-async fn r18_a_snapshot_being_deleted_is_not_wiped_under_a_restore_that_needs_it() {
+async fn r18_deleting_a_snapshot_withdraws_a_restore_not_made_from_it_and_waits_for_it() {
     let h = harness().await;
     running_server_in_zone_a(&h).await;
     h.sim.write_disk("a1", DOMAIN, b"marker A");
@@ -186,6 +186,8 @@ async fn r18_a_snapshot_being_deleted_is_not_wiped_under_a_restore_that_needs_it
     h.sim.write_disk("a1", DOMAIN, b"marker B");
     h.edit("vs-1", |spec| ask_restore(spec, "st-5", 1)).await;
 
+    // Deleted after the restore was asked: its copies are not wiped while
+    // the server may still copy from them.
     h.storage.delete(Some(NS), "st-5").await.unwrap();
     h.reconcile_storage("st-5").await.unwrap();
     let waiting = snapshot_of(&h, "st-5").await.status.unwrap();
@@ -204,42 +206,50 @@ async fn r18_a_snapshot_being_deleted_is_not_wiped_under_a_restore_that_needs_it
             .any(|(name, _)| name == SNAPSHOT_COPY)
     );
 
+    // The server never copies from a snapshot being deleted: its restore is
+    // withdrawn and it runs on its own disk, then the snapshot goes.
     assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
-    assert_eq!(
-        h.sim.disk_of("a1", DOMAIN).unwrap().content,
-        b"marker A",
-        "restored from the snapshot being deleted"
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert_eq!(server.spec.rebuild, None);
+    let status = server.status.unwrap();
+    assert_eq!(status.phase, ServerPhase::Running, "{status:?}");
+    assert_eq!(status.disk_generation, 0);
+    assert_eq!(h.sim.disk_of("a1", DOMAIN).unwrap().content, b"marker B");
+    let withdrawn = h.audited("vs-1", AuditAction::ServerRestore).await;
+    assert!(
+        withdrawn[0]["withdrawn"]
+            .as_str()
+            .unwrap()
+            .contains("being deleted"),
+        "{withdrawn:?}"
     );
     settle(&h, "st-5").await;
     assert!(h.storage.get(Some(NS), "st-5").await.unwrap().is_none());
 }
 
 #[tokio::test]
-async fn r18_a_restore_never_makes_the_disk_from_the_image_when_its_snapshot_is_missing() {
+async fn r18_a_restore_whose_snapshot_is_missing_is_withdrawn_never_made_from_the_image() {
     let h = harness().await;
     running_server_in_zone_a(&h).await;
     h.sim.write_disk("a1", DOMAIN, b"marker B");
     h.edit("vs-1", |spec| ask_restore(spec, "st-404", 1)).await;
-    let outcome = h.reconcile("vs-1").await.unwrap();
-    assert!(matches!(outcome, Outcome::RequeueAfter(_)), "{outcome:?}");
-    let status = h.status("vs-1").await;
-    let waiting = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
-    assert!(
-        waiting.message.contains("st-404 does not exist"),
-        "{}",
-        waiting.message
-    );
+    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert_eq!(server.spec.rebuild, None, "withdrawn");
+    let status = server.status.unwrap();
+    assert_eq!(status.phase, ServerPhase::Running, "{status:?}");
+    let rebuilt = conditions::get(&status.conditions, ConditionType::Rebuilt).unwrap();
+    assert!(rebuilt.message.contains("withdrawn"), "{}", rebuilt.message);
     let disk = h.sim.disk_of("a1", DOMAIN).unwrap();
     assert_eq!(
         (disk.generation, disk.content.as_slice()),
         (0, &b"marker B"[..])
     );
-    // Withdrawn: the server runs on its own disk again.
-    h.edit("vs-1", |spec| spec.rebuild = None).await;
-    assert_eq!(h.reconcile("vs-1").await.unwrap(), Outcome::Done);
-    let status = h.status("vs-1").await;
-    assert_eq!(status.phase, ServerPhase::Running, "{status:?}");
-    assert_eq!(h.sim.disk_of("a1", DOMAIN).unwrap().content, b"marker B");
+    assert!(
+        h.events
+            .about("VirtualServer", "vs-1")
+            .contains(&EventReason::Rebuilt)
+    );
 }
 
 #[tokio::test]
@@ -378,16 +388,28 @@ async fn r18_daily_backups_are_taken_once_in_the_window_copied_and_the_oldest_be
         h.reconcile("vs-1").await.unwrap();
         assert!(backups_of(&h, "vs-1").await.is_empty(), "{label}");
 
-        // Three more days: the newest two stay.
+        // Three more days: the newest two stay. The day's backup takes an
+        // older one's place only once it is copied: looked at again within
+        // the window meanwhile.
         for day in 0..3 {
             h.clock.advance(jiff::SignedDuration::from_hours(24));
-            h.reconcile("vs-1").await.unwrap();
+            let again = h.reconcile("vs-1").await.unwrap();
             let newest = backups_of(&h, "vs-1").await.last().unwrap().0.clone();
-            settle(&h, &newest).await;
-            assert!(
-                backups_of(&h, "vs-1").await.len() <= 3,
-                "{label}: day {day}"
+            assert_eq!(
+                backups_of(&h, "vs-1").await.iter().filter(|b| !b.2).count(),
+                day + 1,
+                "{label}: day {day}: nothing pruned for a backup not copied yet"
             );
+            let Outcome::RequeueAt(soon) = again else {
+                panic!("{label}: {again:?}");
+            };
+            assert!(
+                soon.duration_since(h.clock.now()) <= jiff::SignedDuration::from_mins(5),
+                "{label}: {soon}"
+            );
+            settle(&h, &newest).await;
+            h.clock.set(soon);
+            h.reconcile("vs-1").await.unwrap();
         }
         let left: Vec<bool> = backups_of(&h, "vs-1").await.iter().map(|b| b.2).collect();
         assert_eq!(
@@ -529,4 +551,63 @@ async fn r3_r18_backups_outlive_a_destruction_for_non_payment_by_the_policys_tim
         gone.is_none_or(|s| s.metadata.deletion_timestamp.is_some()),
         "wiped once its time passed"
     );
+}
+
+#[tokio::test]
+async fn r6_r14_a_servers_snapshots_follow_its_termination_and_are_wiped_with_its_data() {
+    let h = harness().await;
+    Resources::<Account>::new(h.store.clone())
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    running_server_in_zone_a(&h).await;
+    take_snapshot(&h, "st-5", "vs-1").await;
+    settle(&h, "st-5").await;
+    let mut policy = Policy::default();
+    policy.termination.data_retention = stratus_core::policy::PolicyDuration::days(7);
+    let runner = stratus_controller::deadlines::DeadlineRunner::new(
+        h.ctx.clone(),
+        Resources::new(h.store.clone()),
+        h.servers.clone(),
+        Arc::new(policy),
+        Duration::from_millis(50),
+    )
+    .holding_storage(h.storage.clone());
+    h.report(
+        "terminate-vs-1",
+        FactKind::Terminate {
+            server: "vs-1".into(),
+            cause: TerminationCause::Abuse,
+            immediate: true,
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    let held = snapshot_of(&h, "st-5").await;
+    let termination = held.spec.termination.expect("held with its server");
+    assert_eq!(termination.cause, TerminationCause::Abuse);
+    // Its content is put back on no server meanwhile.
+    h.order("vs-2", Some("a")).await;
+    h.reconcile("vs-2").await.unwrap();
+    h.edit("vs-2", |spec| ask_restore(spec, "st-5", 1)).await;
+    h.reconcile("vs-2").await.unwrap();
+    assert_eq!(
+        h.servers
+            .get(Some(NS), "vs-2")
+            .await
+            .unwrap()
+            .unwrap()
+            .spec
+            .rebuild,
+        None,
+        "withdrawn"
+    );
+    // Wiped with the server's data, after the same retention.
+    h.clock.advance(jiff::SignedDuration::from_hours(7 * 24));
+    runner.pass().await.unwrap();
+    settle(&h, "st-5").await;
+    assert!(h.storage.get(Some(NS), "st-5").await.unwrap().is_none());
+    for hypervisor in ["a1", "b1"] {
+        assert!(h.sim.versions(hypervisor, SNAPSHOT_COPY).is_empty());
+    }
 }

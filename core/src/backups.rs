@@ -175,28 +175,37 @@ impl DailyWindow {
     }
 }
 
+/// Where a backup stands, for pruning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeptState {
+    /// Copied, in both zones: it counts towards `keep`.
+    Ready,
+    /// Not copied yet (or not placed): neither counted nor deleted, so an
+    /// older ready one is never given up for one that may fail.
+    Copying,
+    /// Its disk could not be copied: it goes.
+    Failed,
+}
+
 /// A backup a server has.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Kept {
     pub name: String,
     pub version: u64,
-    /// Its disk could not be copied: it is pruned first.
-    pub failed: bool,
+    pub state: KeptState,
 }
 
-/// The backups to delete so that `keep` remain: failed ones, then the
-/// oldest; never the newest `keep` that were copied.
+/// The backups to delete so that `keep` ready ones remain: failed ones,
+/// and the oldest ready ones beyond `keep`; never one still being copied.
 pub fn prune(mut backups: Vec<Kept>, keep: u32) -> Vec<String> {
-    backups.sort_by_key(|b| (!b.failed, std::cmp::Reverse(b.version)));
-    // Failed first (all go), then the good ones newest first.
+    backups.sort_by_key(|b| std::cmp::Reverse(b.version));
     let keep = usize::try_from(keep).unwrap_or(usize::MAX);
-    let good: Vec<&Kept> = backups.iter().filter(|b| !b.failed).collect();
-    backups
+    let failed = backups.iter().filter(|b| b.state == KeptState::Failed);
+    let beyond = backups
         .iter()
-        .filter(|b| b.failed)
-        .chain(good.into_iter().skip(keep))
-        .map(|b| b.name.clone())
-        .collect()
+        .filter(|b| b.state == KeptState::Ready)
+        .skip(keep);
+    failed.chain(beyond).map(|b| b.name.clone()).collect()
 }
 
 #[cfg(test)]
@@ -270,25 +279,29 @@ mod tests {
     }
 
     #[test]
-    fn r18_pruning_keeps_the_newest_copied_backups_and_drops_failed_ones() {
-        let kept = |name: &str, version, failed| Kept {
+    fn r18_pruning_keeps_the_newest_copied_backups_drops_failed_ones_and_waits_for_copies() {
+        use KeptState::*;
+        let kept = |name: &str, version, state| Kept {
             name: name.into(),
             version,
-            failed,
+            state,
         };
         let backups = vec![
-            kept("b1", 1, false),
-            kept("b2", 2, false),
-            kept("b3", 3, true),
-            kept("b4", 4, false),
-            kept("b5", 5, false),
+            kept("b1", 1, Ready),
+            kept("b2", 2, Ready),
+            kept("b3", 3, Failed),
+            kept("b4", 4, Ready),
+            kept("b5", 5, Ready),
         ];
         let mut gone = prune(backups.clone(), 2);
         gone.sort();
         assert_eq!(gone, ["b1", "b2", "b3"]);
         assert_eq!(prune(backups.clone(), 10), ["b3"]);
-        let mut all = prune(backups, 0);
-        all.sort();
-        assert_eq!(all, ["b1", "b2", "b3", "b4", "b5"]);
+        // Today's, not copied yet, takes nothing's place: with keep 1,
+        // yesterday's stays until today's is ready.
+        let today = vec![kept("yesterday", 1, Ready), kept("today", 2, Copying)];
+        assert!(prune(today, 1).is_empty());
+        let copied = vec![kept("yesterday", 1, Ready), kept("today", 2, Ready)];
+        assert_eq!(prune(copied, 1), ["yesterday"]);
     }
 }

@@ -987,6 +987,14 @@ async fn restore_server(
             format!("snapshot {id} is being deleted"),
         ));
     }
+    // Held with its server (an abuse termination, a legal hold): its
+    // content is not put back on any server.
+    if let Some(held) = snapshot.spec.held() {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!("snapshot {id} is {held}"),
+        ));
+    }
     let (ready, reason) =
         stratus_core::storage::snapshot_state(&snapshot.spec, snapshot.status.as_ref());
     if ready != stratus_core::storage::SnapshotState::Ready {

@@ -65,12 +65,15 @@ pub(super) async fn refuse_while_copying(
     state: &ApiState,
     server: &VirtualServer,
 ) -> Result<(), ApiError> {
+    // Only one placed and not copied yet: one waiting for room would
+    // hold the server back for as long as it waits (and its capture looks
+    // at the server again anyway).
     let copying = snapshots_of(state, server).await?.into_iter().find(|s| {
         s.spec.content.is_none()
             && s.metadata.deletion_timestamp.is_none()
             && s.status
                 .as_ref()
-                .is_none_or(|st| st.capture_failed.is_none())
+                .is_some_and(|st| !st.replicas.is_empty() && st.capture_failed.is_none())
     });
     match copying {
         Some(snapshot) => Err(ApiError::server_busy(
