@@ -253,8 +253,14 @@ pub struct OrderServer {
     pub name: String,
     /// Plan name, see `GET /v1/plans`.
     pub plan: String,
-    /// Image name, see `GET /v1/images`.
-    pub image: String,
+    /// Image name, see `GET /v1/images`; absent when `snapshot` is given.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// A snapshot of the account (`GET /v1/snapshots`, ready) whose disk
+    /// the server starts with instead of an image: placed where its copy
+    /// is kept, in that zone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub snapshot: Option<String>,
     /// Zone (datacenter); any zone when absent.
     #[serde(default)]
     pub zone: Option<String>,

@@ -485,3 +485,105 @@ async fn r18_daily_backups_are_turned_on_and_off_checked_and_audited_on_both_dat
         assert_eq!(changes.len(), 2, "{label}: {changes:?}");
     }
 }
+
+#[tokio::test]
+async fn r18_a_server_is_ordered_from_a_ready_snapshot_in_its_zone_on_both_databases() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let (_, other_token) = api.customer("Other").await;
+        let api_quota = format!("/v1/admin/accounts/{account}/quota");
+        api.call(
+            Method::PUT,
+            &api_quota,
+            &api.admin,
+            Some(json!({"servers": 10})),
+        )
+        .await;
+        let ordered = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        placed_and_running(&api, &account, &id, 4, 8192).await;
+        let taken = api
+            .call(
+                Method::POST,
+                &format!("/v1/servers/{id}/snapshots"),
+                &token,
+                Some(json!({"name": "golden"})),
+            )
+            .await;
+        let sid = taken.body["id"].as_str().unwrap().to_owned();
+        let from = |extra: Value| {
+            let mut body = json!({"name": "web2", "plan": "small"});
+            for (key, value) in extra.as_object().unwrap() {
+                body[key] = value.clone();
+            }
+            body
+        };
+        let servers_before = api.server_count().await;
+        for (who, body, field) in [
+            (&token, from(json!({"snapshot": sid})), "snapshot"),
+            (&token, from(json!({})), "image"),
+            (
+                &token,
+                from(json!({"snapshot": sid, "image": "debian-12"})),
+                "image",
+            ),
+            (
+                &token,
+                from(json!({"snapshot": "st-00000000000000ff"})),
+                "snapshot",
+            ),
+            (&other_token, from(json!({"snapshot": sid})), "snapshot"),
+        ] {
+            let reply = api.call(Method::POST, "/v1/servers", who, Some(body)).await;
+            assert_error(
+                &reply,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some(field),
+            );
+        }
+        ready(&api, &account, &sid).await;
+        let wrong_zone = api
+            .call(
+                Method::POST,
+                "/v1/servers",
+                &token,
+                Some(from(json!({"snapshot": sid, "zone": "b"}))),
+            )
+            .await;
+        assert_error(
+            &wrong_zone,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("zone"),
+        );
+        assert_eq!(api.server_count().await, servers_before, "{label}");
+
+        let made = api
+            .call(
+                Method::POST,
+                "/v1/servers",
+                &token,
+                Some(from(json!({"snapshot": sid}))),
+            )
+            .await;
+        assert_eq!(made.status, StatusCode::ACCEPTED, "{}", made.body);
+        assert_eq!(made.body["image"], "debian-12");
+        assert_eq!(made.body["zone"], "default", "the zone its copy is kept in");
+        let new_id = made.body["id"].as_str().unwrap();
+        let spec = api
+            .state
+            .servers
+            .get(Some(&account), new_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .spec;
+        assert_eq!(spec.from_snapshot.as_deref(), Some(sid.as_str()), "{label}");
+    }
+}

@@ -328,21 +328,30 @@ impl ServerReconciler {
                 if let Some(snapshot) = lifecycle::disk_shape(&server.spec, &next).snapshot {
                     match self.restore_source(server, &next, snapshot).await? {
                         Ok(volume) => spec.disk_source = Some(volume),
-                        Err(RestoreSource::Gone(why)) => {
+                        Err(RestoreSource::Gone(why)) if next.rebuild.is_some() => {
                             // Never a disk from anything else: the restore
                             // is withdrawn and the server runs on as it was.
                             self.withdraw_restore(server, snapshot, &why).await?;
                             return Ok(Pass::Again);
                         }
-                        Err(RestoreSource::Waits(why)) => {
-                            // The new disk is never made from the image
-                            // instead: the restore waits, said on the server.
-                            tracing::warn!(%snapshot, %why, "a restore waits for its snapshot");
+                        Err(RestoreSource::Gone(why) | RestoreSource::Waits(why)) => {
+                            // The disk is never made from the image instead:
+                            // a restore waits, a server ordered from the
+                            // snapshot is not made, said on the server.
+                            tracing::warn!(%snapshot, %why, "a disk waits for its snapshot");
+                            let (condition, reason) = if next.rebuild.is_some() {
+                                (ConditionType::Rebuilt, Reason::Rebuilding)
+                            } else {
+                                next.reason = Some(format!(
+                                    "its disk is to be a copy of snapshot {snapshot}: {why}"
+                                ));
+                                (ConditionType::Provisioned, Reason::Provisioning)
+                            };
                             conditions::set(
                                 &mut next.conditions,
-                                ConditionType::Rebuilt,
+                                condition,
                                 false,
-                                Reason::Rebuilding,
+                                reason,
                                 why,
                                 self.ctx.clock.now(),
                             );
@@ -708,6 +717,27 @@ impl ServerReconciler {
         )))
     }
 
+    /// The hypervisor keeping the primary copy of `snapshot`, which a
+    /// server ordered from it is placed on; else why it cannot be placed.
+    async fn snapshot_host(
+        &self,
+        server: &VirtualServer,
+        snapshot: &str,
+    ) -> Result<Result<stratus_core::ids::HypervisorName, String>, ControllerError> {
+        let found = self
+            .storage
+            .get(server.namespace().as_deref(), snapshot)
+            .await?
+            .filter(|s| s.spec.snapshot_of.is_some() && s.metadata.deletion_timestamp.is_none());
+        let host = found
+            .filter(|s| s.spec.content.is_some())
+            .and_then(|s| s.status)
+            .and_then(|s| s.replicas.first().map(|r| r.hypervisor.clone()));
+        Ok(host.ok_or_else(|| {
+            format!("snapshot {snapshot} it is ordered from is gone or holds no copied disk")
+        }))
+    }
+
     /// Withdraws the restore from `snapshot` the spec asks for, in one
     /// compare-and-set (a restore or rebuild asked since is kept): the
     /// lifecycle then gives the server back its own disk, as when a
@@ -907,10 +937,22 @@ impl ServerReconciler {
             .await?;
         let mut placements = self.scheduling.placements.lock().await;
         let key = ObjectKey::of(server);
+        // Ordered from a snapshot: only the hypervisor keeping its primary
+        // copy can make the disk.
+        let pinned = match &server.spec.from_snapshot {
+            Some(snapshot) => Some(self.snapshot_host(server, snapshot).await?),
+            None => None,
+        };
         let placement = match self.config.image(&server.spec.image) {
             None => Err(format!("image {} is no longer offered", server.spec.image)),
+            Some(_) if matches!(pinned, Some(Err(_))) => {
+                Err(pinned.clone().and_then(Result::err).unwrap_or_default())
+            }
             Some(image) => {
-                let hypervisors = self.ctx.directory.hypervisors.list(None).await?.items;
+                let mut hypervisors = self.ctx.directory.hypervisors.list(None).await?.items;
+                if let Some(Ok(host)) = &pinned {
+                    hypervisors.retain(|h| h.name_any() == host.as_str());
+                }
                 placements.refresh(&self.servers, &self.storage).await?;
                 scheduling::choose_hypervisor(
                     &server.spec.resources,

@@ -100,6 +100,11 @@ enum PrimaryHost {
 /// The name the agents manage the copies of `subscription` by.
 /// Whether `server`'s restore from snapshot `id` is asked for or under way
 /// and its new disk not made yet.
+///
+/// A server ordered from it is not counted: it would wait for the
+/// snapshot while the snapshot waits for it. Its agent never copies from
+/// copies being wiped (the copy and the wipe take the same lock), and a
+/// snapshot being deleted is not copied from.
 fn restores_from(server: &VirtualServer, id: &str) -> bool {
     let made = server.status.as_ref().map_or(0, |s| s.disk_generation);
     let asked = server

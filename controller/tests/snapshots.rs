@@ -690,3 +690,69 @@ async fn r18_a_thousand_snapshots_of_two_hundred_servers_are_all_copied_from_the
         list_took.as_secs_f64() * 1000.0
     );
 }
+
+#[tokio::test]
+async fn r18_a_server_ordered_from_a_snapshot_is_placed_where_it_is_kept_and_starts_with_its_disk()
+{
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let h = harness_on(scratch).await;
+        running_server_in_zone_a(&h).await;
+        // An emptier hypervisor in the same zone: only the pin keeps the new
+        // server off it.
+        h.add_hypervisor("a2", "a", 64, 1 << 20).await;
+        h.sim.write_disk("a1", DOMAIN, b"marker A");
+        take_snapshot(&h, "st-5", "vs-1").await;
+        settle(&h, "st-5").await;
+
+        let mut server = fixtures::server("vs-2").in_account(NS).zone("a").build();
+        server.spec.from_snapshot = Some("st-5".into());
+        h.servers.create(&server).await.unwrap();
+        // Deleted before the server was made: it is not made from the image
+        // instead; it says why, and the snapshot goes.
+        h.storage.delete(Some(NS), "st-5").await.unwrap();
+        settle(&h, "st-5").await;
+        assert!(
+            h.storage.get(Some(NS), "st-5").await.unwrap().is_none(),
+            "{label}"
+        );
+        assert_eq!(
+            h.reconcile("vs-2").await.unwrap(),
+            Outcome::RequeueAfter(UNSCHEDULABLE_RECHECK),
+            "{label}"
+        );
+        let waiting = h.status("vs-2").await;
+        assert!(
+            waiting
+                .reason
+                .as_deref()
+                .unwrap_or_default()
+                .contains("st-5"),
+            "{label}: {waiting:?}"
+        );
+        assert!(waiting.hypervisor.is_none());
+
+        // From a snapshot kept: placed on its hypervisor, its disk a copy.
+        take_snapshot(&h, "st-6", "vs-1").await;
+        settle(&h, "st-6").await;
+        let mut server = fixtures::server("vs-3").in_account(NS).zone("a").build();
+        server.spec.from_snapshot = Some("st-6".into());
+        h.servers.create(&server).await.unwrap();
+        assert_eq!(h.reconcile("vs-3").await.unwrap(), Outcome::Done, "{label}");
+        let status = h.status("vs-3").await;
+        assert_eq!(status.hypervisor.unwrap().as_str(), "a1", "{label}");
+        assert_eq!(status.phase, ServerPhase::Running);
+        let domain = "stratus-acc-0000000000000001.vs-3";
+        let disk = h.sim.disk_of("a1", domain).unwrap();
+        assert_eq!(disk.content, b"marker A", "{label}");
+        let seed = h.sim.spec_of("a1", domain).unwrap().seed.unwrap();
+        assert_eq!(
+            seed.instance_id, "vs-3",
+            "a new cloud-init instance of its own"
+        );
+        // Its snapshot is free to go once its disk is made.
+        h.storage.delete(Some(NS), "st-6").await.unwrap();
+        settle(&h, "st-6").await;
+        assert!(h.storage.get(Some(NS), "st-6").await.unwrap().is_none());
+    }
+}

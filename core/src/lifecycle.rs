@@ -1069,7 +1069,11 @@ pub fn disk_shape<'a>(
         image: status.image.as_deref().unwrap_or(&spec.image),
         generation: status.disk_generation,
         retired: None,
-        snapshot: None,
+        // A server ordered from a snapshot: its first disk, until made.
+        snapshot: spec
+            .from_snapshot
+            .as_deref()
+            .filter(|_| !status.provisioned && status.disk_generation == 0),
         instance_generation: status.instance_generation.unwrap_or(status.disk_generation),
     };
     match &status.rebuild {

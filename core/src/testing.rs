@@ -55,6 +55,7 @@ pub fn server_spec() -> VirtualServerSpec {
         rebuild: None,
         rescue: None,
         backups: None,
+        from_snapshot: None,
     }
 }
 

@@ -224,6 +224,10 @@ impl Driver {
                 "disk_source: {source} is not of the account of domain {name}"
             )));
         }
+        // The snapshot's copy is not wiped while it is copied (its
+        // destruction takes the same lock), nor copied while it is wiped.
+        let lock = self.lock(snapshot);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
         let source_volume = Self::lookup_volume(pool, source)?.ok_or_else(|| {
             AgentError::VersionConflict(format!("disk_source: {source} does not exist"))
         })?;

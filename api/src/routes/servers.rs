@@ -96,11 +96,43 @@ async fn validate_order(
             format!("unknown plan {:?}; see GET /v1/plans", order.plan),
         )
     })?;
-    let Some(image) = state.config.image(&order.image) else {
+    let (image_name, snapshot) = match (&order.image, &order.snapshot) {
+        (Some(image), None) => (image.clone(), None),
+        (None, Some(snapshot)) => {
+            let found = orderable_snapshot(state, account_id, snapshot, plan).await?;
+            (found.image.clone(), Some(found))
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "image",
+                "give an image or a snapshot, not both: a server from a snapshot runs the snapshot's system",
+            ));
+        }
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "image",
+                "give an image (GET /v1/images) or a snapshot (GET /v1/snapshots)",
+            ));
+        }
+    };
+    let Some(image) = state.config.image(&image_name) else {
         return Err(ApiError::invalid(
             "image",
-            format!("unknown image {:?}; see GET /v1/images", order.image),
+            format!("unknown image {image_name:?}; see GET /v1/images"),
         ));
+    };
+    let zone = match (&order.zone, &snapshot) {
+        (Some(zone), Some(found)) if *zone != found.zone => {
+            return Err(ApiError::invalid(
+                "zone",
+                format!(
+                    "snapshot {} is kept in zone {}: a server from it is made there",
+                    found.id, found.zone
+                ),
+            ));
+        }
+        (_, Some(found)) => Some(found.zone.clone()),
+        (zone, None) => zone.clone(),
     };
     // A disk smaller than the image's file system cannot boot it: the
     // guest would stop in its initramfs while the server said running.
@@ -114,14 +146,14 @@ async fn validate_order(
         ));
     }
     check_guest_inputs(&order.ssh_keys, order.user_data.as_deref())?;
-    if let Some(zone) = &order.zone {
+    if let Some(zone) = &zone {
         check_zone(state, zone).await?;
     }
     let spec = VirtualServerSpec {
         hostname: order.name.clone(),
         plan: plan.name.clone(),
-        image: order.image.clone(),
-        zone: order.zone.clone(),
+        image: image.name.clone(),
+        zone,
         resources: plan.resources(),
         power: PowerState::Running,
         reboot_requests: 0,
@@ -132,8 +164,83 @@ async fn validate_order(
         rebuild: None,
         rescue: None,
         backups: None,
+        from_snapshot: snapshot.map(|found| found.id),
     };
     Ok((spec, state.quota_of(&account)))
+}
+
+/// A snapshot a new server may start from.
+struct OrderableSnapshot {
+    id: String,
+    image: String,
+    /// The zone of the hypervisor keeping its primary copy.
+    zone: String,
+}
+
+/// The snapshot `raw` of the account, if a server of `plan` can start from
+/// it: ready, not held or being deleted, no bigger than the plan's disk.
+async fn orderable_snapshot(
+    state: &ApiState,
+    account_id: &AccountId,
+    raw: &str,
+    plan: &stratus_core::config::Plan,
+) -> Result<OrderableSnapshot, ApiError> {
+    let not_one = || {
+        ApiError::invalid(
+            "snapshot",
+            format!("no snapshot {raw:?} of this account; see GET /v1/snapshots"),
+        )
+    };
+    let id = StorageId::parse(raw).ok_or_else(not_one)?;
+    let found = state
+        .storage
+        .get(Some(account_id.as_str()), id.as_str())
+        .await?
+        .filter(|s| s.spec.snapshot_of.is_some() && s.metadata.deletion_timestamp.is_none())
+        .ok_or_else(not_one)?;
+    if let Some(held) = found.spec.held() {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!("snapshot {id} is {held}"),
+        ));
+    }
+    let (state_now, reason) =
+        stratus_core::storage::snapshot_state(&found.spec, found.status.as_ref());
+    if state_now != stratus_core::storage::SnapshotState::Ready {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!(
+                "snapshot {id} is {}{}: a server starts only from a ready one",
+                state_now.api_name(),
+                reason.map(|r| format!(" ({r})")).unwrap_or_default()
+            ),
+        ));
+    }
+    if found.spec.size_gib > plan.disk_gib {
+        return Err(ApiError::invalid(
+            "plan",
+            format!(
+                "snapshot {id} holds a {} GiB disk and plan {} has {} GiB: choose a larger plan",
+                found.spec.size_gib, plan.name, plan.disk_gib
+            ),
+        ));
+    }
+    let zone = found
+        .status
+        .as_ref()
+        .and_then(|s| s.replicas.first())
+        .map(|r| r.zone.clone())
+        .ok_or_else(not_one)?;
+    Ok(OrderableSnapshot {
+        id: id.to_string(),
+        image: found
+            .spec
+            .snapshot_of
+            .as_ref()
+            .map(|of| of.image.clone())
+            .unwrap_or_default(),
+        zone,
+    })
 }
 
 /// Refuses SSH keys or user data cloud-init would not take, naming the
@@ -251,7 +358,8 @@ pub async fn order_server(
             principal.actor(),
             AuditAction::ServerOrder,
             AuditSubject::server(&created),
-            json!({ "plan": order.plan, "image": order.image, "zone": order.zone, "idempotency_key": key }),
+            json!({ "plan": order.plan, "image": created.spec.image, "snapshot": order.snapshot,
+                    "zone": order.zone, "idempotency_key": key }),
         )
         .await;
     tracing::info!(server = %id, account = %account_id, plan = %order.plan, "server ordered");

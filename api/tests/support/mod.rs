@@ -124,7 +124,8 @@ impl Api {
         let body = stratus_api::views::OrderServer {
             name: name.into(),
             plan: "small".into(),
-            image: "debian-12".into(),
+            image: Some("debian-12".into()),
+            snapshot: None,
             zone: None,
             ssh_keys: Vec::new(),
             user_data: None,

@@ -338,6 +338,13 @@ pub struct VirtualServerSpec {
     /// deleted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backups: Option<BackupSchedule>,
+    /// Ordered from a snapshot (of the same account): the first system
+    /// disk is a copy of it instead of the image (which is then the
+    /// snapshot's), and the server is placed on the hypervisor that keeps
+    /// the snapshot's primary copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub from_snapshot: Option<String>,
 }
 
 /// Daily backups asked for.
