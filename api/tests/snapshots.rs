@@ -587,3 +587,66 @@ async fn r18_a_server_is_ordered_from_a_ready_snapshot_in_its_zone_on_both_datab
         assert_eq!(spec.from_snapshot.as_deref(), Some(sid.as_str()), "{label}");
     }
 }
+
+#[tokio::test]
+async fn r18_a_restore_fact_names_latest_or_a_copied_backup_of_its_server() {
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        api.register_zone("default").await;
+        let (account, token) = api.customer("ACME").await;
+        let ordered = api
+            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+            .await;
+        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        placed_and_running(&api, &account, &id, 4, 8192).await;
+        let restore = |n: u32, source: &str| json!({"id": format!("restore-{n}"), "type": "restore", "server": id, "source": source});
+        // Nothing copied yet: neither `latest` nor a name is a source.
+        for (n, source) in [(1, "latest"), (2, "backup-of-last-week"), (3, "")] {
+            let reply = report(&api, &api.admin, &account, restore(n, source)).await;
+            assert_error(
+                &reply,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_failed",
+                Some("source"),
+            );
+        }
+        assert_eq!(facts_of(&api, &account).await, 0, "{label}");
+        let taken = api
+            .call(
+                Method::POST,
+                &format!("/v1/servers/{id}/snapshots"),
+                &token,
+                Some(json!({"name": "nightly"})),
+            )
+            .await;
+        let sid = taken.body["id"].as_str().unwrap().to_owned();
+        api.state
+            .storage
+            .update(Some(&account), &sid, |s| {
+                if let Some(of) = s.spec.snapshot_of.as_mut() {
+                    of.backup = true;
+                }
+                true
+            })
+            .await
+            .unwrap();
+        ready(&api, &account, &sid).await;
+        let reply = report(&api, &api.admin, &account, restore(4, "latest")).await;
+        assert!(reply.status.is_success(), "{label}: {}", reply.body);
+        let facts = api
+            .state
+            .ledger
+            .facts()
+            .of_account(&account, 0, 10)
+            .await
+            .unwrap();
+        assert_eq!(facts.len(), 1);
+        assert_eq!(
+            facts[0].fact["source"],
+            sid.as_str(),
+            "{label}: `latest` is recorded as the backup it meant: {:?}",
+            facts[0].fact
+        );
+    }
+}

@@ -317,14 +317,28 @@ impl DeadlineRunner {
                 wipe_at: t.wipe_at.to_string(),
                 wipe: t.wiped || t.wipe_at <= now,
             });
-            if server.spec.suspension == suspension && server.spec.termination == held_off {
+            // Restored (R18) from a backup while its data is gone: its disk
+            // is made again as a copy of that backup.
+            let restore_from = standing
+                .restored_from(&name)
+                .filter(|_| termination.is_none())
+                .filter(|_| !server.status.as_ref().is_some_and(|s| s.provisioned))
+                .map(str::to_owned);
+            let from_snapshot = restore_from.or_else(|| server.spec.from_snapshot.clone());
+            if server.spec.suspension == suspension
+                && server.spec.termination == held_off
+                && server.spec.from_snapshot == from_snapshot
+            {
                 continue;
             }
             self.servers
                 .update(Some(account), &name, |s| {
-                    let changed = s.spec.suspension != suspension || s.spec.termination != held_off;
+                    let changed = s.spec.suspension != suspension
+                        || s.spec.termination != held_off
+                        || s.spec.from_snapshot != from_snapshot;
                     s.spec.suspension.clone_from(&suspension);
                     s.spec.termination.clone_from(&held_off);
+                    s.spec.from_snapshot.clone_from(&from_snapshot);
                     changed
                 })
                 .await?;

@@ -684,9 +684,14 @@ impl ServerReconciler {
                 "snapshot {snapshot} is being deleted"
             ))));
         }
-        if let Some(held) = found.spec.held() {
+        // Terminated with its server, it is being wiped; a suspension only
+        // keeps it read-only, which a copy from it respects (the API
+        // refuses customers' restores from held ones).
+        if let Some(termination) = &found.spec.termination {
             return Ok(Err(RestoreSource::Gone(format!(
-                "snapshot {snapshot} is {held}"
+                "snapshot {snapshot} was terminated ({}) and is wiped at {}",
+                termination.cause.as_str(),
+                termination.wipe_at
             ))));
         }
         let (Some(content), Some(primary)) = (

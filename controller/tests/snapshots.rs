@@ -756,3 +756,100 @@ async fn r18_a_server_ordered_from_a_snapshot_is_placed_where_it_is_kept_and_sta
         assert!(h.storage.get(Some(NS), "st-6").await.unwrap().is_none());
     }
 }
+
+#[tokio::test]
+async fn r3_r18_a_destroyed_server_restored_from_its_backup_comes_back_with_its_data() {
+    let h = harness().await;
+    Resources::<Account>::new(h.store.clone())
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    running_server_in_zone_a(&h).await;
+    h.sim.write_disk("a1", DOMAIN, b"marker A");
+    take_snapshot(&h, "st-5", "vs-1").await;
+    h.storage
+        .update(Some(NS), "st-5", |s| {
+            if let Some(of) = s.spec.snapshot_of.as_mut() {
+                of.backup = true;
+            }
+            true
+        })
+        .await
+        .unwrap();
+    settle(&h, "st-5").await;
+    let mut policy = Policy::default();
+    policy.backups.keep_after_destruction = stratus_core::policy::PolicyDuration::days(30);
+    let runner = stratus_controller::deadlines::DeadlineRunner::new(
+        h.ctx.clone(),
+        Resources::new(h.store.clone()),
+        h.servers.clone(),
+        Arc::new(policy),
+        Duration::from_millis(50),
+    )
+    .holding_storage(h.storage.clone());
+    let due_at = h.clock.now();
+    h.report(
+        "inv-1-overdue",
+        FactKind::InvoiceOverdue {
+            invoice: invoice("inv-1"),
+            due_at,
+        },
+    )
+    .await;
+    h.report(
+        "inv-1-reminder",
+        FactKind::ReminderSent {
+            invoice: invoice("inv-1"),
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    for _ in 0..2 {
+        h.clock.advance(jiff::SignedDuration::from_hours(15 * 24));
+        runner.pass().await.unwrap();
+        for _ in 0..3 {
+            h.converge_all().await;
+        }
+    }
+    let wiped = h.status("vs-1").await;
+    assert!(wiped.wiped_at.is_some() && !wiped.provisioned, "{wiped:?}");
+    assert!(h.sim.disk_of("a1", DOMAIN).is_none(), "destroyed");
+    assert!(snapshot_of(&h, "st-5").await.spec.termination.is_some());
+
+    // An operator's billable restore from the backup: the server comes
+    // back with the backup's data.
+    h.report(
+        "restore-1",
+        FactKind::Restore {
+            server: "vs-1".into(),
+            source: Some("st-5".into()),
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert_eq!(server.spec.termination, None);
+    assert_eq!(server.spec.from_snapshot.as_deref(), Some("st-5"));
+    assert!(
+        snapshot_of(&h, "st-5").await.spec.termination.is_none(),
+        "its backup is no longer held"
+    );
+    for _ in 0..6 {
+        h.converge_all().await;
+    }
+    // Made again with the backup's data; held stopped while the invoice
+    // stays unpaid (R1), as any server of the account.
+    let restored = h.status("vs-1").await;
+    assert!(restored.provisioned, "{restored:?}");
+    assert_eq!(restored.phase, ServerPhase::Suspended, "{restored:?}");
+    assert_eq!(
+        h.sim.disk_of("a1", DOMAIN).unwrap().content,
+        b"marker A",
+        "back with its data"
+    );
+    let charges = h.ctx.ledger.charges().of_account(NS, 100).await.unwrap();
+    assert!(
+        charges.iter().any(|c| c.kind == "restore"),
+        "the restore is billed: {charges:?}"
+    );
+}

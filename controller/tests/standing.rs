@@ -476,6 +476,7 @@ async fn r18_a_restore_after_the_wipe_provisions_the_server_afresh() {
         "restore-1",
         FactKind::Restore {
             server: "vs-2".into(),
+            source: None,
         },
     )
     .await;

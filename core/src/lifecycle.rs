@@ -1069,11 +1069,12 @@ pub fn disk_shape<'a>(
         image: status.image.as_deref().unwrap_or(&spec.image),
         generation: status.disk_generation,
         retired: None,
-        // A server ordered from a snapshot: its first disk, until made.
+        // A server ordered from a snapshot, or restored from a backup after
+        // its data was destroyed (R18): its disk, until made.
         snapshot: spec
             .from_snapshot
             .as_deref()
-            .filter(|_| !status.provisioned && status.disk_generation == 0),
+            .filter(|_| !status.provisioned && status.rebuild.is_none()),
         instance_generation: status.instance_generation.unwrap_or(status.disk_generation),
     };
     match &status.rebuild {

@@ -156,6 +156,10 @@ pub enum FactKind {
     /// R18: an operator provisions a terminated server again.
     Restore {
         server: ServerName,
+        /// The backup (or snapshot) of the server its disk is made from
+        /// again (R18): its data comes back; absent, it starts afresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<String>,
     },
 }
 
@@ -301,6 +305,8 @@ pub struct ServerStanding {
     /// Abuse and maintenance, with the instant each began.
     pub suspensions: BTreeMap<SuspensionReason, Timestamp>,
     pub termination: Option<Termination>,
+    /// The backup its last restore (R18) brings its data back from.
+    pub restored_from: Option<String>,
 }
 
 /// The account as the facts, the policy and the time make it.
@@ -373,6 +379,13 @@ impl Standing {
             }
             _ => own,
         }
+    }
+
+    /// The backup `server`'s last restore brings its data back from.
+    pub fn restored_from(&self, server: &str) -> Option<&str> {
+        self.servers
+            .get(server)
+            .and_then(|s| s.restored_from.as_deref())
     }
 
     /// Whether the customer may delete `server`: not while an abuse
@@ -870,13 +883,14 @@ impl Replay<'_> {
                     self.terminate_now(server, at);
                 }
             }
-            FactKind::Restore { server } => {
+            FactKind::Restore { server, source } => {
                 if !self.is_terminated(server) {
                     return;
                 }
                 let standing = self.out.servers.entry(server.clone()).or_default();
                 standing.termination = None;
                 standing.suspensions.clear();
+                standing.restored_from.clone_from(source);
                 self.out.charges.push(Charge {
                     id: format!("restore:{}", fact.id),
                     at,
@@ -1372,6 +1386,7 @@ mod tests {
                 days(41),
                 FactKind::Restore {
                     server: "web".into(),
+                    source: None,
                 },
             ),
         ];
@@ -1487,7 +1502,10 @@ mod tests {
                 cause: TerminationCause::Abuse,
                 immediate,
             }),
-            server.prop_map(|server| FactKind::Restore { server }),
+            server.prop_map(|server| FactKind::Restore {
+                server,
+                source: None,
+            }),
         ]
     }
 

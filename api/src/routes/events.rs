@@ -91,7 +91,8 @@ pub enum EventBody {
     },
     Restore {
         server: String,
-        /// The backup or image the operator restores from.
+        /// `latest` (the server's newest copied backup) or the id of one of
+        /// its backups or snapshots: its data comes back from it (R18).
         source: String,
     },
 }
@@ -365,6 +366,51 @@ async fn server_of(
 /// accounts (namespaces) may share a name, so the account the report is
 /// posted under picks it, and without one a shared name is refused as
 /// ambiguous (never guessed: the wrong account would be suspended).
+/// The backup a restore (R18) brings `server`'s data back from: `latest`
+/// (its newest copied backup) or the id of one of its backups or snapshots,
+/// copied; else 422 naming `source`. Held ones count: a destroyed server's
+/// backups are held until it is restored.
+async fn restore_source(
+    state: &ApiState,
+    account: &str,
+    server: &str,
+    source: &str,
+) -> Result<String, ApiError> {
+    use stratus_core::storage::{SnapshotState, snapshot_state};
+    let source = source.trim();
+    let copied: Vec<_> = state
+        .storage
+        .list(Some(account))
+        .await?
+        .items
+        .into_iter()
+        .filter(|s| {
+            s.metadata.deletion_timestamp.is_none()
+                && s.spec
+                    .snapshot_of
+                    .as_ref()
+                    .is_some_and(|of| of.server == server)
+                && snapshot_state(&s.spec, s.status.as_ref()).0 == SnapshotState::Ready
+        })
+        .collect();
+    let found = if source == "latest" {
+        copied
+            .iter()
+            .filter(|s| s.spec.snapshot_of.as_ref().is_some_and(|of| of.backup))
+            .max_by_key(|s| s.spec.snapshot_of.as_ref().map_or(0, |of| of.version))
+    } else {
+        copied.iter().find(|s| s.name_any() == source)
+    };
+    found.map(|s| s.name_any()).ok_or_else(|| {
+        ApiError::invalid(
+            "source",
+            format!(
+                "{source:?} is not a copied backup or snapshot of server {server}: give `latest` or the id of one (GET /v1/servers/{{id}}/snapshots)"
+            ),
+        )
+    })
+}
+
 fn one_of<K: kube::Resource>(
     found: Vec<K>,
     account: Option<&AccountId>,
@@ -527,12 +573,6 @@ async fn resolve(
             )])
         }
         EventBody::Restore { server, source } => {
-            if source.trim().is_empty() || source.len() > 1024 {
-                return Err(ApiError::invalid(
-                    "source",
-                    "source names the backup or image restored from (1-1024 characters)",
-                ));
-            }
             if stratus_core::ids::ServerId::parse(server).is_none() {
                 return Err(ApiError::invalid(
                     "server",
@@ -543,10 +583,12 @@ async fn resolve(
                 Some(account) => account.to_string(),
                 None => server_of(state, None, "server", server).await?.0,
             };
+            let backup = restore_source(state, &owner, server, source).await?;
             Ok(vec![(
                 owner,
                 FactKind::Restore {
                     server: server.clone(),
+                    source: Some(backup),
                 },
             )])
         }
