@@ -319,10 +319,12 @@ impl DeadlineRunner {
             });
             // Restored (R18) from a backup while its data is gone: its disk
             // is made again as a copy of that backup.
+            // Written whatever the server's status says now (its disk may be
+            // released between this listing and the write): the lifecycle
+            // uses it only while the server has no disk.
             let restore_from = standing
                 .restored_from(&name)
                 .filter(|_| termination.is_none())
-                .filter(|_| !server.status.as_ref().is_some_and(|s| s.provisioned))
                 .map(str::to_owned);
             let from_snapshot = restore_from.or_else(|| server.spec.from_snapshot.clone());
             if server.spec.suspension == suspension

@@ -484,8 +484,11 @@ impl ServerReconciler {
         next.hypervisor = None;
         next.ipv4 = None;
         next.ipv6 = None;
-        // Its disk is gone: a restore (R18) provisions it afresh.
+        // Its disk is gone: a restore (R18) provisions it afresh, or from
+        // the backup it names; a rebuild cut short by the termination is
+        // over with it.
         next.provisioned = false;
+        next.rebuild = None;
         next.stop_requested_at = None;
         next.wiped_at = Some(self.ctx.clock.now().to_string());
         self.record_status(server, current, &next).await?;
