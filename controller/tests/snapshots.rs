@@ -853,3 +853,47 @@ async fn r3_r18_a_destroyed_server_restored_from_its_backup_comes_back_with_its_
         "the restore is billed: {charges:?}"
     );
 }
+
+/// Two controllers (a leader and a deposed one, or one restarted) taking
+/// the same server's backup of the same slot at once, in a loop: one
+/// backup object and one `snapshotGib` charge per slot, never two.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r18_two_controllers_taking_the_same_days_backup_make_one_and_charge_once() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    h.clock.set(at("2026-12-07T00:00:00Z"));
+    h.edit("vs-1", |spec| {
+        spec.backups = Some(stratus_core::resources::BackupSchedule { keep: 30 })
+    })
+    .await;
+    let Outcome::RequeueAt(slot) = h.reconcile("vs-1").await.unwrap() else {
+        panic!("no slot");
+    };
+    let accounts = Resources::<Account>::new(h.store.clone());
+    for day in 0..20i64 {
+        h.clock.set(
+            slot.checked_add(jiff::SignedDuration::from_hours(24 * day))
+                .unwrap(),
+        );
+        let server = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+        let taker = || stratus_controller::backups::BackupTaker {
+            ctx: &h.ctx,
+            servers: &h.servers,
+            storage: &h.storage,
+            accounts: Some(&accounts),
+            defaults: Quota::default(),
+            window: stratus_core::backups::DailyWindow::default(),
+        };
+        let (first, second) = (taker(), taker());
+        let (a, b) = tokio::join!(first.run(&server), second.run(&server));
+        a.unwrap();
+        b.unwrap();
+        let taken = backups_of(&h, "vs-1").await;
+        assert_eq!(taken.len(), day as usize + 1, "day {day}: {taken:?}");
+        assert_eq!(
+            h.ctx.ledger.quotas().usage(NS).await.unwrap().snapshot_gib,
+            25 * (day as u64 + 1),
+            "day {day}: charged once"
+        );
+    }
+}
