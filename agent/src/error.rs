@@ -58,6 +58,8 @@ pub enum AgentError {
     PauseLimit { volume: String, limit_ms: u64 },
     #[error("the backup job copying {volume} failed: {message}")]
     BackupFailed { volume: String, message: String },
+    #[error("libvirt gave {what} XML the agent cannot read: {message}")]
+    UnreadableXml { what: &'static str, message: String },
 }
 
 impl AgentError {
@@ -83,7 +85,7 @@ impl AgentError {
             Self::VolumeInUse { .. } => AgentErrorCode::VolumeInUse,
             Self::UnknownJob(_) => AgentErrorCode::UnknownJob,
             Self::PauseLimit { .. } => AgentErrorCode::PauseLimit,
-            Self::BackupFailed { .. } => AgentErrorCode::Hypervisor,
+            Self::BackupFailed { .. } | Self::UnreadableXml { .. } => AgentErrorCode::Hypervisor,
         }
     }
 
@@ -113,6 +115,7 @@ impl AgentError {
             Self::UnknownJob(_) => "unknown_job",
             Self::PauseLimit { .. } => "pause_limit",
             Self::BackupFailed { .. } => "backup_failed",
+            Self::UnreadableXml { .. } => "unreadable_xml",
         }
     }
 }

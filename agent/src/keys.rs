@@ -268,7 +268,7 @@ impl Driver {
 
 /// Whether libvirt sees a LUKS header on the volume.
 pub(crate) fn is_luks(volume: &StorageVol) -> Result<bool, AgentError> {
-    Ok(volume.xml_desc(0)?.contains("<encryption format='luks'"))
+    xml::volume_is_luks(&volume.xml_desc(0)?)
 }
 
 /// The volume's bytes on the hypervisor (a LUKS volume's header

@@ -678,8 +678,8 @@ impl Driver {
         if map_state(guest.state()?.0) != DomainState::Running {
             return Ok(LiveRoute::Plain);
         }
-        let live = guest.xml_desc(0)?;
-        let Some(disk) = xml::plugged_disk(&live, &self.config.pool, copying.from_name) else {
+        let live = crate::driver::read_running(&guest)?;
+        let Some(disk) = live.plugged(&self.config.pool, copying.from_name) else {
             return Ok(LiveRoute::Plain);
         };
         let capacity = copying.source.info()?.capacity;
@@ -707,7 +707,7 @@ impl Driver {
                 return Err(error.into());
             }
         };
-        let description = xml::push_backup(&disk.target, &path, &xml::disk_targets_in(&live));
+        let description = xml::push_backup(&disk.target, &path, &live.targets());
         if let Err(error) = backup::begin(&guest, &description) {
             self.dispose_as(copying.to_name, &copy, true)?;
             return Err(error);
@@ -804,7 +804,9 @@ impl Driver {
         if map_state(guest.state()?.0) != DomainState::Running {
             return Ok(false);
         }
-        Ok(xml::plugged_disk(&guest.xml_desc(0)?, &self.config.pool, volume).is_some())
+        Ok(crate::driver::read_running(&guest)?
+            .plugged(&self.config.pool, volume)
+            .is_some())
     }
 
     /// Pauses the running domain `name` for a copy of one of its disks;

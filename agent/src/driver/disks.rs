@@ -9,11 +9,14 @@ pub(super) fn data_disks_of(
     domain: &Domain,
 ) -> Result<(Vec<xml::DefinedDataDisk>, Vec<String>), AgentError> {
     let DomainXml { inactive, live } = DomainXml::of(domain)?;
-    let mut disks = live.as_deref().map(xml::data_disks_in).unwrap_or_default();
-    disks.extend(xml::data_disks_in(&inactive));
+    let mut disks = live
+        .as_ref()
+        .map(xml::DomainDescription::data_disks)
+        .unwrap_or_default();
+    disks.extend(inactive.data_disks());
     let mut taken: Vec<String> = std::iter::once(&inactive)
         .chain(live.as_ref())
-        .flat_map(|xml| xml::disk_targets_in(xml))
+        .flat_map(xml::DomainDescription::targets)
         .collect();
     taken.sort();
     taken.dedup();
@@ -362,9 +365,9 @@ impl Driver {
     /// disks are hot-plugged, of its running guest too, so a disk a guest
     /// has not let go of yet still counts as attached.
     pub(super) fn observe_data_disks(&self, domain_xml: &DomainXml) -> Vec<String> {
-        let mut disks = xml::data_disks_in(&domain_xml.inactive);
-        if let Some(live) = domain_xml.live.as_deref().filter(|_| self.hot_plugs()) {
-            disks.extend(xml::data_disks_in(live));
+        let mut disks = domain_xml.inactive.data_disks();
+        if let Some(live) = domain_xml.live.as_ref().filter(|_| self.hot_plugs()) {
+            disks.extend(live.data_disks());
         }
         let mut serials: Vec<String> = disks.into_iter().map(|d| d.serial).collect();
         serials.sort();
@@ -552,7 +555,7 @@ impl Driver {
     ) -> Result<Vec<String>, AgentError> {
         let mut waiting_for_key = Vec::new();
         let active = domain.is_active()?;
-        let config = xml::data_disks_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
+        let config = read_definition(domain)?.data_disks();
         if !self.hot_plugs() {
             let defined: Vec<(&str, Option<&str>)> = config
                 .iter()
@@ -584,7 +587,7 @@ impl Driver {
             return Ok(waiting_for_key);
         }
         let live = if active {
-            xml::data_disks_in(&domain.xml_desc(0)?)
+            read_running(domain)?.data_disks()
         } else {
             Vec::new()
         };

@@ -6,16 +6,16 @@ use super::*;
 /// A domain's XML as observed: its definition, and its running instance
 /// when it runs; read once per observation.
 pub(super) struct DomainXml {
-    pub(super) inactive: String,
-    pub(super) live: Option<String>,
+    pub(super) inactive: xml::DomainDescription,
+    pub(super) live: Option<xml::DomainDescription>,
 }
 
 impl DomainXml {
     pub(super) fn of(domain: &Domain) -> Result<Self, AgentError> {
         Ok(Self {
-            inactive: domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?,
+            inactive: read_definition(domain)?,
             live: if domain.is_active()? {
-                Some(domain.xml_desc(0)?)
+                Some(read_running(domain)?)
             } else {
                 None
             },
@@ -23,26 +23,28 @@ impl DomainXml {
     }
 }
 
+/// A domain's definition, as it starts next.
+pub(crate) fn read_definition(domain: &Domain) -> Result<xml::DomainDescription, AgentError> {
+    xml::DomainDescription::parse(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?)
+}
+
+/// A running domain as its guest has it now (its definition when off).
+pub(crate) fn read_running(domain: &Domain) -> Result<xml::DomainDescription, AgentError> {
+    xml::DomainDescription::parse(&domain.xml_desc(0)?)
+}
+
 /// The generation of the system disk a domain is defined with, if it is
 /// one of its own.
 pub(super) fn defined_disk_generation(name: &str, xml: &DomainXml) -> Option<u32> {
-    xml::disk_volumes_in(&xml.inactive)
-        .iter()
+    xml.inactive
+        .disk_volumes()
         .find_map(|volume| stratus_core::agent_api::system_disk_generation(name, volume))
 }
 
 /// Whether a domain is defined in rescue mode (its rescue disk is a disk).
 pub(super) fn defined_in_rescue(name: &str, xml: &DomainXml) -> bool {
     let rescue = stratus_core::agent_api::rescue_disk_name(name);
-    xml::disk_volumes_in(&xml.inactive).contains(&rescue)
-}
-
-/// The MAC address of the first NIC a domain's XML defines.
-pub(super) fn defined_mac(xml: &str) -> Option<String> {
-    let start = xml.find("<mac address=")? + "<mac address=".len();
-    let quote = xml[start..].chars().next()?;
-    let rest = &xml[start + 1..];
-    rest.find(quote).map(|end| rest[..end].to_ascii_lowercase())
+    xml.inactive.disk_volumes().any(|volume| volume == rescue)
 }
 
 /// The size of `domain` as the hypervisor has it: the running guest's vCPUs
@@ -75,9 +77,7 @@ pub(super) fn resized(domain: &Domain, spec: &DomainSpec) -> Result<bool, AgentE
 
 /// Whether a domain's definition uses the volume `volume`.
 pub(super) fn defined_with_volume(domain: &Domain, volume: &str) -> Result<bool, AgentError> {
-    Ok(domain
-        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
-        .contains(&format!("volume='{volume}'")))
+    Ok(read_definition(domain)?.has_volume(volume))
 }
 
 /// The agent a domain's metadata says defined it.

@@ -66,29 +66,22 @@ pub(super) fn install_filters(conn: &Connect, mode: AntiSpoofingMode) -> AntiSpo
 /// Whether a domain's definition (not only its running instance) puts a
 /// traffic filter on its NIC.
 pub(super) fn defined_with_filter(domain: &Domain) -> Result<bool, AgentError> {
-    Ok(domain
-        .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
-        .contains("<filterref"))
+    Ok(read_definition(domain)?.filtered())
 }
 
 /// The NIC's link as the running guest has it, or as the definition says
 /// when the guest is off.
 pub(super) fn observe_link(xml: &DomainXml) -> Link {
-    let defined_down = link_down_in(&xml.inactive);
+    let defined_down = xml.inactive.link_down();
     let Some(live) = &xml.live else {
         return if defined_down { Link::Down } else { Link::Up };
     };
-    match (link_down_in(live), defined_down) {
+    match (live.link_down(), defined_down) {
         (true, true) => Link::Down,
         (true, false) => Link::UpAtNextStart,
         (false, true) => Link::DownAtNextStart,
         (false, false) => Link::Up,
     }
-}
-
-/// libvirt writes a NIC whose link is down as `<link state='down'/>`.
-pub(super) fn link_down_in(domain_xml: &str) -> bool {
-    domain_xml.contains("<link state='down'/>")
 }
 
 /// Definitions of the traffic filters tried at start before they count as
@@ -145,7 +138,7 @@ impl Driver {
         disk_volume: &str,
     ) -> Result<Domain, AgentError> {
         let up = spec.link_up();
-        let defined_down = link_down_in(&domain.xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?);
+        let defined_down = read_definition(&domain)?.link_down();
         let domain = if defined_down == up {
             let uuid = domain.uuid_string()?;
             let domain = self.define(name, spec, disk_volume, Some(uuid))?;
@@ -154,7 +147,7 @@ impl Driver {
         } else {
             domain
         };
-        if !domain.is_active()? || link_down_in(&domain.xml_desc(0)?) != up {
+        if !domain.is_active()? || read_running(&domain)?.link_down() != up {
             return Ok(domain);
         }
         let nic = &self.definition(name, spec, disk_volume)?.interfaces[0];

@@ -28,11 +28,11 @@ mod power;
 
 pub(crate) use disks::wipe;
 pub use disks::{overwrite_data_extents, release_zero_runs};
-pub(crate) use domains::account_of;
 use domains::{
-    DomainXml, defined_disk_generation, defined_in_rescue, defined_mac, defined_with_volume,
-    domain_agent, domain_resources, resized,
+    DomainXml, defined_disk_generation, defined_in_rescue, defined_with_volume, domain_agent,
+    domain_resources, read_definition, resized,
 };
+pub(crate) use domains::{account_of, read_running};
 use filters::{install_filters, observe_link};
 pub(crate) use power::map_state;
 
@@ -197,14 +197,8 @@ pub(crate) fn fits(available_bytes: u64, needed_gib: u64) -> bool {
 /// (`kvm` on a host without usable virtualization is refused here, at
 /// start, rather than by every guest's start).
 fn check_domain_type(capabilities: &str, wanted: &str) -> Result<(), AgentError> {
-    let mut offered: Vec<&str> = capabilities
-        .split("<domain type='")
-        .skip(1)
-        .filter_map(|rest| rest.split('\'').next())
-        .collect();
-    offered.sort_unstable();
-    offered.dedup();
-    if offered.contains(&wanted) {
+    let offered = xml::domain_types_offered(capabilities)?;
+    if offered.iter().any(|offered| offered == wanted) {
         return Ok(());
     }
     Err(AgentError::DomainType {
@@ -508,7 +502,9 @@ impl Driver {
             .as_ref()
             .map(|xml| self.observe_data_disks(xml))
             .unwrap_or_default();
-        let mac_address = xml.as_ref().and_then(|xml| defined_mac(&xml.inactive));
+        let mac_address = xml
+            .as_ref()
+            .and_then(|xml| xml.inactive.mac().map(str::to_owned));
         let guest_failure = match (&self.config.console_dir, state) {
             (Some(dir), Some(DomainState::Running)) => {
                 let path = crate::seed::console_log(dir, name);
@@ -732,17 +728,11 @@ impl Driver {
     pub(crate) fn domain_using(&self, volume: &str) -> Result<Option<String>, AgentError> {
         // This agent's pool: agents sharing a daemon have volumes of one
         // name (the two copies of a subscription) in their own pools.
-        let needle = format!(
-            "pool='{}' volume='{}'",
-            xml::escape(&self.config.pool),
-            xml::escape(volume)
-        );
+        let pool = &self.config.pool;
         for domain in self.conn.list_all_domains(0)? {
-            let mut uses = domain
-                .xml_desc(virt::sys::VIR_DOMAIN_XML_INACTIVE)?
-                .contains(&needle);
+            let mut uses = read_definition(&domain)?.plugged(pool, volume).is_some();
             if !uses && domain.is_active()? {
-                uses = domain.xml_desc(0)?.contains(&needle);
+                uses = read_running(&domain)?.plugged(pool, volume).is_some();
             }
             if uses {
                 return Ok(Some(domain.name()?));
@@ -962,8 +952,8 @@ mod tests {
 
     #[test]
     fn the_domain_type_must_be_offered_by_the_host() {
-        let caps = "<guest><arch name='x86_64'><domain type='qemu'/></arch></guest>\
-                    <guest><arch name='i686'><domain type='qemu'/></arch></guest>";
+        let caps = "<capabilities><guest><arch name='x86_64'><domain type='qemu'/></arch></guest>\
+                    <guest><arch name='i686'><domain type='qemu'/></arch></guest></capabilities>";
         check_domain_type(caps, "qemu").unwrap();
         let error = check_domain_type(caps, "kvm").unwrap_err().to_string();
         assert!(

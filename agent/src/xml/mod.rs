@@ -10,6 +10,12 @@ use stratus_core::agent_api::{DataDisk, DomainSpec, KernelBoot};
 
 use crate::error::AgentError;
 
+mod described;
+pub use described::{
+    DefinedDataDisk, DescribedDisk, DescribedInterface, DomainDescription, PluggedDisk,
+    domain_types_offered, metadata_agent, pool_path, volume_is_luks,
+};
+
 /// One XML element: a name, attributes in order, and children.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Element {
@@ -188,108 +194,6 @@ impl Disk {
     }
 }
 
-/// A data disk as a domain's XML has it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DefinedDataDisk {
-    pub serial: String,
-    pub target: String,
-    pub volume: Option<String>,
-}
-
-/// The value of attribute `name` (either quote) of the first `<element …>`
-/// in `text`.
-fn element_attribute<'t>(text: &'t str, element: &str, name: &str) -> Option<&'t str> {
-    let open = format!("<{element} ");
-    let start = text.find(&open)? + open.len() - 1;
-    let rest = &text[start..];
-    attribute(&rest[..rest.find('>')?], name)
-}
-
-/// The value of ` name='…'` (or `"…"`) in `text`.
-fn attribute<'t>(text: &'t str, name: &str) -> Option<&'t str> {
-    let start = text.find(&format!(" {name}="))? + name.len() + 2;
-    let quote = text[start..].chars().next()?;
-    if quote != '\'' && quote != '"' {
-        return None;
-    }
-    let rest = &text[start + 1..];
-    Some(&rest[..rest.find(quote)?])
-}
-
-/// The data disks (disks whose serial is a storage subscription's id) of a
-/// domain's XML; other disks are not the agent's to attach or detach.
-pub fn data_disks_in(domain_xml: &str) -> Vec<DefinedDataDisk> {
-    domain_xml
-        .split("<disk ")
-        .skip(1)
-        .filter_map(|rest| {
-            let block = &rest[..rest.find("</disk>")?];
-            let serial = block.split_once("<serial>")?.1.split_once("</serial>")?.0;
-            let serial = unescape(serial);
-            if !stratus_core::agent_api::is_storage_serial(&serial) {
-                return None;
-            }
-            Some(DefinedDataDisk {
-                serial,
-                target: unescape(element_attribute(block, "target", "dev")?),
-                volume: element_attribute(block, "source", "volume").map(unescape),
-            })
-        })
-        .collect()
-}
-
-/// A disk of a running domain, as its live XML says.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluggedDisk {
-    /// Its device name (`vdb`).
-    pub target: String,
-    /// Opened by QEMU with a key (LUKS): QEMU reads it decrypted.
-    pub encrypted: bool,
-}
-
-/// The disk of `domain_xml` whose source is `volume` of `pool`, if any.
-pub fn plugged_disk(domain_xml: &str, pool: &str, volume: &str) -> Option<PluggedDisk> {
-    domain_xml.split("<disk ").skip(1).find_map(|rest| {
-        let block = &rest[..rest.find("</disk>")?];
-        let source_volume = element_attribute(block, "source", "volume").map(unescape)?;
-        let source_pool = element_attribute(block, "source", "pool").map(unescape)?;
-        if source_volume != volume || source_pool != pool {
-            return None;
-        }
-        Some(PluggedDisk {
-            target: unescape(element_attribute(block, "target", "dev")?),
-            encrypted: block.contains("<encryption"),
-        })
-    })
-}
-
-/// The volumes of a domain's disks (not its CD-ROMs) as its XML has them.
-pub fn disk_volumes_in(domain_xml: &str) -> Vec<String> {
-    domain_xml
-        .split("<disk ")
-        .skip(1)
-        .filter_map(|rest| {
-            let block = &rest[..rest.find("</disk>")?];
-            if !block.contains("device='disk'") && !block.contains("device=\"disk\"") {
-                return None;
-            }
-            element_attribute(block, "source", "volume").map(unescape)
-        })
-        .collect()
-}
-
-/// Every disk device name (`dev='…'` of a `<target>`) in a domain's XML.
-pub fn disk_targets_in(domain_xml: &str) -> Vec<String> {
-    domain_xml
-        .split("<disk ")
-        .skip(1)
-        .filter_map(|rest| {
-            let block = &rest[..rest.find("</disk>")?];
-            element_attribute(block, "target", "dev").map(unescape)
-        })
-        .collect()
-}
-
 /// The serial of the system disk in rescue mode.
 pub const SYSTEM_DISK_SERIAL: &str = "stratus-system";
 
@@ -446,27 +350,6 @@ pub struct Domain {
 
 /// Namespace of the metadata stratus keeps in each domain it defines.
 pub const METADATA_NAMESPACE: &str = "https://stratus.dev/xmlns/domain/1";
-
-/// The agent a domain's stratus metadata (`<stratus:server … agent='…'/>`)
-/// names, if any.
-pub fn metadata_agent(metadata: &str) -> Option<String> {
-    let start = metadata.find(" agent=")? + " agent=".len();
-    let quote = metadata[start..].chars().next()?;
-    if quote != '\'' && quote != '"' {
-        return None;
-    }
-    let rest = &metadata[start + 1..];
-    let end = rest.find(quote)?;
-    Some(unescape(&rest[..end]))
-}
-
-fn unescape(text: &str) -> String {
-    text.replace("&apos;", "'")
-        .replace("&quot;", "\"")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
 
 impl Domain {
     pub fn element(&self) -> Element {
@@ -869,19 +752,6 @@ pub fn volume_secret(path: &str) -> String {
         .render()
 }
 
-/// The directory of a pool, from its XML.
-pub fn pool_path(pool_xml: &str) -> Result<String, AgentError> {
-    let target = pool_xml
-        .split_once("<target>")
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| AgentError::BadRequest("the pool has no target".into()))?;
-    target
-        .split_once("<path>")
-        .and_then(|(_, rest)| rest.split_once("</path>"))
-        .map(|(path, _)| unescape(path))
-        .ok_or_else(|| AgentError::BadRequest("the pool has no directory".into()))
-}
-
 /// An empty qcow2 image volume (used to seed simulated hypervisors).
 pub fn image_volume(name: &str, capacity_gib: u64) -> String {
     volume(name, capacity_gib).render()
@@ -902,25 +772,24 @@ mod tests {
             <disk type='volume' device='disk'><source pool='default' volume='stratus-acc.st-1-store-v5.raw'/><target dev='vdb' bus='virtio'/><serial>st-1</serial></disk>\
             <disk type='volume' device='disk'><source pool='default' volume='stratus-acc.st-2-store-v7.raw'><encryption format='luks'><secret type='passphrase' uuid='u'/></encryption></source><target dev='vdd' bus='virtio'/></disk>\
             </devices></domain>";
+        let live = DomainDescription::parse(live).unwrap();
         assert_eq!(
-            plugged_disk(live, "default", "stratus-acc.st-1-store-v5.raw"),
+            live.plugged("default", "stratus-acc.st-1-store-v5.raw"),
             Some(PluggedDisk {
                 target: "vdb".into(),
                 encrypted: false
             })
         );
         assert_eq!(
-            plugged_disk(live, "default", "stratus-acc.st-2-store-v7.raw").map(|d| d.encrypted),
+            live.plugged("default", "stratus-acc.st-2-store-v7.raw")
+                .map(|d| d.encrypted),
             Some(true)
         );
-        assert_eq!(
-            plugged_disk(live, "third", "stratus-acc.st-1-store-v5.raw"),
-            None
-        );
+        assert_eq!(live.plugged("third", "stratus-acc.st-1-store-v5.raw"), None);
         let backup = push_backup(
             "vdb",
             "/pool/stratus-acc.st-1-store-v9.raw",
-            &disk_targets_in(live),
+            &live.targets(),
         );
         assert!(
             backup.starts_with("<domainbackup mode=\"push\">")
@@ -1016,8 +885,11 @@ mod tests {
             "<target dev='vda' bus='virtio'/>",
             "<target dev='vda' bus='virtio'/><serial>boot</serial>",
         );
-        foreign.push_str("<disk type='file'><target dev='vdz'/><serial>st-1</serial></disk>");
-        let defined = data_disks_in(&foreign);
+        foreign = foreign.replace(
+            "</devices>",
+            "<disk type='file'><target dev='vdz'/><serial>st-1</serial></disk></devices>",
+        );
+        let defined = DomainDescription::parse(&foreign).unwrap().data_disks();
         assert_eq!(
             defined,
             vec![
@@ -1058,22 +930,16 @@ mod tests {
             ..placement()
         };
         let xml = domain("stratus-vs-1", &spec(), &placed).unwrap().render();
-        let metadata = xml
-            .lines()
-            .find(|line| line.contains("<stratus:server"))
+        let document = roxmltree::Document::parse(&xml).unwrap();
+        let server = document
+            .descendants()
+            .find(|n| n.tag_name().namespace() == Some(METADATA_NAMESPACE))
             .unwrap();
-        assert_eq!(metadata_agent(metadata).as_deref(), Some("hv-a"), "{xml}");
-        // As libvirt gives it back, with either quote.
-        assert_eq!(
-            metadata_agent(r#"<stratus:server xmlns:stratus="https://stratus.dev/xmlns/domain/1" hostname="a" agent="hv-b"/>"#)
-                .as_deref(),
-            Some("hv-b")
-        );
+        assert_eq!(server.attribute("agent"), Some("hv-a"), "{xml}");
         let unmarked = domain("stratus-vs-1", &spec(), &placement())
             .unwrap()
             .render();
         assert!(!unmarked.contains(" agent="), "{unmarked}");
-        assert_eq!(metadata_agent("<stratus:server hostname='x'/>"), None);
     }
 
     #[test]
