@@ -2259,6 +2259,61 @@ async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_wit
         "{text}"
     );
 
+    // Rebuilt: a new guest on a fresh system disk, so the key went with
+    // the old one and the disk waits for it again (as after a resize or a
+    // rescue: each starts the guest anew); given, the data disk comes back
+    // with what was written before the rebuild.
+    let boots = console(&customer, &server)
+        .await
+        .matches("stratus-tiny: ready")
+        .count();
+    let started = Instant::now();
+    let (status, asked) = customer
+        .post(
+            &format!("/v1/servers/{server}/actions"),
+            json!({"type": "rebuild", "image": "tiny", "user_data": luks_user_data()}),
+        )
+        .await;
+    assert_eq!(status, 202, "{asked}");
+    customer
+        .wait_until(
+            &format!("/v1/servers/{server}"),
+            "the rebuild did not finish",
+            BOOT * 2,
+            |s| s["action"]["state"] == "done" && s["status"] == "running",
+        )
+        .await;
+    let waiting = customer
+        .wait_until(
+            &path,
+            "the LUKS disk did not ask for its key after the rebuild",
+            BOOT,
+            |s| {
+                s["conditions"].as_array().is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c["type"] == "Attached" && c["reason"] == "KeyRequired")
+                })
+            },
+        )
+        .await;
+    assert_eq!(waiting["attached"], false, "{waiting}");
+    wait_console(&customer, &server, "stratus-tiny: ready", boots + 1).await;
+    let (status, body) = attach_with_key(&customer, &path, &server, Some(LUKS_KEY)).await;
+    assert_eq!(status, 202, "{body}");
+    let text = wait_console(&customer, &server, "LUKS-DISK-WRITTEN-1", 3).await;
+    // The console is the log's tail: the rebuilt guest's lines follow its
+    // last boot's readiness.
+    let rebuilt_boot = text.rfind("stratus-tiny: ready").unwrap();
+    assert!(
+        text[rebuilt_boot..].contains(&format!("LUKS-DISK-BEFORE-1 {LUKS_PLAINTEXT}")),
+        "the rebuilt guest reads what was written before: {text}"
+    );
+    println!(
+        "luks storage: rebuilt and attached again with its key in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
     // Detached: what the guest wrote reaches both copies as ciphertext.
     let before = admin.get(&path).await.1;
     let (status, body) = customer

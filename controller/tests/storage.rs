@@ -1093,36 +1093,14 @@ async fn r24_a_copy_lost_whole_is_rebuilt_from_the_other_and_reported() {
     );
 }
 
-#[tokio::test]
-async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() {
+/// LUKS storage st-1 (zones a and b), formatted with its key, attached
+/// with that key to vs-1 running on a1: its key and content version.
+async fn luks_disk_attached_with_its_key(
+    h: &Harness,
+    reconciler: &StorageReconciler,
+) -> (stratus_core::agent_api::VolumeKey, u64) {
     use stratus_controller::AgentClient;
     use stratus_core::agent_api::{LuksFormat, VolumeKey, VolumeUnlock};
-    use stratus_core::notices::{Notifications, Webhook};
-    use stratus_store::ledger::DeliveryState;
-    let h = harness().await;
-    let accounts = Resources::<Account>::new(h.store.clone());
-    accounts
-        .create(&fixtures::account(NS).build())
-        .await
-        .unwrap();
-    let channels = Notifications {
-        webhook: Some(Webhook {
-            url: "https://hooks.example.net/notices".into(),
-            secret_file: "/nonexistent".into(),
-        }),
-        ..Notifications::default()
-    };
-    let reconciler = StorageReconciler::new(
-        h.ctx.clone(),
-        h.storage.clone(),
-        h.servers.clone(),
-        Scheduling::shared(),
-        Policy::default().storage,
-    )
-    .notifying(
-        stratus_controller::notifier::Outbox::new(&channels),
-        accounts,
-    );
     let storage_key = ObjectKey::new(Some(NS), "st-1");
     h.add_hypervisor("a1", "a", 8, 16384).await;
     h.add_hypervisor("b1", "b", 8, 16384).await;
@@ -1180,7 +1158,7 @@ async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() 
         )
         .await
         .unwrap();
-    attach(&h, Some("vs-1")).await;
+    attach(h, Some("vs-1")).await;
     reconciler.reconcile(&storage_key).await.unwrap();
     assert!(h.storage_status("st-1").await.key_loaded);
     h.reconcile("vs-1").await.unwrap();
@@ -1188,6 +1166,128 @@ async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() 
     reconciler.reconcile(&storage_key).await.unwrap();
     let status = h.storage_status("st-1").await;
     assert_eq!(attached_condition(&status), (true, "DiskAttached".into()));
+    (key, version)
+}
+
+/// Gives the LUKS disk of `luks_disk_attached_with_its_key` its key again
+/// and sees it plugged into vs-1.
+async fn give_the_key_again(h: &Harness, key: &stratus_core::agent_api::VolumeKey, version: u64) {
+    use stratus_controller::AgentClient;
+    h.sim
+        .unlock_version(
+            &h.agent("a1"),
+            STORAGE,
+            version,
+            &stratus_core::agent_api::VolumeUnlock { key: key.clone() },
+        )
+        .await
+        .unwrap();
+    h.reconcile_storage("st-1").await.unwrap();
+    h.reconcile("vs-1").await.unwrap();
+    assert_eq!(h.status("vs-1").await.attached_storage, ["st-1"]);
+    h.reconcile_storage("st-1").await.unwrap();
+    let status = h.storage_status("st-1").await;
+    assert_eq!(attached_condition(&status), (true, "DiskAttached".into()));
+}
+
+/// R25 across the day-2 actions: a resize, a rebuild and a move into and
+/// out of rescue mode each start the guest again, so the key goes with the
+/// old guest and the disk waits for it, as after a stop and a start.
+#[tokio::test]
+async fn r25_a_luks_disk_asks_for_its_key_again_after_a_resize_a_rebuild_and_rescue() {
+    let h = harness().await;
+    let reconciler = h.storage_reconciler.clone();
+    let (key, version) = luks_disk_attached_with_its_key(&h, &reconciler).await;
+    h.sim.add_image("a1", "alma-9.qcow2");
+    type Edit = fn(&mut VirtualServerSpec);
+    let actions: [(&str, Edit); 4] = [
+        ("resize", |spec| {
+            spec.plan = "medium".into();
+            spec.resources = stratus_core::resources::ServerResources {
+                vcpus: 2,
+                memory_mib: 4096,
+                disk_gib: 50,
+            };
+        }),
+        ("rebuild", |spec| {
+            spec.rebuild = Some(stratus_core::resources::RebuildRequest {
+                image: "alma-9".into(),
+                snapshot: None,
+                instance_generation: None,
+                generation: 1,
+                ssh_keys: None,
+                user_data: None,
+            })
+        }),
+        ("enable rescue", |spec| {
+            spec.rescue = Some(stratus_core::resources::RescueRequest::default())
+        }),
+        ("disable rescue", |spec| spec.rescue = None),
+    ];
+    for (action, edit) in actions {
+        h.edit("vs-1", edit).await;
+        for _ in 0..4 {
+            h.reconcile("vs-1").await.unwrap();
+            h.clock.advance(jiff::SignedDuration::from_secs(120));
+        }
+        let status = h.status("vs-1").await;
+        assert_eq!(status.phase, ServerPhase::Running, "{action}: {status:?}");
+        assert!(
+            status.resize.is_none() && status.rebuild.is_none() && status.rescue_change.is_none(),
+            "{action} did not finish: {status:?}"
+        );
+        assert!(status.attached_storage.is_empty(), "{action}: {status:?}");
+        h.reconcile_storage("st-1").await.unwrap();
+        let storage = h.storage_status("st-1").await;
+        assert_eq!(
+            attached_condition(&storage),
+            (false, "KeyRequired".into()),
+            "{action}: {storage:?}"
+        );
+        assert!(!storage.key_loaded, "{action}");
+        give_the_key_again(&h, &key, version).await;
+    }
+    let status = h.status("vs-1").await;
+    assert_eq!(
+        status.applied.as_ref().map(|a| a.plan.as_str()),
+        Some("medium")
+    );
+    assert_eq!(status.image.as_deref(), Some("alma-9"));
+    assert!(status.rescue.is_none());
+}
+
+#[tokio::test]
+async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() {
+    use stratus_controller::AgentClient;
+    use stratus_core::agent_api::VolumeUnlock;
+    use stratus_core::notices::{Notifications, Webhook};
+    use stratus_store::ledger::DeliveryState;
+    let h = harness().await;
+    let accounts = Resources::<Account>::new(h.store.clone());
+    accounts
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    let channels = Notifications {
+        webhook: Some(Webhook {
+            url: "https://hooks.example.net/notices".into(),
+            secret_file: "/nonexistent".into(),
+        }),
+        ..Notifications::default()
+    };
+    let reconciler = StorageReconciler::new(
+        h.ctx.clone(),
+        h.storage.clone(),
+        h.servers.clone(),
+        Scheduling::shared(),
+        Policy::default().storage,
+    )
+    .notifying(
+        stratus_controller::notifier::Outbox::new(&channels),
+        accounts,
+    );
+    let storage_key = ObjectKey::new(Some(NS), "st-1");
+    let (key, version) = luks_disk_attached_with_its_key(&h, &reconciler).await;
 
     // Stopped and started again: its key went with the guest, the server
     // runs without the disk, and the customer is asked for the key once.
