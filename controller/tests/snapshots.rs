@@ -176,6 +176,46 @@ async fn r18_a_snapshot_copies_the_disk_into_two_zones_and_a_restore_brings_it_b
     }
 }
 
+/// A backup outlives the loss of the copy on its server's hypervisor: a
+/// restore asked meanwhile waits, the copy is made again from the other
+/// zone once the loss is confirmed, and the restore brings the data back.
+#[tokio::test]
+async fn r18_a_snapshot_whose_hypervisors_copy_is_lost_is_made_again_and_restores() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    h.sim.write_disk("a1", DOMAIN, b"marker A");
+    take_snapshot(&h, "st-5", "vs-1").await;
+    settle(&h, "st-5").await;
+    h.sim.write_disk("a1", DOMAIN, b"marker B");
+
+    h.sim.lose_volume("a1", SNAPSHOT_COPY);
+    h.edit("vs-1", |spec| ask_restore(spec, "st-5", 1)).await;
+    let _ = h.reconcile("vs-1").await;
+    let status = h.status("vs-1").await;
+    assert!(
+        status.rebuild.is_some(),
+        "the restore waits for its snapshot: {status:?}"
+    );
+    assert_eq!(h.sim.disk_of("a1", DOMAIN).unwrap().content, b"marker B");
+
+    h.confirm_storage_loss("st-5").await;
+    settle(&h, "st-5").await;
+    let repaired = h.storage_status("st-5").await;
+    assert!(repaired.replicas_in_sync, "{repaired:?}");
+    assert_eq!(repaired.repairs, 1, "{repaired:?}");
+    assert_eq!(h.sim.versions("a1", SNAPSHOT_COPY)[&TAKEN_AT], b"marker A");
+
+    for _ in 0..3 {
+        if h.reconcile("vs-1").await.is_ok() && h.status("vs-1").await.rebuild.is_none() {
+            break;
+        }
+    }
+    let status = h.status("vs-1").await;
+    assert_eq!(status.rebuild, None, "{status:?}");
+    assert_eq!(status.phase, ServerPhase::Running);
+    assert_eq!(h.sim.disk_of("a1", DOMAIN).unwrap().content, b"marker A");
+}
+
 #[tokio::test]
 async fn r18_deleting_a_snapshot_withdraws_a_restore_not_made_from_it_and_waits_for_it() {
     let h = harness().await;
