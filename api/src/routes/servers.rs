@@ -9,7 +9,8 @@ use stratus_core::cloud_init;
 use stratus_core::ids::{AccountId, ServerId, StorageId};
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
-    PowerState, RebuildRequest, RescueRequest, ServerPhase, VirtualServer, VirtualServerSpec,
+    PowerState, RebuildRequest, RescueRequest, ServerPhase, SnapshotOf, StorageReplica,
+    StorageSubscription, VirtualServer, VirtualServerSpec,
 };
 use stratus_core::standing::Suspension;
 use stratus_core::validate;
@@ -177,45 +178,80 @@ struct OrderableSnapshot {
     zone: String,
 }
 
-/// The snapshot `raw` of the account, if a server of `plan` can start from
-/// it: ready, not held or being deleted, no bigger than the plan's disk.
-async fn orderable_snapshot(
+/// A snapshot of the account a server's disk can be made from, for an
+/// order or a restore (`for_what` ends the refusal of one not ready):
+/// refused naming `snapshot` when unknown (`listed_at` says where the
+/// account's are listed), being deleted, held with its server (evidence of
+/// an abuse termination or a legal hold is put back on no server), or not
+/// ready.
+async fn usable_snapshot(
     state: &ApiState,
-    account_id: &AccountId,
+    namespace: Option<&str>,
     raw: &str,
-    plan: &stratus_core::config::Plan,
-) -> Result<OrderableSnapshot, ApiError> {
+    listed_at: &str,
+    for_what: &str,
+) -> Result<(StorageId, StorageSubscription, SnapshotOf), ApiError> {
     let not_one = || {
         ApiError::invalid(
             "snapshot",
-            format!("no snapshot {raw:?} of this account; see GET /v1/snapshots"),
+            format!("no snapshot {raw:?} of this account; see GET {listed_at}"),
         )
     };
     let id = StorageId::parse(raw).ok_or_else(not_one)?;
-    let found = state
+    let snapshot = state
         .storage
-        .get(Some(account_id.as_str()), id.as_str())
+        .get(namespace, id.as_str())
         .await?
-        .filter(|s| s.spec.snapshot_of.is_some() && s.metadata.deletion_timestamp.is_none())
         .ok_or_else(not_one)?;
-    if let Some(held) = found.spec.held() {
+    let of = snapshot.spec.snapshot_of.clone().ok_or_else(not_one)?;
+    if snapshot.metadata.deletion_timestamp.is_some() {
+        return Err(ApiError::invalid(
+            "snapshot",
+            format!("snapshot {id} is being deleted"),
+        ));
+    }
+    if let Some(held) = snapshot.spec.held() {
         return Err(ApiError::invalid(
             "snapshot",
             format!("snapshot {id} is {held}"),
         ));
     }
     let (state_now, reason) =
-        stratus_core::storage::snapshot_state(&found.spec, found.status.as_ref());
+        stratus_core::storage::snapshot_state(&snapshot.spec, snapshot.status.as_ref());
     if state_now != stratus_core::storage::SnapshotState::Ready {
         return Err(ApiError::invalid(
             "snapshot",
             format!(
-                "snapshot {id} is {}{}: a server starts only from a ready one",
+                "snapshot {id} is {}{}: {for_what}",
                 state_now.api_name(),
                 reason.map(|r| format!(" ({r})")).unwrap_or_default()
             ),
         ));
     }
+    Ok((id, snapshot, of))
+}
+
+/// The replica holding a ready snapshot's primary copy.
+fn primary_copy(snapshot: &StorageSubscription) -> Option<&StorageReplica> {
+    snapshot.status.as_ref()?.replicas.first()
+}
+
+/// The snapshot `raw` of the account, if a server of `plan` can start from
+/// it: usable, no bigger than the plan's disk.
+async fn orderable_snapshot(
+    state: &ApiState,
+    account_id: &AccountId,
+    raw: &str,
+    plan: &stratus_core::config::Plan,
+) -> Result<OrderableSnapshot, ApiError> {
+    let (id, found, of) = usable_snapshot(
+        state,
+        Some(account_id.as_str()),
+        raw,
+        "/v1/snapshots",
+        "a server starts only from a ready one",
+    )
+    .await?;
     if found.spec.size_gib > plan.disk_gib {
         return Err(ApiError::invalid(
             "plan",
@@ -225,20 +261,17 @@ async fn orderable_snapshot(
             ),
         ));
     }
-    let zone = found
-        .status
-        .as_ref()
-        .and_then(|s| s.replicas.first())
+    let zone = primary_copy(&found)
         .map(|r| r.zone.clone())
-        .ok_or_else(not_one)?;
+        .ok_or_else(|| {
+            ApiError::invalid(
+                "snapshot",
+                format!("snapshot {id} has no copy to start from"),
+            )
+        })?;
     Ok(OrderableSnapshot {
         id: id.to_string(),
-        image: found
-            .spec
-            .snapshot_of
-            .as_ref()
-            .map(|of| of.image.clone())
-            .unwrap_or_default(),
+        image: of.image,
         zone,
     })
 }
@@ -1071,55 +1104,15 @@ async fn restore_server(
         ));
     }
     let namespace = server.namespace();
-    let not_one = || {
-        ApiError::invalid(
-            "snapshot",
-            format!(
-                "no snapshot {snapshot_id:?} of this account; see GET /v1/servers/{{id}}/snapshots"
-            ),
-        )
-    };
-    let id = StorageId::parse(snapshot_id).ok_or_else(not_one)?;
-    let snapshot = state
-        .storage
-        .get(namespace.as_deref(), id.as_str())
-        .await?
-        .filter(|s| s.spec.snapshot_of.is_some())
-        .ok_or_else(not_one)?;
-    let Some(of) = snapshot.spec.snapshot_of.clone() else {
-        return Err(not_one());
-    };
-    if snapshot.metadata.deletion_timestamp.is_some() {
-        return Err(ApiError::invalid(
-            "snapshot",
-            format!("snapshot {id} is being deleted"),
-        ));
-    }
-    // Held with its server (an abuse termination, a legal hold): its
-    // content is not put back on any server.
-    if let Some(held) = snapshot.spec.held() {
-        return Err(ApiError::invalid(
-            "snapshot",
-            format!("snapshot {id} is {held}"),
-        ));
-    }
-    let (ready, reason) =
-        stratus_core::storage::snapshot_state(&snapshot.spec, snapshot.status.as_ref());
-    if ready != stratus_core::storage::SnapshotState::Ready {
-        return Err(ApiError::invalid(
-            "snapshot",
-            format!(
-                "snapshot {id} is {}{}: only a ready one is restored",
-                ready.api_name(),
-                reason.map(|r| format!(" ({r})")).unwrap_or_default()
-            ),
-        ));
-    }
-    let kept_on = snapshot
-        .status
-        .as_ref()
-        .and_then(|s| s.replicas.first())
-        .map(|r| r.hypervisor.clone());
+    let (id, snapshot, of) = usable_snapshot(
+        state,
+        namespace.as_deref(),
+        snapshot_id,
+        "/v1/servers/{id}/snapshots",
+        "only a ready one is restored",
+    )
+    .await?;
+    let kept_on = primary_copy(&snapshot).map(|r| r.hypervisor.clone());
     if kept_on.is_none() || kept_on != status.hypervisor {
         return Err(ApiError::invalid(
             "snapshot",
