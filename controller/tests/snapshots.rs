@@ -176,17 +176,23 @@ async fn r18_a_snapshot_copies_the_disk_into_two_zones_and_a_restore_brings_it_b
     }
 }
 
+/// vs-1 running on a1 wrote marker A, was snapshotted as st-5 (ready in
+/// zones a and b), then wrote marker B.
+async fn snapshot_of_marker_a_then_b_written(h: &Harness) {
+    running_server_in_zone_a(h).await;
+    h.sim.write_disk("a1", DOMAIN, b"marker A");
+    take_snapshot(h, "st-5", "vs-1").await;
+    settle(h, "st-5").await;
+    h.sim.write_disk("a1", DOMAIN, b"marker B");
+}
+
 /// A backup outlives the loss of the copy on its server's hypervisor: a
 /// restore asked meanwhile waits, the copy is made again from the other
 /// zone once the loss is confirmed, and the restore brings the data back.
 #[tokio::test]
 async fn r18_a_snapshot_whose_hypervisors_copy_is_lost_is_made_again_and_restores() {
     let h = harness().await;
-    running_server_in_zone_a(&h).await;
-    h.sim.write_disk("a1", DOMAIN, b"marker A");
-    take_snapshot(&h, "st-5", "vs-1").await;
-    settle(&h, "st-5").await;
-    h.sim.write_disk("a1", DOMAIN, b"marker B");
+    snapshot_of_marker_a_then_b_written(&h).await;
 
     h.sim.lose_volume("a1", SNAPSHOT_COPY);
     h.edit("vs-1", |spec| ask_restore(spec, "st-5", 1)).await;
@@ -219,11 +225,7 @@ async fn r18_a_snapshot_whose_hypervisors_copy_is_lost_is_made_again_and_restore
 #[tokio::test]
 async fn r18_deleting_a_snapshot_withdraws_a_restore_not_made_from_it_and_waits_for_it() {
     let h = harness().await;
-    running_server_in_zone_a(&h).await;
-    h.sim.write_disk("a1", DOMAIN, b"marker A");
-    take_snapshot(&h, "st-5", "vs-1").await;
-    settle(&h, "st-5").await;
-    h.sim.write_disk("a1", DOMAIN, b"marker B");
+    snapshot_of_marker_a_then_b_written(&h).await;
     h.edit("vs-1", |spec| ask_restore(spec, "st-5", 1)).await;
 
     // Deleted after the restore was asked: its copies are not wiped while

@@ -692,11 +692,10 @@ async fn r26_a_restore_brings_a_kept_version_back_on_both_copies() {
     );
 }
 
-#[tokio::test]
-async fn r26_the_customer_is_told_of_a_repaired_copy_once() {
+/// A storage reconciler that tells the account's customer (webhook) what
+/// happened to its storage, the account created.
+async fn notifying_storage_reconciler(h: &Harness) -> StorageReconciler {
     use stratus_core::notices::{Notifications, Webhook};
-    use stratus_store::ledger::DeliveryState;
-    let h = harness().await;
     let accounts = Resources::<Account>::new(h.store.clone());
     accounts
         .create(&fixtures::account(NS).build())
@@ -709,7 +708,7 @@ async fn r26_the_customer_is_told_of_a_repaired_copy_once() {
         }),
         ..Notifications::default()
     };
-    let reconciler = StorageReconciler::new(
+    StorageReconciler::new(
         h.ctx.clone(),
         h.storage.clone(),
         h.servers.clone(),
@@ -719,7 +718,14 @@ async fn r26_the_customer_is_told_of_a_repaired_copy_once() {
     .notifying(
         stratus_controller::notifier::Outbox::new(&channels),
         accounts,
-    );
+    )
+}
+
+#[tokio::test]
+async fn r26_the_customer_is_told_of_a_repaired_copy_once() {
+    use stratus_store::ledger::DeliveryState;
+    let h = harness().await;
+    let reconciler = notifying_storage_reconciler(&h).await;
     let version = stored_and_in_sync(&h, b"ciphertext").await;
     h.sim.corrupt_version("b1", STORAGE, version);
     h.clock.advance(jiff::SignedDuration::from_hours(25));
@@ -1260,32 +1266,9 @@ async fn r25_a_luks_disk_asks_for_its_key_again_after_a_resize_a_rebuild_and_res
 async fn r25_a_luks_disk_without_its_key_waits_and_its_customer_is_asked_once() {
     use stratus_controller::AgentClient;
     use stratus_core::agent_api::VolumeUnlock;
-    use stratus_core::notices::{Notifications, Webhook};
     use stratus_store::ledger::DeliveryState;
     let h = harness().await;
-    let accounts = Resources::<Account>::new(h.store.clone());
-    accounts
-        .create(&fixtures::account(NS).build())
-        .await
-        .unwrap();
-    let channels = Notifications {
-        webhook: Some(Webhook {
-            url: "https://hooks.example.net/notices".into(),
-            secret_file: "/nonexistent".into(),
-        }),
-        ..Notifications::default()
-    };
-    let reconciler = StorageReconciler::new(
-        h.ctx.clone(),
-        h.storage.clone(),
-        h.servers.clone(),
-        Scheduling::shared(),
-        Policy::default().storage,
-    )
-    .notifying(
-        stratus_controller::notifier::Outbox::new(&channels),
-        accounts,
-    );
+    let reconciler = notifying_storage_reconciler(&h).await;
     let storage_key = ObjectKey::new(Some(NS), "st-1");
     let (key, version) = luks_disk_attached_with_its_key(&h, &reconciler).await;
 
