@@ -540,7 +540,21 @@ fn snap_seen(console: &str, n: usize) -> String {
         .to_owned()
 }
 
-/// Snapshots on a real guest (R18, R26): the disk of the running guest is
+/// The disk of the `small` plan, whole.
+const SMALL_DISK_BYTES: u64 = 4 << 30;
+
+/// The block `snapshot_user_data` writes its marker to, as a raw copy of
+/// the guest's disk holds it (read alone: the copy is several GiB).
+fn snapshot_marker(path: &Path) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut block = vec![0; 512];
+    std::fs::File::open(path)
+        .and_then(|f| f.read_exact_at(&mut block, 4096 * 512))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    block
+}
+
+/// Snapshots on a real guest (R18, R26): the 4 GiB disk of the running guest is
 /// copied without pausing it (a backup job) and kept in both zones; the
 /// copy on the server's hypervisor damaged on disk is repaired from the
 /// other zone; written over and restored, the guest finds the snapshot's
@@ -557,7 +571,7 @@ async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data
     let (status, order) = customer
         .post(
             "/v1/servers",
-            json!({"name": "snap1", "plan": "micro", "image": "tiny", "zone": "a",
+            json!({"name": "snap1", "plan": "small", "image": "tiny", "zone": "a",
                    "user_data": snapshot_user_data()}),
         )
         .await;
@@ -609,8 +623,14 @@ async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data
         Some(hypervisor.dir.join("pool-b").as_path())
     );
     for file in &files {
+        assert_eq!(
+            std::fs::metadata(file).unwrap().len(),
+            SMALL_DISK_BYTES,
+            "{} holds the whole disk",
+            file.display()
+        );
         assert!(
-            file_contains(file, b"SNAPSHOT-MARKER-A"),
+            snapshot_marker(file).starts_with(b"SNAPSHOT-MARKER-A"),
             "{} holds the disk as of the snapshot",
             file.display()
         );
@@ -626,6 +646,7 @@ async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data
         .clone();
     assert_eq!(captured["detail"]["method"], "backup", "{captured}");
     assert_eq!(captured["detail"]["guest_paused_ms"], 0, "{captured}");
+    assert_eq!(captured["detail"]["bytes"], SMALL_DISK_BYTES, "{captured}");
 
     // The guest writes B over A.
     action(&customer, &id, "reboot").await;
@@ -652,7 +673,7 @@ async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data
             },
         )
         .await;
-    assert!(file_contains(&files[0], b"SNAPSHOT-MARKER-A"));
+    assert!(snapshot_marker(&files[0]).starts_with(b"SNAPSHOT-MARKER-A"));
 
     // Restored: the guest finds A again, as the same instance.
     let started = Instant::now();
@@ -688,7 +709,7 @@ async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data
         "the restored system is the same cloud-init instance"
     );
     println!(
-        "snapshot of a running tiny guest ready in both zones: {:.1} s; restore to running again: {:.1} s",
+        "snapshot of a running tiny guest's 4 GiB disk ready in both zones: {:.1} s; restore to running again: {:.1} s",
         to_ready.as_secs_f64(),
         restored_in.as_secs_f64()
     );
