@@ -650,3 +650,118 @@ async fn r18_a_restore_fact_names_latest_or_a_copied_backup_of_its_server() {
         );
     }
 }
+
+/// An account keeping a month of daily backups of its servers has
+/// thousands: `GET /v1/snapshots` gives them a page at a time, oldest
+/// first, each once, its storage left out; bad paging names its parameter.
+#[tokio::test]
+async fn the_accounts_snapshots_are_listed_a_page_at_a_time_on_both_databases() {
+    use stratus_core::resources::{
+        SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec,
+    };
+    const TAKEN: u64 = 1_050;
+    for scratch in testing::both().await {
+        let label = scratch.label;
+        let api = api_on(scratch).await;
+        let (account, token) = api.customer("ACME").await;
+        let (other, _) = api.customer("Other").await;
+        let object = |id: u64, version: Option<u64>| {
+            let mut snapshot = StorageSubscription::new(
+                &format!("st-{id:016x}"),
+                StorageSubscriptionSpec {
+                    name: format!("backup-{id}"),
+                    size_gib: 1,
+                    zone: None,
+                    encryption: StorageEncryption::Client,
+                    content: None,
+                    restore_from: None,
+                    verify_requests: 0,
+                    keys_given: 0,
+                    attached_to: None,
+                    written_by_guest: None,
+                    suspension: None,
+                    termination: None,
+                    snapshot_of: version.map(|version| SnapshotOf {
+                        server: format!("vs-{:016x}", id % 35),
+                        image: "debian-12".into(),
+                        instance_generation: 0,
+                        version,
+                        backup: true,
+                    }),
+                },
+            );
+            snapshot.metadata.namespace = Some(account.clone());
+            snapshot
+        };
+        // Created in another order than taken; two taken in one millisecond.
+        for id in 1..=TAKEN {
+            let version = 1_765_000_000_000 + (id * 7919) % TAKEN;
+            api.state
+                .storage
+                .create(&object(id, Some(version.min(1_765_000_001_000))))
+                .await
+                .unwrap();
+        }
+        api.state
+            .storage
+            .create(&object(TAKEN + 1, None))
+            .await
+            .unwrap();
+
+        let mut seen: Vec<String> = Vec::new();
+        let mut cursor: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let path = match &cursor {
+                None => "/v1/snapshots?limit=500".to_owned(),
+                Some(cursor) => format!("/v1/snapshots?limit=500&cursor={cursor}"),
+            };
+            let page = api.call(Method::GET, &path, &token, None).await;
+            assert_eq!(page.status, StatusCode::OK, "{label}: {}", page.body);
+            pages += 1;
+            seen.extend(
+                page.body["items"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s["id"].as_str().unwrap().to_owned()),
+            );
+            match page.body["next_cursor"].as_str() {
+                Some(next) => cursor = Some(next.to_owned()),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 3, "{label}");
+        assert_eq!(seen.len() as u64, TAKEN, "{label}: each once, no storage");
+        let mut unique = seen.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len() as u64, TAKEN, "{label}");
+        let taken = |id: &str| {
+            let id = u64::from_str_radix(id.trim_start_matches("st-"), 16).unwrap();
+            (
+                (1_765_000_000_000 + (id * 7919) % TAKEN).min(1_765_000_001_000),
+                id,
+            )
+        };
+        assert!(
+            seen.windows(2).all(|w| taken(&w[0]) < taken(&w[1])),
+            "{label}: oldest first"
+        );
+
+        for (query, field) in [
+            ("limit=0", "limit"),
+            ("limit=501", "limit"),
+            (&format!("account={other}") as &str, "account"),
+        ] {
+            let refused = api
+                .call(Method::GET, &format!("/v1/snapshots?{query}"), &token, None)
+                .await;
+            assert_eq!(refused.status, StatusCode::BAD_REQUEST, "{label}: {query}");
+            assert_eq!(
+                refused.body["error"]["details"]["field"], field,
+                "{label}: {query}"
+            );
+        }
+    }
+}

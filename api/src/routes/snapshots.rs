@@ -5,7 +5,7 @@
 //! storage routes do not show it to customers.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use kube::ResourceExt;
@@ -22,11 +22,12 @@ use stratus_core::validate;
 use stratus_store::StoreError;
 use stratus_store::ledger::{AuditAction, AuditSubject};
 
-use super::customer_objects::{orderable_account, refuse_while_held_as_evidence};
+use super::customer_objects::{listed_namespace, orderable_account, refuse_while_held_as_evidence};
 use super::servers::{find_server, refuse_while_held, server_id};
 use crate::auth::Principal;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody};
+use crate::pagination::{Page, PageQuery, paginate};
 use crate::state::ApiState;
 use crate::views::{ServerView, SetBackups, SnapshotList, SnapshotView, TakeSnapshot};
 
@@ -230,15 +231,19 @@ pub async fn list_snapshots(
 }
 
 /// Lists the account's snapshots, of every server, those whose server was
-/// deleted too, oldest first.
-#[utoipa::path(get, path = "/v1/snapshots", tag = "servers",
-    responses((status = 200, body = SnapshotList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+/// deleted too, oldest first, a page at a time (an account keeping a
+/// month of daily backups of hundreds of servers has thousands).
+#[utoipa::path(get, path = "/v1/snapshots", tag = "servers", params(PageQuery),
+    responses((status = 200, body = Page<SnapshotView>), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody)))]
 pub async fn list_account_snapshots(
     principal: Principal,
     State(state): State<ApiState>,
-) -> Result<Json<SnapshotList>, ApiError> {
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Page<SnapshotView>>, ApiError> {
     let account = principal.account()?.clone();
-    let mut found: Vec<StorageSubscription> = state
+    listed_namespace(&principal, &query)?;
+    let found: Vec<StorageSubscription> = state
         .storage
         .list(Some(account.as_str()))
         .await?
@@ -246,9 +251,14 @@ pub async fn list_account_snapshots(
         .into_iter()
         .filter(|s| s.spec.snapshot_of.is_some())
         .collect();
-    found.sort_by_key(|s| s.spec.snapshot_of.as_ref().map_or(0, |of| of.version));
-    Ok(Json(SnapshotList {
-        items: found.iter().filter_map(SnapshotView::of).collect(),
+    // Oldest first, the id apart two taken in one millisecond.
+    let page = paginate(found, &query, |s| {
+        let taken = s.spec.snapshot_of.as_ref().map_or(0, |of| of.version);
+        format!("{taken:020}-{}", s.name_any())
+    })?;
+    Ok(Json(Page {
+        items: page.items.iter().filter_map(SnapshotView::of).collect(),
+        next_cursor: page.next_cursor,
     }))
 }
 
