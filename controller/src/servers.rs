@@ -20,8 +20,8 @@ use stratus_core::lifecycle::{
 };
 use stratus_core::quota::{Usage, charged_object};
 use stratus_core::resources::{
-    Account, DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, StorageEncryption, StorageSubscription,
-    VirtualServer, VirtualServerStatus,
+    Account, DEFAULT_ZONE, SERVER_FINALIZER, ServerPhase, SnapshotOf, StorageEncryption,
+    StorageSubscription, VirtualServer, VirtualServerStatus,
 };
 use stratus_core::scheduling;
 use stratus_store::Resources;
@@ -46,6 +46,13 @@ enum RestoreSource {
     /// It never will (deleted, held, never copied, elsewhere): the
     /// restore is withdrawn rather than left holding the server stopped.
     Gone(String),
+}
+
+/// The copy of a snapshot a disk is made from, and what it copies.
+struct RestoreCopy {
+    /// The volume of its primary copy on the server's hypervisor.
+    volume: String,
+    of: SnapshotOf,
 }
 
 /// How soon a restore that waits for its snapshot looks again (the
@@ -327,7 +334,25 @@ impl ServerReconciler {
                 spec.data_disks = data_disks;
                 if let Some(snapshot) = lifecycle::disk_shape(&server.spec, &next).snapshot {
                     match self.restore_source(server, &next, snapshot).await? {
-                        Ok(volume) => spec.disk_source = Some(volume),
+                        Ok(copy)
+                            if lifecycle::takes_backups_system(
+                                &server.name_any(),
+                                &next,
+                                &copy.of,
+                            ) =>
+                        {
+                            // Made again from one of its own backups (R18):
+                            // the system in it is of the image and the
+                            // cloud-init instance it had then, which the
+                            // status says before the disk is made, so the
+                            // guest boots that image's way and cloud-init
+                            // does not take it for a new server.
+                            next.image = Some(copy.of.image.clone());
+                            next.instance_generation = Some(copy.of.instance_generation);
+                            self.record_status(server, &current, &next).await?;
+                            return Ok(Pass::Again);
+                        }
+                        Ok(copy) => spec.disk_source = Some(copy.volume),
                         Err(RestoreSource::Gone(why)) if next.rebuild.is_some() => {
                             // Never a disk from anything else: the restore
                             // is withdrawn and the server runs on as it was.
@@ -672,12 +697,13 @@ impl ServerReconciler {
         server: &VirtualServer,
         status: &VirtualServerStatus,
         snapshot: &str,
-    ) -> Result<Result<String, RestoreSource>, ControllerError> {
+    ) -> Result<Result<RestoreCopy, RestoreSource>, ControllerError> {
         let found = self
             .storage
             .get(server.namespace().as_deref(), snapshot)
             .await?;
-        let Some(found) = found.filter(|s| s.spec.snapshot_of.is_some()) else {
+        let Some((found, of)) = found.and_then(|s| s.spec.snapshot_of.clone().map(|of| (s, of)))
+        else {
             return Ok(Err(RestoreSource::Gone(format!(
                 "snapshot {snapshot} does not exist"
             ))));
@@ -716,13 +742,16 @@ impl ServerReconciler {
                 "the restore waits for the primary copy of snapshot {snapshot} to be whole again"
             ))));
         }
-        Ok(Ok(storage_volume_name(
-            &ids::domain_name(
-                found.namespace().as_deref().unwrap_or_default(),
-                &found.name_any(),
+        Ok(Ok(RestoreCopy {
+            volume: storage_volume_name(
+                &ids::domain_name(
+                    found.namespace().as_deref().unwrap_or_default(),
+                    &found.name_any(),
+                ),
+                content.version,
             ),
-            content.version,
-        )))
+            of,
+        }))
     }
 
     /// The hypervisor keeping the primary copy of `snapshot`, which a

@@ -819,6 +819,33 @@ async fn r3_r18_a_destroyed_server_restored_from_its_backup_comes_back_with_its_
         .await
         .unwrap();
     settle(&h, "st-5").await;
+    let backups_seed = h.sim.spec_of("a1", DOMAIN).unwrap().seed.unwrap();
+    // Rebuilt onto another image after the backup: a new cloud-init
+    // instance on another system.
+    h.sim.add_image("a1", "alma-9.qcow2");
+    h.edit("vs-1", |spec| {
+        spec.rebuild = Some(stratus_core::resources::RebuildRequest {
+            image: "alma-9".into(),
+            generation: 1,
+            ssh_keys: None,
+            user_data: None,
+            snapshot: None,
+            instance_generation: None,
+        })
+    })
+    .await;
+    h.reconcile("vs-1").await.unwrap();
+    let rebuilt = h.status("vs-1").await;
+    assert_eq!(rebuilt.image.as_deref(), Some("alma-9"), "{rebuilt:?}");
+    assert_ne!(
+        h.sim
+            .spec_of("a1", DOMAIN)
+            .unwrap()
+            .seed
+            .unwrap()
+            .instance_id,
+        backups_seed.instance_id
+    );
     let mut policy = Policy::default();
     policy.backups.keep_after_destruction = stratus_core::policy::PolicyDuration::days(30);
     let runner = stratus_controller::deadlines::DeadlineRunner::new(
@@ -888,6 +915,20 @@ async fn r3_r18_a_destroyed_server_restored_from_its_backup_comes_back_with_its_
         h.sim.disk_of("a1", DOMAIN).unwrap().content,
         b"marker A",
         "back with its data"
+    );
+    // As the system in the backup was: its image, and the cloud-init
+    // instance it knows (so it is not taken for a new server).
+    assert_eq!(restored.image.as_deref(), Some("debian-12"), "{restored:?}");
+    let disk = h.sim.disk_of("a1", DOMAIN).unwrap();
+    assert_eq!(disk.image.as_deref(), Some("debian-12.qcow2"), "{disk:?}");
+    assert_eq!(
+        h.sim
+            .spec_of("a1", DOMAIN)
+            .unwrap()
+            .seed
+            .unwrap()
+            .instance_id,
+        backups_seed.instance_id
     );
     let charges = h.ctx.ledger.charges().of_account(NS, 100).await.unwrap();
     assert!(

@@ -10,7 +10,8 @@ use crate::ip::{Assignment, Family};
 use crate::policy::SuspensionMode;
 use crate::resources::{
     AppliedPlan, PowerState, RebuildProgress, RescueProgress, RescueRequest, ResizeProgress,
-    ServerAddress, ServerPhase, ServerResources, VirtualServerSpec, VirtualServerStatus,
+    ServerAddress, ServerPhase, ServerResources, SnapshotOf, VirtualServerSpec,
+    VirtualServerStatus,
 };
 use crate::standing::Suspension;
 
@@ -1097,6 +1098,19 @@ pub fn disk_shape<'a>(
     }
 }
 
+/// Whether server `name`, about to have its disk made from `of` (its
+/// `fromSnapshot`, not a rebuild's restore), still has to take the image
+/// and cloud-init instance of the system in that copy: true only for one
+/// of its own backups or snapshots (R18), whose system is the server's as
+/// it was then. A server ordered from another's snapshot is a new instance
+/// of its own; a restore asked by a rebuild carries them in its request.
+pub fn takes_backups_system(name: &str, status: &VirtualServerStatus, of: &SnapshotOf) -> bool {
+    status.rebuild.is_none()
+        && of.server == name
+        && (status.image.as_deref() != Some(of.image.as_str())
+            || status.instance_generation != Some(of.instance_generation))
+}
+
 /// The SSH keys and user data the seed of disk `generation` gives its
 /// guest: a rebuild's, where it gave them, for the disk it made; the
 /// server's own otherwise (so a rebuild that has not happened yet changes
@@ -1650,6 +1664,53 @@ mod tests {
             "vs-1",
             "servers as ordered keep theirs"
         );
+    }
+
+    #[test]
+    fn r18_a_server_made_again_from_its_own_backup_takes_the_backups_image_and_instance() {
+        let backup = SnapshotOf {
+            server: "vs-1".into(),
+            image: "debian-12".into(),
+            instance_generation: 2,
+            version: 1,
+            backup: true,
+        };
+        // Rebuilt onto another image (instance 3) after the backup.
+        let mut status = VirtualServerStatus {
+            image: Some("alma-9".into()),
+            instance_generation: Some(3),
+            ..VirtualServerStatus::default()
+        };
+        assert!(takes_backups_system("vs-1", &status, &backup));
+        status.image = Some("debian-12".into());
+        assert!(takes_backups_system("vs-1", &status, &backup));
+        status.instance_generation = Some(2);
+        assert!(
+            !takes_backups_system("vs-1", &status, &backup),
+            "taken once"
+        );
+        // Another server ordered from it is an instance of its own.
+        let fresh = VirtualServerStatus::default();
+        assert!(!takes_backups_system("vs-2", &fresh, &backup));
+        // A rebuild's restore carries both in its request.
+        let rebuilding = VirtualServerStatus {
+            rebuild: Some(RebuildProgress {
+                image: "debian-12".into(),
+                generation: 4,
+                snapshot: Some("st-5".into()),
+                instance_generation: Some(2),
+                from_image: "alma-9".into(),
+                from_generation: 3,
+                started_at: "2026-12-07T12:00:00Z".into(),
+                stopping: false,
+                swapping: false,
+                replaced: false,
+                was_running: false,
+                stopped_at: None,
+            }),
+            ..VirtualServerStatus::default()
+        };
+        assert!(!takes_backups_system("vs-1", &rebuilding, &backup));
     }
 
     #[test]
