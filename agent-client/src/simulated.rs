@@ -74,6 +74,8 @@ struct SimNode {
     unlocked: BTreeSet<String>,
     /// Copies of a running guest's disk need the guest paused too long.
     copies_need_long_pauses: bool,
+    /// Like libvirt's test driver: no volume's bytes stream in or out.
+    cannot_stream_volumes: bool,
 }
 
 #[derive(Default)]
@@ -138,6 +140,7 @@ impl SimulatedAgent {
                     cannot_wipe: false,
                     guests_ignore_acpi: false,
                     copies_need_long_pauses: false,
+                    cannot_stream_volumes: false,
                 },
             )
         });
@@ -191,6 +194,16 @@ impl SimulatedAgent {
         self.with(|s| {
             s.lost_answers
                 .insert((hypervisor.to_owned(), operation), times)
+        });
+    }
+
+    /// Makes `hypervisor` like libvirt's test driver: a disk copied into a
+    /// storage version cannot be read back, so no snapshot is taken there.
+    pub fn cannot_stream_volumes(&self, hypervisor: &str) {
+        self.with(|s| {
+            if let Some(node) = s.nodes.get_mut(hypervisor) {
+                node.cannot_stream_volumes = true;
+            }
         });
     }
 
@@ -1066,6 +1079,12 @@ impl AgentClient for SimulatedAgent {
                 })?;
             let content = guest.disk_content.clone();
             let running = guest.state == Some(DomainState::Running);
+            if node.cannot_stream_volumes {
+                return Err(AgentCallError::Rejected {
+                    code: AgentErrorCode::ContentUnsupported,
+                    message: "this hypervisor cannot stream volume bytes (store, read or copy a content): virStorageVolDownload is not supported".into(),
+                });
+            }
             if running && node.copies_need_long_pauses {
                 return Err(AgentCallError::Rejected {
                     code: AgentErrorCode::PauseLimit,

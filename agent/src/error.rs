@@ -58,6 +58,8 @@ pub enum AgentError {
     PauseLimit { volume: String, limit_ms: u64 },
     #[error("the backup job copying {volume} failed: {message}")]
     BackupFailed { volume: String, message: String },
+    #[error("this hypervisor cannot stream volume bytes (store, read or copy a content): {0}")]
+    ContentUnsupported(String),
     #[error("libvirt gave {what} XML the agent cannot read: {message}")]
     UnreadableXml { what: &'static str, message: String },
 }
@@ -85,6 +87,7 @@ impl AgentError {
             Self::VolumeInUse { .. } => AgentErrorCode::VolumeInUse,
             Self::UnknownJob(_) => AgentErrorCode::UnknownJob,
             Self::PauseLimit { .. } => AgentErrorCode::PauseLimit,
+            Self::ContentUnsupported(_) => AgentErrorCode::ContentUnsupported,
             Self::BackupFailed { .. } | Self::UnreadableXml { .. } => AgentErrorCode::Hypervisor,
         }
     }
@@ -116,6 +119,7 @@ impl AgentError {
             Self::PauseLimit { .. } => "pause_limit",
             Self::BackupFailed { .. } => "backup_failed",
             Self::UnreadableXml { .. } => "unreadable_xml",
+            Self::ContentUnsupported(_) => "content_unsupported",
         }
     }
 }

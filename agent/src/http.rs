@@ -107,7 +107,9 @@ impl IntoResponse for AgentError {
             }
             AgentErrorCode::AntiSpoofingUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             AgentErrorCode::WrongKey => StatusCode::FORBIDDEN,
-            AgentErrorCode::KeysUnsupported => StatusCode::NOT_IMPLEMENTED,
+            AgentErrorCode::KeysUnsupported | AgentErrorCode::ContentUnsupported => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             AgentErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
             AgentErrorCode::UnknownJob => StatusCode::NOT_FOUND,
         };

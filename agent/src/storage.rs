@@ -111,6 +111,17 @@ fn available_bytes(pool: &virt::storage_pool::StoragePool) -> Result<u64, AgentE
     Ok(pool.info()?.available)
 }
 
+/// A volume stream libvirt refuses to open: where the storage cannot
+/// stream at all (the test driver) it is said so, since no retry helps.
+fn streaming(error: virt::error::Error) -> AgentError {
+    match error.code() {
+        virt::error::ErrorNumberEnum::Known(
+            virt::error::ErrorNumber::NoSupport | virt::error::ErrorNumber::OperationUnsupported,
+        ) => AgentError::ContentUnsupported(error.message().to_owned()),
+        _ => AgentError::Libvirt(error),
+    }
+}
+
 fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -363,7 +374,7 @@ impl Driver {
         chunks: &mut dyn Iterator<Item = Result<Vec<u8>, String>>,
     ) -> Result<(u64, String), AgentError> {
         let stream = Stream::new(&self.conn, 0)?;
-        volume.upload(&stream, 0, 0, 0)?;
+        volume.upload(&stream, 0, 0, 0).map_err(streaming)?;
         let mut digest = Context::new(&SHA256);
         let mut total: u64 = 0;
         let sent = (|| {
@@ -873,7 +884,7 @@ impl Driver {
         cancel: &AtomicBool,
     ) -> Result<(), AgentError> {
         let download = Stream::new(&self.conn, 0)?;
-        source.download(&download, 0, bytes, 0)?;
+        source.download(&download, 0, bytes, 0).map_err(streaming)?;
         let mut read: u64 = 0;
         let mut failed = None;
         let mut chunks = std::iter::from_fn(|| {
@@ -935,7 +946,7 @@ impl Driver {
         let mut digest = Context::new(&SHA256);
         if bytes > 0 {
             let stream = Stream::new(&self.conn, 0)?;
-            volume.download(&stream, 0, bytes, 0)?;
+            volume.download(&stream, 0, bytes, 0).map_err(streaming)?;
             let mut buffer = vec![0u8; CHUNK];
             let mut read: u64 = 0;
             while read < bytes {

@@ -1229,9 +1229,15 @@ fn a_snapshot_copies_the_system_disk_of_its_own_accounts_domain_only() {
         Err(AgentError::BadRequest(_))
     ));
     // The test driver cannot read volumes back: the copy is made (with
-    // the guest paused), then its measurement fails and nothing of it is
-    // left; `tests/real_guests.rs` measures real copies.
+    // the guest paused), then its measurement is refused as something this
+    // hypervisor cannot do (no retry helps) and nothing of it is left;
+    // `tests/real_guests.rs` measures real copies.
     let error = driver.capture_disk(base, name, 7).unwrap_err();
+    assert!(
+        matches!(error, AgentError::ContentUnsupported(_)),
+        "{error}"
+    );
+    assert_eq!(error.code(), AgentErrorCode::ContentUnsupported);
     assert!(
         error.to_string().contains("virStorageVolDownload"),
         "{error}"

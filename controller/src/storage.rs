@@ -657,8 +657,11 @@ impl StorageReconciler {
                     "an earlier copy {version} of unknown outcome was on the primary; it was deleted and the disk is copied again"
                 )));
             }
+            // Never to succeed as asked (the guest would be paused too
+            // long; this hypervisor cannot stream a disk's bytes at all):
+            // the snapshot fails, said, and is not taken again.
             Err(AgentCallError::Rejected {
-                code: AgentErrorCode::PauseLimit,
+                code: AgentErrorCode::PauseLimit | AgentErrorCode::ContentUnsupported,
                 message,
             }) => {
                 let message: String = message.chars().take(500).collect();

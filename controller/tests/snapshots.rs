@@ -347,6 +347,38 @@ async fn r26_a_snapshot_that_would_pause_its_guest_too_long_fails_and_is_not_tri
     );
 }
 
+/// On a hypervisor that cannot read a volume back (libvirt's test driver)
+/// a snapshot fails at once, said, instead of being copied again forever.
+#[tokio::test]
+async fn a_snapshot_on_a_hypervisor_that_cannot_stream_volumes_fails_and_says_why() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    h.sim.cannot_stream_volumes("a1");
+    take_snapshot(&h, "st-5", "vs-1").await;
+    h.reconcile_storage("st-5").await.unwrap();
+    let snapshot = snapshot_of(&h, "st-5").await;
+    let (state, reason) = snapshot_state(&snapshot.spec, snapshot.status.as_ref());
+    assert_eq!(state, SnapshotState::Failed, "{snapshot:?}");
+    assert!(
+        reason.unwrap().contains("cannot stream volume bytes"),
+        "{snapshot:?}"
+    );
+    assert_eq!(
+        h.audited_storage("st-5", AuditAction::ServerSnapshotFailed)
+            .await
+            .len(),
+        1
+    );
+    let calls = h.sim.calls().len();
+    h.reconcile_storage("st-5").await.unwrap();
+    assert!(
+        !h.sim.calls()[calls..]
+            .iter()
+            .any(|c| c.starts_with("capture_disk")),
+        "not tried again"
+    );
+}
+
 /// The server's backups, oldest first: (name, version, being deleted).
 async fn backups_of(h: &Harness, server: &str) -> Vec<(String, u64, bool)> {
     let mut found: Vec<(String, u64, bool)> = h

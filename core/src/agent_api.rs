@@ -805,6 +805,10 @@ pub enum AgentErrorCode {
     /// A copy of a running guest's disk needed the guest paused longer
     /// than the agent allows: the guest was resumed and the copy dropped.
     PauseLimit,
+    /// This hypervisor's storage cannot stream a volume's bytes in or out
+    /// (libvirt's test driver): no content is stored, read or copied from
+    /// a disk there.
+    ContentUnsupported,
     /// A code this build does not know (a newer agent's): the message says
     /// what happened.
     #[serde(other)]
