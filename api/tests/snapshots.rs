@@ -648,6 +648,36 @@ async fn r18_a_restore_fact_names_latest_or_a_copied_backup_of_its_server() {
             "{label}: `latest` is recorded as the backup it meant: {:?}",
             facts[0].fact
         );
+
+        // Its record gone (deleted, its retention passed): its backup
+        // outlives it, but a restore of it would never be carried out, so
+        // it is refused and recorded nowhere.
+        api.state.servers.delete(Some(&account), &id).await.unwrap();
+        api.state
+            .servers
+            .update(Some(&account), &id, |s| {
+                s.metadata.finalizers = None;
+                true
+            })
+            .await
+            .unwrap();
+        assert!(
+            api.state
+                .servers
+                .get(Some(&account), &id)
+                .await
+                .unwrap()
+                .is_none(),
+            "{label}"
+        );
+        let reply = report(&api, &api.admin, &account, restore(5, "latest")).await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("server"),
+        );
+        assert_eq!(facts_of(&api, &account).await, 1, "{label}");
     }
 }
 

@@ -579,10 +579,10 @@ async fn resolve(
                     format!("{server:?} is not a server id"),
                 ));
             }
-            let owner = match account {
-                Some(account) => account.to_string(),
-                None => server_of(state, None, "server", server).await?.0,
-            };
+            // Only a server whose record is kept can be brought back: a
+            // restore of one that is gone would be accepted and never
+            // carried out.
+            let owner = server_of(state, account, "server", server).await?.0;
             let backup = restore_source(state, &owner, server, source).await?;
             Ok(vec![(
                 owner,
