@@ -708,7 +708,11 @@ impl ServerReconciler {
                 "snapshot {snapshot} does not exist"
             ))));
         };
-        if found.metadata.deletion_timestamp.is_some() {
+        // A restore not made yet is withdrawn when its snapshot is deleted
+        // (the server keeps its disk); a server ordered from it has no
+        // other disk to keep, so its order is carried out: the snapshot's
+        // wipe waits for it (`storage::restores_from`).
+        if found.metadata.deletion_timestamp.is_some() && status.rebuild.is_some() {
             return Ok(Err(RestoreSource::Gone(format!(
                 "snapshot {snapshot} is being deleted"
             ))));
@@ -765,7 +769,9 @@ impl ServerReconciler {
             .storage
             .get(server.namespace().as_deref(), snapshot)
             .await?
-            .filter(|s| s.spec.snapshot_of.is_some() && s.metadata.deletion_timestamp.is_none());
+            // One being deleted still counts: its wipe waits for the
+            // servers ordered from it.
+            .filter(|s| s.spec.snapshot_of.is_some());
         let host = found
             .filter(|s| s.spec.content.is_some())
             .and_then(|s| s.status)

@@ -97,16 +97,23 @@ enum PrimaryHost {
     ServerUnplaced(String),
 }
 
-/// The name the agents manage the copies of `subscription` by.
-/// Whether `server`'s restore from snapshot `id` is asked for or under way
-/// and its new disk not made yet.
-///
-/// A server ordered from it is not counted: it would wait for the
-/// snapshot while the snapshot waits for it. Its agent never copies from
-/// copies being wiped (the copy and the wipe take the same lock), and a
-/// snapshot being deleted is not copied from.
+/// Whether `server`'s disk is to be made from snapshot `id` and is not
+/// made yet: a restore asked or under way, or a server ordered from it
+/// (or made again from it after a destruction, R18). The snapshot's
+/// wipe waits for it. A restore is withdrawn when its snapshot is
+/// deleted; a server ordered from it is still placed and made from it,
+/// so neither waits for the other. Its agent never copies from copies
+/// being wiped (the copy and the wipe take the same lock).
 fn restores_from(server: &VirtualServer, id: &str) -> bool {
     let made = server.status.as_ref().map_or(0, |s| s.disk_generation);
+    // Ordered from it (or made again from it after a destruction, R18),
+    // its disk not made yet; a terminated one is never made.
+    let ordered = server.spec.from_snapshot.as_deref() == Some(id)
+        && server.spec.termination.is_none()
+        && server
+            .status
+            .as_ref()
+            .is_none_or(|s| !s.provisioned && s.rebuild.is_none());
     let asked = server
         .spec
         .rebuild
@@ -117,9 +124,10 @@ fn restores_from(server: &VirtualServer, id: &str) -> bool {
         .as_ref()
         .and_then(|s| s.rebuild.as_ref())
         .is_some_and(|p| p.snapshot.as_deref() == Some(id) && p.generation > made);
-    asked || under_way
+    ordered || asked || under_way
 }
 
+/// The name the agents manage the copies of `subscription` by.
 fn managed_name(subscription: &StorageSubscription) -> String {
     ids::domain_name(
         subscription.namespace().as_deref().unwrap_or_default(),

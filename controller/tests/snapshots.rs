@@ -782,26 +782,54 @@ async fn r18_a_server_ordered_from_a_snapshot_is_placed_where_it_is_kept_and_sta
         let mut server = fixtures::server("vs-2").in_account(NS).zone("a").build();
         server.spec.from_snapshot = Some("st-5".into());
         h.servers.create(&server).await.unwrap();
-        // Deleted before the server was made: it is not made from the image
-        // instead; it says why, and the snapshot goes.
+        // Deleted once the order was taken: the order is carried out, and
+        // the snapshot is wiped only after the server's disk was made.
         h.storage.delete(Some(NS), "st-5").await.unwrap();
         settle(&h, "st-5").await;
         assert!(
-            h.storage.get(Some(NS), "st-5").await.unwrap().is_none(),
+            h.storage.get(Some(NS), "st-5").await.unwrap().is_some(),
+            "{label}: the wipe waits for the server made from it"
+        );
+        assert_eq!(h.reconcile("vs-2").await.unwrap(), Outcome::Done, "{label}");
+        let made = h.status("vs-2").await;
+        assert_eq!(made.phase, ServerPhase::Running, "{label}: {made:?}");
+        assert_eq!(
+            h.sim
+                .disk_of("a1", "stratus-acc-0000000000000001.vs-2")
+                .unwrap()
+                .content,
+            b"marker A",
             "{label}"
         );
+        settle(&h, "st-5").await;
+        assert!(
+            h.storage.get(Some(NS), "st-5").await.unwrap().is_none(),
+            "{label}: wiped once the disk was made"
+        );
+
+        // Its copies gone before the server was made (deleted between the
+        // order's check and the server's record): the disk is not made
+        // from the image instead; the server says why.
+        take_snapshot(&h, "st-7", "vs-1").await;
+        settle(&h, "st-7").await;
+        h.storage.delete(Some(NS), "st-7").await.unwrap();
+        settle(&h, "st-7").await;
+        assert!(h.storage.get(Some(NS), "st-7").await.unwrap().is_none());
+        let mut server = fixtures::server("vs-4").in_account(NS).zone("a").build();
+        server.spec.from_snapshot = Some("st-7".into());
+        h.servers.create(&server).await.unwrap();
         assert_eq!(
-            h.reconcile("vs-2").await.unwrap(),
+            h.reconcile("vs-4").await.unwrap(),
             Outcome::RequeueAfter(UNSCHEDULABLE_RECHECK),
             "{label}"
         );
-        let waiting = h.status("vs-2").await;
+        let waiting = h.status("vs-4").await;
         assert!(
             waiting
                 .reason
                 .as_deref()
                 .unwrap_or_default()
-                .contains("st-5"),
+                .contains("st-7"),
             "{label}: {waiting:?}"
         );
         assert!(waiting.hypervisor.is_none());
