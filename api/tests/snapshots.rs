@@ -649,10 +649,17 @@ async fn r18_a_restore_fact_names_latest_or_a_copied_backup_of_its_server() {
             facts[0].fact
         );
 
-        // Its record gone (deleted, its retention passed): its backup
-        // outlives it, but a restore of it would never be carried out, so
-        // it is refused and recorded nowhere.
+        // Being deleted, then its record gone (its retention passed): its
+        // backup outlives it, but a restore of it would never be carried
+        // out, so it is refused and recorded nowhere.
         api.state.servers.delete(Some(&account), &id).await.unwrap();
+        let reply = report(&api, &api.admin, &account, restore(6, "latest")).await;
+        assert_error(
+            &reply,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+            Some("server"),
+        );
         api.state
             .servers
             .update(Some(&account), &id, |s| {

@@ -322,8 +322,9 @@ impl DeadlineRunner {
             // Written whatever the server's status says now (its disk may be
             // released between this listing and the write): the lifecycle
             // uses it only while the server has no disk.
+            let created = server.metadata.creation_timestamp.as_ref().map(|t| t.0);
             let restore_from = standing
-                .restored_from(&name)
+                .restored_from(&name, created)
                 .filter(|_| termination.is_none())
                 .map(str::to_owned);
             let from_snapshot = restore_from.or_else(|| server.spec.from_snapshot.clone());

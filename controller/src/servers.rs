@@ -689,9 +689,10 @@ impl ServerReconciler {
     /// of the primary copy of `snapshot`, a snapshot of the server's
     /// account whose disk was copied, not being deleted, and whose primary
     /// copy is on the server's hypervisor. Else why the restore waits, or
-    /// why it can never be made. A snapshot being deleted is never copied
-    /// from: its copies may be being wiped (a deletion asked after the
-    /// restore waits for it instead, see `StorageReconciler`).
+    /// why it can never be made. A snapshot being deleted is copied from
+    /// only for a server ordered from it that can be made at once: its
+    /// wipe waits for that one (`storage::restores_from`); any other copy
+    /// could meet a wipe under way.
     async fn restore_source(
         &self,
         server: &VirtualServer,
@@ -709,10 +710,16 @@ impl ServerReconciler {
             ))));
         };
         // A restore not made yet is withdrawn when its snapshot is deleted
-        // (the server keeps its disk); a server ordered from it has no
-        // other disk to keep, so its order is carried out: the snapshot's
-        // wipe waits for it (`storage::restores_from`).
-        if found.metadata.deletion_timestamp.is_some() && status.rebuild.is_some() {
+        // (the server keeps its disk); a server ordered from it, placed
+        // where its primary copy is whole, has no other disk to keep, so
+        // its order is carried out: the snapshot's wipe waits for it.
+        let made_while_deleted = status.rebuild.is_none()
+            && stratus_core::storage::disk_copyable_for(
+                status.hypervisor.as_ref(),
+                &found.spec,
+                found.status.as_ref(),
+            );
+        if found.metadata.deletion_timestamp.is_some() && !made_while_deleted {
             return Ok(Err(RestoreSource::Gone(format!(
                 "snapshot {snapshot} is being deleted"
             ))));
@@ -769,9 +776,9 @@ impl ServerReconciler {
             .storage
             .get(server.namespace().as_deref(), snapshot)
             .await?
-            // One being deleted still counts: its wipe waits for the
-            // servers ordered from it.
-            .filter(|s| s.spec.snapshot_of.is_some());
+            // One being deleted places no new server: its wipe does not
+            // wait for servers not placed yet.
+            .filter(|s| s.spec.snapshot_of.is_some() && s.metadata.deletion_timestamp.is_none());
         let host = found
             .filter(|s| s.spec.content.is_some())
             .and_then(|s| s.status)

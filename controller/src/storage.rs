@@ -97,23 +97,29 @@ enum PrimaryHost {
     ServerUnplaced(String),
 }
 
-/// Whether `server`'s disk is to be made from snapshot `id` and is not
-/// made yet: a restore asked or under way, or a server ordered from it
-/// (or made again from it after a destruction, R18). The snapshot's
-/// wipe waits for it. A restore is withdrawn when its snapshot is
-/// deleted; a server ordered from it is still placed and made from it,
-/// so neither waits for the other. Its agent never copies from copies
-/// being wiped (the copy and the wipe take the same lock).
-fn restores_from(server: &VirtualServer, id: &str) -> bool {
+/// Whether `server`'s disk is to be made from `snapshot` and is not made
+/// yet: a restore asked or under way, or a server ordered from it (or made
+/// again from it after a destruction, R18) that can be made from it now.
+/// The snapshot's wipe waits for it. A restore is withdrawn when its
+/// snapshot is deleted; a server ordered from it is made from it only when
+/// it can be at once (`storage::disk_copyable_for`), so neither waits for
+/// the other for good. Its agent never copies from copies being wiped (the
+/// copy and the wipe take the same lock).
+fn restores_from(server: &VirtualServer, snapshot: &StorageSubscription) -> bool {
+    let id = snapshot.name_any();
+    let id = id.as_str();
     let made = server.status.as_ref().map_or(0, |s| s.disk_generation);
-    // Ordered from it (or made again from it after a destruction, R18),
-    // its disk not made yet; a terminated one is never made.
     let ordered = server.spec.from_snapshot.as_deref() == Some(id)
         && server.spec.termination.is_none()
-        && server
-            .status
-            .as_ref()
-            .is_none_or(|s| !s.provisioned && s.rebuild.is_none());
+        && server.status.as_ref().is_some_and(|s| {
+            !s.provisioned
+                && s.rebuild.is_none()
+                && stratus_core::storage::disk_copyable_for(
+                    s.hypervisor.as_ref(),
+                    &snapshot.spec,
+                    snapshot.status.as_ref(),
+                )
+        });
     let asked = server
         .spec
         .rebuild
@@ -507,9 +513,8 @@ impl StorageReconciler {
                 .and_then(|status| status.hypervisor);
         }
         if subscription.metadata.deletion_timestamp.is_some() {
-            let id = subscription.name_any();
             for server in self.servers.list(namespace.as_deref()).await?.items {
-                if restores_from(&server, &id) {
+                if restores_from(&server, subscription) {
                     facts.holding.push(server.name_any());
                 }
             }

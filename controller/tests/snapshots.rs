@@ -782,7 +782,18 @@ async fn r18_a_server_ordered_from_a_snapshot_is_placed_where_it_is_kept_and_sta
         let mut server = fixtures::server("vs-2").in_account(NS).zone("a").build();
         server.spec.from_snapshot = Some("st-5".into());
         h.servers.create(&server).await.unwrap();
-        // Deleted once the order was taken: the order is carried out, and
+        // Placed where the snapshot's primary copy is, its disk not made
+        // yet (its agent failed once)...
+        h.sim.fail_next("a1", "ensure", 1);
+        let _ = h.reconcile("vs-2").await;
+        let placed = h.status("vs-2").await;
+        assert_eq!(
+            placed.hypervisor.as_ref().map(|h| h.as_str()),
+            Some("a1"),
+            "{label}: {placed:?}"
+        );
+        assert!(!placed.provisioned, "{label}");
+        // ...when the snapshot is deleted: the order is carried out, and
         // the snapshot is wiped only after the server's disk was made.
         h.storage.delete(Some(NS), "st-5").await.unwrap();
         settle(&h, "st-5").await;
@@ -807,17 +818,21 @@ async fn r18_a_server_ordered_from_a_snapshot_is_placed_where_it_is_kept_and_sta
             "{label}: wiped once the disk was made"
         );
 
-        // Its copies gone before the server was made (deleted between the
-        // order's check and the server's record): the disk is not made
-        // from the image instead; the server says why.
+        // Deleted before the server ordered from it was placed: the wipe
+        // does not wait for a server that may never be placed (no room
+        // where the snapshot is), and the disk is not made from the image
+        // instead; the server says why.
         take_snapshot(&h, "st-7", "vs-1").await;
         settle(&h, "st-7").await;
-        h.storage.delete(Some(NS), "st-7").await.unwrap();
-        settle(&h, "st-7").await;
-        assert!(h.storage.get(Some(NS), "st-7").await.unwrap().is_none());
         let mut server = fixtures::server("vs-4").in_account(NS).zone("a").build();
         server.spec.from_snapshot = Some("st-7".into());
         h.servers.create(&server).await.unwrap();
+        h.storage.delete(Some(NS), "st-7").await.unwrap();
+        settle(&h, "st-7").await;
+        assert!(
+            h.storage.get(Some(NS), "st-7").await.unwrap().is_none(),
+            "{label}"
+        );
         assert_eq!(
             h.reconcile("vs-4").await.unwrap(),
             Outcome::RequeueAfter(UNSCHEDULABLE_RECHECK),

@@ -307,6 +307,8 @@ pub struct ServerStanding {
     pub termination: Option<Termination>,
     /// The backup its last restore (R18) brings its data back from.
     pub restored_from: Option<String>,
+    /// When that restore was asked.
+    pub restored_at: Option<Timestamp>,
 }
 
 /// The account as the facts, the policy and the time make it.
@@ -381,11 +383,20 @@ impl Standing {
         }
     }
 
-    /// The backup `server`'s last restore brings its data back from.
-    pub fn restored_from(&self, server: &str) -> Option<&str> {
-        self.servers
-            .get(server)
-            .and_then(|s| s.restored_from.as_deref())
+    /// The backup `server`'s last restore brings its data back from, for
+    /// the server object of that name created at `created`: one created
+    /// after the restore was asked (Kubernetes mode reuses names) is
+    /// another server, which no restore of the old one's data concerns.
+    pub fn restored_from(&self, server: &str, created: Option<Timestamp>) -> Option<&str> {
+        let standing = self.servers.get(server)?;
+        let asked_after_creation = match (created, standing.restored_at) {
+            (Some(created), Some(asked)) => created <= asked,
+            _ => true,
+        };
+        standing
+            .restored_from
+            .as_deref()
+            .filter(|_| asked_after_creation)
     }
 
     /// Whether the customer may delete `server`: not while an abuse
@@ -891,6 +902,7 @@ impl Replay<'_> {
                 standing.termination = None;
                 standing.suspensions.clear();
                 standing.restored_from.clone_from(source);
+                standing.restored_at = Some(at);
                 self.out.charges.push(Charge {
                     id: format!("restore:{}", fact.id),
                     at,
@@ -1403,6 +1415,37 @@ mod tests {
             early.charges.is_empty(),
             "nothing to restore before destruction"
         );
+    }
+
+    /// R18: the backup a restore brings back is for the server object the
+    /// restore was about; a later object of the same name (Kubernetes mode
+    /// reuses names) is another server and gets none of its data.
+    #[test]
+    fn r18_a_restores_backup_is_for_the_server_object_it_was_asked_for() {
+        let policy = Policy::default();
+        let facts = [
+            overdue("e1", days(0), "inv"),
+            reminder("e2", days(0), "inv"),
+            paid("e3", days(40), "inv"),
+            fact(
+                "x1",
+                days(41),
+                FactKind::Restore {
+                    server: "web".into(),
+                    source: Some("st-5".into()),
+                },
+            ),
+        ];
+        let now = standing(&facts, &policy, days(42));
+        assert_eq!(now.restored_from("web", Some(days(-30))), Some("st-5"));
+        assert_eq!(now.restored_from("web", None), Some("st-5"));
+        assert_eq!(now.restored_from("web", Some(days(41))), Some("st-5"));
+        assert_eq!(
+            now.restored_from("web", Some(days(42))),
+            None,
+            "created after the restore: another server"
+        );
+        assert_eq!(now.restored_from("db", Some(days(-30))), None);
     }
 
     /// Facts are stored as JSON tagged by `type`; what is stored reads back

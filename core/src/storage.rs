@@ -147,6 +147,30 @@ pub fn snapshot_state(
     (SnapshotState::Copying, status.reason.clone())
 }
 
+/// Whether a server placed on `hypervisor` can have its disk copied from
+/// the snapshot `spec`/`status` describe, as things stand: its disk
+/// copied, the snapshot not terminated, its primary copy whole and on
+/// that hypervisor. A server ordered from a snapshot that is then deleted
+/// is still made from it only so, and the snapshot's wipe waits for it; a
+/// server that could not be made now (unplaced, elsewhere, the primary to
+/// be repaired, which a snapshot being deleted never is) would hold the
+/// wipe for good, so it is not made from it at all.
+pub fn disk_copyable_for(
+    hypervisor: Option<&crate::ids::HypervisorName>,
+    spec: &StorageSubscriptionSpec,
+    status: Option<&StorageSubscriptionStatus>,
+) -> bool {
+    let (Some(content), Some(primary)) = (
+        spec.content.as_ref(),
+        status.and_then(|s| s.replicas.first()),
+    ) else {
+        return false;
+    };
+    spec.termination.is_none()
+        && hypervisor == Some(&primary.hypervisor)
+        && primary.version == content.version
+}
+
 /// What the agent of one copy's hypervisor reports of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CopyObservation {
@@ -1140,6 +1164,63 @@ fn volume_base(volume: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn r18_a_disk_is_copied_from_a_snapshot_only_where_its_primary_is_whole() {
+        use crate::ids::HypervisorName;
+        let a1 = HypervisorName::parse("a1").unwrap();
+        let b1 = HypervisorName::parse("b1").unwrap();
+        let spec = StorageSubscriptionSpec {
+            content: Some(crate::resources::StorageContent {
+                version: 7,
+                bytes: 8,
+                sha256: "ab".repeat(32),
+                written_at: "2026-12-07T12:00:00Z".into(),
+            }),
+            ..snapshot_spec()
+        };
+        let status = |version: u64| {
+            StorageSubscriptionStatus {
+            replicas: vec![
+                serde_json::from_value(serde_json::json!({"hypervisor": "a1", "zone": "a", "volume": "v", "version": version, "created": true})).unwrap(),
+                serde_json::from_value(serde_json::json!({"hypervisor": "b1", "zone": "b", "volume": "v", "version": 7, "created": true})).unwrap(),
+            ],
+            ..StorageSubscriptionStatus::default()
+        }
+        };
+        assert!(disk_copyable_for(Some(&a1), &spec, Some(&status(7))));
+        assert!(
+            !disk_copyable_for(Some(&b1), &spec, Some(&status(7))),
+            "the secondary is not copied from"
+        );
+        assert!(
+            !disk_copyable_for(None, &spec, Some(&status(7))),
+            "not placed"
+        );
+        assert!(
+            !disk_copyable_for(Some(&a1), &spec, Some(&status(6))),
+            "the primary is to be repaired"
+        );
+        assert!(!disk_copyable_for(Some(&a1), &spec, None));
+        let uncopied = StorageSubscriptionSpec {
+            content: None,
+            ..spec.clone()
+        };
+        assert!(!disk_copyable_for(Some(&a1), &uncopied, Some(&status(7))));
+        let terminated = StorageSubscriptionSpec {
+            termination: Some(crate::resources::ServerTermination {
+                cause: crate::standing::TerminationCause::Abuse,
+                at: "2026-12-07T12:00:00Z".into(),
+                wipe_at: "2026-12-21T12:00:00Z".into(),
+                wipe: false,
+            }),
+            ..spec.clone()
+        };
+        assert!(
+            !disk_copyable_for(Some(&a1), &terminated, Some(&status(7))),
+            "being wiped with its server"
+        );
+    }
     use crate::clock::test_time;
     use crate::ids::HypervisorName;
     use crate::resources::{StorageEncryption, StorageReplica};

@@ -580,9 +580,15 @@ async fn resolve(
                 ));
             }
             // Only a server whose record is kept can be brought back: a
-            // restore of one that is gone would be accepted and never
-            // carried out.
-            let owner = server_of(state, account, "server", server).await?.0;
+            // restore of one that is gone, or going, would be accepted and
+            // never carried out.
+            let (owner, found) = server_of(state, account, "server", server).await?;
+            if found.metadata.deletion_timestamp.is_some() {
+                return Err(ApiError::invalid(
+                    "server",
+                    format!("the server {server} is being deleted: nothing brings it back"),
+                ));
+            }
             let backup = restore_source(state, &owner, server, source).await?;
             Ok(vec![(
                 owner,
