@@ -246,15 +246,20 @@ async fn operators_use_kubectl_customers_use_rest_and_one_controller_leads() {
         "ctrl-a"
     };
     let events: Api<Event> = Api::namespaced(kubectl.clone(), ACCOUNT);
-    let reasons: Vec<String> = events
-        .list(&ListParams::default())
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .filter_map(|e| e.reason)
-        .collect();
-    assert!(reasons.contains(&"Running".to_owned()), "{reasons:?}");
+    // The event is published after the status that says so is written:
+    // it may trail the status read above.
+    until("a Running event", || async {
+        let reasons: Vec<String> = events
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .into_iter()
+            .filter_map(|e| e.reason)
+            .collect();
+        reasons.contains(&"Running".to_owned()).then_some(())
+    })
+    .await;
     let reporting: Vec<String> = events
         .list(&ListParams::default())
         .await
