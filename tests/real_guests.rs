@@ -2102,6 +2102,26 @@ done
     )
 }
 
+/// Waits until the LUKS storage at `path` waits for its key (`when` says
+/// after what), detached.
+async fn wait_for_key_required(customer: &Client, path: &str, when: &str) {
+    let waiting = customer
+        .wait_until(
+            path,
+            &format!("the LUKS disk did not ask for its key {when}"),
+            BOOT,
+            |s| {
+                s["conditions"].as_array().is_some_and(|conditions| {
+                    conditions
+                        .iter()
+                        .any(|c| c["type"] == "Attached" && c["reason"] == "KeyRequired")
+                })
+            },
+        )
+        .await;
+    assert_eq!(waiting["attached"], false, "{when}: {waiting}");
+}
+
 async fn attach_with_key(
     customer: &Client,
     path: &str,
@@ -2253,16 +2273,7 @@ async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_wit
     customer.wait_status(&server, "stopped", BOOT).await;
     action(&customer, &server, "start").await;
     customer.wait_status(&server, "running", BOOT).await;
-    let waiting = customer
-        .wait_until(&path, "the LUKS disk did not ask for its key", BOOT, |s| {
-            s["conditions"].as_array().is_some_and(|conditions| {
-                conditions
-                    .iter()
-                    .any(|c| c["type"] == "Attached" && c["reason"] == "KeyRequired")
-            })
-        })
-        .await;
-    assert_eq!(waiting["attached"], false, "{waiting}");
+    wait_for_key_required(&customer, &path, "after a start").await;
     wait_console(&customer, &server, "stratus-tiny: ready", 2).await;
     let (status, body) = attach_with_key(&customer, &path, &server, Some(LUKS_KEY)).await;
     assert_eq!(status, 202, "{body}");
@@ -2304,21 +2315,7 @@ async fn r25_a_luks_disk_is_formatted_with_the_customers_key_and_opened_only_wit
             |s| s["action"]["state"] == "done" && s["status"] == "running",
         )
         .await;
-    let waiting = customer
-        .wait_until(
-            &path,
-            "the LUKS disk did not ask for its key after the rebuild",
-            BOOT,
-            |s| {
-                s["conditions"].as_array().is_some_and(|conditions| {
-                    conditions
-                        .iter()
-                        .any(|c| c["type"] == "Attached" && c["reason"] == "KeyRequired")
-                })
-            },
-        )
-        .await;
-    assert_eq!(waiting["attached"], false, "{waiting}");
+    wait_for_key_required(&customer, &path, "after the rebuild").await;
     wait_console(&customer, &server, "stratus-tiny: ready", boots + 1).await;
     let (status, body) = attach_with_key(&customer, &path, &server, Some(LUKS_KEY)).await;
     assert_eq!(status, 202, "{body}");

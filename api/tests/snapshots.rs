@@ -693,9 +693,7 @@ async fn r18_a_restore_fact_names_latest_or_a_copied_backup_of_its_server() {
 /// first, each once, its storage left out; bad paging names its parameter.
 #[tokio::test]
 async fn the_accounts_snapshots_are_listed_a_page_at_a_time_on_both_databases() {
-    use stratus_core::resources::{
-        SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec,
-    };
+    use stratus_core::resources::{SnapshotOf, StorageSubscription, StorageSubscriptionSpec};
     const TAKEN: u64 = 1_050;
     for scratch in testing::both().await {
         let label = scratch.label;
@@ -703,30 +701,22 @@ async fn the_accounts_snapshots_are_listed_a_page_at_a_time_on_both_databases() 
         let (account, token) = api.customer("ACME").await;
         let (other, _) = api.customer("Other").await;
         let object = |id: u64, version: Option<u64>| {
-            let mut snapshot = StorageSubscription::new(
-                &format!("st-{id:016x}"),
-                StorageSubscriptionSpec {
-                    name: format!("backup-{id}"),
-                    size_gib: 1,
-                    zone: None,
-                    encryption: StorageEncryption::Client,
-                    content: None,
-                    restore_from: None,
-                    verify_requests: 0,
-                    keys_given: 0,
-                    attached_to: None,
-                    written_by_guest: None,
-                    suspension: None,
-                    termination: None,
-                    snapshot_of: version.map(|version| SnapshotOf {
-                        server: format!("vs-{:016x}", id % 35),
-                        image: "debian-12".into(),
-                        instance_generation: 0,
-                        version,
-                        backup: true,
-                    }),
+            let mut spec = StorageSubscriptionSpec::snapshot(
+                format!("backup-{id}"),
+                1,
+                SnapshotOf {
+                    server: format!("vs-{:016x}", id % 35),
+                    image: "debian-12".into(),
+                    instance_generation: 0,
+                    version: version.unwrap_or(0),
+                    backup: true,
                 },
             );
+            if version.is_none() {
+                // A storage subscription of the account, no snapshot.
+                spec.snapshot_of = None;
+            }
+            let mut snapshot = StorageSubscription::new(&format!("st-{id:016x}"), spec);
             snapshot.metadata.namespace = Some(account.clone());
             snapshot
         };

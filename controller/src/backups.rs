@@ -13,8 +13,7 @@ use stratus_core::backups::{Kept, KeptState, Slot, prune};
 use stratus_core::conditions::EventReason;
 use stratus_core::quota::{Quota, Usage, charged_object};
 use stratus_core::resources::{
-    Account, SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec,
-    VirtualServer,
+    Account, SnapshotOf, StorageSubscription, StorageSubscriptionSpec, VirtualServer,
 };
 use stratus_core::storage::{SnapshotState, snapshot_state};
 use stratus_store::ledger::{AuditAction, AuditSubject};
@@ -235,20 +234,10 @@ impl BackupTaker<'_> {
                 namespace: Some(namespace.to_owned()),
                 ..Default::default()
             },
-            spec: StorageSubscriptionSpec {
-                name: slot.display_name(),
-                size_gib: disk_gib,
-                zone: None,
-                encryption: StorageEncryption::Client,
-                content: None,
-                restore_from: None,
-                verify_requests: 0,
-                keys_given: 0,
-                attached_to: None,
-                written_by_guest: None,
-                suspension: None,
-                termination: None,
-                snapshot_of: Some(SnapshotOf {
+            spec: StorageSubscriptionSpec::snapshot(
+                slot.display_name(),
+                disk_gib,
+                SnapshotOf {
                     server: name.clone(),
                     image: server.image().to_owned(),
                     instance_generation: status
@@ -256,8 +245,8 @@ impl BackupTaker<'_> {
                         .unwrap_or(status.disk_generation),
                     version: slot.version(),
                     backup: true,
-                }),
-            },
+                },
+            ),
             status: None,
         };
         let created = match self.storage.create(&backup).await {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use stratus_core::resources::{SnapshotOf, StorageEncryption};
+use stratus_core::resources::SnapshotOf;
 use stratus_core::storage::{SnapshotState, snapshot_state};
 use support::*;
 
@@ -16,27 +16,17 @@ const TAKEN_AT: u64 = 1_765_000_000_000;
 async fn take_snapshot(h: &Harness, name: &str, server: &str) {
     let mut snapshot = StorageSubscription::new(
         name,
-        StorageSubscriptionSpec {
-            name: "before-upgrade".into(),
-            size_gib: 25,
-            zone: None,
-            encryption: StorageEncryption::Client,
-            content: None,
-            verify_requests: 0,
-            keys_given: 0,
-            restore_from: None,
-            attached_to: None,
-            written_by_guest: None,
-            suspension: None,
-            termination: None,
-            snapshot_of: Some(SnapshotOf {
+        StorageSubscriptionSpec::snapshot(
+            "before-upgrade".into(),
+            25,
+            SnapshotOf {
                 server: server.into(),
                 image: "debian-12".into(),
                 instance_generation: 0,
                 version: TAKEN_AT,
                 backup: false,
-            }),
-        },
+            },
+        ),
     );
     snapshot.metadata.namespace = Some(NS.into());
     h.storage.create(&snapshot).await.unwrap();

@@ -1385,11 +1385,10 @@ mod tests {
         );
     }
 
-    /// R18: a restore after destruction is billed and brings the server back.
-    #[test]
-    fn r18_a_restore_after_destruction_is_billed() {
-        let policy = Policy::default();
-        let facts = [
+    /// An invoice overdue from day 0 and paid on day 40, after R3 destroyed
+    /// the account's data; server `web` restored on day 41 from `source`.
+    fn destroyed_then_restored(source: Option<&str>) -> [Fact; 4] {
+        [
             overdue("e1", days(0), "inv"),
             reminder("e2", days(0), "inv"),
             paid("e3", days(40), "inv"),
@@ -1398,10 +1397,17 @@ mod tests {
                 days(41),
                 FactKind::Restore {
                     server: "web".into(),
-                    source: None,
+                    source: source.map(str::to_owned),
                 },
             ),
-        ];
+        ]
+    }
+
+    /// R18: a restore after destruction is billed and brings the server back.
+    #[test]
+    fn r18_a_restore_after_destruction_is_billed() {
+        let policy = Policy::default();
+        let facts = destroyed_then_restored(None);
         let now = standing(&facts, &policy, days(41));
         assert_eq!(now.termination_of("web"), None);
         assert!(
@@ -1423,19 +1429,7 @@ mod tests {
     #[test]
     fn r18_a_restores_backup_is_for_the_server_object_it_was_asked_for() {
         let policy = Policy::default();
-        let facts = [
-            overdue("e1", days(0), "inv"),
-            reminder("e2", days(0), "inv"),
-            paid("e3", days(40), "inv"),
-            fact(
-                "x1",
-                days(41),
-                FactKind::Restore {
-                    server: "web".into(),
-                    source: Some("st-5".into()),
-                },
-            ),
-        ];
+        let facts = destroyed_then_restored(Some("st-5"));
         let now = standing(&facts, &policy, days(42));
         assert_eq!(now.restored_from("web", Some(days(-30))), Some("st-5"));
         assert_eq!(now.restored_from("web", None), Some("st-5"));

@@ -15,8 +15,7 @@ use stratus_core::backups::MAX_KEEP;
 use stratus_core::ids::{AccountId, StorageId};
 use stratus_core::quota::{Usage, charged_object};
 use stratus_core::resources::{
-    BackupSchedule, SnapshotOf, StorageEncryption, StorageSubscription, StorageSubscriptionSpec,
-    VirtualServer,
+    BackupSchedule, SnapshotOf, StorageSubscription, StorageSubscriptionSpec, VirtualServer,
 };
 use stratus_core::validate;
 use stratus_store::StoreError;
@@ -164,27 +163,17 @@ pub async fn take_snapshot(
             namespace: Some(account_id.to_string()),
             ..Default::default()
         },
-        spec: StorageSubscriptionSpec {
-            name: body.name.clone(),
-            size_gib: disk_gib,
-            zone: None,
-            encryption: StorageEncryption::Client,
-            content: None,
-            restore_from: None,
-            verify_requests: 0,
-            keys_given: 0,
-            attached_to: None,
-            written_by_guest: None,
-            suspension: None,
-            termination: None,
-            snapshot_of: Some(SnapshotOf {
+        spec: StorageSubscriptionSpec::snapshot(
+            body.name.clone(),
+            disk_gib,
+            SnapshotOf {
                 server: server.name_any(),
                 image: server.image().to_owned(),
                 instance_generation: status.instance_generation.unwrap_or(status.disk_generation),
                 version,
                 backup: false,
-            }),
-        },
+            },
+        ),
         status: None,
     };
     let created = match state.storage.create(&snapshot).await {

@@ -181,6 +181,27 @@ pub struct StorageSubscriptionSpec {
 }
 
 impl StorageSubscriptionSpec {
+    /// A snapshot named `name` of a server's `size_gib` disk, copying what
+    /// `of` says: placed, copied and kept as storage is; never uploaded to
+    /// or attached.
+    pub fn snapshot(name: String, size_gib: u64, of: SnapshotOf) -> Self {
+        Self {
+            name,
+            size_gib,
+            zone: None,
+            encryption: StorageEncryption::Client,
+            content: None,
+            restore_from: None,
+            verify_requests: 0,
+            keys_given: 0,
+            attached_to: None,
+            written_by_guest: None,
+            suspension: None,
+            termination: None,
+            snapshot_of: Some(of),
+        }
+    }
+
     /// Why the account's standing holds it (read-only, detached), if it does.
     pub fn held(&self) -> Option<String> {
         if let Some(t) = &self.termination {
