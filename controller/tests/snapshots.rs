@@ -64,6 +64,19 @@ async fn settle(h: &Harness, name: &str) {
     panic!("{name} still moves: {:?}", h.storage_status(name).await);
 }
 
+/// Reconciles snapshot `name` again and checks its server's disk was not
+/// copied again.
+async fn assert_not_copied_again(h: &Harness, name: &str, why: &str) {
+    let calls = h.sim.calls().len();
+    h.reconcile_storage(name).await.unwrap();
+    assert!(
+        !h.sim.calls()[calls..]
+            .iter()
+            .any(|c| c.starts_with("capture_disk")),
+        "{why}"
+    );
+}
+
 async fn snapshot_of(h: &Harness, name: &str) -> StorageSubscription {
     h.storage.get(Some(NS), name).await.unwrap().unwrap()
 }
@@ -111,14 +124,7 @@ async fn r18_a_snapshot_copies_the_disk_into_two_zones_and_a_restore_brings_it_b
                 .contains(&EventReason::SnapshotTaken)
         );
         // Looked at again: nothing is copied again.
-        let calls = h.sim.calls().len();
-        h.reconcile_storage("st-5").await.unwrap();
-        assert!(
-            !h.sim.calls()[calls..]
-                .iter()
-                .any(|c| c.starts_with("capture_disk")),
-            "{label}"
-        );
+        assert_not_copied_again(&h, "st-5", label).await;
 
         // The guest writes on; the restore brings the disk of the snapshot
         // back, beside the one it replaces, which is wiped.
@@ -326,15 +332,13 @@ async fn r26_a_snapshot_that_would_pause_its_guest_too_long_fails_and_is_not_tri
             .len(),
         1
     );
-    let calls = h.sim.calls().len();
     h.sim.set_copies_need_long_pauses("a1", false);
-    h.reconcile_storage("st-5").await.unwrap();
-    assert!(
-        !h.sim.calls()[calls..]
-            .iter()
-            .any(|c| c.starts_with("capture_disk")),
-        "a failed snapshot is not taken again behind the customer's back"
-    );
+    assert_not_copied_again(
+        &h,
+        "st-5",
+        "a failed snapshot is not taken again behind the customer's back",
+    )
+    .await;
 }
 
 /// On a hypervisor that cannot read a volume back (libvirt's test driver)
@@ -359,14 +363,7 @@ async fn a_snapshot_on_a_hypervisor_that_cannot_stream_volumes_fails_and_says_wh
             .len(),
         1
     );
-    let calls = h.sim.calls().len();
-    h.reconcile_storage("st-5").await.unwrap();
-    assert!(
-        !h.sim.calls()[calls..]
-            .iter()
-            .any(|c| c.starts_with("capture_disk")),
-        "not tried again"
-    );
+    assert_not_copied_again(&h, "st-5", "not tried again").await;
 }
 
 /// The server's backups, oldest first: (name, version, being deleted).
