@@ -700,6 +700,17 @@ async fn orders_beyond_the_quota_are_refused_naming_it_and_create_nothing() {
         json!({"servers": 2, "vcpus": 2, "memoryMib": 2048, "diskGib": 50, "storageGib": 0,
                "snapshotGib": 0})
     );
+    // The same through the caller's own account, which only a customer
+    // token has.
+    let own = api.call(Method::GET, "/v1/account", &token, None).await;
+    assert_eq!(own.status, StatusCode::OK, "{}", own.body);
+    assert_eq!(own.body, shown.body);
+    assert_eq!(own.body["id"], account.as_str());
+    assert_eq!(own.body["state"], "active");
+    let operator = api.call(Method::GET, "/v1/account", &api.admin, None).await;
+    assert_eq!(operator.status, StatusCode::FORBIDDEN, "{}", operator.body);
+    let nobody = api.call(Method::GET, "/v1/account", "", None).await;
+    assert_eq!(nobody.status, StatusCode::UNAUTHORIZED, "{}", nobody.body);
 
     // Bad quotas are refused naming the field, and change nothing.
     let path = format!("/v1/admin/accounts/{account}/quota");

@@ -114,6 +114,23 @@ pub async fn get_account(
     Ok(Json(account_with_quota(&state, &account).await?))
 }
 
+/// The caller's own account (a customer token): its state, why it is
+/// suspended, its quota and what it holds against it.
+#[utoipa::path(get, path = "/v1/account", tag = "accounts",
+    responses((status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn own_account(
+    principal: Principal,
+    State(state): State<ApiState>,
+) -> Result<Json<AccountView>, ApiError> {
+    let id = principal.account()?;
+    let account = state
+        .accounts
+        .get(None, id.as_str())
+        .await?
+        .ok_or_else(|| ApiError::not_found("account", id.as_str()))?;
+    Ok(Json(account_with_quota(&state, &account).await?))
+}
+
 /// One account with its quota and what it holds.
 async fn account_with_quota(state: &ApiState, account: &Account) -> Result<AccountView, ApiError> {
     let usage = state.ledger.quotas().usage(&account.name_any()).await?;

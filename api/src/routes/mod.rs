@@ -63,6 +63,7 @@ fn openapi_router() -> OpenApiRouter<ApiState> {
     OpenApiRouter::with_openapi(doc)
         .routes(routes!(accounts::create_account, accounts::list_accounts))
         .routes(routes!(accounts::get_account))
+        .routes(routes!(accounts::own_account))
         .routes(routes!(accounts::set_quota))
         .routes(routes!(accounts::create_token, accounts::list_tokens))
         .routes(routes!(accounts::revoke_token))
