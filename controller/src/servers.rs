@@ -714,6 +714,7 @@ impl ServerReconciler {
         // where its primary copy is whole, has no other disk to keep, so
         // its order is carried out: the snapshot's wipe waits for it.
         let made_while_deleted = status.rebuild.is_none()
+            && server.spec.termination.is_none()
             && stratus_core::storage::disk_copyable_for(
                 status.hypervisor.as_ref(),
                 &found.spec,

@@ -111,6 +111,7 @@ fn restores_from(server: &VirtualServer, snapshot: &StorageSubscription) -> bool
     let made = server.status.as_ref().map_or(0, |s| s.disk_generation);
     let ordered = server.spec.from_snapshot.as_deref() == Some(id)
         && server.spec.termination.is_none()
+        && server.metadata.deletion_timestamp.is_none()
         && server.status.as_ref().is_some_and(|s| {
             !s.provisioned
                 && s.rebuild.is_none()

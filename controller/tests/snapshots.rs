@@ -815,6 +815,9 @@ async fn r18_a_server_ordered_from_a_snapshot_is_placed_where_it_is_kept_and_sta
         server.spec.from_snapshot = Some("st-7".into());
         h.servers.create(&server).await.unwrap();
         h.storage.delete(Some(NS), "st-7").await.unwrap();
+        // Not placed from it while it is being deleted, before its wipe.
+        let _ = h.reconcile("vs-4").await;
+        assert!(h.status("vs-4").await.hypervisor.is_none(), "{label}");
         settle(&h, "st-7").await;
         assert!(
             h.storage.get(Some(NS), "st-7").await.unwrap().is_none(),
@@ -997,6 +1000,75 @@ async fn r3_r18_a_destroyed_server_restored_from_its_backup_comes_back_with_its_
         charges.iter().any(|c| c.kind == "restore"),
         "the restore is billed: {charges:?}"
     );
+}
+
+/// R18 in Kubernetes mode, where names are reused: a restore's backup is
+/// given to the server object it was asked for, never to a later object of
+/// the same name.
+#[tokio::test]
+async fn r18_a_restores_backup_goes_to_the_server_it_was_asked_for_not_a_namesake() {
+    let h = harness().await;
+    Resources::<Account>::new(h.store.clone())
+        .create(&fixtures::account(NS).build())
+        .await
+        .unwrap();
+    h.order("vs-1", Some("a")).await;
+    let runner = stratus_controller::deadlines::DeadlineRunner::new(
+        h.ctx.clone(),
+        Resources::new(h.store.clone()),
+        h.servers.clone(),
+        Arc::new(Policy::default()),
+        Duration::from_millis(50),
+    );
+    h.clock.advance(jiff::SignedDuration::from_hours(1));
+    for (id, kind) in [
+        (
+            "terminate-vs-1",
+            FactKind::Terminate {
+                server: "vs-1".into(),
+                cause: TerminationCause::Abuse,
+                immediate: true,
+            },
+        ),
+        (
+            "restore-vs-1",
+            FactKind::Restore {
+                server: "vs-1".into(),
+                source: Some("st-5".into()),
+            },
+        ),
+    ] {
+        h.report(id, kind).await;
+        h.clock.advance(jiff::SignedDuration::from_secs(60));
+    }
+    runner.pass().await.unwrap();
+    let restored = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert_eq!(restored.spec.from_snapshot.as_deref(), Some("st-5"));
+
+    // Deleted, and a new object of that name made later: not the server
+    // the restore was about.
+    h.servers.delete(Some(NS), "vs-1").await.unwrap();
+    h.servers
+        .update(Some(NS), "vs-1", |s| {
+            s.metadata.finalizers = None;
+            true
+        })
+        .await
+        .unwrap();
+    assert!(h.servers.get(Some(NS), "vs-1").await.unwrap().is_none());
+    h.clock.advance(jiff::SignedDuration::from_hours(1));
+    h.order("vs-1", Some("a")).await;
+    // Any later fact settles the account's standing again.
+    h.report(
+        "reminder-9",
+        FactKind::ReminderSent {
+            invoice: invoice("inv-9"),
+        },
+    )
+    .await;
+    runner.pass().await.unwrap();
+    let namesake = h.servers.get(Some(NS), "vs-1").await.unwrap().unwrap();
+    assert_eq!(namesake.spec.from_snapshot, None, "{:?}", namesake.spec);
 }
 
 /// Two controllers (a leader and a deposed one, or one restarted) taking

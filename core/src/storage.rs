@@ -1165,9 +1165,12 @@ fn volume_base(volume: &str) -> String {
 mod tests {
     use super::*;
 
+    use crate::clock::test_time;
+    use crate::ids::HypervisorName;
+    use crate::resources::{StorageEncryption, StorageReplica};
+
     #[test]
     fn r18_a_disk_is_copied_from_a_snapshot_only_where_its_primary_is_whole() {
-        use crate::ids::HypervisorName;
         let a1 = HypervisorName::parse("a1").unwrap();
         let b1 = HypervisorName::parse("b1").unwrap();
         let spec = StorageSubscriptionSpec {
@@ -1221,9 +1224,6 @@ mod tests {
             "being wiped with its server"
         );
     }
-    use crate::clock::test_time;
-    use crate::ids::HypervisorName;
-    use crate::resources::{StorageEncryption, StorageReplica};
 
     fn spec() -> StorageSubscriptionSpec {
         StorageSubscriptionSpec {

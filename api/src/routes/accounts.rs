@@ -117,7 +117,8 @@ pub async fn get_account(
 /// The caller's own account (a customer token): its state, why it is
 /// suspended, its quota and what it holds against it.
 #[utoipa::path(get, path = "/v1/account", tag = "accounts",
-    responses((status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+    responses((status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 404, body = ErrorBody)))]
 pub async fn own_account(
     principal: Principal,
     State(state): State<ApiState>,
