@@ -559,30 +559,8 @@ async fn r3_r18_backups_outlive_a_destruction_for_non_payment_by_the_policys_tim
     settle(&h, "st-6").await;
     let mut policy = Policy::default();
     policy.backups.keep_after_destruction = stratus_core::policy::PolicyDuration::days(30);
-    let runner = stratus_controller::deadlines::DeadlineRunner::new(
-        h.ctx.clone(),
-        Resources::new(h.store.clone()),
-        h.servers.clone(),
-        Arc::new(policy),
-        Duration::from_millis(50),
-    )
-    .holding_storage(h.storage.clone());
-    let due_at = h.clock.now();
-    h.report(
-        "inv-1-overdue",
-        FactKind::InvoiceOverdue {
-            invoice: invoice("inv-1"),
-            due_at,
-        },
-    )
-    .await;
-    h.report(
-        "inv-1-reminder",
-        FactKind::ReminderSent {
-            invoice: invoice("inv-1"),
-        },
-    )
-    .await;
+    let runner = h.deadline_runner_with(policy);
+    h.report_overdue_invoice().await;
     runner.pass().await.unwrap();
     // Suspended after 15 days, destroyed 15 days later (R1, R3).
     h.clock.advance(jiff::SignedDuration::from_hours(15 * 24));
@@ -626,14 +604,7 @@ async fn r6_r14_a_servers_snapshots_follow_its_termination_and_are_wiped_with_it
     settle(&h, "st-5").await;
     let mut policy = Policy::default();
     policy.termination.data_retention = stratus_core::policy::PolicyDuration::days(7);
-    let runner = stratus_controller::deadlines::DeadlineRunner::new(
-        h.ctx.clone(),
-        Resources::new(h.store.clone()),
-        h.servers.clone(),
-        Arc::new(policy),
-        Duration::from_millis(50),
-    )
-    .holding_storage(h.storage.clone());
+    let runner = h.deadline_runner_with(policy);
     h.report(
         "terminate-vs-1",
         FactKind::Terminate {
@@ -913,30 +884,8 @@ async fn r3_r18_a_destroyed_server_restored_from_its_backup_comes_back_with_its_
     );
     let mut policy = Policy::default();
     policy.backups.keep_after_destruction = stratus_core::policy::PolicyDuration::days(30);
-    let runner = stratus_controller::deadlines::DeadlineRunner::new(
-        h.ctx.clone(),
-        Resources::new(h.store.clone()),
-        h.servers.clone(),
-        Arc::new(policy),
-        Duration::from_millis(50),
-    )
-    .holding_storage(h.storage.clone());
-    let due_at = h.clock.now();
-    h.report(
-        "inv-1-overdue",
-        FactKind::InvoiceOverdue {
-            invoice: invoice("inv-1"),
-            due_at,
-        },
-    )
-    .await;
-    h.report(
-        "inv-1-reminder",
-        FactKind::ReminderSent {
-            invoice: invoice("inv-1"),
-        },
-    )
-    .await;
+    let runner = h.deadline_runner_with(policy);
+    h.report_overdue_invoice().await;
     runner.pass().await.unwrap();
     for _ in 0..2 {
         h.clock.advance(jiff::SignedDuration::from_hours(15 * 24));
@@ -1013,13 +962,7 @@ async fn r18_a_restores_backup_goes_to_the_server_it_was_asked_for_not_a_namesak
         .await
         .unwrap();
     h.order("vs-1", Some("a")).await;
-    let runner = stratus_controller::deadlines::DeadlineRunner::new(
-        h.ctx.clone(),
-        Resources::new(h.store.clone()),
-        h.servers.clone(),
-        Arc::new(Policy::default()),
-        Duration::from_millis(50),
-    );
+    let runner = h.deadline_runner();
     h.clock.advance(jiff::SignedDuration::from_hours(1));
     for (id, kind) in [
         (

@@ -12,22 +12,7 @@ async fn r1_r2_r4_suspend_after_passes_every_server_of_the_account_stops_once_an
         let h = harness_on(scratch).await;
         h.three_running_servers().await;
         let runner = h.deadline_runner();
-        let due_at = h.clock.now();
-        h.report(
-            "inv-1-overdue",
-            FactKind::InvoiceOverdue {
-                invoice: invoice("inv-1"),
-                due_at,
-            },
-        )
-        .await;
-        h.report(
-            "inv-1-reminder",
-            FactKind::ReminderSent {
-                invoice: invoice("inv-1"),
-            },
-        )
-        .await;
+        h.report_overdue_invoice().await;
         runner.pass().await.unwrap();
         let spec = |name: &'static str| {
             let servers = h.servers.clone();

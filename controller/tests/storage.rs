@@ -916,14 +916,7 @@ async fn r1_r3_r14_storage_follows_its_accounts_standing_detached_read_only_then
     assert!(attached_condition(&h.storage_status("st-1").await).0);
     let mut policy = Policy::default();
     policy.termination.data_retention = stratus_core::policy::PolicyDuration::days(7);
-    let runner = stratus_controller::deadlines::DeadlineRunner::new(
-        h.ctx.clone(),
-        Resources::new(h.store.clone()),
-        h.servers.clone(),
-        Arc::new(policy),
-        Duration::from_millis(50),
-    )
-    .holding_storage(h.storage.clone());
+    let runner = h.deadline_runner_with(policy);
 
     // Suspended: detached from its (also held) server, said suspended.
     h.report("legal-1", FactKind::LegalHold).await;

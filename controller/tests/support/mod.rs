@@ -384,6 +384,43 @@ impl Harness {
         )
     }
 
+    /// A deadline runner on `policy` that also holds storage (and a
+    /// server's snapshots) as the account's standing says.
+    pub fn deadline_runner_with(
+        &self,
+        policy: Policy,
+    ) -> stratus_controller::deadlines::DeadlineRunner {
+        stratus_controller::deadlines::DeadlineRunner::new(
+            self.ctx.clone(),
+            Resources::new(self.store.clone()),
+            self.servers.clone(),
+            Arc::new(policy),
+            Duration::from_millis(50),
+        )
+        .holding_storage(self.storage.clone())
+    }
+
+    /// Invoice `inv-1` overdue as of now and its reminder sent: the start
+    /// of R1's suspension and R3's destruction.
+    pub async fn report_overdue_invoice(&self) {
+        let due_at = self.clock.now();
+        self.report(
+            "inv-1-overdue",
+            FactKind::InvoiceOverdue {
+                invoice: invoice("inv-1"),
+                due_at,
+            },
+        )
+        .await;
+        self.report(
+            "inv-1-reminder",
+            FactKind::ReminderSent {
+                invoice: invoice("inv-1"),
+            },
+        )
+        .await;
+    }
+
     /// Records a fact about `NS` now, as the API does, and makes it due.
     pub async fn report(&self, id: &str, kind: FactKind) {
         let fact = serde_json::to_value(&kind).unwrap();
