@@ -60,19 +60,26 @@ async fn ready(api: &Api, account: &str, snapshot: &str) {
         .unwrap();
 }
 
+/// ACME, a customer in zone `default`, orders server `web1`: its account,
+/// its token and the order's answer.
+async fn acme_orders_web1(api: &Api) -> (String, String, serde_json::Value) {
+    api.register_zone("default").await;
+    let (account, token) = api.customer("ACME").await;
+    let ordered = api
+        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
+        .await;
+    (account, token, ordered.body)
+}
+
 #[tokio::test]
 async fn r18_snapshots_are_checked_charged_listed_restored_and_deleted_on_both_databases() {
     for scratch in testing::both().await {
         let label = scratch.label;
         let api = api_on(scratch).await;
-        api.register_zone("default").await;
-        let (account, token) = api.customer("ACME").await;
+        let (account, token, ordered) = acme_orders_web1(&api).await;
         let (_, other_token) = api.customer("Other").await;
-        let ordered = api
-            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
-            .await;
-        let id = ordered.body["id"].as_str().unwrap().to_owned();
-        let disk_gib = ordered.body["disk_gib"].as_u64().unwrap();
+        let id = ordered["id"].as_str().unwrap().to_owned();
+        let disk_gib = ordered["disk_gib"].as_u64().unwrap();
         api.call(
             Method::PUT,
             &format!("/v1/admin/accounts/{account}/quota"),
@@ -342,12 +349,8 @@ async fn a_suspended_or_terminated_server_takes_no_snapshot() {
     use stratus_core::policy::SuspensionMode;
     use stratus_core::standing::{Suspension, SuspensionReason};
     let api = api().await;
-    api.register_zone("default").await;
-    let (account, token) = api.customer("ACME").await;
-    let ordered = api
-        .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
-        .await;
-    let id = ordered.body["id"].as_str().unwrap().to_owned();
+    let (account, token, ordered) = acme_orders_web1(&api).await;
+    let id = ordered["id"].as_str().unwrap().to_owned();
     placed_and_running(&api, &account, &id, 4, 8192).await;
     api.state
         .servers
@@ -377,17 +380,10 @@ async fn r18_daily_backups_are_turned_on_and_off_checked_and_audited_on_both_dat
     for scratch in testing::both().await {
         let label = scratch.label;
         let api = api_on(scratch).await;
-        api.register_zone("default").await;
-        let (account, token) = api.customer("ACME").await;
+        let (account, token, ordered) = acme_orders_web1(&api).await;
         let (_, other_token) = api.customer("Other").await;
-        let ordered = api
-            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
-            .await;
-        let id = ordered.body["id"].as_str().unwrap().to_owned();
-        assert_eq!(
-            ordered.body["backups"],
-            json!({"enabled": false, "keep": null})
-        );
+        let id = ordered["id"].as_str().unwrap().to_owned();
+        assert_eq!(ordered["backups"], json!({"enabled": false, "keep": null}));
         let path = format!("/v1/servers/{id}/backups");
         for (body, status, code, field) in [
             (
@@ -593,12 +589,8 @@ async fn r18_a_restore_fact_names_latest_or_a_copied_backup_of_its_server() {
     for scratch in testing::both().await {
         let label = scratch.label;
         let api = api_on(scratch).await;
-        api.register_zone("default").await;
-        let (account, token) = api.customer("ACME").await;
-        let ordered = api
-            .call(Method::POST, "/v1/servers", &token, Some(order("web1")))
-            .await;
-        let id = ordered.body["id"].as_str().unwrap().to_owned();
+        let (account, token, ordered) = acme_orders_web1(&api).await;
+        let id = ordered["id"].as_str().unwrap().to_owned();
         placed_and_running(&api, &account, &id, 4, 8192).await;
         let restore = |n: u32, source: &str| json!({"id": format!("restore-{n}"), "type": "restore", "server": id, "source": source});
         // Nothing copied yet: neither `latest` nor a name is a source.
