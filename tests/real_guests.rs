@@ -540,6 +540,30 @@ fn snap_seen(console: &str, n: usize) -> String {
         .to_owned()
 }
 
+/// The files of a storage view's two copies, checked to be in the pools
+/// `pools` name (primary first).
+fn replica_files(
+    hypervisor: &Hypervisor,
+    view: &serde_json::Value,
+    pools: [&str; 2],
+) -> Vec<PathBuf> {
+    let files: Vec<PathBuf> = view["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| PathBuf::from(r["path"].as_str().unwrap()))
+        .collect();
+    for (file, pool) in files.iter().zip(pools) {
+        assert_eq!(
+            file.parent(),
+            Some(hypervisor.dir.join(pool).as_path()),
+            "{view}"
+        );
+    }
+    assert_eq!(files.len(), 2, "{view}");
+    files
+}
+
 /// The disk of the `small` plan, whole.
 const SMALL_DISK_BYTES: u64 = 4 << 30;
 
@@ -608,20 +632,7 @@ async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data
         "the guest ran on"
     );
     let (_, seen) = admin.get(&snapshot_path).await;
-    let files: Vec<PathBuf> = seen["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| PathBuf::from(r["path"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        files[0].parent(),
-        Some(hypervisor.dir.join("pool").as_path())
-    );
-    assert_eq!(
-        files[1].parent(),
-        Some(hypervisor.dir.join("pool-b").as_path())
-    );
+    let files = replica_files(&hypervisor, &seen, ["pool", "pool-b"]);
     for file in &files {
         assert_eq!(
             std::fs::metadata(file).unwrap().len(),
@@ -1079,20 +1090,7 @@ async fn r24_r14_storage_copies_are_files_in_two_zones_and_both_are_wiped() {
         .map(|r| r["zone"].as_str().unwrap())
         .collect();
     assert_eq!(zones, ["b", "a"], "primary in the zone ordered: {seen}");
-    let files: Vec<PathBuf> = seen["replicas"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| PathBuf::from(r["path"].as_str().unwrap()))
-        .collect();
-    assert_eq!(
-        files[0].parent(),
-        Some(hypervisor.dir.join("pool-b").as_path())
-    );
-    assert_eq!(
-        files[1].parent(),
-        Some(hypervisor.dir.join("pool").as_path())
-    );
+    let files = replica_files(&hypervisor, &seen, ["pool-b", "pool"]);
     for file in &files {
         let metadata = std::fs::metadata(file).unwrap();
         assert_eq!(metadata.len(), 1 << 30, "{}", file.display());
