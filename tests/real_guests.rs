@@ -732,11 +732,7 @@ async fn r18_a_snapshot_of_a_running_guest_outlives_damage_and_restores_its_data
     assert_eq!(list["items"][0]["state"], "ready", "{list}");
     let (status, body) = customer.delete(&format!("/v1/snapshots/{sid}")).await;
     assert_eq!(status, 202, "{body}");
-    let deadline = Instant::now() + BOOT;
-    while admin.get(&snapshot_path).await.0 != 404 {
-        assert!(Instant::now() < deadline, "snapshot {sid} was not deleted");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    admin.wait_absent(&snapshot_path, BOOT).await;
     for file in &files {
         assert!(!file.exists(), "{} is wiped and deleted", file.display());
     }

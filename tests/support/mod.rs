@@ -245,6 +245,11 @@ impl Client {
             status == 202 || status == 404,
             "DELETE {path}: HTTP {status} {body}"
         );
+        self.wait_absent(path, timeout).await;
+    }
+
+    /// Polls `path` until it answers 404, within `timeout`.
+    pub async fn wait_absent(&self, path: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let (status, body) = self.get(path).await;
@@ -255,7 +260,7 @@ impl Client {
                 Instant::now() < deadline,
                 "{path} was not deleted: HTTP {status} {body}"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
 
@@ -312,18 +317,8 @@ impl Client {
 
     /// Polls until the server is gone (404).
     pub async fn wait_gone(&self, id: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (status, server) = self.get(&format!("/v1/servers/{id}")).await;
-            if status == 404 {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server {id} was not deleted: HTTP {status} {server}"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        self.wait_absent(&format!("/v1/servers/{id}"), timeout)
+            .await;
     }
 }
 
