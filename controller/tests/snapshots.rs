@@ -1057,3 +1057,92 @@ async fn r18_two_controllers_taking_the_same_days_backup_make_one_and_charge_onc
         );
     }
 }
+
+/// The wipe of a snapshot being deleted (storage reconciler) and the first
+/// disk of a server ordered from it (server reconciler) run at once, in a
+/// loop, the server placed beforehand in half the rounds: the server is
+/// either made with the snapshot's data or left waiting without a disk,
+/// never made from the image; the snapshot is always wiped in the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn r18_a_snapshots_wipe_racing_a_server_made_from_it_never_gives_another_disk() {
+    let h = harness().await;
+    running_server_in_zone_a(&h).await;
+    h.sim.write_disk("a1", DOMAIN, b"marker A");
+    let (mut made, mut waiting) = (0, 0);
+    for round in 0..16 {
+        let snapshot = format!("st-{round}");
+        let server = format!("vs-r{round}");
+        take_snapshot(&h, &snapshot, "vs-1").await;
+        settle(&h, &snapshot).await;
+        let mut ordered = fixtures::server(&server).in_account(NS).zone("a").build();
+        ordered.spec.from_snapshot = Some(snapshot.clone());
+        h.servers.create(&ordered).await.unwrap();
+        if round % 2 == 0 {
+            // Placed where the primary is, its disk not made yet.
+            h.sim.fail_next("a1", "ensure", 1);
+            let _ = h.reconcile(&server).await;
+            assert!(
+                h.status(&server).await.hypervisor.is_some(),
+                "round {round}"
+            );
+        }
+        let wipe = async {
+            h.storage.delete(Some(NS), &snapshot).await.unwrap();
+            for _ in 0..10 {
+                if h.reconcile_storage(&snapshot).await.is_err()
+                    || h.storage.get(Some(NS), &snapshot).await.unwrap().is_none()
+                {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        let make = async {
+            for _ in 0..3 {
+                let _ = h.reconcile(&server).await;
+                tokio::task::yield_now().await;
+            }
+        };
+        tokio::join!(wipe, make);
+        for _ in 0..3 {
+            let _ = h.reconcile(&server).await;
+            let _ = h.reconcile_storage(&snapshot).await;
+        }
+        let status = h.status(&server).await;
+        let domain = format!("stratus-acc-0000000000000001.{server}");
+        if status.provisioned {
+            made += 1;
+            assert_eq!(
+                h.sim.disk_of("a1", &domain).unwrap().content,
+                b"marker A",
+                "round {round}: made with the snapshot's data"
+            );
+        } else {
+            waiting += 1;
+            assert!(
+                h.sim.disk_of("a1", &domain).is_none(),
+                "round {round}: never a disk from anything else: {status:?}"
+            );
+            assert!(
+                status
+                    .reason
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains(&snapshot),
+                "round {round}: says why: {status:?}"
+            );
+        }
+        settle(&h, &snapshot).await;
+        assert!(
+            h.storage.get(Some(NS), &snapshot).await.unwrap().is_none(),
+            "round {round}: the snapshot is wiped in the end"
+        );
+        // Its room given back for the next round.
+        h.servers.delete(Some(NS), &server).await.unwrap();
+        for _ in 0..3 {
+            let _ = h.reconcile(&server).await;
+        }
+    }
+    println!("{made} servers made from their snapshot, {waiting} left waiting for it");
+    assert!(made >= 8, "every placed server is made: {made}");
+}
